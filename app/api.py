@@ -1,0 +1,116 @@
+"""The Flask application: `create_app()` wires settings, the store and the routes."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from app import errors
+from app.errors import ApiError
+from app.redis_client import UNAVAILABLE
+from app.routes_jobs import jobs_bp
+from app.routes_ops import ops_bp
+from app.settings import Settings
+from app.store import AppRegistration, Store
+from app.validation import validate_app_id
+
+log = logging.getLogger("jobrunner.api")
+
+# Paths served without the API token: probes and scrapers carry none.
+_OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json")
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    try:
+        validate_app_id(settings.app_id)
+    except ApiError as exc:
+        raise ValueError(exc.message) from None
+    store = store or Store(settings)
+    app = Flask("jobrunner")
+    app.config["JOBRUNNER_SETTINGS"] = settings
+    app.config["JOBRUNNER_STORE"] = store
+    # Whole-body cap well above the data cap, so the data limit answers 413 itself.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_data_bytes * 4 + 64 * 1024
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(ops_bp)
+    _install_error_handlers(app)
+
+    @app.before_request
+    def _check_token() -> Response | None:
+        g.settings, g.store = settings, store
+        if settings.api_token and request.path not in _OPEN_PATHS:
+            given = request.headers.get("dapr-api-token", "")
+            if not hmac.compare_digest(given.encode(), settings.api_token.encode()):
+                return _error_response(errors.unauthorized())
+        return None
+
+    _start_registration(settings, store)
+    return app
+
+
+def _error_response(exc: ApiError) -> Response:
+    response = jsonify(exc.to_body())
+    response.status_code = exc.status
+    return response
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return _error_response(exc)
+
+    @app.errorhandler(UNAVAILABLE)  # type: ignore[type-var]
+    def _redis_down(exc: Exception) -> Response:
+        return _error_response(errors.redis_unavailable(str(exc) or type(exc).__name__))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 413:
+            return _error_response(ApiError(413, errors.PAYLOAD_TOO_LARGE,
+                                            "request body is larger than the server accepts"))
+        code = errors.MALFORMED_REQUEST if status < 500 else errors.INTERNAL
+        return _error_response(ApiError(status, code, exc.description or exc.name))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.path)
+        return _error_response(ApiError(500, errors.INTERNAL, "internal error; see the API log"))
+
+
+def _start_registration(settings: Settings, store: Store) -> None:
+    """Record this app's address in Redis and keep it alive while the process runs.
+
+    Workers deliver only to registered addresses: a caller of the API never
+    chooses where a job goes."""
+    registration = AppRegistration(settings.app_id, settings.app_url, settings.app_api_token,
+                                   settings.delivery_format)
+    ttl = settings.app_registration_ttl_s
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ttl / 3):
+            try:
+                store.register_app(registration, ttl_s=ttl)
+            except UNAVAILABLE as exc:
+                log.warning("cannot register app %s: %s", settings.app_id, exc)
+
+    try:
+        store.register_app(registration, ttl_s=ttl)  # at once, so deliveries never wait on it
+    except UNAVAILABLE as exc:
+        log.warning("cannot register app %s yet: %s", settings.app_id, exc)
+    thread = threading.Thread(target=beat, name="app-registration", daemon=True)
+    thread.start()
+
+
+def json_body(payload: Any, status: int = 200) -> Response:
+    response = jsonify(payload)
+    response.status_code = status
+    return response

@@ -1,0 +1,107 @@
+"""API errors: one exception type and every error code the HTTP API answers with.
+
+Every error body is `{"errorCode": "...", "message": "..."}`, as Dapr's.
+Codes come from Dapr's `pkg/messages/errorcodes/errorcodes.go` where Dapr has
+one for the case, with the messages of `pkg/api/errors/scheduler.go`,
+`pkg/api/errors/errors.go` and `pkg/messages/predefined.go`. Codes marked
+"ours" do not exist in Dapr; they keep its naming style.
+
+Differences from Dapr (design.md wins):
+- Dapr's error bodies also carry a `details` list (google.rpc.ErrorInfo); ours
+  do not.
+- Unknown job on GET: Dapr answers 500 DAPR_SCHEDULER_GET_JOB; we answer 404
+  DAPR_SCHEDULER_JOB_NOT_FOUND (the message still starts "failed to get job").
+- Invalid schedule, dueTime, ttl or repeats: Dapr passes them to its scheduler
+  and answers 500 DAPR_SCHEDULER_SCHEDULE_JOB; we answer 400 with a code per
+  field.
+- A job name Dapr's scheduler rejects is a 500 there; a name we reject is a 400.
+- Data over the limit: Dapr cuts the body at --max-body-size and answers 400
+  ERR_BODY_READ; we answer 413.
+- A wrong API token: Dapr answers 401 with the plain text "invalid api token";
+  we answer 401 with a JSON error body.
+- Redis down: 503 (Dapr waits up to 30 s for its scheduler, then answers 504).
+"""
+
+from __future__ import annotations
+
+# Dapr's codes (pkg/messages/errorcodes/errorcodes.go).
+MALFORMED_REQUEST = "ERR_MALFORMED_REQUEST"  # body is not the JSON a job needs
+MALFORMED_REQUEST_DATA = "ERR_MALFORMED_REQUEST_DATA"  # `data` cannot be made a protobuf Any
+BODY_READ = "ERR_BODY_READ"  # the request body could not be read
+INTERNAL = "ERR_INTERNAL"
+JOB_NAME = "DAPR_SCHEDULER_JOB_NAME"  # `name` set in the body, not only in the URL
+JOB_NAME_EMPTY = "DAPR_SCHEDULER_JOB_NAME_EMPTY"
+SCHEDULE_EMPTY = "DAPR_SCHEDULER_SCHEDULE_EMPTY"  # neither schedule nor dueTime
+SCHEDULE_JOB = "DAPR_SCHEDULER_SCHEDULE_JOB"  # scheduling failed; Dapr's 409 code too
+GET_JOB = "DAPR_SCHEDULER_GET_JOB"
+LIST_JOBS = "DAPR_SCHEDULER_LIST_JOBS"
+DELETE_JOB = "DAPR_SCHEDULER_DELETE_JOB"
+# Dapr answers an existing name (overwrite not true) with 409 and SCHEDULE_JOB.
+JOB_EXISTS = SCHEDULE_JOB
+
+# Ours.
+JOB_NAME_INVALID = "DAPR_SCHEDULER_JOB_NAME_INVALID"
+JOB_NOT_FOUND = "DAPR_SCHEDULER_JOB_NOT_FOUND"
+SCHEDULE_INVALID = "DAPR_SCHEDULER_SCHEDULE_INVALID"
+DUE_TIME_INVALID = "DAPR_SCHEDULER_DUE_TIME_INVALID"
+TTL_INVALID = "DAPR_SCHEDULER_TTL_INVALID"
+REPEATS_INVALID = "DAPR_SCHEDULER_REPEATS_INVALID"
+PAYLOAD_TOO_LARGE = "ERR_PAYLOAD_TOO_LARGE"
+REDIS_UNAVAILABLE = "ERR_REDIS_UNAVAILABLE"
+UNAUTHORIZED = "ERR_UNAUTHORIZED"
+APP_ID_INVALID = "ERR_APP_ID_INVALID"
+
+
+class ApiError(Exception):
+    """An error the API answers with `status` and `{"errorCode", "message"}`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def to_body(self) -> dict[str, str]:
+        return {"errorCode": self.code, "message": self.message}
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+# Constructors for the errors raised in more than one place, so their messages agree.
+
+
+def malformed(detail: str) -> ApiError:
+    # Dapr's messages.ErrMalformedRequest text.
+    return ApiError(400, MALFORMED_REQUEST, f"failed deserializing HTTP body: {detail}")
+
+
+def malformed_data(detail: str) -> ApiError:
+    # Dapr's messages.ErrMalformedRequestData text.
+    return ApiError(400, MALFORMED_REQUEST_DATA, f"can't serialize request data field: {detail}")
+
+
+def job_exists(name: str) -> ApiError:
+    # Dapr relays its scheduler's "job already exists: '<key>'".
+    return ApiError(
+        409, JOB_EXISTS, f"failed to schedule job due to: job already exists: '{name}'"
+    )
+
+
+def job_not_found(name: str) -> ApiError:
+    return ApiError(404, JOB_NOT_FOUND, f"failed to get job due to: job not found: {name}")
+
+
+def payload_too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        413, PAYLOAD_TOO_LARGE, f"job data is {size} bytes, more than the limit of {limit} bytes"
+    )
+
+
+def redis_unavailable(detail: str) -> ApiError:
+    return ApiError(503, REDIS_UNAVAILABLE, f"the job store (Redis) is unavailable: {detail}")
+
+
+def unauthorized() -> ApiError:
+    # Dapr's text for a missing or wrong dapr-api-token.
+    return ApiError(401, UNAUTHORIZED, "invalid api token")

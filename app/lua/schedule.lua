@@ -1,0 +1,25 @@
+-- schedule.lua: store a job and put its first trigger in the due index.
+-- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
+-- KEYS[2] jobs  HASH  job id -> job record (JSON)
+-- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
+-- ARGV[1] job id
+-- ARGV[2] job record (JSON)
+-- ARGV[3] first due time, epoch ms
+-- ARGV[4] "1" to overwrite an existing job, "0" to refuse
+-- ARGV[5] wake channel: published to when this job became the earliest due
+-- Returns 0 when the job exists and overwrite is off, 1 when stored,
+-- 2 when stored and it is now the earliest job of this partition.
+if ARGV[4] ~= "1" and redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
+-- A replaced job starts afresh: any in-flight trigger of the old one is
+-- orphaned, so its late acknowledge (lease token gone) changes nothing.
+redis.call("HDEL", KEYS[3], ARGV[1])
+redis.call("ZADD", KEYS[1], ARGV[3], ARGV[1])
+local head = redis.call("ZRANGE", KEYS[1], 0, 0)
+if head[1] == ARGV[1] then
+  redis.call("PUBLISH", ARGV[5], ARGV[3])
+  return 2
+end
+return 1

@@ -1,0 +1,227 @@
+"""The job model: a typed job, its failure policy, the triggers and dead letters.
+
+Stored as compact JSON (short keys: a million pending jobs must fit in a few
+hundred MB). The app id and name are not stored in the record: they are the
+job id, which is the hash field the record sits under.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+JSONValue = Any  # any value json.loads can return
+
+
+class FailureKind(enum.StrEnum):
+    DROP = "drop"
+    CONSTANT = "constant"
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    kind: FailureKind = FailureKind.CONSTANT
+    interval_ms: int = 1000
+    # None: retry without limit.
+    max_retries: int | None = 3
+
+    def retry_delay_ms(self, attempt: int) -> int | None:
+        """Delay before the next attempt after `attempt` failed ones, or None when spent."""
+        if self.kind is FailureKind.DROP:
+            return None
+        if self.max_retries is not None and attempt > self.max_retries:
+            return None
+        return self.interval_ms
+
+    def to_api(self) -> dict[str, Any]:
+        if self.kind is FailureKind.DROP:
+            return {"drop": {}}
+        constant: dict[str, Any] = {"interval": _ms_to_go(self.interval_ms)}
+        if self.max_retries is not None:
+            constant["maxRetries"] = self.max_retries
+        return {"constant": constant}
+
+    def encode(self) -> list[Any]:
+        return [self.kind.value, self.interval_ms, self.max_retries]
+
+    @classmethod
+    def decode(cls, raw: list[Any]) -> FailurePolicy:
+        return cls(FailureKind(raw[0]), int(raw[1]), None if raw[2] is None else int(raw[2]))
+
+
+DEFAULT_FAILURE_POLICY = FailurePolicy()
+
+
+def _ms_to_go(ms: int) -> str:
+    """Milliseconds as a Go duration string (`1s`, `1.5s`, `250ms`, `2m0s`)."""
+    if ms % 1000:
+        return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
+    seconds = ms // 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+class TriggerStatus(enum.StrEnum):
+    """Where a job's current trigger stands."""
+
+    SCHEDULED = "scheduled"  # waiting for its due time
+    IN_FLIGHT = "in_flight"  # claimed by a worker, under a lease
+    RETRYING = "retrying"  # failed at least once, waiting for the next attempt
+
+
+@dataclass
+class Job:
+    app_id: str
+    name: str
+    # The data as the caller gave it, unless it is a protobuf Any (then `any_type`/`any_value`).
+    data: JSONValue = None
+    # A protobuf Any, kept serialized: type URL and standard base64 of the message bytes.
+    any_type: str | None = None
+    any_value: str | None = None
+    schedule: str | None = None
+    due_time: str | None = None
+    repeats: int | None = None
+    ttl: str | None = None
+    failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY
+    created_ms: int = 0
+    first_ms: int = 0  # the first trigger's due time
+    expires_ms: int | None = None  # no trigger is due after this
+    rev: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    @property
+    def has_any(self) -> bool:
+        return self.any_type is not None
+
+    def encode(self) -> bytes:
+        record: dict[str, Any] = {"c": self.created_ms, "f1": self.first_ms, "rv": self.rev}
+        if self.any_type is not None:
+            record["t"] = self.any_type
+            record["v"] = self.any_value
+        elif self.data is not None:
+            record["d"] = self.data
+        if self.schedule is not None:
+            record["s"] = self.schedule
+        if self.due_time is not None:
+            record["u"] = self.due_time
+        if self.repeats is not None:
+            record["r"] = self.repeats
+        if self.ttl is not None:
+            record["l"] = self.ttl
+        if self.expires_ms is not None:
+            record["x"] = self.expires_ms
+        if self.failure_policy != DEFAULT_FAILURE_POLICY:
+            record["fp"] = self.failure_policy.encode()
+        return orjson.dumps(record)
+
+    @classmethod
+    def decode(cls, app_id: str, name: str, raw: bytes | str) -> Job:
+        record = orjson.loads(raw)
+        fp = record.get("fp")
+        return cls(
+            app_id=app_id,
+            name=name,
+            data=record.get("d"),
+            any_type=record.get("t"),
+            any_value=record.get("v"),
+            schedule=record.get("s"),
+            due_time=record.get("u"),
+            repeats=record.get("r"),
+            ttl=record.get("l"),
+            failure_policy=FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
+            created_ms=record["c"],
+            first_ms=record["f1"],
+            expires_ms=record.get("x"),
+            rev=record["rv"],
+        )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A job's run state, kept in the `runs` hash as `sched|attempt|count|last|lease`.
+
+    sched:   due time (ms) of the current trigger
+    attempt: delivery attempts made for the current trigger
+    count:   triggers of this job finished so far (delivered, dropped or dead-lettered)
+    last:    due time (ms) of the last finished trigger, None before the first
+    lease:   token of the worker holding the trigger, empty when none does
+    """
+
+    sched: int
+    attempt: int = 0
+    count: int = 0
+    last: int | None = None
+    lease: str = ""
+
+    def encode(self) -> str:
+        last = "" if self.last is None else str(self.last)
+        return f"{self.sched}|{self.attempt}|{self.count}|{last}|{self.lease}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> RunState:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        sched, attempt, count, last, lease = text.split("|", 4)
+        return cls(int(sched), int(attempt), int(count), int(last) if last else None, lease)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One claimed trigger, as a worker holds it."""
+
+    job: Job
+    partition: int
+    sched_ms: int  # when it was due
+    attempt: int  # 1 for the first delivery
+    count: int  # triggers of the job finished before this one
+    lease: str
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.job.app_id}/{self.job.name}"
+
+    @property
+    def trigger_id(self) -> str:
+        """Unique per trigger, the same on every retry: the idempotency id."""
+        return f"{self.job.app_id}/{self.job.name}@{self.job.rev}:{self.sched_ms}"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: str
+    app_id: str
+    name: str
+    sched_ms: int
+    attempts: int
+    error: str
+    dead_ms: int
+    job: dict[str, Any]  # the job's stored record at the time
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "appId": self.app_id,
+                "name": self.name,
+                "scheduledMs": self.sched_ms,
+                "attempts": self.attempts,
+                "error": self.error,
+                "deadMs": self.dead_ms,
+                "job": self.job,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> DeadLetter:
+        r = orjson.loads(raw)
+        return cls(
+            r["id"], r["appId"], r["name"], r["scheduledMs"], r["attempts"], r["error"],
+            r["deadMs"], r["job"],
+        )

@@ -1,0 +1,215 @@
+"""Operating-system helpers for the CLI: ports, child processes, liveness, URLs.
+
+POSIX only (fcntl, process groups); the parent-death signal is Linux only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+# The folder that holds the `app` and `workers` packages.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class PortInUseError(RuntimeError):
+    """A TCP port we were told to listen on is taken."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # Same option as gunicorn and redis-server: TIME_WAIT leftovers are not "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def ensure_port_free(host: str, port: int, what: str) -> None:
+    if not port_is_free(host, port):
+        raise PortInUseError(f"{what} port {port} on {host} is already in use")
+
+
+def connect_host(host: str) -> str:
+    """Where to connect to reach a server listening on `host`."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def http_url(host: str, port: int) -> str:
+    host = connect_host(host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and banners."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+# --- child processes -------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError):
+        # Loaded in the parent: the forked child only makes the call.
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def popen_kwargs(*, die_with_parent: bool) -> dict[str, Any]:
+    """Popen arguments for a child that only we signal.
+
+    Its own process group keeps a terminal's Ctrl-C away from it, so that we stop the
+    children in order. `die_with_parent` (Linux) sends it SIGTERM if we are killed
+    outright, so nothing is left running behind a `kill -9`.
+    """
+    kwargs: dict[str, Any] = {"process_group": 0}
+    if die_with_parent and _libc is not None:
+        kwargs["preexec_fn"] = _die_with(os.getpid())
+    return kwargs
+
+
+def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment plus `overrides`, with this project importable by `python -m`.
+
+    A child may run with another working directory (the user's app folder), where a
+    source checkout of jobrunner is not on `sys.path` by itself.
+    """
+    env = dict(os.environ)
+    env.update(overrides or {})
+    paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("PYTHONUNBUFFERED", "1")  # logs appear as they happen, also in files
+    return env
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a reused pid from the original."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    return bool(fields) and fields[0] in ("Z", "X")
+
+
+def process_alive(pid: int, start_time: str | None = None) -> bool:
+    """Whether `pid` runs (a zombie does not), and is the process that started at `start_time`."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    if _is_zombie(pid):
+        return False
+    if start_time is not None:
+        current = process_start_time(pid)
+        if current is not None and current != start_time:
+            return False
+    return True
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], grace_s: float, sig: int = signal.SIGTERM
+) -> int | None:
+    """Signal `proc`, wait up to `grace_s`, then kill it. Returns its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+    return proc.returncode
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    *,
+    give_up: Callable[[], bool] = lambda: False,
+    interval: float = 0.05,
+) -> bool:
+    """Poll `condition` until it holds (True), the deadline passes or `give_up` holds (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if give_up() or time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return 200 <= int(resp.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def tail(path: Path, lines: int = 20, since: int = 0) -> str:
+    """The last `lines` lines of a log file (from byte `since`), for error messages."""
+    try:
+        with path.open("rb") as f:
+            f.seek(since)
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])

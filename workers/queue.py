@@ -1,0 +1,124 @@
+"""The worker's side of the store: claim, acknowledge and release triggers (asyncio).
+
+Same keys and Lua scripts as app/store.py; batched so that one round trip
+claims or settles many triggers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from app import scripts
+from app.clock import now_ms
+from app.keys import Keys, split_job_id
+from app.model import Job, Trigger
+from app.redis_client import async_client
+from app.settings import Settings
+from app.store import AppRegistration
+
+
+class Action:
+    NEXT = "next"  # finished: go on to the next occurrence, or end the job
+    RETRY = "retry"  # failed: try again at `at_ms`
+    DEAD = "dead"  # failure policy spent: dead-letter, then as NEXT
+
+
+@dataclass(frozen=True)
+class Settlement:
+    trigger: Trigger
+    action: str
+    at_ms: int | None  # next due time (NEXT/DEAD; None: the job is over) or retry time
+    dead_id: str = ""
+    dead_record: bytes = b""
+
+
+class Queue:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix, settings.partitions)
+        self.redis = client if client is not None else async_client(settings)
+        self._scripts = {n: self.redis.register_script(scripts.source(n))
+                         for n in ("claim", "ack", "release")}
+        self._worker_id = f"{os.getpid()}-{secrets.token_hex(3)}"
+        self._claims = itertools.count(1)
+        self._next_partition = 0
+        self._apps: dict[str, AppRegistration] = {}
+        self._apps_loaded = 0.0
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def claim(self, limit: int) -> tuple[list[Trigger], int | None]:
+        """Claim up to `limit` due triggers over the partitions, taking turns so none
+        starves. Returns them and the earliest time anything else needs a worker."""
+        triggers: list[Trigger] = []
+        earliest: int | None = None
+        lease_ms = int(self.settings.lease_s * 1000)
+        n = self.keys.partitions
+        start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
+        for part in ((start + i) % n for i in range(n)):
+            if len(triggers) >= limit:
+                break
+            pk = self.keys.partition(part)
+            token = f"{self._worker_id}:{next(self._claims)}"
+            raw = await self._scripts["claim"](
+                keys=[pk.due, pk.jobs, pk.runs],
+                args=[now_ms(), limit - len(triggers), lease_ms, token],
+            )
+            head = raw[0]
+            if head is not None:
+                head_ms = int(float(head))
+                earliest = head_ms if earliest is None else min(earliest, head_ms)
+            for i in range(1, len(raw), 5):
+                jid, record, sched, attempt, count = raw[i:i + 5]
+                app_id, name = split_job_id(jid.decode())
+                triggers.append(Trigger(
+                    job=Job.decode(app_id, name, record), partition=part,
+                    sched_ms=int(sched), attempt=int(attempt), count=int(count), lease=token,
+                ))
+        return triggers, earliest
+
+    async def settle(self, settlements: list[Settlement]) -> int:
+        """Apply a batch of outcomes, one script call per partition."""
+        by_part: dict[int, list[Any]] = defaultdict(list)
+        for s in settlements:
+            at = "" if s.at_ms is None else str(s.at_ms)
+            by_part[s.trigger.partition].extend(
+                (s.trigger.job_id, s.trigger.lease, s.action, at, s.dead_id, s.dead_record))
+        applied = 0
+        now = now_ms()
+        for part, args in by_part.items():
+            pk = self.keys.partition(part)
+            applied += int(await self._scripts["ack"](keys=pk.all(), args=[now, *args]))
+        return applied
+
+    async def release(self, triggers: list[Trigger]) -> int:
+        """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""
+        groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+        for t in triggers:
+            groups[(t.partition, t.lease)].append(t.job_id)
+        released = 0
+        for (part, lease), jids in groups.items():
+            pk = self.keys.partition(part)
+            released += int(await self._scripts["release"](
+                keys=[pk.due, pk.runs], args=[lease, *jids]))
+        return released
+
+    async def app(self, app_id: str, max_age_s: float = 2.0) -> AppRegistration | None:
+        """The app's registration, from a cache refreshed every `max_age_s` or on a miss."""
+        stale = time.monotonic() - self._apps_loaded > max_age_s
+        if stale or app_id not in self._apps:
+            raw = await self.redis.hgetall(self.keys.apps)
+            self._apps = {k.decode(): AppRegistration.decode(k.decode(), v)
+                          for k, v in raw.items()}
+            self._apps_loaded = time.monotonic()
+        return self._apps.get(app_id)
+
+    def pubsub(self) -> Any:
+        return self.redis.pubsub()

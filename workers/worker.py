@@ -1,0 +1,175 @@
+"""The worker loop: claim due triggers, deliver them concurrently, settle the outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from app.clock import now_ms
+from app.model import DeadLetter, FailureKind, Trigger
+from app.redis_client import UNAVAILABLE
+from app.schedule import next_fire_ms
+from app.settings import Settings
+from workers import delivery
+from workers.metrics import WorkerMetrics
+from workers.queue import Action, Queue, Settlement
+
+log = logging.getLogger("jobrunner.worker")
+
+
+class Worker:
+    def __init__(self, settings: Settings, queue: Queue | None = None) -> None:
+        self.settings = settings
+        self.queue = queue or Queue(settings)
+        self.metrics = WorkerMetrics()
+        self.inflight: dict[asyncio.Task[None], Trigger] = {}
+        self.settled: list[Settlement] = []
+        self._slot_free = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._to_settle = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and deliver until `stop` is set, then finish or release what is held."""
+        connector = aiohttp.TCPConnector(limit=self.settings.concurrency, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector) as self._session:
+            helpers = [asyncio.create_task(self._settle_loop(stop)),
+                       asyncio.create_task(self._listen_for_wakeups(stop))]
+            backoff = 0.05
+            while not stop.is_set():
+                free = self.settings.concurrency - len(self.inflight)
+                if free <= 0:
+                    await self._wait_any(self._slot_free, stop, timeout=1.0)
+                    continue
+                limit = min(free, self.settings.claim_batch)
+                try:
+                    triggers, earliest = await self.queue.claim(limit)
+                    backoff = 0.05
+                except UNAVAILABLE as exc:
+                    log.warning("redis unavailable, retrying in %.2fs: %s", backoff, exc)
+                    await self._wait_any(stop, timeout=backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                for trigger in triggers:
+                    task = asyncio.create_task(self._deliver(trigger))
+                    self.inflight[task] = trigger
+                if len(triggers) < limit:
+                    await self._sleep_until(earliest, stop)
+            await self._shutdown(helpers)
+
+    async def _deliver(self, trigger: Trigger) -> None:
+        try:
+            app = await self.queue.app(trigger.job.app_id)
+            started = now_ms()
+            if app is None:
+                outcome = delivery.Outcome(False, None, "no address registered for this app id")
+            else:
+                url, body, headers = delivery.build_request(trigger, app, self.settings, started)
+                outcome = await delivery.send(self._session_or_fail(), url, body, headers,
+                                              self.settings.delivery_timeout_s)
+            self.metrics.observe(trigger, outcome, started)
+            self.settled.append(self._settlement(trigger, outcome))
+            self._to_settle.set()
+        except UNAVAILABLE as exc:
+            # Unsettled, the trigger comes back when its lease runs out.
+            log.warning("redis unavailable during delivery of %s: %s", trigger.trigger_id, exc)
+        finally:
+            self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._slot_free.set()
+
+    def _settlement(self, trigger: Trigger, outcome: delivery.Outcome) -> Settlement:
+        job, now = trigger.job, now_ms()
+        if not outcome.done:
+            delay = job.failure_policy.retry_delay_ms(trigger.attempt)
+            if delay is not None:
+                return Settlement(trigger, Action.RETRY, now + delay)
+        next_ms = next_fire_ms(job.schedule, trigger.sched_ms, trigger.count + 1, job.repeats,
+                               job.expires_ms, now)
+        if outcome.done or job.failure_policy.kind is FailureKind.DROP:
+            return Settlement(trigger, Action.NEXT, next_ms)
+        letter = DeadLetter(
+            id=trigger.trigger_id, app_id=job.app_id, name=job.name, sched_ms=trigger.sched_ms,
+            attempts=trigger.attempt, error=outcome.error, dead_ms=now,
+            job={"data": job.data, "anyType": job.any_type, "anyValue": job.any_value,
+                 "record": job.encode().decode()},
+        )
+        log.warning("dead-lettered %s after %d attempts: %s", trigger.trigger_id,
+                    trigger.attempt, outcome.error)
+        return Settlement(trigger, Action.DEAD, next_ms, letter.id, letter.encode())
+
+    async def _settle_loop(self, stop: asyncio.Event) -> None:
+        """Settle finished deliveries in batches; after `stop`, until all are settled."""
+        give_up_at: float | None = None
+        loop = asyncio.get_running_loop()
+        while not (stop.is_set() and not self.inflight and not self.settled):
+            if stop.is_set() and give_up_at is None:
+                give_up_at = loop.time() + self.settings.shutdown_grace_s + 5.0
+            if not self.settled:
+                self._to_settle.clear()
+                await self._wait_any(self._to_settle, timeout=0.5)
+                continue
+            batch, self.settled = self.settled, []
+            try:
+                await self.queue.settle(batch)
+            except UNAVAILABLE as exc:
+                # A settlement is retried, never dropped; past the shutdown deadline the
+                # leases run out instead and the triggers are delivered again.
+                log.warning("redis unavailable while settling %d triggers: %s", len(batch), exc)
+                if give_up_at is not None and loop.time() > give_up_at:
+                    return
+                self.settled[:0] = batch
+                await asyncio.sleep(0.2)
+
+    async def _listen_for_wakeups(self, stop: asyncio.Event) -> None:
+        """A newly scheduled job may be due before we planned to look again."""
+        while not stop.is_set():
+            pubsub = self.queue.pubsub()
+            try:
+                await pubsub.subscribe(self.queue.keys.wake_channel)
+                while not stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._wake.set()
+            except UNAVAILABLE:
+                await self._wait_any(stop, timeout=0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
+        timeout = self.settings.idle_poll_s
+        if earliest_ms is not None:
+            timeout = min(timeout, max(earliest_ms - now_ms(), 0) / 1000)
+        if timeout > 0:
+            self._wake.clear()
+            await self._wait_any(self._wake, stop, self._slot_free, timeout=timeout)
+
+    @staticmethod
+    async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
+        """Let deliveries in flight finish within the grace period, release the rest."""
+        if self.inflight:
+            await asyncio.wait(list(self.inflight), timeout=self.settings.shutdown_grace_s)
+        unfinished = list(self.inflight.items())
+        for task, _ in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.gather(*(t for t, _ in unfinished), return_exceptions=True)
+            with contextlib.suppress(*UNAVAILABLE):
+                released = await self.queue.release([t for _, t in unfinished])
+                log.info("released %d unfinished triggers", released)
+        await asyncio.gather(*helpers, return_exceptions=True)
+
+    def _session_or_fail(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "deliveries run inside Worker.run"
+        return self._session
