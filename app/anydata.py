@@ -56,12 +56,13 @@ from app.errors import ApiError, malformed_data
 from app.model import Job
 from app.settings import DELIVERY_FORMATS
 
-# Deepest nesting of JSON containers accepted in job data (validation checks
-# it). json_format counts two levels per JSON level of a Struct/Value and stops
-# at 100 by default; we give it room for this depth, well inside Python's own
-# recursion limit, so any accepted data can always be packed and unpacked.
-MAX_DATA_DEPTH = 64
-_RECURSION_DEPTH = 2 * MAX_DATA_DEPTH + 16
+# Deepest nesting of JSON arrays/objects accepted in job data (validation
+# checks it). A Struct/Value takes two protobuf levels per JSON level, and
+# protobuf decoders stop at 100 levels by default (Python's upb, Java), as
+# does json_format; 32 leaves room for the Any around it, so whatever we
+# accept can be packed here and decoded by the app.
+MAX_DATA_DEPTH = 32
+_RECURSION_DEPTH = 100  # json_format's default, made explicit
 
 _STRING_VALUE_URL = "type.googleapis.com/google.protobuf.StringValue"
 _VALUE_URL = "type.googleapis.com/google.protobuf.Value"
@@ -128,7 +129,9 @@ def unpack_any_json(type_url: str, value_b64: str) -> dict[str, Any]:
         message.value = base64.b64decode(value_b64, validate=True)
         result: dict[str, Any] = json_format.MessageToDict(message)
     except (binascii.Error, DecodeError, json_format.Error, TypeError, ValueError) as exc:
-        raise ValueError(f"stored protobuf Any of type {type_url!r} does not decode: {exc}") from exc
+        raise ValueError(
+            f"stored protobuf Any of type {type_url!r} does not decode: {exc}"
+        ) from exc
     return result
 
 
@@ -157,6 +160,6 @@ def _pack_plain(data: Any) -> tuple[str, str]:
         raw = wrappers_pb2.StringValue(value=data).SerializeToString()
         return _STRING_VALUE_URL, base64.b64encode(raw).decode("ascii")
     value = struct_pb2.Value()
-    # Accepted data is plain JSON no deeper than MAX_DATA_DEPTH: it fits a Value.
+    # Accepted data is plain JSON no deeper than MAX_DATA_DEPTH: it always fits a Value.
     json_format.ParseDict(data, value, max_recursion_depth=_RECURSION_DEPTH)
     return _VALUE_URL, base64.b64encode(value.SerializeToString()).decode("ascii")

@@ -66,9 +66,11 @@ def _install_error_handlers(app: Flask) -> None:
     def _api_error(exc: ApiError) -> Response:
         return _error_response(exc)
 
-    @app.errorhandler(UNAVAILABLE)  # type: ignore[type-var]
     def _redis_down(exc: Exception) -> Response:
         return _error_response(errors.redis_unavailable(str(exc) or type(exc).__name__))
+
+    for exc_class in UNAVAILABLE:
+        app.register_error_handler(exc_class, _redis_down)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

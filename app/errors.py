@@ -12,8 +12,7 @@ Differences from Dapr (design.md wins):
 - Unknown job on GET: Dapr answers 500 DAPR_SCHEDULER_GET_JOB; we answer 404
   DAPR_SCHEDULER_JOB_NOT_FOUND (the message still starts "failed to get job").
 - Invalid schedule, dueTime, ttl or repeats: Dapr passes them to its scheduler
-  and answers 500 DAPR_SCHEDULER_SCHEDULE_JOB; we answer 400 with a code per
-  field.
+  and answers 500 DAPR_SCHEDULER_SCHEDULE_JOB; we answer 400 with that code.
 - A job name Dapr's scheduler rejects is a 500 there; a name we reject is a 400.
 - Data over the limit: Dapr cuts the body at --max-body-size and answers 400
   ERR_BODY_READ; we answer 413.
@@ -27,25 +26,21 @@ from __future__ import annotations
 # Dapr's codes (pkg/messages/errorcodes/errorcodes.go).
 MALFORMED_REQUEST = "ERR_MALFORMED_REQUEST"  # body is not the JSON a job needs
 MALFORMED_REQUEST_DATA = "ERR_MALFORMED_REQUEST_DATA"  # `data` cannot be made a protobuf Any
-BODY_READ = "ERR_BODY_READ"  # the request body could not be read
 INTERNAL = "ERR_INTERNAL"
 JOB_NAME = "DAPR_SCHEDULER_JOB_NAME"  # `name` set in the body, not only in the URL
 JOB_NAME_EMPTY = "DAPR_SCHEDULER_JOB_NAME_EMPTY"
 SCHEDULE_EMPTY = "DAPR_SCHEDULER_SCHEDULE_EMPTY"  # neither schedule nor dueTime
-SCHEDULE_JOB = "DAPR_SCHEDULER_SCHEDULE_JOB"  # scheduling failed; Dapr's 409 code too
-GET_JOB = "DAPR_SCHEDULER_GET_JOB"
-LIST_JOBS = "DAPR_SCHEDULER_LIST_JOBS"
-DELETE_JOB = "DAPR_SCHEDULER_DELETE_JOB"
+# Scheduling failed. Dapr has no finer code for a bad schedule, dueTime, ttl or
+# repeats (its scheduler's validation error comes back under this one), so
+# app/schedule.py raises those with it, and they are answered 400 here. It is
+# also Dapr's code for its 409.
+SCHEDULE_JOB = "DAPR_SCHEDULER_SCHEDULE_JOB"
 # Dapr answers an existing name (overwrite not true) with 409 and SCHEDULE_JOB.
 JOB_EXISTS = SCHEDULE_JOB
 
 # Ours.
 JOB_NAME_INVALID = "DAPR_SCHEDULER_JOB_NAME_INVALID"
 JOB_NOT_FOUND = "DAPR_SCHEDULER_JOB_NOT_FOUND"
-SCHEDULE_INVALID = "DAPR_SCHEDULER_SCHEDULE_INVALID"
-DUE_TIME_INVALID = "DAPR_SCHEDULER_DUE_TIME_INVALID"
-TTL_INVALID = "DAPR_SCHEDULER_TTL_INVALID"
-REPEATS_INVALID = "DAPR_SCHEDULER_REPEATS_INVALID"
 PAYLOAD_TOO_LARGE = "ERR_PAYLOAD_TOO_LARGE"
 REDIS_UNAVAILABLE = "ERR_REDIS_UNAVAILABLE"
 UNAUTHORIZED = "ERR_UNAUTHORIZED"
@@ -83,9 +78,7 @@ def malformed_data(detail: str) -> ApiError:
 
 def job_exists(name: str) -> ApiError:
     # Dapr relays its scheduler's "job already exists: '<key>'".
-    return ApiError(
-        409, JOB_EXISTS, f"failed to schedule job due to: job already exists: '{name}'"
-    )
+    return ApiError(409, JOB_EXISTS, f"failed to schedule job due to: job already exists: '{name}'")
 
 
 def job_not_found(name: str) -> ApiError:

@@ -102,16 +102,16 @@ def blank_name() -> Response:
     return _empty()
 
 
-for _base in _PREFIXES:
+for _version, _base in enumerate(_PREFIXES):
     jobs_bp.add_url_rule(f"{_base}/", view_func=blank_name, methods=["POST", "PUT", "GET", "DELETE"],
-                         endpoint=f"blank{_base}")
+                         endpoint=f"blank_{_version}")
     # `path:` so that a name with '/' reaches validation (a clear 400, not a 404).
     jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=schedule_job, methods=["POST", "PUT"],
-                         endpoint=f"schedule{_base}")
+                         endpoint=f"schedule_{_version}")
     jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=get_job, methods=["GET"],
-                         endpoint=f"get{_base}")
+                         endpoint=f"get_{_version}")
     jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=delete_job, methods=["DELETE"],
-                         endpoint=f"delete{_base}")
-    jobs_bp.add_url_rule(_base, view_func=list_jobs, methods=["GET"], endpoint=f"list{_base}")
+                         endpoint=f"delete_{_version}")
+    jobs_bp.add_url_rule(_base, view_func=list_jobs, methods=["GET"], endpoint=f"list_{_version}")
     jobs_bp.add_url_rule(_base, view_func=delete_jobs_by_prefix, methods=["DELETE"],
-                         endpoint=f"deleteprefix{_base}")
+                         endpoint=f"deleteprefix_{_version}")

@@ -39,13 +39,13 @@ Decisions and differences from Dapr:
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
 
 from app import errors
 from app.anydata import MAX_DATA_DEPTH, is_any_json, pack_any, unpack_any_json
+from app.durations import go_duration_ns
 from app.errors import ApiError, malformed, malformed_data, payload_too_large
 from app.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
 from app.schedule import ScheduleError, plan
@@ -56,6 +56,7 @@ _UINT32_MAX = 2**32 - 1
 # break URLs and logs. C0, DEL and C1 are Unicode's control characters (Cc).
 _BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def validate_name(name: str) -> str:
@@ -215,17 +216,14 @@ def _opt_uint32(value: Any, field: str) -> int | None:
     """A protobuf uint32 as protojson reads it: integer, integral number or decimal string."""
     if value is None:
         return None
-    number: int | None = None
-    if isinstance(value, bool):
-        pass  # bool is an int in Python, not in JSON
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
-        number = int(value)
-    if number is None:
+    whole = (
+        (isinstance(value, int) and not isinstance(value, bool))  # bool is not a JSON number
+        or (isinstance(value, float) and value.is_integer())
+        or (isinstance(value, str) and _INTEGER.fullmatch(value) is not None)
+    )
+    if not whole:
         raise malformed(f"{field} must be a whole number, got {_show(value)}")
+    number = int(value)
     if number < 0:
         raise malformed(f"{field} must not be negative, got {number}")
     if number > _UINT32_MAX:
@@ -269,7 +267,7 @@ def _failure_policy(raw: Any) -> FailurePolicy:
 def _interval_ms(text: str) -> int:
     try:
         ns = go_duration_ns(text)
-    except ValueError as exc:
+    except ScheduleError as exc:
         raise malformed(f"failurePolicy.constant.interval: {exc}") from None
     if ns < 0:
         raise malformed(f"failurePolicy.constant.interval must not be negative, got {text!r}")
@@ -280,7 +278,11 @@ def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
     """(plain data, Any type URL, Any base64): one of the two forms, or all None."""
     if data is None:
         return None, None, None
-    raw = orjson.dumps(data)
+    try:
+        raw = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        # orjson reads 1024 levels but writes only 254: such data is too deep anyway.
+        raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep") from None
     if len(raw) > max_data_bytes:
         raise payload_too_large(len(raw), max_data_bytes)
     if _too_deep(data, raw):
@@ -305,56 +307,6 @@ def _too_deep(data: Any, raw: bytes) -> bool:
         children = node.values() if isinstance(node, dict) else node
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     return False
-
-
-# --- Go durations -------------------------------------------------------------
-
-_GO_UNITS_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "\u00b5s": 1_000,  # micro sign
-    "\u03bcs": 1_000,  # Greek mu
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-_GO_PART = re.compile(r"([0-9]*(?:\.[0-9]*)?)([^0-9.]*)")
-_INT64_MAX = 2**63 - 1
-
-
-def go_duration_ns(text: str) -> int:
-    """A Go duration string (time.ParseDuration) in nanoseconds; ValueError if invalid."""
-    rest = text
-    sign = 1
-    if rest[:1] in ("+", "-"):
-        sign = -1 if rest[0] == "-" else 1
-        rest = rest[1:]
-    if rest == "0":
-        return 0
-    if not rest:
-        raise ValueError(f"invalid duration {text!r}")
-    total = Decimal(0)
-    pos = 0
-    while pos < len(rest):
-        part = _GO_PART.match(rest, pos)
-        if part is None or part.end() == pos:
-            raise ValueError(f"invalid duration {text!r}")
-        number, unit = part.groups()
-        if number in ("", "."):
-            raise ValueError(f"invalid duration {text!r}")
-        if not unit:
-            raise ValueError(f"missing unit in duration {text!r}")
-        if unit not in _GO_UNITS_NS:
-            raise ValueError(f"unknown unit {unit!r} in duration {text!r}")
-        try:
-            total += Decimal(number) * _GO_UNITS_NS[unit]
-        except InvalidOperation:
-            raise ValueError(f"invalid duration {text!r}") from None
-        pos = part.end()
-    if total > _INT64_MAX:
-        raise ValueError(f"invalid duration {text!r}: out of range")
-    return sign * int(total)  # int() truncates sub-nanosecond parts, as Go does
 
 
 # --- messages -----------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Run the user's command for `jobrunner run`, the way `dapr run` runs an app.
+
+The command gets its own process group: we forward Ctrl-C/SIGTERM to the whole
+group once (`go run .` waits for the binary it starts, which must get the signal
+too), and a terminal's Ctrl-C reaches only us. Its output is forwarded line by
+line with the `== APP == ` prefix that dapr uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO
+
+from app.supervisor import Child, StopSignals, describe_exit, say
+
+PREFIX = b"== APP == "
+STOP_GRACE_S = 10.0
+
+
+class CommandNotFoundError(RuntimeError):
+    pass
+
+
+def _pump(src: IO[bytes], dst: IO[bytes]) -> None:
+    broken = False
+    for line in iter(src.readline, b""):
+        if broken:
+            continue  # keep draining, or the app would block on a full pipe
+        try:
+            dst.write(PREFIX + (line if line.endswith(b"\n") else line + b"\n"))
+            dst.flush()
+        except (BrokenPipeError, ValueError):
+            broken = True
+    src.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def exit_code(returncode: int) -> int:
+    """A shell's convention: killed by signal N gives 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api: Child) -> int:
+    """Run `argv` to its end and return its exit code; stop it if the API process dies."""
+    # A command in a background process group that reads the terminal would be stopped
+    # (SIGTTIN): give it no terminal input; piped input is passed on.
+    stdin = subprocess.DEVNULL if sys.stdin is None or sys.stdin.isatty() else None
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0,
+        )
+    except FileNotFoundError:
+        raise CommandNotFoundError(f"command not found: {argv[0]}") from None
+    except PermissionError:
+        raise CommandNotFoundError(f"command cannot be run: {argv[0]}") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout.buffer), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr.buffer), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+
+    forwarded = 0
+    api_died = False
+    while True:
+        try:
+            proc.wait(0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if signals.count > forwarded:
+            forwarded = signals.count
+            # Third time: the user means it.
+            sig = signal.SIGKILL if forwarded >= 3 else (signals.last or signal.SIGINT)
+            _signal_group(proc.pid, sig)
+        if not api_died and api.proc.poll() is not None:
+            api_died = True
+            say(f"{describe_exit(api)}; stopping the app")
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+            break
+    # A grandchild may keep the pipes open; do not wait for it forever.
+    for pump in pumps:
+        pump.join(2.0)
+    code = exit_code(proc.returncode)
+    return (code or 1) if api_died else code

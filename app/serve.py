@@ -1,0 +1,89 @@
+"""Serve the API under gunicorn, in this process (`jobrunner api`).
+
+gunicorn's arbiter forks `processes` workers of the `gthread` class; each one
+builds its own Flask app (and so its own Redis pool and app-registration
+heartbeat, which would not survive a fork if built before it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from app.procs import http_url
+from app.settings import Settings
+
+DEFAULT_PROCESSES = 2
+DEFAULT_THREADS = 8
+GRACEFUL_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    processes: int = DEFAULT_PROCESSES
+    threads: int = DEFAULT_THREADS
+    log_level: str = "warning"
+    access_log: bool = False
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+    def __init__(self, settings: Settings, options: ServeOptions) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        settings, opts = self.settings, self.options
+        listening = (
+            f"jobrunner api: app {settings.app_id!r} listening on "
+            f"{http_url(opts.host, settings.http_port)} "
+            f"({opts.processes} processes x {opts.threads} threads); "
+            f"jobs are delivered to {settings.app_url}"
+        )
+
+        def when_ready(server: Any) -> None:
+            print(listening, flush=True)
+
+        config: dict[str, Any] = {
+            "bind": [_bind(opts.host, settings.http_port)],
+            "workers": opts.processes,
+            "threads": opts.threads,
+            "worker_class": "gthread",
+            "graceful_timeout": GRACEFUL_TIMEOUT_S,
+            "proc_name": f"jobrunner-api-{settings.app_id}",
+            "loglevel": opts.log_level,
+            "errorlog": "-",
+            "accesslog": "-" if opts.access_log else None,
+            "when_ready": when_ready,
+            # gunicorn >= 25 opens a control socket at one path per user: two API
+            # processes (two `jobrunner run`) would fight over it.
+            "control_socket_disable": True,
+        }
+        for key, value in config.items():
+            if key in self.cfg.settings:
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from app.api import create_app
+
+        return create_app(self.settings)
+
+
+def serve(settings: Settings, options: ServeOptions) -> int:
+    """Run gunicorn until SIGTERM (graceful) or SIGINT (quick); returns its exit code."""
+    # Imported once here, before gunicorn forks: each worker then only builds the app.
+    import app.api  # noqa: F401
+
+    try:
+        _Gunicorn(settings, options).run()
+    except SystemExit as done:  # gunicorn ends by sys.exit
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0

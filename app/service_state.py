@@ -1,0 +1,287 @@
+"""The shared service of `jobrunner run`: Redis and workers, found again by every `run`.
+
+Everything lives in $JOBRUNNER_HOME (default ~/.jobrunner):
+
+    service.json   who runs the service: kind ("background" or "up"), its pid and
+                   start time, the Redis URL, key prefix, partitions, the children's
+                   pids, log files. Written atomically once the service is ready;
+                   removed by the service when it stops.
+    service.lock   flock'ed while a command checks, starts or stops the service,
+                   so two `jobrunner run` at once start one service, not two.
+    logs/          service.log, redis.log, worker-N.log of the background service.
+    data/          the background service's embedded Redis (AOF, port).
+
+A state whose pid is gone (or reused by another process) is stale: it is cleaned
+up and replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from app.procs import child_env, process_alive, process_start_time, redact_url, tail, wait_until
+from app.settings import Settings
+
+STATE_FILE = "service.json"
+LOCK_FILE = "service.lock"
+LOG_DIR = "logs"
+DATA_DIR = "data"
+START_TIMEOUT_S = 60.0
+# Workers get their grace period, then Redis its own: the whole stop can take this long.
+STOP_TIMEOUT_S = 90.0
+
+
+class ServiceError(RuntimeError):
+    """The shared service cannot be started, found or stopped as asked."""
+
+
+def jobrunner_home(raw: str | None = None) -> Path:
+    raw = raw or os.environ.get("JOBRUNNER_HOME", "").strip() or "~/.jobrunner"
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass
+class ProcInfo:
+    name: str
+    pid: int
+    start: str | None = None
+
+    @classmethod
+    def of(cls, name: str, pid: int) -> ProcInfo:
+        return cls(name, pid, process_start_time(pid))
+
+    def alive(self) -> bool:
+        return process_alive(self.pid, self.start)
+
+
+@dataclass
+class ServiceState:
+    kind: str  # "background" (started by `jobrunner run`) or "up" (a foreground `jobrunner up`)
+    pid: int
+    start: str | None
+    redis_url: str
+    redis_embedded: bool
+    prefix: str
+    partitions: int
+    data_dir: str | None = None
+    children: list[ProcInfo] = field(default_factory=list)
+    logs: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+
+    def alive(self) -> bool:
+        return process_alive(self.pid, self.start)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ServiceState:
+        raw: dict[str, Any] = json.loads(text)
+        raw["children"] = [ProcInfo(**c) for c in raw.get("children", [])]
+        return cls(**raw)
+
+
+class ServiceLock:
+    """An exclusive flock on service.lock (released by the kernel if we die)."""
+
+    def __init__(self, home: Path, timeout: float = START_TIMEOUT_S + 30.0) -> None:
+        self.path = home / LOCK_FILE
+        self.timeout = timeout
+        self._fd: int | None = None
+
+    def __enter__(self) -> ServiceLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise ServiceError(
+                        f"another jobrunner command holds {self.path} for too long; try again"
+                    ) from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_state(home: Path) -> ServiceState | None:
+    try:
+        return ServiceState.from_json((home / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # unreadable: treated like no state, and replaced
+
+
+def write_state(home: Path, state: ServiceState) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / f".{STATE_FILE}.{os.getpid()}"
+    tmp.write_text(state.to_json())
+    os.replace(tmp, home / STATE_FILE)  # readers see the old file or the new one, never half
+
+
+def remove_state(home: Path, pid: int) -> None:
+    """Remove the state if it is still the one of `pid`."""
+    state = read_state(home)
+    if state is not None and state.pid == pid:
+        with contextlib.suppress(FileNotFoundError):
+            (home / STATE_FILE).unlink()
+
+
+def _terminate(procs: list[ProcInfo], grace_s: float) -> None:
+    alive = [p for p in procs if p.alive()]
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, signal.SIGTERM)
+    if not wait_until(lambda: not any(p.alive() for p in alive), grace_s):
+        for p in alive:
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(p.pid, signal.SIGKILL)
+
+
+def live_state(home: Path) -> ServiceState | None:
+    """The running service's state; a stale one is cleaned up (call under the lock)."""
+    path = home / STATE_FILE
+    state = read_state(home)
+    if state is not None and state.alive():
+        return state
+    if state is not None:
+        # Its supervisor is gone; stop whatever it left behind (workers before Redis).
+        _terminate([c for c in state.children if c.name != "redis"], 15.0)
+        _terminate([c for c in state.children if c.name == "redis"], 30.0)
+    if path.exists():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return None
+
+
+def check_compatible(state: ServiceState, redis_url: str | None, settings: Settings) -> None:
+    """An app's API must use the service's Redis and key layout, or its jobs never run."""
+    where = f"The jobrunner service (pid {state.pid})"
+    hint = "Run `jobrunner stop` first, or set JOBRUNNER_HOME to keep another service apart."
+    if redis_url is not None and redis_url != state.redis_url:
+        raise ServiceError(
+            f"{where} uses Redis at {redact_url(state.redis_url)}, "
+            f"not REDIS_URL={redact_url(redis_url)}. {hint}"
+        )
+    if (settings.prefix, settings.partitions) != (state.prefix, state.partitions):
+        raise ServiceError(
+            f"{where} uses key prefix {state.prefix!r} with {state.partitions} partition(s), "
+            f"not {settings.prefix!r} with {settings.partitions}. {hint}"
+        )
+
+
+def _start_background(
+    home: Path, overrides: dict[str, str], workers: int, timeout: float
+) -> ServiceState:
+    log_path = home / LOG_DIR / "service.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    since = log_path.stat().st_size if log_path.exists() else 0
+    argv = [sys.executable, "-m", "app.cli", "service", "--home", str(home)]
+    argv += ["--workers", str(workers)]
+    with log_path.open("ab") as log:
+        # Its own session: it outlives this command and no terminal signal reaches it.
+        proc = subprocess.Popen(
+            argv,
+            env=child_env(overrides),
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        state = read_state(home)
+        return state is not None and state.pid == proc.pid
+
+    if wait_until(ready, timeout, give_up=lambda: proc.poll() is not None, interval=0.05):
+        state = read_state(home)
+        assert state is not None
+        return state
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(5)
+        problem = f"did not come up within {timeout:.0f}s"
+    else:
+        problem = f"exited with code {proc.returncode}"
+    detail = tail(log_path, 15, since=since)
+    raise ServiceError(f"the jobrunner service {problem} (log: {log_path}):\n{detail}".rstrip())
+
+
+def ensure_service(
+    home: Path,
+    settings: Settings,
+    *,
+    redis_url: str | None,
+    workers: int,
+    timeout: float = START_TIMEOUT_S,
+) -> tuple[ServiceState, bool]:
+    """The running shared service, started in the background if none runs.
+
+    `redis_url` is the one the user gave (REDIS_URL or --redis-url); None means an
+    embedded Redis. Returns the state and whether this call started the service.
+    """
+    with ServiceLock(home):
+        state = live_state(home)
+        started = state is None
+        if state is None:
+            overrides = {"REDIS_URL": redis_url} if redis_url is not None else {}
+            state = _start_background(home, overrides, workers, timeout)
+        check_compatible(state, redis_url, settings)
+        return state, started
+
+
+def register_foreground(home: Path, state: ServiceState) -> bool:
+    """Offer a foreground `jobrunner up` as the shared service, if none runs yet."""
+    with ServiceLock(home, timeout=10.0):
+        if live_state(home) is not None:
+            return False
+        write_state(home, state)
+        return True
+
+
+def stop_service(home: Path, timeout: float = STOP_TIMEOUT_S) -> ServiceState | None:
+    """Stop the shared service and wait for it to be gone; None if none was running."""
+    with ServiceLock(home):
+        state = live_state(home)
+        if state is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGTERM)
+        if not wait_until(lambda: not state.alive(), timeout, interval=0.05):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGKILL)
+            wait_until(lambda: not state.alive(), 5.0)
+        # Normally already stopped by the service itself, in order.
+        _terminate([c for c in state.children if c.name != "redis"], 10.0)
+        _terminate([c for c in state.children if c.name == "redis"], 30.0)
+        remove_state(home, state.pid)
+        return state

@@ -1,0 +1,233 @@
+"""Start child processes, watch them, and stop them in order.
+
+Used by `jobrunner up` (Redis, workers, API in the foreground) and by the shared
+background service of `jobrunner run` (Redis and workers). Children are stopped
+in the reverse order of their tiers: the API first (no new jobs), then the
+workers (they finish or release what they hold), then Redis (it flushes the AOF).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from app.procs import child_env, http_ok, popen_kwargs
+from app.settings import Settings
+
+TIER_REDIS, TIER_WORKERS, TIER_API = 0, 1, 2
+
+# How long each kind of child gets to exit after SIGTERM before it is killed.
+API_GRACE_S = 15.0  # gunicorn's graceful timeout (10 s) and a margin
+REDIS_GRACE_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    tier: int
+    grace_s: float
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP ask to stop; a second signal asks to hurry (kill)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.count = 0
+        self.last: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.last = signum
+        self.event.set()
+
+    def install(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+    @property
+    def hurry(self) -> bool:
+        return self.count > 1
+
+
+def say(message: str) -> None:
+    print(f"jobrunner: {message}", file=sys.stderr, flush=True)
+
+
+class Supervisor:
+    def __init__(self, signals: StopSignals, report: Callable[[str], None] = say) -> None:
+        self.signals = signals
+        self.report = report
+        self.children: list[Child] = []
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        tier: int,
+        grace_s: float,
+        output: IO[bytes] | None = None,
+    ) -> Child:
+        """Start a child; `output` (a log file) takes its stdout and stderr, else ours."""
+        proc = subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+            **popen_kwargs(die_with_parent=True),
+        )
+        return self.adopt(name, proc, tier, grace_s)
+
+    def adopt(self, name: str, proc: subprocess.Popen[bytes], tier: int, grace_s: float) -> Child:
+        child = Child(name, proc, tier, grace_s)
+        self.children.append(child)
+        return child
+
+    def first_dead(self) -> Child | None:
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+    def watch(self, poll_s: float = 0.2) -> Child | None:
+        """Block until a stop signal (None) or until a child exits (that child)."""
+        while not self.signals.requested:
+            dead = self.first_dead()
+            if dead is not None:
+                return dead
+            self.signals.event.wait(poll_s)
+        return None
+
+    def wait_http(self, url: str, child: Child, timeout: float) -> bool:
+        """Wait for `url` to answer 2xx while `child` runs and no stop is asked."""
+        deadline = time.monotonic() + timeout
+        while not http_ok(url, timeout=1.0):
+            if child.proc.poll() is not None or self.signals.requested:
+                return False
+            if time.monotonic() > deadline:
+                return False
+            self.signals.event.wait(0.05)
+        return True
+
+    def stop_all(self) -> None:
+        """Stop every child, tier by tier from the last started; kill those that linger."""
+        for tier in sorted({c.tier for c in self.children}, reverse=True):
+            group = [c for c in self.children if c.tier == tier]
+            self._stop_group(group)
+        self.children.clear()
+
+    def _stop_group(self, group: list[Child]) -> None:
+        for child in group:
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + max(c.grace_s for c in group)
+        while any(c.proc.poll() is None for c in group):
+            if self.signals.hurry or time.monotonic() > deadline:
+                for child in group:
+                    if child.proc.poll() is None:
+                        self.report(f"{child.name} (pid {child.pid}) did not stop; killing it")
+                        with contextlib.suppress(ProcessLookupError):
+                            child.proc.kill()
+                for child in group:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.proc.wait(5)
+                break
+            time.sleep(0.02)
+        for child in group:
+            code = child.proc.returncode
+            if code not in (0, None, -signal.SIGTERM, -signal.SIGKILL):
+                self.report(f"{child.name} (pid {child.pid}) exited with code {code}")
+
+
+def describe_exit(child: Child) -> str:
+    code = child.proc.returncode
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return f"{child.name} (pid {child.pid}) {how} unexpectedly"
+
+
+def open_log(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")
+
+
+# --- the parts of a deployment ----------------------------------------------------------------
+
+
+def start_workers(
+    sup: Supervisor, settings: Settings, count: int, log_dir: Path | None = None
+) -> list[Child]:
+    """`count` worker processes (`python -m workers`), logging to the console or to files."""
+    env = child_env(settings.to_env())
+    started = []
+    for i in range(1, count + 1):
+        name = f"worker-{i}"
+        output = open_log(log_dir / f"{name}.log") if log_dir else None
+        try:
+            started.append(
+                sup.spawn(
+                    name,
+                    [sys.executable, "-m", "workers"],
+                    env=env,
+                    tier=TIER_WORKERS,
+                    grace_s=settings.shutdown_grace_s + 5.0,
+                    output=output,
+                )
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child has its own copy
+    return started
+
+
+def api_argv(host: str, processes: int, threads: int) -> list[str]:
+    return [
+        sys.executable, "-m", "app.cli", "api",
+        "--host", host, "--processes", str(processes), "--threads", str(threads),
+    ]  # fmt: skip
+
+
+def start_api(
+    sup: Supervisor, settings: Settings, host: str, processes: int, threads: int
+) -> Child:
+    """The API process (`jobrunner api`); its settings travel in its environment."""
+    return sup.spawn(
+        "api",
+        api_argv(host, processes, threads),
+        env=child_env(settings.to_env()),
+        tier=TIER_API,
+        grace_s=API_GRACE_S,
+    )

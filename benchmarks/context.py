@@ -1,0 +1,52 @@
+"""What every scenario gets: the options, the processes, Redis, the receiver, the systems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.procs import Procs, RedisServer
+from benchmarks.receiver import ReceiverClient
+from benchmarks.systems import System
+
+JOBRUNNER = "jobrunner"
+BASELINES = ("rq", "rq-scheduler")
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    jobs: int | None = None
+    rate: float | None = None
+    duration: float | None = None
+    workers: int | None = None
+    concurrency: int | None = None
+    baselines: bool = True
+    only: tuple[str, ...] = ()  # restrict to these systems (tests, debugging)
+
+
+@dataclass
+class Context:
+    options: Options
+    procs: Procs
+    redis: RedisServer
+    receiver: ReceiverClient
+    notes: list[str] = field(default_factory=list)
+
+    def system_names(self) -> list[str]:
+        names = [JOBRUNNER, *(BASELINES if self.options.baselines else ())]
+        if self.options.only:
+            names = [n for n in names if n in self.options.only]
+        return names
+
+    def system(self, name: str, **kwargs: Any) -> System:
+        from benchmarks.jobrunner_side import Jobrunner
+        from benchmarks.rq_baseline import RQBuiltin, RQSchedulerSystem
+
+        if name == JOBRUNNER:
+            return Jobrunner(self.redis.url, self.receiver.url, **kwargs)
+        if name == "rq":
+            return RQBuiltin(self.redis.url, self.receiver.url)
+        if name == "rq-scheduler":
+            return RQSchedulerSystem(self.redis.url, self.receiver.url)
+        raise ValueError(f"unknown system {name!r}")

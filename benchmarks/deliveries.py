@@ -1,0 +1,175 @@
+"""Run one system through a set of scheduled jobs and collect what the receiver got.
+
+The system's workers start, the jobs are loaded with a lead time before the first
+is due, and the receiver's count is polled (progress bar on stderr) until every job
+arrived, or deliveries stalled, or the deadline passed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from benchmarks.procs import Procs, RedisServer
+from benchmarks.receiver import ReceiverClient, Record
+from benchmarks.stats import summarize
+from benchmarks.systems import BenchJob, System, due_of
+
+POLL_S = 0.1
+SETTLE_S = 0.3  # after the last expected delivery: catch duplicates
+
+
+@dataclass
+class Run:
+    system: str
+    workers: int
+    expected: int
+    first_due_ms: int
+    last_due_ms: int
+    load_s: float
+    loaded_at_ms: int
+    lead_s: float
+    wall_s: float
+    receiver_cpu_s: float
+    timed_out: bool
+    records: list[Record] = field(default_factory=list)
+    foreign: int = 0  # deliveries of other runs' jobs (must be 0)
+
+
+def run_jobs(
+    system: System,
+    procs: Procs,
+    redis_server: RedisServer,
+    receiver: ReceiverClient,
+    workers: int,
+    make_jobs: Callable[[int], Sequence[BenchJob]],
+    count: int,
+    tag: str,
+    label: str,
+    align_to_second: bool = False,
+    stall_s: float = 30.0,
+    max_wait_s: float = 3600.0,
+) -> Run:
+    """`make_jobs(first_due_ms)` builds the jobs once the lead time is known."""
+    redis_server.flush()
+    receiver.take()
+    system.start(procs, workers)
+    try:
+        lead = 1.0 + count * system.load_cost_s * 2.0
+        first_due = time.time() + lead
+        if align_to_second:
+            first_due = math.ceil(first_due)
+        first_due_ms = int(first_due * 1000)
+        jobs = make_jobs(first_due_ms)
+        last_due_ms = max(j.due_ms for j in jobs)
+        t0 = time.time()
+        cpu0 = receiver.stats()["cpu"]
+        system.load(jobs)
+        loaded_at_ms = int(time.time() * 1000)
+        load_s = loaded_at_ms / 1000 - t0
+        timed_out = _wait_for_deliveries(
+            procs, receiver, count, last_due_ms, label, stall_s, max_wait_s
+        )
+        wall = time.time() - t0
+        cpu = receiver.stats()["cpu"] - cpu0
+    finally:
+        system.stop(procs)
+    records = receiver.take()
+    mine = [r for r in records if r.name.startswith(tag + "-")]
+    return Run(
+        system=system.name, workers=workers, expected=count, first_due_ms=first_due_ms,
+        last_due_ms=last_due_ms, load_s=load_s, loaded_at_ms=loaded_at_ms, lead_s=lead, wall_s=wall,
+        receiver_cpu_s=cpu, timed_out=timed_out, records=mine,
+        foreign=len(records) - len(mine),
+    )
+
+
+def _wait_for_deliveries(
+    procs: Procs, receiver: ReceiverClient, count: int, last_due_ms: int, label: str,
+    stall_s: float, max_wait_s: float,
+) -> bool:
+    """True when it gave up before `count` deliveries arrived."""
+    deadline = time.monotonic() + max_wait_s
+    last_seen, last_change = 0, time.monotonic()
+    with tqdm(total=count, desc=label, unit="job", disable=None, leave=False,
+              dynamic_ncols=True, smoothing=0.1) as bar:
+        while True:
+            seen = receiver.count()
+            if seen != last_seen:
+                bar.update(min(seen, count) - min(last_seen, count))
+                last_seen, last_change = seen, time.monotonic()
+            if seen >= count:
+                time.sleep(SETTLE_S)
+                return False
+            now = time.monotonic()
+            past_due = time.time() * 1000 > last_due_ms
+            if now > deadline or (past_due and now - last_change > stall_s):
+                return True
+            procs.check_alive()
+            time.sleep(POLL_S)
+
+
+def lateness_ms(records: Sequence[Record]) -> list[float]:
+    out = []
+    for r in records:
+        due = due_of(r.name)
+        if due is not None:
+            out.append(r.arrived * 1000.0 - due)
+    return out
+
+
+def delivery_counts(run: Run) -> dict[str, Any]:
+    names = [r.name for r in run.records]
+    distinct = len(set(names))
+    header_mismatch = sum(
+        1 for r in run.records if r.sched_ms is not None and r.sched_ms != due_of(r.name)
+    )
+    return {
+        "expected": run.expected,
+        "delivered": len(names),
+        "distinct": distinct,
+        "duplicates": len(names) - distinct,
+        "lost": run.expected - distinct,
+        "foreign": run.foreign,
+        "scheduled_header_mismatch": header_mismatch,
+        "timed_out": run.timed_out,
+        "load_s": run.load_s,
+        "lead_s": run.lead_s,
+        # The load overran the due time: lateness then includes part of the load.
+        "loaded_after_due": run.loaded_at_ms > run.first_due_ms,
+        "receiver_busy": run.receiver_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,
+    }
+
+
+def burst_figures(run: Run) -> dict[str, Any]:
+    """Drain rate after the common due time, and lateness percentiles."""
+    late = lateness_ms(run.records)
+    out = delivery_counts(run)
+    if run.records:
+        last = max(r.arrived for r in run.records)
+        first = min(r.arrived for r in run.records)
+        span = last - run.first_due_ms / 1000.0
+        out["drain_s"] = span
+        out["drain_rate"] = out["distinct"] / span if span > 0 else math.nan
+        # From the first delivery on: excludes the wait for the first poll.
+        out["drain_rate_from_first"] = (
+            (out["distinct"] - 1) / (last - first) if last > first else math.nan
+        )
+    else:
+        out.update(drain_s=math.nan, drain_rate=math.nan, drain_rate_from_first=math.nan)
+    out["lateness_ms"] = summarize(late)
+    out["early"] = sum(1 for x in late if x < 0)
+    return out
+
+
+def steady_figures(run: Run) -> dict[str, Any]:
+    late = lateness_ms(run.records)
+    out = delivery_counts(run)
+    out["lateness_ms"] = summarize(late)
+    out["early"] = sum(1 for x in late if x < 0)
+    return out

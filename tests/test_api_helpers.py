@@ -1,0 +1,87 @@
+"""Helpers shared by the HTTP API contract tests (tests/test_api_*.py).
+
+No tests here: fixtures live in each test module, these are plain functions.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import redis
+
+from app.keys import Keys
+from app.settings import Settings
+
+# Both spellings of the Dapr jobs API; every job route is tested on each.
+BASES = ("/v1.0-alpha1/jobs", "/v1.0/jobs")
+
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+DEFAULT_POLICY = {"constant": {"interval": "1s", "maxRetries": 3}}
+EXTENSION_FIELDS = ("status", "nextTriggerTime", "lastTriggerTime", "triggerCount")
+
+
+def job_url(base: str, name: str) -> str:
+    """The URL of job `name`, percent-encoded the way a careful client does."""
+    return f"{base}/{quote(name, safe='')}"
+
+
+def post_job(client: Any, base: str, name: str, body: Any, **kwargs: Any) -> Any:
+    """POST a job body: a dict/list/... is sent as JSON, bytes as they are."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kwargs.setdefault("content_type", "application/json")
+    return client.post(job_url(base, name), data=raw, **kwargs)
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is `status` with a JSON `{"errorCode", "message"}` body; returns it."""
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    assert response.mimetype == "application/json", response.headers
+    body = response.get_json()
+    assert isinstance(body, dict), body
+    assert set(body) == {"errorCode", "message"}, body
+    assert isinstance(body["errorCode"], str) and body["errorCode"], body
+    assert isinstance(body["message"], str) and body["message"], body
+    if code is not None:
+        assert body["errorCode"] == code, body
+    return body
+
+
+def assert_no_content(response: Any) -> None:
+    assert response.status_code == 204, (response.status_code, response.get_data(as_text=True))
+    assert response.get_data() == b""
+
+
+def stored_job_ids(client: redis.Redis, settings: Settings) -> set[str]:
+    """Every job id (`app/name`) stored under the settings' key prefix."""
+    keys = Keys(settings.prefix, settings.partitions)
+    ids: set[str] = set()
+    for pk in keys.all_partitions():
+        ids.update(f.decode() for f in client.hkeys(pk.jobs))
+    return ids
+
+
+def assert_store_consistent(client: redis.Redis, settings: Settings) -> set[str]:
+    """Store invariants with no worker running: every job in the due index has a
+    definition, every definition has exactly one entry in the due index (of its own
+    partition), run states belong to stored jobs, and nothing else is under the prefix.
+    Returns the job ids."""
+    keys = Keys(settings.prefix, settings.partitions)
+    all_ids: set[str] = set()
+    for index, pk in enumerate(keys.all_partitions()):
+        jobs = {f.decode() for f in client.hkeys(pk.jobs)}
+        due = {m.decode() for m in client.zrange(pk.due, 0, -1)}
+        runs = {f.decode() for f in client.hkeys(pk.runs)}
+        assert due == jobs, f"partition {index}: due-only {due - jobs}, jobs-only {jobs - due}"
+        assert runs <= jobs, f"partition {index}: run states without a job {runs - jobs}"
+        for jid in jobs:
+            assert keys.partition_of(jid) == index, f"{jid} stored in the wrong partition"
+            assert "/" in jid, jid
+        all_ids |= jobs
+    allowed = {k for pk in keys.all_partitions() for k in pk.all()}
+    allowed |= {keys.apps, keys.meta}
+    for raw_key in client.scan_iter(match=f"{settings.prefix}:*", count=1000):
+        key = raw_key.decode()
+        assert key in allowed or key.startswith(f"{settings.prefix}:alive:"), key
+    return all_ids

@@ -1,0 +1,594 @@
+"""The Redis store and its Lua scripts, against the private redis-server.
+
+The worker's side (claim, settle, release) is driven through workers.queue.Queue
+with its clock replaced by one the test sets, so lease expiry and due times are
+checked exactly, without sleeping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from app.keys import Keys, job_id
+from app.model import FailureKind, FailurePolicy, Job, TriggerStatus
+from app.settings import Settings
+from app.store import JobExists, Store
+from tests.support.jobs import APP, QueueDriver, make_job
+from tests.support.redis_proc import RedisProcess
+
+T0 = 1_900_000_000_000  # a fixed "now" in epoch ms for the fake clock
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess) -> Settings:
+    """As conftest's, without the HTTP receiver: nothing here delivers."""
+    return Settings(redis_url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                    app_url="http://127.0.0.1:9", delivery_timeout_s=2.0, lease_s=5.0)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def q(settings: Settings) -> Iterator[QueueDriver]:
+    d = QueueDriver(settings, start_ms=T0)
+    yield d
+    d.close()
+
+
+def _due_index(r: redis.Redis, settings: Settings) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pk in Keys(settings.prefix, settings.partitions).all_partitions():
+        out.update({m.decode(): s for m, s in r.zrange(pk.due, 0, -1, withscores=True)})
+    return out
+
+
+def _hash(r: redis.Redis, settings: Settings, which: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for pk in Keys(settings.prefix, settings.partitions).all_partitions():
+        out.update({k.decode(): v for k, v in r.hgetall(getattr(pk, which)).items()})
+    return out
+
+
+# --- schedule / get / delete ---------------------------------------------------
+
+
+def test_schedule_get_delete_round_trip(store: Store) -> None:
+    job = make_job("clean-droid", T0 + 5000, data={"droid": "R2-D2", "task": [1, 2.5, None]},
+                   schedule="@every 1s", due_time="5s", repeats=3, ttl="1h",
+                   failure_policy=FailurePolicy(FailureKind.CONSTANT, 250, 7),
+                   expires_ms=T0 + 3_600_000)
+    store.schedule(job)
+
+    view = store.get(APP, "clean-droid")
+    assert view is not None
+    assert view.job == job
+    assert view.status is TriggerStatus.SCHEDULED
+    assert view.next_ms == T0 + 5000
+    assert (view.attempt, view.count, view.last_ms) == (0, 0, None)
+
+    assert store.delete(APP, "clean-droid") is True
+    assert store.get(APP, "clean-droid") is None
+    assert store.delete(APP, "clean-droid") is False
+    assert store.counts() == {"jobs": 0, "due_index": 0, "dead_letters": 0}
+
+
+def test_protobuf_any_and_odd_names_round_trip(store: Store) -> None:
+    names = ["with space", "ünïcødé-名前", "dots.and_under-score", "%41 percent", "*[glob]?"]
+    for name in names:
+        store.schedule(make_job(name, T0, any_type="type.googleapis.com/google.protobuf."
+                                "StringValue", any_value="ChBSMi1EMjpPaWwgQ2hhbmdl"))
+    for name in names:
+        view = store.get(APP, name)
+        assert view is not None, name
+        assert view.job.name == name
+        assert view.job.any_value == "ChBSMi1EMjpPaWwgQ2hhbmdl"
+        assert view.job.data is None
+
+
+def test_jobs_are_namespaced_by_app(store: Store) -> None:
+    store.schedule(make_job("same", T0, app_id="app-a", data="a"))
+    store.schedule(make_job("same", T0, app_id="app-b", data="b"))
+    a, b = store.get("app-a", "same"), store.get("app-b", "same")
+    assert a is not None and b is not None
+    assert (a.job.data, b.job.data) == ("a", "b")
+    store.delete("app-a", "same")
+    assert store.get("app-a", "same") is None
+    assert store.get("app-b", "same") is not None
+
+
+def test_existing_name_without_overwrite_raises_job_exists(store: Store) -> None:
+    first = make_job("j", T0 + 1000, data="first")
+    store.schedule(first)
+    with pytest.raises(JobExists):
+        store.schedule(make_job("j", T0 + 2000, data="second"))
+    view = store.get(APP, "j")
+    assert view is not None and view.job.data == "first" and view.next_ms == T0 + 1000
+
+    store.schedule(make_job("j", T0 + 2000, data="second"), overwrite=True)
+    view = store.get(APP, "j")
+    assert view is not None and view.job.data == "second" and view.next_ms == T0 + 2000
+    assert store.counts()["due_index"] == 1
+
+
+def test_schedule_reports_and_publishes_a_new_earliest_job(store: Store,
+                                                           redis_client: redis.Redis) -> None:
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(store.keys.wake_channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    assert store.schedule(make_job("late", T0 + 10_000)) is True  # alone: the earliest
+    assert store.schedule(make_job("later", T0 + 20_000)) is False
+    assert store.schedule(make_job("early", T0 + 1_000)) is True
+    got = [pubsub.get_message(timeout=5) for _ in range(2)]
+    assert [int(m["data"]) for m in got if m] == [T0 + 10_000, T0 + 1_000]
+    pubsub.close()
+
+
+def test_schedule_many_skips_existing_unless_overwrite(store: Store) -> None:
+    store.schedule(make_job("j-0", T0, data="old"))
+    jobs = [make_job(f"j-{i}", T0 + i, data="new") for i in range(5)]
+    assert store.schedule_many(jobs, overwrite=False) == 4
+    assert store.get(APP, "j-0").job.data == "old"  # type: ignore[union-attr]
+    assert store.schedule_many(jobs, overwrite=True) == 5
+    assert store.get(APP, "j-0").job.data == "new"  # type: ignore[union-attr]
+    assert store.counts()["jobs"] == 5
+
+
+# --- claim, leases, acknowledge -------------------------------------------------
+
+
+def test_claim_takes_only_due_triggers_with_attempt_1_and_a_lease(store: Store,
+                                                                  q: QueueDriver) -> None:
+    store.schedule(make_job("past", T0 - 10, data=1))
+    store.schedule(make_job("now", T0, data=2))
+    store.schedule(make_job("future", T0 + 1, data=3))
+
+    triggers, head = q.claim_with_head(at=T0)
+    by_name = {t.job.name: t for t in triggers}
+    assert set(by_name) == {"past", "now"}
+    for t in triggers:
+        assert t.attempt == 1
+        assert t.count == 0
+        assert t.lease
+        assert t.sched_ms == t.job.first_ms
+    assert by_name["past"].job.data == 1
+    assert head == T0 + 1  # the earliest thing still waiting: "future"
+
+    view = store.get(APP, "now")
+    assert view is not None and view.status is TriggerStatus.IN_FLIGHT and view.attempt == 1
+    view = store.get(APP, "future")
+    assert view is not None and view.status is TriggerStatus.SCHEDULED
+
+    assert q.claim(at=T0) == []  # nothing else is due
+    assert [t.job.name for t in q.claim(at=T0 + 1)] == ["future"]
+
+
+def test_claim_respects_the_limit(store: Store, q: QueueDriver) -> None:
+    for i in range(10):
+        store.schedule(make_job(f"j{i}", T0 - i))
+    first = q.claim(limit=4, at=T0)
+    assert len(first) == 4
+    # oldest due first
+    assert [t.job.name for t in first] == ["j9", "j8", "j7", "j6"]
+    rest = q.claim(limit=100, at=T0)
+    assert len(rest) == 6
+    assert {t.job.name for t in first} .isdisjoint({t.job.name for t in rest})
+
+
+def test_lease_blocks_reclaim_until_it_expires_then_attempt_2_same_sched(
+        store: Store, q: QueueDriver, settings: Settings) -> None:
+    lease_ms = int(settings.lease_s * 1000)
+    store.schedule(make_job("j", T0))
+    [first] = q.claim(at=T0)
+    assert q.claim(at=T0 + lease_ms - 1) == []  # still leased
+
+    [again] = q.claim(at=T0 + lease_ms)  # lease expired: recovered
+    assert again.attempt == 2
+    assert again.sched_ms == first.sched_ms == T0
+    assert again.trigger_id == first.trigger_id  # same idempotency id on a redelivery
+    assert again.lease != first.lease
+
+    # the first holder's late acknowledge is stale and changes nothing
+    assert q.next(first, None) == 0
+    view = store.get(APP, "j")
+    assert view is not None and view.status is TriggerStatus.IN_FLIGHT and view.attempt == 2
+    assert q.next(again, None) == 1
+    assert store.get(APP, "j") is None
+
+
+def test_ack_next_with_a_time_reschedules(store: Store, q: QueueDriver) -> None:
+    store.schedule(make_job("rec", T0, schedule="@every 1s"))
+    [t1] = q.claim(at=T0)
+    assert q.next(t1, T0 + 1000) == 1
+
+    view = store.get(APP, "rec")
+    assert view is not None
+    assert view.status is TriggerStatus.SCHEDULED
+    assert (view.next_ms, view.attempt, view.count, view.last_ms) == (T0 + 1000, 0, 1, T0)
+
+    assert q.claim(at=T0 + 999) == []
+    [t2] = q.claim(at=T0 + 1000)
+    assert (t2.sched_ms, t2.attempt, t2.count) == (T0 + 1000, 1, 1)
+    assert t2.trigger_id != t1.trigger_id
+
+
+def test_ack_next_without_a_time_removes_the_job(store: Store, q: QueueDriver,
+                                                 redis_client: redis.Redis,
+                                                 settings: Settings) -> None:
+    store.schedule(make_job("once", T0))
+    [t] = q.claim(at=T0)
+    assert q.next(t, None) == 1
+    assert store.get(APP, "once") is None
+    assert _due_index(redis_client, settings) == {}
+    assert _hash(redis_client, settings, "runs") == {}
+    assert q.claim(at=T0 + 10**9) == []
+
+
+def test_ack_with_a_stale_lease_token_does_nothing(store: Store, q: QueueDriver) -> None:
+    from dataclasses import replace
+
+    store.schedule(make_job("j", T0))
+    [t] = q.claim(at=T0)
+    forged = replace(t, lease=t.lease + "-not-mine")
+    assert q.next(forged, None) == 0
+    assert q.retry(forged, T0 + 5) == 0
+    assert q.dead(forged, None) == 0
+    assert q.release([forged]) == 0
+    view = store.get(APP, "j")
+    assert view is not None and view.status is TriggerStatus.IN_FLIGHT
+    assert store.dead_letters() == []
+
+
+def test_retry_keeps_the_trigger_and_counts_attempts(store: Store, q: QueueDriver) -> None:
+    store.schedule(make_job("j", T0))
+    [t1] = q.claim(at=T0)
+    assert q.retry(t1, T0 + 500) == 1
+    view = store.get(APP, "j")
+    assert view is not None
+    assert view.status is TriggerStatus.RETRYING and view.attempt == 1 and view.next_ms == T0
+
+    assert q.claim(at=T0 + 499) == []
+    [t2] = q.claim(at=T0 + 500)
+    assert (t2.sched_ms, t2.attempt, t2.count) == (T0, 2, 0)
+    assert t2.trigger_id == t1.trigger_id
+
+
+@pytest.mark.parametrize("action", ["next-none", "next-later", "retry", "dead"])
+def test_late_ack_does_not_resurrect_a_deleted_job(store: Store, q: QueueDriver,
+                                                   redis_client: redis.Redis,
+                                                   settings: Settings, action: str) -> None:
+    store.schedule(make_job("gone", T0, schedule="@every 1s"))
+    [t] = q.claim(at=T0)
+    assert store.delete(APP, "gone") is True
+
+    applied = {
+        "next-none": lambda: q.next(t, None),
+        "next-later": lambda: q.next(t, T0 + 1000),
+        "retry": lambda: q.retry(t, T0 + 1000),
+        "dead": lambda: q.dead(t, T0 + 1000),
+    }[action]()
+
+    assert applied == 0
+    assert store.get(APP, "gone") is None
+    assert _due_index(redis_client, settings) == {}
+    assert _hash(redis_client, settings, "runs") == {}
+    assert store.dead_letters() == []
+    assert q.claim(at=T0 + 10**6) == []
+
+
+@pytest.mark.parametrize("action", ["next-none", "next-later", "retry", "dead"])
+@pytest.mark.parametrize("new_claimed", [False, True], ids=["new-waiting", "new-in-flight"])
+def test_late_ack_does_not_touch_a_job_overwritten_in_flight(
+        store: Store, q: QueueDriver, action: str, new_claimed: bool) -> None:
+    store.schedule(make_job("j", T0, data="old", schedule="@every 1s"))
+    [old] = q.claim(at=T0)
+    new_job = make_job("j", T0 + 50, data="new")
+    store.schedule(new_job, overwrite=True)
+    new = None
+    if new_claimed:
+        [new] = q.claim(at=T0 + 50)
+        assert new.job.data == "new" and new.attempt == 1 and new.count == 0
+
+    applied = {
+        "next-none": lambda: q.next(old, None),
+        "next-later": lambda: q.next(old, T0 + 1000),
+        "retry": lambda: q.retry(old, T0 + 1),
+        "dead": lambda: q.dead(old, None),
+    }[action]()
+
+    assert applied == 0
+    view = store.get(APP, "j")
+    assert view is not None
+    assert view.job == new_job
+    assert store.dead_letters() == []
+    if new_claimed:
+        assert view.status is TriggerStatus.IN_FLIGHT and view.next_ms == T0 + 50
+        assert new is not None and q.next(new, None) == 1
+        assert store.get(APP, "j") is None
+    else:
+        assert view.status is TriggerStatus.SCHEDULED and view.next_ms == T0 + 50
+        assert q.claim(at=T0 + 49) == []
+        [t] = q.claim(at=T0 + 50)
+        assert t.job.data == "new" and t.attempt == 1 and t.sched_ms == T0 + 50
+
+
+def test_release_gives_the_trigger_back_at_once(store: Store, q: QueueDriver) -> None:
+    store.schedule(make_job("a", T0))
+    store.schedule(make_job("b", T0))
+    held = q.claim(at=T0)
+    assert len(held) == 2
+    assert q.release(held) == 2
+    for name in ("a", "b"):
+        view = store.get(APP, name)
+        assert view is not None and view.status is TriggerStatus.SCHEDULED
+
+    again = q.claim(at=T0)  # no waiting for the lease
+    assert sorted((t.job.name, t.attempt, t.sched_ms) for t in again) == [
+        ("a", 1, T0), ("b", 1, T0)]  # the released attempt is given back
+    assert q.release(held) == 0  # the old claim's token no longer holds them
+
+
+def test_release_of_a_retry_keeps_its_attempts(store: Store, q: QueueDriver) -> None:
+    store.schedule(make_job("j", T0))
+    [t1] = q.claim(at=T0)
+    q.retry(t1, T0 + 1000)
+    [t2] = q.claim(at=T0 + 1000)
+    assert t2.attempt == 2
+    assert q.release([t2]) == 1
+    [t3] = q.claim(at=T0 + 1000)
+    assert (t3.attempt, t3.sched_ms) == (2, T0)
+
+
+def test_claim_drops_an_index_entry_without_a_job(store: Store, q: QueueDriver,
+                                                  redis_client: redis.Redis,
+                                                  settings: Settings) -> None:
+    pk = Keys(settings.prefix, settings.partitions).for_job(job_id(APP, "ghost"))
+    redis_client.zadd(pk.due, {job_id(APP, "ghost"): T0})
+    assert q.claim(at=T0) == []
+    assert _due_index(redis_client, settings) == {}
+
+
+# --- dead letters ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_dead_letters_land_in_the_dead_hash_and_index(settings: Settings,
+                                                      redis_client: redis.Redis,
+                                                      partitions: int) -> None:
+    settings = settings.with_(partitions=partitions)
+    store = Store(settings)
+    q = QueueDriver(settings, start_ms=T0)
+    try:
+        store.schedule(make_job("once", T0, data="x"))
+        store.schedule(make_job("rec", T0, schedule="@every 1s"))
+        store.schedule(make_job("other", T0, app_id="other-app"))
+        held = {t.job.name: t for t in q.claim(at=T0)}
+
+        q.clock.ms = T0 + 10
+        assert q.dead(held["once"], None, error="app answered HTTP 500") == 1
+        q.clock.ms = T0 + 20
+        assert q.dead(held["rec"], T0 + 1000, error="cannot connect") == 1
+        q.clock.ms = T0 + 30
+        assert q.dead(held["other"], None) == 1
+
+        letters = store.dead_letters()
+        assert [d.name for d in letters] == ["once", "rec", "other"]  # oldest first
+        once = letters[0]
+        assert once.id == held["once"].trigger_id
+        assert (once.app_id, once.sched_ms, once.attempts) == (APP, T0, 1)
+        assert once.error == "app answered HTTP 500"
+        assert once.dead_ms == T0 + 10
+
+        assert [d.name for d in store.dead_letters(APP)] == ["once", "rec"]
+        assert [d.name for d in store.dead_letters(APP, limit=1, offset=1)] == ["rec"]
+
+        # the raw keys: record in the dead hash, id in the index scored by dead time
+        dead = _hash(redis_client, settings, "dead")
+        assert set(dead) == {held[n].trigger_id for n in ("once", "rec", "other")}
+        idx: dict[str, float] = {}
+        for pk in store.keys.all_partitions():
+            idx.update({m.decode(): s for m, s in
+                        redis_client.zrange(pk.deadidx, 0, -1, withscores=True)})
+        assert idx[held["once"].trigger_id] == T0 + 10
+
+        # the one-shot job is gone, the recurring one goes on
+        assert store.get(APP, "once") is None
+        view = store.get(APP, "rec")
+        assert view is not None and view.next_ms == T0 + 1000 and view.count == 1
+        assert store.counts() == {"jobs": 1, "due_index": 1, "dead_letters": 3}
+    finally:
+        q.close()
+        store.close()
+
+
+# --- list, delete by prefix, counts -------------------------------------------------
+
+
+def _all_pages(store: Store, prefix: str, limit: int, app_id: str = APP) -> list[list[str]]:
+    pages: list[list[str]] = []
+    token = ""
+    for _ in range(1000):
+        views, token = store.list(app_id, prefix, token, limit)
+        pages.append([v.job.name for v in views])
+        if not token:
+            return pages
+    raise AssertionError("paging did not end")
+
+
+@pytest.fixture(params=[(1, 25), (3, 25), (1, 700), (3, 1600)],
+                ids=["p1-listpack", "p3-listpack", "p1-hashtable", "p3-hashtable"])
+def listed(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tuple[Store, set[str]]]:
+    """A store with jobs `a-NNN` (the wanted ones), `b-N`, and another app's `a-N`.
+
+    Redis keeps a hash of up to 512 entries as a listpack, which HSCAN returns
+    whole whatever its COUNT; bigger ones as a hashtable: both are covered."""
+    partitions, n_jobs = request.param
+    store = Store(settings.with_(partitions=partitions))
+    wanted = {f"a-{i:04d}" for i in range(n_jobs)}
+    store.schedule_many(make_job(n, T0) for n in wanted)
+    store.schedule_many(make_job(f"b-{i}", T0) for i in range(10))
+    store.schedule_many(make_job(f"a-{i}", T0, app_id="other") for i in range(10))
+    yield store, wanted
+    store.close()
+
+
+def test_list_pages_cover_every_job_once(listed: tuple[Store, set[str]]) -> None:
+    store, wanted = listed
+    names = [n for page in _all_pages(store, "a-", limit=7) for n in page]
+    assert sorted(names) == sorted(wanted)  # every one, none twice, no other app's
+    everything = [n for page in _all_pages(store, "", limit=50) for n in page]
+    assert sorted(everything) == sorted(wanted | {f"b-{i}" for i in range(10)})
+    assert store.list(APP, "zzz", "", 10) == ([], "")
+
+
+def test_list_page_never_exceeds_the_limit(listed: tuple[Store, set[str]]) -> None:
+    store, _ = listed
+    sizes = [len(page) for page in _all_pages(store, "a-", limit=7)]
+    assert all(size <= 7 for size in sizes), f"page sizes for limit=7: {sizes}"
+
+
+def test_list_prefix_is_literal_not_a_glob(store: Store) -> None:
+    for name in ["a*b-1", "a*b-2", "axb-1", "a?c", "abc", "[x]y", "xy"]:
+        store.schedule(make_job(name, T0))
+    names = lambda prefix: sorted(v.job.name for v in store.list(APP, prefix, "", 100)[0])  # noqa: E731
+    assert names("a*b") == ["a*b-1", "a*b-2"]
+    assert names("a?") == ["a?c"]
+    assert names("[x]") == ["[x]y"]
+
+
+def test_list_shows_where_each_trigger_stands(store: Store, q: QueueDriver) -> None:
+    store.schedule(make_job("waiting", T0 + 100))
+    store.schedule(make_job("flying", T0))
+    views = {v.job.name: v for v in store.list(APP)[0]}
+    assert views["waiting"].status is TriggerStatus.SCHEDULED
+    q.claim(at=T0)
+    views = {v.job.name: v for v in store.list(APP)[0]}
+    assert views["flying"].status is TriggerStatus.IN_FLIGHT
+
+
+def test_list_rejects_a_bad_page_token(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.list(APP, "", "not-a-token", 10)
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_delete_prefix(settings: Settings, redis_client: redis.Redis, partitions: int) -> None:
+    settings = settings.with_(partitions=partitions)
+    store = Store(settings)
+    q = QueueDriver(settings, start_ms=T0)
+    try:
+        store.schedule_many(make_job(f"tmp-{i}", T0) for i in range(150))
+        store.schedule_many(make_job(f"keep-{i}", T0 + 10) for i in range(5))
+        store.schedule_many(make_job(f"tmp-{i}", T0, app_id="other") for i in range(5))
+        q.claim(limit=20, at=T0)  # some of them in flight: their run state goes too
+
+        assert store.delete_prefix(APP, "tmp-") == 150
+        assert store.delete_prefix(APP, "tmp-") == 0
+        assert sorted(v.job.name for v in store.list(APP, "", "", 1000)[0]) == sorted(
+            f"keep-{i}" for i in range(5))
+        assert len(store.list("other", "", "", 1000)[0]) == 5
+        due = _due_index(redis_client, settings)
+        jobs = _hash(redis_client, settings, "jobs")
+        runs = _hash(redis_client, settings, "runs")
+        assert set(due) == set(jobs) and set(runs) <= set(jobs)
+        assert store.counts() == {"jobs": 10, "due_index": 10, "dead_letters": 0}
+    finally:
+        q.close()
+        store.close()
+
+
+def test_counts(store: Store, q: QueueDriver) -> None:
+    assert store.counts() == {"jobs": 0, "due_index": 0, "dead_letters": 0}
+    for i in range(3):
+        store.schedule(make_job(f"j{i}", T0))
+    assert store.counts() == {"jobs": 3, "due_index": 3, "dead_letters": 0}
+    held = q.claim(at=T0)
+    assert store.counts() == {"jobs": 3, "due_index": 3, "dead_letters": 0}  # leased, still indexed
+    q.dead(held[0], None)
+    q.next(held[1], None)
+    assert store.counts() == {"jobs": 1, "due_index": 1, "dead_letters": 1}
+
+
+# --- invariants after random operation sequences ------------------------------------
+
+NAMES = ["a", "b", "c", "a-x"]
+_op = st.one_of(
+    st.tuples(st.just("schedule"), st.sampled_from(NAMES), st.integers(0, 3000), st.booleans()),
+    st.tuples(st.just("delete"), st.sampled_from(NAMES)),
+    st.tuples(st.just("delete_prefix"), st.sampled_from(["a", "b", "z"])),
+    st.tuples(st.just("tick"), st.integers(0, 6000)),
+    st.tuples(st.just("claim"), st.integers(1, 3)),
+    st.tuples(st.just("settle"), st.sampled_from(["next", "next-none", "retry", "dead",
+                                                   "release"]), st.integers(0, 5),
+              st.integers(0, 3000)),
+)
+
+
+def _check_invariants(r: redis.Redis, settings: Settings) -> None:
+    for pk in Keys(settings.prefix, settings.partitions).all_partitions():
+        due = {m.decode() for m in r.zrange(pk.due, 0, -1)}
+        jobs = {k.decode() for k in r.hkeys(pk.jobs)}
+        runs = {k.decode() for k in r.hkeys(pk.runs)}
+        assert due <= jobs, f"due-index entries without a job: {due - jobs}"
+        assert jobs <= due, f"jobs without a due-index entry: {jobs - due}"
+        assert runs <= jobs, f"run state without a job: {runs - jobs}"
+        assert r.hlen(pk.dead) == r.zcard(pk.deadidx)
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, max_size=30), partitions=st.sampled_from([1, 2]))
+def test_invariants_hold_after_random_operations(settings: Settings, redis_client: redis.Redis,
+                                                 ops: list[tuple], partitions: int) -> None:
+    cfg = settings.with_(prefix=f"h{uuid.uuid4().hex[:10]}", partitions=partitions)
+    store = Store(cfg)
+    q = QueueDriver(cfg, start_ms=T0)
+    held: list = []
+    try:
+        for op in ops:
+            kind = op[0]
+            if kind == "schedule":
+                _, name, offset, overwrite = op
+                try:
+                    store.schedule(make_job(name, T0 + offset), overwrite=overwrite)
+                except JobExists:
+                    pass
+            elif kind == "delete":
+                store.delete(APP, op[1])
+            elif kind == "delete_prefix":
+                store.delete_prefix(APP, op[1])
+            elif kind == "tick":
+                q.clock.ms = T0 + op[1]
+            elif kind == "claim":
+                held.extend(q.claim(limit=op[1]))
+            elif kind == "settle" and held:
+                _, action, index, later = op
+                t = held.pop(index % len(held))
+                at = q.clock.ms + later
+                if action == "next":
+                    q.next(t, at)
+                elif action == "next-none":
+                    q.next(t, None)
+                elif action == "retry":
+                    q.retry(t, at)
+                elif action == "dead":
+                    q.dead(t, at if later % 2 else None)
+                else:
+                    q.release([t])
+            _check_invariants(redis_client, cfg)
+            for name in NAMES:  # every stored job can be read back
+                view = store.get(APP, name)
+                if view is not None:
+                    assert view.job.name == name
+    finally:
+        q.close()
+        store.close()
