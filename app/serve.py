@@ -29,6 +29,10 @@ class ServeOptions:
     access_log: bool = False
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -44,7 +48,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
         listening = (
             f"jobrunner api: app {settings.app_id!r} listening on "
             f"{http_url(opts.host, settings.http_port)} "
-            f"({opts.processes} processes x {opts.threads} threads); "
+            f"({_count(opts.processes, 'process', 'processes')} x "
+            f"{_count(opts.threads, 'thread', 'threads')}); "
             f"jobs are delivered to {settings.app_url}"
         )
 

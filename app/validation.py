@@ -30,8 +30,8 @@ Decisions and differences from Dapr:
   Unicode), as design.md asks.
 - Data: at most `max_data_bytes`, measured as its compact JSON, and for a
   protobuf Any also as the base64 stored and delivered; more is a 413. It may
-  nest at most anydata.MAX_DATA_DEPTH (64) levels of arrays/objects, so that
-  protobuf can always pack it (Dapr has protojson's limit of 10000).
+  nest at most anydata.MAX_DATA_DEPTH (32) levels of arrays/objects, so that
+  protobuf can always pack it and apps decode it (Dapr: protojson's 10000).
 - GET answers the data as it was given (an Any in its JSON form with `@type`);
   Dapr answers HTTP-scheduled data wrapped as a google.protobuf.Value Any.
 """

@@ -1,0 +1,1 @@
+"""The benchmark harness: `jobrunner bench SCENARIO` (see benchmarks/README.md)."""

@@ -60,7 +60,7 @@ def run_jobs(
     receiver.take()
     system.start(procs, workers)
     try:
-        lead = 1.0 + count * system.load_cost_s * 2.0
+        lead = 1.0 + count * system.load_cost_s * 1.5
         first_due = time.time() + lead
         if align_to_second:
             first_due = math.ceil(first_due)

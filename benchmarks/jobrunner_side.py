@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis
 
 from benchmarks.procs import LOOPBACK, BenchError, Procs, child_env, python_cmd, wait_until
@@ -40,11 +41,24 @@ def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX) -> dict[
     )
 
 
+_packed: dict[bytes, tuple[str, str]] = {}
+
+
 def make_job(name: str, due_ms: int, data: Any, created_ms: int) -> Any:
+    """The job as the API would store it (protobuf Any data packed as the API packs it)."""
+    from app.anydata import is_any_json, pack_any
     from app.model import Job
 
-    return Job(app_id=APP_ID, name=name, data=data, due_time=rfc3339_ms(due_ms),
-               created_ms=created_ms, first_ms=due_ms)
+    any_type = any_value = None
+    if is_any_json(data):
+        key = orjson.dumps(data)
+        packed = _packed.get(key)
+        if packed is None:
+            packed = _packed[key] = pack_any(data)
+        any_type, any_value = packed
+        data = None
+    return Job(app_id=APP_ID, name=name, data=data, any_type=any_type, any_value=any_value,
+               due_time=rfc3339_ms(due_ms), created_ms=created_ms, first_ms=due_ms)
 
 
 class Jobrunner:

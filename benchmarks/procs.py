@@ -129,6 +129,11 @@ class Procs:
             pass
         self._procs = [(n, p) for n, p in self._procs if p is not proc]
 
+    def stop_all_named(self, name: str, grace: float = 5.0) -> None:
+        for n, proc in list(self._procs):
+            if n == name:
+                self.stop(proc, grace)
+
     def stop_all(self, grace: float = 5.0) -> None:
         procs = [p for _, p in reversed(self._procs)]
         for proc in procs:

@@ -123,7 +123,7 @@ class RQSchedulerSystem(_RQBase):
     """rq-scheduler (`Scheduler.enqueue_at` + the `rqscheduler` process)."""
 
     name = "rq-scheduler"
-    load_cost_s = 400e-6
+    load_cost_s = 300e-6
     with_scheduler = False
 
     def _start_extra(self, procs: Procs, env: dict[str, str]) -> None:

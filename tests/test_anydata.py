@@ -11,7 +11,7 @@ from google.protobuf import json_format, struct_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import anydata, errors
+from app import errors
 from app.anydata import (
     MAX_DATA_DEPTH,
     delivery_body,
@@ -284,12 +284,6 @@ def test_envelope_packs_data_as_deep_as_validation_allows() -> None:
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError):
         delivery_body(plain_job(1), "xml")
-
-
-def test_delivery_formats_match_settings() -> None:
-    from app.settings import DELIVERY_FORMATS
-
-    assert anydata.DELIVERY_FORMATS == DELIVERY_FORMATS
 
 
 # --- properties ------------------------------------------------------------------------

@@ -110,14 +110,20 @@ class Queue:
                 keys=[pk.due, pk.runs], args=[lease, *jids]))
         return released
 
-    async def app(self, app_id: str, max_age_s: float = 2.0) -> AppRegistration | None:
-        """The app's registration, from a cache refreshed every `max_age_s` or on a miss."""
-        stale = time.monotonic() - self._apps_loaded > max_age_s
-        if stale or app_id not in self._apps:
+    async def load_apps(self, app_ids: set[str], max_age_s: float = 2.0,
+                        miss_retry_s: float = 0.5) -> None:
+        """Refresh the cache of app registrations when it is stale, or when one of `app_ids`
+        is missing from it (at most every `miss_retry_s`). Called once per claimed batch,
+        never once per delivery."""
+        age = time.monotonic() - self._apps_loaded
+        missing = not app_ids.issubset(self._apps)
+        if age > max_age_s or (missing and age > miss_retry_s):
             raw = await self.redis.hgetall(self.keys.apps)
             self._apps = {k.decode(): AppRegistration.decode(k.decode(), v)
                           for k, v in raw.items()}
             self._apps_loaded = time.monotonic()
+
+    def app(self, app_id: str) -> AppRegistration | None:
         return self._apps.get(app_id)
 
     def pubsub(self) -> Any:

@@ -42,11 +42,13 @@ class Worker:
             while not stop.is_set():
                 free = self.settings.concurrency - len(self.inflight)
                 if free <= 0:
+                    self._slot_free.clear()
                     await self._wait_any(self._slot_free, stop, timeout=1.0)
                     continue
                 limit = min(free, self.settings.claim_batch)
                 try:
                     triggers, earliest = await self.queue.claim(limit)
+                    await self.queue.load_apps({t.job.app_id for t in triggers})
                     backoff = 0.05
                 except UNAVAILABLE as exc:
                     log.warning("redis unavailable, retrying in %.2fs: %s", backoff, exc)
@@ -62,7 +64,7 @@ class Worker:
 
     async def _deliver(self, trigger: Trigger) -> None:
         try:
-            app = await self.queue.app(trigger.job.app_id)
+            app = self.queue.app(trigger.job.app_id)
             started = now_ms()
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
@@ -145,7 +147,7 @@ class Worker:
             timeout = min(timeout, max(earliest_ms - now_ms(), 0) / 1000)
         if timeout > 0:
             self._wake.clear()
-            await self._wait_any(self._wake, stop, self._slot_free, timeout=timeout)
+            await self._wait_any(self._wake, stop, timeout=timeout)
 
     @staticmethod
     async def _wait_any(*events: asyncio.Event, timeout: float) -> None:

