@@ -125,13 +125,27 @@ def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell a reused pid from the original."""
+    """When `pid` started, to tell a reused pid from the original; None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None  # Linux, and no such process
+        return _ps_start_time(pid)  # no /proc (macOS, BSD)
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return fields[19] if len(fields) > 19 else None
+
+
+def _ps_start_time(pid: int) -> str | None:
+    try:
+        out = subprocess.run(
+            ["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.strip() or None
 
 
 def _is_zombie(pid: int) -> bool:

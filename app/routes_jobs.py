@@ -78,7 +78,7 @@ def list_jobs() -> Response:
     if not 1 <= limit <= MAX_PAGE:
         raise errors.malformed(f"limit must be between 1 and {MAX_PAGE}")
     try:
-        views, token = g.store.list(g.settings.app_id, prefix,
+        views, token = g.store.list_jobs(g.settings.app_id, prefix,
                                     request.args.get("pageToken", ""), limit)
     except ValueError as exc:
         raise errors.malformed(str(exc)) from None

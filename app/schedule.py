@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -503,11 +502,3 @@ def next_fire_ms(
     if nxt is None or (expires_ms is not None and nxt > expires_ms):
         return None
     return nxt
-
-
-def occurrences(schedule: Schedule, after_ms: int) -> Iterator[int]:
-    """All fire times strictly after `after_ms`, in order (for previews and tests)."""
-    t = schedule.next_after(after_ms)
-    while t is not None:
-        yield t
-        t = schedule.next_after(t)

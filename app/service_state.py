@@ -155,7 +155,8 @@ def remove_state(home: Path, pid: int) -> None:
 
 
 def _terminate(procs: list[ProcInfo], grace_s: float) -> None:
-    alive = [p for p in procs if p.alive()]
+    # Only processes we can tell apart from a later one that got the same pid.
+    alive = [p for p in procs if p.start is not None and p.alive()]
     for p in alive:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(p.pid, signal.SIGTERM)

@@ -94,6 +94,8 @@ class Settings:
 
     # Worker tuning.
     concurrency: int = 256
+    # Keep-alive connections a worker process opens to one app, at most.
+    connections_per_app: int = 64
     claim_batch: int = 256
     delivery_timeout_s: float = 10.0
     lease_s: float = 30.0
@@ -124,6 +126,8 @@ class Settings:
                 env, "JOBRUNNER_APP_TTL", cls.app_registration_ttl_s, minimum=1.0
             ),
             concurrency=_int(env, "JOBRUNNER_CONCURRENCY", cls.concurrency, minimum=1),
+            connections_per_app=_int(env, "JOBRUNNER_CONNECTIONS_PER_APP",
+                                     cls.connections_per_app, minimum=1),
             claim_batch=_int(env, "JOBRUNNER_CLAIM_BATCH", cls.claim_batch, minimum=1),
             delivery_timeout_s=_float(
                 env, "JOBRUNNER_DELIVERY_TIMEOUT", cls.delivery_timeout_s, minimum=0.001
@@ -167,6 +171,7 @@ class Settings:
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
             "JOBRUNNER_APP_TTL": repr(self.app_registration_ttl_s),
             "JOBRUNNER_CONCURRENCY": str(self.concurrency),
+            "JOBRUNNER_CONNECTIONS_PER_APP": str(self.connections_per_app),
             "JOBRUNNER_CLAIM_BATCH": str(self.claim_batch),
             "JOBRUNNER_DELIVERY_TIMEOUT": repr(self.delivery_timeout_s),
             "JOBRUNNER_LEASE": repr(self.lease_s),

@@ -157,7 +157,7 @@ class Store:
             if nxt is None:
                 return
 
-    def list(self, app_id: str, prefix: str = "", page_token: str = "",
+    def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
              limit: int = 100) -> tuple[list[JobView], str]:
         """A page of jobs whose name starts with `prefix`, and the token of the next page
         ("" when this was the last)."""

@@ -33,6 +33,11 @@ class Context:
     receiver: ReceiverClient
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def stall_s(self) -> float:
+        """Give up on a run when no delivery arrived for this long after the last due time."""
+        return 10.0 if self.options.quick else 30.0
+
     def system_names(self) -> list[str]:
         names = [JOBRUNNER, *(BASELINES if self.options.baselines else ())]
         if self.options.only:

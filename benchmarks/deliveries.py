@@ -22,6 +22,7 @@ from benchmarks.systems import BenchJob, System, due_of
 
 POLL_S = 0.1
 SETTLE_S = 0.3  # after the last expected delivery: catch duplicates
+LEAD_S = 0.5  # before the first due time, on top of the estimated load time
 
 
 @dataclass
@@ -37,6 +38,8 @@ class Run:
     wall_s: float
     receiver_cpu_s: float
     timed_out: bool
+    start_s: float  # starting the workers until they were ready
+    stop_s: float  # stopping them
     records: list[Record] = field(default_factory=list)
     foreign: int = 0  # deliveries of other runs' jobs (must be 0)
 
@@ -58,9 +61,11 @@ def run_jobs(
     """`make_jobs(first_due_ms)` builds the jobs once the lead time is known."""
     redis_server.flush()
     receiver.take()
+    t_start = time.perf_counter()
     system.start(procs, workers)
+    start_s = time.perf_counter() - t_start
     try:
-        lead = 1.0 + count * system.load_cost_s * 1.5
+        lead = LEAD_S + count * system.load_cost_s * 1.5
         first_due = time.time() + lead
         if align_to_second:
             first_due = math.ceil(first_due)
@@ -78,13 +83,15 @@ def run_jobs(
         wall = time.time() - t0
         cpu = receiver.stats()["cpu"] - cpu0
     finally:
+        t_stop = time.perf_counter()
         system.stop(procs)
+        stop_s = time.perf_counter() - t_stop
     records = receiver.take()
     mine = [r for r in records if r.name.startswith(tag + "-")]
     return Run(
         system=system.name, workers=workers, expected=count, first_due_ms=first_due_ms,
         last_due_ms=last_due_ms, load_s=load_s, loaded_at_ms=loaded_at_ms, lead_s=lead, wall_s=wall,
-        receiver_cpu_s=cpu, timed_out=timed_out, records=mine,
+        receiver_cpu_s=cpu, timed_out=timed_out, start_s=start_s, stop_s=stop_s, records=mine,
         foreign=len(records) - len(mine),
     )
 
@@ -140,6 +147,8 @@ def delivery_counts(run: Run) -> dict[str, Any]:
         "timed_out": run.timed_out,
         "load_s": run.load_s,
         "lead_s": run.lead_s,
+        "start_s": run.start_s,
+        "stop_s": run.stop_s,
         # The load overran the due time: lateness then includes part of the load.
         "loaded_after_due": run.loaded_at_ms > run.first_due_ms,
         "receiver_busy": run.receiver_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,

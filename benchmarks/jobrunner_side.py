@@ -85,7 +85,8 @@ class Jobrunner:
         if self.with_api:
             self._procs.append(start_api(procs, env))
         for i in range(workers):
-            self._procs.append(procs.start(f"jobrunner-worker-{i}", python_cmd("-m", "workers"), env=env))
+            cmd = python_cmd("-m", "workers")
+            self._procs.append(procs.start(f"jobrunner-worker-{i}", cmd, env=env))
         wake = Keys(cfg.prefix, cfg.partitions).wake_channel
         conn = redis.Redis.from_url(self.redis_url)
         try:
@@ -111,12 +112,13 @@ class Jobrunner:
             store.close()
 
     def stop(self, procs: Procs) -> None:
-        for proc in self._procs:
-            procs.stop(proc)
+        procs.stop_many(self._procs)
         self._procs = []
 
 
-def start_api(procs: Procs, env: dict[str, str], port: int | None = None) -> subprocess.Popen[bytes]:
+def start_api(
+    procs: Procs, env: dict[str, str], port: int | None = None
+) -> subprocess.Popen[bytes]:
     """`python -m app.cli api` on a free port (the API heartbeats the app registration)."""
     from benchmarks.procs import free_port
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -134,7 +136,7 @@ class _Generator:
         task = loop.create_task(loop.create_connection(lambda: _Conn(self), LOOPBACK, self.port))
         task.add_done_callback(self._connected)
 
-    def _connected(self, task: asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]) -> None:
+    def _connected(self, task: asyncio.Task[Any]) -> None:
         if task.exception() is not None:
             self.errors += 1
             self.connection_closed()
@@ -147,10 +149,8 @@ class _Generator:
         self.deadline = start + self.duration
         for _ in range(self.concurrency):
             self._connect()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done, self.duration + 30.0)
-        except TimeoutError:
-            pass
         elapsed = time.perf_counter() - start
         ok = sum(n for s, n in self.statuses.items() if 200 <= s < 300)
         return {
@@ -180,7 +180,10 @@ def schedule_request(port: int, prefix: str, due_time: str) -> RequestFactory:
     body = orjson.dumps(
         {
             "dueTime": due_time,
-            "data": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "R2-D2:Oil Change"},
+            "data": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": "R2-D2:Oil Change",
+            },
         }
     )
     head = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -46,6 +47,32 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat", encoding="utf-8") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return idle, sum(fields)
+
+
+def cpu_idle(sample_s: float = 0.5) -> float | None:
+    """Fraction of all cores idle over `sample_s`: a busy machine makes figures worthless."""
+    try:
+        idle0, total0 = _cpu_times()
+        time.sleep(sample_s)
+        idle1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return (idle1 - idle0) / total if total > 0 else None
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def describe(redis_version: str) -> dict[str, Any]:
     packages = {}
     for pkg in PACKAGES:
@@ -63,12 +90,24 @@ def describe(redis_version: str) -> dict[str, Any]:
         "redis_server": redis_version,
         "packages": packages,
         "commit": _git_commit(),
+        "load_average_before": load_average(),
+        "cpu_idle_before": cpu_idle(),
     }
+
+
+def busy_warning(machine: dict[str, Any]) -> str | None:
+    idle = machine.get("cpu_idle_before")
+    if idle is not None and idle < 0.9:
+        return (f"WARNING: the machine was only {idle:.0%} idle before the run "
+                f"(load average {machine.get('load_average_before')}): other processes "
+                "compete for the cores and the figures are low")
+    return None
 
 
 def one_line(machine: dict[str, Any]) -> str:
     return (
         f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB; "
         f"Python {machine['python']}, redis-server {machine['redis_server']}, "
-        f"rq {machine['packages'].get('rq')}, rq-scheduler {machine['packages'].get('rq-scheduler')}"
+        f"rq {machine['packages'].get('rq')}, "
+        f"rq-scheduler {machine['packages'].get('rq-scheduler')}"
     )

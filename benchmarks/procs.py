@@ -7,6 +7,7 @@ on success, on error and on Ctrl-C alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -117,41 +118,34 @@ class Procs:
         """SIGTERM the process group, SIGKILL it after `grace` seconds."""
         if proc.poll() is None:
             _signal_group(proc, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left of the group (children of a dead leader too).
         _signal_group(proc, signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            pass
         self._procs = [(n, p) for n, p in self._procs if p is not proc]
 
     def stop_all_named(self, name: str, grace: float = 5.0) -> None:
-        for n, proc in list(self._procs):
-            if n == name:
-                self.stop(proc, grace)
+        self.stop_many([p for n, p in self._procs if n == name], grace)
 
     def stop_all(self, grace: float = 5.0) -> None:
-        procs = [p for _, p in reversed(self._procs)]
+        self.stop_many([p for _, p in reversed(self._procs)], grace)
+
+    def stop_many(self, procs: list[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+        """SIGTERM all of them at once, then SIGKILL what is left after `grace`."""
         for proc in procs:
             if proc.poll() is None:
                 _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.05, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
         for proc in procs:
             _signal_group(proc, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                pass
-        self._procs = []
+        self._procs = [(n, p) for n, p in self._procs if p not in procs]
 
     def check_alive(self) -> None:
         for name, proc in self._procs:
@@ -160,10 +154,8 @@ class Procs:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # the group id is the leader's pid (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def redis_server_binary() -> str:

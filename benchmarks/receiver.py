@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import os
 import time
@@ -22,7 +23,15 @@ from dataclasses import dataclass
 
 import orjson
 
-from benchmarks.procs import LOOPBACK, BenchError, Procs, child_env, free_port, python_cmd, wait_until
+from benchmarks.procs import (
+    LOOPBACK,
+    BenchError,
+    Procs,
+    child_env,
+    free_port,
+    python_cmd,
+    wait_until,
+)
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 _SCHED_HEADER = b"jobrunner-scheduled-ms:"
@@ -240,10 +249,8 @@ def _main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--core", type=int, default=None)
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         serve(args.port, args.core)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ def _fmt(value: Any, fmt: str) -> str:
 def metric_ratio(metric: Metric, jr: Any, base: Any) -> float | None:
     if not isinstance(jr, int | float) or not isinstance(base, int | float):
         return None
+    if jr <= 0 or base <= 0:  # a ratio of signed lateness means nothing
+        return None
     if metric.better == "higher":
         return ratio(float(jr), float(base))
     if metric.better == "lower":
@@ -102,7 +104,8 @@ def render(result: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"== {result['scenario']}: {result['title']}"]
     for i, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -116,10 +119,13 @@ def render(result: dict[str, Any]) -> str:
 
 
 def render_header(run: dict[str, Any]) -> str:
-    from benchmarks.machine import one_line
+    from benchmarks.machine import busy_warning, one_line
 
     c = run.get("receiver_ceiling") or {}
     lines = [f"machine: {one_line(run['machine'])}"]
+    warning = busy_warning(run["machine"])
+    if warning:
+        lines.append(warning)
     if c:
         lines.append(
             f"receiver ceiling: {c['rate']:,.0f} req/s measured on 1 core "

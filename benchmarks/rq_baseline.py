@@ -69,9 +69,8 @@ class _RQBase:
 
         env = child_env()
         for i in range(workers):
-            self._procs.append(
-                procs.start(f"{self.name}-worker-{i}", _worker_cmd(self.redis_url, self.with_scheduler), env=env)
-            )
+            cmd = _worker_cmd(self.redis_url, self.with_scheduler)
+            self._procs.append(procs.start(f"{self.name}-worker-{i}", cmd, env=env))
         self._start_extra(procs, env)
         conn = self._connection()
         try:
@@ -91,8 +90,7 @@ class _RQBase:
                    "the RQ scheduler lock")
 
     def stop(self, procs: Procs) -> None:
-        for proc in self._procs:
-            procs.stop(proc)
+        procs.stop_many(self._procs)
         self._procs = []
 
     def load(self, jobs: Sequence[BenchJob]) -> None:

@@ -14,7 +14,10 @@ from benchmarks.rq_jobs import deliver
 from benchmarks.systems import utc_datetime
 
 # Seed-sized job data (the seed's R2-D2 droid job).
-SEED_DATA = {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "R2-D2:Oil Change"}
+SEED_DATA = {
+    "@type": "type.googleapis.com/google.protobuf.StringValue",
+    "value": "R2-D2:Oil Change",
+}
 
 
 def seed_name(i: int) -> str:
@@ -95,7 +98,7 @@ class RQScale:
 
         self.conn = redis.Redis.from_url(self.redis_url)
         self.queue = Queue(QUEUE, connection=self.conn)
-        self.scheduler = RQScheduler([QUEUE], connection=self.conn)
+        self.scheduler = RQScheduler([QUEUE], connection=self.conn, logging_level="WARNING")
         self.scheduler.acquire_locks()
 
     def close(self) -> None:

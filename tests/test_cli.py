@@ -427,6 +427,8 @@ def test_stale_service_state_is_replaced(tmp_path: Path) -> None:
     (home / "service.json").write_text(json.dumps(stale))
     shown = cli(env, "status")
     assert shown.returncode == 1 and "No jobrunner service is running" in shown.stdout
+    stopped = cli(env, "stop")
+    assert stopped.returncode == 0 and "No jobrunner service is running" in stopped.stdout
     assert not (home / "service.json").exists()
 
 

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import hashlib
 import hmac
-import secrets
+import os
 from dataclasses import dataclass
 from urllib.parse import quote
-
-import aiohttp
-import yarl
 
 from app.anydata import delivery_body
 from app.model import Trigger
 from app.settings import Settings
 from app.store import AppRegistration
+from workers.http_client import HttpClient, Origin, ServerDisconnected, split_url
 
 # Header names of the delivery contract (README, "Delivery").
 H_TRIGGER_ID = "jobrunner-trigger-id"  # idempotency id: same on every retry of a trigger
@@ -43,39 +41,40 @@ def sign(keys: tuple[tuple[str, bytes], ...], timestamp_ms: int, body: bytes) ->
 
 
 def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
-                  now_ms: int) -> tuple[yarl.URL, bytes, dict[str, str]]:
+                  now_ms: int) -> tuple[Origin, str, bytes, dict[str, str]]:
     body = delivery_body(trigger.job, app.delivery_format)
     headers = {
         "Content-Type": "application/json",
         H_TRIGGER_ID: trigger.trigger_id,
         H_ATTEMPT: str(trigger.attempt),
         H_SCHEDULED_MS: str(trigger.sched_ms),
-        "traceparent": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
+        # W3C trace context: a new trace per attempt, sampled.
+        "traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01",
     }
     if app.token:
         headers[H_APP_TOKEN] = app.token
     if settings.signing_keys:
         headers[H_SIGNATURE] = sign(settings.signing_keys, now_ms, body)
-    return job_url(app.url, trigger.job.name), body, headers
+    origin, base_path = _split_app_url(app.url)
+    return origin, f"{base_path}/job/{quote(trigger.job.name, safe='')}", body, headers
 
 
-def job_url(base: str, name: str) -> yarl.URL:
-    """`{app}/job/{name}`, the name percent-encoded as one path segment."""
-    return yarl.URL(f"{base}/job/{quote(name, safe='')}", encoded=True)
+@functools.lru_cache(maxsize=1024)
+def _split_app_url(url: str) -> tuple[Origin, str]:
+    origin, path = split_url(url)
+    return origin, path.rstrip("/")
 
 
-async def send(session: aiohttp.ClientSession, url: yarl.URL, body: bytes,
+async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
                headers: dict[str, str], timeout_s: float) -> Outcome:
     try:
-        async with session.post(url, data=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            await resp.read()  # drain, so the keep-alive connection is reused
-            if 200 <= resp.status < 300 or resp.status == 404:
-                return Outcome(True, resp.status)
-            return Outcome(False, resp.status, f"app answered HTTP {resp.status}")
+        status = await client.post(origin, path, body, headers, timeout_s)
     except TimeoutError:
         return Outcome(False, None, f"no answer within {timeout_s:g}s")
-    except aiohttp.ClientConnectorError as exc:
-        return Outcome(False, None, f"cannot connect to the app: {exc.os_error or exc}")
-    except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-        return Outcome(False, None, f"delivery failed: {type(exc).__name__}: {exc}")
+    except ServerDisconnected as exc:
+        return Outcome(False, None, f"delivery failed: {exc}")
+    except OSError as exc:
+        return Outcome(False, None, f"cannot connect to the app: {exc.strerror or exc}")
+    if 200 <= status < 300 or status == 404:
+        return Outcome(True, status)
+    return Outcome(False, status, f"app answered HTTP {status}")

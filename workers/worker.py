@@ -6,14 +6,13 @@ import asyncio
 import contextlib
 import logging
 
-import aiohttp
-
 from app.clock import now_ms
 from app.model import DeadLetter, FailureKind, Trigger
 from app.redis_client import UNAVAILABLE
 from app.schedule import next_fire_ms
 from app.settings import Settings
 from workers import delivery
+from workers.http_client import HttpClient
 from workers.metrics import WorkerMetrics
 from workers.queue import Action, Queue, Settlement
 
@@ -30,37 +29,53 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
         self._to_settle = asyncio.Event()
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpClient(settings.connections_per_app)
+        self._refill = max(1, min(settings.claim_batch, settings.concurrency) // 4)
+        self._backoff = 0.05
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
-        connector = aiohttp.TCPConnector(limit=self.settings.concurrency, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as self._session:
-            helpers = [asyncio.create_task(self._settle_loop(stop)),
-                       asyncio.create_task(self._listen_for_wakeups(stop))]
-            backoff = 0.05
+        helpers = [asyncio.create_task(self._settle_loop(stop)),
+                   asyncio.create_task(self._listen_for_wakeups(stop))]
+        try:
             while not stop.is_set():
-                free = self.settings.concurrency - len(self.inflight)
-                if free <= 0:
-                    self._slot_free.clear()
-                    await self._wait_any(self._slot_free, stop, timeout=1.0)
+                limit = await self._room_to_claim(stop)
+                if not limit:
                     continue
-                limit = min(free, self.settings.claim_batch)
-                try:
-                    triggers, earliest = await self.queue.claim(limit)
-                    await self.queue.load_apps({t.job.app_id for t in triggers})
-                    backoff = 0.05
-                except UNAVAILABLE as exc:
-                    log.warning("redis unavailable, retrying in %.2fs: %s", backoff, exc)
-                    await self._wait_any(stop, timeout=backoff)
-                    backoff = min(backoff * 2, 2.0)
-                    continue
+                claimed = await self._claim(limit, stop)
+                if claimed is None:
+                    continue  # Redis unavailable: backed off, try again
+                triggers, earliest = claimed
                 for trigger in triggers:
-                    task = asyncio.create_task(self._deliver(trigger))
-                    self.inflight[task] = trigger
-                if len(triggers) < limit:
+                    self.inflight[asyncio.create_task(self._deliver(trigger))] = trigger
+                if len(triggers) < limit:  # nothing else due now
                     await self._sleep_until(earliest, stop)
+        finally:
             await self._shutdown(helpers)
+            self._http.close()
+
+    async def _room_to_claim(self, stop: asyncio.Event) -> int:
+        """How many triggers to claim now; 0 after waiting for deliveries to finish.
+        Claims come in batches, not one per freed slot: each is a round trip."""
+        free = self.settings.concurrency - len(self.inflight)
+        if free >= self._refill or not self.inflight:
+            return min(free, self.settings.claim_batch)
+        self._slot_free.clear()
+        await self._wait_any(self._slot_free, stop, timeout=1.0)
+        return 0
+
+    async def _claim(self, limit: int,
+                     stop: asyncio.Event) -> tuple[list[Trigger], int | None] | None:
+        try:
+            claimed = await self.queue.claim(limit)
+            await self.queue.load_apps({t.job.app_id for t in claimed[0]})
+        except UNAVAILABLE as exc:
+            log.warning("redis unavailable, retrying in %.2fs: %s", self._backoff, exc)
+            await self._wait_any(stop, timeout=self._backoff)
+            self._backoff = min(self._backoff * 2, 2.0)
+            return None
+        self._backoff = 0.05
+        return claimed
 
     async def _deliver(self, trigger: Trigger) -> None:
         try:
@@ -69,8 +84,9 @@ class Worker:
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
             else:
-                url, body, headers = delivery.build_request(trigger, app, self.settings, started)
-                outcome = await delivery.send(self._session_or_fail(), url, body, headers,
+                origin, path, body, headers = delivery.build_request(
+                    trigger, app, self.settings, started)
+                outcome = await delivery.send(self._http, origin, path, body, headers,
                                               self.settings.delivery_timeout_s)
             self.metrics.observe(trigger, outcome, started)
             self.settled.append(self._settlement(trigger, outcome))
@@ -171,7 +187,3 @@ class Worker:
                 released = await self.queue.release([t for _, t in unfinished])
                 log.info("released %d unfinished triggers", released)
         await asyncio.gather(*helpers, return_exceptions=True)
-
-    def _session_or_fail(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "deliveries run inside Worker.run"
-        return self._session

@@ -41,7 +41,7 @@ def burst_once(ctx: Context, name: str, jobs: int, workers: int, tag: str) -> di
     run = run_jobs(
         system, ctx.procs, ctx.redis, ctx.receiver, workers, make, jobs, tag,
         label=f"{tag} {name} x{workers}", align_to_second=True,
-        max_wait_s=60.0 + jobs / 50.0,
+        stall_s=ctx.stall_s, max_wait_s=60.0 + jobs / 50.0,
     )
     figures = burst_figures(run)
     figures["workers"] = workers

@@ -44,7 +44,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
         run_ = run_jobs(
             ctx.system(name), ctx.procs, ctx.redis, ctx.receiver, workers, make, count, tag,
-            label=f"{tag} {name}", max_wait_s=duration + 120.0 + count / 50.0,
+            label=f"{tag} {name}", stall_s=ctx.stall_s, max_wait_s=duration + 120.0 + count / 50.0,
         )
         systems[name] = steady_figures(run_)
     targets = []

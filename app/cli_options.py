@@ -1,0 +1,186 @@
+"""The options and helpers that the `jobrunner` commands share.
+
+Flags set the same environment variables that `Settings.from_env()` reads, so
+every child process sees exactly what its parent was given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import click
+from click.core import ParameterSource
+
+from app.procs import http_url
+from app.redis_server import require_redis
+from app.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
+from app.settings import Settings, SettingsError
+from app.supervisor import Child, StopSignals, Supervisor, describe_exit
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Waiting for a fresh API process: gunicorn boots its workers, each builds the app.
+API_READY_TIMEOUT_S = 60.0
+# How long a command waits for Redis to answer before it gives up (a Procfile starts
+# Redis, API and workers at once); JOBRUNNER_REDIS_WAIT changes it.
+REDIS_WAIT_S = 10.0
+
+
+def check_app_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6200: {value!r}")
+    try:
+        parts.port  # noqa: B018  # raises on a bad port
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value.strip().rstrip("/")
+
+
+def check_app_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from app.errors import ApiError
+    from app.validation import validate_app_id
+
+    try:
+        return validate_app_id(value)
+    except ApiError as e:
+        raise click.BadParameter(e.message) from None
+
+
+PORT = click.IntRange(1, 65535)
+
+
+def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(f: F) -> F:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+redis_option = click.option(
+    "--redis-url", envvar="REDIS_URL", show_envvar=True, metavar="URL",
+    help="The Redis to use; `up` and `run` start their own when none is given.",
+)  # fmt: skip
+
+app_options = _options(
+    click.option(
+        "--app-id", envvar="APP_ID", show_envvar=True, callback=check_app_id,
+        help="The app this API serves; jobs are namespaced by it.  [default: job-service]",
+    ),
+    click.option(
+        "--app-port", type=PORT, envvar="APP_PORT", show_envvar=True,
+        help="Port of the app on 127.0.0.1; jobs are POSTed to /job/<name>.  [default: 6200]",
+    ),
+    click.option(
+        "--app-url", envvar="APP_URL", show_envvar=True, callback=check_app_url, metavar="URL",
+        help="Full address of the app, instead of --app-port.",
+    ),
+    click.option(
+        "--http-port", "--dapr-http-port", "http_port", type=PORT, envvar="DAPR_HTTP_PORT",
+        show_envvar=True, help="Port of the jobs API.  [default: 6280]",
+    ),
+    redis_option,
+)  # fmt: skip
+
+host_option = click.option(
+    "--host", envvar="JOBRUNNER_HTTP_HOST", show_envvar=True, default="127.0.0.1",
+    show_default=True, help="Address the API listens on.",
+)  # fmt: skip
+
+api_tuning = _options(
+    click.option(
+        "--processes", type=click.IntRange(1, 256), default=DEFAULT_PROCESSES, show_default=True,
+        envvar=["JOBRUNNER_API_PROCESSES", "WEB_CONCURRENCY"], show_envvar=True,
+        help="API worker processes (gunicorn workers).",
+    ),
+    click.option(
+        "--threads", type=click.IntRange(1, 1024), default=DEFAULT_THREADS, show_default=True,
+        envvar="JOBRUNNER_API_THREADS", show_envvar=True, help="Threads per API process.",
+    ),
+)  # fmt: skip
+
+home_option = click.option(
+    "--home", envvar="JOBRUNNER_HOME", show_envvar=True, metavar="DIR",
+    help="Where the shared service keeps its state and logs.  [default: ~/.jobrunner]",
+)  # fmt: skip
+
+workers_option = click.option(
+    "--workers", type=click.IntRange(0, 256), default=2, show_default=True,
+    envvar="JOBRUNNER_WORKERS", show_envvar=True, help="Worker processes.",
+)  # fmt: skip
+
+concurrency_option = click.option(
+    "--concurrency", type=click.IntRange(min=1), envvar="JOBRUNNER_CONCURRENCY",
+    show_envvar=True, help="Deliveries in flight per worker process.  [default: 256]",
+)  # fmt: skip
+
+
+def from_command_line(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def app_env(ctx: click.Context, params: dict[str, Any]) -> dict[str, str]:
+    """The environment variables for the app options that were given."""
+    app_port, app_url = params.get("app_port"), params.get("app_url")
+    port_given, url_given = from_command_line(ctx, "app_port"), from_command_line(ctx, "app_url")
+    if port_given and url_given:
+        raise click.UsageError("--app-port and --app-url cannot be used together: give one", ctx)
+    env: dict[str, str] = {}
+    if params.get("app_id"):
+        env["APP_ID"] = params["app_id"]
+    if app_url and not port_given:
+        env["APP_URL"] = app_url
+    elif app_port is not None:
+        # A port on the command line beats an APP_URL inherited from the environment.
+        env["APP_PORT"], env["APP_URL"] = str(app_port), ""
+    if params.get("http_port") is not None:
+        env["DAPR_HTTP_PORT"] = str(params["http_port"])
+    if params.get("redis_url"):
+        env["REDIS_URL"] = params["redis_url"]
+    if params.get("host"):
+        env["JOBRUNNER_HTTP_HOST"] = params["host"]
+    if params.get("concurrency") is not None:
+        env["JOBRUNNER_CONCURRENCY"] = str(params["concurrency"])
+    return env
+
+
+def settings_from(overrides: dict[str, str]) -> Settings:
+    return Settings.from_env({**os.environ, **overrides})
+
+
+def wait_redis(settings: Settings, signals: StopSignals | None = None) -> None:
+    raw = os.environ.get("JOBRUNNER_REDIS_WAIT", "").strip()
+    try:
+        wait_s = float(raw) if raw else REDIS_WAIT_S
+    except ValueError:
+        raise SettingsError(f"JOBRUNNER_REDIS_WAIT must be a number, got {raw!r}") from None
+    require_redis(
+        settings.redis_url,
+        settings.redis_cluster,
+        wait_s,
+        give_up=(lambda: signals.requested) if signals else (lambda: False),
+    )
+
+
+def healthz_url(settings: Settings) -> str:
+    return f"{http_url(settings.http_host, settings.http_port)}/healthz"
+
+
+def wait_api(sup: Supervisor, api: Child, settings: Settings) -> None:
+    """Wait for the API to answer /healthz; raise if it dies or never answers."""
+    if sup.wait_http(healthz_url(settings), api, API_READY_TIMEOUT_S) or sup.signals.requested:
+        return
+    if api.proc.poll() is not None:
+        raise click.ClickException(f"the API process did not start: {describe_exit(api)}")
+    raise click.ClickException(
+        f"the API did not answer {healthz_url(settings)} within {API_READY_TIMEOUT_S:.0f}s"
+    )

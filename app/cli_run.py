@@ -1,0 +1,178 @@
+"""`jobrunner run` (the `dapr run` of this project) and the commands that manage the
+shared service it uses: `stop`, `status`, `logs`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from app.cli_options import (
+    api_tuning,
+    app_env,
+    app_options,
+    home_option,
+    host_option,
+    settings_from,
+    wait_api,
+    wait_redis,
+)
+from app.procs import ensure_port_free, redact_url
+from app.service_state import (
+    LOG_DIR,
+    ensure_service,
+    jobrunner_home,
+    read_state,
+    stop_service,
+)
+from app.settings import Settings
+from app.supervisor import StopSignals, Supervisor, describe_exit, say, start_api
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@app_options
+@host_option
+@click.option(
+    "--workers", type=click.IntRange(1, 256), default=2, show_default=True,
+    envvar="JOBRUNNER_WORKERS", show_envvar=True,
+    help="Worker processes of the shared service, when this command starts it.",
+)  # fmt: skip
+@api_tuning
+@home_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
+    """Run COMMAND beside its own jobs API, like `dapr run`.
+
+    \b
+      jobrunner run --app-id job-service --app-port 6200 --dapr-http-port 6280 -- go run .
+
+    The shared service (Redis and workers) is started in the background by the first
+    `run` and used by the next ones, until `jobrunner stop`. COMMAND gets APP_ID,
+    APP_PORT and DAPR_HTTP_PORT; its output is shown with an `== APP ==` prefix. Without
+    COMMAND, the API runs until Ctrl-C. Exits with COMMAND's exit code.
+    """
+    from app.app_runner import CommandNotFoundError, run_app
+
+    redis_url: str | None = params["redis_url"]
+    settings = settings_from(app_env(ctx, params))
+    ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
+    home = jobrunner_home(params["home"])
+    if redis_url:
+        wait_redis(settings)  # here, rather than in the background service's log
+    state, started = ensure_service(home, settings, redis_url=redis_url, workers=params["workers"])
+    what = "started the shared service" if started else "using the shared service"
+    say(
+        f"{what} (pid {state.pid}): Redis at {redact_url(state.redis_url)}, "
+        f"{sum(c.name.startswith('worker') for c in state.children)} workers; "
+        "`jobrunner stop` stops it"
+    )
+    settings = settings.with_(redis_url=state.redis_url)
+    wait_redis(settings)
+
+    signals = StopSignals().install()
+    sup = Supervisor(signals)
+    code = 0
+    try:
+        api = start_api(sup, settings, settings.http_host, params["processes"], params["threads"])
+        wait_api(sup, api, settings)
+        if signals.requested:
+            code = 130
+        elif command:
+            code = run_app(command, _app_command_env(settings), signals, api)
+        else:
+            dead = sup.watch()
+            if dead is not None:
+                say(describe_exit(dead))
+                code = 1
+    except CommandNotFoundError as e:
+        say(str(e))
+        code = 127
+    finally:
+        sup.stop_all()
+        signals.restore()
+    sys.exit(code)
+
+
+def _app_command_env(settings: Settings) -> dict[str, str]:
+    """What `dapr run` gives the app: its id, its port and the sidecar's port."""
+    parts = urlsplit(settings.app_url)
+    app_port = parts.port or (443 if parts.scheme == "https" else 80)
+    env = dict(os.environ)
+    env.update(
+        APP_ID=settings.app_id,
+        APP_PORT=str(app_port),
+        DAPR_HTTP_PORT=str(settings.http_port),
+    )
+    if settings.app_api_token:
+        env["APP_API_TOKEN"] = settings.app_api_token
+    return env
+
+
+@click.command()
+@home_option
+def stop(home: str | None) -> None:
+    """Stop the shared service: its workers, then its Redis."""
+    state = stop_service(jobrunner_home(home))
+    if state is None:
+        click.echo("No jobrunner service is running.")
+        return
+    workers = sum(c.name.startswith("worker") for c in state.children)
+    what = "`jobrunner up`" if state.kind == "up" else "the jobrunner service"
+    redis = "embedded Redis" if state.redis_embedded else "Redis"
+    click.echo(
+        f"Stopped {what} (pid {state.pid}): {workers} workers and "
+        f"{redis} at {redact_url(state.redis_url)}."
+    )
+
+
+@click.command()
+@home_option
+def status(home: str | None) -> None:
+    """Show the shared service. Exits 1 when none is running."""
+    from app.redis_server import ping
+
+    home_dir = jobrunner_home(home)
+    # Read only: cleaning up a stale state is for the commands that hold the lock.
+    state = read_state(home_dir)
+    if state is None or not state.alive():
+        click.echo("No jobrunner service is running.")
+        sys.exit(1)
+    uptime = int(time.time() - state.started_at)
+    how = "started by `jobrunner run`" if state.kind == "background" else "a `jobrunner up`"
+    problem = ping(state.redis_url)
+    click.echo(f"jobrunner service: running ({how}, pid {state.pid}, up {uptime}s)")
+    click.echo(
+        f"  Redis    {redact_url(state.redis_url)}"
+        f"{'  (embedded)' if state.redis_embedded else ''}"
+        f"  {'answers PING' if problem is None else 'NOT ANSWERING: ' + problem}"
+    )
+    if state.data_dir:
+        click.echo(f"  data     {state.data_dir}")
+    for child in state.children:
+        click.echo(f"  {child.name:<8} pid {child.pid}  {'running' if child.alive() else 'GONE'}")
+    if state.logs:
+        click.echo(f"  logs     {home_dir / LOG_DIR}  (`jobrunner logs`)")
+
+
+@click.command()
+@home_option
+@click.option("-n", "--lines", type=click.IntRange(1), default=20, show_default=True)
+@click.argument("names", nargs=-1)
+def logs(home: str | None, lines: int, names: tuple[str, ...]) -> None:
+    """Show the end of the shared service's logs (service, redis, worker-N)."""
+    from app.procs import tail
+
+    log_dir = jobrunner_home(home) / LOG_DIR
+    files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
+    if names:
+        files = [f for f in files if f.stem in names]
+    if not files:
+        raise click.ClickException(f"no logs in {log_dir}")
+    for path in files:
+        click.echo(f"==> {path} <==")
+        click.echo(tail(path, lines))

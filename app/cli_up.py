@@ -1,0 +1,215 @@
+"""`jobrunner up`, and the shared background service that `jobrunner run` starts.
+
+Both run Redis (embedded unless REDIS_URL is set) and workers as children and
+stop them in order; `up` also runs the API in the foreground.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from app.cli_options import (
+    PORT,
+    api_tuning,
+    app_env,
+    app_options,
+    concurrency_option,
+    home_option,
+    host_option,
+    settings_from,
+    wait_api,
+    wait_redis,
+    workers_option,
+)
+from app.procs import ensure_port_free, http_url, process_start_time, redact_url
+from app.redis_server import EmbeddedRedis
+from app.service_state import (
+    DATA_DIR,
+    LOG_DIR,
+    ProcInfo,
+    ServiceError,
+    ServiceState,
+    jobrunner_home,
+    register_foreground,
+    remove_state,
+    write_state,
+)
+from app.settings import Settings
+from app.supervisor import (
+    REDIS_GRACE_S,
+    TIER_REDIS,
+    Child,
+    StopSignals,
+    Supervisor,
+    describe_exit,
+    say,
+    start_api,
+    start_workers,
+)
+
+
+@click.command()
+@app_options
+@host_option
+@workers_option
+@concurrency_option
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".jobrunner"),
+    envvar="JOBRUNNER_DATA_DIR", show_envvar=True, show_default=True,
+    help="Where the embedded Redis keeps its data (AOF).",
+)  # fmt: skip
+@click.option(
+    "--redis-port", type=PORT, envvar="JOBRUNNER_REDIS_PORT", show_envvar=True,
+    help="Port of the embedded Redis.  [default: the last one used, else a free one]",
+)  # fmt: skip
+@api_tuning
+@home_option
+@click.pass_context
+def up(ctx: click.Context, /, **params: Any) -> None:
+    """Run Redis, the workers and the API until Ctrl-C or SIGTERM.
+
+    Redis is started in DATA_DIR unless REDIS_URL is set. While it runs, `jobrunner run`
+    uses its Redis and workers and `jobrunner stop` stops it.
+    """
+    redis_url: str | None = params["redis_url"]
+    if redis_url and params["redis_port"]:
+        raise click.UsageError("--redis-port is for the embedded Redis; REDIS_URL is set", ctx)
+    settings = settings_from(app_env(ctx, params))
+    ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
+    home = jobrunner_home(params["home"])
+    data_dir: Path = params["data_dir"].expanduser().resolve()
+
+    signals = StopSignals().install()
+    sup = Supervisor(signals)
+    embedded: EmbeddedRedis | None = None
+    registered = False
+    dead: Child | None = None
+    try:
+        if redis_url:
+            wait_redis(settings, signals)
+        else:
+            embedded = EmbeddedRedis(data_dir, params["redis_port"])
+            settings = settings.with_(redis_url=embedded.start(give_up=lambda: signals.requested))
+            assert embedded.proc is not None
+            sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
+        workers = start_workers(sup, settings, params["workers"])
+        api = start_api(sup, settings, settings.http_host, params["processes"], params["threads"])
+        wait_api(sup, api, settings)
+        if not signals.requested:
+            _print_banner(settings, embedded, data_dir, workers, api)
+            state = ServiceState(
+                kind="up",
+                pid=os.getpid(),
+                start=process_start_time(os.getpid()),
+                redis_url=settings.redis_url,
+                redis_embedded=embedded is not None,
+                prefix=settings.prefix,
+                partitions=settings.partitions,
+                data_dir=str(data_dir) if embedded else None,
+                children=[ProcInfo.of(c.name, c.pid) for c in sup.children],
+            )
+            try:
+                registered = register_foreground(home, state)
+                if not registered:
+                    say(f"another jobrunner service runs for {home}; `jobrunner run` uses that one")
+            except (OSError, ServiceError) as e:
+                say(f"`jobrunner run` will not find this one: {e}")
+            dead = sup.watch()
+            if dead is not None:
+                say(f"{describe_exit(dead)}; stopping the rest")
+    finally:
+        if sup.children:
+            say("stopping: API, then workers, then Redis")
+        sup.stop_all()
+        if embedded is not None:
+            embedded.close()
+        if registered:
+            remove_state(home, os.getpid())
+        signals.restore()
+    if dead is not None:
+        sys.exit(1)
+    say("stopped")
+
+
+def _print_banner(
+    settings: Settings,
+    embedded: EmbeddedRedis | None,
+    data_dir: Path,
+    workers: list[Child],
+    api: Child,
+) -> None:
+    if embedded is not None:
+        assert embedded.proc is not None
+        redis_line = f"{settings.redis_url}  (embedded, pid {embedded.proc.pid})"
+        data_line = f"  data     {data_dir}  (AOF, appendfsync everysec)\n"
+    else:
+        redis_line, data_line = redact_url(settings.redis_url), ""
+    pids = ", ".join(str(w.pid) for w in workers) or "none"
+    click.echo(
+        "jobrunner is up\n"
+        f"  API      {http_url(settings.http_host, settings.http_port)}"
+        f"  (app id {settings.app_id!r}, pid {api.pid})\n"
+        f"  app      {settings.app_url}  (jobs arrive as POST /job/<name>)\n"
+        f"  Redis    {redis_line}\n"
+        f"{data_line}"
+        f"  workers  {len(workers)}  (pids {pids})\n"
+        "Stop with Ctrl-C.",
+    )
+
+
+@click.command(hidden=True)
+@click.option("--home", required=True, metavar="DIR")
+@click.option("--workers", type=click.IntRange(1, 256), default=2)
+def service(home: str, workers: int) -> None:
+    """The shared background service (started by `jobrunner run`)."""
+    home_dir = Path(home)
+    log_dir = home_dir / LOG_DIR
+    settings = Settings.from_env()
+    external = bool(os.environ.get("REDIS_URL", "").strip())
+    signals = StopSignals().install()
+    sup = Supervisor(signals)
+    embedded: EmbeddedRedis | None = None
+    dead: Child | None = None
+    try:
+        if external:
+            wait_redis(settings, signals)
+        else:
+            embedded = EmbeddedRedis(home_dir / DATA_DIR, log_file=log_dir / "redis.log")
+            settings = settings.with_(redis_url=embedded.start(give_up=lambda: signals.requested))
+            assert embedded.proc is not None
+            sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
+        start_workers(sup, settings, workers, log_dir=log_dir)
+        logs = {c.name: str(log_dir / f"{c.name}.log") for c in sup.children}
+        logs["service"] = str(log_dir / "service.log")
+        write_state(
+            home_dir,
+            ServiceState(
+                kind="background",
+                pid=os.getpid(),
+                start=process_start_time(os.getpid()),
+                redis_url=settings.redis_url,
+                redis_embedded=embedded is not None,
+                prefix=settings.prefix,
+                partitions=settings.partitions,
+                data_dir=str(embedded.data_dir) if embedded else None,
+                children=[ProcInfo.of(c.name, c.pid) for c in sup.children],
+                logs=logs,
+            ),
+        )
+        say(f"service ready: Redis at {redact_url(settings.redis_url)}, {workers} workers")
+        dead = sup.watch()
+        if dead is not None:
+            say(f"{describe_exit(dead)}; stopping the service")
+    finally:
+        sup.stop_all()
+        if embedded is not None:
+            embedded.close()
+        remove_state(home_dir, os.getpid())
+        signals.restore()
+    say("service stopped")
+    sys.exit(1 if dead is not None else 0)

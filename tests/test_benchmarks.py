@@ -1,0 +1,98 @@
+"""The benchmark harness runs each scenario once at a tiny size and produces a
+well-formed result: counts add up, nothing lost. No timing thresholds here: the
+figures are for `jobrunner bench`, on a quiet machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from benchmarks.cli import main
+
+pytestmark = pytest.mark.timeout(180)
+
+SYSTEMS = ["jobrunner", "rq", "rq-scheduler"]
+
+
+def bench(tmp_path: Path, *argv: str) -> dict[str, Any]:
+    out = tmp_path / "result.json"
+    assert main([*argv, "--quick", "--out", str(out)]) == 0
+    result: dict[str, Any] = orjson.loads(out.read_bytes())
+    assert result["machine"]["cores"] >= 1
+    assert result["machine"]["redis_server"]
+    assert result["receiver_ceiling"]["requests"] > 0
+    assert result["receiver_ceiling"]["errors"] == 0
+    return result
+
+
+def check_deliveries(figures: dict[str, Any], expected: int) -> None:
+    assert figures["expected"] == expected
+    assert figures["distinct"] == expected
+    assert figures["lost"] == 0
+    assert figures["duplicates"] == 0
+    assert figures["foreign"] == 0
+    assert figures["delivered"] == figures["distinct"] + figures["duplicates"]
+    assert figures["lateness_ms"]["n"] == figures["delivered"]
+    assert figures["scheduled_header_mismatch"] == 0
+    assert not figures["timed_out"]
+
+
+def test_burst(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = bench(tmp_path, "burst", "--jobs", "150")
+    scenario = result["scenarios"]["burst"]
+    assert list(scenario["systems"]) == SYSTEMS
+    for figures in scenario["systems"].values():
+        check_deliveries(figures, 150)
+        assert figures["drain_rate"] > 0
+        assert figures["workers"] == 2
+    assert set(scenario["ratios"]) == {"rq", "rq-scheduler"}
+    assert scenario["ratios"]["rq"]["drain rate (deliveries/s after due)"] > 0
+    table = capsys.readouterr().out
+    assert "== burst:" in table and "vs rq-scheduler" in table and "receiver ceiling" in table
+
+
+def test_steady(tmp_path: Path) -> None:
+    result = bench(tmp_path, "steady", "--rate", "100", "--duration", "1")
+    systems = result["scenarios"]["steady"]["systems"]
+    assert list(systems) == SYSTEMS
+    for figures in systems.values():
+        check_deliveries(figures, 100)
+        assert figures["early"] >= 0
+    # Correctness, not timing: jobrunner never delivers before the due time.
+    assert systems["jobrunner"]["early"] == 0
+
+
+def test_scale(tmp_path: Path) -> None:
+    result = bench(tmp_path, "scale", "--jobs", "500")
+    scenario = result["scenarios"]["scale"]
+    assert scenario["params"]["levels"] == [1, 50, 500]
+    for figures in scenario["systems"].values():
+        assert figures["pending"] == 500
+        assert figures["bytes_per_job"] > 0
+        assert set(figures["claim_ms"]) == {"1", "50", "500"}
+        for lat in figures["claim_ms"].values():
+            assert lat["n"] == scenario["params"]["rounds"]
+            assert lat["min"] > 0
+
+
+def test_schedule(tmp_path: Path) -> None:
+    result = bench(tmp_path, "schedule", "--duration", "0.5", "--concurrency", "8")
+    for figures in result["scenarios"]["schedule"]["systems"].values():
+        assert figures["requests"] > 0
+        assert figures["failed"] == 0 and figures["errors"] == 0
+        assert figures["stored"] == figures["ok"] == figures["requests"]
+
+
+def test_workers(tmp_path: Path) -> None:
+    # The baselines take the same path as in test_burst: jobrunner alone here, for time.
+    result = bench(tmp_path, "workers", "--jobs", "100", "--no-baselines")
+    systems = result["scenarios"]["workers"]["systems"]
+    assert list(systems) == ["jobrunner"]
+    for per_count in systems.values():
+        assert set(per_count) == {"w1", "w2", "w4"}
+        for key, figures in per_count.items():
+            check_deliveries(figures, 100)
+            assert figures["workers"] == int(key[1:])

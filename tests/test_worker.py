@@ -1,0 +1,292 @@
+"""Worker processes: exactly once with two workers, SIGKILL lease recovery, SIGTERM.
+
+Real `python -m workers` processes (tests/support/workers.py) deliver to the
+`receiver` HTTP server on localhost, over the private redis-server.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from app.clock import now_ms
+from app.model import FailureKind, FailurePolicy, TriggerStatus
+from app.settings import Settings
+from app.store import Store
+from tests.support.jobs import APP, make_job, register
+from tests.support.receiver import Delivery, Receiver
+from tests.support.redis_proc import free_port
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker, WorkerFleet
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[WorkerFleet]:
+    f = WorkerFleet(tmp_path)
+    yield f
+    f.cleanup()
+
+
+def _name(d: Delivery) -> str:
+    return unquote(d.path[len("/job/"):])
+
+
+def _by_name(ds: list[Delivery]) -> dict[str, list[Delivery]]:
+    out: dict[str, list[Delivery]] = defaultdict(list)
+    for d in ds:
+        out[_name(d)].append(d)
+    return out
+
+
+def _delivered_count(metrics_port: int) -> int:
+    """Deliveries a worker process made, from its Prometheus endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return int(sum(float(m) for m in re.findall(
+        r'^jobrunner_deliveries_total\{[^}]*\} ([0-9.e+]+)$', text, re.M)))
+
+
+# --- exactly once with two workers ------------------------------------------------------
+
+
+def test_two_workers_deliver_each_trigger_exactly_once(settings: Settings, receiver: Receiver,
+                                                       fleet: WorkerFleet) -> None:
+    # a generous lease: this is about normal operation, not about lease recovery
+    settings = settings.with_(lease_s=30.0, delivery_timeout_s=10.0, concurrency=64,
+                              claim_batch=64)
+    store = register(settings, receiver.url)
+    ports = [free_port(), free_port()]
+    workers = [fleet.start(settings, JOBRUNNER_WORKER_METRICS_PORT=str(p)) for p in ports]
+
+    due = now_ms() + 1000  # all due together, after both workers are up
+    n_once, n_every, repeats = 3000, 30, 3
+    store.schedule_many(make_job(f"once-{i}", due, data=i) for i in range(n_once))
+    store.schedule_many(make_job(f"every-{i}", due, schedule="@every 1s", repeats=repeats)
+                        for i in range(n_every))
+    expected = n_once + n_every * repeats
+
+    # positive signal that nothing more will come: every job is over and removed
+    wait_for(lambda: store.counts()["jobs"] == 0, 60,
+             what=f"all jobs done ({len(receiver.received())}/{expected} delivered)")
+    wait_for(lambda: sum(_delivered_count(p) for p in ports) >= expected, 10,
+             what="the workers' delivery counters")
+    ds = receiver.received()
+    assert all(w.proc is not None and w.proc.poll() is None for w in workers), fleet.logs()
+
+    ids = Counter(d.headers["jobrunner-trigger-id"] for d in ds)
+    dups = {i: c for i, c in ids.items() if c > 1}
+    assert dups == {}, f"{len(dups)} triggers delivered more than once: {list(dups)[:5]}"
+    assert len(ids) == expected, f"{expected - len(ids)} triggers lost"
+    by_name = _by_name(ds)
+    assert all(len(by_name[f"once-{i}"]) == 1 for i in range(n_once))
+    assert all(len(by_name[f"every-{i}"]) == repeats for i in range(n_every))
+    assert all(d.headers["jobrunner-attempt"] == "1" for d in ds)
+    assert all(d.received_at * 1000 >= int(d.headers["jobrunner-scheduled-ms"]) for d in ds)
+
+    per_worker = [_delivered_count(p) for p in ports]
+    assert sum(per_worker) == len(ds)
+    assert all(c > 0 for c in per_worker), f"one worker did all the work: {per_worker}"
+    assert store.counts() == {"jobs": 0, "due_index": 0, "dead_letters": 0}
+
+
+# --- SIGKILL: leases recover the triggers of a dead worker ---------------------------------
+
+
+def test_sigkill_loses_nothing_and_duplicates_only_what_was_in_flight(
+        settings: Settings, receiver: Receiver, fleet: WorkerFleet) -> None:
+    settings = settings.with_(lease_s=3.0, delivery_timeout_s=2.0)
+    store = register(settings, receiver.url)
+    gate = threading.Event()
+    first_attempt_seen: set[str] = set()
+    lock = threading.Lock()
+
+    def responder(d: Delivery) -> int:
+        # the first delivery of each "slow-" trigger hangs until the test lets it go
+        if _name(d).startswith("slow-"):
+            with lock:
+                first = _name(d) not in first_attempt_seen
+                first_attempt_seen.add(_name(d))
+            if first:
+                gate.wait(30)
+        return 200
+
+    receiver.responder = responder
+    try:
+        a = fleet.start(settings)
+        # finished and acknowledged before the kill
+        store.schedule_many(make_job(f"fast-{i}", data=i) for i in range(20))
+        wait_for(lambda: all(store.get(APP, f"fast-{i}") is None for i in range(20)),
+                 what="the fast jobs acknowledged")
+        # in flight at the kill: A holds their leases, the receiver holds the requests
+        n_slow = 15
+        store.schedule_many(make_job(f"slow-{i}", data=i) for i in range(n_slow))
+        wait_for(lambda: len(first_attempt_seen) == n_slow, what="all slow deliveries in flight")
+        # due soon, not yet claimed at the kill
+        store.schedule_many(make_job(f"later-{i}", now_ms() + 300) for i in range(20))
+        a.kill()
+        killed_at = time.time()
+        views = [store.get(APP, f"slow-{i}") for i in range(n_slow)]
+        assert all(v is not None and v.status is TriggerStatus.IN_FLIGHT for v in views)
+
+        fleet.start(settings)
+        store.schedule_many(make_job(f"after-{i}", data=i) for i in range(20))
+        # 0 lost: every job delivered and acknowledged (then removed)
+        wait_for(lambda: store.counts()["jobs"] == 0, 30,
+                 what=f"all jobs done; workers said:\n{fleet.logs()}")
+    finally:
+        gate.set()
+
+    by_name = _by_name(receiver.received())
+    groups = {"fast": 20, "slow": n_slow, "later": 20, "after": 20}
+    for group, n in groups.items():
+        for i in range(n):
+            assert by_name.get(f"{group}-{i}"), f"{group}-{i} was lost"
+    # duplicates only for the triggers in flight at the kill
+    for name, ds in by_name.items():
+        if name.startswith("slow-"):
+            assert [d.headers["jobrunner-attempt"] for d in ds] == ["1", "2"], name
+            assert len({d.headers["jobrunner-trigger-id"] for d in ds}) == 1
+            assert ds[1].received_at > killed_at
+        else:
+            assert len(ds) == 1, f"{name} delivered {len(ds)} times"
+    assert store.dead_letters() == []
+
+
+# --- SIGTERM: stop claiming, finish or release, exit 0 -------------------------------------
+
+
+def test_sigterm_releases_held_triggers_for_another_worker_at_once(
+        settings: Settings, receiver: Receiver, fleet: WorkerFleet) -> None:
+    # a lease far longer than the test may take: a redelivery within it can only come
+    # from the release, not from lease expiry
+    settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=0.5)
+    store = register(settings, receiver.url)
+    gate = threading.Event()
+    seen: set[str] = set()
+    lock = threading.Lock()
+
+    def responder(d: Delivery) -> int:
+        with lock:
+            first = _name(d) not in seen
+            seen.add(_name(d))
+        if first:
+            gate.wait(60)  # outlasts the shutdown grace: the worker must give these back
+        return 200
+
+    receiver.responder = responder
+    n = 10
+    try:
+        a = fleet.start(settings)
+        store.schedule_many(make_job(f"held-{i}", data=i) for i in range(n))
+        wait_for(lambda: len(seen) == n, what="all deliveries in flight at worker A")
+        sigterm_at = time.time()
+        assert a.terminate(timeout=20) == 0, a.log()
+        assert f"released {n} unfinished triggers" in a.log(), a.log()
+        for i in range(n):  # handed back, not waiting for the lease
+            view = store.get(APP, f"held-{i}")
+            assert view is not None and view.status is TriggerStatus.SCHEDULED, view
+            assert view.attempt == 0
+
+        fleet.start(settings)
+        wait_for(lambda: store.counts()["jobs"] == 0, 20,
+                 what="worker B to deliver the released triggers")
+    finally:
+        gate.set()
+    redelivered_after = time.time() - sigterm_at
+    assert redelivered_after < settings.lease_s / 2  # unambiguously not by lease expiry
+    for name, ds in _by_name(receiver.received()).items():
+        assert len(ds) == 2, name
+        assert len({d.headers["jobrunner-trigger-id"] for d in ds}) == 1
+        # the released attempt was given back: the redelivery is attempt 1 again
+        assert [d.headers["jobrunner-attempt"] for d in ds] == ["1", "1"]
+
+
+def test_sigterm_lets_in_flight_deliveries_finish_within_the_grace(
+        settings: Settings, receiver: Receiver, fleet: WorkerFleet) -> None:
+    settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=20.0)
+    store = register(settings, receiver.url)
+    gate = threading.Event()
+    receiver.responder = lambda d: (gate.wait(30), 200)[1]
+    n = 5
+    try:
+        a = fleet.start(settings)
+        store.schedule_many(make_job(f"inflight-{i}", data=i) for i in range(n))
+        wait_for(lambda: len(receiver.received()) == n, what="deliveries in flight")
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGTERM)  # the deliveries are still waiting on the app
+        # the worker must not exit while it holds unfinished deliveries within the grace
+        gate.set()
+        assert a.terminate(timeout=20) == 0, a.log()
+    finally:
+        gate.set()
+    assert "released" not in a.log()
+    # finished and acknowledged before the exit: nothing left to redeliver
+    assert store.counts()["jobs"] == 0
+    assert len(receiver.received()) == n
+
+
+def test_sigterm_on_an_idle_worker_exits_0(settings: Settings, fleet: WorkerFleet) -> None:
+    a = fleet.start(settings)
+    assert a.terminate(timeout=15) == 0, a.log()
+    assert f"worker {a.pid} stopped" in a.log()
+
+
+# --- the worker loop ------------------------------------------------------------------------
+
+
+def test_idle_worker_polls_instead_of_spinning(settings: Settings, receiver: Receiver) -> None:
+    """Regression: a finished delivery left an event set that made the idle loop spin,
+    claiming thousands of times a second."""
+    store = register(settings, receiver.url)
+    with ThreadWorker(settings) as w:
+        store.schedule(make_job("one"))
+        wait_for(lambda: store.get(APP, "one") is None, what="the job acknowledged")
+        claims = 0
+        real_claim = w.worker.queue.claim
+
+        async def counting_claim(limit: int):  # type: ignore[no-untyped-def]
+            nonlocal claims
+            claims += 1
+            return await real_claim(limit)
+
+        w.worker.queue.claim = counting_claim
+        observation_window_s = 1.0
+        time.sleep(observation_window_s)  # a bounded observation window, by design
+        w.worker.queue.claim = real_claim
+    # idle_poll_s is 0.2: about 5 polls in the window; a spinning loop makes thousands
+    assert claims <= 5 * observation_window_s / settings.idle_poll_s, claims
+
+
+def test_a_retry_due_before_the_next_idle_poll_is_not_held_back(settings: Settings,
+                                                                receiver: Receiver) -> None:
+    """After settling a retry due soon, the worker must look again at that time, not
+    only at its next idle poll (60 s here, so the difference is unambiguous)."""
+    settings = settings.with_(idle_poll_s=60.0, lease_s=60.0)
+    store = register(settings, receiver.url)
+    receiver.responder = lambda d: 500 if d.headers["jobrunner-attempt"] == "1" else 200
+    with ThreadWorker(settings):
+        store.schedule(make_job("retry-soon",
+                                failure_policy=FailurePolicy(FailureKind.CONSTANT, 100, 3)))
+        wait_for(lambda: len(receiver.received()) >= 2, 10,
+                 what="the retry 100 ms after the failure")
+    assert [d.headers["jobrunner-attempt"] for d in receiver.received()] == ["1", "2"]
+
+
+def test_a_recurring_occurrence_before_the_next_idle_poll_is_not_held_back(
+        settings: Settings, receiver: Receiver) -> None:
+    settings = settings.with_(idle_poll_s=60.0, lease_s=60.0)
+    store = register(settings, receiver.url)
+    with ThreadWorker(settings):
+        store.schedule(make_job("every-300ms", schedule="@every 300ms", repeats=3))
+        wait_for(lambda: store.get(APP, "every-300ms") is None, 10,
+                 what="3 occurrences 300 ms apart")
+    assert len(receiver.received()) == 3
