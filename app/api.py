@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 from app import errors
 from app.errors import ApiError
 from app.redis_client import UNAVAILABLE
+from app.routes_deadletters import deadletters_bp
 from app.routes_jobs import jobs_bp
 from app.routes_ops import ops_bp
 from app.settings import Settings
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.register_blueprint(jobs_bp)
     app.register_blueprint(ops_bp)
+    app.register_blueprint(deadletters_bp)
     _install_error_handlers(app)
 
     @app.before_request

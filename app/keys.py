@@ -12,12 +12,17 @@ Per partition:
                                (absent until the job is first claimed)
     {prefix}:{N}:dead    HASH  dead-letter id -> dead-letter record (JSON)
     {prefix}:{N}:deadidx ZSET  dead-letter id -> ms it was dead-lettered
+    {prefix}:{N}:staged:{app}  ZSET  job id -> due ms of a trigger parked
+                               while the app has no live API process
 Global (not used from scripts):
     {prefix}:apps        HASH  app id -> app registration (JSON)
     {prefix}:alive:{app} STRING with a TTL while the app's API process lives
     {prefix}:wake        pub/sub channel: "a new job may be due earlier"
 
 A job id is `{app_id}/{name}`: names cannot hold '/', app ids neither.
+A dead letter's replay is a one-shot job of its own, `{app_id}/{name}` +
+REPLAY_SEP + a suffix: names cannot hold control characters, so it never
+meets a user's job, and it lives in the same partition as the job it replays.
 """
 
 from __future__ import annotations
@@ -25,14 +30,25 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+REPLAY_SEP = "\x1f"
+
 
 def job_id(app_id: str, name: str) -> str:
     return f"{app_id}/{name}"
 
 
+def replay_job_id(app_id: str, name: str, suffix: str) -> str:
+    return f"{app_id}/{name}{REPLAY_SEP}{suffix}"
+
+
 def split_job_id(jid: str) -> tuple[str, str]:
+    """(app id, job name); a replay's id gives the name of the job it replays."""
     app_id, _, name = jid.partition("/")
-    return app_id, name
+    return app_id, name.partition(REPLAY_SEP)[0]
+
+
+def is_replay(jid: str) -> bool:
+    return REPLAY_SEP in jid
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,9 @@ class PartitionKeys:
     def all(self) -> list[str]:
         return [self.due, self.jobs, self.runs, self.dead, self.deadidx]
 
+    def staged(self, app_id: str) -> str:
+        return f"{self.due.removesuffix(':due')}:staged:{app_id}"
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -55,7 +74,8 @@ class Keys:
     partitions: int = 1
 
     def partition_of(self, jid: str) -> int:
-        return zlib.crc32(jid.encode()) % self.partitions
+        base = jid.partition(REPLAY_SEP)[0]
+        return zlib.crc32(base.encode()) % self.partitions
 
     def partition(self, index: int) -> PartitionKeys:
         base = f"{self.prefix}:{{{index}}}"

@@ -76,6 +76,7 @@ class TriggerStatus(enum.StrEnum):
     SCHEDULED = "scheduled"  # waiting for its due time
     IN_FLIGHT = "in_flight"  # claimed by a worker, under a lease
     RETRYING = "retrying"  # failed at least once, waiting for the next attempt
+    STAGED = "staged"  # due, but parked until its app's API process is live again
 
 
 @dataclass
@@ -96,6 +97,9 @@ class Job:
     first_ms: int = 0  # the first trigger's due time
     expires_ms: int | None = None  # no trigger is due after this
     rev: str = field(default_factory=lambda: secrets.token_hex(6))
+    # Set on the one-shot job that replays a dead letter: the dead trigger's id,
+    # kept as the idempotency id of the replay.
+    replay_of: str | None = None
 
     @property
     def has_any(self) -> bool:
@@ -120,6 +124,8 @@ class Job:
             record["x"] = self.expires_ms
         if self.failure_policy != DEFAULT_FAILURE_POLICY:
             record["fp"] = self.failure_policy.encode()
+        if self.replay_of is not None:
+            record["ti"] = self.replay_of
         return orjson.dumps(record)
 
     @classmethod
@@ -141,6 +147,7 @@ class Job:
             first_ms=record["f1"],
             expires_ms=record.get("x"),
             rev=record["rv"],
+            replay_of=record.get("ti"),
         )
 
 
@@ -177,6 +184,7 @@ class Trigger:
     """One claimed trigger, as a worker holds it."""
 
     job: Job
+    job_id: str  # the hash field in the store (a replay's differs from app/name)
     partition: int
     sched_ms: int  # when it was due
     attempt: int  # 1 for the first delivery
@@ -184,25 +192,29 @@ class Trigger:
     lease: str
 
     @property
-    def job_id(self) -> str:
-        return f"{self.job.app_id}/{self.job.name}"
-
-    @property
     def trigger_id(self) -> str:
-        """Unique per trigger, the same on every retry: the idempotency id."""
+        """Unique per trigger, the same on every retry and replay: the idempotency id."""
+        if self.job.replay_of is not None:
+            return self.job.replay_of
         return f"{self.job.app_id}/{self.job.name}@{self.job.rev}:{self.sched_ms}"
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    id: str
+    """A trigger whose failure policy was spent, with the job as it was then."""
+
+    id: str  # the trigger id
     app_id: str
     name: str
     sched_ms: int
     attempts: int
     error: str
     dead_ms: int
-    job: dict[str, Any]  # the job's stored record at the time
+    record: str  # the job record (Job.encode) at the time
+
+    @property
+    def job(self) -> Job:
+        return Job.decode(self.app_id, self.name, self.record)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -214,7 +226,7 @@ class DeadLetter:
                 "attempts": self.attempts,
                 "error": self.error,
                 "deadMs": self.dead_ms,
-                "job": self.job,
+                "record": self.record,
             }
         )
 
@@ -223,5 +235,5 @@ class DeadLetter:
         r = orjson.loads(raw)
         return cls(
             r["id"], r["appId"], r["name"], r["scheduledMs"], r["attempts"], r["error"],
-            r["deadMs"], r["job"],
+            r["deadMs"], r["record"],
         )

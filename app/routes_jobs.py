@@ -23,7 +23,7 @@ def _empty(status: int = 204) -> Response:
     return Response(status=status)
 
 
-def _ms_to_rfc3339(ms: int | None) -> str | None:
+def ms_to_rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
@@ -34,8 +34,8 @@ def view_to_api(view: JobView) -> dict[str, Any]:
     body = job_to_api(view.job)
     # Extensions beyond Dapr's shape: where the job stands.
     body["status"] = view.status.value
-    body["nextTriggerTime"] = _ms_to_rfc3339(view.next_ms)
-    body["lastTriggerTime"] = _ms_to_rfc3339(view.last_ms)
+    body["nextTriggerTime"] = ms_to_rfc3339(view.next_ms)
+    body["lastTriggerTime"] = ms_to_rfc3339(view.last_ms)
     body["triggerCount"] = view.count
     body["attempt"] = view.attempt
     return body
@@ -103,8 +103,8 @@ def blank_name() -> Response:
 
 
 for _version, _base in enumerate(_PREFIXES):
-    jobs_bp.add_url_rule(f"{_base}/", view_func=blank_name, methods=["POST", "PUT", "GET", "DELETE"],
-                         endpoint=f"blank_{_version}")
+    jobs_bp.add_url_rule(f"{_base}/", view_func=blank_name,
+                         methods=["POST", "PUT", "GET", "DELETE"], endpoint=f"blank_{_version}")
     # `path:` so that a name with '/' reaches validation (a clear 400, not a 404).
     jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=schedule_job, methods=["POST", "PUT"],
                          endpoint=f"schedule_{_version}")

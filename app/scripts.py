@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-SCRIPT_NAMES = ("schedule", "delete", "claim", "ack", "release")
+SCRIPT_NAMES = (
+    "schedule", "delete", "claim", "ack", "release", "stage", "unstage", "replay",
+)
 
 
 @cache

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from app import scripts
-from app.keys import Keys, job_id, split_job_id
-from app.model import DeadLetter, Job, RunState, TriggerStatus
+from app.keys import Keys, is_replay, job_id, split_job_id
+from app.model import Job, RunState, TriggerStatus
 from app.redis_client import sync_client
 from app.settings import Settings
 
@@ -69,6 +69,9 @@ class Store:
     def close(self) -> None:
         self.redis.close()
 
+    def script(self, name: str) -> Any:
+        return self._scripts[name]
+
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
@@ -79,7 +82,7 @@ class Store:
         jid = job_id(job.app_id, job.name)
         pk = self.keys.for_job(jid)
         result = self._scripts["schedule"](
-            keys=[pk.due, pk.jobs, pk.runs],
+            keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id)],
             args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                   self.keys.wake_channel],
         )
@@ -97,7 +100,7 @@ class Store:
         for job in jobs:
             jid = job_id(job.app_id, job.name)
             pk = self.keys.for_job(jid)
-            script(keys=[pk.due, pk.jobs, pk.runs],
+            script(keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id)],
                    args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                          self.keys.wake_channel],
                    client=pipe)
@@ -127,7 +130,9 @@ class Store:
             next_ms = int(score) if score is not None else None
             return JobView(job, TriggerStatus.SCHEDULED, next_ms, 0, 0)
         state = RunState.decode(raw_state)
-        if state.lease:
+        if score is None:
+            status = TriggerStatus.STAGED  # out of the due index: waiting for its app
+        elif state.lease:
             status = TriggerStatus.IN_FLIGHT
         elif state.attempt:
             status = TriggerStatus.RETRYING
@@ -138,7 +143,8 @@ class Store:
     def delete(self, app_id: str, name: str) -> bool:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        return bool(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs], args=[jid]))
+        return bool(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id)],
+                                            args=[jid]))
 
     def _scan_ids(self, app_id: str, prefix: str, cursor: tuple[int, int] = (0, 0),
                   count: int = 100) -> Iterator[tuple[list[str], tuple[int, int] | None]]:
@@ -166,6 +172,8 @@ class Store:
         next_cursor: tuple[int, int] | None = cursor
         for ids, after in self._scan_ids(app_id, prefix, cursor, count=max(limit, 10)):
             for jid in ids:
+                if is_replay(jid):
+                    continue  # a dead letter's replay, not a job of its own
                 _, name = split_job_id(jid)
                 view = self.get(app_id, name)
                 if view is not None:
@@ -184,42 +192,36 @@ class Store:
                 by_part.setdefault(self.keys.partition_of(jid), []).append(jid)
             for part, jids in by_part.items():
                 pk = self.keys.partition(part)
-                deleted += int(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs],
-                                                       args=jids))
+                deleted += int(self._scripts["delete"](
+                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id)], args=jids))
         return deleted
 
     # -- apps ---------------------------------------------------------------
 
-    def register_app(self, registration: AppRegistration, ttl_s: float | None = None) -> None:
+    def register_app(self, registration: AppRegistration, ttl_s: float | None = None) -> int:
+        """Record where the app's jobs go and that it is live: for `ttl_s` (an API process
+        renews it), or for good when None. Puts back the app's staged triggers; returns
+        how many."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.apps, registration.app_id, registration.encode())
+        alive = self.keys.alive(registration.app_id)
         if ttl_s:
-            pipe.set(self.keys.alive(registration.app_id), "1", px=int(ttl_s * 1000))
+            pipe.set(alive, "1", px=int(ttl_s * 1000))
+        else:
+            pipe.set(alive, "1")
         pipe.execute()
+        return self.unstage(registration.app_id)
+
+    def unstage(self, app_id: str) -> int:
+        return sum(
+            int(self._scripts["unstage"](keys=[pk.due, pk.staged(app_id)],
+                                         args=[self.keys.wake_channel]))
+            for pk in self.keys.all_partitions()
+        )
 
     def app(self, app_id: str) -> AppRegistration | None:
         raw = self.redis.hget(self.keys.apps, app_id)
         return None if raw is None else AppRegistration.decode(app_id, raw)
-
-    # -- dead letters -------------------------------------------------------
-
-    def dead_letters(self, app_id: str | None = None, limit: int = 100,
-                     offset: int = 0) -> list[DeadLetter]:
-        """Dead letters, oldest first, over all partitions."""
-        entries: list[tuple[float, int, str]] = []
-        for part, pk in enumerate(self.keys.all_partitions()):
-            for member, score in self.redis.zrange(pk.deadidx, 0, -1, withscores=True):
-                entries.append((score, part, _text(member)))
-        entries.sort()
-        out: list[DeadLetter] = []
-        for _, part, dlid in entries:
-            raw = self.redis.hget(self.keys.partition(part).dead, dlid)
-            if raw is None:
-                continue
-            letter = DeadLetter.decode(raw)
-            if app_id is None or letter.app_id == app_id:
-                out.append(letter)
-        return out[offset:offset + limit]
 
     def counts(self) -> dict[str, int]:
         """Sizes for /metrics: jobs stored, triggers in the due index, dead letters."""

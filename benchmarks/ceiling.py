@@ -17,7 +17,8 @@ def measure_ceiling(
     receiver: ReceiverClient, duration: float, concurrency: int = 64, core: int | None = 0
 ) -> dict[str, Any]:
     before = receiver.stats()
-    load = run_load(receiver.port, "ceiling", 10**9, duration, concurrency, core)
+    load = run_load(receiver.port, "ceiling", 10**9, duration, concurrency, core,
+                    label="receiver ceiling")
     after = receiver.stats()
     receiver.take()  # forget the ceiling's requests
     seconds = float(load["seconds"])  # type: ignore[arg-type]

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.time()
         result: dict[str, Any] = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "command": ["jobrunner", "bench", *sys.argv[1:]] if sys.argv else [],
+            "command": ["jobrunner", "bench", *args.argv],
             "machine": describe(redis_server.version()),
             "options": vars(options),
             "receiver_ceiling": measure_ceiling(
@@ -101,11 +101,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def default_out(scenario: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return REPO_ROOT / "benchmarks" / "results" / f"{scenario}-{stamp}.json"
+    # In a checkout, beside the harness; when installed elsewhere, under the current folder.
+    root = REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else Path.cwd()
+    return root / "benchmarks" / "results" / f"{scenario}-{stamp}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.argv = list(argv)
     try:
         result = run(args)
     except BenchError as exc:

@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import orjson
+from tqdm import tqdm
 
 from benchmarks.procs import LOOPBACK, BenchError, child_env, python_cmd
 from benchmarks.receiver import install_uvloop, pin_to_core
@@ -208,6 +210,7 @@ def run_load(
     prefix: str = "load",
     due_time: str = "",
     timeout: float | None = None,
+    label: str = "",
 ) -> dict[str, object]:
     """Runs the generator in a child process (so it has its own core) and returns its report."""
     cmd = python_cmd(
@@ -217,16 +220,36 @@ def run_load(
     )
     if core is not None:
         cmd += ["--core", str(core)]
-    try:
-        out = subprocess.run(
-            cmd, env=child_env(), capture_output=True, timeout=timeout or duration + 60.0,
-            check=False, start_new_session=True,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError("the load generator did not finish in time") from exc
-    if out.returncode != 0:
-        raise BenchError(f"the load generator failed: {out.stderr.decode()[-2000:]}")
-    return dict(orjson.loads(out.stdout))
+    limit = timeout or duration + 60.0
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=child_env(), stdout=out, stderr=err,
+                                start_new_session=True)
+        try:
+            _wait_with_bar(proc, duration, limit, label or f"load {kind}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5.0)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise BenchError(f"the load generator failed: {stderr.decode()[-2000:]}")
+    return dict(orjson.loads(stdout))
+
+
+def _wait_with_bar(proc: subprocess.Popen[bytes], duration: float, limit: float,
+                   label: str) -> None:
+    start = time.monotonic()
+    with tqdm(total=round(duration, 1), desc=label, unit="s", disable=None, leave=False,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s") as bar:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - start
+            if elapsed > limit:
+                raise BenchError("the load generator did not finish in time")
+            bar.n = round(min(elapsed, duration), 1)
+            bar.refresh()
+            time.sleep(0.2)
 
 
 def _main() -> None:

@@ -417,7 +417,7 @@ def _all_pages(store: Store, prefix: str, limit: int, app_id: str = APP) -> list
     pages: list[list[str]] = []
     token = ""
     for _ in range(1000):
-        views, token = store.list(app_id, prefix, token, limit)
+        views, token = store.list_jobs(app_id, prefix, token, limit)
         pages.append([v.job.name for v in views])
         if not token:
             return pages
@@ -447,7 +447,7 @@ def test_list_pages_cover_every_job_once(listed: tuple[Store, set[str]]) -> None
     assert sorted(names) == sorted(wanted)  # every one, none twice, no other app's
     everything = [n for page in _all_pages(store, "", limit=50) for n in page]
     assert sorted(everything) == sorted(wanted | {f"b-{i}" for i in range(10)})
-    assert store.list(APP, "zzz", "", 10) == ([], "")
+    assert store.list_jobs(APP, "zzz", "", 10) == ([], "")
 
 
 def test_list_page_never_exceeds_the_limit(listed: tuple[Store, set[str]]) -> None:
@@ -459,7 +459,7 @@ def test_list_page_never_exceeds_the_limit(listed: tuple[Store, set[str]]) -> No
 def test_list_prefix_is_literal_not_a_glob(store: Store) -> None:
     for name in ["a*b-1", "a*b-2", "axb-1", "a?c", "abc", "[x]y", "xy"]:
         store.schedule(make_job(name, T0))
-    names = lambda prefix: sorted(v.job.name for v in store.list(APP, prefix, "", 100)[0])  # noqa: E731
+    names = lambda prefix: sorted(v.job.name for v in store.list_jobs(APP, prefix, "", 100)[0])  # noqa: E731
     assert names("a*b") == ["a*b-1", "a*b-2"]
     assert names("a?") == ["a?c"]
     assert names("[x]") == ["[x]y"]
@@ -468,16 +468,16 @@ def test_list_prefix_is_literal_not_a_glob(store: Store) -> None:
 def test_list_shows_where_each_trigger_stands(store: Store, q: QueueDriver) -> None:
     store.schedule(make_job("waiting", T0 + 100))
     store.schedule(make_job("flying", T0))
-    views = {v.job.name: v for v in store.list(APP)[0]}
+    views = {v.job.name: v for v in store.list_jobs(APP)[0]}
     assert views["waiting"].status is TriggerStatus.SCHEDULED
     q.claim(at=T0)
-    views = {v.job.name: v for v in store.list(APP)[0]}
+    views = {v.job.name: v for v in store.list_jobs(APP)[0]}
     assert views["flying"].status is TriggerStatus.IN_FLIGHT
 
 
 def test_list_rejects_a_bad_page_token(store: Store) -> None:
     with pytest.raises(ValueError):
-        store.list(APP, "", "not-a-token", 10)
+        store.list_jobs(APP, "", "not-a-token", 10)
 
 
 @pytest.mark.parametrize("partitions", [1, 3])
@@ -493,9 +493,9 @@ def test_delete_prefix(settings: Settings, redis_client: redis.Redis, partitions
 
         assert store.delete_prefix(APP, "tmp-") == 150
         assert store.delete_prefix(APP, "tmp-") == 0
-        assert sorted(v.job.name for v in store.list(APP, "", "", 1000)[0]) == sorted(
+        assert sorted(v.job.name for v in store.list_jobs(APP, "", "", 1000)[0]) == sorted(
             f"keep-{i}" for i in range(5))
-        assert len(store.list("other", "", "", 1000)[0]) == 5
+        assert len(store.list_jobs("other", "", "", 1000)[0]) == 5
         due = _due_index(redis_client, settings)
         jobs = _hash(redis_client, settings, "jobs")
         runs = _hash(redis_client, settings, "runs")

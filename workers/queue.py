@@ -44,12 +44,13 @@ class Queue:
         self.keys = Keys(settings.prefix, settings.partitions)
         self.redis = client if client is not None else async_client(settings)
         self._scripts = {n: self.redis.register_script(scripts.source(n))
-                         for n in ("claim", "ack", "release")}
+                         for n in ("claim", "ack", "release", "stage")}
         self._worker_id = f"{os.getpid()}-{secrets.token_hex(3)}"
         self._claims = itertools.count(1)
         self._next_partition = 0
         self._apps: dict[str, AppRegistration] = {}
         self._apps_loaded = 0.0
+        self._alive: dict[str, bool] = {}
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -77,9 +78,10 @@ class Queue:
                 earliest = head_ms if earliest is None else min(earliest, head_ms)
             for i in range(1, len(raw), 5):
                 jid, record, sched, attempt, count = raw[i:i + 5]
-                app_id, name = split_job_id(jid.decode())
+                job_id = jid.decode()
+                app_id, name = split_job_id(job_id)
                 triggers.append(Trigger(
-                    job=Job.decode(app_id, name, record), partition=part,
+                    job=Job.decode(app_id, name, record), job_id=job_id, partition=part,
                     sched_ms=int(sched), attempt=int(attempt), count=int(count), lease=token,
                 ))
         return triggers, earliest
@@ -110,21 +112,43 @@ class Queue:
                 keys=[pk.due, pk.runs], args=[lease, *jids]))
         return released
 
-    async def load_apps(self, app_ids: set[str], max_age_s: float = 2.0,
+    async def load_apps(self, app_ids: set[str], max_age_s: float = 1.0,
                         miss_retry_s: float = 0.5) -> None:
-        """Refresh the cache of app registrations when it is stale, or when one of `app_ids`
-        is missing from it (at most every `miss_retry_s`). Called once per claimed batch,
-        never once per delivery."""
+        """Refresh the cache of app registrations and liveness when it is stale, or when
+        one of `app_ids` is missing from it (at most every `miss_retry_s`). Called once
+        per claimed batch, never once per delivery."""
         age = time.monotonic() - self._apps_loaded
         missing = not app_ids.issubset(self._apps)
-        if age > max_age_s or (missing and age > miss_retry_s):
-            raw = await self.redis.hgetall(self.keys.apps)
-            self._apps = {k.decode(): AppRegistration.decode(k.decode(), v)
-                          for k, v in raw.items()}
-            self._apps_loaded = time.monotonic()
+        if not app_ids or not (age > max_age_s or (missing and age > miss_retry_s)):
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.keys.apps)
+        known = sorted(set(self._apps) | app_ids)
+        for app_id in known:
+            pipe.exists(self.keys.alive(app_id))
+        raw, *alive = await pipe.execute()
+        self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
+        self._alive = {app_id: bool(n) for app_id, n in zip(known, alive, strict=True)}
+        self._apps_loaded = time.monotonic()
+
+    def is_live(self, app_id: str) -> bool:
+        """Whether the app has a live API process (as of the last load_apps)."""
+        return self._alive.get(app_id, False)
 
     def app(self, app_id: str) -> AppRegistration | None:
         return self._apps.get(app_id)
+
+    async def stage(self, triggers: list[Trigger]) -> int:
+        """Park claimed triggers of apps with no live API process until they return."""
+        groups: dict[tuple[int, str, str], list[str]] = defaultdict(list)
+        for t in triggers:
+            groups[(t.partition, t.job.app_id, t.lease)].append(t.job_id)
+        staged = 0
+        for (part, app_id, lease), jids in groups.items():
+            pk = self.keys.partition(part)
+            staged += int(await self._scripts["stage"](
+                keys=[pk.due, pk.runs, pk.staged(app_id)], args=[lease, *jids]))
+        return staged
 
     def pubsub(self) -> Any:
         return self.redis.pubsub()

@@ -32,6 +32,7 @@ class Worker:
         self._http = HttpClient(settings.connections_per_app)
         self._refill = max(1, min(settings.claim_batch, settings.concurrency) // 4)
         self._backoff = 0.05
+        self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
@@ -46,7 +47,7 @@ class Worker:
                 if claimed is None:
                     continue  # Redis unavailable: backed off, try again
                 triggers, earliest = claimed
-                for trigger in triggers:
+                for trigger in await self._stage_offline(triggers):
                     self.inflight[asyncio.create_task(self._deliver(trigger))] = trigger
                 if len(triggers) < limit:  # nothing else due now
                     await self._sleep_until(earliest, stop)
@@ -76,6 +77,19 @@ class Worker:
             return None
         self._backoff = 0.05
         return claimed
+
+    async def _stage_offline(self, triggers: list[Trigger]) -> list[Trigger]:
+        """Triggers of apps with no live API process wait, staged, instead of burning their
+        retries (as Dapr does); the rest are returned for delivery."""
+        offline = [t for t in triggers if not self.queue.is_live(t.job.app_id)]
+        if not offline:
+            return triggers
+        try:
+            staged = await self.queue.stage(offline)
+            log.info("staged %d triggers of apps with no live API process", staged)
+        except UNAVAILABLE as exc:
+            log.warning("redis unavailable while staging: %s", exc)  # leases will run out
+        return [t for t in triggers if self.queue.is_live(t.job.app_id)]
 
     async def _deliver(self, trigger: Trigger) -> None:
         try:
@@ -111,8 +125,7 @@ class Worker:
         letter = DeadLetter(
             id=trigger.trigger_id, app_id=job.app_id, name=job.name, sched_ms=trigger.sched_ms,
             attempts=trigger.attempt, error=outcome.error, dead_ms=now,
-            job={"data": job.data, "anyType": job.any_type, "anyValue": job.any_value,
-                 "record": job.encode().decode()},
+            record=job.encode().decode(),
         )
         log.warning("dead-lettered %s after %d attempts: %s", trigger.trigger_id,
                     trigger.attempt, outcome.error)
@@ -132,6 +145,7 @@ class Worker:
             batch, self.settled = self.settled, []
             try:
                 await self.queue.settle(batch)
+                self._wake_if_due_before_plan(batch)
             except UNAVAILABLE as exc:
                 # A settlement is retried, never dropped; past the shutdown deadline the
                 # leases run out instead and the triggers are delivered again.
@@ -140,6 +154,12 @@ class Worker:
                     return
                 self.settled[:0] = batch
                 await asyncio.sleep(0.2)
+
+    def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
+        """A retry or a next occurrence may be due before the claim loop meant to look."""
+        soonest = min((s.at_ms for s in batch if s.at_ms is not None), default=None)
+        if soonest is not None and soonest < self._planned_wake_ms:
+            self._wake.set()
 
     async def _listen_for_wakeups(self, stop: asyncio.Event) -> None:
         """A newly scheduled job may be due before we planned to look again."""
@@ -158,12 +178,15 @@ class Worker:
                     await pubsub.aclose()
 
     async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
+        now = now_ms()
         timeout = self.settings.idle_poll_s
         if earliest_ms is not None:
-            timeout = min(timeout, max(earliest_ms - now_ms(), 0) / 1000)
+            timeout = min(timeout, max(earliest_ms - now, 0) / 1000)
         if timeout > 0:
             self._wake.clear()
+            self._planned_wake_ms = now + int(timeout * 1000)
             await self._wait_any(self._wake, stop, timeout=timeout)
+            self._planned_wake_ms = 0
 
     @staticmethod
     async def _wait_any(*events: asyncio.Event, timeout: float) -> None:

@@ -2,12 +2,14 @@
 -- KEYS[1] due   ZSET  job id -> ms
 -- KEYS[2] jobs  HASH  job id -> job record
 -- KEYS[3] runs  HASH  job id -> run state
--- ARGV[1..n] job ids
+-- KEYS[4] staged ZSET job id -> due ms, staged triggers of these jobs' app
+-- ARGV[1..n] job ids, all of one app
 -- Returns how many of them existed.
 local n = 0
 for i = 1, #ARGV do
   n = n + redis.call("HDEL", KEYS[2], ARGV[i])
   redis.call("HDEL", KEYS[3], ARGV[i])
   redis.call("ZREM", KEYS[1], ARGV[i])
+  redis.call("ZREM", KEYS[4], ARGV[i])
 end
 return n

@@ -2,6 +2,7 @@
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record (JSON)
 -- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
+-- KEYS[4] staged ZSET job id -> due ms, staged triggers of this job's app
 -- ARGV[1] job id
 -- ARGV[2] job record (JSON)
 -- ARGV[3] first due time, epoch ms
@@ -16,6 +17,7 @@ redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
 -- A replaced job starts afresh: any in-flight trigger of the old one is
 -- orphaned, so its late acknowledge (lease token gone) changes nothing.
 redis.call("HDEL", KEYS[3], ARGV[1])
+redis.call("ZREM", KEYS[4], ARGV[1])
 redis.call("ZADD", KEYS[1], ARGV[3], ARGV[1])
 local head = redis.call("ZRANGE", KEYS[1], 0, 0)
 if head[1] == ARGV[1] then

@@ -68,7 +68,8 @@ def run(ctx: Context) -> dict[str, Any]:
         try:
             due = rfc3339_ms(int(time.time() * 1000) + 3_600_000)
             load = run_load(port, "schedule", count, duration, concurrency, core=None,
-                            prefix=f"sched{i}", due_time=due, timeout=duration + 120.0)
+                            prefix=f"sched{i}", due_time=due, timeout=duration + 120.0,
+                            label=f"schedule {name}")
         finally:
             ctx.procs.stop_all_named(f"api-{name}")
         ok = int(load["ok"])  # type: ignore[call-overload]
