@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     # Whole-body cap well above the data cap, so the data limit answers 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_data_bytes * 4 + 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # `/jobs//x` is a name with a '/': a clear 400 from validation, not a redirect.
+    app.url_map.merge_slashes = False
     app.register_blueprint(jobs_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(deadletters_bp)

@@ -167,7 +167,7 @@ class Store:
              limit: int = 100) -> tuple[list[JobView], str]:
         """A page of jobs whose name starts with `prefix`, and the token of the next page
         ("" when this was the last)."""
-        cursor = _parse_page_token(page_token)
+        cursor = _parse_page_token(page_token, self.keys.partitions)
         views: list[JobView] = []
         next_cursor: tuple[int, int] | None = cursor
         for ids, after in self._scan_ids(app_id, prefix, cursor, count=max(limit, 10)):
@@ -242,14 +242,18 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _parse_page_token(token: str) -> tuple[int, int]:
+def _parse_page_token(token: str, partitions: int) -> tuple[int, int]:
+    """`<partition>.<HSCAN cursor>`, as list_jobs hands it out."""
     if not token:
         return (0, 0)
-    part, _, pos = token.partition(".")
+    part_text, _, pos_text = token.partition(".")
     try:
-        return (int(part), int(pos))
+        part, pos = int(part_text), int(pos_text)
     except ValueError:
         raise ValueError(f"invalid page token {token!r}") from None
+    if not (0 <= part < partitions and 0 <= pos < 2**64):
+        raise ValueError(f"invalid page token {token!r}")
+    return (part, pos)
 
 
 def record_as_dict(raw: bytes | str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from benchmarks.cpu import CpuSnapshot, cores_used, snapshot
 from benchmarks.procs import Procs, RedisServer
 from benchmarks.receiver import ReceiverClient, Record
 from benchmarks.stats import summarize
@@ -38,6 +39,7 @@ class Run:
     wall_s: float
     receiver_cpu_s: float
     timed_out: bool
+    cpu_cores: dict[str, float]  # cores each part used from the first due time to the end
     start_s: float  # starting the workers until they were ready
     stop_s: float  # stopping them
     records: list[Record] = field(default_factory=list)
@@ -77,8 +79,8 @@ def run_jobs(
         system.load(jobs)
         loaded_at_ms = int(time.time() * 1000)
         load_s = loaded_at_ms / 1000 - t0
-        timed_out = _wait_for_deliveries(
-            procs, receiver, count, last_due_ms, label, stall_s, max_wait_s
+        timed_out, cpu_before, cpu_after = _wait_for_deliveries(
+            procs, receiver, count, first_due_ms, last_due_ms, label, stall_s, max_wait_s
         )
         wall = time.time() - t0
         cpu = receiver.stats()["cpu"] - cpu0
@@ -91,34 +93,43 @@ def run_jobs(
     return Run(
         system=system.name, workers=workers, expected=count, first_due_ms=first_due_ms,
         last_due_ms=last_due_ms, load_s=load_s, loaded_at_ms=loaded_at_ms, lead_s=lead, wall_s=wall,
-        receiver_cpu_s=cpu, timed_out=timed_out, start_s=start_s, stop_s=stop_s, records=mine,
+        receiver_cpu_s=cpu, timed_out=timed_out,
+        cpu_cores=cores_used(cpu_before, cpu_after), start_s=start_s, stop_s=stop_s, records=mine,
         foreign=len(records) - len(mine),
     )
 
 
 def _wait_for_deliveries(
-    procs: Procs, receiver: ReceiverClient, count: int, last_due_ms: int, label: str,
-    stall_s: float, max_wait_s: float,
-) -> bool:
-    """True when it gave up before `count` deliveries arrived."""
+    procs: Procs, receiver: ReceiverClient, count: int, first_due_ms: int, last_due_ms: int,
+    label: str, stall_s: float, max_wait_s: float,
+) -> tuple[bool, CpuSnapshot, CpuSnapshot]:
+    """(gave up before `count` deliveries arrived, CPU at the first due time, CPU at the end)."""
     deadline = time.monotonic() + max_wait_s
     last_seen, last_change = 0, time.monotonic()
+    cpu_before: CpuSnapshot | None = None
     with tqdm(total=count, desc=label, unit="job", disable=None, leave=False,
               dynamic_ncols=True, smoothing=0.1) as bar:
         while True:
+            if cpu_before is None and time.time() * 1000 >= first_due_ms:
+                cpu_before = snapshot(procs)
             seen = receiver.count()
             if seen != last_seen:
                 bar.update(min(seen, count) - min(last_seen, count))
                 last_seen, last_change = seen, time.monotonic()
-            if seen >= count:
-                time.sleep(SETTLE_S)
-                return False
-            now = time.monotonic()
-            past_due = time.time() * 1000 > last_due_ms
-            if now > deadline or (past_due and now - last_change > stall_s):
-                return True
+            if seen >= count or _gave_up(deadline, last_change, last_due_ms, stall_s):
+                cpu_after = snapshot(procs)
+                if seen >= count:
+                    time.sleep(SETTLE_S)
+                return seen < count, cpu_before or cpu_after, cpu_after
             procs.check_alive()
-            time.sleep(POLL_S)
+            until_due = first_due_ms / 1000 - time.time()
+            time.sleep(min(POLL_S, until_due) if cpu_before is None and until_due > 0 else POLL_S)
+
+
+def _gave_up(deadline: float, last_change: float, last_due_ms: int, stall_s: float) -> bool:
+    now = time.monotonic()
+    past_due = time.time() * 1000 > last_due_ms
+    return now > deadline or (past_due and now - last_change > stall_s)
 
 
 def lateness_ms(records: Sequence[Record]) -> list[float]:
@@ -152,6 +163,22 @@ def delivery_counts(run: Run) -> dict[str, Any]:
         # The load overran the due time: lateness then includes part of the load.
         "loaded_after_due": run.loaded_at_ms > run.first_due_ms,
         "receiver_busy": run.receiver_cpu_s / run.wall_s if run.wall_s > 0 else 0.0,
+        "cpu_cores": run.cpu_cores,
+        "cpu": cpu_summary(run.cpu_cores),
+    }
+
+
+_NOT_SYSTEM = ("redis", "receiver", "harness", "other processes", "machine")
+
+
+def cpu_summary(cores: dict[str, float]) -> dict[str, float]:
+    """Cores used while delivering: the system under test (its workers, scheduler and API
+    processes), Redis, the receiver, and processes outside this run."""
+    return {
+        "system": round(sum(v for k, v in cores.items() if k not in _NOT_SYSTEM), 3),
+        "redis": cores.get("redis", 0.0),
+        "receiver": cores.get("receiver", 0.0),
+        "other": cores.get("other processes", 0.0),
     }
 
 

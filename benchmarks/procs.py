@@ -147,6 +147,9 @@ class Procs:
                 proc.wait(5.0)
         self._procs = [(n, p) for n, p in self._procs if p not in procs]
 
+    def named(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        return list(self._procs)
+
     def check_alive(self) -> None:
         for name, proc in self._procs:
             if proc.poll() is not None:

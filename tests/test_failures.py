@@ -17,7 +17,7 @@ from app.clock import now_ms
 from app.model import FailureKind, FailurePolicy
 from app.settings import Settings
 from app.store import Store
-from tests.support.jobs import APP, make_job, register
+from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
@@ -47,7 +47,7 @@ def _attempts(ds: list[Delivery]) -> list[int]:
 
 
 def _dead_letter(store: Store, name: str, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    return wait_for(lambda: next((d for d in store.dead_letters() if d.name == name), None),
+    return wait_for(lambda: next((d for d in dead_letters(store) if d.name == name), None),
                     timeout, what=f"a dead letter for {name!r}")
 
 
@@ -77,7 +77,7 @@ def test_http_500_default_policy_4_attempts_1s_apart_then_dead_letter(
     assert letter.id == ds[0].headers["jobrunner-trigger-id"]
     assert letter.sched_ms == int(ds[0].headers["jobrunner-scheduled-ms"])
     assert letter.app_id == APP
-    assert letter.job["data"] == "x"
+    assert letter.job.data == "x"
     # a one-shot job is over once dead-lettered
     assert store.get(APP, "failing") is None
     assert api.get("/v1.0-alpha1/jobs/failing").status_code == 404
@@ -115,7 +115,7 @@ def test_drop_policy_one_attempt_and_no_dead_letter(
     # the positive signal that the trigger is settled: the one-shot job is removed
     wait_for(lambda: store.get(APP, "dropped") is None, what="the dropped job to end")
     assert _attempts(receiver.received("/job/dropped")) == [1]
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
     assert store.counts() == {"jobs": 0, "due_index": 0, "dead_letters": 0}
 
 
@@ -126,7 +126,7 @@ def test_2xx_and_404_are_done_after_one_attempt(store: Store, receiver: Receiver
     store.schedule(make_job("done", failure_policy=FailurePolicy(FailureKind.CONSTANT, 0, 5)))
     wait_for(lambda: store.get(APP, "done") is None, what="the job to be acknowledged")
     assert _attempts(receiver.received("/job/done")) == [1]
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 409, 429, 500, 502])
@@ -153,14 +153,27 @@ def test_connection_refused_retries_then_dead_letter(settings: Settings,
     assert receiver.received() == []
 
 
-def test_unregistered_app_retries_then_dead_letter(settings: Settings) -> None:
+def test_an_app_without_a_live_api_process_waits_instead_of_failing(
+        settings: Settings, receiver: Receiver) -> None:
+    """Triggers of an app nobody registered are parked (staged), spending no attempt and
+    making no dead letter, and go out once the app registers."""
     store = Store(settings)  # no app registration at all
+    jid = f"{APP}/offline"
+    staged_key = store.keys.for_job(jid).staged(APP)
     with ThreadWorker(settings):
-        store.schedule(make_job("orphan", failure_policy=FailurePolicy(FailureKind.CONSTANT,
-                                                                       0, 1)))
-        letter = _dead_letter(store, "orphan")
-    assert letter.attempts == 2
-    assert "no address" in letter.error
+        store.schedule(make_job("offline", data=1,
+                                failure_policy=FailurePolicy(FailureKind.CONSTANT, 0, 0)))
+        wait_for(lambda: store.redis.zscore(staged_key, jid) is not None,
+                 what="the trigger to be staged")
+        view = store.get(APP, "offline")
+        assert view is not None and view.attempt == 0
+        assert receiver.received() == [] and dead_letters(store) == []
+
+        register(settings, receiver.url)
+        [d] = wait_for(lambda: receiver.received("/job/offline"), what="delivery after registering")
+        wait_for(lambda: store.get(APP, "offline") is None, what="the job acknowledged")
+    assert d.headers["jobrunner-attempt"] == "1"
+    assert dead_letters(store) == []
 
 
 def test_timeout_counts_as_a_failure(settings: Settings, receiver: Receiver) -> None:
@@ -185,7 +198,7 @@ def test_timeout_counts_as_a_failure(settings: Settings, receiver: Receiver) -> 
             wait_for(lambda: store.get(APP, "slow") is None, what="the retry acknowledged")
     finally:
         release.set()
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
 
 
 def test_timeout_every_time_dead_letters_with_the_timeout_error(settings: Settings,
@@ -232,7 +245,7 @@ def test_recurring_job_goes_on_after_a_dead_letter(api: FlaskClient, store: Stor
     view = wait_for(lambda: (v := store.get(APP, "rec")) and v.count >= 2 and v,
                     what="the second trigger acknowledged")
     assert view.job.schedule == "@every 1s"
-    assert len(store.dead_letters()) == 1
+    assert len(dead_letters(store)) == 1
     store.delete(APP, "rec")
 
 
@@ -247,7 +260,7 @@ def test_unlimited_retries_keep_going_until_the_job_is_deleted(
 
     # well past the default policy's 4 attempts, still retrying, never dead-lettered
     wait_for(lambda: len(receiver.received("/job/forever")) >= 8, what="8 attempts")
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
     view = store.get(APP, "forever")
     assert view is not None and view.attempt >= 8
 
@@ -260,5 +273,5 @@ def test_unlimited_retries_keep_going_until_the_job_is_deleted(
     assert len(after) <= at_delete + 1  # at most the attempt in flight at the delete
     assert _attempts(after) == list(range(1, len(after) + 1))
     assert store.get(APP, "forever") is None
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
     assert store.counts()["due_index"] == 0

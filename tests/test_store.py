@@ -18,7 +18,7 @@ from app.keys import Keys, job_id
 from app.model import FailureKind, FailurePolicy, Job, TriggerStatus
 from app.settings import Settings
 from app.store import JobExists, Store
-from tests.support.jobs import APP, QueueDriver, make_job
+from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
 from tests.support.redis_proc import RedisProcess
 
 T0 = 1_900_000_000_000  # a fixed "now" in epoch ms for the fake clock
@@ -245,7 +245,7 @@ def test_ack_with_a_stale_lease_token_does_nothing(store: Store, q: QueueDriver)
     assert q.release([forged]) == 0
     view = store.get(APP, "j")
     assert view is not None and view.status is TriggerStatus.IN_FLIGHT
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
 
 
 def test_retry_keeps_the_trigger_and_counts_attempts(store: Store, q: QueueDriver) -> None:
@@ -281,7 +281,7 @@ def test_late_ack_does_not_resurrect_a_deleted_job(store: Store, q: QueueDriver,
     assert store.get(APP, "gone") is None
     assert _due_index(redis_client, settings) == {}
     assert _hash(redis_client, settings, "runs") == {}
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
     assert q.claim(at=T0 + 10**6) == []
 
 
@@ -309,7 +309,7 @@ def test_late_ack_does_not_touch_a_job_overwritten_in_flight(
     view = store.get(APP, "j")
     assert view is not None
     assert view.job == new_job
-    assert store.dead_letters() == []
+    assert dead_letters(store) == []
     if new_claimed:
         assert view.status is TriggerStatus.IN_FLIGHT and view.next_ms == T0 + 50
         assert new is not None and q.next(new, None) == 1
@@ -380,7 +380,7 @@ def test_dead_letters_land_in_the_dead_hash_and_index(settings: Settings,
         q.clock.ms = T0 + 30
         assert q.dead(held["other"], None) == 1
 
-        letters = store.dead_letters()
+        letters = dead_letters(store)
         assert [d.name for d in letters] == ["once", "rec", "other"]  # oldest first
         once = letters[0]
         assert once.id == held["once"].trigger_id
@@ -388,8 +388,8 @@ def test_dead_letters_land_in_the_dead_hash_and_index(settings: Settings,
         assert once.error == "app answered HTTP 500"
         assert once.dead_ms == T0 + 10
 
-        assert [d.name for d in store.dead_letters(APP)] == ["once", "rec"]
-        assert [d.name for d in store.dead_letters(APP, limit=1, offset=1)] == ["rec"]
+        assert [d.name for d in dead_letters(store, APP)] == ["once", "rec"]
+        assert [d.name for d in dead_letters(store, APP, limit=1, offset=1)] == ["rec"]
 
         # the raw keys: record in the dead hash, id in the index scored by dead time
         dead = _hash(redis_client, settings, "dead")
@@ -528,18 +528,23 @@ _op = st.one_of(
     st.tuples(st.just("tick"), st.integers(0, 6000)),
     st.tuples(st.just("claim"), st.integers(1, 3)),
     st.tuples(st.just("settle"), st.sampled_from(["next", "next-none", "retry", "dead",
-                                                   "release"]), st.integers(0, 5),
+                                                   "release", "stage"]), st.integers(0, 5),
               st.integers(0, 3000)),
+    st.tuples(st.just("unstage")),
 )
 
 
 def _check_invariants(r: redis.Redis, settings: Settings) -> None:
     for pk in Keys(settings.prefix, settings.partitions).all_partitions():
         due = {m.decode() for m in r.zrange(pk.due, 0, -1)}
+        staged = {m.decode() for m in r.zrange(pk.staged(APP), 0, -1)}
         jobs = {k.decode() for k in r.hkeys(pk.jobs)}
         runs = {k.decode() for k in r.hkeys(pk.runs)}
         assert due <= jobs, f"due-index entries without a job: {due - jobs}"
-        assert jobs <= due, f"jobs without a due-index entry: {jobs - due}"
+        # a trigger parked for an offline app waits in `staged` instead of the due index
+        assert jobs <= due | staged, f"jobs without a due-index entry: {jobs - due - staged}"
+        assert not due & staged, f"both due and staged: {due & staged}"
+        assert staged <= jobs, f"staged entries without a job: {staged - jobs}"
         assert runs <= jobs, f"run state without a job: {runs - jobs}"
         assert r.hlen(pk.dead) == r.zcard(pk.deadidx)
 
@@ -582,8 +587,12 @@ def test_invariants_hold_after_random_operations(settings: Settings, redis_clien
                     q.retry(t, at)
                 elif action == "dead":
                     q.dead(t, at if later % 2 else None)
-                else:
+                elif action == "release":
                     q.release([t])
+                else:
+                    q.stage([t])
+            elif kind == "unstage":
+                store.unstage(APP)
             _check_invariants(redis_client, cfg)
             for name in NAMES:  # every stored job can be read back
                 view = store.get(APP, name)

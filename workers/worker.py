@@ -43,6 +43,7 @@ class Worker:
                 limit = await self._room_to_claim(stop)
                 if not limit:
                     continue
+                self._wake.clear()  # wake-ups from here on mean: look again after this claim
                 claimed = await self._claim(limit, stop)
                 if claimed is None:
                     continue  # Redis unavailable: backed off, try again
@@ -158,7 +159,7 @@ class Worker:
     def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
         """A retry or a next occurrence may be due before the claim loop meant to look."""
         soonest = min((s.at_ms for s in batch if s.at_ms is not None), default=None)
-        if soonest is not None and soonest < self._planned_wake_ms:
+        if soonest is not None and (not self._planned_wake_ms or soonest < self._planned_wake_ms):
             self._wake.set()
 
     async def _listen_for_wakeups(self, stop: asyncio.Event) -> None:
@@ -183,7 +184,6 @@ class Worker:
         if earliest_ms is not None:
             timeout = min(timeout, max(earliest_ms - now, 0) / 1000)
         if timeout > 0:
-            self._wake.clear()
             self._planned_wake_ms = now + int(timeout * 1000)
             await self._wait_any(self._wake, stop, timeout=timeout)
             self._planned_wake_ms = 0

@@ -28,7 +28,10 @@ METRICS = [
     Metric("duplicates", "duplicates", "{:,}"),
     Metric("early", "early", "{:,}"),
     Metric("load time (s)", "load_s", "{:,.2f}"),
-    Metric("receiver busy (1 core)", "receiver_busy", "{:.1%}"),
+    Metric("CPU while draining: system (cores)", "cpu.system", "{:.2f}"),
+    Metric("CPU while draining: redis (cores)", "cpu.redis", "{:.2f}"),
+    Metric("CPU while draining: receiver (cores)", "cpu.receiver", "{:.2f}"),
+    Metric("CPU while draining: not this run (cores)", "cpu.other", "{:.2f}"),
 ]
 
 

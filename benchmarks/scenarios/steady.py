@@ -24,7 +24,10 @@ METRICS = [
     Metric("delivered", "distinct", "{:,}"),
     Metric("lost", "lost", "{:,}"),
     Metric("duplicates", "duplicates", "{:,}"),
-    Metric("receiver busy (1 core)", "receiver_busy", "{:.1%}"),
+    Metric("CPU while delivering: system (cores)", "cpu.system", "{:.2f}"),
+    Metric("CPU while delivering: redis (cores)", "cpu.redis", "{:.2f}"),
+    Metric("CPU while delivering: receiver (cores)", "cpu.receiver", "{:.2f}"),
+    Metric("CPU while delivering: not this run (cores)", "cpu.other", "{:.2f}"),
 ]
 
 

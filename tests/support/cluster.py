@@ -104,6 +104,14 @@ class RedisCluster:
             raise
         return self
 
+    def restart(self, node: ClusterNode, timeout: float = 10.0) -> None:
+        """Start a killed node again on its port and data: it rejoins the cluster (as a
+        replica of whoever took over its slots)."""
+        server = shutil.which("redis-server")
+        assert server is not None and not node.alive
+        self._spawn(server, node)
+        self._wait_ping(node, timeout)
+
     def _spawn(self, server: str, node: ClusterNode) -> None:
         args = [
             server, "--port", str(node.port), "--bind", "127.0.0.1",
@@ -112,6 +120,8 @@ class RedisCluster:
             "--cluster-config-file", f"nodes-{node.port}.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--appendonly", "yes", "--save", "",
+            # replicas sync at once (the default waits 5 s for more replicas to join)
+            "--repl-diskless-sync-delay", "0",
             "--logfile", str(node.workdir / "redis.log"),
         ]
         node.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -30,6 +30,14 @@ def register(settings: Settings, url: str, token: str = "", app_id: str = APP,
     return store
 
 
+def dead_letters(store: Store, app_id: str | None = None, limit: int = 100,
+                 offset: int = 0) -> list[DeadLetter]:
+    """The dead-letter queue, oldest first (app/deadletters.py)."""
+    from app.deadletters import DeadLetters
+
+    return DeadLetters(store).list_letters(app_id, limit=limit, offset=offset)
+
+
 class FakeClock:
     """The clock the worker's queue reads, set by the test."""
 
@@ -89,10 +97,13 @@ class QueueDriver:
             id=trigger.trigger_id, app_id=job.app_id, name=job.name, sched_ms=trigger.sched_ms,
             attempts=trigger.attempt, error=error,
             dead_ms=self.clock.ms if dead_ms is None else dead_ms,
-            job={"record": job.encode().decode()},
+            record=job.encode().decode(),
         )
         return self.settle(self._mod.Settlement(trigger, self._mod.Action.DEAD, at_ms,
                                                 letter.id, letter.encode()))
 
     def release(self, triggers: Iterable[Trigger]) -> int:
         return self._runner.run(self.queue.release(list(triggers)))
+
+    def stage(self, triggers: Iterable[Trigger]) -> int:
+        return self._runner.run(self.queue.stage(list(triggers)))

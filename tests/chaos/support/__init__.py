@@ -1,0 +1,1 @@
+"""Helpers of the chaos suite: the receiver, the processes, the counting."""
