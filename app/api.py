@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from app import errors
 from app.errors import ApiError
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     except ApiError as exc:
         raise ValueError(exc.message) from None
     store = store or Store(settings)
-    app = Flask("jobrunner")
+    app = Flask("jobrunner", static_folder=None)  # no static files: an API only
+    app.url_map.converters["anything"] = AnythingConverter
     app.config["JOBRUNNER_SETTINGS"] = settings
     app.config["JOBRUNNER_STORE"] = store
     # Whole-body cap well above the data cap, so the data limit answers 413 itself.
@@ -57,6 +59,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     _start_registration(settings, store)
     return app
+
+
+class AnythingConverter(PathConverter):
+    """Any non-empty text, slashes and newlines included, so that every bad job name
+    reaches validation and gets a clear 400 (not a 404 from the router)."""
+
+    regex = r"[\s\S]+"
+    part_isolating = False  # it may span '/' (Werkzeug would infer True from the regex)
 
 
 def _error_response(exc: ApiError) -> Response:

@@ -5,6 +5,7 @@
   this app's API process, and the app's command.
 - `api`, `worker`: one part each, for a Procfile or to scale.
 - `stop`, `status`, `logs`: the shared background service.
+- `dlq`: the dead-letter queue (list, show, replay, purge).
 - `bench`: the benchmark harness.
 
 Shared options: app/cli_options.py; `up` and the background service: app/cli_up.py;
@@ -19,6 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
+from app.cli_dlq import dlq
 from app.cli_options import (
     api_tuning,
     app_env,
@@ -59,7 +61,7 @@ def main() -> None:
     """jobrunner: the Dapr Jobs API on Redis."""
 
 
-for command in (up, run, stop, status, logs, service):
+for command in (up, run, stop, status, logs, service, dlq):
     main.add_command(command)
 
 

@@ -56,6 +56,17 @@ class NotReplicated(redis.exceptions.TimeoutError):
     The write may survive or not: the caller must treat it as not done (retry)."""
 
 
+class ClusterUnreachable(redis.ConnectionError):
+    """No node of the cluster answered (redis-py reports it as RedisClusterException)."""
+
+
+def _reraise_unreachable(exc: redis.exceptions.RedisClusterException) -> None:
+    """Raise ClusterUnreachable for redis-py's "Redis Cluster cannot be connected" (its cause
+    is the ConnectionError or TimeoutError of the last node tried); return otherwise."""
+    if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
+        raise ClusterUnreachable(str(exc)) from exc
+
+
 # The errors that mean "Redis is not there right now" rather than "bad request".
 # During a cluster failover: ClusterDownError/MasterDownError (CLUSTERDOWN, MASTERDOWN),
 # TryAgainError (TRYAGAIN while slots move), SlotNotCoveredError (the client's slot map
@@ -196,7 +207,11 @@ class _ScriptingClusterPipeline(redis.cluster.ClusterPipeline):
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         queued, self.queued = self.queued, []
         if not queued:
-            return list(super().execute(raise_on_error))
+            try:
+                return list(super().execute(raise_on_error))
+            except redis.exceptions.RedisClusterException as exc:
+                _reraise_unreachable(exc)
+                raise
         if len(self):  # other commands queued beside the waited scripts
             self.reset()  # type: ignore[no-untyped-call]
             raise redis.exceptions.RedisClusterException(
@@ -220,13 +235,20 @@ class ClusterClient(redis.cluster.RedisCluster):
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
-        if transaction or type(pipe) is not redis.cluster.ClusterPipeline:
-            return pipe  # transactions (one slot, MULTI/EXEC) run no scripts here
+        if type(pipe) is not redis.cluster.ClusterPipeline:
+            return pipe
         # redis-py blocks EVALSHA on ClusterPipeline; same object, our subclass's methods.
         pipe.__class__ = _ScriptingClusterPipeline
         assert isinstance(pipe, _ScriptingClusterPipeline)
         pipe.client, pipe.queued = self, []
         return pipe
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.exceptions.RedisClusterException as exc:
+            _reraise_unreachable(exc)
+            raise
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         if self.replica_wait is None:
@@ -310,6 +332,30 @@ class AsyncWaitingRedis(redis.asyncio.Redis):
         return self.replica_wait.check(result, acked, "redis")
 
 
+class _AsyncClusterPubSub(redis.asyncio.cluster.ClusterPubSub):
+    """ClusterPubSub that works on a client which has not run a command yet.
+
+    redis-py picks the pub/sub node from the client's slot map, which is empty until
+    the client's first command: a SUBSCRIBE racing the worker's first claim failed
+    with a bare KeyError (and the worker's wake-up listener died). Load the map
+    first; a slot missing from it is reported as SlotNotCoveredError (unavailable:
+    try again), and a dead node makes the client relearn the cluster's layout."""
+
+    cluster: AsyncClusterClient
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.cluster.initialize()  # the node is chosen from its slot map
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except KeyError as exc:
+            raise redis.exceptions.SlotNotCoveredError(
+                f"pub/sub channel slot {exc} is not covered yet") from None
+        except (redis.ConnectionError, redis.TimeoutError):
+            with contextlib.suppress(Exception):
+                await self.cluster.nodes_manager.initialize()
+            raise
+
+
 class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
     """redis-py's asyncio RedisCluster with the optional wait policy.
 
@@ -326,6 +372,25 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
     def register_script(self, script: Any) -> Any:
         _remember(script)
         return super().register_script(script)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> AsyncClusterClient:
+        try:
+            await super().initialize(*args, **kwargs)
+        except redis.exceptions.RedisClusterException as exc:
+            _reraise_unreachable(exc)
+            raise
+        return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except redis.exceptions.RedisClusterException as exc:
+            _reraise_unreachable(exc)
+            raise
+
+    def pubsub(self, node: Any = None, host: str | None = None, port: int | None = None,
+               **kwargs: Any) -> Any:
+        return _AsyncClusterPubSub(self, node=node, host=host, port=port, **kwargs)
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         policy = self.replica_wait
@@ -396,7 +461,11 @@ def sync_client(settings: Settings, *, wait_replicas: int | None = None,
     policy = wait_policy(settings, wait_replicas, wait_timeout_ms)
     client: ClusterClient | WaitingRedis
     if settings.redis_cluster:
-        client = cast(ClusterClient, ClusterClient.from_url(settings.redis_url, **_TIMEOUTS))
+        try:  # connects at once, to learn the cluster's layout
+            client = cast(ClusterClient, ClusterClient.from_url(settings.redis_url, **_TIMEOUTS))
+        except redis.exceptions.RedisClusterException as exc:
+            _reraise_unreachable(exc)
+            raise
     else:
         client = cast(WaitingRedis, WaitingRedis.from_url(settings.redis_url, **_TIMEOUTS))
     client.replica_wait = policy

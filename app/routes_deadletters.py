@@ -93,5 +93,5 @@ for _version, _base in enumerate(("/v1.0-alpha1/deadletters", "/v1.0/deadletters
                                 endpoint=f"purge_{_version}")
     deadletters_bp.add_url_rule(f"{_base}/replay", view_func=replay_letters, methods=["POST"],
                                 endpoint=f"replay_{_version}")
-    deadletters_bp.add_url_rule(f"{_base}/<path:letter_id>", view_func=get_letter,
+    deadletters_bp.add_url_rule(f"{_base}/<anything:letter_id>", view_func=get_letter,
                                 methods=["GET"], endpoint=f"get_{_version}")

@@ -105,12 +105,12 @@ def blank_name() -> Response:
 for _version, _base in enumerate(_PREFIXES):
     jobs_bp.add_url_rule(f"{_base}/", view_func=blank_name,
                          methods=["POST", "PUT", "GET", "DELETE"], endpoint=f"blank_{_version}")
-    # `path:` so that a name with '/' reaches validation (a clear 400, not a 404).
-    jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=schedule_job, methods=["POST", "PUT"],
-                         endpoint=f"schedule_{_version}")
-    jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=get_job, methods=["GET"],
+    # `anything:` so that a name with '/' or a newline reaches validation (a clear 400).
+    jobs_bp.add_url_rule(f"{_base}/<anything:name>", view_func=schedule_job,
+                         methods=["POST", "PUT"], endpoint=f"schedule_{_version}")
+    jobs_bp.add_url_rule(f"{_base}/<anything:name>", view_func=get_job, methods=["GET"],
                          endpoint=f"get_{_version}")
-    jobs_bp.add_url_rule(f"{_base}/<path:name>", view_func=delete_job, methods=["DELETE"],
+    jobs_bp.add_url_rule(f"{_base}/<anything:name>", view_func=delete_job, methods=["DELETE"],
                          endpoint=f"delete_{_version}")
     jobs_bp.add_url_rule(_base, view_func=list_jobs, methods=["GET"], endpoint=f"list_{_version}")
     jobs_bp.add_url_rule(_base, view_func=delete_jobs_by_prefix, methods=["DELETE"],

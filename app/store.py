@@ -146,47 +146,60 @@ class Store:
         return bool(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id)],
                                             args=[jid]))
 
-    def _scan_ids(self, app_id: str, prefix: str, cursor: tuple[int, int] = (0, 0),
-                  count: int = 100) -> Iterator[tuple[list[str], tuple[int, int] | None]]:
-        """Yield (job ids, cursor after them) page by page over all partitions."""
-        part, pos = cursor
+    def _scan_ids(self, app_id: str, prefix: str, count: int = 500) -> Iterator[list[str]]:
+        """Yield the ids of the app's jobs whose name starts with `prefix`, batch by batch,
+        replays included."""
         pattern = _glob_escape(f"{app_id}/{prefix}") + "*"
-        while part < self.keys.partitions:
-            pk = self.keys.partition(part)
-            # HSCAN NOVALUES needs Redis 7.4; values are small, take them.
-            pos, fields = self.redis.hscan(pk.jobs, pos, match=pattern, count=count)
-            ids = [_text(f) for f in fields]
-            if pos == 0:
-                part += 1
-            nxt = (part, pos) if part < self.keys.partitions else None
-            yield ids, nxt
-            if nxt is None:
-                return
+        for pk in self.keys.all_partitions():
+            pos = None
+            while pos != 0:
+                pos, fields = self.redis.hscan(pk.jobs, pos or 0, match=pattern, count=count)
+                yield [_text(f) for f in fields]
 
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
-             limit: int = 100) -> tuple[list[JobView], str]:
-        """A page of jobs whose name starts with `prefix`, and the token of the next page
-        ("" when this was the last)."""
-        cursor = _parse_page_token(page_token, self.keys.partitions)
-        views: list[JobView] = []
-        next_cursor: tuple[int, int] | None = cursor
-        for ids, after in self._scan_ids(app_id, prefix, cursor, count=max(limit, 10)):
-            for jid in ids:
-                if is_replay(jid):
-                    continue  # a dead letter's replay, not a job of its own
-                _, name = split_job_id(jid)
-                view = self.get(app_id, name)
-                if view is not None:
-                    views.append(view)
-            next_cursor = after
-            if len(views) >= limit:
+                  limit: int = 100) -> tuple[list[JobView], str]:
+        """A page of at most `limit` jobs whose name starts with `prefix`, and the token of
+        the next page ("" after the last). Like SCAN, a job that exists for the whole walk
+        is listed; one changed meanwhile may be listed twice or not at all."""
+        part, cursor, skip = _parse_page_token(page_token, self.keys.partitions)
+        pattern = _glob_escape(f"{app_id}/{prefix}") + "*"
+        found: list[tuple[str, bytes]] = []
+        while part < self.keys.partitions:
+            # HSCAN NOVALUES needs Redis 7.4; the records are wanted anyway.
+            after, fields = self.redis.hscan(self.keys.partition(part).jobs, cursor,
+                                             match=pattern, count=max(limit, 10))
+            batch = [(_text(f), v) for f, v in fields.items() if not is_replay(_text(f))]
+            batch = batch[skip:]
+            room = limit - len(found)
+            if len(batch) > room:
+                # The page ends inside this HSCAN batch: resume it later, past what we took.
+                found += batch[:room]
+                return self._views(app_id, found), f"{part}.{cursor}.{skip + room}"
+            found += batch
+            skip = 0
+            part, cursor = (part + 1, 0) if after == 0 else (part, after)
+            if len(found) == limit:
                 break
-        token = "" if next_cursor is None else f"{next_cursor[0]}.{next_cursor[1]}"
-        return views, token
+        token = f"{part}.{cursor}.0" if part < self.keys.partitions else ""
+        return self._views(app_id, found), token
+
+    def _views(self, app_id: str, records: list[tuple[str, bytes]]) -> list[JobView]:
+        pipe = self.redis.pipeline(transaction=False)
+        for jid, _ in records:
+            pk = self.keys.for_job(jid)
+            pipe.hget(pk.runs, jid)
+            pipe.zscore(pk.due, jid)
+        answers = pipe.execute()
+        views = []
+        for i, (jid, record) in enumerate(records):
+            _, name = split_job_id(jid)
+            job = Job.decode(app_id, name, record)
+            views.append(self._view(job, answers[2 * i], answers[2 * i + 1]))
+        return views
 
     def delete_prefix(self, app_id: str, prefix: str) -> int:
         deleted = 0
-        for ids, _ in self._scan_ids(app_id, prefix, count=500):
+        for ids in self._scan_ids(app_id, prefix):
             by_part: dict[int, list[str]] = {}
             for jid in ids:
                 by_part.setdefault(self.keys.partition_of(jid), []).append(jid)
@@ -242,18 +255,18 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _parse_page_token(token: str, partitions: int) -> tuple[int, int]:
-    """`<partition>.<HSCAN cursor>`, as list_jobs hands it out."""
+def _parse_page_token(token: str, partitions: int) -> tuple[int, int, int]:
+    """`<partition>.<HSCAN cursor>.<entries of that batch already listed>`, as list_jobs
+    hands it out."""
     if not token:
-        return (0, 0)
-    part_text, _, pos_text = token.partition(".")
+        return (0, 0, 0)
     try:
-        part, pos = int(part_text), int(pos_text)
+        part, pos, skip = (int(x) for x in token.split("."))
     except ValueError:
         raise ValueError(f"invalid page token {token!r}") from None
-    if not (0 <= part < partitions and 0 <= pos < 2**64):
+    if not (0 <= part < partitions and 0 <= pos < 2**64 and 0 <= skip < 2**31):
         raise ValueError(f"invalid page token {token!r}")
-    return (part, pos)
+    return (part, pos, skip)
 
 
 def record_as_dict(raw: bytes | str) -> dict[str, Any]:

@@ -75,24 +75,36 @@ def stored_job_ids(client: redis.Redis, settings: Settings) -> set[str]:
 
 def assert_store_consistent(client: redis.Redis, settings: Settings) -> set[str]:
     """Store invariants with no worker running: every job in the due index has a
-    definition, every definition has exactly one entry in the due index (of its own
-    partition), run states belong to stored jobs, and nothing else is under the prefix.
-    Returns the job ids."""
+    definition, and every definition is pending exactly once, in the due index of its
+    own partition or parked in its app's staging set there; run states belong to stored
+    jobs; nothing else lives under the prefix. Returns the job ids."""
     keys = Keys(settings.prefix, settings.partitions)
     all_ids: set[str] = set()
+    staged_keys: set[str] = set()
     for index, pk in enumerate(keys.all_partitions()):
         jobs = {f.decode() for f in client.hkeys(pk.jobs)}
         due = {m.decode() for m in client.zrange(pk.due, 0, -1)}
         runs = {f.decode() for f in client.hkeys(pk.runs)}
-        assert due == jobs, f"partition {index}: due-only {due - jobs}, jobs-only {jobs - due}"
+        staged: set[str] = set()
+        for raw_key in client.scan_iter(match=_glob(pk.staged("")) + "*", count=1000):
+            staged_keys.add(raw_key.decode())
+            staged |= {m.decode() for m in client.zrange(raw_key, 0, -1)}
+        assert due <= jobs, f"partition {index}: in the due index without a job {due - jobs}"
+        assert staged <= jobs, f"partition {index}: staged without a job {staged - jobs}"
+        assert not due & staged, f"partition {index}: both due and staged {due & staged}"
+        assert jobs <= due | staged, f"partition {index}: never due {jobs - due - staged}"
         assert runs <= jobs, f"partition {index}: run states without a job {runs - jobs}"
         for jid in jobs:
             assert keys.partition_of(jid) == index, f"{jid} stored in the wrong partition"
             assert "/" in jid, jid
         all_ids |= jobs
     allowed = {k for pk in keys.all_partitions() for k in pk.all()}
-    allowed |= {keys.apps, keys.meta}
-    for raw_key in client.scan_iter(match=f"{settings.prefix}:*", count=1000):
+    allowed |= {keys.apps, keys.meta} | staged_keys
+    for raw_key in client.scan_iter(match=_glob(settings.prefix) + ":*", count=1000):
         key = raw_key.decode()
         assert key in allowed or key.startswith(f"{settings.prefix}:alive:"), key
     return all_ids
+
+
+def _glob(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -17,8 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.api import create_app
-from app.keys import Keys, job_id
-from app.model import DeadLetter
+from app.keys import job_id
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.test_api_helpers import (
@@ -233,8 +232,7 @@ def two_apps(redis_server: RedisProcess) -> Iterator[tuple[FlaskClient, FlaskCli
     shared = api_settings(redis_server.url)
     a = create_app(shared.with_(app_id="app-a")).test_client()
     b = create_app(shared.with_(app_id="app-b", app_url="http://127.0.0.1:10")).test_client()
-    with a, b:
-        yield a, b, shared
+    yield a, b, shared
 
 
 def test_each_app_sees_only_its_own_jobs(two_apps: tuple[FlaskClient, FlaskClient, Settings],
@@ -437,63 +435,6 @@ def test_delete_by_prefix_needs_the_prefix_parameter(client: FlaskClient, base: 
     assert_no_content(post_job(client, base, "survivor", {"dueTime": "1h"}))
     assert_error(client.delete(base), 400, "ERR_MALFORMED_REQUEST")
     assert names_in(client.get(base)) == ["survivor"]
-
-
-# --- dead letters -------------------------------------------------------------------------
-
-
-def put_dead_letter(redis_client: redis.Redis, settings: Settings, app_id: str, name: str,
-                    dead_ms: int, sched_ms: int = 1_700_000_000_000) -> DeadLetter:
-    """A dead letter as workers/worker.py writes it (through app/lua/ack.lua)."""
-    keys = Keys(settings.prefix, settings.partitions)
-    jid = job_id(app_id, name)
-    pk = keys.for_job(jid)
-    letter = DeadLetter(id=f"{jid}@rev:{sched_ms}", app_id=app_id, name=name, sched_ms=sched_ms,
-                        attempts=4, error="HTTP 500 from the app", dead_ms=dead_ms,
-                        job={"data": "x", "anyType": None, "anyValue": None, "record": "{}"})
-    redis_client.hset(pk.dead, letter.id, letter.encode())
-    redis_client.zadd(pk.deadidx, {letter.id: dead_ms})
-    return letter
-
-
-def test_dead_letters_empty(client: FlaskClient) -> None:
-    response = client.get("/v1.0-alpha1/deadletters")
-    assert response.status_code == 200
-    assert response.get_json() == {"deadLetters": []}
-
-
-def test_dead_letters_listed_oldest_first_for_this_app_only(
-    client: FlaskClient, settings: Settings, redis_client: redis.Redis
-) -> None:
-    put_dead_letter(redis_client, settings, settings.app_id, "late", dead_ms=3000)
-    put_dead_letter(redis_client, settings, settings.app_id, "early", dead_ms=1000)
-    put_dead_letter(redis_client, settings, "another-app", "theirs", dead_ms=2000)
-    response = client.get("/v1.0-alpha1/deadletters")
-    assert response.status_code == 200
-    letters = response.get_json()["deadLetters"]
-    assert [d["name"] for d in letters] == ["early", "late"]
-    first = letters[0]
-    assert set(first) >= {"id", "name", "scheduledMs", "attempts", "error", "deadMs"}
-    assert first["attempts"] == 4
-    assert first["error"] == "HTTP 500 from the app"
-    assert first["deadMs"] == 1000
-    assert first["scheduledMs"] == 1_700_000_000_000
-
-
-def test_dead_letters_paging(client: FlaskClient, settings: Settings,
-                             redis_client: redis.Redis) -> None:
-    for i in range(5):
-        put_dead_letter(redis_client, settings, settings.app_id, f"d{i}", dead_ms=1000 + i)
-    got = client.get("/v1.0-alpha1/deadletters", query_string={"limit": 2, "offset": 1})
-    assert [d["name"] for d in got.get_json()["deadLetters"]] == ["d1", "d2"]
-    got = client.get("/v1.0-alpha1/deadletters", query_string={"offset": 4})
-    assert [d["name"] for d in got.get_json()["deadLetters"]] == ["d4"]
-
-
-@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "x"}, {"limit": "1001"},
-                                   {"offset": "-1"}, {"offset": "x"}])
-def test_dead_letters_bad_query_is_400(client: FlaskClient, query: dict[str, str]) -> None:
-    assert_error(client.get("/v1.0-alpha1/deadletters", query_string=query), 400)
 
 
 # --- metrics ----------------------------------------------------------------------------

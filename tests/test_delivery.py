@@ -15,6 +15,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,11 +30,27 @@ from app.store import Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
+from tests.support.wide_receiver import start_wide_receiver
 from tests.support.workers import ThreadWorker
 
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 FAST_RETRY = FailurePolicy(FailureKind.CONSTANT, interval_ms=0, max_retries=5)
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _reap_workers() -> Iterator[None]:
+    """In-process workers stop in the background; surface any crash by the module's end."""
+    yield
+    ThreadWorker.reap()
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """conftest's receiver, with a listen backlog that takes a worker's connection burst."""
+    r = start_wide_receiver()
+    yield r
+    r.stop()
 
 
 @pytest.fixture
@@ -46,7 +63,7 @@ def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
 @pytest.fixture
 def worker(settings: Settings) -> Iterator[ThreadWorker]:
     with ThreadWorker(settings) as w:
-        yield w
+        yield w  # stops in the background (ThreadWorker.stop_soon)
 
 
 @pytest.fixture
@@ -145,7 +162,8 @@ def test_a_per_app_format_forces_raw_or_envelope(settings: Settings, receiver: R
     settings = settings.with_(delivery_format=fmt)
     client = create_app(settings).test_client()
     with ThreadWorker(settings):
-        assert client.post("/v1.0/jobs/fmt", json={"data": data, "dueTime": "0s"}).status_code == 204
+        resp = client.post("/v1.0/jobs/fmt", json={"data": data, "dueTime": "0s"})
+        assert resp.status_code == 204
         [d] = _delivered(receiver, "fmt")
     assert json.loads(d.body) == expected
 
@@ -260,10 +278,10 @@ def test_every_1s_with_repeats_3_delivers_exactly_3_times(
     ds = receiver.received("/job/thrice")
     assert len(ds) == 3
     scheduled = [int(d.headers["jobrunner-scheduled-ms"]) for d in ds]
-    assert [b - a for a, b in zip(scheduled, scheduled[1:])] == [1000, 1000]
+    assert [b - a for a, b in pairwise(scheduled)] == [1000, 1000]
     assert len({d.headers["jobrunner-trigger-id"] for d in ds}) == 3
     assert all(d.headers["jobrunner-attempt"] == "1" for d in ds)
-    for d, s in zip(ds, scheduled):
+    for d, s in zip(ds, scheduled, strict=True):
         _not_early(d, s)
 
 

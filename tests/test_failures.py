@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from itertools import pairwise
 
 import pytest
 from flask.testing import FlaskClient
@@ -21,8 +22,23 @@ from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
+from tests.support.wide_receiver import start_wide_receiver
 from tests.support.workers import ThreadWorker
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _reap_workers() -> Iterator[None]:
+    """In-process workers stop in the background; surface any crash by the module's end."""
+    yield
+    ThreadWorker.reap()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """conftest's receiver, with a wide listen backlog and a quick shutdown."""
+    r = start_wide_receiver()
+    yield r
+    r.stop()
 
 @pytest.fixture
 def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
@@ -34,7 +50,7 @@ def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
 @pytest.fixture
 def worker(settings: Settings) -> Iterator[ThreadWorker]:
     with ThreadWorker(settings) as w:
-        yield w
+        yield w  # stops in the background (ThreadWorker.stop_soon)
 
 
 @pytest.fixture
@@ -65,7 +81,7 @@ def test_http_500_default_policy_4_attempts_1s_apart_then_dead_letter(
     assert _attempts(ds) == [1, 2, 3, 4]
     assert len({d.headers["jobrunner-trigger-id"] for d in ds}) == 1
     assert len({d.headers["jobrunner-scheduled-ms"] for d in ds}) == 1
-    for prev, nxt in zip(ds, ds[1:]):
+    for prev, nxt in pairwise(ds):
         # a retry is due `interval` after the failed attempt ended (the clock is floored
         # to whole ms, hence the ms floor of the earlier arrival)
         assert nxt.received_at * 1000 >= int(prev.received_at * 1000) + 1000, (

@@ -7,15 +7,18 @@ checked exactly, without sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from app.keys import Keys, job_id
-from app.model import FailureKind, FailurePolicy, Job, TriggerStatus
+from app.model import FailureKind, FailurePolicy, TriggerStatus
 from app.settings import Settings
 from app.store import JobExists, Store
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
@@ -563,10 +566,8 @@ def test_invariants_hold_after_random_operations(settings: Settings, redis_clien
             kind = op[0]
             if kind == "schedule":
                 _, name, offset, overwrite = op
-                try:
+                with contextlib.suppress(JobExists):
                     store.schedule(make_job(name, T0 + offset), overwrite=overwrite)
-                except JobExists:
-                    pass
             elif kind == "delete":
                 store.delete(APP, op[1])
             elif kind == "delete_prefix":

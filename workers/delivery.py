@@ -45,7 +45,8 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
     body = delivery_body(trigger.job, app.delivery_format)
     headers = {
         "Content-Type": "application/json",
-        H_TRIGGER_ID: trigger.trigger_id,
+        # Percent-encoded (UTF-8): header values are ASCII, job names need not be.
+        H_TRIGGER_ID: quote(trigger.trigger_id, safe="/@:"),
         H_ATTEMPT: str(trigger.attempt),
         H_SCHEDULED_MS: str(trigger.sched_ms),
         # W3C trace context: a new trace per attempt, sampled.

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from benchmarks.context import JOBRUNNER, Context
+from benchmarks.cpu import cores_used, snapshot
 from benchmarks.jobrunner_side import APP_ID, wait_http_ok, worker_env
 from benchmarks.loadgen import run_load
 from benchmarks.procfile import venv_path_env, web_command
@@ -30,7 +31,10 @@ METRICS = [
     Metric("requests", "requests", "{:,}"),
     Metric("non-2xx answers", "failed", "{:,}"),
     Metric("jobs stored", "stored", "{:,}"),
-    Metric("load generator busy", "generator_busy", "{:.1%}"),
+    Metric("CPU: API under gunicorn (cores)", "cpu.api", "{:.2f}"),
+    Metric("CPU: redis (cores)", "cpu.redis", "{:.2f}"),
+    Metric("CPU: load generator (cores)", "cpu.generator", "{:.2f}"),
+    Metric("CPU: not this run (cores)", "cpu.other", "{:.2f}"),
 ]
 
 
@@ -67,9 +71,11 @@ def run(ctx: Context) -> dict[str, Any]:
         _serve(ctx, name, port)
         try:
             due = rfc3339_ms(int(time.time() * 1000) + 3_600_000)
+            before = snapshot(ctx.procs)
             load = run_load(port, "schedule", count, duration, concurrency, core=None,
                             prefix=f"sched{i}", due_time=due, timeout=duration + 120.0,
                             label=f"schedule {name}")
+            cores = cores_used(before, snapshot(ctx.procs))
         finally:
             ctx.procs.stop_all_named(f"api-{name}")
         ok = int(load["ok"])  # type: ignore[call-overload]
@@ -78,6 +84,15 @@ def run(ctx: Context) -> dict[str, Any]:
         load["rate"] = ok / seconds if seconds > 0 else 0.0
         load["generator_busy"] = float(load["cpu_s"]) / seconds if seconds > 0 else 0.0  # type: ignore[arg-type]
         load["stored"] = _stored(ctx, name)
+        generator = load["generator_busy"]
+        load["cpu_cores"] = cores
+        load["cpu"] = {
+            "api": cores.get(f"api-{name}", 0.0),
+            "redis": cores.get("redis", 0.0),
+            "generator": generator,
+            # The generator is a child of ours but not in a Procs group: not "other".
+            "other": max(0.0, cores.get("other processes", 0.0) - generator),  # type: ignore[operator]
+        }
         systems[name] = load
     targets = []
     jr = systems.get(JOBRUNNER)

@@ -24,8 +24,10 @@ tests/chaos/results/.gitignore). Definitions of the counts: support/ledger.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -140,7 +142,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     RESULTS_DIR.mkdir(exist_ok=True)
     size = _RESULTS[0]["size"]
-    (RESULTS_DIR / f"chaos-{size}.json").write_text(json.dumps(_RESULTS, indent=2) + "\n")
+    summary = {"size": size, "params": asdict(SIZES[size]), "tests": _RESULTS}
+    (RESULTS_DIR / f"chaos-{size}.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -215,11 +218,20 @@ class ChaosEnv:
 
     def close(self) -> None:
         for store in self._stores:
-            try:
+            with contextlib.suppress(Exception):  # teardown goes on
                 store.close()
-            except Exception:  # noqa: S110 - teardown goes on
-                pass
         self.procs.kill_all()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
@@ -230,7 +242,9 @@ def chaos(request: pytest.FixtureRequest, tmp_path: Path,
         yield env
     finally:
         env.close()
-
-
-def size_dict(size: ChaosSize) -> dict[str, Any]:
-    return asdict(size)
+        if request.node.stash.get(_FAILED, True):
+            # pytest keeps only a few tmp dirs: keep the logs of a failure (git-ignored).
+            kept = RESULTS_DIR / f"logs-{chaos_size.name}-{request.node.name}"
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.copytree(env.logdir, kept)
+            print(f"\nlogs of the failed chaos test: {kept}")

@@ -170,10 +170,11 @@ def _check_groups(groups: dict[str, list[Job]], records: list[Delivery],
                                 f"attempts with {letter.error!r}, want {attempts} and {error!r}")
             if any(r.accepted for r in reqs):
                 problems.append(f"{group} {job.name}: delivered and dead-lettered")
-            if answered is not None and sorted(r.attempt for r in reqs) != list(
-                    range(1, answered + 1)):
-                problems.append(f"{group} {job.name}: requests {[(r.attempt, r.status) for r in reqs]}"
-                                f", want attempts 1..{answered}")
+            got = sorted(r.attempt for r in reqs)
+            if answered is not None and got != list(range(1, answered + 1)):
+                problems.append(f"{group} {job.name}: requests "
+                                f"{[(r.attempt, r.status) for r in reqs]}, "
+                                f"want attempts 1..{answered}")
 
     must_dead_letter("spent_down", 4, "cannot connect to the app", answered=0)
     must_dead_letter("spent_500", 3, "app answered HTTP 500", answered=3)

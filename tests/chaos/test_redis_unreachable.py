@@ -2,10 +2,17 @@
 hang beyond a bounded timeout); the workers back off and resume; afterwards every due
 trigger is delivered.
 
-"Unreachable" is a black hole, the harder case for clients: redis-server is
-SIGSTOPped, so connections are still accepted by the kernel but nothing ever
-answers (a refused connection is covered by test_redis_restart.py). The data
-stays in memory; SIGCONT brings it back after `unreachable_s` (10 s).
+Two kinds of "unreachable", for `unreachable_s` (10 s) each, Redis keeping its
+data throughout:
+
+- blackhole: redis-server is SIGSTOPped, so connections are still accepted by
+  the kernel but nothing ever answers (a network partition that drops
+  packets; the hard case for clients); SIGCONT ends it.
+- refused: the API and the workers reach Redis through a TCP proxy
+  (support/tcp_proxy.py) that aborts every connection and stops listening,
+  so clients get resets, then connection refused. Here the workers must back
+  off: each may log "redis unavailable" at most MAX_BACKOFF_LINES_PER_S times
+  per second of outage (a tight retry loop logs thousands).
 
 Jobs (loaded before, through the store) are due before, during and after the
 outage. Throughout the outage the API is probed: every PROBE_EVERY_S a request
@@ -18,7 +25,7 @@ ERR_REDIS_UNAVAILABLE.
 
 Duplicates are counted, not asserted (the issue asks for none lost here).
 
-Size `ci`: 4,000 jobs; `large`: 30,000. The outage is 10 s in both.
+Size `ci`: 4,000 jobs; `large`: 30,000. The outage is 10 s in both sizes.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from app.clock import now_ms
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.api_load import Call, Client
 from tests.chaos.support.ledger import history, lateness, tally
-from tests.chaos.support.procs import wait_until
+from tests.chaos.support.procs import ChaosRedis, RedisProxy, wait_until
 from tests.chaos.support.store_ops import drain, every, expected_triggers, leftovers, load, one_shot
 
 API_BOUND_S = 8.0
@@ -41,17 +50,47 @@ API_BOUND_S = 8.0
 # to 5 s while Redis is away: well below what the API can serve at once.
 PROBE_EVERY_S = 1.5
 PROBE_CLIENT_TIMEOUT_S = 40.0
+MAX_BACKOFF_LINES_PER_S = 10
 
 
-def test_redis_unreachable_for_10s(chaos: ChaosEnv) -> None:
+class Outage:
+    """Makes Redis unreachable for the API and the workers, and back."""
+
+    def __init__(self, chaos: ChaosEnv, kind: str, redis: ChaosRedis) -> None:
+        self.kind, self.redis = kind, redis
+        self.proxy = RedisProxy(chaos.procs, chaos.tmp, redis).start() if kind == "refused" \
+            else None
+
+    @property
+    def url(self) -> str:
+        """The Redis URL the API and workers use."""
+        return self.proxy.url if self.proxy is not None else self.redis.url
+
+    def begin(self) -> None:
+        if self.proxy is not None:
+            self.proxy.set_mode("refused")
+        else:
+            self.redis.pause()
+
+    def end(self) -> None:
+        if self.proxy is not None:
+            self.proxy.set_mode("up")
+        else:
+            self.redis.resume()
+
+
+@pytest.mark.parametrize("kind", ["blackhole", "refused"])
+def test_redis_unreachable_for_10s(chaos: ChaosEnv, kind: str) -> None:
     size = chaos.size
     seed = int(os.environ.get("JOBRUNNER_CHAOS_SEED", "0")) or random.randrange(1, 1 << 30)
     rng = random.Random(seed)
     redis = chaos.redis()
+    outage = Outage(chaos, kind, redis)
     receiver = chaos.receiver()
-    settings = chaos.settings(redis, receiver)
+    direct = chaos.settings(redis, receiver)
+    settings = direct.with_(redis_url=outage.url)
     api = chaos.api(settings)
-    store = chaos.store(settings)
+    store = chaos.store(direct)
     workers = chaos.workers(settings, 4)
 
     outage_at = time.time() + 3.0
@@ -70,13 +109,13 @@ def test_redis_unreachable_for_10s(chaos: ChaosEnv) -> None:
 
     time.sleep(max(0.0, outage_at - time.time()))
     stopped = time.time()
-    redis.pause()
+    outage.begin()
     probes: list[Call] = []
     prober = threading.Thread(target=_probe_all, args=(api.url, stopped + size.unreachable_s - 1.0,
                                                        probes), daemon=True)
     prober.start()
     time.sleep(max(0.0, stopped + size.unreachable_s - time.time()))
-    redis.resume()
+    outage.end()
     resumed = time.time()
     prober.join(PROBE_CLIENT_TIMEOUT_S + 5)
     assert not prober.is_alive(), "a probe never got an answer"
@@ -100,9 +139,9 @@ def test_redis_unreachable_for_10s(chaos: ChaosEnv) -> None:
     # Handled while Redis was away from start to end: must be a clear 503.
     inside = [p for p in probes if p.sent >= stopped and p.done < resumed]
     not_503 = [p for p in inside if p.status != 503 or not _redis_error(p.body)]
-    bad = [p for p in probes if p.status is None or p.status >= 500 and p.status != 503]
+    bad = [p for p in probes if p.status is None or (p.status >= 500 and p.status != 503)]
     slowest = max((p.took for p in probes), default=0.0)
-    backoff_lines = sum(w.log().count("redis unavailable") for w in workers.all)
+    backoff_lines = [w.log().count("redis unavailable") for w in workers.all]
     chaos.report(
         result, seed=seed, probes=len(probes), probes_during_outage=len(inside),
         probe_statuses=_statuses(probes), slowest_probe_s=round(slowest, 2),
@@ -119,6 +158,8 @@ def test_redis_unreachable_for_10s(chaos: ChaosEnv) -> None:
         f"{_sample(sorted(probes, key=lambda p: -p.took))}")
     assert not not_503, f"not a clear 503 while Redis was away: {_sample(not_503)}"
     assert not workers.dead(), f"a worker died; logs in {chaos.logdir}"
+    assert max(backoff_lines) <= MAX_BACKOFF_LINES_PER_S * size.unreachable_s, (
+        f"workers retry Redis in a tight loop: {backoff_lines} 'redis unavailable' lines")
     assert result.lost == 0, result.describe()
     assert (result.extra, result.early, result.id_mismatch) == (0, 0, 0), result.describe()
     assert settled, f"jobs left in Redis: {left}\n{leftovers(store, settings.app_id)}"

@@ -61,8 +61,11 @@ def _deliveries(receiver: Receiver, name: str, n: int = 1,
 def _assert_once_and_never_early(receiver: Receiver) -> Counter[str]:
     """Every trigger arrived once, none before its scheduled time; counts per job name."""
     per_trigger = Counter(d.headers["jobrunner-trigger-id"] for d in receiver.received())
-    assert all(n == 1 for n in per_trigger.values()), (
-        f"duplicates: {[t for t, n in per_trigger.items() if n > 1][:5]}")
+    dups = {t for t, n in per_trigger.items() if n > 1}
+    assert not dups, "duplicates: " + "; ".join(
+        f"{d.headers['jobrunner-trigger-id']} attempt={d.headers['jobrunner-attempt']} "
+        f"at={d.received_at:.3f}" for d in receiver.received()
+        if d.headers["jobrunner-trigger-id"] in sorted(dups)[:3])
     for d in receiver.received():
         due = int(d.headers["jobrunner-scheduled-ms"])
         assert d.received_at * 1000 >= due, f"{d.path} {due - d.received_at * 1000:.1f} ms early"

@@ -4,6 +4,7 @@ loop) or as real `python -m workers` processes (for SIGKILL / SIGTERM tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,7 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class ThreadWorker:
-    """`Worker(settings).run(stop)` on a background thread with its own event loop."""
+    """`Worker(settings).run(stop)` on a background thread with its own event loop.
+
+    A worker takes a second or so to stop (its pub/sub listener polls once a
+    second). `stop_soon()` asks it to stop and lets it finish in the background:
+    it works on its own test's key prefix, so it cannot touch a later test. Any
+    crash is raised by `reap()` (call it at the end of a module), naming that prefix.
+    """
+
+    _stopping: list[ThreadWorker] = []
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -30,6 +39,13 @@ class ThreadWorker:
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._main, name="test-worker", daemon=True)
+
+    @classmethod
+    def reap(cls, timeout: float = 30.0) -> None:
+        """Join the workers stopping in the background; raise if one of them crashed."""
+        stopping, cls._stopping = cls._stopping, []
+        for w in stopping:
+            w.stop(timeout)
 
     def start(self) -> ThreadWorker:
         self._thread.start()
@@ -67,20 +83,32 @@ class ThreadWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def _ask_to_stop(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # the loop has just closed
+                self._loop.call_soon_threadsafe(self._stop.set)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop and wait for the worker to finish."""
+        self._ask_to_stop()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            raise AssertionError(f"in-process worker did not stop within {timeout}s")
+            raise AssertionError(f"in-process worker ({self.settings.prefix}) did not stop "
+                                 f"within {timeout}s")
         if self.error is not None:
-            raise AssertionError(f"in-process worker crashed: {self.error!r}") from self.error
+            raise AssertionError(f"in-process worker ({self.settings.prefix}) crashed: "
+                                 f"{self.error!r}") from self.error
+
+    def stop_soon(self) -> None:
+        """Ask the worker to stop; it finishes in the background (see the class doc)."""
+        self._ask_to_stop()
+        ThreadWorker._stopping.append(self)
 
     def __enter__(self) -> ThreadWorker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop_soon()
 
 
 class WorkerProcess:

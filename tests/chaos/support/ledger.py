@@ -68,7 +68,8 @@ class Tally:
                 parts.append(f"{name}={value}")
         text = " ".join(parts)
         if self.lost_jobs:
-            text += f"\n  lost (job: missing triggers), first 20: {dict(list(self.lost_jobs.items())[:20])}"
+            sample_lost = dict(list(self.lost_jobs.items())[:20])
+            text += f"\n  lost (job: missing triggers), first 20: {sample_lost}"
         if self.duplicated:
             sample = [f"{n}@{s} x{c}" for (n, s), c in list(self.duplicated.items())[:20]]
             text += f"\n  duplicated triggers, first 20: {sample}"

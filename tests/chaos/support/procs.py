@@ -249,3 +249,42 @@ def http_request(method: str, url: str, body: Any = None,
     except ValueError:
         decoded = raw.decode("utf-8", "replace")
     return status, decoded, took
+
+
+class RedisProxy:
+    """tcp_proxy.py in front of a redis-server: `set_mode("refused")` makes Redis
+    unreachable (connections reset, then refused) while it keeps its data."""
+
+    def __init__(self, procs: Procs, workdir: Path, upstream: ChaosRedis) -> None:
+        self.procs = procs
+        self.ready_file = workdir / "redis-proxy.json"
+        self.upstream = upstream
+        self.port = 0
+        self.control_port = 0
+
+    def start(self, timeout: float = 20.0) -> RedisProxy:
+        proc = self.procs.spawn(
+            "redis-proxy",
+            [sys.executable, "-m", "tests.chaos.support.tcp_proxy",
+             "--upstream-port", str(self.upstream.port), "--ready-file", str(self.ready_file)],
+            {**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+        def ready() -> bool:
+            if not proc.alive:
+                raise AssertionError(f"the Redis proxy exited:\n{proc.tail()}")
+            return self.ready_file.exists()
+
+        wait_until(ready, timeout, "the Redis proxy to listen")
+        ports = json.loads(self.ready_file.read_text())
+        self.port, self.control_port = ports["port"], ports["control_port"]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def set_mode(self, mode: str) -> None:
+        status, body, _ = http_request("POST", f"http://127.0.0.1:{self.control_port}/mode",
+                                       {"mode": mode}, timeout=30)
+        assert status == 200 and body == {"mode": mode}, (status, body)

@@ -222,7 +222,7 @@ async def main(ready_file: Path, mode: str, port: int, control_port: int) -> Non
         loop.add_signal_handler(sig, stop.set)
     state = State(port, "healthy")
     state.server = await _listen(state)
-    sockets = state.server.sockets or []
+    sockets = getattr(state.server, "sockets", None) or []
     state.port = sockets[0].getsockname()[1]
     if mode != "healthy":
         await set_mode(state, mode)

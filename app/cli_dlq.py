@@ -1,0 +1,121 @@
+"""`jobrunner dlq`: the dead-letter queue from the command line (list, show, replay, purge)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from app.deadletters import DeadLetters
+from app.model import DeadLetter
+from app.redis_client import UNAVAILABLE
+from app.service_state import jobrunner_home, read_state
+from app.settings import Settings
+from app.store import Store
+
+
+def _store(redis_url: str | None, app_id: str) -> Store:
+    """The store at --redis-url / REDIS_URL, else the running shared service's Redis."""
+    env = dict(os.environ)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    elif not env.get("REDIS_URL"):
+        state = read_state(jobrunner_home())
+        if state is None or not state.alive():
+            raise click.ClickException(
+                "no Redis to read: give --redis-url (or REDIS_URL), or start jobrunner first")
+        env.update(REDIS_URL=state.redis_url, JOBRUNNER_PREFIX=state.prefix,
+                   JOBRUNNER_PARTITIONS=str(state.partitions))
+    env["APP_ID"] = app_id
+    return Store(Settings.from_env(env))
+
+
+def _selection(dlq: DeadLetters, app_id: str, ids: tuple[str, ...], prefix: str | None,
+               everything: bool) -> list[DeadLetter]:
+    if not ids and prefix is None and not everything:
+        raise click.UsageError("say which dead letters: ID..., --prefix P, or --all")
+    return dlq.select(app_id, list(ids) or None, prefix, everything)
+
+
+def _line(d: DeadLetter) -> str:
+    return f"{d.id}\tattempts={d.attempts}\t{d.error}"
+
+
+_common = [
+    click.option("--app-id", envvar="APP_ID", default="job-service", show_default=True,
+                 help="Whose dead letters."),
+    click.option("--redis-url", envvar="REDIS_URL", metavar="URL",
+                 help="The Redis to read; default: the running jobrunner's."),
+]
+
+
+def common(f: Any) -> Any:
+    for option in reversed(_common):
+        f = option(f)
+    return f
+
+
+@click.group()
+def dlq() -> None:
+    """The dead-letter queue: triggers whose failure policy was spent."""
+
+
+@dlq.command("list")
+@common
+@click.option("--prefix", default="", help="Only jobs whose name starts with this.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+def list_cmd(app_id: str, redis_url: str | None, prefix: str, limit: int) -> None:
+    """List dead letters, oldest first."""
+    letters = _guard(lambda: DeadLetters(_store(redis_url, app_id)).list_letters(
+        app_id, prefix, limit=limit))
+    for letter in letters:
+        click.echo(_line(letter))
+    if not letters:
+        click.echo("no dead letters", err=True)
+
+
+@dlq.command()
+@common
+@click.argument("letter_id")
+def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
+    """Show one dead letter with its job."""
+    letter = _guard(lambda: DeadLetters(_store(redis_url, app_id)).get(letter_id))
+    if letter is None or letter.app_id != app_id:
+        raise click.ClickException(f"no dead letter {letter_id!r} for app {app_id!r}")
+    click.echo(letter.encode().decode())
+
+
+@dlq.command()
+@common
+@click.argument("ids", nargs=-1)
+@click.option("--prefix", default=None, help="Every dead letter of jobs starting with this.")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter of the app.")
+def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str | None,
+           everything: bool) -> None:
+    """Deliver dead letters again now, with a new attempt series."""
+    def go() -> int:
+        dlq_ = DeadLetters(_store(redis_url, app_id))
+        return dlq_.replay(_selection(dlq_, app_id, ids, prefix, everything))
+    click.echo(f"replayed {_guard(go)}")
+
+
+@dlq.command()
+@common
+@click.argument("ids", nargs=-1)
+@click.option("--prefix", default=None, help="Every dead letter of jobs starting with this.")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter of the app.")
+def purge(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str | None,
+          everything: bool) -> None:
+    """Delete dead letters for good."""
+    def go() -> int:
+        dlq_ = DeadLetters(_store(redis_url, app_id))
+        return dlq_.purge(_selection(dlq_, app_id, ids, prefix, everything))
+    click.echo(f"purged {_guard(go)}")
+
+
+def _guard(action: Any) -> Any:
+    try:
+        return action()
+    except UNAVAILABLE as exc:
+        raise click.ClickException(f"Redis is unavailable: {exc}") from None

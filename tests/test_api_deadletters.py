@@ -1,0 +1,221 @@
+"""HTTP API contract: the dead-letter queue extension (list, inspect, replay, purge).
+
+design.md: when a trigger's failure policy is spent it goes to the dead-letter
+queue, never silently away; the API lists, replays and purges it. Dead letters
+are put in Redis here the way the worker's acknowledge script stores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from app.api import create_app
+from app.keys import Keys, job_id
+from app.model import DeadLetter, Job
+from app.settings import Settings
+from tests.support.redis_proc import RedisProcess
+from tests.test_api_helpers import (
+    api_settings,
+    assert_error,
+    assert_no_content,
+    assert_store_consistent,
+    job_url,
+    post_job,
+)
+
+DL_BASES = ("/v1.0-alpha1/deadletters", "/v1.0/deadletters")
+SCHED_MS = 1_700_000_000_123
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess) -> Settings:
+    return api_settings(redis_server.url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[FlaskClient]:
+    with create_app(settings).test_client() as c:
+        yield c
+
+
+@pytest.fixture(params=DL_BASES, ids=["alpha1", "v1"])
+def dl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def put_dead_letter(redis_client: redis.Redis, settings: Settings, app_id: str, name: str,
+                    dead_ms: int, data: Any = "payload") -> DeadLetter:
+    """A dead letter as workers/worker.py settles it through app/lua/ack.lua."""
+    keys = Keys(settings.prefix, settings.partitions)
+    jid = job_id(app_id, name)
+    pk = keys.for_job(jid)
+    job = Job(app_id=app_id, name=name, data=data, schedule="@every 1m", created_ms=SCHED_MS,
+              first_ms=SCHED_MS)
+    letter = DeadLetter(id=f"{jid}@{job.rev}:{SCHED_MS}:{dead_ms}", app_id=app_id, name=name,
+                        sched_ms=SCHED_MS, attempts=4, error="HTTP 500 from the app",
+                        dead_ms=dead_ms, record=job.encode().decode())
+    redis_client.hset(pk.dead, letter.id, letter.encode())
+    redis_client.zadd(pk.deadidx, {letter.id: dead_ms})
+    return letter
+
+
+def listed(client: FlaskClient, dl: str, **query: Any) -> list[dict[str, Any]]:
+    response = client.get(dl, query_string=query)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"deadLetters"}
+    letters = body["deadLetters"]
+    assert isinstance(letters, list)
+    return letters
+
+
+def test_empty(client: FlaskClient, dl: str) -> None:
+    assert listed(client, dl) == []
+
+
+def test_listed_oldest_first_for_this_app_only(client: FlaskClient, dl: str, settings: Settings,
+                                               redis_client: redis.Redis) -> None:
+    put_dead_letter(redis_client, settings, settings.app_id, "late", dead_ms=1_700_000_300_000)
+    put_dead_letter(redis_client, settings, settings.app_id, "early", dead_ms=1_700_000_100_000)
+    put_dead_letter(redis_client, settings, "another-app", "theirs", dead_ms=1_700_000_200_000)
+    letters = listed(client, dl)
+    assert [d["name"] for d in letters] == ["early", "late"]
+    first = letters[0]
+    assert set(first) >= {"id", "name", "attempts", "error", "scheduledTime", "deadLetteredTime"}
+    assert first["attempts"] == 4
+    assert first["error"] == "HTTP 500 from the app"
+    assert first["scheduledTime"] == "2023-11-14T22:13:20.123Z"
+    assert first["deadLetteredTime"] == "2023-11-14T22:15:00.000Z"
+
+
+def test_list_paging_and_prefix(client: FlaskClient, dl: str, settings: Settings,
+                                redis_client: redis.Redis) -> None:
+    for i in range(5):
+        put_dead_letter(redis_client, settings, settings.app_id, f"d{i}", dead_ms=1000 + i)
+    put_dead_letter(redis_client, settings, settings.app_id, "other", dead_ms=999)
+    assert [d["name"] for d in listed(client, dl, limit=2, offset=1)] == ["d0", "d1"]
+    assert [d["name"] for d in listed(client, dl, offset=5)] == ["d4"]
+    assert [d["name"] for d in listed(client, dl, prefix="d")] == [f"d{i}" for i in range(5)]
+    assert [d["name"] for d in listed(client, dl, prefix="d", limit=1, offset=4)] == ["d4"]
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "x"}, {"limit": "1001"},
+                                   {"offset": "-1"}, {"offset": "x"}])
+def test_bad_list_query_is_400(client: FlaskClient, dl: str, query: dict[str, str]) -> None:
+    assert_error(client.get(dl, query_string=query), 400)
+
+
+def test_inspect_one_letter_with_its_job(client: FlaskClient, dl: str, settings: Settings,
+                                         redis_client: redis.Redis) -> None:
+    letter = put_dead_letter(redis_client, settings, settings.app_id, "inspect", dead_ms=5000,
+                             data={"k": [1, 2]})
+    response = client.get(f"{dl}/{quote(letter.id, safe='')}")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["id"] == letter.id
+    assert body["name"] == "inspect"
+    assert body["job"]["data"] == {"k": [1, 2]}
+    assert body["job"]["schedule"] == "@every 1m"
+
+
+def test_inspect_unknown_or_foreign_letter_is_404(client: FlaskClient, dl: str,
+                                                  settings: Settings,
+                                                  redis_client: redis.Redis) -> None:
+    theirs = put_dead_letter(redis_client, settings, "another-app", "theirs", dead_ms=1)
+    assert_error(client.get(f"{dl}/nope"), 404)
+    assert_error(client.get(f"{dl}/{quote(theirs.id, safe='')}"), 404)
+
+
+def test_replay_by_id(client: FlaskClient, dl: str, settings: Settings,
+                      redis_client: redis.Redis) -> None:
+    letter = put_dead_letter(redis_client, settings, settings.app_id, "again", dead_ms=1)
+    keep = put_dead_letter(redis_client, settings, settings.app_id, "stays", dead_ms=2)
+    response = client.post(f"{dl}/replay", json={"ids": [letter.id]})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json() == {"replayed": 1}
+    assert [d["id"] for d in listed(client, dl)] == [keep.id]
+    # The replay is pending delivery, but it is not a job of its own on the jobs API.
+    ids = assert_store_consistent(redis_client, settings)
+    assert len(ids) == 1
+    assert_error(client.get(job_url("/v1.0-alpha1/jobs", "again")), 404)
+    assert client.get("/v1.0-alpha1/jobs").get_json()["jobs"] == []
+    # Replaying the same letter again replays nothing.
+    assert client.post(f"{dl}/replay", json={"ids": [letter.id]}).get_json() == {"replayed": 0}
+
+
+def test_replay_all_and_by_prefix_stay_in_this_app(client: FlaskClient, dl: str,
+                                                   settings: Settings,
+                                                   redis_client: redis.Redis) -> None:
+    for i in range(3):
+        put_dead_letter(redis_client, settings, settings.app_id, f"a{i}", dead_ms=10 + i)
+    put_dead_letter(redis_client, settings, settings.app_id, "b", dead_ms=20)
+    put_dead_letter(redis_client, settings, "another-app", "a9", dead_ms=30)
+    assert client.post(f"{dl}/replay", json={"prefix": "a"}).get_json() == {"replayed": 3}
+    assert [d["name"] for d in listed(client, dl)] == ["b"]
+    assert client.post(f"{dl}/replay", json={"all": True}).get_json() == {"replayed": 1}
+    assert listed(client, dl) == []
+    others = create_app(settings.with_(app_id="another-app")).test_client()
+    assert [d["name"] for d in listed(others, dl)] == ["a9"]
+    assert_store_consistent(redis_client, settings)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"{", id="invalid-json"),
+        pytest.param(b"[]", id="not-an-object"),
+        pytest.param(b"{}", id="no-selection"),
+        pytest.param(b'{"ids": "x"}', id="ids-not-a-list"),
+        pytest.param(b'{"ids": [1]}', id="ids-not-strings"),
+        pytest.param(b'{"prefix": 5}', id="prefix-not-a-string"),
+        pytest.param(b'{"all": false}', id="all-false"),
+        pytest.param(b"\xff", id="invalid-utf8"),
+    ],
+)
+def test_bad_replay_request_is_400(client: FlaskClient, dl: str, body: bytes, settings: Settings,
+                                   redis_client: redis.Redis) -> None:
+    letter = put_dead_letter(redis_client, settings, settings.app_id, "kept", dead_ms=1)
+    assert_error(client.post(f"{dl}/replay", data=body, content_type="application/json"), 400)
+    assert [d["id"] for d in listed(client, dl)] == [letter.id]
+
+
+def test_purge_by_id_prefix_and_all(client: FlaskClient, dl: str, settings: Settings,
+                                    redis_client: redis.Redis) -> None:
+    one = put_dead_letter(redis_client, settings, settings.app_id, "x1", dead_ms=1)
+    put_dead_letter(redis_client, settings, settings.app_id, "x2", dead_ms=2)
+    put_dead_letter(redis_client, settings, settings.app_id, "y", dead_ms=3)
+    put_dead_letter(redis_client, settings, settings.app_id, "z", dead_ms=4)
+    theirs = put_dead_letter(redis_client, settings, "another-app", "x3", dead_ms=5)
+    response = client.delete(dl, query_string={"id": one.id})
+    assert response.status_code == 200
+    assert response.get_json() == {"purged": 1}
+    assert client.delete(dl, query_string={"id": theirs.id}).get_json() == {"purged": 0}
+    assert client.delete(dl, query_string={"prefix": "x"}).get_json() == {"purged": 1}
+    assert [d["name"] for d in listed(client, dl)] == ["y", "z"]
+    assert client.delete(dl, query_string={"all": "true"}).get_json() == {"purged": 2}
+    assert listed(client, dl) == []
+    others = create_app(settings.with_(app_id="another-app")).test_client()
+    assert [d["id"] for d in listed(others, dl)] == [theirs.id]
+
+
+def test_purge_needs_a_selection(client: FlaskClient, dl: str, settings: Settings,
+                                 redis_client: redis.Redis) -> None:
+    put_dead_letter(redis_client, settings, settings.app_id, "kept", dead_ms=1)
+    assert_error(client.delete(dl), 400, "ERR_MALFORMED_REQUEST")
+    assert_error(client.delete(dl, query_string={"all": "false"}), 400)
+    assert len(listed(client, dl)) == 1
+
+
+def test_jobs_and_dead_letters_are_independent(client: FlaskClient, dl: str, settings: Settings,
+                                               redis_client: redis.Redis) -> None:
+    """Deleting a job keeps its dead letters (they are the record of what failed)."""
+    assert_no_content(post_job(client, "/v1.0/jobs", "flaky", {"schedule": "@every 1m"}))
+    put_dead_letter(redis_client, settings, settings.app_id, "flaky", dead_ms=1)
+    assert_no_content(client.delete(job_url("/v1.0/jobs", "flaky")))
+    assert [d["name"] for d in listed(client, dl)] == ["flaky"]
