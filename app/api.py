@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from typing import Any
+import weakref
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                 return _error_response(errors.unauthorized())
         return None
 
-    _start_registration(settings, store)
+    _start_registration(app, settings, store)
     return app
 
 
@@ -101,32 +101,34 @@ def _install_error_handlers(app: Flask) -> None:
         return _error_response(ApiError(500, errors.INTERNAL, "internal error; see the API log"))
 
 
-def _start_registration(settings: Settings, store: Store) -> None:
-    """Record this app's address in Redis and keep it alive while the process runs.
+def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
+    """Record this app's address in Redis and keep it alive while the app object lives.
 
     Workers deliver only to registered addresses: a caller of the API never
-    chooses where a job goes."""
+    chooses where a job goes. A registration that is not renewed expires, and
+    the app's due triggers are staged until it is back."""
     registration = AppRegistration(settings.app_id, settings.app_url, settings.app_api_token,
                                    settings.delivery_format)
     ttl = settings.app_registration_ttl_s
     stop = threading.Event()
 
-    def beat() -> None:
-        while not stop.wait(ttl / 3):
-            try:
-                store.register_app(registration, ttl_s=ttl)
-            except UNAVAILABLE as exc:
+    def register(was_ok: bool) -> bool:
+        try:
+            store.register_app(registration, ttl_s=ttl)
+        except UNAVAILABLE as exc:
+            if was_ok:  # say it once per outage, not on every beat
                 log.warning("cannot register app %s: %s", settings.app_id, exc)
+            return False
+        if not was_ok:
+            log.info("app %s registered at %s", settings.app_id, settings.app_url)
+        return True
 
-    try:
-        store.register_app(registration, ttl_s=ttl)  # at once, so deliveries never wait on it
-    except UNAVAILABLE as exc:
-        log.warning("cannot register app %s yet: %s", settings.app_id, exc)
-    thread = threading.Thread(target=beat, name="app-registration", daemon=True)
-    thread.start()
+    def beat(ok: bool) -> None:
+        while not stop.wait(ttl / 3):
+            ok = register(ok)
 
-
-def json_body(payload: Any, status: int = 200) -> Response:
-    response = jsonify(payload)
-    response.status_code = status
-    return response
+    ok = register(True)  # at once, so deliveries never wait for it
+    threading.Thread(target=beat, args=(ok,), name="app-registration", daemon=True).start()
+    # The thread holds no reference to the app: it stops when the app is collected.
+    weakref.finalize(app, stop.set)
+    app.extensions["jobrunner_stop_registration"] = stop.set
