@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 from benchmarks.procs import Procs
@@ -20,9 +19,9 @@ def _group(name: str) -> str:
     return re.sub(r"-\d+$", "", name)
 
 
-def _by_group(procs: Procs) -> Counter[str]:
+def _by_group(procs: Procs) -> dict[str, float]:
     groups = {proc.pid: _group(name) for name, proc in procs.named()}
-    out: Counter[str] = Counter()
+    out: dict[str, float] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -38,7 +37,7 @@ def _by_group(procs: Procs) -> Counter[str]:
         fields = data[data.rindex(")") + 2 :].split()
         group = groups.get(int(fields[2]))
         if group is not None:
-            out[group] += (int(fields[11]) + int(fields[12])) / _TICKS
+            out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
     return out
 
 
@@ -55,7 +54,7 @@ def _machine_busy() -> float:
 @dataclass
 class CpuSnapshot:
     wall: float
-    groups: Counter[str]
+    groups: dict[str, float]
     harness: float
     machine: float
 
@@ -69,7 +68,9 @@ def cores_used(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     wall = after.wall - before.wall
     if wall <= 0:
         return {}
-    out = {g: max(0.0, after.groups[g] - before.groups[g]) / wall for g in after.groups}
+    out = {
+        g: max(0.0, cpu - before.groups.get(g, 0.0)) / wall for g, cpu in after.groups.items()
+    }
     out["harness"] = (after.harness - before.harness) / wall
     machine = (after.machine - before.machine) / wall
     out["other processes"] = max(0.0, machine - sum(out.values()))

@@ -74,7 +74,7 @@ def load_average() -> list[float] | None:
 
 
 def describe(redis_version: str) -> dict[str, Any]:
-    packages = {}
+    packages: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             packages[pkg] = version(pkg)

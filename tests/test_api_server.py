@@ -71,7 +71,7 @@ def server(redis_server: RedisProcess) -> Iterator[Server]:
 
 
 def error_body(body: bytes) -> dict[str, Any]:
-    parsed = json.loads(body)
+    parsed: dict[str, Any] = json.loads(body)
     assert set(parsed) == {"errorCode", "message"}
     return parsed
 
@@ -209,7 +209,7 @@ def test_get_and_delete_answer_bytes(server: Server) -> None:
 
 
 def test_healthz_over_the_wire(server: Server) -> None:
-    status, headers, body = server.request("GET", "/healthz")
+    status, _, body = server.request("GET", "/healthz")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
 
