@@ -219,3 +219,18 @@ def test_jobs_and_dead_letters_are_independent(client: FlaskClient, dl: str, set
     put_dead_letter(redis_client, settings, settings.app_id, "flaky", dead_ms=1)
     assert_no_content(client.delete(job_url("/v1.0/jobs", "flaky")))
     assert [d["name"] for d in listed(client, dl)] == ["flaky"]
+
+
+def test_pending_replay_is_not_a_job_for_delete_by_prefix(client: FlaskClient, dl: str,
+                                                          settings: Settings,
+                                                          redis_client: redis.Redis) -> None:
+    """A replay is hidden from the jobs API (GET, list); delete-by-prefix must agree: it
+    neither counts nor cancels it (deleting a job by name does not cancel it either)."""
+    letter = put_dead_letter(redis_client, settings, settings.app_id, "retry-me", dead_ms=1)
+    assert client.post(f"{dl}/replay", json={"ids": [letter.id]}).get_json() == {"replayed": 1}
+    assert client.get("/v1.0/jobs").get_json()["jobs"] == []
+    assert_no_content(client.delete(job_url("/v1.0/jobs", "retry-me")))
+    assert len(assert_store_consistent(redis_client, settings)) == 1
+    response = client.delete("/v1.0/jobs", query_string={"prefix": "retry"})
+    assert response.get_json() == {"deleted": 0}
+    assert len(assert_store_consistent(redis_client, settings)) == 1, "the replay was cancelled"

@@ -62,13 +62,6 @@ def assert_no_content(response: Any) -> None:
     assert response.get_data() == b""
 
 
-def stored_job_ids(client: Any, settings: Settings) -> set[str]:
-    """Every job id (`app/name`) stored under the settings' key prefix."""
-    keys = Keys(settings.prefix, settings.partitions)
-    ids: set[str] = set()
-    for pk in keys.all_partitions():
-        ids.update(f.decode() for f in client.hkeys(pk.jobs))
-    return ids
 
 
 def assert_store_consistent(client: Any, settings: Settings) -> set[str]:

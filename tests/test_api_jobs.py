@@ -572,3 +572,31 @@ def test_store_is_consistent_after_a_mix_of_operations(
     assert_no_content(post_job(client, base, "j1", {"dueTime": "5s", "overwrite": True}))
     ids = assert_store_consistent(redis_client, settings)
     assert ids == {f"{settings.app_id}/j{i}" for i in range(10) if i % 3}
+
+
+@pytest.mark.parametrize("due_time", ["1969-12-31T23:59:59Z", "1900-01-01T00:00:00Z",
+                                      "0001-01-01T00:00:00Z"])
+def test_due_time_before_1970_is_claimable_after_a_lease_expires(
+    client: FlaskClient, base: str, settings: Settings, due_time: str
+) -> None:
+    """A past dueTime "fires at once"; one before the epoch must not poison the due index:
+    the worker's claim script (app/lua/claim.lua, KEYS due/jobs/runs, ARGV now/batch/
+    lease ms/token) must take the trigger again once its first lease has run out."""
+    from app.store import Store
+
+    response = post_job(client, base, "ancient", {"dueTime": due_time})
+    if response.status_code == 400:
+        return  # refusing such a dueTime is a fine answer too
+    assert_no_content(response)
+    store = Store(settings)
+    try:
+        pk = store.keys.partition(0)
+        claim = store.script("claim")
+        now = now_ms()
+        first = claim(keys=[pk.due, pk.jobs, pk.runs], args=[now, 10, 1, "lease-1"])
+        assert first[1:2] == [f"{settings.app_id}/ancient".encode()]
+        # The lease (1 ms) has run out by `now + 10`: the trigger is due again.
+        second = claim(keys=[pk.due, pk.jobs, pk.runs], args=[now + 10, 10, 1, "lease-2"])
+        assert second[1:2] == [f"{settings.app_id}/ancient".encode()]
+    finally:
+        store.close()

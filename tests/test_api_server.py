@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +24,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from app.api import create_app
 from app.settings import Settings
-from tests.support.redis_proc import RedisProcess
+from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.waiting import wait_for
 from tests.test_api_helpers import STRING_VALUE, api_settings, assert_store_consistent
 
 
@@ -239,3 +244,74 @@ def test_concurrent_schedules_of_one_name_one_wins(server: Server) -> None:
     finally:
         redis_client.close()
     assert ids == {f"{server.settings.app_id}/race"}
+
+
+# --- the production server: `jobrunner api` (gunicorn) ------------------------------------
+
+
+@pytest.fixture
+def gunicorn_api(redis_server: RedisProcess, tmp_path: Any) -> Iterator[tuple[int, Settings]]:
+    """`python -m app.cli api` on a free port against the private Redis."""
+    settings = api_settings(redis_server.url)
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "JOBRUNNER_PREFIX": settings.prefix,
+           "APP_ID": "gunicorn-app", "APP_URL": "http://127.0.0.1:9",
+           "DAPR_HTTP_PORT": str(port), "DAPR_API_TOKEN": ""}
+    log = (tmp_path / "api.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api", "--processes", "1", "--threads", "4"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp_path / "api.log").read_text()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=30, what="`jobrunner api` to answer /healthz")
+        yield port, settings.with_(app_id="gunicorn-app")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def test_jobrunner_api_serves_the_seed_without_content_type(
+    gunicorn_api: tuple[int, Settings], redis_client: redis.Redis
+) -> None:
+    port, settings = gunicorn_api
+
+    def call(method: str, path: str, body: bytes | None = None) -> tuple[int, str, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request(method, path, body=body)  # http.client adds no Content-Type
+            response = conn.getresponse()
+            return response.status, response.getheader("Content-Type") or "", response.read()
+        finally:
+            conn.close()
+
+    status, _, body = call("POST", "/v1.0-alpha1/jobs/R2-D2", SEED_BODY)
+    assert status == 204, body
+    status, ctype, body = call("GET", "/v1.0/jobs/R2-D2")
+    assert status == 200 and ctype == "application/json"
+    assert json.loads(body)["data"] == {"@type": STRING_VALUE, "value": "R2-D2:Oil Change"}
+    status, _, body = call("POST", "/v1.0-alpha1/jobs/R2-D2", SEED_BODY)
+    assert status == 409 and error_body(body)["errorCode"] == "DAPR_SCHEDULER_SCHEDULE_JOB"
+    status, _, body = call("POST", "/v1.0-alpha1/jobs/a%2Fb", SEED_BODY)
+    assert status == 400, body
+    status, _, body = call("POST", "/v1.0-alpha1/jobs/x", b"{")
+    assert status == 400 and error_body(body)["errorCode"] == "ERR_MALFORMED_REQUEST"
+    assert assert_store_consistent(redis_client, settings) == {"gunicorn-app/R2-D2"}
+    status, _, body = call("DELETE", "/v1.0-alpha1/jobs/R2-D2")
+    assert status == 204 and body == b""
+    status, _, body = call("GET", "/v1.0-alpha1/jobs/R2-D2")
+    assert status == 404

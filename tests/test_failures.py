@@ -291,3 +291,20 @@ def test_unlimited_retries_keep_going_until_the_job_is_deleted(
     assert store.get(APP, "forever") is None
     assert dead_letters(store) == []
     assert store.counts()["due_index"] == 0
+
+
+def test_a_trigger_the_worker_cannot_process_is_not_redelivered_forever(
+        settings: Settings, receiver: Receiver) -> None:
+    """A stored record the worker chokes on (here an unparsable schedule, as a record
+    from another version or a tzdata change could hold) must end settled -- done or
+    dead-lettered -- not come back to the app at every lease expiry for ever."""
+    settings = settings.with_(lease_s=1.0, delivery_timeout_s=0.5)
+    store = register(settings, receiver.url)
+    with ThreadWorker(settings):
+        store.schedule(make_job("poison", data=1, schedule="@every nonsense"))
+        settled = lambda: store.get(APP, "poison") is None or dead_letters(store)  # noqa: E731
+        try:
+            wait_for(settled, 8, what="the trigger settled (8 lease periods)")
+        finally:
+            attempts = _attempts(receiver.received("/job/poison"))
+    assert len(attempts) <= 1, f"delivered {len(attempts)} times: attempts {attempts}"

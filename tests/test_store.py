@@ -459,6 +459,29 @@ def test_list_page_never_exceeds_the_limit(listed: tuple[Store, set[str]]) -> No
     assert all(size <= 7 for size in sizes), f"page sizes for limit=7: {sizes}"
 
 
+@pytest.mark.parametrize("n_jobs", [10, 700], ids=["listpack", "hashtable"])
+def test_list_walk_keeps_jobs_that_exist_throughout_when_others_are_deleted(
+        store: Store, n_jobs: int) -> None:
+    """As SCAN promises: a job present for the whole walk is listed, even when jobs
+    already listed are deleted between pages (a UI deleting what it has shown)."""
+    names = [f"j-{i:04d}" for i in range(n_jobs)]
+    store.schedule_many(make_job(n, T0) for n in names)
+    seen: list[str] = []
+    deleted: set[str] = set()
+    token = ""
+    for _ in range(10_000):
+        views, token = store.list_jobs(APP, "", token, 3)
+        page = [v.job.name for v in views]
+        seen += page
+        if page:  # delete one job this walk has already shown
+            store.delete(APP, page[0])
+            deleted.add(page[0])
+        if not token:
+            break
+    missing = sorted(set(names) - deleted - set(seen))
+    assert missing == [], f"{len(missing)} jobs never listed: {missing[:10]}"
+
+
 def test_list_prefix_is_literal_not_a_glob(store: Store) -> None:
     for name in ["a*b-1", "a*b-2", "axb-1", "a?c", "abc", "[x]y", "xy"]:
         store.schedule(make_job(name, T0))

@@ -13,7 +13,7 @@ from app.anydata import delivery_body
 from app.model import Trigger
 from app.settings import Settings
 from app.store import AppRegistration
-from workers.http_client import HttpClient, Origin, ServerDisconnected, split_url
+from workers.http_client import HttpClient, Origin, PoolTimeout, ServerDisconnected, split_url
 
 # Header names of the delivery contract (README, "Delivery").
 H_TRIGGER_ID = "jobrunner-trigger-id"  # idempotency id: same on every retry of a trigger
@@ -67,11 +67,13 @@ def _split_app_url(url: str) -> tuple[Origin, str]:
 
 
 async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
-               headers: dict[str, str], timeout_s: float) -> Outcome:
+               headers: dict[str, str], timeout_s: float, queue_timeout_s: float) -> Outcome:
     try:
-        status = await client.post(origin, path, body, headers, timeout_s)
+        status = await client.post(origin, path, body, headers, timeout_s, queue_timeout_s)
     except TimeoutError:
         return Outcome(False, None, f"no answer within {timeout_s:g}s")
+    except PoolTimeout as exc:
+        return Outcome(False, None, str(exc))
     except ServerDisconnected as exc:
         return Outcome(False, None, f"delivery failed: {exc}")
     except OSError as exc:

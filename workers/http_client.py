@@ -23,6 +23,10 @@ class ServerDisconnected(ConnectionError):
     """The connection closed before a whole response came."""
 
 
+class PoolTimeout(Exception):
+    """Every connection to the app stayed busy for the whole queue timeout."""
+
+
 @dataclass(frozen=True)
 class Origin:
     host: str
@@ -114,8 +118,9 @@ class _Pool:
         self.open = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self) -> tuple[_Connection, bool]:
-        """A connection, and whether it was used before (and so may have gone stale)."""
+    async def acquire_idle_or_slot(self) -> tuple[_Connection | None, bool]:
+        """An idle connection (reused: True), or None with a slot reserved for a new one
+        (the caller connects: `connect`). Waits while the pool is full."""
         while True:
             while self.idle:
                 conn = self.idle.pop()
@@ -123,7 +128,8 @@ class _Pool:
                     return conn, True
                 self.open -= 1
             if self.open < self.limit:
-                return await self._connect(), False
+                self.open += 1
+                return None, False
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
@@ -133,23 +139,20 @@ class _Pool:
                     self._wake_one()  # pass the wake-up on
                 raise
 
-    async def _connect(self) -> _Connection:
-        self.open += 1
-        try:
-            loop = asyncio.get_running_loop()
-            _, conn = await loop.create_connection(
-                _Connection, self.origin.host, self.origin.port, ssl=self.ssl)
-        except BaseException:
-            self.open -= 1
-            self._wake_one()
-            raise
+    async def connect(self) -> _Connection:
+        """A new connection in the slot acquire_idle_or_slot reserved."""
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            _Connection, self.origin.host, self.origin.port, ssl=self.ssl)
         return conn
 
-    def release(self, conn: _Connection) -> None:
-        if conn.reusable and not conn.closed:
+    def release(self, conn: _Connection | None) -> None:
+        """Give back a connection, or (None) the slot of one that was never made."""
+        if conn is not None and conn.reusable and not conn.closed:
             self.idle.append(conn)
         else:
-            conn.close()
+            if conn is not None:
+                conn.close()
             self.open -= 1
         self._wake_one()
 
@@ -181,32 +184,42 @@ class HttpClient:
         return pool
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: dict[str, str],
-                   timeout: float) -> int:
-        """POST and return the status code. Raises TimeoutError, OSError or
-        ServerDisconnected. The timeout covers waiting for a connection too."""
+                   timeout: float, queue_timeout: float | None = None) -> int:
+        """POST and return the status code. `timeout` bounds the exchange with the app
+        (connecting, sending, the answer); `queue_timeout` bounds the wait for one of the
+        pool's connections before that (default: `timeout`). Raises TimeoutError,
+        PoolTimeout, OSError or ServerDisconnected."""
         pool = self._pool(origin)
         head = [f"POST {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
                 f"Content-Length: {len(body)}\r\n"]
         head += [f"{name}: {value}\r\n" for name, value in headers.items()]
         head.append("\r\n")
         request = "".join(head).encode("latin-1") + body
-        async with asyncio.timeout(timeout):
-            for _ in range(2):
-                conn, reused = await pool.acquire()
-                try:
+        for _ in range(2):
+            try:
+                async with asyncio.timeout(timeout if queue_timeout is None else queue_timeout):
+                    conn, reused = await pool.acquire_idle_or_slot()
+            except TimeoutError:
+                raise PoolTimeout(f"no free connection to the app within "
+                                  f"{queue_timeout or timeout:g}s") from None
+            try:
+                async with asyncio.timeout(timeout):
+                    if conn is None:
+                        conn = await pool.connect()
                     status = await conn.send(request)
-                except ServerDisconnected:
-                    pool.release(conn)
-                    # A kept-alive connection the app closed while idle: try once on a new one.
-                    if reused and not conn.got_bytes:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()  # a request may be half-way: the connection is unusable
-                    pool.release(conn)
-                    raise
+            except ServerDisconnected:
                 pool.release(conn)
-                return status
+                # A kept-alive connection the app closed while idle: try once on a new one.
+                if reused and conn is not None and not conn.got_bytes:
+                    continue
+                raise
+            except BaseException:
+                if conn is not None:
+                    conn.close()  # a request may be half-way: the connection is unusable
+                pool.release(conn)
+                raise
+            pool.release(conn)
+            return status
         raise ServerDisconnected("connection closed before the response")
 
     def close(self) -> None:

@@ -32,6 +32,8 @@ class Worker:
         self._http = HttpClient(settings.connections_per_app)
         self._refill = max(1, min(settings.claim_batch, settings.concurrency) // 4)
         self._backoff = 0.05
+        # Waiting for a free connection is not the app's time, but the lease bounds it.
+        self._queue_timeout_s = max(1.0, settings.lease_s - settings.delivery_timeout_s - 1.0)
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -86,6 +88,10 @@ class Worker:
         if not offline:
             return triggers
         try:
+            # Look again before parking anything: the app may have just come back. (If it
+            # comes back right after this, its API's next heartbeat unstages the trigger.)
+            await self.queue.load_apps({t.job.app_id for t in offline}, max_age_s=0.0)
+            offline = [t for t in offline if not self.queue.is_live(t.job.app_id)]
             staged = await self.queue.stage(offline)
             log.info("staged %d triggers of apps with no live API process", staged)
         except UNAVAILABLE as exc:
@@ -102,7 +108,8 @@ class Worker:
                 origin, path, body, headers = delivery.build_request(
                     trigger, app, self.settings, started)
                 outcome = await delivery.send(self._http, origin, path, body, headers,
-                                              self.settings.delivery_timeout_s)
+                                              self.settings.delivery_timeout_s,
+                                              self._queue_timeout_s)
             self.metrics.observe(trigger, outcome, started)
             self.settled.append(self._settlement(trigger, outcome))
             self._to_settle.set()

@@ -16,6 +16,7 @@ import pytest
 from app.settings import Settings
 from tests.support.cluster import RedisCluster
 from tests.support.receiver import Receiver
+from tests.support.wide_receiver import start_wide_receiver
 
 PARTITIONS = 12
 
@@ -65,6 +66,16 @@ def failover_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis
     c = RedisCluster(tmp_path_factory.mktemp("failover-cluster")).start()
     yield c
     c.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """The HTTP receiver with a listen backlog that takes a worker's connection burst
+    (http.server's default of 5 drops handshakes: late requests, retried, delivered
+    twice; the receiver's fault, not the engine's, and these tests count duplicates)."""
+    r = start_wide_receiver()
+    yield r
+    r.stop()
 
 
 @pytest.fixture
