@@ -86,6 +86,16 @@ def is_any_json(data: object) -> bool:
     return isinstance(data, dict) and isinstance(data.get("@type"), str)
 
 
+# Well-known types whose JSON form inside an Any is {"@type": ..., "value": ...}.
+_VALUE_FORM_TYPES = frozenset(
+    f"google.protobuf.{name}" for name in (
+        "DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value", "UInt32Value",
+        "BoolValue", "StringValue", "BytesValue", "Struct", "Value", "ListValue", "Timestamp",
+        "Duration", "FieldMask", "Any",
+    )
+)
+
+
 def pack_any(data: dict[str, Any]) -> tuple[str, str]:
     """A JSON-form Any -> (type URL, standard base64 of the serialized inner message).
 
@@ -95,6 +105,11 @@ def pack_any(data: dict[str, Any]) -> tuple[str, str]:
     type_url = data.get("@type")
     if not isinstance(type_url, str) or not type_url.rsplit("/", 1)[-1]:
         raise malformed_data("`@type` must name a protobuf type")
+    extra = set(data) - {"@type", "value"}
+    if type_url.rsplit("/", 1)[-1] in _VALUE_FORM_TYPES and extra:
+        # json_format would drop them silently; the caller would lose data.
+        raise malformed_data(
+            f"{type_url!r} takes only `value`; unexpected field(s): {', '.join(sorted(extra))}")
     message = any_pb2.Any()
     try:
         json_format.ParseDict(data, message, max_recursion_depth=_RECURSION_DEPTH)

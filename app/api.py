@@ -92,7 +92,8 @@ def _install_error_handlers(app: Flask) -> None:
         if status == 413:
             return _error_response(ApiError(413, errors.PAYLOAD_TOO_LARGE,
                                             "request body is larger than the server accepts"))
-        code = errors.MALFORMED_REQUEST if status < 500 else errors.INTERNAL
+        code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
+            status, errors.MALFORMED_REQUEST if status < 500 else errors.INTERNAL)
         return _error_response(ApiError(status, code, exc.description or exc.name))
 
     @app.errorhandler(Exception)

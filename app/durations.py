@@ -220,7 +220,20 @@ def _add_calendar_ms(base_ms: int, years: int, months: int, days: int) -> int:
     return new_day * 86_400_000 + ms_of_day
 
 
+# Due times must be real instants a client can read back: years 1970..9999 (UTC).
+# An earlier instant is in the past anyway (due at once: the caller clamps it).
+MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
 def parse_point_in_time(text: str, base_ms: int) -> int:
+    """A dueTime/ttl value as absolute epoch milliseconds, checked to be before year 10000."""
+    ms = _parse_point_in_time(text, base_ms)
+    if ms > MAX_MS:
+        raise ScheduleError(f"{text!r} is after the year 9999", ERR_SCHEDULE_JOB)
+    return ms
+
+
+def _parse_point_in_time(text: str, base_ms: int) -> int:
     """A dueTime/ttl value as absolute epoch MILLISECONDS.
 
     Accepts an RFC 3339 timestamp, or a Go or ISO 8601 duration counted from

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from app import errors
 from app.clock import now_ms
+from app.durations import format_ms
 from app.errors import ApiError
 from app.store import JobExists, JobView, Store
 from app.validation import job_to_api, parse_job_request, validate_name
@@ -24,10 +24,7 @@ def _empty(status: int = 204) -> Response:
 
 
 def ms_to_rfc3339(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return None if ms is None else format_ms(ms)
 
 
 def view_to_api(view: JobView) -> dict[str, Any]:

@@ -463,7 +463,8 @@ def plan(
                 f"{what} (first trigger {format_ms(first)}, ttl expiry {format_ms(expires)})",
                 ERR_SCHEDULE_JOB,
             )
-    return Plan(first, expires)
+    # Before 1970 is just "in the past": due at once. Scores stay non-negative.
+    return Plan(max(first, 0), expires)
 
 
 def next_fire_ms(

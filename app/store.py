@@ -202,7 +202,8 @@ class Store:
         for ids in self._scan_ids(app_id, prefix):
             by_part: dict[int, list[str]] = {}
             for jid in ids:
-                by_part.setdefault(self.keys.partition_of(jid), []).append(jid)
+                if not is_replay(jid):  # a pending replay is the dead-letter queue's
+                    by_part.setdefault(self.keys.partition_of(jid), []).append(jid)
             for part, jids in by_part.items():
                 pk = self.keys.partition(part)
                 deleted += int(self._scripts["delete"](

@@ -8,8 +8,10 @@ turn, prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,6 +101,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (a closed terminal) end the run like Ctrl-C: children stopped."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, _interrupt)
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def default_out(scenario: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # In a checkout, beside the harness; when installed elsewhere, under the current folder.
@@ -110,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     args.argv = list(argv)
+    previous = _stop_on_signals()
     try:
         result = run(args)
     except BenchError as exc:
@@ -119,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print("jobrunner bench: interrupted; every process it started was stopped",
               file=sys.stderr)
         return 130
+    finally:
+        _restore_signals(previous)
     out = args.out or default_out(args.scenario)
     report.write_json(result, out)
     print(f"\nresults: {out}")

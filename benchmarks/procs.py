@@ -8,6 +8,7 @@ on success, on error and on Ctrl-C alike.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -107,6 +108,7 @@ class Procs:
                 stdout=stdout if stdout is not None else log,
                 stderr=log,
                 start_new_session=True,  # own process group: we can end its children too
+                preexec_fn=_die_with_parent,
             )
         finally:
             if isinstance(log, int) and log > 2:
@@ -154,6 +156,17 @@ class Procs:
         for name, proc in self._procs:
             if proc.poll() is not None:
                 raise BenchError(f"{name} (pid {proc.pid}) exited with code {proc.returncode}")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it should this harness die without cleaning up."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

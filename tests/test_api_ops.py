@@ -588,3 +588,15 @@ def test_no_static_files_are_served(redis_server: RedisProcess, tmp_path: Path,
         response = client.get("/static/secret.txt")
         assert response.status_code == 404
         assert b"secret" not in response.get_data()
+
+
+def test_openapi_job_schema_matches_get_answers(client: FlaskClient, base: str) -> None:
+    doc = openapi_doc(client)
+    schema = doc["components"]["schemas"]["Job"]
+    assert_no_content(post_job(client, base, "full", {
+        "schedule": "@every 1m", "dueTime": "1h", "ttl": "2h", "repeats": 3, "data": {"k": 1},
+        "failurePolicy": {"constant": {"interval": "2s", "maxRetries": 1}}}))
+    job = client.get(job_url(base, "full")).get_json()
+    assert set(job) <= set(schema["properties"]), set(job) - set(schema["properties"])
+    assert set(schema["required"]) <= set(job)
+    assert job["status"] in schema["properties"]["status"]["enum"]

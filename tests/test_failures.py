@@ -300,11 +300,12 @@ def test_a_trigger_the_worker_cannot_process_is_not_redelivered_forever(
     dead-lettered -- not come back to the app at every lease expiry for ever."""
     settings = settings.with_(lease_s=1.0, delivery_timeout_s=0.5)
     store = register(settings, receiver.url)
-    with ThreadWorker(settings):
+    worker = ThreadWorker(settings).start()
+    try:
         store.schedule(make_job("poison", data=1, schedule="@every nonsense"))
         settled = lambda: store.get(APP, "poison") is None or dead_letters(store)  # noqa: E731
-        try:
-            wait_for(settled, 8, what="the trigger settled (8 lease periods)")
-        finally:
-            attempts = _attempts(receiver.received("/job/poison"))
+        wait_for(settled, 8, what="the trigger settled (8 lease periods)")
+    finally:
+        attempts = _attempts(receiver.received("/job/poison"))
+        worker.stop()  # now: left running, it would redeliver at every lease expiry
     assert len(attempts) <= 1, f"delivered {len(attempts)} times: attempts {attempts}"

@@ -9,6 +9,7 @@ clients discover the other nodes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -183,7 +184,7 @@ def test_recurring_job_get_list_delete(api: FlaskClient, receiver: Receiver,
     counts = _assert_once_and_never_early(receiver)
     assert counts == Counter({"every": 3})
     sched = sorted(int(d.headers["jobrunner-scheduled-ms"]) for d in deliveries)
-    assert [b - a for a, b in zip(sched, sched[1:], strict=False)] == [1000, 1000]
+    assert [b - a for a, b in itertools.pairwise(sched)] == [1000, 1000]
     assert api.get(f"{JOBS}/every").status_code == 404  # repeats spent: the job is over
 
 
