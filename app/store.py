@@ -7,6 +7,8 @@ workers/queue.py and uses the same scripts and keys.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -159,29 +161,53 @@ class Store:
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
                   limit: int = 100) -> tuple[list[JobView], str]:
         """A page of at most `limit` jobs whose name starts with `prefix`, and the token of
-        the next page ("" after the last). Like SCAN, a job that exists for the whole walk
-        is listed; one changed meanwhile may be listed twice or not at all."""
-        part, cursor, skip = _parse_page_token(page_token, self.keys.partitions)
+        the next page ("" after the last). As SCAN promises: a job that exists for the
+        whole walk is listed, even if others are deleted meanwhile (barring a rehash)."""
+        part, cursor, batch_end, after_id = _parse_page_token(page_token, self.keys.partitions)
         pattern = _glob_escape(f"{app_id}/{prefix}") + "*"
         found: list[tuple[str, bytes]] = []
         while part < self.keys.partitions:
-            # HSCAN NOVALUES needs Redis 7.4; the records are wanted anyway.
-            after, fields = self.redis.hscan(self.keys.partition(part).jobs, cursor,
-                                             match=pattern, count=max(limit, 10))
-            batch = [(_text(f), v) for f, v in fields.items() if not is_replay(_text(f))]
-            batch = batch[skip:]
+            key = self.keys.partition(part).jobs
+            if batch_end is None:
+                # HSCAN NOVALUES needs Redis 7.4; the records are wanted anyway.
+                next_cursor, fields = self.redis.hscan(key, cursor, match=pattern,
+                                                       count=max(limit, 10))
+            else:
+                next_cursor, fields = self._rescan(key, cursor, batch_end, pattern)
+            # Sorted, so that a page ending inside this batch can resume after its last id.
+            batch = sorted((jid, v) for f, v in fields.items()
+                           if not is_replay(jid := _text(f)) and jid > after_id)
             room = limit - len(found)
             if len(batch) > room:
-                # The page ends inside this HSCAN batch: resume it later, past what we took.
                 found += batch[:room]
-                return self._views(app_id, found), f"{part}.{cursor}.{skip + room}"
+                token = _page_token(part, cursor, next_cursor, found[-1][0])
+                return self._views(app_id, found), token
             found += batch
-            skip = 0
-            part, cursor = (part + 1, 0) if after == 0 else (part, after)
+            batch_end, after_id = None, ""
+            part, cursor = (part + 1, 0) if next_cursor == 0 else (part, next_cursor)
             if len(found) == limit:
                 break
-        token = f"{part}.{cursor}.0" if part < self.keys.partitions else ""
+        token = _page_token(part, cursor) if part < self.keys.partitions else ""
         return self._views(app_id, found), token
+
+    def _rescan(self, key: str, cursor: int, batch_end: int,
+                pattern: str) -> tuple[int, dict[bytes, bytes]]:
+        """The batch [cursor, batch_end) again, one bucket per call (COUNT 1), without
+        going past batch_end however many of the batch's entries are gone since."""
+        fields: dict[bytes, bytes] = {}
+        end = _scan_order(batch_end)
+        for _ in range(100_000):  # bounded: a rehash meanwhile may move batch_end away
+            nxt, got = self.redis.hscan(key, cursor, match=pattern, count=1)
+            if nxt == 0 or _scan_order(nxt) > end:
+                # Past the batch: COUNT 1 stops at the first non-empty bucket, so all of
+                # this call's entries lie beyond it; the next batch starts at batch_end.
+                if batch_end != 0 and nxt != batch_end:
+                    return batch_end, fields
+            fields.update(got)
+            cursor = nxt
+            if cursor in (batch_end, 0):
+                break
+        return cursor, fields
 
     def _views(self, app_id: str, records: list[tuple[str, bytes]]) -> list[JobView]:
         pipe = self.redis.pipeline(transaction=False)
@@ -256,18 +282,40 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _parse_page_token(token: str, partitions: int) -> tuple[int, int, int]:
-    """`<partition>.<HSCAN cursor>.<entries of that batch already listed>`, as list_jobs
-    hands it out."""
+def _scan_order(cursor: int) -> int:
+    """Where a SCAN cursor stands in the walk: Redis steps cursors in bit-reversed order."""
+    return int(f"{cursor:064b}"[::-1], 2)
+
+
+def _page_token(part: int, cursor: int, batch_end: int | None = None,
+                after_id: str = "") -> str:
+    """`part.cursor`, or `part.cursor.batch_end.<last id listed, base64>` when a page ended
+    inside the HSCAN batch [cursor, batch_end)."""
+    if batch_end is None:
+        return f"{part}.{cursor}"
+    tail = base64.urlsafe_b64encode(after_id.encode()).decode().rstrip("=")
+    return f"{part}.{cursor}.{batch_end}.{tail}"
+
+
+def _parse_page_token(token: str, partitions: int) -> tuple[int, int, int | None, str]:
+    """(partition, HSCAN cursor, end of the batch a page ended inside or None, last id
+    listed from that batch)."""
     if not token:
-        return (0, 0, 0)
+        return (0, 0, None, "")
     try:
-        part, pos, skip = (int(x) for x in token.split("."))
-    except ValueError:
+        fields = token.split(".")
+        if len(fields) not in (2, 4):
+            raise ValueError
+        part, cursor = int(fields[0]), int(fields[1])
+        batch_end = int(fields[2]) if len(fields) == 4 else None
+        tail = fields[3] if len(fields) == 4 else ""
+        after_id = base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4)).decode()
+    except (ValueError, UnicodeDecodeError, binascii.Error):
         raise ValueError(f"invalid page token {token!r}") from None
-    if not (0 <= part < partitions and 0 <= pos < 2**64 and 0 <= skip < 2**31):
+    in_range = 0 <= part < partitions and 0 <= cursor < 2**64
+    if not in_range or (batch_end is not None and not 0 <= batch_end < 2**64):
         raise ValueError(f"invalid page token {token!r}")
-    return (part, pos, skip)
+    return (part, cursor, batch_end, after_id)
 
 
 def record_as_dict(raw: bytes | str) -> dict[str, Any]:

@@ -112,11 +112,17 @@ class Worker:
                                               self._queue_timeout_s)
             self.metrics.observe(trigger, outcome, started)
             self.settled.append(self._settlement(trigger, outcome))
-            self._to_settle.set()
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
             log.warning("redis unavailable during delivery of %s: %s", trigger.trigger_id, exc)
+        except Exception as exc:
+            # A record the worker cannot handle: retrying cannot help, and leaving it to the
+            # lease would redeliver it forever. The job ends; the dead letter says why.
+            log.exception("cannot process %s", trigger.trigger_id)
+            error = f"worker error: {type(exc).__name__}: {exc}"
+            self.settled.append(self._dead(trigger, error, next_ms=None))
         finally:
+            self._to_settle.set()
             self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._slot_free.set()
 
@@ -130,13 +136,17 @@ class Worker:
                                job.expires_ms, now)
         if outcome.done or job.failure_policy.kind is FailureKind.DROP:
             return Settlement(trigger, Action.NEXT, next_ms)
-        letter = DeadLetter(
-            id=trigger.trigger_id, app_id=job.app_id, name=job.name, sched_ms=trigger.sched_ms,
-            attempts=trigger.attempt, error=outcome.error, dead_ms=now,
-            record=job.encode().decode(),
-        )
         log.warning("dead-lettered %s after %d attempts: %s", trigger.trigger_id,
                     trigger.attempt, outcome.error)
+        return self._dead(trigger, outcome.error, next_ms)
+
+    @staticmethod
+    def _dead(trigger: Trigger, error: str, next_ms: int | None) -> Settlement:
+        job = trigger.job
+        letter = DeadLetter(
+            id=trigger.trigger_id, app_id=job.app_id, name=job.name, sched_ms=trigger.sched_ms,
+            attempts=trigger.attempt, error=error, dead_ms=now_ms(), record=job.encode().decode(),
+        )
         return Settlement(trigger, Action.DEAD, next_ms, letter.id, letter.encode())
 
     async def _settle_loop(self, stop: asyncio.Event) -> None:

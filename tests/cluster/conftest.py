@@ -6,6 +6,7 @@ prefix); `failover_cluster` is a second one for the tests that kill masters.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -51,6 +52,15 @@ def cluster_settings(cluster: RedisCluster, receiver: Receiver, wait_replicas: i
         return WaitSettings(**values)
     return Settings(**{k: v for k, v in values.items()
                        if k in {f.name for f in fields(Settings)}})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if shutil.which("redis-server") and shutil.which("redis-cli"):
+        return
+    skip = pytest.mark.skip(reason="Redis Cluster tests need redis-server and redis-cli")
+    for item in items:
+        if "tests/cluster/" in str(item.path).replace("\\", "/"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +29,11 @@ from app.keys import Keys, job_id
 from app.redis_client import NotReplicated, sync_client
 from app.settings import Settings
 from app.store import AppRegistration, Store
-from tests.cluster.conftest import PARTITIONS, cluster_settings
+from tests.cluster.conftest import PARTITIONS, WaitSettings, cluster_settings
 from tests.support.cluster import RedisCluster
 from tests.support.jobs import APP, make_job
 from tests.support.receiver import Delivery, Receiver
+from tests.support.redis_proc import RedisProcess
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
 from workers.queue import Queue
@@ -312,6 +314,20 @@ def test_wait_for_more_replicas_than_there_are_is_a_503(cluster: RedisCluster,
     with pytest.raises(NotReplicated):
         Store(settings, client).schedule(make_job("y", now_ms() + 3_600_000))
     client.close()
+
+
+def test_wait_replicas_on_a_single_node_without_replicas_refuses(redis_server: RedisProcess,
+                                                                  receiver: Receiver) -> None:
+    """The option is not cluster-only: on a lone redis-server, WAIT 1 can never be met."""
+    settings = WaitSettings(redis_url=redis_server.url, prefix=f"w{uuid.uuid4().hex[:8]}",
+                            app_url=receiver.url, wait_replicas=1, wait_timeout_ms=50)
+    store = Store(settings)
+    with pytest.raises(NotReplicated):
+        store.schedule(make_job("lonely", now_ms() + 3_600_000))
+    with pytest.raises(NotReplicated):
+        store.schedule_many([make_job("lonely-2", now_ms() + 3_600_000)])
+    assert Store(settings.with_(wait_replicas=0)).schedule(make_job("fine", now_ms()))
+    store.close()
 
 
 def test_plain_cluster_client_discovers_all_nodes(cluster: RedisCluster,

@@ -165,7 +165,7 @@ def test_failover_under_load(fcluster: RedisCluster, receiver: Receiver, mode: s
     report = run_failover(fcluster, settings, receiver, mode=mode)
     print("\n" + report.line())
     assert not report.worker_errors
-    assert report.accepted > 2500
+    assert report.accepted > 2000  # POSTs slow down while a third of the slots fail over
     assert report.early == 0
     assert report.delivered + report.lost == report.accepted
     assert report.failover_s < 15

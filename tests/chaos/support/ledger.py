@@ -166,3 +166,16 @@ def history(deliveries: Iterable[Delivery], keys: Iterable[TriggerKey], origin_m
         if key in seen:
             seen[key].append((round(d.arrival_ms - origin_ms), d.attempt, d.status, int(d.late)))
     return [f"{n}@{round(s - origin_ms)}: {v}" for (n, s), v in seen.items()]
+
+
+def job_history(deliveries: Iterable[Delivery], names: Iterable[str], origin_ms: float,
+                limit: int = 10) -> list[str]:
+    """For a few jobs: each request as (scheduled, arrival ms after `origin_ms`, attempt,
+    status, late)."""
+    wanted = list(names)[:limit]
+    seen: dict[str, list[tuple[int, int, int, int, int]]] = {n: [] for n in wanted}
+    for d in deliveries:
+        if d.name in seen:
+            seen[d.name].append((round(d.sched_ms - origin_ms), round(d.arrival_ms - origin_ms),
+                                 d.attempt, d.status, int(d.late)))
+    return [f"{n}: {v}" for n, v in seen.items()]
