@@ -356,6 +356,18 @@ class _AsyncClusterPubSub(redis.asyncio.cluster.ClusterPubSub):
             raise
 
 
+class _AsyncClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
+    """The asyncio cluster pipeline, reporting an unreachable cluster as ClusterUnreachable."""
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        try:
+            return list(await super().execute(raise_on_error, allow_redirections))
+        except redis.exceptions.RedisClusterException as exc:
+            _reraise_unreachable(exc)
+            raise
+
+
 class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
     """redis-py's asyncio RedisCluster with the optional wait policy.
 
@@ -387,6 +399,11 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
         except redis.exceptions.RedisClusterException as exc:
             _reraise_unreachable(exc)
             raise
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        if shard_hint:
+            raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _AsyncClusterPipeline(self, transaction)  # type: ignore[abstract]
 
     def pubsub(self, node: Any = None, host: str | None = None, port: int | None = None,
                **kwargs: Any) -> Any:

@@ -198,11 +198,10 @@ class Store:
         end = _scan_order(batch_end)
         for _ in range(100_000):  # bounded: a rehash meanwhile may move batch_end away
             nxt, got = self.redis.hscan(key, cursor, match=pattern, count=1)
-            if nxt == 0 or _scan_order(nxt) > end:
+            if batch_end != 0 and (nxt == 0 or _scan_order(nxt) > end):
                 # Past the batch: COUNT 1 stops at the first non-empty bucket, so all of
                 # this call's entries lie beyond it; the next batch starts at batch_end.
-                if batch_end != 0 and nxt != batch_end:
-                    return batch_end, fields
+                return batch_end, fields
             fields.update(got)
             cursor = nxt
             if cursor in (batch_end, 0):

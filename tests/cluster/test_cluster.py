@@ -26,14 +26,14 @@ from redis.crc import key_slot
 from app.api import create_app
 from app.clock import now_ms
 from app.keys import Keys, job_id
-from app.redis_client import NotReplicated, sync_client
+from app.redis_client import UNAVAILABLE, ClusterUnreachable, NotReplicated, sync_client
 from app.settings import Settings
 from app.store import AppRegistration, Store
 from tests.cluster.conftest import PARTITIONS, WaitSettings, cluster_settings
 from tests.support.cluster import RedisCluster
 from tests.support.jobs import APP, make_job
 from tests.support.receiver import Delivery, Receiver
-from tests.support.redis_proc import RedisProcess
+from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
 from workers.queue import Queue
@@ -330,12 +330,38 @@ def test_wait_replicas_on_a_single_node_without_replicas_refuses(redis_server: R
     store.close()
 
 
+def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:
+    """redis-py reports "no node answered" as RedisClusterException; jobrunner must see it
+    as Redis being away (API 503, worker backs off), like a ConnectionError."""
+    settings = Settings(redis_cluster=True, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert issubclass(ClusterUnreachable, UNAVAILABLE)
+    with pytest.raises(ClusterUnreachable):
+        sync_client(settings)
+
+    async def worker_side() -> None:
+        queue = Queue(settings)
+        try:
+            with pytest.raises(ClusterUnreachable):
+                await queue.claim(10)
+            with pytest.raises(ClusterUnreachable):
+                await queue.load_apps({APP}, max_age_s=0)
+            pubsub = queue.pubsub()
+            with pytest.raises(ClusterUnreachable):
+                await pubsub.subscribe(queue.keys.wake_channel)
+            await pubsub.aclose()
+        finally:
+            await queue.close()
+
+    asyncio.run(worker_side())
+
+
 def test_plain_cluster_client_discovers_all_nodes(cluster: RedisCluster,
                                                   csettings: Settings) -> None:
     client = sync_client(csettings)
     try:
         nodes = {n.port for n in client.get_nodes()}
-        assert nodes == {n.port for n in cluster.nodes}
+        # from one master's URL: every master (replicas too, once CLUSTER SLOTS lists them)
+        assert {n.port for n in cluster.live_masters()} <= nodes
     finally:
         client.close()
     with pytest.raises(redis.exceptions.RedisClusterException):

@@ -34,7 +34,7 @@ def fcluster(failover_cluster: RedisCluster) -> Iterator[RedisCluster]:
     assert len(failover_cluster.live_masters()) == 3
     yield failover_cluster
     for node in failover_cluster.nodes:  # whatever a failed test left stopped or dead
-        if node.port in failover_cluster._paused:
+        if node.port in failover_cluster.paused:
             failover_cluster.resume(node)
         if not node.alive:
             failover_cluster.restart(node)
@@ -88,7 +88,7 @@ def _drop_filler(settings: Settings) -> None:
 
 def _fail_over(cluster: RedisCluster, master: ClusterNode, replica: ClusterNode) -> float:
     cluster.kill(master)
-    if replica.port in cluster._paused:
+    if replica.port in cluster.paused:
         cluster.resume(replica)
     took = cluster.wait_promoted(replica, timeout=30)
     cluster.restart(master)

@@ -69,7 +69,7 @@ class RedisCluster:
     replicas: int = 1
     node_timeout_ms: int = 2000
     nodes: list[ClusterNode] = field(default_factory=list)
-    _paused: set[int] = field(default_factory=set)  # ports of SIGSTOPped nodes
+    paused: set[int] = field(default_factory=set)  # ports of SIGSTOPped nodes
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class RedisCluster:
         return [n for n in self.nodes if n.alive and not self._stopped(n)]
 
     def _stopped(self, node: ClusterNode) -> bool:
-        return node.port in self._paused
+        return node.port in self.paused
 
     def role(self, node: ClusterNode) -> str:
         client = node.client()
@@ -286,12 +286,12 @@ class RedisCluster:
         """SIGSTOP one node (it looks dead to the cluster, but its data stays)."""
         assert node.proc is not None
         node.proc.send_signal(signal.SIGSTOP)
-        self._paused.add(node.port)
+        self.paused.add(node.port)
 
     def resume(self, node: ClusterNode) -> None:
         assert node.proc is not None
         node.proc.send_signal(signal.SIGCONT)
-        self._paused.discard(node.port)
+        self.paused.discard(node.port)
 
     def replica_of(self, master: ClusterNode) -> ClusterNode:
         client = master.client()

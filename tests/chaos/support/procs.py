@@ -11,7 +11,9 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,31 @@ from app.settings import Settings
 from tests.support.redis_proc import RedisProcess, free_port
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+def stable_port() -> int:
+    """A free port OUTSIDE the kernel's ephemeral range, for a listener that a test closes
+    and opens again (the app going down, Redis restarting): while it is closed, a port in
+    the ephemeral range can be taken by any outgoing connection on the machine (even a
+    worker connecting to it from the same port, TCP's self-connect), and the listener
+    could not come back."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    candidates = [p for p in range(20000, 32000) if not lo <= p <= hi]
+    if not candidates:
+        candidates = [p for p in range(1024, 65536) if not lo <= p <= hi]
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.choice(candidates)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -141,7 +168,7 @@ class ChaosRedis(RedisProcess):
 
 
 def start_redis(procs: Procs, workdir: Path, aof: bool = False) -> ChaosRedis:
-    server = ChaosRedis(workdir, aof=aof)
+    server = ChaosRedis(workdir, port=stable_port(), aof=aof)
     assert server.port != 6379
     procs.redises.append(server)
     server.start()
@@ -266,7 +293,8 @@ class RedisProxy:
         proc = self.procs.spawn(
             "redis-proxy",
             [sys.executable, "-m", "tests.chaos.support.tcp_proxy",
-             "--upstream-port", str(self.upstream.port), "--ready-file", str(self.ready_file)],
+             "--upstream-port", str(self.upstream.port), "--ready-file", str(self.ready_file),
+             "--port", str(stable_port())],
             {**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from tests.chaos.support.procs import Proc, Procs, wait_until
+from tests.chaos.support.procs import Proc, Procs, stable_port, wait_until
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class Receiver:
         self.proc = self.procs.spawn(
             "receiver",
             [sys.executable, "-m", "tests.chaos.support.receiver_server",
-             "--ready-file", str(self.ready_file), "--mode", self.mode],
+             "--ready-file", str(self.ready_file), "--mode", self.mode,
+             "--port", str(stable_port())],
             {**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 

@@ -86,12 +86,13 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.transport.abort()
 
 
-async def main(upstream_port: int, ready_file: Path) -> None:
+async def main(upstream_port: int, ready_file: Path, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     proxy = Proxy(upstream_port)
+    proxy.port = port
     await proxy.listen()
 
     async def mode(request: web.Request) -> web.Response:
@@ -121,10 +122,11 @@ def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream-port", type=int, required=True)
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     import uvloop
 
-    uvloop.run(main(args.upstream_port, args.ready_file))
+    uvloop.run(main(args.upstream_port, args.ready_file, args.port))
 
 
 if __name__ == "__main__":
