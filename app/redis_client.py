@@ -1,20 +1,29 @@
 """Redis connections, single node or cluster, sync (API) or asyncio (workers).
 
-Beyond the plain redis-py clients, two things live here:
+`sync_client`/`async_client` give redis-py clients (RedisCluster when
+`Settings.redis_cluster`), with these additions for Redis Cluster:
 
 - Scripts in cluster pipelines. redis-py refuses EVALSHA in a cluster pipeline;
   `Store.schedule_many` pipelines the schedule script. Our cluster client's
   pipeline sends a script call as EVAL with the script's source (each node
   caches it like SCRIPT LOAD would), routed by the script's first key.
-- Replica acknowledgement (`wait_replicas`, off by default). Redis replicates
-  asynchronously: a master that dies right after answering takes the last
-  writes with it, and its promoted replica never saw them. With
+- Pub/sub on a fresh asyncio cluster client: redis-py chooses the node from a
+  slot map that is empty before the first command (a bare KeyError); ours loads
+  it first, and relearns the layout when the node it listened to died.
+- "Unavailable" errors: redis-py reports a cluster it cannot reach at all as a
+  RedisClusterException; ours raise ClusterUnreachable (a ConnectionError), and
+  UNAVAILABLE covers the errors of a failover (CLUSTERDOWN, TRYAGAIN, a slot
+  missing from the map), so the API answers 503 and workers back off.
+- Replica acknowledgement (`wait_replicas`, off by default; any client kind).
+  Redis replicates asynchronously: a master that dies right after answering
+  takes its last writes with it, and its promoted replica never saw them. With
   `wait_replicas=n`, every script call is followed by `WAIT n timeout` on the
   same connection to the same node, and a write fewer than n replicas
   acknowledged in time raises `NotReplicated` (one of UNAVAILABLE: the API
   answers 503, the worker retries). The Lua scripts make every write of the
   store (schedule, delete, claim, ack, release), so a write the API or a
-  worker saw succeed survives a failover.
+  worker saw succeed survives a failover. A master without a replica then
+  refuses writes until one is back (the price of the guarantee).
 """
 
 from __future__ import annotations

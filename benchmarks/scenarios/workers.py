@@ -28,6 +28,8 @@ def run(ctx: Context) -> dict[str, Any]:
             Metric(f"lateness p99, {w} worker(s) (ms)", f"w{w}.lateness_ms.p99", "{:,.1f}",
                    "lower"),
             Metric(f"lost, {w} worker(s)", f"w{w}.lost", "{:,}"),
+            Metric(f"CPU: system, {w} worker(s) (cores)", f"w{w}.cpu.system", "{:.2f}"),
+            Metric(f"CPU: not this run, {w} worker(s) (cores)", f"w{w}.cpu.other", "{:.2f}"),
         ]
     return {
         "scenario": "workers",

@@ -21,6 +21,16 @@ from tests.support.wide_receiver import start_wide_receiver
 
 PARTITIONS = 12
 
+# Summary lines of the failover tests, shown at the end of the run.
+RESULTS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if RESULTS:
+        terminalreporter.section("redis cluster failover")
+        for line in RESULTS:
+            terminalreporter.write_line(line)
+
 
 @dataclass(frozen=True)
 class WaitSettings(Settings):

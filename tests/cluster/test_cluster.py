@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -57,8 +58,12 @@ def worker(csettings: Settings) -> Iterator[ThreadWorker]:
 def _deliveries(receiver: Receiver, name: str, n: int = 1,
                 timeout: float = 10.0) -> list[Delivery]:
     path = "/job/" + quote(name, safe="")
-    return wait_for(lambda: (d := receiver.received(path)) and len(d) >= n and d,
-                    timeout, what=f"{n} deliveries of {name!r}")
+
+    def arrived() -> list[Delivery]:
+        got = receiver.received(path)
+        return got if len(got) >= n else []
+
+    return wait_for(arrived, timeout, what=f"{n} deliveries of {name!r}")
 
 
 def _assert_once_and_never_early(receiver: Receiver) -> Counter[str]:
@@ -262,7 +267,7 @@ def test_new_job_wakes_an_idle_worker_through_pubsub(cluster: RedisCluster,
         assert api.post(f"{JOBS}/wake", json={"dueTime": "300ms"}).status_code == 204
         [d] = _deliveries(receiver, "wake", timeout=6)
     late_ms = d.received_at * 1000 - int(d.headers["jobrunner-scheduled-ms"])
-    assert 0 <= late_ms < 1000, f"{late_ms:.0f} ms late: the worker was not woken"
+    assert 0 <= late_ms < 2000, f"{late_ms:.0f} ms late: the worker was not woken"
 
 
 # --- WAIT-based acknowledgement ------------------------------------------------------
@@ -272,7 +277,7 @@ def _replica_has(cluster: RedisCluster, settings: Settings, name: str) -> bool:
     jid = job_id(APP, name)
     key = Keys(settings.prefix, settings.partitions).for_job(jid).jobs
     replica = cluster.replica_of(cluster.master_of_slot(key_slot(key.encode())))
-    client = replica.client()
+    client: Any = replica.client()
     try:
         client.execute_command("READONLY")
         return bool(client.hexists(key, jid))
@@ -328,6 +333,18 @@ def test_wait_replicas_on_a_single_node_without_replicas_refuses(redis_server: R
         store.schedule_many([make_job("lonely-2", now_ms() + 3_600_000)])
     assert Store(settings.with_(wait_replicas=0)).schedule(make_job("fine", now_ms()))
     store.close()
+
+    async def worker_side() -> None:
+        queue = Queue(settings)
+        try:
+            with pytest.raises(NotReplicated):  # the claim of "fine" is refused...
+                await queue.claim(10)
+        finally:
+            await queue.close()
+
+    asyncio.run(worker_side())
+    # ... and so the trigger stays claimed (leased) but undelivered: it comes back
+    # when its lease runs out, never lost.
 
 
 def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:

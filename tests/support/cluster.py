@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -42,6 +43,14 @@ class ClusterNode:
     def client(self, timeout: float = 1.0) -> redis.Redis:
         return redis.Redis(port=self.port, socket_connect_timeout=timeout,
                            socket_timeout=timeout, decode_responses=True)
+
+    def command(self, *args: Any) -> Any:
+        """One command on a short-lived connection to this node."""
+        client: Any = self.client()
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
 
 
 def _free_ports(n: int) -> list[int]:
@@ -161,11 +170,7 @@ class RedisCluster:
         return self.live_masters()[0].url
 
     def info(self, node: ClusterNode) -> dict[str, str]:
-        client = node.client()
-        try:
-            raw = client.execute_command("CLUSTER INFO")  # redis-py parses it into a dict
-        finally:
-            client.close()
+        raw = node.command("CLUSTER INFO")  # redis-py parses it into a dict
         if isinstance(raw, dict):
             return {str(k): str(v).strip() for k, v in raw.items()}
         lines = (line.partition(":") for line in str(raw).splitlines())
@@ -174,11 +179,7 @@ class RedisCluster:
     def slot_owners(self, via: ClusterNode | None = None) -> dict[int, int]:
         """Map of each master's port to the number of slots it serves (from CLUSTER SLOTS)."""
         node = via or self.live_nodes()[0]
-        client = node.client()
-        try:
-            slots = client.execute_command("CLUSTER SLOTS")
-        finally:
-            client.close()
+        slots = node.command("CLUSTER SLOTS")
         owners: dict[int, int] = {}
         for entry in slots:
             start, end, master = int(entry[0]), int(entry[1]), entry[2]
@@ -187,11 +188,7 @@ class RedisCluster:
         return owners
 
     def master_of_slot(self, slot: int) -> ClusterNode:
-        client = self.live_nodes()[0].client()
-        try:
-            slots = client.execute_command("CLUSTER SLOTS")
-        finally:
-            client.close()
+        slots = self.live_nodes()[0].command("CLUSTER SLOTS")
         for entry in slots:
             if int(entry[0]) <= slot <= int(entry[1]):
                 return self.node(int(entry[2][1]))
@@ -210,11 +207,7 @@ class RedisCluster:
         return node.port in self.paused
 
     def role(self, node: ClusterNode) -> str:
-        client = node.client()
-        try:
-            return str(client.execute_command("ROLE")[0])
-        finally:
-            client.close()
+        return str(node.command("ROLE")[0])
 
     def live_masters(self) -> list[ClusterNode]:
         return [n for n in self.live_nodes() if self._role_or_none(n) == "master"]

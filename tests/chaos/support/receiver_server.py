@@ -1,6 +1,9 @@
 """The chaos receiver: the "app" that jobs are delivered to, as its own process.
 
-    python -m tests.chaos.support.receiver_server --ready-file F [--mode healthy]
+    python -m tests.chaos.support.receiver_server --ready-file F [--mode healthy] [--port P]
+
+(the tests give it a port outside the ephemeral range, procs.stable_port, so
+that it can listen again after `down`)
 
 Fast enough for tens of thousands of deliveries a second: a bare asyncio
 protocol on uvloop, requests parsed by httptools (keep-alive, one request at a
