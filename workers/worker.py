@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from app.clock import now_ms
 from app.model import DeadLetter, FailureKind, Trigger
@@ -196,12 +197,12 @@ class Worker:
                     await pubsub.aclose()
 
     async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
-        now = now_ms()
+        now = time.time()  # not now_ms(): flooring would oversleep by up to 1 ms
         timeout = self.settings.idle_poll_s
         if earliest_ms is not None:
-            timeout = min(timeout, max(earliest_ms - now, 0) / 1000)
+            timeout = min(timeout, max(earliest_ms / 1000 - now, 0.0))
         if timeout > 0:
-            self._planned_wake_ms = now + int(timeout * 1000)
+            self._planned_wake_ms = int((now + timeout) * 1000)
             await self._wait_any(self._wake, stop, timeout=timeout)
             self._planned_wake_ms = 0
 
