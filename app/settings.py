@@ -102,6 +102,12 @@ class Settings:
     idle_poll_s: float = 1.0
     shutdown_grace_s: float = 10.0
     signing_keys: tuple[tuple[str, bytes], ...] = field(default=())
+    # Replica acknowledgement (app/redis_client.py): after every script call, WAIT for this
+    # many replicas, at most wait_timeout_ms; a write fewer replicas have is refused
+    # (503 / retried), so no acknowledged write is lost in a failover. 0: off (Redis'
+    # asynchronous replication: a failover can lose the last writes acknowledged).
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +142,9 @@ class Settings:
             idle_poll_s=_float(env, "JOBRUNNER_IDLE_POLL", cls.idle_poll_s, minimum=0.01),
             shutdown_grace_s=_float(env, "JOBRUNNER_SHUTDOWN_GRACE", cls.shutdown_grace_s),
             signing_keys=_signing_keys(env.get("JOBRUNNER_SIGNING_KEYS", "")),
+            wait_replicas=_int(env, "JOBRUNNER_WAIT_REPLICAS", cls.wait_replicas),
+            wait_timeout_ms=_int(env, "JOBRUNNER_WAIT_TIMEOUT_MS", cls.wait_timeout_ms,
+                                 minimum=1),
         )
         settings.validate()
         return settings
@@ -178,4 +187,6 @@ class Settings:
             "JOBRUNNER_IDLE_POLL": repr(self.idle_poll_s),
             "JOBRUNNER_SHUTDOWN_GRACE": repr(self.shutdown_grace_s),
             "JOBRUNNER_SIGNING_KEYS": ",".join(f"{k}:{v.decode()}" for k, v in self.signing_keys),
+            "JOBRUNNER_WAIT_REPLICAS": str(self.wait_replicas),
+            "JOBRUNNER_WAIT_TIMEOUT_MS": str(self.wait_timeout_ms),
         }

@@ -18,7 +18,7 @@ from app import scripts
 from app.clock import now_ms
 from app.keys import Keys, split_job_id
 from app.model import Job, Trigger
-from app.redis_client import async_client
+from app.redis_client import UNAVAILABLE, async_client
 from app.settings import Settings
 from app.store import AppRegistration
 
@@ -63,15 +63,22 @@ class Queue:
         lease_ms = int(self.settings.lease_s * 1000)
         n = self.keys.partitions
         start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
+        unavailable: Exception | None = None
         for part in ((start + i) % n for i in range(n)):
             if len(triggers) >= limit:
                 break
             pk = self.keys.partition(part)
             token = f"{self._worker_id}:{next(self._claims)}"
-            raw = await self._scripts["claim"](
-                keys=[pk.due, pk.jobs, pk.runs],
-                args=[now_ms(), limit - len(triggers), lease_ms, token],
-            )
+            try:
+                raw = await self._scripts["claim"](
+                    keys=[pk.due, pk.jobs, pk.runs],
+                    args=[now_ms(), limit - len(triggers), lease_ms, token],
+                )
+            except UNAVAILABLE as exc:
+                # On Redis Cluster, this partition's master may be failing over: the
+                # other partitions go on (their triggers are claimed already).
+                unavailable = exc
+                continue
             head = raw[0]
             if head is not None:
                 head_ms = int(float(head))
@@ -84,6 +91,8 @@ class Queue:
                     job=Job.decode(app_id, name, record), job_id=job_id, partition=part,
                     sched_ms=int(sched), attempt=int(attempt), count=int(count), lease=token,
                 ))
+        if unavailable is not None and not triggers:
+            raise unavailable
         return triggers, earliest
 
     async def settle(self, settlements: list[Settlement]) -> int:
@@ -95,9 +104,17 @@ class Queue:
                 (s.trigger.job_id, s.trigger.lease, s.action, at, s.dead_id, s.dead_record))
         applied = 0
         now = now_ms()
+        unavailable: Exception | None = None
         for part, args in by_part.items():
             pk = self.keys.partition(part)
-            applied += int(await self._scripts["ack"](keys=pk.all(), args=[now, *args]))
+            try:
+                applied += int(await self._scripts["ack"](keys=pk.all(), args=[now, *args]))
+            except UNAVAILABLE as exc:
+                # Settle the other partitions now (before their leases run out); the
+                # caller retries the whole batch, and a settled entry applies only once.
+                unavailable = exc
+        if unavailable is not None:
+            raise unavailable
         return applied
 
     async def release(self, triggers: list[Trigger]) -> int:

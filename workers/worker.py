@@ -73,13 +73,18 @@ class Worker:
                      stop: asyncio.Event) -> tuple[list[Trigger], int | None] | None:
         try:
             claimed = await self.queue.claim(limit)
-            await self.queue.load_apps({t.job.app_id for t in claimed[0]})
         except UNAVAILABLE as exc:
             log.warning("redis unavailable, retrying in %.2fs: %s", self._backoff, exc)
             await self._wait_any(stop, timeout=self._backoff)
             self._backoff = min(self._backoff * 2, 2.0)
             return None
         self._backoff = 0.05
+        try:
+            await self.queue.load_apps({t.job.app_id for t in claimed[0]})
+        except UNAVAILABLE as exc:
+            # Keep the triggers just claimed (dropping them strands them until their
+            # lease runs out); deliver with the cached registrations, if any.
+            log.warning("cannot refresh app registrations: %s", exc)
         return claimed
 
     async def _stage_offline(self, triggers: list[Trigger]) -> list[Trigger]:
@@ -191,6 +196,9 @@ class Worker:
                     if msg is not None:
                         self._wake.set()
             except UNAVAILABLE:
+                await self._wait_any(stop, timeout=0.5)
+            except Exception:  # never die silently: polling alone would be late
+                log.exception("wake-up listener failed; subscribing again")
                 await self._wait_any(stop, timeout=0.5)
             finally:
                 with contextlib.suppress(Exception):
