@@ -1,0 +1,95 @@
+"""The dead-letter queue end to end, from the command line: a failing trigger is
+dead-lettered, `jobrunner dlq` lists, replays (delivered again with a new attempt
+series and the same idempotency id; failing again, it returns to the queue) and
+purges it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner, Result
+
+from app.cli import main
+from app.model import FailureKind, FailurePolicy
+from app.settings import Settings
+from app.store import Store
+from tests.support.jobs import APP, dead_letters, make_job, register
+from tests.support.receiver import Receiver
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker
+
+ONE_ATTEMPT = FailurePolicy(FailureKind.CONSTANT, 0, 0)
+
+
+@pytest.fixture
+def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
+    s = register(settings, receiver.url)
+    yield s
+    s.close()
+
+
+def dlq(settings: Settings, *args: str) -> Result:
+    result = CliRunner().invoke(
+        main, ["dlq", *args, "--app-id", APP, "--redis-url", settings.redis_url],
+        env={"JOBRUNNER_PREFIX": settings.prefix}, catch_exceptions=False)
+    return result
+
+
+def test_replay_delivers_again_then_a_second_failure_returns_to_the_queue(
+        settings: Settings, receiver: Receiver, store: Store) -> None:
+    receiver.status = 500
+    with ThreadWorker(settings):
+        store.schedule(make_job("flaky", data={"n": 1}, failure_policy=ONE_ATTEMPT))
+        [letter] = wait_for(lambda: dead_letters(store), what="the dead letter")
+        first = receiver.received("/job/flaky")
+        assert [d.headers["jobrunner-attempt"] for d in first] == ["1"]
+
+        listing = dlq(settings, "list")
+        assert listing.exit_code == 0, listing.output
+        assert letter.id in listing.output and "HTTP 500" in listing.output
+
+        # Replayed while the app still fails: delivered once more, then back in the queue.
+        assert dlq(settings, "replay", letter.id).output.strip() == "replayed 1"
+        wait_for(lambda: len(receiver.received("/job/flaky")) == 2, what="the replay")
+        [again] = wait_for(lambda: dead_letters(store), what="the letter back in the queue")
+        assert again.id == letter.id
+
+        # The app recovers: replayed by prefix, delivered, and the queue is empty.
+        receiver.status = 200
+        assert dlq(settings, "replay", "--prefix", "fl").output.strip() == "replayed 1"
+        wait_for(lambda: len(receiver.received("/job/flaky")) == 3, what="the second replay")
+        wait_for(lambda: store.counts()["jobs"] == 0, what="the replay acknowledged")
+    deliveries = receiver.received("/job/flaky")
+    # Every replay is a new attempt series of the same trigger: same idempotency id.
+    assert [d.headers["jobrunner-attempt"] for d in deliveries] == ["1", "1", "1"]
+    assert len({d.headers["jobrunner-trigger-id"] for d in deliveries}) == 1
+    assert all(d.body == b'{"n":1}' for d in deliveries)
+    assert dead_letters(store) == []
+
+
+def test_purge_and_usage_errors(settings: Settings, receiver: Receiver, store: Store) -> None:
+    receiver.status = 503
+    with ThreadWorker(settings):
+        for name in ("a1", "a2", "b1"):
+            store.schedule(make_job(name, failure_policy=ONE_ATTEMPT))
+        wait_for(lambda: len(dead_letters(store)) == 3, what="three dead letters")
+    letter_b = next(d for d in dead_letters(store) if d.name == "b1")
+    shown = dlq(settings, "show", letter_b.id)
+    assert shown.exit_code == 0 and letter_b.id in shown.output
+
+    nothing = dlq(settings, "purge")
+    assert nothing.exit_code == 2 and "say which dead letters" in nothing.output
+    assert dlq(settings, "purge", "--prefix", "a").output.strip() == "purged 2"
+    assert [d.name for d in dead_letters(store)] == ["b1"]
+    assert dlq(settings, "purge", "--all").output.strip() == "purged 1"
+    assert dead_letters(store) == []
+    missing = dlq(settings, "show", letter_b.id)
+    assert missing.exit_code == 1 and "no dead letter" in missing.output
+
+
+def test_unreachable_redis_is_a_clear_error(settings: Settings) -> None:
+    result = CliRunner().invoke(
+        main, ["dlq", "list", "--redis-url", "redis://127.0.0.1:1/0"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "Redis is unavailable" in result.output and "Traceback" not in result.output
