@@ -1,53 +1,51 @@
 """Redis connections, single node or cluster, sync (API) or asyncio (workers).
 
 `sync_client`/`async_client` give redis-py clients (RedisCluster when
-`Settings.redis_cluster`), with these additions for Redis Cluster:
-
-- Scripts in cluster pipelines. redis-py refuses EVALSHA in a cluster pipeline;
-  `Store.schedule_many` pipelines the schedule script. Our cluster client's
-  pipeline sends a script call as EVAL with the script's source (each node
-  caches it like SCRIPT LOAD would), routed by the script's first key.
-- Pub/sub on a fresh asyncio cluster client: redis-py chooses the node from a
-  slot map that is empty before the first command (a bare KeyError); ours loads
-  it first, and relearns the layout when the node it listened to died.
-- "Unavailable" errors: redis-py reports a cluster it cannot reach at all as a
-  RedisClusterException; ours raise ClusterUnreachable (a ConnectionError), and
-  UNAVAILABLE covers the errors of a failover (CLUSTERDOWN, TRYAGAIN, a slot
-  missing from the map), so the API answers 503 and workers back off.
-- Replica acknowledgement (`wait_replicas`, off by default; any client kind).
-  Redis replicates asynchronously: a master that dies right after answering
-  takes its last writes with it, and its promoted replica never saw them. With
-  `wait_replicas=n`, every script call is followed by `WAIT n timeout` on the
-  same connection to the same node, and a write fewer than n replicas
-  acknowledged in time raises `NotReplicated` (one of UNAVAILABLE: the API
-  answers 503, the worker retries). The Lua scripts make every write of the
-  store (schedule, delete, claim, ack, release), so a write the API or a
-  worker saw succeed survives a failover. A master without a replica then
-  refuses writes until one is back (the price of the guarantee).
+`Settings.redis_cluster`), with the fixes for Redis Cluster of app.redis_cluster
+(scripts in cluster pipelines, pub/sub on a fresh client, ClusterUnreachable)
+and the optional replica acknowledgement of app.redis_wait (`wait_replicas`:
+a write fewer replicas acknowledged raises NotReplicated). UNAVAILABLE lists
+the errors that mean Redis is away: the API answers 503 and workers back off.
+The client classes and errors are re-exported here.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
-import redis.asyncio
-import redis.asyncio.client
-import redis.asyncio.cluster
-import redis.client
-import redis.cluster
 import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from app.redis_cluster import (
+    AsyncClusterClient,
+    ClusterClient,
+    ClusterUnreachable,
+    reraise_unreachable,
+)
+from app.redis_wait import (
+    DEFAULT_WAIT_TIMEOUT_MS,
+    AsyncWaitingRedis,
+    NotReplicated,
+    WaitingRedis,
+    WaitPolicy,
+    wait_policy,
+)
 from app.settings import Settings
+
+__all__ = [
+    "DEFAULT_WAIT_TIMEOUT_MS",
+    "UNAVAILABLE",
+    "AsyncClusterClient",
+    "AsyncWaitingRedis",
+    "ClusterClient",
+    "ClusterUnreachable",
+    "NotReplicated",
+    "WaitPolicy",
+    "WaitingRedis",
+    "async_client",
+    "sync_client",
+    "wait_policy",
+]
 
 # Fail fast instead of hanging a request: the API answers 503 when Redis is away.
 _TIMEOUTS: dict[str, Any] = {
@@ -55,26 +53,6 @@ _TIMEOUTS: dict[str, Any] = {
     "socket_timeout": 5.0,
     "health_check_interval": 15,
 }
-
-DEFAULT_WAIT_TIMEOUT_MS = 1000
-
-
-class NotReplicated(redis.exceptions.TimeoutError):
-    """A script ran on the master, but fewer replicas than asked acknowledged it in time.
-
-    The write may survive or not: the caller must treat it as not done (retry)."""
-
-
-class ClusterUnreachable(redis.ConnectionError):
-    """No node of the cluster answered (redis-py reports it as RedisClusterException)."""
-
-
-def _reraise_unreachable(exc: redis.exceptions.RedisClusterException) -> None:
-    """Raise ClusterUnreachable for redis-py's "Redis Cluster cannot be connected" (its cause
-    is the ConnectionError or TimeoutError of the last node tried); return otherwise."""
-    if isinstance(exc.__cause__, (redis.ConnectionError, redis.TimeoutError)):
-        raise ClusterUnreachable(str(exc)) from exc
-
 
 # The errors that mean "Redis is not there right now" rather than "bad request".
 # During a cluster failover: ClusterDownError/MasterDownError (CLUSTERDOWN, MASTERDOWN),
@@ -88,409 +66,19 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.exceptions.SlotNotCoveredError,
 )
 
-# Server replies that prove a command did not run on that node: safe to send it again.
-_REDIRECTS: tuple[type[Exception], ...] = (
-    redis.exceptions.MovedError,  # (AskError is its base)
-    redis.exceptions.AskError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-_ATTEMPTS = 4
-
-
-@dataclass(frozen=True)
-class WaitPolicy:
-    """Acknowledge each script call by `replicas` replicas within `timeout_ms`."""
-
-    replicas: int
-    timeout_ms: int = DEFAULT_WAIT_TIMEOUT_MS
-
-    def check(self, result: Any, acked: Any, where: str) -> Any:
-        """The script's result, once its WAIT reply shows enough replicas have it."""
-        if isinstance(result, Exception):
-            raise result
-        if isinstance(acked, Exception):
-            raise NotReplicated(f"WAIT failed on {where}: {acked}")
-        if int(acked) < self.replicas:
-            raise NotReplicated(
-                f"write on {where} reached {int(acked)} of {self.replicas} replicas "
-                f"within {self.timeout_ms} ms")
-        return result
-
-
-def wait_policy(settings: Settings, wait_replicas: int | None = None,
-                wait_timeout_ms: int | None = None) -> WaitPolicy | None:
-    """The policy of `settings` (fields `wait_replicas`, `wait_timeout_ms` when Settings has
-    them), or of the explicit arguments; None when replicas are not waited for."""
-    replicas = wait_replicas if wait_replicas is not None else int(
-        getattr(settings, "wait_replicas", 0) or 0)
-    if replicas <= 0:
-        return None
-    timeout = wait_timeout_ms if wait_timeout_ms is not None else int(
-        getattr(settings, "wait_timeout_ms", DEFAULT_WAIT_TIMEOUT_MS) or DEFAULT_WAIT_TIMEOUT_MS)
-    return WaitPolicy(replicas, max(timeout, 1))
-
-
-# Script sources by SHA1, for cluster pipelines (EVAL instead of EVALSHA).
-_SOURCES: dict[str, str] = {}
-
-
-def _remember(source: Any) -> None:
-    if isinstance(source, str):
-        _SOURCES[hashlib.sha1(source.encode()).hexdigest()] = source
-
-
-def _first_key(numkeys: int, keys_and_args: Sequence[Any]) -> Any:
-    if numkeys < 1:
-        raise redis.exceptions.RedisClusterException(
-            "a script run with WAIT needs a key to find its node")
-    return keys_and_args[0]
-
-
-# -- sync, single node --------------------------------------------------------
-
-
-class _WaitingPipeline(redis.client.Pipeline):
-    """A pipeline that, holding scripts and no transaction, ends with WAIT on its connection."""
-
-    replica_wait: WaitPolicy | None = None
-
-    def execute(self, raise_on_error: bool = True) -> list[Any]:
-        policy = self.replica_wait
-        scripted = any(str(args[0]).upper() in ("EVALSHA", "EVAL")
-                       for args, _ in self.command_stack)
-        in_transaction = bool(getattr(self, "transaction", False) is True
-                              or getattr(self, "explicit_transaction", False))
-        if policy is None or not scripted or in_transaction:
-            return list(super().execute(raise_on_error))
-        self.execute_command("WAIT", policy.replicas,  # type: ignore[no-untyped-call]
-                             policy.timeout_ms)
-        results = list(super().execute(raise_on_error))
-        policy.check(None, results.pop(), "redis")
-        return results
-
-
-class WaitingRedis(redis.Redis):
-    """redis.Redis whose script calls are acknowledged by replicas (see the module doc)."""
-
-    replica_wait: WaitPolicy | None = None
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is None:
-            return super().evalsha(sha, numkeys, *keys_and_args)
-        pipe: Any = super().pipeline(transaction=False)
-        pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-        pipe.execute_command("WAIT", self.replica_wait.replicas, self.replica_wait.timeout_ms)
-        result, acked = pipe.execute(raise_on_error=False)
-        return self.replica_wait.check(result, acked, "redis")
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
-        pipe = _WaitingPipeline(self.connection_pool, self.response_callbacks, transaction,
-                                shard_hint)
-        pipe.replica_wait = self.replica_wait
-        return pipe
-
-
-# -- sync, cluster ------------------------------------------------------------
-
-
-class _ScriptingClusterPipeline(redis.cluster.ClusterPipeline):
-    """A cluster pipeline that runs scripts (EVAL with the source, routed by the first key).
-
-    With a wait policy, a pipeline of scripts runs node by node instead, each node's
-    scripts and their WAIT on one connection (mixing other commands in is refused)."""
-
-    client: ClusterClient
-    queued: list[tuple[str, int, tuple[Any, ...]]]
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.client.replica_wait is not None:
-            self.queued.append((sha, numkeys, keys_and_args))
-            return self
-        queue: Any = self  # redis-py leaves execute_command untyped
-        source = _SOURCES.get(sha)
-        if source is None:
-            return queue.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-        return queue.execute_command("EVAL", source, numkeys, *keys_and_args)
-
-    def execute(self, raise_on_error: bool = True) -> list[Any]:
-        queued, self.queued = self.queued, []
-        if not queued:
-            try:
-                return list(super().execute(raise_on_error))
-            except redis.exceptions.RedisClusterException as exc:
-                _reraise_unreachable(exc)
-                raise
-        if len(self):  # other commands queued beside the waited scripts
-            self.reset()  # type: ignore[no-untyped-call]
-            raise redis.exceptions.RedisClusterException(
-                "with wait_replicas, a cluster pipeline may hold scripts only")
-        results = self.client.run_scripts_waiting(queued)
-        if raise_on_error:
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-        return results
-
-
-class ClusterClient(redis.cluster.RedisCluster):
-    """redis-py's RedisCluster with script pipelines and the optional wait policy."""
-
-    replica_wait: WaitPolicy | None = None
-
-    def register_script(self, script: Any) -> Any:
-        _remember(script)
-        return super().register_script(script)
-
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        pipe = super().pipeline(transaction, shard_hint)  # type: ignore[no-untyped-call]
-        if type(pipe) is not redis.cluster.ClusterPipeline:
-            return pipe
-        # redis-py blocks EVALSHA on ClusterPipeline; same object, our subclass's methods.
-        pipe.__class__ = _ScriptingClusterPipeline
-        assert isinstance(pipe, _ScriptingClusterPipeline)
-        pipe.client, pipe.queued = self, []
-        return pipe
-
-    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except redis.exceptions.RedisClusterException as exc:
-            _reraise_unreachable(exc)
-            raise
-
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is None:
-            return super().evalsha(sha, numkeys, *keys_and_args)
-        return self.run_scripts_waiting([(sha, numkeys, keys_and_args)], single=True)[0]
-
-    def run_scripts_waiting(self, calls: list[tuple[str, int, tuple[Any, ...]]],
-                            single: bool = False) -> list[Any]:
-        """Run script calls grouped by the master of their slot, each group followed by
-        WAIT on the same connection. Returns results in order (exceptions in place,
-        unless `single`, where the exception is raised)."""
-        policy = self.replica_wait
-        assert policy is not None
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(_ATTEMPTS):
-            groups: dict[str, tuple[Any, list[int]]] = {}
-            for i in todo:
-                sha, numkeys, keys_and_args = calls[i]
-                node = self.get_node_from_key(  # type: ignore[no-untyped-call]
-                    _first_key(numkeys, keys_and_args))
-                groups.setdefault(node.name, (node, []))[1].append(i)
-            redirected: list[int] = []
-            for name, (node, idxs) in groups.items():
-                pipe = node.redis_connection.pipeline(transaction=False)
-                for i in idxs:
-                    sha, numkeys, keys_and_args = calls[i]
-                    if single:
-                        pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-                    else:
-                        source = _SOURCES.get(sha)
-                        command = ("EVAL", source) if source is not None else ("EVALSHA", sha)
-                        pipe.execute_command(*command, numkeys, *keys_and_args)
-                pipe.execute_command("WAIT", policy.replicas, policy.timeout_ms)
-                try:
-                    out = pipe.execute(raise_on_error=False)
-                except (redis.ConnectionError, redis.TimeoutError):
-                    # The node is gone (a dead master): learn the new owners for the next
-                    # call; this one may or may not have run, so it is not sent again.
-                    self._refresh()
-                    raise
-                *replies, acked = out
-                for i, reply in zip(idxs, replies, strict=True):
-                    if isinstance(reply, _REDIRECTS):
-                        redirected.append(i)
-                    else:
-                        try:
-                            results[i] = policy.check(reply, acked, name)
-                        except Exception as exc:
-                            if single:
-                                raise
-                            results[i] = exc
-            if not redirected:
-                return results
-            todo = redirected
-            self._refresh()
-            time.sleep(0.05 * 2 ** attempt)
-        raise redis.exceptions.ClusterDownError(
-            f"{len(todo)} script call(s) still redirected after {_ATTEMPTS} attempts")
-
-    def _refresh(self) -> None:
-        with contextlib.suppress(Exception):  # the next call will try again
-            self.nodes_manager.initialize()
-
-
-# -- asyncio ------------------------------------------------------------------
-
-
-class AsyncWaitingRedis(redis.asyncio.Redis):
-    """redis.asyncio.Redis whose script calls are acknowledged by replicas."""
-
-    replica_wait: WaitPolicy | None = None
-
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is None:
-            return await super().evalsha(sha, numkeys, *keys_and_args)
-        pipe = self.pipeline(transaction=False)
-        pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-        pipe.execute_command("WAIT", self.replica_wait.replicas, self.replica_wait.timeout_ms)
-        result, acked = await pipe.execute(raise_on_error=False)
-        return self.replica_wait.check(result, acked, "redis")
-
-
-class _AsyncClusterPubSub(redis.asyncio.cluster.ClusterPubSub):
-    """ClusterPubSub that works on a client which has not run a command yet.
-
-    redis-py picks the pub/sub node from the client's slot map, which is empty until
-    the client's first command: a SUBSCRIBE racing the worker's first claim failed
-    with a bare KeyError (and the worker's wake-up listener died). Load the map
-    first; a slot missing from it is reported as SlotNotCoveredError (unavailable:
-    try again), and a dead node makes the client relearn the cluster's layout."""
-
-    cluster: AsyncClusterClient
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        await self.cluster.initialize()  # the node is chosen from its slot map
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except KeyError as exc:
-            raise redis.exceptions.SlotNotCoveredError(
-                f"pub/sub channel slot {exc} is not covered yet") from None
-        except (redis.ConnectionError, redis.TimeoutError):
-            with contextlib.suppress(Exception):
-                await self.cluster.nodes_manager.initialize()
-            raise
-
-
-class _AsyncClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
-    """The asyncio cluster pipeline, reporting an unreachable cluster as ClusterUnreachable."""
-
-    async def execute(self, raise_on_error: bool = True,
-                      allow_redirections: bool = True) -> list[Any]:
-        try:
-            return list(await super().execute(raise_on_error, allow_redirections))
-        except redis.exceptions.RedisClusterException as exc:
-            _reraise_unreachable(exc)
-            raise
-
-
-class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
-    """redis-py's asyncio RedisCluster with the optional wait policy.
-
-    A script call and its WAIT must share a connection; the cluster client picks
-    connections per command, so waited calls go through one plain client per master."""
-
-    replica_wait: WaitPolicy | None = None
-    url: str = ""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._node_clients: dict[str, redis.asyncio.Redis] = {}
-
-    def register_script(self, script: Any) -> Any:
-        _remember(script)
-        return super().register_script(script)
-
-    async def initialize(self, *args: Any, **kwargs: Any) -> AsyncClusterClient:
-        try:
-            await super().initialize(*args, **kwargs)
-        except redis.exceptions.RedisClusterException as exc:
-            _reraise_unreachable(exc)
-            raise
-        return self
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except redis.exceptions.RedisClusterException as exc:
-            _reraise_unreachable(exc)
-            raise
-
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
-        if shard_hint:
-            raise redis.exceptions.RedisClusterException("shard_hint is deprecated in cluster mode")
-        return _AsyncClusterPipeline(self, transaction)  # type: ignore[abstract]
-
-    def pubsub(self, node: Any = None, host: str | None = None, port: int | None = None,
-               **kwargs: Any) -> Any:
-        return _AsyncClusterPubSub(self, node=node, host=host, port=port, **kwargs)
-
-    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        policy = self.replica_wait
-        if policy is None:
-            return await super().evalsha(sha, numkeys, *keys_and_args)
-        key = _first_key(numkeys, keys_and_args)
-        for attempt in range(_ATTEMPTS):
-            await self.initialize()
-            node = self.get_node_from_key(key)
-            assert node is not None
-            plain = self._node_client(node.name, node.host, int(node.port))
-            pipe = plain.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
-            pipe.execute_command("WAIT", policy.replicas, policy.timeout_ms)
-            try:
-                result, acked = await pipe.execute(raise_on_error=False)
-            except (redis.ConnectionError, redis.TimeoutError):
-                # Not sent again (it may have run); learn the new owners for the next call.
-                await self._forget(node.name)
-                raise
-            if not isinstance(result, _REDIRECTS):
-                return policy.check(result, acked, node.name)
-            await self._forget(node.name)
-            await asyncio.sleep(0.05 * 2 ** attempt)
-        raise redis.exceptions.ClusterDownError(
-            f"script call still redirected after {_ATTEMPTS} attempts")
-
-    def _node_client(self, name: str, host: str, port: int) -> redis.asyncio.Redis:
-        client = self._node_clients.get(name)
-        if client is None:
-            # Same URL (credentials, TLS, options), this node's address; no retries
-            # of its own: a script is never sent twice by the client.
-            client = redis.asyncio.Redis.from_url(
-                _with_address(self.url, host, port), retry=Retry(NoBackoff(), 0), **_TIMEOUTS)
-            self._node_clients[name] = client
-        return client
-
-    async def _forget(self, name: str) -> None:
-        client = self._node_clients.pop(name, None)
-        if client is not None:
-            await client.aclose()
-        with contextlib.suppress(Exception):  # the next call will try again
-            await self.nodes_manager.initialize()
-
-    async def aclose(self) -> None:
-        clients, self._node_clients = self._node_clients, {}
-        for client in clients.values():
-            await client.aclose()
-        await super().aclose()
-
-
-def _with_address(url: str, host: str, port: int) -> str:
-    """`url` with its host and port replaced (user, password, path and query kept)."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-# -- factories ----------------------------------------------------------------
-
 
 def sync_client(settings: Settings, *, wait_replicas: int | None = None,
                 wait_timeout_ms: int | None = None) -> Any:
     """A sync client: ClusterClient (redis.cluster.RedisCluster) or WaitingRedis (redis.Redis).
 
-    `wait_replicas`/`wait_timeout_ms` override the settings' wait policy (see module doc)."""
+    `wait_replicas`/`wait_timeout_ms` override the settings' wait policy (see app.redis_wait)."""
     policy = wait_policy(settings, wait_replicas, wait_timeout_ms)
     client: ClusterClient | WaitingRedis
     if settings.redis_cluster:
         try:  # connects at once, to learn the cluster's layout
             client = cast(ClusterClient, ClusterClient.from_url(settings.redis_url, **_TIMEOUTS))
         except redis.exceptions.RedisClusterException as exc:
-            _reraise_unreachable(exc)
+            reraise_unreachable(exc)
             raise
     else:
         client = cast(WaitingRedis, WaitingRedis.from_url(settings.redis_url, **_TIMEOUTS))
@@ -505,7 +93,8 @@ def async_client(settings: Settings, *, wait_replicas: int | None = None,
     if settings.redis_cluster:
         cluster = cast(AsyncClusterClient,
                        AsyncClusterClient.from_url(settings.redis_url, **_TIMEOUTS))
-        cluster.replica_wait, cluster.url = policy, settings.redis_url
+        # Its per-master clients for waited scripts connect as it does.
+        cluster.replica_wait, cluster.url, cluster.timeouts = policy, settings.redis_url, _TIMEOUTS
         return cluster
     plain = cast(AsyncWaitingRedis, AsyncWaitingRedis.from_url(settings.redis_url, **_TIMEOUTS))
     plain.replica_wait = policy

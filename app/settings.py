@@ -102,7 +102,7 @@ class Settings:
     idle_poll_s: float = 1.0
     shutdown_grace_s: float = 10.0
     signing_keys: tuple[tuple[str, bytes], ...] = field(default=())
-    # Replica acknowledgement (app/redis_client.py): after every script call, WAIT for this
+    # Replica acknowledgement (app/redis_wait.py): after every script call, WAIT for this
     # many replicas, at most wait_timeout_ms; a write fewer replicas have is refused
     # (503 / retried), so no acknowledged write is lost in a failover. 0: off (Redis'
     # asynchronous replication: a failover can lose the last writes acknowledged).

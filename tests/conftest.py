@@ -1,3 +1,16 @@
+"""Fixtures shared by the test modules.
+
+- Redis and the app: `redis_server` (one private redis-server per session),
+  `redis_client`, `receiver` (the app: an HTTP server recording deliveries),
+  `settings` (this test's own key prefix, delivering to `receiver`).
+- Delivery tests: `store` (the receiver registered as the app), `worker` (an
+  in-process worker), `api` (a Flask test client), and `reap_workers`, which a
+  module that starts in-process workers uses to surface their crashes.
+- HTTP API contract tests (tests/test_api_*.py, which override `settings` with
+  one that has no receiver): `app`, `client`, and `base`, which runs each test
+  on both spellings of the jobs API.
+"""
+
 from __future__ import annotations
 
 import uuid
@@ -6,10 +19,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask import Flask
+from flask.testing import FlaskClient
 
+from app.api import create_app
 from app.settings import Settings
+from app.store import Store
+from tests.support.jobs import register
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess
+from tests.support.workers import ThreadWorker
+from tests.test_api_helpers import BASES
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -58,3 +78,53 @@ def settings(redis_server: RedisProcess, receiver: Receiver) -> Settings:
         lease_s=5.0,
         idle_poll_s=0.2,
     )
+
+
+# --- delivery -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reap_workers() -> Iterator[None]:
+    """In-process workers stop in the background; surface any crash by the module's end.
+
+    Use it module-wide: `pytestmark = pytest.mark.usefixtures("reap_workers")`."""
+    yield
+    ThreadWorker.reap()
+
+
+@pytest.fixture
+def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
+    s = register(settings, receiver.url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[ThreadWorker]:
+    with ThreadWorker(settings) as w:
+        yield w  # stops in the background (ThreadWorker.stop_soon)
+
+
+@pytest.fixture
+def api(settings: Settings) -> FlaskClient:
+    """The Flask API; it registers the receiver (settings.app_url) as the app."""
+    return create_app(settings).test_client()
+
+
+# --- HTTP API contract ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(settings: Settings) -> Flask:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: Flask) -> Iterator[FlaskClient]:
+    with app.test_client() as c:
+        yield c
+
+
+@pytest.fixture(params=BASES, ids=["alpha1", "v1"])
+def base(request: pytest.FixtureRequest) -> str:
+    return str(request.param)

@@ -7,7 +7,6 @@ are put in Redis here the way the worker's acknowledge script stores them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -35,13 +34,8 @@ SCHED_MS = 1_700_000_000_123
 
 @pytest.fixture
 def settings(redis_server: RedisProcess) -> Settings:
+    """No receiver: these tests deliver nothing (conftest's `app`, `client`, `base` use it)."""
     return api_settings(redis_server.url)
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[FlaskClient]:
-    with create_app(settings).test_client() as c:
-        yield c
 
 
 @pytest.fixture(params=DL_BASES, ids=["alpha1", "v1"])

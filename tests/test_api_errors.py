@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 
 from app.anydata import MAX_DATA_DEPTH
@@ -21,7 +20,6 @@ from app.api import create_app
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess
 from tests.test_api_helpers import (
-    BASES,
     STRING_VALUE,
     api_settings,
     assert_error,
@@ -42,23 +40,8 @@ TOO_LARGE = "ERR_PAYLOAD_TOO_LARGE"
 
 @pytest.fixture
 def settings(redis_server: RedisProcess) -> Settings:
+    """No receiver: these tests deliver nothing (conftest's `app`, `client`, `base` use it)."""
     return api_settings(redis_server.url)
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as c:
-        yield c
-
-
-@pytest.fixture(params=BASES, ids=["alpha1", "v1"])
-def base(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def assert_nothing_stored(client: FlaskClient, base: str, redis_client: Any,

@@ -1,6 +1,6 @@
 """Helpers shared by the HTTP API contract tests (tests/test_api_*.py).
 
-No tests here: fixtures live in each test module, these are plain functions.
+No tests here: the fixtures are conftest's, these are plain functions.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def api_settings(redis_url: str, **changes: Any) -> Settings:
     """Settings on the private Redis with a key prefix of the test's own.
 
     Like conftest's `settings` fixture, without its receiver (API tests deliver
-    nothing, and the receiver's shutdown costs half a second per test)."""
+    nothing)."""
     base = Settings(redis_url=redis_url, prefix=f"t{uuid.uuid4().hex[:10]}",
                     app_url="http://127.0.0.1:9")
     return base.with_(**changes)

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from google.protobuf import wrappers_pb2
 
-from app.api import create_app
 from app.clock import now_ms
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess
+from tests.support.seed import SEED_BODY
 from tests.test_api_helpers import (
-    BASES,
     DEFAULT_POLICY,
     EXTENSION_FIELDS,
     STRING_VALUE,
@@ -39,23 +36,8 @@ from tests.test_api_helpers import (
 
 @pytest.fixture
 def settings(redis_server: RedisProcess) -> Settings:
+    """No receiver: these tests deliver nothing (conftest's `app`, `client`, `base` use it)."""
     return api_settings(redis_server.url)
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as c:
-        yield c
-
-
-@pytest.fixture(params=BASES, ids=["alpha1", "v1"])
-def base(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def schedule_and_get(client: FlaskClient, base: str, name: str, body: Any) -> dict[str, Any]:
@@ -78,13 +60,8 @@ def ms(text: str) -> int:
 
 def test_seed_r2d2_job_schedules_and_reads_back(client: FlaskClient, base: str) -> None:
     """The seed's exact request body: 204, and GET gives the Any back with `@type`."""
-    body = (
-        b'{\n        "data": {\n'
-        b'          "@type": "type.googleapis.com/google.protobuf.StringValue",\n'
-        b'          "value": "R2-D2:Oil Change"\n        },\n        "dueTime": "2s"\n    }'
-    )
     before = now_ms()
-    assert_no_content(post_job(client, base, "R2-D2", body))
+    assert_no_content(post_job(client, base, "R2-D2", SEED_BODY))
     after = now_ms()
     job = client.get(job_url(base, "R2-D2")).get_json()
     assert job["name"] == "R2-D2"

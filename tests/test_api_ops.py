@@ -35,23 +35,8 @@ REDIS_DOWN = "ERR_REDIS_UNAVAILABLE"
 
 @pytest.fixture
 def settings(redis_server: RedisProcess) -> Settings:
+    """No receiver: these tests deliver nothing (conftest's `app`, `client`, `base` use it)."""
     return api_settings(redis_server.url)
-
-
-@pytest.fixture
-def app(settings: Settings) -> Flask:
-    return create_app(settings)
-
-
-@pytest.fixture
-def client(app: Flask) -> Iterator[FlaskClient]:
-    with app.test_client() as c:
-        yield c
-
-
-@pytest.fixture(params=BASES, ids=["alpha1", "v1"])
-def base(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def names_in(response: Any) -> list[str]:

@@ -25,6 +25,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from app.api import create_app
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.seed import SEED_BODY
 from tests.support.waiting import wait_for
 from tests.test_api_helpers import STRING_VALUE, api_settings, assert_store_consistent
 
@@ -79,15 +80,6 @@ def error_body(body: bytes) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(body)
     assert set(parsed) == {"errorCode", "message"}
     return parsed
-
-
-SEED_BODY = b"""{
-        "data": {
-          "@type": "type.googleapis.com/google.protobuf.StringValue",
-          "value": "R2-D2:Oil Change"
-        },
-        "dueTime": "2s"
-    }"""
 
 
 def test_seed_request_as_go_sends_it(server: Server) -> None:

@@ -5,28 +5,18 @@ purges it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from click.testing import CliRunner, Result
 
 from app.cli import main
 from app.model import FailureKind, FailurePolicy
 from app.settings import Settings
 from app.store import Store
-from tests.support.jobs import APP, dead_letters, make_job, register
+from tests.support.jobs import APP, dead_letters, make_job
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
 
 ONE_ATTEMPT = FailurePolicy(FailureKind.CONSTANT, 0, 0)
-
-
-@pytest.fixture
-def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
-    s = register(settings, receiver.url)
-    yield s
-    s.close()
 
 
 def dlq(settings: Settings, *args: str) -> Result:

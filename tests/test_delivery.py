@@ -13,7 +13,6 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -29,47 +28,15 @@ from app.settings import Settings
 from app.store import Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
+from tests.support.seed import SEED_BODY
 from tests.support.waiting import wait_for
-from tests.support.wide_receiver import start_wide_receiver
 from tests.support.workers import ThreadWorker
 
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 FAST_RETRY = FailurePolicy(FailureKind.CONSTANT, interval_ms=0, max_retries=5)
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _reap_workers() -> Iterator[None]:
-    """In-process workers stop in the background; surface any crash by the module's end."""
-    yield
-    ThreadWorker.reap()
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """conftest's receiver, with a listen backlog that takes a worker's connection burst."""
-    r = start_wide_receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
-    s = register(settings, receiver.url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[ThreadWorker]:
-    with ThreadWorker(settings) as w:
-        yield w  # stops in the background (ThreadWorker.stop_soon)
-
-
-@pytest.fixture
-def api(settings: Settings) -> FlaskClient:
-    """The Flask API; it registers the receiver (settings.app_url) as the app."""
-    return create_app(settings).test_client()
+pytestmark = pytest.mark.usefixtures("reap_workers")
 
 
 def _job_path(name: str) -> str:
@@ -94,16 +61,8 @@ def _not_early(d: Delivery, due_ms: int) -> None:
 
 def test_seed_flow_protobuf_any_arrives_as_type_url_envelope(
         api: FlaskClient, receiver: Receiver, worker: ThreadWorker) -> None:
-    # The seed's job-scheduler request, byte for byte.
-    seed_body = """{
-        "data": {
-          "@type": "type.googleapis.com/google.protobuf.StringValue",
-          "value": "R2-D2:Oil Change"
-        },
-        "dueTime": "2s"
-    }"""
     before = now_ms()
-    resp = api.post("/v1.0-alpha1/jobs/R2-D2", data=seed_body,
+    resp = api.post("/v1.0-alpha1/jobs/R2-D2", data=SEED_BODY,
                     headers={"Content-Type": "application/json"})
     assert resp.status_code == 204, resp.get_data(as_text=True)
     assert resp.get_data() == b""

@@ -7,13 +7,11 @@ localhost; the responder decides each answer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from itertools import pairwise
 
 import pytest
 from flask.testing import FlaskClient
 
-from app.api import create_app
 from app.clock import now_ms
 from app.model import FailureKind, FailurePolicy
 from app.settings import Settings
@@ -22,40 +20,9 @@ from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
-from tests.support.wide_receiver import start_wide_receiver
 from tests.support.workers import ThreadWorker
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _reap_workers() -> Iterator[None]:
-    """In-process workers stop in the background; surface any crash by the module's end."""
-    yield
-    ThreadWorker.reap()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """conftest's receiver, with a wide listen backlog and a quick shutdown."""
-    r = start_wide_receiver()
-    yield r
-    r.stop()
-
-@pytest.fixture
-def store(settings: Settings, receiver: Receiver) -> Iterator[Store]:
-    s = register(settings, receiver.url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[ThreadWorker]:
-    with ThreadWorker(settings) as w:
-        yield w  # stops in the background (ThreadWorker.stop_soon)
-
-
-@pytest.fixture
-def api(settings: Settings) -> FlaskClient:
-    return create_app(settings).test_client()
+pytestmark = pytest.mark.usefixtures("reap_workers")
 
 
 def _attempts(ds: list[Delivery]) -> list[int]:

@@ -20,17 +20,11 @@ from app.validation import (
     validate_app_id,
     validate_name,
 )
+from tests.support.seed import SEED_BODY
 
 NOW = 1_700_000_000_000  # ms
 LIMIT = 1024
 WKT = "type.googleapis.com/google.protobuf."
-SEED_BODY = b"""{
-        "data": {
-          "@type": "type.googleapis.com/google.protobuf.StringValue",
-          "value": "R2-D2:Oil Change"
-        },
-        "dueTime": "2s"
-    }"""
 SEED_ENVELOPE = (
     b'{"type_url":"type.googleapis.com/google.protobuf.StringValue",'
     b'"value":"ChBSMi1EMjpPaWwgQ2hhbmdl"}'

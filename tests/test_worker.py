@@ -25,22 +25,9 @@ from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
-from tests.support.wide_receiver import start_wide_receiver
 from tests.support.workers import ThreadWorker, WorkerFleet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _reap_workers() -> Iterator[None]:
-    """In-process workers stop in the background; surface any crash by the module's end."""
-    yield
-    ThreadWorker.reap()
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """conftest's receiver, with a listen backlog that takes a worker's connection burst."""
-    r = start_wide_receiver()
-    yield r
-    r.stop()
+pytestmark = pytest.mark.usefixtures("reap_workers")
 
 
 @pytest.fixture

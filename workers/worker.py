@@ -159,6 +159,7 @@ class Worker:
         """Settle finished deliveries in batches; after `stop`, until all are settled."""
         give_up_at: float | None = None
         loop = asyncio.get_running_loop()
+        backoff = 0.05
         while not (stop.is_set() and not self.inflight and not self.settled):
             if stop.is_set() and give_up_at is None:
                 give_up_at = loop.time() + self.settings.shutdown_grace_s + 5.0
@@ -177,7 +178,10 @@ class Worker:
                 if give_up_at is not None and loop.time() > give_up_at:
                     return
                 self.settled[:0] = batch
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
 
     def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
         """A retry or a next occurrence may be due before the claim loop meant to look."""

@@ -10,7 +10,13 @@
 -- The lease is the due index itself: a claimed job's score moves to the
 -- lease expiry, so a trigger whose worker died becomes due again by itself.
 local now = tonumber(ARGV[1])
-local lease_until = now + tonumber(ARGV[3])
+-- Dueness goes by the worker's clock (a claim delayed in transit only sees less
+-- as due). The lease goes by Redis's own clock: claims queued while Redis was
+-- stalled run late and in any order, and a lease stamped by an old clock would
+-- already look expired to the next claim, giving the trigger to two workers.
+local t = redis.call("TIME")
+local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease_until = math.max(now, server_ms) + tonumber(ARGV[3])
 local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now, "WITHSCORES", "LIMIT", 0, tonumber(ARGV[2]))
 local out = {false}
 for i = 1, #due, 2 do

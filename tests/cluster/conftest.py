@@ -17,7 +17,6 @@ import pytest
 from app.settings import Settings
 from tests.support.cluster import RedisCluster
 from tests.support.receiver import Receiver
-from tests.support.wide_receiver import start_wide_receiver
 
 PARTITIONS = 12
 
@@ -35,7 +34,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @dataclass(frozen=True)
 class WaitSettings(Settings):
     """Settings with the replica-acknowledgement fields that app/settings.py does not have
-    yet (JOBRUNNER_WAIT_REPLICAS, JOBRUNNER_WAIT_TIMEOUT_MS); app/redis_client.py reads
+    yet (JOBRUNNER_WAIT_REPLICAS, JOBRUNNER_WAIT_TIMEOUT_MS); app/redis_wait.py reads
     them from any Settings that has them."""
 
     wait_replicas: int = 1
@@ -86,16 +85,6 @@ def failover_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis
     c = RedisCluster(tmp_path_factory.mktemp("failover-cluster")).start()
     yield c
     c.stop()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """The HTTP receiver with a listen backlog that takes a worker's connection burst
-    (http.server's default of 5 drops handshakes: late requests, retried, delivered
-    twice; the receiver's fault, not the engine's, and these tests count duplicates)."""
-    r = start_wide_receiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
