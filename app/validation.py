@@ -142,7 +142,6 @@ def parse_job_request(
         repeats=repeats,
         ttl=ttl,
         failure_policy=policy,
-        created_ms=now_ms,
         first_ms=timing.first_ms,
         expires_ms=timing.expires_ms,
     )

@@ -9,7 +9,6 @@ baselines) run even when the engine does not import.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +43,7 @@ def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX) -> dict[
 _packed: dict[bytes, tuple[str, str]] = {}
 
 
-def make_job(name: str, due_ms: int, data: Any, created_ms: int) -> Any:
+def make_job(name: str, due_ms: int, data: Any) -> Any:
     """The job as the API would store it (protobuf Any data packed as the API packs it)."""
     from app.anydata import is_any_json, pack_any
     from app.model import Job
@@ -58,7 +57,7 @@ def make_job(name: str, due_ms: int, data: Any, created_ms: int) -> Any:
         any_type, any_value = packed
         data = None
     return Job(app_id=APP_ID, name=name, data=data, any_type=any_type, any_value=any_value,
-               due_time=rfc3339_ms(due_ms), created_ms=created_ms, first_ms=due_ms)
+               due_time=rfc3339_ms(due_ms), first_ms=due_ms)
 
 
 class Jobrunner:
@@ -102,11 +101,10 @@ class Jobrunner:
     def load(self, jobs: Sequence[BenchJob]) -> None:
         from app.store import Store
 
-        now = int(time.time() * 1000)
         store = Store(settings(self.redis_url, self.receiver_url))
         try:
             store.schedule_many(
-                (make_job(j.name, j.due_ms, {"dueMs": j.due_ms}, now) for j in jobs), chunk=1000
+                (make_job(j.name, j.due_ms, {"dueMs": j.due_ms}) for j in jobs), chunk=1000
             )
         finally:
             store.close()

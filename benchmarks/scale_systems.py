@@ -65,8 +65,7 @@ class JobrunnerScale:
     def _load(self, names: list[str], due_ms: int) -> None:
         from benchmarks.jobrunner_side import make_job
 
-        now = _now_ms()
-        self.store.schedule_many((make_job(n, due_ms, SEED_DATA, now) for n in names), chunk=1000)
+        self.store.schedule_many((make_job(n, due_ms, SEED_DATA) for n in names), chunk=1000)
 
     def load_pending(self, start: int, count: int, due_ms: int) -> None:
         self._load([seed_name(i) for i in range(start, start + count)], due_ms)

@@ -49,7 +49,7 @@ def put_dead_letter(redis_client: redis.Redis, settings: Settings, app_id: str, 
     keys = Keys(settings.prefix, settings.partitions)
     jid = job_id(app_id, name)
     pk = keys.for_job(jid)
-    job = Job(app_id=app_id, name=name, data=data, schedule="@every 1m", created_ms=SCHED_MS,
+    job = Job(app_id=app_id, name=name, data=data, schedule="@every 1m",
               first_ms=SCHED_MS)
     letter = DeadLetter(id=f"{jid}@{job.rev}:{SCHED_MS}:{dead_ms}", app_id=app_id, name=name,
                         sched_ms=SCHED_MS, attempts=4, error="HTTP 500 from the app",

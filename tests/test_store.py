@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import redis
@@ -237,7 +238,6 @@ def test_ack_next_without_a_time_removes_the_job(store: Store, q: QueueDriver,
 
 
 def test_ack_with_a_stale_lease_token_does_nothing(store: Store, q: QueueDriver) -> None:
-    from dataclasses import replace
 
     store.schedule(make_job("j", T0))
     [t] = q.claim(at=T0)

@@ -60,7 +60,6 @@ def test_seed_body() -> None:
     assert job.due_time == "2s"
     assert (job.schedule, job.ttl, job.repeats) == (None, None, None)
     assert job.failure_policy == DEFAULT_FAILURE_POLICY
-    assert job.created_ms == NOW
     assert job.first_ms == NOW + 2000
     assert job.expires_ms is None
 

@@ -88,8 +88,9 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_result(status)
 
     def send(self, data: bytes) -> asyncio.Future[int]:
-        assert self.transport is not None
         self.got_bytes = False
+        if self.transport is None or self.transport.is_closing():
+            raise ServerDisconnected("connection closed before the request was sent")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         return self.waiter

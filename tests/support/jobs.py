@@ -16,10 +16,10 @@ APP = "job-service"
 
 
 def make_job(name: str, due_ms: int | None = None, app_id: str = APP, **fields: Any) -> Job:
-    """A Job due at `due_ms` (default: now), with created_ms = now."""
+    """A Job due at `due_ms` (default: now)."""
     now = now_ms()
     due = now if due_ms is None else due_ms
-    return Job(app_id=app_id, name=name, created_ms=now, first_ms=due, **fields)
+    return Job(app_id=app_id, name=name, first_ms=due, **fields)
 
 
 def register(settings: Settings, url: str, token: str = "", app_id: str = APP,

@@ -15,14 +15,14 @@ from tests.chaos.support.receiver import Delivery, Receiver
 
 
 def one_shot(app_id: str, name: str, due_ms: int, now: int, **fields: Any) -> Job:
-    return Job(app_id=app_id, name=name, data={"n": name}, created_ms=now, first_ms=due_ms,
+    return Job(app_id=app_id, name=name, data={"n": name}, first_ms=due_ms,
                **fields)
 
 
 def every(app_id: str, name: str, due_ms: int, now: int, interval: str, repeats: int,
           **fields: Any) -> Job:
     return Job(app_id=app_id, name=name, data={"n": name}, schedule=f"@every {interval}",
-               repeats=repeats, created_ms=now, first_ms=due_ms, **fields)
+               repeats=repeats, first_ms=due_ms, **fields)
 
 
 def constant(interval_ms: int, max_retries: int | None) -> FailurePolicy:
