@@ -68,7 +68,7 @@ class DeadLetters:
             original = letter.job
             job = replace(
                 original, schedule=None, repeats=None, ttl=None, expires_ms=None,
-                due_time=None, first_ms=due, rev=secrets.token_hex(4),
+                due_time=None, first_ms=due,
                 replay_of=letter.id,
             )
             jid = replay_job_id(letter.app_id, letter.name, secrets.token_hex(4))

@@ -8,11 +8,14 @@ name are not in the record: they are the job id, the hash field it sits under.
 from __future__ import annotations
 
 import enum
-import secrets
-from dataclasses import dataclass, field
+import functools
+import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from app.durations import format_ms
 
 JSONValue = Any  # any value json.loads can return
 
@@ -95,12 +98,16 @@ class Job:
     failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY
     first_ms: int = 0  # the first trigger's due time
     expires_ms: int | None = None  # no trigger is due after this
-    # Changes on every write of the job: in the trigger id, so an overwritten job's
-    # triggers never share an idempotency id with the old one's.
-    rev: str = field(default_factory=lambda: secrets.token_hex(4))
     # Set on the one-shot job that replays a dead letter: the dead trigger's id,
     # kept as the idempotency id of the replay.
     replay_of: str | None = None
+
+    @functools.cached_property
+    def rev(self) -> str:
+        """A digest of the stored record, part of every trigger id: a job overwritten with
+        anything different never shares an idempotency id with the old one. Derived, not
+        stored (memory)."""
+        return f"{zlib.crc32(self.encode()):08x}"
 
     @property
     def has_any(self) -> bool:
@@ -109,7 +116,7 @@ class Job:
     def encode(self) -> bytes:
         """The stored record: what a worker or a GET needs (memory: see the module
         docstring)."""
-        record: dict[str, Any] = {"rv": self.rev, "f1": self.first_ms}
+        record: dict[str, Any] = {"f1": self.first_ms}
         if self.any_type is not None:
             record["t"] = _short_type(self.any_type)
             record["v"] = self.any_value
@@ -118,7 +125,8 @@ class Job:
         if self.schedule is not None:
             record["s"] = self.schedule
         if self.due_time is not None:
-            record["u"] = self.due_time
+            # 0: the dueTime was given as exactly the RFC 3339 form of the first due time.
+            record["u"] = 0 if self.due_time == format_ms(self.first_ms) else self.due_time
         if self.repeats is not None:
             record["r"] = self.repeats
         if self.ttl is not None:
@@ -136,6 +144,7 @@ class Job:
         record = orjson.loads(raw)
         fp = record.get("fp")
         any_type = record.get("t")
+        due_time = record.get("u")
         return cls(
             app_id=app_id,
             name=name,
@@ -143,13 +152,12 @@ class Job:
             any_type=None if any_type is None else _long_type(any_type),
             any_value=record.get("v"),
             schedule=record.get("s"),
-            due_time=record.get("u"),
+            due_time=format_ms(record["f1"]) if due_time == 0 else due_time,
             repeats=record.get("r"),
             ttl=record.get("l"),
             failure_policy=FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
             first_ms=record["f1"],
             expires_ms=record.get("x"),
-            rev=record["rv"],
             replay_of=record.get("ti"),
         )
 
