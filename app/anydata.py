@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from typing import Any
 
 import orjson
@@ -97,6 +98,22 @@ _VALUE_FORM_TYPES = frozenset(
 
 
 def pack_any(data: dict[str, Any]) -> tuple[str, str]:
+    """A JSON-form Any -> (type URL, standard base64 of the serialized inner message)."""
+    value, type_url = data.get("value"), data.get("@type")
+    if len(data) == 2 and isinstance(type_url, str) and isinstance(value, str | int | float):
+        # The common case (a wrapper type around a scalar) is cached: the schedule
+        # endpoint's hot path, and jobs often share their data.
+        return _pack_scalar(type_url, type(value).__name__, value)
+    return _pack(data)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pack_scalar(type_url: str, _kind: str, value: str | int | float) -> tuple[str, str]:
+    # `_kind` keeps True and 1 (equal as dict keys) apart.
+    return _pack({"@type": type_url, "value": value})
+
+
+def _pack(data: dict[str, Any]) -> tuple[str, str]:
     """A JSON-form Any -> (type URL, standard base64 of the serialized inner message).
 
     Raises ApiError 400 (ERR_MALFORMED_REQUEST_DATA) when the type is unknown or
