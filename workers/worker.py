@@ -195,6 +195,9 @@ class Worker:
             pubsub = self.queue.pubsub()
             try:
                 await pubsub.subscribe(self.queue.keys.wake_channel)
+                # A job scheduled before the subscription took hold published to nobody:
+                # look once more now that no wake-up can be missed.
+                self._wake.set()
                 while not stop.is_set():
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
