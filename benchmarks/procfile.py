@@ -10,7 +10,7 @@ from benchmarks.procs import REPO_ROOT, BenchError
 JOBRUNNER_TARGET = '"app.api:create_app()"'
 FALLBACK_WEB = (
     'gunicorn "app.api:create_app()" --bind 0.0.0.0:${PORT:-6280} --worker-class gthread '
-    "--workers ${WEB_CONCURRENCY:-2} --threads ${JOBRUNNER_API_THREADS:-8} --graceful-timeout 10"
+    "--workers ${WEB_CONCURRENCY:-2} --threads ${JOBRUNNER_API_THREADS:-4} --graceful-timeout 10"
 )
 
 
