@@ -102,17 +102,8 @@ def up(ctx: click.Context, /, **params: Any) -> None:
         wait_api(sup, api, settings)
         if not signals.requested:
             _print_banner(settings, embedded, data_dir, workers, api)
-            state = ServiceState(
-                kind="up",
-                pid=os.getpid(),
-                start=process_start_time(os.getpid()),
-                redis_url=settings.redis_url,
-                redis_embedded=embedded is not None,
-                prefix=settings.prefix,
-                partitions=settings.partitions,
-                data_dir=str(data_dir) if embedded else None,
-                children=[ProcInfo.of(c.name, c.pid) for c in sup.children],
-            )
+            state = _this_service("up", settings, sup,
+                                  data_dir=str(data_dir) if embedded else None)
             try:
                 registered = register_foreground(home, state)
                 if not registered:
@@ -188,18 +179,8 @@ def service(home: str, workers: int) -> None:
         logs["service"] = str(log_dir / "service.log")
         write_state(
             home_dir,
-            ServiceState(
-                kind="background",
-                pid=os.getpid(),
-                start=process_start_time(os.getpid()),
-                redis_url=settings.redis_url,
-                redis_embedded=embedded is not None,
-                prefix=settings.prefix,
-                partitions=settings.partitions,
-                data_dir=str(embedded.data_dir) if embedded else None,
-                children=[ProcInfo.of(c.name, c.pid) for c in sup.children],
-                logs=logs,
-            ),
+            _this_service("background", settings, sup,
+                          data_dir=str(embedded.data_dir) if embedded else None, logs=logs),
         )
         say(f"service ready: Redis at {redact_url(settings.redis_url)}, {workers} workers")
         dead = sup.watch()
@@ -213,3 +194,20 @@ def service(home: str, workers: int) -> None:
         signals.restore()
     say("service stopped")
     sys.exit(1 if dead is not None else 0)
+
+
+def _this_service(kind: str, settings: Settings, sup: Supervisor, data_dir: str | None,
+                  logs: dict[str, str] | None = None) -> ServiceState:
+    """The state file's record of the service this process runs (`up` or background)."""
+    return ServiceState(
+        kind=kind,
+        pid=os.getpid(),
+        start=process_start_time(os.getpid()),
+        redis_url=settings.redis_url,
+        redis_embedded=data_dir is not None,
+        prefix=settings.prefix,
+        partitions=settings.partitions,
+        data_dir=data_dir,
+        children=[ProcInfo.of(c.name, c.pid) for c in sup.children],
+        logs=logs or {},
+    )
