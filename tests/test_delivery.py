@@ -322,3 +322,38 @@ def test_never_early_hundreds_of_jobs_over_two_seconds(
             if arrival_us < due_us[name]:
                 early.append((name, due_us[name] - arrival_us))
     assert early == [], f"{len(early)} deliveries early (µs): {early[:10]}"
+
+
+def test_an_http_1_0_app_that_answers_without_content_length_is_done_after_one_attempt(
+        settings: Settings) -> None:
+    """Python's http.server answers HTTP/1.0 with no Content-Length and closes: the
+    response ends with the connection, and its status is the answer (no retry)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str] = []
+
+    class OldStyle(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(self.headers["jobrunner-attempt"])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), OldStyle)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                     daemon=True).start()
+    try:
+        store = register(settings, f"http://127.0.0.1:{server.server_address[1]}")
+        with ThreadWorker(settings):
+            for i in range(3):
+                store.schedule(make_job(f"old-{i}", data=i))
+            wait_for(lambda: store.counts()["jobs"] == 0, what="all three acknowledged")
+        assert seen == ["1", "1", "1"]
+        assert dead_letters(store) == []
+    finally:
+        server.shutdown()
+        server.server_close()

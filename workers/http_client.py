@@ -62,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = True
         self.got_bytes = False
+        self.status: int | None = None  # of the current response, once its headers are in
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,9 +77,20 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.status is not None and self.waiter is not None and not self.waiter.done():
+            # A response without Content-Length ends when the server closes (HTTP/1.0
+            # servers such as Python's http.server do this): the status is the answer.
+            self.reusable = False
+            self.waiter.set_result(self.status)
+            return
         self._fail(ServerDisconnected("connection closed before the response ended"))
 
     # httptools callbacks
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status >= 200:
+            self.status = status
+
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:
@@ -89,6 +101,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[int]:
         self.got_bytes = False
+        self.status = None
         if self.transport is None or self.transport.is_closing():
             raise ServerDisconnected("connection closed before the request was sent")
         self.waiter = asyncio.get_running_loop().create_future()
