@@ -36,8 +36,6 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     store = store or Store(settings)
     app = Flask("jobrunner", static_folder=None)  # no static files: an API only
     app.url_map.converters["anything"] = AnythingConverter
-    app.config["JOBRUNNER_SETTINGS"] = settings
-    app.config["JOBRUNNER_STORE"] = store
     # Whole-body cap well above the data cap, so the data limit answers 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_data_bytes * 4 + 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -132,4 +130,3 @@ def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
     threading.Thread(target=beat, args=(ok,), name="app-registration", daemon=True).start()
     # The thread holds no reference to the app: it stops when the app is collected.
     weakref.finalize(app, stop.set)
-    app.extensions["jobrunner_stop_registration"] = stop.set

@@ -103,7 +103,3 @@ class Keys:
     @property
     def wake_channel(self) -> str:
         return f"{self.prefix}:wake"
-
-    @property
-    def meta(self) -> str:
-        return f"{self.prefix}:meta"

@@ -109,10 +109,6 @@ class Job:
         stored (memory)."""
         return f"{zlib.crc32(self.encode()):08x}"
 
-    @property
-    def has_any(self) -> bool:
-        return self.any_type is not None
-
     def encode(self) -> bytes:
         """The stored record: what a worker or a GET needs (memory: see the module
         docstring)."""

@@ -315,9 +315,3 @@ def _parse_page_token(token: str, partitions: int) -> tuple[int, int, int | None
     if not in_range or (batch_end is not None and not 0 <= batch_end < 2**64):
         raise ValueError(f"invalid page token {token!r}")
     return (part, cursor, batch_end, after_id)
-
-
-def record_as_dict(raw: bytes | str) -> dict[str, Any]:
-    """A stored job record as a plain dict (dead letters keep it this way)."""
-    result: dict[str, Any] = orjson.loads(raw)
-    return result

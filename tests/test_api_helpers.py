@@ -90,7 +90,7 @@ def assert_store_consistent(client: Any, settings: Settings) -> set[str]:
             assert "/" in jid, jid
         all_ids |= jobs
     allowed = {k for pk in keys.all_partitions() for k in pk.all()}
-    allowed |= {keys.apps, keys.meta} | staged_keys
+    allowed |= {keys.apps} | staged_keys
     for raw_key in client.scan_iter(match=_glob(settings.prefix) + ":*", count=1000):
         key = raw_key.decode()
         assert key in allowed or key.startswith(f"{settings.prefix}:alive:"), key

@@ -27,8 +27,8 @@ from typing import Any
 from tests.chaos.conftest import ChaosEnv
 from tests.chaos.support.api_load import JobSpec, ScheduleLoad
 from tests.chaos.support.ledger import lateness, tally
-from tests.chaos.support.procs import wait_until
 from tests.chaos.support.store_ops import drain, leftovers
+from tests.support.waiting import wait_for
 
 DOWN_S = 1.5
 # The API's Redis client has a 2 s connect and 5 s read timeout; with Redis refusing
@@ -64,8 +64,8 @@ def test_redis_sigkill_and_restart_with_aof_loses_no_acknowledged_job(chaos: Cha
     def scheduled_since_restart() -> bool:
         return any(c.status == 204 and c.sent > up for c in load.snapshot())
 
-    wait_until(scheduled_since_restart, 20, "the API to schedule again after the restart",
-               interval=0.05)
+    wait_for(scheduled_since_restart, 20, interval=0.05,
+             what="the API to schedule again after the restart")
     rescheduled_after = min(c.done for c in load.snapshot()
                             if c.status == 204 and c.sent > up) - up
     time.sleep(max(0.0, began + size.restart_load_s - time.time()))

@@ -42,8 +42,9 @@ from app.clock import now_ms
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.api_load import Call, Client
 from tests.chaos.support.ledger import history, lateness, tally
-from tests.chaos.support.procs import ChaosRedis, RedisProxy, wait_until
+from tests.chaos.support.procs import ChaosRedis, RedisProxy
 from tests.chaos.support.store_ops import drain, every, expected_triggers, leftovers, load, one_shot
+from tests.support.waiting import wait_for
 
 API_BOUND_S = 8.0
 # 3 probes per period, each holding one of the API's 16 threads (2 processes x 8) for up
@@ -129,7 +130,7 @@ def test_redis_unreachable_for_10s(chaos: ChaosEnv, kind: str) -> None:
         after.append(call)
         return call.status == 204
 
-    wait_until(schedules_again, 20, "the API to schedule again after the outage", interval=0.1)
+    wait_for(schedules_again, 20, interval=0.1, what="the API to schedule again after the outage")
     expected.update({c.name: 1 for c in after if c.status == 204})
     expected["before"] = 1
 

@@ -27,7 +27,6 @@ from typing import Any
 from app.clock import now_ms
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.ledger import TriggerKey, lateness, tally
-from tests.chaos.support.procs import wait_until
 from tests.chaos.support.store_ops import (
     drain,
     every,
@@ -37,6 +36,7 @@ from tests.chaos.support.store_ops import (
     load,
     one_shot,
 )
+from tests.support.waiting import wait_for
 
 
 def test_sigkill_of_random_workers_loses_nothing(chaos: ChaosEnv) -> None:
@@ -69,8 +69,8 @@ def test_sigkill_of_random_workers_loses_nothing(chaos: ChaosEnv) -> None:
     held_at_kills: Counter[TriggerKey] = Counter()
     run_deadline = time.monotonic() + size.kill_window_s + size.kill_repeats + 90
     for mark in marks:
-        wait_until(lambda m=mark: receiver.count() >= m,
-                   max(1.0, run_deadline - time.monotonic()), f"{mark} requests before a kill")
+        wait_for(lambda m=mark: receiver.count() >= m,
+                 max(1.0, run_deadline - time.monotonic()), what=f"{mark} requests before a kill")
         victim = rng.choice(workers.alive)
         workers.kill(victim)
         at = time.time() * 1000

@@ -24,6 +24,7 @@ from typing import Any
 
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -51,18 +52,6 @@ def stable_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port outside the ephemeral range")
-
-
-def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll `condition` until it returns something truthy; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 class Proc:
@@ -208,7 +197,7 @@ class Workers:
                 raise AssertionError(f"{proc.name} exited before it was ready:\n{proc.tail()}")
             return f"worker {proc.pid} started" in proc.log()
 
-        wait_until(ready, timeout, f"{proc.name} to start")
+        wait_for(ready, timeout, what=f"{proc.name} to start")
 
     @property
     def alive(self) -> list[Proc]:
@@ -249,7 +238,7 @@ class ApiProcess:
             status, _, _ = http_request("GET", self.url + "/healthz", timeout=2.0)
             return status == 200
 
-        wait_until(healthy, timeout, "the API to answer /healthz", interval=0.1)
+        wait_for(healthy, timeout, interval=0.1, what="the API to answer /healthz")
         return self
 
 
@@ -303,7 +292,7 @@ class RedisProxy:
                 raise AssertionError(f"the Redis proxy exited:\n{proc.tail()}")
             return self.ready_file.exists()
 
-        wait_until(ready, timeout, "the Redis proxy to listen")
+        wait_for(ready, timeout, what="the Redis proxy to listen")
         ports = json.loads(self.ready_file.read_text())
         self.port, self.control_port = ports["port"], ports["control_port"]
         return self

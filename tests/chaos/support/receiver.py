@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from tests.chaos.support.procs import Proc, Procs, stable_port, wait_until
+from tests.chaos.support.procs import Proc, Procs, stable_port
+from tests.support.waiting import wait_for
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Receiver:
                 raise AssertionError(f"the receiver exited:\n{self.proc.tail()}")
             return self.ready_file.exists()
 
-        wait_until(ready, timeout, "the receiver to listen")
+        wait_for(ready, timeout, what="the receiver to listen")
         ports = json.loads(self.ready_file.read_text())
         self.port, self.control_port = ports["port"], ports["control_port"]
         return self
