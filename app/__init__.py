@@ -1,0 +1,19 @@
+"""jobrunner: the Dapr Jobs building block on Redis.
+
+One folder per layer; the dependency rule, enforced by the import-linter contracts in
+pyproject.toml (`lint-imports`, run by tests/test_quality.py):
+
+    app.cli          click commands                      may use everything below
+    app.processes    supervisor, background service,     starts things; uses api, store, jobs
+                     embedded Redis, API server
+    app.api          the HTTP API (Flask)                } siblings: never import each other;
+    workers          claim, deliver, settle (top level)  } each uses store, settings, jobs
+    app.store        Redis: keys, Lua scripts, store, dead letters, clients
+    app.settings     every setting, from the environment
+    app.jobs         the domain: job model, schedules, cron, durations, data formats,
+                     validation, errors. Pure: no Flask, click, gRPC, redis or I/O.
+
+Only `app.cli` and `app.processes` start processes or servers. Child processes are
+started with `python -P` so that the caller's folder (which may hold its own `app/`)
+is never on their import path.
+"""

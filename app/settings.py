@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.jobs.anydata import DELIVERY_FORMATS
+
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
@@ -62,9 +64,6 @@ def _signing_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
             raise SettingsError("JOBRUNNER_SIGNING_KEYS must look like 'kid:secret,kid2:secret2'")
         keys.append((kid, secret.encode()))
     return tuple(keys)
-
-
-DELIVERY_FORMATS = ("auto", "envelope", "raw")
 
 
 @dataclass(frozen=True)

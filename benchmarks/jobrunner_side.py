@@ -45,8 +45,8 @@ _packed: dict[bytes, tuple[str, str]] = {}
 
 def make_job(name: str, due_ms: int, data: Any) -> Any:
     """The job as the API would store it (protobuf Any data packed as the API packs it)."""
-    from app.anydata import is_any_json, pack_any
-    from app.model import Job
+    from app.jobs.anydata import is_any_json, pack_any
+    from app.jobs.model import Job
 
     any_type = any_value = None
     if is_any_json(data):
@@ -71,8 +71,8 @@ class Jobrunner:
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, procs: Procs, workers: int) -> None:
-        from app.keys import Keys
-        from app.store import AppRegistration, Store
+        from app.store.keys import Keys
+        from app.store.store import AppRegistration, Store
 
         cfg = settings(self.redis_url, self.receiver_url)
         store = Store(cfg)
@@ -99,7 +99,7 @@ class Jobrunner:
             conn.close()
 
     def load(self, jobs: Sequence[BenchJob]) -> None:
-        from app.store import Store
+        from app.store.store import Store
 
         store = Store(settings(self.redis_url, self.receiver_url))
         try:

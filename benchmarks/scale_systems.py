@@ -47,7 +47,7 @@ class JobrunnerScale:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def open(self) -> None:
-        from app.store import Store
+        from app.store.store import Store
         from workers.queue import Queue
 
         self.store = Store(self.settings)

@@ -22,9 +22,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.api import create_app
+from app.api.factory import create_app
 from app.settings import Settings
-from app.store import Store
+from app.store.store import Store
 from tests.support.jobs import register
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess

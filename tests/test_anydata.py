@@ -11,16 +11,16 @@ from google.protobuf import json_format, struct_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import errors
-from app.anydata import (
+from app.jobs import errors
+from app.jobs.anydata import (
     MAX_DATA_DEPTH,
     delivery_body,
     is_any_json,
     pack_any,
     unpack_any_json,
 )
-from app.errors import ApiError
-from app.model import Job
+from app.jobs.errors import ApiError
+from app.jobs.model import Job
 
 WKT = "type.googleapis.com/google.protobuf."
 SEED_DATA = {"@type": WKT + "StringValue", "value": "R2-D2:Oil Change"}

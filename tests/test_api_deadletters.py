@@ -14,10 +14,10 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 
-from app.api import create_app
-from app.keys import Keys, job_id
-from app.model import DeadLetter, Job
+from app.api.factory import create_app
+from app.jobs.model import DeadLetter, Job
 from app.settings import Settings
+from app.store.keys import Keys, job_id
 from tests.support.redis_proc import RedisProcess
 from tests.test_api_helpers import (
     api_settings,

@@ -15,8 +15,8 @@ from urllib.parse import quote
 import pytest
 from flask.testing import FlaskClient
 
-from app.anydata import MAX_DATA_DEPTH
-from app.api import create_app
+from app.api.factory import create_app
+from app.jobs.anydata import MAX_DATA_DEPTH
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess
 from tests.test_api_helpers import (

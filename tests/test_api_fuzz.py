@@ -22,7 +22,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from app.api import create_app
+from app.api.factory import create_app
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess
 from tests.test_api_helpers import (

@@ -10,8 +10,8 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from app.keys import Keys
 from app.settings import Settings
+from app.store.keys import Keys
 
 # Both spellings of the Dapr jobs API; every job route is tested on each.
 BASES = ("/v1.0-alpha1/jobs", "/v1.0/jobs")

@@ -17,7 +17,7 @@ import pytest
 from flask.testing import FlaskClient
 from google.protobuf import wrappers_pb2
 
-from app.clock import now_ms
+from app.jobs.clock import now_ms
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess
 from tests.support.seed import SEED_BODY
@@ -130,8 +130,8 @@ def test_any_data_is_stored_packed_for_delivery(
     client: FlaskClient, base: str, settings: Settings, redis_client: Any
 ) -> None:
     """The seed's handler base64-decodes `value`: the stored Any is the serialized message."""
-    from app.keys import Keys, job_id
-    from app.model import Job
+    from app.jobs.model import Job
+    from app.store.keys import Keys, job_id
 
     data = {"@type": STRING_VALUE, "value": "R2-D2:Oil Change"}
     assert_no_content(post_job(client, base, "R2-D2", {"dueTime": "1h", "data": data}))
@@ -369,8 +369,8 @@ def test_failure_policy_is_kept_in_the_store(
     client: FlaskClient, base: str, settings: Settings, redis_client: Any
 ) -> None:
     """Absent maxRetries is unlimited and absent interval is 0 where the workers read it."""
-    from app.keys import Keys, job_id
-    from app.model import FailureKind, Job
+    from app.jobs.model import FailureKind, Job
+    from app.store.keys import Keys, job_id
 
     keys = Keys(settings.prefix, settings.partitions)
     cases = {
@@ -559,7 +559,7 @@ def test_due_time_before_1970_is_claimable_after_a_lease_expires(
     """A past dueTime "fires at once"; one before the epoch must not poison the due index:
     the worker's claim script (app/lua/claim.lua, KEYS due/jobs/runs, ARGV now/batch/
     lease ms/token) must take the trigger again once its first lease has run out."""
-    from app.store import Store
+    from app.store.store import Store
 
     response = post_job(client, base, "ancient", {"dueTime": due_time})
     if response.status_code == 400:

@@ -16,9 +16,9 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.api import create_app
-from app.keys import job_id
+from app.api.factory import create_app
 from app.settings import Settings
+from app.store.keys import job_id
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.test_api_helpers import (
     BASES,

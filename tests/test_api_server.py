@@ -22,7 +22,7 @@ import pytest
 import redis
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from app.api import create_app
+from app.api.factory import create_app
 from app.settings import Settings
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.seed import SEED_BODY

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from app.procs import PROJECT_ROOT, port_is_free, process_alive
-from app.redis_server import bundled_redis_server
+from app.processes.procs import PROJECT_ROOT, port_is_free, process_alive
+from app.processes.redis_server import bundled_redis_server
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for

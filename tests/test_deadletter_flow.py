@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from click.testing import CliRunner, Result
 
-from app.cli import main
-from app.model import FailureKind, FailurePolicy
+from app.cli.main import main
+from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
-from app.store import Store
+from app.store.store import Store
 from tests.support.jobs import APP, dead_letters, make_job
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_for

@@ -21,11 +21,11 @@ from urllib.parse import unquote
 import pytest
 from flask.testing import FlaskClient
 
-from app.api import create_app
-from app.clock import now_ms
-from app.model import FailureKind, FailurePolicy
+from app.api.factory import create_app
+from app.jobs.clock import now_ms
+from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
-from app.store import Store
+from app.store.store import Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.seed import SEED_BODY

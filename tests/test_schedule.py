@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.schedule import (
+from app.jobs.schedule import (
     ERR_MALFORMED_REQUEST,
     ERR_SCHEDULE_EMPTY,
     ERR_SCHEDULE_JOB,

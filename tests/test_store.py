@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from app.keys import Keys, job_id
-from app.model import FailureKind, FailurePolicy, TriggerStatus
+from app.jobs.model import FailureKind, FailurePolicy, TriggerStatus
 from app.settings import Settings
-from app.store import JobExists, Store
+from app.store.keys import Keys, job_id
+from app.store.store import JobExists, Store
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
 from tests.support.redis_proc import RedisProcess
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import errors
-from app.anydata import MAX_DATA_DEPTH, delivery_body
-from app.errors import ApiError
-from app.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
-from app.validation import (
+from app.jobs import errors
+from app.jobs.anydata import MAX_DATA_DEPTH, delivery_body
+from app.jobs.errors import ApiError
+from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
+from app.jobs.validation import (
     job_to_api,
     parse_job_request,
     validate_app_id,

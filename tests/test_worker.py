@@ -18,8 +18,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from app.clock import now_ms
-from app.model import FailureKind, FailurePolicy, TriggerStatus
+from app.jobs.clock import now_ms
+from app.jobs.model import FailureKind, FailurePolicy, TriggerStatus
 from app.settings import Settings
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver

@@ -9,10 +9,10 @@ import os
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from app.anydata import delivery_body
-from app.model import Trigger
+from app.jobs.anydata import delivery_body
+from app.jobs.model import Trigger
 from app.settings import Settings
-from app.store import AppRegistration
+from app.store.store import AppRegistration
 from workers.http_client import HttpClient, Origin, PoolTimeout, ServerDisconnected, split_url
 
 # Header names of the delivery contract (README, "Delivery").

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from app.model import Trigger
+from app.jobs.model import Trigger
 from workers.delivery import Outcome
 
 DELIVERIES = Counter(

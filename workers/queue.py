@@ -14,13 +14,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from app import scripts
-from app.clock import now_ms
-from app.keys import Keys, split_job_id
-from app.model import Job, Trigger
-from app.redis_client import UNAVAILABLE, async_client
+from app.jobs.clock import now_ms
+from app.jobs.model import Job, Trigger
 from app.settings import Settings
-from app.store import AppRegistration
+from app.store import scripts
+from app.store.keys import Keys, split_job_id
+from app.store.redis_client import UNAVAILABLE, async_client
+from app.store.store import AppRegistration
 
 
 class Action:

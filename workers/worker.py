@@ -7,11 +7,11 @@ import contextlib
 import logging
 import time
 
-from app.clock import now_ms
-from app.model import DeadLetter, FailureKind, Trigger
-from app.redis_client import UNAVAILABLE
-from app.schedule import next_fire_ms
+from app.jobs.clock import now_ms
+from app.jobs.model import DeadLetter, FailureKind, Trigger
+from app.jobs.schedule import next_fire_ms
 from app.settings import Settings
+from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.http_client import HttpClient
 from workers.metrics import WorkerMetrics

@@ -50,7 +50,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from app.store import AppRegistration, Store
+from app.store.store import AppRegistration, Store
 from tests.chaos.support.ledger import Tally
 from tests.chaos.support.procs import (
     ApiProcess,

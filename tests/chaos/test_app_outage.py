@@ -52,8 +52,8 @@ import random
 import time
 from collections import defaultdict
 
-from app.clock import now_ms
-from app.model import DeadLetter, FailureKind, Job
+from app.jobs.clock import now_ms
+from app.jobs.model import DeadLetter, FailureKind, Job
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.ledger import Tally, TriggerKey, history, job_history, tally
 from tests.chaos.support.receiver import Delivery

@@ -11,7 +11,7 @@ import os
 import random
 import time
 
-from app.clock import now_ms
+from app.jobs.clock import now_ms
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.ledger import lateness, tally
 from tests.chaos.support.store_ops import drain, every, expected_triggers, leftovers, load, one_shot

@@ -38,7 +38,7 @@ from typing import Any
 
 import pytest
 
-from app.clock import now_ms
+from app.jobs.clock import now_ms
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.api_load import Call, Client
 from tests.chaos.support.ledger import history, lateness, tally

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from app.clock import now_ms
+from app.jobs.clock import now_ms
 from tests.chaos.conftest import APP_ID, ChaosEnv
 from tests.chaos.support.ledger import TriggerKey, lateness, tally
 from tests.chaos.support.store_ops import (

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from flask.testing import FlaskClient
 
-from app.api import create_app
-from app.keys import Keys, job_id
+from app.api.factory import create_app
 from app.settings import Settings
+from app.store.keys import Keys, job_id
 from tests.support.cluster import ClusterNode, RedisCluster
 from tests.support.jobs import APP
 from tests.support.receiver import Receiver

@@ -24,12 +24,12 @@ import redis
 from flask.testing import FlaskClient
 from redis.crc import key_slot
 
-from app.api import create_app
-from app.clock import now_ms
-from app.keys import Keys, job_id
-from app.redis_client import UNAVAILABLE, ClusterUnreachable, NotReplicated, sync_client
+from app.api.factory import create_app
+from app.jobs.clock import now_ms
 from app.settings import Settings
-from app.store import AppRegistration, Store
+from app.store.keys import Keys, job_id
+from app.store.redis_client import UNAVAILABLE, ClusterUnreachable, NotReplicated, sync_client
+from app.store.store import AppRegistration, Store
 from tests.cluster.conftest import PARTITIONS, WaitSettings, cluster_settings
 from tests.support.cluster import RedisCluster
 from tests.support.jobs import APP, make_job

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 from redis.crc import key_slot
 
-from app.api import create_app
-from app.keys import Keys, job_id
+from app.api.factory import create_app
 from app.settings import Settings
+from app.store.keys import Keys, job_id
 from tests.cluster.conftest import RESULTS, cluster_settings
 from tests.cluster.failover import run_failover
 from tests.support.cluster import ClusterNode, RedisCluster
@@ -76,7 +76,7 @@ def _filler_key(i: int) -> str:
 
 
 def _drop_filler(settings: Settings) -> None:
-    from app.redis_client import sync_client
+    from app.store.redis_client import sync_client
 
     client = sync_client(settings)
     try:

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from typing import Any
 from unittest import mock
 
-from app.clock import now_ms
-from app.model import DeadLetter, Job, Trigger
+from app.jobs.clock import now_ms
+from app.jobs.model import DeadLetter, Job, Trigger
 from app.settings import Settings
-from app.store import AppRegistration, Store
+from app.store.store import AppRegistration, Store
 
 APP = "job-service"
 
@@ -33,7 +33,7 @@ def register(settings: Settings, url: str, token: str = "", app_id: str = APP,
 def dead_letters(store: Store, app_id: str | None = None, limit: int = 100,
                  offset: int = 0) -> list[DeadLetter]:
     """The dead-letter queue, oldest first (app/deadletters.py)."""
-    from app.deadletters import DeadLetters
+    from app.store.deadletters import DeadLetters
 
     return DeadLetters(store).list_letters(app_id, limit=limit, offset=offset)
 

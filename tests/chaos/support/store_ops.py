@@ -6,10 +6,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from app.keys import split_job_id
-from app.model import DeadLetter, FailureKind, FailurePolicy, Job, RunState
-from app.redis_client import UNAVAILABLE
-from app.store import Store
+from app.jobs.model import DeadLetter, FailureKind, FailurePolicy, Job, RunState
+from app.store.keys import split_job_id
+from app.store.redis_client import UNAVAILABLE
+from app.store.store import Store
 from tests.chaos.support.ledger import TriggerKey
 from tests.chaos.support.receiver import Delivery, Receiver
 

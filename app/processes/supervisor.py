@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from app.procs import child_env, http_ok, popen_kwargs
+from app.processes.procs import child_env, http_ok, popen_kwargs, python_module
 from app.settings import Settings
 
 TIER_REDIS, TIER_WORKERS, TIER_API = 0, 1, 2
@@ -200,7 +200,7 @@ def start_workers(
             started.append(
                 sup.spawn(
                     name,
-                    [sys.executable, "-m", "workers"],
+                    python_module("workers"),
                     env=env,
                     tier=TIER_WORKERS,
                     grace_s=settings.shutdown_grace_s + 5.0,
@@ -214,10 +214,9 @@ def start_workers(
 
 
 def api_argv(host: str, processes: int, threads: int) -> list[str]:
-    return [
-        sys.executable, "-m", "app.cli", "api",
-        "--host", host, "--processes", str(processes), "--threads", str(threads),
-    ]  # fmt: skip
+    return python_module(
+        "app.cli", "api", "--host", host, "--processes", str(processes), "--threads", str(threads)
+    )
 
 
 def start_api(

@@ -43,12 +43,12 @@ from typing import Any
 
 import orjson
 
-from app import errors
-from app.anydata import MAX_DATA_DEPTH, is_any_json, pack_any, unpack_any_json
-from app.durations import go_duration_ns
-from app.errors import ApiError, malformed, malformed_data, payload_too_large
-from app.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
-from app.schedule import ScheduleError, plan
+from app.jobs import errors
+from app.jobs.anydata import MAX_DATA_DEPTH, is_any_json, pack_any, unpack_any_json
+from app.jobs.durations import go_duration_ns
+from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
+from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
+from app.jobs.schedule import ScheduleError, plan
 
 MAX_NAME_LENGTH = 253
 _UINT32_MAX = 2**32 - 1

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
-from app.procs import http_url
-from app.redis_server import require_redis
-from app.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
+from app.processes.procs import http_url
+from app.processes.redis_server import require_redis
+from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
+from app.processes.supervisor import Child, StopSignals, Supervisor, describe_exit
 from app.settings import Settings, SettingsError
-from app.supervisor import Child, StopSignals, Supervisor, describe_exit
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,8 +45,8 @@ def check_app_url(ctx: click.Context, param: click.Parameter, value: str | None)
 def check_app_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    from app.errors import ApiError
-    from app.validation import validate_app_id
+    from app.jobs.errors import ApiError
+    from app.jobs.validation import validate_app_id
 
     try:
         return validate_app_id(value)

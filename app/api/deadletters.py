@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
-from app import errors
-from app.deadletters import DeadLetters
-from app.model import DeadLetter
-from app.routes_jobs import ms_to_rfc3339
-from app.validation import job_to_api
+from app.api.jobs import ms_to_rfc3339
+from app.jobs import errors
+from app.jobs.model import DeadLetter
+from app.jobs.validation import job_to_api
+from app.store.deadletters import DeadLetters
 
 deadletters_bp = Blueprint("deadletters", __name__)
 

@@ -20,8 +20,8 @@ from typing import Any, NoReturn
 
 import click
 
-from app.cli_dlq import dlq
-from app.cli_options import (
+from app.cli.dlq import dlq
+from app.cli.options import (
     api_tuning,
     app_env,
     app_options,
@@ -31,11 +31,11 @@ from app.cli_options import (
     settings_from,
     wait_redis,
 )
-from app.cli_run import logs, run, status, stop
-from app.cli_up import service, up
-from app.procs import PortInUseError, ensure_port_free
-from app.redis_server import RedisServerError
-from app.service_state import ServiceError
+from app.cli.run import logs, run, status, stop
+from app.cli.up import service, up
+from app.processes.procs import PortInUseError, ensure_port_free
+from app.processes.redis_server import RedisServerError
+from app.processes.service_state import ServiceError
 from app.settings import SettingsError
 
 
@@ -80,7 +80,7 @@ for command in (up, run, stop, status, logs, service, dlq):
 @click.pass_context
 def api(ctx: click.Context, /, **params: Any) -> None:
     """Serve the jobs API (gunicorn, gthread workers) for one app."""
-    from app.serve import ServeOptions, serve
+    from app.processes.serve import ServeOptions, serve
 
     settings = settings_from(app_env(ctx, params))
     # For anything in the API that reads the environment itself.

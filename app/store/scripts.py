@@ -14,4 +14,4 @@ SCRIPT_NAMES = (
 def source(name: str) -> str:
     if name not in SCRIPT_NAMES:
         raise KeyError(f"no Lua script named {name!r}")
-    return resources.files("app").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files("app.store").joinpath("lua", f"{name}.lua").read_text("utf-8")

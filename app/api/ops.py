@@ -7,8 +7,8 @@ from importlib import resources
 from flask import Blueprint, Response, g, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
-from app import errors
-from app.redis_client import UNAVAILABLE
+from app.jobs import errors
+from app.store.redis_client import UNAVAILABLE
 
 ops_bp = Blueprint("ops", __name__)
 
@@ -36,5 +36,5 @@ def metrics() -> Response:
 
 @ops_bp.get("/openapi.json")
 def openapi() -> Response:
-    text = resources.files("app").joinpath("openapi.json").read_text("utf-8")
+    text = resources.files("app.api").joinpath("openapi.json").read_text("utf-8")
     return Response(text, mimetype="application/json")

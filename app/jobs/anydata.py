@@ -53,9 +53,8 @@ from google.protobuf import (  # noqa: F401
 )
 from google.protobuf.message import DecodeError
 
-from app.errors import ApiError, malformed_data
-from app.model import Job
-from app.settings import DELIVERY_FORMATS
+from app.jobs.errors import ApiError, malformed_data
+from app.jobs.model import Job
 
 # Deepest nesting of JSON arrays/objects accepted in job data (validation
 # checks it). A Struct/Value takes two protobuf levels per JSON level, and
@@ -64,6 +63,9 @@ from app.settings import DELIVERY_FORMATS
 # accept can be packed here and decoded by the app.
 MAX_DATA_DEPTH = 32
 _RECURSION_DEPTH = 100  # json_format's default, made explicit
+
+# How data goes out: `auto` (Any as envelope, other JSON raw), or one of the two forced.
+DELIVERY_FORMATS = ("auto", "envelope", "raw")
 
 _STRING_VALUE_URL = "type.googleapis.com/google.protobuf.StringValue"
 _VALUE_URL = "type.googleapis.com/google.protobuf.Value"

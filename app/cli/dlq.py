@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from app.deadletters import DeadLetters
-from app.model import DeadLetter
-from app.redis_client import UNAVAILABLE
-from app.service_state import jobrunner_home, read_state
+from app.jobs.model import DeadLetter
+from app.processes.service_state import jobrunner_home, read_state
 from app.settings import Settings
-from app.store import Store
+from app.store.deadletters import DeadLetters
+from app.store.redis_client import UNAVAILABLE
+from app.store.store import Store
 
 
 def _store(redis_url: str | None, app_id: str) -> Store:

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import redis
 
-from app.procs import free_port, popen_kwargs, port_is_free, redact_url, stop_process, tail
+from app.processes.procs import (
+    free_port,
+    popen_kwargs,
+    port_is_free,
+    redact_url,
+    stop_process,
+    tail,
+)
 
 REDIS_BINARY_ENV = "JOBRUNNER_REDIS_SERVER"
 PORT_FILE = "redis.port"

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from app.durations import format_ms
+from app.jobs.durations import format_ms
 
 JSONValue = Any  # any value json.loads can return
 

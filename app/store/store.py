@@ -15,11 +15,11 @@ from typing import Any
 
 import orjson
 
-from app import scripts
-from app.keys import Keys, is_replay, job_id, split_job_id
-from app.model import Job, RunState, TriggerStatus
-from app.redis_client import sync_client
+from app.jobs.model import Job, RunState, TriggerStatus
 from app.settings import Settings
+from app.store import scripts
+from app.store.keys import Keys, is_replay, job_id, split_job_id
+from app.store.redis_client import sync_client
 
 
 class JobExists(Exception):

@@ -11,15 +11,15 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from app import errors
-from app.errors import ApiError
-from app.redis_client import UNAVAILABLE
-from app.routes_deadletters import deadletters_bp
-from app.routes_jobs import jobs_bp
-from app.routes_ops import ops_bp
+from app.api.deadletters import deadletters_bp
+from app.api.jobs import jobs_bp
+from app.api.ops import ops_bp
+from app.jobs import errors
+from app.jobs.errors import ApiError
+from app.jobs.validation import validate_app_id
 from app.settings import Settings
-from app.store import AppRegistration, Store
-from app.validation import validate_app_id
+from app.store.redis_client import UNAVAILABLE
+from app.store.store import AppRegistration, Store
 
 log = logging.getLogger("jobrunner.api")
 

@@ -1,9 +1,9 @@
 """Redis connections, single node or cluster, sync (API) or asyncio (workers).
 
 `sync_client`/`async_client` give redis-py clients (RedisCluster when
-`Settings.redis_cluster`), with the fixes for Redis Cluster of app.redis_cluster
+`Settings.redis_cluster`), with the fixes for Redis Cluster of app.store.redis_cluster
 (scripts in cluster pipelines, pub/sub on a fresh client, ClusterUnreachable)
-and the optional replica acknowledgement of app.redis_wait (`wait_replicas`:
+and the optional replica acknowledgement of app.store.redis_wait (`wait_replicas`:
 a write fewer replicas acknowledged raises NotReplicated). UNAVAILABLE lists
 the errors that mean Redis is away: the API answers 503 and workers back off.
 The client classes and errors are re-exported here.
@@ -16,13 +16,14 @@ from typing import Any, cast
 import redis
 import redis.exceptions
 
-from app.redis_cluster import (
+from app.settings import Settings
+from app.store.redis_cluster import (
     AsyncClusterClient,
     ClusterClient,
     ClusterUnreachable,
     reraise_unreachable,
 )
-from app.redis_wait import (
+from app.store.redis_wait import (
     DEFAULT_WAIT_TIMEOUT_MS,
     AsyncWaitingRedis,
     NotReplicated,
@@ -30,7 +31,6 @@ from app.redis_wait import (
     WaitPolicy,
     wait_policy,
 )
-from app.settings import Settings
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT_MS",
@@ -71,7 +71,8 @@ def sync_client(settings: Settings, *, wait_replicas: int | None = None,
                 wait_timeout_ms: int | None = None) -> Any:
     """A sync client: ClusterClient (redis.cluster.RedisCluster) or WaitingRedis (redis.Redis).
 
-    `wait_replicas`/`wait_timeout_ms` override the settings' wait policy (see app.redis_wait)."""
+    `wait_replicas`/`wait_timeout_ms` override the settings' wait policy
+    (see app.store.redis_wait)."""
     policy = wait_policy(settings, wait_replicas, wait_timeout_ms)
     client: ClusterClient | WaitingRedis
     if settings.redis_cluster:

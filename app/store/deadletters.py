@@ -13,10 +13,10 @@ import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
-from app.clock import now_ms
-from app.keys import replay_job_id
-from app.model import DeadLetter
-from app.store import Store
+from app.jobs.clock import now_ms
+from app.jobs.model import DeadLetter
+from app.store.keys import replay_job_id
+from app.store.store import Store
 
 
 def _text(value: bytes | str) -> str:

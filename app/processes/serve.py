@@ -12,7 +12,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from app.procs import http_url
+from app.processes.procs import http_url
 from app.settings import Settings
 
 DEFAULT_PROCESSES = 2
@@ -76,7 +76,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from app.api import create_app
+        from app.api.factory import create_app
 
         return create_app(self.settings)
 
@@ -84,7 +84,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
 def serve(settings: Settings, options: ServeOptions) -> int:
     """Run gunicorn until SIGTERM (graceful) or SIGINT (quick); returns its exit code."""
     # Imported once here, before gunicorn forks: each worker then only builds the app.
-    import app.api  # noqa: F401
+    import app.api.factory  # noqa: F401
 
     try:
         _Gunicorn(settings, options).run()

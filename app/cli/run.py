@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from app.cli_options import (
+from app.cli.options import (
     api_tuning,
     app_env,
     app_options,
@@ -21,16 +21,16 @@ from app.cli_options import (
     wait_api,
     wait_redis,
 )
-from app.procs import ensure_port_free, redact_url
-from app.service_state import (
+from app.processes.procs import ensure_port_free, redact_url
+from app.processes.service_state import (
     LOG_DIR,
     ensure_service,
     jobrunner_home,
     read_state,
     stop_service,
 )
+from app.processes.supervisor import StopSignals, Supervisor, describe_exit, say, start_api
 from app.settings import Settings
-from app.supervisor import StopSignals, Supervisor, describe_exit, say, start_api
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -56,7 +56,7 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
     APP_PORT and DAPR_HTTP_PORT; its output is shown with an `== APP ==` prefix. Without
     COMMAND, the API runs until Ctrl-C. Exits with COMMAND's exit code.
     """
-    from app.app_runner import CommandNotFoundError, run_app
+    from app.processes.app_runner import CommandNotFoundError, run_app
 
     redis_url: str | None = params["redis_url"]
     settings = settings_from(app_env(ctx, params))
@@ -134,7 +134,7 @@ def stop(home: str | None) -> None:
 @home_option
 def status(home: str | None) -> None:
     """Show the shared service. Exits 1 when none is running."""
-    from app.redis_server import ping
+    from app.processes.redis_server import ping
 
     home_dir = jobrunner_home(home)
     # Read only: cleaning up a stale state is for the commands that hold the lock.
@@ -165,7 +165,7 @@ def status(home: str | None) -> None:
 @click.argument("names", nargs=-1)
 def logs(home: str | None, lines: int, names: tuple[str, ...]) -> None:
     """Show the end of the shared service's logs (service, redis, worker-N)."""
-    from app.procs import tail
+    from app.processes.procs import tail
 
     log_dir = jobrunner_home(home) / LOG_DIR
     files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []

@@ -6,12 +6,12 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from app import errors
-from app.clock import now_ms
-from app.durations import format_ms
-from app.errors import ApiError
-from app.store import JobExists, JobView, Store
-from app.validation import job_to_api, parse_job_request, validate_name
+from app.jobs import errors
+from app.jobs.clock import now_ms
+from app.jobs.durations import format_ms
+from app.jobs.errors import ApiError
+from app.jobs.validation import job_to_api, parse_job_request, validate_name
+from app.store.store import JobExists, JobView, Store
 
 jobs_bp = Blueprint("jobs", __name__)
 

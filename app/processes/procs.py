@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 # The folder that holds the `app` and `workers` packages.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class PortInUseError(RuntimeError):
@@ -108,6 +108,15 @@ def popen_kwargs(*, die_with_parent: bool) -> dict[str, Any]:
     if die_with_parent and _libc is not None:
         kwargs["preexec_fn"] = _die_with(os.getpid())
     return kwargs
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """argv that runs `python -m module` in a child, never from the caller's folder.
+
+    `-P` keeps the working directory off `sys.path`: a user's own `app/` or `workers/`
+    package there must not shadow ours.
+    """
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:

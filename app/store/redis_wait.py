@@ -4,14 +4,14 @@ Redis replicates asynchronously: a master that dies right after answering
 takes its last writes with it, and its promoted replica never saw them. With
 `wait_replicas=n`, every script call is followed by `WAIT n timeout` on the
 same connection to the same node, and a write fewer than n replicas
-acknowledged in time raises `NotReplicated` (one of app.redis_client's
+acknowledged in time raises `NotReplicated` (one of app.store.redis_client's
 UNAVAILABLE: the API answers 503, the worker retries). The Lua scripts make
 every write of the store (schedule, delete, claim, ack, release), so a write
 the API or a worker saw succeed survives a failover. A master without a
 replica then refuses writes until one is back (the price of the guarantee).
 
 Here: the policy and the single-node clients (sync and asyncio); the cluster
-clients of app.redis_cluster apply the same policy node by node.
+clients of app.store.redis_cluster apply the same policy node by node.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@
   it first, and relearns the layout when the node it listened to died.
 - "Unavailable" errors: redis-py reports a cluster it cannot reach at all as a
   RedisClusterException; ours raise ClusterUnreachable (a ConnectionError), and
-  app.redis_client's UNAVAILABLE covers the errors of a failover (CLUSTERDOWN,
+  app.store.redis_client's UNAVAILABLE covers the errors of a failover (CLUSTERDOWN,
   TRYAGAIN, a slot missing from the map), so the API answers 503 and workers
   back off.
-- The replica acknowledgement of app.redis_wait, each script call and its WAIT
+- The replica acknowledgement of app.store.redis_wait, each script call and its WAIT
   sent on one connection to the master of the script's slot.
 """
 
@@ -34,7 +34,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.redis_wait import WaitPolicy
+from app.store.redis_wait import WaitPolicy
 
 
 class ClusterUnreachable(redis.ConnectionError):
@@ -249,7 +249,7 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
 
     A script call and its WAIT must share a connection; the cluster client picks
     connections per command, so waited calls go through one plain client per master,
-    made from `url` and `timeouts` (set by app.redis_client, as the cluster was made)."""
+    made from `url` and `timeouts` (set by app.store.redis_client, as the cluster was made)."""
 
     replica_wait: WaitPolicy | None = None
     url: str = ""

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from app.cli_options import (
+from app.cli.options import (
     PORT,
     api_tuning,
     app_env,
@@ -26,9 +26,9 @@ from app.cli_options import (
     wait_redis,
     workers_option,
 )
-from app.procs import ensure_port_free, http_url, process_start_time, redact_url
-from app.redis_server import EmbeddedRedis
-from app.service_state import (
+from app.processes.procs import ensure_port_free, http_url, process_start_time, redact_url
+from app.processes.redis_server import EmbeddedRedis
+from app.processes.service_state import (
     DATA_DIR,
     LOG_DIR,
     ProcInfo,
@@ -39,8 +39,7 @@ from app.service_state import (
     remove_state,
     write_state,
 )
-from app.settings import Settings
-from app.supervisor import (
+from app.processes.supervisor import (
     REDIS_GRACE_S,
     TIER_REDIS,
     Child,
@@ -51,6 +50,7 @@ from app.supervisor import (
     start_api,
     start_workers,
 )
+from app.settings import Settings
 
 
 @click.command()

@@ -23,14 +23,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from app.procs import child_env, process_alive, process_start_time, redact_url, tail, wait_until
+from app.processes.procs import (
+    child_env,
+    process_alive,
+    process_start_time,
+    python_module,
+    redact_url,
+    tail,
+    wait_until,
+)
 from app.settings import Settings
 
 STATE_FILE = "service.json"
@@ -205,7 +212,7 @@ def _start_background(
     log_path = home / LOG_DIR / "service.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     since = log_path.stat().st_size if log_path.exists() else 0
-    argv = [sys.executable, "-m", "app.cli", "service", "--home", str(home)]
+    argv = python_module("app.cli", "service", "--home", str(home))
     argv += ["--workers", str(workers)]
     with log_path.open("ab") as log:
         # Its own session: it outlives this command and no terminal signal reaches it.

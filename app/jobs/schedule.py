@@ -1,15 +1,15 @@
 """Schedule maths for jobs: validating a job's timing, and when its triggers are due.
 
-Schedules (cron and `@every`) are parsed by app.cron, a port of Dapr's cron
+Schedules (cron and `@every`) are parsed by app.jobs.cron, a port of Dapr's cron
 dialect whose docstring describes it; this module caches them and turns a
 job's schedule, dueTime, ttl and repeats into trigger times. It also
-re-exports the schedule types and the duration helpers of app.durations
+re-exports the schedule types and the duration helpers of app.jobs.durations
 (see there for dueTime/ttl parsing), so callers import from here.
 
 Trigger times are integer epoch milliseconds and a trigger is never due
 before its time.
 
-Where this differs from Dapr (1.15+, go-etcd-cron), deliberately (see app.cron
+Where this differs from Dapr (1.15+, go-etcd-cron), deliberately (see app.jobs.cron
 for the differences in the cron dialect itself):
 
 - Missed occurrences are coalesced: after downtime the next trigger is the
@@ -29,8 +29,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from app.cron import CronSchedule, EverySchedule, Schedule, parse_cron
-from app.durations import (
+from app.jobs.cron import CronSchedule, EverySchedule, Schedule, parse_cron
+from app.jobs.durations import (
     ERR_MALFORMED_REQUEST,
     ERR_SCHEDULE_EMPTY,
     ERR_SCHEDULE_INVALID,
@@ -67,7 +67,7 @@ _MAX_REPEATS = 2**32 - 1  # Dapr's repeats is a uint32
 
 @functools.lru_cache(maxsize=4096)
 def parse_schedule(expr: str) -> Schedule:
-    """Parse a Dapr job schedule (the dialect is app.cron's); cached by expression.
+    """Parse a Dapr job schedule (the dialect is app.jobs.cron's); cached by expression.
 
     Raises ScheduleError (code DAPR_SCHEDULER_SCHEDULE_JOB) naming the problem.
     """

@@ -18,8 +18,8 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
-from app.procs import popen_kwargs
-from app.supervisor import Child, StopSignals, describe_exit, say
+from app.processes.procs import popen_kwargs
+from app.processes.supervisor import Child, StopSignals, describe_exit, say
 
 PREFIX = b"== APP == "
 STOP_GRACE_S = 10.0

@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from app.durations import NS_PER_MS, ScheduleError, days_since_epoch, go_duration_ns
+from app.jobs.durations import NS_PER_MS, ScheduleError, days_since_epoch, go_duration_ns
 
 __all__ = ["CronSchedule", "EverySchedule", "Schedule", "parse_cron"]
 
@@ -287,7 +287,7 @@ def _load_zone(name: str) -> _dt.tzinfo:
 def parse_cron(expr: str) -> Schedule:
     """robfig Parser.Parse with Second|Minute|Hour|Dom|Month|Dow|Descriptor.
 
-    Raises ValueError with robfig's wording; app.schedule.parse_schedule wraps it.
+    Raises ValueError with robfig's wording; app.jobs.schedule.parse_schedule wraps it.
     """
     if not expr:
         raise ValueError("empty spec string")
