@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import re
 from typing import Any
 
 import orjson
@@ -53,7 +54,7 @@ from google.protobuf import (  # noqa: F401
 )
 from google.protobuf.message import DecodeError
 
-from app.jobs.errors import ApiError, malformed_data
+from app.jobs.errors import ApiError, malformed_data, payload_too_large
 from app.jobs.model import Job
 
 # Deepest nesting of JSON arrays/objects accepted in job data (validation
@@ -197,3 +198,74 @@ def _pack_plain(data: Any) -> tuple[str, str]:
     # Accepted data is plain JSON no deeper than MAX_DATA_DEPTH: it always fits a Value.
     json_format.ParseDict(data, value, max_recursion_depth=_RECURSION_DEPTH)
     return _VALUE_URL, base64.b64encode(value.SerializeToString()).decode("ascii")
+
+
+# --- data as Dapr keeps it: a protobuf Any (the gRPC API, gRPC delivery) ------------
+#
+# Dapr stores every job's data as a google.protobuf.Any. Over gRPC the caller gives
+# the Any (of any type, or none) and gets it back as given. Over HTTP the body's
+# `data` is read into a google.protobuf.Value and packed into an Any
+# (pkg/api/universal/jobs.go, ScheduleJobAlpha1HTTP: `anypb.New(job.GetData())`,
+# Dapr 1.15+), so plain JSON data scheduled over HTTP reads back over gRPC as an Any
+# of type google.protobuf.Value. An `@type` object scheduled over HTTP is kept as the
+# Any it names (see the module docstring), and reads back as that Any.
+
+MAX_TYPE_URL_LENGTH = 2048
+# protobuf's Any: `[prefix]/full.type.Name`. The prefix must not start with "~" (the
+# job record's mark for a shortened well-known type URL, app/jobs/model.py).
+_TYPE_URL = re.compile(
+    r"(?:[^\s/~\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*)?/[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+)
+
+
+def job_data_as_any(job: Job) -> any_pb2.Any | None:
+    """The job's data as the protobuf Any Dapr keeps and hands out over gRPC (GetJob,
+    ListJobs, OnJobEvent); None when the job has no data."""
+    if job.any_type is not None:
+        return any_pb2.Any(type_url=job.any_type, value=base64.b64decode(job.any_value or ""))
+    if job.data is None:
+        return None
+    return any_pb2.Any(type_url=_VALUE_URL, value=json_value_bytes(job.data))
+
+
+def json_value_bytes(data: Any) -> bytes:
+    """Plain JSON data as a serialized google.protobuf.Value (numbers become doubles, as
+    in protojson). Accepted job data is never deeper than MAX_DATA_DEPTH, so it fits."""
+    value = struct_pb2.Value()
+    json_format.ParseDict(data, value, max_recursion_depth=_RECURSION_DEPTH)
+    return value.SerializeToString()
+
+
+def stored_any(type_url: str, value: bytes, max_data_bytes: int) -> tuple[str, str] | None:
+    """An Any given over gRPC -> (type URL, standard base64 of `value`) as the job record
+    keeps it, or None for an empty Any (no type URL, no bytes: the SDKs send it for "no
+    data"). The bytes are kept as given, not decoded: the type may be any message, also
+    one no descriptor here knows, and a type URL may be empty (the Python SDK's own
+    example sends JSON bytes that way).
+
+    Raises ApiError 400 (ERR_MALFORMED_REQUEST_DATA) for a type URL that is not one, and
+    413 when the base64 is longer than `max_data_bytes` (the limit the HTTP API applies to
+    the base64 of an Any)."""
+    if not type_url and not value:
+        return None
+    if len(type_url) > MAX_TYPE_URL_LENGTH:
+        raise malformed_data(f"the Any's type URL is longer than {MAX_TYPE_URL_LENGTH} characters")
+    if type_url and not _TYPE_URL.fullmatch(type_url):
+        raise malformed_data(
+            f"{type_url[:80]!r} is not a protobuf type URL (`prefix/full.type.Name`)"
+        )
+    encoded = base64.b64encode(value).decode("ascii")
+    if len(encoded) > max_data_bytes:
+        raise payload_too_large(len(encoded), max_data_bytes)
+    return type_url, encoded
+
+
+def any_json_or_bytes(type_url: str, value_b64: str) -> dict[str, Any]:
+    """A stored Any for a JSON answer (the HTTP API's GET of a job scheduled over gRPC):
+    its JSON form when the type is one this process knows (unpack_any_json), else
+    `{"@type": type_url, "value": "<base64 of the bytes>"}`, the bytes as stored. Dapr's
+    protojson cannot render such an Any at all (its GET fails with 500)."""
+    try:
+        return unpack_any_json(type_url, value_b64)
+    except ValueError:
+        return {"@type": type_url, "value": value_b64}
