@@ -60,6 +60,7 @@ def assert_error(response: Any, status: int, code: str | None = None) -> dict[st
 def assert_no_content(response: Any) -> None:
     assert response.status_code == 204, (response.status_code, response.get_data(as_text=True))
     assert response.get_data() == b""
+    assert "Content-Type" not in response.headers  # an empty answer has no type
 
 
 

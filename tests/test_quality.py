@@ -29,3 +29,53 @@ def test_import_contracts_are_kept() -> None:
     result = _run(str(BIN / "lint-imports"), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
+
+
+# Import name of each declared distribution, where it differs from the distribution's name.
+_IMPORT_NAMES = {"protobuf": "google.protobuf", "prometheus-client": "prometheus_client",
+                 "rq-scheduler": "rq_scheduler", "openapi-spec-validator": "openapi_spec_validator",
+                 "dapr-ext-grpc": "dapr.ext.grpc", "grpcio": "grpc", "python-json-logger":
+                 "pythonjsonlogger"}  # fmt: skip
+# Declared for what they run, not for an import: the gates above, the typing stubs mypy
+# reads, pytest plugins, and the Procfile's process manager.
+_TOOLS = {"ruff", "mypy", "import-linter", "types-protobuf", "pytest-timeout", "honcho"}
+
+
+def _declared() -> dict[str, list[str]]:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {"dependencies": project["dependencies"], **project["optional-dependencies"]}
+    name = re.compile(r"^[A-Za-z0-9_.-]+")
+    return {group: [name.match(spec)[0].lower() for spec in specs]  # type: ignore[index]
+            for group, specs in groups.items()}  # fmt: skip
+
+
+def _imported_in(folders: list[str], module: str) -> bool:
+    import re
+
+    pattern = re.compile(
+        rf"^\s*(import|from) {re.escape(module)}\b|find_spec\(\"{re.escape(module)}\"\)", re.M
+    )
+    return any(
+        pattern.search(path.read_text(errors="replace"))
+        for folder in folders
+        for path in (ROOT / folder).rglob("*.py")
+    )
+
+
+def test_every_declared_dependency_is_used() -> None:
+    """The dependency list is honest: nothing is declared that its part does not import."""
+    where = {"dependencies": ["app", "workers"], "test": ["tests"], "bench": ["benchmarks"]}
+    everywhere = ["app", "workers", "tests", "benchmarks"]
+    unused = [
+        f"{group}: {dist}"
+        for group, dists in _declared().items()
+        for dist in dists
+        if dist not in _TOOLS
+        and not _imported_in(
+            where.get(group, everywhere), _IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+        )
+    ]
+    assert not unused, f"declared but never imported: {unused}"

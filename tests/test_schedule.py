@@ -14,10 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB
 from app.jobs.schedule import (
-    ERR_MALFORMED_REQUEST,
-    ERR_SCHEDULE_EMPTY,
-    ERR_SCHEDULE_JOB,
     CronSchedule,
     EverySchedule,
     Plan,
@@ -120,7 +118,7 @@ def test_go_duration_invalid(text: str) -> None:
     with pytest.raises(ScheduleError) as info:
         parse_go_duration(text)
     assert "duration" in str(info.value)
-    assert info.value.code == ERR_MALFORMED_REQUEST
+    assert info.value.code == MALFORMED_REQUEST
 
 
 def test_go_duration_sub_microsecond_rounds_up_in_timedelta() -> None:
@@ -267,7 +265,7 @@ def test_point_in_time(text: str, base: int, expected: int) -> None:
 def test_point_in_time_invalid(text: str, fragment: str) -> None:
     with pytest.raises(ScheduleError, match=fragment) as info:
         parse_point_in_time(text, BASE)
-    assert info.value.code == ERR_SCHEDULE_JOB
+    assert info.value.code == SCHEDULE_JOB
 
 
 @FAST
@@ -524,7 +522,7 @@ def test_schedule_invalid(expr: str, fragment: str) -> None:
         parse_schedule(expr)
     assert fragment in str(info.value)
     assert expr in str(info.value)  # the message names the offending schedule
-    assert info.value.code == ERR_SCHEDULE_JOB
+    assert info.value.code == SCHEDULE_JOB
 
 
 def test_schedule_kinds_and_cache() -> None:
@@ -748,25 +746,25 @@ def test_plan(
 @pytest.mark.parametrize(
     ("schedule", "due_time", "ttl", "repeats", "code", "fragment"),
     [
-        (None, None, None, None, ERR_SCHEDULE_EMPTY, "Schedule is empty"),
-        (None, None, "1h", 3, ERR_SCHEDULE_EMPTY, "Schedule is empty"),
-        ("@daily", None, None, -1, ERR_MALFORMED_REQUEST, "repeats"),
-        ("@daily", None, None, 2**32, ERR_MALFORMED_REQUEST, "repeats"),
-        ("@daily", None, None, True, ERR_MALFORMED_REQUEST, "repeats"),
-        (None, "1s", None, 2, ERR_SCHEDULE_JOB, "job must have a schedule to repeat"),
-        (None, "1s", "1h", None, ERR_SCHEDULE_JOB, "job must have a schedule to have a ttl"),
-        ("0 * * * *", None, None, None, ERR_SCHEDULE_JOB, "expected exactly 6 fields"),
-        ("", "1s", None, None, ERR_SCHEDULE_JOB, "empty spec string"),
-        ("@daily", "bad", None, None, ERR_SCHEDULE_JOB, "invalid dueTime"),
-        ("@daily", "1s", "bad", None, ERR_SCHEDULE_JOB, "invalid ttl"),
-        ("@daily", "R2/PT1S", None, None, ERR_SCHEDULE_JOB, "non-repeating ISO8601 expected"),
-        ("@every 1h", "2024-04-24T11:42:22Z", "2024-04-24T11:42:21Z", None, ERR_SCHEDULE_JOB,
+        (None, None, None, None, SCHEDULE_EMPTY, "Schedule is empty"),
+        (None, None, "1h", 3, SCHEDULE_EMPTY, "Schedule is empty"),
+        ("@daily", None, None, -1, MALFORMED_REQUEST, "repeats"),
+        ("@daily", None, None, 2**32, MALFORMED_REQUEST, "repeats"),
+        ("@daily", None, None, True, MALFORMED_REQUEST, "repeats"),
+        (None, "1s", None, 2, SCHEDULE_JOB, "job must have a schedule to repeat"),
+        (None, "1s", "1h", None, SCHEDULE_JOB, "job must have a schedule to have a ttl"),
+        ("0 * * * *", None, None, None, SCHEDULE_JOB, "expected exactly 6 fields"),
+        ("", "1s", None, None, SCHEDULE_JOB, "empty spec string"),
+        ("@daily", "bad", None, None, SCHEDULE_JOB, "invalid dueTime"),
+        ("@daily", "1s", "bad", None, SCHEDULE_JOB, "invalid ttl"),
+        ("@daily", "R2/PT1S", None, None, SCHEDULE_JOB, "non-repeating ISO8601 expected"),
+        ("@every 1h", "2024-04-24T11:42:22Z", "2024-04-24T11:42:21Z", None, SCHEDULE_JOB,
          "ttl must be greater than due time"),
-        ("@every 1h", "10s", "-1s", None, ERR_SCHEDULE_JOB, "ttl must be greater than due time"),
-        ("@daily", None, "1h", None, ERR_SCHEDULE_JOB, "job would never fire"),
-        ("@every 1h", None, "2024-01-01T00:00:00Z", None, ERR_SCHEDULE_JOB,
+        ("@every 1h", "10s", "-1s", None, SCHEDULE_JOB, "ttl must be greater than due time"),
+        ("@daily", None, "1h", None, SCHEDULE_JOB, "job would never fire"),
+        ("@every 1h", None, "2024-01-01T00:00:00Z", None, SCHEDULE_JOB,
          "job would never fire"),
-        ("0 0 0 30 2 *", None, None, None, ERR_SCHEDULE_JOB, "job would never fire"),
+        ("0 0 0 30 2 *", None, None, None, SCHEDULE_JOB, "job would never fire"),
     ],
 )  # fmt: skip
 def test_plan_errors(

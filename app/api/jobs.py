@@ -20,7 +20,9 @@ MAX_PAGE = 1000
 
 
 def _empty(status: int = 204) -> Response:
-    return Response(status=status)
+    response = Response(status=status)
+    del response.headers["Content-Type"]  # no body, so no type (Flask would say text/html)
+    return response
 
 
 def ms_to_rfc3339(ms: int | None) -> str | None:

@@ -33,9 +33,8 @@ from app.cli.options import (
 )
 from app.cli.run import logs, run, status, stop
 from app.cli.up import service, up
-from app.processes.procs import PortInUseError, ensure_port_free
-from app.processes.redis_server import RedisServerError
-from app.processes.service_state import ServiceError
+from app.jobs.errors import JobrunnerError
+from app.processes.procs import ensure_port_free
 from app.settings import SettingsError
 
 
@@ -47,7 +46,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except SettingsError as e:
             raise click.UsageError(str(e), ctx) from None
-        except (RedisServerError, ServiceError, PortInUseError) as e:
+        except JobrunnerError as e:
             raise click.ClickException(str(e)) from None
         except OSError as e:  # a folder we cannot write, a file we cannot read, ...
             raise click.ClickException(str(e)) from None
@@ -57,6 +56,7 @@ class _Group(click.Group):
     cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+@click.version_option(package_name="jobrunner", prog_name="jobrunner")
 def main() -> None:
     """jobrunner: the Dapr Jobs API on Redis."""
 

@@ -26,23 +26,16 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-# Dapr error codes (dapr/dapr pkg/messages/errorcodes/errorcodes.go).
-ERR_MALFORMED_REQUEST = "ERR_MALFORMED_REQUEST"  # CommonMalformedRequest: body does not decode
-ERR_SCHEDULE_EMPTY = "DAPR_SCHEDULER_SCHEDULE_EMPTY"  # neither schedule nor dueTime
-# Dapr has no dedicated code for a bad schedule/dueTime/ttl/repeats: the
-# scheduler's validation error comes back as DAPR_SCHEDULER_SCHEDULE_JOB
-# ("failed to schedule job due to: ...", HTTP 500 there, 400 here).
-ERR_SCHEDULE_JOB = "DAPR_SCHEDULER_SCHEDULE_JOB"
-ERR_SCHEDULE_INVALID = ERR_SCHEDULE_JOB  # alias by meaning
+from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_JOB, JobrunnerError
 
 
-class ScheduleError(ValueError):
+class ScheduleError(JobrunnerError, ValueError):
     """Bad schedule/dueTime/ttl/repeats input. `code` is a Dapr-style error code string,
     str(e) a clear message."""
 
     code: str
 
-    def __init__(self, message: str, code: str = ERR_MALFORMED_REQUEST) -> None:
+    def __init__(self, message: str, code: str = MALFORMED_REQUEST) -> None:
         super().__init__(message)
         self.code = code
 
@@ -229,7 +222,7 @@ def parse_point_in_time(text: str, base_ms: int) -> int:
     """A dueTime/ttl value as absolute epoch milliseconds, checked to be before year 10000."""
     ms = _parse_point_in_time(text, base_ms)
     if ms > MAX_MS:
-        raise ScheduleError(f"{text!r} is after the year 9999", ERR_SCHEDULE_JOB)
+        raise ScheduleError(f"{text!r} is after the year 9999", SCHEDULE_JOB)
     return ms
 
 
@@ -242,7 +235,7 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
     base + 2 ms.
     """
     if not isinstance(text, str) or len(text) > _MAX_INPUT:
-        raise ScheduleError("unrecognized time or duration: not a short string", ERR_SCHEDULE_JOB)
+        raise ScheduleError("unrecognized time or duration: not a short string", SCHEDULE_JOB)
     ts = rfc3339_ns(text)
     if ts is not None:
         return _ceil_div(ts, NS_PER_MS)
@@ -254,18 +247,18 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
         years, months, days, ns = iso8601_parts(text)
     except ScheduleError as e:
         if text.startswith("R"):
-            raise ScheduleError(str(e), ERR_SCHEDULE_JOB) from None
+            raise ScheduleError(str(e), SCHEDULE_JOB) from None
         raise ScheduleError(
             f"unrecognized time or duration {text!r}: expected an RFC3339 timestamp"
             ' ("2024-04-24T11:42:22Z"), a Go duration ("2s", "1h30m", "500ms")'
             ' or an ISO 8601 duration ("PT2S", "P1DT2H")',
-            ERR_SCHEDULE_JOB,
+            SCHEDULE_JOB,
         ) from None
     try:
         start_ms = _add_calendar_ms(base_ms, years, months, days)
     except (ValueError, OverflowError):
         raise ScheduleError(
-            f"{text!r} is out of the supported date range", ERR_SCHEDULE_JOB
+            f"{text!r} is out of the supported date range", SCHEDULE_JOB
         ) from None
     return _ceil_div(start_ms * NS_PER_MS + ns, NS_PER_MS)
 

@@ -49,7 +49,11 @@ NOT_FOUND = "ERR_NOT_FOUND"  # no such route
 METHOD_NOT_ALLOWED = "ERR_METHOD_NOT_ALLOWED"
 
 
-class ApiError(Exception):
+class JobrunnerError(Exception):
+    """The root of every error jobrunner raises on purpose (one `except` catches them all)."""
+
+
+class ApiError(JobrunnerError):
     """An error the API answers with `status` and `{"errorCode", "message"}`."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

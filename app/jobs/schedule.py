@@ -31,10 +31,6 @@ from dataclasses import dataclass
 
 from app.jobs.cron import CronSchedule, EverySchedule, Schedule, parse_cron
 from app.jobs.durations import (
-    ERR_MALFORMED_REQUEST,
-    ERR_SCHEDULE_EMPTY,
-    ERR_SCHEDULE_INVALID,
-    ERR_SCHEDULE_JOB,
     ScheduleError,
     format_ms,
     go_duration_ns,
@@ -42,12 +38,9 @@ from app.jobs.durations import (
     parse_iso8601_duration,
     parse_point_in_time,
 )
+from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB
 
 __all__ = [
-    "ERR_MALFORMED_REQUEST",
-    "ERR_SCHEDULE_EMPTY",
-    "ERR_SCHEDULE_INVALID",
-    "ERR_SCHEDULE_JOB",
     "CronSchedule",
     "EverySchedule",
     "Plan",
@@ -72,11 +65,11 @@ def parse_schedule(expr: str) -> Schedule:
     Raises ScheduleError (code DAPR_SCHEDULER_SCHEDULE_JOB) naming the problem.
     """
     if not isinstance(expr, str):
-        raise ScheduleError("invalid schedule: not a string", ERR_SCHEDULE_INVALID)
+        raise ScheduleError("invalid schedule: not a string", SCHEDULE_JOB)
     try:
         return parse_cron(expr)
     except ValueError as e:
-        raise ScheduleError(f"invalid schedule {expr!r}: {e}", ERR_SCHEDULE_INVALID) from None
+        raise ScheduleError(f"invalid schedule {expr!r}: {e}", SCHEDULE_JOB) from None
 
 
 @dataclass(frozen=True)
@@ -89,11 +82,11 @@ def _check_repeats(repeats: int | None) -> None:
     if repeats is None:
         return
     if isinstance(repeats, bool) or not isinstance(repeats, int):
-        raise ScheduleError(f"repeats must be an integer, got {repeats!r}", ERR_MALFORMED_REQUEST)
+        raise ScheduleError(f"repeats must be an integer, got {repeats!r}", MALFORMED_REQUEST)
     if not 0 <= repeats <= _MAX_REPEATS:
         raise ScheduleError(
             f"repeats must be between 0 and {_MAX_REPEATS} (0: unlimited), got {repeats}",
-            ERR_MALFORMED_REQUEST,
+            MALFORMED_REQUEST,
         )
 
 
@@ -117,20 +110,20 @@ def plan(
       schedule-only job whose first fire falls after the ttl (it would never fire).
     """
     if schedule is None and due_time is None:
-        raise ScheduleError("Schedule is empty", ERR_SCHEDULE_EMPTY)
+        raise ScheduleError("Schedule is empty", SCHEDULE_EMPTY)
     _check_repeats(repeats)
     if schedule is None and repeats is not None and repeats > 1:
         raise ScheduleError(
-            f"job must have a schedule to repeat (repeats is {repeats})", ERR_SCHEDULE_JOB
+            f"job must have a schedule to repeat (repeats is {repeats})", SCHEDULE_JOB
         )
     if schedule is None and ttl is not None:
-        raise ScheduleError("job must have a schedule to have a ttl", ERR_SCHEDULE_JOB)
+        raise ScheduleError("job must have a schedule to have a ttl", SCHEDULE_JOB)
     parsed = parse_schedule(schedule) if schedule is not None else None
     if due_time is not None:
         try:
             first = parse_point_in_time(due_time, now_ms)
         except ScheduleError as e:
-            raise ScheduleError(f"invalid dueTime: {e}", ERR_SCHEDULE_JOB) from None
+            raise ScheduleError(f"invalid dueTime: {e}", SCHEDULE_JOB) from None
     else:
         assert parsed is not None
         found = parsed.next_after(now_ms)
@@ -138,7 +131,7 @@ def plan(
             raise ScheduleError(
                 f"job would never fire: schedule {schedule!r} has no occurrence"
                 " in the next five years",
-                ERR_SCHEDULE_JOB,
+                SCHEDULE_JOB,
             )
         first = found
     expires = None
@@ -146,7 +139,7 @@ def plan(
         try:
             expires = parse_point_in_time(ttl, first if due_time is not None else now_ms)
         except ScheduleError as e:
-            raise ScheduleError(f"invalid ttl: {e}", ERR_SCHEDULE_JOB) from None
+            raise ScheduleError(f"invalid ttl: {e}", SCHEDULE_JOB) from None
         if first > expires:
             what = (
                 "ttl must be greater than due time"
@@ -155,7 +148,7 @@ def plan(
             )
             raise ScheduleError(
                 f"{what} (first trigger {format_ms(first)}, ttl expiry {format_ms(expires)})",
-                ERR_SCHEDULE_JOB,
+                SCHEDULE_JOB,
             )
     # Before 1970 is just "in the past": due at once. Scores stay non-negative.
     return Plan(max(first, 0), expires)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO
 
+from app.jobs.errors import JobrunnerError
 from app.processes.procs import popen_kwargs
 from app.processes.supervisor import Child, StopSignals, describe_exit, say
 
@@ -25,7 +26,7 @@ PREFIX = b"== APP == "
 STOP_GRACE_S = 10.0
 
 
-class CommandNotFoundError(RuntimeError):
+class CommandNotFoundError(JobrunnerError, RuntimeError):
     pass
 
 

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from app.jobs.errors import JobrunnerError
+
 # The folder that holds the `app` and `workers` packages.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class PortInUseError(RuntimeError):
+class PortInUseError(JobrunnerError, RuntimeError):
     """A TCP port we were told to listen on is taken."""
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from app.jobs.errors import JobrunnerError
 from app.processes.procs import (
     child_env,
     process_alive,
@@ -49,7 +50,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 90.0
 
 
-class ServiceError(RuntimeError):
+class ServiceError(JobrunnerError, RuntimeError):
     """The shared service cannot be started, found or stopped as asked."""
 
 

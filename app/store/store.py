@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from app.jobs.errors import JobrunnerError
 from app.jobs.model import Job, RunState, TriggerStatus
 from app.settings import Settings
 from app.store import scripts
@@ -22,7 +23,7 @@ from app.store.keys import Keys, is_replay, job_id, split_job_id
 from app.store.redis_client import sync_client
 
 
-class JobExists(Exception):
+class JobExists(JobrunnerError):
     """A job of that name exists and overwrite was not asked for."""
 
 
@@ -44,16 +45,19 @@ class AppRegistration:
     url: str
     token: str = ""
     delivery_format: str = "auto"
+    protocol: str = "http"  # Settings.app_protocol: how workers deliver (http or grpc)
 
     def encode(self) -> bytes:
         return orjson.dumps(
-            {"url": self.url, "token": self.token, "format": self.delivery_format}
+            {"url": self.url, "token": self.token, "format": self.delivery_format,
+             "protocol": self.protocol}
         )
 
     @classmethod
     def decode(cls, app_id: str, raw: bytes | str) -> AppRegistration:
         r = orjson.loads(raw)
-        return cls(app_id, r["url"], r.get("token", ""), r.get("format", "auto"))
+        return cls(app_id, r["url"], r.get("token", ""), r.get("format", "auto"),
+                   r.get("protocol", "http"))
 
 
 def _text(value: bytes | str) -> str:
