@@ -38,13 +38,20 @@ Decisions and differences from Dapr:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 import orjson
 
 from app.jobs import errors
-from app.jobs.anydata import MAX_DATA_DEPTH, is_any_json, pack_any, unpack_any_json
+from app.jobs.anydata import (
+    MAX_DATA_DEPTH,
+    is_any_json,
+    pack_any,
+    stored_any,
+    unpack_any_json,
+)
 from app.jobs.durations import go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
 from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
@@ -329,3 +336,30 @@ def _show(value: Any, limit: int = 60) -> str:
     """A short repr for messages: a caller's value can be a megabyte long."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- the gRPC API's requests --------------------------------------------------------------
+
+
+def parse_job_fields(
+    name: str,
+    fields: dict[str, Any],
+    data: tuple[str, bytes] | None,
+    app_id: str,
+    now_ms: int,
+    max_data_bytes: int,
+) -> tuple[Job, bool]:
+    """A schedule request given as fields (the gRPC API) -> (the Job to store, overwrite).
+
+    `fields` are what an HTTP body would hold, by their JSON names (`schedule`,
+    `dueTime`, `repeats`, `ttl`, `overwrite`, `failurePolicy`), and they go through
+    parse_job_request itself, so the two APIs can never disagree. `data` is a protobuf
+    Any as (type URL, bytes), kept as given (anydata.stored_any). Raises ApiError.
+    """
+    stored = None if data is None else stored_any(data[0], data[1], max_data_bytes)
+    job, overwrite = parse_job_request(
+        name, orjson.dumps(fields), None, app_id, now_ms, max_data_bytes
+    )
+    if stored is not None:
+        job = dataclasses.replace(job, any_type=stored[0], any_value=stored[1])
+    return job, overwrite
