@@ -27,7 +27,7 @@ from app.cli.options import (
     workers_option,
 )
 from app.processes.procs import ensure_port_free, http_url, process_start_time, redact_url
-from app.processes.redis_server import EmbeddedRedis
+from app.processes.redis_server import EmbeddedRedis, version_text
 from app.processes.service_state import (
     DATA_DIR,
     LOG_DIR,
@@ -136,7 +136,9 @@ def _print_banner(
 ) -> None:
     if embedded is not None:
         assert embedded.proc is not None
-        redis_line = f"{settings.redis_url}  (embedded, pid {embedded.proc.pid})"
+        server = embedded.server
+        which = f", {server.path}, Redis {version_text(server.version)}" if server else ""
+        redis_line = f"{settings.redis_url}  (embedded, pid {embedded.proc.pid}{which})"
         data_line = f"  data     {data_dir}  (AOF, appendfsync everysec)\n"
     else:
         redis_line, data_line = redact_url(settings.redis_url), ""
