@@ -10,6 +10,7 @@ pyproject.toml (`lint-imports`, run by tests/test_quality.py):
     workers          claim, deliver, settle (top level)  } each uses store, settings, jobs
     app.store        Redis: keys, Lua scripts, store, dead letters, clients
     app.settings     every setting, from the environment
+    app.logs         the one log format of every process (standard library logging)
     app.jobs         the domain: job model, schedules, cron, durations, data formats,
                      validation, errors. Pure: no Flask, click, gRPC, redis or I/O.
 

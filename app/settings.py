@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.jobs.anydata import DELIVERY_FORMATS
+from app.logs import LOG_FORMATS, LOG_LEVELS
 
 
 class SettingsError(ValueError):
@@ -108,6 +109,11 @@ class Settings:
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
 
+    # Logs of every process (app/logs.py): "plain" or "json"; a level name, or "" for the
+    # process's own default (info; warning for workers, whose info is a line per delivery).
+    log_format: str = "plain"
+    log_level: str = ""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -144,6 +150,8 @@ class Settings:
             wait_replicas=_int(env, "JOBRUNNER_WAIT_REPLICAS", cls.wait_replicas),
             wait_timeout_ms=_int(env, "JOBRUNNER_WAIT_TIMEOUT_MS", cls.wait_timeout_ms,
                                  minimum=1),
+            log_format=(env.get("JOBRUNNER_LOG_FORMAT", "").strip() or "plain").lower(),
+            log_level=env.get("JOBRUNNER_LOG_LEVEL", "").strip().lower(),
         )
         settings.validate()
         return settings
@@ -158,6 +166,10 @@ class Settings:
             raise SettingsError("JOBRUNNER_LEASE must be longer than JOBRUNNER_DELIVERY_TIMEOUT")
         if not self.app_url.startswith(("http://", "https://")):
             raise SettingsError(f"APP_URL must be an http(s) URL, got {self.app_url!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+        if self.log_level and self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"JOBRUNNER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -188,4 +200,6 @@ class Settings:
             "JOBRUNNER_SIGNING_KEYS": ",".join(f"{k}:{v.decode()}" for k, v in self.signing_keys),
             "JOBRUNNER_WAIT_REPLICAS": str(self.wait_replicas),
             "JOBRUNNER_WAIT_TIMEOUT_MS": str(self.wait_timeout_ms),
+            "JOBRUNNER_LOG_FORMAT": self.log_format,
+            "JOBRUNNER_LOG_LEVEL": self.log_level,
         }

@@ -9,10 +9,13 @@ import signal
 
 from prometheus_client import start_http_server
 
+from app.logs import setup as setup_logging
 from app.settings import Settings
 from workers.worker import Worker
 
 log = logging.getLogger("jobrunner.worker")
+# Info is a line per delivery: measurably dearer at high rates (README, Configuration).
+DEFAULT_LOG_LEVEL = "warning"
 
 
 async def _main(settings: Settings) -> None:
@@ -31,8 +34,7 @@ async def _main(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> int:
-    logging.basicConfig(level=os.environ.get("JOBRUNNER_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_format, settings.log_level or DEFAULT_LOG_LEVEL)
     metrics_port = os.environ.get("JOBRUNNER_WORKER_METRICS_PORT", "").strip()
     if metrics_port:
         start_http_server(int(metrics_port), addr="127.0.0.1")

@@ -20,6 +20,13 @@ from workers.queue import Action, Queue, Settlement
 log = logging.getLogger("jobrunner.worker")
 
 
+def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
+    """The structured fields of a delivery's log line; status: the HTTP status, or why
+    no answer came."""
+    return {"app": t.job.app_id, "job": t.job.name, "attempt": t.attempt,
+            "status": outcome.status if outcome.status is not None else outcome.error, **more}
+
+
 class Worker:
     def __init__(self, settings: Settings, queue: Queue | None = None) -> None:
         self.settings = settings
@@ -117,6 +124,9 @@ class Worker:
                                               self.settings.delivery_timeout_s,
                                               self._queue_timeout_s)
             self.metrics.observe(trigger, outcome, started)
+            if log.isEnabledFor(logging.INFO):  # the hot path: build nothing when off
+                log.info("delivered" if outcome.done else "delivery failed",
+                         extra=_fields(trigger, outcome, lateness_ms=started - trigger.sched_ms))
             self.settled.append(self._settlement(trigger, outcome))
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
@@ -124,7 +134,9 @@ class Worker:
         except Exception as exc:
             # A record the worker cannot handle: retrying cannot help, and leaving it to the
             # lease would redeliver it forever. The job ends; the dead letter says why.
-            log.exception("cannot process %s", trigger.trigger_id)
+            log.exception("cannot process a trigger; dead-lettered",
+                          extra={"app": trigger.job.app_id, "job": trigger.job.name,
+                                 "attempt": trigger.attempt, "trigger": trigger.trigger_id})
             error = f"worker error: {type(exc).__name__}: {exc}"
             self.settled.append(self._dead(trigger, error, next_ms=None))
         finally:
@@ -137,13 +149,17 @@ class Worker:
         if not outcome.done:
             delay = job.failure_policy.retry_delay_ms(trigger.attempt)
             if delay is not None:
+                log.warning("retry scheduled",
+                            extra=_fields(trigger, outcome, retry_in_ms=delay))
                 return Settlement(trigger, Action.RETRY, now + delay)
         next_ms = next_fire_ms(job.schedule, trigger.sched_ms, trigger.count + 1, job.repeats,
                                job.expires_ms, now)
-        if outcome.done or job.failure_policy.kind is FailureKind.DROP:
+        if outcome.done:
             return Settlement(trigger, Action.NEXT, next_ms)
-        log.warning("dead-lettered %s after %d attempts: %s", trigger.trigger_id,
-                    trigger.attempt, outcome.error)
+        if job.failure_policy.kind is FailureKind.DROP:
+            log.warning("dropped: failure policy drop", extra=_fields(trigger, outcome))
+            return Settlement(trigger, Action.NEXT, next_ms)
+        log.warning("dead-lettered", extra=_fields(trigger, outcome, trigger=trigger.trigger_id))
         return self._dead(trigger, outcome.error, next_ms)
 
     @staticmethod

@@ -28,6 +28,7 @@ from app.cli.options import (
     app_options,
     concurrency_option,
     host_option,
+    log_options,
     redis_option,
     settings_from,
     wait_redis,
@@ -73,15 +74,12 @@ for command in (up, run, stop, status, logs, service, dlq):
 @app_options
 @host_option
 @api_tuning
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
-    envvar="JOBRUNNER_API_LOG_LEVEL", show_default=True, help="gunicorn's log level.",
-)  # fmt: skip
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
+@log_options
 @click.pass_context
 def api(ctx: click.Context, /, **params: Any) -> None:
     """Serve the jobs API (gunicorn, gthread workers) for one app."""
-    from app.processes.serve import ServeOptions, serve
+    from app.processes.serve import DEFAULT_LOG_LEVEL, ServeOptions, serve
 
     settings = settings_from(app_env(ctx, params))
     # For anything in the API that reads the environment itself.
@@ -92,7 +90,8 @@ def api(ctx: click.Context, /, **params: Any) -> None:
         host=settings.http_host,
         processes=params["processes"],
         threads=params["threads"],
-        log_level=params["log_level"],
+        log_level=settings.log_level or DEFAULT_LOG_LEVEL,
+        log_format=settings.log_format,
         access_log=params["access_log"],
     )
     sys.exit(serve(settings, options))
@@ -101,6 +100,7 @@ def api(ctx: click.Context, /, **params: Any) -> None:
 @main.command()
 @concurrency_option
 @redis_option
+@log_options
 @click.pass_context
 def worker(ctx: click.Context, /, **params: Any) -> None:
     """Run one worker process: claim due jobs, deliver them, until SIGTERM."""

@@ -6,6 +6,7 @@ every child process sees exactly what its parent was given.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
+from app.logs import LOG_FORMATS, LOG_LEVELS
+from app.logs import setup as setup_logging
 from app.processes.procs import http_url
 from app.processes.redis_server import require_redis
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
@@ -122,6 +125,40 @@ concurrency_option = click.option(
     "--concurrency", type=click.IntRange(min=1), envvar="JOBRUNNER_CONCURRENCY",
     show_envvar=True, help="Deliveries in flight per worker process.  [default: 256]",
 )  # fmt: skip
+
+
+# This process's log level when JOBRUNNER_LOG_LEVEL is not set (workers: workers/main.py).
+CLI_LOG_LEVEL = "info"
+
+
+def log_options(f: F) -> F:
+    """--log-format and --log-level: for this command and every process it starts (through
+    JOBRUNNER_LOG_FORMAT / JOBRUNNER_LOG_LEVEL), and this process's logging set up."""
+
+    @functools.wraps(f)
+    def command(*args: Any, log_format: str | None, log_level: str | None, **kwargs: Any) -> Any:
+        for name, value in (("JOBRUNNER_LOG_FORMAT", log_format),
+                            ("JOBRUNNER_LOG_LEVEL", log_level)):
+            if value:
+                os.environ[name] = value.lower()
+        setup_logging(os.environ.get("JOBRUNNER_LOG_FORMAT") or "plain",
+                      os.environ.get("JOBRUNNER_LOG_LEVEL") or CLI_LOG_LEVEL)
+        return f(*args, **kwargs)
+
+    with_options = _options(
+        click.option(
+            "--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False),
+            envvar="JOBRUNNER_LOG_FORMAT", show_envvar=True,
+            help="Logs as plain text lines or as JSON objects, one a line.  [default: plain]",
+        ),
+        click.option(
+            "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            envvar="JOBRUNNER_LOG_LEVEL", show_envvar=True,
+            help="The least level logged; info shows a line per delivery.  "
+                 "[default: info; workers: warning]",
+        ),
+    )(command)
+    return with_options  # type: ignore[return-value]  # the same command, two more options
 
 
 def from_command_line(ctx: click.Context, name: str) -> bool:

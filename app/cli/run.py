@@ -3,6 +3,7 @@ shared service it uses: `stop`, `status`, `logs`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -17,11 +18,13 @@ from app.cli.options import (
     app_options,
     home_option,
     host_option,
+    log_options,
     settings_from,
     wait_api,
     wait_redis,
 )
 from app.processes.procs import ensure_port_free, redact_url
+from app.processes.service_logs import LogReader, api_log_name
 from app.processes.service_state import (
     LOG_DIR,
     ensure_service,
@@ -29,7 +32,14 @@ from app.processes.service_state import (
     read_state,
     stop_service,
 )
-from app.processes.supervisor import StopSignals, Supervisor, describe_exit, say, start_api
+from app.processes.supervisor import (
+    StopSignals,
+    Supervisor,
+    describe_exit,
+    say,
+    start_api,
+    warn,
+)
 from app.settings import Settings
 
 
@@ -44,6 +54,7 @@ from app.settings import Settings
 @api_tuning
 @home_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@log_options
 @click.pass_context
 def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
     """Run COMMAND beside its own jobs API, like `dapr run`.
@@ -53,7 +64,8 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
 
     The shared service (Redis and workers) is started in the background by the first
     `run` and used by the next ones, until `jobrunner stop`. COMMAND gets APP_ID,
-    APP_PORT and DAPR_HTTP_PORT; its output is shown with an `== APP ==` prefix. Without
+    APP_PORT and DAPR_HTTP_PORT; its output is shown with an `== APP ==` prefix. The API's
+    log is shown too, and kept with the service's logs (`jobrunner logs`). Without
     COMMAND, the API runs until Ctrl-C. Exits with COMMAND's exit code.
     """
     from app.processes.app_runner import CommandNotFoundError, run_app
@@ -78,7 +90,9 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
     sup = Supervisor(signals)
     code = 0
     try:
-        api = start_api(sup, settings, settings.http_host, params["processes"], params["threads"])
+        api_log = home / LOG_DIR / api_log_name(settings.app_id)
+        api = start_api(sup, settings, settings.http_host, params["processes"], params["threads"],
+                        log_file=api_log)
         wait_api(sup, api, settings)
         if signals.requested:
             code = 130
@@ -87,10 +101,10 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
         else:
             dead = sup.watch()
             if dead is not None:
-                say(describe_exit(dead))
+                warn(describe_exit(dead))
                 code = 1
     except CommandNotFoundError as e:
-        say(str(e))
+        warn(str(e))
         code = 127
     finally:
         sup.stop_all()
@@ -161,18 +175,37 @@ def status(home: str | None) -> None:
 
 @click.command()
 @home_option
-@click.option("-n", "--lines", type=click.IntRange(1), default=20, show_default=True)
+@click.option(
+    "-n", "--lines", type=click.IntRange(1, 100_000), default=20, show_default=True,
+    help="How many of the last lines to show.",
+)  # fmt: skip
+@click.option("-f", "--follow", is_flag=True, help="Then show new lines as they come.")
 @click.argument("names", nargs=-1)
-def logs(home: str | None, lines: int, names: tuple[str, ...]) -> None:
-    """Show the end of the shared service's logs (service, redis, worker-N)."""
-    from app.processes.procs import tail
+def logs(home: str | None, lines: int, follow: bool, names: tuple[str, ...]) -> None:
+    """Show the shared service's logs, merged in time order, each line after its part's name.
 
+    \b
+    The parts: api-APP_ID (the API of each `jobrunner run`), worker-N, service, redis.
+    NAMES picks some: a part (worker-1) or a kind (worker, api).
+    """
     log_dir = jobrunner_home(home) / LOG_DIR
-    files = sorted(log_dir.glob("*.log")) if log_dir.is_dir() else []
-    if names:
-        files = [f for f in files if f.stem in names]
-    if not files:
-        raise click.ClickException(f"no logs in {log_dir}")
-    for path in files:
-        click.echo(f"==> {path} <==")
-        click.echo(tail(path, lines))
+    reader = LogReader(log_dir, names)
+    shown = reader.tail(lines)
+    if not reader.sources and not follow:
+        which = f" of {', '.join(names)}" if names else ""
+        raise click.ClickException(f"no logs{which} in {log_dir}")
+    # Parts' names padded to one width, so that the lines start in one column.
+    width = max([8, *(len(src.part) for src in reader.sources.values())])
+    out = sys.stdout.buffer
+
+    def show(batch: list[tuple[str, bytes]]) -> None:
+        nonlocal width
+        width = max([width, *(len(part) for part, _ in batch)])
+        out.write(b"".join(f"{part:<{width}} | ".encode() + line + b"\n" for part, line in batch))
+        out.flush()
+
+    # Ctrl-C while following, or a pager that stopped reading: done, quietly.
+    with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
+        show(shown)
+        if follow:
+            reader.follow(show)

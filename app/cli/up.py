@@ -21,6 +21,7 @@ from app.cli.options import (
     concurrency_option,
     home_option,
     host_option,
+    log_options,
     settings_from,
     wait_api,
     wait_redis,
@@ -69,6 +70,7 @@ from app.settings import Settings
 )  # fmt: skip
 @api_tuning
 @home_option
+@log_options
 @click.pass_context
 def up(ctx: click.Context, /, **params: Any) -> None:
     """Run Redis, the workers and the API until Ctrl-C or SIGTERM.
@@ -158,6 +160,7 @@ def _print_banner(
 @click.command(hidden=True)
 @click.option("--home", required=True, metavar="DIR")
 @click.option("--workers", type=click.IntRange(1, 256), default=2)
+@log_options
 def service(home: str, workers: int) -> None:
     """The shared background service (started by `jobrunner run`)."""
     home_dir = Path(home)

@@ -7,13 +7,20 @@ heartbeat, which would not survive a fork if built before it).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as _GunicornBaseLogger
 
+from app.logs import setup as setup_logging
 from app.processes.procs import http_url
 from app.settings import Settings
+
+log = logging.getLogger("jobrunner.api")
+# The API's level when JOBRUNNER_LOG_LEVEL is not set: its info lines are few.
+DEFAULT_LOG_LEVEL = "info"
 
 DEFAULT_PROCESSES = 2
 DEFAULT_THREADS = 4  # measured: 2 x 4 beats 2 x 8 on 2 cores (jobrunner bench schedule)
@@ -25,7 +32,8 @@ class ServeOptions:
     host: str = "127.0.0.1"
     processes: int = DEFAULT_PROCESSES
     threads: int = DEFAULT_THREADS
-    log_level: str = "warning"
+    log_level: str = DEFAULT_LOG_LEVEL
+    log_format: str = "plain"
     access_log: bool = False
 
 
@@ -37,6 +45,22 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def gunicorn_logger(log_format: str, level: str) -> type[Any]:
+    """A gunicorn logger class: gunicorn's own loggers (gunicorn.error, gunicorn.access) in
+    jobrunner's log format, and jobrunner's loggers set up in the arbiter, so that its
+    forked workers inherit them."""
+
+    class GunicornLogger(_GunicornBaseLogger):  # type: ignore[misc]  # no type hints
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)
+            ours = setup_logging(log_format, level)
+            for logger in (self.error_log, self.access_log):
+                for handler in logger.handlers:
+                    handler.setFormatter(ours.formatter)
+
+    return GunicornLogger
+
+
 class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
     def __init__(self, settings: Settings, options: ServeOptions) -> None:
         self.settings = settings
@@ -46,7 +70,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
     def load_config(self) -> None:
         settings, opts = self.settings, self.options
         listening = (
-            f"jobrunner api: app {settings.app_id!r} listening on "
+            f"app {settings.app_id!r} listening on "
             f"{http_url(opts.host, settings.http_port)} "
             f"({_count(opts.processes, 'process', 'processes')} x "
             f"{_count(opts.threads, 'thread', 'threads')}); "
@@ -54,7 +78,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
         )
 
         def when_ready(server: Any) -> None:
-            print(listening, flush=True)
+            log.info(listening)
 
         config: dict[str, Any] = {
             "bind": [_bind(opts.host, settings.http_port)],
@@ -64,6 +88,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "proc_name": f"jobrunner-api-{settings.app_id}",
             "loglevel": opts.log_level,
+            "logger_class": gunicorn_logger(opts.log_format, opts.log_level),
             "errorlog": "-",
             "accesslog": "-" if opts.access_log else None,
             "when_ready": when_ready,

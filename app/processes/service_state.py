@@ -8,7 +8,8 @@ Everything lives in $JOBRUNNER_HOME (default ~/.jobrunner):
                    removed by the service when it stops.
     service.lock   flock'ed while a command checks, starts or stops the service,
                    so two `jobrunner run` at once start one service, not two.
-    logs/          service.log, redis.log, worker-N.log of the background service.
+    logs/          service.log, redis.log, worker-N.log of the background service, and
+                   api-<app id>.log of each `jobrunner run`'s API (app/processes/service_logs.py).
     data/          the background service's embedded Redis (AOF, port).
 
 A state whose pid is gone (or reused by another process) is stale: it is cleaned

@@ -9,6 +9,7 @@ workers (they finish or release what they hold), then Redis (it flushes the AOF)
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -36,6 +37,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     tier: int
     grace_s: float
+    # Copies the child's output to its log file and to our stderr (Supervisor.spawn's tee).
+    pump: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -77,12 +80,20 @@ class StopSignals:
         return self.count > 1
 
 
-def say(message: str) -> None:
-    print(f"jobrunner: {message}", file=sys.stderr, flush=True)
+log = logging.getLogger("jobrunner")
+
+
+def say(message: str, level: int = logging.INFO) -> None:
+    """A line of the CLI or of the background service, in the log format of every part."""
+    log.log(level, message)
+
+
+def warn(message: str) -> None:
+    say(message, logging.WARNING)
 
 
 class Supervisor:
-    def __init__(self, signals: StopSignals, report: Callable[[str], None] = say) -> None:
+    def __init__(self, signals: StopSignals, report: Callable[[str], None] = warn) -> None:
         self.signals = signals
         self.report = report
         self.children: list[Child] = []
@@ -96,17 +107,25 @@ class Supervisor:
         tier: int,
         grace_s: float,
         output: IO[bytes] | None = None,
+        tee: Path | None = None,
     ) -> Child:
-        """Start a child; `output` (a log file) takes its stdout and stderr, else ours."""
+        """Start a child; `output` (a log file) takes its stdout and stderr, else ours.
+        With `tee`, its output goes both to our stderr and to the end of that file."""
         proc = subprocess.Popen(
             list(argv),
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT if output is not None else None,
+            stdout=subprocess.PIPE if tee is not None else output,
+            stderr=subprocess.STDOUT if output is not None or tee is not None else None,
             **popen_kwargs(die_with_parent=True),
         )
-        return self.adopt(name, proc, tier, grace_s)
+        child = self.adopt(name, proc, tier, grace_s)
+        if tee is not None:
+            assert proc.stdout is not None
+            child.pump = threading.Thread(target=_tee, args=(proc.stdout, open_log(tee)),
+                                          name=f"{name}-output", daemon=True)
+            child.pump.start()
+        return child
 
     def adopt(self, name: str, proc: subprocess.Popen[bytes], tier: int, grace_s: float) -> Child:
         child = Child(name, proc, tier, grace_s)
@@ -162,6 +181,8 @@ class Supervisor:
                 break
             time.sleep(0.02)
         for child in group:
+            if child.pump is not None:
+                child.pump.join(2.0)  # its last lines; a grandchild may hold the pipe open
             code = child.proc.returncode
             if code not in (0, None, -signal.SIGTERM, -signal.SIGKILL):
                 self.report(f"{child.name} (pid {child.pid}) exited with code {code}")
@@ -182,6 +203,22 @@ def describe_exit(child: Child) -> str:
 def open_log(path: Path) -> IO[bytes]:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.open("ab")
+
+
+def _tee(src: IO[bytes], log_file: IO[bytes]) -> None:
+    """Each line of `src` to the log file and to our stderr, until `src` ends."""
+    console: IO[bytes] | None = sys.stderr.buffer if sys.stderr is not None else None
+    with log_file:
+        for line in iter(src.readline, b""):
+            log_file.write(line)
+            log_file.flush()
+            if console is not None:
+                try:
+                    console.write(line)
+                    console.flush()
+                except (OSError, ValueError):  # our stderr is gone: the file still gets it
+                    console = None
+    src.close()
 
 
 # --- the parts of a deployment ----------------------------------------------------------------
@@ -220,13 +257,20 @@ def api_argv(host: str, processes: int, threads: int) -> list[str]:
 
 
 def start_api(
-    sup: Supervisor, settings: Settings, host: str, processes: int, threads: int
+    sup: Supervisor,
+    settings: Settings,
+    host: str,
+    processes: int,
+    threads: int,
+    log_file: Path | None = None,
 ) -> Child:
-    """The API process (`jobrunner api`); its settings travel in its environment."""
+    """The API process (`jobrunner api`); its settings travel in its environment. Its
+    output goes to our stderr, and also to the end of `log_file` when one is given."""
     return sup.spawn(
         "api",
         api_argv(host, processes, threads),
         env=child_env(settings.to_env()),
         tier=TIER_API,
         grace_s=API_GRACE_S,
+        tee=log_file,
     )
