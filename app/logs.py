@@ -35,16 +35,15 @@ class _Timestamps:
     """RFC 3339 UTC with milliseconds; the part up to the second is cached."""
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._cached: tuple[int, str] = (-1, "")
 
     def __call__(self, created: float) -> str:
         second = int(created)
-        if second != self._second:
-            # Assigned together: another thread sees the old pair or the new one.
-            self._prefix, self._second = (
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second)
-        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+        cached_second, prefix = self._cached  # one object: threads see the old pair or the new
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
+        return f"{prefix}.{int((created - second) * 1000):03d}Z"
 
 
 def _plain_value(value: Any) -> str:
