@@ -381,7 +381,8 @@ def test_point_in_time_rfc3339_matches_reference(
         ),
         ("@every 1h30m", "2024-01-01T00:00:00+00:00", ["2024-01-01T01:30:00.000+00:00"]),
         ("@every 1us", "2024-01-01T00:00:00+00:00", ["2024-01-01T00:00:00.001+00:00"]),
-        ("TZ=Asia/Tokyo @every 2s", "2024-01-01T00:00:00+00:00", ["2024-01-01T00:00:02.000+00:00"]),
+        # @every 0s (only with repeats: plan): back to back
+        ("@every 0s", "2024-01-01T00:00:00+00:00", ["2024-01-01T00:00:00.000+00:00"]),
         # time zones
         (
             "TZ=Asia/Tokyo 0 0 9 * * *",
@@ -505,9 +506,8 @@ def test_cron_dst(expr: str, after: str, expected: list[str]) -> None:
         ("@daily ", "unrecognized descriptor"),
         (" @daily", "expected exactly 6 fields"),
         ("@every", "unrecognized descriptor"),
-        ("@every 0s", "@every needs a positive duration"),
-        ("@every 0", "@every needs a positive duration"),
-        ("@every -1s", "@every needs a positive duration"),
+        ("@every -1s", "@every needs a duration of 0 or more"),
+        ("@every -0.5ms", "@every needs a duration of 0 or more"),
         ("@every 5", "missing unit"),
         ("@every  5s", "failed to parse duration"),
         ("TZ=Nowhere/Special 0 * * * * *", "provided bad location Nowhere/Special"),
@@ -515,6 +515,11 @@ def test_cron_dst(expr: str, after: str, expected: list[str]) -> None:
         ("TZ=America/New_York", "must be followed by a space"),
         ("TZ=America/New_York ", "found 0"),
         ("CRON_TZ=Mars/Olympus @daily", "provided bad location"),
+        # dapr/kit's parser since kit#161: an interval has no wall clock for a zone
+        ("TZ=Asia/Tokyo @every 2s", "timezone is not supported for @every schedules"),
+        ("CRON_TZ=Europe/Rome @every 1h", "timezone is not supported for @every schedules"),
+        ("TZ=UTC @every 0s", "timezone is not supported for @every schedules"),
+        ("CRON_TZ=UTC   @every 5m", "timezone is not supported for @every schedules"),
     ],
 )
 def test_schedule_invalid(expr: str, fragment: str) -> None:
@@ -523,6 +528,18 @@ def test_schedule_invalid(expr: str, fragment: str) -> None:
     assert fragment in str(info.value)
     assert expr in str(info.value)  # the message names the offending schedule
     assert info.value.code == SCHEDULE_JOB
+
+
+@pytest.mark.parametrize("expr", ["@every 0s", "@every 0", "@every 0ms", "@every 0h0m0s"])
+def test_every_zero_parses_as_a_zero_interval(expr: str) -> None:
+    every = parse_schedule(expr)
+    assert isinstance(every, EverySchedule) and every.interval_ms == 0
+
+
+@pytest.mark.parametrize("expr", ["TZ=Europe/Paris @daily", "CRON_TZ=Asia/Tokyo @hourly",
+                                  "TZ=UTC 0 0 9 * * *"])
+def test_a_zone_still_goes_with_cron_and_the_other_descriptors(expr: str) -> None:
+    assert isinstance(parse_schedule(expr), CronSchedule)
 
 
 def test_schedule_kinds_and_cache() -> None:
@@ -734,6 +751,10 @@ NOW = ms("2024-04-24T11:00:00+00:00")
         ("@every 1h", "1s", "2024-05-01T00:00:00Z", None,
          Plan(NOW + 1000, ms("2024-05-01T00:00:00+00:00"))),
         ("@every 1h", "-1h", None, None, Plan(NOW - 3_600_000, None)),  # past: due at once
+        # @every 0s with repeats (Dapr's own test body): due at once, then back to back
+        ("@every 0s", "0s", None, 3, Plan(NOW, None)),
+        ("@every 0s", None, None, 1, Plan(NOW, None)),
+        ("@every 0s", "5s", "1h", 2, Plan(NOW + 5000, NOW + 3_605_000)),
         ("0 0 0 30 2 *", "1s", None, None, Plan(NOW + 1000, None)),  # fires once, by dueTime
     ],
 )  # fmt: skip
@@ -765,6 +786,12 @@ def test_plan(
         ("@every 1h", None, "2024-01-01T00:00:00Z", None, SCHEDULE_JOB,
          "job would never fire"),
         ("0 0 0 30 2 *", None, None, None, SCHEDULE_JOB, "job would never fire"),
+        # @every 0s without repeats would fire without end (0 means unlimited)
+        ("@every 0s", None, None, None, SCHEDULE_JOB, "back to back without end"),
+        ("@every 0s", "1s", None, 0, SCHEDULE_JOB, "give repeats"),
+        ("@every 0s", "1s", "1h", None, SCHEDULE_JOB, "give repeats"),
+        ("TZ=Europe/Rome @every 1h", None, None, None, SCHEDULE_JOB,
+         "timezone is not supported for @every"),
     ],
 )  # fmt: skip
 def test_plan_errors(
@@ -825,6 +852,12 @@ T0 = ms("2024-04-24T11:00:00+00:00")
         (("@every 5s", T0, 1, None, None, T0 - 60_000), T0 + 5000),
         # the schedule has no further occurrence within five years
         (("0 0 0 30 2 *", T0, 1, None, None, T0), None),
+        # @every 0s: due at once after the last, but at least 1 ms later (own trigger id)
+        (("@every 0s", T0, 1, 3, None, T0), T0 + 1),
+        (("@every 0s", T0, 2, 3, None, T0 + 7), T0 + 7),
+        (("@every 0s", T0, 3, 3, None, T0 + 9), None),  # the third was the last
+        (("@every 0s", T0, 1, 3, None, T0 - 50), T0 + 1),  # a clock behind changes nothing
+        (("@every 0s", T0, 1, 3, T0, T0 + 1), None),  # past the ttl
     ],
 )
 def test_next_fire_ms(
@@ -837,7 +870,7 @@ def test_next_fire_ms(
 @given(
     st.sampled_from(
         ["@every 1s", "@every 1500ms", "@every 1h", "*/7 * * * * *", "0 0 */2 * * *",
-         "TZ=America/New_York 0 30 1 * * *", None]
+         "TZ=America/New_York 0 30 1 * * *", "@every 0s", None]
     ),
     st.integers(1_700_000_000_000, 1_800_000_000_000),
     st.integers(1, 50),
@@ -861,14 +894,18 @@ def test_next_fire_ms_properties(
         return
     parsed = parse_schedule(schedule)
     floor = max(last, now - 1)
+    zero = isinstance(parsed, EverySchedule) and parsed.interval_ms == 0
     if got is None:  # only because the next occurrence is after the expiry
         assert expires is not None
-        assert (parsed.next_after(floor) or expires + 1) > expires
+        following = max(last + 1, now) if zero else parsed.next_after(floor)
+        assert (following or expires + 1) > expires
         return
     assert got > last  # never at or before the trigger just done
     assert got >= now  # never in the past: missed occurrences coalesced
     assert expires is None or got <= expires
-    if isinstance(parsed, EverySchedule):
+    if zero:
+        assert got == max(last + 1, now)  # back to back
+    elif isinstance(parsed, EverySchedule):
         step = parsed.interval_ms
         assert (got - last) % step == 0  # phase kept
         assert got - step <= floor  # and it is the first such time not in the past

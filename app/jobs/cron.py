@@ -24,8 +24,11 @@ both and their base `Schedule` live here. Times are epoch milliseconds.
 
 Where this differs from Dapr (1.15+, go-etcd-cron), deliberately:
 
-- `@every` must be positive (Dapr takes `@every 0s` and fires back to back);
-  a sub-millisecond part of it is rounded up to whole ms, the engine's grain.
+- `@every 0s` parses (Dapr takes it and fires back to back; app.jobs.schedule
+  accepts it only with `repeats`); a negative one is refused. A sub-millisecond
+  part is rounded up to whole ms, the engine's grain.
+- A `TZ=`/`CRON_TZ=` prefix on `@every` is refused, as dapr/kit does since
+  2026-07 (kit#161: an interval has no wall clock for a zone to apply to).
 - `TZ=Local` (and an empty zone) means UTC: Dapr's scheduler evaluates Local
   against the UTC times it passes, so it is UTC there too.
 """
@@ -93,7 +96,8 @@ class Schedule:
 
 
 class EverySchedule(Schedule):
-    """`@every d`: fires every `interval_ms` counted from the previous fire."""
+    """`@every d`: fires every `interval_ms` counted from the previous fire. With
+    `@every 0s` (interval 0) `next_after(t)` is t itself: back to back."""
 
     __slots__ = ("interval_ms",)
 
@@ -298,14 +302,16 @@ def parse_cron(expr: str) -> Schedule:
             raise ValueError("a time zone prefix must be followed by a space and a schedule")
         tz = _load_zone(spec[spec.index("=") + 1 : space])
         spec = spec[space:].strip()
+        if spec.startswith("@every "):
+            raise ValueError(f"timezone is not supported for @every schedules: {expr}")
     if spec.startswith("@"):
         if spec.startswith("@every "):
             try:
                 ns = go_duration_ns(spec[len("@every ") :])
             except ScheduleError as e:
                 raise ValueError(f"failed to parse duration {spec}: {e}") from None
-            if ns <= 0:
-                raise ValueError(f"@every needs a positive duration, got {spec[7:]!r}")
+            if ns < 0:
+                raise ValueError(f"@every needs a duration of 0 or more, got {spec[7:]!r}")
             return EverySchedule(expr, -(-ns // NS_PER_MS))
         if spec not in _DESCRIPTORS:
             raise ValueError(

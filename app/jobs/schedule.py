@@ -20,6 +20,10 @@ for the differences in the cron dialect itself):
 - A job that could never fire is refused with a 400-class error: a schedule
   with no occurrence and no dueTime, or a first trigger after the ttl
   expiry. Dapr accepts those and silently deletes the job.
+- `@every 0s` needs `repeats`: it then fires that many times back to back,
+  as Dapr does, each trigger due as soon as the previous one is settled (and
+  at least 1 ms later, so each has its own idempotency id). Without repeats
+  it would fire without end, so it is refused (Dapr accepts it).
 - Validation errors carry Dapr's code (DAPR_SCHEDULER_SCHEDULE_JOB) but are
   meant to be answered 400 (Dapr answers 500), per design.md.
 """
@@ -119,6 +123,12 @@ def plan(
     if schedule is None and ttl is not None:
         raise ScheduleError("job must have a schedule to have a ttl", SCHEDULE_JOB)
     parsed = parse_schedule(schedule) if schedule is not None else None
+    if isinstance(parsed, EverySchedule) and parsed.interval_ms == 0 and not repeats:
+        raise ScheduleError(
+            f"schedule {schedule!r} fires back to back without end: give repeats"
+            " (how many times it fires)",
+            SCHEDULE_JOB,
+        )
     if due_time is not None:
         try:
             first = parse_point_in_time(due_time, now_ms)
@@ -174,7 +184,8 @@ def next_fire_ms(
     when the worker was down or a delivery ran long, and always after
     last_sched_ms. For `@every d` that is the first last_sched_ms + k*d (k >= 1)
     that is >= now_ms, so the phase is kept. (Dapr instead fires each missed
-    occurrence in immediate succession.)
+    occurrence in immediate succession.) `@every 0s` (only with repeats) is due
+    at once, but at least 1 ms after last_sched_ms: trigger ids hold the due ms.
     """
     if schedule is None:
         return None
@@ -184,7 +195,11 @@ def next_fire_ms(
     floor = max(last_sched_ms, now_ms - 1)
     if isinstance(parsed, EverySchedule):
         step = parsed.interval_ms
-        nxt: int | None = last_sched_ms + ((floor - last_sched_ms) // step + 1) * step
+        nxt: int | None = (
+            last_sched_ms + ((floor - last_sched_ms) // step + 1) * step
+            if step
+            else max(last_sched_ms + 1, now_ms)
+        )
     else:
         nxt = parsed.next_after(floor)
     if nxt is None or (expires_ms is not None and nxt > expires_ms):
