@@ -6,10 +6,12 @@ child process (gunicorn, a worker) sees exactly what its parent was given.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.jobs.anydata import DELIVERY_FORMATS
 from app.logs import LOG_FORMATS, LOG_LEVELS
@@ -67,9 +69,53 @@ def _signing_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
     return tuple(keys)
 
 
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _on_this_machine(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    """REDIS_URL, else the local Redis on REDIS_PORT, else the default.
+
+    REDIS_PORT is the port of the Procfile's development Redis. Given alone, the URL follows
+    it: the processes must not fall back to whatever other Redis listens on 6379 and write
+    into its database. Given with a REDIS_URL on this machine at another port, one of the
+    two is a mistake that would put jobs into the wrong Redis: refused.
+    """
+    url = env.get("REDIS_URL", "").strip()
+    if not env.get("REDIS_PORT", "").strip():
+        return url or DEFAULT_REDIS_URL
+    port = _int(env, "REDIS_PORT", 0, minimum=1)
+    if port > 65535:
+        raise SettingsError(f"REDIS_PORT must be a port number (1-65535), got {port}")
+    if not url:
+        return f"redis://127.0.0.1:{port}/0"
+    parts = urlsplit(url)
+    host = parts.hostname or ""  # none for unix:// sockets: nothing to compare
+    try:
+        url_port = parts.port or 6379
+    except ValueError:
+        raise SettingsError("REDIS_URL has a port that is not a number in 1-65535") from None
+    if host and _on_this_machine(host) and url_port != port:
+        raise SettingsError(
+            f"REDIS_URL points at port {url_port} of {host} but REDIS_PORT, the port of the "
+            f"Procfile's Redis, is {port}: two different Redis servers on this machine. Unset "
+            "REDIS_URL to use the one on REDIS_PORT, or unset REDIS_PORT to use REDIS_URL"
+        )
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = DEFAULT_REDIS_URL
     redis_cluster: bool = False
     # Prefix of every Redis key; lets several deployments share one Redis.
     prefix: str = "jr"
@@ -121,7 +167,7 @@ class Settings:
         app_host = env.get("APP_HOST", "127.0.0.1").strip() or "127.0.0.1"
         app_url = env.get("APP_URL", "").strip() or f"http://{app_host}:{app_port}"
         settings = cls(
-            redis_url=env.get("REDIS_URL", "").strip() or cls.redis_url,
+            redis_url=_redis_url(env),
             redis_cluster=_bool(env, "REDIS_CLUSTER", False),
             prefix=env.get("JOBRUNNER_PREFIX", "").strip() or cls.prefix,
             partitions=_int(env, "JOBRUNNER_PARTITIONS", cls.partitions, minimum=1),
@@ -178,6 +224,8 @@ class Settings:
         """The environment variables that make `from_env` give these settings back."""
         return {
             "REDIS_URL": self.redis_url,
+            # The URL says it all; an inherited REDIS_PORT must not contradict it in a child.
+            "REDIS_PORT": "",
             "REDIS_CLUSTER": "1" if self.redis_cluster else "0",
             "JOBRUNNER_PREFIX": self.prefix,
             "JOBRUNNER_PARTITIONS": str(self.partitions),

@@ -1,16 +1,28 @@
-"""The API as the Procfile runs it: its `web` line, with PORT set and bound to loopback."""
+"""The API as the Procfile runs it: its `web` line (`jobrunner api`), with PORT set and
+bound to loopback.
+
+The RQ baselines serve their Flask app with gunicorn itself, with the options that
+`jobrunner api` gives gunicorn (app/processes/serve.py; tests/test_procfile.py checks
+that they agree).
+"""
 
 from __future__ import annotations
 
-import re
 import sys
 
 from benchmarks.procs import REPO_ROOT, BenchError
 
-JOBRUNNER_TARGET = '"app.api:create_app()"'
 FALLBACK_WEB = (
-    'gunicorn "app.api:create_app()" --bind 0.0.0.0:${PORT:-6280} --worker-class gthread '
-    "--workers ${WEB_CONCURRENCY:-2} --threads ${JOBRUNNER_API_THREADS:-4} --graceful-timeout 10"
+    ': "${REDIS_URL:-${REDIS_PORT:?set REDIS_URL}}" && '
+    'exec jobrunner api --host "${JOBRUNNER_HTTP_HOST:-127.0.0.1}" --http-port "${PORT:-6280}"'
+)
+JOBRUNNER_API = "exec jobrunner api"
+# `jobrunner api`'s gunicorn options, as a command line: the same processes (the same
+# environment variables, in click's order), threads and graceful timeout.
+BASELINE_WEB = (
+    'exec gunicorn "{target}" --bind 127.0.0.1:${PORT:-6280} --worker-class gthread '
+    "--workers ${JOBRUNNER_API_PROCESSES:-${WEB_CONCURRENCY:-2}} "
+    "--threads ${JOBRUNNER_API_THREADS:-4} --graceful-timeout 10"
 )
 
 
@@ -24,16 +36,15 @@ def web_line() -> str:
 
 
 def web_command(target: str | None = None) -> list[str]:
-    """`sh -c 'exec <web line>'` bound to 127.0.0.1; `target` replaces the WSGI app."""
-    line = web_line()
-    line = re.sub(r"--bind\s+0\.0\.0\.0:", "--bind 127.0.0.1:", line)
-    if "127.0.0.1" not in line:
-        raise BenchError(f"cannot bind the Procfile's web line to 127.0.0.1: {line}")
+    """`sh -c` running the web line bound to 127.0.0.1; with `target` (a WSGI app of a
+    baseline), gunicorn serving it with the web line's gunicorn options instead."""
     if target is not None:
-        if JOBRUNNER_TARGET not in line:
-            raise BenchError(f"cannot find {JOBRUNNER_TARGET} in the Procfile's web line")
-        line = line.replace(JOBRUNNER_TARGET, f'"{target}"')
-    return ["/bin/sh", "-c", f"exec {line}"]
+        return ["/bin/sh", "-c", BASELINE_WEB.replace("{target}", target)]
+    line = web_line()
+    if JOBRUNNER_API not in line:
+        raise BenchError(f"the Procfile's web line does not run `{JOBRUNNER_API}`: {line}")
+    # The web line binds JOBRUNNER_HTTP_HOST: loopback, whatever the caller's environment says.
+    return ["/bin/sh", "-c", f"export JOBRUNNER_HTTP_HOST=127.0.0.1; {line}"]
 
 
 def venv_path_env(path: str) -> str:
