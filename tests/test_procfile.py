@@ -327,6 +327,8 @@ def honcho_env(tmp_path: Path) -> dict[str, str]:
         PATH=os.pathsep.join(path),
         JOBRUNNER_HOME=str(tmp_path / "home"),  # `jobrunner` must not touch ~/.jobrunner
         JOBRUNNER_API_PROCESSES="1",  # boots faster on a shared machine; the test needs no more
+        # A free port for any gRPC API the web line opens: never a fixed one other runs share.
+        DAPR_GRPC_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
     )
     return env
