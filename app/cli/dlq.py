@@ -16,11 +16,11 @@ from app.store.store import Store
 
 
 def _store(redis_url: str | None, app_id: str) -> Store:
-    """The store at --redis-url / REDIS_URL, else the running shared service's Redis."""
+    """The store at --redis-url / REDIS_URL / REDIS_PORT, else the shared service's Redis."""
     env = dict(os.environ)
     if redis_url:
         env["REDIS_URL"] = redis_url
-    elif not env.get("REDIS_URL"):
+    elif not env.get("REDIS_URL", "").strip() and not env.get("REDIS_PORT", "").strip():
         state = read_state(jobrunner_home())
         if state is None or not state.alive():
             raise click.ClickException(
