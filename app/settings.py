@@ -16,6 +16,10 @@ from urllib.parse import urlsplit
 from app.jobs.anydata import DELIVERY_FORMATS
 from app.logs import LOG_FORMATS, LOG_LEVELS
 
+# How workers deliver to an app (`--app-protocol`): POST /job/<name>, or Dapr's gRPC
+# AppCallback.OnJobEvent.
+APP_PROTOCOLS = ("http", "grpc")
+
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
@@ -131,6 +135,8 @@ class Settings:
     api_token: str = ""
     # auto: protobuf Any data as the {type_url, value} envelope, the rest as raw JSON.
     delivery_format: str = "auto"
+    # One of APP_PROTOCOLS (Dapr's --app-protocol).
+    app_protocol: str = "http"
 
     http_host: str = "127.0.0.1"
     http_port: int = 6280
@@ -176,6 +182,7 @@ class Settings:
             app_api_token=env.get("APP_API_TOKEN", ""),
             api_token=env.get("DAPR_API_TOKEN", ""),
             delivery_format=(env.get("JOBRUNNER_DELIVERY_FORMAT", "").strip() or "auto").lower(),
+            app_protocol=(env.get("APP_PROTOCOL", "").strip() or "http").lower(),
             http_host=env.get("JOBRUNNER_HTTP_HOST", "").strip() or cls.http_host,
             http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
@@ -207,6 +214,9 @@ class Settings:
             raise SettingsError(
                 f"JOBRUNNER_DELIVERY_FORMAT must be one of {', '.join(DELIVERY_FORMATS)}"
             )
+        if self.app_protocol not in APP_PROTOCOLS:
+            raise SettingsError(f"APP_PROTOCOL must be one of {', '.join(APP_PROTOCOLS)}, "
+                                f"got {self.app_protocol!r}")
         if self.lease_s <= self.delivery_timeout_s:
             # A lease that ran out mid-delivery would let a second worker deliver too.
             raise SettingsError("JOBRUNNER_LEASE must be longer than JOBRUNNER_DELIVERY_TIMEOUT")
@@ -234,6 +244,7 @@ class Settings:
             "APP_API_TOKEN": self.app_api_token,
             "DAPR_API_TOKEN": self.api_token,
             "JOBRUNNER_DELIVERY_FORMAT": self.delivery_format,
+            "APP_PROTOCOL": self.app_protocol,
             "JOBRUNNER_HTTP_HOST": self.http_host,
             "DAPR_HTTP_PORT": str(self.http_port),
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),

@@ -1,4 +1,5 @@
-"""One HTTP delivery of a trigger to its app: the request, and what came of it."""
+"""One delivery of a trigger to its app (HTTP, or gRPC: Settings.app_protocol): the
+request, and what came of it."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
-from app.jobs.anydata import delivery_body
+import grpc
+
+from app.jobs.anydata import delivery_body, job_data_as_any
 from app.jobs.model import Trigger
 from app.settings import Settings
 from app.store.store import AppRegistration
+from workers.grpc_client import GrpcClient, Metadata, job_event_request
 from workers.http_client import HttpClient, Origin, PoolTimeout, ServerDisconnected, split_url
 
 # Header names of the delivery contract (README, "Delivery").
@@ -26,7 +31,7 @@ H_APP_TOKEN = "dapr-api-token"
 @dataclass(frozen=True)
 class Outcome:
     done: bool  # 2xx or 404: the trigger is finished
-    status: int | None  # HTTP status, None when no response came
+    status: int | None  # HTTP status; None when no response came, and over gRPC
     error: str = ""  # why it failed, for logs and the dead-letter queue
 
 
@@ -81,3 +86,46 @@ async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
     if 200 <= status < 300 or status == 404:
         return Outcome(True, status)
     return Outcome(False, status, f"app answered HTTP {status}")
+
+
+# --- gRPC: AppCallback.OnJobEvent (workers/grpc_client.py) ------------------------------
+
+
+def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,
+                    now_ms: int) -> tuple[Origin, Any, Metadata]:
+    """The JobEventRequest daprd would send, and as metadata the headers of an HTTP
+    delivery (lower-case keys, as gRPC wants them). The address is the host and port of
+    the app's URL; a path in it has no meaning for gRPC."""
+    data = job_data_as_any(trigger.job)
+    metadata = [
+        (H_TRIGGER_ID, quote(trigger.trigger_id, safe="/@:")),
+        (H_ATTEMPT, str(trigger.attempt)),
+        (H_SCHEDULED_MS, str(trigger.sched_ms)),
+        ("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"),
+    ]
+    if app.token:
+        metadata.append((H_APP_TOKEN, app.token))
+    if settings.signing_keys:
+        # Over the Any's value: the bytes the SDKs hand to the job handler.
+        payload = data.value if data is not None else b""
+        metadata.append((H_SIGNATURE, sign(settings.signing_keys, now_ms, payload)))
+    origin, _ = _split_app_url(app.url)
+    return origin, job_event_request(trigger.job.name, data), tuple(metadata)
+
+
+async def send_grpc(client: GrpcClient, origin: Origin, request: Any, metadata: Metadata,
+                    timeout_s: float) -> Outcome:
+    """As daprd judges the answer: OK, or NOT_FOUND (like HTTP 404), finishes the
+    trigger; any other status follows the failure policy, UNAVAILABLE (the app cannot be
+    reached) as a refused connection does."""
+    reply = await client.on_job_event(origin, request, metadata, timeout_s)
+    code = reply.code
+    if code is grpc.StatusCode.OK:
+        return Outcome(True, None)
+    if code is grpc.StatusCode.NOT_FOUND:
+        return Outcome(True, None, f"app answered gRPC NOT_FOUND: {reply.details}")
+    if reply.timed_out:
+        return Outcome(False, None, f"no answer within {timeout_s:g}s")
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return Outcome(False, None, f"cannot connect to the app: {reply.details}")
+    return Outcome(False, None, f"app answered gRPC {code.name}: {reply.details}")

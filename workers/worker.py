@@ -13,6 +13,7 @@ from app.jobs.schedule import next_fire_ms
 from app.settings import Settings
 from app.store.redis_client import UNAVAILABLE
 from workers import delivery
+from workers.grpc_client import GrpcClient
 from workers.http_client import HttpClient
 from workers.metrics import WorkerMetrics
 from workers.queue import Action, Queue, Settlement
@@ -38,6 +39,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._to_settle = asyncio.Event()
         self._http = HttpClient(settings.connections_per_app)
+        self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
         self._refill = max(1, min(settings.claim_batch, settings.concurrency) // 4)
         self._backoff = 0.05
         # Waiting for a free connection is not the app's time, but the lease bounds it.
@@ -65,6 +67,7 @@ class Worker:
         finally:
             await self._shutdown(helpers)
             self._http.close()
+            await self._grpc.close()
 
     async def _room_to_claim(self, stop: asyncio.Event) -> int:
         """How many triggers to claim now; 0 after waiting for deliveries to finish.
@@ -117,6 +120,11 @@ class Worker:
             started = now_ms()
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
+            elif app.protocol == "grpc":
+                origin, request, metadata = delivery.build_grpc_call(
+                    trigger, app, self.settings, started)
+                outcome = await delivery.send_grpc(self._grpc, origin, request, metadata,
+                                                   self.settings.delivery_timeout_s)
             else:
                 origin, path, body, headers = delivery.build_request(
                     trigger, app, self.settings, started)

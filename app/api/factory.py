@@ -107,7 +107,7 @@ def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
     chooses where a job goes. A registration that is not renewed expires, and
     the app's due triggers are staged until it is back."""
     registration = AppRegistration(settings.app_id, settings.app_url, settings.app_api_token,
-                                   settings.delivery_format)
+                                   settings.delivery_format, settings.app_protocol)
     ttl = settings.app_registration_ttl_s
     stop = threading.Event()
 

@@ -21,7 +21,7 @@ from app.processes.procs import http_url
 from app.processes.redis_server import require_redis
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
 from app.processes.supervisor import Child, StopSignals, Supervisor, describe_exit
-from app.settings import Settings, SettingsError
+from app.settings import APP_PROTOCOLS, Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,6 +86,12 @@ app_options = _options(
     click.option(
         "--app-url", envvar="APP_URL", show_envvar=True, callback=check_app_url, metavar="URL",
         help="Full address of the app, instead of --app-port.",
+    ),
+    click.option(
+        "--app-protocol", type=click.Choice(APP_PROTOCOLS, case_sensitive=False),
+        envvar="APP_PROTOCOL", show_envvar=True,
+        help="How jobs reach the app: POST /job/<name>, or Dapr's gRPC "
+             "AppCallback.OnJobEvent.  [default: http]",
     ),
     click.option(
         "--http-port", "--dapr-http-port", "http_port", type=PORT, envvar="DAPR_HTTP_PORT",
@@ -179,6 +185,8 @@ def app_env(ctx: click.Context, params: dict[str, Any]) -> dict[str, str]:
     elif app_port is not None:
         # A port on the command line beats an APP_URL inherited from the environment.
         env["APP_PORT"], env["APP_URL"] = str(app_port), ""
+    if params.get("app_protocol"):
+        env["APP_PROTOCOL"] = params["app_protocol"].lower()
     if params.get("http_port") is not None:
         env["DAPR_HTTP_PORT"] = str(params["http_port"])
     if params.get("redis_url"):
