@@ -14,8 +14,8 @@ from app.settings import Settings
 from workers.worker import Worker
 
 log = logging.getLogger("jobrunner.worker")
-# Info is a line per delivery: measurably dearer at high rates (README, Configuration).
-DEFAULT_LOG_LEVEL = "warning"
+# Info: a line per delivery, visible by default; `warning` at high rates (README: Logs).
+DEFAULT_LOG_LEVEL = "info"
 
 
 async def _main(settings: Settings) -> None:
