@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from app.jobs.anydata import DELIVERY_FORMATS
+from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
 from app.logs import LOG_FORMATS, LOG_LEVELS
 
 # How workers deliver to an app (`--app-protocol`): POST /job/<name>, or Dapr's gRPC
@@ -135,6 +135,10 @@ class Settings:
     api_token: str = ""
     # auto: protobuf Any data as the {type_url, value} envelope, the rest as raw JSON.
     delivery_format: str = "auto"
+    # Behave as Dapr 1.14.3+ for this app (JOBRUNNER_DAPR_COMPAT, --dapr-compat): data kept
+    # and delivered as scheduled, any `@type`, GET data in Dapr's shape. The app's
+    # registration carries it to the workers (registration_format).
+    dapr_compat: bool = False
     # One of APP_PROTOCOLS (Dapr's --app-protocol).
     app_protocol: str = "http"
 
@@ -182,6 +186,7 @@ class Settings:
             app_api_token=env.get("APP_API_TOKEN", ""),
             api_token=env.get("DAPR_API_TOKEN", ""),
             delivery_format=(env.get("JOBRUNNER_DELIVERY_FORMAT", "").strip() or "auto").lower(),
+            dapr_compat=_bool(env, "JOBRUNNER_DAPR_COMPAT", False),
             app_protocol=(env.get("APP_PROTOCOL", "").strip() or "http").lower(),
             http_host=env.get("JOBRUNNER_HTTP_HOST", "").strip() or cls.http_host,
             http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
@@ -214,6 +219,10 @@ class Settings:
             raise SettingsError(
                 f"JOBRUNNER_DELIVERY_FORMAT must be one of {', '.join(DELIVERY_FORMATS)}"
             )
+        if self.dapr_compat and self.delivery_format != "auto":
+            # One switch: the compatibility mode decides the format itself.
+            raise SettingsError("JOBRUNNER_DAPR_COMPAT sets how data is delivered: "
+                                "leave JOBRUNNER_DELIVERY_FORMAT unset (auto) with it")
         if self.app_protocol not in APP_PROTOCOLS:
             raise SettingsError(f"APP_PROTOCOL must be one of {', '.join(APP_PROTOCOLS)}, "
                                 f"got {self.app_protocol!r}")
@@ -226,6 +235,11 @@ class Settings:
             raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level and self.log_level not in LOG_LEVELS:
             raise SettingsError(f"JOBRUNNER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def registration_format(self) -> str:
+        """The delivery format the app's registration tells the workers."""
+        return DAPR_FORMAT if self.dapr_compat else self.delivery_format
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -244,6 +258,7 @@ class Settings:
             "APP_API_TOKEN": self.app_api_token,
             "DAPR_API_TOKEN": self.api_token,
             "JOBRUNNER_DELIVERY_FORMAT": self.delivery_format,
+            "JOBRUNNER_DAPR_COMPAT": "1" if self.dapr_compat else "0",
             "APP_PROTOCOL": self.app_protocol,
             "JOBRUNNER_HTTP_HOST": self.http_host,
             "DAPR_HTTP_PORT": str(self.http_port),

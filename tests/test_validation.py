@@ -772,3 +772,72 @@ def test_random_bytes_raise_only_api_errors(body: bytes) -> None:
         parse(body)
     except ApiError as exc:
         assert exc.status in (400, 413)
+
+
+# --- Dapr's contract points (issue 9): @every 0s, a zone on @every ---------------------------
+
+
+def test_every_0s_with_repeats_is_accepted_and_due_at_once() -> None:
+    """Dapr's own test body: three triggers back to back (app/jobs/schedule.py)."""
+    job, _ = parse(b'{"dueTime":"0s","data":"test","repeats":3,"schedule":"@every 0s"}')
+    assert (job.schedule, job.repeats, job.first_ms) == ("@every 0s", 3, NOW)
+    job, _ = parse({"schedule": "@every 0s", "repeats": 1})
+    assert job.first_ms == NOW
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"schedule": "@every 0s"}, "give repeats"),
+        ({"schedule": "@every 0s", "repeats": 0}, "give repeats"),  # 0: unlimited
+        ({"schedule": "@every 0s", "dueTime": "1s", "ttl": "1h"}, "give repeats"),
+        ({"schedule": "CRON_TZ=Europe/Rome @every 1h"}, "timezone is not supported for @every"),
+        ({"schedule": "TZ=UTC @every 0s", "repeats": 3}, "timezone is not supported for @every"),
+    ],
+)
+def test_every_0s_without_repeats_and_a_zone_on_every_are_400(body: Any, fragment: str) -> None:
+    err = parse_error(body)
+    assert (err.status, err.code) == (400, errors.SCHEDULE_JOB)
+    assert fragment in err.message
+
+
+# --- Dapr compatibility (dapr_compat): the data's text as given ---------------------------
+
+
+def _compat(body: bytes, limit: int = LIMIT) -> Job:
+    job, _ = parse_job_request("job", body, None, "job-service", NOW, limit, dapr_compat=True)
+    return job
+
+
+SPACING = st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=JSON, spacing=SPACING, indent=st.sampled_from([None, 2]),
+       ensure_ascii=st.booleans(), before=st.sampled_from(["", "\n  "]))
+def test_compat_delivers_the_data_text_exactly(data: Any, spacing: tuple[str, str],
+                                               indent: int | None, ensure_ascii: bool,
+                                               before: str) -> None:
+    """Whatever JSON text the caller wrote for `data`, it arrives as written, byte for
+    byte, also after the record's round trip through Redis; GET has the same value."""
+    import json
+
+    text = json.dumps(data, separators=spacing, indent=indent, ensure_ascii=ensure_ascii)
+    body = ('{"data":' + before + text + before + ', "dueTime": "1s"}').encode()
+    try:
+        job = _compat(body, limit=1 << 16)
+    except ApiError as exc:  # only what orjson refuses to read at all
+        assert exc.code == errors.MALFORMED_REQUEST, exc.message
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(body)
+        return
+    again = Job.decode(job.app_id, job.name, job.encode())
+    assert delivery_body(job, "dapr") == text.encode()
+    assert delivery_body(again, "dapr") == text.encode()
+    assert job_to_api(again, dapr_compat=True)["data"] == {"@type": WKT + "Value",
+                                                           "value": orjson.loads(text)}
+
+
+def test_compat_keeps_the_last_of_repeated_data_keys_as_orjson_does() -> None:
+    job = _compat(b'{"data": 1, "dueTime": "1s", "data" : [ 2 ] }')
+    assert (job.data, delivery_body(job, "dapr")) == ([2], b"[ 2 ]")

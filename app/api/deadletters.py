@@ -26,7 +26,7 @@ def letter_to_api(letter: DeadLetter, with_job: bool = False) -> dict[str, Any]:
         "error": letter.error,
     }
     if with_job:
-        body["job"] = job_to_api(letter.job)
+        body["job"] = job_to_api(letter.job, dapr_compat=g.settings.dapr_compat)
     return body
 
 

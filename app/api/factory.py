@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 import threading
 import weakref
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -25,6 +27,11 @@ log = logging.getLogger("jobrunner.api")
 
 # Paths served without the API token: probes and scrapers carry none.
 _OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json")
+# Waiting for the app to listen (as daprd's blockUntilAppIsReady): each dial's timeout,
+# and the pause between dials, growing to a second.
+APP_DIAL_TIMEOUT_S = 0.5
+APP_DIAL_FIRST_PAUSE_S = 0.1
+APP_DIAL_MAX_PAUSE_S = 1.0
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> Flask:
@@ -105,9 +112,14 @@ def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
 
     Workers deliver only to registered addresses: a caller of the API never
     chooses where a job goes. A registration that is not renewed expires, and
-    the app's due triggers are staged until it is back."""
+    the app's due triggers are staged until it is back.
+
+    As daprd, which connects to Dapr's scheduler only once the app's port takes a
+    connection, the app is first registered once it listens: until then its due
+    triggers are staged, spending no attempt. (Afterwards, a refused connection is a
+    failed attempt, as in Dapr: pkg/runtime/scheduler/internal/cluster/streamer.go.)"""
     registration = AppRegistration(settings.app_id, settings.app_url, settings.app_api_token,
-                                   settings.delivery_format, settings.app_protocol)
+                                   settings.registration_format, settings.app_protocol)
     ttl = settings.app_registration_ttl_s
     stop = threading.Event()
 
@@ -122,11 +134,46 @@ def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
             log.info("app %s registered at %s", settings.app_id, settings.app_url)
         return True
 
-    def beat(ok: bool) -> None:
+    def wait_for_app() -> bool:
+        pause, dials = APP_DIAL_FIRST_PAUSE_S, 0
+        while not stop.wait(pause):
+            if _listening(settings.app_url):
+                log.info("app %s is listening at %s", settings.app_id, settings.app_url)
+                return True
+            dials += 1
+            if dials % 60 == 0:
+                log.warning("app %s still does not accept connections at %s; its triggers "
+                            "wait", settings.app_id, settings.app_url)
+            pause = min(pause * 1.5, APP_DIAL_MAX_PAUSE_S)
+        return False
+
+    def beat(ok: bool, listening: bool) -> None:
+        if not listening:
+            if not wait_for_app():
+                return
+            ok = register(True)
         while not stop.wait(ttl / 3):
             ok = register(ok)
 
-    ok = register(True)  # at once, so deliveries never wait for it
-    threading.Thread(target=beat, args=(ok,), name="app-registration", daemon=True).start()
+    listening = _listening(settings.app_url)
+    if listening:
+        ok = register(True)  # at once, so deliveries never wait for it
+    else:
+        ok = False
+        log.info("app %s does not accept connections at %s yet: its triggers wait until it "
+                 "does", settings.app_id, settings.app_url)
+    threading.Thread(target=beat, args=(ok, listening), name="app-registration",
+                     daemon=True).start()
     # The thread holds no reference to the app: it stops when the app is collected.
     weakref.finalize(app, stop.set)
+
+
+def _listening(url: str) -> bool:
+    """Whether the app's host and port take a TCP connection (what daprd checks)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), APP_DIAL_TIMEOUT_S):
+            return True
+    except OSError:
+        return False

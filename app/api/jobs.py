@@ -30,7 +30,7 @@ def ms_to_rfc3339(ms: int | None) -> str | None:
 
 
 def view_to_api(view: JobView) -> dict[str, Any]:
-    body = job_to_api(view.job)
+    body = job_to_api(view.job, dapr_compat=g.settings.dapr_compat)
     # Extensions beyond Dapr's shape: where the job stands.
     body["status"] = view.status.value
     body["nextTriggerTime"] = ms_to_rfc3339(view.next_ms)
@@ -46,6 +46,7 @@ def schedule_job(name: str) -> Response:
     job, overwrite = parse_job_request(
         name, request.get_data(cache=False), request.headers.get("Content-Type"),
         g.settings.app_id, now_ms(), g.settings.max_data_bytes,
+        dapr_compat=g.settings.dapr_compat,
     )
     try:
         store.schedule(job, overwrite=overwrite)

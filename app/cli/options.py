@@ -94,6 +94,13 @@ app_options = _options(
              "AppCallback.OnJobEvent.  [default: http]",
     ),
     click.option(
+        "--dapr-compat", is_flag=True, default=None, envvar="JOBRUNNER_DAPR_COMPAT",
+        show_envvar=True,
+        help="Behave as Dapr 1.14.3+ for this app: data delivered and kept as scheduled, any "
+             "@type, GET data in Dapr's shape (today's Dapr quickstarts need it; the seed's "
+             "programs need it off).",
+    ),
+    click.option(
         "--http-port", "--dapr-http-port", "http_port", type=PORT, envvar="DAPR_HTTP_PORT",
         show_envvar=True, help="Port of the jobs API.  [default: 6280]",
     ),
@@ -187,6 +194,8 @@ def app_env(ctx: click.Context, params: dict[str, Any]) -> dict[str, str]:
         env["APP_PORT"], env["APP_URL"] = str(app_port), ""
     if params.get("app_protocol"):
         env["APP_PROTOCOL"] = params["app_protocol"].lower()
+    if params.get("dapr_compat"):
+        env["JOBRUNNER_DAPR_COMPAT"] = "1"
     if params.get("http_port") is not None:
         env["DAPR_HTTP_PORT"] = str(params["http_port"])
     if params.get("redis_url"):

@@ -19,12 +19,16 @@ Delivery formats (Settings.delivery_format):
   data, an empty body (there is nothing to pack).
 - raw: Any data as its JSON form (`{"@type": ..., ...}`); other data as its
   raw JSON; no data, an empty body.
+- dapr (the app runs with Settings.dapr_compat, not a JOBRUNNER_DELIVERY_FORMAT
+  value): as Dapr 1.14.3+ delivers (dapr_body). Such an app's HTTP data is never
+  packed: it is kept as the JSON text given (Job.data_text), any `@type` and any
+  extra fields included, and delivered byte for byte.
 
-Differences from Dapr: Dapr (1.15+) wraps all HTTP job data in a
-google.protobuf.Value and delivers it as raw JSON, so an `@type` object arrives
-as that object; design.md asks for the `{type_url, value}` envelope instead,
-which is what the seed's handler decodes. Dapr accepts any `@type`; we refuse
-types we cannot serialize.
+Differences from Dapr, without the switch: Dapr (1.14.3+) reads all HTTP job data
+into a google.protobuf.Value and delivers it as JSON, so an `@type` object arrives
+as that object; design.md asks for the `{type_url, value}` envelope instead, which
+is what the seed's handler decodes (Dapr 1.14.0-1.14.2 delivered that). Dapr
+accepts any `@type`; we refuse types we cannot serialize.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import orjson
 from google.protobuf import (  # noqa: F401
     any_pb2,
     api_pb2,
+    descriptor_pool,
     duration_pb2,
     empty_pb2,
     field_mask_pb2,
@@ -67,6 +72,8 @@ _RECURSION_DEPTH = 100  # json_format's default, made explicit
 
 # How data goes out: `auto` (Any as envelope, other JSON raw), or one of the two forced.
 DELIVERY_FORMATS = ("auto", "envelope", "raw")
+# The format of an app in Dapr compatibility mode (its registration carries it).
+DAPR_FORMAT = "dapr"
 
 _STRING_VALUE_URL = "type.googleapis.com/google.protobuf.StringValue"
 _VALUE_URL = "type.googleapis.com/google.protobuf.Value"
@@ -172,10 +179,14 @@ def unpack_any_json(type_url: str, value_b64: str) -> dict[str, Any]:
 
 def delivery_body(job: Job, fmt: str) -> bytes:
     """The exact HTTP body a worker POSTs to `{app}/job/{name}` for this job."""
+    if fmt == DAPR_FORMAT:
+        return dapr_body(job)
     if fmt not in DELIVERY_FORMATS:
         raise ValueError(f"unknown delivery format {fmt!r}")
     if job.any_type is not None:
         if fmt == "raw":
+            if not _known_type(job.any_type):  # given over gRPC: no JSON form here
+                return _dapr_any_body(job.any_type, job.any_value or "")
             return orjson.dumps(unpack_any_json(job.any_type, job.any_value or ""))
         return _envelope(job.any_type, job.any_value or "")
     if job.data is None:
@@ -183,6 +194,68 @@ def delivery_body(job: Job, fmt: str) -> bytes:
     if fmt == "envelope":
         return _envelope(*_pack_plain(job.data))
     return orjson.dumps(job.data)
+
+
+def dapr_body(job: Job) -> bytes:
+    """The body Dapr (1.14.3+) POSTs for this job (pkg/channel/http, constructJobRequest):
+    data scheduled over HTTP as it was scheduled, byte for byte (Dapr re-marshals its
+    google.protobuf.Value, which gives the same JSON value); a stored Any (given over
+    gRPC) as Dapr renders it (_dapr_any_body); no data, an empty body."""
+    if job.data_text is not None:
+        return job.data_text.encode()
+    if job.any_type is not None:
+        return _dapr_any_body(job.any_type, job.any_value or "")
+    if job.data is None:
+        return b""
+    return orjson.dumps(job.data)  # the text as given: Job keeps only compact texts so
+
+
+def dapr_get_data(job: Job) -> Any:
+    """The job's `data` in a GET answer as Dapr 1.15+ gives it: data scheduled over HTTP
+    wrapped as the google.protobuf.Value Any it is kept in, `{"@type": ".../google.protobuf
+    .Value", "value": <data>}`; a stored Any in its JSON form; None when there is none."""
+    if job.any_type is not None:
+        return any_json_or_bytes(job.any_type, job.any_value or "")
+    if job.data is None and job.data_text is None:
+        return None
+    return {"@type": _VALUE_URL, "value": job.data}
+
+
+def _dapr_any_body(type_url: str, value_b64: str) -> bytes:
+    """A stored Any as Dapr's HTTP channel sends it: a google.protobuf.Value as its JSON
+    (nothing when it holds no value), any other type as its value bytes, trimmed."""
+    raw = base64.b64decode(value_b64)
+    if type_url != _VALUE_URL:
+        # Go's bytes.TrimSpace; its Unicode spaces beyond ASCII (U+0085, U+00A0) aside.
+        return raw.strip()
+    value = struct_pb2.Value()
+    try:
+        value.ParseFromString(raw)
+    except DecodeError as exc:
+        raise ValueError(f"stored google.protobuf.Value does not decode: {exc}") from exc
+    if value.WhichOneof("kind") is None:
+        return b""
+    # protojson: map keys sorted, integral doubles without a fraction.
+    return orjson.dumps(_go_numbers(json_format.MessageToDict(value)),
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def _go_numbers(node: Any) -> Any:
+    if isinstance(node, float) and node.is_integer() and abs(node) < 2**63:
+        return int(node)
+    if isinstance(node, dict):
+        return {k: _go_numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_go_numbers(v) for v in node]
+    return node
+
+
+def _known_type(type_url: str) -> bool:
+    try:
+        descriptor_pool.Default().FindMessageTypeByName(type_url.rsplit("/", 1)[-1])
+    except KeyError:
+        return False
+    return True
 
 
 def _envelope(type_url: str, value_b64: str) -> bytes:

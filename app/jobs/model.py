@@ -91,6 +91,10 @@ class Job:
     # A protobuf Any, kept serialized: type URL and standard base64 of the message bytes.
     any_type: str | None = None
     any_value: str | None = None
+    # The data's JSON text exactly as scheduled (an app in Dapr compatibility mode:
+    # delivered byte for byte); `data` then holds it parsed. Stored only when it is not
+    # what orjson.dumps(data) gives back: compact JSON costs nothing extra.
+    data_text: str | None = None
     schedule: str | None = None
     due_time: str | None = None
     repeats: int | None = None
@@ -116,6 +120,9 @@ class Job:
         if self.any_type is not None:
             record["t"] = _short_type(self.any_type)
             record["v"] = self.any_value
+        elif self.data_text is not None and (
+                self.data is None or orjson.dumps(self.data) != self.data_text.encode()):
+            record["j"] = self.data_text
         elif self.data is not None:
             record["d"] = self.data
         if self.schedule is not None:
@@ -141,12 +148,14 @@ class Job:
         fp = record.get("fp")
         any_type = record.get("t")
         due_time = record.get("u")
+        text = record.get("j")
         return cls(
             app_id=app_id,
             name=name,
-            data=record.get("d"),
+            data=record.get("d") if text is None else orjson.loads(text),
             any_type=None if any_type is None else _long_type(any_type),
             any_value=record.get("v"),
+            data_text=text,
             schedule=record.get("s"),
             due_time=format_ms(record["f1"]) if due_time == 0 else due_time,
             repeats=record.get("r"),

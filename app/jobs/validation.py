@@ -34,11 +34,19 @@ Decisions and differences from Dapr:
   protobuf can always pack it and apps decode it (Dapr: protojson's 10000).
 - GET answers the data as it was given (an Any in its JSON form with `@type`);
   Dapr answers HTTP-scheduled data wrapped as a google.protobuf.Value Any.
+
+With `dapr_compat` (the app's Dapr compatibility switch, Settings.dapr_compat)
+the data is read as Dapr reads it, into a google.protobuf.Value: any JSON value,
+an `@type` object of any type with any fields included, never packed. Its JSON
+text is kept exactly as it stands in the body (_raw_member) and measured against
+`max_data_bytes` as such; `"data": null` is data (Dapr delivers `null`). GET
+answers it wrapped as Dapr 1.15+ does (anydata.dapr_get_data).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from typing import Any
 
@@ -47,10 +55,11 @@ import orjson
 from app.jobs import errors
 from app.jobs.anydata import (
     MAX_DATA_DEPTH,
+    any_json_or_bytes,
+    dapr_get_data,
     is_any_json,
     pack_any,
     stored_any,
-    unpack_any_json,
 )
 from app.jobs.durations import go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
@@ -108,10 +117,13 @@ def parse_job_request(
     app_id: str,
     now_ms: int,
     max_data_bytes: int,
+    *,
+    dapr_compat: bool = False,
 ) -> tuple[Job, bool]:
     """A schedule request -> (the Job to store, overwrite). Raises ApiError.
 
-    `content_type` is deliberately not consulted (see the module docstring).
+    `content_type` is deliberately not consulted (see the module docstring);
+    `dapr_compat`: keep the data as Dapr does (the module docstring).
     """
     del content_type  # read as JSON whatever it says, as Dapr does
     request = _decode_body(body)
@@ -126,7 +138,12 @@ def parse_job_request(
     elif not isinstance(overwrite, bool):
         raise malformed(f"overwrite must be true or false, got {_show(overwrite)}")
     policy = _failure_policy(_field(request, "failurePolicy", "failure_policy"))
-    data, any_type, any_value = _data(request.get("data"), max_data_bytes)
+    data_text = None
+    if dapr_compat:
+        data, data_text = _dapr_data(request, body, max_data_bytes)
+        any_type = any_value = None
+    else:
+        data, any_type, any_value = _data(request.get("data"), max_data_bytes)
 
     if request.get("name") not in (None, ""):
         raise ApiError(400, errors.JOB_NAME, "Set the job name in the url only")
@@ -144,6 +161,7 @@ def parse_job_request(
         data=data,
         any_type=any_type,
         any_value=any_value,
+        data_text=data_text,
         schedule=schedule,
         due_time=due_time,
         repeats=repeats,
@@ -155,8 +173,9 @@ def parse_job_request(
     return job, overwrite
 
 
-def job_to_api(job: Job) -> dict[str, Any]:
-    """The GET answer for a job, in the field order of Dapr's `runtime.v1.Job`."""
+def job_to_api(job: Job, *, dapr_compat: bool = False) -> dict[str, Any]:
+    """The GET answer for a job, in the field order of Dapr's `runtime.v1.Job`;
+    `dapr_compat`: `data` in Dapr 1.15+'s shape (anydata.dapr_get_data)."""
     out: dict[str, Any] = {"name": job.name}
     if job.schedule is not None:
         out["schedule"] = job.schedule
@@ -166,8 +185,12 @@ def job_to_api(job: Job) -> dict[str, Any]:
         out["dueTime"] = job.due_time
     if job.ttl is not None:
         out["ttl"] = job.ttl
-    if job.any_type is not None:
-        out["data"] = unpack_any_json(job.any_type, job.any_value or "")
+    if dapr_compat:
+        if (data := dapr_get_data(job)) is not None:
+            out["data"] = data
+    elif job.any_type is not None:
+        # An Any given over gRPC may be of a type this process has no descriptor for.
+        out["data"] = any_json_or_bytes(job.any_type, job.any_value or "")
     elif job.data is not None:
         out["data"] = job.data
     # Dapr's scheduler stores its default policy when none is given, so GET always has one.
@@ -299,6 +322,48 @@ def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
     if len(any_value) > max_data_bytes:
         raise payload_too_large(len(any_value), max_data_bytes)
     return None, any_type, any_value
+
+
+def _dapr_data(request: dict[str, Any], body: bytes, max_data_bytes: int) -> tuple[Any, str | None]:
+    """(data parsed, its JSON text as given) as Dapr reads it (the module docstring);
+    (None, None) when the body has no `data`."""
+    if "data" not in request:
+        return None, None
+    text = _raw_member(body.decode("utf-8"), "data")
+    raw = text.encode("utf-8")
+    if len(raw) > max_data_bytes:
+        raise payload_too_large(len(raw), max_data_bytes)
+    data = request["data"]
+    if _too_deep(data, raw):
+        raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep")
+    return data, text
+
+
+_SCAN = json.JSONDecoder()
+
+
+def _raw_member(text: str, key: str) -> str:
+    """The exact text of the value of `key` in the JSON object `text` (the last one when
+    the key repeats, as orjson reads it). `text` is known to be a JSON object that has
+    the key: orjson has parsed it."""
+    found = ""
+    pos = _skip_space(text, text.index("{") + 1)
+    while text[pos] != "}":
+        name, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
+        start = _skip_space(text, _skip_space(text, pos) + 1)  # past the ':'
+        _, pos = _SCAN.raw_decode(text, start)
+        if name == key:
+            found = text[start:pos]
+        pos = _skip_space(text, pos)
+        if text[pos] == ",":
+            pos = _skip_space(text, pos + 1)
+    return found
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while text[pos] in " \t\n\r":  # JSON's whitespace; a valid object ends in '}' first
+        pos += 1
+    return pos
 
 
 def _too_deep(data: Any, raw: bytes) -> bool:
