@@ -7,7 +7,8 @@ pyproject.toml (`lint-imports`, run by tests/test_quality.py):
     app.processes    supervisor, background service,     starts things; uses api, store, jobs
                      embedded Redis, API server
     app.api          the HTTP API (Flask)                } siblings: never import each other;
-    workers          claim, deliver, settle (top level)  } each uses store, settings, jobs
+    app.grpc         the Dapr gRPC API (grpcio)          } each uses store, settings, jobs
+    workers          claim, deliver, settle (top level)  }
     app.store        Redis: keys, Lua scripts, store, dead letters, clients
     app.settings     every setting, from the environment
     app.logs         the one log format of every process (standard library logging)

@@ -117,6 +117,16 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return url
 
 
+def _port_or_off(env: Mapping[str, str], name: str, default: int) -> int:
+    """A port, or 0 for "off" (`0` or `off`)."""
+    if env.get(name, "").strip().lower() == "off":
+        return 0
+    port = _int(env, name, default)
+    if port > 65535:
+        raise SettingsError(f"{name} must be a port number (1-65535), or 0 or off, got {port}")
+    return port
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
@@ -144,6 +154,8 @@ class Settings:
 
     http_host: str = "127.0.0.1"
     http_port: int = 6280
+    # Dapr's gRPC API (app/grpc), on http_host; Dapr's default port. 0: not served.
+    grpc_port: int = 50001
     max_data_bytes: int = 1024 * 1024
     # An app registration lives this long without a heartbeat from its API process.
     app_registration_ttl_s: float = 15.0
@@ -190,6 +202,7 @@ class Settings:
             app_protocol=(env.get("APP_PROTOCOL", "").strip() or "http").lower(),
             http_host=env.get("JOBRUNNER_HTTP_HOST", "").strip() or cls.http_host,
             http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
+            grpc_port=_port_or_off(env, "DAPR_GRPC_PORT", cls.grpc_port),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
             app_registration_ttl_s=_float(
                 env, "JOBRUNNER_APP_TTL", cls.app_registration_ttl_s, minimum=1.0
@@ -215,6 +228,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.grpc_port and self.grpc_port == self.http_port:
+            raise SettingsError(
+                f"DAPR_GRPC_PORT and DAPR_HTTP_PORT are both {self.grpc_port}: give two ports"
+            )
         if self.delivery_format not in DELIVERY_FORMATS:
             raise SettingsError(
                 f"JOBRUNNER_DELIVERY_FORMAT must be one of {', '.join(DELIVERY_FORMATS)}"
@@ -262,6 +279,7 @@ class Settings:
             "APP_PROTOCOL": self.app_protocol,
             "JOBRUNNER_HTTP_HOST": self.http_host,
             "DAPR_HTTP_PORT": str(self.http_port),
+            "DAPR_GRPC_PORT": str(self.grpc_port),
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
             "JOBRUNNER_APP_TTL": repr(self.app_registration_ttl_s),
             "JOBRUNNER_CONCURRENCY": str(self.concurrency),

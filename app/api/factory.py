@@ -26,7 +26,7 @@ from app.store.store import AppRegistration, Store
 log = logging.getLogger("jobrunner.api")
 
 # Paths served without the API token: probes and scrapers carry none.
-_OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json")
+_OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json", "/v1.0/healthz", "/v1.0/healthz/outbound")
 # Waiting for the app to listen (as daprd's blockUntilAppIsReady): each dial's timeout,
 # and the pause between dials, growing to a second.
 APP_DIAL_TIMEOUT_S = 0.5

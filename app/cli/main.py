@@ -27,6 +27,7 @@ from app.cli.options import (
     app_env,
     app_options,
     concurrency_option,
+    ensure_grpc_port_free,
     host_option,
     log_options,
     redis_option,
@@ -85,6 +86,7 @@ def api(ctx: click.Context, /, **params: Any) -> None:
     # For anything in the API that reads the environment itself.
     os.environ.update(settings.to_env())
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
+    ensure_grpc_port_free(settings)
     wait_redis(settings)
     options = ServeOptions(
         host=settings.http_host,

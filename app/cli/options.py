@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from app.logs import LOG_FORMATS, LOG_LEVELS
 from app.logs import setup as setup_logging
-from app.processes.procs import http_url
+from app.processes.procs import ensure_port_free, http_url
 from app.processes.redis_server import require_redis
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
 from app.processes.supervisor import Child, StopSignals, Supervisor, describe_exit
@@ -58,6 +58,27 @@ def check_app_id(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 PORT = click.IntRange(1, 65535)
+
+
+class _PortOrOff(click.ParamType[int]):
+    """A port, or 0 / `off` for none."""
+
+    name = "PORT|off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip().lower()
+        if text == "off":
+            return 0
+        try:
+            port = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a port number or off", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{port} is not a port number (1-65535), or 0 or off", param, ctx)
+        return port
+
+
+GRPC_PORT = _PortOrOff()
 
 
 def _options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -103,6 +124,12 @@ app_options = _options(
     click.option(
         "--http-port", "--dapr-http-port", "http_port", type=PORT, envvar="DAPR_HTTP_PORT",
         show_envvar=True, help="Port of the jobs API.  [default: 6280]",
+    ),
+    click.option(
+        "--grpc-port", "--dapr-grpc-port", "grpc_port", type=GRPC_PORT, envvar="DAPR_GRPC_PORT",
+        show_envvar=True,
+        help="Port of Dapr's gRPC jobs API (the SDKs' clients), on the same host; 0 or off: "
+             "none.  [default: 50001; run: a free port, as dapr run]",
     ),
     redis_option,
 )  # fmt: skip
@@ -198,6 +225,8 @@ def app_env(ctx: click.Context, params: dict[str, Any]) -> dict[str, str]:
         env["JOBRUNNER_DAPR_COMPAT"] = "1"
     if params.get("http_port") is not None:
         env["DAPR_HTTP_PORT"] = str(params["http_port"])
+    if params.get("grpc_port") is not None:
+        env["DAPR_GRPC_PORT"] = str(params["grpc_port"])
     if params.get("redis_url"):
         env["REDIS_URL"] = params["redis_url"]
     if params.get("host"):
@@ -209,6 +238,13 @@ def app_env(ctx: click.Context, params: dict[str, Any]) -> dict[str, str]:
 
 def settings_from(overrides: dict[str, str]) -> Settings:
     return Settings.from_env({**os.environ, **overrides})
+
+
+def ensure_grpc_port_free(settings: Settings) -> None:
+    """Refuse a gRPC port in use: the API processes bind it with SO_REUSEPORT, which would
+    otherwise share it silently with another jobrunner (another app's jobs API)."""
+    if settings.grpc_port:
+        ensure_port_free(settings.http_host, settings.grpc_port, "the gRPC API's (--grpc-port)")
 
 
 def wait_redis(settings: Settings, signals: StopSignals | None = None) -> None:

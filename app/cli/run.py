@@ -16,6 +16,7 @@ from app.cli.options import (
     api_tuning,
     app_env,
     app_options,
+    ensure_grpc_port_free,
     home_option,
     host_option,
     log_options,
@@ -23,7 +24,7 @@ from app.cli.options import (
     wait_api,
     wait_redis,
 )
-from app.processes.procs import ensure_port_free, redact_url
+from app.processes.procs import ensure_port_free, free_port, redact_url
 from app.processes.service_logs import LogReader, api_log_name
 from app.processes.service_state import (
     LOG_DIR,
@@ -72,7 +73,12 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
 
     redis_url: str | None = params["redis_url"]
     settings = settings_from(app_env(ctx, params))
+    if params["grpc_port"] is None:
+        # As `dapr run`: a free port for the gRPC API unless one is given, so that several
+        # `jobrunner run` side by side (the seed's two programs) need no more flags.
+        settings = settings.with_(grpc_port=free_port(settings.http_host))
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
+    ensure_grpc_port_free(settings)
     home = jobrunner_home(params["home"])
     if redis_url:
         wait_redis(settings)  # here, rather than in the background service's log
@@ -113,7 +119,7 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
 
 
 def _app_command_env(settings: Settings) -> dict[str, str]:
-    """What `dapr run` gives the app: its id, its port and the sidecar's port."""
+    """What `dapr run` gives the app: its id, its port and the sidecar's ports."""
     parts = urlsplit(settings.app_url)
     app_port = parts.port or (443 if parts.scheme == "https" else 80)
     env = dict(os.environ)
@@ -122,6 +128,11 @@ def _app_command_env(settings: Settings) -> dict[str, str]:
         APP_PORT=str(app_port),
         DAPR_HTTP_PORT=str(settings.http_port),
     )
+    # As `dapr run`: where the SDKs' clients find the gRPC API.
+    if settings.grpc_port:
+        env["DAPR_GRPC_PORT"] = str(settings.grpc_port)
+    else:
+        env.pop("DAPR_GRPC_PORT", None)
     if settings.app_api_token:
         env["APP_API_TOKEN"] = settings.app_api_token
     return env

@@ -19,6 +19,7 @@ from app.cli.options import (
     app_env,
     app_options,
     concurrency_option,
+    ensure_grpc_port_free,
     home_option,
     host_option,
     log_options,
@@ -27,7 +28,13 @@ from app.cli.options import (
     wait_redis,
     workers_option,
 )
-from app.processes.procs import ensure_port_free, http_url, process_start_time, redact_url
+from app.processes.procs import (
+    connect_host,
+    ensure_port_free,
+    http_url,
+    process_start_time,
+    redact_url,
+)
 from app.processes.redis_server import EmbeddedRedis, version_text
 from app.processes.service_state import (
     DATA_DIR,
@@ -83,6 +90,7 @@ def up(ctx: click.Context, /, **params: Any) -> None:
         raise click.UsageError("--redis-port is for the embedded Redis; REDIS_URL is set", ctx)
     settings = settings_from(app_env(ctx, params))
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
+    ensure_grpc_port_free(settings)
     home = jobrunner_home(params["home"])
     data_dir: Path = params["data_dir"].expanduser().resolve()
 
@@ -129,6 +137,14 @@ def up(ctx: click.Context, /, **params: Any) -> None:
     say("stopped")
 
 
+def _grpc_line(settings: Settings) -> str:
+    if not settings.grpc_port:
+        return ""
+    host = connect_host(settings.http_host)
+    address = f"[{host}]:{settings.grpc_port}" if ":" in host else f"{host}:{settings.grpc_port}"
+    return f"  gRPC     {address}  (Dapr's gRPC jobs API, for the SDKs: DAPR_GRPC_PORT)\n"
+
+
 def _print_banner(
     settings: Settings,
     embedded: EmbeddedRedis | None,
@@ -149,6 +165,7 @@ def _print_banner(
         "jobrunner is up\n"
         f"  API      {http_url(settings.http_host, settings.http_port)}"
         f"  (app id {settings.app_id!r}, pid {api.pid})\n"
+        f"{_grpc_line(settings)}"
         f"  app      {settings.app_url}  (jobs arrive as POST /job/<name>)\n"
         f"  Redis    {redis_line}\n"
         f"{data_line}"

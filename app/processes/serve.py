@@ -3,6 +3,13 @@
 gunicorn's arbiter forks `processes` workers of the `gthread` class; each one
 builds its own Flask app (and so its own Redis pool and app-registration
 heartbeat, which would not survive a fork if built before it).
+
+With a gRPC port (DAPR_GRPC_PORT, not 0), each worker also serves Dapr's gRPC API
+(app/grpc) on its own grpc.Server, started in the worker after the fork (gRPC does not
+survive a fork either) and sharing the worker's store. The workers bind the same port
+with SO_REUSEPORT, so the kernel spreads gRPC connections over them as the arbiter's
+shared socket spreads HTTP ones; the app registration of the worker's Flask app covers
+both APIs. Measured on 2 cores (`jobrunner bench grpc-schedule`): see the README.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as _GunicornBaseLogger
 
 from app.logs import setup as setup_logging
-from app.processes.procs import http_url
+from app.processes.procs import connect_host, http_url
 from app.settings import Settings
 
 log = logging.getLogger("jobrunner.api")
@@ -43,6 +50,33 @@ def _count(n: int, one: str, many: str) -> str:
 
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# This worker's gRPC server (one per gunicorn worker process), None when gRPC is off.
+_grpc_server: Any = None
+GRPC_GRACE_S = 5.0  # calls in flight get this long when the worker stops
+
+
+def start_grpc(settings: Settings, store: Any, threads: int) -> None:
+    """Serve Dapr's gRPC API from this (forked) process until stop_grpc."""
+    from app.grpc.server import create_server
+
+    global _grpc_server
+    server = create_server(settings, store, threads)
+    server.start()
+    _grpc_server = server
+
+
+def stop_grpc() -> None:
+    global _grpc_server
+    server, _grpc_server = _grpc_server, None
+    if server is not None:
+        server.stop(GRPC_GRACE_S).wait(GRPC_GRACE_S + 1)
+
+
+def grpc_listening(host: str, port: int) -> str:
+    """The gRPC part of the API's "listening" line."""
+    return f"gRPC on {_bind(connect_host(host), port)}; " if port else "gRPC off; "
 
 
 def gunicorn_logger(log_format: str, level: str) -> type[Any]:
@@ -74,6 +108,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
             f"{http_url(opts.host, settings.http_port)} "
             f"({_count(opts.processes, 'process', 'processes')} x "
             f"{_count(opts.threads, 'thread', 'threads')}); "
+            f"{grpc_listening(opts.host, settings.grpc_port)}"
             f"jobs are delivered to {settings.app_url}"
         )
 
@@ -92,6 +127,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
             "errorlog": "-",
             "accesslog": "-" if opts.access_log else None,
             "when_ready": when_ready,
+            # In the worker, as it exits (also on SIGINT's quick stop).
+            "worker_exit": lambda server, worker: stop_grpc(),
             # gunicorn >= 25 opens a control socket at one path per user: two API
             # processes (two `jobrunner run`) would fight over it.
             "control_socket_disable": True,
@@ -101,9 +138,15 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no typ
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # Called in each worker, after the fork.
         from app.api.factory import create_app
+        from app.store.store import Store
 
-        return create_app(self.settings)
+        store = Store(self.settings)
+        app = create_app(self.settings, store)
+        if self.settings.grpc_port:
+            start_grpc(self.settings, store, self.options.threads)
+        return app
 
 
 def serve(settings: Settings, options: ServeOptions) -> int:

@@ -50,9 +50,12 @@ def _stored(ctx: Context, name: str) -> int:
         client.close()
 
 
-def _serve(ctx: Context, name: str, port: int) -> None:
+def serve(ctx: Context, name: str, port: int, grpc_port: int = 0) -> None:
+    """The API (jobrunner's, or a baseline's) on `port`; jobrunner's gRPC API on
+    `grpc_port`, or none (0)."""
     env = worker_env(ctx.redis.url, ctx.receiver.url)
     env.update({"PORT": str(port), "APP_ID": APP_ID, "DAPR_HTTP_PORT": str(port),
+                "DAPR_GRPC_PORT": str(grpc_port),
                 "PATH": venv_path_env(os.environ.get("PATH", "")), "BENCH_RQ_KIND": name})
     target = None if name == JOBRUNNER else "benchmarks.rq_api:create_app()"
     ctx.procs.start(f"api-{name}", web_command(target), env=env)
@@ -68,7 +71,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for i, name in enumerate(ctx.system_names()):
         ctx.redis.flush()
         port = free_port()
-        _serve(ctx, name, port)
+        serve(ctx, name, port)
         try:
             due = rfc3339_ms(int(time.time() * 1000) + 3_600_000)
             before = snapshot(ctx.procs)

@@ -217,7 +217,8 @@ class ApiProcess:
 
     def __init__(self, procs: Procs, settings: Settings) -> None:
         self.port = free_port()
-        self.settings = settings.with_(http_port=self.port)
+        # No gRPC API: not under test here, and its default port (50001) is shared.
+        self.settings = settings.with_(http_port=self.port, grpc_port=0)
         self.procs = procs
         self.proc: Proc | None = None
 

@@ -1,0 +1,175 @@
+"""The jobs methods of `dapr.proto.runtime.v1.Dapr`, on the store the HTTP API uses.
+
+Each method and its `...Alpha1` twin do the same, as in Dapr (pkg/api/universal/jobs.go).
+Requests are validated by app.jobs.validation, as HTTP bodies are. Every other method of
+the Dapr service answers UNIMPLEMENTED, saying that only the jobs API is served.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from dapr.proto.runtime.v1 import dapr_pb2_grpc, jobs_pb2
+
+from app.grpc.convert import job_message, request_data, request_fields
+from app.grpc.errors import abort
+from app.jobs import errors
+from app.jobs.clock import now_ms
+from app.jobs.errors import ApiError
+from app.jobs.validation import parse_job_fields, validate_name
+from app.settings import Settings
+from app.store.redis_client import UNAVAILABLE
+from app.store.store import JobExists, Store
+
+log = logging.getLogger("jobrunner.grpc")
+
+# Dapr's errorcodes.SchedulerEmpty: a ScheduleJobRequest without its job.
+JOB_EMPTY = "DAPR_SCHEDULER_EMPTY"
+# ListJobs has no paging in Dapr's API: one answer holds every job of the app, so it is
+# bounded; past this many, the HTTP API's paged list is the way.
+MAX_LISTED = 10_000
+_PAGE = 1000
+
+UNIMPLEMENTED_MESSAGE = (
+    "jobrunner serves only the jobs API of Dapr (ScheduleJob, GetJob, DeleteJob, "
+    "ListJobs, DeleteJobsByPrefix and their Alpha1 twins); {method} is not served"
+)
+
+JOB_METHODS = frozenset(
+    name + suffix
+    for name in ("ScheduleJob", "GetJob", "DeleteJob", "ListJobs", "DeleteJobsByPrefix")
+    for suffix in ("", "Alpha1")
+)
+
+R = TypeVar("R")
+
+
+class JobsServicer(dapr_pb2_grpc.DaprServicer):
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.app_id = settings.app_id
+
+    def _run(self, context: grpc.ServicerContext, what: str, call: Callable[[], R]) -> R:
+        """`call()`, with every error it raises answered as a gRPC status."""
+        try:
+            return call()
+        except ApiError as exc:
+            error = exc
+        except JobExists as exc:
+            error = errors.job_exists(str(exc))
+        except UNAVAILABLE as exc:
+            error = errors.redis_unavailable(str(exc) or type(exc).__name__)
+        except Exception:
+            log.exception("unexpected error in %s", what)
+            error = ApiError(500, errors.INTERNAL, "internal error; see the API log")
+        abort(context, error, self.app_id)  # outside the try: abort raises
+
+    # --- ScheduleJob -----------------------------------------------------------------
+
+    def _schedule(self, request: jobs_pb2.ScheduleJobRequest) -> jobs_pb2.ScheduleJobResponse:
+        if not request.HasField("job"):
+            raise ApiError(400, JOB_EMPTY, "Job is empty")
+        job, overwrite = parse_job_fields(
+            request.job.name, request_fields(request), request_data(request),
+            self.app_id, now_ms(), self.settings.max_data_bytes,
+        )
+        self.store.schedule(job, overwrite=overwrite)
+        return jobs_pb2.ScheduleJobResponse()
+
+    def ScheduleJob(self, request: jobs_pb2.ScheduleJobRequest,
+                    context: grpc.ServicerContext) -> jobs_pb2.ScheduleJobResponse:
+        return self._run(context, "ScheduleJob", lambda: self._schedule(request))
+
+    ScheduleJobAlpha1 = ScheduleJob
+
+    # --- GetJob ----------------------------------------------------------------------
+
+    def _get(self, request: jobs_pb2.GetJobRequest) -> jobs_pb2.GetJobResponse:
+        name = validate_name(request.name)
+        view = self.store.get(self.app_id, name)
+        if view is None:
+            raise errors.job_not_found(name)
+        return jobs_pb2.GetJobResponse(job=job_message(view.job))
+
+    def GetJob(self, request: jobs_pb2.GetJobRequest,
+               context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
+        return self._run(context, "GetJob", lambda: self._get(request))
+
+    GetJobAlpha1 = GetJob
+
+    # --- DeleteJob -------------------------------------------------------------------
+
+    def _delete(self, request: jobs_pb2.DeleteJobRequest) -> jobs_pb2.DeleteJobResponse:
+        # Like Dapr and the HTTP API: deleting a job that does not exist is not an error.
+        self.store.delete(self.app_id, validate_name(request.name))
+        return jobs_pb2.DeleteJobResponse()
+
+    def DeleteJob(self, request: jobs_pb2.DeleteJobRequest,
+                  context: grpc.ServicerContext) -> jobs_pb2.DeleteJobResponse:
+        return self._run(context, "DeleteJob", lambda: self._delete(request))
+
+    DeleteJobAlpha1 = DeleteJob
+
+    # --- DeleteJobsByPrefix ----------------------------------------------------------
+
+    def DeleteJobsByPrefix(self, request: jobs_pb2.DeleteJobsByPrefixRequest,
+                           context: grpc.ServicerContext) -> jobs_pb2.DeleteJobsByPrefixResponse:
+        # No prefix, or an empty one: every job of the app, as in Dapr.
+        self._run(context, "DeleteJobsByPrefix",
+                  lambda: self.store.delete_prefix(self.app_id, request.name_prefix))
+        return jobs_pb2.DeleteJobsByPrefixResponse()
+
+    def DeleteJobsByPrefixAlpha1(
+        self, request: jobs_pb2.DeleteJobsByPrefixRequestAlpha1, context: grpc.ServicerContext
+    ) -> jobs_pb2.DeleteJobsByPrefixResponseAlpha1:
+        self._run(context, "DeleteJobsByPrefixAlpha1",
+                  lambda: self.store.delete_prefix(self.app_id, request.name_prefix))
+        return jobs_pb2.DeleteJobsByPrefixResponseAlpha1()
+
+    # --- ListJobs --------------------------------------------------------------------
+
+    def _list(self) -> list[jobs_pb2.Job]:
+        listed: list[jobs_pb2.Job] = []
+        token = ""
+        while True:
+            views, token = self.store.list_jobs(self.app_id, "", token, _PAGE)
+            listed += (job_message(view.job) for view in views)
+            if len(listed) > MAX_LISTED:
+                raise ApiError(
+                    413, "DAPR_SCHEDULER_LIST_JOBS",
+                    f"app {self.app_id!r} has more than {MAX_LISTED} jobs, more than one "
+                    "ListJobs answer holds; list them page by page over HTTP "
+                    "(GET /v1.0/jobs?limit=1000&pageToken=...)",
+                )
+            if not token:
+                return listed
+
+    def ListJobs(self, request: jobs_pb2.ListJobsRequest,
+                 context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        return jobs_pb2.ListJobsResponse(jobs=self._run(context, "ListJobs", self._list))
+
+    def ListJobsAlpha1(self, request: jobs_pb2.ListJobsRequestAlpha1,
+                       context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponseAlpha1:
+        return jobs_pb2.ListJobsResponseAlpha1(
+            jobs=self._run(context, "ListJobsAlpha1", self._list))
+
+
+def _unimplemented(method: str) -> Callable[..., Any]:
+    message = UNIMPLEMENTED_MESSAGE.format(method=method)
+
+    def handler(self: JobsServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    handler.__name__ = method
+    return handler
+
+
+# Every other method of the Dapr service (the generated base answers "Method not
+# implemented!"; ours says what is served).
+for _method in dir(dapr_pb2_grpc.DaprServicer):
+    if not _method.startswith("_") and _method not in JOB_METHODS:
+        setattr(JobsServicer, _method, _unimplemented(_method))

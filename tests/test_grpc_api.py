@@ -1,0 +1,560 @@
+"""Dapr's gRPC jobs API (app/grpc), through the stubs the official `dapr` package generates:
+every jobs method and its Alpha1 twin, the same validation and store as the HTTP API,
+Dapr's status codes and ErrorInfo reasons, the token, bounded messages, UNIMPLEMENTED for
+the rest, and data as Dapr keeps it (an Any, given back as given; HTTP JSON data as a
+google.protobuf.Value Any). The SDK's own client: tests/test_dapr_sdk.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import (
+    appcallback_pb2_grpc,
+    configuration_pb2,
+    dapr_pb2_grpc,
+    jobs_pb2,
+    state_pb2,
+)
+from flask.testing import FlaskClient
+from google.protobuf import any_pb2, duration_pb2, empty_pb2, json_format, struct_pb2, wrappers_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from app.api.factory import create_app
+from app.grpc import service
+from app.grpc.server import create_server, max_message_bytes
+from app.jobs import errors
+from app.jobs.anydata import job_data_as_any, stored_any
+from app.jobs.errors import ApiError
+from app.jobs.model import Job
+from app.jobs.validation import parse_job_fields
+from app.settings import Settings
+from app.store.store import Store
+from tests.support.receiver import Receiver
+from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker
+from tests.test_api_helpers import STRING_VALUE, api_settings, assert_store_consistent
+
+pytestmark = pytest.mark.usefixtures("reap_workers")
+
+VALUE_URL = "type.googleapis.com/google.protobuf.Value"
+TWINS = ["", "Alpha1"]
+
+
+class Api:
+    """The HTTP app and the gRPC server of one API process, in this process, on one store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings)
+        self.http: FlaskClient = create_app(settings, self.store).test_client()
+        self.server = create_server(settings, self.store, threads=4)
+        self.server.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}")
+        self.stub = dapr_pb2_grpc.DaprStub(self.channel)
+
+    def call(self, method: str, request: Any, **kwargs: Any) -> Any:
+        return getattr(self.stub, method)(request, timeout=10, **kwargs)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0).wait(5)
+        self.store.close()
+
+
+@pytest.fixture
+def api_for(redis_server: RedisProcess) -> Iterator[Callable[..., Api]]:
+    """Starts APIs with settings of the test's choosing (no app: nothing is delivered)."""
+    started: list[Api] = []
+
+    def start(**changes: Any) -> Api:
+        api = Api(api_settings(redis_server.url, grpc_port=free_port(), **changes))
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.close()
+
+
+@pytest.fixture
+def api(api_for: Callable[..., Api]) -> Api:
+    return api_for()
+
+
+@pytest.fixture(params=TWINS, ids=["stable", "alpha1"])
+def twin(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def packed(message: Any) -> any_pb2.Any:
+    data = any_pb2.Any()
+    data.Pack(message)
+    return data
+
+
+def string_any(text: str) -> any_pb2.Any:
+    return packed(wrappers_pb2.StringValue(value=text))
+
+
+def schedule(api: Api, job: jobs_pb2.Job, overwrite: bool = False, twin: str = "") -> None:
+    api.call("ScheduleJob" + twin, jobs_pb2.ScheduleJobRequest(job=job, overwrite=overwrite))
+
+
+def get(api: Api, name: str, twin: str = "") -> jobs_pb2.Job:
+    job: jobs_pb2.Job = api.call("GetJob" + twin, jobs_pb2.GetJobRequest(name=name)).job
+    return job
+
+
+def failure(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str, str | None]:
+    """(status code, message, ErrorInfo reason or None) of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    err: Any = caught.value
+    status = rpc_status.from_call(err)
+    reason = None
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                assert info.domain == "dapr.io"
+                assert info.metadata["appID"] == "job-service"
+                reason = info.reason
+    return err.code(), err.details(), reason
+
+
+# --- the methods --------------------------------------------------------------------------
+
+
+def test_every_jobs_method_of_the_installed_dapr_service_is_served() -> None:
+    """dapr 1.19's Dapr service has exactly these jobs methods; each is ours, not the
+    generated UNIMPLEMENTED one."""
+    methods = {m for m in dir(dapr_pb2_grpc.DaprServicer) if "Job" in m}
+    assert methods == {
+        "ScheduleJob", "ScheduleJobAlpha1", "GetJob", "GetJobAlpha1", "DeleteJob",
+        "DeleteJobAlpha1", "ListJobs", "ListJobsAlpha1", "DeleteJobsByPrefix",
+        "DeleteJobsByPrefixAlpha1",
+    }
+    assert methods == service.JOB_METHODS
+    for method in methods:
+        ours = getattr(service.JobsServicer, method)
+        assert ours is not getattr(dapr_pb2_grpc.DaprServicer, method)
+        assert ours.__qualname__.startswith("JobsServicer."), method
+
+
+def test_schedule_and_get_every_field(api: Api, twin: str) -> None:
+    interval = duration_pb2.Duration(seconds=2, nanos=500_000_000)
+    data = packed(jobs_pb2.GetJobRequest(name="an arbitrary dapr message"))
+    job = jobs_pb2.Job(
+        name="every-field", schedule="@every 1h", due_time="2s", repeats=3, ttl="2h",
+        data=data,
+        failure_policy=common_pb2.JobFailurePolicy(constant=common_pb2.JobFailurePolicyConstant(
+            interval=interval, max_retries=5)),
+    )
+    schedule(api, job, twin=twin)
+    assert get(api, "every-field", twin) == job
+
+
+def test_data_of_any_type_is_kept_as_given(api: Api) -> None:
+    cases = {
+        "string": string_any("R2-D2:Oil Change"),
+        "duration": packed(duration_pb2.Duration(seconds=3)),
+        "unknown-type": any_pb2.Any(type_url="example.com/acme.Order", value=b"\x08\x01\xff\x00"),
+        # The Python SDK's own jobs example: JSON bytes and no type URL.
+        "no-type-url": any_pb2.Any(value=json.dumps({"message": "hi"}).encode()),
+    }
+    for name, data in cases.items():
+        schedule(api, jobs_pb2.Job(name=name, due_time="1h", data=data))
+    for name, data in cases.items():
+        got = get(api, name).data
+        assert (got.type_url, got.value) == (data.type_url, data.value), name
+
+
+def test_no_data_and_an_empty_any_are_no_data(api: Api) -> None:
+    schedule(api, jobs_pb2.Job(name="none", due_time="1h"))
+    schedule(api, jobs_pb2.Job(name="empty", due_time="1h", data=any_pb2.Any()))
+    for name in ("none", "empty"):
+        assert not get(api, name).HasField("data")
+        assert "data" not in api.http.get(f"/v1.0/jobs/{name}").get_json()
+
+
+def _policy(**kwargs: Any) -> common_pb2.JobFailurePolicy:
+    return common_pb2.JobFailurePolicy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored", "http"),
+    [
+        pytest.param(None, _policy(constant=common_pb2.JobFailurePolicyConstant(
+            interval=duration_pb2.Duration(seconds=1), max_retries=3)),
+            {"constant": {"interval": "1s", "maxRetries": 3}}, id="none-is-the-default"),
+        pytest.param(_policy(drop=common_pb2.JobFailurePolicyDrop()),
+                     _policy(drop=common_pb2.JobFailurePolicyDrop()), {"drop": {}}, id="drop"),
+        pytest.param(_policy(constant=common_pb2.JobFailurePolicyConstant(
+            interval=duration_pb2.Duration(seconds=5))),
+            _policy(constant=common_pb2.JobFailurePolicyConstant(
+                interval=duration_pb2.Duration(seconds=5))),
+            {"constant": {"interval": "5s"}}, id="retry-forever"),
+        pytest.param(_policy(constant=common_pb2.JobFailurePolicyConstant(max_retries=2)),
+                     _policy(constant=common_pb2.JobFailurePolicyConstant(
+                         interval=duration_pb2.Duration(), max_retries=2)),
+                     {"constant": {"interval": "0s", "maxRetries": 2}}, id="no-interval-is-0"),
+        pytest.param(_policy(), _policy(constant=common_pb2.JobFailurePolicyConstant(
+            interval=duration_pb2.Duration(seconds=1), max_retries=3)),
+            {"constant": {"interval": "1s", "maxRetries": 3}}, id="empty-is-the-default"),
+    ],
+)
+def test_failure_policies(api: Api, given: Any, stored: Any, http: dict[str, Any]) -> None:
+    job = jobs_pb2.Job(name="fp", due_time="1h")
+    if given is not None:
+        job.failure_policy.CopyFrom(given)
+    schedule(api, job)
+    assert get(api, "fp").failure_policy == stored
+    assert api.http.get("/v1.0/jobs/fp").get_json()["failurePolicy"] == http
+
+
+def test_get_of_an_unknown_job_is_not_found(api: Api, twin: str) -> None:
+    code, message, reason = failure(lambda: get(api, "nobody", twin))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert reason == errors.JOB_NOT_FOUND
+    assert message == "failed to get job due to: job not found: nobody"
+
+
+def test_existing_name_is_already_exists_unless_overwrite(api: Api, twin: str) -> None:
+    schedule(api, jobs_pb2.Job(name="dup", due_time="1h", data=string_any("first")), twin=twin)
+    code, message, reason = failure(lambda: schedule(
+        api, jobs_pb2.Job(name="dup", due_time="1h", data=string_any("second")), twin=twin))
+    assert (code, reason) == (grpc.StatusCode.ALREADY_EXISTS, errors.JOB_EXISTS)
+    assert "job already exists: 'dup'" in message
+    assert get(api, "dup").data == string_any("first")
+    schedule(api, jobs_pb2.Job(name="dup", due_time="1h", data=string_any("second")),
+             overwrite=True, twin=twin)
+    assert get(api, "dup").data == string_any("second")
+
+
+def test_delete(api: Api, twin: str) -> None:
+    schedule(api, jobs_pb2.Job(name="gone", due_time="1h"))
+    api.call("DeleteJob" + twin, jobs_pb2.DeleteJobRequest(name="gone"))
+    assert failure(lambda: get(api, "gone"))[0] == grpc.StatusCode.NOT_FOUND
+    # As in Dapr and the HTTP API: deleting what is not there is fine.
+    api.call("DeleteJob" + twin, jobs_pb2.DeleteJobRequest(name="gone"))
+    code, _, reason = failure(lambda: api.call("DeleteJob" + twin, jobs_pb2.DeleteJobRequest()))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, errors.JOB_NAME_EMPTY)
+
+
+def test_list_jobs_lists_every_job_of_this_app_only(api_for: Callable[..., Api],
+                                                    twin: str) -> None:
+    api = api_for()
+    other = api_for(prefix=api.settings.prefix, app_id="other-app")
+    schedule(other, jobs_pb2.Job(name="theirs", due_time="1h"))
+    schedule(api, jobs_pb2.Job(name="by-grpc", due_time="1h", data=string_any("x")))
+    assert api.http.post("/v1.0/jobs/by-http", json={"schedule": "@every 1m"}).status_code == 204
+    request = jobs_pb2.ListJobsRequest() if not twin else jobs_pb2.ListJobsRequestAlpha1()
+    listed = {job.name: job for job in api.call("ListJobs" + twin, request).jobs}
+    assert set(listed) == {"by-grpc", "by-http"}
+    assert listed["by-grpc"] == get(api, "by-grpc")
+    assert listed["by-http"].schedule == "@every 1m"
+
+
+def test_list_jobs_is_bounded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "MAX_LISTED", 3)
+    monkeypatch.setattr(service, "_PAGE", 2)
+    for i in range(3):
+        schedule(api, jobs_pb2.Job(name=f"j{i}", due_time="1h"))
+    assert len(api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs) == 3
+    schedule(api, jobs_pb2.Job(name="j3", due_time="1h"))
+    code, message, reason = failure(lambda: api.call("ListJobs", jobs_pb2.ListJobsRequest()))
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "DAPR_SCHEDULER_LIST_JOBS")
+    assert "more than 3 jobs" in message and "pageToken" in message
+
+
+def test_delete_by_prefix(api: Api, twin: str) -> None:
+    request_type = (jobs_pb2.DeleteJobsByPrefixRequest if not twin
+                    else jobs_pb2.DeleteJobsByPrefixRequestAlpha1)
+    for name in ("a-1", "a-2", "b-1", "ab"):
+        schedule(api, jobs_pb2.Job(name=name, due_time="1h"))
+    api.call("DeleteJobsByPrefix" + twin, request_type(name_prefix="a-"))
+    names = {job.name for job in api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs}
+    assert names == {"b-1", "ab"}
+    # No prefix: every job of the app, as in Dapr.
+    api.call("DeleteJobsByPrefix" + twin, request_type())
+    assert list(api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs) == []
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _job(**kwargs: Any) -> jobs_pb2.Job:
+    kwargs.setdefault("name", "bad")
+    return jobs_pb2.Job(**kwargs)
+
+
+BAD = [
+    pytest.param(jobs_pb2.ScheduleJobRequest(), "DAPR_SCHEDULER_EMPTY", id="no-job"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(name="", due_time="1s")),
+                 errors.JOB_NAME_EMPTY, id="empty-name"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(name="  ", due_time="1s")),
+                 errors.JOB_NAME_EMPTY, id="blank-name"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(name="a/b", due_time="1s")),
+                 errors.JOB_NAME_INVALID, id="slash-in-name"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(name="x" * 254, due_time="1s")),
+                 errors.JOB_NAME_INVALID, id="long-name"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job()), errors.SCHEDULE_EMPTY,
+                 id="no-schedule"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(schedule="")), errors.SCHEDULE_EMPTY,
+                 id="empty-schedule"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(schedule="every minute")),
+                 errors.SCHEDULE_JOB, id="bad-schedule"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(due_time="tomorrow")),
+                 errors.SCHEDULE_JOB, id="bad-due-time"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(due_time="1s", ttl="1h")),
+                 errors.SCHEDULE_JOB, id="ttl-without-schedule"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(due_time="1s", repeats=2)),
+                 errors.SCHEDULE_JOB, id="repeats-without-schedule"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(
+        due_time="1s", failure_policy=_policy(constant=common_pb2.JobFailurePolicyConstant(
+            interval=duration_pb2.Duration(seconds=-1)))
+    )), errors.MALFORMED_REQUEST, id="negative-interval"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(
+        due_time="1s", data=any_pb2.Any(type_url="not a type url", value=b"x"))),
+        errors.MALFORMED_REQUEST_DATA, id="bad-type-url"),
+    pytest.param(jobs_pb2.ScheduleJobRequest(job=_job(
+        due_time="1s", data=any_pb2.Any(type_url="~x/y.Z", value=b"x"))),
+        errors.MALFORMED_REQUEST_DATA, id="reserved-type-url"),
+]
+
+
+@pytest.mark.parametrize(("request_", "reason"), BAD)
+def test_bad_input_is_invalid_argument_and_stores_nothing(
+    api: Api, twin: str, request_: jobs_pb2.ScheduleJobRequest, reason: str
+) -> None:
+    code, message, got = failure(lambda: api.call("ScheduleJob" + twin, request_))
+    assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, reason), message
+    assert message
+    assert list(api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs) == []
+    assert_store_consistent(api.store.redis, api.settings)
+
+
+def _as_grpc(fields: dict[str, Any]) -> jobs_pb2.ScheduleJobRequest:
+    """The ScheduleJobRequest that says what an HTTP body with `fields` says."""
+    job = jobs_pb2.Job(name="same")
+    for key, attr in (("schedule", "schedule"), ("dueTime", "due_time"), ("ttl", "ttl"),
+                      ("repeats", "repeats")):
+        if key in fields:
+            setattr(job, attr, fields[key])
+    if "data" in fields:
+        job.data.CopyFrom(string_any(fields["data"]["value"]))
+    policy = fields.get("failurePolicy")
+    if policy is not None:
+        job.failure_policy.CopyFrom(json_format.ParseDict(policy, common_pb2.JobFailurePolicy()))
+    return jobs_pb2.ScheduleJobRequest(job=job, overwrite=fields.get("overwrite", False))
+
+
+GRPC_FOR_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 409: grpc.StatusCode.ALREADY_EXISTS,
+                 413: grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@pytest.mark.parametrize("fields", [
+    {"dueTime": "1h"},
+    {"dueTime": "1h", "data": {"@type": STRING_VALUE, "value": "x" * 2000}},
+    {},
+    {"schedule": "@every 0s"},
+    {"schedule": "0 0 0 30 2 *"},
+    {"schedule": "TZ=Mars/Olympus 0 * * * * *"},
+    {"schedule": "@every 1s", "ttl": "1s", "dueTime": "2s"},
+    {"schedule": "@every 1s", "repeats": 4294967295},
+    {"dueTime": "10000-01-01T00:00:00Z"},
+    {"dueTime": "PT1H", "failurePolicy": {"constant": {"interval": "1.5s", "maxRetries": 0}}},
+    {"dueTime": "1h", "failurePolicy": {"drop": {}}},
+], ids=lambda fields: ",".join(fields) or "empty")
+def test_grpc_and_http_answer_alike(api_for: Callable[..., Api], fields: dict[str, Any]) -> None:
+    """The same request over both APIs (each on its own key prefix): the same outcome, code
+    and message. Then once more over an existing job: the overwrite rule alike too."""
+    for existing in (False, True):
+        http_api, grpc_api = api_for(max_data_bytes=2048), api_for(max_data_bytes=2048)
+        if existing:
+            for api in (http_api, grpc_api):
+                schedule(api, jobs_pb2.Job(name="same", due_time="1h"))
+        response = http_api.http.post("/v1.0/jobs/same", json=fields)
+        if response.status_code == 204:
+            grpc_api.call("ScheduleJob", _as_grpc(fields))
+            assert get(grpc_api, "same") == get(http_api, "same")
+            continue
+        body = response.get_json()
+        request = _as_grpc(fields)
+        code, message, reason = failure(
+            lambda api=grpc_api, request=request: api.call("ScheduleJob", request))
+        assert (code, reason) == (GRPC_FOR_HTTP[response.status_code], body["errorCode"])
+        if response.status_code == 413:
+            # HTTP measures the data's JSON, gRPC its bytes: the sizes in the text differ.
+            assert message.endswith("more than the limit of 2048 bytes"), message
+        else:
+            assert message == body["message"]
+
+
+def test_data_over_the_limit_is_resource_exhausted(api_for: Callable[..., Api]) -> None:
+    api = api_for(max_data_bytes=1024)
+    too_big = any_pb2.Any(type_url="example.com/x.Blob", value=b"\x00" * 800)  # base64: 1068
+    code, message, reason = failure(lambda: schedule(
+        api, jobs_pb2.Job(name="big", due_time="1h", data=too_big)))
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.PAYLOAD_TOO_LARGE)
+    assert "1068 bytes, more than the limit of 1024" in message
+    # Past the message bound, gRPC itself refuses it.
+    huge = any_pb2.Any(type_url="example.com/x.Blob", value=b"\x00" * max_message_bytes(
+        api.settings))
+    code, _, _ = failure(lambda: schedule(api, jobs_pb2.Job(name="big", due_time="1h",
+                                                            data=huge)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    schedule(api, jobs_pb2.Job(name="fits", due_time="1h", data=any_pb2.Any(
+        type_url="example.com/x.Blob", value=b"\x00" * 768)))  # base64: 1024
+    assert [job.name for job in api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs] == ["fits"]
+
+
+def test_redis_unreachable_is_unavailable() -> None:
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", prefix="tdown",
+                        app_url="http://127.0.0.1:9", grpc_port=free_port())
+    api = Api(settings)
+    try:
+        for call in (lambda: schedule(api, jobs_pb2.Job(name="x", due_time="1h")),
+                     lambda: get(api, "x"),
+                     lambda: api.call("ListJobs", jobs_pb2.ListJobsRequest())):
+            code, message, reason = failure(call)
+            assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, errors.REDIS_UNAVAILABLE)
+            assert message.startswith("the job store (Redis) is unavailable")
+    finally:
+        api.close()
+
+
+# --- token, other methods -----------------------------------------------------------------
+
+
+def test_api_token_is_checked_as_dapr_does(api_for: Callable[..., Api]) -> None:
+    api = api_for(api_token="s3cret")
+    request = jobs_pb2.ScheduleJobRequest(job=jobs_pb2.Job(name="t", due_time="1h"))
+    code, message, _ = failure(lambda: api.call("ScheduleJob", request))
+    assert (code, message) == (grpc.StatusCode.UNAUTHENTICATED,
+                               "missing api token in request metadata")
+    code, message, _ = failure(lambda: api.call("ScheduleJob", request,
+                                                metadata=[("dapr-api-token", "wrong")]))
+    assert (code, message) == (grpc.StatusCode.UNAUTHENTICATED,
+                               "authentication error: api token mismatch")
+    # Before anything else: an unserved method is refused the same way.
+    code, _, _ = failure(lambda: api.call("GetState", state_pb2.GetStateRequest()))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    assert list(api.call("ListJobs", jobs_pb2.ListJobsRequest(),
+                         metadata=[("dapr-api-token", "s3cret")]).jobs) == []
+    api.call("ScheduleJob", request, metadata=[("dapr-api-token", "s3cret")])
+    code, _, _ = failure(lambda: get(api, "t"))  # reading needs it too
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+    job = api.call("GetJob", jobs_pb2.GetJobRequest(name="t"),
+                   metadata=[("dapr-api-token", "s3cret")]).job
+    assert job.due_time == "1h"
+
+
+def test_other_dapr_methods_are_unimplemented_with_a_clear_message(api: Api) -> None:
+    code, message, _ = failure(lambda: api.call(
+        "GetState", state_pb2.GetStateRequest(store_name="s", key="k")))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert message.startswith("jobrunner serves only the jobs API of Dapr")
+    assert "GetState is not served" in message
+    # A server-streaming one.
+    stream = api.stub.SubscribeConfiguration(
+        configuration_pb2.SubscribeConfigurationRequest(store_name="s"), timeout=10)
+    code, message, _ = failure(lambda: list(stream))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert "SubscribeConfiguration is not served" in message
+    # A method of another service.
+    callback = appcallback_pb2_grpc.AppCallbackStub(api.channel)
+    code, message, _ = failure(lambda: callback.ListTopicSubscriptions(empty_pb2.Empty(),
+                                                                        timeout=10))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    assert message.startswith("jobrunner serves only the jobs API of Dapr")
+
+
+# --- data as Dapr keeps it ----------------------------------------------------------------
+
+
+def _value(data: any_pb2.Any) -> Any:
+    assert data.type_url == VALUE_URL
+    value = struct_pb2.Value()
+    assert data.Unpack(value)
+    return json_format.MessageToDict(value)
+
+
+@pytest.mark.parametrize("data", [
+    {"a": [1, "x", None, True], "b": {"c": 2.5}}, "someData", 123, [1, 2], True,
+], ids=repr)
+def test_http_json_data_reads_back_over_grpc_as_dapr_keeps_it(api: Api, data: Any) -> None:
+    """Dapr 1.15+ stores HTTP job data as a google.protobuf.Value packed in an Any."""
+    assert api.http.post("/v1.0/jobs/h", json={"dueTime": "1h", "data": data}).status_code == 204
+    got = get(api, "h").data
+    assert _value(got) == json.loads(json.dumps(data), parse_int=float)
+    listed = api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs
+    assert [job.data for job in listed] == [got]
+
+
+def test_http_any_data_reads_back_over_grpc_as_that_any(api: Api) -> None:
+    body = {"dueTime": "1h", "data": {"@type": STRING_VALUE, "value": "R2-D2:Oil Change"}}
+    assert api.http.post("/v1.0/jobs/seed", json=body).status_code == 204
+    assert get(api, "seed").data == string_any("R2-D2:Oil Change")
+
+
+def test_grpc_data_of_a_known_type_reads_back_over_http_in_its_json_form(api: Api) -> None:
+    schedule(api, jobs_pb2.Job(name="s", due_time="1h", data=string_any("hello")))
+    schedule(api, jobs_pb2.Job(name="d", due_time="1h",
+                               data=packed(duration_pb2.Duration(seconds=3))))
+    assert api.http.get("/v1.0/jobs/s").get_json()["data"] == {"@type": STRING_VALUE,
+                                                               "value": "hello"}
+    assert api.http.get("/v1.0/jobs/d").get_json()["data"] == {
+        "@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}
+
+
+def test_job_data_as_any() -> None:
+    assert job_data_as_any(Job("a", "n")) is None
+    assert _value(job_data_as_any(Job("a", "n", data={"k": [1]})) or any_pb2.Any()) == {
+        "k": [1.0]}
+    raw = b"\x08\x01"
+    job = Job("a", "n", any_type="example.com/x.Y", any_value=base64.b64encode(raw).decode())
+    assert job_data_as_any(job) == any_pb2.Any(type_url="example.com/x.Y", value=raw)
+
+
+def test_parse_job_fields_keeps_the_any_and_checks_like_http() -> None:
+    job, overwrite = parse_job_fields("n", {"dueTime": "1s", "overwrite": True},
+                                      ("example.com/x.Y", b"\x01"), "app", 1000, 100)
+    assert overwrite is True
+    assert (job.any_type, job.any_value, job.data) == ("example.com/x.Y", "AQ==", None)
+    assert job.first_ms == 2000
+    assert stored_any("", b"", 10) is None
+    with pytest.raises(ApiError) as caught:
+        parse_job_fields(" ", {"dueTime": "1s"}, None, "app", 0, 100)
+    assert caught.value.code == errors.JOB_NAME_EMPTY
+
+
+# --- delivery -----------------------------------------------------------------------------
+
+
+def test_a_job_scheduled_over_grpc_is_delivered_to_an_http_app(
+    settings: Settings, receiver: Receiver
+) -> None:
+    """Its StringValue data arrives as the seed's default format gives an Any: the
+    {type_url, value} envelope."""
+    api = Api(settings.with_(grpc_port=free_port()))
+    try:
+        with ThreadWorker(api.settings):
+            schedule(api, jobs_pb2.Job(name="R2-D2", due_time="0s",
+                                       data=string_any("R2-D2:Oil Change")))
+            wait_for(lambda: receiver.deliveries, 10, what="the delivery")
+    finally:
+        api.close()
+    [delivery] = receiver.deliveries
+    assert delivery.path == "/job/R2-D2"
+    assert json.loads(delivery.body) == {"type_url": STRING_VALUE,
+                                         "value": "ChBSMi1EMjpPaWwgQ2hhbmdl"}
