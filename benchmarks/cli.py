@@ -24,16 +24,16 @@ from benchmarks.machine import describe
 from benchmarks.procs import REPO_ROOT, BenchError, Procs, RedisServer
 from benchmarks.receiver import start_receiver
 
-SCENARIOS = ("burst", "steady", "scale", "schedule", "grpc-schedule", "workers")
+SCENARIOS = ("burst", "steady", "scale", "schedule", "workers")
 RECEIVER_CORE = 1
 CEILING_S, QUICK_CEILING_S = 3.0, 0.5
 
 
 def _scenario(name: str) -> Callable[[Context], dict[str, Any]]:
-    from benchmarks.scenarios import burst, grpc_schedule, scale, schedule, steady, workers
+    from benchmarks.scenarios import burst, scale, schedule, steady, workers
 
     modules = {"burst": burst, "steady": steady, "scale": scale, "schedule": schedule,
-               "grpc-schedule": grpc_schedule, "workers": workers}
+               "workers": workers}
     return modules[name].run  # type: ignore[no-any-return]
 
 
@@ -52,9 +52,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="steady: seconds of arrivals (30); schedule: seconds of load (10)")
     parser.add_argument("--workers", type=int,
                         help="worker processes (2; workers scenario: only this count)")
-    parser.add_argument("--concurrency", type=int,
-                        help="schedule: connections; grpc-schedule: calls in flight (32)")
+    parser.add_argument("--concurrency", type=int, help="schedule: connections (32)")
     parser.add_argument("--no-baselines", action="store_true", help="jobrunner only")
+    parser.add_argument("--protocol", action="append", choices=["http", "grpc"],
+                        help="burst: how jobrunner delivers, a row each (repeatable; "
+                        "default both: HTTP POST, and gRPC OnJobEvent to a gRPC receiver)")
     parser.add_argument("--only", action="append", choices=[JOBRUNNER, *BASELINES],
                         help="run only this system (repeatable)")
     parser.add_argument("--out", type=Path,
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options = Options(
         quick=args.quick, jobs=args.jobs, rate=args.rate, duration=args.duration,
         workers=args.workers, concurrency=args.concurrency, baselines=not args.no_baselines,
-        only=tuple(args.only or ()),
+        only=tuple(args.only or ()), protocols=tuple(args.protocol or ("http", "grpc")),
     )
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="jobrunner-bench-") as tmp, \

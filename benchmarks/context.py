@@ -23,6 +23,8 @@ class Options:
     concurrency: int | None = None
     baselines: bool = True
     only: tuple[str, ...] = ()  # restrict to these systems (tests, debugging)
+    # burst: how jobrunner delivers, one row each ("grpc": the jobrunner-grpc row).
+    protocols: tuple[str, ...] = ("http", "grpc")
 
 
 @dataclass
@@ -32,6 +34,15 @@ class Context:
     redis: RedisServer
     receiver: ReceiverClient
     notes: list[str] = field(default_factory=list)
+    _grpc_receiver: ReceiverClient | None = None
+
+    def grpc_receiver(self) -> ReceiverClient:
+        """The gRPC receiver (benchmarks/grpc_receiver.py), started on first use."""
+        if self._grpc_receiver is None:
+            from benchmarks.grpc_receiver import start_grpc_receiver
+
+            self._grpc_receiver = start_grpc_receiver(self.procs)
+        return self._grpc_receiver
 
     @property
     def stall_s(self) -> float:

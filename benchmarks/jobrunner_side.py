@@ -28,13 +28,15 @@ def settings(redis_url: str, receiver_url: str, prefix: str = PREFIX) -> Any:
     return Settings(redis_url=redis_url, prefix=prefix, app_id=APP_ID, app_url=receiver_url)
 
 
-def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX) -> dict[str, str]:
+def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX,
+               protocol: str = "http") -> dict[str, str]:
     return child_env(
         {
             "REDIS_URL": redis_url,
             "JOBRUNNER_PREFIX": prefix,
             "APP_ID": APP_ID,
             "APP_URL": receiver_url,
+            "APP_PROTOCOL": protocol,
             "JOBRUNNER_LOG_LEVEL": "WARNING",
         }
     )
@@ -64,10 +66,14 @@ class Jobrunner:
     name = "jobrunner"
     load_cost_s = 40e-6
 
-    def __init__(self, redis_url: str, receiver_url: str, with_api: bool = True) -> None:
+    def __init__(self, redis_url: str, receiver_url: str, with_api: bool = True,
+                 protocol: str = "http") -> None:
         self.redis_url = redis_url
         self.receiver_url = receiver_url
         self.with_api = with_api
+        self.protocol = protocol  # how the workers deliver: http, or grpc (OnJobEvent)
+        if protocol != "http":
+            self.name = f"jobrunner-{protocol}"
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, procs: Procs, workers: int) -> None:
@@ -77,10 +83,11 @@ class Jobrunner:
         cfg = settings(self.redis_url, self.receiver_url)
         store = Store(cfg)
         try:
-            store.register_app(AppRegistration(APP_ID, self.receiver_url))
+            store.register_app(AppRegistration(APP_ID, self.receiver_url,
+                                               protocol=self.protocol))
         finally:
             store.close()
-        env = worker_env(self.redis_url, self.receiver_url)
+        env = worker_env(self.redis_url, self.receiver_url, protocol=self.protocol)
         if self.with_api:
             self._procs.append(start_api(procs, env))
         for i in range(workers):
@@ -122,7 +129,7 @@ def start_api(
 
     port = port or free_port()
     cmd = python_cmd("-m", "app.cli", "api", "--app-id", APP_ID, "--app-url", env["APP_URL"],
-                     "--http-port", str(port), "--grpc-port", "off")
+                     "--http-port", str(port))
     proc = procs.start("jobrunner-api", cmd, env=env)
     wait_http_ok(procs, port, "/healthz", 30.0, "the jobrunner API")
     return proc

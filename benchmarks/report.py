@@ -78,7 +78,7 @@ def add_ratios(result: dict[str, Any]) -> None:
     jr = systems.get(JOBRUNNER)
     ratios: dict[str, dict[str, float | None]] = {}
     for name, figures in systems.items():
-        if name == JOBRUNNER:
+        if name.startswith(JOBRUNNER):  # jobrunner's other rows (jobrunner-grpc) are no baseline
             continue
         ratios[name] = {
             m.label: metric_ratio(m, lookup(jr, m.key), lookup(figures, m.key))
@@ -90,7 +90,7 @@ def add_ratios(result: dict[str, Any]) -> None:
 def render(result: dict[str, Any]) -> str:
     systems: dict[str, Any] = result["systems"]
     names = list(systems)
-    baselines = [n for n in names if n != JOBRUNNER]
+    baselines = [n for n in names if not n.startswith(JOBRUNNER)]
     header = ["metric", *names, *[f"vs {b}" for b in baselines if JOBRUNNER in systems]]
     rows: list[list[str]] = [header]
     for m in result["metrics"]:

@@ -35,15 +35,23 @@ METRICS = [
 ]
 
 
-def burst_once(ctx: Context, name: str, jobs: int, workers: int, tag: str) -> dict[str, Any]:
-    system = ctx.system(name)
+def burst_once(ctx: Context, name: str, jobs: int, workers: int, tag: str,
+               protocol: str = "http") -> dict[str, Any]:
+    receiver = ctx.receiver
+    if protocol == "http":
+        system = ctx.system(name)
+    else:  # jobrunner delivering over gRPC (AppCallback.OnJobEvent) to the gRPC receiver
+        from benchmarks.jobrunner_side import Jobrunner
+
+        receiver = ctx.grpc_receiver()
+        system = Jobrunner(ctx.redis.url, receiver.url, protocol=protocol)
 
     def make(due_ms: int) -> list[BenchJob]:
         return [BenchJob(job_name(tag, i, due_ms), due_ms) for i in range(jobs)]
 
     run = run_jobs(
-        system, ctx.procs, ctx.redis, ctx.receiver, workers, make, jobs, tag,
-        label=f"{tag} {name} x{workers}", align_to_second=True,
+        system, ctx.procs, ctx.redis, receiver, workers, make, jobs, tag,
+        label=f"{tag} {system.name} x{workers}", align_to_second=True,
         stall_s=ctx.stall_s, max_wait_s=60.0 + jobs / 50.0,
     )
     figures = burst_figures(run)
@@ -55,9 +63,12 @@ def run(ctx: Context) -> dict[str, Any]:
     opts = ctx.options
     jobs = opts.jobs or (QUICK_JOBS if opts.quick else DEFAULT_JOBS)
     workers = opts.workers or DEFAULT_WORKERS
+    runs = [(name, protocol) for name in ctx.system_names()
+            for protocol in (ctx.options.protocols if name == JOBRUNNER else ("http",))]
     systems = {
-        name: burst_once(ctx, name, jobs, workers, f"burst{i}")
-        for i, name in enumerate(ctx.system_names())
+        name if protocol == "http" else f"{name}-{protocol}":
+            burst_once(ctx, name, jobs, workers, f"burst{i}", protocol)
+        for i, (name, protocol) in enumerate(runs)
     }
     jr = systems.get(JOBRUNNER, {})
     rq = systems.get("rq", {})
@@ -73,7 +84,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "scenario": "burst",
         "title": f"{jobs:,} jobs due at the same instant, {workers} worker processes each",
-        "params": {"jobs": jobs, "workers": workers},
+        "params": {"jobs": jobs, "workers": workers, "protocols": list(ctx.options.protocols)},
         "systems": systems,
         "metrics": METRICS,
         "targets": targets,
