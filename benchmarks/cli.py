@@ -24,16 +24,16 @@ from benchmarks.machine import describe
 from benchmarks.procs import REPO_ROOT, BenchError, Procs, RedisServer
 from benchmarks.receiver import start_receiver
 
-SCENARIOS = ("burst", "steady", "scale", "schedule", "workers")
+SCENARIOS = ("burst", "steady", "scale", "schedule", "grpc-schedule", "workers")
 RECEIVER_CORE = 1
 CEILING_S, QUICK_CEILING_S = 3.0, 0.5
 
 
 def _scenario(name: str) -> Callable[[Context], dict[str, Any]]:
-    from benchmarks.scenarios import burst, scale, schedule, steady, workers
+    from benchmarks.scenarios import burst, grpc_schedule, scale, schedule, steady, workers
 
     modules = {"burst": burst, "steady": steady, "scale": scale, "schedule": schedule,
-               "workers": workers}
+               "grpc-schedule": grpc_schedule, "workers": workers}
     return modules[name].run  # type: ignore[no-any-return]
 
 
@@ -52,7 +52,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="steady: seconds of arrivals (30); schedule: seconds of load (10)")
     parser.add_argument("--workers", type=int,
                         help="worker processes (2; workers scenario: only this count)")
-    parser.add_argument("--concurrency", type=int, help="schedule: connections (32)")
+    parser.add_argument("--concurrency", type=int,
+                        help="schedule: connections; grpc-schedule: calls in flight (32)")
     parser.add_argument("--no-baselines", action="store_true", help="jobrunner only")
     parser.add_argument("--protocol", action="append", choices=["http", "grpc"],
                         help="burst: how jobrunner delivers, a row each (repeatable; "

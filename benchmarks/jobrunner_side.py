@@ -129,7 +129,7 @@ def start_api(
 
     port = port or free_port()
     cmd = python_cmd("-m", "app.cli", "api", "--app-id", APP_ID, "--app-url", env["APP_URL"],
-                     "--http-port", str(port))
+                     "--http-port", str(port), "--grpc-port", "off")
     proc = procs.start("jobrunner-api", cmd, env=env)
     wait_http_ok(procs, port, "/healthz", 30.0, "the jobrunner API")
     return proc
