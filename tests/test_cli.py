@@ -42,7 +42,8 @@ SEED_DELIVERY = {
     "value": "ChBSMi1EMjpPaWwgQ2hhbmdl",
 }
 # Settings that a developer's shell may carry and that would change what is tested.
-_INHERITED = ("REDIS_URL", "APP_ID", "APP_PORT", "APP_URL", "APP_HOST", "DAPR_HTTP_PORT")
+_INHERITED = ("REDIS_URL", "APP_ID", "APP_PORT", "APP_URL", "APP_HOST", "DAPR_HTTP_PORT",
+              "DAPR_GRPC_PORT")
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -108,8 +109,9 @@ class Up:
         self.log = tmp_path / f"up-{uuid.uuid4().hex[:6]}.log"
         self.home = Path(env["JOBRUNNER_HOME"])
         with self.log.open("wb") as out:
+            # A free gRPC port, not the default 50001 another run of the suite may hold.
             self.proc = subprocess.Popen(
-                [*CLI, "up", *args],
+                [*CLI, "up", "--grpc-port", str(free_port()), *args],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,7 +39,8 @@ from app.jobs.anydata import job_data_as_any, stored_any
 from app.jobs.errors import ApiError
 from app.jobs.model import Job
 from app.jobs.validation import parse_job_fields
-from app.settings import Settings
+from app.processes.procs import PROJECT_ROOT
+from app.settings import Settings, SettingsError
 from app.store.store import Store
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
@@ -574,3 +579,37 @@ def test_a_job_scheduled_over_grpc_is_delivered_to_an_http_app(
     assert delivery.path == "/job/R2-D2"
     assert json.loads(delivery.body) == {"type_url": STRING_VALUE,
                                          "value": "ChBSMi1EMjpPaWwgQ2hhbmdl"}
+
+
+# --- the setting --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "port"), [("", 50001), ("6281", 6281), ("0", 0), ("off", 0),
+                                           ("OFF", 0)])
+def test_grpc_port_setting(raw: str, port: int) -> None:
+    assert Settings.from_env({"DAPR_GRPC_PORT": raw}).grpc_port == port
+
+
+@pytest.mark.parametrize("raw", ["70000", "-1", "abc", "6280"])
+def test_bad_grpc_port_setting(raw: str) -> None:
+    with pytest.raises(SettingsError, match="DAPR_GRPC_PORT"):
+        Settings.from_env({"DAPR_GRPC_PORT": raw, "DAPR_HTTP_PORT": "6280"})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "JOBRUNNER_"))}
+    return subprocess.run([sys.executable, "-P", "-m", "app.cli", *args], capture_output=True,
+                          text=True, timeout=60, env={**env, "PYTHONPATH": str(PROJECT_ROOT)})
+
+
+def test_cli_refuses_a_bad_or_taken_grpc_port() -> None:
+    done = _cli("api", "--grpc-port", "abc")
+    assert done.returncode == 2 and "'abc' is not a port number or off" in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _cli("api", "--http-port", str(free_port()), "--grpc-port", str(port))
+    assert done.returncode == 1
+    assert f"the gRPC API's (--grpc-port) port {port} on 127.0.0.1 is already in use" in (
+        done.stderr), done.stderr
