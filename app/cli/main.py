@@ -79,7 +79,8 @@ for command in (up, run, stop, status, logs, service, dlq):
 @log_options
 @click.pass_context
 def api(ctx: click.Context, /, **params: Any) -> None:
-    """Serve the jobs API (gunicorn, gthread workers) for one app."""
+    """Serve the jobs API for one app: HTTP (gunicorn, gthread workers), and Dapr's gRPC
+    API on --grpc-port from each worker process."""
     from app.processes.serve import DEFAULT_LOG_LEVEL, ServeOptions, serve
 
     settings = settings_from(app_env(ctx, params))

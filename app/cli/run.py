@@ -65,8 +65,9 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
 
     The shared service (Redis and workers) is started in the background by the first
     `run` and used by the next ones, until `jobrunner stop`. COMMAND gets APP_ID,
-    APP_PORT and DAPR_HTTP_PORT; its output is shown with an `== APP ==` prefix. The API's
-    log is shown too, and kept with the service's logs (`jobrunner logs`). Without
+    APP_PORT, DAPR_HTTP_PORT and DAPR_GRPC_PORT (a free port unless --grpc-port is
+    given); its output is shown with an `== APP ==` prefix. The API's log is shown
+    too, and kept with the service's logs (`jobrunner logs`). Without
     COMMAND, the API runs until Ctrl-C. Exits with COMMAND's exit code.
     """
     from app.processes.app_runner import CommandNotFoundError, run_app
