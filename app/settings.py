@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
+from app.jobs.errors import JobrunnerError
 from app.logs import LOG_FORMATS, LOG_LEVELS
 
 # How workers deliver to an app (`--app-protocol`): POST /job/<name>, or Dapr's gRPC
@@ -21,7 +22,7 @@ from app.logs import LOG_FORMATS, LOG_LEVELS
 APP_PROTOCOLS = ("http", "grpc")
 
 
-class SettingsError(ValueError):
+class SettingsError(JobrunnerError, ValueError):
     """A setting has a value that cannot be used."""
 
 

@@ -117,7 +117,8 @@ def test_up_from_a_project_with_its_own_app_package(
 ) -> None:
     http_port = free_port()
     log = tmp_path / "up.log"
-    argv = [str(jobrunner_bin), "up", "--app-port", str(receiver.port), "--http-port",
+    argv = [str(jobrunner_bin), "up", "--app-port", str(receiver.port), "--grpc-port",
+            str(free_port()), "--http-port",
             str(http_port), "--workers", "1"]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=project_env(tmp_path), cwd=user_project, stdout=out,

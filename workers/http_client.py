@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from app.jobs.errors import JobrunnerError
+
 
 class ServerDisconnected(ConnectionError):
     """The connection closed before a whole response came."""
 
 
-class PoolTimeout(Exception):
+class PoolTimeout(JobrunnerError):
     """Every connection to the app stayed busy for the whole queue timeout."""
 
 
