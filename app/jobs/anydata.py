@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import re
 from typing import Any
 
@@ -61,6 +60,7 @@ from google.protobuf.message import DecodeError
 
 from app.jobs.errors import ApiError, malformed_data, payload_too_large
 from app.jobs.model import Job
+from app.jobs.sizedcache import SizedCache, text_size
 
 # Deepest nesting of JSON arrays/objects accepted in job data (validation
 # checks it). A Struct/Value takes two protobuf levels per JSON level, and
@@ -107,20 +107,30 @@ _VALUE_FORM_TYPES = frozenset(
 )
 
 
+# The cache of packed scalar Anys (pack_any) holds at most this much; a value longer
+# than _PACK_CACHE_ITEM_CHARS is packed each time (and never hashed for a look-up).
+PACK_CACHE_BYTES = 2 * 1024 * 1024
+_PACK_CACHE_ITEM_CHARS = 1024
+_packed: SizedCache[tuple[str, str, str | int | float], tuple[str, str]] = SizedCache(
+    PACK_CACHE_BYTES, 8 * _PACK_CACHE_ITEM_CHARS)
+
+
 def pack_any(data: dict[str, Any]) -> tuple[str, str]:
     """A JSON-form Any -> (type URL, standard base64 of the serialized inner message)."""
     value, type_url = data.get("value"), data.get("@type")
-    if len(data) == 2 and isinstance(type_url, str) and isinstance(value, str | int | float):
-        # The common case (a wrapper type around a scalar) is cached: the schedule
-        # endpoint's hot path, and jobs often share their data.
-        return _pack_scalar(type_url, type(value).__name__, value)
+    if (len(data) == 2 and isinstance(type_url, str) and isinstance(value, str | int | float)
+            and len(type_url) + (len(value) if isinstance(value, str) else 0)
+            <= _PACK_CACHE_ITEM_CHARS):
+        # The common case (a wrapper type around a short scalar) is cached: the schedule
+        # endpoint's hot path, and jobs often share their data. The kind keeps True and 1
+        # (equal as dict keys) apart.
+        key = (type_url, type(value).__name__, value)
+        found = _packed.get(key)
+        if found is None:
+            found = _pack(data)
+            _packed.put(key, found, text_size(type_url, str(value), *found))
+        return found
     return _pack(data)
-
-
-@functools.lru_cache(maxsize=4096)
-def _pack_scalar(type_url: str, _kind: str, value: str | int | float) -> tuple[str, str]:
-    # `_kind` keeps True and 1 (equal as dict keys) apart.
-    return _pack({"@type": type_url, "value": value})
 
 
 def _pack(data: dict[str, Any]) -> tuple[str, str]:
@@ -132,17 +142,84 @@ def _pack(data: dict[str, Any]) -> tuple[str, str]:
     type_url = data.get("@type")
     if not isinstance(type_url, str) or not type_url.rsplit("/", 1)[-1]:
         raise malformed_data("`@type` must name a protobuf type")
+    if not type_url.rsplit("/", 1)[-1].startswith("google.protobuf."):
+        # Only the well-known types, whatever else this process happens to have loaded
+        # (the gRPC API loads Dapr's own messages): the answer must not depend on it.
+        raise malformed_data(
+            f"unknown type {type_url!r}: only the protobuf well-known types are accepted "
+            "(--dapr-compat accepts any type)")
     extra = set(data) - {"@type", "value"}
     if type_url.rsplit("/", 1)[-1] in _VALUE_FORM_TYPES and extra:
         # json_format would drop them silently; the caller would lose data.
         raise malformed_data(
             f"{type_url!r} takes only `value`; unexpected field(s): {', '.join(sorted(extra))}")
+    _check_bytes_values(data)
     message = any_pb2.Any()
     try:
         json_format.ParseDict(data, message, max_recursion_depth=_RECURSION_DEPTH)
     except _PARSE_FAILURES as exc:
         raise _pack_error(type_url, exc) from None
     return message.type_url, base64.b64encode(message.value).decode("ascii")
+
+
+_BYTES_VALUE = "google.protobuf.BytesValue"
+# Types whose JSON form is free JSON: an `@type` inside them is data, not an Any.
+_FREE_JSON_TYPES = frozenset(
+    f"google.protobuf.{name}" for name in ("Struct", "Value", "ListValue"))
+
+
+def _check_bytes_values(node: Any) -> None:
+    """Refuse a BytesValue whose base64 does not decode, wherever an Any holds one (the top,
+    an Any in an Any, the options of a Type). json_format decodes bytes leniently: it drops
+    what is not base64, so `"!!!"` would be stored as no bytes at all."""
+    if isinstance(node, list):
+        for item in node:
+            _check_bytes_values(item)
+        return
+    if not isinstance(node, dict):
+        return
+    type_name = node.get("@type")
+    if isinstance(type_name, str):
+        type_name = type_name.rsplit("/", 1)[-1]
+        if type_name == _BYTES_VALUE:
+            value = node.get("value")
+            if isinstance(value, str) and not valid_base64(value):
+                raise malformed_data(
+                    f"value does not fit protobuf type {_BYTES_VALUE!r}: {_show(value)} is "
+                    "not base64 (standard or URL-safe, padded or not)")
+            return
+        if type_name in _FREE_JSON_TYPES:
+            return
+    for key, child in node.items():
+        if key != "@type":
+            _check_bytes_values(child)
+
+
+_STD_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_URL_B64 = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+
+
+def valid_base64(text: str) -> bool:
+    """Whether protojson (Go) reads `text` as bytes: standard base64, or URL-safe when it
+    has `-` or `_`; padded, or unpadded when its length is not a multiple of 4; CR and LF
+    ignored."""
+    text = text.replace("\r", "").replace("\n", "")
+    url = "-" in text or "_" in text
+    if not (_URL_B64 if url else _STD_B64).fullmatch(text):
+        return False
+    if len(text) % 4:
+        if "=" in text:
+            return False
+        text += "=" * (-len(text) % 4)
+    try:
+        base64.b64decode(text, altchars=b"-_" if url else None, validate=True)
+    except binascii.Error:
+        return False
+    return True
+
+
+def _show(value: str, limit: int = 40) -> str:
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 def _pack_error(type_url: str, exc: BaseException) -> ApiError:
