@@ -6,6 +6,8 @@ child process (gunicorn, a worker) sees exactly what its parent was given.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -63,18 +65,54 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def _signing_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
-    """`kid1:secret1,kid2:secret2`: the first key signs, all are published as valid."""
-    keys: list[tuple[str, bytes]] = []
-    for part in filter(None, (p.strip() for p in raw.split(","))):
-        kid, sep, secret = part.partition(":")
-        if not sep or not kid or not secret:
-            raise SettingsError("JOBRUNNER_SIGNING_KEYS must look like 'kid:secret,kid2:secret2'")
-        keys.append((kid, secret.encode()))
+# Standard Webhooks secrets: `whsec_` + base64 of 24 random bytes at least (the standard's
+# minimum); past 64 bytes HMAC-SHA256 hashes a key down anyway. Each key costs a signature
+# on every delivery: rotation needs two, a few more are allowed.
+SIGNING_KEY_PREFIX = "whsec_"
+SIGNING_KEY_BYTES = (24, 64)
+MAX_SIGNING_KEYS = 4
+_SIGNING_KEYS_HELP = (
+    "JOBRUNNER_SIGNING_KEYS takes Standard Webhooks secrets, comma-separated: "
+    "whsec_ then the base64 of 24 to 64 random bytes, as "
+    "python3 -c 'import base64,os; print(\"whsec_\"+base64.b64encode(os.urandom(32)).decode())'"
+)
+
+
+def _signing_keys(raw: str) -> tuple[bytes, ...]:
+    """`whsec_...,whsec_...`: every key signs each delivery (README, "Verifying
+    deliveries"). The error never shows a key: it is a secret."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if len(parts) > MAX_SIGNING_KEYS:
+        raise SettingsError(f"JOBRUNNER_SIGNING_KEYS: at most {MAX_SIGNING_KEYS} keys, "
+                            f"got {len(parts)}")
+    keys: list[bytes] = []
+    for n, part in enumerate(parts, 1):
+        where = f"JOBRUNNER_SIGNING_KEYS: key {n} of {len(parts)}"
+        if not part.startswith(SIGNING_KEY_PREFIX):
+            old = " (the kid:secret form of earlier versions)" \
+                if ":" in part else ""
+            raise SettingsError(f"{where} does not start with {SIGNING_KEY_PREFIX}{old}. "
+                                f"{_SIGNING_KEYS_HELP}")
+        encoded = part.removeprefix(SIGNING_KEY_PREFIX)
+        try:
+            # The standard's libraries accept the base64 without its padding too.
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except binascii.Error:
+            raise SettingsError(f"{where} is not base64 after {SIGNING_KEY_PREFIX}. "
+                                f"{_SIGNING_KEYS_HELP}") from None
+        if not SIGNING_KEY_BYTES[0] <= len(key) <= SIGNING_KEY_BYTES[1]:
+            raise SettingsError(f"{where} has {len(key)} bytes. {_SIGNING_KEYS_HELP}")
+        keys.append(key)
     return tuple(keys)
 
 
+def _signing_keys_env(keys: tuple[bytes, ...]) -> str:
+    return ",".join(SIGNING_KEY_PREFIX + base64.b64encode(key).decode() for key in keys)
+
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# JOBRUNNER_APP_RATE_LIMIT's bound: past it, a limit limits nothing a worker can do.
+MAX_APP_RATE_LIMIT = 1_000_000.0
 
 
 def _on_this_machine(host: str) -> bool:
@@ -158,19 +196,41 @@ class Settings:
     # Dapr's gRPC API (app/grpc), on http_host; Dapr's default port. 0: not served.
     grpc_port: int = 50001
     max_data_bytes: int = 1024 * 1024
+    # Bounds of one listing or dead-letter request (app/store): dead-letter ids one replay
+    # or purge may name; entries of other names a prefix query of the dead-letter queue
+    # may pass over per page (the rest: nextPageToken); stored bytes of jobs or dead
+    # letters one page or replay batch reads (at least one entry is always read).
+    max_replay_ids: int = 1000
+    list_scan_budget: int = 10_000
+    page_max_bytes: int = 8 * 1024 * 1024
     # An app registration lives this long without a heartbeat from its API process.
     app_registration_ttl_s: float = 15.0
+    # The registration of an app that no API process has renewed for this long is removed
+    # (Store.forget_gone_apps; its jobs stay). 0: never.
+    app_forget_after_s: float = 7 * 86400.0
 
     # Worker tuning.
     concurrency: int = 256
     # Keep-alive connections a worker process opens to one app, at most.
     connections_per_app: int = 64
+    # Deliveries in flight per worker process and app, at most (workers/slots.py): a slow
+    # or hanging app waits on its own slots, never on the other apps'.
+    app_concurrency: int = 32
     claim_batch: int = 256
     delivery_timeout_s: float = 10.0
     lease_s: float = 30.0
     idle_poll_s: float = 1.0
     shutdown_grace_s: float = 10.0
-    signing_keys: tuple[tuple[str, bytes], ...] = field(default=())
+    # The longest per-job deliveryTimeout; 0: the lease less a sixth (25 s of 30 s). Below
+    # the lease: a delivery must be over before another worker may take its trigger.
+    max_delivery_timeout_s: float = 0.0
+    # A Retry-After of a 429 or 503 answer delays the retry by at most this.
+    max_retry_after_s: float = 3600.0
+    # Most deliveries a second to this app over all workers (as Cloud Tasks'
+    # max_dispatches_per_second); 0: no limit. The app's registration carries it.
+    app_rate_limit: float = 0.0
+    # Standard Webhooks secrets (decoded): each signs every delivery.
+    signing_keys: tuple[bytes, ...] = field(default=())
     # Replica acknowledgement (app/redis_wait.py): after every script call, WAIT for this
     # many replicas, at most wait_timeout_ms; a write fewer replicas have is refused
     # (503 / retried), so no acknowledged write is lost in a failover. 0: off (Redis'
@@ -182,6 +242,14 @@ class Settings:
     # process's own default (info; warning for workers, whose info is a line per delivery).
     log_format: str = "plain"
     log_level: str = ""
+
+    # The processes' own (app/processes, app/cli): the shared service's folder, the
+    # redis-server to run ("": the newest found, app/processes/redis_server.py), seconds to
+    # wait for Redis at start, and a worker's own Prometheus port (0: none).
+    home: str = "~/.jobrunner"
+    redis_server: str = ""
+    redis_wait_s: float = 10.0
+    worker_metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -205,12 +273,20 @@ class Settings:
             http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
             grpc_port=_port_or_off(env, "DAPR_GRPC_PORT", cls.grpc_port),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
+            max_replay_ids=_int(env, "JOBRUNNER_MAX_REPLAY_IDS", cls.max_replay_ids, minimum=1),
+            list_scan_budget=_int(env, "JOBRUNNER_LIST_SCAN_BUDGET", cls.list_scan_budget,
+                                  minimum=1),
+            page_max_bytes=_int(env, "JOBRUNNER_PAGE_MAX_BYTES", cls.page_max_bytes, minimum=1),
             app_registration_ttl_s=_float(
                 env, "JOBRUNNER_APP_TTL", cls.app_registration_ttl_s, minimum=1.0
             ),
+            app_forget_after_s=_float(env, "JOBRUNNER_APP_FORGET_AFTER",
+                                      cls.app_forget_after_s),
             concurrency=_int(env, "JOBRUNNER_CONCURRENCY", cls.concurrency, minimum=1),
             connections_per_app=_int(env, "JOBRUNNER_CONNECTIONS_PER_APP",
                                      cls.connections_per_app, minimum=1),
+            app_concurrency=_int(env, "JOBRUNNER_APP_CONCURRENCY", cls.app_concurrency,
+                                 minimum=1),
             claim_batch=_int(env, "JOBRUNNER_CLAIM_BATCH", cls.claim_batch, minimum=1),
             delivery_timeout_s=_float(
                 env, "JOBRUNNER_DELIVERY_TIMEOUT", cls.delivery_timeout_s, minimum=0.001
@@ -218,12 +294,20 @@ class Settings:
             lease_s=_float(env, "JOBRUNNER_LEASE", cls.lease_s, minimum=0.1),
             idle_poll_s=_float(env, "JOBRUNNER_IDLE_POLL", cls.idle_poll_s, minimum=0.01),
             shutdown_grace_s=_float(env, "JOBRUNNER_SHUTDOWN_GRACE", cls.shutdown_grace_s),
+            max_delivery_timeout_s=_float(env, "JOBRUNNER_MAX_DELIVERY_TIMEOUT",
+                                          cls.max_delivery_timeout_s),
+            max_retry_after_s=_float(env, "JOBRUNNER_MAX_RETRY_AFTER", cls.max_retry_after_s),
+            app_rate_limit=_float(env, "JOBRUNNER_APP_RATE_LIMIT", cls.app_rate_limit),
             signing_keys=_signing_keys(env.get("JOBRUNNER_SIGNING_KEYS", "")),
             wait_replicas=_int(env, "JOBRUNNER_WAIT_REPLICAS", cls.wait_replicas),
             wait_timeout_ms=_int(env, "JOBRUNNER_WAIT_TIMEOUT_MS", cls.wait_timeout_ms,
                                  minimum=1),
             log_format=(env.get("JOBRUNNER_LOG_FORMAT", "").strip() or "plain").lower(),
             log_level=env.get("JOBRUNNER_LOG_LEVEL", "").strip().lower(),
+            home=env.get("JOBRUNNER_HOME", "").strip() or cls.home,
+            redis_server=env.get("JOBRUNNER_REDIS_SERVER", "").strip(),
+            redis_wait_s=_float(env, "JOBRUNNER_REDIS_WAIT", cls.redis_wait_s),
+            worker_metrics_port=_port_or_off(env, "JOBRUNNER_WORKER_METRICS_PORT", 0),
         )
         settings.validate()
         return settings
@@ -247,12 +331,23 @@ class Settings:
         if self.lease_s <= self.delivery_timeout_s:
             # A lease that ran out mid-delivery would let a second worker deliver too.
             raise SettingsError("JOBRUNNER_LEASE must be longer than JOBRUNNER_DELIVERY_TIMEOUT")
+        if self.max_delivery_timeout_s >= self.lease_s:
+            raise SettingsError("JOBRUNNER_MAX_DELIVERY_TIMEOUT must be shorter than "
+                                "JOBRUNNER_LEASE")
+        if self.app_rate_limit > MAX_APP_RATE_LIMIT:
+            raise SettingsError(f"JOBRUNNER_APP_RATE_LIMIT must be at most "
+                                f"{MAX_APP_RATE_LIMIT:g} deliveries a second")
         if not self.app_url.startswith(("http://", "https://")):
             raise SettingsError(f"APP_URL must be an http(s) URL, got {self.app_url!r}")
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level and self.log_level not in LOG_LEVELS:
             raise SettingsError(f"JOBRUNNER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def max_job_delivery_timeout_s(self) -> float:
+        """The longest deliveryTimeout a job may ask for (max_delivery_timeout_s)."""
+        return self.max_delivery_timeout_s or self.lease_s * 5 / 6
 
     @property
     def registration_format(self) -> str:
@@ -282,17 +377,29 @@ class Settings:
             "DAPR_HTTP_PORT": str(self.http_port),
             "DAPR_GRPC_PORT": str(self.grpc_port),
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
+            "JOBRUNNER_MAX_REPLAY_IDS": str(self.max_replay_ids),
+            "JOBRUNNER_LIST_SCAN_BUDGET": str(self.list_scan_budget),
+            "JOBRUNNER_PAGE_MAX_BYTES": str(self.page_max_bytes),
             "JOBRUNNER_APP_TTL": repr(self.app_registration_ttl_s),
+            "JOBRUNNER_APP_FORGET_AFTER": repr(self.app_forget_after_s),
             "JOBRUNNER_CONCURRENCY": str(self.concurrency),
             "JOBRUNNER_CONNECTIONS_PER_APP": str(self.connections_per_app),
+            "JOBRUNNER_APP_CONCURRENCY": str(self.app_concurrency),
             "JOBRUNNER_CLAIM_BATCH": str(self.claim_batch),
             "JOBRUNNER_DELIVERY_TIMEOUT": repr(self.delivery_timeout_s),
             "JOBRUNNER_LEASE": repr(self.lease_s),
             "JOBRUNNER_IDLE_POLL": repr(self.idle_poll_s),
             "JOBRUNNER_SHUTDOWN_GRACE": repr(self.shutdown_grace_s),
-            "JOBRUNNER_SIGNING_KEYS": ",".join(f"{k}:{v.decode()}" for k, v in self.signing_keys),
+            "JOBRUNNER_MAX_DELIVERY_TIMEOUT": repr(self.max_delivery_timeout_s),
+            "JOBRUNNER_MAX_RETRY_AFTER": repr(self.max_retry_after_s),
+            "JOBRUNNER_APP_RATE_LIMIT": repr(self.app_rate_limit),
+            "JOBRUNNER_SIGNING_KEYS": _signing_keys_env(self.signing_keys),
             "JOBRUNNER_WAIT_REPLICAS": str(self.wait_replicas),
             "JOBRUNNER_WAIT_TIMEOUT_MS": str(self.wait_timeout_ms),
             "JOBRUNNER_LOG_FORMAT": self.log_format,
             "JOBRUNNER_LOG_LEVEL": self.log_level,
+            "JOBRUNNER_HOME": self.home,
+            "JOBRUNNER_REDIS_SERVER": self.redis_server,
+            "JOBRUNNER_REDIS_WAIT": f"{self.redis_wait_s:g}",
+            "JOBRUNNER_WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }

@@ -80,3 +80,19 @@ def test_every_declared_dependency_is_used() -> None:
         )
     ]
     assert not unused, f"declared but never imported: {unused}"
+
+
+def test_every_setting_is_in_the_readme_configuration_table() -> None:
+    """Each environment variable a setting or a CLI flag reads has a row in the README."""
+    import re
+
+    from app.settings import Settings
+
+    names = set(Settings().to_env())
+    for path in (ROOT / "app" / "cli").rglob("*.py"):
+        names |= set(re.findall(r'envvar="([A-Z_]+)"', path.read_text()))
+    table = (ROOT / "README.md").read_text().split("## Configuration", 1)[1]
+    rows = set(re.findall(r"^\| `([A-Z_]+)`", table, re.M))
+    rows |= {name for row in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)+) \|", table, re.M)
+             for name in re.findall(r"`([A-Z_]+)`", row)}  # fmt: skip
+    assert not sorted(names - rows), f"settings missing from the README: {sorted(names - rows)}"

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 
 from app.logs import setup as setup_logging
 from app.settings import Settings
+from app.store.persistence import warn_at_start
 from workers.worker import Worker
 
 log = logging.getLogger("jobrunner.worker")
@@ -26,6 +27,8 @@ async def _main(settings: Settings) -> None:
     worker = Worker(settings)
     log.info("worker %d started: redis %s, concurrency %d", os.getpid(),
              settings.redis_url, settings.concurrency)
+    # Blocking, once, before the first claim: a Redis without AOF or RDB loses every job.
+    warn_at_start(settings, log)
     try:
         await worker.run(stop)
     finally:
@@ -35,9 +38,8 @@ async def _main(settings: Settings) -> None:
 
 def run_worker(settings: Settings) -> int:
     setup_logging(settings.log_format, settings.log_level or DEFAULT_LOG_LEVEL)
-    metrics_port = os.environ.get("JOBRUNNER_WORKER_METRICS_PORT", "").strip()
-    if metrics_port:
-        start_http_server(int(metrics_port), addr="127.0.0.1")
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
     try:
         import uvloop
     except ImportError:  # uvloop is optional off Linux/macOS

@@ -21,15 +21,12 @@ from app.processes.procs import ensure_port_free, http_url
 from app.processes.redis_server import require_redis
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
 from app.processes.supervisor import Child, StopSignals, Supervisor, describe_exit
-from app.settings import APP_PROTOCOLS, Settings, SettingsError
+from app.settings import APP_PROTOCOLS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Waiting for a fresh API process: gunicorn boots its workers, each builds the app.
 API_READY_TIMEOUT_S = 60.0
-# How long a command waits for Redis to answer before it gives up (a Procfile starts
-# Redis, API and workers at once); JOBRUNNER_REDIS_WAIT changes it.
-REDIS_WAIT_S = 10.0
 
 
 def check_app_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -248,15 +245,10 @@ def ensure_grpc_port_free(settings: Settings) -> None:
 
 
 def wait_redis(settings: Settings, signals: StopSignals | None = None) -> None:
-    raw = os.environ.get("JOBRUNNER_REDIS_WAIT", "").strip()
-    try:
-        wait_s = float(raw) if raw else REDIS_WAIT_S
-    except ValueError:
-        raise SettingsError(f"JOBRUNNER_REDIS_WAIT must be a number, got {raw!r}") from None
     require_redis(
         settings.redis_url,
         settings.redis_cluster,
-        wait_s,
+        settings.redis_wait_s,
         give_up=(lambda: signals.requested) if signals else (lambda: False),
     )
 

@@ -103,7 +103,8 @@ def up(ctx: click.Context, /, **params: Any) -> None:
         if redis_url:
             wait_redis(settings, signals)
         else:
-            embedded = EmbeddedRedis(data_dir, params["redis_port"])
+            embedded = EmbeddedRedis(data_dir, params["redis_port"],
+                                     binary=settings.redis_server or None)
             settings = settings.with_(redis_url=embedded.start(give_up=lambda: signals.requested))
             assert embedded.proc is not None
             sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
@@ -192,7 +193,8 @@ def service(home: str, workers: int) -> None:
         if external:
             wait_redis(settings, signals)
         else:
-            embedded = EmbeddedRedis(home_dir / DATA_DIR, log_file=log_dir / "redis.log")
+            embedded = EmbeddedRedis(home_dir / DATA_DIR, log_file=log_dir / "redis.log",
+                                     binary=settings.redis_server or None)
             settings = settings.with_(redis_url=embedded.start(give_up=lambda: signals.requested))
             assert embedded.proc is not None
             sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)

@@ -56,7 +56,7 @@ class ServiceError(JobrunnerError, RuntimeError):
 
 
 def jobrunner_home(raw: str | None = None) -> Path:
-    raw = raw or os.environ.get("JOBRUNNER_HOME", "").strip() or "~/.jobrunner"
+    raw = raw or Settings.from_env().home
     return Path(raw).expanduser().resolve()
 
 
