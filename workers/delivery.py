@@ -4,8 +4,6 @@ request, and what came of it."""
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +17,12 @@ from app.settings import Settings
 from app.store.store import AppRegistration
 from workers.grpc_client import GrpcClient, Metadata, job_event_request
 from workers.http_client import HttpClient, Origin, PoolTimeout, ServerDisconnected, split_url
+from workers.signing import grpc_payload, signature_headers
 
 # Header names of the delivery contract (README, "Delivery").
 H_TRIGGER_ID = "jobrunner-trigger-id"  # idempotency id: same on every retry of a trigger
 H_ATTEMPT = "jobrunner-attempt"
 H_SCHEDULED_MS = "jobrunner-scheduled-ms"
-H_SIGNATURE = "jobrunner-signature"
 H_APP_TOKEN = "dapr-api-token"
 
 
@@ -33,16 +31,6 @@ class Outcome:
     done: bool  # 2xx or 404: the trigger is finished
     status: int | None  # HTTP status; None when no response came, and over gRPC
     error: str = ""  # why it failed, for logs and the dead-letter queue
-
-
-def sign(keys: tuple[tuple[str, bytes], ...], timestamp_ms: int, body: bytes) -> str:
-    """`t=<ms>,<kid>=<hex>,...`: HMAC-SHA256 of `<ms>.` + body under every configured key,
-    so an app can accept either key of a pair while keys rotate."""
-    message = str(timestamp_ms).encode() + b"." + body
-    parts = [f"t={timestamp_ms}"]
-    parts += [f"{kid}={hmac.new(secret, message, hashlib.sha256).hexdigest()}"
-              for kid, secret in keys]
-    return ",".join(parts)
 
 
 def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
@@ -59,8 +47,9 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
     }
     if app.token:
         headers[H_APP_TOKEN] = app.token
-    if settings.signing_keys:
-        headers[H_SIGNATURE] = sign(settings.signing_keys, now_ms, body)
+    if settings.signing_keys:  # Standard Webhooks' headers (workers/signing.py)
+        headers.update(signature_headers(settings.signing_keys, trigger.trigger_id,
+                                         trigger.attempt, now_ms, body))
     origin, base_path = _split_app_url(app.url)
     return origin, f"{base_path}/job/{quote(trigger.job.name, safe='')}", body, headers
 
@@ -105,10 +94,9 @@ def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,
     ]
     if app.token:
         metadata.append((H_APP_TOKEN, app.token))
-    if settings.signing_keys:
-        # Over the Any's value: the bytes the SDKs hand to the job handler.
-        payload = data.value if data is not None else b""
-        metadata.append((H_SIGNATURE, sign(settings.signing_keys, now_ms, payload)))
+    if settings.signing_keys:  # as over HTTP, with the data in place of the body
+        metadata.extend(signature_headers(settings.signing_keys, trigger.trigger_id,
+                                          trigger.attempt, now_ms, grpc_payload(data)))
     origin, _ = _split_app_url(app.url)
     return origin, job_event_request(trigger.job.name, data), tuple(metadata)
 
