@@ -297,6 +297,9 @@ def test_jobrunner_api_serves_the_seed_without_content_type(
     assert status == 200 and ctype == "application/json"
     assert json.loads(body)["data"] == {"@type": STRING_VALUE, "value": "R2-D2:Oil Change"}
     status, _, body = call("POST", "/v1.0-alpha1/jobs/R2-D2", SEED_BODY)
+    assert status == 204, body  # the same request again: a retry, answered as stored
+    status, _, body = call("POST", "/v1.0-alpha1/jobs/R2-D2",
+                           SEED_BODY.replace(b'"2s"', b'"3s"'))
     assert status == 409 and error_body(body)["errorCode"] == "DAPR_SCHEDULER_SCHEDULE_JOB"
     status, _, body = call("POST", "/v1.0-alpha1/jobs/a%2Fb", SEED_BODY)
     assert status == 400, body

@@ -7,11 +7,14 @@ import logging
 import socket
 import threading
 import weakref
+from typing import IO
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, Request, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.routing import PathConverter
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from app.api.deadletters import deadletters_bp
 from app.api.jobs import jobs_bp
@@ -20,13 +23,18 @@ from app.jobs import errors
 from app.jobs.errors import ApiError
 from app.jobs.validation import validate_app_id
 from app.settings import Settings
+from app.store.persistence import warn_if_not_persistent
 from app.store.redis_client import UNAVAILABLE
-from app.store.store import AppRegistration, Store
+from app.store.store import AppClaimed, AppRegistration, Store, app_binding
 
 log = logging.getLogger("jobrunner.api")
 
-# Paths served without the API token: probes and scrapers carry none.
-_OPEN_PATHS = ("/healthz", "/metrics", "/openapi.json", "/v1.0/healthz", "/v1.0/healthz/outbound")
+# Paths served without the API token: probes carry none. /metrics is not among them: its
+# counts cover every app on the Redis; a scraper sends the token (README, "Trust boundary").
+_OPEN_PATHS = ("/healthz", "/openapi.json", "/v1.0/healthz", "/v1.0/healthz/outbound")
+_METRICS_PATH = "/metrics"
+# How often an API process removes the registrations of apps gone for good.
+FORGET_APPS_EVERY_S = 3600.0
 # Waiting for the app to listen (as daprd's blockUntilAppIsReady): each dial's timeout,
 # and the pause between dials, growing to a second.
 APP_DIAL_TIMEOUT_S = 0.5
@@ -41,7 +49,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     except ApiError as exc:
         raise ValueError(exc.message) from None
     store = store or Store(settings)
+    binding = app_binding(settings.app_id, settings.api_token, settings.app_api_token)
+    _refuse_if_claimed(settings, store, binding)
+    try:
+        warn_if_not_persistent(store.redis, log)
+    except Exception:  # a warning must never stop the API from starting
+        log.exception("could not check whether Redis persists its data")
     app = Flask("jobrunner", static_folder=None)  # no static files: an API only
+    app.request_class = _BodyLimitedRequest
     app.url_map.converters["anything"] = AnythingConverter
     # Whole-body cap well above the data cap, so the data limit answers 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_data_bytes * 4 + 64 * 1024
@@ -58,12 +73,69 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         g.settings, g.store = settings, store
         if settings.api_token and request.path not in _OPEN_PATHS:
             given = request.headers.get("dapr-api-token", "")
+            if request.path == _METRICS_PATH and not given:
+                # Prometheus sends a token as `authorization: {credentials: ...}` does.
+                scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+                given = credentials.strip() if scheme.lower() == "bearer" else ""
             if not hmac.compare_digest(given.encode(), settings.api_token.encode()):
                 return _error_response(errors.unauthorized())
         return None
 
-    _start_registration(app, settings, store)
+    @app.after_request
+    def _relative_location(response: Response) -> Response:
+        # Werkzeug's redirects (`PUT /v1.0/jobs` -> `/v1.0/jobs/`) name the Host header's
+        # host: a caller could make the answer point anywhere. The path alone is enough.
+        location = response.headers.get("Location")
+        if location and 300 <= response.status_code < 400:
+            parts = urlsplit(location)
+            if parts.scheme or parts.netloc:
+                response.headers["Location"] = parts.path + (f"?{parts.query}"
+                                                             if parts.query else "")
+        return response
+
+    _start_registration(app, settings, store, binding)
     return app
+
+
+def _refuse_if_claimed(settings: Settings, store: Store, binding: str) -> None:
+    """Refuse to start when a live API process with other tokens serves this app: it would
+    take that process's deliveries (README, "Trust boundary")."""
+    try:
+        store.check_app_binding(settings.app_id, binding, settings.app_registration_ttl_s)
+    except UNAVAILABLE:
+        pass  # checked again at every registration
+    except AppClaimed as exc:
+        log.error("%s", exc)
+        raise
+
+
+class _MaxStream(LimitedStream):
+    """The body of a request without a Content-Length (chunked), cut at the size limit
+    like werkzeug's, but a body past the limit is a 413, not silently cut short (a cut
+    JSON body would be answered 400 "invalid JSON")."""
+
+    def on_exhausted(self) -> None:
+        if self._stream.read(1):
+            raise RequestEntityTooLarge()
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        if self.is_exhausted:
+            self.on_exhausted()
+        return data
+
+
+class _BodyLimitedRequest(Request):
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        limit = self.max_content_length
+        if (limit is not None and self.content_length is None
+                and "wsgi.input_terminated" in self.environ):
+            return _MaxStream(self.environ["wsgi.input"], limit, is_max=True)  # type: ignore[return-value]
+        stream: IO[bytes] = super().stream
+        return stream
+
+
 
 
 class AnythingConverter(PathConverter):
@@ -99,7 +171,10 @@ def _install_error_handlers(app: Flask) -> None:
                                             "request body is larger than the server accepts"))
         code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
             status, errors.MALFORMED_REQUEST if status < 500 else errors.INTERNAL)
-        return _error_response(ApiError(status, code, exc.description or exc.name))
+        response = _error_response(ApiError(status, code, exc.description or exc.name))
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110: a 405 has it
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -107,7 +182,7 @@ def _install_error_handlers(app: Flask) -> None:
         return _error_response(ApiError(500, errors.INTERNAL, "internal error; see the API log"))
 
 
-def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
+def _start_registration(app: Flask, settings: Settings, store: Store, binding: str) -> None:
     """Record this app's address in Redis and keep it alive while the app object lives.
 
     Workers deliver only to registered addresses: a caller of the API never
@@ -122,17 +197,36 @@ def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
                                    settings.registration_format, settings.app_protocol)
     ttl = settings.app_registration_ttl_s
     stop = threading.Event()
+    claimed = [False]  # another live API process with other tokens holds the app
 
     def register(was_ok: bool) -> bool:
         try:
-            store.register_app(registration, ttl_s=ttl)
+            store.register_app(registration, ttl_s=ttl, binding=binding)
         except UNAVAILABLE as exc:
             if was_ok:  # say it once per outage, not on every beat
                 log.warning("cannot register app %s: %s", settings.app_id, exc)
             return False
+        except AppClaimed as exc:
+            if not claimed[0]:
+                log.error("%s", exc)
+                claimed[0] = True
+            return False
+        claimed[0] = False
         if not was_ok:
             log.info("app %s registered at %s", settings.app_id, settings.app_url)
         return True
+
+    def forget_gone_apps() -> None:
+        if not settings.app_forget_after_s:
+            return
+        try:
+            gone = store.forget_gone_apps(settings.app_forget_after_s)
+        except UNAVAILABLE:
+            return
+        if gone:
+            log.info("forgot the registrations of apps gone for %gs: %s",
+                     settings.app_forget_after_s, ", ".join(sorted(gone)))
+
 
     def wait_for_app() -> bool:
         pause, dials = APP_DIAL_FIRST_PAUSE_S, 0
@@ -148,16 +242,24 @@ def _start_registration(app: Flask, settings: Settings, store: Store) -> None:
         return False
 
     def beat(ok: bool, listening: bool) -> None:
+        forget_gone_apps()
         if not listening:
             if not wait_for_app():
                 return
             ok = register(True)
+        beats_per_forget = max(1, round(FORGET_APPS_EVERY_S / (ttl / 3)))
+        beats = 0
         while not stop.wait(ttl / 3):
             ok = register(ok)
+            beats += 1
+            if beats % beats_per_forget == 0:
+                forget_gone_apps()
 
     listening = _listening(settings.app_url)
     if listening:
         ok = register(True)  # at once, so deliveries never wait for it
+        if claimed[0]:  # another process with other tokens started in the same moment
+            raise AppClaimed(settings.app_id, ttl)
     else:
         ok = False
         log.info("app %s does not accept connections at %s yet: its triggers wait until it "

@@ -10,7 +10,13 @@ from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
 from app.jobs.errors import ApiError
-from app.jobs.validation import job_to_api, parse_job_request, validate_name
+from app.jobs.validation import (
+    MAX_NAME_LENGTH,
+    job_to_api,
+    parse_job_request,
+    same_request,
+    validate_name,
+)
 from app.store.store import JobExists, JobView, Store
 
 jobs_bp = Blueprint("jobs", __name__)
@@ -51,7 +57,11 @@ def schedule_job(name: str) -> Response:
     try:
         store.schedule(job, overwrite=overwrite)
     except JobExists:
-        raise errors.job_exists(name) from None
+        # A retry of a request whose answer was lost (a 503 or a timeout while Redis
+        # stalled may still have stored it) finds its own job: answered as stored.
+        stored = store.get(job.app_id, job.name)
+        if stored is None or not same_request(stored.job, job):
+            raise errors.job_exists(name) from None
     return _empty()
 
 
@@ -89,7 +99,11 @@ def delete_jobs_by_prefix() -> Response:
     if "prefix" not in request.args:
         raise ApiError(400, errors.MALFORMED_REQUEST,
                        "deleting by prefix needs ?prefix= (an empty prefix deletes every job)")
-    deleted = g.store.delete_prefix(g.settings.app_id, request.args["prefix"])
+    prefix = request.args["prefix"]
+    if len(prefix) > MAX_NAME_LENGTH:
+        raise ApiError(400, errors.MALFORMED_REQUEST,
+                       f"prefix is longer than a job name can be ({MAX_NAME_LENGTH})")
+    deleted = g.store.delete_prefix(g.settings.app_id, prefix)
     return _json({"deleted": deleted})
 
 

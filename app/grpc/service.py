@@ -19,7 +19,7 @@ from app.grpc.errors import abort
 from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
-from app.jobs.validation import parse_job_fields, validate_name
+from app.jobs.validation import MAX_NAME_LENGTH, parse_job_fields, same_request, validate_name
 from app.settings import Settings
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import JobExists, Store
@@ -77,7 +77,14 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             request.job.name, request_fields(request), request_data(request),
             self.app_id, now_ms(), self.settings.max_data_bytes,
         )
-        self.store.schedule(job, overwrite=overwrite)
+        try:
+            self.store.schedule(job, overwrite=overwrite)
+        except JobExists:
+            # A retry whose first call was stored though its answer was lost (README,
+            # "Errors and retries"): answered as stored.
+            stored = self.store.get(job.app_id, job.name)
+            if stored is None or not same_request(stored.job, job):
+                raise
         return jobs_pb2.ScheduleJobResponse()
 
     def ScheduleJob(self, request: jobs_pb2.ScheduleJobRequest,
@@ -116,18 +123,24 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
 
     # --- DeleteJobsByPrefix ----------------------------------------------------------
 
+    def _delete_prefix(self, prefix: str) -> int:
+        if len(prefix) > MAX_NAME_LENGTH:
+            raise ApiError(400, errors.MALFORMED_REQUEST,
+                           f"name_prefix is longer than a job name can be ({MAX_NAME_LENGTH})")
+        return self.store.delete_prefix(self.app_id, prefix)
+
     def DeleteJobsByPrefix(self, request: jobs_pb2.DeleteJobsByPrefixRequest,
                            context: grpc.ServicerContext) -> jobs_pb2.DeleteJobsByPrefixResponse:
         # No prefix, or an empty one: every job of the app, as in Dapr.
         self._run(context, "DeleteJobsByPrefix",
-                  lambda: self.store.delete_prefix(self.app_id, request.name_prefix))
+                  lambda: self._delete_prefix(request.name_prefix))
         return jobs_pb2.DeleteJobsByPrefixResponse()
 
     def DeleteJobsByPrefixAlpha1(
         self, request: jobs_pb2.DeleteJobsByPrefixRequestAlpha1, context: grpc.ServicerContext
     ) -> jobs_pb2.DeleteJobsByPrefixResponseAlpha1:
         self._run(context, "DeleteJobsByPrefixAlpha1",
-                  lambda: self.store.delete_prefix(self.app_id, request.name_prefix))
+                  lambda: self._delete_prefix(request.name_prefix))
         return jobs_pb2.DeleteJobsByPrefixResponseAlpha1()
 
     # --- ListJobs --------------------------------------------------------------------

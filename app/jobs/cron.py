@@ -279,12 +279,24 @@ def _range_bits(expr: str, lo: int, hi: int, names: dict[str, int] | None) -> in
     return _bits(start, end, step) | extra
 
 
+# IANA zone names are at most 38 characters in 4 parts (`right/America/Argentina/
+# ComodRivadavia`). Longer names are refused before zoneinfo sees them: its look-up of a
+# name of a few hundred parts recurses past Python's limit.
+MAX_ZONE_NAME_LENGTH = 64
+MAX_ZONE_NAME_PARTS = 5
+
+
 def _load_zone(name: str) -> _dt.tzinfo:
     if name in ("", "UTC", "Local"):  # Go: "" is UTC; Local is UTC in Dapr's scheduler
         return _UTC
+    if len(name) > MAX_ZONE_NAME_LENGTH or name.count("/") >= MAX_ZONE_NAME_PARTS:
+        shown = name if len(name) <= MAX_ZONE_NAME_LENGTH else name[:MAX_ZONE_NAME_LENGTH] + "..."
+        raise ValueError(f"provided bad location {shown}: unknown time zone (a zone name has "
+                         f"at most {MAX_ZONE_NAME_LENGTH} characters in {MAX_ZONE_NAME_PARTS} "
+                         "parts)")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+    except (ZoneInfoNotFoundError, ValueError, OSError, RecursionError):
         raise ValueError(f"provided bad location {name}: unknown time zone {name}") from None
 
 

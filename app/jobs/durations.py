@@ -45,7 +45,9 @@ NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 _MAX_NS = (1 << 63) - 1  # a Go time.Duration is an int64 of nanoseconds
 _EPOCH_ORDINAL = _dt.date(1970, 1, 1).toordinal()
-_MAX_INPUT = 256  # longer input is garbage; keeps big-int maths bounded
+# The longest dueTime, ttl or duration accepted: longer input is garbage, and this keeps
+# the big-integer maths bounded.
+MAX_DURATION_LENGTH = 256
 
 _GO_UNITS_NS = {
     "ns": 1,
@@ -60,6 +62,13 @@ _GO_UNITS_NS = {
 _DIGITS = frozenset("0123456789")
 
 
+def _too_long(text: object) -> str:
+    """Why an input was refused before parsing; never the input itself (it may be huge)."""
+    if not isinstance(text, str):
+        return "not a string"
+    return f"longer than {MAX_DURATION_LENGTH} characters"
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -72,8 +81,8 @@ def go_duration_ns(text: str) -> int:
     Fractions are truncated at the nanosecond as Go does.
     """
     orig = text
-    if not isinstance(text, str) or len(text) > _MAX_INPUT:
-        raise ScheduleError(f"time: invalid duration {orig!r}")
+    if not isinstance(text, str) or len(text) > MAX_DURATION_LENGTH:
+        raise ScheduleError(f"time: invalid duration: {_too_long(text)}")
     s, neg = text, False
     if s and s[0] in "+-":
         neg, s = s[0] == "-", s[1:]
@@ -137,8 +146,8 @@ _ISO_RE = re.compile(
 
 def iso8601_parts(text: str) -> tuple[int, int, int, int]:
     """A non-repeating ISO 8601 duration as (years, months, days, nanoseconds)."""
-    if not isinstance(text, str) or len(text) > _MAX_INPUT:
-        raise ScheduleError(f"unsupported ISO8601 duration format: {text!r}")
+    if not isinstance(text, str) or len(text) > MAX_DURATION_LENGTH:
+        raise ScheduleError(f"unsupported ISO8601 duration format: {_too_long(text)}")
     if text.startswith("R"):
         raise ScheduleError(f"non-repeating ISO8601 expected, got {text!r}")
     m = _ISO_RE.fullmatch(text)
@@ -234,8 +243,8 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
     millisecond, so a due time is never made earlier: base + 1.000001 ms ->
     base + 2 ms.
     """
-    if not isinstance(text, str) or len(text) > _MAX_INPUT:
-        raise ScheduleError("unrecognized time or duration: not a short string", SCHEDULE_JOB)
+    if not isinstance(text, str) or len(text) > MAX_DURATION_LENGTH:
+        raise ScheduleError(f"unrecognized time or duration: {_too_long(text)}", SCHEDULE_JOB)
     ts = rfc3339_ns(text)
     if ts is not None:
         return _ceil_div(ts, NS_PER_MS)

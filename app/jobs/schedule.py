@@ -30,7 +30,6 @@ for the differences in the cron dialect itself):
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from app.jobs.cron import CronSchedule, EverySchedule, Schedule, parse_cron
@@ -43,6 +42,7 @@ from app.jobs.durations import (
     parse_point_in_time,
 )
 from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB
+from app.jobs.sizedcache import SizedCache, text_size
 
 __all__ = [
     "CronSchedule",
@@ -60,9 +60,15 @@ __all__ = [
 ]
 
 _MAX_REPEATS = 2**32 - 1  # Dapr's repeats is a uint32
+# The longest schedule accepted. A cron line that lists every value of every field with a
+# time zone is under 600 characters; a longer one is garbage whose parsing, storing and
+# every worker's re-parsing would cost in proportion (a 4 MB one: seconds of CPU).
+MAX_SCHEDULE_LENGTH = 1024
+# The parse cache of the API and of each worker holds at most this much (sizedcache).
+SCHEDULE_CACHE_BYTES = 2 * 1024 * 1024
+_cache: SizedCache[str, Schedule] = SizedCache(SCHEDULE_CACHE_BYTES, 4 * MAX_SCHEDULE_LENGTH)
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_schedule(expr: str) -> Schedule:
     """Parse a Dapr job schedule (the dialect is app.jobs.cron's); cached by expression.
 
@@ -70,10 +76,20 @@ def parse_schedule(expr: str) -> Schedule:
     """
     if not isinstance(expr, str):
         raise ScheduleError("invalid schedule: not a string", SCHEDULE_JOB)
+    if len(expr) > MAX_SCHEDULE_LENGTH:
+        raise ScheduleError(
+            f"invalid schedule: longer than {MAX_SCHEDULE_LENGTH} characters", SCHEDULE_JOB
+        )
+    found = _cache.get(expr)
+    if found is not None:
+        return found
     try:
-        return parse_cron(expr)
+        parsed = parse_cron(expr)
     except ValueError as e:
-        raise ScheduleError(f"invalid schedule {expr!r}: {e}", SCHEDULE_JOB) from None
+        shown = repr(expr) if len(expr) <= 120 else repr(expr[:120]) + "..."
+        raise ScheduleError(f"invalid schedule {shown}: {e}", SCHEDULE_JOB) from None
+    _cache.put(expr, parsed, text_size(expr))
+    return parsed
 
 
 @dataclass(frozen=True)

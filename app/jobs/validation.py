@@ -61,13 +61,14 @@ from app.jobs.anydata import (
     pack_any,
     stored_any,
 )
-from app.jobs.durations import go_duration_ns
+from app.jobs.durations import MAX_DURATION_LENGTH, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
 from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
-from app.jobs.schedule import ScheduleError, plan
+from app.jobs.schedule import MAX_SCHEDULE_LENGTH, ScheduleError, plan
 
 MAX_NAME_LENGTH = 253
 _UINT32_MAX = 2**32 - 1
+_UINT32_DIGITS = len(str(_UINT32_MAX))
 # `/` separates app id and name in job ids; `\ # ?` and control characters
 # break URLs and logs. C0, DEL and C1 are Unicode's control characters (Cc).
 _BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
@@ -128,9 +129,9 @@ def parse_job_request(
     del content_type  # read as JSON whatever it says, as Dapr does
     request = _decode_body(body)
 
-    schedule = _opt_str(request, "schedule")
-    due_time = _opt_str(request, "dueTime", "due_time")
-    ttl = _opt_str(request, "ttl")
+    schedule = _opt_str(request, "schedule", limit=MAX_SCHEDULE_LENGTH)
+    due_time = _opt_str(request, "dueTime", "due_time", limit=MAX_DURATION_LENGTH)
+    ttl = _opt_str(request, "ttl", limit=MAX_DURATION_LENGTH)
     repeats = _opt_uint32(_field(request, "repeats"), "repeats")
     overwrite = _field(request, "overwrite")
     if overwrite is None:
@@ -171,6 +172,18 @@ def parse_job_request(
         expires_ms=timing.expires_ms,
     )
     return job, overwrite
+
+
+def same_request(stored: Job, new: Job) -> bool:
+    """Whether `new` asks for exactly the job `stored` is: the same stored record, but for
+    the times resolved from the clock when each request was read (the first due time and
+    the ttl expiry: a relative dueTime, a ttl or a schedule give other ones a moment
+    later). A request that timed out or was answered 503 may have been stored all the
+    same; its retry finds such a job, and is answered as stored instead of 409."""
+    if (stored.app_id, stored.name) != (new.app_id, new.name):
+        return False
+    retimed = dataclasses.replace(new, first_ms=stored.first_ms, expires_ms=stored.expires_ms)
+    return retimed.encode() == stored.encode()
 
 
 def job_to_api(job: Job, *, dapr_compat: bool = False) -> dict[str, Any]:
@@ -232,12 +245,17 @@ def _field(obj: dict[str, Any], camel: str, snake: str | None = None) -> Any:
     return obj[snake]
 
 
-def _opt_str(obj: dict[str, Any], camel: str, snake: str | None = None) -> str | None:
+def _opt_str(obj: dict[str, Any], camel: str, snake: str | None = None, *,
+             limit: int) -> str | None:
     value = _field(obj, camel, snake)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise malformed(f"{camel} must be a string, got {_json_kind(value)}")
+    if len(value) > limit:
+        # Refused before any parsing: its cost, and what is stored, grow with the length.
+        raise ApiError(400, errors.SCHEDULE_JOB,
+                       f"{camel} is longer than {limit} characters ({len(value)})")
     return value
 
 
@@ -252,6 +270,15 @@ def _opt_uint32(value: Any, field: str) -> int | None:
     )
     if not whole:
         raise malformed(f"{field} must be a whole number, got {_show(value)}")
+    if isinstance(value, str):
+        # Read without its leading zeros, and decided on the text when it is longer than any
+        # uint32: int() refuses strings of more than 4,300 digits (ValueError).
+        digits = value.lstrip("-").lstrip("0") or "0"
+        if len(digits) > _UINT32_DIGITS:
+            if value.startswith("-"):
+                raise malformed(f"{field} must not be negative, got {_show(value)}")
+            raise malformed(f"{field} must be at most {_UINT32_MAX}, got {_show(value)}")
+        value = ("-" if value.startswith("-") else "") + digits
     number = int(value)
     if number < 0:
         raise malformed(f"{field} must not be negative, got {number}")

@@ -14,9 +14,10 @@ Per partition:
     {prefix}:{N}:deadidx ZSET  dead-letter id -> ms it was dead-lettered
     {prefix}:{N}:staged:{app}  ZSET  job id -> due ms of a trigger parked
                                while the app has no live API process
-Global (not used from scripts):
+Global (scripts touch one of them at a time):
     {prefix}:apps        HASH  app id -> app registration (JSON)
-    {prefix}:alive:{app} STRING with a TTL while the app's API process lives
+    {prefix}:alive:{app} STRING with a TTL while the app's API process lives: the
+                         binding of its tokens (app_alive.lua), "1" without tokens
     {prefix}:wake        pub/sub channel: "a new job may be due earlier"
 
 A job id is `{app_id}/{name}`: names cannot hold '/', app ids neither.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,17 +49,45 @@ class AppRegistration:
     delivery_format: str = "auto"
     protocol: str = "http"  # Settings.app_protocol: how workers deliver (http or grpc)
 
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {"url": self.url, "token": self.token, "format": self.delivery_format,
-             "protocol": self.protocol}
-        )
+    def encode(self, seen_ms: int | None = None) -> bytes:
+        record: dict[str, Any] = {"url": self.url, "token": self.token,
+                                  "format": self.delivery_format, "protocol": self.protocol}
+        if seen_ms is not None:
+            record["seen"] = seen_ms  # when an API process last renewed it (forget_gone_apps)
+        return orjson.dumps(record)
 
     @classmethod
     def decode(cls, app_id: str, raw: bytes | str) -> AppRegistration:
         r = orjson.loads(raw)
         return cls(app_id, r["url"], r.get("token", ""), r.get("format", "auto"),
                    r.get("protocol", "http"))
+
+
+# The binding of an app served without tokens (also what older versions marked apps with).
+UNBOUND = "1"
+
+
+def app_binding(app_id: str, api_token: str, app_token: str) -> str:
+    """What binds an app's registration to its API processes: a digest of their tokens
+    (DAPR_API_TOKEN, APP_API_TOKEN), never the tokens; UNBOUND when neither is set."""
+    if not api_token and not app_token:
+        return UNBOUND
+    material = "\0".join(("jobrunner-app-binding", app_id, api_token, app_token))
+    return "sha256:" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+class AppClaimed(JobrunnerError):
+    """A live API process with other tokens serves the app: registering would take its
+    deliveries."""
+
+    def __init__(self, app_id: str, ttl_s: float | None = None) -> None:
+        expiry = f"within {ttl_s:g} s" if ttl_s else "after JOBRUNNER_APP_TTL"
+        super().__init__(
+            f"app {app_id!r} is served by a live API process with other tokens "
+            "(DAPR_API_TOKEN, APP_API_TOKEN): this one would take its deliveries, so it is "
+            "refused. Give both the same tokens, or stop the other one (its registration "
+            f"then expires {expiry}) and start this one again")
+        self.app_id = app_id
 
 
 def _text(value: bytes | str) -> str:
@@ -241,19 +271,67 @@ class Store:
 
     # -- apps ---------------------------------------------------------------
 
-    def register_app(self, registration: AppRegistration, ttl_s: float | None = None) -> int:
+    def register_app(self, registration: AppRegistration, ttl_s: float | None = None,
+                     binding: str = UNBOUND) -> int:
         """Record where the app's jobs go and that it is live: for `ttl_s` (an API process
         renews it), or for good when None. Puts back the app's staged triggers; returns
-        how many."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.apps, registration.app_id, registration.encode())
-        alive = self.keys.alive(registration.app_id)
-        if ttl_s:
-            pipe.set(alive, "1", px=int(ttl_s * 1000))
-        else:
-            pipe.set(alive, "1")
-        pipe.execute()
-        return self.unstage(registration.app_id)
+        how many.
+
+        `binding` (app_binding) ties the registration to the tokens of the app's API
+        processes: while one with another binding is live, this raises AppClaimed and
+        leaves its registration as it is (README, "Trust boundary")."""
+        app_id = registration.app_id
+        self.check_app_binding(app_id, binding, ttl_s)
+        self.redis.hset(self.keys.apps, app_id,
+                        registration.encode(seen_ms=int(time.time() * 1000)))
+        # Atomic on the mark: of two processes with other bindings starting at once, one
+        # wins; the other is refused here, or at its next renewal.
+        held = self._scripts["app_alive"](
+            keys=[self.keys.alive(app_id)],
+            args=[binding, int(ttl_s * 1000) if ttl_s else 0])
+        if held:
+            raise AppClaimed(app_id, ttl_s)
+        return self.unstage(app_id)
+
+    def check_app_binding(self, app_id: str, binding: str, ttl_s: float | None = None) -> None:
+        """Raise AppClaimed when a live API process with another binding serves the app."""
+        held = self.redis.get(self.keys.alive(app_id))
+        if held is not None and _text(held) != binding:
+            raise AppClaimed(app_id, ttl_s)
+
+    def forget_gone_apps(self, older_than_s: float, now_ms: int | None = None) -> list[str]:
+        """Remove the registrations (address, token) of apps that no API process has renewed
+        for `older_than_s` and that are not live; returns their ids. Their jobs are not
+        touched: due triggers stay staged until an API process registers the app again.
+        A registration from before renewals were stamped is stamped now (so it is
+        forgotten `older_than_s` from now, if it is not renewed)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        cutoff = now - int(older_than_s * 1000)
+        stale: list[tuple[str, bytes]] = []
+        changes: list[Any] = []
+        for field, raw in self.redis.hgetall(self.keys.apps).items():
+            app_id = _text(field)
+            try:
+                seen = orjson.loads(raw).get("seen")
+            except (orjson.JSONDecodeError, AttributeError):
+                continue  # not a registration this version wrote: left alone
+            if seen is None:
+                changes += [app_id, raw, AppRegistration.decode(app_id, raw).encode(now)]
+            elif isinstance(seen, int) and seen < cutoff:
+                stale.append((app_id, raw))
+        if stale:
+            pipe = self.redis.pipeline(transaction=False)
+            for app_id, _ in stale:
+                pipe.exists(self.keys.alive(app_id))
+            alive = pipe.execute()
+            stale = [entry for entry, live in zip(stale, alive, strict=True) if not live]
+        for app_id, raw in stale:
+            changes += [app_id, raw, ""]
+        if not changes:
+            return []
+        changed = {_text(a) for a in self._scripts["apps_cas"](keys=[self.keys.apps],
+                                                               args=changes)}
+        return [app_id for app_id, _ in stale if app_id in changed]
 
     def unstage(self, app_id: str) -> int:
         return sum(
