@@ -136,8 +136,6 @@ class _BodyLimitedRequest(Request):
         return stream
 
 
-
-
 class AnythingConverter(PathConverter):
     """Any non-empty text, slashes and newlines included, so that every bad job name
     reaches validation and gets a clear 400 (not a 404 from the router)."""
@@ -226,7 +224,6 @@ def _start_registration(app: Flask, settings: Settings, store: Store, binding: s
         if gone:
             log.info("forgot the registrations of apps gone for %gs: %s",
                      settings.app_forget_after_s, ", ".join(sorted(gone)))
-
 
     def wait_for_app() -> bool:
         pause, dials = APP_DIAL_FIRST_PAUSE_S, 0
