@@ -10,6 +10,7 @@ from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
 from app.jobs.errors import ApiError
+from app.jobs.restore import restore
 from app.jobs.validation import (
     MAX_NAME_LENGTH,
     job_to_api,
@@ -41,6 +42,7 @@ def view_to_api(view: JobView) -> dict[str, Any]:
     body["status"] = view.status.value
     body["nextTriggerTime"] = ms_to_rfc3339(view.next_ms)
     body["lastTriggerTime"] = ms_to_rfc3339(view.last_ms)
+    body["expiryTime"] = ms_to_rfc3339(view.job.expires_ms)  # from ttl; null: never
     body["triggerCount"] = view.count
     body["attempt"] = view.attempt
     return body
@@ -49,13 +51,16 @@ def view_to_api(view: JobView) -> dict[str, Any]:
 def schedule_job(name: str) -> Response:
     name = validate_name(name)
     store: Store = g.store
+    body, now = request.get_data(cache=False), now_ms()
     job, overwrite = parse_job_request(
-        name, request.get_data(cache=False), request.headers.get("Content-Type"),
-        g.settings.app_id, now_ms(), g.settings.max_data_bytes,
+        name, body, request.headers.get("Content-Type"),
+        g.settings.app_id, now, g.settings.max_data_bytes,
         dapr_compat=g.settings.dapr_compat,
     )
+    # A job put back where it stood (nextTriggerTime...: jobrunner jobs import).
+    job, run = restore(body, job, now)
     try:
-        store.schedule(job, overwrite=overwrite)
+        store.schedule(job, overwrite=overwrite, run=run)
     except JobExists:
         # A retry of a request whose answer was lost (a 503 or a timeout while Redis
         # stalled may still have stored it) finds its own job: answered as stored.

@@ -6,6 +6,8 @@
 - `api`, `worker`: one part each, for a Procfile or to scale.
 - `stop`, `status`, `logs`: the shared background service.
 - `dlq`: the dead-letter queue (list, show, replay, purge).
+- `jobs`: the jobs of an app through its HTTP API (schedule, get, list, delete,
+  export, import), locally or at --url.
 - `bench`: the benchmark harness.
 
 Shared options: app/cli_options.py; `up` and the background service: app/cli_up.py;
@@ -22,6 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from app.cli.dlq import dlq
+from app.cli.jobs import jobs
 from app.cli.options import (
     api_tuning,
     app_env,
@@ -64,7 +67,7 @@ def main() -> None:
     """jobrunner: the Dapr Jobs API on Redis."""
 
 
-for command in (up, run, stop, status, logs, service, dlq):
+for command in (up, run, stop, status, logs, service, dlq, jobs):
     main.add_command(command)
 
 

@@ -113,14 +113,17 @@ class Store:
 
     # -- jobs ---------------------------------------------------------------
 
-    def schedule(self, job: Job, overwrite: bool = False) -> bool:
-        """Store `job`; raise JobExists unless `overwrite`. True when it is now the earliest due."""
+    def schedule(self, job: Job, overwrite: bool = False, run: RunState | None = None) -> bool:
+        """Store `job`; raise JobExists unless `overwrite`. True when it is now the earliest due.
+
+        `run`: the run state to start from, for a job put back where it stood (its
+        trigger count and last trigger: app/jobs/restore.py); None for a new job."""
         jid = job_id(job.app_id, job.name)
         pk = self.keys.for_job(jid)
         result = self._scripts["schedule"](
             keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id)],
             args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
-                  self.keys.wake_channel],
+                  self.keys.wake_channel, "" if run is None else run.encode()],
         )
         if result == 0:
             raise JobExists(job.name)

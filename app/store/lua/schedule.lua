@@ -8,6 +8,9 @@
 -- ARGV[3] first due time, epoch ms
 -- ARGV[4] "1" to overwrite an existing job, "0" to refuse
 -- ARGV[5] wake channel: published to when this job became the earliest due
+-- ARGV[6] optional: the run state to start from, "sched|0|count|last|" with sched =
+--         ARGV[3] (a job put back where it stood, app/jobs/restore.py); absent or ""
+--         for a new job
 -- Returns 0 when the job exists and overwrite is off, 1 when stored,
 -- 2 when stored and it is now the earliest job of this partition.
 if ARGV[4] ~= "1" and redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1 then
@@ -16,7 +19,11 @@ end
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
 -- A replaced job starts afresh: any in-flight trigger of the old one is
 -- orphaned, so its late acknowledge (lease token gone) changes nothing.
-redis.call("HDEL", KEYS[3], ARGV[1])
+if ARGV[6] and ARGV[6] ~= "" then
+  redis.call("HSET", KEYS[3], ARGV[1], ARGV[6])
+else
+  redis.call("HDEL", KEYS[3], ARGV[1])
+end
 redis.call("ZREM", KEYS[4], ARGV[1])
 redis.call("ZADD", KEYS[1], ARGV[3], ARGV[1])
 local head = redis.call("ZRANGE", KEYS[1], 0, 0)

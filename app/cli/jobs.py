@@ -1,0 +1,355 @@
+"""`jobrunner jobs`: schedule, get, list, delete, export and import the jobs of an app
+through its HTTP API (app/cli/client.py: where the API is, its token, errors, exit codes).
+
+An API process serves one app, so `--url` chooses the app. Text for people by default
+(aligned columns, times as the API gives them: RFC 3339, UTC); `--json` for scripts: one
+JSON document, or JSON lines for `list`. `export` writes the jobs as JSON lines exactly as
+GET answers them, and `import` schedules each line back, sending the GET answer as the
+body: the API reads the extension fields of that answer (`nextTriggerTime`,
+`triggerCount`, `lastTriggerTime`, `expiryTime`) to put each job back where it stood.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import click
+
+from app.cli.client import (
+    JOBS_PATH,
+    Api,
+    ApiRefused,
+    ApiUnreachable,
+    api_command,
+    job_path,
+    table,
+)
+
+# `list` shows this many jobs unless --limit says otherwise (0: all).
+DEFAULT_LIST_LIMIT = 100
+# `delete --prefix` counts the jobs it is about to delete up to this many before it asks.
+COUNT_BEFORE_DELETE = 10_000
+# The largest --data-file and the longest line of an import: the API's own limit on a
+# body is lower (4 x JOBRUNNER_MAX_DATA_BYTES); this only keeps a wrong file out of memory.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+# The order of a job's fields in `get`; fields the API adds later follow in its order.
+_FIELDS = ("name", "schedule", "dueTime", "repeats", "ttl", "data", "failurePolicy", "status",
+           "nextTriggerTime", "lastTriggerTime", "expiryTime", "triggerCount", "attempt")
+
+
+@click.group()
+def jobs() -> None:
+    """The jobs of an app, through its HTTP API: this machine's (DAPR_HTTP_PORT), or the
+    one at --url, with the token in DAPR_API_TOKEN.
+
+    Exit codes: 0 done, 1 the API said no (not found, bad input, wrong token, ...),
+    2 bad usage, 3 the API cannot be reached.
+    """
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+
+@jobs.command()
+@api_command
+@click.argument("name")
+@click.option("--due-time", metavar="WHEN",
+              help="First (or only) trigger: RFC 3339 time, or a duration from now (2s, PT2S).")
+@click.option("--schedule", metavar="SCHEDULE",
+              help="Cron with seconds first ('0 30 9 * * MON-FRI'), @daily, '@every 5s', ...")
+@click.option("--repeats", type=click.IntRange(0, 2**32 - 1), metavar="N",
+              help="Fire at most N times (0: no limit).")
+@click.option("--ttl", metavar="WHEN", help="When the job ends: RFC 3339 time or a duration.")
+@click.option("--data", "data_json", metavar="JSON",
+              help="The job's data, any JSON value: '{\"k\": 1}', '\"text\"', 42.")
+@click.option("--data-file", type=click.File("rb"), metavar="FILE",
+              help="The job's data from a JSON file (- for stdin).")
+@click.option("--failure-policy", "policy", metavar="POLICY",
+              help="drop, constant[:INTERVAL[:MAX_RETRIES]] (constant:3s:5; no MAX_RETRIES: "
+                   "retry forever), or the API's JSON object.  [default: constant:1s:3]")
+@click.option("--overwrite", is_flag=True, help="Replace a job of that name.")
+def schedule(api: Api, name: str, due_time: str | None, schedule: str | None,
+             repeats: int | None, ttl: str | None, data_json: str | None,
+             data_file: IO[bytes] | None, policy: str | None, overwrite: bool) -> None:
+    """Schedule the job NAME (at least one of --due-time and --schedule)."""
+    if due_time is None and schedule is None:
+        raise click.UsageError("say when: --due-time, --schedule, or both")
+    body: dict[str, Any] = {}
+    for key, value in (("dueTime", due_time), ("schedule", schedule), ("repeats", repeats),
+                       ("ttl", ttl)):
+        if value is not None:
+            body[key] = value
+    if data_json is not None and data_file is not None:
+        raise click.UsageError("give --data or --data-file, not both")
+    if data_json is not None:
+        body["data"] = _json_option(data_json.encode(), "--data")
+    elif data_file is not None:
+        body["data"] = _json_option(_read_bounded(data_file, "--data-file"), "--data-file")
+    if policy is not None:
+        body["failurePolicy"] = _failure_policy(policy)
+    if overwrite:
+        body["overwrite"] = True
+    api.call("POST", job_path(name), body=body)
+    try:
+        job = api.call("GET", job_path(name))
+    except ApiRefused as e:
+        if e.status != 404:
+            raise
+        job = None  # due at once and already done: a one-shot job is gone once it fired
+    if job is None:
+        api.done(f"scheduled {name!r} (it has fired already)", {"name": name})
+    else:
+        api.done(f"scheduled {name!r}: next trigger {_cell(job.get('nextTriggerTime'))}", job)
+
+
+def _json_option(raw: bytes, option: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise click.BadParameter(
+            f"not JSON ({e}); text is written in quotes: '\"text\"'", param_hint=option
+        ) from None
+
+
+def _read_bounded(source: IO[bytes], option: str) -> bytes:
+    raw = source.read(MAX_INPUT_BYTES + 1)
+    if len(raw) > MAX_INPUT_BYTES:
+        raise click.BadParameter(f"more than {MAX_INPUT_BYTES // (1024 * 1024)} MiB",
+                                 param_hint=option)
+    return raw
+
+
+def _failure_policy(text: str) -> dict[str, Any]:
+    text = text.strip()
+    if text.startswith("{"):
+        policy = _json_option(text.encode(), "--failure-policy")
+        if not isinstance(policy, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--failure-policy")
+        return policy
+    kind, *rest = text.split(":")
+    if kind == "drop" and not rest:
+        return {"drop": {}}
+    if kind == "constant" and len(rest) <= 2:
+        constant: dict[str, Any] = {}
+        if rest and rest[0]:
+            constant["interval"] = rest[0]
+        if len(rest) == 2:
+            if not rest[1].isdigit():
+                raise click.BadParameter(f"MAX_RETRIES must be a whole number: {rest[1]!r}",
+                                         param_hint="--failure-policy")
+            constant["maxRetries"] = int(rest[1])
+        return {"constant": constant}
+    raise click.BadParameter(
+        f"{text!r}: use drop, constant:INTERVAL:MAX_RETRIES (constant:3s:5) or a JSON object",
+        param_hint="--failure-policy")
+
+
+# --- get, list -----------------------------------------------------------------------------
+
+
+@jobs.command()
+@api_command
+@click.argument("name")
+def get(api: Api, name: str) -> None:
+    """Show the job NAME: its schedule, data, policy and where it stands."""
+    job = api.call("GET", job_path(name))
+    api.done(lambda: _describe(job), job)
+
+
+def _describe(job: dict[str, Any]) -> str:
+    keys = [k for k in _FIELDS if k in job or k in ("schedule", "dueTime")]
+    keys += [k for k in job if k not in _FIELDS]
+    return table(None, [(k, _value(k, job)) for k in keys])
+
+
+def _value(key: str, job: dict[str, Any]) -> str:
+    if key == "failurePolicy":
+        return _policy(job[key])
+    if key == "data":  # JSON, so that the text "1" and the number 1 differ
+        return json.dumps(job[key], ensure_ascii=False)
+    return _cell(job.get(key))
+
+
+@jobs.command("list")
+@api_command
+@click.option("--prefix", default="", help="Only jobs whose name starts with this.")
+@click.option("--limit", type=click.IntRange(0, None), default=DEFAULT_LIST_LIMIT,
+              show_default=True, help="At most this many jobs; 0: all of them.")
+def list_cmd(api: Api, prefix: str, limit: int) -> None:
+    """List the jobs, page after page: a table sorted by name, or JSON lines with --json."""
+    # One more than the limit, to know whether the limit left some out.
+    found = api.client.pages(JOBS_PATH, "jobs", {"prefix": prefix}, limit + 1 if limit else None)
+    if api.as_json:
+        shown = api.lines(_first(found, limit))
+        more = next(found, None) is not None
+    else:
+        rows = list(_first(found, limit))
+        more = next(found, None) is not None
+        shown = len(rows)
+        if rows:
+            rows.sort(key=lambda j: str(j.get("name")).casefold())
+            click.echo(table(("NAME", "SCHEDULE", "NEXT TRIGGER", "LAST TRIGGER", "TRIGGERS",
+                              "STATUS"), [_list_row(j) for j in rows]))
+    if more:
+        click.echo(f"(the first {limit} jobs; --limit 0 lists all)", err=True)
+    elif not shown and not api.as_json:
+        click.echo(f"no jobs{_whose(prefix)}", err=True)
+
+
+def _first(items: Iterator[dict[str, Any]], limit: int) -> Iterator[dict[str, Any]]:
+    for n, item in enumerate(items, 1):
+        yield item
+        if n == limit:
+            return
+
+
+def _list_row(job: dict[str, Any]) -> tuple[str, ...]:
+    count = _cell(job.get("triggerCount"))
+    if job.get("repeats"):
+        count += f"/{job['repeats']}"
+    return (_cell(job.get("name")), _cell(job.get("schedule", "once")),
+            _cell(job.get("nextTriggerTime")), _cell(job.get("lastTriggerTime")), count,
+            _cell(job.get("status")))
+
+
+# --- delete --------------------------------------------------------------------------------
+
+
+@jobs.command()
+@api_command
+@click.argument("name", required=False)
+@click.option("--prefix", default=None,
+              help="Every job whose name starts with this ('' : every job of the app).")
+@click.option("--yes", "-y", is_flag=True, help="Delete by prefix without asking.")
+def delete(api: Api, name: str | None, prefix: str | None, yes: bool) -> None:
+    """Delete the job NAME, or every job whose name starts with --prefix (after asking)."""
+    if (name is None) == (prefix is None):
+        raise click.UsageError("say which jobs: NAME, or --prefix P (not both)")
+    if name is not None:
+        api.call("GET", job_path(name))  # a name that is not there: 404, said as such
+        api.call("DELETE", job_path(name))
+        api.done(f"deleted {name!r}", {"deleted": name})
+        return
+    assert prefix is not None
+    if not yes:
+        counted = sum(1 for _ in api.client.pages(JOBS_PATH, "jobs", {"prefix": prefix},
+                                                  COUNT_BEFORE_DELETE + 1))
+        if not counted:
+            api.done(f"no jobs{_whose(prefix)}: nothing to delete", {"deleted": 0})
+            return
+        many = f"more than {COUNT_BEFORE_DELETE:,}" if counted > COUNT_BEFORE_DELETE \
+            else f"{counted:,}"
+        question = f"Delete {many} job{'s' if counted != 1 else ''}{_whose(prefix)} " \
+                   f"at {api.client.base_url}?"
+        try:
+            confirmed = click.confirm(question, default=False, err=True)
+        except click.Abort:  # end of input: no answer is no
+            confirmed = False
+        if not confirmed:
+            raise click.ClickException("nothing deleted (--yes deletes without asking)")
+    answer = api.call("DELETE", JOBS_PATH, query={"prefix": prefix})
+    deleted = answer.get("deleted") if isinstance(answer, dict) else None
+    api.done(f"deleted {deleted} job{'s' if deleted != 1 else ''}{_whose(prefix)}",
+             {"deleted": deleted})
+
+
+def _whose(prefix: str) -> str:
+    return f" whose name starts with {prefix!r}" if prefix else ""
+
+
+# --- export, import ------------------------------------------------------------------------
+
+
+@jobs.command()
+@api_command(json_option=False)
+@click.option("--prefix", default="", help="Only jobs whose name starts with this.")
+def export(api: Api, prefix: str) -> None:
+    """Write every job (or those starting with --prefix) to stdout as JSON lines, each as
+    GET answers it: `jobrunner jobs export > jobs.jsonl`."""
+    n = api.lines(api.client.pages(JOBS_PATH, "jobs", {"prefix": prefix}))
+    click.echo(f"exported {n} job{'s' if n != 1 else ''}{_whose(prefix)}", err=True)
+
+
+@jobs.command("import")
+@api_command
+@click.argument("source", type=click.File("rb"), default="-")
+@click.option("--overwrite", is_flag=True, help="Replace jobs that exist; else they fail (409).")
+def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
+    """Schedule the jobs of an export (SOURCE, default stdin), each where it stood: its
+    next trigger (when still ahead), trigger count and last trigger come back with it.
+
+    Every line is tried; one that fails is reported and the rest go on (exit 1 at the
+    end). `jobrunner jobs import < jobs.jsonl`"""
+    imported = 0
+    failed: list[dict[str, Any]] = []
+    for number, line in _lines(source):
+        name: Any = None
+        try:
+            job = json.loads(line)
+            name = job.get("name") if isinstance(job, dict) else None
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError("not a job: a JSON object with a name is expected")
+        except ValueError as e:
+            failed.append(_failure(number, name, None, "", str(e)))
+            continue
+        body = {k: v for k, v in job.items() if k != "name"}
+        body["overwrite"] = overwrite
+        try:
+            api.call("POST", job_path(name), body=body)
+        except ApiRefused as e:
+            failed.append(_failure(number, name, e.status, e.code, e.api_message))
+            continue
+        except ApiUnreachable as e:
+            raise ApiUnreachable(f"{e.message} (after {imported} imported)") from None
+        imported += 1
+    api.done(f"imported {imported} job{'s' if imported != 1 else ''}",
+             {"imported": imported, "failed": failed})
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {imported + len(failed)} not imported")
+
+
+def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    number = 0
+    while line := source.readline(MAX_INPUT_BYTES + 1):
+        number += 1
+        if len(line) > MAX_INPUT_BYTES:
+            raise click.ClickException(
+                f"line {number} is longer than {MAX_INPUT_BYTES // (1024 * 1024)} MiB: "
+                "not an export of jobrunner jobs")
+        if line.strip():
+            yield number, line
+
+
+def _failure(line: int, name: Any, status: int | None, code: str, message: str) -> dict[str, Any]:
+    what = f"line {line}" + (f" (job {name!r})" if isinstance(name, str) else "")
+    said = f"{status} {code}: " if status is not None else ""
+    click.echo(f"{what}: {said}{message}", err=True)
+    return {"line": line, "name": name if isinstance(name, str) else None, "status": status,
+            "errorCode": code, "message": message}
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _policy(policy: Any) -> str:
+    """`drop`, `constant 1s, 3 retries` or `constant 1s, retries forever`."""
+    if isinstance(policy, dict) and "drop" in policy:
+        return "drop"
+    constant = policy.get("constant") if isinstance(policy, dict) else None
+    if not isinstance(constant, dict):
+        return _cell(policy)
+    retries = constant.get("maxRetries")
+    return (f"constant {constant.get('interval', '0s')}, "
+            + ("retries forever" if retries is None
+               else f"{retries} retr{'y' if retries == 1 else 'ies'}"))

@@ -1,0 +1,595 @@
+"""`jobrunner jobs` against a real `jobrunner api` process (gunicorn) on the private Redis.
+
+Every command in text and --json; paging through the list; the confirmation before a
+delete by prefix; export -> delete -> import giving back every field (next and last
+trigger, trigger count, expiry included); the restore extension of the schedule body
+that import relies on (app/jobs/restore.py), its refusals, and a restored job going on
+counting its repeats; the one-line errors: API unreachable (refused, no answer), 401, and
+the API's 4xx as status, errorCode and message; exit codes 0 / 1 / 2 / 3.
+
+The commands run in this process through click's runner (stdout and stderr apart),
+except where the real console script is the point (no traceback, exit codes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner, Result
+
+from app.cli import client as cli_client
+from app.cli.main import main
+from app.settings import Settings
+from tests.chaos.support.procs import Procs, child_env
+from tests.support.receiver import Receiver
+from tests.support.redis_proc import RedisProcess, free_port
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker
+
+pytestmark = pytest.mark.usefixtures("reap_workers")
+
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+TOKEN = "s3cret-token"
+
+
+class Api:
+    """`jobrunner api` for one app on a free port (1 process, 4 threads), no gRPC."""
+
+    def __init__(self, procs: Procs, settings: Settings, name: str) -> None:
+        self.port = free_port()
+        self.settings = settings.with_(http_port=self.port, grpc_port=0)
+        exe = Path(sys.executable).with_name("jobrunner")
+        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
+        argv += ["api", "--app-id", settings.app_id, "--app-url", settings.app_url,
+                 "--http-port", str(self.port), "--processes", "1", "--threads", "4"]
+        self.proc = procs.spawn(name, argv, child_env(self.settings))
+
+        def healthy() -> bool:
+            if not self.proc.alive:
+                raise AssertionError(f"the API exited:\n{self.proc.tail()}")
+            return http("GET", self.url + "/healthz")[0] == 200
+
+        wait_for(healthy, 60, interval=0.1, what="the API to answer /healthz")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, name: str) -> tuple[int | None, Any]:
+        return http("GET", f"{self.url}/v1.0/jobs/{_quote(name)}", headers=self._headers())
+
+    def post(self, name: str, body: Any) -> tuple[int | None, Any]:
+        return http("POST", f"{self.url}/v1.0/jobs/{_quote(name)}", body, self._headers())
+
+    def _headers(self) -> dict[str, str]:
+        return {"dapr-api-token": self.settings.api_token} if self.settings.api_token else {}
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="")
+
+
+def http(method: str, url: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int | None, Any]:
+    """(status, decoded JSON body) of one request; (None, None) when no answer came."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    except OSError:
+        return None, None
+    return status, json.loads(raw) if raw else None
+
+
+@pytest.fixture(scope="module")
+def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Procs]:
+    p = Procs(tmp_path_factory.mktemp("cli-jobs"))
+    yield p
+    p.kill_all()
+
+
+@pytest.fixture(scope="module")
+def app_receiver() -> Iterator[Receiver]:
+    r = Receiver().start()
+    yield r
+    r.stop()
+
+
+def _settings(redis_server: RedisProcess, receiver: Receiver, **changes: Any) -> Settings:
+    return Settings(redis_url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                    app_id="cli-jobs", app_url=receiver.url, delivery_timeout_s=2.0,
+                    lease_s=5.0, idle_poll_s=0.2).with_(**changes)
+
+
+@pytest.fixture(scope="module")
+def api(procs: Procs, redis_server: RedisProcess, app_receiver: Receiver) -> Api:
+    return Api(procs, _settings(redis_server, app_receiver), "api")
+
+
+@pytest.fixture(scope="module")
+def token_api(procs: Procs, redis_server: RedisProcess, app_receiver: Receiver) -> Api:
+    return Api(procs, _settings(redis_server, app_receiver, api_token=TOKEN), "api-token")
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Job names of this test's own: the API is shared by the module's tests."""
+    return f"t{uuid.uuid4().hex[:8]}-"
+
+
+def run(*args: str, url: str | None = None, token: str | None = None,
+        stdin: str | bytes | None = None, env: dict[str, str | None] | None = None) -> Result:
+    """`jobrunner jobs ARGS` in this process; DAPR_API_TOKEN is `token` (unset when None)."""
+    argv = ["jobs", *args] + (["--url", url] if url else [])
+    return CliRunner().invoke(main, argv, input=stdin,
+                              env={"DAPR_API_TOKEN": token, **(env or {})})
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr,
+                                   result.exception)
+    return result
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{moment.microsecond // 1000:03d}Z"
+
+
+def ms(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+# --- schedule, get, list, delete ------------------------------------------------------------
+
+
+def test_schedule_get_list_delete_as_text(api: Api, prefix: str) -> None:
+    name = f"{prefix}heartbeat"
+    out = ok(run("schedule", name, "--schedule", "@every 5s", "--repeats", "3",
+                 "--data", '{"ping": true}', "--failure-policy", "constant:3s:5",
+                 url=api.url)).stdout
+    status, job = api.get(name)
+    assert status == 200
+    assert job["schedule"] == "@every 5s" and job["repeats"] == 3 and job["data"] == {"ping": True}
+    assert job["failurePolicy"] == {"constant": {"interval": "3s", "maxRetries": 5}}
+    assert out == f"scheduled '{name}': next trigger {job['nextTriggerTime']}\n"
+
+    ok(run("schedule", f"{prefix}once", "--due-time", "1h", "--data", '"text"',
+           "--failure-policy", "drop", url=api.url))
+    got = ok(run("get", name, url=api.url)).stdout.splitlines()
+    assert got == [
+        f"name             {name}",
+        "schedule         @every 5s",
+        "dueTime          -",
+        "repeats          3",
+        'data             {"ping": true}',
+        "failurePolicy    constant 3s, 5 retries",
+        "status           scheduled",
+        f"nextTriggerTime  {job['nextTriggerTime']}",
+        "lastTriggerTime  -",
+        "expiryTime       -",
+        "triggerCount     0",
+        "attempt          0",
+    ]
+    once = ok(run("get", f"{prefix}once", url=api.url)).stdout
+    assert "failurePolicy    drop\n" in once and 'data             "text"\n' in once
+
+    lines = ok(run("list", "--prefix", prefix, url=api.url)).stdout.splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == ["NAME", "SCHEDULE", "NEXT TRIGGER", "LAST TRIGGER",
+                                             "TRIGGERS", "STATUS"]
+    assert len(lines) == 3
+    assert re.split(r"\s{2,}", lines[1]) == [name, "@every 5s", job["nextTriggerTime"], "-",
+                                             "0/3", "scheduled"]
+    assert re.split(r"\s{2,}", lines[2])[:2] == [f"{prefix}once", "once"]
+    # Aligned: every column starts at the same offset on every line.
+    for header in ("SCHEDULE", "NEXT TRIGGER", "STATUS"):
+        column = lines[0].index(header)
+        assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines)
+
+    assert ok(run("delete", name, url=api.url)).stdout == f"deleted '{name}'\n"
+    assert api.get(name)[0] == 404
+    empty = ok(run("list", "--prefix", f"{prefix}heart", url=api.url))
+    assert empty.stdout == ""
+    assert empty.stderr == f"no jobs whose name starts with '{prefix}heart'\n"
+
+
+def test_every_command_answers_json(api: Api, prefix: str) -> None:
+    name = f"{prefix}j é"  # a space and Unicode travel percent-encoded
+    data = {"nested": [1, {"x": None}], "ü": "ö"}
+    doc = json.loads(ok(run("schedule", name, "--due-time", "2h", "--data", json.dumps(data),
+                            "--json", url=api.url)).stdout)
+    assert doc == api.get(name)[1]
+    assert doc["data"] == data and doc["dueTime"] == "2h"
+    assert json.loads(ok(run("get", name, "--json", url=api.url)).stdout) == doc
+
+    ok(run("schedule", f"{prefix}k", "--schedule", "0 30 9 * * MON-FRI", "--json", url=api.url))
+    listed = json_lines(ok(run("list", "--prefix", prefix, "--json", url=api.url)).stdout)
+    assert {j["name"] for j in listed} == {name, f"{prefix}k"}
+    assert next(j for j in listed if j["name"] == name) == doc
+
+    assert json.loads(ok(run("delete", name, "--json", url=api.url)).stdout) == {"deleted": name}
+    assert json.loads(ok(run("delete", "--prefix", prefix, "--yes", "--json",
+                             url=api.url)).stdout) == {"deleted": 1}
+
+
+def test_schedule_data_file_and_overwrite(api: Api, prefix: str, tmp_path: Path) -> None:
+    name = f"{prefix}file"
+    seed = {"@type": STRING_VALUE, "value": "R2-D2:Oil Change"}
+    (tmp_path / "data.json").write_text(json.dumps(seed))
+    ok(run("schedule", name, "--due-time", "1h", "--data-file", str(tmp_path / "data.json"),
+           url=api.url))
+    assert api.get(name)[1]["data"] == seed
+    again = run("schedule", name, "--due-time", "1h", "--data", "1", url=api.url)
+    assert again.exit_code == 1
+    assert again.stderr == (f"Error: 409 DAPR_SCHEDULER_SCHEDULE_JOB: failed to schedule job "
+                            f"due to: job already exists: '{name}'\n")
+    ok(run("schedule", name, "--due-time", "1h", "--data-file", "-", "--overwrite",
+           stdin="[1, 2]", url=api.url))
+    assert api.get(name)[1]["data"] == [1, 2]
+
+
+def test_list_pages_through_the_api(api: Api, prefix: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {f"{prefix}{i:03d}" for i in range(40)}
+    for name in names:
+        assert api.post(name, {"dueTime": "1h"})[0] == 204
+    # Pages of 7: the list is only complete if every nextPageToken is followed.
+    monkeypatch.setattr(cli_client, "MAX_PAGE", 7)
+    listed = json_lines(ok(run("list", "--prefix", prefix, "--limit", "0", "--json",
+                               url=api.url)).stdout)
+    assert sorted(j["name"] for j in listed) == sorted(names)
+
+    limited = ok(run("list", "--prefix", prefix, "--limit", "25", url=api.url))
+    assert len(limited.stdout.splitlines()) == 1 + 25
+    assert limited.stderr == "(the first 25 jobs; --limit 0 lists all)\n"
+    table = ok(run("list", "--prefix", prefix, "--limit", "0", url=api.url)).stdout.splitlines()
+    assert [line.split()[0] for line in table[1:]] == sorted(names)  # sorted by name
+    exported = json_lines(ok(run("export", "--prefix", prefix, url=api.url)).stdout)
+    assert sorted(j["name"] for j in exported) == sorted(names)
+
+
+# --- delete by prefix ------------------------------------------------------------------------
+
+
+def test_delete_by_prefix_asks_first(api: Api, prefix: str) -> None:
+    for i in range(3):
+        assert api.post(f"{prefix}{i}", {"dueTime": "1h"})[0] == 204
+    assert api.post(f"other-{prefix}", {"dueTime": "1h"})[0] == 204
+
+    declined = run("delete", "--prefix", prefix, stdin="n\n", url=api.url)
+    assert declined.exit_code == 1
+    assert declined.stderr.startswith(
+        f"Delete 3 jobs whose name starts with '{prefix}' at {api.url}? [y/N]: ")
+    assert declined.stderr.endswith("Error: nothing deleted (--yes deletes without asking)\n")
+    assert declined.stdout == ""
+    no_answer = run("delete", "--prefix", prefix, stdin="", url=api.url)  # end of input
+    assert no_answer.exit_code == 1 and "nothing deleted" in no_answer.stderr
+    assert all(api.get(f"{prefix}{i}")[0] == 200 for i in range(3))
+
+    assert ok(run("delete", "--prefix", prefix, stdin="y\n", url=api.url)).stdout == \
+        f"deleted 3 jobs whose name starts with '{prefix}'\n"
+    assert all(api.get(f"{prefix}{i}")[0] == 404 for i in range(3))
+    assert api.get(f"other-{prefix}")[0] == 200
+
+    nothing = ok(run("delete", "--prefix", prefix, url=api.url))
+    assert nothing.stdout == f"no jobs whose name starts with '{prefix}': nothing to delete\n"
+    assert api.post(f"{prefix}x", {"dueTime": "1h"})[0] == 204
+    yes = ok(run("delete", "--prefix", prefix, "--yes", url=api.url))  # no question asked
+    assert yes.stdout == f"deleted 1 job whose name starts with '{prefix}'\n" and not yes.stderr
+    assert ok(run("delete", f"other-{prefix}", url=api.url))
+
+
+# --- export, import --------------------------------------------------------------------------
+
+
+def test_export_delete_import_gives_back_every_field(api: Api, app_receiver: Receiver,
+                                                      prefix: str, tmp_path: Path) -> None:
+    fired = f"{prefix}fired"
+    with ThreadWorker(api.settings):
+        # Due at once, then hourly: it fires once, then stands still for an hour.
+        ok(run("schedule", fired, "--due-time", "0s", "--schedule", "@every 1h", "--repeats",
+               "5", "--ttl", "24h", "--data", '"tick"', "--failure-policy", "constant:2s:7",
+               url=api.url))
+        wait_for(lambda: api.get(fired)[1].get("triggerCount") == 1, 30, interval=0.05,
+                 what="the job to fire once")
+    schedules = [
+        ("once", ["--due-time", "1h", "--data", json.dumps({"@type": STRING_VALUE,
+                                                             "value": "R2-D2:Oil Change"})]),
+        ("cron", ["--schedule", "TZ=Europe/Berlin 0 30 9 * * MON-FRI", "--repeats", "10",
+                  "--ttl", "720h", "--failure-policy", "drop",
+                  "--data", json.dumps({"nested": [1, 2, {"x": None}], "ünï": "cödé"})]),
+        ("absolute", ["--due-time", "2031-06-01T00:00:00Z", "--schedule", "@daily",
+                      "--ttl", "2032-01-01T00:00:00Z"]),
+        ("with space é", ["--schedule", "@every 90s", "--failure-policy", "constant:500ms"]),
+    ]
+    for suffix, options in schedules:
+        ok(run("schedule", prefix + suffix, *options, url=api.url))
+
+    export = ok(run("export", "--prefix", prefix, url=api.url))
+    assert export.stderr == f"exported 5 jobs whose name starts with '{prefix}'\n"
+    before = {j["name"]: j for j in json_lines(export.stdout)}
+    assert before[fired]["triggerCount"] == 1 and before[fired]["lastTriggerTime"] is not None
+    assert before[fired]["expiryTime"] == rfc3339(
+        dt.datetime.fromtimestamp(ms(before[fired]["lastTriggerTime"]) / 1000 + 86400, dt.UTC))
+    (tmp_path / "jobs.jsonl").write_text(export.stdout)
+
+    ok(run("delete", "--prefix", prefix, "--yes", url=api.url))
+    assert ok(run("list", "--prefix", prefix, "--json", url=api.url)).stdout == ""
+
+    imported = ok(run("import", str(tmp_path / "jobs.jsonl"), url=api.url))
+    assert imported.stdout == "imported 5 jobs\n" and imported.stderr == ""
+    after = {j["name"]: j for j in json_lines(ok(run("export", "--prefix", prefix,
+                                                     url=api.url)).stdout)}
+    assert after == before  # every field: data, policy, next/last trigger, count, expiry
+    for name, job in before.items():
+        assert api.get(name)[1] == job
+
+
+def test_import_reports_each_failure_and_goes_on(api: Api, prefix: str) -> None:
+    assert api.post(f"{prefix}exists", {"dueTime": "3h"})[0] == 204
+    lines = [
+        json.dumps({"name": f"{prefix}a", "dueTime": "1h"}),
+        "",
+        json.dumps({"name": f"{prefix}exists", "dueTime": "2h"}),
+        "{not json",
+        json.dumps({"name": f"{prefix}bad", "schedule": "every 5s"}),
+        json.dumps(["no", "name"]),
+        json.dumps({"name": f"{prefix}b", "schedule": "@hourly"}),
+    ]
+    result = run("import", stdin="\n".join(lines) + "\n", url=api.url)
+    assert result.exit_code == 1
+    assert result.stdout == "imported 2 jobs\n"
+    errors = result.stderr.splitlines()
+    assert errors[0] == (f"line 3 (job '{prefix}exists'): 409 DAPR_SCHEDULER_SCHEDULE_JOB: "
+                         f"failed to schedule job due to: job already exists: '{prefix}exists'")
+    assert errors[1].startswith("line 4: Expecting property name")
+    assert errors[2].startswith(f"line 5 (job '{prefix}bad'): 400 DAPR_SCHEDULER_SCHEDULE_JOB: "
+                                "invalid schedule 'every 5s'")
+    assert errors[3] == "line 6: not a job: a JSON object with a name is expected"
+    assert errors[4] == "Error: 4 of 6 not imported"
+    assert api.get(f"{prefix}a")[0] == 200 and api.get(f"{prefix}b")[0] == 200
+    assert api.get(f"{prefix}exists")[1]["dueTime"] == "3h"
+
+    again = run("import", "--overwrite", "--json", stdin=lines[2] + "\n", url=api.url)
+    assert json.loads(again.stdout) == {"imported": 1, "failed": []}
+    assert api.get(f"{prefix}exists")[1]["dueTime"] == "2h"
+    failed = run("import", "--json", stdin=lines[4] + "\n", url=api.url)
+    assert failed.exit_code == 1
+    report = json.loads(failed.stdout)
+    assert report["imported"] == 0
+    assert [(f["line"], f["name"], f["status"], f["errorCode"]) for f in report["failed"]] == [
+        (1, f"{prefix}bad", 400, "DAPR_SCHEDULER_SCHEDULE_JOB")]
+
+
+# --- the restore extension of the schedule body ----------------------------------------------
+
+
+def _at(seconds_from_now: float) -> str:
+    return rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds_from_now))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param({"schedule": "0 0 * * * *", "nextTriggerTime": "2031-01-01T00:30:00Z"},
+                     "is not a time of the schedule", id="not-a-cron-time"),
+        pytest.param({"dueTime": "2031-01-01T00:00:00Z", "nextTriggerTime": "2031-01-02T00:00:00Z"},
+                     "is not the job's dueTime", id="not-the-due-time"),
+        pytest.param({"dueTime": "1h", "nextTriggerTime": "2031-01-01T00:00:00Z",
+                      "triggerCount": 1, "lastTriggerTime": "2030-01-01T00:00:00Z"},
+                     "a job without a schedule fires once", id="one-shot-that-fired"),
+        pytest.param({"schedule": "@hourly", "repeats": 2,
+                      "nextTriggerTime": "2031-01-01T00:00:00Z", "triggerCount": 2,
+                      "lastTriggerTime": "2030-12-31T23:00:00Z"},
+                     "has fired all its 2 repeats", id="repeats-spent"),
+        pytest.param({"schedule": "@hourly", "nextTriggerTime": "2031-01-01T00:00:00Z",
+                      "triggerCount": 3}, "go together", id="count-without-last"),
+        pytest.param({"schedule": "@hourly", "nextTriggerTime": "2031-01-01T00:00:00Z",
+                      "expiryTime": "2032-01-01T00:00:00Z"}, "expiryTime needs a ttl",
+                     id="expiry-without-ttl"),
+        pytest.param({"schedule": "@hourly", "ttl": "2030-06-01T00:00:00Z",
+                      "nextTriggerTime": "2030-01-01T00:00:00Z",
+                      "expiryTime": "2030-07-01T00:00:00Z"}, "is not the job's ttl",
+                     id="expiry-not-the-ttl"),
+        pytest.param({"schedule": "@every 1h", "ttl": "100h",
+                      "nextTriggerTime": "2031-01-01T00:00:00Z",
+                      "expiryTime": "2030-12-31T00:00:00Z"}, "would never fire",
+                     id="next-after-expiry"),
+        pytest.param({"schedule": "@every 1h", "nextTriggerTime": "2031-01-01T00:00:00Z",
+                      "triggerCount": 1, "lastTriggerTime": "2031-01-01T00:00:00Z"},
+                     "must be before the next trigger", id="last-not-before-next"),
+    ],
+)
+def test_restore_refuses_what_does_not_fit_the_job(api: Api, prefix: str, body: dict[str, Any],
+                                                   message: str) -> None:
+    status, answer = api.post(f"{prefix}r", body)
+    assert status == 400, answer
+    assert answer["errorCode"] == "DAPR_SCHEDULER_SCHEDULE_JOB" and message in answer["message"]
+    assert api.get(f"{prefix}r")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("nextTriggerTime", "1h"), ("nextTriggerTime", 5), ("lastTriggerTime", "yesterday"),
+     ("triggerCount", -1), ("triggerCount", True), ("triggerCount", 2**32),
+     ("expiryTime", "2031-02-30T00:00:00Z")],
+)
+def test_restore_fields_must_be_well_formed(api: Api, prefix: str, field: str, value: Any) -> None:
+    body = {"schedule": "@hourly", "ttl": "1000h", "nextTriggerTime": "2031-01-01T00:00:00Z",
+            field: value}
+    status, answer = api.post(f"{prefix}w", body)
+    assert status == 400 and answer["errorCode"] == "ERR_MALFORMED_REQUEST", answer
+    assert field in answer["message"]
+
+
+def test_a_next_trigger_already_past_plans_the_job_anew(api: Api, prefix: str) -> None:
+    name = f"{prefix}late"
+    status, _ = api.post(name, {"schedule": "@every 1h", "nextTriggerTime": "2020-01-01T00:00:00Z",
+                                "triggerCount": 3, "lastTriggerTime": "2019-12-31T23:00:00Z"})
+    assert status == 204
+    job = api.get(name)[1]
+    # As a new request would have it (an hour from now), with the count and last kept.
+    now = dt.datetime.now(dt.UTC).timestamp() * 1000
+    assert now + 3_500_000 < ms(job["nextTriggerTime"]) <= now + 3_600_000
+    assert job["triggerCount"] == 3 and job["lastTriggerTime"] == "2019-12-31T23:00:00.000Z"
+
+
+def test_a_restored_job_goes_on_counting_its_repeats(api: Api, app_receiver: Receiver,
+                                                     prefix: str) -> None:
+    name = f"{prefix}counted"
+    line = json.dumps({"name": name, "schedule": "@every 1s", "repeats": 3,
+                       "nextTriggerTime": _at(1.0), "triggerCount": 2,
+                       "lastTriggerTime": _at(-1.0), "data": "last one"})
+    ok(run("import", stdin=line + "\n", url=api.url))
+    job = api.get(name)[1]
+    assert job["triggerCount"] == 2 and job["status"] == "scheduled"
+    with ThreadWorker(api.settings):
+        wait_for(lambda: api.get(name)[0] == 404, 30, interval=0.05,
+                 what="the job to fire its third and last time")
+    path = f"/job/{_quote(name)}"
+    assert [d.body for d in app_receiver.received(path)] == [b'"last one"']
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_the_api_saying_no_is_one_line_with_its_code(api: Api, prefix: str) -> None:
+    bad = run("schedule", f"{prefix}x", "--schedule", "every 5s", url=api.url)
+    assert bad.exit_code == 1 and bad.stdout == ""
+    assert re.fullmatch(r"Error: 400 DAPR_SCHEDULER_SCHEDULE_JOB: invalid schedule 'every 5s'"
+                        r": [^\n]+\n", bad.stderr), bad.stderr
+    missing = run("get", f"{prefix}none", url=api.url)
+    assert missing.exit_code == 1
+    assert missing.stderr == (f"Error: 404 DAPR_SCHEDULER_JOB_NOT_FOUND: failed to get job "
+                              f"due to: job not found: {prefix}none\n")
+    assert run("delete", f"{prefix}none", url=api.url).exit_code == 1
+
+
+def test_a_token_is_sent_and_a_wrong_one_is_said_so(token_api: Api, prefix: str) -> None:
+    without = run("list", url=token_api.url)
+    assert without.exit_code == 1
+    assert without.stderr == ("Error: 401 ERR_UNAUTHORIZED: invalid api token "
+                              "(the API wants its token in DAPR_API_TOKEN)\n")
+    wrong = run("list", url=token_api.url, token="nope")
+    assert wrong.exit_code == 1
+    assert wrong.stderr == ("Error: 401 ERR_UNAUTHORIZED: invalid api token "
+                            "(DAPR_API_TOKEN is not the API's token)\n")
+    ok(run("schedule", f"{prefix}t", "--due-time", "1h", url=token_api.url, token=TOKEN))
+    assert json.loads(ok(run("get", f"{prefix}t", "--json", url=token_api.url,
+                             token=TOKEN)).stdout)["dueTime"] == "1h"
+
+
+def test_the_default_url_is_this_machines_api(api: Api, prefix: str) -> None:
+    ok(run("schedule", f"{prefix}d", "--due-time", "1h",
+           env={"DAPR_HTTP_PORT": str(api.port), "JOBRUNNER_HTTP_HOST": "0.0.0.0"}))
+    assert api.get(f"{prefix}d")[0] == 200
+
+
+def test_an_unreachable_api_is_one_line_and_exit_3() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    refused = run("list", url=closed)
+    assert refused.exit_code == 3 and refused.stdout == ""
+    assert refused.stderr == (f"Error: cannot reach the jobs API at {closed}: connection "
+                              "refused (is jobrunner running there? --url says where)\n")
+
+    # A listener that never answers: the timeout, said as such.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = run("get", "x", "--timeout", "0.3", url=url)
+    assert result.exit_code == 3
+    assert result.stderr == (f"Error: cannot reach the jobs API at {url}: no answer within "
+                             "0.3s (--timeout)\n")
+
+
+def test_something_else_than_the_api_at_the_url(prefix: str) -> None:
+    """An HTML error page (a proxy, another server): said as not the jobs API."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Html(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>bad gateway</html>"
+            self.send_response(502)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Html)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        result = run("get", "x", url=f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert result.exit_code == 1
+    assert result.stderr == "Error: 502: Bad Gateway (not an answer of the jobs API: text/html)\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["schedule", "x"], "say when: --due-time, --schedule, or both"),
+        (["schedule", "x", "--due-time", "1s", "--data", "hello"], "not JSON"),
+        (["schedule", "x", "--due-time", "1s", "--data", "1", "--data-file", "-"],
+         "give --data or --data-file, not both"),
+        (["schedule", "x", "--due-time", "1s", "--failure-policy", "sometimes"],
+         "use drop, constant:INTERVAL:MAX_RETRIES"),
+        (["schedule", "x", "--due-time", "1s", "--repeats", "-1"], "--repeats"),
+        (["delete"], "say which jobs: NAME, or --prefix P (not both)"),
+        (["delete", "x", "--prefix", "y"], "say which jobs"),
+        (["list", "--url", "ftp://host"], "must be an http(s) URL"),
+    ],
+)
+def test_usage_errors_exit_2(args: list[str], says: str) -> None:
+    result = run(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_console_script_exit_codes_and_no_traceback(api: Api) -> None:
+    """The installed command, as a shell script would run it."""
+    exe = Path(sys.executable).with_name("jobrunner")
+    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "DAPR_API_TOKEN"}
+
+    def jobs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, "jobs", *args], env=env, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    closed = jobs("list", "--url", f"http://127.0.0.1:{free_port()}")
+    missing = jobs("get", "no-such-job", "--url", api.url)
+    usage = jobs("schedule", "x")
+    assert (closed.returncode, missing.returncode, usage.returncode) == (3, 1, 2)
+    for done in (closed, missing, usage):
+        assert "Traceback" not in done.stderr and done.stdout == ""
+    assert len(closed.stderr.splitlines()) == 1 and len(missing.stderr.splitlines()) == 1
+    assert jobs("list", "--url", api.url).returncode == 0
