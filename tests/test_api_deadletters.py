@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from app.api.factory import create_app
 from app.jobs.model import DeadLetter, Job
 from app.settings import Settings
-from app.store.keys import Keys, job_id
+from app.store.keys import Keys, dead_member, job_id
 from tests.support.redis_proc import RedisProcess
 from tests.test_api_helpers import (
     api_settings,
@@ -56,6 +56,7 @@ def put_dead_letter(redis_client: redis.Redis, settings: Settings, app_id: str, 
                         dead_ms=dead_ms, record=job.encode().decode())
     redis_client.hset(pk.dead, letter.id, letter.encode())
     redis_client.zadd(pk.deadidx, {letter.id: dead_ms})
+    redis_client.zadd(pk.deadlex, {dead_member(app_id, dead_ms, letter.id): 0})
     return letter
 
 
@@ -63,7 +64,7 @@ def listed(client: FlaskClient, dl: str, **query: Any) -> list[dict[str, Any]]:
     response = client.get(dl, query_string=query)
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
-    assert set(body) == {"deadLetters"}
+    assert set(body) == {"deadLetters", "nextPageToken"}
     letters = body["deadLetters"]
     assert isinstance(letters, list)
     return letters
@@ -100,7 +101,10 @@ def test_list_paging_and_prefix(client: FlaskClient, dl: str, settings: Settings
 
 
 @pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "x"}, {"limit": "1001"},
-                                   {"offset": "-1"}, {"offset": "x"}])
+                                   {"offset": "-1"}, {"offset": "x"}, {"offset": "1000001"},
+                                   {"pageToken": "0.0.0."}, {"pageToken": "x"},
+                                   {"pageToken": "0.AAAA"}, {"pageToken": "1.bm9wZQ",
+                                                             "offset": "1"}])
 def test_bad_list_query_is_400(client: FlaskClient, dl: str, query: dict[str, str]) -> None:
     assert_error(client.get(dl, query_string=query), 400)
 
@@ -169,6 +173,11 @@ def test_replay_all_and_by_prefix_stay_in_this_app(client: FlaskClient, dl: str,
         pytest.param(b'{"ids": [1]}', id="ids-not-strings"),
         pytest.param(b'{"prefix": 5}', id="prefix-not-a-string"),
         pytest.param(b'{"all": false}', id="all-false"),
+        pytest.param(b'{"ids": [], "prefix": "", "all": false}', id="openapi-example"),
+        pytest.param(b'{"prefix": ""}', id="empty-prefix"),
+        pytest.param(b'{"ids": []}', id="empty-ids"),
+        pytest.param(b'{"all": "true"}', id="all-not-a-boolean"),
+        pytest.param(b'{"prefix": "k", "all": true}', id="prefix-and-all"),
         pytest.param(b"\xff", id="invalid-utf8"),
     ],
 )
@@ -203,6 +212,11 @@ def test_purge_needs_a_selection(client: FlaskClient, dl: str, settings: Setting
     put_dead_letter(redis_client, settings, settings.app_id, "kept", dead_ms=1)
     assert_error(client.delete(dl), 400, "ERR_MALFORMED_REQUEST")
     assert_error(client.delete(dl, query_string={"all": "false"}), 400)
+    # An empty prefix selects nothing, never everything; "all" must say true.
+    assert "empty prefix" in assert_error(client.delete(dl, query_string={"prefix": ""}),
+                                          400)["message"]
+    assert_error(client.delete(dl, query_string={"all": "yes"}), 400)
+    assert_error(client.delete(dl, query_string={"all": "true", "prefix": "k"}), 400)
     assert len(listed(client, dl)) == 1
 
 

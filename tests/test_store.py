@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from app.jobs.model import FailureKind, FailurePolicy, TriggerStatus
 from app.settings import Settings
-from app.store.keys import Keys, job_id
+from app.store.keys import Keys, dead_member, is_replay, job_id
 from app.store.store import JobExists, Store
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
 from tests.support.redis_proc import RedisProcess
@@ -573,6 +573,12 @@ def _check_invariants(r: redis.Redis, settings: Settings) -> None:
         assert staged <= jobs, f"staged entries without a job: {staged - jobs}"
         assert runs <= jobs, f"run state without a job: {runs - jobs}"
         assert r.hlen(pk.dead) == r.zcard(pk.deadidx)
+        # the per-app indexes (app/store/keys.py) hold exactly the jobs and dead letters
+        names = {m.decode() for m in r.zrange(pk.names, 0, -1)}
+        assert names == {j for j in jobs if not is_replay(j)}, names ^ jobs
+        deadlex = {m.decode() for m in r.zrange(pk.deadlex, 0, -1)}
+        assert deadlex == {dead_member(j.decode().partition("/")[0], int(ms), j.decode())
+                           for j, ms in r.zrange(pk.deadidx, 0, -1, withscores=True)}
 
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,

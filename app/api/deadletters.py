@@ -7,27 +7,12 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.api.jobs import ms_to_rfc3339
 from app.jobs import errors
-from app.jobs.model import DeadLetter
-from app.jobs.validation import job_to_api
-from app.store.deadletters import DeadLetters
+from app.store.deadletters import MAX_OFFSET, DeadLetters, Selection, letter_to_api
 
 deadletters_bp = Blueprint("deadletters", __name__)
 
-
-def letter_to_api(letter: DeadLetter, with_job: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": letter.id,
-        "name": letter.name,
-        "scheduledTime": ms_to_rfc3339(letter.sched_ms),
-        "deadLetteredTime": ms_to_rfc3339(letter.dead_ms),
-        "attempts": letter.attempts,
-        "error": letter.error,
-    }
-    if with_job:
-        body["job"] = job_to_api(letter.job, dapr_compat=g.settings.dapr_compat)
-    return body
+MAX_PAGE = 1000
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -40,33 +25,40 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def _selection(source: dict[str, Any]) -> list[DeadLetter]:
-    """Letters named by `ids`, by name `prefix`, or `all`; one of them is required."""
-    ids = source.get("ids")
+def _selection(ids: Any, prefix: Any, everything: Any) -> Selection:
+    """Exactly one of a non-empty `ids`, a non-empty `prefix`, or `all` true; an empty
+    list or prefix selects nothing, so it is a 400, never "everything"."""
     if ids is not None and (not isinstance(ids, list)
-                            or not all(isinstance(i, str) for i in ids)):
-        raise errors.malformed("ids must be a list of dead-letter ids")
-    prefix = source.get("prefix")
+                            or not all(isinstance(i, str) and i for i in ids)):
+        raise errors.malformed("ids must be a list of dead-letter ids (non-empty strings)")
     if prefix is not None and not isinstance(prefix, str):
         raise errors.malformed("prefix must be a string")
-    everything = source.get("all") in (True, "true", "1")
-    if not ids and prefix is None and not everything:
-        raise errors.malformed("say which dead letters: ids, prefix, or all=true")
-    return DeadLetters(g.store).select(g.settings.app_id, ids, prefix, everything)
+    if everything is not None and not isinstance(everything, bool):
+        raise errors.malformed("all must be true or false")
+    try:
+        return Selection.of(ids, prefix, bool(everything), g.settings.max_replay_ids)
+    except ValueError as exc:
+        raise errors.malformed(str(exc)) from None
 
 
 def list_letters() -> Response:
-    letters = DeadLetters(g.store).list_letters(
-        g.settings.app_id, request.args.get("prefix", ""),
-        limit=_int_arg("limit", 100, 1, 1000), offset=_int_arg("offset", 0, 0, 10**9))
-    return jsonify({"deadLetters": [letter_to_api(d) for d in letters]})
+    try:
+        letters, token = DeadLetters(g.store).page(
+            g.settings.app_id, request.args.get("prefix", ""),
+            limit=_int_arg("limit", 100, 1, MAX_PAGE),
+            offset=_int_arg("offset", 0, 0, MAX_OFFSET),
+            token=request.args.get("pageToken", ""))
+    except ValueError as exc:
+        raise errors.malformed(str(exc)) from None
+    return jsonify({"deadLetters": [letter_to_api(d) for d in letters],
+                    "nextPageToken": token})
 
 
 def get_letter(letter_id: str) -> Response:
-    letter = DeadLetters(g.store).get(letter_id)
-    if letter is None or letter.app_id != g.settings.app_id:
+    letter = DeadLetters(g.store).get(letter_id, g.settings.app_id)
+    if letter is None:
         raise errors.ApiError(404, errors.JOB_NOT_FOUND, f"no dead letter {letter_id!r}")
-    return jsonify(letter_to_api(letter, with_job=True))
+    return jsonify(letter_to_api(letter, with_job=True, dapr_compat=g.settings.dapr_compat))
 
 
 def replay_letters() -> Response:
@@ -76,14 +68,17 @@ def replay_letters() -> Response:
         raise errors.malformed(str(exc)) from None
     if not isinstance(body, dict):
         raise errors.malformed("the body must be a JSON object")
-    return jsonify({"replayed": DeadLetters(g.store).replay(_selection(body))})
+    selection = _selection(body.get("ids"), body.get("prefix"), body.get("all"))
+    return jsonify({"replayed": DeadLetters(g.store).replay(g.settings.app_id, selection)})
 
 
 def purge_letters() -> Response:
-    source: dict[str, Any] = {"ids": request.args.getlist("id") or None,
-                              "prefix": request.args.get("prefix"),
-                              "all": request.args.get("all")}
-    return jsonify({"purged": DeadLetters(g.store).purge(_selection(source))})
+    everything = request.args.get("all")
+    if everything not in (None, "true", "false"):
+        raise errors.malformed("all must be true or false")
+    selection = _selection(request.args.getlist("id") or None, request.args.get("prefix"),
+                           everything == "true")
+    return jsonify({"purged": DeadLetters(g.store).purge(g.settings.app_id, selection)})
 
 
 for _version, _base in enumerate(("/v1.0-alpha1/deadletters", "/v1.0/deadletters")):

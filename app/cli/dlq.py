@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import click
+import orjson
 
 from app.jobs.model import DeadLetter
 from app.processes.service_state import jobrunner_home, read_state
 from app.settings import Settings
-from app.store.deadletters import DeadLetters
+from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import Store
 
@@ -31,11 +33,21 @@ def _store(redis_url: str | None, app_id: str) -> Store:
     return Store(Settings.from_env(env))
 
 
-def _selection(dlq: DeadLetters, app_id: str, ids: tuple[str, ...], prefix: str | None,
-               everything: bool) -> list[DeadLetter]:
-    if not ids and prefix is None and not everything:
-        raise click.UsageError("say which dead letters: ID..., --prefix P, or --all")
-    return dlq.select(app_id, list(ids) or None, prefix, everything)
+def _selection(store: Store, ids: tuple[str, ...], prefix: str | None,
+               everything: bool) -> Selection:
+    """Exactly one of ID..., a non-empty --prefix, or --all (the API's rule: an empty
+    prefix selects nothing, never everything)."""
+    given = [what for what, on in (("ID...", ids), ("--prefix", prefix), ("--all", everything))
+             if on]
+    if len(given) != 1:
+        raise click.UsageError(
+            "say which dead letters: ID..., --prefix P (not empty), or --all" if not given
+            else f"give one of ID..., --prefix or --all, not {' and '.join(given)}")
+    try:
+        return Selection.of(list(ids) or None, prefix, everything,
+                            store.settings.max_replay_ids)
+    except SelectionError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _line(d: DeadLetter) -> str:
@@ -67,11 +79,17 @@ def dlq() -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
 def list_cmd(app_id: str, redis_url: str | None, prefix: str, limit: int) -> None:
     """List dead letters, oldest first."""
-    letters = _guard(lambda: DeadLetters(_store(redis_url, app_id)).list_letters(
-        app_id, prefix, limit=limit))
-    for letter in letters:
-        click.echo(_line(letter))
-    if not letters:
+    dead = DeadLetters(_guard(lambda: _store(redis_url, app_id)))
+    shown, token = 0, ""
+    while shown < limit:  # page by page: a page is bounded in letters and in bytes
+        letters, token = _guard(partial(dead.page, app_id, prefix, min(limit - shown, 1000),
+                                        token=token))
+        for letter in letters:
+            click.echo(_line(letter))
+        shown += len(letters)
+        if not token:
+            break
+    if not shown:
         click.echo("no dead letters", err=True)
 
 
@@ -79,11 +97,13 @@ def list_cmd(app_id: str, redis_url: str | None, prefix: str, limit: int) -> Non
 @common
 @click.argument("letter_id")
 def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
-    """Show one dead letter with its job."""
-    letter = _guard(lambda: DeadLetters(_store(redis_url, app_id)).get(letter_id))
-    if letter is None or letter.app_id != app_id:
+    """Show one dead letter with its job, as GET /deadletters/{id} answers (JSON)."""
+    store = _guard(lambda: _store(redis_url, app_id))
+    letter = _guard(lambda: DeadLetters(store).get(letter_id, app_id))
+    if letter is None:
         raise click.ClickException(f"no dead letter {letter_id!r} for app {app_id!r}")
-    click.echo(letter.encode().decode())
+    shown = letter_to_api(letter, with_job=True, dapr_compat=store.settings.dapr_compat)
+    click.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
 
 
 @dlq.command()
@@ -95,8 +115,8 @@ def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str
            everything: bool) -> None:
     """Deliver dead letters again now, with a new attempt series."""
     def go() -> int:
-        dlq_ = DeadLetters(_store(redis_url, app_id))
-        return dlq_.replay(_selection(dlq_, app_id, ids, prefix, everything))
+        store = _store(redis_url, app_id)
+        return DeadLetters(store).replay(app_id, _selection(store, ids, prefix, everything))
     click.echo(f"replayed {_guard(go)}")
 
 
@@ -109,8 +129,8 @@ def purge(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str 
           everything: bool) -> None:
     """Delete dead letters for good."""
     def go() -> int:
-        dlq_ = DeadLetters(_store(redis_url, app_id))
-        return dlq_.purge(_selection(dlq_, app_id, ids, prefix, everything))
+        store = _store(redis_url, app_id)
+        return DeadLetters(store).purge(app_id, _selection(store, ids, prefix, everything))
     click.echo(f"purged {_guard(go)}")
 
 

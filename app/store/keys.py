@@ -14,6 +14,12 @@ Per partition:
     {prefix}:{N}:deadidx ZSET  dead-letter id -> ms it was dead-lettered
     {prefix}:{N}:staged:{app}  ZSET  job id -> due ms of a trigger parked
                                while the app has no live API process
+    {prefix}:{N}:names   ZSET  job ids (not replays), all scored 0: ordered by app,
+                               then name, so one app's jobs are one ZRANGEBYLEX range
+    {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
+                               one app's dead letters, oldest first, as one range
+    {prefix}:{N}:indexed STRING set once `names`/`deadlex` hold the data older
+                               versions stored without them (store.Store.ensure_indexed)
 Global (scripts touch one of them at a time):
     {prefix}:apps        HASH  app id -> app registration (JSON)
     {prefix}:alive:{app} STRING with a TTL while the app's API process lives: the
@@ -52,6 +58,43 @@ def is_replay(jid: str) -> bool:
     return REPLAY_SEP in jid
 
 
+# -- the per-app indexes (lex ranges of one ZSET per partition) ----------------------
+# Redis compares members bytewise; app ids hold no '/' and names are UTF-8, which never
+# holds the byte 0xff, so these bounds take exactly one app's (or one prefix's) entries.
+_TOP = b"\xff"
+
+
+def names_range(app_id: str, prefix: str = "", after: str | None = None) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the app's jobs whose name starts with `prefix`, past the name
+    `after` when given (a page token)."""
+    low = (b"(" + job_id(app_id, after).encode() if after is not None
+           else b"[" + job_id(app_id, prefix).encode())
+    return low, b"(" + job_id(app_id, prefix).encode() + _TOP
+
+
+def dead_member(app_id: str, dead_ms: int, letter_id: str) -> str:
+    """The entry of a dead letter in `deadlex` (ack.lua, replay.lua and deadletters.lua
+    build the same one)."""
+    return f"{app_id}/{dead_ms:013d}/{letter_id}"
+
+
+def dead_range(app_id: str, after: str | None = None,
+               through: bytes | None = None) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the app's dead letters past the member `after`, up to the
+    member `through` when given."""
+    low = b"(" + after.encode() if after is not None else b"[" + f"{app_id}/".encode()
+    high = b"[" + through if through is not None else b"(" + f"{app_id}/".encode() + _TOP
+    return low, high
+
+
+def letter_job_name(app_id: str, letter_id: str) -> str | None:
+    """The job name in a dead letter's id, `{app}/{name}@{rev}:{ms}` (Trigger.trigger_id);
+    None when the id is not one of this app's."""
+    if not letter_id.startswith(f"{app_id}/"):
+        return None
+    return letter_id[len(app_id) + 1:].rpartition("@")[0] or None
+
+
 @dataclass(frozen=True)
 class PartitionKeys:
     """The keys of one partition, in the order the Lua scripts take them."""
@@ -61,9 +104,16 @@ class PartitionKeys:
     runs: str
     dead: str
     deadidx: str
+    names: str
+    deadlex: str
 
     def all(self) -> list[str]:
-        return [self.due, self.jobs, self.runs, self.dead, self.deadidx]
+        return [self.due, self.jobs, self.runs, self.dead, self.deadidx, self.names,
+                self.deadlex]
+
+    @property
+    def indexed(self) -> str:
+        return f"{self.due.removesuffix(':due')}:indexed"
 
     def staged(self, app_id: str) -> str:
         return f"{self.due.removesuffix(':due')}:staged:{app_id}"
@@ -86,6 +136,8 @@ class Keys:
             runs=f"{base}:runs",
             dead=f"{base}:dead",
             deadidx=f"{base}:deadidx",
+            names=f"{base}:names",
+            deadlex=f"{base}:deadlex",
         )
 
     def for_job(self, jid: str) -> PartitionKeys:

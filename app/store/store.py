@@ -7,22 +7,33 @@ workers/queue.py and uses the same scripts and keys.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from app.jobs.errors import JobrunnerError
+from app.jobs.errors import ApiError, JobrunnerError
 from app.jobs.model import Job, RunState, TriggerStatus
+from app.jobs.validation import validate_name
 from app.settings import Settings
-from app.store import scripts
-from app.store.keys import Keys, is_replay, job_id, split_job_id
+from app.store import pages, scripts
+from app.store.keys import (
+    Keys,
+    PartitionKeys,
+    dead_range,
+    job_id,
+    names_range,
+    split_job_id,
+)
 from app.store.redis_client import sync_client
+
+# Jobs deleted by one delete.lua call of delete_prefix; entries one reindex.lua step of
+# the one-time rebuild looks at.
+DELETE_BATCH = 500
+REINDEX_STEP = 1000
 
 
 class JobExists(JobrunnerError):
@@ -101,6 +112,7 @@ class Store:
         self.redis = client if client is not None else sync_client(settings)
         self._scripts = {name: self.redis.register_script(scripts.source(name))
                          for name in scripts.SCRIPT_NAMES}
+        self._indexed = False  # ensure_indexed has run
 
     def close(self) -> None:
         self.redis.close()
@@ -121,7 +133,7 @@ class Store:
         jid = job_id(job.app_id, job.name)
         pk = self.keys.for_job(jid)
         result = self._scripts["schedule"](
-            keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id)],
+            keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names],
             args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                   self.keys.wake_channel, "" if run is None else run.encode()],
         )
@@ -139,7 +151,7 @@ class Store:
         for job in jobs:
             jid = job_id(job.app_id, job.name)
             pk = self.keys.for_job(jid)
-            script(keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id)],
+            script(keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names],
                    args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                          self.keys.wake_channel],
                    client=pipe)
@@ -182,95 +194,117 @@ class Store:
     def delete(self, app_id: str, name: str) -> bool:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        return bool(self._scripts["delete"](keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id)],
-                                            args=[jid]))
-
-    def _scan_ids(self, app_id: str, prefix: str, count: int = 500) -> Iterator[list[str]]:
-        """Yield the ids of the app's jobs whose name starts with `prefix`, batch by batch,
-        replays included."""
-        pattern = _glob_escape(f"{app_id}/{prefix}") + "*"
-        for pk in self.keys.all_partitions():
-            pos = None
-            while pos != 0:
-                pos, fields = self.redis.hscan(pk.jobs, pos or 0, match=pattern, count=count)
-                yield [_text(f) for f in fields]
+        return bool(self._scripts["delete"](
+            keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names], args=[jid]))
 
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
                   limit: int = 100) -> tuple[list[JobView], str]:
-        """A page of at most `limit` jobs whose name starts with `prefix`, and the token of
-        the next page ("" after the last). As SCAN promises: a job that exists for the
-        whole walk is listed, even if others are deleted meanwhile (barring a rehash)."""
-        part, cursor, batch_end, after_id = _parse_page_token(page_token, self.keys.partitions)
-        pattern = _glob_escape(f"{app_id}/{prefix}") + "*"
-        found: list[tuple[str, bytes]] = []
-        while part < self.keys.partitions:
-            key = self.keys.partition(part).jobs
-            if batch_end is None:
-                # HSCAN NOVALUES needs Redis 7.4; the records are wanted anyway.
-                next_cursor, fields = self.redis.hscan(key, cursor, match=pattern,
-                                                       count=max(limit, 10))
-            else:
-                next_cursor, fields = self._rescan(key, cursor, batch_end, pattern)
-            # Sorted, so that a page ending inside this batch can resume after its last id.
-            batch = sorted((jid, v) for f, v in fields.items()
-                           if not is_replay(jid := _text(f)) and jid > after_id)
-            room = limit - len(found)
-            if len(batch) > room:
-                found += batch[:room]
-                token = _page_token(part, cursor, next_cursor, found[-1][0])
-                return self._views(app_id, found), token
-            found += batch
-            batch_end, after_id = None, ""
-            part, cursor = (part + 1, 0) if next_cursor == 0 else (part, next_cursor)
-            if len(found) == limit:
-                break
-        token = _page_token(part, cursor) if part < self.keys.partitions else ""
-        return self._views(app_id, found), token
+        """A page of at most `limit` of the app's jobs whose name starts with `prefix`, in
+        name order, and the token of the next page ("" after the last). One range of the
+        per-app index (app/store/pages.py): other apps' jobs cost nothing, and the token,
+        the last name listed, resumes exactly there (a job present for the whole walk is
+        listed once). A page stops early past `page_max_bytes` of records. ValueError
+        (BadPageToken) for a token this store did not give."""
+        after = _name_after(page_token, prefix)
+        self.ensure_indexed()
+        low, high = names_range(app_id, prefix, after)
+        parts = self.keys.all_partitions()
+        ids = [_text(m) for m in pages.first_in_ranges(self.redis, [pk.names for pk in parts],
+                                                       low, high, limit + 1)]
+        more = len(ids) > limit
+        views, read = self._views(app_id, ids[:limit])
+        if read < min(len(ids), limit):
+            more = True
+        last = ids[:limit][read - 1] if read else None
+        return views, pages.encode(split_job_id(last)[1]) if more and last else ""
 
-    def _rescan(self, key: str, cursor: int, batch_end: int,
-                pattern: str) -> tuple[int, dict[bytes, bytes]]:
-        """The batch [cursor, batch_end) again, one bucket per call (COUNT 1), without
-        going past batch_end however many of the batch's entries are gone since."""
-        fields: dict[bytes, bytes] = {}
-        end = _scan_order(batch_end)
-        for _ in range(100_000):  # bounded: a rehash meanwhile may move batch_end away
-            nxt, got = self.redis.hscan(key, cursor, match=pattern, count=1)
-            if batch_end != 0 and (nxt == 0 or _scan_order(nxt) > end):
-                # Past the batch: COUNT 1 stops at the first non-empty bucket, so all of
-                # this call's entries lie beyond it; the next batch starts at batch_end.
-                return batch_end, fields
-            fields.update(got)
-            cursor = nxt
-            if cursor in (batch_end, 0):
-                break
-        return cursor, fields
-
-    def _views(self, app_id: str, records: list[tuple[str, bytes]]) -> list[JobView]:
+    def _views(self, app_id: str, ids: list[str]) -> tuple[list[JobView], int]:
+        """The views of the first of `ids` whose records fit in `page_max_bytes` (one at
+        least), and how many ids that took. A job deleted meanwhile is left out."""
+        if not ids:
+            return [], 0
         pipe = self.redis.pipeline(transaction=False)
-        for jid, _ in records:
+        for jid in ids:
             pk = self.keys.for_job(jid)
+            pipe.hstrlen(pk.jobs, jid)
             pipe.hget(pk.runs, jid)
             pipe.zscore(pk.due, jid)
         answers = pipe.execute()
+        take, size = 0, 0
+        for i in range(len(ids)):
+            size += int(answers[3 * i])
+            if take and size > self.settings.page_max_bytes:
+                break
+            take += 1
+        pipe = self.redis.pipeline(transaction=False)
+        for jid in ids[:take]:
+            pipe.hget(self.keys.for_job(jid).jobs, jid)
         views = []
-        for i, (jid, record) in enumerate(records):
-            _, name = split_job_id(jid)
-            job = Job.decode(app_id, name, record)
-            views.append(self._view(job, answers[2 * i], answers[2 * i + 1]))
-        return views
+        for i, record in enumerate(pipe.execute()):
+            if record is not None:
+                name = split_job_id(ids[i])[1]
+                views.append(self._view(Job.decode(app_id, name, record), answers[3 * i + 1],
+                                        answers[3 * i + 2]))
+        return views, take
 
     def delete_prefix(self, app_id: str, prefix: str) -> int:
+        """Delete the app's jobs whose name starts with `prefix` (every job for ""), in
+        batches of its index range; a pending replay is the dead-letter queue's, not a
+        job, and stays."""
+        self.ensure_indexed()
         deleted = 0
-        for ids in self._scan_ids(app_id, prefix):
-            by_part: dict[int, list[str]] = {}
-            for jid in ids:
-                if not is_replay(jid):  # a pending replay is the dead-letter queue's
-                    by_part.setdefault(self.keys.partition_of(jid), []).append(jid)
-            for part, jids in by_part.items():
-                pk = self.keys.partition(part)
+        low, high = names_range(app_id, prefix)
+        for pk in self.keys.all_partitions():
+            while ids := self.redis.zrangebylex(pk.names, low, high, start=0,
+                                                num=DELETE_BATCH):
+                # delete.lua takes them out of the index too: the range shrinks each time.
                 deleted += int(self._scripts["delete"](
-                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id)], args=jids))
+                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names], args=ids))
         return deleted
+
+    # -- the per-app indexes ------------------------------------------------
+
+    def ensure_indexed(self) -> None:
+        """Once per process: make sure the per-app indexes hold what older versions stored
+        without them (jobs, dead letters), then mark each partition done. The scripts keep
+        them up to date from then on; on data written by this version it costs one EXISTS
+        per partition."""
+        if self._indexed:
+            return
+        parts = self.keys.all_partitions()
+        pipe = self.redis.pipeline(transaction=False)
+        for pk in parts:
+            pipe.exists(pk.indexed)
+        for pk, done in zip(parts, pipe.execute(), strict=True):
+            if not done:
+                self._reindex(pk)
+        self._indexed = True
+
+    def _reindex(self, pk: PartitionKeys) -> None:
+        """Index what the partition holds, in steps of REINDEX_STEP entries run inside
+        Redis (reindex.lua): no record crosses the network."""
+        keys = [pk.jobs, pk.names, pk.deadidx, pk.deadlex]
+        for what in ("jobs", "dead"):
+            cursor = "0"
+            while True:
+                cursor = _text(self._scripts["reindex"](keys=keys,
+                                                        args=[what, cursor, REINDEX_STEP]))
+                if cursor == "0":
+                    break
+        self.redis.set(pk.indexed, "1")
+
+    def app_counts(self, app_id: str) -> dict[str, int]:
+        """The app's jobs and dead letters, from its index ranges: O(log N) per partition,
+        whatever other apps store."""
+        self.ensure_indexed()
+        jobs_low, jobs_high = names_range(app_id)
+        dead_low, dead_high = dead_range(app_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for pk in self.keys.all_partitions():
+            pipe.zlexcount(pk.names, jobs_low, jobs_high)
+            pipe.zlexcount(pk.deadlex, dead_low, dead_high)
+        values = pipe.execute()
+        return {"jobs": sum(values[0::2]), "dead_letters": sum(values[1::2])}
 
     # -- apps ---------------------------------------------------------------
 
@@ -362,41 +396,19 @@ class Store:
         }
 
 
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _scan_order(cursor: int) -> int:
-    """Where a SCAN cursor stands in the walk: Redis steps cursors in bit-reversed order."""
-    return int(f"{cursor:064b}"[::-1], 2)
-
-
-def _page_token(part: int, cursor: int, batch_end: int | None = None,
-                after_id: str = "") -> str:
-    """`part.cursor`, or `part.cursor.batch_end.<last id listed, base64>` when a page ended
-    inside the HSCAN batch [cursor, batch_end)."""
-    if batch_end is None:
-        return f"{part}.{cursor}"
-    tail = base64.urlsafe_b64encode(after_id.encode()).decode().rstrip("=")
-    return f"{part}.{cursor}.{batch_end}.{tail}"
-
-
-def _parse_page_token(token: str, partitions: int) -> tuple[int, int, int | None, str]:
-    """(partition, HSCAN cursor, end of the batch a page ended inside or None, last id
-    listed from that batch)."""
+def _name_after(token: str, prefix: str) -> str | None:
+    """The last name of the previous page, from its token; BadPageToken (a ValueError)
+    when the token is not one a page of this prefix gave, checked without Redis."""
     if not token:
-        return (0, 0, None, "")
+        return None
+    name = pages.decode(token)
+    if not name.startswith(prefix):
+        raise pages.BadPageToken(token, f"it is not a position among names starting with "
+                                        f"{prefix!r}")
     try:
-        fields = token.split(".")
-        if len(fields) not in (2, 4):
-            raise ValueError
-        part, cursor = int(fields[0]), int(fields[1])
-        batch_end = int(fields[2]) if len(fields) == 4 else None
-        tail = fields[3] if len(fields) == 4 else ""
-        after_id = base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4)).decode()
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise ValueError(f"invalid page token {token!r}") from None
-    in_range = 0 <= part < partitions and 0 <= cursor < 2**64
-    if not in_range or (batch_end is not None and not 0 <= batch_end < 2**64):
-        raise ValueError(f"invalid page token {token!r}")
-    return (part, cursor, batch_end, after_id)
+        valid = validate_name(name) == name
+    except ApiError:
+        valid = False
+    if not valid:  # no stored job has that name: not a token this store gave
+        raise pages.BadPageToken(token, "not a token this API gave")
+    return name

@@ -3,6 +3,7 @@
 -- KEYS[2] jobs  HASH  job id -> job record
 -- KEYS[3] runs  HASH  job id -> run state
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of these jobs' app
+-- KEYS[5] names  ZSET job ids scored 0: the per-app job index
 -- ARGV[1..n] job ids, all of one app
 -- Returns how many of them existed.
 local n = 0
@@ -11,5 +12,6 @@ for i = 1, #ARGV do
   redis.call("HDEL", KEYS[3], ARGV[i])
   redis.call("ZREM", KEYS[1], ARGV[i])
   redis.call("ZREM", KEYS[4], ARGV[i])
+  redis.call("ZREM", KEYS[5], ARGV[i])
 end
 return n

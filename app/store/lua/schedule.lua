@@ -3,6 +3,7 @@
 -- KEYS[2] jobs  HASH  job id -> job record (JSON)
 -- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of this job's app
+-- KEYS[5] names  ZSET job ids scored 0: the per-app job index (app/store/keys.py)
 -- ARGV[1] job id
 -- ARGV[2] job record (JSON)
 -- ARGV[3] first due time, epoch ms
@@ -17,6 +18,7 @@ if ARGV[4] ~= "1" and redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1 then
   return 0
 end
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
+redis.call("ZADD", KEYS[5], 0, ARGV[1])
 -- A replaced job starts afresh: any in-flight trigger of the old one is
 -- orphaned, so its late acknowledge (lease token gone) changes nothing.
 if ARGV[6] and ARGV[6] ~= "" then
