@@ -1,11 +1,31 @@
-"""Prometheus metrics of a worker process."""
+"""A worker process's metrics: its own Prometheus counters (served on
+JOBRUNNER_WORKER_METRICS_PORT when set), and its counts added to the aggregated counters in
+Redis once a second with its heartbeat (app/store/stats.py), which every API process's
+/metrics and /v1.0/stats show for all the workers on all machines."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import Counter as Tallied
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
+from app.jobs.clock import now_ms
 from app.jobs.model import Trigger
+from app.store import stats
+from app.store.keys import Keys
+from app.store.redis_client import UNAVAILABLE
 from workers.delivery import Outcome
+from workers.queue import Action, Settlement
+
+log = logging.getLogger("jobrunner.worker")
 
 DELIVERIES = Counter(
     "jobrunner_deliveries_total", "Delivery attempts by result", ["app_id", "result"]
@@ -18,8 +38,82 @@ LATENESS = Histogram(
 
 
 class WorkerMetrics:
+    """Counts deliveries as they happen (in memory: no Redis call per delivery) and, with a
+    Redis client, adds them to the aggregated counters once a second (`run`)."""
+
+    def __init__(self, redis: Any = None, keys: Keys | None = None,
+                 in_flight: Callable[[], Iterable[Trigger]] = tuple,
+                 concurrency: int = 0) -> None:
+        self._redis = redis
+        self._keys = keys or Keys()
+        self._in_flight = in_flight  # the triggers being delivered now
+        self._tallies: dict[str, stats.Tally] = {}
+        self._attempts = 0
+        host = socket.gethostname()
+        self.worker_id = f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._host, self._started_ms, self._concurrency = host, now_ms(), concurrency
+        self._failing = False  # the last flush failed (say so once per outage)
+
+    def _tally(self, app_id: str) -> stats.Tally:
+        tally = self._tallies.get(app_id)
+        if tally is None:
+            tally = self._tallies[app_id] = stats.Tally()
+        return tally
+
     def observe(self, trigger: Trigger, outcome: Outcome, started_ms: int) -> None:
-        result = "done" if outcome.done else "failed"
-        DELIVERIES.labels(trigger.job.app_id, result).inc()
+        """One delivery attempt."""
+        app_id = trigger.job.app_id
+        DELIVERIES.labels(app_id, "done" if outcome.done else "failed").inc()
+        lateness_ms = None
         if trigger.attempt == 1:
-            LATENESS.observe(max(started_ms - trigger.sched_ms, 0) / 1000)
+            lateness_ms = max(started_ms - trigger.sched_ms, 0)
+            LATENESS.observe(lateness_ms / 1000)
+        self._tally(app_id).attempt(outcome.done, lateness_ms)
+        self._attempts += 1
+
+    def settled(self, batch: Iterable[Settlement]) -> None:
+        """Settlements Redis has applied: retries scheduled, triggers dead-lettered."""
+        for s in batch:
+            if s.action == Action.RETRY:
+                self._tally(s.trigger.job.app_id).retried += 1
+            elif s.action == Action.DEAD:
+                self._tally(s.trigger.job.app_id).dead += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Flush once a second until `stop` (then `close` says goodbye)."""
+        if self._redis is None:
+            return
+        while not stop.is_set():
+            await self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), stats.FLUSH_EVERY_S)
+
+    async def close(self) -> None:
+        """The last counts, and this worker is no longer alive."""
+        if self._redis is not None:
+            await self.flush(final=True)
+
+    async def flush(self, final: bool = False) -> None:
+        """Add the counts since the last flush to Redis, with the heartbeat: one round trip.
+        Counts that Redis did not take are added at the next flush."""
+        tallies, self._tallies = self._tallies, {}
+        at = now_ms()
+        pipe = self._redis.pipeline(transaction=False)
+        stats.queue_flush(pipe, self._keys, tallies, at)
+        if final:
+            stats.queue_goodbye(pipe, self._keys, self.worker_id)
+        else:
+            in_flight = Tallied(t.job.app_id for t in list(self._in_flight()))
+            beat = stats.Heartbeat(self.worker_id, self._host, os.getpid(), self._started_ms,
+                                   self._concurrency, dict(in_flight), self._attempts)
+            stats.queue_heartbeat(pipe, self._keys, beat, at)
+        try:
+            await pipe.execute()
+        except UNAVAILABLE as exc:
+            for app_id, tally in tallies.items():
+                self._tally(app_id).merge(tally)
+            if not self._failing:
+                log.warning("cannot add the delivery counters to redis: %s", exc)
+            self._failing = True
+            return
+        self._failing = False

@@ -32,7 +32,8 @@ class Worker:
     def __init__(self, settings: Settings, queue: Queue | None = None) -> None:
         self.settings = settings
         self.queue = queue or Queue(settings)
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(self.queue.redis, self.queue.keys,
+                                     lambda: self.inflight.values(), settings.concurrency)
         self.inflight: dict[asyncio.Task[None], Trigger] = {}
         self.settled: list[Settlement] = []
         self._slot_free = asyncio.Event()
@@ -49,7 +50,8 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
         helpers = [asyncio.create_task(self._settle_loop(stop)),
-                   asyncio.create_task(self._listen_for_wakeups(stop))]
+                   asyncio.create_task(self._listen_for_wakeups(stop)),
+                   asyncio.create_task(self.metrics.run(stop))]  # counters to Redis, 1/s
         try:
             while not stop.is_set():
                 limit = await self._room_to_claim(stop)
@@ -66,6 +68,7 @@ class Worker:
                     await self._sleep_until(earliest, stop)
         finally:
             await self._shutdown(helpers)
+            await self.metrics.close()
             self._http.close()
             await self._grpc.close()
 
@@ -194,6 +197,7 @@ class Worker:
             batch, self.settled = self.settled, []
             try:
                 await self.queue.settle(batch)
+                self.metrics.settled(batch)
                 self._wake_if_due_before_plan(batch)
             except UNAVAILABLE as exc:
                 # A settlement is retried, never dropped; past the shutdown deadline the

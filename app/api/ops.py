@@ -5,15 +5,16 @@ from __future__ import annotations
 from importlib import resources
 
 from flask import Blueprint, Response, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
+from app.api.metrics import attach as attach_metrics
+from app.api.metrics import exposition
 from app.jobs import errors
 from app.jobs.errors import ApiError
 from app.store.redis_client import UNAVAILABLE
 
 ops_bp = Blueprint("ops", __name__)
-
-STORED = Gauge("jobrunner_store_size", "Sizes of the store", ["what"])
+# Counts the requests of every route of the app, and serves GET /v1.0/stats (app/api/metrics.py).
+attach_metrics(ops_bp)
 
 
 @ops_bp.get("/healthz")
@@ -57,12 +58,8 @@ def dapr_healthz_outbound() -> Response:
 
 @ops_bp.get("/metrics")
 def metrics() -> Response:
-    try:
-        for what, value in g.store.counts().items():
-            STORED.labels(what).set(value)
-    except UNAVAILABLE:
-        pass  # the process metrics are still worth serving
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    # With Redis unreachable, the API's own metrics are still served (jobrunner_redis_up 0).
+    return exposition(g.store)
 
 
 @ops_bp.get("/openapi.json")

@@ -38,6 +38,7 @@ from app.cli.options import (
     wait_redis,
 )
 from app.cli.run import logs, run, status, stop
+from app.cli.stats import stats
 from app.cli.up import service, up
 from app.jobs.errors import JobrunnerError
 from app.processes.procs import PROJECT_ROOT, child_env, ensure_port_free, python_module
@@ -67,7 +68,7 @@ def main() -> None:
     """jobrunner: the Dapr Jobs API on Redis."""
 
 
-for command in (up, run, stop, status, logs, service, dlq, jobs):
+for command in (up, run, stop, status, logs, service, dlq, jobs, stats):
     main.add_command(command)
 
 
@@ -84,6 +85,7 @@ for command in (up, run, stop, status, logs, service, dlq, jobs):
 def api(ctx: click.Context, /, **params: Any) -> None:
     """Serve the jobs API for one app: HTTP (gunicorn, gthread workers), and Dapr's gRPC
     API on --grpc-port from each worker process."""
+    from app.processes.metrics_dir import metrics_dir
     from app.processes.serve import DEFAULT_LOG_LEVEL, ServeOptions, serve
 
     settings = settings_from(app_env(ctx, params))
@@ -100,7 +102,10 @@ def api(ctx: click.Context, /, **params: Any) -> None:
         log_format=settings.log_format,
         access_log=params["access_log"],
     )
-    sys.exit(serve(settings, options))
+    # Its processes add up their request counters in a folder of this instance's own.
+    with metrics_dir():
+        code = serve(settings, options)
+    sys.exit(code)
 
 
 @main.command()

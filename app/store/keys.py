@@ -25,6 +25,14 @@ Global (scripts touch one of them at a time):
     {prefix}:alive:{app} STRING with a TTL while the app's API process lives: the
                          binding of its tokens (app_alive.lua), "1" without tokens
     {prefix}:wake        pub/sub channel: "a new job may be due earlier"
+The workers' aggregated counters (app/store/stats.py; written once a second by each
+worker, never from scripts):
+    {prefix}:stats:apps           SET   app ids that have counters
+    {prefix}:stats:total:{app}    HASH  counter -> value since the start (no TTL)
+    {prefix}:stats:10s:{app}:{n}  HASH  the same, for the 10 s from n*10 s (a TTL)
+    {prefix}:stats:1m:{app}:{n}   HASH  the same, for the minute n (a TTL)
+    {prefix}:workers              ZSET  worker id -> ms its heartbeat expires
+    {prefix}:worker:{id}          STRING with a TTL: the worker's heartbeat (JSON)
 
 A job id is `{app_id}/{name}`: names cannot hold '/', app ids neither.
 A dead letter's replay is a one-shot job of its own, `{app_id}/{name}` +
@@ -156,3 +164,26 @@ class Keys:
     @property
     def wake_channel(self) -> str:
         return f"{self.prefix}:wake"
+    # -- the workers' aggregated counters (app/store/stats.py) ----------------
+
+    @property
+    def stats_apps(self) -> str:
+        return f"{self.prefix}:stats:apps"
+
+    def stats_total(self, app_id: str) -> str:
+        return f"{self.prefix}:stats:total:{app_id}"
+
+    def stats_slot(self, app_id: str, slot: int) -> str:
+        """The app's counters of the 10 seconds from `slot` * 10 s (epoch)."""
+        return f"{self.prefix}:stats:10s:{app_id}:{slot}"
+
+    def stats_minute(self, app_id: str, minute: int) -> str:
+        """The app's counters of the minute from `minute` * 60 s (epoch)."""
+        return f"{self.prefix}:stats:1m:{app_id}:{minute}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
