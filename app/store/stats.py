@@ -292,19 +292,19 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
         pipe.hgetall(keys.stats_slot(app_id, s))
     for m in range(minute - MINUTES_IN_HOUR_WINDOW + 1, minute + 1):
         pipe.hgetall(keys.stats_minute(app_id, m))
-    low, high = names_range(app_id)  # held entries are `{app}/...` too
-    for pk in keys.all_partitions():
+    parts = keys.all_partitions()
+    for pk in parts:
         pipe.zrangebyscore(pk.due, "-inf", at, start=0, num=DUE_COUNT_CAP)
-        pipe.zlexcount(pk.held, low, high)
+    low, high = names_range(app_id)  # held entries are `{app}/...` too
     answers = pipe.execute()
     slots = answers[:SLOTS_IN_MINUTE_WINDOW]
     minutes = answers[SLOTS_IN_MINUTE_WINDOW:SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW]
-    due_answers = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW:]
+    due_lists = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW:][:len(parts)]
+    held = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW + len(parts):]
     mine = f"{app_id}/".encode()
-    due, capped = 0, False
-    for entries, held in zip(due_answers[0::2], due_answers[1::2], strict=True):
-        capped |= len(entries) >= DUE_COUNT_CAP
-        due += sum(1 for member in entries if member.startswith(mine)) + int(held)
+    capped = any(len(entries) >= DUE_COUNT_CAP for entries in due_lists)
+    due = sum(1 for entries in due_lists for member in entries if member.startswith(mine))
+    due += sum(int(n) for n in held)
     return AppStats(
         app_id=app_id,
         jobs=int(counts["jobs"]),
