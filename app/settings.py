@@ -215,7 +215,7 @@ class Settings:
     connections_per_app: int = 64
     # Deliveries in flight per worker process and app, at most (workers/slots.py): a slow
     # or hanging app waits on its own slots, never on the other apps'.
-    app_concurrency: int = 32
+    app_concurrency: int = 64
     claim_batch: int = 256
     delivery_timeout_s: float = 10.0
     lease_s: float = 30.0

@@ -3,8 +3,11 @@ request, and what came of it."""
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import functools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +34,9 @@ class Outcome:
     done: bool  # 2xx or 404: the trigger is finished
     status: int | None  # HTTP status; None when no response came, and over gRPC
     error: str = ""  # why it failed, for logs and the dead-letter queue
+    # A 429 or 503 answer's Retry-After, in ms from the answer (at most the worker's
+    # max_retry_after_s): the retry waits at least this long.
+    retry_after_ms: int | None = None
 
 
 def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
@@ -61,9 +67,11 @@ def _split_app_url(url: str) -> tuple[Origin, str]:
 
 
 async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
-               headers: dict[str, str], timeout_s: float, queue_timeout_s: float) -> Outcome:
+               headers: dict[str, str], timeout_s: float, queue_timeout_s: float,
+               max_retry_after_s: float = 0.0) -> Outcome:
     try:
-        status = await client.post(origin, path, body, headers, timeout_s, queue_timeout_s)
+        status, retry_after = await client.post(origin, path, body, headers, timeout_s,
+                                                queue_timeout_s)
     except TimeoutError:
         return Outcome(False, None, f"no answer within {timeout_s:g}s")
     except PoolTimeout as exc:
@@ -74,7 +82,27 @@ async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
         return Outcome(False, None, f"cannot connect to the app: {exc.strerror or exc}")
     if 200 <= status < 300 or status == 404:
         return Outcome(True, status)
-    return Outcome(False, status, f"app answered HTTP {status}")
+    wait_ms = None
+    if retry_after is not None and status in (429, 503):
+        wait_ms = retry_after_ms(retry_after, time.time(), int(max_retry_after_s * 1000))
+    return Outcome(False, status, f"app answered HTTP {status}", wait_ms)
+
+
+def retry_after_ms(value: str, now_s: float, max_ms: int) -> int | None:
+    """A Retry-After header (RFC 9110: whole seconds, or an HTTP date) as ms from `now_s`,
+    from 0 to `max_ms`; None when it is neither."""
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value[:12])  # more digits are past any bound anyway
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - now_s
+    return int(min(max(seconds * 1000, 0.0), max_ms))
 
 
 # --- gRPC: AppCallback.OnJobEvent (workers/grpc_client.py) ------------------------------

@@ -65,6 +65,7 @@ class _Connection(asyncio.Protocol):
         self.reusable = True
         self.got_bytes = False
         self.status: int | None = None  # of the current response, once its headers are in
+        self.retry_after: bytes | None = None  # its Retry-After header, if any
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,6 +89,10 @@ class _Connection(asyncio.Protocol):
         self._fail(ServerDisconnected("connection closed before the response ended"))
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) == 11 and name.lower() == b"retry-after":
+            self.retry_after = value
+
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status >= 200:
@@ -104,6 +109,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[int]:
         self.got_bytes = False
         self.status = None
+        self.retry_after = None
         if self.transport is None or self.transport.is_closing():
             raise ServerDisconnected("connection closed before the request was sent")
         self.waiter = asyncio.get_running_loop().create_future()
@@ -200,11 +206,12 @@ class HttpClient:
         return pool
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: dict[str, str],
-                   timeout: float, queue_timeout: float | None = None) -> int:
-        """POST and return the status code. `timeout` bounds the exchange with the app
-        (connecting, sending, the answer); `queue_timeout` bounds the wait for one of the
-        pool's connections before that (default: `timeout`). Raises TimeoutError,
-        PoolTimeout, OSError or ServerDisconnected."""
+                   timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:
+        """POST; the status code and the Retry-After header (None: none). `timeout`
+        bounds the exchange with the app (connecting, sending, the answer);
+        `queue_timeout` bounds the wait for one of the pool's connections before that
+        (default: `timeout`). Raises TimeoutError, PoolTimeout, OSError or
+        ServerDisconnected."""
         pool = self._pool(origin)
         head = [f"POST {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
                 f"Content-Length: {len(body)}\r\n"]
@@ -234,8 +241,9 @@ class HttpClient:
                     conn.close()  # a request may be half-way: the connection is unusable
                 pool.release(conn)
                 raise
+            retry_after = conn.retry_after
             pool.release(conn)
-            return status
+            return status, None if retry_after is None else retry_after.decode("latin-1")
         raise ServerDisconnected("connection closed before the response")
 
     def close(self) -> None:

@@ -22,11 +22,33 @@ from app.store.keys import Keys, split_job_id
 from app.store.redis_client import UNAVAILABLE, async_client
 from app.store.store import AppRegistration
 
+# Registrations (addresses, rate limits) a worker uses are at most this old.
+APPS_MAX_AGE_S = 1.0
+
 
 class Action:
     NEXT = "next"  # finished: go on to the next occurrence, or end the job
     RETRY = "retry"  # failed: try again at `at_ms`
     DEAD = "dead"  # failure policy spent: dead-letter, then as NEXT
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What one claim may take of each app: `apps[app]` triggers, or `default` for an app
+    not named; `lookahead`: due entries it may look at beyond its limit, to find other
+    apps' triggers behind those of apps out of budget (bounds the work of one call)."""
+
+    default: int
+    apps: dict[str, int]
+    lookahead: int
+
+
+@dataclass
+class Claim:
+    triggers: list[Trigger]
+    earliest: int | None  # when anything else this worker could take is due
+    more: bool  # due triggers may be left that the claim had no room to look at
+    blocked: set[str]  # apps with due triggers left for want of budget
 
 
 @dataclass(frozen=True)
@@ -56,44 +78,71 @@ class Queue:
         await self.redis.aclose()
 
     async def claim(self, limit: int) -> tuple[list[Trigger], int | None]:
+        """Claim up to `limit` due triggers, no app bounded but by its rate limit. Returns
+        them and the earliest time anything else needs a worker."""
+        claim = await self.claim_within(limit, Budgets(limit, {}, 0))
+        return claim.triggers, claim.earliest
+
+    async def claim_within(self, limit: int, budgets: Budgets) -> Claim:
         """Claim up to `limit` due triggers over the partitions, taking turns so none
-        starves. Returns them and the earliest time anything else needs a worker."""
-        triggers: list[Trigger] = []
-        earliest: int | None = None
+        starves, each app within its budget and its rate limit (claim.lua)."""
+        if time.monotonic() - self._apps_loaded > APPS_MAX_AGE_S:
+            await self.load_apps(None)  # rate limits as registered now
+        claim = Claim([], None, False, set())
+        left = dict(budgets.apps)
         lease_ms = int(self.settings.lease_s * 1000)
         n = self.keys.partitions
         start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
         unavailable: Exception | None = None
         for part in ((start + i) % n for i in range(n)):
-            if len(triggers) >= limit:
+            if len(claim.triggers) >= limit:
+                claim.more = True
                 break
             pk = self.keys.partition(part)
             token = f"{self._worker_id}:{next(self._claims)}"
             try:
                 raw = await self._scripts["claim"](
-                    keys=[pk.due, pk.jobs, pk.runs],
-                    args=[now_ms(), limit - len(triggers), lease_ms, token],
+                    keys=pk.claim_keys(),
+                    args=[now_ms(), limit - len(claim.triggers), lease_ms, token,
+                          budgets.default, budgets.lookahead, *self._app_args(left, budgets)],
                 )
             except UNAVAILABLE as exc:
                 # On Redis Cluster, this partition's master may be failing over: the
                 # other partitions go on (their triggers are claimed already).
                 unavailable = exc
                 continue
-            head = raw[0]
+            head, more, blocked = raw[0], raw[1], raw[2]
             if head is not None:
-                head_ms = int(float(head))
-                earliest = head_ms if earliest is None else min(earliest, head_ms)
-            for i in range(1, len(raw), 5):
+                head_ms = int(head)
+                claim.earliest = head_ms if claim.earliest is None else min(claim.earliest,
+                                                                           head_ms)
+            claim.more = claim.more or bool(more)
+            claim.blocked.update(a.decode() for a in blocked)
+            for i in range(3, len(raw), 5):
                 jid, record, sched, attempt, count = raw[i:i + 5]
                 job_id = jid.decode()
                 app_id, name = split_job_id(job_id)
-                triggers.append(Trigger(
+                claim.triggers.append(Trigger(
                     job=Job.decode(app_id, name, record), job_id=job_id, partition=part,
                     sched_ms=int(sched), attempt=int(attempt), count=int(count), lease=token,
                 ))
-        if unavailable is not None and not triggers:
+                left[app_id] = left.get(app_id, budgets.default) - 1
+        if unavailable is not None and not claim.triggers:
             raise unavailable
-        return triggers, earliest
+        return claim
+
+    def _app_args(self, left: dict[str, int], budgets: Budgets) -> list[Any]:
+        """claim.lua's groups: app, budget, rate (tokens per ms), bucket size. A rate limit
+        is shared evenly by the partitions: each has its own bucket (a script touches one
+        partition), with 1/N of the rate and of the bucket."""
+        n = self.keys.partitions
+        args: list[Any] = []
+        rated = {a: r.rate for a, r in self._apps.items() if r.rate > 0}
+        for app_id in set(left) | set(rated):
+            rate = rated.get(app_id, 0.0) / n
+            args += [app_id, max(left.get(app_id, budgets.default), 0),
+                     repr(rate / 1000), repr(max(1.0, rate))]
+        return args
 
     async def settle(self, settlements: list[Settlement]) -> int:
         """Apply a batch of outcomes, one script call per partition."""
@@ -129,14 +178,18 @@ class Queue:
                 keys=[pk.due, pk.runs], args=[lease, *jids]))
         return released
 
-    async def load_apps(self, app_ids: set[str], max_age_s: float = 1.0,
+    async def load_apps(self, app_ids: set[str] | None, max_age_s: float = APPS_MAX_AGE_S,
                         miss_retry_s: float = 0.5) -> None:
         """Refresh the cache of app registrations and liveness when it is stale, or when
-        one of `app_ids` is missing from it (at most every `miss_retry_s`). Called once
-        per claimed batch, never once per delivery."""
+        one of `app_ids` is missing from it (at most every `miss_retry_s`); None: when
+        stale. Called once per claimed batch, never once per delivery."""
         age = time.monotonic() - self._apps_loaded
+        if app_ids is None:
+            app_ids = set()
+        elif not app_ids:
+            return
         missing = not app_ids.issubset(self._apps)
-        if not app_ids or not (age > max_age_s or (missing and age > miss_retry_s)):
+        if not (age > max_age_s or (missing and age > miss_retry_s)):
             return
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.keys.apps)

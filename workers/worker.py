@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 from app.jobs.clock import now_ms
@@ -16,7 +17,8 @@ from workers import delivery
 from workers.grpc_client import GrpcClient
 from workers.http_client import HttpClient
 from workers.metrics import WorkerMetrics
-from workers.queue import Action, Queue, Settlement
+from workers.queue import Action, Claim, Queue, Settlement
+from workers.slots import Slots
 
 log = logging.getLogger("jobrunner.worker")
 
@@ -35,16 +37,14 @@ class Worker:
         self.metrics = WorkerMetrics(self.queue.redis, self.queue.keys,
                                      lambda: self.inflight.values(), settings.concurrency)
         self.inflight: dict[asyncio.Task[None], Trigger] = {}
+        self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
         self._slot_free = asyncio.Event()
         self._wake = asyncio.Event()
         self._to_settle = asyncio.Event()
         self._http = HttpClient(settings.connections_per_app)
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
-        self._refill = max(1, min(settings.claim_batch, settings.concurrency) // 4)
         self._backoff = 0.05
-        # Waiting for a free connection is not the app's time, but the lease bounds it.
-        self._queue_timeout_s = max(1.0, settings.lease_s - settings.delivery_timeout_s - 1.0)
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -58,14 +58,15 @@ class Worker:
                 if not limit:
                     continue
                 self._wake.clear()  # wake-ups from here on mean: look again after this claim
-                claimed = await self._claim(limit, stop)
-                if claimed is None:
+                claim = await self._claim(limit, stop)
+                if claim is None:
                     continue  # Redis unavailable: backed off, try again
-                triggers, earliest = claimed
-                for trigger in await self._stage_offline(triggers):
+                for trigger in await self._stage_offline(claim.triggers):
+                    self.slots.take(trigger.job.app_id)
                     self.inflight[asyncio.create_task(self._deliver(trigger))] = trigger
-                if len(triggers) < limit:  # nothing else due now
-                    await self._sleep_until(earliest, stop)
+                self.slots.blocked(claim.blocked)  # a slot of theirs freed: claim again
+                if not claim.more:  # nothing else due now that this worker has room for
+                    await self._sleep_until(claim.earliest, stop)
         finally:
             await self._shutdown(helpers)
             await self.metrics.close()
@@ -75,17 +76,16 @@ class Worker:
     async def _room_to_claim(self, stop: asyncio.Event) -> int:
         """How many triggers to claim now; 0 after waiting for deliveries to finish.
         Claims come in batches, not one per freed slot: each is a round trip."""
-        free = self.settings.concurrency - len(self.inflight)
-        if free >= self._refill or not self.inflight:
+        free = self.slots.free
+        if free >= self.slots.refill or not self.inflight:
             return min(free, self.settings.claim_batch)
         self._slot_free.clear()
         await self._wait_any(self._slot_free, stop, timeout=1.0)
         return 0
 
-    async def _claim(self, limit: int,
-                     stop: asyncio.Event) -> tuple[list[Trigger], int | None] | None:
+    async def _claim(self, limit: int, stop: asyncio.Event) -> Claim | None:
         try:
-            claimed = await self.queue.claim(limit)
+            claim = await self.queue.claim_within(limit, self.slots.budgets())
         except UNAVAILABLE as exc:
             log.warning("redis unavailable, retrying in %.2fs: %s", self._backoff, exc)
             await self._wait_any(stop, timeout=self._backoff)
@@ -93,12 +93,12 @@ class Worker:
             return None
         self._backoff = 0.05
         try:
-            await self.queue.load_apps({t.job.app_id for t in claimed[0]})
+            await self.queue.load_apps({t.job.app_id for t in claim.triggers})
         except UNAVAILABLE as exc:
             # Keep the triggers just claimed (dropping them strands them until their
             # lease runs out); deliver with the cached registrations, if any.
             log.warning("cannot refresh app registrations: %s", exc)
-        return claimed
+        return claim
 
     async def _stage_offline(self, triggers: list[Trigger]) -> list[Trigger]:
         """Triggers of apps with no live API process wait, staged, instead of burning their
@@ -121,19 +121,22 @@ class Worker:
         try:
             app = self.queue.app(trigger.job.app_id)
             started = now_ms()
+            timeout_s = self._timeout_s(trigger)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
             elif app.protocol == "grpc":
                 origin, request, metadata = delivery.build_grpc_call(
                     trigger, app, self.settings, started)
                 outcome = await delivery.send_grpc(self._grpc, origin, request, metadata,
-                                                   self.settings.delivery_timeout_s)
+                                                   timeout_s)
             else:
                 origin, path, body, headers = delivery.build_request(
                     trigger, app, self.settings, started)
+                # Waiting for a free connection is not the app's time; the lease bounds it.
+                queue_timeout_s = max(1.0, self.settings.lease_s - timeout_s - 1.0)
                 outcome = await delivery.send(self._http, origin, path, body, headers,
-                                              self.settings.delivery_timeout_s,
-                                              self._queue_timeout_s)
+                                              timeout_s, queue_timeout_s,
+                                              self.settings.max_retry_after_s)
             self.metrics.observe(trigger, outcome, started)
             if log.isEnabledFor(logging.INFO):  # the hot path: build nothing when off
                 log.info("delivered" if outcome.done else "delivery failed",
@@ -154,11 +157,23 @@ class Worker:
             self._to_settle.set()
             self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._slot_free.set()
+            if self.slots.give_back(trigger.job.app_id):
+                self._wake.set()  # its app has room again for what was left due
+
+    def _timeout_s(self, trigger: Trigger) -> float:
+        """The job's deliveryTimeout, else the worker's; never past this worker's bound
+        (below its lease, whatever the API that took the job allowed)."""
+        own = trigger.job.delivery_timeout_ms
+        if own is None:
+            return self.settings.delivery_timeout_s
+        return min(own / 1000, self.settings.max_job_delivery_timeout_s)
 
     def _settlement(self, trigger: Trigger, outcome: delivery.Outcome) -> Settlement:
         job, now = trigger.job, now_ms()
         if not outcome.done:
-            delay = job.failure_policy.retry_delay_ms(trigger.attempt)
+            delay = job.failure_policy.retry_delay_ms(trigger.attempt, random.random())
+            if delay is not None and outcome.retry_after_ms is not None:
+                delay = max(delay, outcome.retry_after_ms)  # the app said when: not before
             if delay is not None:
                 log.warning("retry scheduled",
                             extra=_fields(trigger, outcome, retry_in_ms=delay))

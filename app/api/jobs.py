@@ -56,6 +56,7 @@ def schedule_job(name: str) -> Response:
         name, body, request.headers.get("Content-Type"),
         g.settings.app_id, now, g.settings.max_data_bytes,
         dapr_compat=g.settings.dapr_compat,
+        max_delivery_timeout_ms=int(g.settings.max_job_delivery_timeout_s * 1000),
     )
     # A job put back where it stood (nextTriggerTime...: jobrunner jobs import).
     job, run = restore(body, job, now)

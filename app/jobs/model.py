@@ -7,6 +7,7 @@ name are not in the record: they are the job id, the hash field it sits under.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import zlib
@@ -23,40 +24,82 @@ JSONValue = Any  # any value json.loads can return
 class FailureKind(enum.StrEnum):
     DROP = "drop"
     CONSTANT = "constant"
+    EXPONENTIAL = "exponential"  # beyond Dapr (README, "Delivery policies beyond Dapr")
 
 
 @dataclass(frozen=True)
 class FailurePolicy:
     kind: FailureKind = FailureKind.CONSTANT
+    # constant: the interval; exponential: the first one (initialInterval).
     interval_ms: int = 1000
     # None: retry without limit.
     max_retries: int | None = 3
+    # exponential only: no interval is longer (before the jitter), each is `multiplier`
+    # times the one before, and a random share of up to `jitter` of it is added.
+    max_interval_ms: int = 0
+    multiplier: float = 1.0
+    jitter: float = 0.0
 
-    def retry_delay_ms(self, attempt: int) -> int | None:
-        """Delay before the next attempt after `attempt` failed ones, or None when spent."""
+    def retry_delay_ms(self, attempt: int, rand: float = 0.0) -> int | None:
+        """Delay before the next attempt after `attempt` failed ones, or None when spent.
+        `rand`, in [0, 1): where the jitter falls (random.random() in the worker)."""
         if self.kind is FailureKind.DROP:
             return None
         if self.max_retries is not None and attempt > self.max_retries:
             return None
-        return self.interval_ms
+        if self.kind is FailureKind.CONSTANT:
+            return self.interval_ms
+        try:
+            interval = min(self.interval_ms * self.multiplier ** (attempt - 1),
+                           float(self.max_interval_ms))
+        except OverflowError:  # past the float range: long since at its cap
+            interval = float(self.max_interval_ms)
+        return round(interval * (1.0 + self.jitter * rand))
 
     def to_api(self) -> dict[str, Any]:
         if self.kind is FailureKind.DROP:
             return {"drop": {}}
+        if self.kind is FailureKind.EXPONENTIAL:
+            exponential: dict[str, Any] = {
+                "initialInterval": _ms_to_go(self.interval_ms),
+                "maxInterval": _ms_to_go(self.max_interval_ms),
+                "multiplier": _number(self.multiplier),
+                "jitter": _number(self.jitter),
+            }
+            if self.max_retries is not None:
+                exponential["maxRetries"] = self.max_retries
+            return {"exponential": exponential}
         constant: dict[str, Any] = {"interval": _ms_to_go(self.interval_ms)}
         if self.max_retries is not None:
             constant["maxRetries"] = self.max_retries
         return {"constant": constant}
 
     def encode(self) -> list[Any]:
-        return [self.kind.value, self.interval_ms, self.max_retries]
+        head = [self.kind.value, self.interval_ms, self.max_retries]
+        if self.kind is FailureKind.EXPONENTIAL:
+            return [*head, self.max_interval_ms, self.multiplier, self.jitter]
+        return head
 
     @classmethod
     def decode(cls, raw: list[Any]) -> FailurePolicy:
-        return cls(FailureKind(raw[0]), int(raw[1]), None if raw[2] is None else int(raw[2]))
+        policy = cls(FailureKind(raw[0]), int(raw[1]), None if raw[2] is None else int(raw[2]))
+        if len(raw) > 3:
+            policy = dataclasses.replace(policy, max_interval_ms=int(raw[3]),
+                                         multiplier=float(raw[4]), jitter=float(raw[5]))
+        return policy
+
+
+def _number(value: float) -> int | float:
+    """2.0 as 2, 1.5 as 1.5: a JSON number as one would write it."""
+    return int(value) if value.is_integer() else value
 
 
 DEFAULT_FAILURE_POLICY = FailurePolicy()
+
+
+def go_duration(ms: int) -> str:
+    """Milliseconds as a Go duration string, as GET answers durations."""
+    return _ms_to_go(ms)
 
 
 def _ms_to_go(ms: int) -> str:
@@ -100,6 +143,9 @@ class Job:
     repeats: int | None = None
     ttl: str | None = None
     failure_policy: FailurePolicy = DEFAULT_FAILURE_POLICY
+    # deliveryTimeout (beyond Dapr): how long each delivery attempt may take; None: the
+    # worker's JOBRUNNER_DELIVERY_TIMEOUT.
+    delivery_timeout_ms: int | None = None
     first_ms: int = 0  # the first trigger's due time
     expires_ms: int | None = None  # no trigger is due after this
     # Set on the one-shot job that replays a dead letter: the dead trigger's id,
@@ -138,6 +184,8 @@ class Job:
             record["x"] = self.expires_ms
         if self.failure_policy != DEFAULT_FAILURE_POLICY:
             record["fp"] = self.failure_policy.encode()
+        if self.delivery_timeout_ms is not None:
+            record["dt"] = self.delivery_timeout_ms
         if self.replay_of is not None:
             record["ti"] = self.replay_of
         return orjson.dumps(record)
@@ -161,6 +209,7 @@ class Job:
             repeats=record.get("r"),
             ttl=record.get("l"),
             failure_policy=FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
+            delivery_timeout_ms=record.get("dt"),
             first_ms=record["f1"],
             expires_ms=record.get("x"),
             replay_of=record.get("ti"),
@@ -178,6 +227,11 @@ def _short_type(type_url: str) -> str:
 
 def _long_type(stored: str) -> str:
     return _WKT_PREFIX + stored[1:] if stored.startswith("~") else stored
+
+
+# The lease of a due trigger that a claim set aside because its app had no room
+# (app/store/lua/claim.lua): no worker holds it; the next claim with room takes it.
+HELD_LEASE = "*"
 
 
 @dataclass(frozen=True)

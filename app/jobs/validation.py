@@ -63,10 +63,12 @@ from app.jobs.anydata import (
 )
 from app.jobs.durations import MAX_DURATION_LENGTH, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
-from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
+from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job, go_duration
 from app.jobs.schedule import MAX_SCHEDULE_LENGTH, ScheduleError, plan
 
 MAX_NAME_LENGTH = 253
+# deliveryTimeout's bound when the caller gives none (Settings.max_job_delivery_timeout_s).
+DEFAULT_MAX_DELIVERY_TIMEOUT_MS = 25_000
 _UINT32_MAX = 2**32 - 1
 _UINT32_DIGITS = len(str(_UINT32_MAX))
 # `/` separates app id and name in job ids; `\ # ?` and control characters
@@ -120,6 +122,7 @@ def parse_job_request(
     max_data_bytes: int,
     *,
     dapr_compat: bool = False,
+    max_delivery_timeout_ms: int = DEFAULT_MAX_DELIVERY_TIMEOUT_MS,
 ) -> tuple[Job, bool]:
     """A schedule request -> (the Job to store, overwrite). Raises ApiError.
 
@@ -168,6 +171,7 @@ def parse_job_request(
         repeats=repeats,
         ttl=ttl,
         failure_policy=policy,
+        delivery_timeout_ms=delivery_timeout_ms(request, max_delivery_timeout_ms),
         first_ms=timing.first_ms,
         expires_ms=timing.expires_ms,
     )
@@ -208,6 +212,8 @@ def job_to_api(job: Job, *, dapr_compat: bool = False) -> dict[str, Any]:
         out["data"] = job.data
     # Dapr's scheduler stores its default policy when none is given, so GET always has one.
     out["failurePolicy"] = job.failure_policy.to_api()
+    if job.delivery_timeout_ms is not None:
+        out["deliveryTimeout"] = go_duration(job.delivery_timeout_ms)  # beyond Dapr
     return out
 
 
@@ -294,12 +300,18 @@ def _failure_policy(raw: Any) -> FailurePolicy:
         raise malformed(f"failurePolicy must be an object, got {_json_kind(raw)}")
     drop = raw.get("drop")
     constant = raw.get("constant")
-    if drop is not None and constant is not None:
-        raise malformed("failurePolicy takes one of drop and constant, not both")
+    exponential = raw.get("exponential")
+    given = [k for k, v in (("drop", drop), ("constant", constant),
+                            ("exponential", exponential)) if v is not None]
+    if len(given) > 1:
+        raise malformed(f"failurePolicy takes one of drop, constant and exponential, "
+                        f"not {' and '.join(given)}")
     if drop is not None:
         if not isinstance(drop, dict):
             raise malformed(f"failurePolicy.drop must be an object, got {_json_kind(drop)}")
         return FailurePolicy(FailureKind.DROP, interval_ms=0, max_retries=0)
+    if exponential is not None:
+        return _exponential(exponential)
     if constant is None:
         return DEFAULT_FAILURE_POLICY  # `{}`: no policy chosen
     if not isinstance(constant, dict):
@@ -318,6 +330,97 @@ def _failure_policy(raw: Any) -> FailurePolicy:
         _field(constant, "maxRetries", "max_retries"), "failurePolicy.constant.maxRetries"
     )
     return FailurePolicy(FailureKind.CONSTANT, interval_ms=interval_ms, max_retries=max_retries)
+
+
+# failurePolicy.exponential (beyond Dapr; README, "Delivery policies beyond Dapr"). The
+# defaults and the meaning of the fields follow Cloud Tasks' RetryConfig (max_backoff 1 h,
+# doubling) and the jitter of Sidekiq and Rails' ActiveJob (a random share added).
+EXP_DEFAULT_INITIAL_MS = 1000
+EXP_DEFAULT_MAX_MS = 3_600_000
+EXP_DEFAULT_MULTIPLIER = 2.0
+EXP_DEFAULT_JITTER = 0.15
+EXP_MAX_MULTIPLIER = 100.0
+MAX_RETRY_INTERVAL_MS = 30 * 86_400_000  # 30 days: any interval of a failure policy
+
+
+def _exponential(raw: Any) -> FailurePolicy:
+    where = "failurePolicy.exponential"
+    if not isinstance(raw, dict):
+        raise malformed(f"{where} must be an object, got {_json_kind(raw)}")
+    initial = _policy_duration_ms(_field(raw, "initialInterval", "initial_interval"),
+                                  f"{where}.initialInterval")
+    initial = EXP_DEFAULT_INITIAL_MS if initial is None else initial
+    if initial < 1:
+        raise malformed(f"{where}.initialInterval must be at least 1ms (an interval of 0 "
+                        "never grows: use constant)")
+    longest = _policy_duration_ms(_field(raw, "maxInterval", "max_interval"),
+                                  f"{where}.maxInterval")
+    if longest is None:
+        longest = max(EXP_DEFAULT_MAX_MS, initial)
+    elif longest < initial:
+        raise malformed(f"{where}.maxInterval must not be shorter than its initialInterval")
+    multiplier = _policy_number(raw.get("multiplier"), f"{where}.multiplier",
+                                EXP_DEFAULT_MULTIPLIER, 1.0, EXP_MAX_MULTIPLIER)
+    jitter = _policy_number(raw.get("jitter"), f"{where}.jitter", EXP_DEFAULT_JITTER, 0.0, 1.0)
+    max_retries = _opt_uint32(_field(raw, "maxRetries", "max_retries"), f"{where}.maxRetries")
+    return FailurePolicy(FailureKind.EXPONENTIAL, interval_ms=initial, max_retries=max_retries,
+                         max_interval_ms=longest, multiplier=multiplier, jitter=jitter)
+
+
+def _policy_duration_ms(value: Any, field: str) -> int | None:
+    """A Go duration string of a failure policy, in ms: 0 to MAX_RETRY_INTERVAL_MS."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise malformed(f"{field} must be a duration string such as '3s', "
+                        f"got {_json_kind(value)}")
+    if len(value) > MAX_DURATION_LENGTH:
+        raise malformed(f"{field} is longer than {MAX_DURATION_LENGTH} characters")
+    try:
+        ns = go_duration_ns(value)
+    except ScheduleError as exc:
+        raise malformed(f"{field}: {exc}") from None
+    if ns < 0:
+        raise malformed(f"{field} must not be negative, got {value!r}")
+    if ns > MAX_RETRY_INTERVAL_MS * 1_000_000:
+        raise malformed(f"{field} must be at most 720h (30 days), got {value!r}")
+    return ns // 1_000_000
+
+
+def _policy_number(value: Any, field: str, default: float, low: float, high: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise malformed(f"{field} must be a number, got {_json_kind(value)}")
+    if not low <= value <= high:  # also refuses NaN
+        raise malformed(f"{field} must be from {low:g} to {high:g}, got {_show(value)}")
+    return float(value)
+
+
+def delivery_timeout_ms(request: dict[str, Any], max_ms: int) -> int | None:
+    """`deliveryTimeout` (beyond Dapr): a Go duration, above 0 and at most `max_ms`
+    (Settings.max_job_delivery_timeout_s: below the lease, so that a delivery is over
+    before another worker may take its trigger); None when not given."""
+    value = _field(request, "deliveryTimeout", "delivery_timeout")
+    if value is None or value == "":
+        return None
+    field = "deliveryTimeout"
+    if not isinstance(value, str):
+        raise malformed(f"{field} must be a duration string such as '30s', "
+                        f"got {_json_kind(value)}")
+    if len(value) > MAX_DURATION_LENGTH:
+        raise malformed(f"{field} is longer than {MAX_DURATION_LENGTH} characters")
+    try:
+        ns = go_duration_ns(value)
+    except ScheduleError as exc:
+        raise malformed(f"{field}: {exc}") from None
+    ms = ns // 1_000_000
+    if ms < 1:
+        raise malformed(f"{field} must be at least 1ms, got {value!r}")
+    if ms > max_ms:
+        raise malformed(f"{field} must be at most {max_ms / 1000:g}s (below the lease, "
+                        f"JOBRUNNER_MAX_DELIVERY_TIMEOUT), got {value!r}")
+    return ms
 
 
 def _interval_ms(text: str) -> int:

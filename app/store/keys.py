@@ -14,6 +14,13 @@ Per partition:
     {prefix}:{N}:deadidx ZSET  dead-letter id -> ms it was dead-lettered
     {prefix}:{N}:staged:{app}  ZSET  job id -> due ms of a trigger parked
                                while the app has no live API process
+    {prefix}:{N}:held    ZSET  all scores 0, members `{app}/{due ms, 15 digits}/{name}`:
+                               due triggers a claim set aside because their app had
+                               no room (its budget in that worker, or its rate limit);
+                               in lexical order, so one range reads one app's, oldest
+                               first (run state lease HELD_LEASE while there)
+    {prefix}:{N}:heldapps ZSET app id -> ms its held triggers may next be taken
+    {prefix}:{N}:rate    HASH  app id -> token bucket "tokens|ms" of a rate-limited app
     {prefix}:{N}:names   ZSET  job ids (not replays), all scored 0: ordered by app,
                                then name, so one app's jobs are one ZRANGEBYLEX range
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
@@ -126,6 +133,22 @@ class PartitionKeys:
     def staged(self, app_id: str) -> str:
         return f"{self.due.removesuffix(':due')}:staged:{app_id}"
 
+    @property
+    def held(self) -> str:
+        return f"{self.due.removesuffix(':due')}:held"
+
+    @property
+    def heldapps(self) -> str:
+        return f"{self.due.removesuffix(':due')}:heldapps"
+
+    @property
+    def rate(self) -> str:
+        return f"{self.due.removesuffix(':due')}:rate"
+
+    def claim_keys(self) -> list[str]:
+        """The keys of claim.lua, in its order."""
+        return [self.due, self.jobs, self.runs, self.held, self.heldapps, self.rate]
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -164,6 +187,7 @@ class Keys:
     @property
     def wake_channel(self) -> str:
         return f"{self.prefix}:wake"
+
     # -- the workers' aggregated counters (app/store/stats.py) ----------------
 
     @property

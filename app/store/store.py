@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from app.jobs.errors import ApiError, JobrunnerError
-from app.jobs.model import Job, RunState, TriggerStatus
+from app.jobs.model import HELD_LEASE, Job, RunState, TriggerStatus
 from app.jobs.validation import validate_name
 from app.settings import Settings
 from app.store import pages, scripts
@@ -59,10 +59,14 @@ class AppRegistration:
     token: str = ""
     delivery_format: str = "auto"
     protocol: str = "http"  # Settings.app_protocol: how workers deliver (http or grpc)
+    # Settings.app_rate_limit: most deliveries a second to the app, over all workers; 0: none.
+    rate: float = 0.0
 
     def encode(self, seen_ms: int | None = None) -> bytes:
         record: dict[str, Any] = {"url": self.url, "token": self.token,
                                   "format": self.delivery_format, "protocol": self.protocol}
+        if self.rate:
+            record["rate"] = self.rate
         if seen_ms is not None:
             record["seen"] = seen_ms  # when an API process last renewed it (forget_gone_apps)
         return orjson.dumps(record)
@@ -71,7 +75,7 @@ class AppRegistration:
     def decode(cls, app_id: str, raw: bytes | str) -> AppRegistration:
         r = orjson.loads(raw)
         return cls(app_id, r["url"], r.get("token", ""), r.get("format", "auto"),
-                   r.get("protocol", "http"))
+                   r.get("protocol", "http"), float(r.get("rate", 0.0)))
 
 
 # The binding of an app served without tokens (also what older versions marked apps with).
@@ -181,7 +185,11 @@ class Store:
             next_ms = int(score) if score is not None else None
             return JobView(job, TriggerStatus.SCHEDULED, next_ms, 0, 0)
         state = RunState.decode(raw_state)
-        if score is None:
+        if state.lease == HELD_LEASE:
+            # Due, set aside until a worker has room for its app (claim.lua): as if in the
+            # due index, not yet claimed.
+            status = TriggerStatus.RETRYING if state.attempt else TriggerStatus.SCHEDULED
+        elif score is None:
             status = TriggerStatus.STAGED  # out of the due index: waiting for its app
         elif state.lease:
             status = TriggerStatus.IN_FLIGHT

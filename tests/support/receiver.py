@@ -36,12 +36,13 @@ class Delivery:
 
 @dataclass
 class Receiver:
-    """Answers every POST with `status` (or what `responder` returns) and records it."""
+    """Answers every POST with `status` (or what `responder` returns: a status, or a
+    status and headers) and records it."""
 
     host: str = "127.0.0.1"
     port: int = 0
     status: int = 200
-    responder: Callable[[Delivery], int] | None = None
+    responder: Callable[[Delivery], int | tuple[int, dict[str, str]]] | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,8 +61,11 @@ class Receiver:
                 )
                 with receiver._lock:
                     receiver.deliveries.append(delivery)
-                status = receiver.responder(delivery) if receiver.responder else receiver.status
+                answer = receiver.responder(delivery) if receiver.responder else receiver.status
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -1,15 +1,48 @@
--- claim.lua: take a batch of due triggers and give each a lease.
--- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
--- KEYS[2] jobs  HASH  job id -> job record (JSON)
--- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
+-- claim.lua: take a batch of due triggers and give each a lease, each app within its budget.
+-- KEYS[1] due       ZSET  job id -> ms the job next needs a worker
+-- KEYS[2] jobs      HASH  job id -> job record (JSON)
+-- KEYS[3] runs      HASH  job id -> run state "sched|attempt|count|last|lease"
+-- KEYS[4] held      ZSET  scored 0, "{app}/{due ms, 15 digits}/{name}": due triggers set
+--                         aside because their app had no room (app/store/keys.py)
+-- KEYS[5] heldapps  ZSET  app id -> ms its held triggers may next be taken
+-- KEYS[6] rate      HASH  app id -> token bucket "tokens|ms" of a rate-limited app
 -- ARGV[1] now, epoch ms (only entries with score <= now are due)
 -- ARGV[2] most triggers to claim
 -- ARGV[3] lease length, ms
 -- ARGV[4] lease token of this claim (unique per claim call)
--- Returns {earliest remaining score or false, id, record, sched, attempt, count, ...}.
+-- ARGV[5] budget of an app not listed in ARGV[7..]: most of its triggers this call takes
+-- ARGV[6] due entries to look at beyond ARGV[2], at most (bounds the work of one call)
+-- ARGV[7..] groups of 4: app id, its budget, its rate (tokens per ms, 0: no limit), the
+--           size of its bucket
+-- KEYS[4..6] and ARGV[5..] may be left out: then no app has a budget, and the answer
+-- is {earliest, id, record, sched, attempt, count, ...} (as before them).
+-- Returns {earliest, more, {blocked app, ...}, id, record, sched, attempt, count, ...}:
+--   earliest  the earliest score of anything else this worker could take (false: none)
+--   more      1 when due triggers may be left that this call had no room to look at
+--   blocked   apps with due triggers left for want of budget (their caller's slots)
 -- The lease is the due index itself: a claimed job's score moves to the
 -- lease expiry, so a trigger whose worker died becomes due again by itself.
+--
+-- Fairness: a due trigger of an app without budget (its deliveries in flight in
+-- the calling worker are at their cap) or without a token (its rate limit) is
+-- moved out of the due index into `held` (run state lease "*", attempt kept), so
+-- that one app's backlog never stands before another app's triggers. Held
+-- triggers are taken first, oldest app first, by the next call with room for
+-- their app. An entry in `held` whose run state is no longer "*" (the job was
+-- deleted, overwritten or taken meanwhile) is stale and dropped when reached.
 local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local token = ARGV[4]
+local fair = #KEYS >= 6
+local default_budget = fair and tonumber(ARGV[5]) or limit
+local look = fair and tonumber(ARGV[6]) or 0
+local HELD = "*"
+local budget, rate, size = {}, {}, {}
+for i = 7, #ARGV, 4 do
+  budget[ARGV[i]] = tonumber(ARGV[i + 1])
+  rate[ARGV[i]] = tonumber(ARGV[i + 2])
+  size[ARGV[i]] = tonumber(ARGV[i + 3])
+end
 -- Dueness goes by the worker's clock (a claim delayed in transit only sees less
 -- as due). The lease goes by Redis's own clock: claims queued while Redis was
 -- stalled run late and in any order, and a lease stamped by an old clock would
@@ -17,34 +50,195 @@ local now = tonumber(ARGV[1])
 local t = redis.call("TIME")
 local server_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_until = math.max(now, server_ms) + tonumber(ARGV[3])
-local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now, "WITHSCORES", "LIMIT", 0, tonumber(ARGV[2]))
-local out = {false}
-for i = 1, #due, 2 do
-  local id = due[i]
-  local record = redis.call("HGET", KEYS[2], id)
-  if not record then
-    -- Defensive: an index entry without a job is dropped, never delivered.
-    redis.call("ZREM", KEYS[1], id)
-    redis.call("HDEL", KEYS[3], id)
-  else
-    local sched, attempt, count, last = due[i + 1], 0, 0, ""
-    local state = redis.call("HGET", KEYS[3], id)
-    if state then
-      local s, a, c, l = string.match(state, "^(%d+)|(%d+)|(%d+)|(%d*)|")
-      sched, attempt, count, last = s, tonumber(a), tonumber(c), l
+local out = {false, 0, {}}
+local claimed = 0
+local tokens = {}    -- app -> tokens left, for the rate-limited apps this call reads
+local touched = {}   -- apps whose held triggers or bucket this call changed
+local blocked = {}
+
+local function budget_of(app)
+  if budget[app] == nil then
+    budget[app] = default_budget
+  end
+  return budget[app]
+end
+
+-- The app's tokens now (math.huge without a rate limit): its bucket refilled.
+local function tokens_of(app)
+  local r = rate[app]
+  if r == nil or r <= 0 then
+    return math.huge
+  end
+  if tokens[app] == nil then
+    local have = size[app]
+    local raw = redis.call("HGET", KEYS[6], app)
+    if raw then
+      local left, at = string.match(raw, "^([%d.]+)|(%d+)$")
+      if left then
+        have = math.min(size[app], tonumber(left) + math.max(now - tonumber(at), 0) * r)
+      end
     end
-    attempt = attempt + 1
-    redis.call("HSET", KEYS[3], id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|" .. ARGV[4])
-    redis.call("ZADD", KEYS[1], lease_until, id)
-    out[#out + 1] = id
-    out[#out + 1] = record
-    out[#out + 1] = sched
-    out[#out + 1] = attempt
-    out[#out + 1] = count
+    tokens[app] = have
+    touched[app] = true
+  end
+  return tokens[app]
+end
+
+local function parse(state)
+  return string.match(state, "^(%d+)|(%d+)|(%d+)|(%d*)|(.*)$")
+end
+
+-- Lease the trigger to this call and add it to the answer.
+local function take(id, app, record, sched, attempt, count, last)
+  attempt = attempt + 1
+  redis.call("HSET", KEYS[3], id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|" .. token)
+  redis.call("ZADD", KEYS[1], lease_until, id)
+  out[#out + 1] = id
+  out[#out + 1] = record
+  out[#out + 1] = sched
+  out[#out + 1] = attempt
+  out[#out + 1] = count
+  claimed = claimed + 1
+  if fair then
+    budget[app] = budget_of(app) - 1
+    if tokens[app] then
+      tokens[app] = tokens[app] - 1
+    end
   end
 end
+
+-- A due-index entry: its trigger, or (defensive) an entry without a job, dropped.
+local function take_due(id, app, score)
+  local record = redis.call("HGET", KEYS[2], id)
+  if not record then
+    redis.call("ZREM", KEYS[1], id)
+    redis.call("HDEL", KEYS[3], id)
+    return
+  end
+  local sched, attempt, count, last = score, 0, 0, ""
+  local state = redis.call("HGET", KEYS[3], id)
+  if state then
+    local s, a, c, l = parse(state)
+    sched, attempt, count, last = s, tonumber(a), tonumber(c), l
+  end
+  take(id, app, record, sched, attempt, count, last)
+end
+
+-- Set a due trigger aside until a call with room for its app takes it.
+local function hold(id, app, score)
+  local sched, attempt, count, last = score, 0, 0, ""
+  local state = redis.call("HGET", KEYS[3], id)
+  if state then
+    local s, a, c, l = parse(state)
+    sched, attempt, count, last = s, a, c, l
+  end
+  redis.call("HSET", KEYS[3], id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|" .. HELD)
+  redis.call("ZREM", KEYS[1], id)
+  redis.call("ZADD", KEYS[4], 0, app .. "/" .. string.format("%015d", tonumber(score)) .. "/" .. string.sub(id, #app + 2))
+  touched[app] = true
+end
+
+-- Up to n of the app's held triggers, oldest first.
+local function take_held(app, n)
+  local members = redis.call("ZRANGEBYLEX", KEYS[4], "[" .. app .. "/", "(" .. app .. "0", "LIMIT", 0, n)
+  for _, m in ipairs(members) do
+    redis.call("ZREM", KEYS[4], m)
+    local id = app .. "/" .. string.sub(m, #app + 18)
+    local state = redis.call("HGET", KEYS[3], id)
+    local record = redis.call("HGET", KEYS[2], id)
+    if state and record then
+      local s, a, c, l, lease = parse(state)
+      if lease == HELD then
+        take(id, app, record, s, tonumber(a), c, l)
+      end
+    end
+  end
+  touched[app] = true
+end
+
+-- 1. Held triggers of the apps waiting longest, each app within its budget and tokens.
+if fair then
+  local ready = redis.call("ZRANGEBYSCORE", KEYS[5], "-inf", now, "LIMIT", 0, 64)
+  for _, app in ipairs(ready) do
+    if claimed >= limit then
+      out[2] = 1
+      break
+    end
+    local n = math.min(budget_of(app), limit - claimed, math.floor(tokens_of(app)))
+    if budget_of(app) <= 0 then
+      blocked[app] = true
+    elseif n > 0 then
+      take_held(app, n)
+    end
+  end
+end
+
+-- 2. The due index in order; triggers of apps without room are set aside.
+if claimed < limit then
+  local window = limit - claimed + look
+  local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now, "WITHSCORES", "LIMIT", 0, window)
+  for i = 1, #due, 2 do
+    if claimed >= limit then
+      out[2] = 1
+      break
+    end
+    local id, score = due[i], due[i + 1]
+    local app = string.match(id, "^[^/]*")
+    if not fair or (budget_of(app) > 0 and tokens_of(app) >= 1) then
+      take_due(id, app, score)
+    else
+      if budget_of(app) <= 0 then
+        blocked[app] = true
+      end
+      hold(id, app, score)
+    end
+  end
+  if #due == 2 * window then
+    out[2] = 1
+  end
+end
+
+-- Buckets and the heads of held triggers, for the apps this call changed.
+for app, _ in pairs(touched) do
+  if tokens[app] then
+    redis.call("HSET", KEYS[6], app, string.format("%.6f|%d", tokens[app], now))
+  end
+  local head = redis.call("ZRANGEBYLEX", KEYS[4], "[" .. app .. "/", "(" .. app .. "0", "LIMIT", 0, 1)
+  if head[1] then
+    local at = tonumber(string.sub(head[1], #app + 2, #app + 16))
+    if tokens[app] and tokens[app] < 1 then
+      -- Nobody may take them before the next token.
+      at = math.max(at, now + math.ceil((1 - tokens[app]) / rate[app]))
+    end
+    redis.call("ZADD", KEYS[5], at, app)
+  else
+    redis.call("ZREM", KEYS[5], app)
+  end
+end
+
 local head = redis.call("ZRANGE", KEYS[1], 0, 0, "WITHSCORES")
-if head[2] then
-  out[1] = head[2]
+local earliest = head[2] and tonumber(head[2])
+if fair then
+  -- Held triggers count for this caller only where it has room for their app.
+  local waiting = redis.call("ZRANGE", KEYS[5], 0, 63, "WITHSCORES")
+  for i = 1, #waiting, 2 do
+    local app, at = waiting[i], tonumber(waiting[i + 1])
+    if budget_of(app) <= 0 then
+      blocked[app] = true
+    elseif earliest == nil or at < earliest then
+      earliest = at
+    end
+  end
+end
+if earliest then
+  out[1] = string.format("%d", earliest)
+end
+if not fair then
+  table.remove(out, 3)
+  table.remove(out, 2)
+  return out
+end
+for app, _ in pairs(blocked) do
+  out[3][#out[3] + 1] = app
 end
 return out
