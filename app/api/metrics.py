@@ -169,6 +169,8 @@ class _RedisCollector:
             stats.queue_jobs_count(pipe, keys, app_id)
         for pk in keys.all_partitions():
             pipe.zcount(pk.due, "-inf", at)
+        for pk in keys.all_partitions():  # due, but set aside until the app has room
+            pipe.zcard(pk.held)
         answers = pipe.execute()
         per_app = keys.partitions * len(app_ids)
 

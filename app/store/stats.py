@@ -295,6 +295,9 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
     parts = keys.all_partitions()
     for pk in parts:
         pipe.zrangebyscore(pk.due, "-inf", at, start=0, num=DUE_COUNT_CAP)
+    low, high = names_range(app_id)  # held entries are `{app}/...` too
+    for pk in parts:  # due, but set aside by a claim until the app has room (claim.lua)
+        pipe.zlexcount(pk.held, low, high)
     answers = pipe.execute()
     slots = answers[:SLOTS_IN_MINUTE_WINDOW]
     minutes = answers[SLOTS_IN_MINUTE_WINDOW:SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW]
