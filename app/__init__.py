@@ -9,6 +9,8 @@ pyproject.toml (`lint-imports`, run by tests/test_quality.py):
     app.api          the HTTP API (Flask)                } siblings: never import each other;
     app.grpc         the Dapr gRPC API (grpcio)          } each uses store, settings, jobs
     workers          claim, deliver, settle (top level)  }
+    app.ui           the dashboard at /ui (Flask         served by app.api; uses store,
+                     blueprint, Jinja, vendored htmx)    settings, jobs
     app.store        Redis: keys, Lua scripts, store, dead letters, clients
     app.settings     every setting, from the environment
     app.logs         the one log format of every process (standard library logging)

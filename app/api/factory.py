@@ -26,6 +26,7 @@ from app.settings import Settings
 from app.store.persistence import warn_if_not_persistent
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import AppClaimed, AppRegistration, Store, app_binding
+from app.ui import is_ui_path, ui_bp, ui_gate
 
 log = logging.getLogger("jobrunner.api")
 
@@ -66,12 +67,15 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.register_blueprint(jobs_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(deadletters_bp)
+    app.register_blueprint(ui_bp)  # the dashboard at /ui (app/ui)
     _install_error_handlers(app)
 
     @app.before_request
     def _check_token() -> Response | None:
         g.settings, g.store = settings, store
         if settings.api_token and request.path not in _OPEN_PATHS:
+            if is_ui_path(request.path):  # the dashboard: its login form or session cookie
+                return ui_gate(settings)
             given = request.headers.get("dapr-api-token", "")
             if request.path == _METRICS_PATH and not given:
                 # Prometheus sends a token as `authorization: {credentials: ...}` does.

@@ -1,0 +1,166 @@
+"""Who may use the dashboard, and the CSRF protection of its forms.
+
+With `DAPR_API_TOKEN` set, a request under /ui gets in with the token in the
+`dapr-api-token` header (scripts), or with the session cookie that the login form sets
+(browsers); the login page and the static files are open. The token never travels in a
+URL. The cookie holds no token: it is signed (itsdangerous) with a key derived from the
+token, so changing the token logs every browser out; it is HttpOnly, SameSite=Strict and
+scoped to /ui, and the jobs API never accepts it (app/api/factory.py asks `ui_gate` only
+for /ui paths).
+
+Nothing under /ui changes anything on a GET. Every POST carries the session's CSRF token
+as a form field, checked against the signed cookie (which another site can neither read
+nor make the browser send: SameSite=Strict), and an `Origin` header, when the browser
+sends one, must name this host. A caller authenticated by the header needs neither: a
+browser never sends that header across sites.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from flask import Response, g, request, url_for
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from app.settings import Settings
+
+UI_PREFIX = "/ui"
+COOKIE = "jobrunner_ui"
+# A session lasts this long after the last page the browser loaded (the live counters'
+# polling does not extend it), then the login form asks again.
+SESSION_MAX_AGE_S = 12 * 3600
+MAX_COOKIE_CHARS = 4096
+MAX_TOKEN_CHARS = 4096
+CSRF_FIELD = "csrf_token"
+# Open without the token: the form that asks for it, and the stylesheet and htmx.
+_OPEN = ("/ui/login",)
+_STATIC = "/ui/static/"
+# Where the login form may send the browser afterwards: a dashboard path, nothing else.
+_NEXT = re.compile(r"^/ui(/[^\\\s]*)?$")
+
+
+@dataclass
+class UiSession:
+    """What the cookie carries: the CSRF token, whether the browser logged in, and a
+    one-time message for the next page."""
+
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    authed: bool = False
+    flash: str = ""
+    modified: bool = False
+
+
+def is_ui_path(path: str) -> bool:
+    return path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    # Without a token nothing is secret but the CSRF value, which no other site can read.
+    key = hmac.new(settings.api_token.encode(), b"jobrunner dashboard session v1",
+                   hashlib.sha256).digest()
+    return URLSafeTimedSerializer(key, salt="jobrunner-ui")
+
+
+def current_session() -> UiSession:
+    """This request's session, read from the cookie once (a new one when there is none
+    or it is invalid or expired)."""
+    if "ui_session" not in g:
+        g.ui_session = _load(g.settings)
+    session: UiSession = g.ui_session
+    return session
+
+
+def _load(settings: Settings) -> UiSession:
+    raw = request.cookies.get(COOKIE, "")
+    if raw and len(raw) <= MAX_COOKIE_CHARS:
+        try:
+            data = _serializer(settings).loads(raw, max_age=SESSION_MAX_AGE_S)
+        except BadSignature:  # forged, from another token, or expired
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("c"), str):
+            return UiSession(data["c"], data.get("a") is True and bool(settings.api_token),
+                             str(data.get("f", "")))
+    return UiSession(modified=True)
+
+
+def start_session(authed: bool) -> UiSession:
+    """A fresh session (log in, log out): a new CSRF token, so none from before survives."""
+    session = UiSession(authed=authed, modified=True)
+    g.ui_session = session
+    return session
+
+
+def save_session(response: Response) -> None:
+    if "ui_session" not in g or not g.ui_session.modified:
+        return
+    session: UiSession = g.ui_session
+    payload: dict[str, object] = {"c": session.csrf}
+    if session.authed:
+        payload["a"] = True
+    if session.flash:
+        payload["f"] = session.flash
+    response.set_cookie(COOKIE, _serializer(g.settings).dumps(payload), path=UI_PREFIX,
+                        httponly=True, samesite="Strict", secure=request.is_secure)
+    response.vary.add("Cookie")
+
+
+def header_authenticated(settings: Settings) -> bool:
+    given = request.headers.get("dapr-api-token")
+    return bool(settings.api_token) and given is not None and hmac.compare_digest(
+        given.encode(), settings.api_token.encode())
+
+
+def token_matches(settings: Settings, given: str) -> bool:
+    return bool(settings.api_token) and len(given) <= MAX_TOKEN_CHARS and hmac.compare_digest(
+        given.encode(), settings.api_token.encode())
+
+
+def ui_gate(settings: Settings) -> Response | None:
+    """The API token check for a /ui path (the API's own check calls it when a token is
+    set): None lets the request in; else the browser is sent to the login form."""
+    path = request.path
+    if path in _OPEN or path.startswith(_STATIC):
+        return None
+    if header_authenticated(settings) or current_session().authed:
+        return None
+    # Back to the page after logging in; a form's POST is not replayed (the jobs page).
+    back = request.full_path.rstrip("?") if request.method in ("GET", "HEAD") else None
+    login = url_for("ui.login", next=safe_next(back))
+    if request.headers.get("HX-Request"):
+        # htmx (the counters' polling) follows this header with a full page load.
+        response = Response(status=401)
+        response.headers["HX-Redirect"] = url_for("ui.login")
+        return response
+    return see_other(login)
+
+
+def see_other(location: str) -> Response:
+    """303: the browser loads `location` with a GET (after a form, or to log in)."""
+    response = Response(status=303)
+    response.headers["Location"] = location
+    return response
+
+
+def safe_next(target: str | None) -> str:
+    """A dashboard path to go to after logging in; anything else becomes the jobs page."""
+    if target and _NEXT.match(target) and not target.startswith("//"):
+        return target
+    return url_for("ui.jobs")
+
+
+def csrf_problem(settings: Settings) -> str | None:
+    """Why this POST must be refused, or None when it may go on."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        return "the form was sent from another site"
+    if header_authenticated(settings):
+        return None
+    given = request.form.get(CSRF_FIELD, "")
+    if not given or not hmac.compare_digest(given.encode(), current_session().csrf.encode()):
+        return "the form is stale or was not sent from this dashboard; load the page again"
+    return None

@@ -1,0 +1,451 @@
+"""The dashboard's pages: jobs, one job, scheduling, the dead-letter queue, live counters.
+
+Server-rendered (Jinja, autoescaped: job names, data and errors are whatever callers
+sent, and are shown as text); htmx only polls the counters. Nothing changes on a GET:
+every change is a POST form with the session's CSRF token (app/ui/auth.py). Only this
+API's app is shown, as the HTTP API does.
+
+Later additions hook in at the marked places of the templates: a job's history
+(`job.html`, "history"), and pause / resume / trigger buttons (`job.html`, "actions",
+with the `post_button` macro of `_macros.html`, and a route here each).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request, url_for
+from jinja2 import Environment, FileSystemLoader
+from werkzeug.exceptions import HTTPException
+
+from app.jobs import errors
+from app.jobs.clock import now_ms
+from app.jobs.errors import ApiError
+from app.jobs.model import DeadLetter, TriggerStatus
+from app.jobs.validation import MAX_NAME_LENGTH, job_to_api, parse_job_request, validate_name
+from app.settings import Settings
+from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
+from app.store.redis_client import UNAVAILABLE
+from app.store.store import JobExists, JobView, Store
+from app.ui import auth, forms
+from app.ui.counters import Counters, live_counters
+
+log = logging.getLogger("jobrunner.api")
+
+# The static folder is the package's own (the app itself serves none). Templates are read
+# by `_render` from the package only: Flask's app-wide loader would look first in a
+# templates/ folder of the directory the API runs in, which is the user's project.
+ui_bp = Blueprint("ui", __name__, url_prefix=auth.UI_PREFIX, static_folder="static")
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+T = "jobrunner_ui/"
+PAGE_SIZE = 50
+REFRESH_S = 3  # the live counters' polling period
+MAX_SHOWN_CHARS = 64 * 1024  # data and API forms longer than this are cut on the page
+MAX_ERROR_CHARS = 300  # a dead letter's error in the list (in full on its own page)
+MAX_ARG_CHARS = 2048  # any other query argument (page tokens, ids)
+_HEADERS = {
+    # No script but the vendored htmx, no inline style or script, no framing, nothing
+    # sent anywhere else. (Referrer-Policy keeps the Origin header of same-site POSTs.)
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+# --- plumbing ---------------------------------------------------------------------------
+
+
+def _settings() -> Settings:
+    settings: Settings = g.settings
+    return settings
+
+
+def _store() -> Store:
+    store: Store = g.store
+    return store
+
+
+@ui_bp.before_request
+def _before() -> Response | None:
+    # A form may carry data up to the data limit, percent-encoded (Flask's default is 500 kB).
+    request.max_form_memory_size = _settings().max_data_bytes * 4 + 64 * 1024
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        problem = auth.csrf_problem(_settings())
+        if problem is not None:
+            return _error_page(403, problem)
+    return None
+
+
+@ui_bp.after_request
+def _after(response: Response) -> Response:
+    response.headers.update(_HEADERS)
+    if not request.path.startswith(auth.UI_PREFIX + "/static/"):
+        response.headers["Cache-Control"] = "no-store"
+    auth.save_session(response)
+    return response
+
+
+@ui_bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> Response:
+    return _error_page(exc.status, exc.message)
+
+
+@ui_bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> Response:
+    return _error_page(exc.code or 500, exc.description or exc.name)
+
+
+def _redis_down(exc: Exception) -> Response:
+    return _error_page(503, f"Redis is unavailable: {exc or type(exc).__name__}")
+
+
+for _exc_class in UNAVAILABLE:
+    ui_bp.register_error_handler(_exc_class, _redis_down)
+
+
+@ui_bp.errorhandler(Exception)
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    return _error_page(500, "internal error; see the API log")
+
+
+@ui_bp.app_template_global("jobrunner_ui_csrf")
+def _csrf_token() -> str:
+    """The session's CSRF token for a form: a global, so that macros imported without
+    the page's context (`_macros.html`) get it too."""
+    return auth.current_session().csrf
+
+
+def _error_page(status: int, message: str) -> Response:
+    return _page("error.html", status=status, title=f"Error {status}", message=message)
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    """A full page: the navigation, the counters, and the one-time message if any."""
+    settings = _settings()
+    session = auth.current_session()
+    flash, session.flash = session.flash, ""
+    session.modified = True  # re-issued: a session lasts from the last page loaded
+    authed = not settings.api_token or session.authed or auth.header_authenticated(settings)
+    counters: Counters | str | None = None
+    if authed and context.pop("show_counters", True):
+        counters = _counters_or_reason()
+    html = _render(
+        template, app_id=settings.app_id, token_required=bool(settings.api_token),
+        authed=authed, flash=flash, counters=counters,
+        refresh_s=REFRESH_S, **context)
+    return Response(html, status=status, mimetype="text/html")
+
+
+def _render(template: str, **context: Any) -> str:
+    """Render one of the package's templates, always autoescaped; the app's Jinja
+    environment is shared (url_for, the CSRF global), its loader is not."""
+    env: Environment | None = current_app.extensions.get("jobrunner_ui_jinja")
+    if env is None:
+        env = current_app.jinja_env.overlay(loader=FileSystemLoader(TEMPLATES),
+                                            autoescape=True)
+        current_app.extensions["jobrunner_ui_jinja"] = env
+    return env.get_template(T + template).render(**context)
+
+
+def _redirect(endpoint: str, flash: str = "", **values: Any) -> Response:
+    if flash:
+        session = auth.current_session()
+        session.flash, session.modified = flash, True
+    return auth.see_other(url_for(endpoint, **values))
+
+
+def _arg(name: str, bound: int = MAX_ARG_CHARS) -> str:
+    value = request.args.get(name, "")
+    if len(value) > bound:
+        raise errors.malformed(f"{name} is longer than {bound} characters")
+    return value
+
+
+def _counters_or_reason() -> Counters | str:
+    try:
+        return live_counters(_store(), _settings().app_id)
+    except UNAVAILABLE as exc:
+        return f"Redis is unavailable: {exc or type(exc).__name__}"
+
+
+# --- what the pages show -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class When:
+    """A moment, as text in UTC and relative to the page's time."""
+
+    iso: str
+    text: str
+    relative: str
+
+
+def when(ms: int | None, now: int) -> When | None:
+    if ms is None:
+        return None
+    try:
+        moment = dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return When(str(ms), f"{ms} ms since the epoch", "")
+    iso = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    text = moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    delta = (ms - now) / 1000
+    if abs(delta) < 1:
+        relative = "now"
+    else:
+        relative = f"in {_span(delta)}" if delta > 0 else f"{_span(-delta)} ago"
+    return When(iso, text, relative)
+
+
+def _span(seconds: float) -> str:
+    s = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                      ("m", 60, "s", 1)):
+        if s >= size:
+            rest = (s % size) // sub_size
+            return f"{s // size}{unit} {rest}{sub}" if rest else f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _pretty(value: Any) -> str:
+    """JSON for a <pre>, cut at MAX_SHOWN_CHARS."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    except TypeError:  # an integer beyond 64 bits: the standard library's encoder
+        text = json.dumps(value, indent=2, ensure_ascii=False)
+    if len(text) > MAX_SHOWN_CHARS:
+        return text[:MAX_SHOWN_CHARS] + f"\n… (cut: {len(text)} characters in all)"
+    return text
+
+
+_STATUS_TEXT = {TriggerStatus.SCHEDULED: "scheduled", TriggerStatus.IN_FLIGHT: "in flight",
+                TriggerStatus.RETRYING: "retrying", TriggerStatus.STAGED: "waiting for the app"}
+
+
+@dataclass(frozen=True)
+class JobRow:
+    name: str
+    schedule: str
+    status: str
+    status_class: str
+    attempt: int
+    next: When | None
+    last: When | None
+    count: int
+
+
+def _schedule_text(view: JobView) -> str:
+    job = view.job
+    text = job.schedule or (f"once, due {job.due_time}" if job.due_time else "once")
+    if job.schedule and job.due_time:
+        text += f", from {job.due_time}"
+    if job.repeats:
+        text += f", {job.repeats} times" if job.repeats > 1 else ", once"
+    if job.ttl:
+        text += f", ttl {job.ttl}"
+    return text
+
+
+def job_row(view: JobView, now: int) -> JobRow:
+    return JobRow(name=view.job.name, schedule=_schedule_text(view),
+                  status=_STATUS_TEXT.get(view.status, view.status.value),
+                  status_class=view.status.value, attempt=view.attempt,
+                  next=when(view.next_ms, now), last=when(view.last_ms, now), count=view.count)
+
+
+def policy_text(policy: dict[str, Any]) -> str:
+    """A failure policy (its API form) in words."""
+    if set(policy) == {"drop"}:
+        return "drop: a failed trigger is not tried again"
+    constant = policy.get("constant")
+    if set(policy) == {"constant"} and isinstance(constant, dict):
+        retries = constant.get("maxRetries")
+        times = ("without end" if retries is None else
+                 f"at most {retries} time{'' if retries == 1 else 's'}")
+        return f"constant: try again after {constant.get('interval', '0s')}, {times}"
+    return orjson.dumps(policy).decode()  # a kind this page does not know in words
+
+
+@dataclass(frozen=True)
+class LetterRow:
+    id: str
+    name: str
+    scheduled: When | None
+    dead: When | None
+    attempts: int
+    error: str
+
+
+def letter_row(letter: DeadLetter, now: int, error_chars: int = MAX_ERROR_CHARS) -> LetterRow:
+    error = letter.error if len(letter.error) <= error_chars else (
+        letter.error[:error_chars] + "…")
+    return LetterRow(letter.id, letter.name, when(letter.sched_ms, now),
+                     when(letter.dead_ms, now), letter.attempts, error)
+
+
+# --- pages ---------------------------------------------------------------------------
+
+
+@ui_bp.get("/")
+def index() -> Response:
+    return auth.see_other(url_for("ui.jobs"))
+
+
+@ui_bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    settings = _settings()
+    target = auth.safe_next(request.values.get("next"))
+    if not settings.api_token or (request.method == "GET" and auth.current_session().authed):
+        return auth.see_other(target)
+    if request.method == "POST":
+        if auth.token_matches(settings, request.form.get("token", "")):
+            auth.start_session(authed=True)
+            return auth.see_other(target)
+        return _page("login.html", status=401, title="Log in", next=target, show_counters=False,
+                     error="That is not the API token.")
+    return _page("login.html", title="Log in", next=target, show_counters=False, error="")
+
+
+@ui_bp.post("/logout")
+def logout() -> Response:
+    auth.start_session(authed=False)
+    return auth.see_other(url_for("ui.login"))
+
+
+@ui_bp.get("/jobs")
+def jobs() -> Response:
+    settings, now = _settings(), now_ms()
+    prefix, page = _arg("prefix", MAX_NAME_LENGTH), _arg("page")
+    try:
+        views, next_page = _store().list_jobs(settings.app_id, prefix, page, PAGE_SIZE)
+    except ValueError as exc:  # a page token that is not one
+        raise errors.malformed(str(exc)) from None
+    return _page("jobs.html", title="Jobs", nav="jobs", prefix=prefix, first_page=not page,
+                 next_page=next_page, rows=[job_row(v, now) for v in views])
+
+
+@ui_bp.get("/jobs/<name>")
+def job(name: str) -> Response:
+    name = validate_name(name)
+    view = _store().get(_settings().app_id, name)
+    if view is None:
+        return _error_page(404, f"There is no job {name!r} (a one-shot job is gone once it "
+                                "has fired).")
+    now = now_ms()
+    # The definition in the API's shape (GET adds where the job stands: the row).
+    api = job_to_api(view.job, dapr_compat=_settings().dapr_compat)
+    return _page("job.html", title=name, nav="jobs", row=job_row(view, now), job=api,
+                 expires=when(view.job.expires_ms, now), policy=policy_text(api["failurePolicy"]),
+                 has_data="data" in api, data=_pretty(api.get("data")), api_json=_pretty(api))
+
+
+@ui_bp.route("/schedule", methods=["GET", "POST"])
+def schedule() -> Response:
+    settings = _settings()
+    if request.method == "GET":
+        values = forms.form_values({"policy": "default"})
+        return _page("schedule.html", title="Schedule a job", nav="schedule", values=values,
+                     error="", max_data_bytes=settings.max_data_bytes)
+    values = forms.form_values(request.form)
+    try:
+        name, body = forms.to_request(values, settings.max_data_bytes)
+        job, overwrite = parse_job_request(name, body, "application/json", settings.app_id,
+                                           now_ms(), settings.max_data_bytes,
+                                           dapr_compat=settings.dapr_compat)
+        try:
+            _store().schedule(job, overwrite=overwrite)
+        except JobExists:
+            raise ApiError(409, errors.JOB_EXISTS, f"A job named {job.name!r} exists: tick "
+                                                   "\"overwrite\" to replace it.") from None
+    except ApiError as exc:
+        return _page("schedule.html", status=exc.status, title="Schedule a job",
+                     nav="schedule", values=values, error=exc.message,
+                     max_data_bytes=settings.max_data_bytes)
+    return _redirect("ui.job", flash=f"Scheduled {job.name!r}.", name=job.name)
+
+
+@ui_bp.get("/deadletters")
+def deadletters() -> Response:
+    settings, now = _settings(), now_ms()
+    prefix, page = _arg("prefix", MAX_NAME_LENGTH), _arg("page")
+    try:
+        letters, next_page = DeadLetters(_store()).page(settings.app_id, prefix, PAGE_SIZE,
+                                                        token=page)
+    except ValueError as exc:  # a page token that is not one
+        raise errors.malformed(str(exc)) from None
+    return _page("deadletters.html", title="Dead letters", nav="deadletters", prefix=prefix,
+                 rows=[letter_row(d, now) for d in letters], first_page=not page,
+                 next_page=next_page)
+
+
+@ui_bp.get("/deadletters/show")
+def deadletter() -> Response:
+    settings = _settings()
+    letter_id = _arg("id")
+    letter = DeadLetters(_store()).get(letter_id, settings.app_id) if letter_id else None
+    if letter is None:
+        return _error_page(404, f"There is no dead letter {letter_id!r} (replayed or purged "
+                                "meanwhile?).")
+    shown = letter_to_api(letter, with_job=True, dapr_compat=settings.dapr_compat)
+    return _page("deadletter.html", title=f"Dead letter of {letter.name}", nav="deadletters",
+                 letter=letter_row(letter, now_ms(), error_chars=MAX_SHOWN_CHARS),
+                 job_json=_pretty(shown["job"]))
+
+
+def _selected() -> tuple[Selection, str]:
+    """The letters a replay or purge form names (`id`s, or `all` with a `prefix`), and
+    how to say which."""
+    ids = request.form.getlist("id")
+    prefix = request.form.get("prefix", "")
+    if any(len(i) > MAX_ARG_CHARS for i in ids) or len(prefix) > MAX_NAME_LENGTH:
+        raise errors.malformed("a dead-letter id or prefix is too long")
+    everything = request.form.get("all") == "1"
+    try:
+        selection = Selection.of(ids or None, prefix if everything and prefix else None,
+                                 everything and not prefix, _settings().max_replay_ids)
+    except SelectionError as exc:
+        raise errors.malformed(str(exc)) from None
+    return selection, (f"whose job name starts with {prefix!r}" if everything and prefix
+                       else "")
+
+
+def _count(n: int) -> str:
+    return f"{n} dead letter" + ("" if n == 1 else "s")
+
+
+@ui_bp.post("/deadletters/replay")
+def replay() -> Response:
+    selection, which = _selected()
+    n = DeadLetters(_store()).replay(_settings().app_id, selection)
+    return _redirect("ui.deadletters", flash=f"Replayed {_count(n)} {which}".strip() + ".")
+
+
+@ui_bp.get("/deadletters/purge")
+def purge_confirm() -> Response:
+    """Asks before purging all (or all by prefix); purging happens on the POST."""
+    prefix = _arg("prefix", MAX_NAME_LENGTH)
+    return _page("purge.html", title="Purge dead letters", nav="deadletters", prefix=prefix)
+
+
+@ui_bp.post("/deadletters/purge")
+def purge() -> Response:
+    selection, which = _selected()
+    n = DeadLetters(_store()).purge(_settings().app_id, selection)
+    return _redirect("ui.deadletters", flash=f"Purged {_count(n)} {which}".strip() + ".")
+
+
+@ui_bp.get("/counters")
+def counters() -> Response:
+    """The live counters alone: what htmx fetches every REFRESH_S seconds."""
+    html = _render("_counters.html", counters=_counters_or_reason(), refresh_s=REFRESH_S)
+    return Response(html, mimetype="text/html")

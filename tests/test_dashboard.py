@@ -1,0 +1,686 @@
+"""The dashboard at /ui (app/ui): pages, the token and its session cookie, CSRF, escaping,
+the live counters, and a click-through in a real headless browser.
+
+The browser test drives Debian's chromium (/usr/bin/chromium, which .ci/run installs)
+through Playwright against the real Flask app on 127.0.0.1, a real worker and a real
+receiver; it leaves the screenshots the README shows (docs/dashboard*.png). Outside CI,
+without chromium, it is skipped; in CI (CI=true) a missing browser fails it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+
+from app.api.factory import create_app
+from app.jobs.model import FailureKind, FailurePolicy
+from app.settings import Settings
+from app.store.store import Store
+from app.ui.auth import COOKIE
+from app.ui.counters import live_counters
+from tests.support.jobs import dead_letters, make_job
+from tests.support.receiver import Delivery, Receiver
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker
+
+pytestmark = pytest.mark.usefixtures("reap_workers")
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+API = "/v1.0-alpha1/jobs"
+ONE_ATTEMPT = FailurePolicy(FailureKind.CONSTANT, 0, 0)
+HOSTILE_NAME = '<img src=x onerror=alert("name")>'
+HOSTILE_DATA = {"html": "</pre><script>alert('data')</script>"}
+
+
+def csrf_of(html: bytes) -> str:
+    found = re.search(rb'name="csrf_token" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1).decode()
+
+
+class _Forms(HTMLParser):
+    """The POST forms of a page: action, hidden fields, and the label of the button."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict[str, Any]] = []
+        self._form: dict[str, Any] | None = None  # the POST form being read
+        self._in_button = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form":
+            self._form = None
+            if a.get("method") == "post":
+                self._form = {"action": a["action"], "fields": {}, "button": ""}
+                self.forms.append(self._form)
+        elif tag == "input" and a.get("type") == "hidden" and self._form is not None:
+            self._form["fields"][a["name"]] = a.get("value") or ""
+        elif tag == "button":
+            self._in_button = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        elif tag == "button":
+            self._in_button = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_button and self._form is not None:
+            self._form["button"] += data.strip()
+
+
+def press(client: FlaskClient, page: str, button: str, **query: str) -> Any:
+    """Load `page` and submit its POST form whose button says `button`, as a browser would
+    (its hidden fields: the CSRF token, ids)."""
+    parser = _Forms()
+    parser.feed(client.get(page, query_string=query).data.decode())
+    [form] = [f for f in parser.forms if f["button"] == button]
+    return client.post(form["action"], data=form["fields"])
+
+
+def session_cookie(client: FlaskClient) -> Any:
+    return client.get_cookie(COOKIE, path="/ui")
+
+
+def log_in(client: FlaskClient, token: str) -> None:
+    page = client.get("/ui/login")
+    answer = client.post("/ui/login", data={"csrf_token": csrf_of(page.data), "token": token})
+    assert answer.status_code == 303, answer.data
+
+
+def form_post(client: FlaskClient, path: str, data: dict[str, Any],
+              page: str = "/ui/schedule", **kwargs: Any) -> Any:
+    """A POST with the CSRF token of the current session (read from `page`)."""
+    csrf = csrf_of(client.get(page).data)
+    return client.post(path, data={"csrf_token": csrf, **data}, **kwargs)
+
+
+@pytest.fixture
+def token() -> str:
+    return f"tok-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def locked(settings: Settings, token: str) -> Settings:
+    """The conftest settings (receiver as the app) with an API token."""
+    return dataclasses.replace(settings, api_token=token)
+
+
+# --- the token, the login form and the session cookie ---------------------------------------
+
+
+def test_login_sets_a_strict_httponly_cookie_that_only_the_dashboard_accepts(
+        locked: Settings, token: str) -> None:
+    app = create_app(locked)
+    client = app.test_client()
+
+    # Without the token: every page sends the browser to the login form, and says where
+    # it was going (a path, never a token).
+    answer = client.get("/ui/jobs?prefix=a")
+    assert answer.status_code == 303
+    assert answer.headers["Location"] == "/ui/login?next=/ui/jobs?prefix%3Da"
+    assert client.get("/ui/deadletters").status_code == 303
+    posted = client.post("/ui/deadletters/purge", data={"all": "1"})
+    assert posted.status_code == 303 and posted.headers["Location"] == "/ui/login?next=/ui/jobs"
+    polled = client.get("/ui/counters", headers={"HX-Request": "true"})
+    assert polled.status_code == 401 and polled.headers["HX-Redirect"] == "/ui/login"
+    # The form and the static files are open (the form needs its stylesheet).
+    assert client.get("/ui/login").status_code == 200
+    assert client.get("/ui/static/htmx.min.js").status_code == 200
+    # The API's own routes still want the header.
+    assert client.get(API).status_code == 401
+
+    # A wrong token: the form again, 401, no access.
+    page = client.get("/ui/login")
+    wrong = client.post("/ui/login", data={"csrf_token": csrf_of(page.data), "token": "nope"})
+    assert wrong.status_code == 401 and b"That is not the API token." in wrong.data
+    assert client.get("/ui/jobs").status_code == 303
+
+    # The right one: back where the browser was going, with an HttpOnly, SameSite=Strict
+    # cookie scoped to /ui that does not hold the token.
+    page = client.get("/ui/login?next=/ui/deadletters")
+    right = client.post("/ui/login", data={"csrf_token": csrf_of(page.data), "token": token,
+                                          "next": "/ui/deadletters"})
+    assert right.status_code == 303 and right.headers["Location"] == "/ui/deadletters"
+    set_cookie = right.headers["Set-Cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    assert "Path=/ui" in set_cookie and token not in set_cookie
+    assert client.get("/ui/jobs").status_code == 200
+    assert client.get("/ui/counters").status_code == 200
+
+    # The API never takes the cookie for its token.
+    cookie = session_cookie(client)
+    assert client.get(API, headers={"Cookie": f"{COOKIE}={cookie.value}"}).status_code == 401
+
+    # Logging out ends the session.
+    out = press(client, "/ui/jobs", "Log out")
+    assert out.status_code == 303 and out.headers["Location"] == "/ui/login"
+    assert client.get("/ui/jobs").status_code == 303
+
+
+def test_the_header_opens_the_dashboard_and_forged_cookies_do_not(locked: Settings,
+                                                                  token: str) -> None:
+    app = create_app(locked)
+    client = app.test_client()
+    assert client.get("/ui/jobs", headers={"dapr-api-token": token}).status_code == 200
+    assert client.get("/ui/jobs", headers={"dapr-api-token": token + "x"}).status_code == 303
+
+    # A session signed under another token (or tampered with) is no session.
+    other = create_app(dataclasses.replace(locked, api_token="another-token",
+                                           prefix=locked.prefix + "o")).test_client()
+    log_in(other, "another-token")
+    foreign = session_cookie(other).value
+    client.set_cookie(COOKIE, foreign, path="/ui")
+    assert client.get("/ui/jobs").status_code == 303
+    log_in(client, token)
+    good = session_cookie(client).value
+    client.set_cookie(COOKIE, good[:-2] + ("AA" if not good.endswith("AA") else "BB"),
+                      path="/ui")
+    assert client.get("/ui/jobs").status_code == 303
+
+
+@pytest.mark.parametrize("target", ["//evil.example/ui", "https://evil.example/ui",
+                                    "/v1.0-alpha1/jobs", "/ui\\@evil.example"])
+def test_after_login_the_browser_only_goes_to_a_dashboard_page(
+        locked: Settings, token: str, target: str) -> None:
+    client = create_app(locked).test_client()
+    page = client.get("/ui/login")
+    answer = client.post("/ui/login", data={"csrf_token": csrf_of(page.data), "token": token,
+                                            "next": target})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/jobs"
+
+
+def test_without_a_token_there_is_no_login(settings: Settings) -> None:
+    client = create_app(settings).test_client()
+    assert client.get("/ui/jobs").status_code == 200
+    answer = client.get("/ui/login")
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/jobs"
+    assert b"Log out" not in client.get("/ui/jobs").data
+
+
+def test_templates_and_static_files_come_from_the_package_only(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API runs in the user's project folder: its templates/ and static/ are not ours."""
+    (tmp_path / "templates" / "jobrunner_ui").mkdir(parents=True)
+    (tmp_path / "templates" / "jobrunner_ui" / "jobs.html").write_text("HIJACKED")
+    (tmp_path / "templates" / "jobrunner_ui" / "base.html").write_text("HIJACKED")
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "secret.txt").write_text("secret")
+    monkeypatch.chdir(tmp_path)
+    client = create_app(settings).test_client()
+    page = client.get("/ui/jobs")
+    assert page.status_code == 200 and b"HIJACKED" not in page.data and b"<h1>Jobs" in page.data
+    for path in ("/ui/static/secret.txt", "/ui/static/../../static/secret.txt"):
+        assert b"secret" not in client.get(path).data
+    assert b"htmx" in client.get("/ui/static/htmx.min.js").data
+
+
+# --- CSRF: nothing changes on a GET, every POST carries the session's token ---------------
+
+
+def test_every_post_needs_the_sessions_csrf_token_and_a_same_site_origin(
+        locked: Settings, token: str) -> None:
+    app = create_app(locked)
+    client = app.test_client()
+    store = Store(locked)
+    log_in(client, token)
+    form = {"name": "csrf-probe", "dueTime": "1h"}
+
+    missing = client.post("/ui/schedule", data=form)
+    assert missing.status_code == 403 and b"load the page again" in missing.data
+    forged = client.post("/ui/schedule", data={**form, "csrf_token": "x" * 43})
+    assert forged.status_code == 403
+    # Another browser's token (its own session) is not this session's.
+    other = app.test_client()
+    log_in(other, token)
+    theirs = csrf_of(other.get("/ui/jobs").data)
+    assert client.post("/ui/schedule", data={**form, "csrf_token": theirs}).status_code == 403
+    # The right token sent from another site.
+    csrf = csrf_of(client.get("/ui/jobs").data)
+    cross = client.post("/ui/schedule", data={**form, "csrf_token": csrf},
+                        headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403 and b"another site" in cross.data
+    assert store.get(locked.app_id, "csrf-probe") is None
+
+    # The same form from this site.
+    ok = client.post("/ui/schedule", data={**form, "csrf_token": csrf},
+                     headers={"Origin": "http://localhost"})
+    assert ok.status_code == 303, ok.data
+    assert store.get(locked.app_id, "csrf-probe") is not None
+    # Logging out and in again gives a new CSRF token: the old one is refused.
+    form_post(client, "/ui/logout", {})
+    log_in(client, token)
+    stale = client.post("/ui/schedule", data={**form, "overwrite": "on", "csrf_token": csrf})
+    assert stale.status_code == 403
+    # No GET changes anything: the purge page only asks.
+    assert client.get("/ui/deadletters/replay").status_code == 405
+    assert b"Purge" in client.get("/ui/deadletters/purge").data
+    store.close()
+
+
+# --- the schedule form goes through the API's validation ----------------------------------
+
+
+def test_the_schedule_form_means_what_the_api_means(settings: Settings) -> None:
+    client = create_app(settings).test_client()
+    fields = {"schedule": "0 30 9 * * MON-FRI", "repeats": "3", "ttl": "2030-01-01T00:00:00Z",
+              "data": '{"a": [1, 2.5, "x"], "b": null}', "policy": "constant",
+              "interval": "2s", "maxRetries": "1"}
+    answer = form_post(client, "/ui/schedule", {"name": "via-form", **fields})
+    assert answer.status_code == 303 and answer.headers["Location"] == "/ui/jobs/via-form"
+    assert b"Scheduled &#39;via-form&#39;." in client.get(answer.headers["Location"]).data
+    body = {"schedule": fields["schedule"], "repeats": 3, "ttl": fields["ttl"],
+            "data": {"a": [1, 2.5, "x"], "b": None},
+            "failurePolicy": {"constant": {"interval": "2s", "maxRetries": 1}}}
+    assert client.post(f"{API}/via-api", json=body).status_code == 204
+    shown = {n: client.get(f"{API}/{n}").get_json() for n in ("via-form", "via-api")}
+    for job in shown.values():
+        job.pop("name")
+    assert shown["via-form"] == shown["via-api"]
+
+    def refused(extra: dict[str, str], api_body: dict[str, Any] | None) -> str:
+        page = form_post(client, "/ui/schedule", {"name": "bad", **extra})
+        assert page.status_code == 400, page.data
+        text = page.data.decode()
+        if api_body is not None:  # the API's own message for the same request
+            message = client.post(f"{API}/bad", json=api_body).get_json()["message"]
+            assert _escaped(message) in text
+        assert client.get(f"{API}/bad").status_code == 404
+        return text
+
+    refused({"schedule": "every day"}, {"schedule": "every day"})
+    refused({}, {})
+    refused({"dueTime": "2s", "repeats": "-1"}, {"dueTime": "2s", "repeats": -1})
+    assert "data must be JSON" in refused({"dueTime": "2s", "data": "hello"}, None)
+    assert "repeats must be a whole number" in refused({"dueTime": "2s", "repeats": "x"}, None)
+    name_page = form_post(client, "/ui/schedule", {"name": "a/b", "dueTime": "2s"})
+    assert name_page.status_code == 400 and b"must not contain" in name_page.data
+
+    # An existing name needs "overwrite"; the form keeps what was typed.
+    again = form_post(client, "/ui/schedule", {"name": "via-form", "dueTime": "1h",
+                                               "data": '"kept"'})
+    assert again.status_code == 409 and b"overwrite" in again.data
+    assert b"&#34;kept&#34;" in again.data
+    replaced = form_post(client, "/ui/schedule", {"name": "via-form", "dueTime": "1h",
+                                                  "data": '"new"', "overwrite": "on"})
+    assert replaced.status_code == 303
+    assert client.get(f"{API}/via-form").get_json()["data"] == "new"
+
+
+def _escaped(text: str) -> str:
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&#34;").replace("'", "&#39;"))
+
+
+# --- hostile input is shown as text ------------------------------------------------------
+
+
+def test_hostile_names_data_and_errors_are_shown_as_text(settings: Settings,
+                                                          receiver: Receiver) -> None:
+    app = create_app(settings)
+    client = app.test_client()
+    receiver.status = 500
+    with ThreadWorker(settings):
+        answer = form_post(client, "/ui/schedule", {
+            "name": HOSTILE_NAME, "dueTime": "0s", "data": orjson.dumps(HOSTILE_DATA).decode(),
+            "policy": "constant", "interval": "0s", "maxRetries": "0"})
+        assert answer.status_code == 303, answer.data
+        wait_for(lambda: dead_letters(Store(settings), settings.app_id),
+                 what="the hostile job's dead letter")
+    assert client.post(f"{API}/{quote(HOSTILE_NAME)}2",
+                       json={"schedule": "@every 1h", "data": HOSTILE_DATA}).status_code == 204
+    letter_id = dead_letters(Store(settings), settings.app_id)[0].id
+    pages = {
+        "jobs": client.get("/ui/jobs"),
+        "job": client.get(f"/ui/jobs/{quote(HOSTILE_NAME)}2"),
+        "dead letters": client.get("/ui/deadletters"),
+        "dead letter": client.get("/ui/deadletters/show", query_string={"id": letter_id}),
+        "missing job": client.get(f"/ui/jobs/{quote(HOSTILE_NAME)}3"),
+        "filter": client.get("/ui/jobs", query_string={"prefix": HOSTILE_NAME}),
+    }
+    for what, page in pages.items():
+        html = page.data.decode()
+        assert "<img" not in html and "<script>alert" not in html, what
+        assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert page.headers["X-Frame-Options"] == "DENY"
+    assert _escaped(HOSTILE_NAME) in pages["jobs"].data.decode()
+    assert "&lt;/pre&gt;&lt;script&gt;" in pages["job"].data.decode()
+    assert "&lt;/pre&gt;&lt;script&gt;" in pages["dead letter"].data.decode()
+    assert pages["missing job"].status_code == 404
+
+
+# --- the dead-letter pages -----------------------------------------------------------------
+
+
+def test_dead_letters_are_listed_inspected_replayed_and_purged(
+        settings: Settings, receiver: Receiver) -> None:
+    client = create_app(settings).test_client()
+    store = Store(settings)
+    failing = {"/job/flaky", "/job/doomed-1", "/job/doomed-2"}
+    receiver.responder = lambda d: 500 if d.path in failing else 200
+    with ThreadWorker(settings):
+        for name in ("flaky", "doomed-1", "doomed-2"):
+            store.schedule(make_job(name, data={"n": name}, failure_policy=ONE_ATTEMPT,
+                                    app_id=settings.app_id))
+        wait_for(lambda: len(dead_letters(store, settings.app_id)) == 3, what="3 dead letters")
+        listing = client.get("/ui/deadletters").data.decode()
+        assert listing.count("Inspect</a>") == 3 and "HTTP 500" in listing
+        flaky = next(d for d in dead_letters(store, settings.app_id) if d.name == "flaky")
+
+        shown = client.get("/ui/deadletters/show", query_string={"id": flaky.id})
+        text = shown.data.decode()
+        assert shown.status_code == 200 and _escaped(flaky.id) in text
+        # The job in the API's shape, not the stored record.
+        assert "&#34;failurePolicy&#34;" in text and "&#34;f1&#34;" not in text
+        assert '&#34;n&#34;: &#34;flaky&#34;' in text
+
+        failing.discard("/job/flaky")
+        replayed = press(client, "/ui/deadletters/show", "Replay", id=flaky.id)
+        assert replayed.status_code == 303, replayed.data
+        assert "Replayed 1 dead letter." in client.get("/ui/deadletters").data.decode()
+        wait_for(lambda: [d.path for d in receiver.received()].count("/job/flaky") == 2,
+                 what="the replay delivered")
+        wait_for(lambda: len(dead_letters(store, settings.app_id)) == 2,
+                 what="the replayed letter gone")
+
+    purged = press(client, "/ui/deadletters/purge", "Purge", prefix="doomed-1")
+    assert purged.status_code == 303, purged.data
+    page = client.get("/ui/deadletters").data.decode()
+    assert "Purged 1 dead letter whose job name starts with &#39;doomed-1&#39;." in page
+    assert [d.name for d in dead_letters(store, settings.app_id)] == ["doomed-2"]
+    assert press(client, "/ui/deadletters/purge", "Purge").status_code == 303
+    assert dead_letters(store, settings.app_id) == []
+    assert "No dead letters." in client.get("/ui/deadletters").data.decode()
+    gone = client.get("/ui/deadletters/show", query_string={"id": flaky.id})
+    assert gone.status_code == 404
+    nothing = form_post(client, "/ui/deadletters/replay", {})
+    assert nothing.status_code == 400 and b"say which dead letters" in nothing.data
+    store.close()
+
+
+# --- the live counters -----------------------------------------------------------------------
+
+
+def test_live_counters_count_this_apps_triggers(settings: Settings, receiver: Receiver) -> None:
+    app_id = settings.app_id
+    create_app(settings)  # registers the receiver as the app
+    store = Store(settings)
+    empty = live_counters(store, app_id)
+    assert (empty.jobs, empty.backlog.value, empty.in_flight, empty.dead_letters,
+            empty.workers, empty.staged) == (0, 0, 0, 0, 0, 0)
+    assert empty.worker.deliveries_per_s == 0 and empty.worker.lateness_p99_ms is None
+
+    # No worker yet: two due triggers of this app are its backlog; not another app's, and
+    # not one due later.
+    store.schedule(make_job("due-1", app_id=app_id, due_ms=1_000))
+    store.schedule(make_job("due-2", app_id=app_id))
+    store.schedule(make_job("later", app_id=app_id, due_ms=2**42))
+    store.schedule(make_job("theirs", app_id="other-app"))
+    counters = live_counters(store, app_id)
+    assert (counters.jobs, counters.backlog.value, counters.in_flight) == (3, 2, 0)
+    assert not counters.backlog.capped
+
+    # A worker takes them: one answered at once, the other held by the app (in flight).
+    release = threading.Event()
+
+    def answer(delivery: Delivery) -> int:
+        if delivery.path == "/job/due-2":
+            release.wait(30)
+        return 200
+
+    receiver.responder = answer
+    try:
+        with ThreadWorker(settings):
+            def holding() -> Any:
+                c = live_counters(store, app_id)
+                return c if (c.in_flight, c.workers) == (1, 1) else None
+
+            counters = wait_for(holding, what="the held delivery in flight, the worker alive")
+            assert counters.backlog.value == 0
+            release.set()
+            wait_for(lambda: live_counters(store, app_id).in_flight == 0,
+                     what="the delivery done")
+
+            # The workers add their counts to Redis every second: both deliveries, over
+            # the window's seconds.
+            def counted() -> Any:
+                figures = live_counters(store, app_id).worker
+                return figures if round(figures.deliveries_per_s * figures.window_s) == 2 else None
+
+            figures = wait_for(counted, what="the two deliveries counted")
+            assert 20 <= figures.window_s <= 30
+            assert figures.failures_per_s == 0 and figures.lateness_p99_ms is not None
+    finally:
+        release.set()
+    assert live_counters(store, app_id).jobs == 1  # the one-shots are done
+
+    # Dead letters, and the fragment htmx polls.
+    receiver.responder = None
+    receiver.status = 500
+    with ThreadWorker(settings):
+        store.schedule(make_job("dies", app_id=app_id, failure_policy=ONE_ATTEMPT))
+        wait_for(lambda: live_counters(store, app_id).dead_letters == 1, what="a dead letter")
+    fragment = create_app(settings).test_client().get("/ui/counters").data.decode()
+    assert re.search(r'id="counter-dead">1<', fragment), fragment
+    assert re.search(r'id="counter-jobs">1<', fragment), fragment
+    assert 'hx-trigger="every 3s"' in fragment
+    store.close()
+
+
+# --- in a real browser ----------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _need_browser() -> None:
+    """Skip outside CI when the browser is missing; in CI, fail."""
+    problem = ""
+    if not CHROMIUM.exists():
+        problem = f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright package is missing (pip install -e '.[test]')"
+    if problem and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"the browser test must run in CI: {problem}")
+    if problem:
+        pytest.skip(problem)
+
+
+@contextlib.contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """The Flask app on a free port of 127.0.0.1, in a thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def api_call(base: str, token: str, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(
+        base + path, method=method, data=None if body is None else orjson.dumps(body),
+        headers={"dapr-api-token": token, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+@pytest.mark.timeout(240)
+def test_dashboard_in_a_real_browser(locked: Settings, receiver: Receiver, token: str) -> None:
+    _need_browser()
+    from playwright.sync_api import Page, expect, sync_playwright
+
+    failing = {"/job/flaky", "/job/payment-webhook", "/job/sync-inventory"}
+    receiver.responder = lambda d: 500 if d.path in failing else 200
+    seen_urls: list[str] = []
+    dialogs: list[str] = []
+
+    def reload_until(page: Page, check: Callable[[], Any], what: str) -> Any:
+        def once() -> Any:
+            page.reload()
+            return check()
+
+        return wait_for(once, timeout=20, interval=0.3, what=what)
+
+    def delivered(path: str) -> list[Delivery]:
+        return receiver.received(path)
+
+    DOCS.mkdir(exist_ok=True)
+    with (serving(create_app(locked)) as base, ThreadWorker(locked),
+          sync_playwright() as pw):
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1280, "height": 760})
+        page = context.new_page()
+        page.on("request", lambda r: seen_urls.append(r.url))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        try:
+            # Log in: the token in a form field, a wrong one first.
+            page.goto(f"{base}/ui/")
+            expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+            page.fill("input[name=token]", "not-the-token")
+            page.click("button:has-text('Log in')")
+            expect(page.locator("p.error")).to_have_text("That is not the API token.")
+            page.fill("input[name=token]", token)
+            page.click("button:has-text('Log in')")
+            expect(page).to_have_url(f"{base}/ui/jobs")
+            expect(page.locator("p.empty")).to_contain_text("No jobs yet")
+            [cookie] = [c for c in context.cookies() if c["name"] == COOKIE]
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert cookie["path"] == "/ui" and token not in cookie["value"]
+            # The API refuses the dashboard's cookie.
+            status = api_call(base, "", "GET", API, headers={
+                "Cookie": f"{COOKIE}={cookie['value']}"})
+            assert status == 401
+
+            # Schedule a job from the form, see it in the list.
+            page.click("nav >> text=Schedule a job")
+            page.fill("input[name=name]", "heartbeat")
+            page.fill("input[name=schedule]", "@every 1s")
+            page.fill("textarea[name=data]", '{"ping": true}')
+            page.click("button:has-text('Schedule')")
+            expect(page.locator("p.flash")).to_have_text("Scheduled 'heartbeat'.")
+            expect(page.locator("h1")).to_have_text("heartbeat")
+            page.click("nav >> text=Jobs")
+            row = page.locator("#jobs tr", has_text="heartbeat")
+            expect(row).to_contain_text("@every 1s")
+
+            # It fires: the receiver gets it, and the page counts it.
+            wait_for(lambda: delivered("/job/heartbeat"), timeout=15, what="heartbeat delivered")
+            assert delivered("/job/heartbeat")[0].body == b'{"ping":true}'
+            page.click("#jobs >> text=heartbeat")
+            reload_until(page, lambda: int(page.inner_text("#job-count")) >= 1,
+                         "the trigger counted on the job's page")
+            expect(page.locator("#job-last")).to_contain_text("UTC")
+
+            # A few more jobs, over the API, for a page worth a screenshot.
+            for name, body in (
+                    ("nightly-report", {"schedule": "TZ=Europe/Berlin 0 30 2 * * *",
+                                        "data": {"report": "sales"}}),
+                    ("invoice-reminders", {"schedule": "@every 1h", "dueTime": "10m"}),
+                    ("welcome-email", {"dueTime": "45m", "data": {"user": 42}}),
+                    ("sync-inventory", {"schedule": "@every 5m", "dueTime": "0s",
+                                        "failurePolicy": {
+                        "constant": {"interval": "30s", "maxRetries": 5}}})):
+                assert api_call(base, token, "POST", f"{API}/{name}", body) == 204
+            # sync-inventory's app answers 500: it waits for its next attempt, retrying.
+            wait_for(lambda: delivered("/job/sync-inventory"), timeout=15,
+                     what="sync-inventory tried")
+
+            # The counters are polled by htmx: a second worker shows up without a reload.
+            page.click("nav >> text=Jobs")
+            expect(page.locator("#counter-workers")).to_have_text("1")
+            with ThreadWorker(locked):
+                expect(page.locator("#counter-workers")).to_have_text("2", timeout=15_000)
+            assert any("/ui/counters" in u for u in seen_urls)
+            page.reload()
+            expect(page.locator("#jobs tbody tr")).to_have_count(5)
+            page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+
+            # A failing job (one attempt) lands in the dead-letter queue.
+            page.click("nav >> text=Schedule a job")
+            page.fill("input[name=name]", "flaky")
+            page.fill("input[name=dueTime]", "0s")
+            page.check("input[name=policy][value=constant]")
+            page.fill("input[name=interval]", "0s")
+            page.fill("input[name=maxRetries]", "0")
+            page.fill("textarea[name=data]", '{"order": 1234}')
+            page.click("button:has-text('Schedule')")
+            assert api_call(base, token, "POST", f"{API}/payment-webhook", {
+                "dueTime": "0s", "data": {"payment": "pi_3N"},
+                "failurePolicy": {"constant": {"interval": "0s", "maxRetries": 0}}}) == 204
+            page.click("nav >> text=Dead letters")
+            reload_until(page, lambda: page.locator("#deadletters tbody tr").count() == 2,
+                         "both dead letters listed")
+            expect(page.locator("#counter-dead")).to_have_text("2")
+            page.screenshot(path=str(DOCS / "dashboard-deadletters.png"), full_page=True)
+
+            # Inspect: the job in the API's shape, and the app's answer.
+            page.locator("#deadletters tr", has_text="flaky").locator("text=Inspect").click()
+            job_json = orjson.loads(page.inner_text("#letter-job"))
+            assert job_json == {"name": "flaky", "dueTime": "0s", "data": {"order": 1234},
+                                "failurePolicy": {"constant": {"interval": "0s",
+                                                               "maxRetries": 0}}}
+            expect(page.locator("#letter-error")).to_contain_text("500")
+
+            # Replay from the page, with the app answering 200 now: delivered.
+            failing.discard("/job/flaky")
+            page.click("button:has-text('Replay')")
+            expect(page.locator("p.flash")).to_have_text("Replayed 1 dead letter.")
+            wait_for(lambda: len(delivered("/job/flaky")) == 2, timeout=15,
+                     what="the replay delivered")
+            replay = delivered("/job/flaky")[1]
+            assert replay.body == b'{"order":1234}' and replay.headers["jobrunner-attempt"] == "1"
+            reload_until(page, lambda: page.locator("#deadletters tbody tr").count() == 1,
+                         "only payment-webhook left")
+            expect(page.locator("#deadletters")).not_to_contain_text("flaky")
+
+            # Hostile names and data are text, never markup.
+            assert api_call(base, token, "POST", f"{API}/{quote(HOSTILE_NAME)}",
+                            {"schedule": "@every 1h", "data": HOSTILE_DATA}) == 204
+            page.goto(f"{base}/ui/jobs")
+            link = page.locator("#jobs a", has_text=HOSTILE_NAME)
+            expect(link).to_have_count(1)
+            link.click()
+            expect(page.locator("h1")).to_have_text(HOSTILE_NAME)
+            expect(page.locator("#job-data")).to_contain_text("</pre><script>")
+            assert page.locator("main img").count() == 0 and dialogs == []
+
+            # Logged out, the pages ask for the token again.
+            page.click("button:has-text('Log out')")
+            expect(page).to_have_url(re.compile(r"/ui/login"))
+            page.goto(f"{base}/ui/deadletters")
+            expect(page).to_have_url(re.compile(r"/ui/login\?next=/ui/deadletters"))
+        finally:
+            browser.close()
+    assert seen_urls and not [u for u in seen_urls if token in u]  # never in a URL
