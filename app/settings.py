@@ -113,6 +113,12 @@ def _signing_keys_env(keys: tuple[bytes, ...]) -> str:
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # JOBRUNNER_APP_RATE_LIMIT's bound: past it, a limit limits nothing a worker can do.
 MAX_APP_RATE_LIMIT = 1_000_000.0
+# Trigger history bounds (app/store/history.py): entries per job (a reader never takes
+# more), bytes per job, and the least bytes an entry may have (its fixed fields take
+# up to ~90).
+MAX_HISTORY_SIZE = 1000
+MAX_HISTORY_BYTES = 1024 * 1024
+MIN_HISTORY_ENTRY_BYTES = 128
 
 
 def _on_this_machine(host: str) -> bool:
@@ -237,6 +243,12 @@ class Settings:
     # asynchronous replication: a failover can lose the last writes acknowledged).
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
+    # Trigger history (app/store/history.py), written by the workers: the last
+    # history_size outcomes of each job (0: none kept), each at most history_max_bytes /
+    # history_size bytes; kept history_ttl_s once its job is over.
+    history_size: int = 20
+    history_max_bytes: int = 8192
+    history_ttl_s: float = 86400.0
 
     # Logs of every process (app/logs.py): "plain" or "json"; a level name, or "" for the
     # process's own default (info; warning for workers, whose info is a line per delivery).
@@ -302,6 +314,10 @@ class Settings:
             wait_replicas=_int(env, "JOBRUNNER_WAIT_REPLICAS", cls.wait_replicas),
             wait_timeout_ms=_int(env, "JOBRUNNER_WAIT_TIMEOUT_MS", cls.wait_timeout_ms,
                                  minimum=1),
+            history_size=_int(env, "JOBRUNNER_HISTORY_SIZE", cls.history_size),
+            history_max_bytes=_int(env, "JOBRUNNER_HISTORY_MAX_BYTES", cls.history_max_bytes,
+                                   minimum=1),
+            history_ttl_s=_float(env, "JOBRUNNER_HISTORY_TTL", cls.history_ttl_s, minimum=1.0),
             log_format=(env.get("JOBRUNNER_LOG_FORMAT", "").strip() or "plain").lower(),
             log_level=env.get("JOBRUNNER_LOG_LEVEL", "").strip().lower(),
             home=env.get("JOBRUNNER_HOME", "").strip() or cls.home,
@@ -339,10 +355,28 @@ class Settings:
                                 f"{MAX_APP_RATE_LIMIT:g} deliveries a second")
         if not self.app_url.startswith(("http://", "https://")):
             raise SettingsError(f"APP_URL must be an http(s) URL, got {self.app_url!r}")
+        self._validate_history()
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level and self.log_level not in LOG_LEVELS:
             raise SettingsError(f"JOBRUNNER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+
+    def _validate_history(self) -> None:
+        if self.history_size > MAX_HISTORY_SIZE:
+            raise SettingsError(f"JOBRUNNER_HISTORY_SIZE must be at most {MAX_HISTORY_SIZE}")
+        if self.history_max_bytes > MAX_HISTORY_BYTES:
+            raise SettingsError(f"JOBRUNNER_HISTORY_MAX_BYTES must be at most "
+                                f"{MAX_HISTORY_BYTES} (1 MiB)")
+        if self.history_size and self.history_entry_bytes < MIN_HISTORY_ENTRY_BYTES:
+            raise SettingsError(
+                f"JOBRUNNER_HISTORY_MAX_BYTES ({self.history_max_bytes}) leaves "
+                f"{self.history_entry_bytes} bytes to each of the JOBRUNNER_HISTORY_SIZE "
+                f"({self.history_size}) entries: give each {MIN_HISTORY_ENTRY_BYTES} at least")
+
+    @property
+    def history_entry_bytes(self) -> int:
+        """The most bytes one history entry may take (its error text is cut to fit)."""
+        return self.history_max_bytes // self.history_size if self.history_size else 0
 
     @property
     def max_job_delivery_timeout_s(self) -> float:
@@ -396,6 +430,9 @@ class Settings:
             "JOBRUNNER_SIGNING_KEYS": _signing_keys_env(self.signing_keys),
             "JOBRUNNER_WAIT_REPLICAS": str(self.wait_replicas),
             "JOBRUNNER_WAIT_TIMEOUT_MS": str(self.wait_timeout_ms),
+            "JOBRUNNER_HISTORY_SIZE": str(self.history_size),
+            "JOBRUNNER_HISTORY_MAX_BYTES": str(self.history_max_bytes),
+            "JOBRUNNER_HISTORY_TTL": repr(self.history_ttl_s),
             "JOBRUNNER_LOG_FORMAT": self.log_format,
             "JOBRUNNER_LOG_LEVEL": self.log_level,
             "JOBRUNNER_HOME": self.home,

@@ -58,12 +58,14 @@ class Settlement:
     at_ms: int | None  # next due time (NEXT/DEAD; None: the job is over) or retry time
     dead_id: str = ""
     dead_record: bytes = b""
+    entry: str = ""  # the outcome for the job's history (app/store/history.py); "": none
 
 
 class Queue:
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.prefix, settings.partitions)
+        self._parts = self.keys.all_partitions()  # built once: settle names a key per trigger
         self.redis = client if client is not None else async_client(settings)
         self._scripts = {n: self.redis.register_script(scripts.source(n))
                          for n in ("claim", "ack", "release", "stage")}
@@ -145,19 +147,28 @@ class Queue:
         return args
 
     async def settle(self, settlements: list[Settlement]) -> int:
-        """Apply a batch of outcomes, one script call per partition."""
+        """Apply a batch of outcomes, one script call per partition, which also records them
+        in the jobs' histories (when Settings.history_size is above 0)."""
         by_part: dict[int, list[Any]] = defaultdict(list)
+        history_keys: dict[int, list[str]] = defaultdict(list)
+        size = self.settings.history_size
         for s in settlements:
             at = "" if s.at_ms is None else str(s.at_ms)
             by_part[s.trigger.partition].extend(
-                (s.trigger.job_id, s.trigger.lease, s.action, at, s.dead_id, s.dead_record))
+                (s.trigger.job_id, s.trigger.lease, s.action, at, s.dead_id, s.dead_record,
+                 s.entry))
+            if size:
+                history_keys[s.trigger.partition].append(
+                    self._parts[s.trigger.partition].history(s.trigger.job_id))
         applied = 0
         now = now_ms()
+        keep_ms = int(self.settings.history_ttl_s * 1000)
         unavailable: Exception | None = None
         for part, args in by_part.items():
             pk = self.keys.partition(part)
             try:
-                applied += int(await self._scripts["ack"](keys=pk.all(), args=[now, *args]))
+                applied += int(await self._scripts["ack"](
+                    keys=[*pk.all(), *history_keys[part]], args=[now, size, keep_ms, *args]))
             except UNAVAILABLE as exc:
                 # Settle the other partitions now (before their leases run out); the
                 # caller retries the whole batch, and a settled entry applies only once.

@@ -12,6 +12,7 @@ from app.jobs.clock import now_ms
 from app.jobs.model import DeadLetter, FailureKind, Trigger
 from app.jobs.schedule import next_fire_ms
 from app.settings import Settings
+from app.store import history
 from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.grpc_client import GrpcClient
@@ -118,9 +119,9 @@ class Worker:
         return [t for t in triggers if self.queue.is_live(t.job.app_id)]
 
     async def _deliver(self, trigger: Trigger) -> None:
+        started, clock = now_ms(), time.perf_counter()
         try:
             app = self.queue.app(trigger.job.app_id)
-            started = now_ms()
             timeout_s = self._timeout_s(trigger)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
@@ -137,11 +138,14 @@ class Worker:
                 outcome = await delivery.send(self._http, origin, path, body, headers,
                                               timeout_s, queue_timeout_s,
                                               self.settings.max_retry_after_s)
+            duration_us = int((time.perf_counter() - clock) * 1_000_000)
             self.metrics.observe(trigger, outcome, started)
             if log.isEnabledFor(logging.INFO):  # the hot path: build nothing when off
                 log.info("delivered" if outcome.done else "delivery failed",
                          extra=_fields(trigger, outcome, lateness_ms=started - trigger.sched_ms))
-            self.settled.append(self._settlement(trigger, outcome))
+            self.settled.append(self._recorded(self._settlement(trigger, outcome), outcome.done,
+                                               outcome.status, outcome.error, started,
+                                               duration_us))
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
             log.warning("redis unavailable during delivery of %s: %s", trigger.trigger_id, exc)
@@ -152,7 +156,9 @@ class Worker:
                           extra={"app": trigger.job.app_id, "job": trigger.job.name,
                                  "attempt": trigger.attempt, "trigger": trigger.trigger_id})
             error = f"worker error: {type(exc).__name__}: {exc}"
-            self.settled.append(self._dead(trigger, error, next_ms=None))
+            self.settled.append(self._recorded(
+                self._dead(trigger, error, next_ms=None), False, None, error, started,
+                int((time.perf_counter() - clock) * 1_000_000)))
         finally:
             self._to_settle.set()
             self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
@@ -187,6 +193,21 @@ class Worker:
             return Settlement(trigger, Action.NEXT, next_ms)
         log.warning("dead-lettered", extra=_fields(trigger, outcome, trigger=trigger.trigger_id))
         return self._dead(trigger, outcome.error, next_ms)
+
+    def _recorded(self, s: Settlement, done: bool, status: int | None, error: str,
+                  started: int, duration_us: int) -> Settlement:
+        """`s` with its outcome for the job's history (app/store/history.py), unless the
+        history is off."""
+        if not self.settings.history_size:
+            return s
+        result = (history.RETRYING if s.action == Action.RETRY
+                  else history.DEAD_LETTERED if s.action == Action.DEAD
+                  else history.DELIVERED if done else history.DROPPED)
+        t = s.trigger
+        entry = history.encode_entry(t.trigger_id, t.sched_ms, started, t.attempt, result,
+                                     status, duration_us, error,
+                                     self.settings.history_entry_bytes)
+        return Settlement(t, s.action, s.at_ms, s.dead_id, s.dead_record, entry)
 
     @staticmethod
     def _dead(trigger: Trigger, error: str, next_ms: int | None) -> Settlement:

@@ -1,5 +1,6 @@
-"""`jobrunner jobs`: schedule, get, list, delete, export and import the jobs of an app
-through its HTTP API (app/cli/client.py: where the API is, its token, errors, exit codes).
+"""`jobrunner jobs`: schedule, get, list, delete, export and import the jobs of an app, and
+show a job's trigger history, through its HTTP API (app/cli/client.py: where the API is,
+its token, errors, exit codes).
 
 An API process serves one app, so `--url` chooses the app. Text for people by default
 (aligned columns, times as the API gives them: RFC 3339, UTC); `--json` for scripts: one
@@ -213,6 +214,51 @@ def _list_row(job: dict[str, Any]) -> tuple[str, ...]:
     return (_cell(job.get("name")), _cell(job.get("schedule", "once")),
             _cell(job.get("nextTriggerTime")), _cell(job.get("lastTriggerTime")), count,
             _cell(job.get("status")))
+
+
+# --- history -------------------------------------------------------------------------------
+
+
+@jobs.command()
+@api_command
+@click.argument("name")
+def history(api: Api, name: str) -> None:
+    """Show the last outcomes of the job NAME, newest first: when each trigger was due and
+    sent, the attempt, what the app answered (or the error) and how long it took. Also for
+    a job that has finished, while the workers keep its history (JOBRUNNER_HISTORY_TTL)."""
+    answer = api.call("GET", job_path(name) + "/history")
+    if not isinstance(answer, dict) or not isinstance(answer.get("history"), list):
+        raise ApiRefused(200, "", "the answer has no 'history' list: is --url a jobrunner API?")
+    if api.as_json:
+        api.done("", answer)
+        return
+    if answer["history"]:
+        click.echo(_history_table(answer))
+    if not answer.get("jobExists"):
+        until = answer.get("keptUntil")
+        click.echo(f"{name!r} is over (no trigger left)"
+                   + (f"; its history is kept until {until}" if until else ""), err=True)
+    if not answer["history"]:
+        click.echo(f"no outcomes of {name!r} recorded yet", err=True)
+
+
+def _history_table(answer: dict[str, Any]) -> str:
+    rows = [(_cell(e.get("scheduledTime")), _cell(e.get("deliveredTime")),
+             _cell(e.get("attempt")), _cell(e.get("result")), _cell(e.get("status")),
+             _duration(e.get("durationMs")), _cell(e.get("error")))
+            for e in answer["history"] if isinstance(e, dict)]
+    return table(("SCHEDULED", "SENT", "ATTEMPT", "RESULT", "STATUS", "DURATION", "ERROR"),
+                 rows)
+
+
+def _duration(ms: Any) -> str:
+    if not isinstance(ms, (int, float)):
+        return "-"
+    if ms < 10:
+        return f"{ms:.2f}ms"
+    if ms < 1000:
+        return f"{ms:.1f}ms"
+    return f"{ms / 1000:.2f}s"
 
 
 # --- delete --------------------------------------------------------------------------------

@@ -27,6 +27,10 @@ Per partition:
                                one app's dead letters, oldest first, as one range
     {prefix}:{N}:indexed STRING set once `names`/`deadlex` hold the data older
                                versions stored without them (store.Store.ensure_indexed)
+    {prefix}:{N}:hist:{job id} LIST  the job's last outcomes, newest first
+                               (app/store/history.py): written by ack.lua, deleted
+                               with the job by delete.lua; no TTL while the job
+                               exists, Settings.history_ttl_s once it is over
 Global (scripts touch one of them at a time):
     {prefix}:apps        HASH  app id -> app registration (JSON)
     {prefix}:alive:{app} STRING with a TTL while the app's API process lives: the
@@ -132,6 +136,11 @@ class PartitionKeys:
 
     def staged(self, app_id: str) -> str:
         return f"{self.due.removesuffix(':due')}:staged:{app_id}"
+
+    def history(self, jid: str) -> str:
+        """The trigger history of the job `jid`; a replay's outcomes are those of the job
+        it replays (app/store/history.py)."""
+        return f"{self.due.removesuffix(':due')}:hist:{jid.partition(REPLAY_SEP)[0]}"
 
     @property
     def held(self) -> str:

@@ -203,7 +203,8 @@ class Store:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
         return bool(self._scripts["delete"](
-            keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names], args=[jid]))
+            keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.history(jid)],
+            args=[jid]))
 
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
                   limit: int = 100) -> tuple[list[JobView], str]:
@@ -267,7 +268,8 @@ class Store:
                                                 num=DELETE_BATCH):
                 # delete.lua takes them out of the index too: the range shrinks each time.
                 deleted += int(self._scripts["delete"](
-                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names], args=ids))
+                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names,
+                          *(pk.history(_text(jid)) for jid in ids)], args=ids))
         return deleted
 
     # -- the per-app indexes ------------------------------------------------

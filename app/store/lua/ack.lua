@@ -6,20 +6,46 @@
 -- KEYS[5] deadidx  ZSET  dead-letter id -> ms it was dead-lettered
 -- KEYS[6] names    ZSET  job ids scored 0: the per-app job index (app/store/keys.py)
 -- KEYS[7] deadlex  ZSET  "{app}/{ms, 13 digits}/{dead-letter id}": the per-app dead-letter index
+-- KEYS[7 + k] hist  LIST  the trigger history of the k-th group's job (app/store/history.py;
+--                        only when ARGV[2] is above 0)
 -- ARGV[1] now, epoch ms
--- ARGV[2..] groups of 6: job id, lease token, action, time ms, dead-letter id, dead-letter record
+-- ARGV[2] history size: the outcomes kept per job; 0: none (no history keys given)
+-- ARGV[3] how long a history is kept once its job is over, ms
+-- ARGV[4..] groups of 7: job id, lease token, action, time ms, dead-letter id, dead-letter
+--   record, history entry ("": none)
 --   action "next":  the trigger is finished; time = next trigger's due ms, "" when the job is over
 --   action "retry": the delivery failed and will be tried again at time
 --   action "dead":  the failure policy is spent: store the dead letter, then as "next"
 -- An entry whose lease token no longer matches (job deleted or overwritten,
--- or its lease expired and another worker took it) changes nothing.
+-- or its lease expired and another worker took it) changes nothing, and is not recorded.
 -- Returns the number of entries applied.
 -- app/store/keys.py dead_member: the app is the letter id's text before '/'.
 local function dead_member(letter, ms)
   return string.match(letter, "^[^/]*") .. "/" .. string.format("%013d", tonumber(ms)) .. "/" .. letter
 end
+-- The outcome goes first in the job's history, which keeps its newest `size` entries; it
+-- has no expiry while the job exists, and expires `keep` ms after the job is over. A
+-- replay's outcome is its job's (the history key of the job it replays), and that job may
+-- live on after the replay is over.
+local size, keep = tonumber(ARGV[2]), ARGV[3]
+local function record(hist, entry, id, over)
+  local n = redis.call("LPUSH", hist, entry)
+  if n > size then
+    redis.call("LTRIM", hist, 0, size - 1)
+  end
+  if over and string.find(id, "\31", 1, true) then
+    over = redis.call("HEXISTS", KEYS[2], string.match(id, "^[^\31]*")) == 0
+  end
+  if over then
+    redis.call("PEXPIRE", hist, keep)
+  elseif n > 1 then
+    redis.call("PERSIST", hist)  -- a job that ended earlier under this name, scheduled anew
+  end
+end
 local applied = 0
-for i = 2, #ARGV, 6 do
+local group = 0
+for i = 4, #ARGV, 7 do
+  group = group + 1
   local id, token, action, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local state = redis.call("HGET", KEYS[3], id)
   if state then
@@ -48,6 +74,9 @@ for i = 2, #ARGV, 6 do
           redis.call("HSET", KEYS[3], id, at .. "|0|" .. (tonumber(count) + 1) .. "|" .. sched .. "|")
           redis.call("ZADD", KEYS[1], at, id)
         end
+      end
+      if size > 0 and ARGV[i + 6] ~= "" then
+        record(KEYS[7 + group], ARGV[i + 6], id, action ~= "retry" and at == "")
       end
     end
   end

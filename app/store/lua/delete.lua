@@ -4,6 +4,8 @@
 -- KEYS[3] runs  HASH  job id -> run state
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of these jobs' app
 -- KEYS[5] names  ZSET job ids scored 0: the per-app job index
+-- KEYS[5 + i] hist LIST the trigger history of ARGV[i] (app/store/history.py), deleted
+--                   with it, also when the job itself is over and gone; optional
 -- ARGV[1..n] job ids, all of one app
 -- Returns how many of them existed.
 local n = 0
@@ -13,5 +15,8 @@ for i = 1, #ARGV do
   redis.call("ZREM", KEYS[1], ARGV[i])
   redis.call("ZREM", KEYS[4], ARGV[i])
   redis.call("ZREM", KEYS[5], ARGV[i])
+  if KEYS[5 + i] then
+    redis.call("DEL", KEYS[5 + i])
+  end
 end
 return n
