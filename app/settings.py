@@ -113,6 +113,9 @@ def _signing_keys_env(keys: tuple[bytes, ...]) -> str:
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # JOBRUNNER_APP_RATE_LIMIT's bound: past it, a limit limits nothing a worker can do.
 MAX_APP_RATE_LIMIT = 1_000_000.0
+# JOBRUNNER_MAX_CATCH_UP's bound: a worker fires that many missed occurrences of a job in
+# a row before it takes anything newer of it.
+MAX_CATCH_UP = 100_000
 # Trigger history bounds (app/store/history.py): entries per job (a reader never takes
 # more), bytes per job, and the least bytes an entry may have (its fixed fields take
 # up to ~90).
@@ -243,6 +246,11 @@ class Settings:
     # asynchronous replication: a failover can lose the last writes acknowledged).
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
+    # Catch-up (app/jobs/schedule.py catch_up_due): a job with catchUp `all` fires at
+    # most max_catch_up of the occurrences it missed (the latest); with `skip`, a trigger
+    # taken more than catch_up_grace_s after its due time was missed, and is passed over.
+    max_catch_up: int = 100
+    catch_up_grace_s: float = 5.0
     # Trigger history (app/store/history.py), written by the workers: the last
     # history_size outcomes of each job (0: none kept), each at most history_max_bytes /
     # history_size bytes; kept history_ttl_s once its job is over.
@@ -314,6 +322,8 @@ class Settings:
             wait_replicas=_int(env, "JOBRUNNER_WAIT_REPLICAS", cls.wait_replicas),
             wait_timeout_ms=_int(env, "JOBRUNNER_WAIT_TIMEOUT_MS", cls.wait_timeout_ms,
                                  minimum=1),
+            max_catch_up=_int(env, "JOBRUNNER_MAX_CATCH_UP", cls.max_catch_up, minimum=1),
+            catch_up_grace_s=_float(env, "JOBRUNNER_CATCH_UP_GRACE", cls.catch_up_grace_s),
             history_size=_int(env, "JOBRUNNER_HISTORY_SIZE", cls.history_size),
             history_max_bytes=_int(env, "JOBRUNNER_HISTORY_MAX_BYTES", cls.history_max_bytes,
                                    minimum=1),
@@ -355,6 +365,8 @@ class Settings:
                                 f"{MAX_APP_RATE_LIMIT:g} deliveries a second")
         if not self.app_url.startswith(("http://", "https://")):
             raise SettingsError(f"APP_URL must be an http(s) URL, got {self.app_url!r}")
+        if self.max_catch_up > MAX_CATCH_UP:
+            raise SettingsError(f"JOBRUNNER_MAX_CATCH_UP must be at most {MAX_CATCH_UP}")
         self._validate_history()
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
@@ -430,6 +442,8 @@ class Settings:
             "JOBRUNNER_SIGNING_KEYS": _signing_keys_env(self.signing_keys),
             "JOBRUNNER_WAIT_REPLICAS": str(self.wait_replicas),
             "JOBRUNNER_WAIT_TIMEOUT_MS": str(self.wait_timeout_ms),
+            "JOBRUNNER_MAX_CATCH_UP": str(self.max_catch_up),
+            "JOBRUNNER_CATCH_UP_GRACE": repr(self.catch_up_grace_s),
             "JOBRUNNER_HISTORY_SIZE": str(self.history_size),
             "JOBRUNNER_HISTORY_MAX_BYTES": str(self.history_max_bytes),
             "JOBRUNNER_HISTORY_TTL": repr(self.history_ttl_s),

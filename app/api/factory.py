@@ -16,6 +16,7 @@ from werkzeug.routing import PathConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from app.api.controls import controls_bp
 from app.api.deadletters import deadletters_bp
 from app.api.history import history_bp
 from app.api.jobs import jobs_bp
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.register_blueprint(jobs_bp)
     app.register_blueprint(ops_bp)
     app.register_blueprint(deadletters_bp)
+    app.register_blueprint(controls_bp)  # pause, resume, trigger now
     app.register_blueprint(history_bp)
     app.register_blueprint(ui_bp)  # the dashboard at /ui (app/ui)
     _install_error_handlers(app)

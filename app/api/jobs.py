@@ -45,6 +45,13 @@ def view_to_api(view: JobView) -> dict[str, Any]:
     body["expiryTime"] = ms_to_rfc3339(view.job.expires_ms)  # from ttl; null: never
     body["triggerCount"] = view.count
     body["attempt"] = view.attempt
+    # Only when paused (app/api/controls.py): false would be every other job's answer.
+    if view.paused:
+        body["paused"] = True
+    if view.app_paused:
+        body["appPaused"] = True
+    if view.paused or view.app_paused:
+        body["pausedTime"] = ms_to_rfc3339(view.paused_ms)
     return body
 
 

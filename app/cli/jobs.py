@@ -36,6 +36,10 @@ COUNT_BEFORE_DELETE = 10_000
 # body is lower (4 x JOBRUNNER_MAX_DATA_BYTES); this only keeps a wrong file out of memory.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
+# A job's catchUp (app/jobs/model.py CatchUp); the app's pause (app/api/controls.py).
+CATCH_UP = ("coalesce", "all", "skip")
+APP_PATH = "/v1.0/app"
+
 # The order of a job's fields in `get`; fields the API adds later follow in its order.
 _FIELDS = ("name", "schedule", "dueTime", "repeats", "ttl", "data", "failurePolicy", "status",
            "nextTriggerTime", "lastTriggerTime", "expiryTime", "triggerCount", "attempt")
@@ -71,10 +75,15 @@ def jobs() -> None:
 @click.option("--failure-policy", "policy", metavar="POLICY",
               help="drop, constant[:INTERVAL[:MAX_RETRIES]] (constant:3s:5; no MAX_RETRIES: "
                    "retry forever), or the API's JSON object.  [default: constant:1s:3]")
+@click.option("--catch-up", type=click.Choice(CATCH_UP), default=None,
+              help="What the occurrences a recurring job misses (no worker running, paused) "
+                   "become: one trigger (coalesce), each of them (all) or none (skip).  "
+                   "[default: coalesce]")
 @click.option("--overwrite", is_flag=True, help="Replace a job of that name.")
 def schedule(api: Api, name: str, due_time: str | None, schedule: str | None,
              repeats: int | None, ttl: str | None, data_json: str | None,
-             data_file: IO[bytes] | None, policy: str | None, overwrite: bool) -> None:
+             data_file: IO[bytes] | None, policy: str | None, catch_up: str | None,
+             overwrite: bool) -> None:
     """Schedule the job NAME (at least one of --due-time and --schedule)."""
     if due_time is None and schedule is None:
         raise click.UsageError("say when: --due-time, --schedule, or both")
@@ -91,6 +100,8 @@ def schedule(api: Api, name: str, due_time: str | None, schedule: str | None,
         body["data"] = _json_option(_read_bounded(data_file, "--data-file"), "--data-file")
     if policy is not None:
         body["failurePolicy"] = _failure_policy(policy)
+    if catch_up is not None:
+        body["catchUp"] = catch_up
     if overwrite:
         body["overwrite"] = True
     api.call("POST", job_path(name), body=body)
@@ -259,6 +270,70 @@ def _duration(ms: Any) -> str:
     if ms < 1000:
         return f"{ms:.1f}ms"
     return f"{ms / 1000:.2f}s"
+
+
+# --- pause, resume, trigger -----------------------------------------------------------------
+
+
+@jobs.command()
+@api_command
+@click.argument("name", required=False)
+@click.option("--all", "whole_app", is_flag=True,
+              help="Pause the app: every job, and each one scheduled while it is paused.")
+def pause(api: Api, name: str | None, whole_app: bool) -> None:
+    """Pause the job NAME, or the app (--all): it keeps its schedule and fires nothing
+    until resumed. A trigger being delivered is finished. What falls due meanwhile
+    follows the job's catch-up policy once it is resumed."""
+    _pause_or_resume(api, "pause", name, whole_app)
+
+
+@jobs.command()
+@api_command
+@click.argument("name", required=False)
+@click.option("--all", "whole_app", is_flag=True,
+              help="Resume the app (a job paused by itself stays paused).")
+def resume(api: Api, name: str | None, whole_app: bool) -> None:
+    """Resume the job NAME, or the app (--all). The occurrences missed while paused
+    follow the job's catch-up policy: one trigger at once (coalesce), each of them (all),
+    or none (skip)."""
+    _pause_or_resume(api, "resume", name, whole_app)
+
+
+def _pause_or_resume(api: Api, action: str, name: str | None, whole_app: bool) -> None:
+    if (name is None) == (not whole_app):
+        raise click.UsageError(f"say what to {action}: NAME, or --all for the app (not both)")
+    past = f"{action}d"
+    if name is None:
+        state = api.call("POST", f"{APP_PATH}/{action}")
+        if not isinstance(state, dict):
+            raise ApiRefused(200, "", "the answer is not the app's state: is --url a "
+                                      "jobrunner API?")
+        n = state.get("jobs")
+        api.done(f"{past} app {state.get('appId')!r} ({n} job{'s' if n != 1 else ''})",
+                 state)
+        return
+    job = api.call("POST", job_path(name) + f"/{action}")
+    if not isinstance(job, dict):
+        raise ApiRefused(200, "", "the answer is not a job: is --url a jobrunner API?")
+    nxt = _cell(job.get("nextTriggerTime"))
+    if job.get("paused") or job.get("appPaused"):
+        why = "" if job.get("paused") else " (its app is paused)"
+        text = f"{name!r} is paused{why}: its next trigger {nxt} waits"
+    else:
+        text = f"{past} {name!r}: next trigger {nxt}"
+    api.done(text, job)
+
+
+@jobs.command()
+@api_command
+@click.argument("name")
+def trigger(api: Api, name: str) -> None:
+    """Fire the job NAME once now, beside its schedule (also when it is paused): one
+    extra trigger with an idempotency id of its own; the schedule is not touched."""
+    fired = api.call("POST", job_path(name) + "/trigger")
+    if not isinstance(fired, dict):
+        raise ApiRefused(200, "", "the answer is not a trigger: is --url a jobrunner API?")
+    api.done(f"triggered {name!r}: trigger {fired.get('triggerId')} is due now", fired)
 
 
 # --- delete --------------------------------------------------------------------------------

@@ -97,6 +97,15 @@ def _number(value: float) -> int | float:
 DEFAULT_FAILURE_POLICY = FailurePolicy()
 
 
+class CatchUp(enum.StrEnum):
+    """What a recurring job does with the occurrences it missed (no worker running, the
+    job or its app paused): README, "Pause, resume and catch-up"."""
+
+    COALESCE = "coalesce"  # one trigger for all of them, then on schedule (the default)
+    ALL = "all"  # each of them, oldest first (Dapr), at most Settings.max_catch_up
+    SKIP = "skip"  # none: on with the first occurrence not in the past
+
+
 def go_duration(ms: int) -> str:
     """Milliseconds as a Go duration string, as GET answers durations."""
     return _ms_to_go(ms)
@@ -123,6 +132,7 @@ class TriggerStatus(enum.StrEnum):
     IN_FLIGHT = "in_flight"  # claimed by a worker, under a lease
     RETRYING = "retrying"  # failed at least once, waiting for the next attempt
     STAGED = "staged"  # due, but parked until its app's API process is live again
+    PAUSED = "paused"  # the job or its app is paused: nothing fires until resumed
 
 
 @dataclass
@@ -146,6 +156,8 @@ class Job:
     # deliveryTimeout (beyond Dapr): how long each delivery attempt may take; None: the
     # worker's JOBRUNNER_DELIVERY_TIMEOUT.
     delivery_timeout_ms: int | None = None
+    # catchUp (beyond Dapr): what the missed occurrences of a recurring job become.
+    catch_up: CatchUp = CatchUp.COALESCE
     first_ms: int = 0  # the first trigger's due time
     expires_ms: int | None = None  # no trigger is due after this
     # Set on the one-shot job that replays a dead letter: the dead trigger's id,
@@ -186,6 +198,8 @@ class Job:
             record["fp"] = self.failure_policy.encode()
         if self.delivery_timeout_ms is not None:
             record["dt"] = self.delivery_timeout_ms
+        if self.catch_up is not CatchUp.COALESCE:
+            record["cu"] = self.catch_up.value
         if self.replay_of is not None:
             record["ti"] = self.replay_of
         return orjson.dumps(record)
@@ -210,6 +224,7 @@ class Job:
             ttl=record.get("l"),
             failure_policy=FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
             delivery_timeout_ms=record.get("dt"),
+            catch_up=CatchUp(record.get("cu", CatchUp.COALESCE)),
             first_ms=record["f1"],
             expires_ms=record.get("x"),
             replay_of=record.get("ti"),

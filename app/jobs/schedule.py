@@ -12,9 +12,11 @@ before its time.
 Where this differs from Dapr (1.15+, go-etcd-cron), deliberately (see app.jobs.cron
 for the differences in the cron dialect itself):
 
-- Missed occurrences are coalesced: after downtime the next trigger is the
-  first occurrence not in the past; Dapr fires every missed one in immediate
-  succession (go-etcd-cron README).
+- Missed occurrences are coalesced by default: after downtime the next trigger
+  is the first occurrence not in the past; Dapr fires every missed one in
+  immediate succession (go-etcd-cron README). A job's `catchUp` chooses:
+  `coalesce`, `all` (Dapr's way, at most `max_catch_up` of them: the latest)
+  or `skip` (catch_up_due, next_fire_ms).
 - `repeats` 0 means unlimited, like no repeats (brief). Dapr rejects an
   explicit 0 ("defined repeats must be greater than 0", a 500).
 - A job that could never fire is refused with a 400-class error: a schedule
@@ -30,6 +32,7 @@ for the differences in the cron dialect itself):
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from app.jobs.cron import CronSchedule, EverySchedule, Schedule, parse_cron
@@ -42,6 +45,7 @@ from app.jobs.durations import (
     parse_point_in_time,
 )
 from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB
+from app.jobs.model import CatchUp
 from app.jobs.sizedcache import SizedCache, text_size
 
 __all__ = [
@@ -50,6 +54,7 @@ __all__ = [
     "Plan",
     "Schedule",
     "ScheduleError",
+    "catch_up_due",
     "go_duration_ns",
     "next_fire_ms",
     "parse_go_duration",
@@ -60,6 +65,9 @@ __all__ = [
 ]
 
 _MAX_REPEATS = 2**32 - 1  # Dapr's repeats is a uint32
+# How many missed occurrences a job with catchUp `all` fires at most, by default
+# (Settings.max_catch_up, JOBRUNNER_MAX_CATCH_UP): the latest ones.
+DEFAULT_MAX_CATCH_UP = 100
 # The longest schedule accepted. A cron line that lists every value of every field with a
 # time zone is under 600 characters; a longer one is garbage whose parsing, storing and
 # every worker's re-parsing would cost in proportion (a 4 MB one: seconds of CPU).
@@ -187,6 +195,8 @@ def next_fire_ms(
     repeats: int | None,
     expires_ms: int | None,
     now_ms: int,
+    catch_up: CatchUp = CatchUp.COALESCE,
+    max_catch_up: int = DEFAULT_MAX_CATCH_UP,
 ) -> int | None:
     """When the trigger after the one due at `last_sched_ms` is due, or None if the job is over.
 
@@ -195,19 +205,31 @@ def next_fire_ms(
     None or 0: unlimited), when the schedule has no further occurrence, or
     when the next time is after `expires_ms` (equal still fires, as Dapr).
 
-    Missed occurrences are coalesced: the result is the first occurrence
-    strictly after max(last_sched_ms, now_ms - 1), i.e. never in the past
-    when the worker was down or a delivery ran long, and always after
-    last_sched_ms. For `@every d` that is the first last_sched_ms + k*d (k >= 1)
-    that is >= now_ms, so the phase is kept. (Dapr instead fires each missed
-    occurrence in immediate succession.) `@every 0s` (only with repeats) is due
-    at once, but at least 1 ms after last_sched_ms: trigger ids hold the due ms.
+    Missed occurrences are coalesced (`coalesce`, the default, and `skip`): the
+    result is the first occurrence strictly after max(last_sched_ms, now_ms - 1),
+    i.e. never in the past when the worker was down or a delivery ran long, and
+    always after last_sched_ms. For `@every d` that is the first
+    last_sched_ms + k*d (k >= 1) that is >= now_ms, so the phase is kept.
+    `@every 0s` (only with repeats) is due at once, but at least 1 ms after
+    last_sched_ms: trigger ids hold the due ms.
+
+    With `all`, as Dapr: the next occurrence after last_sched_ms even when it is
+    past (due at once), but never more than `max_catch_up` occurrences behind:
+    of those missed, the latest `max_catch_up` are kept (_nth_latest).
     """
     if schedule is None:
         return None
     if repeats and fired >= repeats:
         return None
     parsed = parse_schedule(schedule)
+    if catch_up is CatchUp.ALL and not (isinstance(parsed, EverySchedule)
+                                        and parsed.interval_ms == 0):
+        following = parsed.next_after(last_sched_ms)
+        if following is None or (expires_ms is not None and following > expires_ms):
+            return None
+        if following >= now_ms:
+            return following
+        return _nth_latest(parsed, following, _catch_up_end(now_ms, expires_ms), max_catch_up)
     floor = max(last_sched_ms, now_ms - 1)
     if isinstance(parsed, EverySchedule):
         step = parsed.interval_ms
@@ -221,3 +243,90 @@ def next_fire_ms(
     if nxt is None or (expires_ms is not None and nxt > expires_ms):
         return None
     return nxt
+
+
+def catch_up_due(
+    schedule: str | None,
+    has_due_time: bool,
+    sched_ms: int,
+    count: int,
+    repeats: int | None,
+    expires_ms: int | None,
+    now_ms: int,
+    catch_up: CatchUp,
+    max_catch_up: int,
+    grace_ms: int,
+) -> int | None:
+    """Where a trigger due at `sched_ms` goes when it is taken at `now_ms`: a worker's first
+    attempt of it (`grace_ms`: Settings.catch_up_grace_s), or a paused job's waiting trigger
+    at its resume (`grace_ms` 0: what fell due while paused was missed).
+
+    Returns `sched_ms` itself when the trigger is to be delivered now; a later due time when
+    it was missed and the job's catch-up policy passes over it (the trigger does not count
+    as fired); None when passing over it ends the job (its ttl or schedule ran out).
+
+    - `coalesce`: always delivered (it stands for every occurrence missed since; the next
+      one is then the first not in the past, next_fire_ms).
+    - `skip`: a trigger taken more than `grace_ms` after its due time is missed; the job
+      goes on with its first occurrence not in the past.
+    - `all`: delivered, unless more than `max_catch_up` occurrences from it on are past:
+      then the job goes on with the `max_catch_up`-th latest of them (older ones are lost).
+
+    Catch-up is about a schedule's occurrences: a one-shot job, the dueTime trigger of a
+    job (its first, when it has a dueTime: a past dueTime fires at once) and `@every 0s`
+    (back to back by design) are always delivered.
+    """
+    if (schedule is None or catch_up is CatchUp.COALESCE or sched_ms >= now_ms
+            or (count == 0 and has_due_time)):
+        return sched_ms
+    parsed = parse_schedule(schedule)
+    if isinstance(parsed, EverySchedule) and parsed.interval_ms == 0:
+        return sched_ms
+    if catch_up is CatchUp.SKIP:
+        if now_ms - sched_ms <= grace_ms:
+            return sched_ms
+        return next_fire_ms(schedule, sched_ms, count, repeats, expires_ms, now_ms)
+    end = _catch_up_end(now_ms, expires_ms)
+    if end <= sched_ms:
+        return sched_ms
+    return _nth_latest(parsed, sched_ms, end, max_catch_up)
+
+
+def _catch_up_end(now_ms: int, expires_ms: int | None) -> int:
+    """Missed occurrences are before this: the past, and not after the job's expiry."""
+    return now_ms if expires_ms is None else min(now_ms, expires_ms + 1)
+
+
+# The first window a search for the latest occurrences of a cron schedule looks back over
+# (it doubles); cron times are whole seconds.
+_FIRST_LOOK_BACK_MS = 1000
+
+
+def _nth_latest(parsed: Schedule, first_ms: int, end_ms: int, n: int) -> int:
+    """Of the occurrences from `first_ms` (one of them) to before `end_ms`, the n-th latest;
+    `first_ms` when there are n or fewer (n >= 1).
+
+    `@every` is arithmetic. A cron schedule can only be walked forwards, so the windows
+    before `end_ms` are looked at from the newest, each twice as long as the one before,
+    until they hold n occurrences: next_after calls in proportion to n and to the number
+    of windows, never to the number of occurrences missed (a year of a per-second cron)."""
+    if isinstance(parsed, EverySchedule):
+        step = parsed.interval_ms
+        latest = (end_ms - 1 - first_ms) // step  # occurrence first + latest*step < end
+        return first_ms + max(0, latest - n + 1) * step
+    newer: list[int] = []  # the latest occurrences found, oldest first
+    low, width = end_ms, _FIRST_LOOK_BACK_MS
+    while low > first_ms:
+        start = max(first_ms, low - width)
+        window: deque[int] = deque(maxlen=n)  # only its latest n can matter
+        seen = 0
+        t = parsed.next_after(start - 1)
+        while t is not None and t < low:
+            window.append(t)
+            seen += 1
+            t = parsed.next_after(t)
+        if seen + len(newer) >= n:
+            return [*window, *newer][-n]
+        newer[:0] = window
+        low, width = start, width * 2
+    return first_ms

@@ -63,7 +63,14 @@ from app.jobs.anydata import (
 )
 from app.jobs.durations import MAX_DURATION_LENGTH, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
-from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job, go_duration
+from app.jobs.model import (
+    DEFAULT_FAILURE_POLICY,
+    CatchUp,
+    FailureKind,
+    FailurePolicy,
+    Job,
+    go_duration,
+)
 from app.jobs.schedule import MAX_SCHEDULE_LENGTH, ScheduleError, plan
 
 MAX_NAME_LENGTH = 253
@@ -172,6 +179,7 @@ def parse_job_request(
         ttl=ttl,
         failure_policy=policy,
         delivery_timeout_ms=delivery_timeout_ms(request, max_delivery_timeout_ms),
+        catch_up=catch_up(request, schedule),
         first_ms=timing.first_ms,
         expires_ms=timing.expires_ms,
     )
@@ -214,6 +222,8 @@ def job_to_api(job: Job, *, dapr_compat: bool = False) -> dict[str, Any]:
     out["failurePolicy"] = job.failure_policy.to_api()
     if job.delivery_timeout_ms is not None:
         out["deliveryTimeout"] = go_duration(job.delivery_timeout_ms)  # beyond Dapr
+    if job.catch_up is not CatchUp.COALESCE:
+        out["catchUp"] = job.catch_up.value  # beyond Dapr
     return out
 
 
@@ -421,6 +431,22 @@ def delivery_timeout_ms(request: dict[str, Any], max_ms: int) -> int | None:
         raise malformed(f"{field} must be at most {max_ms / 1000:g}s (below the lease, "
                         f"JOBRUNNER_MAX_DELIVERY_TIMEOUT), got {value!r}")
     return ms
+
+
+def catch_up(request: dict[str, Any], schedule: str | None) -> CatchUp:
+    """`catchUp` (beyond Dapr): what a recurring job's missed occurrences become, one of
+    CatchUp's values; absent, null or "": coalesce. `all` and `skip` need a schedule (a
+    one-shot job has no occurrences to miss)."""
+    value = _field(request, "catchUp", "catch_up")
+    if value is None or value == "":
+        return CatchUp.COALESCE
+    choices = ", ".join(c.value for c in CatchUp)
+    if not isinstance(value, str) or value not in {c.value for c in CatchUp}:
+        raise malformed(f"catchUp must be one of {choices}, got {_show(value)}")
+    policy = CatchUp(value)
+    if policy is not CatchUp.COALESCE and schedule is None:
+        raise malformed(f"catchUp {value!r} needs a schedule: a job without one fires once")
+    return policy
 
 
 def _interval_ms(text: str) -> int:

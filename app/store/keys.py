@@ -25,6 +25,13 @@ Per partition:
                                then name, so one app's jobs are one ZRANGEBYLEX range
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
                                one app's dead letters, oldest first, as one range
+    {prefix}:{N}:paused  HASH  job id -> "{by}|{since ms}|{due ms}" of a paused job
+                               (app/store/pauses.py): `by` holds "j" (the job was
+                               paused) and/or "a" (its app was); its pending trigger
+                               waits here, out of the due index ("" while one is in
+                               flight: the worker's settlement fills it in)
+    {prefix}:{N}:pausedapps HASH app id -> ms the app was paused (in every partition:
+                               schedule.lua pauses the new jobs of a paused app)
     {prefix}:{N}:indexed STRING set once `names`/`deadlex` hold the data older
                                versions stored without them (store.Store.ensure_indexed)
     {prefix}:{N}:hist:{job id} LIST  the job's last outcomes, newest first
@@ -128,7 +135,7 @@ class PartitionKeys:
 
     def all(self) -> list[str]:
         return [self.due, self.jobs, self.runs, self.dead, self.deadidx, self.names,
-                self.deadlex]
+                self.deadlex, self.paused]
 
     @property
     def indexed(self) -> str:
@@ -141,6 +148,14 @@ class PartitionKeys:
         """The trigger history of the job `jid`; a replay's outcomes are those of the job
         it replays (app/store/history.py)."""
         return f"{self.due.removesuffix(':due')}:hist:{jid.partition(REPLAY_SEP)[0]}"
+
+    @property
+    def paused(self) -> str:
+        return f"{self.due.removesuffix(':due')}:paused"
+
+    @property
+    def pausedapps(self) -> str:
+        return f"{self.due.removesuffix(':due')}:pausedapps"
 
     @property
     def held(self) -> str:

@@ -7,7 +7,7 @@ from importlib import resources
 
 SCRIPT_NAMES = (
     "schedule", "delete", "claim", "ack", "release", "stage", "unstage", "replay",
-    "purge", "reindex",
+    "purge", "reindex", "pause", "resume", "trigger",
     "app_alive", "apps_cas",
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ from app.store.keys import (
     names_range,
     split_job_id,
 )
+from app.store.pauses import BY_APP, BY_JOB, Paused
 from app.store.redis_client import sync_client
 
 # Jobs deleted by one delete.lua call of delete_prefix; entries one reindex.lua step of
@@ -50,6 +51,9 @@ class JobView:
     attempt: int  # attempts made on the current trigger
     count: int  # triggers finished so far
     last_ms: int | None = None  # due time of the last finished trigger
+    paused: bool = False  # the job itself is paused (app/store/pauses.py)
+    app_paused: bool = False  # its app is paused
+    paused_ms: int | None = None  # since when it fires nothing (either pause)
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,8 @@ class Store:
         jid = job_id(job.app_id, job.name)
         pk = self.keys.for_job(jid)
         result = self._scripts["schedule"](
-            keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names],
+            keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names, pk.paused,
+                  pk.pausedapps],
             args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                   self.keys.wake_channel, "" if run is None else run.encode()],
         )
@@ -155,7 +160,8 @@ class Store:
         for job in jobs:
             jid = job_id(job.app_id, job.name)
             pk = self.keys.for_job(jid)
-            script(keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names],
+            script(keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names,
+                         pk.paused, pk.pausedapps],
                    args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                          self.keys.wake_channel],
                    client=pipe)
@@ -174,10 +180,13 @@ class Store:
         pipe.hget(pk.jobs, jid)
         pipe.hget(pk.runs, jid)
         pipe.zscore(pk.due, jid)
-        record, state, score = pipe.execute()
+        pipe.hget(pk.paused, jid)
+        pipe.hget(pk.pausedapps, app_id)
+        record, state, score, paused, app_paused = pipe.execute()
         if record is None:
             return None
-        return self._view(Job.decode(app_id, name, record), state, score)
+        return with_pause(self._view(Job.decode(app_id, name, record), state, score),
+                          paused, app_paused)
 
     @staticmethod
     def _view(job: Job, raw_state: bytes | None, score: float | None) -> JobView:
@@ -203,7 +212,8 @@ class Store:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
         return bool(self._scripts["delete"](
-            keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.history(jid)],
+            keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
+                  pk.history(jid)],
             args=[jid]))
 
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
@@ -248,13 +258,25 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for jid in ids[:take]:
             pipe.hget(self.keys.for_job(jid).jobs, jid)
+        pauses = self._pauses_of(app_id, ids[:take])
         views = []
         for i, record in enumerate(pipe.execute()):
             if record is not None:
                 name = split_job_id(ids[i])[1]
-                views.append(self._view(Job.decode(app_id, name, record), answers[3 * i + 1],
-                                        answers[3 * i + 2]))
+                views.append(with_pause(
+                    self._view(Job.decode(app_id, name, record), answers[3 * i + 1],
+                               answers[3 * i + 2]), *pauses[i]))
         return views, take
+
+    def _pauses_of(self, app_id: str, ids: list[str]) -> list[tuple[Any, Any]]:
+        """(paused entry, the app's pause) of each of `ids` (app/store/pauses.py), in one
+        round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for jid in ids:
+            pipe.hget(self.keys.for_job(jid).paused, jid)
+        pipe.hget(self.keys.partition(0).pausedapps, app_id)
+        *entries, app_paused = pipe.execute()
+        return [(entry, app_paused) for entry in entries]
 
     def delete_prefix(self, app_id: str, prefix: str) -> int:
         """Delete the app's jobs whose name starts with `prefix` (every job for ""), in
@@ -268,7 +290,7 @@ class Store:
                                                 num=DELETE_BATCH):
                 # delete.lua takes them out of the index too: the range shrinks each time.
                 deleted += int(self._scripts["delete"](
-                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names,
+                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
                           *(pk.history(_text(jid)) for jid in ids)], args=ids))
         return deleted
 
@@ -404,6 +426,21 @@ class Store:
             "due_index": sum(values[1::3]),
             "dead_letters": sum(values[2::3]),
         }
+
+
+def with_pause(view: JobView, raw_entry: bytes | None, app_since: bytes | None) -> JobView:
+    """The view of a job with its pause (app/store/pauses.py): a paused job's trigger waits
+    in its paused entry, not in the due index; one in flight is still in flight."""
+    if raw_entry is None and app_since is None:
+        return view
+    if raw_entry is None:  # its app's pause has not reached it yet
+        return replace(view, app_paused=True, paused_ms=int(app_since or 0))
+    entry = Paused.decode(raw_entry)
+    status = view.status if view.status is TriggerStatus.IN_FLIGHT else TriggerStatus.PAUSED
+    return replace(view, status=status,
+                   next_ms=view.next_ms if entry.due_ms is None else entry.due_ms,
+                   paused=BY_JOB in entry.by, app_paused=BY_APP in entry.by,
+                   paused_ms=entry.since_ms)
 
 
 def _name_after(token: str, prefix: str) -> str | None:

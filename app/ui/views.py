@@ -6,8 +6,8 @@ every change is a POST form with the session's CSRF token (app/ui/auth.py). Only
 API's app is shown, as the HTTP API does.
 
 Later additions hook in at the marked places of the templates: a job's history
-(`job.html`, "history"), and pause / resume / trigger buttons (`job.html`, "actions",
-with the `post_button` macro of `_macros.html`, and a route here each).
+(`job.html`, "history"). The pause / resume / trigger buttons are `post_button`s in
+`job.html` ("actions") and `jobs.html` (the app's), posting to job_action and app_action.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from app.jobs.model import DeadLetter, TriggerStatus
 from app.jobs.validation import MAX_NAME_LENGTH, job_to_api, parse_job_request, validate_name
 from app.settings import Settings
 from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
+from app.store.pauses import Pauses
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import JobExists, JobView, Store
 from app.ui import auth, forms
@@ -229,7 +230,8 @@ def _pretty(value: Any) -> str:
 
 
 _STATUS_TEXT = {TriggerStatus.SCHEDULED: "scheduled", TriggerStatus.IN_FLIGHT: "in flight",
-                TriggerStatus.RETRYING: "retrying", TriggerStatus.STAGED: "waiting for the app"}
+                TriggerStatus.RETRYING: "retrying", TriggerStatus.STAGED: "waiting for the app",
+                TriggerStatus.PAUSED: "paused"}
 
 
 @dataclass(frozen=True)
@@ -331,7 +333,8 @@ def jobs() -> Response:
     except ValueError as exc:  # a page token that is not one
         raise errors.malformed(str(exc)) from None
     return _page("jobs.html", title="Jobs", nav="jobs", prefix=prefix, first_page=not page,
-                 next_page=next_page, rows=[job_row(v, now) for v in views])
+                 next_page=next_page, rows=[job_row(v, now) for v in views],
+                 app_paused=when(Pauses(_store()).app_paused_since(settings.app_id), now))
 
 
 @ui_bp.get("/jobs/<name>")
@@ -346,7 +349,36 @@ def job(name: str) -> Response:
     api = job_to_api(view.job, dapr_compat=_settings().dapr_compat)
     return _page("job.html", title=name, nav="jobs", row=job_row(view, now), job=api,
                  expires=when(view.job.expires_ms, now), policy=policy_text(api["failurePolicy"]),
-                 has_data="data" in api, data=_pretty(api.get("data")), api_json=_pretty(api))
+                 has_data="data" in api, data=_pretty(api.get("data")), api_json=_pretty(api),
+                 paused=view.paused, app_paused=view.app_paused,
+                 paused_since=when(view.paused_ms, now))
+
+
+@ui_bp.post("/jobs/<name>/<any(pause, resume, trigger):action>")
+def job_action(name: str, action: str) -> Response:
+    """Pause, resume or trigger the job now (app/store/pauses.py), then back to its page."""
+    name = validate_name(name)
+    pauses, app_id = Pauses(_store()), _settings().app_id
+    if action == "trigger":
+        fired = pauses.trigger(app_id, name)
+        found, said = fired is not None, f"Triggered {name!r} now" + (
+            f" (trigger {fired.trigger_id})." if fired else ".")
+    else:
+        found = (pauses.pause_job if action == "pause" else pauses.resume_job)(app_id, name)
+        said = f"{action.capitalize()}d {name!r}."
+    if not found:
+        return _error_page(404, f"There is no job {name!r} (a one-shot job is gone once it "
+                                "has fired).")
+    return _redirect("ui.job", flash=said, name=name)
+
+
+@ui_bp.post("/app/<any(pause, resume):action>")
+def app_action(action: str) -> Response:
+    """Pause or resume the app: every job of it (a job paused by itself stays paused)."""
+    pauses, app_id = Pauses(_store()), _settings().app_id
+    n = pauses.pause_app(app_id) if action == "pause" else pauses.resume_app(app_id)
+    return _redirect("ui.jobs", flash=f"{action.capitalize()}d the app "
+                                      f"({n} job{'' if n == 1 else 's'}).")
 
 
 @ui_bp.route("/schedule", methods=["GET", "POST"])

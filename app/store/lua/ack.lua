@@ -6,7 +6,8 @@
 -- KEYS[5] deadidx  ZSET  dead-letter id -> ms it was dead-lettered
 -- KEYS[6] names    ZSET  job ids scored 0: the per-app job index (app/store/keys.py)
 -- KEYS[7] deadlex  ZSET  "{app}/{ms, 13 digits}/{dead-letter id}": the per-app dead-letter index
--- KEYS[7 + k] hist  LIST  the trigger history of the k-th group's job (app/store/history.py;
+-- KEYS[8] paused   HASH  job id -> "{by}|{since ms}|{due ms}" of a paused job (app/store/pauses.py)
+-- KEYS[8 + k] hist  LIST  the trigger history of the k-th group's job (app/store/history.py;
 --                        only when ARGV[2] is above 0)
 -- ARGV[1] now, epoch ms
 -- ARGV[2] history size: the outcomes kept per job; 0: none (no history keys given)
@@ -16,6 +17,10 @@
 --   action "next":  the trigger is finished; time = next trigger's due ms, "" when the job is over
 --   action "retry": the delivery failed and will be tried again at time
 --   action "dead":  the failure policy is spent: store the dead letter, then as "next"
+--   action "skip":  the trigger was missed and passed over, not delivered (a job's catch-up
+--                   policy, app/jobs/schedule.py catch_up_due): time = the trigger due
+--                   instead, not counted as fired; "" when that ends the job
+-- A paused job's next trigger (or retry) waits in `paused` instead of the due index.
 -- An entry whose lease token no longer matches (job deleted or overwritten,
 -- or its lease expired and another worker took it) changes nothing, and is not recorded.
 -- Returns the number of entries applied.
@@ -42,6 +47,16 @@ local function record(hist, entry, id, over)
     redis.call("PERSIST", hist)  -- a job that ended earlier under this name, scheduled anew
   end
 end
+-- Put the job's trigger due at `at`: in the due index, or in `paused` when it is paused.
+local function requeue(id, at)
+  local entry = redis.call("HGET", KEYS[8], id)
+  if entry then
+    redis.call("ZREM", KEYS[1], id)
+    redis.call("HSET", KEYS[8], id, string.match(entry, "^%a*|%d*|") .. at)
+  else
+    redis.call("ZADD", KEYS[1], at, id)
+  end
+end
 local applied = 0
 local group = 0
 for i = 4, #ARGV, 7 do
@@ -54,7 +69,10 @@ for i = 4, #ARGV, 7 do
       applied = applied + 1
       if action == "retry" then
         redis.call("HSET", KEYS[3], id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|")
-        redis.call("ZADD", KEYS[1], at, id)
+        requeue(id, at)
+      elseif action == "skip" and at ~= "" then
+        redis.call("HSET", KEYS[3], id, at .. "|0|" .. count .. "|" .. last .. "|")
+        requeue(id, at)
       else
         if action == "dead" then
           redis.call("HSET", KEYS[4], ARGV[i + 4], ARGV[i + 5])
@@ -70,13 +88,16 @@ for i = 4, #ARGV, 7 do
           redis.call("HDEL", KEYS[3], id)
           redis.call("ZREM", KEYS[1], id)
           redis.call("ZREM", KEYS[6], id)
+          redis.call("HDEL", KEYS[8], id)
         else
           redis.call("HSET", KEYS[3], id, at .. "|0|" .. (tonumber(count) + 1) .. "|" .. sched .. "|")
-          redis.call("ZADD", KEYS[1], at, id)
+          requeue(id, at)
         end
       end
       if size > 0 and ARGV[i + 6] ~= "" then
-        record(KEYS[7 + group], ARGV[i + 6], id, action ~= "retry" and at == "")
+        record(KEYS[8 + group], ARGV[i + 6], id, action ~= "retry" and at == "")
+      elseif size > 0 and action == "skip" and at == "" then
+        redis.call("PEXPIRE", KEYS[8 + group], keep) -- over, with nothing to record
       end
     end
   end

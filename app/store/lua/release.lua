@@ -1,10 +1,12 @@
 -- release.lua: hand back triggers a stopping worker claimed but did not deliver.
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
+-- KEYS[3] paused HASH job id -> "{by}|{since ms}|{due ms}" of a paused job (optional)
 -- ARGV[1] lease token the triggers were claimed under
 -- ARGV[2..n] job ids
 -- Each trigger becomes due again at its retry/due time at once, with the
--- attempt it was charged for given back. Returns how many were released.
+-- attempt it was charged for given back; a paused job's waits in `paused` instead
+-- (app/store/pauses.py). Returns how many were released.
 local released = 0
 for i = 2, #ARGV do
   local state = redis.call("HGET", KEYS[2], ARGV[i])
@@ -13,7 +15,16 @@ for i = 2, #ARGV do
     if lease == ARGV[1] then
       local a = math.max(tonumber(attempt) - 1, 0)
       redis.call("HSET", KEYS[2], ARGV[i], sched .. "|" .. a .. "|" .. count .. "|" .. last .. "|")
-      redis.call("ZADD", KEYS[1], sched, ARGV[i])
+      local entry = KEYS[3] and redis.call("HGET", KEYS[3], ARGV[i])
+      if entry then
+        redis.call("ZREM", KEYS[1], ARGV[i])
+        local head, due = string.match(entry, "^(%a*|%d*|)(%d*)$")
+        if due == "" then
+          redis.call("HSET", KEYS[3], ARGV[i], head .. sched)
+        end
+      else
+        redis.call("ZADD", KEYS[1], sched, ARGV[i])
+      end
       released = released + 1
     end
   end

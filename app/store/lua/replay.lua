@@ -6,6 +6,7 @@
 -- KEYS[5] deadidx  ZSET  dead-letter id -> ms it was dead-lettered
 -- KEYS[6] names    ZSET  the per-app job index (not used: a replay is not listed)
 -- KEYS[7] deadlex  ZSET  "{app}/{ms, 13 digits}/{dead-letter id}": the per-app index
+-- KEYS[8] paused   HASH  (not used: a replay is not paused with its job)
 -- ARGV[1] dead-letter id
 -- ARGV[2] job id of the replay (a one-shot job of its own)
 -- ARGV[3] its job record

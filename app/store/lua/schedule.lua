@@ -4,6 +4,8 @@
 -- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of this job's app
 -- KEYS[5] names  ZSET job ids scored 0: the per-app job index (app/store/keys.py)
+-- KEYS[6] paused     HASH job id -> "{by}|{since ms}|{due ms}" of a paused job (optional)
+-- KEYS[7] pausedapps HASH app id -> ms it was paused (optional, with KEYS[6])
 -- ARGV[1] job id
 -- ARGV[2] job record (JSON)
 -- ARGV[3] first due time, epoch ms
@@ -12,9 +14,12 @@
 -- ARGV[6] optional: the run state to start from, "sched|0|count|last|" with sched =
 --         ARGV[3] (a job put back where it stood, app/jobs/restore.py); absent or ""
 --         for a new job
+-- A job that is paused, or of a paused app, stays paused: its first trigger waits in
+-- `paused` (app/store/pauses.py) rather than in the due index.
 -- Returns 0 when the job exists and overwrite is off, 1 when stored,
 -- 2 when stored and it is now the earliest job of this partition.
-if ARGV[4] ~= "1" and redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1 then
+local existed = redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1
+if ARGV[4] ~= "1" and existed then
   return 0
 end
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
@@ -27,6 +32,24 @@ else
   redis.call("HDEL", KEYS[3], ARGV[1])
 end
 redis.call("ZREM", KEYS[4], ARGV[1])
+if KEYS[7] then
+  local by, since = "", nil
+  local entry = existed and redis.call("HGET", KEYS[6], ARGV[1])
+  if entry then
+    by, since = string.match(entry, "^(%a*)|(%d*)|")
+  elseif not existed then
+    redis.call("HDEL", KEYS[6], ARGV[1]) -- left by a job of this name that is gone
+  end
+  local app_since = redis.call("HGET", KEYS[7], string.match(ARGV[1], "^[^/]*"))
+  if app_since and not string.find(by, "a", 1, true) then
+    by, since = by .. "a", since or app_since
+  end
+  if by ~= "" then
+    redis.call("ZREM", KEYS[1], ARGV[1])
+    redis.call("HSET", KEYS[6], ARGV[1], by .. "|" .. since .. "|" .. ARGV[3])
+    return 1
+  end
+end
 redis.call("ZADD", KEYS[1], ARGV[3], ARGV[1])
 local head = redis.call("ZRANGE", KEYS[1], 0, 0)
 if head[1] == ARGV[1] then

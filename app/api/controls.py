@@ -1,0 +1,91 @@
+"""Pause, resume and trigger now (extensions; README, "Pause, resume and catch-up").
+
+    POST .../jobs/{name}/pause     200, the job as GET answers it (`paused: true`)
+    POST .../jobs/{name}/resume    200, the job as GET answers it
+    POST .../jobs/{name}/trigger   202, {"name", "triggerId", "scheduledTime"}
+    GET  .../app                   200, {"appId", "paused", "pausedTime"}
+    POST .../app/pause             200, the same, with "jobs": how many it paused
+    POST .../app/resume            200, the same, with "jobs": how many it resumed
+
+`...` is /v1.0 or /v1.0-alpha1, as for the jobs API; only this API's app. A name cannot
+hold '/', so `{name}/pause` never shadows a job. Each is idempotent but trigger: pausing a
+paused job, or resuming one that is not paused, changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify
+
+from app.api.jobs import ms_to_rfc3339, view_to_api
+from app.jobs import errors
+from app.jobs.validation import validate_name
+from app.store.pauses import Pauses
+
+controls_bp = Blueprint("controls", __name__)
+
+_VERSIONS = ("/v1.0-alpha1", "/v1.0")
+
+
+def _job_answer(name: str) -> Response:
+    view = g.store.get(g.settings.app_id, name)
+    if view is None:
+        raise errors.job_not_found(name)
+    return jsonify(view_to_api(view))
+
+
+def pause_job(name: str) -> Response:
+    name = validate_name(name)
+    if not Pauses(g.store).pause_job(g.settings.app_id, name):
+        raise errors.job_not_found(name)
+    return _job_answer(name)
+
+
+def resume_job(name: str) -> Response:
+    name = validate_name(name)
+    if not Pauses(g.store).resume_job(g.settings.app_id, name):
+        raise errors.job_not_found(name)
+    return _job_answer(name)
+
+
+def trigger_job(name: str) -> Response:
+    name = validate_name(name)
+    fired = Pauses(g.store).trigger(g.settings.app_id, name)
+    if fired is None:
+        raise errors.job_not_found(name)
+    response = jsonify({"name": name, "triggerId": fired.trigger_id,
+                        "scheduledTime": ms_to_rfc3339(fired.due_ms)})
+    response.status_code = 202
+    return response
+
+
+def _app_state(**more: Any) -> Response:
+    since = Pauses(g.store).app_paused_since(g.settings.app_id)
+    return jsonify({"appId": g.settings.app_id, "paused": since is not None,
+                    "pausedTime": ms_to_rfc3339(since), **more})
+
+
+def get_app() -> Response:
+    return _app_state()
+
+
+def pause_app() -> Response:
+    return _app_state(jobs=Pauses(g.store).pause_app(g.settings.app_id))
+
+
+def resume_app() -> Response:
+    return _app_state(jobs=Pauses(g.store).resume_app(g.settings.app_id))
+
+
+for _version, _base in enumerate(_VERSIONS):
+    for _action, _view in (("pause", pause_job), ("resume", resume_job),
+                           ("trigger", trigger_job)):
+        controls_bp.add_url_rule(f"{_base}/jobs/<anything:name>/{_action}", view_func=_view,
+                                 methods=["POST"], endpoint=f"{_action}_job_{_version}")
+    controls_bp.add_url_rule(f"{_base}/app", view_func=get_app, methods=["GET"],
+                             endpoint=f"app_{_version}")
+    controls_bp.add_url_rule(f"{_base}/app/pause", view_func=pause_app, methods=["POST"],
+                             endpoint=f"pause_app_{_version}")
+    controls_bp.add_url_rule(f"{_base}/app/resume", view_func=resume_app, methods=["POST"],
+                             endpoint=f"resume_app_{_version}")

@@ -1,0 +1,23 @@
+-- trigger.lua: fire a job once at once, beside its schedule: a one-shot job of its own
+-- (a replay's kind of job id, app/store/keys.py), due now, that the job's schedule,
+-- run state and pause know nothing of.
+-- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
+-- KEYS[2] jobs  HASH  job id -> job record
+-- ARGV[1] the job's id
+-- ARGV[2] the job's record as read (the one-shot is built from it)
+-- ARGV[3] the one-shot's job id
+-- ARGV[4] the one-shot's record
+-- ARGV[5] its due time, ms
+-- ARGV[6] wake channel
+-- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read.
+local record = redis.call("HGET", KEYS[2], ARGV[1])
+if not record then
+  return 0
+end
+if record ~= ARGV[2] then
+  return -1
+end
+redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
+redis.call("ZADD", KEYS[1], ARGV[5], ARGV[3])
+redis.call("PUBLISH", ARGV[6], ARGV[5])
+return 1

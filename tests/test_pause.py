@@ -1,0 +1,426 @@
+"""Pause, resume and trigger now (app/store/pauses.py, app/api/controls.py): per job and
+per app, over HTTP, with a real worker and receiver where deliveries are involved."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from flask.testing import FlaskClient
+
+from app.jobs.clock import now_ms
+from app.jobs.durations import rfc3339_ns
+from app.settings import Settings
+from app.store.keys import is_replay
+from app.store.pauses import BATCH, Pauses
+from app.store.store import Store
+from tests.support.jobs import APP, QueueDriver
+from tests.support.receiver import Receiver
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker
+
+pytestmark = pytest.mark.usefixtures("reap_workers")
+
+V1 = "/v1.0/jobs"
+HOUR_MS = 3_600_000
+
+
+def _schedule(api: FlaskClient, name: str, base: str = V1, **body: Any) -> None:
+    answer = api.post(f"{base}/{name}", json=body)
+    assert answer.status_code == 204, answer.get_data(as_text=True)
+
+
+def _get(api: FlaskClient, name: str) -> dict[str, Any]:
+    answer = api.get(f"{V1}/{name}")
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body: dict[str, Any] = answer.get_json()
+    return body
+
+
+def _ms(text: str) -> int:
+    ns = rfc3339_ns(text)
+    assert ns is not None, text
+    return ns // 1_000_000
+
+
+def _post(api: FlaskClient, path: str, status: int = 200) -> Any:
+    answer = api.post(path)
+    assert answer.status_code == status, answer.get_data(as_text=True)
+    return answer.get_json()
+
+
+def _claimable(settings: Settings, at_ms: int) -> list[str]:
+    """The names a worker could claim at `at_ms` (claims them: only for jobs that are
+    never delivered afterwards)."""
+    driver = QueueDriver(settings, at_ms)
+    try:
+        return [t.job.name for t in driver.claim(1000)]
+    finally:
+        driver.close()
+
+
+# -- one job, without a worker ------------------------------------------------------------
+
+
+def test_a_paused_job_keeps_its_schedule_and_cannot_be_claimed(api: FlaskClient,
+                                                               settings: Settings) -> None:
+    _schedule(api, "report", schedule="@every 1h", dueTime="1h")
+    _schedule(api, "other", dueTime="1h")
+    before = _get(api, "report")
+    paused = _post(api, f"{V1}/report/pause")
+    assert paused["paused"] is True and paused["status"] == "paused"
+    assert "appPaused" not in paused
+    assert paused["nextTriggerTime"] == before["nextTriggerTime"]  # its schedule stands
+    assert _ms(paused["pausedTime"]) <= now_ms()
+    assert {k: v for k, v in _get(api, "report").items()} == paused
+    # Nothing of it is due, whatever the time: only the other job can be claimed.
+    assert _claimable(settings, now_ms() + 10 * HOUR_MS) == ["other"]
+
+
+def test_resume_puts_the_trigger_back_where_it_was(api: FlaskClient) -> None:
+    _schedule(api, "report", schedule="@every 1h", dueTime="1h")
+    before = _get(api, "report")
+    _post(api, f"{V1}/report/pause")
+    resumed = _post(api, f"{V1}/report/resume")
+    assert resumed == before  # not paused, nothing missed: as it was
+
+
+def test_pause_and_resume_are_idempotent_and_404_for_no_job(api: FlaskClient) -> None:
+    _schedule(api, "report", dueTime="1h")
+    first = _post(api, f"{V1}/report/pause")
+    assert _post(api, f"{V1}/report/pause") == first  # paused since the first time
+    assert _post(api, f"{V1}/report/resume") == _post(api, f"{V1}/report/resume")
+    for action in ("pause", "resume", "trigger"):
+        for base in ("/v1.0/jobs", "/v1.0-alpha1/jobs"):
+            gone = api.post(f"{base}/nope/{action}")
+            assert gone.status_code == 404
+            assert gone.get_json()["errorCode"] == "DAPR_SCHEDULER_JOB_NOT_FOUND"
+
+
+def test_a_bad_name_is_a_400_not_a_job_named_with_a_slash(api: FlaskClient) -> None:
+    for path in (f"{V1}/%20/pause", f"{V1}/a%3Fb/trigger", f"{V1}/{'x' * 254}/resume"):
+        answer = api.post(path)
+        assert answer.status_code == 400, path
+        assert "errorCode" in answer.get_json()
+    # The schedule route still takes POST .../jobs/{name} (the action routes are
+    # .../{name}/{action}, and no name holds '/').
+    _schedule(api, "pause", dueTime="1h")
+    _schedule(api, "trigger", dueTime="1h")
+    assert "paused" not in _get(api, "pause")
+
+
+def test_a_paused_job_overwritten_stays_paused_with_its_new_timing(api: FlaskClient,
+                                                                    settings: Settings) -> None:
+    _schedule(api, "report", dueTime="1h")
+    _post(api, f"{V1}/report/pause")
+    _schedule(api, "report", dueTime="2h", overwrite=True, data={"v": 2})
+    got = _get(api, "report")
+    assert got["paused"] is True and got["data"] == {"v": 2}
+    assert _ms(got["nextTriggerTime"]) > now_ms() + HOUR_MS
+    assert _claimable(settings, now_ms() + 10 * HOUR_MS) == []
+
+
+def test_a_job_deleted_while_paused_comes_back_unpaused(api: FlaskClient) -> None:
+    _schedule(api, "report", dueTime="1h")
+    _post(api, f"{V1}/report/pause")
+    assert api.delete(f"{V1}/report").status_code == 204
+    _schedule(api, "report", dueTime="1h")
+    assert "paused" not in _get(api, "report")
+
+
+def test_a_skip_job_whose_ttl_ran_out_while_paused_ends_at_its_resume(store: Store) -> None:
+    from app.jobs.model import CatchUp
+    from tests.support.jobs import make_job
+
+    now = now_ms()
+    store.schedule(make_job("ending", now - 5000, schedule="@every 1s",
+                            expires_ms=now - 1000, catch_up=CatchUp.SKIP))
+    hist = store.keys.partition(0).history(f"{APP}/ending")
+    store.redis.lpush(hist, "an earlier outcome")
+    pauses = Pauses(store)
+    assert pauses.pause_job(APP, "ending")
+    assert pauses.resume_job(APP, "ending")
+    assert store.get(APP, "ending") is None  # over: nothing of it was left to fire
+    assert 0 < store.redis.pttl(hist) <= int(store.settings.history_ttl_s * 1000)
+    assert not any(store.redis.zcard(pk.names) for pk in store.keys.all_partitions())
+
+
+# -- the app, without a worker --------------------------------------------------------------
+
+
+def test_pausing_the_app_pauses_every_job_and_the_new_ones(api: FlaskClient,
+                                                           settings: Settings) -> None:
+    for i in range(3):
+        _schedule(api, f"job-{i}", dueTime="1h")
+    assert api.get("/v1.0/app").get_json() == {"appId": APP, "paused": False, "pausedTime": None}
+    paused = _post(api, "/v1.0/app/pause")
+    assert paused["paused"] is True and paused["jobs"] == 3
+    assert api.get("/v1.0-alpha1/app").get_json()["pausedTime"] == paused["pausedTime"]
+    _schedule(api, "late", dueTime="0s")  # scheduled while the app is paused
+    for name in ("job-0", "job-1", "job-2", "late"):
+        got = _get(api, name)
+        assert got["appPaused"] is True and got["status"] == "paused"
+        assert "paused" not in got  # not paused by itself
+    listed = api.get(f"{V1}?limit=10").get_json()["jobs"]
+    assert {j["name"]: j["status"] for j in listed} == dict.fromkeys(
+        ("job-0", "job-1", "job-2", "late"), "paused")
+    assert _claimable(settings, now_ms() + 10 * HOUR_MS) == []
+
+
+def test_resuming_the_app_leaves_a_job_paused_by_itself_paused(api: FlaskClient) -> None:
+    _schedule(api, "mine", dueTime="1h")
+    _schedule(api, "theirs", dueTime="1h")
+    _post(api, f"{V1}/mine/pause")
+    _post(api, "/v1.0/app/pause")
+    # Resuming the job while its app is paused lifts only its own pause.
+    still = _post(api, f"{V1}/theirs/resume")
+    assert still["appPaused"] is True and still["status"] == "paused"
+    resumed = _post(api, "/v1.0/app/resume")
+    assert resumed == {"appId": APP, "paused": False, "pausedTime": None, "jobs": 1}
+    assert "appPaused" not in _get(api, "theirs") and _get(api, "theirs")["status"] == "scheduled"
+    mine = _get(api, "mine")
+    assert mine["paused"] is True and "appPaused" not in mine and mine["status"] == "paused"
+
+
+def test_an_app_pause_walks_its_jobs_in_batches_and_touches_no_other_app(
+        settings: Settings) -> None:
+    from tests.support.jobs import make_job
+
+    store = Store(settings.with_(partitions=3))  # partition by partition, as on a Cluster
+    due = now_ms() + HOUR_MS
+    n = BATCH * 2 + 7
+    store.schedule_many(make_job(f"j{i:04d}", due) for i in range(n))
+    store.schedule_many(make_job(f"j{i:04d}", due, app_id="other") for i in range(5))
+
+    def due_index() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for pk in store.keys.all_partitions():
+            for member in store.redis.zrange(pk.due, 0, -1):
+                app = member.decode().partition("/")[0]
+                counts[app] = counts.get(app, 0) + 1
+        return counts
+
+    pauses = Pauses(store)
+    assert pauses.pause_app(APP) == n
+    assert due_index() == {"other": 5}
+    assert store.get("other", "j0000") is not None and "paused" not in repr(
+        store.get("other", "j0000").status)
+    assert pauses.resume_app(APP) == n
+    assert due_index() == {APP: n, "other": 5}
+    store.close()
+
+
+# -- trigger now ----------------------------------------------------------------------------
+
+
+def test_trigger_stores_a_one_shot_beside_the_job_and_leaves_it_as_it_was(
+        api: FlaskClient, settings: Settings) -> None:
+    _schedule(api, "report", schedule="@every 1h", dueTime="1h", data={"n": 1})
+    before = _get(api, "report")
+    fired = _post(api, f"{V1}/report/trigger", 202)
+    assert fired["name"] == "report"
+    assert fired["triggerId"].startswith(f"{APP}/report@")
+    assert ":now-" in fired["triggerId"]
+    assert _get(api, "report") == before
+    # One trigger is due now: the one-shot, with the trigger's id.
+    driver = QueueDriver(settings)
+    try:
+        claimed = driver.claim(10)
+    finally:
+        driver.close()
+    assert [(t.job.name, t.trigger_id, t.job.data) for t in claimed] == [
+        ("report", fired["triggerId"], {"n": 1})]
+    assert is_replay(claimed[0].job_id) and claimed[0].job.schedule is None
+    # It is not a job of the app's list.
+    assert [j["name"] for j in api.get(V1).get_json()["jobs"]] == ["report"]
+
+
+# -- the dashboard's buttons ----------------------------------------------------------------
+
+
+def test_the_dashboard_pauses_resumes_and_triggers_a_job_and_the_app(api: FlaskClient) -> None:
+    from tests.test_dashboard import press
+
+    _schedule(api, "report", schedule="@every 1h", dueTime="1h")
+    paused = press(api, "/ui/jobs/report", "Pause")
+    assert paused.status_code == 303 and paused.headers["Location"] == "/ui/jobs/report"
+    assert _get(api, "report")["paused"] is True
+    page = api.get("/ui/jobs/report").get_data(as_text=True)
+    assert "Paused" in page and 'class="badge paused"' in page and ">Pause<" not in page
+
+    assert press(api, "/ui/jobs/report", "Resume").status_code == 303
+    assert "paused" not in _get(api, "report")
+
+    before = _get(api, "report")
+    assert press(api, "/ui/jobs/report", "Trigger now").status_code == 303
+    assert "Triggered &#39;report&#39; now (trigger job-service/report@" in api.get(
+        "/ui/jobs/report").get_data(as_text=True)
+    assert _get(api, "report") == before  # the schedule is not touched
+
+    assert press(api, "/ui/jobs", "Pause the app").status_code == 303
+    jobs_page = api.get("/ui/jobs").get_data(as_text=True)
+    assert 'id="app-paused"' in jobs_page and ">Resume the app<" in jobs_page
+    assert _get(api, "report")["appPaused"] is True
+    assert press(api, "/ui/jobs", "Resume the app").status_code == 303
+    assert "appPaused" not in _get(api, "report")
+
+
+def test_the_dashboards_buttons_need_the_csrf_token(api: FlaskClient) -> None:
+    _schedule(api, "report", dueTime="1h")
+    for path in ("/ui/jobs/report/pause", "/ui/jobs/report/trigger", "/ui/app/pause"):
+        assert api.post(path, data={}).status_code == 403
+    assert "paused" not in _get(api, "report")
+    assert api.get("/v1.0/app").get_json()["paused"] is False
+
+
+# -- the CLI --------------------------------------------------------------------------------
+
+
+def _cli(url: str, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from app.cli.main import main
+
+    return CliRunner().invoke(main, ["jobs", *args, "--url", url], catch_exceptions=False)
+
+
+def test_the_cli_pauses_resumes_and_triggers(settings: Settings) -> None:
+    from app.api.factory import create_app
+    from tests.test_dashboard import serving
+
+    with serving(create_app(settings)) as url:
+        done = _cli(url, "schedule", "report", "--schedule", "@every 1h", "--due-time", "1h",
+                    "--catch-up", "skip")
+        assert done.exit_code == 0, done.output
+        got = json.loads(_cli(url, "get", "report", "--json").output)
+        assert got["catchUp"] == "skip"
+        nxt = got["nextTriggerTime"]
+
+        paused = _cli(url, "pause", "report")
+        assert paused.exit_code == 0
+        assert paused.output == f"'report' is paused: its next trigger {nxt} waits\n"
+        shown = _cli(url, "get", "report").output
+        assert "status           paused\n" in shown and "paused           true\n" in shown
+        assert "paused" in _cli(url, "list").output.splitlines()[1]
+        resumed = _cli(url, "resume", "report")
+        assert resumed.output == f"resumed 'report': next trigger {nxt}\n"
+
+        fired = _cli(url, "trigger", "report", "--json")
+        assert json.loads(fired.output)["triggerId"].startswith(f"{APP}/report@")
+        assert _cli(url, "trigger", "report").output.startswith("triggered 'report': trigger ")
+
+        app_paused = _cli(url, "pause", "--all")
+        assert app_paused.output == f"paused app '{APP}' (1 job)\n"
+        assert "(its app is paused)" in _cli(url, "resume", "report").output
+        assert json.loads(_cli(url, "resume", "--all", "--json").output)["paused"] is False
+
+        missing = _cli(url, "pause", "nope")
+        assert missing.exit_code == 1
+        assert "404 DAPR_SCHEDULER_JOB_NOT_FOUND" in missing.output
+        for usage in (("pause",), ("pause", "report", "--all"), ("resume",)):
+            assert _cli(url, *usage).exit_code == 2
+        assert _cli(url, "schedule", "x", "--due-time", "1s", "--catch-up", "never").exit_code == 2
+
+
+# -- with a real worker and receiver ---------------------------------------------------------
+
+
+def _scheds(receiver: Receiver, name: str) -> list[int]:
+    return [int(d.headers["jobrunner-scheduled-ms"]) for d in receiver.received(f"/job/{name}")]
+
+
+def test_a_paused_job_fires_nothing_until_resumed(api: FlaskClient, receiver: Receiver,
+                                                  worker: ThreadWorker) -> None:
+    _schedule(api, "tick", schedule="@every 200ms", dueTime="0s")
+    wait_for(lambda: _scheds(receiver, "tick"), what="the first tick")
+    paused = _ms(_post(api, f"{V1}/tick/pause")["pausedTime"])
+    # A probe due after three more ticks would have fallen due: once it is delivered, they
+    # would have been too.
+    _schedule(api, "probe", dueTime="700ms")
+    wait_for(lambda: receiver.received("/job/probe"), what="the probe")
+    assert [s for s in _scheds(receiver, "tick") if s > paused] == []
+    got = _get(api, "tick")
+    assert got["status"] == "paused" and _ms(got["nextTriggerTime"]) < now_ms()
+    resumed = now_ms()
+    _post(api, f"{V1}/tick/resume")
+    # Coalesced (the default): one trigger for what fell due while paused, then on schedule.
+    wait_for(lambda: [s for s in _scheds(receiver, "tick") if s > resumed],
+             what="a tick on schedule after the resume")
+    assert len([s for s in _scheds(receiver, "tick") if paused < s < resumed]) <= 1
+
+
+def test_a_trigger_in_flight_is_finished_and_the_next_one_waits(
+        api: FlaskClient, receiver: Receiver, worker: ThreadWorker) -> None:
+    release = threading.Event()
+
+    def answer(delivery: Any) -> int:
+        if delivery.path == "/job/slow":
+            release.wait(10)
+        return 200
+
+    receiver.responder = answer
+    _schedule(api, "slow", schedule="@every 1s", dueTime="0s")
+    wait_for(lambda: receiver.received("/job/slow"), what="the delivery to start")
+    paused = _post(api, f"{V1}/slow/pause")
+    assert paused["paused"] is True and paused["status"] == "in_flight"
+    first = _scheds(receiver, "slow")[0]
+    release.set()
+    # Settled: the next trigger is known, and waits.
+    got = wait_for(lambda: (lambda j: j if j["status"] == "paused" else None)(
+        _get(api, "slow")), what="the settlement")
+    assert _ms(got["nextTriggerTime"]) == first + 1000 and got["triggerCount"] == 1
+    _schedule(api, "probe", dueTime="1500ms")
+    wait_for(lambda: receiver.received("/job/probe"), what="the probe")
+    assert _scheds(receiver, "slow") == [first]
+    _post(api, f"{V1}/slow/resume")
+    wait_for(lambda: len(_scheds(receiver, "slow")) >= 2, what="the resumed trigger")
+    assert _scheds(receiver, "slow")[1] == first + 1000  # what waited, coalesced
+
+
+def test_trigger_now_delivers_once_with_its_own_id_and_leaves_the_job_as_it_was(
+        api: FlaskClient, settings: Settings, receiver: Receiver, worker: ThreadWorker) -> None:
+    _schedule(api, "report", schedule="@every 1h", dueTime="1h", data={"n": 1})
+    _post(api, f"{V1}/report/pause")  # a paused job is triggered too
+    before = _get(api, "report")
+    fired = _post(api, f"{V1}/report/trigger", 202)
+    [delivery] = wait_for(lambda: receiver.received("/job/report"), what="the trigger")
+    assert delivery.body == b'{"n":1}'
+    assert unquote(delivery.headers["jobrunner-trigger-id"]) == fired["triggerId"]
+    assert int(delivery.headers["jobrunner-scheduled-ms"]) == _ms(fired["scheduledTime"])
+    again = _post(api, f"{V1}/report/trigger", 202)
+    assert again["triggerId"] != fired["triggerId"]
+    wait_for(lambda: len(receiver.received("/job/report")) == 2, what="the second trigger")
+    # Settled, and gone: the job is as it was (its count, next trigger and pause).
+    wait_for(lambda: not _due_one_shots(settings), what="the one-shots to be settled")
+    assert _get(api, "report") == before
+
+
+def _due_one_shots(settings: Settings) -> list[str]:
+    store = Store(settings)
+    try:
+        return [m.decode() for pk in store.keys.all_partitions()
+                for m in store.redis.zrange(pk.due, 0, -1) if is_replay(m.decode())]
+    finally:
+        store.close()
+
+
+def test_a_paused_app_fires_nothing_and_other_apps_go_on(settings: Settings, receiver: Receiver,
+                                                         api: FlaskClient,
+                                                         worker: ThreadWorker) -> None:
+    from tests.support.jobs import make_job, register
+
+    _schedule(api, "tick", schedule="@every 200ms", dueTime="0s")
+    wait_for(lambda: _scheds(receiver, "tick"), what="the first tick")
+    paused = _ms(_post(api, "/v1.0/app/pause")["pausedTime"])
+    _schedule(api, "new", dueTime="0s")  # scheduled while the app is paused
+    other = register(settings, receiver.url, app_id="other")
+    other.schedule(make_job("probe", now_ms() + 700, app_id="other"))
+    wait_for(lambda: receiver.received("/job/probe"), what="the other app's job")
+    assert [s for s in _scheds(receiver, "tick") if s > paused] == []
+    assert receiver.received("/job/new") == []
+    _post(api, "/v1.0/app/resume")
+    wait_for(lambda: receiver.received("/job/new"), what="the new job after the resume")
+    other.close()
