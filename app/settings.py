@@ -111,6 +111,8 @@ def _signing_keys_env(keys: tuple[bytes, ...]) -> str:
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# granian's bound of its header read timeout (60,000 ms).
+MAX_HTTP_HEADER_TIMEOUT_S = 60.0
 # JOBRUNNER_APP_RATE_LIMIT's bound: past it, a limit limits nothing a worker can do.
 MAX_APP_RATE_LIMIT = 1_000_000.0
 # JOBRUNNER_MAX_CATCH_UP's bound: a worker fires that many missed occurrences of a job in
@@ -205,6 +207,13 @@ class Settings:
     # Dapr's gRPC API (app/grpc), on http_host; Dapr's default port. 0: not served.
     grpc_port: int = 50001
     max_data_bytes: int = 1024 * 1024
+    # The API's HTTP server (app/processes/serve.py), per process: a request's head must
+    # arrive within http_header_timeout_s of the connection's opening or of the previous
+    # answer (so an idle connection is closed after it too), its body within
+    # http_body_timeout_s; connections open at once, at most http_max_connections.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    http_max_connections: int = 512
     # Bounds of one listing or dead-letter request (app/store): dead-letter ids one replay
     # or purge may name; entries of other names a prefix query of the dead-letter queue
     # may pass over per page (the rest: nextPageToken); stored bytes of jobs or dead
@@ -293,6 +302,12 @@ class Settings:
             http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
             grpc_port=_port_or_off(env, "DAPR_GRPC_PORT", cls.grpc_port),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
+            http_header_timeout_s=_float(env, "JOBRUNNER_HTTP_HEADER_TIMEOUT",
+                                         cls.http_header_timeout_s, minimum=0.001),
+            http_body_timeout_s=_float(env, "JOBRUNNER_HTTP_BODY_TIMEOUT",
+                                       cls.http_body_timeout_s, minimum=0.001),
+            http_max_connections=_int(env, "JOBRUNNER_HTTP_MAX_CONNECTIONS",
+                                      cls.http_max_connections, minimum=1),
             max_replay_ids=_int(env, "JOBRUNNER_MAX_REPLAY_IDS", cls.max_replay_ids, minimum=1),
             list_scan_budget=_int(env, "JOBRUNNER_LIST_SCAN_BUDGET", cls.list_scan_budget,
                                   minimum=1),
@@ -368,6 +383,9 @@ class Settings:
         if self.max_catch_up > MAX_CATCH_UP:
             raise SettingsError(f"JOBRUNNER_MAX_CATCH_UP must be at most {MAX_CATCH_UP}")
         self._validate_history()
+        if self.http_header_timeout_s > MAX_HTTP_HEADER_TIMEOUT_S:
+            raise SettingsError(f"JOBRUNNER_HTTP_HEADER_TIMEOUT must be at most "
+                                f"{MAX_HTTP_HEADER_TIMEOUT_S:g} seconds")
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level and self.log_level not in LOG_LEVELS:
@@ -423,6 +441,9 @@ class Settings:
             "DAPR_HTTP_PORT": str(self.http_port),
             "DAPR_GRPC_PORT": str(self.grpc_port),
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
+            "JOBRUNNER_HTTP_HEADER_TIMEOUT": repr(self.http_header_timeout_s),
+            "JOBRUNNER_HTTP_BODY_TIMEOUT": repr(self.http_body_timeout_s),
+            "JOBRUNNER_HTTP_MAX_CONNECTIONS": str(self.http_max_connections),
             "JOBRUNNER_MAX_REPLAY_IDS": str(self.max_replay_ids),
             "JOBRUNNER_LIST_SCAN_BUDGET": str(self.list_scan_budget),
             "JOBRUNNER_PAGE_MAX_BYTES": str(self.page_max_bytes),

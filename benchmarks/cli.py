@@ -58,6 +58,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--protocol", action="append", choices=["http", "grpc"],
                         help="burst: how jobrunner delivers, a row each (repeatable; "
                         "default both: HTTP POST, and gRPC OnJobEvent to a gRPC receiver)")
+    parser.add_argument("--server", action="append", choices=["granian", "gthread", "gevent"],
+                        help="schedule: the HTTP server of jobrunner's API, a row each "
+                        "(repeatable; default granian, the Procfile's `jobrunner api`; "
+                        "gthread and gevent: gunicorn with that worker class, as before)")
     parser.add_argument("--only", action="append", choices=[JOBRUNNER, *BASELINES],
                         help="run only this system (repeatable)")
     parser.add_argument("--out", type=Path,
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         quick=args.quick, jobs=args.jobs, rate=args.rate, duration=args.duration,
         workers=args.workers, concurrency=args.concurrency, baselines=not args.no_baselines,
         only=tuple(args.only or ()), protocols=tuple(args.protocol or ("http", "grpc")),
+        servers=tuple(dict.fromkeys(args.server or ("granian",))),
     )
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="jobrunner-bench-") as tmp, \

@@ -25,6 +25,10 @@ class Options:
     only: tuple[str, ...] = ()  # restrict to these systems (tests, debugging)
     # burst: how jobrunner delivers, one row each ("grpc": the jobrunner-grpc row).
     protocols: tuple[str, ...] = ("http", "grpc")
+    # schedule: the HTTP servers jobrunner's API runs under, a row each ("granian": the
+    # Procfile's web line, `jobrunner api`; "gthread", "gevent": gunicorn serving
+    # app.api:create_app() with that worker class).
+    servers: tuple[str, ...] = ("granian",)
 
 
 @dataclass

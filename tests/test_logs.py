@@ -267,7 +267,7 @@ def test_logs_of_a_service_started_by_run_show_its_api_and_delivery_lines(
 
         api = [e for p, e in entries if p == "api-job-service" and e["logger"] == "jobrunner.api"]
         assert any("listening on" in e["msg"] for e in api), shown.stdout
-        assert any(e["logger"] == "gunicorn.error" for p, e in entries if p == "api-job-service")
+        assert any(e["logger"] == "granian" for p, e in entries if p == "api-job-service")
         [delivery] = [(p, e) for p, e in entries if e["msg"] == "delivered"]
         part, entry = delivery
         assert re.fullmatch(r"worker-[12]", part), part

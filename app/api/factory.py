@@ -18,6 +18,7 @@ from werkzeug.wsgi import LimitedStream
 
 from app.api.controls import controls_bp
 from app.api.deadletters import deadletters_bp
+from app.api.fast_schedule import ScheduleShortcut
 from app.api.history import history_bp
 from app.api.jobs import jobs_bp
 from app.api.ops import ops_bp
@@ -59,6 +60,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     except Exception:  # a warning must never stop the API from starting
         log.exception("could not check whether Redis persists its data")
     app = Flask("jobrunner", static_folder=None)  # no static files: an API only
+    # POST/PUT .../jobs/{name} without Flask's per-request work, answered as Flask would
+    # (app/api/fast_schedule.py); inside the metrics' counter, which wraps it below.
+    shortcut = ScheduleShortcut(app.wsgi_app, settings, store)
+    app.wsgi_app = shortcut  # type: ignore[method-assign]
     app.request_class = _BodyLimitedRequest
     app.url_map.converters["anything"] = AnythingConverter
     # Whole-body cap well above the data cap, so the data limit answers 413 itself.
@@ -101,6 +106,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                                                              if parts.query else "")
         return response
 
+    shortcut.arm(app, _check_token, {_relative_location.__qualname__,
+                                      "attach.<locals>._leave_route"})
     _start_registration(app, settings, store, binding)
     return app
 

@@ -83,7 +83,7 @@ for command in (up, run, stop, status, logs, service, dlq, jobs, stats):
 @log_options
 @click.pass_context
 def api(ctx: click.Context, /, **params: Any) -> None:
-    """Serve the jobs API for one app: HTTP (gunicorn, gthread workers), and Dapr's gRPC
+    """Serve the jobs API for one app: HTTP (granian: slow clients hold no thread), and Dapr's gRPC
     API on --grpc-port from each worker process."""
     from app.processes.metrics_dir import metrics_dir
     from app.processes.serve import DEFAULT_LOG_LEVEL, ServeOptions, serve

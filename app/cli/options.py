@@ -25,7 +25,7 @@ from app.settings import APP_PROTOCOLS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Waiting for a fresh API process: gunicorn boots its workers, each builds the app.
+# Waiting for a fresh API process: granian starts its workers, each builds the app.
 API_READY_TIMEOUT_S = 60.0
 
 
@@ -140,11 +140,12 @@ api_tuning = _options(
     click.option(
         "--processes", type=click.IntRange(1, 256), default=DEFAULT_PROCESSES, show_default=True,
         envvar=["JOBRUNNER_API_PROCESSES", "WEB_CONCURRENCY"], show_envvar=True,
-        help="API worker processes (gunicorn workers).",
+        help="API processes (granian workers), each reading requests on an event loop.",
     ),
     click.option(
         "--threads", type=click.IntRange(1, 1024), default=DEFAULT_THREADS, show_default=True,
-        envvar="JOBRUNNER_API_THREADS", show_envvar=True, help="Threads per API process.",
+        envvar="JOBRUNNER_API_THREADS", show_envvar=True,
+        help="Threads per API process that run requests once they have arrived whole.",
     ),
 )  # fmt: skip
 

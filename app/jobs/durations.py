@@ -272,10 +272,22 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
     return _ceil_div(start_ms * NS_PER_MS + ns, NS_PER_MS)
 
 
+# format_ms's last second and its text (a job's encoding formats its due time, and due
+# times come in runs within a second; strftime is most of the cost). One tuple: a thread
+# sees the old pair or the new, never one of each.
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00.")
+
+
 def format_ms(ms: int) -> str:
     """Epoch ms as an RFC 3339 UTC string with milliseconds (for messages and GET)."""
-    try:
-        moment = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(milliseconds=ms)
-    except OverflowError:
-        return f"{ms} ms since the epoch"
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    global _last_second
+    second, millis = divmod(ms, 1000)
+    cached, prefix = _last_second
+    if second != cached:
+        try:
+            moment = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(seconds=second)
+        except OverflowError:
+            return f"{ms} ms since the epoch"
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+        _last_second = (second, prefix)
+    return f"{prefix}{millis:03d}Z"

@@ -1,25 +1,32 @@
-"""Serve the API under gunicorn, in this process (`jobrunner api`).
+"""Serve the API under granian, in this process (`jobrunner api`).
 
-gunicorn's arbiter forks `processes` workers of the `gthread` class; each one
-builds its own Flask app (and so its own Redis pool and app-registration
-heartbeat, which would not survive a fork if built before it).
+granian forks `processes` worker processes. Each reads requests on its own event loop: the
+head in Rust (granian, HTTP/1.1), within JOBRUNNER_HTTP_HEADER_TIMEOUT, which also closes a
+connection that sends nothing, at first or after an answer (the keep-alive timeout); the
+body within JOBRUNNER_HTTP_BODY_TIMEOUT (app/processes/wsgi_bridge.py). Only a complete
+request takes one of the process's `threads` threads, which run the Flask app. So clients
+that trickle a head or a body, or hold connections open, cost a connection each (at most
+JOBRUNNER_HTTP_MAX_CONNECTIONS per process), never a thread, and are closed in bounded
+time. Measured against gunicorn (gthread, gevent): see the README's Performance section.
+
+Each worker builds its own Flask app after the fork (and so its own Redis pool and
+app-registration heartbeat, which would not survive a fork if built before it).
 
 With a gRPC port (DAPR_GRPC_PORT, not 0), each worker also serves Dapr's gRPC API
 (app/grpc) on its own grpc.Server, started in the worker after the fork (gRPC does not
-survive a fork either) and sharing the worker's store. The workers bind the same port
-with SO_REUSEPORT, so the kernel spreads gRPC connections over them as the arbiter's
-shared socket spreads HTTP ones; the app registration of the worker's Flask app covers
-both APIs. Measured on 2 cores (`jobrunner bench grpc-schedule`): see the README.
+survive a fork either) and sharing the worker's store; it stops after the worker's last
+HTTP answer. The workers bind the same port with SO_REUSEPORT, so the kernel spreads
+gRPC connections over them as it spreads HTTP ones; the app registration of the worker's
+Flask app covers both APIs. Measured on 2 cores (`jobrunner bench grpc-schedule`): see
+the README.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
-
-from gunicorn.app.base import BaseApplication
-from gunicorn.glogging import Logger as _GunicornBaseLogger
 
 from app.logs import setup as setup_logging
 from app.processes.procs import connect_host, http_url
@@ -30,8 +37,13 @@ log = logging.getLogger("jobrunner.api")
 DEFAULT_LOG_LEVEL = "info"
 
 DEFAULT_PROCESSES = 2
-DEFAULT_THREADS = 4  # measured: 2 x 4 beats 2 x 8 on 2 cores (jobrunner bench schedule)
+DEFAULT_THREADS = 4
+# A stopping worker answers the requests it has; one that has not stopped after this is
+# killed.
 GRACEFUL_TIMEOUT_S = 10
+# Connections waiting to be accepted (the listen backlog).
+BACKLOG = 1024
+GRANIAN_LOGGER = "_granian"  # granian's own logger (its Rust part logs there too)
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# This worker's gRPC server (one per gunicorn worker process), None when gRPC is off.
+# This worker's gRPC server (one per worker process), None when gRPC is off.
 _grpc_server: Any = None
 GRPC_GRACE_S = 5.0  # calls in flight get this long when the worker stops
 
@@ -79,84 +91,89 @@ def grpc_listening(host: str, port: int) -> str:
     return f"gRPC on {_bind(connect_host(host), port)}; " if port else "gRPC off; "
 
 
-def gunicorn_logger(log_format: str, level: str) -> type[Any]:
-    """A gunicorn logger class: gunicorn's own loggers (gunicorn.error, gunicorn.access) in
-    jobrunner's log format, and jobrunner's loggers set up in the arbiter, so that its
-    forked workers inherit them."""
+class _GranianName(logging.Filter):
+    """granian logs as `_granian` (its Rust part's module name): shown as `granian`."""
 
-    class GunicornLogger(_GunicornBaseLogger):  # type: ignore[misc]  # no type hints
-        def setup(self, cfg: Any) -> None:
-            super().setup(cfg)
-            ours = setup_logging(log_format, level)
-            for logger in (self.error_log, self.access_log):
-                for handler in logger.handlers:
-                    handler.setFormatter(ours.formatter)
-
-    return GunicornLogger
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(GRANIAN_LOGGER):
+            record.name = record.name[1:]
+        return True
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
-    def __init__(self, settings: Settings, options: ServeOptions) -> None:
-        self.settings = settings
-        self.options = options
-        super().__init__()
+def _granian_logging(level: str) -> dict[str, Any]:
+    """granian's logging configuration (applied by granian in every process it starts):
+    its loggers hand their records to the root logger, so that they come out in
+    jobrunner's format (app/logs.py, set up before the workers are forked)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {
+            GRANIAN_LOGGER: {"handlers": [], "propagate": True, "level": level.upper()},
+            "granian.access": {"handlers": [], "propagate": True, "level": "INFO"},
+        },
+    }
 
-    def load_config(self) -> None:
-        settings, opts = self.settings, self.options
-        listening = (
-            f"app {settings.app_id!r} listening on "
-            f"{http_url(opts.host, settings.http_port)} "
-            f"({_count(opts.processes, 'process', 'processes')} x "
-            f"{_count(opts.threads, 'thread', 'threads')}); "
-            f"{grpc_listening(opts.host, settings.grpc_port)}"
-            f"jobs are delivered to {settings.app_url}"
-        )
 
-        def when_ready(server: Any) -> None:
-            log.info(listening)
+def _worker_app(settings: Settings, options: ServeOptions) -> Any:
+    """The RSGI app of one worker process: called by granian in the worker, after the fork."""
+    from app.api.factory import create_app
+    from app.processes.wsgi_bridge import WsgiOnRsgi
+    from app.store.store import Store
 
-        config: dict[str, Any] = {
-            "bind": [_bind(opts.host, settings.http_port)],
-            "workers": opts.processes,
-            "threads": opts.threads,
-            "worker_class": "gthread",
-            "graceful_timeout": GRACEFUL_TIMEOUT_S,
-            "proc_name": f"jobrunner-api-{settings.app_id}",
-            "loglevel": opts.log_level,
-            "logger_class": gunicorn_logger(opts.log_format, opts.log_level),
-            "errorlog": "-",
-            "accesslog": "-" if opts.access_log else None,
-            "when_ready": when_ready,
-            # In the worker, as it exits (also on SIGINT's quick stop).
-            "worker_exit": lambda server, worker: stop_grpc(),
-            # gunicorn >= 25 opens a control socket at one path per user: two API
-            # processes (two `jobrunner run`) would fight over it.
-            "control_socket_disable": True,
-        }
-        for key, value in config.items():
-            if key in self.cfg.settings:
-                self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        # Called in each worker, after the fork.
-        from app.api.factory import create_app
-        from app.store.store import Store
-
-        store = Store(self.settings)
-        app = create_app(self.settings, store)
-        if self.settings.grpc_port:
-            start_grpc(self.settings, store, self.options.threads)
-        return app
+    store = Store(settings)
+    flask_app = create_app(settings, store)
+    on_start = partial(start_grpc, settings, store, options.threads) \
+        if settings.grpc_port else None
+    return WsgiOnRsgi(
+        flask_app, threads=options.threads, body_timeout_s=settings.http_body_timeout_s,
+        max_body_bytes=int(flask_app.config["MAX_CONTENT_LENGTH"]),
+        multiprocess=options.processes > 1, on_start=on_start, on_stop=stop_grpc,
+    )
 
 
 def serve(settings: Settings, options: ServeOptions) -> int:
-    """Run gunicorn until SIGTERM (graceful) or SIGINT (quick); returns its exit code."""
-    # Imported once here, before gunicorn forks: each worker then only builds the app.
+    """Run granian until SIGTERM or SIGINT (both graceful); returns its exit code."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    # Imported once here, before granian forks: each worker then only builds the app.
     import app.api.factory  # noqa: F401
 
+    handler = setup_logging(options.log_format, options.log_level)
+    handler.addFilter(_GranianName())
+    listening = (
+        f"app {settings.app_id!r} listening on {http_url(options.host, settings.http_port)} "
+        f"({_count(options.processes, 'process', 'processes')} x "
+        f"{_count(options.threads, 'thread', 'threads')}); "
+        f"{grpc_listening(options.host, settings.grpc_port)}"
+        f"jobs are delivered to {settings.app_url}"
+    )
+    server = Server(
+        "app.api:create_app",  # named in granian's messages only: _worker_app builds the app
+        address=options.host,
+        port=settings.http_port,
+        interface=Interfaces.RSGI,
+        workers=options.processes,
+        http=HTTPModes.http1,  # HTTP/1.1 only: its header timeout then covers idle connections
+        websockets=False,
+        backlog=BACKLOG,
+        backpressure=settings.http_max_connections,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(settings.http_header_timeout_s * 1000)),
+            keep_alive=True,
+        ),
+        log_level=LogLevels(options.log_level),
+        log_dictconfig=_granian_logging(options.log_level),
+        log_access=options.access_log,
+        respawn_failed_workers=True,
+        workers_kill_timeout=GRACEFUL_TIMEOUT_S,
+    )
+    server.on_startup(lambda: log.info(listening))
     try:
-        _Gunicorn(settings, options).run()
-    except SystemExit as done:  # gunicorn ends by sys.exit
+        server.serve(target_loader=partial(_worker_app, settings, options), wrap_loader=False)
+    except SystemExit as done:  # granian ends a failed run by sys.exit
         code = done.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0

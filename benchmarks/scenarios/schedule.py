@@ -1,11 +1,19 @@
-"""schedule: HTTP schedule requests/s against the API as the Procfile runs it (gunicorn),
-from a closed-loop load generator that reports its own CPU use. Every request schedules
-a new seed-sized job an hour ahead. The baselines serve the same route with Flask under
-the same gunicorn options, scheduling through RQ / rq-scheduler."""
+"""schedule: HTTP schedule requests/s against the API as the Procfile runs it (`jobrunner
+api`: granian), from a closed-loop load generator that reports its own CPU use. Every
+request schedules a new seed-sized job an hour ahead. The baselines serve the same route
+with Flask under gunicorn (gthread, 2 processes x 4 threads, as `jobrunner api` ran
+before), scheduling through RQ / rq-scheduler.
+
+`--server gthread` / `--server gevent` add rows of jobrunner's own app
+(`app.api:create_app()`) under gunicorn with that worker class and the processes and
+threads `jobrunner api` has, each with its own PROMETHEUS_MULTIPROC_DIR as `jobrunner api`
+gives its processes: the server comparison, on the same request path, in the same run."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -14,7 +22,7 @@ from benchmarks.cpu import cores_used, snapshot
 from benchmarks.jobrunner_side import APP_ID, wait_http_ok, worker_env
 from benchmarks.loadgen import run_load
 from benchmarks.procfile import venv_path_env, web_command
-from benchmarks.procs import free_port
+from benchmarks.procs import BenchError, free_port
 from benchmarks.report import Metric, Target
 from benchmarks.systems import rfc3339_ms
 
@@ -31,7 +39,7 @@ METRICS = [
     Metric("requests", "requests", "{:,}"),
     Metric("non-2xx answers", "failed", "{:,}"),
     Metric("jobs stored", "stored", "{:,}"),
-    Metric("CPU: API under gunicorn (cores)", "cpu.api", "{:.2f}"),
+    Metric("CPU: API (cores)", "cpu.api", "{:.2f}"),
     Metric("CPU: redis (cores)", "cpu.redis", "{:.2f}"),
     Metric("CPU: load generator (cores)", "cpu.generator", "{:.2f}"),
     Metric("CPU: not this run (cores)", "cpu.other", "{:.2f}"),
@@ -41,7 +49,7 @@ METRICS = [
 def _stored(ctx: Context, name: str) -> int:
     client = ctx.redis.client()
     try:
-        if name == JOBRUNNER:
+        if name.startswith(JOBRUNNER):
             return sum(int(client.hlen(k)) for k in client.scan_iter("*:jobs", count=1000))
         if name == "rq":
             return int(client.zcard("rq:scheduled:bench"))
@@ -50,16 +58,58 @@ def _stored(ctx: Context, name: str) -> int:
         client.close()
 
 
-def serve(ctx: Context, name: str, port: int, grpc_port: int = 0) -> None:
+# jobrunner's app under gunicorn (`--server`), with `jobrunner api`'s processes and threads.
+GUNICORN = (
+    'exec gunicorn "app.api:create_app()" --bind 127.0.0.1:${PORT} --graceful-timeout 10 '
+    "--workers ${JOBRUNNER_API_PROCESSES:-2} "
+)
+GUNICORN_WORKERS = {
+    "gthread": "--worker-class gthread --threads ${JOBRUNNER_API_THREADS:-4}",
+    # gevent: a greenlet per connection, up to 1,000 per process (gunicorn's default)
+    "gevent": "--worker-class gevent --worker-connections 1000",
+}
+
+
+def row_name(server: str) -> str:
+    """The row of jobrunner under `server` ("jobrunner": the Procfile's line, granian)."""
+    return JOBRUNNER if server == "granian" else f"{JOBRUNNER}-{server}"
+
+
+def _rows(ctx: Context) -> list[tuple[str, str]]:
+    """(row, server) in run order: jobrunner under each server asked for, the baselines."""
+    rows = []
+    for name in ctx.system_names():
+        if name != JOBRUNNER:
+            rows.append((name, "gthread"))
+            continue
+        for server in ctx.options.servers:
+            if server != "granian" and importlib.util.find_spec("gunicorn") is None:
+                raise BenchError(f"--server {server} needs gunicorn (pip install gunicorn)")
+            if server == "gevent" and importlib.util.find_spec("gevent") is None:
+                raise BenchError("--server gevent needs gevent (pip install gevent)")
+            rows.append((row_name(server), server))
+    return rows
+
+
+def serve(ctx: Context, name: str, port: int, grpc_port: int = 0,
+          server: str = "granian") -> None:
     """The API (jobrunner's, or a baseline's) on `port`; jobrunner's gRPC API on
-    `grpc_port`, or none (0)."""
+    `grpc_port`, or none (0). `server`: jobrunner's under gunicorn instead (GUNICORN)."""
     env = worker_env(ctx.redis.url, ctx.receiver.url)
     env.update({"PORT": str(port), "APP_ID": APP_ID, "DAPR_HTTP_PORT": str(port),
                 "DAPR_GRPC_PORT": str(grpc_port),
                 "PATH": venv_path_env(os.environ.get("PATH", "")), "BENCH_RQ_KIND": name})
-    target = None if name == JOBRUNNER else "benchmarks.rq_api:create_app()"
-    ctx.procs.start(f"api-{name}", web_command(target), env=env)
-    wait_http_ok(ctx.procs, port, "/healthz", 60.0, f"the {name} API under gunicorn")
+    if not name.startswith(JOBRUNNER):
+        cmd = web_command("benchmarks.rq_api:create_app()")
+    elif server == "granian":
+        cmd = web_command()
+    else:
+        # As `jobrunner api` does for its processes: their request counters in a folder
+        # of this instance's own (prometheus_client's multiprocess mode).
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobrunner-bench-metrics-")
+        cmd = ["/bin/sh", "-c", GUNICORN + GUNICORN_WORKERS[server]]
+    ctx.procs.start(f"api-{name}", cmd, env=env)
+    wait_http_ok(ctx.procs, port, "/healthz", 60.0, f"the {name} API")
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -68,10 +118,10 @@ def run(ctx: Context) -> dict[str, Any]:
     concurrency = opts.concurrency or DEFAULT_CONCURRENCY
     count = opts.jobs or 10**9
     systems: dict[str, Any] = {}
-    for i, name in enumerate(ctx.system_names()):
+    for i, (name, server) in enumerate(_rows(ctx)):
         ctx.redis.flush()
         port = free_port()
-        serve(ctx, name, port)
+        serve(ctx, name, port, server=server)
         try:
             due = rfc3339_ms(int(time.time() * 1000) + 3_600_000)
             before = snapshot(ctx.procs)
@@ -102,10 +152,20 @@ def run(ctx: Context) -> dict[str, Any]:
     if jr is not None:
         targets.append(Target("jobrunner schedule requests/s", f">= {TARGET_RATE:,.0f}",
                               jr["rate"], jr["rate"] >= TARGET_RATE))
+    before = systems.get(row_name("gthread"))
+    if jr is not None and before is not None and before["rate"] > 0:
+        # Issue 10: the server that slow clients cannot stall, against gunicorn's gthread
+        # (what `jobrunner api` ran before) in the same run: twice the rate, p99 no worse.
+        speedup = jr["rate"] / before["rate"]
+        targets.append(Target("jobrunner / jobrunner-gthread requests/s", ">= 2x", speedup,
+                              speedup >= 2.0))
+        p99, p99_before = jr["latency_ms"]["p99"], before["latency_ms"]["p99"]
+        targets.append(Target("jobrunner p99 latency (ms), jobrunner-gthread's: "
+                              f"{p99_before:,.2f}", "no worse", p99, p99 <= p99_before))
     return {
         "scenario": "schedule",
         "title": (f"POST /v1.0-alpha1/jobs/<name> for {duration:g} s, {concurrency} connections, "
-                  "API under gunicorn as in the Procfile"),
+                  "API as the Procfile runs it (jobrunner api)"),
         "params": {"duration": duration, "concurrency": concurrency},
         "systems": systems,
         "metrics": METRICS,

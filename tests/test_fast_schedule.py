@@ -1,0 +1,185 @@
+"""The schedule shortcut (app/api/fast_schedule.py) answers as Flask does.
+
+`POST`/`PUT .../jobs/{name}` skips Flask's per-request machinery; it must not change a
+byte of what the API answers, stores or counts. Each request below goes to two apps on
+the same Redis, one with the shortcut on and one with it off (their own key prefixes, the
+same app id), and the two answers (status, headers, body), the requests counted in
+/metrics and the stored jobs must be the same; the shortcut must have served the plain
+requests itself. A third test keeps it on in the API as built: a hook or a route added
+around that path turns it off (app/api/fast_schedule.py, `arm`), and this test says so.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from prometheus_client import REGISTRY
+
+from app.api.factory import create_app
+from app.api.fast_schedule import ScheduleShortcut
+from app.processes.procs import free_port
+from app.settings import Settings
+from app.store.keys import Keys
+from tests.support.redis_proc import RedisProcess
+
+TOKEN = "s3cret-token"
+DUE = "2099-01-01T00:00:00Z"
+JSON = {"Content-Type": "application/json"}
+
+
+def _body(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+# (method, path, body, headers, whether the shortcut may serve it). Times are absolute,
+# so that the two apps store the same bytes.
+CORPUS: list[tuple[str, str, bytes | None, dict[str, str], bool]] = [
+    ("POST", "/v1.0-alpha1/jobs/a", _body(dueTime=DUE, data={"x": 1}), JSON, True),
+    ("POST", "/v1.0-alpha1/jobs/a", _body(dueTime=DUE, data={"x": 1}), JSON, True),  # retry
+    ("POST", "/v1.0-alpha1/jobs/a", _body(dueTime=DUE, data={"x": 2}), JSON, True),  # 409
+    ("PUT", "/v1.0/jobs/a", _body(dueTime=DUE, data={"x": 2}, overwrite=True), JSON, True),
+    ("POST", "/v1.0/jobs/seed", _body(dueTime=DUE, data={
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": "R2-D2:Oil Change"}), {}, True),  # no Content-Type: JSON, as Dapr reads it
+    ("POST", "/v1.0/jobs/every", _body(schedule="@every 5s", repeats=3, ttl="1h",
+                                                  dueTime=DUE), JSON, True),
+    ("POST", "/v1.0/jobs/cron", _body(schedule="TZ=Europe/Berlin 0 30 9 * * MON-FRI", dueTime=DUE),
+     {"Content-Type": "text/plain"}, True),
+    ("POST", "/v1.0/jobs/%20padded%20", _body(dueTime=DUE), JSON, True),
+    ("POST", "/v1.0/jobs/caf%C3%A9", _body(dueTime=DUE), JSON, True),
+    ("POST", "/v1.0/jobs/bad%E9", _body(dueTime=DUE), JSON, True),
+    ("POST", "/v1.0/jobs/x", b"{not json", JSON, True),
+    ("POST", "/v1.0/jobs/x", b"", JSON, True),
+    ("POST", "/v1.0/jobs/x", _body(data=1), JSON, True),  # neither schedule nor dueTime
+    ("POST", "/v1.0/jobs/x", _body(dueTime="soon"), JSON, True),
+    ("POST", "/v1.0/jobs/x", _body(dueTime=DUE, name="x"), JSON, True),
+    ("POST", "/v1.0/jobs/x", _body(dueTime=DUE, data="d" * 2_000_000), JSON, True),  # 413
+    ("POST", "/v1.0/jobs/" + "n" * 300, _body(dueTime=DUE), JSON, False),
+    ("POST", "/v1.0/jobs/%20", _body(dueTime=DUE), JSON, False),
+    ("POST", "/v1.0/jobs/a%2Fb", _body(dueTime=DUE), JSON, False),
+    ("POST", "/v1.0/jobs/a/history", b"", JSON, False),
+    ("POST", "/v1.0/jobs/", _body(dueTime=DUE), JSON, False),
+    ("POST", "/v1.0/jobs", _body(dueTime=DUE), JSON, False),
+    ("PATCH", "/v1.0/jobs/a", _body(dueTime=DUE), JSON, False),
+    ("POST", "/v1.0/jobs/c", _body(dueTime=DUE), {**JSON, "Cookie": "session=x"}, False),
+    ("GET", "/v1.0/jobs/a", None, {}, False),
+    ("DELETE", "/v1.0/jobs/cron", None, {}, False),
+]
+
+
+def _app(redis_url: str, token: str) -> tuple[Flask, ScheduleShortcut, Settings]:
+    settings = Settings(redis_url=redis_url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                        app_id="fast", app_url="http://127.0.0.1:9", api_token=token)
+    app = create_app(settings)
+    return app, _shortcut(app), settings
+
+
+def _shortcut(app: Flask) -> ScheduleShortcut:
+    counter: Any = app.wsgi_app  # the metrics' counter, around the shortcut
+    shortcut = counter.wsgi_app
+    assert isinstance(shortcut, ScheduleShortcut)
+    return shortcut
+
+
+def _counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The API's request counters as /metrics has them (the latency histograms' counts)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in REGISTRY.collect() if family.name.startswith("jobrunner_http_")
+            for s in family.samples if s.name.endswith(("_total", "_count"))}
+
+
+def _delta(before: dict[Any, float], after: dict[Any, float]) -> dict[Any, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v != before.get(k, 0.0)}
+
+
+def _jobs(app: Flask, settings: Settings) -> dict[bytes, bytes]:
+    store = app.view_functions["jobs.get_0"]  # keep the app alive meanwhile
+    assert store is not None
+    from app.store.store import Store
+
+    client = Store(settings)
+    try:
+        jobs: dict[bytes, bytes] = {}
+        for pk in Keys(settings.prefix, settings.partitions).all_partitions():
+            jobs.update(client.redis.hgetall(pk.jobs))
+        return jobs
+    finally:
+        client.close()
+
+
+def _counting(shortcut: ScheduleShortcut) -> list[str]:
+    """Record the paths the shortcut hands to Flask."""
+    handed: list[str] = []
+    flask: Callable[..., Any] = shortcut.flask_wsgi
+
+    def to_flask(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        handed.append(environ["PATH_INFO"])
+        return flask(environ, start_response)
+
+    shortcut.flask_wsgi = to_flask
+    return handed
+
+
+def test_the_shortcut_is_on_in_the_api_as_built(redis_server: RedisProcess) -> None:
+    """Off means a hook or a route around POST .../jobs/{name} that app/api/
+    fast_schedule.py does not know: teach it (and the corpus above), or drop it."""
+    _, shortcut, _ = _app(redis_server.url, "")
+    assert shortcut.armed
+
+
+@pytest.mark.parametrize("token", ["", TOKEN])
+def test_answers_counts_and_stored_jobs_are_flasks(redis_server: RedisProcess,
+                                                   token: str) -> None:
+    fast_app, fast, fast_settings = _app(redis_server.url, token)
+    slow_app, slow, slow_settings = _app(redis_server.url, token)
+    slow.disarm()
+    assert fast.armed and not slow.armed
+    handed = _counting(fast)
+    tokens = [{}, {"dapr-api-token": "wrong"}, {"dapr-api-token": TOKEN}] if token else [{}]
+    served = 0
+    fast_client, slow_client = fast_app.test_client(), slow_app.test_client()
+    for given in tokens:
+        for method, path, body, headers, plain in CORPUS:
+            answers = []
+            handed.clear()
+            for client in (fast_client, slow_client):
+                before = _counted()
+                response = client.open(path, method=method, data=body,
+                                       headers={**headers, **given})
+                answers.append((response.status, sorted(response.headers.items()),
+                                response.get_data(), _delta(before, _counted())))
+            assert answers[0] == answers[1], (method, path, given)
+            if plain and given.get("dapr-api-token", "") == token and \
+                    answers[0][0] == "204 NO CONTENT":
+                assert not handed, path  # answered by the shortcut alone
+                served += 1
+    assert served >= 5
+    stored = _jobs(fast_app, fast_settings)
+    assert stored and stored == _jobs(slow_app, slow_settings)
+
+
+def test_an_error_from_redis_is_flasks_503(redis_server: RedisProcess) -> None:
+    """Redis gone after the app was built: the shortcut hands the error to Flask, which
+    answers 503, once (the write is not tried again)."""
+    answers = []
+    for armed in (True, False):
+        settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                            prefix=f"t{uuid.uuid4().hex[:10]}", app_id="fast",
+                            app_url="http://127.0.0.1:9")
+        app = create_app(settings)
+        shortcut = _shortcut(app)
+        if not armed:
+            shortcut.disarm()
+        assert shortcut.armed is armed
+        before = _counted()
+        response = app.test_client().post("/v1.0/jobs/down", data=_body(dueTime=DUE),
+                                          headers=JSON)
+        answers.append((response.status, sorted(response.headers.items()),
+                        response.get_json()["errorCode"], _delta(before, _counted())))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "503 SERVICE UNAVAILABLE" and answers[0][2] == "ERR_REDIS_UNAVAILABLE"

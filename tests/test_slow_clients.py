@@ -1,0 +1,250 @@
+"""Slow clients cannot stall the API (issue 10, part 1), against a real `jobrunner api`.
+
+The API runs as `jobrunner api` does anywhere: 2 processes x 4 threads, so 8 threads in
+all. Against it, STALLED (80, 10x its threads) connections of each kind, all at once:
+
+- heads: a request line, then one more header line every TRICKLE_S, never the blank line;
+- bodies: a whole head announcing a 4 KiB body, then one byte of it every TRICKLE_S;
+- idle: connected, and nothing sent.
+
+While they are all held, a well-behaved client's requests (schedule, read back, health)
+are each answered within ANSWER_DEADLINE_S (they take milliseconds); and every stalled
+connection is closed by the server (end of stream, or a reset) within its timeout and a
+margin: the head and idle ones after JOBRUNNER_HTTP_HEADER_TIMEOUT, the body ones after
+JOBRUNNER_HTTP_BODY_TIMEOUT with a 408. The trickle comes faster than either timeout, so
+only a deadline on the whole head or body closes them, not one on silence between bytes.
+Loopback only; bounded in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from app.processes.procs import free_port
+from tests.support.redis_proc import RedisProcess
+from tests.support.waiting import wait_for
+
+PROCESSES, THREADS = 2, 4
+STALLED = 10 * PROCESSES * THREADS  # of each kind
+HEADER_TIMEOUT_S = 6.0
+BODY_TIMEOUT_S = 6.0
+TRICKLE_S = 0.5
+ANSWER_DEADLINE_S = 5.0
+CLOSE_MARGIN_S = 15.0  # a busy 2-core machine: far more than the server needs
+GOOD_REQUESTS = 20
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass
+class Api:
+    port: int
+    log: Path
+
+
+@pytest.fixture
+def api(redis_server: RedisProcess, tmp_path: Path) -> Iterator[Api]:
+    """`jobrunner api` (python -m app.cli api) with short read timeouts, on a free port."""
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_server.url,
+           "JOBRUNNER_PREFIX": f"slow{os.getpid()}x{port}", "APP_ID": "slow-clients",
+           "APP_URL": "http://127.0.0.1:9", "DAPR_HTTP_PORT": str(port),
+           "DAPR_GRPC_PORT": "off", "DAPR_API_TOKEN": "",
+           "JOBRUNNER_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT_S),
+           "JOBRUNNER_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT_S)}
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "app.cli", "api", "--processes", str(PROCESSES),
+             "--threads", str(THREADS)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
+        )  # fmt: skip
+    try:
+        def ready() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                return _get(port, "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.1, what="`jobrunner api` to answer /healthz")
+        yield Api(port, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_DEADLINE_S)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Stalled:
+    """One stalled connection: what it trickles, and when the server closed it."""
+
+    kind: str
+    sock: socket.socket
+    opened: float
+    trickle: bytes = b""
+    received: bytes = b""
+    closed_at: float | None = None
+
+
+@dataclass
+class Stallers:
+    """The stalled connections, a thread trickling into them and one watching for their
+    end of stream."""
+
+    port: int
+    conns: list[Stalled] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open(self, kind: str, first: bytes, trickle: bytes) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        if first:
+            sock.sendall(first)
+        sock.setblocking(False)
+        with self.lock:
+            self.conns.append(Stalled(kind, sock, time.monotonic(), trickle))
+
+    def open_all(self) -> None:
+        for i in range(STALLED):
+            self.open("heads", b"POST /v1.0-alpha1/jobs/heads HTTP/1.1\r\nHost: x\r\n",
+                      b"X-Slow: 1\r\n")
+            self.open("bodies", b"POST /v1.0-alpha1/jobs/body%d HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n{" % i,
+                      b" ")
+            self.open("idle", b"", b"")
+
+    def open_count(self) -> int:
+        with self.lock:
+            return sum(1 for c in self.conns if c.closed_at is None)
+
+    def _trickle(self) -> None:
+        while not self.stop.wait(TRICKLE_S):
+            with self.lock:
+                conns = [c for c in self.conns if c.closed_at is None and c.trickle]
+            for conn in conns:
+                try:
+                    conn.sock.send(conn.trickle)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    pass  # closed by the server: the watcher records it
+
+    def _watch(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            registered: set[int] = set()
+            while not self.stop.is_set():
+                with self.lock:
+                    fresh = [c for c in self.conns if id(c) not in registered]
+                for conn in fresh:
+                    selector.register(conn.sock, selectors.EVENT_READ, conn)
+                    registered.add(id(conn))
+                for key, _ in selector.select(0.1):
+                    conn = key.data
+                    try:
+                        data = conn.sock.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""  # a reset: closed by the server as well
+                    if data:
+                        conn.received += data
+                        continue
+                    conn.closed_at = time.monotonic()
+                    selector.unregister(conn.sock)
+
+    def start(self) -> None:
+        for target in (self._trickle, self._watch):
+            threading.Thread(target=target, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for conn in self.conns:
+            conn.sock.close()
+
+
+def _schedule(port: int, name: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=ANSWER_DEADLINE_S)
+    try:
+        body = json.dumps({"dueTime": "1h", "data": {"n": name}})
+        conn.request("POST", f"/v1.0-alpha1/jobs/{name}", body=body,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_stalled_connections_neither_stop_other_clients_nor_stay_open(api: Api) -> None:
+    stallers = Stallers(api.port)
+    stallers.start()
+    try:
+        stallers.open_all()
+        assert stallers.open_count() == 3 * STALLED
+
+        # A well-behaved client, while every stalled connection is held: each request on
+        # a new connection (the accept and the head read are what slow clients would
+        # block), each answered in time (http.client's timeout is the deadline).
+        answered = []
+        for i in range(GOOD_REQUESTS):
+            started = time.monotonic()
+            assert _schedule(api.port, f"good{i}") == 204
+            status, body = _get(api.port, f"/v1.0-alpha1/jobs/good{i}")
+            assert status == 200 and json.loads(body)["data"] == {"n": f"good{i}"}
+            assert _get(api.port, "/healthz")[0] == 200
+            answered.append(time.monotonic() - started)
+        # ... and they were all still held meanwhile: nothing was closed to make room.
+        assert stallers.open_count() == 3 * STALLED, (
+            f"stalled connections closed before the good client was done "
+            f"({max(answered):.2f} s for its slowest round)")
+
+        # Then the server closes every one of them, each within its timeout and a margin.
+        def all_closed() -> bool:
+            return stallers.open_count() == 0
+
+        wait_for(all_closed, timeout=max(HEADER_TIMEOUT_S, BODY_TIMEOUT_S) + CLOSE_MARGIN_S,
+                 interval=0.1, what=f"the server to close the stalled connections "
+                                    f"({stallers.open_count()} still open)")
+        for conn in stallers.conns:
+            assert conn.closed_at is not None
+            timeout = BODY_TIMEOUT_S if conn.kind == "bodies" else HEADER_TIMEOUT_S
+            held = conn.closed_at - conn.opened
+            # Not before its timeout (the trickle kept it busy), not long after it.
+            assert timeout * 0.8 <= held <= timeout + CLOSE_MARGIN_S, (conn.kind, held)
+            if conn.kind == "bodies" and conn.received:
+                assert conn.received.startswith(b"HTTP/1.1 408 "), conn.received[:200]
+                assert b'"errorCode":"ERR_BODY_READ"' in conn.received
+            elif conn.kind != "bodies":
+                assert conn.received == b"", (conn.kind, conn.received[:200])
+        assert any(c.received for c in stallers.conns if c.kind == "bodies"), \
+            "no trickled body got its 408"
+    finally:
+        stallers.close()
+    assert "Traceback" not in api.log.read_text()
