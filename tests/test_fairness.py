@@ -4,10 +4,11 @@ does not delay another app's deliveries.
 The claim (claim.lua through workers.queue.Queue.claim_within) on a fake clock: an app out
 of budget has its due triggers set aside, so another app's triggers behind them are
 reached; set-aside triggers come back oldest first, keep their attempts, and stale ones
-(deleted, overwritten) are dropped.
+(deleted, overwritten) are dropped. A worker's slots (workers/slots.py): each app within
+its cap, a few more waiting for the app's own slots, given back when waiting too long.
 
-End to end, one real worker process (as `jobrunner worker` runs) delivers for two apps, each with
-its own receiver process (tests/chaos/support/receiver_server.py: asyncio, keep-alive,
+End to end, one real worker process (as `jobrunner worker` runs) delivers for two apps,
+each with its own receiver process (tests/chaos/support/receiver_server.py: asyncio, keep-alive,
 it records the scheduled time and the arrival of each request). App B's lateness is
 measured alone first, then beside app A's trouble, in the same test.
 
@@ -17,11 +18,18 @@ within the noise of a 2-core machine that runs Redis, a worker and two receivers
 (a GC pause, another process's time slice): the floor keeps the test about
 starvation, not about noise. Starvation is far above it: B's triggers waiting for
 A's slots wait for A's delivery timeout (5 s here), or for A's backlog to drain.
+
+Beside a flood of A's triggers the worker's CPU is busy with A's deliveries, so B's
+lateness there is that busy event loop (tens of ms on a loaded 2-core machine), not a
+queue: the floor is 150 ms. A B that waits behind A's due backlog waits far longer (423 ms
+for the 1,000 jobs here before claims were fair, and it grows with the backlog).
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,17 +48,20 @@ from tests.support.redis_proc import RedisProcess
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFleet
 from workers.queue import Budgets
+from workers.slots import Slots
+from workers.worker import Worker
 
 A, B = "app-a", "app-b"
 T0 = 1_900_000_000_000  # the fake clock's "now", epoch ms
 B_JOBS = 20
 B_SPACING_MS = 50
 TIMEOUT_S = 5.0  # A's hanging deliveries give up after this
+FLOOD_FLOOR_MS = 150.0  # see the module docstring
 
 
-def within_bound(with_trouble: float, alone: float) -> bool:
+def within_bound(with_trouble: float, alone: float, floor_ms: float = 50.0) -> bool:
     """The module docstring's bound."""
-    return with_trouble <= max(2 * alone, alone + 50.0)
+    return with_trouble <= max(2 * alone, alone + floor_ms)
 
 
 @pytest.fixture
@@ -78,7 +89,10 @@ def claim_settings(redis_server: RedisProcess) -> Settings:
 
 @pytest.fixture
 def store(claim_settings: Settings) -> Iterator[Store]:
+    """Both apps live (registered), as claims go by the live apps a worker knows of."""
     s = Store(claim_settings)
+    for app_id in (A, B):
+        s.register_app(AppRegistration(app_id, "http://127.0.0.1:9"))
     yield s
     s.close()
 
@@ -99,7 +113,7 @@ def test_an_app_out_of_budget_is_set_aside_and_the_next_app_is_reached(
     # 600 of A's triggers are due before B's one: more than one claim looks at.
     store.schedule_many(make_job(f"a{i:03d}", T0 - 1000 + i, app_id=A) for i in range(600))
     store.schedule(make_job("b", T0 - 10, app_id=B))
-    a_full = Budgets(default=32, apps={A: 0}, lookahead=100)
+    a_full = Budgets(default=32, apps={A: 0}, set_aside=100)
 
     claims = [q.claim_within(10, a_full, at=T0)]
     while claims[-1].more and len(claims) < 10:
@@ -107,29 +121,45 @@ def test_an_app_out_of_budget_is_set_aside_and_the_next_app_is_reached(
 
     taken = [t for c in claims for t in c.triggers]
     assert _names(taken) == ["b"]  # found behind all of A's, none of A's taken
-    assert len(claims) == 6  # each looked at 10 + 100 due entries, at most
+    assert len(claims) == 6  # each set 100 of them aside, at most
     assert all(c.blocked == {A} for c in claims)
     view = store.get(A, "a000")
     assert view is not None and view.status is TriggerStatus.SCHEDULED  # set aside, as due
     assert view.next_ms == T0 - 1000
 
     # Room for 5 of A: the oldest 5, in their order.
-    room = q.claim_within(10, Budgets(default=32, apps={A: 5}, lookahead=100))
+    room = q.claim_within(10, Budgets(default=32, apps={A: 5}, set_aside=100))
     assert _names(room.triggers) == ["a000", "a001", "a002", "a003", "a004"]
     assert [t.sched_ms for t in room.triggers] == [T0 - 1000 + i for i in range(5)]
     assert all(t.attempt == 1 for t in room.triggers)
     assert room.blocked == {A}  # 595 more of A's wait for room
     # Without a budget for A, nothing of A's is taken, and nothing more of A's is due.
     assert q.claim_within(10, a_full).triggers == []
-    everything = q.claim_within(1000, Budgets(default=1000, apps={}, lookahead=0))
+    everything = q.claim_within(1000, Budgets(default=1000, apps={}, set_aside=0))
     assert len(everything.triggers) == 595 and not everything.blocked
+
+
+def test_with_one_live_app_its_backlog_is_left_in_place(claim_settings: Settings,
+                                                        q: QueueDriver) -> None:
+    # Nobody can be behind it: setting it aside would only cost Redis work.
+    store = Store(claim_settings)
+    store.register_app(AppRegistration(A, "http://127.0.0.1:9"))
+    store.schedule_many(make_job(f"a{i:03d}", T0 - 1000 + i, app_id=A) for i in range(600))
+
+    claim = q.claim_within(100, Budgets(default=32, apps={A: 5}, set_aside=100), at=T0)
+
+    assert _names(claim.triggers) == ["a000", "a001", "a002", "a003", "a004"]
+    assert claim.blocked == {A} and not claim.more
+    assert claim.earliest is None  # what is due is A's: A's freed slots wake the worker
+    keys = Keys(claim_settings.prefix).partition(0)
+    assert store.redis.zcard(keys.held) == 0 and store.redis.zcard(keys.due) == 600
 
 
 def test_a_claim_takes_each_app_within_its_budget(store: Store, q: QueueDriver) -> None:
     store.schedule_many(make_job(f"a{i}", T0 - 100 + i, app_id=A) for i in range(50))
     store.schedule_many(make_job(f"b{i}", T0 - 50 + i, app_id=B) for i in range(50))
 
-    claim = q.claim_within(100, Budgets(default=8, apps={A: 3}, lookahead=0), at=T0)
+    claim = q.claim_within(100, Budgets(default=8, apps={A: 3}, set_aside=100), at=T0)
 
     apps = [t.job.app_id for t in claim.triggers]
     assert apps.count(A) == 3 and apps.count(B) == 8
@@ -140,12 +170,12 @@ def test_set_aside_triggers_keep_their_attempts_and_stale_ones_are_dropped(
         store: Store, q: QueueDriver, claim_settings: Settings) -> None:
     for name in ("retrying", "deleted", "overwritten", "kept"):
         store.schedule(make_job(name, T0 - 10, app_id=A))
-    first = q.claim_within(10, Budgets(default=10, apps={}, lookahead=0), at=T0)
+    first = q.claim_within(10, Budgets(default=10, apps={}, set_aside=0), at=T0)
     retrying = next(t for t in first.triggers if t.job.name == "retrying")
     q.release([t for t in first.triggers if t is not retrying])
     q.retry(retrying, T0 + 5)
 
-    held = q.claim_within(10, Budgets(default=10, apps={A: 0}, lookahead=10), at=T0 + 10)
+    held = q.claim_within(10, Budgets(default=10, apps={A: 0}, set_aside=10), at=T0 + 10)
     assert held.triggers == [] and held.blocked == {A}
     keys = Keys(claim_settings.prefix).partition(0)
     state = store.redis.hget(keys.runs, f"{A}/retrying")
@@ -153,12 +183,69 @@ def test_set_aside_triggers_keep_their_attempts_and_stale_ones_are_dropped(
     store.delete(A, "deleted")
     store.schedule(make_job("overwritten", T0 + 20, app_id=A), overwrite=True)
 
-    later = q.claim_within(10, Budgets(default=10, apps={}, lookahead=0), at=T0 + 30)
+    later = q.claim_within(10, Budgets(default=10, apps={}, set_aside=0), at=T0 + 30)
     by_name = {t.job.name: t for t in later.triggers}
     assert sorted(by_name) == ["kept", "overwritten", "retrying"]
     assert by_name["retrying"].attempt == 2  # its failed attempt still counts
     assert by_name["overwritten"].sched_ms == T0 + 20  # the new job, from the due index
     assert store.redis.zcard(keys.held) == 0 and store.redis.zcard(keys.heldapps) == 0
+
+
+# --- a worker's slots -------------------------------------------------------------------
+
+
+def test_slots_cap_each_app_and_queue_a_few_more_that_hold_no_slot() -> None:
+    slots = Slots(concurrency=10, per_app=2, claim_batch=8)  # and 2 waiting: room 4 per app
+    a = [_trigger(A, f"a{i}") for i in range(4)]
+    assert [slots.admit(t, 0.0) for t in a] == [True, True, False, False]
+    assert slots.admit(_trigger(B, "b0"), 0.0)  # B does not wait behind A's
+    assert slots.free == 7 and slots.inflight[A] == 2
+    assert slots.budgets().apps == {A: 0, B: 3} and slots.budgets().default == 4
+
+    nxt, claim = slots.give_back(A)  # a slot of A's frees: its oldest waiting one takes it
+    assert nxt is not None and nxt[0] is a[2]
+    assert not claim  # no claim left A's triggers for want of room
+    assert slots.inflight[A] == 2 and slots.free == 7
+    slots.blocked({A})  # the last claim did
+    nxt, claim = slots.give_back(A)
+    assert nxt is not None and nxt[0] is a[3]
+    assert claim  # room for a batch (per_app // 2) of A's again: time to claim
+
+    assert not slots.admit(_trigger(A, "a4"), 0.0)
+    nxt, _ = slots.give_back(A, start_next=False)  # stopping: nothing more starts
+    assert nxt is None
+    assert [t.job.name for t in slots.drain()] == ["a4"] and slots.waiting == {}
+
+
+def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
+        claim_settings: Settings) -> None:
+    worker = Worker(claim_settings.with_(lease_s=5.0, delivery_timeout_s=2.0))
+    released: list[Trigger] = []
+
+    async def release(triggers: list[Trigger]) -> int:
+        released.extend(triggers)
+        return len(triggers)
+
+    worker.queue.release = release  # type: ignore[method-assign]
+    late, fresh = _trigger(A, "late"), _trigger(A, "fresh")
+    for trigger in (late, fresh):
+        assert worker.slots.admit(trigger, 0.0)
+
+    async def deliver() -> None:
+        # Waited 2.5 s: with its 2 s timeout and 1 s of margin, past the 5 s lease.
+        await worker._deliver(late, waited_since=time.monotonic() - 2.5)
+        # Waited 1.5 s: delivered (to no registered address here: a failed attempt).
+        await worker._deliver(fresh, waited_since=time.monotonic() - 1.5)
+        await worker.queue.close()
+
+    asyncio.run(deliver())
+    assert released == [late]
+    assert [s.trigger.job.name for s in worker.settled] == ["fresh"]
+    assert worker.slots.free == worker.slots.concurrency
+
+
+def _trigger(app_id: str, name: str) -> Trigger:
+    return Trigger(make_job(name, T0, app_id=app_id), f"{app_id}/{name}", 0, T0, 1, 0, "l")
 
 
 def _receiver(procs: Procs, path: Path, mode: str = "healthy") -> Receiver:
@@ -242,6 +329,6 @@ def test_a_flood_of_every_1ms_jobs_does_not_starve_another_app(settings: Setting
     assert a.count() > flooding  # the flood went on all along
 
     p50_alone, p50_beside = statistics.median(alone), statistics.median(beside)
-    assert within_bound(p50_beside, p50_alone), (
+    assert within_bound(p50_beside, p50_alone, FLOOD_FLOOR_MS), (
         f"B's median lateness {p50_beside:.1f} ms beside A's flood, {p50_alone:.1f} ms alone; "
         f"max {max(beside):.1f} / {max(alone):.1f} ms")

@@ -35,12 +35,12 @@ class Action:
 @dataclass(frozen=True)
 class Budgets:
     """What one claim may take of each app: `apps[app]` triggers, or `default` for an app
-    not named; `lookahead`: due entries it may look at beyond its limit, to find other
-    apps' triggers behind those of apps out of budget (bounds the work of one call)."""
+    not named; `set_aside`: how many due triggers of apps out of budget it may set aside
+    to reach other apps' triggers behind them (bounds the work of one call)."""
 
     default: int
     apps: dict[str, int]
-    lookahead: int
+    set_aside: int
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Queue:
     async def claim(self, limit: int) -> tuple[list[Trigger], int | None]:
         """Claim up to `limit` due triggers, no app bounded but by its rate limit. Returns
         them and the earliest time anything else needs a worker."""
-        claim = await self.claim_within(limit, Budgets(limit, {}, 0))
+        claim = await self.claim_within(limit, Budgets(limit, {}, limit))
         return claim.triggers, claim.earliest
 
     async def claim_within(self, limit: int, budgets: Budgets) -> Claim:
@@ -92,6 +92,9 @@ class Queue:
             await self.load_apps(None)  # rate limits as registered now
         claim = Claim([], None, False, set())
         left = dict(budgets.apps)
+        # With one live app there is nobody its backlog could hold up (claim.lua ARGV[7]);
+        # an app registered since is known within APPS_MAX_AGE_S.
+        solo = sum(self._alive.values()) <= 1
         lease_ms = int(self.settings.lease_s * 1000)
         n = self.keys.partitions
         start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
@@ -106,7 +109,8 @@ class Queue:
                 raw = await self._scripts["claim"](
                     keys=pk.claim_keys(),
                     args=[now_ms(), limit - len(claim.triggers), lease_ms, token,
-                          budgets.default, budgets.lookahead, *self._app_args(left, budgets)],
+                          budgets.default, budgets.set_aside, "1" if solo else "0",
+                          *self._app_args(left, budgets)],
                 )
             except UNAVAILABLE as exc:
                 # On Redis Cluster, this partition's master may be failing over: the
@@ -202,13 +206,14 @@ class Queue:
         missing = not app_ids.issubset(self._apps)
         if not (age > max_age_s or (missing and age > miss_retry_s)):
             return
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.keys.apps)
+        raw = await self.redis.hgetall(self.keys.apps)
+        self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
+        # Every registered app's liveness: claims go by how many apps are live.
         known = sorted(set(self._apps) | app_ids)
+        pipe = self.redis.pipeline(transaction=False)
         for app_id in known:
             pipe.exists(self.keys.alive(app_id))
-        raw, *alive = await pipe.execute()
-        self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
+        alive = await pipe.execute() if known else []
         self._alive = {app_id: bool(n) for app_id, n in zip(known, alive, strict=True)}
         self._apps_loaded = time.monotonic()
 

@@ -46,6 +46,7 @@ class Worker:
         self._http = HttpClient(settings.connections_per_app)
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
         self._backoff = 0.05
+        self._stopping = False
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -63,8 +64,8 @@ class Worker:
                 if claim is None:
                     continue  # Redis unavailable: backed off, try again
                 for trigger in await self._stage_offline(claim.triggers):
-                    self.slots.take(trigger.job.app_id)
-                    self.inflight[asyncio.create_task(self._deliver(trigger))] = trigger
+                    if self.slots.admit(trigger, time.monotonic()):  # else: waits its turn
+                        self._start(trigger)
                 self.slots.blocked(claim.blocked)  # a slot of theirs freed: claim again
                 if not claim.more:  # nothing else due now that this worker has room for
                     await self._sleep_until(claim.earliest, stop)
@@ -118,11 +119,19 @@ class Worker:
             log.warning("redis unavailable while staging: %s", exc)  # leases will run out
         return [t for t in triggers if self.queue.is_live(t.job.app_id)]
 
-    async def _deliver(self, trigger: Trigger) -> None:
+    def _start(self, trigger: Trigger, waited_since: float | None = None) -> None:
+        self.inflight[asyncio.create_task(self._deliver(trigger, waited_since))] = trigger
+
+    async def _deliver(self, trigger: Trigger, waited_since: float | None = None) -> None:
         started, clock = now_ms(), time.perf_counter()
         try:
-            app = self.queue.app(trigger.job.app_id)
             timeout_s = self._timeout_s(trigger)
+            if waited_since is not None and (time.monotonic() - waited_since + timeout_s + 1.0
+                                             >= self.settings.lease_s):
+                # It waited for its app so long that its lease could run out mid-delivery.
+                await self.queue.release([trigger])
+                return
+            app = self.queue.app(trigger.job.app_id)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
             elif app.protocol == "grpc":
@@ -163,7 +172,12 @@ class Worker:
             self._to_settle.set()
             self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._slot_free.set()
-            if self.slots.give_back(trigger.job.app_id):
+            # Stopping: what waits is given back (_shutdown), not started.
+            waiting, claim = self.slots.give_back(trigger.job.app_id,
+                                                  start_next=not self._stopping)
+            if waiting is not None:
+                self._start(*waiting)
+            if claim:
                 self._wake.set()  # its app has room again for what was left due
 
     def _timeout_s(self, trigger: Trigger) -> float:
@@ -296,6 +310,7 @@ class Worker:
 
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
         """Let deliveries in flight finish within the grace period, release the rest."""
+        self._stopping = True
         if self.inflight:
             await asyncio.wait(list(self.inflight), timeout=self.settings.shutdown_grace_s)
         unfinished = list(self.inflight.items())
@@ -303,7 +318,9 @@ class Worker:
             task.cancel()
         if unfinished:
             await asyncio.gather(*(t for t, _ in unfinished), return_exceptions=True)
+        give_back = [t for _, t in unfinished] + self.slots.drain()
+        if give_back:
             with contextlib.suppress(*UNAVAILABLE):
-                released = await self.queue.release([t for _, t in unfinished])
+                released = await self.queue.release(give_back)
                 log.info("released %d unfinished triggers", released)
         await asyncio.gather(*helpers, return_exceptions=True)

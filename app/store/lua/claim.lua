@@ -11,8 +11,12 @@
 -- ARGV[3] lease length, ms
 -- ARGV[4] lease token of this claim (unique per claim call)
 -- ARGV[5] budget of an app not listed in ARGV[7..]: most of its triggers this call takes
--- ARGV[6] due entries to look at beyond ARGV[2], at most (bounds the work of one call)
--- ARGV[7..] groups of 4: app id, its budget, its rate (tokens per ms, 0: no limit), the
+-- ARGV[6] most due triggers this call sets aside (bounds the work of one call; the
+--         answer says `more` when it stopped there)
+-- ARGV[7] "1" when the caller knows of no other live app: a due trigger of an app out of
+--         budget then ends the look instead of being set aside (nobody is behind it
+--         whom it could keep waiting, and setting a backlog aside costs Redis work)
+-- ARGV[8..] groups of 4: app id, its budget, its rate (tokens per ms, 0: no limit), the
 --           size of its bucket
 -- KEYS[4..6] and ARGV[5..] may be left out: then no app has a budget, and the answer
 -- is {earliest, id, record, sched, attempt, count, ...} (as before them).
@@ -35,10 +39,13 @@ local limit = tonumber(ARGV[2])
 local token = ARGV[4]
 local fair = #KEYS >= 6
 local default_budget = fair and tonumber(ARGV[5]) or limit
-local look = fair and tonumber(ARGV[6]) or 0
+local max_aside = fair and tonumber(ARGV[6]) or 0
+local solo = fair and ARGV[7] == "1"
+local aside = 0
+local stopped_at_blocked = false
 local HELD = "*"
 local budget, rate, size = {}, {}, {}
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   budget[ARGV[i]] = tonumber(ARGV[i + 1])
   rate[ARGV[i]] = tonumber(ARGV[i + 2])
   size[ARGV[i]] = tonumber(ARGV[i + 3])
@@ -175,7 +182,7 @@ end
 
 -- 2. The due index in order; triggers of apps without room are set aside.
 if claimed < limit then
-  local window = limit - claimed + look
+  local window = limit - claimed + max_aside
   local due = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now, "WITHSCORES", "LIMIT", 0, window)
   for i = 1, #due, 2 do
     if claimed >= limit then
@@ -186,15 +193,23 @@ if claimed < limit then
     local app = string.match(id, "^[^/]*")
     if not fair or (budget_of(app) > 0 and tokens_of(app) >= 1) then
       take_due(id, app, score)
+    elseif solo and budget_of(app) <= 0 then
+      blocked[app] = true
+      stopped_at_blocked = true
+      break
+    elseif aside >= max_aside then
+      out[2] = 1
+      break
     else
       if budget_of(app) <= 0 then
         blocked[app] = true
       end
       hold(id, app, score)
+      aside = aside + 1
     end
   end
-  if #due == 2 * window then
-    out[2] = 1
+  if #due == 2 * window and not stopped_at_blocked then
+    out[2] = 1  -- more may be due past the window
   end
 end
 
@@ -218,6 +233,9 @@ end
 
 local head = redis.call("ZRANGE", KEYS[1], 0, 0, "WITHSCORES")
 local earliest = head[2] and tonumber(head[2])
+if stopped_at_blocked then
+  earliest = nil  -- the head is the blocked app's: its freed slots wake the caller
+end
 if fair then
   -- Held triggers count for this caller only where it has room for their app.
   local waiting = redis.call("ZRANGE", KEYS[5], 0, 63, "WITHSCORES")
