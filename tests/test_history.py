@@ -401,6 +401,44 @@ def test_the_cli_says_when_nothing_is_recorded_yet(settings: Settings, api: Flas
     assert result.stderr == "no outcomes of 'not-yet' recorded yet\n"
 
 
+# --- the dashboard ---------------------------------------------------------------------------
+
+
+def test_the_dashboard_shows_the_history_also_of_a_job_that_is_over(
+        settings: Settings, receiver: Receiver, api: FlaskClient) -> None:
+    receiver.responder = answering(500)
+    with ThreadWorker(settings):
+        schedule(api, "page-once", {"dueTime": "0s", "failurePolicy": FAST_RETRIES})
+        schedule(api, "page-hourly", {"schedule": "@every 1h", "dueTime": "0s"})
+        wait_for(finished(api, "page-once", 2), what="two outcomes of 'page-once'")
+        wait_for(lambda: len(history(api, "page-hourly")["history"]) == 1,
+                 what="the outcome of 'page-hourly'")
+    schedule(api, "page-later", {"dueTime": "1h"})
+
+    page = api.get("/ui/jobs/page-hourly")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    start = html.index('id="job-history"')
+    table = html[start:html.index("</table>", start)]
+    assert table.count("<tr>") == 2  # the header and one outcome
+    assert '<span class="badge retrying">retrying</span>' in table
+    assert "app answered HTTP 500" in table
+
+    # A one-shot job that fired: its GET is a 404, its page shows what became of it.
+    over = api.get("/ui/jobs/page-once")
+    assert over.status_code == 200
+    html = over.get_data(as_text=True)
+    assert 'id="job-over"' in html and "Its history is kept until" in html
+    table = html[html.index('id="job-history"'):]
+    assert '<span class="badge delivered">delivered</span>' in table
+    assert '<span class="badge retrying">retrying</span>' in table
+    assert table.index("delivered") < table.index("retrying")  # newest first
+
+    nothing_yet = api.get("/ui/jobs/page-later").get_data(as_text=True)
+    assert 'id="job-history-empty"' in nothing_yet and 'id="job-history"' not in nothing_yet
+    assert api.get("/ui/jobs/never-was").status_code == 404
+
+
 # --- the entry format and the settings ------------------------------------------------------
 
 
@@ -412,6 +450,9 @@ def test_entries_round_trip() -> None:
     entry = HistoryEntry.decode("app", "a|b@c", raw)
     assert entry == HistoryEntry(trigger, 1_700_000_000_123, 1_700_000_000_125, 3, "retrying",
                                  503, 1843, "app answered | HTTP 503")
+    # The worker passes only the job's rev for the job's own trigger id.
+    assert encode_entry("0a1b2c3d", 1_700_000_000_123, 1_700_000_000_125, 3, "r", 503, 1843,
+                        "app answered | HTTP 503", 256) == raw
     # A replay keeps the dead trigger's id, whose due time is not the replay's.
     replay = encode_entry("app/x@0a1b2c3d:1600000000000", 1_700_000_000_000,
                           1_700_000_000_001, 1, "d", None, 5, "", 256)

@@ -218,9 +218,10 @@ class Worker:
                   else history.DEAD_LETTERED if s.action == Action.DEAD
                   else history.DELIVERED if done else history.DROPPED)
         t = s.trigger
-        entry = history.encode_entry(t.trigger_id, t.sched_ms, started, t.attempt, result,
-                                     status, duration_us, error,
-                                     self.settings.history_entry_bytes)
+        # The job's rev stands for its own trigger id; a replay keeps the dead trigger's.
+        trigger = t.job.rev if t.job.replay_of is None else t.job.replay_of
+        entry = history.encode_entry(trigger, t.sched_ms, started, t.attempt, result, status,
+                                     duration_us, error, self.settings.history_entry_bytes)
         return Settlement(t, s.action, s.at_ms, s.dead_id, s.dead_record, entry)
 
     @staticmethod

@@ -44,14 +44,20 @@ RESULTS = {DELIVERED: "delivered", RETRYING: "retrying", DEAD_LETTERED: "dead-le
 _ELLIPSIS = "\u2026"
 
 
-def encode_entry(trigger_id: str, due_ms: int, sent_ms: int, attempt: int, result: str,
+def encode_entry(trigger: str, due_ms: int, sent_ms: int, attempt: int, result: str,
                  status: int | None, duration_us: int, error: str, max_bytes: int) -> str:
     """One outcome as stored; at most `max_bytes` bytes of UTF-8 (the error cut to fit).
+    `trigger`: the trigger id, or only the job's rev when the id is the job's own
+    `{app}/{name}@{rev}:{due_ms}` (what the worker passes: no id to build and take apart).
     Called once per delivery by the workers: kept to a few string operations."""
-    tail = trigger_id[trigger_id.rfind("@") + 1:]
-    rev, _, tail_due = tail.partition(":")
-    if tail_due == str(due_ms):
-        tail = rev
+    at = trigger.rfind("@")
+    if at < 0:
+        tail = trigger  # a rev
+    else:
+        tail = trigger[at + 1:]
+        rev, _, tail_due = tail.partition(":")
+        if tail_due == str(due_ms):
+            tail = rev
     head = (f"{due_ms}|{sent_ms - due_ms}|{attempt}|{result}|"
             f"{'' if status is None else status}|{duration_us}|{tail}|")
     if not error:

@@ -5,9 +5,10 @@ sent, and are shown as text); htmx only polls the counters. Nothing changes on a
 every change is a POST form with the session's CSRF token (app/ui/auth.py). Only this
 API's app is shown, as the HTTP API does.
 
-Later additions hook in at the marked places of the templates: a job's history
-(`job.html`, "history"). The pause / resume / trigger buttons are `post_button`s in
-`job.html` ("actions") and `jobs.html` (the app's), posting to job_action and app_action.
+A job's trigger history is the `history_section` of `_history.html`, on its page
+(`job.html`) and on the page of a job that is over (`job_over.html`). The pause / resume /
+trigger buttons are `post_button`s in `job.html` ("actions") and `jobs.html` (the app's),
+posting to job_action and app_action.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from app.jobs.model import DeadLetter, TriggerStatus
 from app.jobs.validation import MAX_NAME_LENGTH, job_to_api, parse_job_request, validate_name
 from app.settings import Settings
 from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
+from app.store.history import History, JobHistory
 from app.store.pauses import Pauses
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import JobExists, JobView, Store
@@ -279,6 +281,30 @@ def policy_text(policy: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class HistoryRow:
+    due: When | None
+    sent: When | None
+    attempt: int
+    result: str  # delivered, retrying, dead-lettered, dropped (also its badge's class)
+    status: int | None
+    took: str
+    error: str
+
+
+def history_rows(history: JobHistory | None, now: int) -> list[HistoryRow]:
+    """A job's last outcomes (app/store/history.py), newest first, for its page."""
+    if history is None:
+        return []
+    return [HistoryRow(when(e.due_ms, now), when(e.sent_ms, now), e.attempt, e.result,
+                       e.status, _took(e.duration_us), e.error) for e in history.entries]
+
+
+def _took(us: int) -> str:
+    ms = us / 1000
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+@dataclass(frozen=True)
 class LetterRow:
     id: str
     name: str
@@ -342,12 +368,19 @@ def job(name: str) -> Response:
     name = validate_name(name)
     view = _store().get(_settings().app_id, name)
     if view is None:
+        # A job that is over may have left its history (app/store/history.py): show that.
+        over = History(_store()).read(_settings().app_id, name)
+        if over is not None:
+            now = now_ms()
+            return _page("job_over.html", title=name, nav="jobs", name=name,
+                         history=history_rows(over, now), kept_until=when(over.kept_until_ms, now))
         return _error_page(404, f"There is no job {name!r} (a one-shot job is gone once it "
                                 "has fired).")
     now = now_ms()
     # The definition in the API's shape (GET adds where the job stands: the row).
     api = job_to_api(view.job, dapr_compat=_settings().dapr_compat)
     return _page("job.html", title=name, nav="jobs", row=job_row(view, now), job=api,
+                 history=history_rows(History(_store()).read(_settings().app_id, name), now),
                  expires=when(view.job.expires_ms, now), policy=policy_text(api["failurePolicy"]),
                  has_data="data" in api, data=_pretty(api.get("data")), api_json=_pretty(api),
                  paused=view.paused, app_paused=view.app_paused,
