@@ -171,9 +171,11 @@ def serve(settings: Settings, options: ServeOptions) -> int:
         workers_kill_timeout=GRACEFUL_TIMEOUT_S,
     )
     server.on_startup(lambda: log.info(listening))
+    code = 0
     try:
         server.serve(target_loader=partial(_worker_app, settings, options), wrap_loader=False)
     except SystemExit as done:  # granian ends a failed run by sys.exit
-        code = done.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    log.info("app %r: the API has stopped%s", settings.app_id,
+             f" (exit code {code})" if code else "")
+    return code
