@@ -148,6 +148,32 @@ def test_a_skip_job_whose_ttl_ran_out_while_paused_ends_at_its_resume(store: Sto
     assert not any(store.redis.zcard(pk.names) for pk in store.keys.all_partitions())
 
 
+def test_a_trigger_handed_back_or_staged_while_paused_waits_for_the_resume(
+        settings: Settings, store: Store) -> None:
+    from tests.support.jobs import make_job
+
+    due = now_ms() - 10
+    for name in ("released", "staged"):
+        store.schedule(make_job(name, due, schedule="@every 1h"))
+    driver = QueueDriver(settings)
+    try:
+        claimed = {t.job.name: t for t in driver.claim(10)}
+        pauses = Pauses(store)
+        for name in claimed:  # in flight: the entry waits for the worker's word
+            assert pauses.pause_job(APP, name)
+            assert store.get(APP, name).status.value == "in_flight"  # type: ignore[union-attr]
+        assert driver.release([claimed["released"]]) == 1
+        assert driver.stage([claimed["staged"]]) == 1
+    finally:
+        driver.close()
+    assert _claimable(settings, now_ms() + 10 * HOUR_MS) == []
+    for name in claimed:
+        view = store.get(APP, name)
+        assert view is not None and view.status.value == "paused" and view.next_ms == due
+        assert pauses.resume_job(APP, name)
+    assert sorted(_claimable(settings, now_ms())) == ["released", "staged"]
+
+
 # -- the app, without a worker --------------------------------------------------------------
 
 

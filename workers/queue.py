@@ -30,6 +30,9 @@ class Action:
     NEXT = "next"  # finished: go on to the next occurrence, or end the job
     RETRY = "retry"  # failed: try again at `at_ms`
     DEAD = "dead"  # failure policy spent: dead-letter, then as NEXT
+    # missed and passed over by the job's catch-up policy, not delivered: the trigger due
+    # at `at_ms` is the job's next (None: the job is over), not counted as fired
+    SKIP = "skip"
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ class Queue:
         for (part, lease), jids in groups.items():
             pk = self.keys.partition(part)
             released += int(await self._scripts["release"](
-                keys=[pk.due, pk.runs], args=[lease, *jids]))
+                keys=[pk.due, pk.runs, pk.paused], args=[lease, *jids]))
         return released
 
     async def load_apps(self, app_ids: set[str] | None, max_age_s: float = APPS_MAX_AGE_S,
@@ -233,7 +236,7 @@ class Queue:
         for (part, app_id, lease), jids in groups.items():
             pk = self.keys.partition(part)
             staged += int(await self._scripts["stage"](
-                keys=[pk.due, pk.runs, pk.staged(app_id)], args=[lease, *jids]))
+                keys=[pk.due, pk.runs, pk.staged(app_id), pk.paused], args=[lease, *jids]))
         return staged
 
     def pubsub(self) -> Any:

@@ -9,8 +9,8 @@ import random
 import time
 
 from app.jobs.clock import now_ms
-from app.jobs.model import DeadLetter, FailureKind, Trigger
-from app.jobs.schedule import next_fire_ms
+from app.jobs.model import CatchUp, DeadLetter, FailureKind, Trigger
+from app.jobs.schedule import catch_up_due, next_fire_ms
 from app.settings import Settings
 from app.store import history
 from app.store.redis_client import UNAVAILABLE
@@ -63,7 +63,7 @@ class Worker:
                 claim = await self._claim(limit, stop)
                 if claim is None:
                     continue  # Redis unavailable: backed off, try again
-                for trigger in await self._stage_offline(claim.triggers):
+                for trigger in self._pass_over_missed(await self._stage_offline(claim.triggers)):
                     if self.slots.admit(trigger, time.monotonic()):  # else: waits its turn
                         self._start(trigger)
                 self.slots.blocked(claim.blocked)  # a slot of theirs freed: claim again
@@ -118,6 +118,32 @@ class Worker:
         except UNAVAILABLE as exc:
             log.warning("redis unavailable while staging: %s", exc)  # leases will run out
         return [t for t in triggers if self.queue.is_live(t.job.app_id)]
+
+    def _pass_over_missed(self, triggers: list[Trigger]) -> list[Trigger]:
+        """The triggers to deliver. A first attempt taken late is first put through its
+        job's catch-up policy (app/jobs/schedule.py catch_up_due): one the policy passes
+        over is settled without delivery (Action.SKIP), its job going on with the trigger
+        the policy gives. Costs one comparison for jobs of the default policy."""
+        now, keep = now_ms(), []
+        for t in triggers:
+            job = t.job
+            if job.catch_up is CatchUp.COALESCE or t.attempt != 1 or t.sched_ms >= now:
+                keep.append(t)
+                continue
+            due = catch_up_due(job.schedule, job.due_time is not None, t.sched_ms, t.count,
+                               job.repeats, job.expires_ms, now, job.catch_up,
+                               self.settings.max_catch_up,
+                               int(self.settings.catch_up_grace_s * 1000))
+            if due == t.sched_ms:
+                keep.append(t)
+                continue
+            log.info("missed: passed over", extra={
+                "app": job.app_id, "job": job.name, "catch_up": job.catch_up.value,
+                "lateness_ms": now - t.sched_ms, "trigger": t.trigger_id,
+                "next_ms": due})
+            self.settled.append(Settlement(t, Action.SKIP, due))
+            self._to_settle.set()
+        return keep
 
     def _start(self, trigger: Trigger, waited_since: float | None = None) -> None:
         self.inflight[asyncio.create_task(self._deliver(trigger, waited_since))] = trigger
@@ -199,7 +225,7 @@ class Worker:
                             extra=_fields(trigger, outcome, retry_in_ms=delay))
                 return Settlement(trigger, Action.RETRY, now + delay)
         next_ms = next_fire_ms(job.schedule, trigger.sched_ms, trigger.count + 1, job.repeats,
-                               job.expires_ms, now)
+                               job.expires_ms, now, job.catch_up, self.settings.max_catch_up)
         if outcome.done:
             return Settlement(trigger, Action.NEXT, next_ms)
         if job.failure_policy.kind is FailureKind.DROP:
