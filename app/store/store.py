@@ -439,7 +439,8 @@ def with_pause(view: JobView, raw_entry: bytes | None, app_since: bytes | None) 
     status = view.status if view.status is TriggerStatus.IN_FLIGHT else TriggerStatus.PAUSED
     return replace(view, status=status,
                    next_ms=view.next_ms if entry.due_ms is None else entry.due_ms,
-                   paused=BY_JOB in entry.by, app_paused=BY_APP in entry.by,
+                   paused=BY_JOB in entry.by,
+                   app_paused=BY_APP in entry.by or app_since is not None,
                    paused_ms=entry.since_ms)
 
 
