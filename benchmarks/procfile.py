@@ -1,9 +1,10 @@
 """The API as the Procfile runs it: its `web` line (`jobrunner api`), with PORT set and
 bound to loopback.
 
-The RQ baselines serve their Flask app with gunicorn itself, with the options that
-`jobrunner api` gives gunicorn (app/processes/serve.py; tests/test_procfile.py checks
-that they agree).
+The RQ baselines serve their Flask app with gunicorn, gthread workers, with the processes
+and threads of `jobrunner api` (app/processes/serve.py; tests/test_procfile.py checks that
+they agree), as `jobrunner api` itself ran before it moved to granian: a Flask app as it is
+usually deployed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ FALLBACK_WEB = (
     'exec jobrunner api --host "${JOBRUNNER_HTTP_HOST:-127.0.0.1}" --http-port "${PORT:-6280}"'
 )
 JOBRUNNER_API = "exec jobrunner api"
-# `jobrunner api`'s gunicorn options, as a command line: the same processes (the same
+# gunicorn with `jobrunner api`'s options, as a command line: the same processes (the same
 # environment variables, in click's order), threads and graceful timeout.
 BASELINE_WEB = (
     'exec gunicorn "{target}" --bind 127.0.0.1:${PORT:-6280} --worker-class gthread '

@@ -27,7 +27,7 @@ from app.settings import Settings
 TIER_REDIS, TIER_WORKERS, TIER_API = 0, 1, 2
 
 # How long each kind of child gets to exit after SIGTERM before it is killed.
-API_GRACE_S = 15.0  # gunicorn's graceful timeout (10 s) and a margin
+API_GRACE_S = 15.0  # the API server's graceful timeout (10 s, serve.py) and a margin
 REDIS_GRACE_S = 30.0
 
 
