@@ -380,12 +380,12 @@ class Settings:
                                 f"{MAX_APP_RATE_LIMIT:g} deliveries a second")
         if not self.app_url.startswith(("http://", "https://")):
             raise SettingsError(f"APP_URL must be an http(s) URL, got {self.app_url!r}")
-        if self.max_catch_up > MAX_CATCH_UP:
-            raise SettingsError(f"JOBRUNNER_MAX_CATCH_UP must be at most {MAX_CATCH_UP}")
-        self._validate_history()
         if self.http_header_timeout_s > MAX_HTTP_HEADER_TIMEOUT_S:
             raise SettingsError(f"JOBRUNNER_HTTP_HEADER_TIMEOUT must be at most "
                                 f"{MAX_HTTP_HEADER_TIMEOUT_S:g} seconds")
+        if self.max_catch_up > MAX_CATCH_UP:
+            raise SettingsError(f"JOBRUNNER_MAX_CATCH_UP must be at most {MAX_CATCH_UP}")
+        self._validate_history()
         if self.log_format not in LOG_FORMATS:
             raise SettingsError(f"JOBRUNNER_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level and self.log_level not in LOG_LEVELS:
