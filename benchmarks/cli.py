@@ -62,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="schedule: the HTTP server of jobrunner's API, a row each "
                         "(repeatable; default granian, the Procfile's `jobrunner api`; "
                         "gthread and gevent: gunicorn with that worker class, as before)")
+    parser.add_argument("--rounds", type=int,
+                        help="schedule: run the rows in turn this many times and show each "
+                        "row's median run (1): steadier figures on a busy machine")
     parser.add_argument("--only", action="append", choices=[JOBRUNNER, *BASELINES],
                         help="run only this system (repeatable)")
     parser.add_argument("--out", type=Path,
@@ -69,7 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--logs", type=Path,
                         help="keep the child processes' logs in this folder")
     args = parser.parse_args(argv)
-    for flag in ("jobs", "rate", "duration", "workers", "concurrency"):
+    for flag in ("jobs", "rate", "duration", "workers", "concurrency", "rounds"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag} must be positive")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         quick=args.quick, jobs=args.jobs, rate=args.rate, duration=args.duration,
         workers=args.workers, concurrency=args.concurrency, baselines=not args.no_baselines,
         only=tuple(args.only or ()), protocols=tuple(args.protocol or ("http", "grpc")),
-        servers=tuple(dict.fromkeys(args.server or ("granian",))),
+        servers=tuple(dict.fromkeys(args.server or ("granian",))), rounds=args.rounds,
     )
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     with tempfile.TemporaryDirectory(prefix="jobrunner-bench-") as tmp, \

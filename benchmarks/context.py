@@ -29,6 +29,7 @@ class Options:
     # Procfile's web line, `jobrunner api`; "gthread", "gevent": gunicorn serving
     # app.api:create_app() with that worker class).
     servers: tuple[str, ...] = ("granian",)
+    rounds: int | None = None  # schedule: rows run in turn this many times (median shown)
 
 
 @dataclass
