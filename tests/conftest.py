@@ -138,3 +138,20 @@ def client(app: Flask) -> Iterator[FlaskClient]:
 @pytest.fixture(params=BASES, ids=["alpha1", "v1"])
 def base(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _no_service_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that starts the shared service (`jobrunner run`, JOBRUNNER_HOME under its
+    tmp_path) and fails before its own `stop` must not leave it running."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    from app.processes.service_state import read_state, stop_service
+
+    tmp: Path = request.getfixturevalue("tmp_path")
+    yield
+    for home in (tmp / "home", *tmp.glob("*/home")):
+        state = read_state(home) if home.is_dir() else None
+        if state is not None and state.alive():
+            stop_service(home)
