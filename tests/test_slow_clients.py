@@ -1,7 +1,7 @@
 """Slow clients cannot stall the API (issue 10, part 1), against a real `jobrunner api`.
 
-The API runs as `jobrunner api` does anywhere: 2 processes x 4 threads, so 8 threads in
-all. Against it, STALLED (80, 10x its threads) connections of each kind, all at once:
+The API runs as `jobrunner api` does anywhere: 2 processes x 8 threads, so 16 threads in
+all. Against it, STALLED (160, 10x its threads) connections of each kind, all at once:
 
 - heads: a request line, then one more header line every TRICKLE_S, never the blank line;
 - bodies: a whole head announcing a 4 KiB body, then one byte of it every TRICKLE_S;
@@ -34,10 +34,11 @@ from pathlib import Path
 import pytest
 
 from app.processes.procs import free_port
+from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
 from tests.support.redis_proc import RedisProcess
 from tests.support.waiting import wait_for
 
-PROCESSES, THREADS = 2, 4
+PROCESSES, THREADS = DEFAULT_PROCESSES, DEFAULT_THREADS  # as `jobrunner api` runs anywhere
 STALLED = 10 * PROCESSES * THREADS  # of each kind
 HEADER_TIMEOUT_S = 6.0
 BODY_TIMEOUT_S = 6.0

@@ -37,7 +37,10 @@ log = logging.getLogger("jobrunner.api")
 DEFAULT_LOG_LEVEL = "info"
 
 DEFAULT_PROCESSES = 2
-DEFAULT_THREADS = 4
+# A request's thread waits on Redis: while Redis is away each waits up to the client's 5 s
+# read timeout, so 4 a process let requests queue past the 8 s the chaos suite allows
+# (tests/chaos/test_redis_unreachable.py); idle threads cost next to nothing.
+DEFAULT_THREADS = 8
 # A stopping worker answers the requests it has; one that has not stopped after this is
 # killed.
 GRACEFUL_TIMEOUT_S = 10
