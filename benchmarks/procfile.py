@@ -23,7 +23,7 @@ JOBRUNNER_API = "exec jobrunner api"
 BASELINE_WEB = (
     'exec gunicorn "{target}" --bind 127.0.0.1:${PORT:-6280} --worker-class gthread '
     "--workers ${JOBRUNNER_API_PROCESSES:-${WEB_CONCURRENCY:-2}} "
-    "--threads ${JOBRUNNER_API_THREADS:-4} --graceful-timeout 10"
+    "--threads ${JOBRUNNER_API_THREADS:-8} --graceful-timeout 10"
 )
 
 

@@ -64,7 +64,7 @@ GUNICORN = (
     "--workers ${JOBRUNNER_API_PROCESSES:-2} "
 )
 GUNICORN_WORKERS = {
-    "gthread": "--worker-class gthread --threads ${JOBRUNNER_API_THREADS:-4}",
+    "gthread": "--worker-class gthread --threads ${JOBRUNNER_API_THREADS:-8}",
     # gevent: a greenlet per connection, up to 1,000 per process (gunicorn's default)
     "gevent": "--worker-class gevent --worker-connections 1000",
 }
