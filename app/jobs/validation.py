@@ -377,19 +377,24 @@ def _exponential(raw: Any) -> FailurePolicy:
                          max_interval_ms=longest, multiplier=multiplier, jitter=jitter)
 
 
-def _policy_duration_ms(value: Any, field: str) -> int | None:
-    """A Go duration string of a failure policy, in ms: 0 to MAX_RETRY_INTERVAL_MS."""
-    if value is None:
-        return None
+def _duration_ns(value: Any, field: str, example: str) -> int:
+    """A Go duration string (bounded in length) in ns; a 400 naming `field` otherwise."""
     if not isinstance(value, str):
-        raise malformed(f"{field} must be a duration string such as '3s', "
+        raise malformed(f"{field} must be a duration string such as {example!r}, "
                         f"got {_json_kind(value)}")
     if len(value) > MAX_DURATION_LENGTH:
         raise malformed(f"{field} is longer than {MAX_DURATION_LENGTH} characters")
     try:
-        ns = go_duration_ns(value)
+        return go_duration_ns(value)
     except ScheduleError as exc:
         raise malformed(f"{field}: {exc}") from None
+
+
+def _policy_duration_ms(value: Any, field: str) -> int | None:
+    """A Go duration string of a failure policy, in ms: 0 to MAX_RETRY_INTERVAL_MS."""
+    if value is None:
+        return None
+    ns = _duration_ns(value, field, "3s")
     if ns < 0:
         raise malformed(f"{field} must not be negative, got {value!r}")
     if ns > MAX_RETRY_INTERVAL_MS * 1_000_000:
@@ -415,16 +420,7 @@ def delivery_timeout_ms(request: dict[str, Any], max_ms: int) -> int | None:
     if value is None or value == "":
         return None
     field = "deliveryTimeout"
-    if not isinstance(value, str):
-        raise malformed(f"{field} must be a duration string such as '30s', "
-                        f"got {_json_kind(value)}")
-    if len(value) > MAX_DURATION_LENGTH:
-        raise malformed(f"{field} is longer than {MAX_DURATION_LENGTH} characters")
-    try:
-        ns = go_duration_ns(value)
-    except ScheduleError as exc:
-        raise malformed(f"{field}: {exc}") from None
-    ms = ns // 1_000_000
+    ms = _duration_ns(value, field, "30s") // 1_000_000
     if ms < 1:
         raise malformed(f"{field} must be at least 1ms, got {value!r}")
     if ms > max_ms:
