@@ -8,6 +8,7 @@ turn, prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import tempfile
@@ -30,11 +31,9 @@ CEILING_S, QUICK_CEILING_S = 3.0, 0.5
 
 
 def _scenario(name: str) -> Callable[[Context], dict[str, Any]]:
-    from benchmarks.scenarios import burst, grpc_schedule, scale, schedule, steady, workers
-
-    modules = {"burst": burst, "steady": steady, "scale": scale, "schedule": schedule,
-               "grpc-schedule": grpc_schedule, "workers": workers}
-    return modules[name].run  # type: ignore[no-any-return]
+    """The scenario's module, benchmarks/scenarios/<name with _ for ->.py: its run()."""
+    module = importlib.import_module(f"benchmarks.scenarios.{name.replace('-', '_')}")
+    return module.run  # type: ignore[no-any-return]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -107,8 +106,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in names:
             scenario = _scenario(name)(ctx)
             report.add_ratios(scenario)
+            report.report_targets(name, scenario)
             result["scenarios"][name] = scenario
             print("\n" + report.render(scenario), flush=True)
+        result["targets"] = report.summary(result)
+        if result["targets"]:
+            print("\n" + report.render_summary(result["targets"]), flush=True)
         result["seconds"] = time.time() - started
     return result
 

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from benchmarks.cpu import CpuSnapshot, cores_used, snapshot
-from benchmarks.procs import Procs, RedisServer
+from benchmarks.procs import Procs, RedisCounters, RedisTarget, counters_delta
 from benchmarks.receiver import ReceiverClient, Record
 from benchmarks.stats import summarize
 from benchmarks.systems import BenchJob, System, due_of
@@ -40,16 +40,20 @@ class Run:
     receiver_cpu_s: float
     timed_out: bool
     cpu_cores: dict[str, float]  # cores each part used from the first due time to the end
+    cpu_s: dict[str, float]  # CPU seconds of each part over the same time
     start_s: float  # starting the workers until they were ready
     stop_s: float  # stopping them
     records: list[Record] = field(default_factory=list)
     foreign: int = 0  # deliveries of other runs' jobs (must be 0)
+    # Redis's counters at the first due time and at the end (INFO cpu, commandstats, stats)
+    redis_before: dict[str, RedisCounters] = field(default_factory=dict)
+    redis_after: dict[str, RedisCounters] = field(default_factory=dict)
 
 
 def run_jobs(
     system: System,
     procs: Procs,
-    redis_server: RedisServer,
+    redis_server: RedisTarget,
     receiver: ReceiverClient,
     workers: int,
     make_jobs: Callable[[int], Sequence[BenchJob]],
@@ -79,8 +83,9 @@ def run_jobs(
         system.load(jobs)
         loaded_at_ms = int(time.time() * 1000)
         load_s = loaded_at_ms / 1000 - t0
-        timed_out, cpu_before, cpu_after = _wait_for_deliveries(
-            procs, receiver, count, first_due_ms, last_due_ms, label, stall_s, max_wait_s
+        timed_out, cpu_before, cpu_after, redis_before, redis_after = _wait_for_deliveries(
+            procs, redis_server, receiver, count, first_due_ms, last_due_ms, label, stall_s,
+            max_wait_s,
         )
         wall = time.time() - t0
         cpu = receiver.stats()["cpu"] - cpu0
@@ -94,23 +99,30 @@ def run_jobs(
         system=system.name, workers=workers, expected=count, first_due_ms=first_due_ms,
         last_due_ms=last_due_ms, load_s=load_s, loaded_at_ms=loaded_at_ms, lead_s=lead, wall_s=wall,
         receiver_cpu_s=cpu, timed_out=timed_out,
-        cpu_cores=cores_used(cpu_before, cpu_after), start_s=start_s, stop_s=stop_s, records=mine,
-        foreign=len(records) - len(mine),
+        cpu_cores=cores_used(cpu_before, cpu_after), cpu_s=cpu_seconds(cpu_before, cpu_after),
+        start_s=start_s, stop_s=stop_s, records=mine, foreign=len(records) - len(mine),
+        redis_before=redis_before, redis_after=redis_after,
     )
 
 
+Counters = dict[str, RedisCounters]
+
+
 def _wait_for_deliveries(
-    procs: Procs, receiver: ReceiverClient, count: int, first_due_ms: int, last_due_ms: int,
-    label: str, stall_s: float, max_wait_s: float,
-) -> tuple[bool, CpuSnapshot, CpuSnapshot]:
-    """(gave up before `count` deliveries arrived, CPU at the first due time, CPU at the end)."""
+    procs: Procs, redis_server: RedisTarget, receiver: ReceiverClient, count: int,
+    first_due_ms: int, last_due_ms: int, label: str, stall_s: float, max_wait_s: float,
+) -> tuple[bool, CpuSnapshot, CpuSnapshot, Counters, Counters]:
+    """(gave up before `count` deliveries arrived, CPU at the first due time, CPU at the
+    end, Redis's counters at the first due time, at the end)."""
     deadline = time.monotonic() + max_wait_s
     last_seen, last_change = 0, time.monotonic()
     cpu_before: CpuSnapshot | None = None
+    redis_before: Counters | None = None
     with tqdm(total=count, desc=label, unit="job", disable=None, leave=False,
               dynamic_ncols=True, smoothing=0.1) as bar:
         while True:
             if cpu_before is None and time.time() * 1000 >= first_due_ms:
+                redis_before = redis_server.counters()
                 cpu_before = snapshot(procs)
             seen = receiver.count()
             if seen != last_seen:
@@ -118,9 +130,11 @@ def _wait_for_deliveries(
                 last_seen, last_change = seen, time.monotonic()
             if seen >= count or _gave_up(deadline, last_change, last_due_ms, stall_s):
                 cpu_after = snapshot(procs)
+                redis_after = redis_server.counters()
                 if seen >= count:
                     time.sleep(SETTLE_S)
-                return seen < count, cpu_before or cpu_after, cpu_after
+                return (seen < count, cpu_before or cpu_after, cpu_after,
+                        redis_before or redis_after, redis_after)
             procs.check_alive()
             until_due = first_due_ms / 1000 - time.time()
             time.sleep(min(POLL_S, until_due) if cpu_before is None and until_due > 0 else POLL_S)
@@ -182,6 +196,35 @@ def cpu_summary(cores: dict[str, float]) -> dict[str, float]:
     }
 
 
+def cpu_seconds(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds each group of our child processes used between the snapshots."""
+    return {g: max(0.0, cpu - before.groups.get(g, 0.0)) for g, cpu in after.groups.items()}
+
+
+def cost_figures(run: Run, deliveries: int) -> dict[str, Any]:
+    """What each delivery cost, over the time from the first due time to the last
+    arrival: the workers' CPU (their processes' user + system time from /proc) plus
+    Redis's (INFO cpu), in microseconds; Redis's commands and network bytes; and the
+    cores the workers, Redis and the receiver kept busy meanwhile."""
+    redis = counters_delta(run.redis_before, run.redis_after, deliveries)
+    workers_s = sum(v for k, v in run.cpu_s.items() if k.endswith("-worker"))
+    per = max(deliveries, 1)
+    busy = sum(v for k, v in run.cpu_cores.items()
+               if k.endswith("-worker") or k.startswith("redis"))
+    return {
+        "cpu_us_per_delivery": (workers_s + redis["cpu_s"]) * 1e6 / per,
+        "workers_cpu_us_per_delivery": workers_s * 1e6 / per,
+        "redis_cpu_us_per_delivery": redis["cpu_us_per_op"],
+        "redis_calls_per_delivery": redis["calls_per_op"],
+        "redis_net_in_per_delivery": redis["net_in_per_op"],
+        "redis_net_out_per_delivery": redis["net_out_per_op"],
+        "deliveries_per_redis_core": redis["ops_per_core"],
+        # workers + Redis + receiver: on 2 cores, 2.0 is everything
+        "busy_cores": busy + run.cpu_cores.get("receiver", 0.0),
+        "redis": redis,
+    }
+
+
 def burst_figures(run: Run) -> dict[str, Any]:
     """Drain rate after the common due time, and lateness percentiles."""
     late = lateness_ms(run.records)
@@ -198,6 +241,7 @@ def burst_figures(run: Run) -> dict[str, Any]:
         )
     else:
         out.update(drain_s=math.nan, drain_rate=math.nan, drain_rate_from_first=math.nan)
+    out["cost"] = cost_figures(run, out["distinct"])
     out["lateness_ms"] = summarize(late)
     out["early"] = sum(1 for x in late if x < 0)
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import signal
 import socket
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 
@@ -184,6 +186,13 @@ def redis_server_binary() -> str:
         raise BenchError(str(exc)) from None
 
 
+class RedisTarget(Protocol):
+    """What a delivery run needs of its Redis: a server, or a cluster (benchmarks/cluster.py)."""
+
+    def flush(self) -> None: ...
+    def counters(self) -> dict[str, RedisCounters]: ...
+
+
 class RedisServer:
     """A private, non-persisting redis-server on a free loopback port."""
 
@@ -235,6 +244,78 @@ class RedisServer:
             return str(client.info("server")["redis_version"])
         finally:
             client.close()
+
+    def counters(self) -> dict[str, RedisCounters]:
+        """This server's work counters, by node (one here; a cluster has one per master)."""
+        client = self.client()
+        try:
+            return {"redis": redis_counters(client)}
+        finally:
+            client.close()
+
+
+@dataclass(frozen=True)
+class RedisCounters:
+    """What a Redis server has done since it started: CPU seconds (INFO cpu, user + sys),
+    commands called (INFO commandstats; INFO itself left out: the harness's reads) and
+    network bytes in and out (INFO stats)."""
+
+    cpu_s: float
+    calls: int
+    net_in: int
+    net_out: int
+    by_command: dict[str, int]
+
+
+def redis_counters(client: redis.Redis) -> RedisCounters:
+    cpu = client.info("cpu")
+    stats = client.info("stats")
+    commands = client.info("commandstats")
+    by_command = {
+        k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in commands.items()
+        if isinstance(v, dict) and k != "cmdstat_info"
+    }
+    return RedisCounters(
+        cpu_s=float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+        calls=sum(by_command.values()),
+        net_in=int(stats["total_net_input_bytes"]),
+        net_out=int(stats["total_net_output_bytes"]),
+        by_command=by_command,
+    )
+
+
+def counters_delta(before: dict[str, RedisCounters], after: dict[str, RedisCounters],
+                   ops: int) -> dict[str, Any]:
+    """Redis's work between two counters snapshots, in all and per operation (`ops`
+    deliveries or schedules), each node's share of the CPU too."""
+    nodes: dict[str, dict[str, float]] = {}
+    by_command: dict[str, int] = {}
+    for node, a in after.items():
+        b = before.get(node)
+        if b is None:
+            continue
+        nodes[node] = {"cpu_s": a.cpu_s - b.cpu_s, "calls": a.calls - b.calls,
+                       "net_in": a.net_in - b.net_in, "net_out": a.net_out - b.net_out}
+        for cmd, n in a.by_command.items():
+            by_command[cmd] = by_command.get(cmd, 0) + n - b.by_command.get(cmd, 0)
+    total = {k: sum(n[k] for n in nodes.values()) for k in ("cpu_s", "calls", "net_in",
+                                                              "net_out")}
+    per = max(ops, 1)
+    cpu_us = total["cpu_s"] * 1e6 / per
+    return {
+        **total,
+        "ops": ops,
+        "cpu_us_per_op": cpu_us,
+        "calls_per_op": total["calls"] / per,
+        "net_in_per_op": total["net_in"] / per,
+        "net_out_per_op": total["net_out"] / per,
+        # What one Redis core could carry at this cost (Redis runs commands on one thread).
+        "ops_per_core": 1e6 / cpu_us if cpu_us > 0 else math.nan,
+        "calls_by_command": {k: v for k, v in sorted(by_command.items()) if v > 0},
+        "nodes": nodes,
+        "cpu_share": {k: (v["cpu_s"] / total["cpu_s"] if total["cpu_s"] > 0 else math.nan)
+                      for k, v in nodes.items()},
+    }
 
 
 def _ping(client: redis.Redis) -> bool:

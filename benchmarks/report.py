@@ -36,6 +36,8 @@ class Target:
     wanted: str  # as the issue states it
     value: float | None
     met: bool | None
+    baseline: float | None = None  # the same run's figure the target is set against
+    issue: int | None = None  # the issue that set it: such targets go in the run's summary
 
 
 def lookup(figures: dict[str, Any] | None, key: str) -> Any:
@@ -110,11 +112,64 @@ def render(result: dict[str, Any]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     for t in result.get("targets", []):
-        mark = {True: "met", False: "MISSED", None: "n/a"}[t.met]
-        value = "-" if t.value is None else f"{t.value:,.2f}"
-        lines.append(f"   target {t.label}: {t.wanted}  -> {value}  [{mark}]")
+        base = "" if t.baseline is None else f" (baseline {_num(t.baseline)})"
+        lines.append(f"   target {t.label}: {t.wanted}  -> {_num(t.value)}{base}  "
+                     f"[{verdict(t.met)}]")
     for note in result.get("notes", []):
         lines.append(f"   note: {note}")
+    return "\n".join(lines)
+
+
+def verdict(met: bool | None) -> str:
+    return {True: "met", False: "MISSED", None: "n/a"}[met]
+
+
+def _num(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.2f}"
+
+
+def report_targets(name: str, result: dict[str, Any]) -> None:
+    """Targets a scenario's own code does not set, from its figures (grpc-schedule is
+    another helper's: issue 12's 5,000 calls/s is added here)."""
+    targets: list[Target] = result.setdefault("targets", [])
+    jr = result.get("systems", {}).get(JOBRUNNER)
+    if name == "grpc-schedule" and jr is not None and not any(t.issue for t in targets):
+        rate = jr.get("rate")
+        targets.append(Target("gRPC ScheduleJob calls/s", ">= 5,000/s", rate,
+                              None if rate is None else rate >= GRPC_SCHEDULE_RATE, issue=12))
+
+
+GRPC_SCHEDULE_RATE = 5000.0
+
+
+def summary(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every issue's target of every scenario run, in run order: the run's verdicts."""
+    rows = []
+    for name, result in run.get("scenarios", {}).items():
+        for t in result.get("targets", []):
+            if t.issue is not None:
+                rows.append({"scenario": name, **asdict(t)})
+    return rows
+
+
+def render_summary(rows: list[dict[str, Any]]) -> str:
+    table = [["target", "wanted", "baseline", "value", "verdict"]]
+    for r in rows:
+        table.append([f"{r['scenario']}: {r['label']} (#{r['issue']})", r["wanted"],
+                      _num(r["baseline"]), _num(r["value"]), verdict(r["met"])])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["== targets: every issue target of this run, with its same-run baseline"]
+    for i, row in enumerate(table):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
+                 *(c.rjust(w) for c, w in zip(row[2:], widths[2:], strict=True))]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    met = sum(1 for r in rows if r["met"] is True)
+    missed = sum(1 for r in rows if r["met"] is False)
+    lines.append(f"   {met} met, {missed} missed, {len(rows) - met - missed} n/a")
     return "\n".join(lines)
 
 

@@ -40,8 +40,10 @@ class JobrunnerScale:
     def __init__(self, redis_url: str, receiver_url: str) -> None:
         from benchmarks.jobrunner_side import settings
 
-        # A long lease: probed triggers stay claimed and never come back as due.
-        self.settings = settings(redis_url, receiver_url).with_(lease_s=3600.0)
+        # A long lease: probed triggers stay claimed and never come back as due. History
+        # off (issue 12 measures memory without it; a pending job has none anyway).
+        self.settings = settings(redis_url, receiver_url).with_(lease_s=3600.0,
+                                                                 history_size=0)
         self.store: Any = None
         self.queue: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -79,6 +81,23 @@ class JobrunnerScale:
         if len(triggers) != batch:
             raise RuntimeError(f"claim returned {len(triggers)} triggers, expected {batch}")
         return elapsed
+
+
+    def breakdown(self, client: redis.Redis) -> dict[str, int]:
+        """Redis bytes of each kind of key (jobs hash, due zset, names zset, runs...):
+        MEMORY USAGE with SAMPLES 0 (every element counted) of each of jobrunner's keys,
+        summed by kind across partitions (`jrbench:{3}:jobs` is kind "jobs")."""
+        prefix = self.settings.prefix + ":"
+        out: dict[str, int] = {}
+        for raw in client.scan_iter(match=prefix + "*", count=1000):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            rest = key[len(prefix):]
+            if rest.startswith("{"):
+                rest = rest.partition("}:")[2]
+            kind = rest.split(":", 1)[0]
+            size = client.memory_usage(key, samples=0)
+            out[kind] = out.get(kind, 0) + int(size or 0)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 class RQScale:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from benchmarks.context import JOBRUNNER, Context
@@ -13,8 +14,12 @@ from benchmarks.systems import BenchJob, job_name
 DEFAULT_JOBS = 20_000
 QUICK_JOBS = 200
 DEFAULT_WORKERS = 2
-TARGET_RATE = 12_700
-TARGET_RATIO = 20.0
+# Issue 12: at least 25,000 deliveries/s and 60x rq in the same run, at most 40 us of CPU
+# (workers + Redis) per delivery, both cores busy while draining.
+TARGET_RATE = 25_000
+TARGET_RATIO = 60.0
+TARGET_CPU_US = 40.0
+TARGET_BUSY_CORES = 1.8
 
 METRICS = [
     Metric("drain rate (deliveries/s after due)", "drain_rate", "{:,.0f}", "higher"),
@@ -32,6 +37,17 @@ METRICS = [
     Metric("CPU while draining: redis (cores)", "cpu.redis", "{:.2f}"),
     Metric("CPU while draining: receiver (cores)", "cpu.receiver", "{:.2f}"),
     Metric("CPU while draining: not this run (cores)", "cpu.other", "{:.2f}"),
+    Metric("busy while draining: workers+redis+receiver (cores)", "cost.busy_cores", "{:.2f}"),
+    Metric("CPU per delivery: workers + redis (us)", "cost.cpu_us_per_delivery", "{:,.1f}",
+           "lower"),
+    Metric("CPU per delivery: workers (us)", "cost.workers_cpu_us_per_delivery", "{:,.1f}",
+           "lower"),
+    Metric("CPU per delivery: redis (us)", "cost.redis_cpu_us_per_delivery", "{:,.1f}", "lower"),
+    Metric("redis commands per delivery", "cost.redis_calls_per_delivery", "{:,.2f}", "lower"),
+    Metric("redis bytes in per delivery", "cost.redis_net_in_per_delivery", "{:,.0f}", "lower"),
+    Metric("redis bytes out per delivery", "cost.redis_net_out_per_delivery", "{:,.0f}",
+           "lower"),
+    Metric("deliveries/s per redis core", "cost.deliveries_per_redis_core", "{:,.0f}", "higher"),
 ]
 
 
@@ -70,22 +86,42 @@ def run(ctx: Context) -> dict[str, Any]:
             burst_once(ctx, name, jobs, workers, f"burst{i}", protocol)
         for i, (name, protocol) in enumerate(runs)
     }
-    jr = systems.get(JOBRUNNER, {})
-    rq = systems.get("rq", {})
-    rate = jr.get("drain_rate")
-    targets = []
-    if JOBRUNNER in systems:
-        targets.append(Target(f"jobrunner drain rate, {workers} workers", f">= {TARGET_RATE:,}/s",
-                              rate, None if rate is None else rate >= TARGET_RATE))
-    if JOBRUNNER in systems and "rq" in systems:
-        r = ratio(rate, rq.get("drain_rate"))
-        targets.append(Target("jobrunner / rq drain rate", f">= {TARGET_RATIO:g}x", r,
-                              None if r is None else r >= TARGET_RATIO))
     return {
         "scenario": "burst",
         "title": f"{jobs:,} jobs due at the same instant, {workers} worker processes each",
         "params": {"jobs": jobs, "workers": workers, "protocols": list(ctx.options.protocols)},
         "systems": systems,
         "metrics": METRICS,
-        "targets": targets,
+        "targets": targets(systems, workers),
     }
+
+
+def targets(systems: dict[str, Any], workers: int) -> list[Target]:
+    """Issue 12's burst targets, for each of jobrunner's rows (HTTP, gRPC)."""
+    rq = systems.get("rq", {})
+    rq_rate = rq.get("drain_rate")
+    rq_cost = rq.get("cost", {})
+    out = []
+    for name, figures in systems.items():
+        if not name.startswith(JOBRUNNER):
+            continue
+        rate = figures.get("drain_rate")
+        cost = figures.get("cost", {})
+        cpu, busy = cost.get("cpu_us_per_delivery"), cost.get("busy_cores")
+        r = ratio(rate, rq_rate)
+        out += [
+            Target(f"{name} CPU per delivery, workers + redis (us)", f"<= {TARGET_CPU_US:g} us",
+                   cpu, None if cpu is None else cpu <= TARGET_CPU_US,
+                   baseline=rq_cost.get("cpu_us_per_delivery"), issue=12),
+            Target(f"{name} drain rate, {workers} workers (/s)", f">= {TARGET_RATE:,}/s", rate,
+                   None if rate is None or math.isnan(rate) else rate >= TARGET_RATE,
+                   baseline=rq_rate, issue=12),
+            Target(f"{name} / rq drain rate (rq's rate: baseline)", f">= {TARGET_RATIO:g}x", r,
+                   None if r is None else r >= TARGET_RATIO, baseline=rq_rate, issue=12),
+            Target(f"{name} cores busy while draining (workers+redis+receiver)",
+                   f">= {TARGET_BUSY_CORES:g} of 2", busy,
+                   None if busy is None else busy >= TARGET_BUSY_CORES,
+                   baseline=rq_cost.get("busy_cores"), issue=12),
+        ]
+    return out
+

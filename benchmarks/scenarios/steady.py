@@ -1,7 +1,13 @@
-"""steady: triggers fall due at a constant rate; lateness and early deliveries."""
+"""steady: triggers fall due at a constant rate; lateness and early deliveries.
+
+Without --rate, two rates: 200/s for every system, then 2,000/s for jobrunner alone (the
+`jobrunner-2000/s` row; RQ drains a few hundred a second, so it would only fall behind).
+The receiver records 2,000/s with room to spare: its ceiling, in the run's header, is
+tens of thousands a second, and it stamps each arrival as its bytes come in."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from benchmarks.context import JOBRUNNER, Context
@@ -10,6 +16,7 @@ from benchmarks.report import Metric, Target
 from benchmarks.systems import BenchJob, job_name
 
 DEFAULT_RATE = 200.0
+HIGH_RATE = 2000.0  # issue 12's second rate: jobrunner alone
 DEFAULT_DURATION = 30.0
 QUICK_DURATION = 1.0
 DEFAULT_WORKERS = 2
@@ -33,15 +40,18 @@ METRICS = [
 
 def run(ctx: Context) -> dict[str, Any]:
     opts = ctx.options
-    rate = opts.rate or DEFAULT_RATE
     duration = opts.duration or (QUICK_DURATION if opts.quick else DEFAULT_DURATION)
     workers = opts.workers or DEFAULT_WORKERS
-    count = max(1, int(rate * duration))
+    rows = [(name, opts.rate or DEFAULT_RATE) for name in ctx.system_names()]
+    if opts.rate is None and JOBRUNNER in ctx.system_names():
+        rows.append((JOBRUNNER, HIGH_RATE))
     systems: dict[str, Any] = {}
-    for i, name in enumerate(ctx.system_names()):
+    for i, (name, rate) in enumerate(rows):
+        count = max(1, int(rate * duration))
         tag = f"steady{i}"
 
-        def make(first_ms: int, tag: str = tag) -> list[BenchJob]:
+        def make(first_ms: int, tag: str = tag, rate: float = rate,
+                 count: int = count) -> list[BenchJob]:
             dues = [first_ms + round(k * 1000.0 / rate) for k in range(count)]
             return [BenchJob(job_name(tag, k, due), due) for k, due in enumerate(dues)]
 
@@ -49,21 +59,36 @@ def run(ctx: Context) -> dict[str, Any]:
             ctx.system(name), ctx.procs, ctx.redis, ctx.receiver, workers, make, count, tag,
             label=f"{tag} {name}", stall_s=ctx.stall_s, max_wait_s=duration + 120.0 + count / 50.0,
         )
-        systems[name] = steady_figures(run_)
-    targets = []
-    jr = systems.get(JOBRUNNER)
-    if jr is not None:
-        late = jr["lateness_ms"]
-        targets += [
-            Target("jobrunner early deliveries", "0", jr["early"], jr["early"] == 0),
-            Target("jobrunner lateness p50 (ms)", "<= 2 ms", late["p50"], late["p50"] <= 2.0),
-            Target("jobrunner lateness p99 (ms)", "<= 5 ms", late["p99"], late["p99"] <= 5.0),
-        ]
+        row = name if rate == rows[0][1] else f"{name}-{rate:g}/s"
+        systems[row] = steady_figures(run_)
+        systems[row]["rate"] = rate
+    rates = sorted({rate for _, rate in rows}) or [opts.rate or DEFAULT_RATE]
     return {
         "scenario": "steady",
-        "title": f"{rate:g} triggers/s for {duration:g} s ({count:,} jobs), {workers} workers each",
-        "params": {"rate": rate, "duration": duration, "jobs": count, "workers": workers},
+        "title": (f"{' and '.join(f'{r:g}' for r in rates)} triggers/s for {duration:g} s "
+                  f"({', '.join(f'{int(r * duration):,}' for r in rates)} jobs), "
+                  f"{workers} workers each"),
+        "params": {"rate": rates[0], "rates": rates, "duration": duration,
+                   "jobs": max(1, int(rates[0] * duration)), "workers": workers},
         "systems": systems,
         "metrics": METRICS,
-        "targets": targets,
+        "targets": targets(systems),
     }
+
+
+def targets(systems: dict[str, Any]) -> list[Target]:
+    """Issue 12: at 200/s p50 <= 1 ms and p99 <= 2 ms; at 2,000/s p99 <= 5 ms; never early
+    (at another --rate, the 200/s bounds)."""
+    out = []
+    for name, figures in systems.items():
+        if not name.startswith(JOBRUNNER):
+            continue
+        late, rate = figures["lateness_ms"], figures["rate"]
+        out.append(Target(f"{name} early deliveries at {rate:g}/s", "0", figures["early"],
+                          figures["early"] == 0, issue=12))
+        bounds = [("p99", 5.0)] if rate >= HIGH_RATE else [("p50", 1.0), ("p99", 2.0)]
+        for q, bound in bounds:
+            value = late[q]
+            out.append(Target(f"{name} lateness {q} at {rate:g}/s (ms)", f"<= {bound:g} ms",
+                              value, None if math.isnan(value) else value <= bound, issue=12))
+    return out
