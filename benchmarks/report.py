@@ -127,7 +127,9 @@ def verdict(met: bool | None) -> str:
 def _num(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.2f}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}" if abs(value) >= 1 or value == 0 else f"{value:.2g}"
 
 
 def report_targets(name: str, result: dict[str, Any]) -> None:
