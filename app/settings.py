@@ -207,6 +207,9 @@ class Settings:
     # Dapr's gRPC API (app/grpc), on http_host; Dapr's default port. 0: not served.
     grpc_port: int = 50001
     max_data_bytes: int = 1024 * 1024
+    # The bulk route (app/api/bulk.py): jobs one request may schedule, and its body's bytes.
+    bulk_max_jobs: int = 1000
+    bulk_max_bytes: int = 8 * 1024 * 1024
     # The API's HTTP server (app/processes/serve.py), per process: a request's head must
     # arrive within http_header_timeout_s of the connection's opening or of the previous
     # answer (so an idle connection is closed after it too), its body within
@@ -302,6 +305,8 @@ class Settings:
             http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
             grpc_port=_port_or_off(env, "DAPR_GRPC_PORT", cls.grpc_port),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
+            bulk_max_jobs=_int(env, "JOBRUNNER_BULK_MAX_JOBS", cls.bulk_max_jobs, minimum=1),
+            bulk_max_bytes=_int(env, "JOBRUNNER_BULK_MAX_BYTES", cls.bulk_max_bytes, minimum=1),
             http_header_timeout_s=_float(env, "JOBRUNNER_HTTP_HEADER_TIMEOUT",
                                          cls.http_header_timeout_s, minimum=0.001),
             http_body_timeout_s=_float(env, "JOBRUNNER_HTTP_BODY_TIMEOUT",
@@ -441,6 +446,8 @@ class Settings:
             "DAPR_HTTP_PORT": str(self.http_port),
             "DAPR_GRPC_PORT": str(self.grpc_port),
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
+            "JOBRUNNER_BULK_MAX_JOBS": str(self.bulk_max_jobs),
+            "JOBRUNNER_BULK_MAX_BYTES": str(self.bulk_max_bytes),
             "JOBRUNNER_HTTP_HEADER_TIMEOUT": repr(self.http_header_timeout_s),
             "JOBRUNNER_HTTP_BODY_TIMEOUT": repr(self.http_body_timeout_s),
             "JOBRUNNER_HTTP_MAX_CONNECTIONS": str(self.http_max_connections),

@@ -16,6 +16,7 @@ from werkzeug.routing import PathConverter
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
+from app.api.bulk import bulk_bp
 from app.api.controls import controls_bp
 from app.api.deadletters import deadletters_bp
 from app.api.fast_schedule import ScheduleShortcut
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     # `/jobs//x` is a name with a '/': a clear 400 from validation, not a redirect.
     app.url_map.merge_slashes = False
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(bulk_bp)  # POST .../jobs: many jobs at once
     app.register_blueprint(ops_bp)
     app.register_blueprint(deadletters_bp)
     app.register_blueprint(controls_bp)  # pause, resume, trigger now

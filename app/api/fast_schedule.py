@@ -152,6 +152,8 @@ def _unknown(app: Flask, check_token: Callable[..., Any], known_after: set[str])
             continue
         if any(rule.rule.startswith(f"{base}/<anything:name>/") for base in jobs._PREFIXES):
             continue  # a job's sub-resource (pause...): a name with a '/' goes to Flask
+        if rule.rule in jobs._PREFIXES:
+            continue  # the collection (the bulk route): no path under `{base}/` reaches it
         if any(rule.rule.startswith(base) or base.startswith(rule.rule.split("<")[0])
                for base in jobs._PREFIXES):
             return f"the route {rule.rule} ({rule.endpoint})"

@@ -129,7 +129,9 @@ def _worker_app(settings: Settings, options: ServeOptions) -> Any:
         if settings.grpc_port else None
     return WsgiOnRsgi(
         flask_app, threads=options.threads, body_timeout_s=settings.http_body_timeout_s,
-        max_body_bytes=int(flask_app.config["MAX_CONTENT_LENGTH"]),
+        # The bulk route (app/api/bulk.py) takes larger bodies than the others; each route
+        # still refuses a body over its own limit (413).
+        max_body_bytes=max(int(flask_app.config["MAX_CONTENT_LENGTH"]), settings.bulk_max_bytes),
         multiprocess=options.processes > 1, on_start=on_start, on_stop=stop_grpc,
     )
 

@@ -6,8 +6,8 @@ from functools import cache
 from importlib import resources
 
 SCRIPT_NAMES = (
-    "schedule", "delete", "claim", "ack", "release", "stage", "unstage", "replay",
-    "purge", "reindex", "pause", "resume", "trigger",
+    "schedule", "schedule_many", "delete", "claim", "ack", "release", "stage", "unstage",
+    "replay", "purge", "reindex", "pause", "resume", "trigger",
     "app_alive", "apps_cas",
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -172,6 +172,44 @@ class Store:
         if pending:
             stored += sum(1 for r in pipe.execute() if r)
         return stored
+
+    def schedule_batch(self, app_id: str,
+                       entries: Sequence[tuple[str, bytes, int, bool, str]]) -> list[bytes | None]:
+        """Store many jobs of the app `app_id`, each as `schedule` stores it, one after
+        another in the order given (a name given twice meets its own earlier entry).
+
+        `entries`: (name, record (Job.encode), first due ms, overwrite, run state
+        (RunState.encode) or ""). Per entry: None when stored; the stored record when the
+        job exists and overwrite is off (nothing changed). One schedule_many.lua call per
+        partition (on Redis Cluster each is a slot of its own), all in one round trip."""
+        groups: dict[int, list[int]] = {}
+        for n, entry in enumerate(entries):
+            groups.setdefault(self.keys.partition_of(job_id(app_id, entry[0])), []).append(n)
+        script = self._scripts["schedule_many"]
+        calls: list[tuple[list[str], list[Any]]] = []
+        for partition, members in groups.items():
+            pk = self.keys.partition(partition)
+            args: list[Any] = [self.keys.wake_channel]
+            for n in members:
+                name, record, first_ms, overwrite, run = entries[n]
+                args += (job_id(app_id, name), record, first_ms, "1" if overwrite else "0", run)
+            calls.append(([pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
+                           pk.pausedapps], args))
+        if not calls:
+            return []
+        if len(calls) == 1:  # one partition (the default): no pipeline's SCRIPT EXISTS
+            replies = [script(keys=calls[0][0], args=calls[0][1])]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                script(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+        out: list[bytes | None] = [None] * len(entries)
+        for members, reply in zip(groups.values(), replies, strict=True):
+            for n, result in zip(members, reply, strict=True):
+                if result != 1:
+                    out[n] = result
+        return out
 
     def get(self, app_id: str, name: str) -> JobView | None:
         jid = job_id(app_id, name)
