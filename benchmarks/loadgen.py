@@ -200,6 +200,23 @@ def schedule_request(port: int, prefix: str, due_time: str) -> RequestFactory:
     return factory
 
 
+def bulk_request(port: int, prefix: str, due_time: str, batch: int) -> RequestFactory:
+    """`POST /v1.0-alpha1/jobs` with `batch` seed-sized jobs due at `due_time`, named
+    `<prefix>-<request>-<k>` (the bulk route's body: {"jobs": [{"name", ...}, ...]})."""
+    tail = orjson.dumps({"dueTime": due_time, "data": {
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": "R2-D2:Oil Change"}})[1:]  # `"dueTime":...}`: each job's body after its name
+    start = b"POST /v1.0-alpha1/jobs HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % port
+    head = b'{"name":"' + prefix.encode() + b"-%07d-%04d" + b'",'
+
+    def factory(i: int) -> bytes:
+        body = b'{"jobs":[' + b",".join(head % (i, k) + tail for k in range(batch)) + b"]}"
+        return (start + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % len(body) + body)
+
+    return factory
+
+
 def run_load(
     port: int,
     kind: str,
@@ -211,6 +228,7 @@ def run_load(
     due_time: str = "",
     timeout: float | None = None,
     label: str = "",
+    batch: int = 0,
 ) -> dict[str, object]:
     """Runs the generator in a child process (so it has its own core) and returns its report."""
     cmd = python_cmd(
@@ -220,6 +238,8 @@ def run_load(
     )
     if core is not None:
         cmd += ["--core", str(core)]
+    if batch:
+        cmd += ["--batch", str(batch)]
     limit = timeout or duration + 60.0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, env=child_env(), stdout=out, stderr=err,
@@ -255,7 +275,8 @@ def _wait_with_bar(proc: subprocess.Popen[bytes], duration: float, limit: float,
 def _main() -> None:
     parser = argparse.ArgumentParser(description="closed-loop HTTP load generator")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--kind", choices=["ceiling", "schedule"], required=True)
+    parser.add_argument("--kind", choices=["ceiling", "schedule", "bulk"], required=True)
+    parser.add_argument("--batch", type=int, default=1000, help="bulk: jobs per request")
     parser.add_argument("--count", type=int, default=10**9)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -267,6 +288,8 @@ def _main() -> None:
     install_uvloop()
     if args.kind == "ceiling":
         factory = ceiling_request(args.port)
+    elif args.kind == "bulk":
+        factory = bulk_request(args.port, args.prefix, args.due_time, args.batch)
     else:
         factory = schedule_request(args.port, args.prefix, args.due_time)
     gen = _Generator(args.port, factory, args.count, args.duration, args.concurrency)

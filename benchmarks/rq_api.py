@@ -28,6 +28,7 @@ def create_app() -> Flask:
     conn = redis.Redis.from_url(os.environ["REDIS_URL"])
     receiver_url = os.environ.get("APP_URL", "http://127.0.0.1:6200")
     enqueue_at: Any
+    queue: Any = None
     if kind == "rq-scheduler":
         from rq_scheduler import Scheduler
 
@@ -35,7 +36,8 @@ def create_app() -> Flask:
     else:
         from rq import Queue
 
-        enqueue_at = Queue(QUEUE, connection=conn).enqueue_at
+        queue = Queue(QUEUE, connection=conn)
+        enqueue_at = queue.enqueue_at
     app = Flask("rq-baseline")
 
     @app.post("/v1.0-alpha1/jobs/<name>")
@@ -47,6 +49,25 @@ def create_app() -> Flask:
         due_ms = int(due.timestamp() * 1000)
         enqueue_at(due, deliver, receiver_url, name, due_ms)
         return Response(status=204)
+
+    @app.post("/v1.0-alpha1/jobs")
+    def schedule_many() -> tuple[dict[str, Any], int]:
+        """The bulk route's baseline (RQ only): `enqueue_at` of every job in one pipeline,
+        as RQ batches its own writes (Queue.enqueue_many does it for jobs queued at once)."""
+        body = request.get_json(force=True, silent=True)
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if queue is None or not isinstance(jobs, list):
+            return {"errorCode": "ERR_MALFORMED_REQUEST", "message": "no jobs list"}, 400
+        results = []
+        with conn.pipeline() as pipe:
+            for item in jobs:
+                due = _parse_due(str(item["dueTime"]))
+                due_ms = int(due.timestamp() * 1000)
+                queue.enqueue_at(due, deliver, receiver_url, item["name"], due_ms,
+                                 pipeline=pipe)
+                results.append({"name": item["name"], "status": 204})
+            pipe.execute()
+        return {"results": results}, 200
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int]:
