@@ -48,7 +48,7 @@ from tests.support.redis_proc import RedisProcess
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFleet
 from workers.queue import Budgets
-from workers.slots import Slots
+from workers.slots import SLOW_WAIT_S, Slots
 from workers.worker import Worker
 
 A, B = "app-a", "app-b"
@@ -195,12 +195,13 @@ def test_set_aside_triggers_keep_their_attempts_and_stale_ones_are_dropped(
 
 
 def test_slots_cap_each_app_and_queue_a_few_more_that_hold_no_slot() -> None:
-    slots = Slots(concurrency=10, per_app=2, claim_batch=8)  # and 2 waiting: room 4 per app
+    slots = Slots(concurrency=10, per_app=2, claim_batch=8)  # and 8 waiting: room 10 per app
     a = [_trigger(A, f"a{i}") for i in range(4)]
-    assert [slots.admit(t, 0.0) for t in a] == [True, True, False, False]
-    assert slots.admit(_trigger(B, "b0"), 0.0)  # B does not wait behind A's
+    now = time.monotonic()
+    assert [slots.admit(t, now) for t in a] == [True, True, False, False]
+    assert slots.admit(_trigger(B, "b0"), now)  # B does not wait behind A's
     assert slots.free == 7 and slots.inflight[A] == 2
-    assert slots.budgets().apps == {A: 0, B: 3} and slots.budgets().default == 4
+    assert slots.budgets().apps == {A: 6, B: 9} and slots.budgets().default == 10
 
     nxt, claim = slots.give_back(A)  # a slot of A's frees: its oldest waiting one takes it
     assert nxt is not None and nxt[0] is a[2]
@@ -209,12 +210,20 @@ def test_slots_cap_each_app_and_queue_a_few_more_that_hold_no_slot() -> None:
     slots.blocked({A})  # the last claim did
     nxt, claim = slots.give_back(A)
     assert nxt is not None and nxt[0] is a[3]
-    assert claim  # room for a batch (per_app // 2) of A's again: time to claim
+    assert claim  # room for a batch (per_app) of A's again: time to claim
 
-    assert not slots.admit(_trigger(A, "a4"), 0.0)
+    # One that waited past SLOW_WAIT_S: A is slow, and its queue only as long as its slots
+    # (what waits must not outwait its lease).
+    assert not slots.admit(_trigger(A, "a4"), now - SLOW_WAIT_S - 1)
+    assert slots.budgets().apps[A] == 10 - 3
+    nxt, _ = slots.give_back(A)
+    assert nxt is not None and nxt[0].job.name == "a4"
+    assert slots.budgets().apps[A] == 4 - 2 and slots.budgets().apps[B] == 9
+
+    assert not slots.admit(_trigger(A, "a5"), now)
     nxt, _ = slots.give_back(A, start_next=False)  # stopping: nothing more starts
     assert nxt is None
-    assert [t.job.name for t in slots.drain()] == ["a4"] and slots.waiting == {}
+    assert [t.job.name for t in slots.drain()] == ["a5"] and slots.waiting == {}
 
 
 def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(

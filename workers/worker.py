@@ -31,6 +31,48 @@ def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, 
             "status": outcome.status if outcome.status is not None else outcome.error, **more}
 
 
+class Flag:
+    """An asyncio.Event with one waiter and a timeout, woken in one step of the loop.
+
+    Event.wait under asyncio.wait takes a task per wait and several loop steps from set()
+    to the waiter running; in a burst each step is a round of up to a worker's worth of
+    finished deliveries, and the claim loop woke too late to keep the next triggers
+    coming (the pipeline stalled with slots free)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self, timeout: float) -> None:
+        """Until set, or `timeout` seconds."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Worker:
     def __init__(self, settings: Settings, queue: Queue | None = None) -> None:
         self.settings = settings
@@ -40,9 +82,9 @@ class Worker:
         self.inflight: dict[asyncio.Task[None], Trigger] = {}
         self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
-        self._slot_free = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._to_settle = asyncio.Event()
+        self._slot_free = Flag()
+        self._wake = Flag()
+        self._to_settle = Flag()
         self._http = HttpClient(settings.connections_per_app)
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
         self._backoff = 0.05
@@ -51,7 +93,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
-        helpers = [asyncio.create_task(self._settle_loop(stop)),
+        helpers = [asyncio.create_task(self._wake_all_on(stop)),
+                   asyncio.create_task(self._settle_loop(stop)),
                    asyncio.create_task(self._listen_for_wakeups(stop)),
                    asyncio.create_task(self.metrics.run(stop))]  # counters to Redis, 1/s
         try:
@@ -82,8 +125,14 @@ class Worker:
         if free >= self.slots.refill or not self.inflight:
             return min(free, self.settings.claim_batch)
         self._slot_free.clear()
-        await self._wait_any(self._slot_free, stop, timeout=1.0)
+        await self._slot_free.wait(timeout=1.0)
         return 0
+
+    async def _wake_all_on(self, stop: asyncio.Event) -> None:
+        """`stop` ends every wait of the loops at once."""
+        await stop.wait()
+        for flag in (self._slot_free, self._wake, self._to_settle):
+            flag.set()
 
     async def _claim(self, limit: int, stop: asyncio.Event) -> Claim | None:
         try:
@@ -269,7 +318,7 @@ class Worker:
                 give_up_at = loop.time() + self.settings.shutdown_grace_s + 5.0
             if not self.settled:
                 self._to_settle.clear()
-                await self._wait_any(self._to_settle, timeout=0.5)
+                await self._to_settle.wait(timeout=0.5)
                 continue
             batch, self.settled = self.settled, []
             try:
@@ -323,7 +372,7 @@ class Worker:
             timeout = min(timeout, max(earliest_ms / 1000 - now, 0.0))
         if timeout > 0:
             self._planned_wake_ms = int((now + timeout) * 1000)
-            await self._wait_any(self._wake, stop, timeout=timeout)
+            await self._wake.wait(timeout=timeout)
             self._planned_wake_ms = 0
 
     @staticmethod
