@@ -212,7 +212,9 @@ def _given(client: redis.Redis, store: Store) -> None:
     client.zadd(old.staged("app"), {job_id("app", "old"): 5})
 
 
-BATCHES: list[tuple[str, list[tuple[Job, bool, RunState | None]]]] = [
+Entry = tuple[Job, bool, RunState | None]
+PAUSED_APP: list[Entry] = [(_job("paused-app", f"p{n}", data=n), n == 1, None) for n in range(3)]
+BATCHES: list[tuple[str, list[Entry]]] = [
     ("app", [
         (_job("app", "a", data={"k": [1, 2]}), False, None),
         (_job("app", "b", any_type=SEED_DATA["@type"], any_value="ChBSMi1EMjpPaWwgQ2hhbmdl"),
@@ -230,8 +232,10 @@ BATCHES: list[tuple[str, list[tuple[Job, bool, RunState | None]]]] = [
         (_job("app", "new-dup", data=6), False, None),
         (_job("app", "new-dup", data=7), False, None),  # meets the entry before it
         (_job("app", "new-dup", data=8), True, None),
+        (_job("app", "restored", data=9), True, None),  # its run state goes
+        (_job("app", "pj", data=10), True, None),  # still paused, by this call's entry
     ] + [(_job("app", f"many-{n}", data=n), False, None) for n in range(40)]),
-    ("paused-app", [(_job("paused-app", f"p{n}", data=n), n == 1, None) for n in range(3)]),
+    ("paused-app", [*PAUSED_APP, (_job("paused-app", "p0", data=9), True, None)]),
 ]
 
 
@@ -262,6 +266,8 @@ def test_schedule_many_lua_stores_what_schedule_lua_stores(redis_server: RedisPr
         assert len(stored) >= 9  # every partition's keys, paused entries...
         pk = single.keys.for_job(job_id("app", "pj"))
         assert client.hget(pk.paused, job_id("app", "pj")) == b"j|1234|4070908800000"
+        restored = job_id("app", "restored")
+        assert not client.hexists(single.keys.for_job(restored).runs, restored)
         assert bulk.schedule_batch("app", []) == []
     finally:
         single.close()

@@ -16,33 +16,71 @@
 -- Returns one entry per job, in order: 1 when stored; the stored record (a string) when
 -- the job exists and overwrite is off (nothing changed: the caller tells a retry from a
 -- conflict, app/api/jobs.py). A name given twice meets its own earlier entry.
+--
+-- Redis CPU: each job's outcome is worked out here first, from one HMGET of the jobs and
+-- what this call has written so far; then each key is written with a few commands of many
+-- arguments, not seven commands per job. A job written twice keeps its last write, which
+-- leaves every key as the two schedule.lua calls in turn would.
 local due, jobs, runs, staged, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local paused, pausedapps = KEYS[6], KEYS[7]
+local CHUNK = 4000 -- arguments per command: Lua's unpack takes at most about 8,000
+local count = (#ARGV - 1) / 5
 local before = redis.call("ZRANGE", due, 0, 0, "WITHSCORES")
+
+local function call_chunked(command, key, args)
+  for c = 1, #args, CHUNK do
+    redis.call(command, key, unpack(args, c, math.min(c + CHUNK - 1, #args)))
+  end
+end
+
+-- The stored record of each job before this call (false: none).
+local stored = {}
+for c = 0, count - 1, CHUNK do
+  local ids = {}
+  for j = c, math.min(c + CHUNK, count) - 1 do
+    ids[#ids + 1] = ARGV[2 + j * 5]
+  end
+  local got = redis.call("HMGET", jobs, unpack(ids))
+  for k = 1, #ids do
+    stored[c + k] = got[k]
+  end
+end
+
+local written = {} -- job id -> its record as this call leaves it
+local order = {} -- the job ids written, in the order first written
+local run_of = {} -- job id -> its run state ("" : none)
+local due_of = {} -- job id -> its due ms, or false: paused, out of the due index
+local pause_of = {} -- job id -> its paused entry, or false: none (unset: not changed)
 local app_since = {} -- app id -> ms paused, or false: nothing here changes pausedapps
 local out = {}
-for i = 2, #ARGV, 5 do
+for j = 0, count - 1 do
+  local i = 2 + j * 5
   local id, ms = ARGV[i], ARGV[i + 2]
-  local existed = redis.call("HEXISTS", jobs, id) == 1
+  local current = written[id]
+  if current == nil then
+    current = stored[j + 1]
+  end
+  local existed = current ~= false
   if ARGV[i + 3] ~= "1" and existed then
-    out[#out + 1] = redis.call("HGET", jobs, id)
+    out[#out + 1] = current
   else
-    redis.call("HSET", jobs, id, ARGV[i + 1])
-    redis.call("ZADD", names, 0, id)
-    -- A replaced job starts afresh (schedule.lua).
-    local run = ARGV[i + 4]
-    if run ~= "" then
-      redis.call("HSET", runs, id, run)
-    else
-      redis.call("HDEL", runs, id)
+    if written[id] == nil then
+      order[#order + 1] = id
     end
-    redis.call("ZREM", staged, id)
+    written[id] = ARGV[i + 1]
+    run_of[id] = ARGV[i + 4] -- a replaced job starts afresh (schedule.lua)
     local by, since = "", nil
-    local entry = existed and redis.call("HGET", paused, id)
+    local entry = false
+    if existed then
+      entry = pause_of[id]
+      if entry == nil then
+        entry = redis.call("HGET", paused, id)
+      end
+    end
     if entry then
       by, since = string.match(entry, "^(%a*)|(%d*)|")
     elseif not existed then
-      redis.call("HDEL", paused, id) -- left by a job of this name that is gone
+      pause_of[id] = false -- left by a job of this name that is gone
     end
     local app = string.match(id, "^[^/]*")
     local app_ms = app_since[app]
@@ -54,14 +92,56 @@ for i = 2, #ARGV, 5 do
       by, since = by .. "a", since or app_ms
     end
     if by ~= "" then
-      redis.call("ZREM", due, id)
-      redis.call("HSET", paused, id, by .. "|" .. since .. "|" .. ms)
+      due_of[id] = false
+      pause_of[id] = by .. "|" .. since .. "|" .. ms
     else
-      redis.call("ZADD", due, ms, id)
+      due_of[id] = ms
     end
     out[#out + 1] = 1
   end
 end
+
+if #order > 0 then
+  local records, indexed, with_run, without_run = {}, {}, {}, {}
+  local dues, undue, pauses, unpaused = {}, {}, {}, {}
+  for _, id in ipairs(order) do
+    records[#records + 1] = id
+    records[#records + 1] = written[id]
+    indexed[#indexed + 1] = 0
+    indexed[#indexed + 1] = id
+    local run = run_of[id]
+    if run ~= "" then
+      with_run[#with_run + 1] = id
+      with_run[#with_run + 1] = run
+    else
+      without_run[#without_run + 1] = id
+    end
+    local at = due_of[id]
+    if at then
+      dues[#dues + 1] = at
+      dues[#dues + 1] = id
+    else
+      undue[#undue + 1] = id
+    end
+    local entry = pause_of[id]
+    if entry then
+      pauses[#pauses + 1] = id
+      pauses[#pauses + 1] = entry
+    elseif entry == false then
+      unpaused[#unpaused + 1] = id
+    end
+  end
+  call_chunked("HSET", jobs, records)
+  call_chunked("ZADD", names, indexed)
+  call_chunked("HSET", runs, with_run)
+  call_chunked("HDEL", runs, without_run)
+  call_chunked("ZREM", staged, order)
+  call_chunked("HDEL", paused, unpaused)
+  call_chunked("HSET", paused, pauses)
+  call_chunked("ZREM", due, undue)
+  call_chunked("ZADD", due, dues)
+end
+
 -- One wake-up for the call (schedule.lua sends one per job that became the earliest).
 local after = redis.call("ZRANGE", due, 0, 0, "WITHSCORES")
 if after[1] and (after[1] ~= before[1] or after[2] ~= before[2]) then
