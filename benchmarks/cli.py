@@ -26,7 +26,7 @@ from benchmarks.procs import REPO_ROOT, BenchError, Procs, RedisServer
 from benchmarks.receiver import start_receiver
 
 SCENARIOS = ("burst", "steady", "scale", "schedule", "bulk-schedule", "grpc-schedule", "workers",
-             "startup")
+             "startup", "capacity")
 RECEIVER_CORE = 1
 CEILING_S, QUICK_CEILING_S = 3.0, 0.5
 

@@ -24,6 +24,7 @@ from benchmarks.systems import BenchJob, System, due_of
 POLL_S = 0.1
 SETTLE_S = 0.3  # after the last expected delivery: catch duplicates
 LEAD_S = 0.5  # before the first due time, on top of the estimated load time
+SNAPSHOT_EARLY_MS = 20  # CPU and Redis counters taken this long before the first due time
 
 
 @dataclass
@@ -121,7 +122,9 @@ def _wait_for_deliveries(
     with tqdm(total=count, desc=label, unit="job", disable=None, leave=False,
               dynamic_ncols=True, smoothing=0.1) as bar:
         while True:
-            if cpu_before is None and time.time() * 1000 >= first_due_ms:
+            # The counters just before the due time: a late wake-up of this loop on a busy
+            # machine must not miss the start of a short drain (the workers idle until then).
+            if cpu_before is None and time.time() * 1000 >= first_due_ms - SNAPSHOT_EARLY_MS:
                 redis_before = redis_server.counters()
                 cpu_before = snapshot(procs)
             seen = receiver.count()
@@ -136,7 +139,7 @@ def _wait_for_deliveries(
                 return (seen < count, cpu_before or cpu_after, cpu_after,
                         redis_before or redis_after, redis_after)
             procs.check_alive()
-            until_due = first_due_ms / 1000 - time.time()
+            until_due = (first_due_ms - SNAPSHOT_EARLY_MS) / 1000 - time.time()
             time.sleep(min(POLL_S, until_due) if cpu_before is None and until_due > 0 else POLL_S)
 
 
@@ -209,8 +212,11 @@ def cost_figures(run: Run, deliveries: int) -> dict[str, Any]:
     redis = counters_delta(run.redis_before, run.redis_after, deliveries)
     workers_s = sum(v for k, v in run.cpu_s.items() if k.endswith("-worker"))
     per = max(deliveries, 1)
-    busy = sum(v for k, v in run.cpu_cores.items()
-               if k.endswith("-worker") or k.startswith("redis"))
+    # Cores busy: their CPU seconds over the drain itself (the first due time to the last
+    # arrival), not over the snapshots' window, which runs up to a poll longer (idle).
+    span = max((r.arrived for r in run.records), default=0.0) - run.first_due_ms / 1000.0
+    busy_s = sum(v for k, v in run.cpu_s.items()
+                 if k.endswith("-worker") or k.startswith("redis") or k == "receiver")
     return {
         "cpu_us_per_delivery": (workers_s + redis["cpu_s"]) * 1e6 / per,
         "workers_cpu_us_per_delivery": workers_s * 1e6 / per,
@@ -220,7 +226,7 @@ def cost_figures(run: Run, deliveries: int) -> dict[str, Any]:
         "redis_net_out_per_delivery": redis["net_out_per_op"],
         "deliveries_per_redis_core": redis["ops_per_core"],
         # workers + Redis + receiver: on 2 cores, 2.0 is everything
-        "busy_cores": busy + run.cpu_cores.get("receiver", 0.0),
+        "busy_cores": busy_s / span if span > 0 else math.nan,
         "redis": redis,
     }
 
