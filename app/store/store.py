@@ -182,20 +182,24 @@ class Store:
         (RunState.encode) or ""). Per entry: None when stored; the stored record when the
         job exists and overwrite is off (nothing changed). One schedule_many.lua call per
         partition (on Redis Cluster each is a slot of its own), all in one round trip."""
+        jids = [job_id(app_id, entry[0]) for entry in entries]
         groups: dict[int, list[int]] = {}
-        for n, entry in enumerate(entries):
-            groups.setdefault(self.keys.partition_of(job_id(app_id, entry[0])), []).append(n)
+        if self.keys.partitions == 1:  # the default: no crc32 per job
+            groups[0] = list(range(len(entries)))
+        else:
+            for n, jid in enumerate(jids):
+                groups.setdefault(self.keys.partition_of(jid), []).append(n)
         script = self._scripts["schedule_many"]
         calls: list[tuple[list[str], list[Any]]] = []
         for partition, members in groups.items():
             pk = self.keys.partition(partition)
             args: list[Any] = [self.keys.wake_channel]
             for n in members:
-                name, record, first_ms, overwrite, run = entries[n]
-                args += (job_id(app_id, name), record, first_ms, "1" if overwrite else "0", run)
+                _, record, first_ms, overwrite, run = entries[n]
+                args += (jids[n], record, first_ms, "1" if overwrite else "0", run)
             calls.append(([pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
                            pk.pausedapps], args))
-        if not calls:
+        if not calls:  # no entries
             return []
         if len(calls) == 1:  # one partition (the default): no pipeline's SCRIPT EXISTS
             replies = [script(keys=calls[0][0], args=calls[0][1])]
