@@ -118,6 +118,9 @@ MAX_APP_RATE_LIMIT = 1_000_000.0
 # JOBRUNNER_MAX_CATCH_UP's bound: a worker fires that many missed occurrences of a job in
 # a row before it takes anything newer of it.
 MAX_CATCH_UP = 100_000
+# JOBRUNNER_BULK_MAX_JOBS at most: a request's jobs are one Lua call per partition, which
+# holds Redis for about 10 us a job.
+MAX_BULK_JOBS = 10_000
 # Trigger history bounds (app/store/history.py): entries per job (a reader never takes
 # more), bytes per job, and the least bytes an entry may have (its fixed fields take
 # up to ~90).
@@ -388,6 +391,8 @@ class Settings:
         if self.http_header_timeout_s > MAX_HTTP_HEADER_TIMEOUT_S:
             raise SettingsError(f"JOBRUNNER_HTTP_HEADER_TIMEOUT must be at most "
                                 f"{MAX_HTTP_HEADER_TIMEOUT_S:g} seconds")
+        if self.bulk_max_jobs > MAX_BULK_JOBS:
+            raise SettingsError(f"JOBRUNNER_BULK_MAX_JOBS must be at most {MAX_BULK_JOBS}")
         if self.max_catch_up > MAX_CATCH_UP:
             raise SettingsError(f"JOBRUNNER_MAX_CATCH_UP must be at most {MAX_CATCH_UP}")
         self._validate_history()

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 
 from app.api.factory import create_app
 from app.jobs.model import CatchUp, FailureKind, FailurePolicy, Job, RunState
-from app.settings import Settings
+from app.settings import MAX_BULK_JOBS, Settings, SettingsError
 from app.store.keys import Keys, job_id
 from app.store.store import JobExists, Store
 from tests.support.redis_proc import RedisProcess
@@ -274,3 +274,9 @@ def test_schedule_many_lua_stores_what_schedule_lua_stores(redis_server: RedisPr
         single.close()
         bulk.close()
         client.close()
+
+
+def test_bulk_max_jobs_is_bounded() -> None:
+    assert Settings(bulk_max_jobs=MAX_BULK_JOBS).bulk_max_jobs == MAX_BULK_JOBS
+    with pytest.raises(SettingsError, match="JOBRUNNER_BULK_MAX_JOBS"):
+        Settings.from_env({"JOBRUNNER_BULK_MAX_JOBS": str(MAX_BULK_JOBS + 1)})
