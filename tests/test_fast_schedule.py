@@ -11,7 +11,9 @@ around that path turns it off (app/api/fast_schedule.py, `arm`), and this test s
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -183,3 +185,162 @@ def test_an_error_from_redis_is_flasks_503(redis_server: RedisProcess) -> None:
                         response.get_json()["errorCode"], _delta(before, _counted())))
     assert answers[0] == answers[1]
     assert answers[0][0] == "503 SERVICE UNAVAILABLE" and answers[0][2] == "ERR_REDIS_UNAVAILABLE"
+
+
+# -- the event-loop path (on_loop, behind the RSGI bridge) --------------------------------
+
+
+class _Scope:
+    """What granian's RSGI scope gives the bridge (app/processes/wsgi_bridge.py)."""
+
+    proto, http_version, scheme = "http", "1.1", "http"
+    server, client, query_string = "127.0.0.1:3500", "127.0.0.1:50000", ""
+
+    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
+        self.method, self.path, self.headers = method, path, headers
+
+
+class _Proto:
+    """granian's protocol object: the body, and the one answer."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.answer: tuple[int, list[tuple[str, str]], bytes] | None = None
+
+    async def __call__(self) -> bytes:
+        return self.body
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.answer = (status, headers, body)
+
+
+def _served_on_loop(app: Flask) -> tuple[Any, list[str]]:
+    """The app behind the bridge with the shortcut's event-loop path, as `jobrunner api`
+    serves it; the paths that reached the WSGI app (the pool) are recorded."""
+    from app.processes.wsgi_bridge import WsgiOnRsgi
+
+    shortcut = _shortcut(app)
+    assert shortcut.use_loop()
+    pooled: list[str] = []
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        pooled.append(environ["PATH_INFO"])
+        return app(environ, start_response)
+
+    bridge = WsgiOnRsgi(wsgi, threads=2, body_timeout_s=5.0,
+                        max_body_bytes=int(app.config["MAX_CONTENT_LENGTH"]),
+                        multiprocess=False, fast=shortcut.on_loop)
+    return bridge, pooled
+
+
+def _over_bridge(bridge: Any, method: str, path: str, body: bytes | None,
+                 headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+    async def one() -> tuple[int, list[tuple[str, str]], bytes]:
+        given = {k.lower(): v for k, v in headers.items()}
+        if body is not None:
+            given["content-length"] = str(len(body))
+        from urllib.parse import unquote
+
+        proto = _Proto(body or b"")
+        await bridge.__rsgi__(_Scope(method, unquote(path), given), proto)
+        assert proto.answer is not None
+        return proto.answer
+
+    return asyncio.run_coroutine_threadsafe(one(), bridge.test_loop).result(30)
+
+
+@pytest.fixture
+def loop_thread() -> Any:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.mark.parametrize("token", ["", TOKEN])
+def test_the_event_loop_path_answers_counts_and_stores_as_flask(
+        redis_server: RedisProcess, loop_thread: Any, token: str) -> None:
+    """Behind the RSGI bridge, the shortcut's on_loop answers the plain requests itself,
+    with no thread, and leaves the rest to the WSGI path: every answer, count and stored
+    job as Flask's alone. Redis forgetting its scripts (a restart) costs one request the
+    WSGI path, not an error."""
+    import redis as redis_lib
+
+    fast_app, _, fast_settings = _app(redis_server.url, token)
+    slow_app, slow, slow_settings = _app(redis_server.url, token)
+    slow.disarm()
+    bridge, pooled = _served_on_loop(fast_app)
+    bridge.test_loop = loop_thread
+    bridge.__rsgi_init__(loop_thread)
+    slow_client = slow_app.test_client()
+    on_loop = 0
+    try:
+        given = {"dapr-api-token": TOKEN} if token else {}
+        for n, (method, path, body, headers, plain) in enumerate(CORPUS):
+            if n == 4:
+                redis_lib.Redis.from_url(redis_server.url).script_flush()
+            pooled.clear()
+            before = _counted()
+            status, head, payload = _over_bridge(bridge, method, path, body,
+                                                 {**headers, **given})
+            fast = (status, sorted((k.lower(), v) for k, v in head), payload,
+                    _delta(before, _counted()))
+            before = _counted()
+            response = slow_client.open(path, method=method, data=body, headers={**headers,
+                                                                                 **given})
+            slow_answer = (response.status_code,
+                           sorted((k.lower(), v) for k, v in response.headers.items()),
+                           response.get_data(), _delta(before, _counted()))
+            assert fast == slow_answer, (method, path)
+            # Not on the loop: a job that exists (the retry, n 1), the script forgotten (4).
+            if plain and status == 204 and n not in (1, 4):
+                assert not pooled, path  # answered on the loop
+                on_loop += 1
+            elif n in (1, 4):
+                assert pooled == [path.replace("%20", " ")]
+    finally:
+        bridge.__rsgi_del__(loop_thread)
+    assert on_loop >= 5
+    stored = _jobs(fast_app, fast_settings)
+    assert stored and stored == _jobs(slow_app, slow_settings)
+
+
+def test_the_event_loop_path_leaves_redis_trouble_to_the_wsgi_path(
+        redis_server: RedisProcess, loop_thread: Any) -> None:
+    """Redis away: the loop path declines, the WSGI path answers its 503 (as Flask does).
+    A Redis that never answers: after the client's socket timeout, Flask answers the
+    timeout (503) at once, as the WSGI path would have, without a second wait."""
+    import socket
+
+    from app.store.loop_redis import LoopRedis
+
+    away = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                    prefix=f"t{uuid.uuid4().hex[:10]}", app_id="fast",
+                    app_url="http://127.0.0.1:9")
+    up, _, _ = _app(redis_server.url, "")
+    with socket.socket() as silent:  # accepts, reads, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent_port = silent.getsockname()[1]
+        answers = []
+        for app in (create_app(away), up):
+            bridge, pooled = _served_on_loop(app)
+            if app is up:
+                _shortcut(app)._loop_redis = LoopRedis(
+                    "127.0.0.1", silent_port, reply_timeout_s=0.2)
+            bridge.test_loop = loop_thread
+            bridge.__rsgi_init__(loop_thread)
+            try:
+                status, _, payload = _over_bridge(bridge, "POST", "/v1.0/jobs/down",
+                                                  _body(dueTime=DUE), JSON)
+            finally:
+                bridge.__rsgi_del__(loop_thread)
+            answers.append((status, json.loads(payload), pooled))
+    for status, body, pooled in answers:
+        assert status == 503 and body["errorCode"] == "ERR_REDIS_UNAVAILABLE", body
+        assert pooled == ["/v1.0/jobs/down"]
+    assert answers[1][1]["message"].endswith(
+        f"Timeout reading from 127.0.0.1:{silent_port}"), answers[1][1]

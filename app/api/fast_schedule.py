@@ -14,12 +14,25 @@ was read (a bad job, Redis away) is handed to Flask in the environ, and the view
 it again: Flask's handlers answer it, log it and count it, and nothing is done twice.
 `arm` checks, once the app is built, that the app has no hook or route of its own on
 that path that the shortcut does not know; if it has, the shortcut stays off.
+
+`on_loop` serves the same requests on the API server's event loop, before any thread is
+spent (app/processes/wsgi_bridge.py), when the store is a single Redis node it can reach
+from the loop (app/store/loop_redis.py): the same checks and validation, then the
+script's call written on the loop, the same count in the metrics. Whatever else happens
+(any check that would send the request to Flask, a bad job, a job that exists, an error
+reply, Redis away) it leaves the request, untouched, to the thread and the WSGI path
+above, which does it all again and answers as it always has; no reply within the socket
+timeout is handed to Flask as the WSGI path hands an error (503). A request whose reply
+was lost may so run the script twice: the second run finds its own job (answered as
+stored, see jobs.schedule) or overwrites it with the same record, as redis-py's retries do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
+import time
 from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import Any
@@ -28,8 +41,11 @@ from flask import Flask
 
 from app.api import jobs
 from app.api.metrics import _ROUTE_KEY as ROUTE_KEY
+from app.api.metrics import count_request
 from app.jobs.validation import validate_name
 from app.settings import Settings
+from app.store.loop_redis import LoopRedis, ReplyTimeout
+from app.store.redis_client import UNAVAILABLE
 from app.store.store import Store
 
 log = logging.getLogger("jobrunner.api")
@@ -38,8 +54,12 @@ log = logging.getLogger("jobrunner.api")
 HANDED_OVER = jobs.HANDED_OVER
 _METHODS = ("POST", "PUT")
 _NO_CONTENT = "204 NO CONTENT"  # as werkzeug says it
+# Where `arm` leaves the shortcut in the app (app.extensions), for the server to find.
+EXTENSION = "jobrunner.schedule_shortcut"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# (status, headers, body): an answer the server sends as it stands.
+Answer = tuple[int, list[tuple[str, str]], bytes]
 
 
 class ScheduleShortcut:
@@ -53,6 +73,8 @@ class ScheduleShortcut:
         self._max_body = 0
         # Path prefix -> the URL rule Flask matches there (the metrics' route label).
         self._routes: tuple[tuple[str, str], ...] = ()
+        self._loop_redis: LoopRedis | None = None
+        self._sha = ""
 
     @property
     def armed(self) -> bool:
@@ -70,23 +92,84 @@ class ScheduleShortcut:
             return False
         self._max_body = int(app.config["MAX_CONTENT_LENGTH"])
         self._routes = tuple((f"{base}/", f"{base}/<anything:name>") for base in jobs._PREFIXES)
+        app.extensions[EXTENSION] = self
         return True
 
     def disarm(self) -> None:
         """Off: Flask serves every request (tests compare the two)."""
         self._routes = ()
 
-    def __call__(self, environ: dict[str, Any],
-                 start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not self._routes or environ.get("REQUEST_METHOD") not in _METHODS:
-            return self.flask_wsgi(environ, start_response)
-        path: str = environ.get("PATH_INFO", "")
+    def use_loop(self) -> bool:
+        """Serve `on_loop` from now on, in this process, when the store's Redis can be
+        reached from an event loop (a single node over TCP, no replica wait); whether so."""
+        self._loop_redis = LoopRedis.for_client(self.store.redis)
+        script = self.store.script("schedule")
+        self._sha = script.sha
+        if self._loop_redis is not None:
+            # Loaded now, so the first requests find it (a Redis that lost it since, or
+            # away now, costs a request the WSGI path, which loads it).
+            with contextlib.suppress(*UNAVAILABLE):
+                self.store.redis.script_load(script.script)
+        return self._loop_redis is not None
+
+    def _route(self, path: str) -> tuple[str, str] | None:
+        """(the raw job name, the URL rule) of a path the shortcut serves, else None."""
         for prefix, rule in self._routes:
             # A name with a '/' is no job's (validation refuses it), or a job's
             # sub-resource (`.../jobs/{name}/pause`): Flask routes it.
             if path.startswith(prefix) and len(path) > len(prefix) \
                     and "/" not in path[len(prefix):]:
-                return self._schedule(environ, start_response, path[len(prefix):], rule)
+                return path[len(prefix):], rule
+        return None
+
+    async def on_loop(self, environ: dict[str, Any], body: bytes) -> Answer | None:
+        """The answer to a plain schedule request, served on the event loop; None when
+        the request is left to the WSGI app (see the module doc). `body`: all of it."""
+        started = time.perf_counter()
+        client = self._loop_redis
+        method = environ["REQUEST_METHOD"]
+        if client is None or not self._routes or method not in _METHODS:
+            return None
+        found = self._route(environ["PATH_INFO"])
+        if found is None:
+            return None
+        raw_name, rule = found
+        if self._token and not hmac.compare_digest(
+                environ.get("HTTP_DAPR_API_TOKEN", "").encode(), self._token):
+            return None
+        length = environ.get("CONTENT_LENGTH", "")
+        if ("HTTP_TRANSFER_ENCODING" in environ or "HTTP_COOKIE" in environ
+                or not (length.isascii() and length.isdigit())
+                or int(length) > self._max_body or len(body) != int(length)):
+            return None
+        name = raw_name if raw_name.isascii() else \
+            raw_name.encode("latin-1").decode("utf-8", "replace")
+        try:
+            name = validate_name(name)
+            job, overwrite, run = jobs.prepare(self.settings, name, body,
+                                               environ.get("CONTENT_TYPE"))
+            keys, args = self.store.schedule_call(job, overwrite, run)
+            result = await client.evalsha(self._sha, keys, args)
+        except ReplyTimeout as exc:
+            # Redis took the socket timeout to say nothing: trying again on the WSGI path
+            # would wait as long again. Flask answers the error (503) as the view's own.
+            environ[HANDED_OVER] = exc
+            return None
+        except Exception:  # Flask's to answer, or Redis's trouble: the WSGI path's
+            return None
+        if result != 1 and result != 2:  # 0: the job exists; an error reply
+            return None
+        count_request(rule, method, "204", time.perf_counter() - started)
+        return 204, [], b""
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self._routes or environ.get("REQUEST_METHOD") not in _METHODS \
+                or HANDED_OVER in environ:  # on_loop met an error for the view to raise
+            return self.flask_wsgi(environ, start_response)
+        found = self._route(environ.get("PATH_INFO", ""))
+        if found is not None:
+            return self._schedule(environ, start_response, *found)
         return self.flask_wsgi(environ, start_response)
 
     def _schedule(self, environ: dict[str, Any], start_response: Callable[..., Any],

@@ -10,6 +10,7 @@ from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
 from app.jobs.errors import ApiError
+from app.jobs.model import Job, RunState
 from app.jobs.restore import restore
 from app.jobs.validation import (
     MAX_NAME_LENGTH,
@@ -58,10 +59,10 @@ def view_to_api(view: JobView) -> dict[str, Any]:
     return body
 
 
-def schedule(settings: Settings, store: Store, name: str, body: bytes,
-             content_type: str | None) -> None:
-    """Schedule the job `name` (validated) from a request's body: the work of POST
-    .../jobs/{name}, for the view below and its shortcut (app/api/fast_schedule.py)."""
+def prepare(settings: Settings, name: str, body: bytes,
+            content_type: str | None) -> tuple[Job, bool, RunState | None]:
+    """(the job, overwrite, the run state to start it from) of a schedule request for
+    the job `name` (validated); raises ApiError."""
     now = now_ms()
     job, overwrite = parse_job_request(
         name, body, content_type, settings.app_id, now, settings.max_data_bytes,
@@ -70,6 +71,14 @@ def schedule(settings: Settings, store: Store, name: str, body: bytes,
     )
     # A job put back where it stood (nextTriggerTime...: jobrunner jobs import).
     job, run = restore(body, job, now)
+    return job, overwrite, run
+
+
+def schedule(settings: Settings, store: Store, name: str, body: bytes,
+             content_type: str | None) -> None:
+    """Schedule the job `name` (validated) from a request's body: the work of POST
+    .../jobs/{name}, for the view below and its shortcut (app/api/fast_schedule.py)."""
+    job, overwrite, run = prepare(settings, name, body, content_type)
     try:
         store.schedule(job, overwrite=overwrite, run=run)
     except JobExists:

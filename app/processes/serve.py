@@ -120,11 +120,15 @@ def _granian_logging(level: str) -> dict[str, Any]:
 def _worker_app(settings: Settings, options: ServeOptions) -> Any:
     """The RSGI app of one worker process: called by granian in the worker, after the fork."""
     from app.api.factory import create_app
+    from app.api.fast_schedule import EXTENSION as SHORTCUT
     from app.processes.wsgi_bridge import WsgiOnRsgi
     from app.store.store import Store
 
     store = Store(settings)
     flask_app = create_app(settings, store)
+    # The schedule shortcut on the event loop, when it is on and Redis is a single node.
+    shortcut = flask_app.extensions.get(SHORTCUT)
+    fast = shortcut.on_loop if shortcut is not None and shortcut.use_loop() else None
     on_start = partial(start_grpc, settings, store, options.threads) \
         if settings.grpc_port else None
     return WsgiOnRsgi(
@@ -132,7 +136,7 @@ def _worker_app(settings: Settings, options: ServeOptions) -> Any:
         # The bulk route (app/api/bulk.py) takes larger bodies than the others; each route
         # still refuses a body over its own limit (413).
         max_body_bytes=max(int(flask_app.config["MAX_CONTENT_LENGTH"]), settings.bulk_max_bytes),
-        multiprocess=options.processes > 1, on_start=on_start, on_stop=stop_grpc,
+        multiprocess=options.processes > 1, on_start=on_start, on_stop=stop_grpc, fast=fast,
     )
 
 

@@ -138,17 +138,22 @@ class Store:
 
         `run`: the run state to start from, for a job put back where it stood (its
         trigger count and last trigger: app/jobs/restore.py); None for a new job."""
-        jid = job_id(job.app_id, job.name)
-        pk = self.keys.for_job(jid)
-        result = self._scripts["schedule"](
-            keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names, pk.paused,
-                  pk.pausedapps],
-            args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
-                  self.keys.wake_channel, "" if run is None else run.encode()],
-        )
+        keys, args = self.schedule_call(job, overwrite, run)
+        result = self._scripts["schedule"](keys=keys, args=args)
         if result == 0:
             raise JobExists(job.name)
         return bool(result == 2)
+
+    def schedule_call(self, job: Job, overwrite: bool = False, run: RunState | None = None,
+                      ) -> tuple[list[str], list[str | bytes | int]]:
+        """The KEYS and ARGV of `schedule`'s schedule.lua call (also sent by the API's
+        event-loop path, app/api/fast_schedule.py, as an EVALSHA of script("schedule"))."""
+        jid = job_id(job.app_id, job.name)
+        pk = self.keys.for_job(jid)
+        return ([pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names, pk.paused,
+                 pk.pausedapps],
+                [jid, job.encode(), job.first_ms, "1" if overwrite else "0",
+                 self.keys.wake_channel, "" if run is None else run.encode()])
 
     def schedule_many(self, jobs: Iterable[Job], overwrite: bool = True, chunk: int = 1000) -> int:
         """Bulk load, pipelined; returns how many were stored (existing ones skipped
