@@ -54,6 +54,19 @@ def test_burst(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = capsys.readouterr().out
     assert "== burst:" in table and "vs rq-scheduler" in table and "receiver ceiling" in table
     assert "vs jobrunner-grpc" not in table  # a row of jobrunner's, not a baseline
+    # Issue 12's figures: what each delivery cost the workers and Redis, for every row.
+    for figures in scenario["systems"].values():
+        cost = figures["cost"]
+        assert cost["cpu_us_per_delivery"] >= cost["redis_cpu_us_per_delivery"] > 0
+        assert cost["redis"]["ops"] == 150 and cost["redis_calls_per_delivery"] > 0
+        assert cost["redis_net_in_per_delivery"] > 0
+    # ... and its targets, in the run's summary too, with rq's figure as the baseline.
+    summary = [t for t in result["targets"] if t["scenario"] == "burst"]
+    assert len(summary) == 8  # 4 targets for each of jobrunner's two rows
+    ratio = next(t for t in summary if t["label"].startswith("jobrunner / rq"))
+    assert ratio["baseline"] == scenario["systems"]["rq"]["drain_rate"]
+    assert ratio["met"] is (ratio["value"] >= 60)
+    assert "== targets" in table
 
 
 def test_steady(tmp_path: Path) -> None:
@@ -82,10 +95,34 @@ def test_scale(tmp_path: Path) -> None:
 
 def test_schedule(tmp_path: Path) -> None:
     result = bench(tmp_path, "schedule", "--duration", "0.5", "--concurrency", "8")
-    for figures in result["scenarios"]["schedule"]["systems"].values():
+    systems = result["scenarios"]["schedule"]["systems"]
+    for figures in systems.values():
         assert figures["requests"] > 0
         assert figures["failed"] == 0 and figures["errors"] == 0
         assert figures["stored"] == figures["ok"] == figures["requests"]
+        assert figures["redis"]["ops"] == figures["stored"]
+    # The API as it was (commit 6dcf706, from a git worktree), when this is a checkout.
+    ratio = next(t for t in result["targets"] if t["issue"] == 12 and "requests/s" in t["label"])
+    if "jobrunner-before" in systems:
+        assert ratio["baseline"] == systems["jobrunner-before"]["rate"]
+        assert ratio["value"] == systems["jobrunner"]["rate"] / ratio["baseline"]
+    else:
+        assert ratio["met"] is None
+        assert any("jobrunner-before" in n for n in result["scenarios"]["schedule"]["notes"])
+
+
+def test_targets_summary() -> None:
+    from benchmarks.report import Target, render_summary, summary
+
+    run = {"scenarios": {"a": {"targets": [Target("x", ">= 2x", 3.0, True, 1.5, issue=12),
+                                           Target("old", ">= 1", 0.5, False)]},
+                         "b": {"targets": [Target("y", "<= 1 s", None, None, issue=12)]}}}
+    rows = summary(run)
+    # Only the issues' targets, in run order, each with its scenario and baseline.
+    assert [(r["scenario"], r["label"], r["baseline"], r["met"]) for r in rows] == [
+        ("a", "x", 1.5, True), ("b", "y", None, None)]
+    text = render_summary(rows)
+    assert "a: x (#12)" in text and "1 met, 0 missed, 1 n/a" in text
 
 
 def test_workers(tmp_path: Path) -> None:
