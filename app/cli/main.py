@@ -10,12 +10,13 @@
   export, import), locally or at --url.
 - `bench`: the benchmark harness.
 
-Shared options: app/cli_options.py; `up` and the background service: app/cli_up.py;
-`run`, `stop`, `status`, `logs`: app/cli_run.py.
+Shared options: app/cli/options.py; `up` and the background service: app/cli/up.py;
+`run`, `stop`, `status`, `logs`: app/cli/run.py (each imported only when its command runs).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -23,8 +24,6 @@ from typing import Any, NoReturn
 
 import click
 
-from app.cli.dlq import dlq
-from app.cli.jobs import jobs
 from app.cli.options import (
     api_tuning,
     app_env,
@@ -37,16 +36,39 @@ from app.cli.options import (
     settings_from,
     wait_redis,
 )
-from app.cli.run import logs, run, status, stop
-from app.cli.stats import stats
-from app.cli.up import service, up
 from app.jobs.errors import JobrunnerError
 from app.processes.procs import PROJECT_ROOT, child_env, ensure_port_free, python_module
 from app.settings import SettingsError
 
+# The commands defined in modules of their own, imported only when run (or listed by --help):
+# each process imports what its own command needs, not the store and client code of the
+# others (`jobrunner up`, `run` and the API process they start are on start-up's clock).
+_LAZY_COMMANDS = {
+    "up": "app.cli.up:up",
+    "service": "app.cli.up:service",
+    "run": "app.cli.run:run",
+    "stop": "app.cli.run:stop",
+    "status": "app.cli.run:status",
+    "logs": "app.cli.run:logs",
+    "dlq": "app.cli.dlq:dlq",
+    "jobs": "app.cli.jobs:jobs",
+    "stats": "app.cli.stats:stats",
+}
+
 
 class _Group(click.Group):
     """Turns the errors a user can cause or fix into one clear line, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY_COMMANDS and cmd_name not in self.commands:
+            module, name = _LAZY_COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module), name)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -66,10 +88,6 @@ class _Group(click.Group):
 @click.version_option(package_name="jobrunner", prog_name="jobrunner")
 def main() -> None:
     """jobrunner: the Dapr Jobs API on Redis."""
-
-
-for command in (up, run, stop, status, logs, service, dlq, jobs, stats):
-    main.add_command(command)
 
 
 # --- one part each: api, worker --------------------------------------------------------------

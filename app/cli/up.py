@@ -35,6 +35,7 @@ from app.processes.procs import (
     process_start_time,
     redact_url,
 )
+from app.processes.redis_server import START_TIMEOUT_S as REDIS_START_TIMEOUT_S
 from app.processes.redis_server import EmbeddedRedis, version_text
 from app.processes.service_state import (
     DATA_DIR,
@@ -99,17 +100,32 @@ def up(ctx: click.Context, /, **params: Any) -> None:
     embedded: EmbeddedRedis | None = None
     registered = False
     dead: Child | None = None
+    workers: list[Child] = []
+    api: Child | None = None
+
+    def start_children(url: str) -> None:
+        """The workers and the API, on the Redis at `url`: started as soon as that Redis
+        process runs, so that their start (the interpreter, their imports: most of `up`'s
+        time) overlaps with its own; each waits for Redis to answer before using it."""
+        nonlocal settings, workers, api
+        if sup.children:  # the port was taken after all: Redis runs elsewhere, start again
+            sup.stop_all()
+        settings = settings.with_(redis_url=url)
+        children = settings.with_(redis_wait_s=max(settings.redis_wait_s, REDIS_START_TIMEOUT_S))
+        workers = start_workers(sup, children, params["workers"])
+        api = start_api(sup, children, settings.http_host, params["processes"], params["threads"])
+
     try:
         if redis_url:
             wait_redis(settings, signals)
+            start_children(settings.redis_url)
         else:
             embedded = EmbeddedRedis(data_dir, params["redis_port"],
                                      binary=settings.redis_server or None)
-            settings = settings.with_(redis_url=embedded.start(give_up=lambda: signals.requested))
+            embedded.start(give_up=lambda: signals.requested, on_launch=start_children)
             assert embedded.proc is not None
             sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
-        workers = start_workers(sup, settings, params["workers"])
-        api = start_api(sup, settings, settings.http_host, params["processes"], params["threads"])
+        assert api is not None
         wait_api(sup, api, settings)
         if not signals.requested:
             _print_banner(settings, embedded, data_dir, workers, api)
@@ -189,16 +205,26 @@ def service(home: str, workers: int) -> None:
     sup = Supervisor(signals)
     embedded: EmbeddedRedis | None = None
     dead: Child | None = None
+
+    def start_children(url: str) -> None:
+        """The workers, as soon as the Redis process at `url` runs (as in `up`)."""
+        nonlocal settings
+        if sup.children:  # the port was taken after all: Redis runs elsewhere, start again
+            sup.stop_all()
+        settings = settings.with_(redis_url=url)
+        children = settings.with_(redis_wait_s=max(settings.redis_wait_s, REDIS_START_TIMEOUT_S))
+        start_workers(sup, children, workers, log_dir=log_dir)
+
     try:
         if external:
             wait_redis(settings, signals)
+            start_children(settings.redis_url)
         else:
             embedded = EmbeddedRedis(home_dir / DATA_DIR, log_file=log_dir / "redis.log",
                                      binary=settings.redis_server or None)
-            settings = settings.with_(redis_url=embedded.start(give_up=lambda: signals.requested))
+            embedded.start(give_up=lambda: signals.requested, on_launch=start_children)
             assert embedded.proc is not None
             sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
-        start_workers(sup, settings, workers, log_dir=log_dir)
         logs = {c.name: str(log_dir / f"{c.name}.log") for c in sup.children}
         logs["service"] = str(log_dir / "service.log")
         write_state(

@@ -20,13 +20,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import redis
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from app.jobs.errors import JobrunnerError
 from app.processes.procs import (
@@ -37,6 +38,9 @@ from app.processes.procs import (
     stop_process,
     tail,
 )
+
+if TYPE_CHECKING:
+    import redis
 
 REDIS_BINARY_ENV = "JOBRUNNER_REDIS_SERVER"
 PORT_FILE = "redis.port"
@@ -50,6 +54,9 @@ Version = tuple[int, int, int]
 _VERSION_RE = re.compile(r"\bv=(\d+)\.(\d+)\.(\d+)")
 # `redis-server --version` answers in milliseconds; a candidate that hangs is not a Redis.
 _PROBE_TIMEOUT_S = 5.0
+# How long a starting server gets to answer PING (reading a large AOF takes a while).
+START_TIMEOUT_S = 15.0
+STOP_GRACE_S = 30.0
 
 
 class RedisServerError(JobrunnerError, RuntimeError):
@@ -253,6 +260,8 @@ def find_redis_server(env: Mapping[str, str] | None = None, data_dir: Path | Non
 
 
 def _client(url: str, cluster: bool, timeout: float) -> redis.Redis | redis.RedisCluster:
+    import redis  # here: redis-py's import costs a CLI start-up ~0.1 s, and a plain PING needs none
+
     if cluster:
         return redis.RedisCluster.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout
@@ -260,8 +269,53 @@ def _client(url: str, cluster: bool, timeout: float) -> redis.Redis | redis.Redi
     return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
 
 
+_PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+def _plain_address(url: str) -> tuple[str, int] | None:
+    """(host, port) of a `redis://` URL without credentials or options, whose PING needs no
+    client library: an embedded Redis, or a local one; None for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        return None
+    if parts.scheme != "redis" or parts.username or parts.password or parts.query:
+        return None
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        return None  # redis-py says what is wrong with it
+    return (parts.hostname or "127.0.0.1"), port
+
+
+def _plain_ping(address: tuple[str, int], timeout: float) -> str | None:
+    """PING over a bare socket (RESP): None on +PONG, else why not."""
+    try:
+        with socket.create_connection(address, timeout=timeout) as sock:
+            sock.sendall(_PING)
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(512)
+                if not chunk:
+                    return "Connection closed by server."
+                reply += chunk
+    except OSError as e:
+        return f"Error connecting to {address[0]}:{address[1]}: {e.strerror or e}"
+    if reply.startswith(b"+PONG"):
+        return None
+    # An error reply: `-LOADING ...` while Redis reads its AOF, `-NOAUTH ...` with a password.
+    text = reply.decode(errors="replace").strip().lstrip("-")
+    if text.startswith(("NOAUTH", "WRONGPASS")):
+        return f"authentication failed: {text}"
+    return text
+
+
 def ping(url: str, cluster: bool = False, timeout: float = 0.5) -> str | None:
     """None when Redis at `url` answers PING, else why not."""
+    address = None if cluster else _plain_address(url)
+    if address is not None:
+        return _plain_ping(address, timeout)
+    import redis
+
     try:
         client = _client(url, cluster, timeout)
     except (ValueError, redis.RedisError) as e:
@@ -294,7 +348,7 @@ def require_redis(
             break  # waiting will not fix these
         if give_up() or time.monotonic() > deadline:
             break
-        time.sleep(0.1)
+        time.sleep(0.02)  # a Redis starting beside us answers within milliseconds
     raise RedisServerError(f"cannot reach Redis at {redact_url(url)} (REDIS_URL): {problem}")
 
 
@@ -367,8 +421,19 @@ class EmbeddedRedis:
         tmp.write_text(json.dumps(record) + "\n")
         os.replace(tmp, path)
 
-    def start(self, timeout: float = 15.0, give_up: Callable[[], bool] = lambda: False) -> str:
-        """Start the server and wait until it answers PING; returns its URL."""
+    def start(
+        self,
+        timeout: float = START_TIMEOUT_S,
+        give_up: Callable[[], bool] = lambda: False,
+        on_launch: Callable[[str], None] | None = None,
+    ) -> str:
+        """Start the server and wait until it answers PING; returns its URL.
+
+        `on_launch(url)`, when given, is called as soon as the server process runs, before
+        it answers: the caller starts what will use it meanwhile (processes that wait for
+        it themselves). Should the port have been taken in between, the server is started
+        on another one and `on_launch` is called again, with the new URL.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         try:
@@ -378,15 +443,23 @@ class EmbeddedRedis:
             # A free port can be taken between our check and the server's bind: try again.
             for _ in range(3):
                 self.port = self._pick_port()
-                if self._start_once(self.server.path, timeout, give_up):
+                if self._start_once(self.server.path, timeout, give_up, on_launch):
                     (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
                     return self.url
             raise RedisServerError(f"redis-server did not start; see {self.log_file}")
         except BaseException:
+            if self.proc is not None and self.proc.poll() is None:
+                stop_process(self.proc, STOP_GRACE_S)  # started, then the caller failed
             self.close()
             raise
 
-    def _start_once(self, binary: str, timeout: float, give_up: Callable[[], bool]) -> bool:
+    def _start_once(
+        self,
+        binary: str,
+        timeout: float,
+        give_up: Callable[[], bool],
+        on_launch: Callable[[str], None] | None,
+    ) -> bool:
         log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         args = [
             binary,
@@ -410,7 +483,10 @@ class EmbeddedRedis:
             **popen_kwargs(die_with_parent=True),
         )
         proc = self.proc
+        if on_launch is not None:
+            on_launch(self.url)
         deadline = time.monotonic() + timeout
+        # A bare PING costs ~0.1 ms, and the server answers within milliseconds: poll often.
         while ping(self.url, timeout=0.2) is not None:
             if proc.poll() is not None:
                 log = tail(self.log_file, 10, since=log_start)
@@ -422,10 +498,10 @@ class EmbeddedRedis:
             if give_up() or time.monotonic() > deadline:
                 self.stop()
                 raise RedisServerError(f"redis-server did not answer within {timeout:.0f}s")
-            time.sleep(0.02)
+            time.sleep(0.005)
         return True
 
-    def stop(self, grace_s: float = 30.0) -> None:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM makes redis-server flush and fsync the AOF before it exits."""
         if self.proc is not None:
             stop_process(self.proc, grace_s)

@@ -232,7 +232,8 @@ def _start_background(
         state = read_state(home)
         return state is not None and state.pid == proc.pid
 
-    if wait_until(ready, timeout, give_up=lambda: proc.poll() is not None, interval=0.05):
+    # A read of a small file every 10 ms: cheap, and `run` starts its API as soon as it can.
+    if wait_until(ready, timeout, give_up=lambda: proc.poll() is not None, interval=0.01):
         state = read_state(home)
         assert state is not None
         return state
