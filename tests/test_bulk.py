@@ -11,6 +11,7 @@ absolute, so that both ways store the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import uuid
@@ -280,3 +281,28 @@ def test_bulk_max_jobs_is_bounded() -> None:
     assert Settings(bulk_max_jobs=MAX_BULK_JOBS).bulk_max_jobs == MAX_BULK_JOBS
     with pytest.raises(SettingsError, match="JOBRUNNER_BULK_MAX_JOBS"):
         Settings.from_env({"JOBRUNNER_BULK_MAX_JOBS": str(MAX_BULK_JOBS + 1)})
+
+
+def test_a_batch_that_brings_the_next_due_time_forward_wakes_the_workers(
+        redis_server: RedisProcess) -> None:
+    """Workers sleep until the earliest due job, or a message on the wake channel."""
+    store = Store(api_settings(redis_server.url))
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+
+    def woken() -> Any:
+        message = pubsub.get_message(timeout=5)
+        return message and message["data"]
+
+    try:
+        pubsub.subscribe(store.keys.wake_channel)
+        assert woken() is None  # the subscription's own message, skipped
+        late = _job("app", "late")
+        early = dataclasses.replace(late, name="early", first_ms=1_000)
+        for job, message in ((late, b"4070908800000"), (early, b"1000"), (late, b"marker")):
+            store.schedule_batch("app", [(job.name, job.encode(), job.first_ms, True, "")])
+            if message == b"marker":  # not earlier: nothing is sent before the marker
+                store.redis.publish(store.keys.wake_channel, message)
+            assert woken() == message
+    finally:
+        pubsub.close()
+        store.close()
