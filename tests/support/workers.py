@@ -23,10 +23,11 @@ REPO = Path(__file__).resolve().parents[2]
 class ThreadWorker:
     """`Worker(settings).run(stop)` on a background thread with its own event loop.
 
-    A worker takes a second or so to stop (its pub/sub listener polls once a
-    second). `stop_soon()` asks it to stop and lets it finish in the background:
-    it works on its own test's key prefix, so it cannot touch a later test. Any
-    crash is raised by `reap()` (call it at the end of a module), naming that prefix.
+    A worker's wake-up listener waits up to a second for a message before it sees a
+    stop, so stopping also publishes one on its wake channel. `stop_soon()` asks it to
+    stop and lets it finish in the background: it works on its own test's key prefix,
+    so it cannot touch a later test. Any crash is raised by `reap()` (call it at the end
+    of a module), naming that prefix.
     """
 
     _stopping: list[ThreadWorker] = []
@@ -86,7 +87,17 @@ class ThreadWorker:
     def _ask_to_stop(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             with contextlib.suppress(RuntimeError):  # the loop has just closed
-                self._loop.call_soon_threadsafe(self._stop.set)
+                asyncio.run_coroutine_threadsafe(self._stop_now(), self._loop)
+
+    async def _stop_now(self) -> None:
+        """Set `stop`, then end the wake-up listener's wait: it looks at `stop` only between
+        messages or after 1 s without one, so a stop would take up to that second."""
+        assert self._stop is not None
+        self._stop.set()
+        queue = self.worker.queue
+        # A wake-up is harmless (a claim takes only what is due); Redis may be away.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(queue.redis.publish(queue.keys.wake_channel, "0"), 0.5)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop and wait for the worker to finish."""
