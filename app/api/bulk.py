@@ -72,13 +72,14 @@ def schedule_jobs() -> Response:
         results.append({"name": given, "status": _STORED})
         try:
             name, job_body = _split(item, None if texts is None else texts[n])
-            read = reads.get(job_body)
-            if read is None:
-                read = reads[job_body] = _read(settings, name, job_body, now)
-            if isinstance(read, ApiError):
-                raise read
         except ApiError as exc:
-            results[n].update(status=exc.status, errorCode=exc.code, message=exc.message)
+            _refuse(results[n], exc)
+            continue
+        read = reads.get(job_body)
+        if read is None:
+            read = reads[job_body] = _read(settings, name, job_body, now)
+        if isinstance(read, ApiError):  # kept, not raised again: its traceback would grow
+            _refuse(results[n], read)
             continue
         job, overwrite, record, run = read
         accepted.append((n, name, job, overwrite, record, run))
@@ -89,14 +90,16 @@ def schedule_jobs() -> Response:
         # A retry of a request whose answer was lost finds its own job (jobs.schedule).
         if stored is not None and not same_request(
                 Job.decode(job.app_id, name, stored), dataclasses.replace(job, name=name)):
-            conflict = errors.job_exists(name)
-            results[n].update(status=conflict.status, errorCode=conflict.code,
-                              message=conflict.message)
+            _refuse(results[n], errors.job_exists(name))
     if log.isEnabledFor(logging.DEBUG):
         refused = sum(1 for r in results if r["status"] != _STORED)
         log.debug("scheduled %d of %d jobs in one request (%d refused)",
                   len(results) - refused, len(results), refused)
     return Response(orjson.dumps({"results": results}), mimetype="application/json")
+
+
+def _refuse(result: dict[str, Any], error: ApiError) -> None:
+    result.update(status=error.status, errorCode=error.code, message=error.message)
 
 
 def _items(body: bytes, max_jobs: int) -> list[Any]:
