@@ -33,13 +33,15 @@ end
 -- replay's outcome is its job's (the history key of the job it replays), and that job may
 -- live on after the replay is over.
 local size, keep = tonumber(ARGV[2]), ARGV[3]
+local gone = {}  -- job ids whose job ends in this batch (deleted at the end)
 local function record(hist, entry, id, over)
   local n = redis.call("LPUSH", hist, entry)
   if n > size then
     redis.call("LTRIM", hist, 0, size - 1)
   end
   if over and string.find(id, "\31", 1, true) then
-    over = redis.call("HEXISTS", KEYS[2], string.match(id, "^[^\31]*")) == 0
+    local job = string.match(id, "^[^\31]*")
+    over = gone[job] or redis.call("HEXISTS", KEYS[2], job) == 0
   end
   if over then
     redis.call("PEXPIRE", hist, keep)
@@ -47,32 +49,64 @@ local function record(hist, entry, id, over)
     redis.call("PERSIST", hist)  -- a job that ended earlier under this name, scheduled anew
   end
 end
+-- Writes of the batch gathered and made at the end, one command each for all entries
+-- (a Redis command costs about as much as its arguments do: 12 calls per delivery of a
+-- one-shot job were most of Redis's CPU in a burst). An id appears once in a batch, or
+-- again only after it was applied (its lease is gone then: a later entry changes
+-- nothing), so nothing of one entry reads what another's deferred writes would change.
+local runs_set, due_add, ended = {}, {}, {}
 -- Put the job's trigger due at `at`: in the due index, or in `paused` when it is paused.
-local function requeue(id, at)
-  local entry = redis.call("HGET", KEYS[8], id)
-  if entry then
+local function requeue(id, at, paused)
+  if paused then
     redis.call("ZREM", KEYS[1], id)
-    redis.call("HSET", KEYS[8], id, string.match(entry, "^%a*|%d*|") .. at)
+    redis.call("HSET", KEYS[8], id, string.match(paused, "^%a*|%d*|") .. at)
   else
-    redis.call("ZADD", KEYS[1], at, id)
+    due_add[#due_add + 1] = at
+    due_add[#due_add + 1] = id
+  end
+end
+local function set_run(id, state)
+  runs_set[#runs_set + 1] = id
+  runs_set[#runs_set + 1] = state
+end
+-- One command over many arguments, in chunks (Lua's unpack takes a few thousand at most).
+local function bulk(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
+local ids = {}
+for i = 4, #ARGV, 7 do
+  ids[#ids + 1] = ARGV[i]
+end
+local states, pauses = {}, {}
+for i = 1, #ids, 1000 do
+  local chunk = {unpack(ids, i, math.min(i + 999, #ids))}
+  local s = redis.call("HMGET", KEYS[3], unpack(chunk))
+  local p = redis.call("HMGET", KEYS[8], unpack(chunk))
+  for k = 1, #chunk do
+    states[i + k - 1] = s[k]
+    pauses[i + k - 1] = p[k]
   end
 end
 local applied = 0
+local done = {}
 local group = 0
 for i = 4, #ARGV, 7 do
   group = group + 1
   local id, token, action, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local state = redis.call("HGET", KEYS[3], id)
-  if state then
+  local state = states[group]
+  if state and not done[id] then
     local sched, attempt, count, last, lease = string.match(state, "^(%d+)|(%d+)|(%d+)|(%d*)|(.*)$")
     if lease == token then
       applied = applied + 1
+      done[id] = true
       if action == "retry" then
-        redis.call("HSET", KEYS[3], id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|")
-        requeue(id, at)
+        set_run(id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|")
+        requeue(id, at, pauses[group])
       elseif action == "skip" and at ~= "" then
-        redis.call("HSET", KEYS[3], id, at .. "|0|" .. count .. "|" .. last .. "|")
-        requeue(id, at)
+        set_run(id, at .. "|0|" .. count .. "|" .. last .. "|")
+        requeue(id, at, pauses[group])
       else
         if action == "dead" then
           redis.call("HSET", KEYS[4], ARGV[i + 4], ARGV[i + 5])
@@ -84,14 +118,11 @@ for i = 4, #ARGV, 7 do
           redis.call("ZADD", KEYS[5], ARGV[1], ARGV[i + 4])
         end
         if at == "" then
-          redis.call("HDEL", KEYS[2], id)
-          redis.call("HDEL", KEYS[3], id)
-          redis.call("ZREM", KEYS[1], id)
-          redis.call("ZREM", KEYS[6], id)
-          redis.call("HDEL", KEYS[8], id)
+          ended[#ended + 1] = id
+          gone[id] = true
         else
-          redis.call("HSET", KEYS[3], id, at .. "|0|" .. (tonumber(count) + 1) .. "|" .. sched .. "|")
-          requeue(id, at)
+          set_run(id, at .. "|0|" .. (tonumber(count) + 1) .. "|" .. sched .. "|")
+          requeue(id, at, pauses[group])
         end
       end
       if size > 0 and ARGV[i + 6] ~= "" then
@@ -102,4 +133,11 @@ for i = 4, #ARGV, 7 do
     end
   end
 end
+bulk("HSET", KEYS[3], runs_set)
+bulk("ZADD", KEYS[1], due_add)
+bulk("HDEL", KEYS[2], ended)
+bulk("HDEL", KEYS[3], ended)
+bulk("ZREM", KEYS[1], ended)
+bulk("ZREM", KEYS[6], ended)
+bulk("HDEL", KEYS[8], ended)
 return applied
