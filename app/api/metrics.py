@@ -95,12 +95,22 @@ class _CountRequests:
                           status[0], time.perf_counter() - started)
 
 
+# (route, method, status) -> its counter and histogram: `labels` looks them up at some
+# cost on every call. Bounded as the series are (routes, methods and statuses are).
+_series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+
 def count_request(route: str, method: str, status: str, seconds: float) -> None:
     """Count one answered request (also for those answered past this middleware:
     the schedule shortcut's event-loop path, app/api/fast_schedule.py)."""
     method = method if method in _METHODS else "other"
-    REQUESTS.labels(route, method, status).inc()
-    LATENCY.labels(route, method).observe(seconds)
+    key = (route, method, status)
+    series = _series.get(key)
+    if series is None:
+        series = _series[key] = (REQUESTS.labels(route, method, status),
+                                 LATENCY.labels(route, method))
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def attach(bp: Blueprint) -> None:
