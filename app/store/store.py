@@ -187,6 +187,8 @@ class Store:
         (RunState.encode) or ""). Per entry: None when stored; the stored record when the
         job exists and overwrite is off (nothing changed). One schedule_many.lua call per
         partition (on Redis Cluster each is a slot of its own), all in one round trip."""
+        if not entries:
+            return []
         jids = [job_id(app_id, entry[0]) for entry in entries]
         groups: dict[int, list[int]] = {}
         if self.keys.partitions == 1:  # the default: no crc32 per job
@@ -198,14 +200,16 @@ class Store:
         calls: list[tuple[list[str], list[Any]]] = []
         for partition, members in groups.items():
             pk = self.keys.partition(partition)
-            args: list[Any] = [self.keys.wake_channel]
-            for n in members:
+            lines: list[bytes] = []
+            for n in members:  # four lines a job (schedule_many.lua)
                 _, record, first_ms, overwrite, run = entries[n]
-                args += (jids[n], record, first_ms, "1" if overwrite else "0", run)
+                lines += (jids[n].encode(), record, b"%d" % first_ms,
+                          (b"1" if overwrite else b"0") + run.encode())
+            blob = b"\n".join(lines)
+            if blob.count(b"\n") != len(lines) - 1:
+                raise ValueError("a job id, record or run state holds a newline")
             calls.append(([pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
-                           pk.pausedapps], args))
-        if not calls:  # no entries
-            return []
+                           pk.pausedapps], [self.keys.wake_channel, blob]))
         if len(calls) == 1:  # one partition (the default): no pipeline's SCRIPT EXISTS
             replies = [script(keys=calls[0][0], args=calls[0][1])]
         else:

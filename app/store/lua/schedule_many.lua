@@ -9,10 +9,12 @@
 -- KEYS[6] paused     HASH job id -> "{by}|{since ms}|{due ms}" of a paused job
 -- KEYS[7] pausedapps HASH app id -> ms it was paused
 -- ARGV[1] wake channel: published to once when the partition's earliest due job changed
--- ARGV[2..] five per job, as schedule.lua's ARGV[1..4] and ARGV[6]: job id, job record
---         (JSON), first due time (epoch ms), "1" to overwrite an existing job or "0" to
---         refuse, the run state to start from ("sched|0|count|last|", app/jobs/restore.py)
---         or "" for a new job
+-- ARGV[2] the jobs, four lines each (none of them holds a newline: ids are validated,
+--         records are compact JSON): job id, job record (JSON), first due time (epoch
+--         ms), then "1" to overwrite an existing job or "0" to refuse followed by the run
+--         state to start from ("sched|0|count|last|", app/jobs/restore.py), nothing for
+--         a new job: schedule.lua's ARGV[1..4] and ARGV[6]. One argument, not four per
+--         job: each argument costs the API (redis-py) and Redis more than a line does.
 -- Returns one entry per job, in order: 1 when stored; the stored record (a string) when
 -- the job exists and overwrite is off (nothing changed: the caller tells a retry from a
 -- conflict, app/api/jobs.py). A name given twice meets its own earlier entry.
@@ -24,8 +26,23 @@
 local due, jobs, runs, staged, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local paused, pausedapps = KEYS[6], KEYS[7]
 local CHUNK = 4000 -- arguments per command: Lua's unpack takes at most about 8,000
-local count = (#ARGV - 1) / 5
 local before = redis.call("ZRANGE", due, 0, 0, "WITHSCORES")
+
+-- The lines of ARGV[2]: field f of job j (from 0) is lines[j * 4 + f].
+local lines, blob, pos = {}, ARGV[2], 1
+while true do
+  local stop = string.find(blob, "\n", pos, true)
+  if not stop then
+    lines[#lines + 1] = string.sub(blob, pos)
+    break
+  end
+  lines[#lines + 1] = string.sub(blob, pos, stop - 1)
+  pos = stop + 1
+end
+if #lines % 4 ~= 0 then
+  return redis.error_reply("ERR schedule_many.lua: the jobs are not four lines each")
+end
+local count = #lines / 4
 
 local function call_chunked(command, key, args)
   for c = 1, #args, CHUNK do
@@ -38,7 +55,7 @@ local stored = {}
 for c = 0, count - 1, CHUNK do
   local ids = {}
   for j = c, math.min(c + CHUNK, count) - 1 do
-    ids[#ids + 1] = ARGV[2 + j * 5]
+    ids[#ids + 1] = lines[j * 4 + 1]
   end
   local got = redis.call("HMGET", jobs, unpack(ids))
   for k = 1, #ids do
@@ -54,21 +71,21 @@ local pause_of = {} -- job id -> its paused entry, or false: none (unset: not ch
 local app_since = {} -- app id -> ms paused, or false: nothing here changes pausedapps
 local out = {}
 for j = 0, count - 1 do
-  local i = 2 + j * 5
-  local id, ms = ARGV[i], ARGV[i + 2]
+  local i = j * 4 + 1
+  local id, ms, flags = lines[i], lines[i + 2], lines[i + 3]
   local current = written[id]
   if current == nil then
     current = stored[j + 1]
   end
   local existed = current ~= false
-  if ARGV[i + 3] ~= "1" and existed then
+  if string.byte(flags, 1) ~= 49 and existed then -- 49: "1", overwrite
     out[#out + 1] = current
   else
     if written[id] == nil then
       order[#order + 1] = id
     end
-    written[id] = ARGV[i + 1]
-    run_of[id] = ARGV[i + 4] -- a replaced job starts afresh (schedule.lua)
+    written[id] = lines[i + 1]
+    run_of[id] = string.sub(flags, 2) -- a replaced job starts afresh (schedule.lua)
     local by, since = "", nil
     local entry = false
     if existed then
