@@ -7,6 +7,7 @@ import datetime
 import email.utils
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from app.settings import Settings
 from app.store.store import AppRegistration
 from workers.grpc_client import GrpcClient, Metadata, job_event_request
 from workers.http_client import HttpClient, Origin, PoolTimeout, ServerDisconnected, split_url
-from workers.signing import grpc_payload, signature_headers
+from workers.signing import grpc_payload, quote_trigger_id, signature_headers
 
 # Header names of the delivery contract (README, "Delivery").
 H_TRIGGER_ID = "jobrunner-trigger-id"  # idempotency id: same on every retry of a trigger
@@ -45,11 +46,11 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
     headers = {
         "Content-Type": "application/json",
         # Percent-encoded (UTF-8): header values are ASCII, job names need not be.
-        H_TRIGGER_ID: quote(trigger.trigger_id, safe="/@:"),
+        H_TRIGGER_ID: quote_trigger_id(trigger.trigger_id),
         H_ATTEMPT: str(trigger.attempt),
         H_SCHEDULED_MS: str(trigger.sched_ms),
         # W3C trace context: a new trace per attempt, sampled.
-        "traceparent": f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01",
+        "traceparent": _traceparent(),
     }
     if app.token:
         headers[H_APP_TOKEN] = app.token
@@ -57,7 +58,19 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
         headers.update(signature_headers(settings.signing_keys, trigger.trigger_id,
                                          trigger.attempt, now_ms, body))
     origin, base_path = _split_app_url(app.url)
-    return origin, f"{base_path}/job/{quote(trigger.job.name, safe='')}", body, headers
+    name = trigger.job.name
+    name = name if _KEPT_IN_NAME(name) else quote(name, safe="")
+    return origin, f"{base_path}/job/{name}", body, headers
+
+
+# What quote(..., safe="") keeps as it is (see signing.quote_trigger_id).
+_KEPT_IN_NAME = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
+
+
+def _traceparent() -> str:
+    """W3C trace context: a new trace per attempt, sampled (one read of random bytes)."""
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -115,10 +128,10 @@ def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,
     the app's URL; a path in it has no meaning for gRPC."""
     data = job_data_as_any(trigger.job)
     metadata = [
-        (H_TRIGGER_ID, quote(trigger.trigger_id, safe="/@:")),
+        (H_TRIGGER_ID, quote_trigger_id(trigger.trigger_id)),
         (H_ATTEMPT, str(trigger.attempt)),
         (H_SCHEDULED_MS, str(trigger.sched_ms)),
-        ("traceparent", f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"),
+        ("traceparent", _traceparent()),
     ]
     if app.token:
         metadata.append((H_APP_TOKEN, app.token))

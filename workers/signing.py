@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from urllib.parse import quote
 
 from google.protobuf import any_pb2
@@ -40,8 +41,18 @@ H_WEBHOOK_TIMESTAMP = "webhook-timestamp"
 H_WEBHOOK_SIGNATURE = "webhook-signature"
 
 
+# What quote(..., safe="/@:") keeps as it is. quote() costs a few microseconds a call, and
+# most trigger ids are made of these only: a match costs a fraction of that.
+_KEPT_IN_ID = re.compile(r"[A-Za-z0-9_.~/@:-]*").fullmatch
+
+
+def quote_trigger_id(trigger_id: str) -> str:
+    """The trigger id as `jobrunner-trigger-id` carries it: percent-encoded (UTF-8)."""
+    return trigger_id if _KEPT_IN_ID(trigger_id) else quote(trigger_id, safe="/@:")
+
+
 def webhook_id(trigger_id: str, attempt: int) -> str:
-    return quote(trigger_id, safe="/@:").replace(".", "%2E") + f"#{attempt}"
+    return quote_trigger_id(trigger_id).replace(".", "%2E") + f"#{attempt}"
 
 
 def grpc_payload(data: any_pb2.Any | None) -> bytes:
