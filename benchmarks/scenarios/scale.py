@@ -75,6 +75,7 @@ def _measure(ctx: Context, system: ScaleSystem, levels: list[int], rounds: int,
             client = ctx.redis.client()
             try:
                 per_kind = {k: v / loaded for k, v in breakdown(client).items()}
+                per_kind["all"] = sum(per_kind.values())
             finally:
                 client.close()
     finally:
@@ -119,8 +120,8 @@ def run(ctx: Context) -> dict[str, Any]:
     metrics.append(Metric(f"claim p50 at {labels[-1]} / at {labels[0]}", "claim_growth",
                           "{:,.2f}", "lower"))
     kinds = list(systems.get(JOBRUNNER, {}).get("bytes_by_kind", {}))
-    metrics += [Metric(f"jobrunner bytes per job in `{k}` keys (MEMORY USAGE)",
-                       f"bytes_by_kind.{k}", "{:,.1f}") for k in kinds]
+    metrics += [Metric(f"jobrunner bytes per job in {'all keys' if k == 'all' else f'`{k}` keys'}"
+                       " (MEMORY USAGE)", f"bytes_by_kind.{k}", "{:,.1f}") for k in kinds]
     targets = []
     jr = systems.get(JOBRUNNER)
     if jr is not None:
