@@ -144,8 +144,7 @@ class ScheduleShortcut:
             return None
         name = raw_name if raw_name.isascii() else \
             raw_name.encode("latin-1").decode("utf-8", "replace")
-        try:
-            name = validate_name(name)
+        try:  # (prepare validates the name, and answers for the name it trimmed)
             job, overwrite, run = jobs.prepare(self.settings, name, body,
                                                environ.get("CONTENT_TYPE"))
             keys, args = self.store.schedule_call(job, overwrite, run)
