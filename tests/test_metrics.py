@@ -34,7 +34,7 @@ from app.settings import Settings
 from app.store import stats
 from app.store.keys import Keys
 from tests.support.receiver import Delivery, Receiver
-from tests.support.redis_proc import free_port
+from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
 
@@ -426,12 +426,18 @@ def test_percentiles_interpolate_within_a_bucket_as_prometheus() -> None:
 # --- the Grafana dashboard and the README's list ----------------------------------------------
 
 
-@pytest.fixture
-def real_scrape(settings: Settings, receiver: Receiver, tmp_path: Path,
-                fleet: WorkerFleet) -> str:
+@pytest.fixture(scope="module")
+def real_scrape(redis_server: RedisProcess,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """/metrics of a real `jobrunner api` after a real delivery (and a retry, a dead letter)
-    by a real worker process: every histogram has samples."""
-    receiver.responder = _fails_for_bad
+    by a real worker process: every histogram has samples. The tests only read the text:
+    one scrape serves the module (its own receiver, key prefix and processes)."""
+    tmp_path = tmp_path_factory.mktemp("real-scrape")
+    receiver = Receiver(responder=_fails_for_bad).start()
+    settings = Settings(redis_url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                        app_url=receiver.url, delivery_timeout_s=2.0, lease_s=5.0,
+                        idle_poll_s=0.2)
+    fleet = WorkerFleet(tmp_path)
     api = ApiProcess(settings, tmp_path)
     try:
         fleet.start(settings)
@@ -447,9 +453,11 @@ def real_scrape(settings: Settings, receiver: Receiver, tmp_path: Path,
 
         text = wait_for(counted, 20, interval=0.05, what="the delivery counted on /metrics")
         assert text is not None
-        return text
+        yield text
     finally:
         api.stop()
+        fleet.cleanup()
+        receiver.stop()
 
 
 def _names(text: str) -> set[str]:
