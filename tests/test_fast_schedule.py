@@ -344,3 +344,13 @@ def test_the_event_loop_path_leaves_redis_trouble_to_the_wsgi_path(
         assert pooled == ["/v1.0/jobs/down"]
     assert answers[1][1]["message"].endswith(
         f"Timeout reading from 127.0.0.1:{silent_port}"), answers[1][1]
+
+
+def test_the_event_loop_path_is_off_when_writes_wait_for_replicas(
+        redis_server: RedisProcess) -> None:
+    """JOBRUNNER_WAIT_REPLICAS: every write is followed by WAIT (app/store/redis_wait.py),
+    which the loop's client does not do: the schedule request stays on the WSGI path."""
+    settings = Settings(redis_url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                        app_id="fast", app_url="http://127.0.0.1:9", wait_replicas=1)
+    shortcut = _shortcut(create_app(settings))
+    assert shortcut.armed and not shortcut.use_loop()
