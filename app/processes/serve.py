@@ -148,7 +148,10 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     from granian.server import Server
 
     # Imported once here, before granian forks: each worker then only builds the app.
-    import app.api.factory  # noqa: F401
+    import app.api.factory
+
+    if settings.grpc_port:  # likewise (no gRPC object exists before the fork: only modules)
+        import app.grpc.server  # noqa: F401
 
     handler = setup_logging(options.log_format, options.log_level)
     handler.addFilter(_GranianName())
