@@ -23,11 +23,12 @@ PREFIX = "jrbench"
 
 
 def settings(redis_url: str, receiver_url: str, prefix: str = PREFIX,
-             cluster_partitions: int = 0) -> Any:
-    """`cluster_partitions`: on a Redis Cluster, with that many partitions (0: one Redis)."""
+             cluster_partitions: int = 0, partitions: int = 0) -> Any:
+    """`cluster_partitions`: on a Redis Cluster, with that many partitions (0: one Redis);
+    `partitions`: that many on one Redis (0: the default)."""
     from app.settings import Settings
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"partitions": partitions} if partitions else {}
     if cluster_partitions:
         extra = {"redis_cluster": True, "partitions": cluster_partitions}
     return Settings(redis_url=redis_url, prefix=prefix, app_id=APP_ID, app_url=receiver_url,
@@ -35,7 +36,8 @@ def settings(redis_url: str, receiver_url: str, prefix: str = PREFIX,
 
 
 def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX,
-               protocol: str = "http", cluster_partitions: int = 0) -> dict[str, str]:
+               protocol: str = "http", cluster_partitions: int = 0,
+               partitions: int = 0) -> dict[str, str]:
     env = {
         "REDIS_URL": redis_url,
         "JOBRUNNER_PREFIX": prefix,
@@ -44,6 +46,8 @@ def worker_env(redis_url: str, receiver_url: str, prefix: str = PREFIX,
         "APP_PROTOCOL": protocol,
         "JOBRUNNER_LOG_LEVEL": "WARNING",
     }
+    if partitions:
+        env["JOBRUNNER_PARTITIONS"] = str(partitions)
     if cluster_partitions:
         env.update(REDIS_CLUSTER="1", JOBRUNNER_PARTITIONS=str(cluster_partitions))
     return child_env(env)
@@ -75,8 +79,9 @@ class Jobrunner:
 
     def __init__(self, redis_url: str, receiver_url: str, with_api: bool = True,
                  protocol: str = "http", cluster_partitions: int = 0,
-                 node_urls: Sequence[str] = ()) -> None:
+                 node_urls: Sequence[str] = (), partitions: int = 0) -> None:
         self.cluster_partitions = cluster_partitions
+        self.partitions = partitions
         self.node_urls = list(node_urls) or [redis_url]  # where the workers may subscribe
         if cluster_partitions:
             # Bulk loading into a cluster goes a node at a time: about 1,300 jobs/s here.
@@ -94,7 +99,8 @@ class Jobrunner:
         from app.store.store import AppRegistration, Store
 
         cfg = settings(self.redis_url, self.receiver_url,
-                       cluster_partitions=self.cluster_partitions)
+                       cluster_partitions=self.cluster_partitions,
+                       partitions=self.partitions)
         store = Store(cfg)
         try:
             store.register_app(AppRegistration(APP_ID, self.receiver_url,
@@ -102,7 +108,8 @@ class Jobrunner:
         finally:
             store.close()
         env = worker_env(self.redis_url, self.receiver_url, protocol=self.protocol,
-                         cluster_partitions=self.cluster_partitions)
+                         cluster_partitions=self.cluster_partitions,
+                         partitions=self.partitions)
         if self.with_api:
             self._procs.append(start_api(procs, env))
         for i in range(workers):
@@ -127,7 +134,8 @@ class Jobrunner:
         from app.store.store import Store
 
         store = Store(settings(self.redis_url, self.receiver_url,
-                               cluster_partitions=self.cluster_partitions))
+                               cluster_partitions=self.cluster_partitions,
+                               partitions=self.partitions))
         try:
             store.schedule_many(
                 (make_job(j.name, j.due_ms, {"dueMs": j.due_ms}) for j in jobs), chunk=1000

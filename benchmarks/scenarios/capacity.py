@@ -1,7 +1,8 @@
 """capacity: what one delivery and one schedule cost Redis, and what K Redis Cluster
 masters give (issue 12's capacity model).
 
-Per delivery: a burst (20,000 jobs, 2 workers) on the run's Redis, then on a private Redis
+Per delivery: a burst (20,000 jobs, 2 workers) on the run's Redis; 10,000 on it with 12
+partitions (`jobrunner-12p`: the partitions' own cost); then on a private Redis
 Cluster of K = 1 and K = 3 masters (benchmarks/cluster.py; JOBRUNNER_PARTITIONS=12, so
 the jobs spread over the masters' slots). From Redis's own counters over the drain (the
 first due time to the last arrival): commands (INFO commandstats: the calls a Lua script
@@ -97,6 +98,11 @@ def run(ctx: Context) -> dict[str, Any]:
                               schedule.DEFAULT_CONCURRENCY, 10**9)
     one["schedule"] = sched["redis"]
     systems[JOBRUNNER] = one
+    # One Redis with the cluster rows' partitions: what the partitions cost, apart from
+    # the cluster (its client, its spread).
+    systems[f"{JOBRUNNER}-{PARTITIONS}p"] = _burst(
+        ctx, Jobrunner(ctx.redis.url, ctx.receiver.url, partitions=PARTITIONS), ctx.redis,
+        min(jobs, CLUSTER_JOBS), workers, "capp")
     for k in MASTERS:
         with tempfile.TemporaryDirectory(prefix="jobrunner-bench-cluster-") as tmp:
             cluster = BenchCluster(ctx.procs, Path(tmp), k).start()
