@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 REDIS_BINARY_ENV = "JOBRUNNER_REDIS_SERVER"
 PORT_FILE = "redis.port"
 SERVER_FILE = "redis-server.json"
+# The versions of the candidates, by real path, mtime and size, kept from one start to the
+# next: each `redis-server --version` is a process start (~5 ms) on every `up`.
+VERSIONS_FILE = "redis-versions.json"
 LOCK_FILE = "jobrunner.lock"
 LOG_FILE = "redis.log"
 # Redis 7 keeps its AOF in this folder; Redis 6 would ignore it and start empty.
@@ -107,13 +110,19 @@ def _executable(path: str) -> bool:
 _versions: dict[tuple[str, int, int], Version | None] = {}
 
 
-def redis_version(binary: str) -> Version | None:
-    """The version `binary --version` reports; None when it reports none."""
+def _version_key(binary: str) -> tuple[str, int, int] | None:
     try:
         st = os.stat(binary)
     except OSError:
         return None
-    key = (os.path.realpath(binary), st.st_mtime_ns, st.st_size)
+    return os.path.realpath(binary), st.st_mtime_ns, st.st_size
+
+
+def redis_version(binary: str) -> Version | None:
+    """The version `binary --version` reports; None when it reports none."""
+    key = _version_key(binary)
+    if key is None:
+        return None
     if key not in _versions:
         try:
             # Run by the name given, not the real path: Debian's redis-server is a
@@ -130,6 +139,27 @@ def redis_version(binary: str) -> Version | None:
         match = _VERSION_RE.search(out)
         _versions[key] = (int(match[1]), int(match[2]), int(match[3])) if match else None
     return _versions[key]
+
+
+def _load_versions(data_dir: Path) -> None:
+    """The versions a previous start found, from `data_dir` into this process's cache."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, IndexError):
+        for row in json.loads((data_dir / VERSIONS_FILE).read_text()):
+            key = (str(row["path"]), int(row["mtime_ns"]), int(row["size"]))
+            v = row["version"]
+            _versions.setdefault(key, (int(v[0]), int(v[1]), int(v[2])))
+
+
+def _save_versions(data_dir: Path, paths: list[str]) -> None:
+    """The versions of `paths` (this start's candidates: no stale rows) into `data_dir`.
+    Not a binary that named none (it may have been too slow to answer): it is asked again."""
+    keys = {key for path in paths if (key := _version_key(path)) in _versions}
+    rows = [{"path": key[0], "mtime_ns": key[1], "size": key[2], "version": list(version)}
+            for key in keys if (version := _versions[key]) is not None]
+    with contextlib.suppress(OSError):
+        tmp = data_dir / (VERSIONS_FILE + ".tmp")
+        tmp.write_text(json.dumps(rows) + "\n")
+        os.replace(tmp, data_dir / VERSIONS_FILE)
 
 
 def redis_server_candidates(env: Mapping[str, str] | None = None) -> list[str]:
@@ -233,7 +263,12 @@ def choose_redis_server(
     paths = redis_server_candidates(env)
     if not paths:
         raise _not_found()
+    if data_dir is not None:
+        _load_versions(data_dir)
+    known = len(_versions)
     found = [RedisBinary(p, v) for p in paths if (v := redis_version(p)) is not None]
+    if data_dir is not None and len(_versions) > known:  # a binary new or changed
+        _save_versions(data_dir, paths)
     usable = [b for b in found if written is None or b.can_read(written.version)]
     if not usable:
         seen = ", ".join(
