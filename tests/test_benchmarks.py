@@ -135,3 +135,30 @@ def test_workers(tmp_path: Path) -> None:
         for key, figures in per_count.items():
             check_deliveries(figures, 100)
             assert figures["workers"] == int(key[1:])
+
+
+
+def test_cluster_counters(tmp_path: Path) -> None:
+    """The capacity scenario's private cluster: K masters that own every slot between
+    them, and Redis's counters per master (the scenario's per-master shares)."""
+    from benchmarks.cluster import BenchCluster
+    from benchmarks.procs import Procs, counters_delta
+
+    with Procs() as procs:
+        cluster = BenchCluster(procs, tmp_path, 2).start()
+        before = cluster.counters()
+        for port in cluster.ports:
+            client = cluster.client(port)
+            try:
+                info = client.execute_command("CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                assert "cluster_slots_assigned:16384" in text
+                client.ping()  # a command on each master
+            finally:
+                client.close()
+        delta = counters_delta(before, cluster.counters(), ops=2)
+        assert set(delta["nodes"]) == {"master-0", "master-1"}
+        assert all(node["calls"] >= 2 for node in delta["nodes"].values())
+        assert delta["calls_per_op"] == delta["calls"] / 2
+        cluster.stop()
+        assert not any(n.startswith("redis-cluster-") for n, _ in procs.named())

@@ -228,10 +228,10 @@ def before_targets(jr: dict[str, Any], before: dict[str, Any] | None,
         out.append(Target(f"jobrunner / {BEFORE} schedule requests/s (before's rate: baseline)",
                           f">= {wanted:g}x", rate, None if rate is None else rate >= wanted,
                           baseline=base_rate, issue=issue))
-    out.append(Target(f"jobrunner p99 latency at {concurrency} connections (ms)",
-                      f"<= {BEFORE}'s", p99,
-                      None if p99 is None or base_p99 is None else p99 <= base_p99,
-                      baseline=base_p99, issue=12))
+        out.append(Target(f"jobrunner p99 latency at {concurrency} connections (ms)",
+                          f"<= {BEFORE}'s", p99,
+                          None if p99 is None or base_p99 is None else p99 <= base_p99,
+                          baseline=base_p99, issue=issue))
     return out
 
 
