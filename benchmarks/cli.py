@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes: proves the harness works, in well under 2 minutes")
+                        help="tiny sizes: proves the harness works (all: a few minutes)")
     parser.add_argument("--jobs", type=int, help="jobs (burst, workers, scale) or request cap "
                         "(schedule); default 20,000 (burst/workers), 1,000,000 (scale)")
     parser.add_argument("--rate", type=float, help="steady: triggers due per second (200)")
