@@ -4,7 +4,9 @@ granian forks `processes` worker processes. Each reads requests on its own event
 head in Rust (granian, HTTP/1.1), within JOBRUNNER_HTTP_HEADER_TIMEOUT, which also closes a
 connection that sends nothing, at first or after an answer (the keep-alive timeout); the
 body within JOBRUNNER_HTTP_BODY_TIMEOUT (app/processes/wsgi_bridge.py). Only a complete
-request takes one of the process's `threads` threads, which run the Flask app. So clients
+request takes one of the process's `threads` threads, which run the Flask app; a plain
+schedule request takes none, answered on the loop (app/api/fast_schedule.py, `on_loop`,
+through a Redis connection of the process's own, built here after the fork). So clients
 that trickle a head or a body, or hold connections open, cost a connection each (at most
 JOBRUNNER_HTTP_MAX_CONNECTIONS per process), never a thread, and are closed in bounded
 time. Measured against gunicorn (gthread, gevent): see the README's Performance section.
