@@ -43,8 +43,11 @@ class WorkerMetrics:
 
     def __init__(self, redis: Any = None, keys: Keys | None = None,
                  in_flight: Callable[[], Iterable[Trigger]] = tuple,
-                 concurrency: int = 0) -> None:
+                 concurrency: int = 0, prometheus: bool = True) -> None:
         self._redis = redis
+        # The process's own Prometheus counters: kept only when something serves them
+        # (JOBRUNNER_WORKER_METRICS_PORT); a few us per delivery otherwise spent for nobody.
+        self._prometheus = prometheus
         self._keys = keys or Keys()
         self._in_flight = in_flight  # the triggers being delivered now
         self._tallies: dict[str, stats.Tally] = {}
@@ -64,15 +67,17 @@ class WorkerMetrics:
     def observe(self, trigger: Trigger, outcome: Outcome, started_ms: int) -> None:
         """One delivery attempt."""
         app_id = trigger.job.app_id
-        counter = self._counters.get((app_id, outcome.done))
-        if counter is None:  # labels() per delivery was a few percent of a worker's CPU
-            counter = self._counters[(app_id, outcome.done)] = DELIVERIES.labels(
-                app_id, "done" if outcome.done else "failed")
-        counter.inc()
         lateness_ms = None
         if trigger.attempt == 1:
             lateness_ms = max(started_ms - trigger.sched_ms, 0)
-            LATENESS.observe(lateness_ms / 1000)
+        if self._prometheus:
+            counter = self._counters.get((app_id, outcome.done))
+            if counter is None:  # labels() per delivery was a few percent of a worker's CPU
+                counter = self._counters[(app_id, outcome.done)] = DELIVERIES.labels(
+                    app_id, "done" if outcome.done else "failed")
+            counter.inc()
+            if lateness_ms is not None:
+                LATENESS.observe(lateness_ms / 1000)
         self._tally(app_id).attempt(outcome.done, lateness_ms)
         self._attempts += 1
 

@@ -78,7 +78,8 @@ class Worker:
         self.settings = settings
         self.queue = queue or Queue(settings)
         self.metrics = WorkerMetrics(self.queue.redis, self.queue.keys,
-                                     lambda: self.inflight.values(), settings.concurrency)
+                                     lambda: self.inflight.values(), settings.concurrency,
+                                     prometheus=bool(settings.worker_metrics_port))
         self.inflight: dict[asyncio.Task[None], Trigger] = {}
         self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
