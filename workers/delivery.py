@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import functools
-import os
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -68,9 +68,12 @@ _KEPT_IN_NAME = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
 
 
 def _traceparent() -> str:
-    """W3C trace context: a new trace per attempt, sampled (one read of random bytes)."""
-    ids = os.urandom(24).hex()
-    return f"00-{ids[:32]}-{ids[32:]}-01"
+    """W3C trace context: a new trace per attempt, sampled. Ids need to be unique, not
+    secret: Python's generator, not os.urandom (a system call per delivery)."""
+    return f"00-{_random_bits(128) or 1:032x}-{_random_bits(64) or 1:016x}-01"
+
+
+_random_bits = random.getrandbits
 
 
 @functools.lru_cache(maxsize=1024)
