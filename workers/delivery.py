@@ -41,22 +41,24 @@ class Outcome:
 
 
 def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
-                  now_ms: int) -> tuple[Origin, str, bytes, dict[str, str]]:
+                  now_ms: int) -> tuple[Origin, str, bytes, str]:
+    """The app's origin, the path, the body, and the header lines (each with its CRLF:
+    rendered here at once, not from a dict by the client)."""
     body = delivery_body(trigger.job, app.delivery_format)
-    headers = {
-        "Content-Type": "application/json",
+    headers = (
+        "Content-Type: application/json\r\n"
         # Percent-encoded (UTF-8): header values are ASCII, job names need not be.
-        H_TRIGGER_ID: quote_trigger_id(trigger.trigger_id),
-        H_ATTEMPT: str(trigger.attempt),
-        H_SCHEDULED_MS: str(trigger.sched_ms),
+        f"{H_TRIGGER_ID}: {quote_trigger_id(trigger.trigger_id)}\r\n"
+        f"{H_ATTEMPT}: {trigger.attempt}\r\n"
+        f"{H_SCHEDULED_MS}: {trigger.sched_ms}\r\n"
         # W3C trace context: a new trace per attempt, sampled.
-        "traceparent": _traceparent(),
-    }
+        f"traceparent: {_traceparent()}\r\n"
+    )
     if app.token:
-        headers[H_APP_TOKEN] = app.token
+        headers += f"{H_APP_TOKEN}: {app.token}\r\n"
     if settings.signing_keys:  # Standard Webhooks' headers (workers/signing.py)
-        headers.update(signature_headers(settings.signing_keys, trigger.trigger_id,
-                                         trigger.attempt, now_ms, body))
+        headers += "".join(f"{name}: {value}\r\n" for name, value in signature_headers(
+            settings.signing_keys, trigger.trigger_id, trigger.attempt, now_ms, body))
     origin, base_path = _split_app_url(app.url)
     name = trigger.job.name
     name = name if _KEPT_IN_NAME(name) else quote(name, safe="")
@@ -83,7 +85,7 @@ def _split_app_url(url: str) -> tuple[Origin, str]:
 
 
 async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
-               headers: dict[str, str], timeout_s: float, queue_timeout_s: float,
+               headers: str, timeout_s: float, queue_timeout_s: float,
                max_retry_after_s: float = 0.0) -> Outcome:
     try:
         status, retry_after = await client.post(origin, path, body, headers, timeout_s,

@@ -252,19 +252,17 @@ class HttpClient:
             self._pools[origin] = pool
         return pool
 
-    async def post(self, origin: Origin, path: str, body: bytes, headers: dict[str, str],
+    async def post(self, origin: Origin, path: str, body: bytes, headers: str,
                    timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:
-        """POST; the status code and the Retry-After header (None: none). `timeout`
+        """POST; the status code and the Retry-After header (None: none). `headers`: the
+        header lines, each ending in CRLF (Host and Content-Length are added). `timeout`
         bounds the exchange with the app (connecting, sending, the answer);
         `queue_timeout` bounds the wait for one of the pool's connections before that
         (default: `timeout`). Raises TimeoutError, PoolTimeout, OSError or
         ServerDisconnected."""
         pool = self._pool(origin)
-        head = [f"POST {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
-                f"Content-Length: {len(body)}\r\n"]
-        head += [f"{name}: {value}\r\n" for name, value in headers.items()]
-        head.append("\r\n")
-        request = "".join(head).encode("latin-1") + body
+        request = (f"POST {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
+                   f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1") + body
         loop = asyncio.get_running_loop()
         for _ in range(2):
             conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
