@@ -5,7 +5,7 @@ is 5, and a worker opens dozens of keep-alive connections at once; past the
 backlog the kernel drops handshakes, and those requests hang until the
 worker's delivery timeout, then are retried (and may be delivered twice).
 That would be the receiver failing, not the engine, so tests can count
-deliveries exactly. Its serve loop polls for shutdown every 20 ms instead of
+deliveries exactly. Its serve loop polls for shutdown every 5 ms instead of
 500 ms, which keeps teardown short.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BACKLOG = 1024
-SHUTDOWN_POLL_S = 0.02
+SHUTDOWN_POLL_S = 0.005
 
 
 class _Server(ThreadingHTTPServer):
