@@ -21,9 +21,8 @@ so both APIs answer alike:
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any
 
-import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -51,8 +50,3 @@ def status_for(exc: ApiError, app_id: str) -> Any:
     )
     status.details.add().Pack(info)
     return rpc_status.to_status(status)
-
-
-def abort(context: grpc.ServicerContext, exc: ApiError, app_id: str) -> NoReturn:
-    context.abort_with_status(status_for(exc, app_id))
-    raise AssertionError("abort_with_status returns only by raising")  # for the type checker

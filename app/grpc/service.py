@@ -3,24 +3,37 @@
 Each method and its `...Alpha1` twin do the same, as in Dapr (pkg/api/universal/jobs.go).
 Requests are validated by app.jobs.validation, as HTTP bodies are. Every other method of
 the Dapr service answers UNIMPLEMENTED, saying that only the jobs API is served.
+
+The methods are coroutines of a grpc.aio server (server.py): each runs its store work on
+the server's thread pool, except ScheduleJob, which is tried on the event loop first
+(`_schedule_on_loop`): the same validation, then the store's script written on the
+loop's own Redis connection (app/store/loop_redis.py, shared by the calls in flight), no
+thread switch. Whatever else happens there (bad input, a job that exists, an error reply,
+Redis away or slow, a store the loop cannot reach) the call is done again, whole, on the
+pool, which answers it as it always has. A call whose reply was lost may so run the
+script twice: the second run finds its own job (answered as stored) or overwrites it with
+the same record, as redis-py's retries do.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from concurrent.futures import Executor
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from dapr.proto.runtime.v1 import dapr_pb2_grpc, jobs_pb2
 
 from app.grpc.convert import job_message, request_data, request_fields
-from app.grpc.errors import abort
+from app.grpc.errors import status_for
 from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.validation import MAX_NAME_LENGTH, parse_job_fields, same_request, validate_name
 from app.settings import Settings
+from app.store.loop_redis import LoopRedis
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import JobExists, Store
 
@@ -45,28 +58,48 @@ JOB_METHODS = frozenset(
 )
 
 R = TypeVar("R")
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+_SCHEDULED = jobs_pb2.ScheduleJobResponse()
 
 
 class JobsServicer(dapr_pb2_grpc.DaprServicer):
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, pool: Executor) -> None:
         self.settings = settings
         self.store = store
         self.app_id = settings.app_id
+        self.pool = pool
+        # Built here, connected on the server's loop at its first call; None when the
+        # store's Redis cannot be reached from a loop (Cluster, a replica wait, TLS...).
+        self.loop_redis = LoopRedis.for_client(store.redis)
+        self.schedule_sha = store.script("schedule").sha
 
-    def _run(self, context: grpc.ServicerContext, what: str, call: Callable[[], R]) -> R:
-        """`call()`, with every error it raises answered as a gRPC status."""
+    def close(self) -> None:
+        """On the server's loop, once it has stopped."""
+        if self.loop_redis is not None:
+            self.loop_redis.close()
+
+    def _outcome(self, what: str, call: Callable[[], R]) -> R | ApiError:
+        """`call()`, or the error it raised as the ApiError to answer (on the pool)."""
         try:
             return call()
         except ApiError as exc:
-            error = exc
+            return exc
         except JobExists as exc:
-            error = errors.job_exists(str(exc))
+            return errors.job_exists(str(exc))
         except UNAVAILABLE as exc:
-            error = errors.redis_unavailable(str(exc) or type(exc).__name__)
+            return errors.redis_unavailable(str(exc) or type(exc).__name__)
         except Exception:
             log.exception("unexpected error in %s", what)
-            error = ApiError(500, errors.INTERNAL, "internal error; see the API log")
-        abort(context, error, self.app_id)  # outside the try: abort raises
+            return ApiError(500, errors.INTERNAL, "internal error; see the API log")
+
+    async def _run(self, context: Context, what: str, call: Callable[[], R]) -> R:
+        """`call()` on the pool, with every error it raises answered as a gRPC status."""
+        outcome = await asyncio.get_running_loop().run_in_executor(
+            self.pool, self._outcome, what, call)
+        if isinstance(outcome, ApiError):
+            await context.abort_with_status(status_for(outcome, self.app_id))
+            raise AssertionError("abort_with_status returns only by raising")
+        return outcome
 
     # --- ScheduleJob -----------------------------------------------------------------
 
@@ -85,11 +118,32 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             stored = self.store.get(job.app_id, job.name)
             if stored is None or not same_request(stored.job, job):
                 raise
-        return jobs_pb2.ScheduleJobResponse()
+        return _SCHEDULED
 
-    def ScheduleJob(self, request: jobs_pb2.ScheduleJobRequest,
-                    context: grpc.ServicerContext) -> jobs_pb2.ScheduleJobResponse:
-        return self._run(context, "ScheduleJob", lambda: self._schedule(request))
+    async def _schedule_on_loop(self, request: jobs_pb2.ScheduleJobRequest) -> bool:
+        """Whether the job was stored from the loop (module doc); False: do it all again
+        on the pool."""
+        client = self.loop_redis
+        if client is None:
+            return False
+        try:
+            if not request.HasField("job"):
+                return False
+            job, overwrite = parse_job_fields(
+                request.job.name, request_fields(request), request_data(request),
+                self.app_id, now_ms(), self.settings.max_data_bytes,
+            )
+            keys, args = self.store.schedule_call(job, overwrite)
+            result = await client.evalsha(self.schedule_sha, keys, args)
+        except Exception:  # the pool's to answer: bad input, Redis away or slow...
+            return False
+        return bool(result == 1 or result == 2)  # 0: the job exists; else an error reply
+
+    async def ScheduleJob(self, request: jobs_pb2.ScheduleJobRequest,
+                          context: Context) -> jobs_pb2.ScheduleJobResponse:
+        if await self._schedule_on_loop(request):
+            return _SCHEDULED
+        return await self._run(context, "ScheduleJob", lambda: self._schedule(request))
 
     ScheduleJobAlpha1 = ScheduleJob
 
@@ -102,9 +156,9 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             raise errors.job_not_found(name)
         return jobs_pb2.GetJobResponse(job=job_message(view.job))
 
-    def GetJob(self, request: jobs_pb2.GetJobRequest,
-               context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
-        return self._run(context, "GetJob", lambda: self._get(request))
+    async def GetJob(self, request: jobs_pb2.GetJobRequest,
+                     context: Context) -> jobs_pb2.GetJobResponse:
+        return await self._run(context, "GetJob", lambda: self._get(request))
 
     GetJobAlpha1 = GetJob
 
@@ -115,9 +169,9 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
         self.store.delete(self.app_id, validate_name(request.name))
         return jobs_pb2.DeleteJobResponse()
 
-    def DeleteJob(self, request: jobs_pb2.DeleteJobRequest,
-                  context: grpc.ServicerContext) -> jobs_pb2.DeleteJobResponse:
-        return self._run(context, "DeleteJob", lambda: self._delete(request))
+    async def DeleteJob(self, request: jobs_pb2.DeleteJobRequest,
+                        context: Context) -> jobs_pb2.DeleteJobResponse:
+        return await self._run(context, "DeleteJob", lambda: self._delete(request))
 
     DeleteJobAlpha1 = DeleteJob
 
@@ -129,18 +183,19 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
                            f"name_prefix is longer than a job name can be ({MAX_NAME_LENGTH})")
         return self.store.delete_prefix(self.app_id, prefix)
 
-    def DeleteJobsByPrefix(self, request: jobs_pb2.DeleteJobsByPrefixRequest,
-                           context: grpc.ServicerContext) -> jobs_pb2.DeleteJobsByPrefixResponse:
+    async def DeleteJobsByPrefix(
+        self, request: jobs_pb2.DeleteJobsByPrefixRequest, context: Context
+    ) -> jobs_pb2.DeleteJobsByPrefixResponse:
         # No prefix, or an empty one: every job of the app, as in Dapr.
-        self._run(context, "DeleteJobsByPrefix",
-                  lambda: self._delete_prefix(request.name_prefix))
+        await self._run(context, "DeleteJobsByPrefix",
+                        lambda: self._delete_prefix(request.name_prefix))
         return jobs_pb2.DeleteJobsByPrefixResponse()
 
-    def DeleteJobsByPrefixAlpha1(
-        self, request: jobs_pb2.DeleteJobsByPrefixRequestAlpha1, context: grpc.ServicerContext
+    async def DeleteJobsByPrefixAlpha1(
+        self, request: jobs_pb2.DeleteJobsByPrefixRequestAlpha1, context: Context
     ) -> jobs_pb2.DeleteJobsByPrefixResponseAlpha1:
-        self._run(context, "DeleteJobsByPrefixAlpha1",
-                  lambda: self._delete_prefix(request.name_prefix))
+        await self._run(context, "DeleteJobsByPrefixAlpha1",
+                        lambda: self._delete_prefix(request.name_prefix))
         return jobs_pb2.DeleteJobsByPrefixResponseAlpha1()
 
     # --- ListJobs --------------------------------------------------------------------
@@ -161,21 +216,22 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             if not token:
                 return listed
 
-    def ListJobs(self, request: jobs_pb2.ListJobsRequest,
-                 context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        return jobs_pb2.ListJobsResponse(jobs=self._run(context, "ListJobs", self._list))
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest,
+                       context: Context) -> jobs_pb2.ListJobsResponse:
+        return jobs_pb2.ListJobsResponse(
+            jobs=await self._run(context, "ListJobs", self._list))
 
-    def ListJobsAlpha1(self, request: jobs_pb2.ListJobsRequestAlpha1,
-                       context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponseAlpha1:
+    async def ListJobsAlpha1(self, request: jobs_pb2.ListJobsRequestAlpha1,
+                             context: Context) -> jobs_pb2.ListJobsResponseAlpha1:
         return jobs_pb2.ListJobsResponseAlpha1(
-            jobs=self._run(context, "ListJobsAlpha1", self._list))
+            jobs=await self._run(context, "ListJobsAlpha1", self._list))
 
 
 def _unimplemented(method: str) -> Callable[..., Any]:
     message = UNIMPLEMENTED_MESSAGE.format(method=method)
 
-    def handler(self: JobsServicer, request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+    async def handler(self: JobsServicer, request: Any, context: Context) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
     handler.__name__ = method
     return handler
