@@ -242,26 +242,33 @@ def test_one_ack_settles_a_batch_of_outcomes_each_once(store: Store, q: QueueDri
                                                        settings: Settings) -> None:
     # ack.lua makes a batch's writes at its end: each entry still sees the others' effects
     # as if applied in turn (an entry repeated after it applied changes nothing).
-    for name in ("once-a", "once-b"):
+    for name in ("once-a", "once-ü/b"):  # ack.lua takes an id by its length in bytes
         store.schedule(make_job(name, T0))
     store.schedule(make_job("rec", T0, schedule="@every 1s"))
     store.schedule(make_job("failing", T0))
+    store.schedule(make_job("dead-ü", T0))
     by_name = {t.job.name: t for t in q.claim(at=T0)}
     settle = q._mod.Settlement
     next_, retry = q._mod.Action.NEXT, q._mod.Action.RETRY
     assert q.settle(settle(by_name["once-a"], next_, None),
                     settle(by_name["rec"], next_, T0 + 1000),
                     settle(by_name["failing"], retry, T0 + 5),
-                    settle(by_name["once-b"], next_, None),
+                    settle(by_name["once-ü/b"], next_, None),
                     settle(by_name["once-a"], next_, None),  # applied already: nothing
                     settle(by_name["rec"], retry, T0 + 7)) == 4
-    assert store.get(APP, "once-a") is None and store.get(APP, "once-b") is None
-    assert _due_index(redis_client, settings) == {f"{APP}/rec": T0 + 1000,
-                                                  f"{APP}/failing": T0 + 5}
+    assert store.get(APP, "once-a") is None and store.get(APP, "once-ü/b") is None
+    due = _due_index(redis_client, settings)
+    assert set(due) == {f"{APP}/rec", f"{APP}/failing", f"{APP}/dead-ü"}  # the last: leased
+    assert (due[f"{APP}/rec"], due[f"{APP}/failing"]) == (T0 + 1000, T0 + 5)
     rec, failing = store.get(APP, "rec"), store.get(APP, "failing")
     assert rec is not None and (rec.next_ms, rec.attempt, rec.count) == (T0 + 1000, 0, 1)
     assert failing is not None and failing.status is TriggerStatus.RETRYING
-    assert set(_hash(redis_client, settings, "runs")) == {f"{APP}/rec", f"{APP}/failing"}
+    assert set(_hash(redis_client, settings, "runs")) == {f"{APP}/rec", f"{APP}/failing",
+                                                          f"{APP}/dead-ü"}
+    assert q.dead(by_name["dead-ü"], None) == 1
+    assert [(d.id, d.name) for d in dead_letters(store)] == [
+        (by_name["dead-ü"].trigger_id, "dead-ü")]
+    assert store.get(APP, "dead-ü") is None
 
 
 def test_ack_with_a_stale_lease_token_does_nothing(store: Store, q: QueueDriver) -> None:

@@ -160,10 +160,13 @@ class Queue:
         history_keys: dict[int, list[str]] = defaultdict(list)
         size = self.settings.history_size
         for s in settlements:
-            at = "" if s.at_ms is None else str(s.at_ms)
-            by_part[s.trigger.partition].extend(
-                (s.trigger.job_id, s.trigger.lease, s.action, at, s.dead_id, s.dead_record,
-                 s.entry))
+            t = s.trigger
+            at = "" if s.at_ms is None else s.at_ms
+            # ack.lua's groups of 3: the id's length (in bytes) tells it from the letter id.
+            size_of_id = len(t.job_id) if t.job_id.isascii() else len(t.job_id.encode())
+            by_part[t.partition].extend(
+                (f"{t.lease}|{s.action}|{at}|{size_of_id}|{t.job_id}{s.dead_id}",
+                 s.dead_record, s.entry))
             if size:
                 history_keys[s.trigger.partition].append(
                     self._parts[s.trigger.partition].history(s.trigger.job_id))

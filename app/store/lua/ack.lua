@@ -12,8 +12,10 @@
 -- ARGV[1] now, epoch ms
 -- ARGV[2] history size: the outcomes kept per job; 0: none (no history keys given)
 -- ARGV[3] how long a history is kept once its job is over, ms
--- ARGV[4..] groups of 7: job id, lease token, action, time ms, dead-letter id, dead-letter
---   record, history entry ("": none)
+-- ARGV[4..] groups of 3 (few arguments: each costs the worker's client as much as a
+--   short one's text):
+--   "{lease token}|{action}|{time ms}|{bytes of the job id}|{job id}{dead-letter id}",
+--   the dead-letter record, the history entry ("": none)
 --   action "next":  the trigger is finished; time = next trigger's due ms, "" when the job is over
 --   action "retry": the delivery failed and will be tried again at time
 --   action "dead":  the failure policy is spent: store the dead letter, then as "next"
@@ -75,9 +77,13 @@ local function bulk(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
   end
 end
-local ids = {}
-for i = 4, #ARGV, 7 do
-  ids[#ids + 1] = ARGV[i]
+local ids, tokens, actions, ats, letters = {}, {}, {}, {}, {}
+for i = 4, #ARGV, 3 do
+  local token, action, at, n, rest = string.match(ARGV[i], "^([^|]*)|(%a*)|(%d*)|(%d+)|(.*)$")
+  n = tonumber(n)
+  local g = #ids + 1
+  ids[g], tokens[g], actions[g], ats[g] = string.sub(rest, 1, n), token, action, at
+  letters[g] = string.sub(rest, n + 1)
 end
 local states, pauses = {}, {}
 for i = 1, #ids, 1000 do
@@ -92,9 +98,9 @@ end
 local applied = 0
 local done = {}
 local group = 0
-for i = 4, #ARGV, 7 do
+for i = 4, #ARGV, 3 do
   group = group + 1
-  local id, token, action, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local id, token, action, at = ids[group], tokens[group], actions[group], ats[group]
   local state = states[group]
   if state and not done[id] then
     local sched, attempt, count, last, lease = string.match(state, "^(%d+)|(%d+)|(%d+)|(%d*)|(.*)$")
@@ -109,13 +115,14 @@ for i = 4, #ARGV, 7 do
         requeue(id, at, pauses[group])
       else
         if action == "dead" then
-          redis.call("HSET", KEYS[4], ARGV[i + 4], ARGV[i + 5])
-          local was = redis.call("ZSCORE", KEYS[5], ARGV[i + 4])
+          local letter = letters[group]
+          redis.call("HSET", KEYS[4], letter, ARGV[i + 1])
+          local was = redis.call("ZSCORE", KEYS[5], letter)
           if was then
-            redis.call("ZREM", KEYS[7], dead_member(ARGV[i + 4], was))
+            redis.call("ZREM", KEYS[7], dead_member(letter, was))
           end
-          redis.call("ZADD", KEYS[7], 0, dead_member(ARGV[i + 4], ARGV[1]))
-          redis.call("ZADD", KEYS[5], ARGV[1], ARGV[i + 4])
+          redis.call("ZADD", KEYS[7], 0, dead_member(letter, ARGV[1]))
+          redis.call("ZADD", KEYS[5], ARGV[1], letter)
         end
         if at == "" then
           ended[#ended + 1] = id
@@ -125,8 +132,8 @@ for i = 4, #ARGV, 7 do
           requeue(id, at, pauses[group])
         end
       end
-      if size > 0 and ARGV[i + 6] ~= "" then
-        record(KEYS[8 + group], ARGV[i + 6], id, action ~= "retry" and at == "")
+      if size > 0 and ARGV[i + 2] ~= "" then
+        record(KEYS[8 + group], ARGV[i + 2], id, action ~= "retry" and at == "")
       elseif size > 0 and action == "skip" and at == "" then
         redis.call("PEXPIRE", KEYS[8 + group], keep) -- over, with nothing to record
       end
