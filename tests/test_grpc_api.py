@@ -7,6 +7,7 @@ google.protobuf.Value Any). The SDK's own client: tests/test_dapr_sdk.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -42,6 +43,7 @@ from app.jobs.validation import parse_job_fields
 from app.processes.procs import PROJECT_ROOT
 from app.settings import Settings, SettingsError
 from app.store.store import Store
+from benchmarks.grpc_loadgen import CLIENTS, schedule_template
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
@@ -436,6 +438,21 @@ def test_redis_unreachable_is_unavailable() -> None:
             assert message.startswith("the job store (Redis) is unavailable")
     finally:
         api.close()
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_the_benchmarks_clients_count_each_calls_status(api: Api, client: str) -> None:
+    """`bench grpc-schedule`'s load generators, its own HTTP/2 client too, on the real
+    server: a call is OK only when stored, and a refused one is counted by its status."""
+    def load(due_time: str, count: int) -> dict[str, Any]:
+        return asyncio.run(CLIENTS[client](api.settings.grpc_port,
+                                           schedule_template("lg", due_time), count, 30.0,
+                                           4, 2))
+
+    assert load("1h", 12)["statuses"] == {"OK": 12}
+    listed = api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs
+    assert sorted(job.name for job in listed) == [f"lg-{i:09d}" for i in range(12)]
+    assert load("2h", 3)["statuses"] == {"ALREADY_EXISTS": 3}  # the same names, not the same jobs
 
 
 # --- token, other methods -----------------------------------------------------------------
