@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from benchmarks.procs import LOOPBACK, BenchError, child_env, python_cmd
-from benchmarks.receiver import pin_to_core
+from benchmarks.receiver import install_uvloop, pin_to_core
 from benchmarks.stats import summarize
 
 SCHEDULE_JOB = "/dapr.proto.runtime.v1.Dapr/ScheduleJob"
@@ -481,6 +481,7 @@ def _main() -> None:
     parser.add_argument("--client", choices=CLIENTS, default="h2")
     args = parser.parse_args()
     pin_to_core(args.core)
+    install_uvloop()  # its C transports: a little less CPU a call than asyncio's loop
     template = schedule_template(args.prefix, args.due_time)
     result = asyncio.run(CLIENTS[args.client](args.port, template, args.count, args.duration,
                               args.concurrency, min(args.connections, args.concurrency)))
