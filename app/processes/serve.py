@@ -15,12 +15,12 @@ Each worker builds its own Flask app after the fork (and so its own Redis pool a
 app-registration heartbeat, which would not survive a fork if built before it).
 
 With a gRPC port (DAPR_GRPC_PORT, not 0), each worker also serves Dapr's gRPC API
-(app/grpc) on its own grpc.Server, started in the worker after the fork (gRPC does not
-survive a fork either) and sharing the worker's store; it stops after the worker's last
-HTTP answer. The workers bind the same port with SO_REUSEPORT, so the kernel spreads
-gRPC connections over them as it spreads HTTP ones; the app registration of the worker's
-Flask app covers both APIs. Measured on 2 cores (`jobrunner bench grpc-schedule`): see
-the README.
+(app/grpc) on its own grpc.aio server (a thread of its own), started in the worker
+after the fork (gRPC does not survive a fork either) and sharing the worker's store; it
+stops after the worker's last HTTP answer. The workers bind the same port with
+SO_REUSEPORT, so the kernel spreads gRPC connections over them as it spreads HTTP ones;
+the app registration of the worker's Flask app covers both APIs. Measured on 2 cores
+(`jobrunner bench grpc-schedule`): see the README.
 """
 
 from __future__ import annotations
