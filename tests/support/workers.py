@@ -38,6 +38,7 @@ class ThreadWorker:
         self.error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._waking: asyncio.Task[None] | None = None  # see _stop_now
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._main, name="test-worker", daemon=True)
 
@@ -70,6 +71,8 @@ class ThreadWorker:
             try:
                 await self.worker.run(self._stop)
             finally:
+                if self._waking is not None:  # done with the client before it is closed
+                    await asyncio.wait([self._waking])
                 await self.worker.queue.close()
 
         try:
@@ -87,16 +90,21 @@ class ThreadWorker:
     def _ask_to_stop(self) -> None:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             with contextlib.suppress(RuntimeError):  # the loop has just closed
-                asyncio.run_coroutine_threadsafe(self._stop_now(), self._loop)
+                self._loop.call_soon_threadsafe(self._stop_now)
 
-    async def _stop_now(self) -> None:
-        """Set `stop`, then end the wake-up listener's wait: it looks at `stop` only between
-        messages or after 1 s without one, so a stop would take up to that second."""
+    def _stop_now(self) -> None:
+        """Set `stop` (in the worker's loop), then end the wake-up listener's wait: it looks
+        at `stop` only between messages or after 1 s without one, so a stop would take up
+        to that second. A wake-up is harmless: a claim takes only what is due."""
         assert self._stop is not None
+        if self._stop.is_set():
+            return
         self._stop.set()
+        self._waking = asyncio.get_running_loop().create_task(self._wake_listener())
+
+    async def _wake_listener(self) -> None:
         queue = self.worker.queue
-        # A wake-up is harmless (a claim takes only what is due); Redis may be away.
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # Redis may be away: the listener sees it too
             await asyncio.wait_for(queue.redis.publish(queue.keys.wake_channel, "0"), 0.5)
 
     def stop(self, timeout: float = 30.0) -> None:
