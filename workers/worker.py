@@ -89,6 +89,7 @@ class Worker:
         self._http = HttpClient(settings.connections_per_app)
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
         self._backoff = 0.05
+        self._unsettled = False  # the last settle failed: outcomes wait to be written
         self._stopping = False
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
@@ -136,6 +137,11 @@ class Worker:
             flag.set()
 
     async def _claim(self, limit: int, stop: asyncio.Event) -> Claim | None:
+        if self._unsettled:
+            # Redis was away: settle first what was delivered meanwhile. A claim first
+            # would take back the triggers whose leases ran out, and deliver them again.
+            await self._wake.wait(timeout=0.5)  # set when the settlements are in
+            return None
         try:
             claim = await self.queue.claim_within(limit, self.slots.budgets())
         except UNAVAILABLE as exc:
@@ -326,10 +332,14 @@ class Worker:
                 await self.queue.settle(batch)
                 self.metrics.settled(batch)
                 self._wake_if_due_before_plan(batch)
+                if self._unsettled:
+                    self._unsettled = False
+                    self._wake.set()  # the claim loop waits for this
             except UNAVAILABLE as exc:
                 # A settlement is retried, never dropped; past the shutdown deadline the
                 # leases run out instead and the triggers are delivered again.
                 log.warning("redis unavailable while settling %d triggers: %s", len(batch), exc)
+                self._unsettled = True
                 if give_up_at is not None and loop.time() > give_up_at:
                     return
                 self.settled[:0] = batch
