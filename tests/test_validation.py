@@ -746,7 +746,7 @@ FIELDS = {
 }
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     body=st.fixed_dictionaries({}, optional=FIELDS),
     name=st.one_of(st.just("job"), st.text(max_size=10)),
@@ -765,7 +765,7 @@ def test_random_bodies_raise_only_api_errors(body: dict[str, Any], name: str) ->
         delivery_body(job, fmt)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(body=st.one_of(st.binary(max_size=60), JSON.map(orjson.dumps)))
 def test_random_bytes_raise_only_api_errors(body: bytes) -> None:
     try:

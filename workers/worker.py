@@ -95,9 +95,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
+        listener = asyncio.create_task(self._listen_for_wakeups(stop))
         helpers = [asyncio.create_task(self._wake_all_on(stop)),
                    asyncio.create_task(self._settle_loop(stop)),
-                   asyncio.create_task(self._listen_for_wakeups(stop)),
+                   listener,
                    asyncio.create_task(self.metrics.run(stop))]  # counters to Redis, 1/s
         try:
             while not stop.is_set():
@@ -115,6 +116,7 @@ class Worker:
                 if not claim.more:  # nothing else due now that this worker has room for
                     await self._sleep_until(claim.earliest, stop)
         finally:
+            listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
             await self._shutdown(helpers)
             await self.metrics.close()
             self._http.close()
