@@ -522,7 +522,9 @@ def test_the_switch_in_the_settings() -> None:
 
 def test_the_switch_on_the_commands() -> None:
     for name in ("up", "run", "api"):
-        command = jobrunner.commands[name]
+        # get_command: up and run are loaded when first asked for (app/cli/main.py)
+        command = jobrunner.get_command(click.Context(jobrunner), name)
+        assert command is not None, name
         assert any(p.name == "dapr_compat" for p in command.params), name
 
     @click.command()
