@@ -37,8 +37,9 @@ from app.jobs.errors import ApiError, malformed
 from app.jobs.model import Job
 from app.jobs.restore import restore
 from app.jobs.validation import (
-    _raw_member,
+    json_kind,
     parse_job_request,
+    raw_member,
     same_request,
     validate_name,
 )
@@ -124,15 +125,15 @@ def _split(item: Any, text: str | None) -> tuple[str, bytes]:
     `text`: the item's JSON text as given (an app in Dapr compatibility mode keeps its
     data's text as given, app/jobs/validation.py)."""
     if not isinstance(item, dict):
-        raise malformed(f"each job must be a JSON object, got {_kind(item)}")
+        raise malformed(f"each job must be a JSON object, got {json_kind(item)}")
     name = item.get("name")
     if name is not None and not isinstance(name, str):
-        raise malformed(f"name must be a string, got {_kind(name)}")
+        raise malformed(f"name must be a string, got {json_kind(name)}")
     name = validate_name(name or "")  # first, as the single route checks its URL's
     rest = {k: v for k, v in item.items() if k != "name" and (text is None or k != "data")}
     body = orjson.dumps(rest)
     if text is not None and "data" in item:
-        data = _raw_member(text, "data").encode()
+        data = raw_member(text, "data").encode()
         body = b'{"data":' + data + (b"," + body[1:] if len(body) > 2 else b"}")
     return name, body
 
@@ -158,7 +159,7 @@ _SCAN = json.JSONDecoder()
 def _item_texts(body: bytes) -> list[str]:
     """The JSON text of each entry of the body's `jobs` list, as given (the last `jobs`
     when the key repeats, as orjson reads it). The body is known to be such a list."""
-    text = _raw_member(body.decode("utf-8"), "jobs")
+    text = raw_member(body.decode("utf-8"), "jobs")
     texts: list[str] = []
     pos = _skip_space(text, 1)
     while text[pos] != "]":
@@ -175,18 +176,6 @@ def _skip_space(text: str, pos: int) -> int:
     while text[pos] in " \t\n\r":  # JSON's whitespace
         pos += 1
     return pos
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
 
 
 for _version, _base in enumerate(_PREFIXES):

@@ -38,7 +38,7 @@ Decisions and differences from Dapr:
 With `dapr_compat` (the app's Dapr compatibility switch, Settings.dapr_compat)
 the data is read as Dapr reads it, into a google.protobuf.Value: any JSON value,
 an `@type` object of any type with any fields included, never packed. Its JSON
-text is kept exactly as it stands in the body (_raw_member) and measured against
+text is kept exactly as it stands in the body (raw_member) and measured against
 `max_data_bytes` as such; `"data": null` is data (Dapr delivers `null`). GET
 answers it wrapped as Dapr 1.15+ does (anydata.dapr_get_data).
 """
@@ -240,7 +240,7 @@ def _decode_body(body: bytes) -> dict[str, Any]:
             raise malformed("the body is not valid UTF-8") from None
         raise malformed(f"invalid JSON: {exc}") from None
     if not isinstance(request, dict):
-        raise malformed(f"the body must be a JSON object, got {_json_kind(request)}")
+        raise malformed(f"the body must be a JSON object, got {json_kind(request)}")
     return request
 
 
@@ -267,7 +267,7 @@ def _opt_str(obj: dict[str, Any], camel: str, snake: str | None = None, *,
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise malformed(f"{camel} must be a string, got {_json_kind(value)}")
+        raise malformed(f"{camel} must be a string, got {json_kind(value)}")
     if len(value) > limit:
         # Refused before any parsing: its cost, and what is stored, grow with the length.
         raise ApiError(400, errors.SCHEDULE_JOB,
@@ -307,7 +307,7 @@ def _failure_policy(raw: Any) -> FailurePolicy:
     if raw is None:
         return DEFAULT_FAILURE_POLICY
     if not isinstance(raw, dict):
-        raise malformed(f"failurePolicy must be an object, got {_json_kind(raw)}")
+        raise malformed(f"failurePolicy must be an object, got {json_kind(raw)}")
     drop = raw.get("drop")
     constant = raw.get("constant")
     exponential = raw.get("exponential")
@@ -318,14 +318,14 @@ def _failure_policy(raw: Any) -> FailurePolicy:
                         f"not {' and '.join(given)}")
     if drop is not None:
         if not isinstance(drop, dict):
-            raise malformed(f"failurePolicy.drop must be an object, got {_json_kind(drop)}")
+            raise malformed(f"failurePolicy.drop must be an object, got {json_kind(drop)}")
         return FailurePolicy(FailureKind.DROP, interval_ms=0, max_retries=0)
     if exponential is not None:
         return _exponential(exponential)
     if constant is None:
         return DEFAULT_FAILURE_POLICY  # `{}`: no policy chosen
     if not isinstance(constant, dict):
-        raise malformed(f"failurePolicy.constant must be an object, got {_json_kind(constant)}")
+        raise malformed(f"failurePolicy.constant must be an object, got {json_kind(constant)}")
     interval = constant.get("interval")
     if interval is None:
         interval_ms = 0
@@ -334,7 +334,7 @@ def _failure_policy(raw: Any) -> FailurePolicy:
     else:
         raise malformed(
             f"failurePolicy.constant.interval must be a duration string such as '3s', "
-            f"got {_json_kind(interval)}"
+            f"got {json_kind(interval)}"
         )
     max_retries = _opt_uint32(
         _field(constant, "maxRetries", "max_retries"), "failurePolicy.constant.maxRetries"
@@ -356,7 +356,7 @@ MAX_RETRY_INTERVAL_MS = 30 * 86_400_000  # 30 days: any interval of a failure po
 def _exponential(raw: Any) -> FailurePolicy:
     where = "failurePolicy.exponential"
     if not isinstance(raw, dict):
-        raise malformed(f"{where} must be an object, got {_json_kind(raw)}")
+        raise malformed(f"{where} must be an object, got {json_kind(raw)}")
     initial = _policy_duration_ms(_field(raw, "initialInterval", "initial_interval"),
                                   f"{where}.initialInterval")
     initial = EXP_DEFAULT_INITIAL_MS if initial is None else initial
@@ -381,7 +381,7 @@ def _duration_ns(value: Any, field: str, example: str) -> int:
     """A Go duration string (bounded in length) in ns; a 400 naming `field` otherwise."""
     if not isinstance(value, str):
         raise malformed(f"{field} must be a duration string such as {example!r}, "
-                        f"got {_json_kind(value)}")
+                        f"got {json_kind(value)}")
     if len(value) > MAX_DURATION_LENGTH:
         raise malformed(f"{field} is longer than {MAX_DURATION_LENGTH} characters")
     try:
@@ -406,7 +406,7 @@ def _policy_number(value: Any, field: str, default: float, low: float, high: flo
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise malformed(f"{field} must be a number, got {_json_kind(value)}")
+        raise malformed(f"{field} must be a number, got {json_kind(value)}")
     if not low <= value <= high:  # also refuses NaN
         raise malformed(f"{field} must be from {low:g} to {high:g}, got {_show(value)}")
     return float(value)
@@ -481,7 +481,7 @@ def _dapr_data(request: dict[str, Any], body: bytes, max_data_bytes: int) -> tup
     (None, None) when the body has no `data`."""
     if "data" not in request:
         return None, None
-    text = _raw_member(body.decode("utf-8"), "data")
+    text = raw_member(body.decode("utf-8"), "data")
     raw = text.encode("utf-8")
     if len(raw) > max_data_bytes:
         raise payload_too_large(len(raw), max_data_bytes)
@@ -494,7 +494,7 @@ def _dapr_data(request: dict[str, Any], body: bytes, max_data_bytes: int) -> tup
 _SCAN = json.JSONDecoder()
 
 
-def _raw_member(text: str, key: str) -> str:
+def raw_member(text: str, key: str) -> str:
     """The exact text of the value of `key` in the JSON object `text` (the last one when
     the key repeats, as orjson reads it). `text` is known to be a JSON object that has
     the key: orjson has parsed it."""
@@ -535,7 +535,8 @@ def _too_deep(data: Any, raw: bytes) -> bool:
 # --- messages -----------------------------------------------------------------
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """A JSON value's kind as messages name it (\"a string\", \"an object\"...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
