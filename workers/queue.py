@@ -223,6 +223,13 @@ class Queue:
         self._alive = {app_id: bool(n) for app_id, n in zip(known, alive, strict=True)}
         self._apps_loaded = time.monotonic()
 
+    def apps_stale_within(self, seconds: float) -> bool:
+        """Whether the next claim_within, `seconds` from now, would refresh the registrations
+        first (a refresh now, while idle, keeps them off the due path: Worker._sleep_until);
+        False when it would be stale by then anyway."""
+        age = time.monotonic() - self._apps_loaded
+        return age + seconds > APPS_MAX_AGE_S and seconds < APPS_MAX_AGE_S
+
     def is_live(self, app_id: str) -> bool:
         """Whether the app has a live API process (as of the last load_apps)."""
         return self._alive.get(app_id, False)

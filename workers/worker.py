@@ -23,6 +23,11 @@ from workers.slots import Slots
 
 log = logging.getLogger("jobrunner.worker")
 
+# The claim loop's timer aims this much before a due time; a blocking sleep takes the rest.
+PRECISE_S = 0.001
+# A sleep at least this long has room for refreshing the app registrations first.
+REFRESH_AHEAD_S = 0.003
+
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
     """The structured fields of a delivery's log line; status: the HTTP status, or why
@@ -379,14 +384,30 @@ class Worker:
                     await pubsub.aclose()
 
     async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
+        """Until `earliest_ms` (at most idle_poll_s), or a wake-up. The loop's timers tick
+        in whole ms and fire up to 1 ms either side: woken early, a claim found nothing and
+        claims spun until the due time; woken late, the trigger was. So the timer aims
+        PRECISE_S early and a blocking sleep (exact to ~0.1 ms) takes the rest."""
         now = time.time()  # not now_ms(): flooring would oversleep by up to 1 ms
         timeout = self.settings.idle_poll_s
         if earliest_ms is not None:
             timeout = min(timeout, max(earliest_ms / 1000 - now, 0.0))
-        if timeout > 0:
-            self._planned_wake_ms = int((now + timeout) * 1000)
+        if timeout <= 0:
+            return
+        self._planned_wake_ms = int((now + timeout) * 1000)
+        if timeout > REFRESH_AHEAD_S and self.queue.apps_stale_within(timeout + 0.05):
+            # Refresh the registrations now, while idle, not in the claim at the due time.
+            with contextlib.suppress(*UNAVAILABLE):
+                await self.queue.load_apps(None, max_age_s=0.0)
+        if earliest_ms is None or timeout >= self.settings.idle_poll_s:
             await self._wake.wait(timeout=timeout)
-            self._planned_wake_ms = 0
+        else:
+            if earliest_ms / 1000 - time.time() > PRECISE_S:
+                await self._wake.wait(timeout=earliest_ms / 1000 - time.time() - PRECISE_S)
+            rest = earliest_ms / 1000 - time.time()
+            if not self._wake.is_set() and rest > 0:
+                time.sleep(min(rest, 2 * PRECISE_S))  # blocks the loop: bounded, ~1 ms
+        self._planned_wake_ms = 0
 
     @staticmethod
     async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
