@@ -90,6 +90,7 @@ class Worker:
         self.settled: list[Settlement] = []
         self._slot_free = Flag()
         self._wake = Flag()
+        self._idle = Flag()  # set: the claim loop sleeps, with time to spare
         self._to_settle = Flag()
         self._http = HttpClient(settings.connections_per_app)
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
@@ -104,7 +105,7 @@ class Worker:
         helpers = [asyncio.create_task(self._wake_all_on(stop)),
                    asyncio.create_task(self._settle_loop(stop)),
                    listener,
-                   asyncio.create_task(self.metrics.run(stop))]  # counters to Redis, 1/s
+                   asyncio.create_task(self.metrics.run(stop, self._quiet))]  # to Redis, 1/s
         try:
             while not stop.is_set():
                 limit = await self._room_to_claim(stop)
@@ -137,10 +138,15 @@ class Worker:
         await self._slot_free.wait(timeout=1.0)
         return 0
 
+    async def _quiet(self, timeout: float) -> None:
+        """Until the claim loop sleeps with time to spare, or `timeout` s (it may never)."""
+        self._idle.clear()
+        await self._idle.wait(timeout)
+
     async def _wake_all_on(self, stop: asyncio.Event) -> None:
         """`stop` ends every wait of the loops at once."""
         await stop.wait()
-        for flag in (self._slot_free, self._wake, self._to_settle):
+        for flag in (self._slot_free, self._wake, self._to_settle, self._idle):
             flag.set()
 
     async def _claim(self, limit: int, stop: asyncio.Event) -> Claim | None:
@@ -399,11 +405,15 @@ class Worker:
             # Refresh the registrations now, while idle, not in the claim at the due time.
             with contextlib.suppress(*UNAVAILABLE):
                 await self.queue.load_apps(None, max_age_s=0.0)
+        if timeout > REFRESH_AHEAD_S:
+            self._idle.set()  # the metrics flush, due, goes now (_quiet)
         if earliest_ms is None or timeout >= self.settings.idle_poll_s:
             await self._wake.wait(timeout=timeout)
         else:
             if earliest_ms / 1000 - time.time() > PRECISE_S:
                 await self._wake.wait(timeout=earliest_ms / 1000 - time.time() - PRECISE_S)
+            else:
+                await asyncio.sleep(0)  # the deliveries just started go out before it
             rest = earliest_ms / 1000 - time.time()
             if not self._wake.is_set() and rest > 0:
                 time.sleep(min(rest, 2 * PRECISE_S))  # blocks the loop: bounded, ~1 ms
