@@ -299,3 +299,16 @@ def test_a_recurring_occurrence_before_the_next_idle_poll_is_not_held_back(
         wait_for(lambda: store.get(APP, "every-300ms") is None, 10,
                  what="3 occurrences 300 ms apart")
     assert len(receiver.received()) == 3
+
+
+def test_registrations_are_refreshed_ahead_only_where_that_spares_the_due_claim(
+        settings: Settings) -> None:
+    """Worker._sleep_until refreshes before a sleep when the claim after it would refresh
+    first (a round trip on the due path), not when the cache would be stale by then anyway."""
+    from workers.queue import APPS_MAX_AGE_S, Queue
+
+    queue = Queue(settings)  # no command sent: no connection made
+    queue._apps_loaded = time.monotonic() - APPS_MAX_AGE_S * 0.9
+    assert queue.apps_stale_within(APPS_MAX_AGE_S * 0.2)
+    assert not queue.apps_stale_within(APPS_MAX_AGE_S * 0.05)  # still fresh at wake-up
+    assert not queue.apps_stale_within(APPS_MAX_AGE_S * 1.5)  # stale at wake-up anyway
