@@ -354,3 +354,26 @@ def test_the_event_loop_path_is_off_when_writes_wait_for_replicas(
                         app_id="fast", app_url="http://127.0.0.1:9", wait_replicas=1)
     shortcut = _shortcut(create_app(settings))
     assert shortcut.armed and not shortcut.use_loop()
+
+
+def test_only_the_bulk_route_has_its_larger_body_read() -> None:
+    """The bridge reads a body up to the API's limit, and up to the bulk limit only on the
+    bulk route (POST on the collection): any other route's larger body is refused (413) by
+    its Content-Length, never read into memory."""
+    from app.processes.wsgi_bridge import WsgiOnRsgi
+
+    def never(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        raise AssertionError("not called")
+
+    bridge = WsgiOnRsgi(never, threads=1, body_timeout_s=5.0, max_body_bytes=10,
+                        larger_bodies={("POST", "/v1.0/jobs"): 100})
+
+    def read(method: str, path: str, size: int) -> tuple[bytes, bool]:
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(size)}
+        return asyncio.run(bridge._read_body(environ, _Proto(b"x" * size)))
+
+    assert read("POST", "/v1.0/jobs", 50) == (b"x" * 50, True)
+    assert read("POST", "/v1.0/jobs", 101) == (b"", False)
+    assert read("POST", "/v1.0/jobs/name", 50) == (b"", False)
+    assert read("DELETE", "/v1.0/jobs", 50) == (b"", False)
+    assert read("POST", "/v1.0/jobs/name", 10) == (b"x" * 10, True)

@@ -49,7 +49,9 @@ log = logging.getLogger("jobrunner.api")
 
 bulk_bp = Blueprint("bulk", __name__)
 
-_PREFIXES = ("/v1.0-alpha1/jobs", "/v1.0/jobs")  # as app/api/jobs.py's
+# The route's paths (POST), as app/api/jobs.py's collections; the API server reads
+# bodies up to JOBRUNNER_BULK_MAX_BYTES on these only (app/processes/serve.py).
+PATHS = ("/v1.0-alpha1/jobs", "/v1.0/jobs")
 _STORED = 204
 
 # A job read from its body: (the job, overwrite, its record, its run state or "").
@@ -178,6 +180,6 @@ def _skip_space(text: str, pos: int) -> int:
     return pos
 
 
-for _version, _base in enumerate(_PREFIXES):
+for _version, _base in enumerate(PATHS):
     bulk_bp.add_url_rule(_base, view_func=schedule_jobs, methods=["POST"],
                          endpoint=f"schedule_many_{_version}")

@@ -121,6 +121,7 @@ def _granian_logging(level: str) -> dict[str, Any]:
 
 def _worker_app(settings: Settings, options: ServeOptions) -> Any:
     """The RSGI app of one worker process: called by granian in the worker, after the fork."""
+    from app.api.bulk import PATHS as BULK_PATHS
     from app.api.factory import create_app
     from app.api.fast_schedule import EXTENSION as SHORTCUT
     from app.processes.wsgi_bridge import WsgiOnRsgi
@@ -135,9 +136,9 @@ def _worker_app(settings: Settings, options: ServeOptions) -> Any:
         if settings.grpc_port else None
     return WsgiOnRsgi(
         flask_app, threads=options.threads, body_timeout_s=settings.http_body_timeout_s,
-        # The bulk route (app/api/bulk.py) takes larger bodies than the others; each route
-        # still refuses a body over its own limit (413).
-        max_body_bytes=max(int(flask_app.config["MAX_CONTENT_LENGTH"]), settings.bulk_max_bytes),
+        max_body_bytes=int(flask_app.config["MAX_CONTENT_LENGTH"]),
+        # The bulk route (app/api/bulk.py) takes larger bodies, and only it.
+        larger_bodies={("POST", path): settings.bulk_max_bytes for path in BULK_PATHS},
         multiprocess=options.processes > 1, on_start=on_start, on_stop=stop_grpc, fast=fast,
     )
 

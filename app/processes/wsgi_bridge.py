@@ -25,7 +25,7 @@ import logging
 import queue
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from io import BytesIO
 from typing import Any
 
@@ -70,7 +70,8 @@ class WsgiOnRsgi:
     request is answered (granian waits for those in flight)."""
 
     def __init__(self, app: WsgiApp, *, threads: int, body_timeout_s: float,
-                 max_body_bytes: int, multiprocess: bool = True,
+                 max_body_bytes: int, larger_bodies: Mapping[tuple[str, str], int] | None = None,
+                 multiprocess: bool = True,
                  on_start: Callable[[], None] | None = None,
                  on_stop: Callable[[], None] | None = None,
                  fast: FastPath | None = None) -> None:
@@ -79,6 +80,8 @@ class WsgiOnRsgi:
         self.threads = threads
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = max_body_bytes
+        # (method, path) -> the body limit of a route that takes more (the bulk route).
+        self.larger_bodies = dict(larger_bodies or {})
         self._on_start = on_start
         self._on_stop = on_stop
         # The pool: plain threads on a queue (each hand-over costs a thread switch, the
@@ -204,9 +207,11 @@ class WsgiOnRsgi:
         return found
 
     async def _read_body(self, environ: dict[str, Any], proto: Any) -> tuple[bytes, bool]:
-        """The body, at most max_body_bytes + 1 of it (one byte over the limit is enough
+        """The body, at most its route's limit + 1 of it (one byte over the limit is enough
         for the app to answer 413), and whether it was read to its end."""
-        limit = self.max_body_bytes
+        limit = self.larger_bodies.get((environ["REQUEST_METHOD"], environ["PATH_INFO"]),
+                                       self.max_body_bytes) if self.larger_bodies \
+            else self.max_body_bytes
         length = environ.get("CONTENT_LENGTH")
         if length is not None and "HTTP_TRANSFER_ENCODING" not in environ:
             if length == "0":
