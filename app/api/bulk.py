@@ -6,7 +6,7 @@ answer, `200 {"results": [...]}`, has one result per job in the order given: the
 that job alone would have got from `POST .../jobs/{name}` (204 stored, 409 exists, 400 or
 413 refused) with that route's `errorCode` and `message` when it failed. Each job goes
 through the single route's own steps (app/api/jobs.py `schedule`): the name first, then
-`parse_job_request` and `restore` on the rest of the job as the body, then the store,
+`prepare` (`parse_job_request` and `restore`) on the rest of the job as the body, then the store,
 whose answer to an existing name is a 204 when it holds this very job (a retry) and a 409
 otherwise. The jobs are taken one after another in order, so a name given twice meets
 its own earlier entry: the later is a 409 unless it has `overwrite` (or is the same job).
@@ -31,14 +31,13 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, request
 
+from app.api.jobs import prepare
 from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError, malformed
 from app.jobs.model import Job
-from app.jobs.restore import restore
 from app.jobs.validation import (
     json_kind,
-    parse_job_request,
     raw_member,
     same_request,
     validate_name,
@@ -144,12 +143,7 @@ def _read(settings: Settings, name: str, body: bytes, now: int) -> _Read | ApiEr
     """The job of `body` (as app/api/jobs.py `schedule` reads it), or the error that
     refuses it; the same for any valid name but the job's `name`."""
     try:
-        job, overwrite = parse_job_request(
-            name, body, None, settings.app_id, now, settings.max_data_bytes,
-            dapr_compat=settings.dapr_compat,
-            max_delivery_timeout_ms=int(settings.max_job_delivery_timeout_s * 1000),
-        )
-        job, run = restore(body, job, now)
+        job, overwrite, run = prepare(settings, name, body, None, now)
     except ApiError as exc:
         return exc
     return job, overwrite, job.encode(), "" if run is None else run.encode()

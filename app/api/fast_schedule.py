@@ -74,7 +74,6 @@ class ScheduleShortcut:
         # Path prefix -> the URL rule Flask matches there (the metrics' route label).
         self._routes: tuple[tuple[str, str], ...] = ()
         self._loop_redis: LoopRedis | None = None
-        self._sha = ""
 
     @property
     def armed(self) -> bool:
@@ -104,7 +103,6 @@ class ScheduleShortcut:
         reached from an event loop (a single node over TCP, no replica wait); whether so."""
         self._loop_redis = LoopRedis.for_client(self.store.redis)
         script = self.store.script("schedule")
-        self._sha = script.sha
         if self._loop_redis is not None:
             # Loaded now, so the first requests find it (a Redis that lost it since, or
             # away now, costs a request the WSGI path, which loads it).
@@ -147,8 +145,7 @@ class ScheduleShortcut:
         try:  # (prepare validates the name, and answers for the name it trimmed)
             job, overwrite, run = jobs.prepare(self.settings, name, body,
                                                environ.get("CONTENT_TYPE"))
-            keys, args = self.store.schedule_call(job, overwrite, run)
-            result = await client.evalsha(self._sha, keys, args)
+            stored = await self.store.schedule_on_loop(client, job, overwrite, run)
         except ReplyTimeout as exc:
             # Redis took the socket timeout to say nothing: trying again on the WSGI path
             # would wait as long again. Flask answers the error (503) as the view's own.
@@ -156,7 +153,7 @@ class ScheduleShortcut:
             return None
         except Exception:  # Flask's to answer, or Redis's trouble: the WSGI path's
             return None
-        if result != 1 and result != 2:  # 0: the job exists; an error reply
+        if not stored:  # the job exists, or an error reply: the WSGI path's
             return None
         count_request(rule, method, "204", time.perf_counter() - started)
         return 204, [], b""

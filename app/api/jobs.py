@@ -59,11 +59,12 @@ def view_to_api(view: JobView) -> dict[str, Any]:
     return body
 
 
-def prepare(settings: Settings, name: str, body: bytes,
-            content_type: str | None) -> tuple[Job, bool, RunState | None]:
+def prepare(settings: Settings, name: str, body: bytes, content_type: str | None,
+            now: int | None = None) -> tuple[Job, bool, RunState | None]:
     """(the job, overwrite, the run state to start it from) of a schedule request for
-    the job `name` (validated); raises ApiError."""
-    now = now_ms()
+    the job `name` (validated), read at `now` (epoch ms; default the clock's); raises
+    ApiError."""
+    now = now_ms() if now is None else now
     job, overwrite = parse_job_request(
         name, body, content_type, settings.app_id, now, settings.max_data_bytes,
         dapr_compat=settings.dapr_compat,

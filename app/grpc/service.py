@@ -71,7 +71,6 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
         # Built here, connected on the server's loop at its first call; None when the
         # store's Redis cannot be reached from a loop (Cluster, a replica wait, TLS...).
         self.loop_redis = LoopRedis.for_client(store.redis)
-        self.schedule_sha = store.script("schedule").sha
 
     def close(self) -> None:
         """On the server's loop, once it has stopped."""
@@ -133,11 +132,10 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
                 request.job.name, request_fields(request), request_data(request),
                 self.app_id, now_ms(), self.settings.max_data_bytes,
             )
-            keys, args = self.store.schedule_call(job, overwrite)
-            result = await client.evalsha(self.schedule_sha, keys, args)
+            # False: the job exists, or an error reply; the pool's to answer
+            return await self.store.schedule_on_loop(client, job, overwrite)
         except Exception:  # the pool's to answer: bad input, Redis away or slow...
             return False
-        return bool(result == 1 or result == 2)  # 0: the job exists; else an error reply
 
     async def ScheduleJob(self, request: jobs_pb2.ScheduleJobRequest,
                           context: Context) -> jobs_pb2.ScheduleJobResponse:

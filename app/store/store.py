@@ -11,7 +11,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +30,9 @@ from app.store.keys import (
 )
 from app.store.pauses import BY_APP, BY_JOB, Paused
 from app.store.redis_client import sync_client
+
+if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py, app/grpc)
+    from app.store.loop_redis import LoopRedis
 
 # Jobs deleted by one delete.lua call of delete_prefix; entries one reindex.lua step of
 # the one-time rebuild looks at.
@@ -155,6 +158,16 @@ class Store:
                 [jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                  self.keys.wake_channel, "" if run is None else run.encode()])
 
+    async def schedule_on_loop(self, client: LoopRedis, job: Job, overwrite: bool = False,
+                               run: RunState | None = None) -> bool:
+        """`schedule`'s script call sent on an event loop's connection (the API's, see
+        app/store/loop_redis.py): whether it stored the job. False when the job exists or
+        Redis answered with an error (a script it has forgotten...): the caller's
+        synchronous path does it all again and answers. Raises loop_redis.Unavailable."""
+        keys, args = self.schedule_call(job, overwrite, run)
+        result = await client.evalsha(self._scripts["schedule"].sha, keys, args)
+        return bool(result == 1 or result == 2)  # 0: the job exists
+
     def schedule_many(self, jobs: Iterable[Job], overwrite: bool = True, chunk: int = 1000) -> int:
         """Bulk load, pipelined; returns how many were stored (existing ones skipped
         unless `overwrite`)."""
@@ -163,13 +176,8 @@ class Store:
         pending = 0
         script = self._scripts["schedule"]
         for job in jobs:
-            jid = job_id(job.app_id, job.name)
-            pk = self.keys.for_job(jid)
-            script(keys=[pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names,
-                         pk.paused, pk.pausedapps],
-                   args=[jid, job.encode(), job.first_ms, "1" if overwrite else "0",
-                         self.keys.wake_channel],
-                   client=pipe)
+            keys, args = self.schedule_call(job, overwrite)
+            script(keys=keys, args=args, client=pipe)
             pending += 1
             if pending >= chunk:
                 stored += sum(1 for r in pipe.execute() if r)
