@@ -22,7 +22,7 @@ from benchmarks.cpu import cores_used, snapshot
 from benchmarks.loadgen import run_load
 from benchmarks.procs import LOOPBACK, counters_delta, free_port
 from benchmarks.report import Metric, Target
-from benchmarks.scenarios.schedule import serve
+from benchmarks.scenarios.schedule import serve, stored_jobs
 from benchmarks.systems import rfc3339_ms
 
 DEFAULT_DURATION = 10.0
@@ -50,16 +50,6 @@ METRICS = [
     Metric("redis commands per job stored", "redis.calls_per_op", "{:,.3f}", "lower"),
     Metric("redis bytes in per job stored", "redis.net_in_per_op", "{:,.0f}", "lower"),
 ]
-
-
-def _stored(ctx: Context, name: str) -> int:
-    client = ctx.redis.client()
-    try:
-        if name == JOBRUNNER:
-            return sum(int(client.hlen(k)) for k in client.scan_iter("*:jobs", count=1000))
-        return int(client.zcard("rq:scheduled:bench"))
-    finally:
-        client.close()
 
 
 def _probe(port: int, due: str) -> str | None:
@@ -101,7 +91,7 @@ def _measure(ctx: Context, name: str, duration: float, batch: int,
         ctx.procs.stop_all_named(f"api-{name}")
     seconds = float(load["seconds"])  # type: ignore[arg-type]
     ok = int(load["ok"])  # type: ignore[call-overload]
-    stored = _stored(ctx, name) - 1  # less the probe
+    stored = stored_jobs(ctx, name) - 1  # less the probe
     generator = float(load["cpu_s"]) / seconds if seconds > 0 else 0.0  # type: ignore[arg-type]
     api = cores.get(f"api-{name}", 0.0)
     out: dict[str, Any] = dict(load)

@@ -16,7 +16,12 @@ from benchmarks.cpu import cores_used, snapshot
 from benchmarks.grpc_loadgen import run_grpc_load
 from benchmarks.procs import free_port
 from benchmarks.report import Metric, Target
-from benchmarks.scenarios.schedule import DEFAULT_CONCURRENCY, DEFAULT_DURATION, QUICK_DURATION
+from benchmarks.scenarios.schedule import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DURATION,
+    QUICK_DURATION,
+    stored_jobs,
+)
 from benchmarks.scenarios.schedule import serve as serve_api
 from benchmarks.systems import rfc3339_ms
 
@@ -46,14 +51,6 @@ METRICS = [
 ]
 
 
-def _stored(ctx: Context) -> int:
-    client = ctx.redis.client()
-    try:
-        return sum(int(client.hlen(k)) for k in client.scan_iter("*:jobs", count=1000))
-    finally:
-        client.close()
-
-
 def run(ctx: Context) -> dict[str, Any]:
     opts = ctx.options
     duration = opts.duration or (QUICK_DURATION if opts.quick else DEFAULT_DURATION)
@@ -74,7 +71,7 @@ def run(ctx: Context) -> dict[str, Any]:
     load["failed"] = int(load["requests"]) - int(load["ok"])
     load["rate"] = int(load["ok"]) / seconds if seconds > 0 else 0.0
     generator = float(load["cpu_s"]) / seconds if seconds > 0 else 0.0
-    load["stored"] = _stored(ctx)
+    load["stored"] = stored_jobs(ctx)
     load["cpu_cores"] = cores
     load["cpu"] = {
         "api": cores.get(f"api-{JOBRUNNER}", 0.0),

@@ -70,7 +70,9 @@ METRICS = [
 ]
 
 
-def _stored(ctx: Context, name: str) -> int:
+def stored_jobs(ctx: Context, name: str = JOBRUNNER) -> int:
+    """The jobs the system `name` holds in the run's Redis (jobrunner: every partition's
+    `jobs` hash; rq and rq-scheduler: their scheduled sets)."""
     client = ctx.redis.client()
     try:
         if name.startswith(JOBRUNNER):
@@ -199,7 +201,7 @@ def _measure(ctx: Context, name: str, server: str, prefix: str, duration: float,
     load["failed"] = int(load["requests"]) - ok  # type: ignore[call-overload]
     load["rate"] = ok / seconds if seconds > 0 else 0.0
     load["generator_busy"] = float(load["cpu_s"]) / seconds if seconds > 0 else 0.0  # type: ignore[arg-type]
-    stored = _stored(ctx, name)
+    stored = stored_jobs(ctx, name)
     load["stored"] = stored
     # Redis's work per stored job: commands, bytes, CPU (the capacity model's schedule side)
     load["redis"] = counters_delta(redis_before, redis_after, stored)
