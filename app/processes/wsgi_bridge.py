@@ -210,8 +210,7 @@ class WsgiOnRsgi:
         """The body, at most its route's limit + 1 of it (one byte over the limit is enough
         for the app to answer 413), and whether it was read to its end."""
         limit = self.larger_bodies.get((environ["REQUEST_METHOD"], environ["PATH_INFO"]),
-                                       self.max_body_bytes) if self.larger_bodies \
-            else self.max_body_bytes
+                                       self.max_body_bytes)
         length = environ.get("CONTENT_LENGTH")
         if length is not None and "HTTP_TRANSFER_ENCODING" not in environ:
             if length == "0":
