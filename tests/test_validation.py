@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import zlib
 from typing import Any
 
 import orjson
@@ -841,3 +842,20 @@ def test_compat_delivers_the_data_text_exactly(data: Any, spacing: tuple[str, st
 def test_compat_keeps_the_last_of_repeated_data_keys_as_orjson_does() -> None:
     job = _compat(b'{"data": 1, "dueTime": "1s", "data" : [ 2 ] }')
     assert (job.data, delivery_body(job, "dapr")) == ([2], b"[ 2 ]")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"dueTime": "2030-01-01T00:00:00Z", "data": {"a": [1, 2.5, "x"], "b": null}}',
+    b'{"schedule": "@every 1s", "repeats": 3, "ttl": "1h", "data": "text"}',
+    b'{"dueTime": "10s", "data": {"@type": "type.googleapis.com/google.protobuf.StringValue",'
+    b' "value": "hi"}}',
+    b'{"schedule": "*/5 * * * * *", "failurePolicy": {"constant": {"interval": "2s",'
+    b' "maxRetries": 4}}, "deliveryTimeout": "3s", "catchUp": "all"}',
+    b'{"dueTime": "1s", "data": {"big": 123456789012345678901234567890, "e": 1e300}}',
+])
+def test_a_stored_records_rev_is_the_rev_of_its_job(body: bytes) -> None:
+    """A worker takes a job's rev (in every trigger id) from the stored bytes
+    (Job.decode); the API from the job it stores: the two must agree."""
+    job, _ = parse_job_request("j", body, None, "app", 1_700_000_000_000, 1 << 20)
+    stored = job.encode()
+    assert Job.decode("app", "j", stored).rev == job.rev == f"{zlib.crc32(stored):08x}"
