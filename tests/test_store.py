@@ -11,6 +11,7 @@ import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis
@@ -665,3 +666,24 @@ def test_invariants_hold_after_random_operations(settings: Settings, redis_clien
     finally:
         q.close()
         store.close()
+
+
+@pytest.mark.parametrize("args", [
+    ("EVALSHA", "abc", 2, "k", b"x", "é", 3.25, 0.1, -7, 2**70),
+    ("CONFIG GET", "maxmemory"),
+    (b"CLIENT SETNAME", "x"),
+    ("SET", bytearray(b"a"), memoryview(b"b")),
+])
+def test_async_connections_pack_commands_as_redis_py_does(args: tuple[Any, ...]) -> None:
+    """The asyncio client's connections pack with hiredis (app/store/redis_client.py):
+    the bytes redis-py's own packer writes."""
+    import redis.asyncio
+
+    from app.store.redis_client import async_client
+
+    client = async_client(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1"}))
+    packed = client.connection_pool.connection_class()
+    assert b"".join(packed.pack_command(*args)) == b"".join(
+        redis.asyncio.Connection().pack_command(*args))
+    with pytest.raises(redis.exceptions.DataError):
+        packed.pack_command("SET", None)
