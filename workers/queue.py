@@ -88,9 +88,10 @@ class Queue:
         claim = await self.claim_within(limit, Budgets(limit, {}, limit))
         return claim.triggers, claim.earliest
 
-    async def claim_within(self, limit: int, budgets: Budgets) -> Claim:
+    async def claim_within(self, limit: int, budgets: Budgets, ahead_ms: int = 0) -> Claim:
         """Claim up to `limit` due triggers over the partitions, taking turns so none
-        starves, each app within its budget and its rate limit (claim.lua)."""
+        starves, each app within its budget and its rate limit (claim.lua); `ahead_ms`:
+        also those due within that long, which the caller holds until they are due."""
         if time.monotonic() - self._apps_loaded > APPS_MAX_AGE_S:
             await self.load_apps(None)  # rate limits as registered now
         claim = Claim([], None, False, set())
@@ -111,7 +112,7 @@ class Queue:
             try:
                 raw = await self._scripts["claim"](
                     keys=pk.claim_keys(),
-                    args=[now_ms(), limit - len(claim.triggers), lease_ms, token,
+                    args=[now_ms() + ahead_ms, limit - len(claim.triggers), lease_ms, token,
                           budgets.default, budgets.set_aside, "1" if solo else "0",
                           *self._app_args(left, budgets)],
                 )
