@@ -236,7 +236,8 @@ def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
         return len(triggers)
 
     worker.queue.release = release  # type: ignore[method-assign]
-    late, fresh = _trigger(A, "late"), _trigger(A, "fresh")
+    # Due now: a trigger claimed ahead waits for its due time before its delivery starts.
+    late, fresh = _trigger(A, "late", now_ms()), _trigger(A, "fresh", now_ms())
     for trigger in (late, fresh):
         assert worker.slots.admit(trigger, 0.0)
 
@@ -253,8 +254,9 @@ def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
     assert worker.slots.free == worker.slots.concurrency
 
 
-def _trigger(app_id: str, name: str) -> Trigger:
-    return Trigger(make_job(name, T0, app_id=app_id), f"{app_id}/{name}", 0, T0, 1, 0, "l")
+def _trigger(app_id: str, name: str, sched_ms: int = T0) -> Trigger:
+    return Trigger(make_job(name, sched_ms, app_id=app_id), f"{app_id}/{name}", 0, sched_ms, 1,
+                   0, "l")
 
 
 def _receiver(procs: Procs, path: Path, mode: str = "healthy") -> Receiver:

@@ -158,6 +158,9 @@ def test_retry_after_is_seconds_or_an_http_date_within_the_bound() -> None:
     assert retry_after_ms("9" * 40, now, 60_000) == 60_000
     assert retry_after_ms(email.utils.formatdate(now + 5, usegmt=True), now, 60_000) == 5000
     assert retry_after_ms(email.utils.formatdate(now - 5, usegmt=True), now, 60_000) == 0
+    # 1,999.5 ms to the date: 2,000, not 1,999 (the retry would go out before the date)
+    assert retry_after_ms(email.utils.formatdate(now + 2, usegmt=True), now + 0.0005,
+                          60_000) == 2000
     for bad in ("", "-1", "1.5", "soon", "Mon, 99 Foo 2020 99:99:99 GMT"):
         assert retry_after_ms(bad, now, 60_000) is None
 

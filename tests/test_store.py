@@ -687,3 +687,30 @@ def test_async_connections_pack_commands_as_redis_py_does(args: tuple[Any, ...])
         redis.asyncio.Connection().pack_command(*args))
     with pytest.raises(redis.exceptions.DataError):
         packed.pack_command("SET", None)
+
+
+def test_a_claim_ahead_gives_each_trigger_the_time_its_attempt_is_due(
+        store: Store, q: QueueDriver) -> None:
+    """A worker claims what is due within its CLAIM_AHEAD_MS and holds each trigger until
+    its `due_ms`: a first attempt's due time, a retry's time (not the trigger's sched_ms,
+    which every attempt keeps), the time a set-aside trigger was due."""
+    from app.store.store import AppRegistration
+    from workers.queue import Budgets
+
+    for app_id in (APP, "other"):  # two live apps: a claim sets aside, not stops
+        store.register_app(AppRegistration(app_id, "http://127.0.0.1:9"))
+    room = Budgets(default=10, apps={}, set_aside=10)
+    store.schedule(make_job("j", T0 + 3))
+    [first] = q.claim_within(10, room, at=T0, ahead_ms=5).triggers
+    assert (first.sched_ms, first.due_ms, first.attempt) == (T0 + 3, T0 + 3, 1)
+    q.retry(first, T0 + 1000)
+    assert q.claim_within(10, room, at=T0 + 994, ahead_ms=5).triggers == []
+    [retry] = q.claim_within(10, room, at=T0 + 996, ahead_ms=5).triggers
+    assert (retry.sched_ms, retry.due_ms, retry.attempt) == (T0 + 3, T0 + 1000, 2)
+
+    # Set aside (its app had no room), then taken from `held`: still the retry's time.
+    q.retry(retry, T0 + 2003)
+    full = Budgets(default=10, apps={APP: 0}, set_aside=10)
+    assert q.claim_within(10, full, at=T0 + 2000, ahead_ms=5).triggers == []
+    [held] = q.claim_within(10, room, at=T0 + 2000, ahead_ms=5).triggers
+    assert (held.sched_ms, held.due_ms, held.attempt) == (T0 + 3, T0 + 2003, 3)

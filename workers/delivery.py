@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import functools
+import math
 import random
 import re
 import time
@@ -120,7 +121,8 @@ def retry_after_ms(value: str, now_s: float, max_ms: int) -> int | None:
         if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
             when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - now_s
-    return int(min(max(seconds * 1000, 0.0), max_ms))
+    # Rounded up: the retry goes out at the app's time, not the millisecond before it.
+    return math.ceil(min(max(seconds * 1000, 0.0), max_ms))
 
 
 # --- gRPC: AppCallback.OnJobEvent (workers/grpc_client.py) ------------------------------

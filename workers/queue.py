@@ -128,13 +128,14 @@ class Queue:
                                                                            head_ms)
             claim.more = claim.more or bool(more)
             claim.blocked.update(a.decode() for a in blocked)
-            for i in range(3, len(raw), 5):
-                jid, record, sched, attempt, count = raw[i:i + 5]
+            for i in range(3, len(raw), 6):
+                jid, record, sched, attempt, count, due = raw[i:i + 6]
                 job_id = jid.decode()
                 app_id, name = split_job_id(job_id)
                 claim.triggers.append(Trigger(
                     job=Job.decode(app_id, name, record), job_id=job_id, partition=part,
                     sched_ms=int(sched), attempt=int(attempt), count=int(count), lease=token,
+                    due_ms=int(due),
                 ))
                 left[app_id] = left.get(app_id, budgets.default) - 1
         if unavailable is not None and not claim.triggers:

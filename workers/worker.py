@@ -233,8 +233,9 @@ class Worker:
         self.inflight[asyncio.create_task(self._deliver(trigger, waited_since))] = trigger
 
     async def _deliver(self, trigger: Trigger, waited_since: float | None = None) -> None:
-        if trigger.sched_ms > now_ms():  # claimed ahead (CLAIM_AHEAD_MS)
-            await _until(trigger.sched_ms)
+        not_before = max(trigger.sched_ms, trigger.due_ms)  # a retry's time, or sched
+        if not_before > now_ms():  # claimed ahead (CLAIM_AHEAD_MS)
+            await _until(not_before)
         started, clock = now_ms(), time.perf_counter()
         try:
             timeout_s = self._timeout_s(trigger)

@@ -295,6 +295,9 @@ class Trigger:
     attempt: int  # 1 for the first delivery
     count: int  # triggers of the job finished before this one
     lease: str
+    # when this attempt may go out: a retry's time, else sched_ms (claim.lua's `due`); a
+    # worker that claimed it ahead holds it until then and until sched_ms
+    due_ms: int = 0
 
     @property
     def trigger_id(self) -> str:

@@ -81,11 +81,12 @@ class QueueDriver:
             self.clock.ms = at
         return self._runner.run(self.queue.claim(limit))
 
-    def claim_within(self, limit: int, budgets: Any, at: int | None = None) -> Any:
+    def claim_within(self, limit: int, budgets: Any, at: int | None = None,
+                     ahead_ms: int = 0) -> Any:
         """Queue.claim_within: a Claim, each app within `budgets` (workers.queue.Budgets)."""
         if at is not None:
             self.clock.ms = at
-        return self._runner.run(self.queue.claim_within(limit, budgets))
+        return self._runner.run(self.queue.claim_within(limit, budgets, ahead_ms))
 
     def settle(self, *settlements: Any) -> int:
         return self._runner.run(self.queue.settle(list(settlements)))

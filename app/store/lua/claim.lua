@@ -6,7 +6,8 @@
 --                         aside because their app had no room (app/store/keys.py)
 -- KEYS[5] heldapps  ZSET  app id -> ms its held triggers may next be taken
 -- KEYS[6] rate      HASH  app id -> token bucket "tokens|ms" of a rate-limited app
--- ARGV[1] now, epoch ms (only entries with score <= now are due)
+-- ARGV[1] now, epoch ms (only entries with score <= now are due); a worker passes a
+--         few ms ahead of its clock and holds each trigger until its `due` (below)
 -- ARGV[2] most triggers to claim
 -- ARGV[3] lease length, ms
 -- ARGV[4] lease token of this claim (unique per claim call)
@@ -19,11 +20,13 @@
 -- ARGV[8..] groups of 4: app id, its budget, its rate (tokens per ms, 0: no limit), the
 --           size of its bucket
 -- KEYS[4..6] and ARGV[5..] may be left out: then no app has a budget, and the answer
--- is {earliest, id, record, sched, attempt, count, ...} (as before them).
--- Returns {earliest, more, {blocked app, ...}, id, record, sched, attempt, count, ...}:
+-- is {earliest, id, record, sched, attempt, count, due, ...} (as before them).
+-- Returns {earliest, more, {blocked app, ...}, id, record, sched, attempt, count, due, ...}:
 --   earliest  the earliest score of anything else this worker could take (false: none)
 --   more      1 when due triggers may be left that this call had no room to look at
 --   blocked   apps with due triggers left for want of budget (their caller's slots)
+--   due       the entry's score when taken: a retry's time, else sched (or a lease's
+--             end, past); the attempt goes out at neither before it nor before sched
 -- The lease is the due index itself: a claimed job's score moves to the
 -- lease expiry, so a trigger whose worker died becomes due again by itself.
 --
@@ -102,7 +105,7 @@ local leased_runs, leased_due = {}, {}
 local taken = {}  -- a stale second entry of a job in `held` reads its state before the lease
 
 -- Lease the trigger to this call and add it to the answer.
-local function take(id, app, record, sched, attempt, count, last)
+local function take(id, app, record, sched, attempt, count, last, due)
   if taken[id] then
     return
   end
@@ -117,6 +120,7 @@ local function take(id, app, record, sched, attempt, count, last)
   out[#out + 1] = sched
   out[#out + 1] = attempt
   out[#out + 1] = count
+  out[#out + 1] = due
   claimed = claimed + 1
   if fair then
     budget[app] = budget_of(app) - 1
@@ -149,7 +153,7 @@ local function take_due(id, app, score)
     local s, a, c, l = parse(state)
     sched, attempt, count, last = s, tonumber(a), tonumber(c), l
   end
-  take(id, app, record, sched, attempt, count, last)
+  take(id, app, record, sched, attempt, count, last, score)
 end
 
 -- Set a due trigger aside until a call with room for its app takes it.
@@ -177,7 +181,7 @@ local function take_held(app, n)
     if state and record then
       local s, a, c, l, lease = parse(state)
       if lease == HELD then
-        take(id, app, record, s, tonumber(a), c, l)
+        take(id, app, record, s, tonumber(a), c, l, tonumber(string.sub(m, #app + 2, #app + 16)))
       end
     end
   end
