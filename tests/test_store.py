@@ -714,3 +714,32 @@ def test_a_claim_ahead_gives_each_trigger_the_time_its_attempt_is_due(
     assert q.claim_within(10, full, at=T0 + 2000, ahead_ms=5).triggers == []
     [held] = q.claim_within(10, room, at=T0 + 2000, ahead_ms=5).triggers
     assert (held.sched_ms, held.due_ms, held.attempt) == (T0 + 3, T0 + 2003, 3)
+
+
+def test_claims_and_settlements_go_on_the_loop_connection_and_fall_back_to_redis_py(
+        settings: Settings, store: Store, q: QueueDriver) -> None:
+    """workers/queue.py writes claims and settlements on its lean loop connection
+    (app/store/loop_redis.py); a reply it cannot use (NOSCRIPT after Redis lost its
+    scripts) or a broken connection is done again by redis-py, and nothing is lost."""
+    from app.jobs.model import Trigger
+    from app.store.redis_client import UNAVAILABLE
+
+    assert q.queue._loop_redis is not None  # a single node over TCP
+    direct = redis.Redis.from_url(settings.redis_url)
+    try:
+        store.schedule(make_job("a", T0 - 1))
+        [a] = q.claim(at=T0)
+        assert q.queue._loop_redis._conn is not None  # the claim went that way
+        direct.script_flush()  # as after a restart: NOSCRIPT on the loop connection
+        assert q.next(a, None) == 1
+        store.schedule(make_job("b", T0 - 1))
+        direct.client_kill_filter(_type="normal", skipme=True)  # every other connection
+        claimed: list[Trigger] = []
+        for _ in range(2):  # redis-py's connection was cut too: a worker backs off, claims again
+            with contextlib.suppress(*UNAVAILABLE):
+                claimed += q.claim(at=T0)
+        [b] = claimed
+        assert b.job.name == "b" and q.next(b, None) == 1
+        assert store.get(APP, "a") is None and store.get(APP, "b") is None  # both settled
+    finally:
+        direct.close()

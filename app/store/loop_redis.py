@@ -1,4 +1,5 @@
-"""One pipelined Redis connection on the running asyncio loop, for the API's busiest call.
+"""One pipelined Redis connection on the running asyncio loop, for the busiest calls: the
+API's schedule request and a worker's claims and settlements (workers/queue.py).
 
 The API's schedule request (app/api/fast_schedule.py) would otherwise cross to a pool
 thread for its one script call and back: two thread switches and a fight for the GIL,
@@ -26,6 +27,7 @@ from typing import Any, cast
 
 import hiredis
 import redis
+import redis.asyncio
 import redis.connection
 
 # After a connect that failed: seconds during which `call` fails at once.
@@ -140,10 +142,14 @@ class LoopRedis:
     def for_client(cls, client: Any) -> LoopRedis | None:
         """A LoopRedis to the node of redis-py's `client`, with its address, database,
         credentials and timeouts; None when it is not a plain TCP client of one node."""
-        if not isinstance(client, redis.Redis) or getattr(client, "replica_wait", None):
+        if not isinstance(client, (redis.Redis, redis.asyncio.Redis)) or getattr(
+                client, "replica_wait", None):
             return None  # Redis Cluster, or every write followed by WAIT (redis_wait.py)
         pool = client.connection_pool
-        if pool.connection_class is not redis.connection.Connection:
+        # redis-py's own class, under any mixin of ours (redis_client._HiredisPacking)
+        kind = next(c for c in pool.connection_class.__mro__
+                    if c.__module__.startswith("redis."))
+        if kind not in (redis.connection.Connection, redis.asyncio.Connection):
             return None  # TLS, a Unix socket...
         kwargs = pool.connection_kwargs
         if kwargs.get("protocol", 2) not in (2, "2", None) or any(
