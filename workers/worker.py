@@ -310,7 +310,9 @@ class Worker:
             if delay is not None:
                 log.warning("retry scheduled",
                             extra=_fields(trigger, outcome, retry_in_ms=delay))
-                return Settlement(trigger, Action.RETRY, now + delay)
+                # now_ms() rounds down: + 1, so the retry waits at least its delay after
+                # the answer (a trigger claimed ahead goes out at its exact time)
+                return Settlement(trigger, Action.RETRY, now + 1 + delay)
         next_ms = next_fire_ms(job.schedule, trigger.sched_ms, trigger.count + 1, job.repeats,
                                job.expires_ms, now, job.catch_up, self.settings.max_catch_up)
         if outcome.done:
