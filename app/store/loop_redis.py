@@ -147,8 +147,8 @@ class LoopRedis:
             return None  # Redis Cluster, or every write followed by WAIT (redis_wait.py)
         pool = client.connection_pool
         # redis-py's own class, under any mixin of ours (redis_client._HiredisPacking)
-        kind = next(c for c in pool.connection_class.__mro__
-                    if c.__module__.startswith("redis."))
+        kind = next((c for c in pool.connection_class.__mro__
+                     if c.__module__.startswith("redis.")), None)
         if kind not in (redis.connection.Connection, redis.asyncio.Connection):
             return None  # TLS, a Unix socket...
         kwargs = pool.connection_kwargs

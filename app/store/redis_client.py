@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import hiredis
 import redis
+import redis.connection
 import redis.exceptions
 
 from app.settings import Settings
@@ -101,31 +101,29 @@ def async_client(settings: Settings, *, wait_replicas: int | None = None,
     plain = cast(AsyncWaitingRedis, AsyncWaitingRedis.from_url(settings.redis_url, **_TIMEOUTS))
     plain.replica_wait = policy
     pool = plain.connection_pool
-    pool.connection_class = _packed_by_hiredis(pool.connection_class)  # before any connects
+    if _HIREDIS_PACKER is not None:
+        pool.connection_class = _packed_by_hiredis(pool.connection_class)  # before it connects
     return plain
 
 
+# redis-py's own hiredis packer, its sync client's, where this redis-py has one and takes
+# the hiredis installed (its asyncio client packs in Python whatever is installed).
+_HIREDIS_PACKER: Any = (
+    redis.connection.HiredisRespSerializer()
+    if getattr(redis.connection, "HIREDIS_AVAILABLE", False)
+    and hasattr(redis.connection, "HiredisRespSerializer") else None)
+
+
 class _HiredisPacking:
-    """Packs commands with hiredis, as redis-py's sync client does and its asyncio client
-    does not: packing in Python was a twentieth of a worker's CPU per delivery (its claim
-    and settle calls). The same bytes; an argument of a type Redis cannot take raises
-    redis's DataError, as before."""
+    """Packs commands as redis-py's sync client does, with hiredis: the same bytes as its
+    asyncio client's Python packer, and the same DataError for an argument Redis cannot
+    take. Packing in Python was a twentieth of a worker's CPU per delivery while its claims
+    and settlements went through redis-py (they take the loop connection where they can,
+    workers/queue.py); it still packs everything else (metrics, registrations) and the
+    claims of a client on TLS or a Unix socket."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0]
-        if isinstance(first, str):  # "CONFIG GET": words of a command go apart
-            args = (*first.encode().split(), *args[1:])
-        elif b" " in first:
-            args = (*first.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:
-            pass  # hiredis takes no bytearray or memoryview: those go as bytes
-        args = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args)
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:
-            raise redis.exceptions.DataError(str(exc)) from exc
+        return cast(list[bytes], _HIREDIS_PACKER.pack(*args))
 
 
 def _packed_by_hiredis(connection_class: type[Any]) -> type[Any]:

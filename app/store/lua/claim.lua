@@ -156,6 +156,11 @@ local function take_due(id, app, score)
   take(id, app, record, sched, attempt, count, last, score)
 end
 
+-- The due ms a member of `held` carries: "{app}/{due ms, 15 digits}/{name}".
+local function held_due(app, member)
+  return tonumber(string.sub(member, #app + 2, #app + 16))
+end
+
 -- Set a due trigger aside until a call with room for its app takes it.
 local function hold(id, app, score)
   local sched, attempt, count, last = score, 0, 0, ""
@@ -181,7 +186,7 @@ local function take_held(app, n)
     if state and record then
       local s, a, c, l, lease = parse(state)
       if lease == HELD then
-        take(id, app, record, s, tonumber(a), c, l, tonumber(string.sub(m, #app + 2, #app + 16)))
+        take(id, app, record, s, tonumber(a), c, l, held_due(app, m))
       end
     end
   end
@@ -267,7 +272,7 @@ for app, _ in pairs(touched) do
   end
   local head = redis.call("ZRANGEBYLEX", KEYS[4], "[" .. app .. "/", "(" .. app .. "0", "LIMIT", 0, 1)
   if head[1] then
-    local at = tonumber(string.sub(head[1], #app + 2, #app + 16))
+    local at = held_due(app, head[1])
     if tokens[app] and tokens[app] < 1 then
       -- Nobody may take them before the next token.
       at = math.max(at, now + math.ceil((1 - tokens[app]) / rate[app]))
