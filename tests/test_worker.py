@@ -312,3 +312,71 @@ def test_registrations_are_refreshed_ahead_only_where_that_spares_the_due_claim(
     assert queue.apps_stale_within(APPS_MAX_AGE_S * 0.2)
     assert not queue.apps_stale_within(APPS_MAX_AGE_S * 0.05)  # still fresh at wake-up
     assert not queue.apps_stale_within(APPS_MAX_AGE_S * 1.5)  # stale at wake-up anyway
+
+
+# --- errors of the Redis client that are not Redis's "unavailable" -------------------------
+# redis-py can fail a call with a transport's AttributeError or TypeError when a connection
+# is closed under it (redis-py issue 4287). Seen in tests/cluster/test_failover.py: the
+# worker dead-lettered a trigger whose release failed so, and a settle loop that died so
+# left the worker delivering without settling (11,537 duplicates in one run).
+
+CLOSED_UNDER_IT = AttributeError("'NoneType' object has no attribute 'writelines'")
+
+
+def test_an_unexpected_error_while_settling_is_retried_not_fatal(settings: Settings,
+                                                                 receiver: Receiver) -> None:
+    settings = settings.with_(lease_s=60.0)  # a trigger left unsettled would not come back
+    store = register(settings, receiver.url)
+    with ThreadWorker(settings) as w:
+        real_settle = w.worker.queue.settle
+        failed: list[int] = []
+
+        async def settle_failing_once(batch):  # type: ignore[no-untyped-def]
+            if not failed:
+                failed.append(len(batch))
+                raise CLOSED_UNDER_IT
+            return await real_settle(batch)
+
+        w.worker.queue.settle = settle_failing_once
+        store.schedule(make_job("one"))
+        wait_for(lambda: store.get(APP, "one") is None, 10,
+                 what="the delivery settled on the second try")
+        store.schedule(make_job("two"))  # the loop still settles what comes after
+        wait_for(lambda: store.get(APP, "two") is None, 10, what="the next one settled")
+    assert failed == [1]
+    assert [_name(d) for d in receiver.received()] == ["one", "two"]
+    assert dead_letters(store) == []
+
+
+def test_a_trigger_whose_release_fails_comes_back_and_is_not_dead_lettered(
+        settings: Settings, receiver: Receiver) -> None:
+    """A trigger that waited for its app's slot so long that its lease could run out
+    mid-delivery is released, not delivered; if the release fails, whatever the error,
+    the lease runs out and the trigger comes back (it was never the trigger's fault)."""
+    settings = settings.with_(app_concurrency=1, delivery_timeout_s=2.0, lease_s=3.0)
+    store = register(settings, receiver.url)
+
+    def slow_app(d: Delivery) -> int:
+        time.sleep(0.3)  # the app's own time to answer: the second trigger waits for it
+        return 200
+
+    receiver.responder = slow_app
+    with ThreadWorker(settings) as w:
+        real_release = w.worker.queue.release
+        failed: list[str] = []
+
+        async def release_failing_once(triggers):  # type: ignore[no-untyped-def]
+            if not failed:
+                failed.extend(t.job.name for t in triggers)
+                raise CLOSED_UNDER_IT
+            return await real_release(triggers)
+
+        w.worker.queue.release = release_failing_once
+        due = now_ms() + 200
+        store.schedule(make_job("first", due))
+        store.schedule(make_job("second", due))
+        wait_for(lambda: len(receiver.received()) >= 2, 15,
+                 what="both delivered, the released one after its lease")
+    assert len(failed) == 1
+    assert sorted(_name(d) for d in receiver.received()) == ["first", "second"]
+    assert dead_letters(store) == []

@@ -242,7 +242,7 @@ class Worker:
             if waited_since is not None and (time.monotonic() - waited_since + timeout_s + 1.0
                                              >= self.settings.lease_s):
                 # It waited for its app so long that its lease could run out mid-delivery.
-                await self.queue.release([trigger])
+                await self._give_back(trigger)
                 return
             app = self.queue.app(trigger.job.app_id)
             if app is None:
@@ -292,6 +292,16 @@ class Worker:
                 self._start(*waiting)
             if claim:
                 self._wake.set()  # its app has room again for what was left due
+
+    async def _give_back(self, trigger: Trigger) -> None:
+        """The trigger back to the due index now; else its lease runs out and it comes back
+        then. Whatever the failure, it is Redis's or its client's, not the trigger's: never
+        a dead letter (the catch-all in _deliver makes one)."""
+        try:
+            await self.queue.release([trigger])
+        except Exception as exc:
+            log.warning("cannot give back %s now, its lease will run out: %s: %s",
+                        trigger.trigger_id, type(exc).__name__, exc)
 
     def _timeout_s(self, trigger: Trigger) -> float:
         """The job's deliveryTimeout, else the worker's; never past this worker's bound
@@ -363,15 +373,17 @@ class Worker:
             batch, self.settled = self.settled, []
             try:
                 await self.queue.settle(batch)
-                self.metrics.settled(batch)
-                self._wake_if_due_before_plan(batch)
-                if self._unsettled:
-                    self._unsettled = False
-                    self._wake.set()  # the claim loop waits for this
-            except UNAVAILABLE as exc:
-                # A settlement is retried, never dropped; past the shutdown deadline the
-                # leases run out instead and the triggers are delivered again.
-                log.warning("redis unavailable while settling %d triggers: %s", len(batch), exc)
+            except Exception as exc:
+                # A settlement is retried, never dropped (each applies once: by its lease);
+                # past the shutdown deadline the leases run out instead and the triggers
+                # are delivered again. Not only UNAVAILABLE: a loop that died on a client's
+                # unexpected error would leave this worker delivering without settling,
+                # every trigger coming back at each lease's end.
+                if isinstance(exc, UNAVAILABLE):
+                    log.warning("redis unavailable while settling %d triggers: %s",
+                                len(batch), exc)
+                else:
+                    log.exception("cannot settle %d triggers; retrying", len(batch))
                 self._unsettled = True
                 if give_up_at is not None and loop.time() > give_up_at:
                     return
@@ -380,6 +392,11 @@ class Worker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            self.metrics.settled(batch)
+            self._wake_if_due_before_plan(batch)
+            if self._unsettled:
+                self._unsettled = False
+                self._wake.set()  # the claim loop waits for this
 
     def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
         """A retry or a next occurrence may be due before the claim loop meant to look."""

@@ -28,7 +28,13 @@ from app.api.factory import create_app
 from app.jobs.clock import now_ms
 from app.settings import Settings
 from app.store.keys import Keys, job_id
-from app.store.redis_client import UNAVAILABLE, ClusterUnreachable, NotReplicated, sync_client
+from app.store.redis_client import (
+    UNAVAILABLE,
+    ClusterUnreachable,
+    NotReplicated,
+    async_client,
+    sync_client,
+)
 from app.store.store import AppRegistration, Store
 from tests.cluster.conftest import PARTITIONS, WaitSettings, cluster_settings
 from tests.support.cluster import RedisCluster
@@ -349,6 +355,35 @@ def test_wait_replicas_on_a_single_node_without_replicas_refuses(redis_server: R
     asyncio.run(worker_side())
     # ... and so the trigger stays claimed (leased) but undelivered: it comes back
     # when its lease runs out, never lost.
+
+
+def test_forgetting_a_masters_client_leaves_calls_in_flight_their_connections(
+        cluster: RedisCluster, receiver: Receiver) -> None:
+    """A waited script call that fails makes the client forget that master's client; the
+    other calls on it at that moment keep their connections. Closing them under those calls
+    made redis-py fail them with AttributeError, not ConnectionError (redis-py issue 4287):
+    a worker took it for a bad record and dead-lettered a trigger (test_failover.py)."""
+    settings = cluster_settings(cluster, receiver, wait_replicas=1)
+
+    async def scenario() -> None:
+        client = async_client(settings)
+        try:
+            await client.initialize()
+            node = client.get_default_node()
+            pool = client._node_client(node.name, node.host, int(node.port)).connection_pool
+            busy = await pool.get_connection()  # a call in flight holds it
+            idle = await pool.get_connection()
+            await pool.release(idle)
+            await client._forget(node.name)
+            assert busy.is_connected and not idle.is_connected
+            await busy.send_command("PING")
+            assert await busy.read_response() in (b"PONG", "PONG", True)
+            await pool.release(busy)
+        finally:
+            await client.aclose()
+        assert not busy.is_connected  # closed with the client, at last
+
+    asyncio.run(scenario())
 
 
 def test_an_unreachable_cluster_is_unavailable_not_an_error() -> None:
