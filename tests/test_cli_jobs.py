@@ -383,6 +383,62 @@ def test_import_reports_each_failure_and_goes_on(api: Api, prefix: str) -> None:
         (1, f"{prefix}bad", 400, "DAPR_SCHEDULER_SCHEDULE_JOB")]
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The requests the CLI makes from now on: (method, path)."""
+    from app.cli.client import ApiClient
+
+    calls: list[tuple[str, str]] = []
+    real_call = ApiClient.call
+
+    def counted(self: ApiClient, method: str, path: str, **kwargs: Any) -> Any:
+        calls.append((method, path))
+        return real_call(self, method, path, **kwargs)
+
+    monkeypatch.setattr(ApiClient, "call", counted)
+    return calls
+
+
+def test_import_sends_the_lines_in_bulk_requests_and_answers_them_in_order(
+        api: Api, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMPORT_BATCH_JOBS lines a request (3 here): 8 lines, 3 requests; a name given again
+    meets its own earlier line in another request, as it would one by one."""
+    from app.cli import jobs as cli_jobs
+
+    monkeypatch.setattr(cli_jobs, "IMPORT_BATCH_JOBS", 3)
+    calls = _count_calls(monkeypatch)
+    names = [f"{prefix}{i}" for i in range(6)]
+    lines = [json.dumps({"name": n, "dueTime": "1h"}) for n in names]
+    lines[4:4] = ["{not json"]
+    lines.append(json.dumps({"name": names[0], "dueTime": "2h"}))
+    result = run("import", stdin="\n".join(lines) + "\n", url=api.url)
+    assert result.exit_code == 1
+    assert result.stdout == "imported 6 jobs\n"
+    assert result.stderr.splitlines()[:2] == [
+        "line 5: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        f"line 8 (job '{names[0]}'): 409 DAPR_SCHEDULER_SCHEDULE_JOB: failed to schedule job "
+        f"due to: job already exists: '{names[0]}'"]
+    assert calls == [("POST", "/v1.0/jobs")] * 3
+    assert all(api.get(n)[1]["dueTime"] == "1h" for n in names)
+
+
+def test_import_goes_one_by_one_where_the_api_refuses_the_bulk_request(
+        procs: Procs, redis_server: RedisProcess, app_receiver: Receiver, prefix: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An API with a lower JOBRUNNER_BULK_MAX_JOBS refuses the whole request (400): the
+    lines are sent again one by one, with the same outcome."""
+    small = Api(procs, _settings(redis_server, app_receiver, bulk_max_jobs=2), "api-bulk-2")
+    assert small.post(f"{prefix}exists", {"dueTime": "3h"})[0] == 204
+    calls = _count_calls(monkeypatch)
+    lines = [json.dumps({"name": f"{prefix}{n}", "dueTime": "1h"})
+             for n in ("a", "b", "exists", "c")]
+    result = run("import", stdin="\n".join(lines) + "\n", url=small.url)
+    assert result.exit_code == 1 and result.stdout == "imported 3 jobs\n"
+    assert result.stderr.startswith(f"line 3 (job '{prefix}exists'): 409 ")
+    assert calls == [("POST", "/v1.0/jobs"), *[("POST", f"/v1.0/jobs/{prefix}{n}")
+                                               for n in ("a", "b", "exists", "c")]]
+    assert all(small.get(f"{prefix}{n}")[0] == 200 for n in ("a", "b", "c"))
+
+
 # --- the restore extension of the schedule body ----------------------------------------------
 
 

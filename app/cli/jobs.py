@@ -406,6 +406,8 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
     end). `jobrunner jobs import < jobs.jsonl`"""
     imported = 0
     failed: list[dict[str, Any]] = []
+    batch: list[_Line] = []
+    size = 0
     for number, line in _lines(source):
         name: Any = None
         try:
@@ -414,22 +416,74 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
             if not isinstance(name, str) or not name.strip():
                 raise ValueError("not a job: a JSON object with a name is expected")
         except ValueError as e:
-            failed.append(_failure(number, name, None, "", str(e)))
+            batch.append((number, name, None, _failure(number, name, None, "", str(e))))
             continue
         body = {k: v for k, v in job.items() if k != "name"}
         body["overwrite"] = overwrite
-        try:
-            api.call("POST", job_path(name), body=body)
-        except ApiRefused as e:
-            failed.append(_failure(number, name, e.status, e.code, e.api_message))
-            continue
-        except ApiUnreachable as e:
-            raise ApiUnreachable(f"{e.message} (after {imported} imported)") from None
-        imported += 1
+        batch.append((number, name, body, None))
+        size += len(line)
+        if len(batch) >= IMPORT_BATCH_JOBS or size >= IMPORT_BATCH_BYTES:
+            imported += _import(api, batch, failed, imported)
+            batch, size = [], 0
+    imported += _import(api, batch, failed, imported)
     api.done(f"imported {imported} job{'s' if imported != 1 else ''}",
              {"imported": imported, "failed": failed})
     if failed:
         raise click.ClickException(f"{len(failed)} of {imported + len(failed)} not imported")
+
+
+# An import's lines go out in bulk requests (POST .../jobs: each job gets the answer the
+# single route would give it) of at most this many jobs and bytes of lines, under the
+# API's defaults (JOBRUNNER_BULK_MAX_JOBS 1000, JOBRUNNER_BULK_MAX_BYTES 8 MiB). An API
+# that refuses the request as a whole (lower limits, no bulk route) gets them one by one.
+IMPORT_BATCH_JOBS = 500
+IMPORT_BATCH_BYTES = 4 * 1024 * 1024
+
+# A line of an import: its number, the job's name, and its body, or (None) the failure
+# that reading it already was, reported in line order with the answers of the rest.
+_Line = tuple[int, Any, dict[str, Any] | None, dict[str, Any] | None]
+
+
+def _import(api: Api, batch: list[_Line], failed: list[dict[str, Any]], before: int) -> int:
+    """Schedules the batch's jobs; adds their failures to `failed` (each reported on stderr,
+    in line order); returns how many were imported."""
+    jobs = [(number, name, body) for number, name, body, _ in batch if body is not None]
+    try:
+        answer = api.call("POST", JOBS_PATH, body={"jobs": [
+            {**body, "name": name} for _, name, body in jobs]}) if jobs else {"results": []}
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or len(results) != len(jobs):
+            raise ApiRefused(200, "", "the bulk answer has no result for each job")
+        outcomes = {number: result for (number, _, _), result in zip(jobs, results, strict=True)}
+    except ApiRefused:
+        outcomes = {}
+        for number, name, body in jobs:
+            outcomes[number] = outcome = _one(api, name, body, before)
+            before += outcome["status"] == 204
+    except ApiUnreachable as e:
+        raise ApiUnreachable(f"{e.message} (after {before} imported)") from None
+    imported = 0
+    for number, name, _, failure in batch:
+        if failure is None:
+            outcome = outcomes[number]
+            if outcome.get("status") == 204:
+                imported += 1
+                continue
+            failure = _failure(number, name, outcome.get("status"),
+                               str(outcome.get("errorCode", "")), str(outcome.get("message", "")))
+        failed.append(_report(failure))
+    return imported
+
+
+def _one(api: Api, name: str, body: dict[str, Any], before: int) -> dict[str, Any]:
+    """One job through the single route, its outcome as the bulk route gives it."""
+    try:
+        api.call("POST", job_path(name), body=body)
+    except ApiRefused as e:
+        return {"status": e.status, "errorCode": e.code, "message": e.api_message}
+    except ApiUnreachable as e:
+        raise ApiUnreachable(f"{e.message} (after {before} imported)") from None
+    return {"status": 204}
 
 
 def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -445,11 +499,17 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def _failure(line: int, name: Any, status: int | None, code: str, message: str) -> dict[str, Any]:
-    what = f"line {line}" + (f" (job {name!r})" if isinstance(name, str) else "")
-    said = f"{status} {code}: " if status is not None else ""
-    click.echo(f"{what}: {said}{message}", err=True)
     return {"line": line, "name": name if isinstance(name, str) else None, "status": status,
             "errorCode": code, "message": message}
+
+
+def _report(failure: dict[str, Any]) -> dict[str, Any]:
+    """The failure, said on stderr."""
+    name, status = failure["name"], failure["status"]
+    what = f"line {failure['line']}" + (f" (job {name!r})" if isinstance(name, str) else "")
+    said = f"{status} {failure['errorCode']}: " if status is not None else ""
+    click.echo(f"{what}: {said}{failure['message']}", err=True)
+    return failure
 
 
 # --- text ----------------------------------------------------------------------------------
