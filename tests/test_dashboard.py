@@ -3,7 +3,9 @@ the live counters, and a click-through in a real headless browser.
 
 The browser test drives Debian's chromium (/usr/bin/chromium, which .ci/run installs)
 through Playwright against the real Flask app on 127.0.0.1, a real worker and a real
-receiver; it leaves the screenshots the README shows (docs/dashboard*.png). Outside CI,
+receiver; it takes the screenshots the README shows (docs/dashboard*.png), written there
+only with JOBRUNNER_UPDATE_SCREENSHOTS=1 (else under the test's tmp_path, so that a run
+leaves the checkout as it was). Outside CI,
 without chromium, it is skipped; in CI (CI=true) a missing browser fails it.
 """
 
@@ -537,8 +539,10 @@ def api_call(base: str, token: str, method: str, path: str, body: Any = None,
 
 
 @pytest.mark.timeout(240)
-def test_dashboard_in_a_real_browser(locked: Settings, receiver: Receiver, token: str) -> None:
+def test_dashboard_in_a_real_browser(locked: Settings, receiver: Receiver, token: str,
+                                     tmp_path: Path) -> None:
     _need_browser()
+    shots = DOCS if os.environ.get("JOBRUNNER_UPDATE_SCREENSHOTS") == "1" else tmp_path
     from playwright.sync_api import Page, expect, sync_playwright
 
     failing = {"/job/flaky", "/job/payment-webhook", "/job/sync-inventory"}
@@ -556,7 +560,7 @@ def test_dashboard_in_a_real_browser(locked: Settings, receiver: Receiver, token
     def delivered(path: str) -> list[Delivery]:
         return receiver.received(path)
 
-    DOCS.mkdir(exist_ok=True)
+    shots.mkdir(exist_ok=True)
     with (serving(create_app(locked)) as base, ThreadWorker(locked),
           sync_playwright() as pw):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -625,7 +629,7 @@ def test_dashboard_in_a_real_browser(locked: Settings, receiver: Receiver, token
             assert any("/ui/counters" in u for u in seen_urls)
             page.reload()
             expect(page.locator("#jobs tbody tr")).to_have_count(5)
-            page.screenshot(path=str(DOCS / "dashboard.png"), full_page=True)
+            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
 
             # A failing job (one attempt) lands in the dead-letter queue.
             page.click("nav >> text=Schedule a job")
@@ -643,7 +647,7 @@ def test_dashboard_in_a_real_browser(locked: Settings, receiver: Receiver, token
             reload_until(page, lambda: page.locator("#deadletters tbody tr").count() == 2,
                          "both dead letters listed")
             expect(page.locator("#counter-dead")).to_have_text("2")
-            page.screenshot(path=str(DOCS / "dashboard-deadletters.png"), full_page=True)
+            page.screenshot(path=str(shots / "dashboard-deadletters.png"), full_page=True)
 
             # Inspect: the job in the API's shape, and the app's answer.
             page.locator("#deadletters tr", has_text="flaky").locator("text=Inspect").click()
