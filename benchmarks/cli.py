@@ -63,8 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(repeatable; default granian, the Procfile's `jobrunner api`; "
                         "gthread and gevent: gunicorn with that worker class, as before)")
     parser.add_argument("--rounds", type=int,
-                        help="schedule: run the rows in turn this many times and show each "
-                        "row's median run (1): steadier figures on a busy machine")
+                        help="schedule, burst: run the rows in turn this many times and show "
+                        "each row's median run (1): steadier figures on a busy machine")
     parser.add_argument("--only", action="append", choices=[JOBRUNNER, *BASELINES],
                         help="run only this system (repeatable)")
     parser.add_argument("--out", type=Path,

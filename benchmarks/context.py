@@ -29,7 +29,7 @@ class Options:
     # Procfile's web line, `jobrunner api`; "gthread", "gevent": gunicorn serving
     # app.api:create_app() with that worker class).
     servers: tuple[str, ...] = ("granian",)
-    rounds: int | None = None  # schedule: rows run in turn this many times (median shown)
+    rounds: int | None = None  # schedule, burst: rows run in turn this many times (median)
 
 
 @dataclass

@@ -69,6 +69,17 @@ def test_burst(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "== targets" in table
 
 
+def test_burst_rounds_show_each_rows_median_round(tmp_path: Path) -> None:
+    result = bench(tmp_path, "burst", "--jobs", "100", "--rounds", "3", "--no-baselines",
+                   "--protocol", "http")
+    scenario = result["scenarios"]["burst"]
+    figures = scenario["systems"]["jobrunner"]
+    check_deliveries(figures, 100)  # each round's jobs its own: none from another round
+    assert len(figures["rates"]) == 3 and scenario["params"]["rounds"] == 3
+    assert figures["drain_rate"] == sorted(figures["rates"])[1]
+    assert any(n.startswith("jobrunner: deliveries/s in each round") for n in scenario["notes"])
+
+
 def test_steady(tmp_path: Path) -> None:
     result = bench(tmp_path, "steady", "--rate", "100", "--duration", "1")
     systems = result["scenarios"]["steady"]["systems"]
