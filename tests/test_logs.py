@@ -300,6 +300,16 @@ def test_logs_of_a_service_started_by_run_show_its_api_and_delivery_lines(
         assert wait_for(lambda: not any(process_alive(p) for p in pids), 30, what="all gone")
 
 
+# A command run from a terminal gets Ctrl-C: SIGINT at its default, whatever the test's own
+# process was started with (a background job of a shell without job control starts with
+# SIGINT ignored, its children too, and Python then never raises KeyboardInterrupt).
+AS_A_TERMINAL_RUNS_IT = [
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+]
+
+
 def test_logs_follow_shows_new_lines_merged_until_ctrl_c(tmp_path: Path) -> None:
     logs = tmp_path / "home" / "logs"
     logs.mkdir(parents=True)
@@ -309,7 +319,8 @@ def test_logs_follow_shows_new_lines_merged_until_ctrl_c(tmp_path: Path) -> None
     out = tmp_path / "out.txt"
     env = cli_env(tmp_path)
     with out.open("wb") as sink:
-        proc = subprocess.Popen([*CLI, "logs", "-f", "-n", "2"], env=env, stdout=sink,
+        proc = subprocess.Popen([*AS_A_TERMINAL_RUNS_IT, *CLI[1:], "logs", "-f", "-n", "2"],
+                                env=env, stdout=sink,
                                 stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
     try:
         wait_for(lambda: out.read_text().count("\n") >= 2, 30, what="the last lines")
