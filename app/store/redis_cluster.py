@@ -244,9 +244,9 @@ class _AsyncClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
             raise
 
 
-# Node clients forgotten after a failed call, kept open until this many more are: their
-# calls in flight end long before.
-_RETIRED_KEPT = 8
+# A node client forgotten after a failed call is closed this long after, when any call
+# it had in flight is over (each is bounded by the socket timeout, 5 s).
+_RETIRED_FOR_S = 30.0
 
 
 class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
@@ -263,7 +263,8 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._node_clients: dict[str, redis.asyncio.Redis] = {}
-        self._retired: list[redis.asyncio.Redis] = []  # forgotten, calls may be in flight
+        # Forgotten node clients, with the loop time they were: calls may be in flight.
+        self._retired: list[tuple[float, redis.asyncio.Redis]] = []
 
     def register_script(self, script: Any) -> Any:
         _remember(script)
@@ -310,11 +311,11 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
                 result, acked = await pipe.execute(raise_on_error=False)
             except (redis.ConnectionError, redis.TimeoutError):
                 # Not sent again (it may have run); learn the new owners for the next call.
-                await self._forget(node.name)
+                await self._forget(node.name, plain)
                 raise
             if not isinstance(result, _REDIRECTS):
                 return policy.check(result, acked, node.name)
-            await self._forget(node.name)
+            await self._forget(node.name, plain)
             await asyncio.sleep(0.05 * 2 ** attempt)
         raise redis.exceptions.ClusterDownError(
             f"script call still redirected after {_ATTEMPTS} attempts")
@@ -329,24 +330,27 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
             self._node_clients[name] = client
         return client
 
-    async def _forget(self, name: str) -> None:
-        client = self._node_clients.pop(name, None)
-        if client is not None:
+    async def _forget(self, name: str, client: redis.asyncio.Redis) -> None:
+        """Forget `client`, the node client of `name` a call failed on (not the one another
+        call may have made since), and learn the cluster's owners again."""
+        if self._node_clients.get(name) is client:
+            del self._node_clients[name]
             # Its idle connections only: other calls may be using the rest, and closing a
             # connection under a call made redis-py fail it with AttributeError (its writer
             # gone), not ConnectionError (redis-py issue 4287): a worker took that for a bad
             # record and dead-lettered a trigger in tests/cluster/test_failover.py. The
-            # rest close when the client is retired for good, several failovers on.
+            # rest close _RETIRED_FOR_S later, their calls over.
             await client.connection_pool.disconnect(inuse_connections=False)
-            self._retired.append(client)
-            if len(self._retired) > _RETIRED_KEPT:
-                await self._retired.pop(0).aclose()
+            now = asyncio.get_running_loop().time()
+            self._retired.append((now, client))
+            while self._retired and self._retired[0][0] < now - _RETIRED_FOR_S:
+                await self._retired.pop(0)[1].aclose()
         with contextlib.suppress(Exception):  # the next call will try again
             await self.nodes_manager.initialize()
 
     async def aclose(self) -> None:
-        clients, self._node_clients = [*self._node_clients.values(), *self._retired], {}
-        self._retired = []
+        clients = [*self._node_clients.values(), *(c for _, c in self._retired)]
+        self._node_clients, self._retired = {}, []
         for client in clients:
             await client.aclose()
         await super().aclose()

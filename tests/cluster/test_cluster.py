@@ -370,12 +370,19 @@ def test_forgetting_a_masters_client_leaves_calls_in_flight_their_connections(
         try:
             await client.initialize()
             node = client.get_default_node()
-            pool = client._node_client(node.name, node.host, int(node.port)).connection_pool
+            failed = client._node_client(node.name, node.host, int(node.port))
+            pool = failed.connection_pool
             busy = await pool.get_connection()  # a call in flight holds it
             idle = await pool.get_connection()
             await pool.release(idle)
-            await client._forget(node.name)
+            await client._forget(node.name, failed)
             assert busy.is_connected and not idle.is_connected
+            # A call that failed on the old client does not make the client forget the
+            # node client made since (its calls keep their connections too).
+            made_since = client._node_client(node.name, node.host, int(node.port))
+            assert made_since is not failed
+            await client._forget(node.name, failed)
+            assert client._node_client(node.name, node.host, int(node.port)) is made_since
             await busy.send_command("PING")
             assert await busy.read_response() in (b"PONG", "PONG", True)
             await pool.release(busy)
