@@ -447,17 +447,17 @@ _Line = tuple[int, Any, dict[str, Any] | None, dict[str, Any] | None]
 def _import(api: Api, batch: list[_Line], failed: list[dict[str, Any]], before: int) -> int:
     """Schedules the batch's jobs; adds their failures to `failed` (each reported on stderr,
     in line order); returns how many were imported."""
-    jobs = [(number, name, body) for number, name, body, _ in batch if body is not None]
+    to_send = [(number, name, body) for number, name, body, _ in batch if body is not None]
     try:
         answer = api.call("POST", JOBS_PATH, body={"jobs": [
-            {**body, "name": name} for _, name, body in jobs]}) if jobs else {"results": []}
+            {**body, "name": name} for _, name, body in to_send]}) if to_send else {"results": []}
         results = answer.get("results") if isinstance(answer, dict) else None
-        if not isinstance(results, list) or len(results) != len(jobs):
+        if not isinstance(results, list) or len(results) != len(to_send):
             raise ApiRefused(200, "", "the bulk answer has no result for each job")
-        outcomes = {number: result for (number, _, _), result in zip(jobs, results, strict=True)}
+        outcomes = {number: result for (number, _, _), result in zip(to_send, results, strict=True)}
     except ApiRefused:
         outcomes = {}
-        for number, name, body in jobs:
+        for number, name, body in to_send:
             outcomes[number] = outcome = _one(api, name, body, before)
             before += outcome["status"] == 204
     except ApiUnreachable as e:
