@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -44,3 +45,18 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if math.isnan(numerator) or math.isnan(denominator) or denominator == 0:
         return None
     return numerator / denominator
+
+
+def figure(run: dict[str, Any], key: str) -> float:
+    """A run's figure `key` as a number to rank runs by: 0 when missing or NaN."""
+    value = run.get(key)
+    return float(value) if value is not None and not math.isnan(value) else 0.0
+
+
+def median_round(rounds: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Of a row's rounds (`--rounds`), the one whose figure `key` is the median (the upper
+    of the middle two for an even count), with every round's figure under "rates", in run
+    order."""
+    median = dict(sorted(rounds, key=lambda run: figure(run, key))[len(rounds) // 2])
+    median["rates"] = [run.get(key) for run in rounds]
+    return median

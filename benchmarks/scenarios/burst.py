@@ -8,7 +8,7 @@ from typing import Any
 from benchmarks.context import JOBRUNNER, Context
 from benchmarks.deliveries import burst_figures, run_jobs
 from benchmarks.report import Metric, Target
-from benchmarks.stats import ratio
+from benchmarks.stats import figure, median_round, ratio
 from benchmarks.systems import BenchJob, job_name
 
 DEFAULT_JOBS = 20_000
@@ -94,12 +94,10 @@ def run(ctx: Context) -> dict[str, Any]:
     systems: dict[str, Any] = {}
     notes: list[str] = []
     for row, figures in measured.items():
-        median = dict(sorted(figures, key=_drain_rate)[len(figures) // 2])
-        median["rates"] = [f.get("drain_rate") for f in figures]  # every round's, in order
-        systems[row] = median
+        systems[row] = median_round(figures, "drain_rate")
         if rounds > 1:
             notes.append(f"{row}: deliveries/s in each round "
-                         + ", ".join(f"{_drain_rate(f):,.0f}" for f in figures))
+                         + ", ".join(f"{figure(f, 'drain_rate'):,.0f}" for f in figures))
     return {
         "scenario": "burst",
         "title": (f"{jobs:,} jobs due at the same instant, {workers} worker processes each"
@@ -111,11 +109,6 @@ def run(ctx: Context) -> dict[str, Any]:
         "targets": targets(systems, workers),
         "notes": notes,
     }
-
-
-def _drain_rate(figures: dict[str, Any]) -> float:
-    rate = figures.get("drain_rate")
-    return float(rate) if rate is not None and not math.isnan(rate) else 0.0
 
 
 def targets(systems: dict[str, Any], workers: int) -> list[Target]:

@@ -37,6 +37,7 @@ from benchmarks.loadgen import run_load
 from benchmarks.procfile import venv_path_env, web_command
 from benchmarks.procs import REPO_ROOT, BenchError, counters_delta, free_port
 from benchmarks.report import Metric, Target
+from benchmarks.stats import median_round
 from benchmarks.systems import rfc3339_ms
 
 DEFAULT_DURATION = 10.0
@@ -255,9 +256,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                            concurrency, count, tree))
     systems: dict[str, Any] = {}
     for name, measured in runs.items():
-        median = dict(sorted(measured, key=lambda m: float(m["rate"]))[len(measured) // 2])
-        median["rates"] = [m["rate"] for m in measured]  # every round's, in run order
-        systems[name] = median
+        systems[name] = median_round(measured, "rate")
     targets = []
     jr = systems.get(JOBRUNNER)
     if jr is not None:
