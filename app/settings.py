@@ -274,7 +274,7 @@ class Settings:
     history_ttl_s: float = 86400.0
 
     # Logs of every process (app/logs.py): "plain" or "json"; a level name, or "" for the
-    # process's own default (info; warning for workers, whose info is a line per delivery).
+    # process's own default (info everywhere: a worker's is a line per delivery).
     log_format: str = "plain"
     log_level: str = ""
 

@@ -25,9 +25,11 @@ import pytest
 
 from app.processes.procs import PROJECT_ROOT, port_is_free, process_alive
 from app.processes.redis_server import bundled_redis_server
+from app.store.store import AppRegistration, Store, app_binding
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
+from tests.test_api_helpers import api_settings
 
 CLI = [sys.executable, "-m", "app.cli"]
 SEED_BODY = {
@@ -481,6 +483,26 @@ def test_runtime_errors_exit_1_with_a_message(tmp_path: Path) -> None:
         assert done.returncode == 1 and "cannot reach Redis at" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "home" / "service.json").exists()
+
+
+def test_an_api_refused_for_other_tokens_says_so_in_one_line(
+        tmp_path: Path, redis_server: RedisProcess) -> None:
+    """Refused before granian starts its processes: not a traceback from each of them,
+    respawned once (README, "Trust boundary")."""
+    settings = api_settings(redis_server.url)
+    store = Store(settings)
+    store.register_app(AppRegistration(settings.app_id, "http://127.0.0.1:7001"), ttl_s=30,
+                       binding=app_binding(settings.app_id, "token-one", ""))
+    env = cli_env(tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=settings.prefix,
+                  APP_ID=settings.app_id, DAPR_API_TOKEN="token-two",
+                  JOBRUNNER_API_PROCESSES="2")
+    done = cli(env, "api", "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+               timeout=30)
+    store.close()
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"Error: app '{settings.app_id}' is served by a live API "
+                                  "process with other tokens"), done.stderr
+    assert "Traceback" not in done.stderr and "granian" not in done.stderr, done.stderr
 
 
 def test_help_lists_every_command(tmp_path: Path) -> None:

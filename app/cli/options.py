@@ -192,8 +192,7 @@ def log_options(f: F) -> F:
         click.option(
             "--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
             envvar="JOBRUNNER_LOG_LEVEL", show_envvar=True,
-            help="The least level logged; info shows a line per delivery.  "
-                 "[default: info; workers: warning]",
+            help="The least level logged; info shows a line per delivery.  [default: info]",
         ),
     )(command)
     return with_options  # type: ignore[return-value]  # the same command, two more options

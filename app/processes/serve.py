@@ -143,6 +143,26 @@ def _worker_app(settings: Settings, options: ServeOptions) -> Any:
     )
 
 
+def _refuse_if_claimed(settings: Settings) -> None:
+    """Raise AppClaimed (the CLI's one-line error) before granian starts, when a live API
+    process with other tokens serves this app: refused in the worker processes, each
+    would print a traceback and granian would respawn it once (create_app checks again,
+    for two processes started in the same moment)."""
+    from app.store.redis_client import UNAVAILABLE
+    from app.store.store import Store, app_binding
+
+    store = Store(settings)
+    try:
+        store.check_app_binding(
+            settings.app_id, app_binding(settings.app_id, settings.api_token,
+                                         settings.app_api_token),
+            settings.app_registration_ttl_s)
+    except UNAVAILABLE:
+        pass  # the worker processes check again, and at every registration
+    finally:
+        store.close()
+
+
 def serve(settings: Settings, options: ServeOptions) -> int:
     """Run granian until SIGTERM or SIGINT (both graceful); returns its exit code."""
     from granian.constants import HTTPModes, Interfaces
@@ -158,6 +178,7 @@ def serve(settings: Settings, options: ServeOptions) -> int:
 
     handler = setup_logging(options.log_format, options.log_level)
     handler.addFilter(_GranianName())
+    _refuse_if_claimed(settings)
     listening = (
         f"app {settings.app_id!r} listening on {http_url(options.host, settings.http_port)} "
         f"({_count(options.processes, 'process', 'processes')} x "
