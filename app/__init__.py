@@ -4,8 +4,8 @@ One folder per layer; the dependency rule, enforced by the import-linter contrac
 pyproject.toml (`lint-imports`, run by tests/test_quality.py):
 
     app.cli          click commands                      may use everything below
-    app.processes    supervisor, background service,     starts things; uses api, store, jobs
-                     embedded Redis, API server
+    app.processes    supervisor, background service,     starts processes; uses api, grpc,
+                     embedded Redis, API server          store, jobs
     app.api          the HTTP API (Flask)                } siblings: never import each other;
     app.grpc         the Dapr gRPC API (grpcio)          } each uses store, settings, jobs
     workers          claim, deliver, settle (top level)  }
@@ -17,7 +17,9 @@ pyproject.toml (`lint-imports`, run by tests/test_quality.py):
     app.jobs         the domain: job model, schedules, cron, durations, data formats,
                      validation, errors. Pure: no Flask, click, gRPC, redis or I/O.
 
-Only `app.cli` and `app.processes` start processes or servers. Child processes are
-started with `python -P` so that the caller's folder (which may hold its own `app/`)
-is never on their import path.
+Only `app.cli` and `app.processes` start processes (a contract: nothing else imports
+subprocess or multiprocessing). The threads a layer needs for itself stay in it: the API's
+registration heartbeat, the gRPC server's loop, a worker's metrics endpoint. Child
+processes are started with `python -P` so that the caller's folder (which may hold its own
+`app/`) is never on their import path.
 """

@@ -26,6 +26,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from app.processes.procs import python_module
 from benchmarks.stats import percentile
 
 SEED_BODY = {
@@ -85,7 +86,7 @@ def run(runs: int, gap_ms: int) -> dict[str, object]:
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         env["JOBRUNNER_HOME"] = str(Path(tmp) / "home")
         up = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "up", "--app-id", "job-service",
+            [*python_module("app.cli"), "up", "--app-id", "job-service",
              "--app-url", f"http://127.0.0.1:{receiver.server_address[1]}",
              "--http-port", str(api_port), "--data-dir", str(Path(tmp) / "data")],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

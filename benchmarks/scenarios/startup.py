@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import orjson
 
+from app.processes.procs import python_module
 from benchmarks.context import JOBRUNNER, Context
 from benchmarks.jobrunner_side import APP_ID
 from benchmarks.procs import LOOPBACK, BenchError, child_env, free_port, wait_until
@@ -58,9 +59,9 @@ METRICS = [
 
 
 def jobrunner_cmd() -> list[str]:
-    """The `jobrunner` console script beside this interpreter, else `python -m app.cli`."""
+    """The `jobrunner` console script beside this interpreter, else `python -P -m app.cli`."""
     script = Path(sys.executable).parent / "jobrunner"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+    return [str(script)] if script.exists() else python_module("app.cli")
 
 
 def _env(home: Path) -> dict[str, str]:
