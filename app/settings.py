@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
@@ -28,29 +29,52 @@ class SettingsError(JobrunnerError, ValueError):
     """A setting has a value that cannot be used."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+# Past these a setting is a typo, refused here by name: the numbers it feeds (Redis
+# arguments, milliseconds, the server's limits, a list per partition) would fail or grow
+# far from it. Every whole number fits a signed 32-bit one; every float is a count of
+# seconds (or of requests a second) of at most ten years.
+MAX_WHOLE = 2**31 - 1
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_PORT = 65535
+# Redis Cluster has 16,384 hash slots: more partitions cannot spread any further.
+MAX_PARTITIONS = 16384
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
+         maximum: int = MAX_WHOLE) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 20 else maximum + 1  # no 4,000-digit parse
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+        raise SettingsError(f"{name} must be a whole number, got {raw[:40]!r}") from None
+    return _within(name, raw, value, minimum, maximum)
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0,
+           maximum: float = MAX_SECONDS) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = float(raw) if len(raw) <= 40 else math.inf
     except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        raise SettingsError(f"{name} must be a number, got {raw[:40]!r}") from None
+    if math.isnan(value):  # compares false with every bound: it would pass them
+        raise SettingsError(f"{name} must be a number, got {raw[:40]!r}")
+    return _within(name, raw, value, minimum, maximum)
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _within(name: str, raw: str, value: _Number, minimum: _Number,
+            maximum: _Number) -> _Number:
     if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        raise SettingsError(f"{name} must be at least {minimum}, got {raw[:40]}")
+    if value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}, got {raw[:40]}")
     return value
 
 
@@ -150,7 +174,7 @@ def _redis_url(env: Mapping[str, str]) -> str:
     url = env.get("REDIS_URL", "").strip()
     if not env.get("REDIS_PORT", "").strip():
         return url or DEFAULT_REDIS_URL
-    port = _int(env, "REDIS_PORT", 0, minimum=1)
+    port = _int(env, "REDIS_PORT", 0, minimum=1, maximum=MAX_PORT)
     if port > 65535:
         raise SettingsError(f"REDIS_PORT must be a port number (1-65535), got {port}")
     if not url:
@@ -174,10 +198,11 @@ def _port_or_off(env: Mapping[str, str], name: str, default: int) -> int:
     """A port, or 0 for "off" (`0` or `off`)."""
     if env.get(name, "").strip().lower() == "off":
         return 0
-    port = _int(env, name, default)
-    if port > 65535:
-        raise SettingsError(f"{name} must be a port number (1-65535), or 0 or off, got {port}")
-    return port
+    try:
+        return _int(env, name, default, maximum=MAX_PORT)
+    except SettingsError:
+        raise SettingsError(f"{name} must be a port number (1-65535), or 0 or off, got "
+                            f"{env.get(name, '').strip()[:40]!r}") from None
 
 
 @dataclass(frozen=True)
@@ -289,14 +314,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        app_port = _int(env, "APP_PORT", 6200, minimum=1)
+        app_port = _int(env, "APP_PORT", 6200, minimum=1, maximum=MAX_PORT)
         app_host = env.get("APP_HOST", "127.0.0.1").strip() or "127.0.0.1"
         app_url = env.get("APP_URL", "").strip() or f"http://{app_host}:{app_port}"
         settings = cls(
             redis_url=_redis_url(env),
             redis_cluster=_bool(env, "REDIS_CLUSTER", False),
             prefix=env.get("JOBRUNNER_PREFIX", "").strip() or cls.prefix,
-            partitions=_int(env, "JOBRUNNER_PARTITIONS", cls.partitions, minimum=1),
+            partitions=_int(env, "JOBRUNNER_PARTITIONS", cls.partitions, minimum=1,
+                            maximum=MAX_PARTITIONS),
             app_id=env.get("APP_ID", "").strip() or cls.app_id,
             app_url=app_url.rstrip("/"),
             app_api_token=env.get("APP_API_TOKEN", ""),
@@ -305,7 +331,7 @@ class Settings:
             dapr_compat=_bool(env, "JOBRUNNER_DAPR_COMPAT", False),
             app_protocol=(env.get("APP_PROTOCOL", "").strip() or "http").lower(),
             http_host=env.get("JOBRUNNER_HTTP_HOST", "").strip() or cls.http_host,
-            http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1),
+            http_port=_int(env, "DAPR_HTTP_PORT", cls.http_port, minimum=1, maximum=MAX_PORT),
             grpc_port=_port_or_off(env, "DAPR_GRPC_PORT", cls.grpc_port),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
             bulk_max_jobs=_int(env, "JOBRUNNER_BULK_MAX_JOBS", cls.bulk_max_jobs, minimum=1),

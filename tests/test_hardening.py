@@ -40,7 +40,7 @@ from app.jobs.cron import MAX_ZONE_NAME_LENGTH
 from app.jobs.durations import MAX_DURATION_LENGTH
 from app.jobs.schedule import MAX_SCHEDULE_LENGTH, next_fire_ms, parse_schedule
 from app.jobs.sizedcache import SizedCache
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 from app.store.persistence import persistence_problem, warn_at_start
 from app.store.store import UNBOUND, AppClaimed, AppRegistration, Store, app_binding
 from tests.support.redis_proc import RedisProcess, free_port
@@ -549,3 +549,24 @@ def test_an_unreachable_redis_is_not_a_persistence_warning() -> None:
     # only delays the same ConnectionError.
     client = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     assert persistence_problem(client) is None
+
+
+@pytest.mark.parametrize(("name", "raw", "says"), [
+    ("JOBRUNNER_DELIVERY_TIMEOUT", "nan", "must be a number"),
+    ("JOBRUNNER_HISTORY_TTL", "inf", "must be at most"),
+    ("JOBRUNNER_LEASE", "-inf", "must be at least"),
+    ("JOBRUNNER_IDLE_POLL", "1e400", "must be at most"),
+    ("JOBRUNNER_HTTP_BODY_TIMEOUT", "NaN", "must be a number"),
+    ("JOBRUNNER_PARTITIONS", "100000000", "must be at most 16384"),
+    ("JOBRUNNER_HTTP_MAX_CONNECTIONS", "99999999999999999999", "must be at most"),
+    ("JOBRUNNER_CLAIM_BATCH", "9" * 5000, "must be at most"),
+    ("DAPR_HTTP_PORT", "70000", "must be at most 65535"),
+    ("APP_PORT", "65536", "must be at most 65535"),
+])
+def test_settings_past_any_sane_bound_are_refused_by_name(name: str, raw: str,
+                                                          says: str) -> None:
+    """NaN passed every `<` check and failed far away (a trigger dead-lettered, a worker
+    that would not stop); a huge partition count built a list per partition for ever."""
+    with pytest.raises(SettingsError, match=f"{name} {says}") as refused:
+        Settings.from_env({name: raw})
+    assert len(str(refused.value)) < 200  # a 5,000-digit value is not echoed whole
