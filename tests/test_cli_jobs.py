@@ -649,3 +649,55 @@ def test_the_console_script_exit_codes_and_no_traceback(api: Api) -> None:
         assert "Traceback" not in done.stderr and done.stdout == ""
     assert len(closed.stderr.splitlines()) == 1 and len(missing.stderr.splitlines()) == 1
     assert jobs("list", "--url", api.url).returncode == 0
+
+
+class _Foreign(threading.Thread):
+    """An HTTP server that is not a jobs API: every request answered 200 with `body`."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.body = body
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: "
+                             + str(len(self.body)).encode() + b"\r\n\r\n" + self.body)
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000,  # deeper than json reads
+                                  b'{"jobs": [1, 2, 3], "workersAlive": 1e999, "apps": []}'])
+def test_an_answer_that_is_not_the_jobs_apis_is_one_error_line(body: bytes) -> None:
+    foreign = _Foreign(body)
+    try:
+        for args in (["list"], ["history", "x"]):
+            result = run(*args, url=foreign.url)
+            assert result.exit_code == 1, (args, result.stdout, result.exception)
+            assert "is --url a jobrunner API?" in result.stderr, (args, result.stderr)
+        result = CliRunner().invoke(main, ["stats", "--url", foreign.url])
+        assert result.exit_code == 1 and "is --url a jobrunner API?" in result.stderr, (
+            result.stderr, result.exception)
+    finally:
+        foreign.sock.close()
+
+
+def test_json_nested_too_deep_is_refused_as_input(tmp_path: Path) -> None:
+    deep = "[" * 100_000
+    result = run("schedule", "x", "--due-time", "1s", "--data", deep,
+                 url="http://127.0.0.1:9")
+    assert result.exit_code == 2 and "--data" in result.stderr, (result.stderr,
+                                                                 result.exception)
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(deep + "\n")
+    result = run("import", str(lines), "--json", url="http://127.0.0.1:9")
+    assert result.exit_code == 1, (result.stdout, result.exception)
+    assert json.loads(result.stdout)["failed"][0]["message"] == "not JSON: nested too deep"

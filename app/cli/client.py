@@ -90,17 +90,18 @@ def _settings() -> Settings:
     return Settings.from_env({**env, "DAPR_GRPC_PORT": "0"})
 
 
-def check_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def check_url(ctx: click.Context, param: click.Parameter | None,
+              value: str | None) -> str | None:
     if value is None:
         return None
     text = value.strip().rstrip("/")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  # raises on a bad port
+    except ValueError as e:  # a bad port, or an unclosed [ of an IPv6 address
+        raise click.BadParameter(f"{e}: {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6280: {value!r}")
-    try:
-        parts.port  # noqa: B018  # raises on a bad port
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
     return text
 
 
@@ -171,7 +172,7 @@ class ApiClient:
     def _refused(self, status: int, reason: str, headers: Any, raw: bytes) -> ApiRefused:
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
         if isinstance(body, dict) and isinstance(body.get("message"), str):
             code = str(body.get("errorCode") or "")
@@ -212,7 +213,7 @@ def _decode(raw: bytes, status: int, url: str) -> Any:
         return None
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         raise ApiRefused(status, "", f"the answer of {url} is not JSON: "
                                      "is --url a jobrunner API?") from None
 
@@ -263,9 +264,22 @@ def api_command(f: Callable[..., Any] | None = None, /, *, json_option: bool = T
         def command(*args: Any, url: str | None, timeout: float, as_json: bool = False,
                     **kwargs: Any) -> Any:
             settings = _settings()
-            client = ApiClient(url or http_url(settings.http_host, settings.http_port),
-                               settings.api_token, timeout)
-            return f(Api(client, as_json), *args, **kwargs)
+            base_url = url or http_url(settings.http_host, settings.http_port)
+            if url is None:
+                try:
+                    check_url(click.get_current_context(), None, base_url)
+                except click.BadParameter as e:
+                    raise click.ClickException(
+                        f"JOBRUNNER_HTTP_HOST and DAPR_HTTP_PORT give no URL: {e.message}"
+                    ) from None
+            client = ApiClient(base_url, settings.api_token, timeout)
+            try:
+                return f(Api(client, as_json), *args, **kwargs)
+            except (AttributeError, TypeError, KeyError, IndexError, OverflowError) as e:
+                # The command read an answer shaped otherwise than the jobs API's.
+                raise click.ClickException(
+                    f"the answer of {base_url} is not the jobs API's ({type(e).__name__}: "
+                    f"{e}): is --url a jobrunner API?") from None
 
         options = [
             click.option("--url", callback=check_url, metavar="URL",

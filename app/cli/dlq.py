@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 import orjson
+import redis
 
+from app.cli.options import wait_redis
 from app.jobs.model import DeadLetter
 from app.processes.service_state import jobrunner_home, read_state
 from app.settings import Settings
@@ -30,7 +32,9 @@ def _store(redis_url: str | None, app_id: str) -> Store:
         env.update(REDIS_URL=state.redis_url, JOBRUNNER_PREFIX=state.prefix,
                    JOBRUNNER_PARTITIONS=str(state.partitions))
     env["APP_ID"] = app_id
-    return Store(Settings.from_env(env))
+    settings = Settings.from_env(env)
+    wait_redis(settings)  # a bad URL, a wrong database or no Redis: said in one line
+    return Store(settings)
 
 
 def _selection(store: Store, ids: tuple[str, ...], prefix: str | None,
@@ -139,3 +143,5 @@ def _guard(action: Any) -> Any:
         return action()
     except UNAVAILABLE as exc:
         raise click.ClickException(f"Redis is unavailable: {exc}") from None
+    except redis.RedisError as exc:  # an answer that is not Redis's, or a refusal
+        raise click.ClickException(f"Redis answered with an error: {exc}") from None

@@ -120,7 +120,7 @@ def schedule(api: Api, name: str, due_time: str | None, schedule: str | None,
 def _json_option(raw: bytes, option: str) -> Any:
     try:
         return json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json reads
         raise click.BadParameter(
             f"not JSON ({e}); text is written in quotes: '\"text\"'", param_hint=option
         ) from None
@@ -415,6 +415,10 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
             name = job.get("name") if isinstance(job, dict) else None
             if not isinstance(name, str) or not name.strip():
                 raise ValueError("not a job: a JSON object with a name is expected")
+        except RecursionError:
+            batch.append((number, None, None, _failure(number, None, None, "",
+                                                       "not JSON: nested too deep")))
+            continue
         except ValueError as e:
             batch.append((number, name, None, _failure(number, name, None, "", str(e))))
             continue

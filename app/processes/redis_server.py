@@ -305,6 +305,8 @@ def _client(url: str, cluster: bool, timeout: float) -> redis.Redis | redis.Redi
 
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
+# Redis's answers to PING are one short line (+PONG, or an error such as -LOADING).
+_MAX_PING_REPLY = 4096
 
 
 def _plain_address(url: str) -> tuple[str, int] | None:
@@ -317,8 +319,8 @@ def _plain_address(url: str) -> tuple[str, int] | None:
         return None
     if parts.scheme != "redis" or parts.username or parts.password or parts.query:
         return None
-    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        return None  # redis-py says what is wrong with it
+    if parts.path.strip("/") not in ("", "0"):
+        return None  # another database: redis-py selects it, and says what is wrong with it
     return (parts.hostname or "127.0.0.1"), port
 
 
@@ -333,6 +335,8 @@ def _plain_ping(address: tuple[str, int], timeout: float) -> str | None:
                 if not chunk:
                     return "Connection closed by server."
                 reply += chunk
+                if len(reply) > _MAX_PING_REPLY:  # a line that never ends: not Redis
+                    return f"not a Redis server: {reply[:40]!r}..."
     except OSError as e:
         return f"Error connecting to {address[0]}:{address[1]}: {e.strerror or e}"
     if reply.startswith(b"+PONG"):
@@ -360,8 +364,12 @@ def ping(url: str, cluster: bool = False, timeout: float = 0.5) -> str | None:
         return None
     except redis.AuthenticationError as e:
         return f"authentication failed: {e}"
+    except redis.ResponseError as e:  # an answer, not an outage: `DB index is out of range`
+        return f"bad Redis URL: {e}"
     except redis.RedisError as e:
         return str(e) or type(e).__name__
+    except (TypeError, ValueError) as e:  # an option in the URL redis-py does not take
+        return f"bad Redis URL: {e}"
     finally:
         with contextlib.suppress(Exception):
             client.close()
