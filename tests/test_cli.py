@@ -7,6 +7,7 @@ private redis-server. Never the shared Redis on 6379.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -483,6 +485,44 @@ def test_runtime_errors_exit_1_with_a_message(tmp_path: Path) -> None:
         assert done.returncode == 1 and "cannot reach Redis at" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert not (tmp_path / "home" / "service.json").exists()
+
+
+def test_a_redis_url_that_cannot_work_is_one_error_line(
+        tmp_path: Path, redis_server: RedisProcess) -> None:
+    """A wrong database, an option redis-py does not take, an unparsable URL (its password
+    not shown) and a server that is not Redis: said at start, never a traceback, for the
+    worker and the dlq commands alike."""
+    endless = socket.create_server(("127.0.0.1", 0))  # a line that never ends
+
+    def stream(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError), conn:
+            while True:
+                conn.sendall(b"y\n" * 1000)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=stream, args=(endless.accept()[0],),
+                                 daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    cases = [
+        (f"{redis_server.url.rsplit('/', 1)[0]}/99", "DB index is out of range"),
+        (f"{redis_server.url}?foo=bar", "unexpected keyword argument 'foo'"),
+        ("redis://:s3cret@[::1/0", "Invalid IPv6 URL"),
+        (f"redis://127.0.0.1:{endless.getsockname()[1]}/0", "not a Redis server"),
+    ]
+    try:
+        for url, says in cases:
+            for args in (["worker"], ["dlq", "list"]):
+                done = cli(cli_env(tmp_path, REDIS_URL=url, JOBRUNNER_REDIS_WAIT="1"), *args,
+                           timeout=30)
+                assert done.returncode == 1, (url, args, done.stderr)
+                assert done.stderr.startswith("Error: cannot reach Redis at "), done.stderr
+                assert says in done.stderr and "s3cret" not in done.stderr, done.stderr
+                assert "Traceback" not in done.stderr, done.stderr
+    finally:
+        endless.close()
 
 
 def test_an_api_refused_for_other_tokens_says_so_in_one_line(

@@ -6,6 +6,7 @@ Real `python -m workers` processes (tests/support/workers.py) deliver to the
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -26,6 +27,7 @@ from tests.support.receiver import Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
+from workers.worker import Worker
 
 pytestmark = pytest.mark.usefixtures("reap_workers")
 
@@ -346,6 +348,28 @@ def test_an_unexpected_error_while_settling_is_retried_not_fatal(settings: Setti
     assert failed == [1]
     assert [_name(d) for d in receiver.received()] == ["one", "two"]
     assert dead_letters(store) == []
+
+
+def test_an_unexpected_error_in_the_claim_loop_ends_the_worker_instead_of_hanging_it(
+        settings: Settings) -> None:
+    """The loop's helpers (settling, metrics) waited for a stop that never came: the worker
+    printed the error and ran on, delivering nothing (a Redis answering garbage did it).
+    Now the error comes out of Worker.run, and the process exits 1 (workers/main.py)."""
+
+    async def main() -> None:
+        worker = Worker(settings)
+
+        async def claim_failing(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("not what a claim answers")
+
+        worker.queue.claim_within = claim_failing  # type: ignore[assignment,method-assign]
+        try:
+            with pytest.raises(RuntimeError, match="not what a claim answers"):
+                await asyncio.wait_for(worker.run(asyncio.Event()), timeout=30)
+        finally:
+            await worker.queue.close()
+
+    asyncio.run(main())
 
 
 def test_a_trigger_whose_release_fails_comes_back_and_is_not_dead_lettered(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from prometheus_client import start_http_server
 
@@ -44,10 +47,16 @@ def run_worker(settings: Settings) -> int:
     setup_logging(settings.log_format, settings.log_level or DEFAULT_LOG_LEVEL)
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
-    try:
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    with contextlib.suppress(ImportError):  # uvloop is optional off Linux/macOS
         import uvloop
-    except ImportError:  # uvloop is optional off Linux/macOS
-        asyncio.run(_main(settings))
-    else:
-        uvloop.run(_main(settings))
+
+        run = uvloop.run
+    try:
+        run(_main(settings))
+    except Exception:
+        # Not a hang: what was delivered is settled, the rest released or left to its
+        # lease, and the exit code tells whoever runs the worker to start another.
+        log.exception("worker %d failed", os.getpid())
+        return 1
     return 0

@@ -137,6 +137,7 @@ class Worker:
                 if not claim.more:  # nothing else due now that this worker has room for
                     await self._sleep_until(claim.earliest, stop)
         finally:
+            stop.set()  # an error ended the loop: the helpers end too, or this would hang
             listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
             await self._shutdown(helpers)
             await self.metrics.close()

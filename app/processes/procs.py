@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,8 +71,12 @@ def http_url(host: str, port: int) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced, for messages and banners."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparsable (`redis://[::1/0`): whatever stands before an @ goes
+        return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    if password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
@@ -167,22 +172,23 @@ def _is_zombie(pid: int) -> bool:
 
 
 def process_alive(pid: int, start_time: str | None = None) -> bool:
-    """Whether `pid` runs (a zombie does not), and is the process that started at `start_time`."""
-    if pid <= 0:
+    """Whether `pid` runs (a zombie does not), and is the process that started at `start_time`.
+
+    Without `start_time` this only says that some process has that pid now: never enough
+    to signal a recorded pid, which may have been reused. With it, a process whose start
+    time cannot be read is not taken for the recorded one.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         pass  # someone else's process: it exists
     if _is_zombie(pid):
         return False
-    if start_time is not None:
-        current = process_start_time(pid)
-        if current is not None and current != start_time:
-            return False
-    return True
+    return start_time is None or process_start_time(pid) == start_time
 
 
 def stop_process(

@@ -13,7 +13,10 @@ Everything lives in $JOBRUNNER_HOME (default ~/.jobrunner):
     data/          the background service's embedded Redis (AOF, port).
 
 A state whose pid is gone (or reused by another process) is stale: it is cleaned
-up and replaced.
+up and replaced. So is one without a start time: a pid alone does not prove which
+process it is, and a process is only ever signalled once its start time matches the
+recorded one. A file that is not a state of the right shape (not JSON, a field of the
+wrong type or out of range) is corrupt: read as no state, and replaced.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.jobs.errors import JobrunnerError
 from app.processes.procs import (
@@ -40,7 +46,7 @@ from app.processes.procs import (
     tail,
     wait_until,
 )
-from app.settings import Settings
+from app.settings import MAX_PARTITIONS, Settings
 
 STATE_FILE = "service.json"
 LOCK_FILE = "service.lock"
@@ -49,6 +55,9 @@ DATA_DIR = "data"
 START_TIMEOUT_S = 60.0
 # Workers get their grace period, then Redis its own: the whole stop can take this long.
 STOP_TIMEOUT_S = 90.0
+# Linux's pid_max is at most 2**22 (PID_MAX_LIMIT); other systems stay below it.
+MAX_PID = 2**22
+KINDS = ("background", "up")
 
 
 class ServiceError(JobrunnerError, RuntimeError):
@@ -71,7 +80,7 @@ class ProcInfo:
         return cls(name, pid, process_start_time(pid))
 
     def alive(self) -> bool:
-        return process_alive(self.pid, self.start)
+        return _alive(self.pid, self.start)
 
 
 @dataclass
@@ -89,16 +98,108 @@ class ServiceState:
     started_at: float = field(default_factory=time.time)
 
     def alive(self) -> bool:
-        return process_alive(self.pid, self.start)
+        return _alive(self.pid, self.start)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ServiceState:
-        raw: dict[str, Any] = json.loads(text)
-        raw["children"] = [ProcInfo(**c) for c in raw.get("children", [])]
+        """The state in `text`; ValueError unless it has exactly the shape `to_json` writes."""
+        raw = _fields(json.loads(text), _STATE_FIELDS, "service state")
+        children = raw.get("children", [])
+        raw["children"] = [ProcInfo(**_fields(c, _CHILD_FIELDS, "child")) for c in children]
         return cls(**raw)
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    """Whether the recorded process still runs: only provable with its start time."""
+    return start is not None and process_alive(pid, start)
+
+
+# --- the shape of service.json: each field, whether it is required, what it may hold -------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pid(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PID
+
+
+def _is_start(value: object) -> bool:
+    return value is None or (isinstance(value, str) and value != "")
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_url(value: object) -> bool:
+    if not _is_text(value):
+        return False
+    try:
+        urlsplit(str(value)).port  # noqa: B018 (raises ValueError if unparsable)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and 0 <= value <= 2**53
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _is_children(value: object) -> bool:
+    return isinstance(value, list)  # each entry is checked as a child
+
+
+def _is_logs(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
+_Check = tuple[bool, Callable[[Any], bool]]  # (required, check of the value)
+_STATE_FIELDS: dict[str, _Check] = {
+    "kind": (True, lambda v: v in KINDS),
+    "pid": (True, _is_pid),
+    "start": (True, _is_start),
+    "redis_url": (True, _is_url),
+    "redis_embedded": (True, lambda v: isinstance(v, bool)),
+    "prefix": (True, _is_text),
+    "partitions": (True, lambda v: _is_int(v) and 1 <= v <= MAX_PARTITIONS),
+    "data_dir": (False, lambda v: v is None or isinstance(v, str)),
+    "children": (False, _is_children),
+    "logs": (False, _is_logs),
+    "started_at": (False, _is_time),
+}
+_CHILD_FIELDS: dict[str, _Check] = {
+    "name": (True, _is_text),
+    "pid": (True, _is_pid),
+    "start": (False, _is_start),
+}
+
+
+def _fields(raw: object, fields: dict[str, _Check], what: str) -> dict[str, Any]:
+    """`raw` as keyword arguments, if it is an object with exactly these valid fields."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a {what} must be a JSON object, not {type(raw).__name__}")
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ValueError(f"a {what} has unknown fields: {sorted(unknown)}")
+    for name, (required, check) in fields.items():
+        if name not in raw:
+            if required:
+                raise ValueError(f"a {what} lacks its {name!r}")
+        elif not check(raw[name]):
+            raise ValueError(f"a {what} has an invalid {name!r}: {raw[name]!r:.80}")
+    return dict(raw)
 
 
 class ServiceLock:
@@ -144,8 +245,8 @@ def read_state(home: Path) -> ServiceState | None:
         return ServiceState.from_json((home / STATE_FILE).read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError, KeyError):
-        return None  # unreadable: treated like no state, and replaced
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None  # unreadable or of the wrong shape: treated like no state, and replaced
 
 
 def write_state(home: Path, state: ServiceState) -> None:
@@ -163,17 +264,49 @@ def remove_state(home: Path, pid: int) -> None:
             (home / STATE_FILE).unlink()
 
 
+def _signal(proc: ProcInfo | ServiceState, sig: int) -> bool:
+    """Send `sig` to the recorded process, if it is still that one; whether it was sent.
+
+    Its start time is checked right before: a pid alone may name any process by now.
+    Where the kernel has pidfds, the signal goes to the process whose start time was
+    checked, even if it dies and its pid is reused in between. PermissionError is raised.
+    """
+    if proc.start is None:
+        return False
+    pidfd_open = getattr(os, "pidfd_open", None)
+    fd: int | None = None
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(proc.pid)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            fd = None  # no pidfds here: the check and the kill below, as close as can be
+    try:
+        if not proc.alive():
+            return False
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(proc.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _terminate(procs: list[ProcInfo], grace_s: float) -> None:
     # Only processes we can tell apart from a later one that got the same pid.
-    alive = [p for p in procs if p.start is not None and p.alive()]
+    alive = [p for p in procs if p.alive()]
     for p in alive:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p.pid, signal.SIGTERM)
+        with contextlib.suppress(PermissionError):
+            _signal(p, signal.SIGTERM)
     if not wait_until(lambda: not any(p.alive() for p in alive), grace_s):
         for p in alive:
-            if p.alive():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(p.pid, signal.SIGKILL)
+            with contextlib.suppress(PermissionError):
+                _signal(p, signal.SIGKILL)
 
 
 def live_state(home: Path) -> ServiceState | None:
@@ -285,11 +418,10 @@ def stop_service(home: Path, timeout: float = STOP_TIMEOUT_S) -> ServiceState | 
         state = live_state(home)
         if state is None:
             return None
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, signal.SIGTERM)
+        # live_state proved it is the service (its start time); _signal checks again.
+        _signal(state, signal.SIGTERM)
         if not wait_until(lambda: not state.alive(), timeout, interval=0.05):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(state.pid, signal.SIGKILL)
+            _signal(state, signal.SIGKILL)
             wait_until(lambda: not state.alive(), 5.0)
         # Normally already stopped by the service itself, in order.
         _terminate([c for c in state.children if c.name != "redis"], 10.0)
