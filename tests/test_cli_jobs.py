@@ -701,3 +701,21 @@ def test_json_nested_too_deep_is_refused_as_input(tmp_path: Path) -> None:
     result = run("import", str(lines), "--json", url="http://127.0.0.1:9")
     assert result.exit_code == 1, (result.stdout, result.exception)
     assert json.loads(result.stdout)["failed"][0]["message"] == "not JSON: nested too deep"
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
+    """`jobrunner jobs export | head -1`: no `Error: [Errno 32] Broken pipe`."""
+    page = {"jobs": [{"name": f"j{i}", "dueTime": "1h"} for i in range(20_000)],
+            "nextPageToken": ""}
+    foreign = _Foreign(json.dumps(page).encode())
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "jobs", "export", "--url",
+                                 foreign.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())["name"] == "j0"
+        proc.stdout.close()  # as `head -1` does
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) == 0, stderr
+        assert stderr == "", stderr
+    finally:
+        foreign.sock.close()

@@ -77,6 +77,9 @@ class _Group(click.Group):
             raise click.UsageError(str(e), ctx) from None
         except JobrunnerError as e:
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:  # the reader of our output left (`| head`): so do we, quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+            raise SystemExit(0) from None
         except OSError as e:  # a folder we cannot write, a file we cannot read, ...
             raise click.ClickException(str(e)) from None
 
