@@ -623,12 +623,15 @@ def test_something_else_than_the_api_at_the_url(prefix: str) -> None:
         (["delete"], "say which jobs: NAME, or --prefix P (not both)"),
         (["delete", "x", "--prefix", "y"], "say which jobs"),
         (["list", "--url", "ftp://host"], "must be an http(s) URL"),
+        (["list", "--url", "http://[::1"], "Invalid IPv6 URL"),
+        (["list", "--url", "http://user:s3cret@127.0.0.1:9"], "takes no user or password"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], says: str) -> None:
     result = run(*args)
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert says in result.stderr and "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
 
 
 def test_the_console_script_exit_codes_and_no_traceback(api: Api) -> None:

@@ -46,7 +46,11 @@ async def _main(settings: Settings) -> None:
 def run_worker(settings: Settings) -> int:
     setup_logging(settings.log_format, settings.log_level or DEFAULT_LOG_LEVEL)
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
+        try:
+            start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
+        except OSError as e:  # named: the CLI shows only the message
+            raise OSError(e.errno, f"{e.strerror}: 127.0.0.1:{settings.worker_metrics_port} "
+                                   "(JOBRUNNER_WORKER_METRICS_PORT)") from None
     run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
     with contextlib.suppress(ImportError):  # uvloop is optional off Linux/macOS
         import uvloop

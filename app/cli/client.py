@@ -100,6 +100,9 @@ def check_url(ctx: click.Context, param: click.Parameter | None,
         parts.port  # noqa: B018  # raises on a bad port
     except ValueError as e:  # a bad port, or an unclosed [ of an IPv6 address
         raise click.BadParameter(f"{e}: {value!r}") from None
+    if parts.username is not None or parts.password is not None:  # not echoed: a secret
+        raise click.BadParameter("takes no user or password: the API's token is "
+                                 "DAPR_API_TOKEN")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6280: {value!r}")
     return text
