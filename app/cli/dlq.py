@@ -10,8 +10,8 @@ import click
 import orjson
 import redis
 
-from app.cli.options import wait_redis
 from app.jobs.model import DeadLetter
+from app.processes.redis_server import require_redis
 from app.processes.service_state import jobrunner_home, read_state
 from app.settings import Settings
 from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
@@ -33,7 +33,9 @@ def _store(redis_url: str | None, app_id: str) -> Store:
                    JOBRUNNER_PARTITIONS=str(state.partitions))
     env["APP_ID"] = app_id
     settings = Settings.from_env(env)
-    wait_redis(settings)  # a bad URL, a wrong database or no Redis: said in one line
+    # A bad URL, a wrong database or no Redis: said in one line, at once (an inspection
+    # waits for no Redis to start).
+    require_redis(settings.redis_url, settings.redis_cluster, timeout=0.0)
     return Store(settings)
 
 
