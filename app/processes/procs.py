@@ -51,7 +51,12 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def ensure_port_free(host: str, port: int, what: str) -> None:
-    if not port_is_free(host, port):
+    try:
+        free = port_is_free(host, port)
+    except OSError as e:  # not an address of this machine, or not an address at all
+        raise PortInUseError(f"{what} port {port} on {host!r} cannot be listened on: "
+                             f"{e.strerror or e} (--host, JOBRUNNER_HTTP_HOST)") from None
+    if not free:
         raise PortInUseError(f"{what} port {port} on {host} is already in use")
 
 

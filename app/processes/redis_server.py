@@ -350,6 +350,12 @@ def _plain_ping(address: tuple[str, int], timeout: float) -> str | None:
 
 def ping(url: str, cluster: bool = False, timeout: float = 0.5) -> str | None:
     """None when Redis at `url` answers PING, else why not."""
+    with contextlib.suppress(ValueError):  # redis-py says what else is wrong with it
+        parts = urlsplit(url)
+        database = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+            # redis-py would take database 0 without a word
+            return f"bad Redis URL: the database (its path) must be a number, not {database!r}"
     address = None if cluster else _plain_address(url)
     if address is not None:
         return _plain_ping(address, timeout)
