@@ -7,13 +7,14 @@ from typing import Any
 
 import orjson
 import pytest
-from google.protobuf import json_format, struct_pb2, wrappers_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2, wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.jobs import errors
 from app.jobs.anydata import (
     MAX_DATA_DEPTH,
+    any_json_or_bytes,
     delivery_body,
     is_any_json,
     pack_any,
@@ -352,3 +353,20 @@ def test_plain_data_delivers_in_every_format(data: Any) -> None:
     assert orjson.loads(delivery_body(job, "raw")) == data
     body = orjson.loads(delivery_body(job, "envelope"))
     assert set(body) == {"type_url", "value"}
+
+
+@pytest.mark.parametrize("depth", [300, 2000])  # past orjson's depth; past Python's stack
+def test_anys_nested_deeper_than_json_renders_fall_back_to_their_bytes(depth: int) -> None:
+    """Given over gRPC (which stores an Any's bytes as they came): a GET, the dashboard
+    and a `raw` delivery answered 500 or dead-lettered the job (RecursionError)."""
+    any_url = WKT + "Any"
+    value = b""
+    for _ in range(depth):
+        value = any_pb2.Any(type_url=any_url, value=value).SerializeToString()
+    stored = base64.b64encode(value).decode()
+    shown = any_json_or_bytes(any_url, stored)
+    assert shown["@type"] == any_url
+    if depth == 2000:  # no JSON form at all: the bytes as stored
+        assert shown == {"@type": any_url, "value": stored}
+    job = Job("job-service", "j", any_type=any_url, any_value=stored)
+    assert delivery_body(job, "raw") == value.strip()  # as daprd sends an Any it cannot render

@@ -313,6 +313,7 @@ def test_the_schedule_form_means_what_the_api_means(settings: Settings) -> None:
     refused({}, {})
     refused({"dueTime": "2s", "repeats": "-1"}, {"dueTime": "2s", "repeats": -1})
     assert "data must be JSON" in refused({"dueTime": "2s", "data": "hello"}, None)
+    assert "data must be JSON" in refused({"dueTime": "2s", "data": "[" * 3000}, None)  # deep
     assert "repeats must be a whole number" in refused({"dueTime": "2s", "repeats": "x"}, None)
     name_page = form_post(client, "/ui/schedule", {"name": "a/b", "dueTime": "2s"})
     assert name_page.status_code == 400 and b"must not contain" in name_page.data

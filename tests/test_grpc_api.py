@@ -630,3 +630,18 @@ def test_cli_refuses_a_bad_or_taken_grpc_port() -> None:
     assert done.returncode == 1
     assert f"the gRPC API's (--grpc-port) port {port} on 127.0.0.1 is already in use" in (
         done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xff\xff\xff",  # not a message
+                                 b"\x0a\x02\xff\xfe",  # a string field of bad UTF-8
+                                 b"\x0a\x10abc"])  # truncated
+def test_bytes_that_are_not_the_request_are_invalid_argument_not_logged(
+        api: Api, twin: str, raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    """grpc.aio answered UNKNOWN and logged a traceback per call: a log any client fills."""
+    for method in ("ScheduleJob", "GetJob", "DeleteJob"):
+        call = api.channel.unary_unary(f"/dapr.proto.runtime.v1.Dapr/{method}{twin}")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(raw, timeout=10)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value
+        assert "not a valid message" in str(refused.value.details())
+    assert "Traceback" not in caplog.text and "DecodeError" not in caplog.text

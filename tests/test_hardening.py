@@ -124,6 +124,15 @@ def test_delete_by_a_prefix_longer_than_any_name_is_refused(client: FlaskClient,
     assert client.get(job_url(base, "keep")).status_code == 200
 
 
+def test_names_of_invalid_utf8_are_refused_not_merged(client: FlaskClient, base: str) -> None:
+    """`a%FFb` and `a%FEb` both decoded to `a\ufffdb`: one job under two names, the one
+    deleting the other's."""
+    for path in ("a%FFb", "a%FEb", "%ED%A0%80", "a%EF%BF%BDb"):  # the last: U+FFFD itself
+        assert_error(client.post(f"{base}/{path}", json={"dueTime": "1h"}), 400,
+                     errors.JOB_NAME_INVALID)
+    assert client.get(base).get_json()["jobs"] == []
+
+
 # --- limits: the parse caches, in bytes -------------------------------------------------
 
 

@@ -92,7 +92,8 @@ class Server:
         dapr_pb2_grpc.add_DaprServicer_to_server(  # type: ignore[no-untyped-call]
             self._servicer, generic
         )
-        server.add_generic_rpc_handlers((*generic.handlers, _OtherServices()))  # the rest last
+        server.add_generic_rpc_handlers(
+            (_Decoding(generic.handlers), _OtherServices()))  # the rest last
         server.add_insecure_port(bind_address(settings.http_host, settings.grpc_port))
         return server
 
@@ -185,6 +186,57 @@ class _TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return _refuse(grpc.StatusCode.UNAUTHENTICATED,
                            "authentication error: api token mismatch")
         return await continuation(details)
+
+
+class _Undecodable:
+    """A request whose bytes are not its message: the method answers INVALID_ARGUMENT."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class _Decoding(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """The Dapr service's handlers, each request decoded so that bytes that are not its
+    message (truncated, bad UTF-8 in a string) are INVALID_ARGUMENT, as Dapr answers
+    them: a deserializer that raises makes grpc.aio answer UNKNOWN and log a traceback,
+    a log any client could fill. Each method's wrapped handler is made once."""
+
+    def __init__(self, handlers: list[grpc.GenericRpcHandler]) -> None:
+        self._handlers = handlers
+        self._wrapped: dict[str, Any] = {}
+
+    def service(self, details: Any) -> Any:
+        handler = self._wrapped.get(details.method)
+        if handler is None:
+            handler = next((h for g in self._handlers
+                            if (h := g.service(details)) is not None), None)
+            if handler is None or handler.request_streaming or handler.response_streaming:
+                return handler  # every jobs method is unary: the rest as they are
+            handler = self._wrapped[details.method] = _decoding(handler)
+        return handler
+
+
+def _decoding(handler: Any) -> Any:
+    decode, behavior = handler.request_deserializer, handler.unary_unary
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # DecodeError, or a message past its limits
+            return _Undecodable(f"the request is not a valid message: {exc}")
+
+    if asyncio.iscoroutinefunction(behavior):
+        async def checked(request: Any, context: Any) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await behavior(request, context)
+    else:  # run on the pool by grpc.aio, as before
+        def checked(request: Any, context: Any) -> Any:  # type: ignore[misc]
+            if isinstance(request, _Undecodable):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return behavior(request, context)
+
+    return handler._replace(request_deserializer=deserialize, unary_unary=checked)
 
 
 class _OtherServices(grpc.GenericRpcHandler):  # type: ignore[misc]

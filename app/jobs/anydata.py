@@ -247,7 +247,8 @@ def unpack_any_json(type_url: str, value_b64: str) -> dict[str, Any]:
     try:
         message.value = base64.b64decode(value_b64, validate=True)
         result: dict[str, Any] = json_format.MessageToDict(message)
-    except (binascii.Error, DecodeError, json_format.Error, TypeError, ValueError) as exc:
+    except (binascii.Error, DecodeError, json_format.Error, TypeError, ValueError,
+            RecursionError) as exc:  # RecursionError: Anys nested in Anys, given over gRPC
         raise ValueError(
             f"stored protobuf Any of type {type_url!r} does not decode: {exc}"
         ) from exc
@@ -262,9 +263,13 @@ def delivery_body(job: Job, fmt: str) -> bytes:
         raise ValueError(f"unknown delivery format {fmt!r}")
     if job.any_type is not None:
         if fmt == "raw":
-            if not _known_type(job.any_type):  # given over gRPC: no JSON form here
-                return _dapr_any_body(job.any_type, job.any_value or "")
-            return orjson.dumps(unpack_any_json(job.any_type, job.any_value or ""))
+            if _known_type(job.any_type):
+                try:
+                    return orjson.dumps(unpack_any_json(job.any_type, job.any_value or ""))
+                except (ValueError, TypeError):  # nested past what JSON renders here
+                    pass
+            # given over gRPC, with no JSON form here: as daprd sends such an Any
+            return _dapr_any_body(job.any_type, job.any_value or "")
         return _envelope(job.any_type, job.any_value or "")
     if job.data is None:
         return b""

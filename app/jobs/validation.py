@@ -79,8 +79,9 @@ DEFAULT_MAX_DELIVERY_TIMEOUT_MS = 25_000
 _UINT32_MAX = 2**32 - 1
 _UINT32_DIGITS = len(str(_UINT32_MAX))
 # `/` separates app id and name in job ids; `\ # ?` and control characters
-# break URLs and logs. C0, DEL and C1 are Unicode's control characters (Cc).
-_BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+# break URLs and logs. C0, DEL and C1 are Unicode's control characters (Cc). U+FFFD is
+# what invalid UTF-8 in a path decodes to: `a%FFb` and `a%FEb` would name one job.
+_BAD_NAME_CHARS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f\ufffd]")
 _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _INTEGER = re.compile(r"-?[0-9]+")
 

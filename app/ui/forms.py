@@ -60,7 +60,7 @@ def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, byt
         try:
             # The standard library's parser: any JSON, big integers included, as the API.
             json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise ApiError(400, errors.MALFORMED_REQUEST_DATA,
                            f'data must be JSON (a text in double quotes: "text"): {exc}') from None
         # The text itself, not a re-encoding: the API keeps data as written (--dapr-compat).
