@@ -531,6 +531,31 @@ def test_a_redis_url_that_cannot_work_is_one_error_line(
         endless.close()
 
 
+def test_api_processes_end_with_a_sigkilled_api(tmp_path: Path,
+                                               redis_server: RedisProcess) -> None:
+    """granian's worker processes went on serving, for hours, behind a `kill -9` of
+    `jobrunner api` (an OOM kill, or a supervisor's)."""
+    port = free_port()
+    env = cli_env(tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_API_PROCESSES="2")
+    api = subprocess.Popen([*CLI, "api", "--http-port", str(port), "--grpc-port", "off"],
+                           env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        wait_for(lambda: len(descendants(api.pid)) >= 2 and not port_is_free("127.0.0.1", port),
+                 30, what="the API's two worker processes")
+        workers = descendants(api.pid)
+        api.kill()
+        api.wait(10)
+        wait_for(lambda: all_gone(workers), 30, what="the worker processes to end")
+        workers = set()  # gone: their pids are no longer theirs to signal
+    finally:
+        api.kill()
+        for pid in workers:  # the test failed: leave nothing running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_an_api_refused_for_other_tokens_says_so_in_one_line(
         tmp_path: Path, redis_server: RedisProcess) -> None:
     """Refused before granian starts its processes: not a traceback from each of them,

@@ -107,6 +107,13 @@ def _die_with(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
+def die_with(parent_pid: int) -> None:
+    """From now on, SIGTERM when `parent_pid` dies (Linux), for a child someone else
+    started: granian's worker processes were left serving behind a `kill -9` of `api`."""
+    if _libc is not None:
+        _die_with(parent_pid)()
+
+
 def popen_kwargs(*, die_with_parent: bool) -> dict[str, Any]:
     """Popen arguments for a child that only we signal.
 

@@ -26,12 +26,13 @@ the app registration of the worker's Flask app covers both APIs. Measured on 2 c
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from app.logs import setup as setup_logging
-from app.processes.procs import connect_host, http_url
+from app.processes.procs import connect_host, die_with, http_url
 from app.settings import Settings
 
 log = logging.getLogger("jobrunner.api")
@@ -119,8 +120,9 @@ def _granian_logging(level: str) -> dict[str, Any]:
     }
 
 
-def _worker_app(settings: Settings, options: ServeOptions) -> Any:
+def _worker_app(settings: Settings, options: ServeOptions, main_pid: int) -> Any:
     """The RSGI app of one worker process: called by granian in the worker, after the fork."""
+    die_with(main_pid)  # granian's main process (its main thread starts every worker)
     from app.api.bulk import PATHS as BULK_PATHS
     from app.api.factory import create_app
     from app.api.fast_schedule import EXTENSION as SHORTCUT
@@ -209,7 +211,8 @@ def serve(settings: Settings, options: ServeOptions) -> int:
     server.on_startup(lambda: log.info(listening))
     code = 0
     try:
-        server.serve(target_loader=partial(_worker_app, settings, options), wrap_loader=False)
+        server.serve(target_loader=partial(_worker_app, settings, options, os.getpid()),
+                     wrap_loader=False)
     except SystemExit as done:  # granian ends a failed run by sys.exit
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     log.info("app %r: the API has stopped%s", settings.app_id,
