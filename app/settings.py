@@ -175,8 +175,6 @@ def _redis_url(env: Mapping[str, str]) -> str:
     if not env.get("REDIS_PORT", "").strip():
         return url or DEFAULT_REDIS_URL
     port = _int(env, "REDIS_PORT", 0, minimum=1, maximum=MAX_PORT)
-    if port > 65535:
-        raise SettingsError(f"REDIS_PORT must be a port number (1-65535), got {port}")
     if not url:
         return f"redis://127.0.0.1:{port}/0"
     parts = urlsplit(url)

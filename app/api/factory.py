@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import socket
@@ -55,7 +56,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         raise ValueError(exc.message) from None
     store = store or Store(settings)
     binding = app_binding(settings.app_id, settings.api_token, settings.app_api_token)
-    _refuse_if_claimed(settings, store, binding)
+    try:
+        refuse_if_claimed(settings, store, binding)
+    except AppClaimed as exc:
+        log.error("%s", exc)  # in a server's process, where no CLI line says it
+        raise
     try:
         warn_if_not_persistent(store.redis, log)
     except Exception:  # a warning must never stop the API from starting
@@ -114,16 +119,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return app
 
 
-def _refuse_if_claimed(settings: Settings, store: Store, binding: str) -> None:
-    """Refuse to start when a live API process with other tokens serves this app: it would
-    take that process's deliveries (README, "Trust boundary")."""
-    try:
+def refuse_if_claimed(settings: Settings, store: Store, binding: str) -> None:
+    """Raise AppClaimed when a live API process with other tokens serves this app: this
+    one would take that process's deliveries (README, "Trust boundary")."""
+    with contextlib.suppress(*UNAVAILABLE):  # checked again at every registration
         store.check_app_binding(settings.app_id, binding, settings.app_registration_ttl_s)
-    except UNAVAILABLE:
-        pass  # checked again at every registration
-    except AppClaimed as exc:
-        log.error("%s", exc)
-        raise
 
 
 class _MaxStream(LimitedStream):

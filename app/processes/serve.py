@@ -146,21 +146,16 @@ def _worker_app(settings: Settings, options: ServeOptions, main_pid: int) -> Any
 
 
 def _refuse_if_claimed(settings: Settings) -> None:
-    """Raise AppClaimed (the CLI's one-line error) before granian starts, when a live API
-    process with other tokens serves this app: refused in the worker processes, each
-    would print a traceback and granian would respawn it once (create_app checks again,
-    for two processes started in the same moment)."""
-    from app.store.redis_client import UNAVAILABLE
+    """AppClaimed (the CLI's one-line error) before granian starts: refused in the worker
+    processes, each would print a traceback and granian would respawn it once (create_app
+    checks again, for two processes started in the same moment)."""
+    from app.api.factory import refuse_if_claimed
     from app.store.store import Store, app_binding
 
     store = Store(settings)
     try:
-        store.check_app_binding(
-            settings.app_id, app_binding(settings.app_id, settings.api_token,
-                                         settings.app_api_token),
-            settings.app_registration_ttl_s)
-    except UNAVAILABLE:
-        pass  # the worker processes check again, and at every registration
+        refuse_if_claimed(settings, store, app_binding(settings.app_id, settings.api_token,
+                                                       settings.app_api_token))
     finally:
         store.close()
 
