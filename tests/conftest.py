@@ -17,16 +17,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from xdist.scheduler import LoadFileScheduling
 
 from app.api.factory import create_app
 from app.processes.redis_server import RedisServerError, choose_redis_server
 from app.settings import Settings
 from app.store.store import Store
+from tests.support import summary
 from tests.support.jobs import register
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess
@@ -36,6 +39,60 @@ from tests.test_api_helpers import BASES
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run long soaks (marked slow)")
+
+
+# --- the suite's two processes (pytest-xdist: `-n 2` in pyproject.toml) --------------------
+
+# Test files that run servers and workers under load and bound what they measure (lost
+# and duplicate triggers, fairness ratios, failover counts): one process runs them one
+# after another, so that two of them never share the cores.
+_UNDER_LOAD = ("tests/chaos/", "tests/cluster/test_failover.py", "tests/test_benchmarks.py",
+               "tests/test_fairness.py", "tests/test_slow_clients.py")
+
+
+class _FilesAndLoad(LoadFileScheduling):
+    """Each process takes whole test files (a module's fixtures are built once), and the
+    files under load together."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.partition("::")[0]
+        return "under load" if path.startswith(_UNDER_LOAD) else path
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: `-p no:xdist` works too
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> _FilesAndLoad:
+    return _FilesAndLoad(config, log)
+
+
+# --- the run's summary (tests/support/summary.py) ------------------------------------------
+
+_REPORTS: list[pytest.TestReport] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.user_properties:
+        _REPORTS.append(report)
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")  # its reports go to the process that prints
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if _is_xdist_worker(config):
+        return
+    found = summary.gathered(_REPORTS)
+    for title, kind, line in (("chaos", summary.CHAOS, summary.chaos_line),
+                              ("redis cluster failover", summary.FAILOVER, str)):
+        if found[kind]:
+            terminalreporter.section(title)
+            for value in found[kind]:
+                terminalreporter.write_line(line(value))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _is_xdist_worker(session.config):
+        summary.write_chaos_results(summary.gathered(_REPORTS)[summary.CHAOS])
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -572,8 +572,11 @@ def test_due_time_before_1970_is_claimable_after_a_lease_expires(
         now = now_ms()
         first = claim(keys=[pk.due, pk.jobs, pk.runs], args=[now, 10, 1, "lease-1"])
         assert first[1:2] == [f"{settings.app_id}/ancient".encode()]
-        # The lease (1 ms) has run out by `now + 10`: the trigger is due again.
-        second = claim(keys=[pk.due, pk.jobs, pk.runs], args=[now + 10, 10, 1, "lease-2"])
+        # The lease (1 ms) runs by Redis's clock from the claim on: 10 ms past that, the
+        # trigger is due again.
+        seconds, micros = store.redis.time()
+        later = max(now, seconds * 1000 + micros // 1000) + 10
+        second = claim(keys=[pk.due, pk.jobs, pk.runs], args=[later, 10, 1, "lease-2"])
         assert second[1:2] == [f"{settings.app_id}/ancient".encode()]
     finally:
         store.close()

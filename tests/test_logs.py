@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from app import logs
 from app.jobs.model import FailureKind, FailurePolicy
 from app.logs import JsonFormatter, PlainFormatter, fields_of, setup
 from app.processes.procs import PROJECT_ROOT, process_alive
@@ -131,7 +132,8 @@ def root_logging() -> Iterator[None]:
 @pytest.mark.usefixtures("root_logging")
 def test_setup_replaces_its_own_handler_only_and_sets_the_level() -> None:
     root = logging.getLogger()
-    others = list(root.handlers)  # pytest's own, which must stay
+    # pytest's own, which must stay (not one an earlier test's setup() left: it goes)
+    others = [h for h in root.handlers if not getattr(h, logs._HANDLER_MARK, False)]
     first, second = io.StringIO(), io.StringIO()
     setup("json", "warning", first)
     logging.getLogger("jobrunner.t").info("hidden")

@@ -36,7 +36,7 @@ _IMPORT_NAMES = {"protobuf": "google.protobuf", "prometheus-client": "prometheus
                  "rq-scheduler": "rq_scheduler", "openapi-spec-validator": "openapi_spec_validator",
                  "dapr-ext-grpc": "dapr.ext.grpc", "grpcio": "grpc", "python-json-logger":
                  "pythonjsonlogger", "grpcio-status": "grpc_status",
-                 "googleapis-common-protos": "google.rpc"}  # fmt: skip
+                 "googleapis-common-protos": "google.rpc", "pytest-xdist": "xdist"}  # fmt: skip
 # Declared for what they run, not for an import: the gates above, the typing stubs mypy
 # reads, pytest plugins, and the Procfile's process manager.
 _TOOLS = {"ruff", "mypy", "import-linter", "types-protobuf", "pytest-timeout", "honcho"}

@@ -25,8 +25,8 @@ Run the large size with
 use the environment variable).
 
 Every test prints `chaos: delivered=N lost=N duplicates=N` in the terminal
-summary (and records it as a `chaos` user property); the session merges them
-into tests/chaos/results/chaos-<size>.json. A failed test's process logs are
+summary (recorded as a `chaos` user property: tests/support/summary.py); the run
+merges them into tests/chaos/results/chaos-<size>.json. A failed test's process logs are
 copied to tests/chaos/results/logs-<size>-<test>/. tests/chaos/results/ is
 git-ignored by its own .gitignore.
 
@@ -60,6 +60,7 @@ from tests.chaos.support.procs import (
     start_redis,
 )
 from tests.chaos.support.receiver import Receiver
+from tests.support import summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -113,9 +114,6 @@ SIZES = {
     ),
 }
 
-_RESULTS: list[dict[str, Any]] = []
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos-size", choices=sorted(SIZES), default=None,
@@ -139,31 +137,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.timeout(size.test_timeout_s))
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _RESULTS:
-        return
-    terminalreporter.section("chaos")
-    for result in _RESULTS:
-        terminalreporter.write_line(f"{result['test']} [{result['size']}] {result['line']}")
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    if not _RESULTS:
-        return
-    RESULTS_DIR.mkdir(exist_ok=True)
-    size = _RESULTS[0]["size"]
-    path = RESULTS_DIR / f"chaos-{size}.json"
-    # Merged with earlier sessions of the same size: a test run alone replaces its entry.
-    try:
-        earlier = json.loads(path.read_text())["tests"]
-    except (OSError, ValueError, KeyError, TypeError):
-        earlier = []
-    ran = {r["test"] for r in _RESULTS}
-    tests = [r for r in earlier if r.get("test") not in ran] + _RESULTS
-    summary = {"size": size, "params": asdict(SIZES[size]), "tests": tests}
-    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -233,8 +206,8 @@ class ChaosEnv:
             "tally": tally.as_dict(),
             **extra,
         }
-        _RESULTS.append(result)
-        self.request.node.user_properties.append(("chaos", json.dumps(result)))
+        summary.record(self.request.node, summary.CHAOS,
+                       json.dumps({**result, "params": asdict(self.size)}))
         print(f"\n{result['test']}: {tally.describe()}\n  {json.dumps(extra)}", flush=True)
 
     def close(self) -> None:

@@ -19,17 +19,6 @@ from tests.support.receiver import Receiver
 
 PARTITIONS = 12
 
-# Summary lines of the failover tests, shown at the end of the run.
-RESULTS: list[str] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if RESULTS:
-        terminalreporter.section("redis cluster failover")
-        for line in RESULTS:
-            terminalreporter.write_line(line)
-
-
 @dataclass(frozen=True)
 class WaitSettings(Settings):
     """Settings with the replica-acknowledgement fields that app/settings.py does not have

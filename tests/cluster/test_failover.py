@@ -15,8 +15,9 @@ from redis.crc import key_slot
 from app.api.factory import create_app
 from app.settings import Settings
 from app.store.keys import Keys, job_id
-from tests.cluster.conftest import RESULTS, cluster_settings
+from tests.cluster.conftest import cluster_settings
 from tests.cluster.failover import run_failover
+from tests.support import summary
 from tests.support.cluster import ClusterNode, RedisCluster
 from tests.support.jobs import APP
 from tests.support.receiver import Receiver
@@ -148,7 +149,8 @@ def test_wait_replicas_refuses_what_the_replica_has_not_got(
 # --run-slow`). So it runs with --run-slow; `wait` (nothing acknowledged may be lost) stays
 # in the default suite.
 @pytest.mark.parametrize("mode", [pytest.param("async", marks=pytest.mark.slow), "wait"])
-def test_failover_under_load(fcluster: RedisCluster, receiver: Receiver, mode: str) -> None:
+def test_failover_under_load(fcluster: RedisCluster, receiver: Receiver, mode: str,
+                             request: pytest.FixtureRequest) -> None:
     """~3,000 one-shot triggers (300/s for 10 s, due 0-1.5 s after scheduling) and 20
     recurring jobs (8 triggers each), one worker; 3 s in, the master holding partition
     0 is SIGKILLed, its replica takes over (cluster-node-timeout 2 s), the old master
@@ -168,7 +170,7 @@ def test_failover_under_load(fcluster: RedisCluster, receiver: Receiver, mode: s
                 if mode == "wait" else cluster_settings(fcluster, receiver, lease_s=3.0))
     report = run_failover(fcluster, settings, receiver, mode=mode)
     print("\n" + report.line())
-    RESULTS.append(report.line())
+    summary.record(request.node, summary.FAILOVER, report.line())
     assert not report.worker_errors
     assert report.accepted > 1000  # POSTs slow down while a third of the slots fail over
     assert report.early == 0
