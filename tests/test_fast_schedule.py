@@ -24,10 +24,9 @@ from prometheus_client import REGISTRY
 
 from app.api.factory import create_app
 from app.api.fast_schedule import ScheduleShortcut
-from app.processes.procs import free_port
 from app.settings import Settings
 from app.store.keys import Keys
-from tests.support.redis_proc import RedisProcess
+from tests.support.redis_proc import RedisProcess, free_port
 
 TOKEN = "s3cret-token"
 DUE = "2099-01-01T00:00:00Z"

@@ -42,12 +42,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.processes.procs import PROJECT_ROOT, free_port
+from app.processes.procs import PROJECT_ROOT
 from app.processes.redis_server import find_redis_server
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS, GRACEFUL_TIMEOUT_S
 from app.settings import Settings, SettingsError
 from app.store.keys import Keys
 from tests.support.receiver import Delivery, Receiver
+from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
 
 PROCFILE = PROJECT_ROOT / "Procfile"

@@ -33,9 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from app.processes.procs import free_port
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
-from tests.support.redis_proc import RedisProcess
+from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
 
 PROCESSES, THREADS = DEFAULT_PROCESSES, DEFAULT_THREADS  # as `jobrunner api` runs anywhere

@@ -7,6 +7,9 @@ the suite runs on a machine without Redis installed, as `jobrunner up` does.
 
 from __future__ import annotations
 
+import itertools
+import os
+import random
 import socket
 import subprocess
 import time
@@ -16,11 +19,39 @@ import redis
 
 from app.processes.redis_server import find_redis_server
 
+# The ports tests hand out: below Linux's ephemeral range (32768 on), where the kernel picks
+# the local port of every outgoing connection and of every bind to port 0, so that none of
+# them takes a port between the test choosing it and its server binding it; a cluster
+# node's bus port (+10000) stays below that range too. Each of the suite's processes
+# (pytest-xdist) has a slice of its own, and goes through it in turn.
+_PORTS = range(10_000, 22_768)
+
+
+def _own_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"... under xdist
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = len(_PORTS) // max(count, 1)
+    start = _PORTS.start + (index % max(count, 1)) * size
+    return range(start, start + size)
+
+
+_OWN = _own_ports()
+_next = itertools.count(random.randrange(len(_OWN)))
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, of this process's slice; the same one again only
+    after the whole slice."""
+    for _ in range(len(_OWN)):
+        port = _OWN[next(_next) % len(_OWN)]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or its TIME_WAIT still about
+            return port
+    raise RuntimeError(f"no free port in {_OWN}")
 
 
 class RedisProcess:
