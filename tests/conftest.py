@@ -44,10 +44,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # --- the suite's two processes (pytest-xdist: `-n 2` in pyproject.toml) --------------------
 
 # Test files that run servers and workers under load and bound what they measure (lost
-# and duplicate triggers, fairness ratios, failover counts): one process runs them one
-# after another, so that two of them never share the cores.
+# and duplicate triggers, fairness ratios, failover counts), and the catch-up tests, whose
+# worker must settle within a fraction of a second: one process runs them one after
+# another, so that none of them shares the cores with another.
 _UNDER_LOAD = ("tests/chaos/", "tests/cluster/test_failover.py", "tests/test_benchmarks.py",
-               "tests/test_fairness.py", "tests/test_slow_clients.py")
+               "tests/test_fairness.py", "tests/test_slow_clients.py",
+               "tests/test_catch_up.py")
 
 
 class _FilesAndLoad(LoadFileScheduling):
