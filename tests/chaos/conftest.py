@@ -63,7 +63,7 @@ from tests.chaos.support.receiver import Receiver
 from tests.support import summary
 
 HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
+RESULTS_DIR = summary.CHAOS_RESULTS_DIR  # the run's tallies, and the logs of a failure
 APP_ID = "chaos"
 
 
