@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from app.jobs.errors import JobrunnerError
@@ -120,12 +120,12 @@ def _alive(pid: int, start: str | None) -> bool:
 # --- the shape of service.json: each field, whether it is required, what it may hold -------
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_pid(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_PID
+    return _is_int(value) and 0 < value <= MAX_PID
 
 
 def _is_start(value: object) -> bool:
