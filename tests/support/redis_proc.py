@@ -29,11 +29,10 @@ _PORTS = range(10_000, 22_768)
 
 def _own_ports() -> range:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"... under xdist
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    size = len(_PORTS) // max(count, 1)
-    start = _PORTS.start + (index % max(count, 1)) * size
-    return range(start, start + size)
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
+    index = int(worker[2:]) % count if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = len(_PORTS) // count
+    return range(_PORTS.start + index * size, _PORTS.start + (index + 1) * size)
 
 
 _OWN = _own_ports()
