@@ -44,6 +44,9 @@ from tests.support.workers import ThreadWorker
 pytestmark = pytest.mark.usefixtures("reap_workers")
 
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+# The installed command, as a shell script would run it (else the module).
+_EXE = Path(sys.executable).with_name("jobrunner")
+JOBRUNNER = [str(_EXE)] if _EXE.exists() else [sys.executable, "-m", "app.cli"]
 TOKEN = "s3cret-token"
 
 
@@ -53,9 +56,7 @@ class Api:
     def __init__(self, procs: Procs, settings: Settings, name: str) -> None:
         self.port = free_port()
         self.settings = settings.with_(http_port=self.port, grpc_port=0)
-        exe = Path(sys.executable).with_name("jobrunner")
-        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
-        argv += ["api", "--app-id", settings.app_id, "--app-url", settings.app_url,
+        argv = [*JOBRUNNER, "api", "--app-id", settings.app_id, "--app-url", settings.app_url,
                  "--http-port", str(self.port), "--processes", "1", "--threads", "4"]
         self.proc = procs.spawn(name, argv, child_env(self.settings))
 
@@ -636,12 +637,10 @@ def test_usage_errors_exit_2(args: list[str], says: str) -> None:
 
 def test_the_console_script_exit_codes_and_no_traceback(api: Api) -> None:
     """The installed command, as a shell script would run it."""
-    exe = Path(sys.executable).with_name("jobrunner")
-    argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
     env = {k: v for k, v in os.environ.items() if k != "DAPR_API_TOKEN"}
 
     def jobs(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*argv, "jobs", *args], env=env, capture_output=True, text=True,
+        return subprocess.run([*JOBRUNNER, "jobs", *args], env=env, capture_output=True, text=True,
                               timeout=60, check=False)
 
     closed = jobs("list", "--url", f"http://127.0.0.1:{free_port()}")
@@ -712,7 +711,7 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
             "nextPageToken": ""}
     foreign = _Foreign(json.dumps(page).encode())
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "jobs", "export", "--url",
+        proc = subprocess.Popen([*JOBRUNNER, "jobs", "export", "--url",
                                  foreign.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None and proc.stderr is not None
         assert json.loads(proc.stdout.readline())["name"] == "j0"
