@@ -28,9 +28,12 @@ from app.processes.service_state import (
     register_foreground,
     stop_service,
 )
+from tests.support.redis_proc import free_port
+from tests.test_cli import CLI
 
-CLI = [sys.executable, "-m", "app.cli"]
-NOWHERE = "redis://127.0.0.1:19001/0"  # nothing listens there; never the shared 6379
+# Nothing listens there: a port of this process's own slice (tests/support/redis_proc.py),
+# handed out again only after the whole slice; never the shared 6379.
+NOWHERE = f"redis://127.0.0.1:{free_port()}/0"
 NO_SERVICE = "No jobrunner service is running."
 _INHERITED = (
     "REDIS_URL",
