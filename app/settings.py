@@ -130,8 +130,13 @@ def _signing_keys(raw: str) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def signing_key_text(key: bytes) -> str:
+    """A key as Standard Webhooks writes a secret: `whsec_` and its base64."""
+    return SIGNING_KEY_PREFIX + base64.b64encode(key).decode()
+
+
 def _signing_keys_env(keys: tuple[bytes, ...]) -> str:
-    return ",".join(SIGNING_KEY_PREFIX + base64.b64encode(key).decode() for key in keys)
+    return ",".join(signing_key_text(key) for key in keys)
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -278,6 +283,9 @@ class Settings:
     app_rate_limit: float = 0.0
     # Standard Webhooks secrets (decoded): each signs every delivery.
     signing_keys: tuple[bytes, ...] = field(default=())
+    # Each app's deliveries signed with keys of its own, derived from signing_keys
+    # (workers/signing.py app_keys): an app that holds its key cannot sign for another.
+    signing_per_app: bool = False
     # Replica acknowledgement (app/redis_wait.py): after every script call, WAIT for this
     # many replicas, at most wait_timeout_ms; a write fewer replicas have is refused
     # (503 / retried), so no acknowledged write is lost in a failover. 0: off (Redis'
@@ -366,6 +374,7 @@ class Settings:
             max_retry_after_s=_float(env, "JOBRUNNER_MAX_RETRY_AFTER", cls.max_retry_after_s),
             app_rate_limit=_float(env, "JOBRUNNER_APP_RATE_LIMIT", cls.app_rate_limit),
             signing_keys=_signing_keys(env.get("JOBRUNNER_SIGNING_KEYS", "")),
+            signing_per_app=_bool(env, "JOBRUNNER_SIGNING_PER_APP", False),
             wait_replicas=_int(env, "JOBRUNNER_WAIT_REPLICAS", cls.wait_replicas),
             wait_timeout_ms=_int(env, "JOBRUNNER_WAIT_TIMEOUT_MS", cls.wait_timeout_ms,
                                  minimum=1),
@@ -497,6 +506,7 @@ class Settings:
             "JOBRUNNER_MAX_RETRY_AFTER": repr(self.max_retry_after_s),
             "JOBRUNNER_APP_RATE_LIMIT": repr(self.app_rate_limit),
             "JOBRUNNER_SIGNING_KEYS": _signing_keys_env(self.signing_keys),
+            "JOBRUNNER_SIGNING_PER_APP": "1" if self.signing_per_app else "0",
             "JOBRUNNER_WAIT_REPLICAS": str(self.wait_replicas),
             "JOBRUNNER_WAIT_TIMEOUT_MS": str(self.wait_timeout_ms),
             "JOBRUNNER_MAX_CATCH_UP": str(self.max_catch_up),

@@ -35,7 +35,7 @@ from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings, SettingsError
 from app.store.store import Store
-from tests.support.jobs import APP, dead_letters, make_job
+from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
 from tests.support.seed import SEED_BODY
 from tests.support.waiting import wait_for
@@ -88,8 +88,6 @@ def _delivered(receiver: Receiver, name: str, n: int = 1) -> list[Delivery]:
 
 
 def _register(settings: Settings, receiver: Receiver) -> Store:
-    from tests.support.jobs import register
-
     return register(settings, receiver.url)
 
 
@@ -295,6 +293,102 @@ def test_the_packages_timestamp_tolerance_applies(settings: Settings, receiver: 
         check()
 
 
+# --- one key per app (JOBRUNNER_SIGNING_PER_APP) ------------------------------------------
+
+OTHER = "other-app"
+
+
+def _signing_key_cli(app_id: str, keys: tuple[bytes, ...], per_app: bool) -> Any:
+    env = {"JOBRUNNER_SIGNING_KEYS": ",".join(_whsec(k) for k in keys),
+           "JOBRUNNER_SIGNING_PER_APP": "true" if per_app else "false"}
+    return CliRunner().invoke(main, ["signing-key", app_id], env=env)
+
+
+def _printed_keys(app_id: str, keys: tuple[bytes, ...], per_app: bool) -> list[str]:
+    result = _signing_key_cli(app_id, keys, per_app)
+    assert result.exit_code == 0, result.output
+    return result.stdout.split()
+
+
+def _forged(d: Delivery, key: str, msg_id: str) -> dict[str, str]:
+    """`d`'s headers with `msg_id`, signed with `key` as jobrunner signs: what an app that
+    holds `key` could send."""
+    sent = datetime.fromtimestamp(int(d.headers["webhook-timestamp"]))
+    signature = Webhook(key).sign(msg_id, sent, d.body.decode())
+    return _with(d, **{"webhook-id": msg_id, "webhook-signature": signature})
+
+
+@pytest.mark.parametrize("per_app", [False, True], ids=["shared", "per-app"])
+def test_with_per_app_keys_no_app_can_sign_for_another(settings: Settings, receiver: Receiver,
+                                                       per_app: bool) -> None:
+    """Two apps on one worker: each verifies its deliveries with the key `jobrunner
+    signing-key` prints for it. Shared (the default), the other app's key is the same one
+    and signs a delivery this app accepts; per app, it does not, nor does this app's key
+    verify the other's deliveries, nor does the operator's key verify either."""
+    master = _key()
+    settings = settings.with_(signing_keys=(master,), signing_per_app=per_app)
+    store = _register(settings, receiver)
+    register(settings, receiver.url, app_id=OTHER).close()
+    with ThreadWorker(settings):
+        store.schedule(make_job("mine", data={"to": APP}))
+        store.schedule(make_job("theirs", app_id=OTHER, data={"to": OTHER}))
+        mine, theirs = _delivered(receiver, "mine")[0], _delivered(receiver, "theirs")[0]
+    [my_key] = _printed_keys(APP, (master,), per_app)
+    [their_key] = _printed_keys(OTHER, (master,), per_app)
+    assert readme_verify(Webhook(my_key), APP, "mine", mine.headers, mine.body)[1] == 1
+    assert readme_verify(Webhook(their_key), OTHER, "theirs", theirs.headers, theirs.body)[1] == 1
+    # What the other app, holding its key, can make of a delivery of its own: one to this
+    # app's job, with this app's trigger id.
+    forged = _forged(theirs, their_key, mine.headers["webhook-id"])
+    if not per_app:
+        assert their_key == my_key == _whsec(master)
+        assert readme_verify(Webhook(my_key), APP, "mine", forged, theirs.body)[1] == 1
+        return
+    assert len({my_key, their_key, _whsec(master)}) == 3
+    with pytest.raises(WebhookVerificationError, match="No matching signature"):
+        readme_verify(Webhook(my_key), APP, "mine", forged, theirs.body)
+    for d, app_id, name in ((mine, APP, "mine"), (theirs, OTHER, "theirs")):
+        wrong = their_key if app_id == APP else my_key
+        for key in (wrong, _whsec(master)):
+            with pytest.raises(WebhookVerificationError, match="No matching signature"):
+                readme_verify(Webhook(key), app_id, name, d.headers, d.body)
+
+
+def test_per_app_keys_rotate_as_the_configured_ones(settings: Settings,
+                                                    receiver: Receiver) -> None:
+    """Two configured keys: a signature under each app key derived from them, printed in
+    the same order; each verifies."""
+    new, old = _key(), _key()
+    settings = settings.with_(signing_per_app=True)
+    [d] = _deliver(settings, receiver, (new, old), {"rotating": "x"}).values()
+    assert len(d.headers["webhook-signature"].split(" ")) == 2
+    printed = _printed_keys(APP, (new, old), per_app=True)
+    assert printed[0] == _printed_keys(APP, (new,), per_app=True)[0]
+    assert printed[1] == _printed_keys(APP, (old,), per_app=True)[0]
+    for key in printed:
+        assert readme_verify(Webhook(key), APP, "rotating", d.headers, d.body)[1] == 1
+
+
+def test_signing_key_command() -> None:
+    """Shared keys are printed as configured, with a note that every app has them; an
+    app's own are a function of the configured key and the app id; without keys or with
+    a bad app id, one clear line."""
+    a, b = _key(), _key()
+    shared = _signing_key_cli(APP, (a, b), per_app=False)
+    assert shared.exit_code == 0 and shared.stdout.split() == [_whsec(a), _whsec(b)]
+    assert "every app verifies with these same keys" in shared.stderr
+    own = _printed_keys(APP, (a,), per_app=True)
+    assert own == _printed_keys(APP, (a,), per_app=True) != _printed_keys(OTHER, (a,), True)
+    assert own != _printed_keys(APP, (b,), per_app=True)
+    assert len(base64.b64decode(own[0].removeprefix("whsec_"))) == 32
+    for app_id, keys, says in ((APP, (), "JOBRUNNER_SIGNING_KEYS is not set"),
+                               ("a/b", (a,), "app id 'a/b' is invalid")):
+        result = _signing_key_cli(app_id, keys, per_app=True)
+        assert result.exit_code == 1, result.output
+        assert says in result.output and "Traceback" not in result.output
+        assert "whsec_" not in result.output
+
+
 # --- gRPC ---------------------------------------------------------------------------------
 
 
@@ -353,6 +447,28 @@ def test_grpc_deliveries_are_signed_the_same_way(settings: Settings) -> None:
                             json_parse=False)
 
 
+def test_grpc_deliveries_are_signed_with_the_apps_own_key(settings: Settings) -> None:
+    key = _key()
+    with _grpc_app() as (app, port):
+        grpc_settings = settings.with_(app_url=f"http://127.0.0.1:{port}", app_protocol="grpc",
+                                       signing_keys=(key,), signing_per_app=True)
+        api = create_app(grpc_settings).test_client()
+        worker = ThreadWorker(grpc_settings).start()
+        try:
+            resp = api.post("/v1.0-alpha1/jobs/seed", data=SEED_BODY.replace(b'"2s"', b'"0s"'),
+                            headers={"Content-Type": "application/json"})
+            assert resp.status_code == 204, resp.get_data(as_text=True)
+            [call] = wait_for(lambda: app.named("seed"), timeout=15, what="seed")[:1]
+        finally:
+            worker.stop()
+    payload = readme_grpc_payload(call.request)
+    [own] = _printed_keys(APP, (key,), per_app=True)
+    assert readme_verify(Webhook(own), APP, "seed", call.metadata, payload)[1] == 1
+    for wrong in (_whsec(key), *_printed_keys(OTHER, (key,), per_app=True)):
+        with pytest.raises(WebhookVerificationError, match="No matching signature"):
+            readme_verify(Webhook(wrong), APP, "seed", call.metadata, payload)
+
+
 # --- the setting --------------------------------------------------------------------------
 
 
@@ -363,6 +479,9 @@ def test_signing_keys_setting_takes_standard_webhooks_secrets() -> None:
     assert settings.signing_keys == (a, b)
     assert Settings.from_env(settings.to_env()).signing_keys == (a, b)
     assert Settings.from_env({}).signing_keys == ()
+    per_app = Settings.from_env({"JOBRUNNER_SIGNING_PER_APP": "true"})
+    assert per_app.signing_per_app and not Settings.from_env({}).signing_per_app
+    assert Settings.from_env(per_app.to_env()).signing_per_app
 
 
 @pytest.mark.parametrize(("raw", "says"), [

@@ -22,7 +22,7 @@ from app.settings import Settings
 from app.store.store import AppRegistration
 from workers.grpc_client import GrpcClient, Metadata, job_event_request
 from workers.http_client import HttpClient, Origin, PoolTimeout, ServerDisconnected, split_url
-from workers.signing import grpc_payload, quote_trigger_id, signature_headers
+from workers.signing import delivery_keys, grpc_payload, quote_trigger_id, signature_headers
 
 # Header names of the delivery contract (README, "Delivery").
 H_TRIGGER_ID = "jobrunner-trigger-id"  # idempotency id: same on every retry of a trigger
@@ -59,7 +59,8 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
         headers += f"{H_APP_TOKEN}: {app.token}\r\n"
     if settings.signing_keys:  # Standard Webhooks' headers (workers/signing.py)
         headers += "".join(f"{name}: {value}\r\n" for name, value in signature_headers(
-            settings.signing_keys, trigger.trigger_id, trigger.attempt, now_ms, body))
+            delivery_keys(settings, trigger.job.app_id), trigger.trigger_id, trigger.attempt,
+            now_ms, body))
     origin, base_path = _split_app_url(app.url)
     name = trigger.job.name
     name = name if _KEPT_IN_NAME(name) else quote(name, safe="")
@@ -143,8 +144,9 @@ def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,
     if app.token:
         metadata.append((H_APP_TOKEN, app.token))
     if settings.signing_keys:  # as over HTTP, with the data in place of the body
-        metadata.extend(signature_headers(settings.signing_keys, trigger.trigger_id,
-                                          trigger.attempt, now_ms, grpc_payload(data)))
+        metadata.extend(signature_headers(delivery_keys(settings, trigger.job.app_id),
+                                          trigger.trigger_id, trigger.attempt, now_ms,
+                                          grpc_payload(data)))
     origin, _ = _split_app_url(app.url)
     return origin, job_event_request(trigger.job.name, data), tuple(metadata)
 

@@ -9,6 +9,12 @@ Every delivery, HTTP or gRPC, carries:
 - `webhook-signature`: `v1,<base64 HMAC-SHA256>` under each configured key, space-separated
   (the standard's way of rotating keys: the app verifies with whichever key it has).
 
+With `JOBRUNNER_SIGNING_PER_APP`, a delivery is signed not with the configured keys but with
+its app's own (`app_keys`): each an HMAC-SHA256 of the app id under a configured key. An
+app given its own key (`jobrunner signing-key APP_ID`) then verifies its deliveries and
+cannot sign one that another app would accept: with shared keys, any app that verifies
+could also sign a delivery to any other.
+
 The standard signs the id, the timestamp and the payload only. What else a delivery says is
 bound through the id: the trigger id (the idempotency key) names the app and the job, hence
 the path `/job/<name>` (gRPC: the request's `name`), and the attempt follows it. So an
@@ -29,12 +35,15 @@ encoded again on every delivery).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import re
 from urllib.parse import quote
 
 from google.protobuf import any_pb2
+
+from app.settings import Settings
 
 H_WEBHOOK_ID = "webhook-id"
 H_WEBHOOK_TIMESTAMP = "webhook-timestamp"
@@ -53,6 +62,29 @@ def quote_trigger_id(trigger_id: str) -> str:
 
 def webhook_id(trigger_id: str, attempt: int) -> str:
     return quote_trigger_id(trigger_id).replace(".", "%2E") + f"#{attempt}"
+
+
+# What an app key signs (with the app id after it): fixed, so the keys stay the same.
+APP_KEY_LABEL = b"jobrunner-app-key:"
+
+
+def app_key(key: bytes, app_id: str) -> bytes:
+    """App `app_id`'s own key under the configured `key`: HMAC-SHA256(key, label + app id),
+    32 bytes. Another app's key tells nothing of it."""
+    return hmac.new(key, APP_KEY_LABEL + app_id.encode(), hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=1024)  # an HMAC per key is a few us: not on every delivery
+def app_keys(keys: tuple[bytes, ...], app_id: str) -> tuple[bytes, ...]:
+    return tuple(app_key(key, app_id) for key in keys)
+
+
+def delivery_keys(settings: Settings, app_id: str) -> tuple[bytes, ...]:
+    """The keys that sign a delivery to `app_id`, in JOBRUNNER_SIGNING_KEYS' order: the
+    app's own with JOBRUNNER_SIGNING_PER_APP, else the configured ones; () unsigned."""
+    if settings.signing_per_app:
+        return app_keys(settings.signing_keys, app_id)
+    return settings.signing_keys
 
 
 def grpc_payload(data: any_pb2.Any | None) -> bytes:

@@ -8,6 +8,7 @@
 - `dlq`: the dead-letter queue (list, show, replay, purge).
 - `jobs`: the jobs of an app through its HTTP API (schedule, get, list, delete,
   export, import), locally or at --url.
+- `signing-key`: the keys an app verifies its deliveries with.
 - `bench`: the benchmark harness.
 
 Shared options: app/cli/options.py; `up` and the background service: app/cli/up.py;
@@ -141,6 +142,38 @@ def worker(ctx: click.Context, /, **params: Any) -> None:
     from workers.main import run_worker
 
     sys.exit(run_worker(settings))
+
+
+# --- jobrunner signing-key -------------------------------------------------------------------
+
+
+@main.command("signing-key")
+@click.argument("app_id")
+def signing_key(app_id: str) -> None:
+    """Print the keys APP_ID verifies its deliveries with, one per line.
+
+    \b
+      JOBS_SIGNING_KEY=$(jobrunner signing-key job-service | head -n 1)
+
+    Standard Webhooks secrets (whsec_...), one for each key of JOBRUNNER_SIGNING_KEYS, in its
+    order. With JOBRUNNER_SIGNING_PER_APP, the app's own keys: they verify no other app's
+    deliveries, and another app's keys cannot sign one that these verify. Without it,
+    JOBRUNNER_SIGNING_KEYS itself, which every app shares.
+    """
+    from app.jobs.validation import validate_app_id
+    from app.settings import signing_key_text
+    from workers.signing import delivery_keys
+
+    settings = settings_from({})
+    app_id = validate_app_id(app_id)
+    if not settings.signing_keys:
+        raise click.ClickException(
+            "JOBRUNNER_SIGNING_KEYS is not set: deliveries are not signed, so there is no key")
+    if not settings.signing_per_app:
+        click.echo("note: JOBRUNNER_SIGNING_PER_APP is off: every app verifies with these "
+                   "same keys, JOBRUNNER_SIGNING_KEYS' own", err=True)
+    for key in delivery_keys(settings, app_id):
+        click.echo(signing_key_text(key))
 
 
 # --- jobrunner bench -------------------------------------------------------------------------
