@@ -692,6 +692,27 @@ def test_an_answer_that_is_not_the_jobs_apis_is_one_error_line(body: bytes) -> N
         foreign.sock.close()
 
 
+@pytest.mark.parametrize("body", [b'{"foo": 1}',
+                                  b'{"name": 3, "triggerId": [1], "appId": null}',
+                                  b'{"jobs": [], "nextPageToken": "again"}',  # a page for ever
+                                  b'{"jobs": [{"name": "a"}], "nextPageToken": 7}',
+                                  b'{"jobs": ["a"], "deleted": "all"}'])
+def test_json_of_another_shape_is_one_error_line_not_a_listing(body: bytes) -> None:
+    """Another server's JSON object: every command that reads an answer refuses it, rather
+    than print its fields as a job's, `None` as a count, or page on for ever."""
+    foreign = _Foreign(body)
+    try:
+        for args in (["get", "x"], ["list"], ["export"], ["pause", "x"], ["resume", "x"],
+                     ["pause", "--all"], ["trigger", "x"], ["schedule", "x", "--due-time", "1h"],
+                     ["delete", "--prefix", "a", "--yes"]):
+            result = run(*args, url=foreign.url)
+            assert result.exit_code == 1, (args, result.stdout, result.exception)
+            assert "is --url a jobrunner API?" in result.stderr, (args, result.stderr)
+            assert result.stdout == "", (args, result.stdout)
+    finally:
+        foreign.sock.close()
+
+
 def test_json_nested_too_deep_is_refused_as_input(tmp_path: Path) -> None:
     deep = "[" * 100_000
     result = run("schedule", "x", "--due-time", "1s", "--data", deep,

@@ -164,11 +164,17 @@ class ApiClient:
             if not isinstance(page, dict) or not isinstance(page.get(key), list):
                 raise ApiRefused(200, "", f"the answer of {path} has no {key!r} list: "
                                           "is --url a jobrunner API?")
-            for item in page[key]:
+            items, nxt = page[key], page.get("nextPageToken") or ""
+            # Another server's JSON: items that are no objects, or a token that never ends.
+            if not all(isinstance(item, dict) for item in items) or not isinstance(nxt, str) \
+                    or (nxt and nxt == token):
+                raise ApiRefused(200, "", f"the answer of {path} is not a page of {key}: "
+                                          "is --url a jobrunner API?")
+            for item in items:
                 yield item
                 if left is not None:
                     left -= 1
-            token = page.get("nextPageToken") or ""
+            token = nxt
             if not token:
                 return
 

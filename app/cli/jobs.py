@@ -106,7 +106,7 @@ def schedule(api: Api, name: str, due_time: str | None, schedule: str | None,
         body["overwrite"] = True
     api.call("POST", job_path(name), body=body)
     try:
-        job = api.call("GET", job_path(name))
+        job = _shaped(api.call("GET", job_path(name)), "name", "a job")
     except ApiRefused as e:
         if e.status != 404:
             raise
@@ -115,6 +115,14 @@ def schedule(api: Api, name: str, due_time: str | None, schedule: str | None,
         api.done(f"scheduled {name!r} (it has fired already)", {"name": name})
     else:
         api.done(f"scheduled {name!r}: next trigger {_cell(job.get('nextTriggerTime'))}", job)
+
+
+def _shaped(answer: Any, key: str, what: str) -> dict[str, Any]:
+    """`answer`, a JSON object with the text field `key` as every such answer of the API
+    has; else an error that says so (another server's JSON would print as nonsense)."""
+    if not isinstance(answer, dict) or not isinstance(answer.get(key), str):
+        raise ApiRefused(200, "", f"the answer is not {what}: is --url a jobrunner API?")
+    return answer
 
 
 def _json_option(raw: bytes, option: str) -> Any:
@@ -167,7 +175,7 @@ def _failure_policy(text: str) -> dict[str, Any]:
 @click.argument("name")
 def get(api: Api, name: str) -> None:
     """Show the job NAME: its schedule, data, policy and where it stands."""
-    job = api.call("GET", job_path(name))
+    job = _shaped(api.call("GET", job_path(name)), "name", "a job")
     api.done(lambda: _describe(job), job)
 
 
@@ -304,17 +312,12 @@ def _pause_or_resume(api: Api, action: str, name: str | None, whole_app: bool) -
         raise click.UsageError(f"say what to {action}: NAME, or --all for the app (not both)")
     past = f"{action}d"
     if name is None:
-        state = api.call("POST", f"{APP_PATH}/{action}")
-        if not isinstance(state, dict):
-            raise ApiRefused(200, "", "the answer is not the app's state: is --url a "
-                                      "jobrunner API?")
+        state = _shaped(api.call("POST", f"{APP_PATH}/{action}"), "appId", "the app's state")
         n = state.get("jobs")
         api.done(f"{past} app {state.get('appId')!r} ({n} job{'s' if n != 1 else ''})",
                  state)
         return
-    job = api.call("POST", job_path(name) + f"/{action}")
-    if not isinstance(job, dict):
-        raise ApiRefused(200, "", "the answer is not a job: is --url a jobrunner API?")
+    job = _shaped(api.call("POST", job_path(name) + f"/{action}"), "name", "a job")
     nxt = _cell(job.get("nextTriggerTime"))
     if job.get("paused") or job.get("appPaused"):
         why = "" if job.get("paused") else " (its app is paused)"
@@ -330,9 +333,7 @@ def _pause_or_resume(api: Api, action: str, name: str | None, whole_app: bool) -
 def trigger(api: Api, name: str) -> None:
     """Fire the job NAME once now, beside its schedule (also when it is paused): one
     extra trigger with an idempotency id of its own; the schedule is not touched."""
-    fired = api.call("POST", job_path(name) + "/trigger")
-    if not isinstance(fired, dict):
-        raise ApiRefused(200, "", "the answer is not a trigger: is --url a jobrunner API?")
+    fired = _shaped(api.call("POST", job_path(name) + "/trigger"), "triggerId", "a trigger")
     api.done(f"triggered {name!r}: trigger {fired.get('triggerId')} is due now", fired)
 
 
@@ -373,6 +374,9 @@ def delete(api: Api, name: str | None, prefix: str | None, yes: bool) -> None:
             raise click.ClickException("nothing deleted (--yes deletes without asking)")
     answer = api.call("DELETE", JOBS_PATH, query={"prefix": prefix})
     deleted = answer.get("deleted") if isinstance(answer, dict) else None
+    if not isinstance(deleted, int):
+        raise ApiRefused(200, "", "the answer does not say how many jobs were deleted: "
+                                  "is --url a jobrunner API?")
     api.done(f"deleted {deleted} job{'s' if deleted != 1 else ''}{_whose(prefix)}",
              {"deleted": deleted})
 
