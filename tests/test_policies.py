@@ -85,6 +85,22 @@ def test_exponential_defaults_and_round_trip() -> None:
     assert job.failure_policy.max_interval_ms == 7_200_000
 
 
+@pytest.mark.parametrize(("interval", "exponential"), [
+    ("1h0m0.001s", True), ("20m34.567s", True), ("1.5s", True), ("999ms", True),
+    ("719h59m59.999s", True), ("0s", False), ("720h0m0.007s", False),  # past 720h: constant
+    ("2562047h47m16.854s", False)])
+def test_an_interval_reads_back_exactly_as_go_writes_it(interval: str, exponential: bool) -> None:
+    """Not rounded to six digits: the answer sent back means the same policy."""
+    policies: list[dict[str, Any]] = [{"constant": {"interval": interval}}]
+    if exponential:
+        policies.append({"exponential": {"initialInterval": interval, "maxInterval": interval}})
+    for policy in policies:
+        job = _parse({"failurePolicy": policy})
+        answer = job_to_api(job)["failurePolicy"]
+        assert interval in answer[next(iter(policy))].values(), answer
+        assert _parse({"failurePolicy": answer}).failure_policy == job.failure_policy
+
+
 @pytest.mark.parametrize(("policy", "words"), [
     ({"constant": {}, "exponential": {}}, ("one of", "constant and exponential")),
     ({"drop": {}, "exponential": {}}, ("drop and exponential",)),

@@ -236,7 +236,7 @@ def test_content_type_is_ignored(content_type: str | None) -> None:
 
 
 def test_name_is_trimmed() -> None:
-    job, _ = parse({"dueTime": "1s"}, name="  R2-D2 \t")
+    job, _ = parse({"dueTime": "1s"}, name="  R2-D2 \u00a0")
     assert job.name == "R2-D2"
 
 
@@ -536,7 +536,17 @@ def test_good_names(name: str) -> None:
 
 
 def test_name_is_trimmed_by_validate_name() -> None:
-    assert validate_name("  R2-D2\n") == "R2-D2"
+    assert validate_name("  R2-D2 ") == "R2-D2"
+
+
+@pytest.mark.parametrize("name", ["R2-D2\n", "\tR2-D2", "R2-D2\x1f", "\x1cR2-D2", "R2-D2\x85",
+                                  " R2-D2\r\n"])
+def test_a_control_character_at_either_end_is_refused_not_trimmed(name: str) -> None:
+    """Trimmed, each would name the job R2-D2: a request for another job than it says."""
+    with pytest.raises(ApiError) as info:
+        validate_name(name)
+    assert info.value.code == "DAPR_SCHEDULER_JOB_NAME_INVALID"
+    assert "must not contain" in info.value.message
 
 
 @pytest.mark.parametrize("name", ["", "   ", "\t\n"])

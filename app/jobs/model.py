@@ -112,17 +112,19 @@ def go_duration(ms: int) -> str:
 
 
 def _ms_to_go(ms: int) -> str:
-    """Milliseconds as a Go duration string (`1s`, `1.5s`, `250ms`, `2m0s`)."""
-    if ms % 1000:
-        return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
-    seconds = ms // 1000
+    """Milliseconds as Go's Duration.String() writes them (`0s`, `250ms`, `1.5s`, `2m0s`,
+    `1h0m0.001s`): exact, so that an answer sent back as a request means the same."""
+    if 0 < ms < 1000:
+        return f"{ms}ms"
+    seconds, frac = divmod(ms, 1000)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
+    text = f"{secs}.{frac:03d}".rstrip("0") if frac else str(secs)
     if hours:
-        return f"{hours}h{minutes}m{secs}s"
+        return f"{hours}h{minutes}m{text}s"
     if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
+        return f"{minutes}m{text}s"
+    return f"{text}s"
 
 
 class TriggerStatus(enum.StrEnum):

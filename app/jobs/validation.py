@@ -87,22 +87,23 @@ _INTEGER = re.compile(r"-?[0-9]+")
 
 
 def validate_name(name: str) -> str:
-    """The job name, trimmed; ApiError 400 when blank or not usable."""
+    """The job name, trimmed of spaces; ApiError 400 when blank or not usable. A control
+    character is refused wherever it stands: trimmed, `tr\n` would name the job `tr`."""
     trimmed = name.strip()
     if not trimmed:
         raise ApiError(400, errors.JOB_NAME_EMPTY, "Name is empty")
+    bad = _BAD_NAME_CHARS.search(name)
     if len(trimmed) > MAX_NAME_LENGTH:
         raise ApiError(
             400,
             errors.JOB_NAME_INVALID,
             f"job name is invalid: longer than {MAX_NAME_LENGTH} characters",
         )
-    bad = _BAD_NAME_CHARS.search(trimmed)
     if bad:
         raise ApiError(
             400,
             errors.JOB_NAME_INVALID,
-            f"job name is invalid {_show(trimmed)}: it must not contain {bad.group()!r}",
+            f"job name is invalid {_show(name)}: it must not contain {bad.group()!r}",
         )
     if trimmed in {".", ".."}:
         raise ApiError(400, errors.JOB_NAME_INVALID, f"job name is invalid: {trimmed!r}")
@@ -351,7 +352,8 @@ EXP_DEFAULT_MAX_MS = 3_600_000
 EXP_DEFAULT_MULTIPLIER = 2.0
 EXP_DEFAULT_JITTER = 0.15
 EXP_MAX_MULTIPLIER = 100.0
-MAX_RETRY_INTERVAL_MS = 30 * 86_400_000  # 30 days: any interval of a failure policy
+MAX_RETRY_INTERVAL_MS = 30 * 86_400_000  # 30 days: the intervals of an exponential policy (a
+# constant one is as Dapr takes it: any duration not negative)
 
 
 def _exponential(raw: Any) -> FailurePolicy:
