@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import orjson
@@ -170,6 +171,12 @@ def test_unknown_type_is_a_400_naming_it(type_url: str) -> None:
         ("Struct", [1, 2]),
         ("Struct", "text"),
         ("StringValue", {"nested": 1}),
+        # What json_format reads and protojson (Dapr's) refuses: read as 1.0, 1, 1s.
+        ("DoubleValue", True),
+        ("FloatValue", False),
+        ("DoubleValue", " 1"),
+        ("Int64Value", "1 "),
+        ("Duration", "1.0000000001s"),
     ],
 )
 def test_value_that_does_not_fit_the_type_is_a_400(type_name: str, value: Any) -> None:
@@ -178,6 +185,16 @@ def test_value_that_does_not_fit_the_type_is_a_400(type_name: str, value: Any) -
     assert info.value.status == 400
     assert info.value.code == errors.MALFORMED_REQUEST_DATA
     assert type_name in info.value.message
+
+
+@pytest.mark.parametrize("type_name", ["DoubleValue", "FloatValue", "Value"])
+def test_zero_and_negative_zero_pack_apart_whichever_comes_first(type_name: str) -> None:
+    """The cache of packed values keys floats by their bits: 0.0 == -0.0 in Python."""
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        for zero in (first, second):
+            packed = pack_any({"@type": WKT + type_name, "value": zero})
+            back = unpack_any_json(*packed)["value"]
+            assert back == 0 and math.copysign(1, back) == math.copysign(1, zero), back
 
 
 def test_missing_value_is_a_400() -> None:

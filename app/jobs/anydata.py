@@ -111,7 +111,7 @@ _VALUE_FORM_TYPES = frozenset(
 # than _PACK_CACHE_ITEM_CHARS is packed each time (and never hashed for a look-up).
 PACK_CACHE_BYTES = 2 * 1024 * 1024
 _PACK_CACHE_ITEM_CHARS = 1024
-_packed: SizedCache[tuple[str, str, str | int | float], tuple[str, str]] = SizedCache(
+_packed: SizedCache[tuple[str, str, str | int], tuple[str, str]] = SizedCache(
     PACK_CACHE_BYTES, 8 * _PACK_CACHE_ITEM_CHARS)
 
 
@@ -124,7 +124,9 @@ def pack_any(data: dict[str, Any]) -> tuple[str, str]:
         # The common case (a wrapper type around a short scalar) is cached: the schedule
         # endpoint's hot path, and jobs often share their data. The kind keeps True and 1
         # (equal as dict keys) apart.
-        key = (type_url, type(value).__name__, value)
+        # A float by its hex form: 0.0 and -0.0 are equal keys, and pack differently.
+        key = (type_url, type(value).__name__,
+               value.hex() if isinstance(value, float) else value)
         found = _packed.get(key)
         if found is None:
             found = _pack(data)
@@ -154,6 +156,7 @@ def _pack(data: dict[str, Any]) -> tuple[str, str]:
         raise malformed_data(
             f"{type_url!r} takes only `value`; unexpected field(s): {', '.join(sorted(extra))}")
     _check_bytes_values(data)
+    _check_scalar(type_url.rsplit("/", 1)[-1], data.get("value"))
     message = any_pb2.Any()
     try:
         json_format.ParseDict(data, message, max_recursion_depth=_RECURSION_DEPTH)
@@ -163,6 +166,25 @@ def _pack(data: dict[str, Any]) -> tuple[str, str]:
 
 
 _BYTES_VALUE = "google.protobuf.BytesValue"
+_NUMBER_VALUES = frozenset(f"google.protobuf.{name}" for name in (
+    "DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value", "UInt32Value"))
+# More fractional digits than protojson's (Go's) Duration takes: nine at most.
+_FINER_THAN_NS = re.compile(r"\.[0-9]{10}")
+
+
+def _check_scalar(type_name: str, value: Any) -> None:
+    """What json_format takes and protojson (Dapr's) refuses, refused here too: a number
+    type's value as true/false or as a string with spaces around the number (read as
+    1.0, 1), and a Duration finer than a nanosecond (cut to fit)."""
+    if type_name in _NUMBER_VALUES and (
+            isinstance(value, bool) or (isinstance(value, str) and value != value.strip())):
+        raise malformed_data(f"value does not fit protobuf type {type_name!r}: "
+                             f"{_show(str(value).lower() if isinstance(value, bool) else value)}"
+                             " is not a number")
+    if (type_name == "google.protobuf.Duration" and isinstance(value, str)
+            and _FINER_THAN_NS.search(value)):
+        raise malformed_data(f"value does not fit protobuf type {type_name!r}: {_show(value)} "
+                             "has more than 9 fractional digits")
 # Types whose JSON form is free JSON: an `@type` inside them is data, not an Any.
 _FREE_JSON_TYPES = frozenset(
     f"google.protobuf.{name}" for name in ("Struct", "Value", "ListValue"))
