@@ -495,6 +495,8 @@ def test_cron_dst(expr: str, after: str, expected: list[str]) -> None:
         ("*/-1 * * * * *", "negative number (-1) not allowed"),
         ("x * * * * *", "failed to parse int"),
         ("1_0 * * * * *", "failed to parse int"),
+        ("0-59/9223372036854775808 * * * * *", "value out of range"),  # past Go's int
+        ("0-59/1000000000000000000000 * * * * *", "value out of range"),
         ("\uff11 * * * * *", "failed to parse int"),  # fullwidth digit
         ("* * * L * *", "day-of-month field"),
         ("* * * * * 1#2", "day-of-week field"),

@@ -226,12 +226,19 @@ class CronSchedule(Schedule):
         return None
 
 
+_INT64_DIGITS = len(str(1 << 63))
+
+
 def _int(text: str) -> int:
     """Go's strconv.Atoi plus robfig's non-negative check (ASCII digits only)."""
     body = text[1:] if text[:1] in ("+", "-") else text
     if not body or not body.isascii() or not body.isdigit():
         raise ValueError(f"failed to parse int from {text!r}")
+    if len(body) > _INT64_DIGITS:  # int() of a very long text costs time; Atoi refuses it
+        raise ValueError(f"failed to parse int from {text[:40]!r}: value out of range")
     value = int(text)
+    if not -(1 << 63) <= value < 1 << 63:  # Go's int, 64 bits
+        raise ValueError(f"failed to parse int from {text!r}: value out of range")
     if value < 0:
         raise ValueError(f"negative number ({value}) not allowed: {text}")
     return value
