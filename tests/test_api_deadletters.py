@@ -104,9 +104,15 @@ def test_list_paging_and_prefix(client: FlaskClient, dl: str, settings: Settings
                                    {"offset": "-1"}, {"offset": "x"}, {"offset": "1000001"},
                                    {"pageToken": "0.0.0."}, {"pageToken": "x"},
                                    {"pageToken": "0.AAAA"}, {"pageToken": "1.bm9wZQ",
-                                                             "offset": "1"}])
+                                                             "offset": "1"},
+                                   # int() takes these; a query takes ASCII digits only
+                                   {"limit": "1_0"}, {"limit": "+5"}, {"limit": "\u0663"},
+                                   {"offset": " 1"}, {"pageToken": "\u0663.bm9wZQ.0"},
+                                   {"pageToken": "\u00b2.bm9wZQ.0"}])
 def test_bad_list_query_is_400(client: FlaskClient, dl: str, query: dict[str, str]) -> None:
-    assert_error(client.get(dl, query_string=query), 400)
+    body = assert_error(client.get(dl, query_string=query), 400)
+    assert "int()" not in body["message"]
+    assert body["message"].startswith("invalid query: ")  # not "failed deserializing HTTP body"
 
 
 def test_inspect_one_letter_with_its_job(client: FlaskClient, dl: str, settings: Settings,

@@ -333,6 +333,11 @@ def test_dead_letter_pages_walk_every_letter_once_oldest_first(settings: Setting
                 if not token:
                     break
             assert seen == want, prefix
+        # A token of one prefix's pages is refused with another prefix, without Redis.
+        token = letters.page(B, "keep-", limit=4)[1]
+        for other in ("", "skip-", "keep"):
+            with pytest.raises(pages.BadPageToken, match="not a token of the letters"):
+                letters.page(B, other, limit=4, token=token)
         skipped = [d.name for d in letters.page(B, "keep-", limit=3, offset=2)[0]]
         assert skipped == [n for n in names if n[0] == "k"][2:2 + len(skipped)]
     finally:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
+from app.api.query import bool_arg, int_arg
 from app.jobs import errors
 from app.store.deadletters import MAX_OFFSET, DeadLetters, Selection, letter_to_api
 
@@ -15,41 +17,33 @@ deadletters_bp = Blueprint("deadletters", __name__)
 MAX_PAGE = 1000
 
 
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    try:
-        value = int(request.args.get(name, str(default)))
-    except ValueError:
-        raise errors.malformed(f"{name} must be a whole number") from None
-    if not lo <= value <= hi:
-        raise errors.malformed(f"{name} must be between {lo} and {hi}")
-    return value
-
-
-def _selection(ids: Any, prefix: Any, everything: Any) -> Selection:
+def _selection(ids: Any, prefix: Any, everything: Any,
+               bad: Callable[[str], errors.ApiError] = errors.malformed) -> Selection:
     """Exactly one of a non-empty `ids`, a non-empty `prefix`, or `all` true; an empty
-    list or prefix selects nothing, so it is a 400, never "everything"."""
+    list or prefix selects nothing, so it is a 400, never "everything". `bad`: the error
+    of the body's fields, or of the query's."""
     if ids is not None and (not isinstance(ids, list)
                             or not all(isinstance(i, str) and i for i in ids)):
-        raise errors.malformed("ids must be a list of dead-letter ids (non-empty strings)")
+        raise bad("ids must be a list of dead-letter ids (non-empty strings)")
     if prefix is not None and not isinstance(prefix, str):
-        raise errors.malformed("prefix must be a string")
+        raise bad("prefix must be a string")
     if everything is not None and not isinstance(everything, bool):
-        raise errors.malformed("all must be true or false")
+        raise bad("all must be true or false")
     try:
         return Selection.of(ids, prefix, bool(everything), g.settings.max_replay_ids)
     except ValueError as exc:
-        raise errors.malformed(str(exc)) from None
+        raise bad(str(exc)) from None
 
 
 def list_letters() -> Response:
     try:
         letters, token = DeadLetters(g.store).page(
             g.settings.app_id, request.args.get("prefix", ""),
-            limit=_int_arg("limit", 100, 1, MAX_PAGE),
-            offset=_int_arg("offset", 0, 0, MAX_OFFSET),
+            limit=int_arg("limit", 100, 1, MAX_PAGE),
+            offset=int_arg("offset", 0, 0, MAX_OFFSET),
             token=request.args.get("pageToken", ""))
     except ValueError as exc:
-        raise errors.malformed(str(exc)) from None
+        raise errors.bad_query(str(exc)) from None
     return jsonify({"deadLetters": [letter_to_api(d) for d in letters],
                     "nextPageToken": token})
 
@@ -73,11 +67,8 @@ def replay_letters() -> Response:
 
 
 def purge_letters() -> Response:
-    everything = request.args.get("all")
-    if everything not in (None, "true", "false"):
-        raise errors.malformed("all must be true or false")
     selection = _selection(request.args.getlist("id") or None, request.args.get("prefix"),
-                           everything == "true")
+                           bool_arg("all"), errors.bad_query)
     return jsonify({"purged": DeadLetters(g.store).purge(g.settings.app_id, selection)})
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
+from app.api.query import int_arg
 from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
@@ -117,17 +118,12 @@ def delete_job(name: str) -> Response:
 
 def list_jobs() -> Response:
     prefix = request.args.get("prefix", "")
-    try:
-        limit = int(request.args.get("limit", "100"))
-    except ValueError:
-        raise errors.malformed("limit must be a whole number") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise errors.malformed(f"limit must be between 1 and {MAX_PAGE}")
+    limit = int_arg("limit", 100, 1, MAX_PAGE)
     try:
         views, token = g.store.list_jobs(g.settings.app_id, prefix,
                                     request.args.get("pageToken", ""), limit)
     except ValueError as exc:
-        raise errors.malformed(str(exc)) from None
+        raise errors.bad_query(str(exc)) from None
     return _json({"jobs": [view_to_api(v) for v in views], "nextPageToken": token})
 
 

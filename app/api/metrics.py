@@ -39,7 +39,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.jobs import errors
+from app.api.query import bool_arg
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
 from app.store import stats
@@ -239,12 +239,10 @@ def _counter_families(totals: dict[str, Counts]) -> Iterator[Metric]:
 
 def stats_view() -> Response:
     """This app's figures; `?all=true`: every app's (what /metrics shows as well)."""
-    everything = request.args.get("all", "false")
-    if everything not in ("true", "false"):
-        raise errors.malformed("all must be true or false")
+    everything = bool_arg("all")
     store, at = g.store, now_ms()
     workers = stats.read_workers(store.redis, store.keys, at)
-    app_ids = stats.counted_apps(store.redis, store.keys) if everything == "true" else []
+    app_ids = stats.counted_apps(store.redis, store.keys) if everything else []
     if g.settings.app_id not in app_ids:
         app_ids = sorted([*app_ids, g.settings.app_id])
     return jsonify({

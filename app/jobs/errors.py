@@ -77,6 +77,11 @@ def malformed(detail: str) -> ApiError:
     return ApiError(400, MALFORMED_REQUEST, f"failed deserializing HTTP body: {detail}")
 
 
+def bad_query(detail: str) -> ApiError:
+    """A query-string argument that is not one the route takes."""
+    return ApiError(400, MALFORMED_REQUEST, f"invalid query: {detail}")
+
+
 def malformed_data(detail: str) -> ApiError:
     # Dapr's messages.ErrMalformedRequestData text.
     return ApiError(400, MALFORMED_REQUEST_DATA, f"can't serialize request data field: {detail}")

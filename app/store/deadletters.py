@@ -16,6 +16,7 @@ under the same id.
 from __future__ import annotations
 
 import secrets
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -116,7 +117,7 @@ class DeadLetters:
         ValueError for a token this store did not give."""
         if token and offset:
             raise ValueError("offset cannot be combined with pageToken (the token holds it)")
-        after, skip = (self._parse_token(app_id, token) if token else (None, offset))
+        after, skip = (self._parse_token(app_id, prefix, token) if token else (None, offset))
         self.store.ensure_indexed()
         chosen: list[tuple[bytes, int]] = []
         last, passed, more = after, 0, False
@@ -141,7 +142,7 @@ class DeadLetters:
             more, last, skip = True, _text(chosen[read - 1][0]), 0
         if not more or last is None:
             return letters, ""
-        return letters, f"{skip}.{pages.encode(last[len(app_id) + 1:])}"
+        return letters, f"{skip}.{pages.encode(last[len(app_id) + 1:])}.{_prefix_tag(prefix)}"
 
     def list_letters(self, app_id: str | None = None, prefix: str = "", limit: int = 100,
                      offset: int = 0) -> list[DeadLetter]:
@@ -303,12 +304,17 @@ class DeadLetters:
             start = end
 
     @staticmethod
-    def _parse_token(app_id: str, token: str) -> tuple[str, int]:
+    def _parse_token(app_id: str, prefix: str, token: str) -> tuple[str, int]:
         """(the last deadlex member passed, letters still to skip) from a page token;
-        BadPageToken when it is not one a page of this app gave, checked without Redis."""
-        skip_text, dot, encoded = token.partition(".")
-        if not dot or not skip_text.isdigit() or len(skip_text) > 7:
+        BadPageToken when it is not one a page of this app and prefix gave, checked
+        without Redis."""
+        skip_text, _, rest = token.partition(".")
+        encoded, _, tag = rest.partition(".")
+        if not (skip_text.isascii() and skip_text.isdigit()) or len(skip_text) > 7 or not tag:
             raise pages.BadPageToken(token, "not a token this API gave")
+        if tag != _prefix_tag(prefix):
+            raise pages.BadPageToken(token, f"not a token of the letters whose name starts "
+                                            f"with {prefix!r}")
         position = pages.decode(encoded)
         ms, slash, letter_id = position.partition("/")
         skip = int(skip_text)
@@ -316,6 +322,12 @@ class DeadLetters:
                 or letter_job_name(app_id, letter_id) is None):
             raise pages.BadPageToken(token, "not a token this API gave for this app")
         return f"{app_id}/{position}", skip
+
+
+def _prefix_tag(prefix: str) -> str:
+    """The end of a page token: which prefix's pages it is of (a letter passed over may
+    belong to any name, so the position alone does not tell)."""
+    return f"{zlib.crc32(prefix.encode()):08x}"
 
 
 def _letter_id(app_id: str, member: bytes | str) -> str:
