@@ -177,8 +177,36 @@ def test_retry_after_is_seconds_or_an_http_date_within_the_bound() -> None:
     # 1,999.5 ms to the date: 2,000, not 1,999 (the retry would go out before the date)
     assert retry_after_ms(email.utils.formatdate(now + 2, usegmt=True), now + 0.0005,
                           60_000) == 2000
-    for bad in ("", "-1", "1.5", "soon", "Mon, 99 Foo 2020 99:99:99 GMT"):
+    for bad in ("", "-1", "1.5", "soon", "Mon, 99 Foo 2020 99:99:99 GMT",
+                "\u00b2", "\u0663", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"):
         assert retry_after_ms(bad, now, 60_000) is None
+
+
+def test_a_malformed_retry_after_is_ignored_not_the_end_of_the_job(
+        settings: Settings, receiver: Receiver, worker: ThreadWorker) -> None:
+    """A 503 whose Retry-After is neither seconds nor a date (`²`: isdigit() but not a
+    number; a year past the calendar) is a failure like any other: the policy retries,
+    and a recurring job goes on. It was a worker error: a dead letter at once, and the
+    recurring job deleted."""
+    store = Store(settings)
+    store.register_app(AppRegistration(APP, receiver.url))
+    odd = {"super": "\u00b2", "year": "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"}
+
+    def answer(d: Delivery) -> int | tuple[int, dict[str, str]]:
+        if d.headers["jobrunner-attempt"] == "1":
+            return 503, {"Retry-After": odd[d.path.removeprefix("/job/").split("-")[0]]}
+        return 200
+
+    receiver.responder = answer
+    policy = FailurePolicy(FailureKind.CONSTANT, interval_ms=10, max_retries=3)
+    store.schedule_many([make_job("super-once", failure_policy=policy),
+                         make_job("year-every", failure_policy=policy, schedule="@every 1h")])
+    for name in ("super-once", "year-every"):
+        wait_for(lambda n=name: len(_by_job(receiver, n)) >= 2,  # type: ignore[misc]
+                 what=f"{name} retried")
+    wait_for(lambda: store.get(APP, "super-once") is None, what="super-once done")
+    assert dead_letters(store) == []
+    assert store.get(APP, "year-every") is not None  # on to its next occurrence
 
 
 def test_a_worker_never_waits_longer_than_its_own_bound(settings: Settings) -> None:

@@ -112,16 +112,16 @@ def retry_after_ms(value: str, now_s: float, max_ms: int) -> int | None:
     """A Retry-After header (RFC 9110: whole seconds, or an HTTP date) as ms from `now_s`,
     from 0 to `max_ms`; None when it is neither."""
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone takes '²' too
         seconds = float(value[:12])  # more digits are past any bound anyway
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is so taken
+                when = when.replace(tzinfo=datetime.UTC)
+            seconds = when.timestamp() - now_s
+        except (TypeError, ValueError, IndexError, OverflowError):  # a year past any calendar
             return None
-        if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
-            when = when.replace(tzinfo=datetime.UTC)
-        seconds = when.timestamp() - now_s
     # Rounded up: the retry goes out at the app's time, not the millisecond before it.
     return math.ceil(min(max(seconds * 1000, 0.0), max_ms))
 

@@ -273,15 +273,16 @@ class Worker:
             # Unsettled, the trigger comes back when its lease runs out.
             log.warning("redis unavailable during delivery of %s: %s", trigger.trigger_id, exc)
         except Exception as exc:
-            # A record the worker cannot handle: retrying cannot help, and leaving it to the
-            # lease would redeliver it forever. The job ends; the dead letter says why.
+            # A trigger the worker cannot handle: retrying cannot help, and leaving it to
+            # the lease would redeliver it forever. It is dead-lettered, saying why; a
+            # recurring job goes on (the fault may be this trigger's alone).
             log.exception("cannot process a trigger; dead-lettered",
                           extra={"app": trigger.job.app_id, "job": trigger.job.name,
                                  "attempt": trigger.attempt, "trigger": trigger.trigger_id})
             error = f"worker error: {type(exc).__name__}: {exc}"
             self.settled.append(self._recorded(
-                self._dead(trigger, error, next_ms=None), False, None, error, started,
-                int((time.perf_counter() - clock) * 1_000_000)))
+                self._dead(trigger, error, next_ms=self._next_or_none(trigger)), False, None,
+                error, started, int((time.perf_counter() - clock) * 1_000_000)))
         finally:
             self._to_settle.set()
             self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
@@ -312,6 +313,18 @@ class Worker:
             return self.settings.delivery_timeout_s
         return min(own / 1000, self.settings.max_job_delivery_timeout_s)
 
+    def _next_ms(self, trigger: Trigger, now: int) -> int | None:
+        """When the job's next trigger is due once this one is over; None: the job is."""
+        job = trigger.job
+        return next_fire_ms(job.schedule, trigger.sched_ms, trigger.count + 1, job.repeats,
+                            job.expires_ms, now, job.catch_up, self.settings.max_catch_up)
+
+    def _next_or_none(self, trigger: Trigger) -> int | None:
+        try:
+            return self._next_ms(trigger, now_ms())
+        except Exception:  # a record past handling: the job ends with its dead letter
+            return None
+
     def _settlement(self, trigger: Trigger, outcome: delivery.Outcome) -> Settlement:
         job, now = trigger.job, now_ms()
         if not outcome.done:
@@ -324,8 +337,7 @@ class Worker:
                 # now_ms() rounds down: + 1, so the retry waits at least its delay after
                 # the answer (a trigger claimed ahead goes out at its exact time)
                 return Settlement(trigger, Action.RETRY, now + 1 + delay)
-        next_ms = next_fire_ms(job.schedule, trigger.sched_ms, trigger.count + 1, job.repeats,
-                               job.expires_ms, now, job.catch_up, self.settings.max_catch_up)
+        next_ms = self._next_ms(trigger, now)
         if outcome.done:
             return Settlement(trigger, Action.NEXT, next_ms)
         if job.failure_policy.kind is FailureKind.DROP:
