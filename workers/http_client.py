@@ -54,6 +54,18 @@ def split_url(url: str) -> tuple[Origin, str]:
     return origin, path
 
 
+# The most bytes a response may take before its final headers are in, interim (1xx)
+# responses included: llhttp builds header values by concatenation, so an endless header
+# would cost the worker's loop quadratic time and unbounded memory (every app waits).
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+# A kept-alive connection that closes this soon after a request was written on it was
+# closed by the app while idle (the request crossed its FIN): the request is tried again
+# on a new connection, within the same deadline.
+STALE_CLOSE_S = 0.5
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
@@ -64,6 +76,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reusable = True
         self.got_bytes = False
+        self.sent_at = 0.0  # loop time the current request was written
+        self.head_bytes = 0  # of the current response, until its final headers are in
+        self.framed = False  # the response says where it ends (Content-Length or chunked)
         self.status: int | None = None  # of the current response, once its headers are in
         self.retry_after: bytes | None = None  # its Retry-After header, if any
         self.deadline = 0.0  # loop time by which the current response must be in
@@ -73,31 +88,54 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            # Bytes while no request is out: the app's own (a stray or late response). They
+            # would be read as the start of the next answer: the connection goes.
+            self.close()
+            return
         self.got_bytes = True
+        if self.status is None:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_RESPONSE_HEAD:
+                self._fail(ServerDisconnected(
+                    f"the response's headers are longer than {MAX_RESPONSE_HEAD} bytes"))
+                return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # not an HttpParserError
+            self._fail(ServerDisconnected("the app answered with a protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(ServerDisconnected(f"invalid HTTP response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.status is not None and self.waiter is not None and not self.waiter.done():
+        if (self.status is not None and not self.framed and self.waiter is not None
+                and not self.waiter.done()):
             # A response without Content-Length ends when the server closes (HTTP/1.0
-            # servers such as Python's http.server do this): the status is the answer.
+            # servers such as Python's http.server do this): the status is the answer. One
+            # that said its length, or is chunked, and was cut short is no answer.
             self.reusable = False
             self.waiter.set_result(self.status)
             return
         self._fail(ServerDisconnected("connection closed before the response ended"))
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.waiter is None or self.waiter.done():  # bytes past the answer, in its packet
+            self.reusable = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 11 and name.lower() == b"retry-after":
             self.retry_after = value
+        elif name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status >= 200:
             self.status = status
+        else:  # an interim response: the real one's headers follow
+            self.framed = False
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -106,14 +144,19 @@ class _Connection(asyncio.Protocol):
         self.reusable = self.parser.should_keep_alive()
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(status)
+        else:  # a second response to one request: the app and this client disagree
+            self.reusable = False
 
     def send(self, data: bytes) -> asyncio.Future[int]:
-        self.got_bytes = False
+        self.got_bytes = self.framed = False
+        self.head_bytes = 0
         self.status = None
         self.retry_after = None
         if self.transport is None or self.transport.is_closing():
             raise ServerDisconnected("connection closed before the request was sent")
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.waiter = loop.create_future()
+        self.sent_at = loop.time()
         self.transport.write(data)
         return self.waiter
 
@@ -150,8 +193,9 @@ class _Pool:
         """An idle connection, newest first, if one is open."""
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed:
+            if conn.reusable and not conn.closed:
                 return conn
+            conn.close()
             self.open -= 1
         return None
 
@@ -264,6 +308,7 @@ class HttpClient:
         request = (f"POST {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
                    f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1") + body
         loop = asyncio.get_running_loop()
+        deadline: float | None = None  # the first try's: a second one shares it
         for _ in range(2):
             conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
             if conn is None:
@@ -274,7 +319,8 @@ class HttpClient:
                 except TimeoutError:
                     raise PoolTimeout(f"no free connection to the app within "
                                       f"{queue_timeout or timeout:g}s") from None
-            deadline = loop.time() + timeout
+            if deadline is None:
+                deadline = loop.time() + timeout
             try:
                 if conn is None:
                     async with asyncio.timeout_at(deadline):
@@ -287,8 +333,11 @@ class HttpClient:
                     self._out.discard(conn)
             except ServerDisconnected:
                 pool.release(conn)
-                # A kept-alive connection the app closed while idle: try once on a new one.
-                if reused and conn is not None and not conn.got_bytes:
+                # A kept-alive connection the app had closed while it was idle: closed at
+                # once, before any answer. Try once more on a new one. A close that comes
+                # later came after the app took the request: that is its answer.
+                if (reused and conn is not None and not conn.got_bytes
+                        and loop.time() - conn.sent_at < STALE_CLOSE_S):
                     continue
                 raise
             except BaseException:

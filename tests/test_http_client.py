@@ -1,0 +1,247 @@
+"""The workers' HTTP client (workers/http_client.py) against apps that answer wrongly:
+raw sockets on 127.0.0.1, each writing what a broken or hostile app could. Every such
+answer fails the one request with a clear reason, at once, and leaves nothing behind that
+a later request could read as its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from workers.http_client import (
+    MAX_RESPONSE_HEAD,
+    STALE_CLOSE_S,
+    HttpClient,
+    Origin,
+    ServerDisconnected,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+TIMEOUT_S = 30.0  # past any answer here: a request that waited for it failed the test
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+async def _request(reader: asyncio.StreamReader) -> bool:
+    """Reads one request (head and body); False when the client closed instead."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    await reader.readexactly(length)
+    return True
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    """Until the client closes the connection (the app holds it open till then)."""
+    try:
+        while await reader.read(65536):
+            pass
+    except ConnectionError:
+        pass
+
+
+class App:
+    """A TCP server whose `handler(reader, writer, n)` answers the n-th request (from 1,
+    over all connections); counts the requests that arrived."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Origin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return Origin("127.0.0.1", self.server.sockets[0].getsockname()[1], False)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await _request(reader):
+                self.requests += 1
+                await self.handler(reader, writer, self.requests)
+                if writer.is_closing():
+                    return
+        except ConnectionError:
+            pass  # the client gave up on an answer it judged bad: what is tested
+        finally:
+            writer.close()
+
+
+async def _post(client: HttpClient, origin: Origin) -> tuple[int, str | None]:
+    return await client.post(origin, "/job/x", b"{}", "Content-Type: application/json\r\n",
+                             TIMEOUT_S)
+
+
+def _run(handler: Handler, requests: int = 1) -> list[Any]:
+    """`requests` POSTs one after another; each one's answer or the error it raised."""
+
+    async def main() -> list[Any]:
+        client = HttpClient(4)
+        outcomes: list[Any] = []
+        try:
+            async with App(handler) as origin:
+                for _ in range(requests):
+                    try:
+                        outcomes.append(await _post(client, origin))
+                    except (ServerDisconnected, TimeoutError, OSError) as exc:
+                        outcomes.append(exc)
+        finally:
+            client.close()
+        return outcomes
+
+    return asyncio.run(asyncio.wait_for(main(), TIMEOUT_S * requests + 10))
+
+
+def _failed(outcome: Any, says: str) -> None:
+    assert isinstance(outcome, ServerDisconnected), outcome
+    assert says in str(outcome), outcome
+
+
+def test_an_endless_header_fails_the_request_at_the_bound_not_its_timeout() -> None:
+    async def endless(r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        for _ in range(64):  # 4 MiB, written as the client reads
+            w.write(b"a" * 65536)
+            await w.drain()
+        await _until_closed(r)
+
+    [outcome] = _run(endless)
+    _failed(outcome, f"longer than {MAX_RESPONSE_HEAD} bytes")
+
+
+def test_endless_interim_responses_fail_the_request_too() -> None:
+    async def hints(r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        for _ in range(20_000):  # about 700 KB of 103 Early Hints
+            w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            await w.drain()
+        await _until_closed(r)
+
+    [outcome] = _run(hints)
+    _failed(outcome, "longer than")
+
+
+def test_bytes_on_an_idle_connection_are_not_read_as_the_next_answer() -> None:
+    """The app answers 200, then writes the start of another response while no request
+    is out; the next request's answer is a 500. It must be read as the 500."""
+    stray_written = asyncio.Event()
+
+    async def stray(_r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            w.write(OK)
+            await w.drain()
+            w.write(b"HTTP/1.1 200 OK\r\nX-Stray: ")
+            await w.drain()
+            stray_written.set()
+        else:
+            w.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+
+    async def main() -> list[int]:
+        client = HttpClient(4)
+        try:
+            async with App(stray) as origin:
+                first, _ = await _post(client, origin)
+                await asyncio.wait_for(stray_written.wait(), TIMEOUT_S)
+                # The stray bytes reach the client's connection on a later turn of the loop:
+                # wait (a second at most) for the connection to be retired.
+                idle = client._pool(origin).idle
+                for _ in range(1000):
+                    if all(not c.reusable or c.closed for c in idle):
+                        break
+                    await asyncio.sleep(0.001)
+                second, _ = await _post(client, origin)
+                return [first, second]
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == [200, 500]
+
+
+def test_a_second_answer_in_the_same_packet_retires_the_connection() -> None:
+    async def twice(_r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        w.write(OK + b"HTTP/1.1 200 OK\r\nX-Stray: " if n == 1
+                else b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+
+    assert [status for status, _ in _run(twice, requests=2)] == [200, 500]
+
+
+def test_a_protocol_upgrade_is_a_failure_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def upgrade(r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\n\r\n")
+        await _until_closed(r)
+
+    with caplog.at_level(logging.ERROR):
+        [outcome] = _run(upgrade)
+    _failed(outcome, "protocol upgrade")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("cut", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n64\r\nabc",
+])
+def test_an_answer_cut_short_by_a_close_is_no_answer(cut: bytes) -> None:
+    """It said where it ends, and did not get there: not the 200 it began with."""
+    async def truncated(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(cut)
+        await w.drain()
+        w.close()
+
+    [outcome] = _run(truncated)
+    _failed(outcome, "closed before the response ended")
+
+
+def test_an_answer_that_ends_with_the_connection_is_its_status() -> None:
+    """HTTP/1.0 style: no length, the close ends it (as Python's http.server answers)."""
+    async def old_style(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.0 204 No Content\r\n\r\n")
+        await w.drain()
+        w.close()
+
+    assert _run(old_style) == [(204, None)]
+
+
+def test_a_close_long_after_the_request_is_its_answer_not_a_reason_to_send_it_again() -> None:
+    """On a kept-alive connection, the app reads the second request, works past the
+    window of a stale connection, then closes: the request failed, once. (It was sent
+    again on a new connection with a fresh timeout: one attempt could outlive its lease
+    and meet its own retry.)"""
+    async def hang_then_close(_r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                              n: int) -> None:
+        if n == 1:
+            w.write(OK)
+            return
+        await asyncio.sleep(STALE_CLOSE_S + 1.0)
+        w.close()
+
+    app_requests: list[int] = []
+
+    async def main() -> list[Any]:
+        client = HttpClient(4)
+        app = App(hang_then_close)
+        try:
+            async with app as origin:
+                outcomes: list[Any] = [await _post(client, origin)]
+                try:
+                    outcomes.append(await _post(client, origin))
+                except ServerDisconnected as exc:
+                    outcomes.append(exc)
+                app_requests.append(app.requests)
+                return outcomes
+        finally:
+            client.close()
+
+    first, second = asyncio.run(main())
+    assert first == (200, None)
+    _failed(second, "closed before the response ended")
+    assert app_requests == [2]
