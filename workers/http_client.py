@@ -125,9 +125,10 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) == 11 and name.lower() == b"retry-after":
+        size = len(name)
+        if size == 11 and name.lower() == b"retry-after":
             self.retry_after = value
-        elif name.lower() in (b"content-length", b"transfer-encoding"):
+        elif size in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
             self.framed = True
 
     def on_headers_complete(self) -> None:
