@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -283,6 +285,19 @@ def test_list_jobs_is_bounded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None
     assert "more than 3 jobs" in message and "pageToken" in message
 
 
+def test_list_jobs_is_bounded_in_bytes_too(api: Api) -> None:
+    """Six jobs of 780 KB of data each pass the count but not the 4 MiB a client takes
+    in one message by default: refused before the answer is built whole; five fit."""
+    big = packed(wrappers_pb2.BytesValue(value=os.urandom(780_000)))
+    for i in range(6):
+        schedule(api, jobs_pb2.Job(name=f"big-{i}", due_time="1h", data=big))
+    code, message, reason = failure(lambda: api.call("ListJobs", jobs_pb2.ListJobsRequest()))
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "DAPR_SCHEDULER_LIST_JOBS")
+    assert f"jobs of more than {service.MAX_LISTED_BYTES} bytes" in message
+    api.call("DeleteJob", jobs_pb2.DeleteJobRequest(name="big-5"))
+    assert len(api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs) == 5
+
+
 def test_delete_by_prefix(api: Api, twin: str) -> None:
     request_type = (jobs_pb2.DeleteJobsByPrefixRequest if not twin
                     else jobs_pb2.DeleteJobsByPrefixRequestAlpha1)
@@ -499,6 +514,67 @@ def test_other_dapr_methods_are_unimplemented_with_a_clear_message(api: Api) -> 
                                                                         timeout=10))
     assert code == grpc.StatusCode.UNIMPLEMENTED
     assert message.startswith("jobrunner serves only the jobs API of Dapr")
+
+
+def test_bytes_that_are_no_message_to_an_unserved_method_are_unimplemented(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """Refused before any decoding, unary or streaming: the streaming ones answered
+    UNKNOWN and logged a traceback per call (a log any client could fill)."""
+    unary = api.channel.unary_unary("/dapr.proto.runtime.v1.Dapr/GetState")
+    calls: dict[str, Callable[[], Any]] = {"GetState": lambda: unary(b"\xff\xff", timeout=10)}
+    for method in ("SubscribeConfiguration", "GetBinaryFileAlpha1"):
+        stream = api.channel.unary_stream(f"/dapr.proto.runtime.v1.Dapr/{method}")
+        calls[method] = lambda s=stream: list(s(b"\xff\xff", timeout=10))
+    with caplog.at_level(logging.WARNING):
+        for method, call in calls.items():
+            code, message, _ = failure(call)
+            assert code == grpc.StatusCode.UNIMPLEMENTED, (method, code, message)
+            assert f"{method} is not served" in message
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _idle_call(api: Api, method: str, metadata: tuple[tuple[str, str], ...] = ()) -> Any:
+    """A call that starts and never sends its request message (nor ends its side)."""
+    never = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        never.wait(60)
+        yield from ()
+
+    call = api.channel.stream_unary(f"/dapr.proto.runtime.v1.Dapr/{method}").future(
+        nothing(), timeout=60, metadata=metadata)
+    return call, never
+
+
+def test_a_call_that_never_sends_its_message_is_ended_by_the_body_timeout(
+        api_for: Callable[..., Api]) -> None:
+    """Idle calls held the server's slots (MAX_CONCURRENT_RPCS) for ever, and locked
+    every client out. Now each ends at JOBRUNNER_HTTP_BODY_TIMEOUT, the rest served."""
+    api = api_for(http_body_timeout_s=0.5)
+    held = [_idle_call(api, method) for method in ("GetJob", "ScheduleJob", "ListJobs")]
+    schedule(api, jobs_pb2.Job(name="meanwhile", due_time="1h"))  # served beside them
+    try:
+        for call, _ in held:
+            err = call.exception(timeout=30)  # the call's own deadline is 60 s
+            assert err is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+            assert "did not arrive within 0.5s" in err.details()
+    finally:
+        for call, never in held:
+            never.set()
+            call.cancel()
+    assert get(api, "meanwhile").due_time == "1h"
+
+
+def test_a_call_without_the_token_is_refused_before_its_message(
+        api_for: Callable[..., Api]) -> None:
+    api = api_for(api_token="s3cret", http_body_timeout_s=30.0)
+    call, never = _idle_call(api, "GetJob")
+    try:
+        err = call.exception(timeout=10)  # long before the 30 s body timeout
+        assert err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+    finally:
+        never.set()
+        call.cancel()
 
 
 # --- data as Dapr keeps it ----------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
 
-from app.grpc.service import UNIMPLEMENTED_MESSAGE, JobsServicer
+from app.grpc.service import JOB_METHODS, UNIMPLEMENTED_MESSAGE, JobsServicer
 from app.settings import Settings
 from app.store.store import Store
 
@@ -93,7 +93,8 @@ class Server:
             self._servicer, generic
         )
         server.add_generic_rpc_handlers(
-            (_Decoding(generic.handlers), _OtherServices()))  # the rest last
+            (_Decoding(generic.handlers, _FirstMessages(settings.http_body_timeout_s)),
+             _OtherServices()))  # the rest last
         server.add_insecure_port(bind_address(settings.http_host, settings.grpc_port))
         return server
 
@@ -158,11 +159,13 @@ def create_server(settings: Settings, store: Store, threads: int) -> Server:
 
 
 def _refuse(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def handler(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)
 
-    # Unary whatever the method is: the call ends with the status before any message.
-    return grpc.unary_unary_rpc_method_handler(handler)
+    # Stream-unary whatever the method is: refused at once, not after a request message
+    # (a unary handler waits for it, and a caller that never sends one holds a slot of
+    # the server's MAX_CONCURRENT_RPCS for ever, token or not).
+    return grpc.stream_unary_rpc_method_handler(handler)
 
 
 class _TokenCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -195,29 +198,95 @@ class _Undecodable:
         self.message = message
 
 
-class _Decoding(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """The Dapr service's handlers, each request decoded so that bytes that are not its
-    message (truncated, bad UTF-8 in a string) are INVALID_ARGUMENT, as Dapr answers
-    them: a deserializer that raises makes grpc.aio answer UNKNOWN and log a traceback,
-    a log any client could fill. Each method's wrapped handler is made once."""
+class _FirstMessages:
+    """Reads a call's request message within `timeout_s` (JOBRUNNER_HTTP_BODY_TIMEOUT, as
+    an HTTP request's body), else ends the call with DEADLINE_EXCEEDED: calls that never
+    send their message would otherwise hold the server's MAX_CONCURRENT_RPCS slots and
+    lock every client out. One timer sweeps every waiting call (a timer each would cost
+    uvloop a few us a call)."""
 
-    def __init__(self, handlers: list[grpc.GenericRpcHandler]) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._waiting: dict[asyncio.Task[Any], float] = {}
+        self._late: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def read(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        self._waiting[task] = loop.time() + self.timeout_s
+        if self._timer is None:
+            self._timer = loop.call_later(self.timeout_s, self._sweep)
+        try:
+            request = await context.read()
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise  # the call was cancelled, not swept
+            self._late.discard(task)
+            task.uncancel()
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"the request message did not arrive within "
+                                f"{self.timeout_s:g}s (JOBRUNNER_HTTP_BODY_TIMEOUT)")
+            raise AssertionError("abort returns only by raising") from None
+        finally:
+            self._waiting.pop(task, None)
+        if request is grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the call ended without its request message")
+        return request
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + 0.001  # a timer may fire up to a millisecond early
+        earliest: float | None = None
+        for task, deadline in list(self._waiting.items()):
+            if deadline <= now:
+                del self._waiting[task]
+                self._late.add(task)
+                task.cancel()
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._timer = loop.call_at(earliest, self._sweep)
+
+
+_DAPR_SERVICE = "/dapr.proto.runtime.v1.Dapr/"
+
+
+class _Decoding(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """The jobs methods of the Dapr service, each request read within its deadline
+    (_FirstMessages) and decoded so that bytes that are not its message (truncated, bad
+    UTF-8 in a string) are INVALID_ARGUMENT, as Dapr answers them: a deserializer that
+    raises makes grpc.aio answer UNKNOWN and log a traceback, a log any client could
+    fill. The Dapr methods not served are left to _OtherServices, before any decoding.
+    Each method's handler is made once."""
+
+    def __init__(self, handlers: list[grpc.GenericRpcHandler], first: _FirstMessages) -> None:
         self._handlers = handlers
+        self._first = first
         self._wrapped: dict[str, Any] = {}
 
     def service(self, details: Any) -> Any:
         handler = self._wrapped.get(details.method)
         if handler is None:
+            if (not details.method.startswith(_DAPR_SERVICE)
+                    or details.method[len(_DAPR_SERVICE):] not in JOB_METHODS):
+                return None
             handler = next((h for g in self._handlers
                             if (h := g.service(details)) is not None), None)
-            if handler is None or handler.request_streaming or handler.response_streaming:
-                return handler  # every jobs method is unary: the rest as they are
-            handler = self._wrapped[details.method] = _decoding(handler)
+            if handler is None:
+                return None
+            handler = self._wrapped[details.method] = _decoding(handler, self._first)
         return handler
 
 
-def _decoding(handler: Any) -> Any:
+def _decoding(handler: Any, first: _FirstMessages) -> Any:
+    """A jobs method's unary handler as a stream-unary one that reads its one message by
+    its deadline (a unary handler is called only once the message is in)."""
     decode, behavior = handler.request_deserializer, handler.unary_unary
+    assert asyncio.iscoroutinefunction(behavior), "the jobs methods are served on the loop"
 
     def deserialize(data: bytes) -> Any:
         try:
@@ -225,18 +294,15 @@ def _decoding(handler: Any) -> Any:
         except Exception as exc:  # DecodeError, or a message past its limits
             return _Undecodable(f"the request is not a valid message: {exc}")
 
-    if asyncio.iscoroutinefunction(behavior):
-        async def checked(request: Any, context: Any) -> Any:
-            if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            return await behavior(request, context)
-    else:  # run on the pool by grpc.aio, as before
-        def checked(request: Any, context: Any) -> Any:  # type: ignore[misc]
-            if isinstance(request, _Undecodable):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            return behavior(request, context)
+    async def checked(requests: Any, context: Any) -> Any:
+        request = await first.read(context)
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        return await behavior(request, context)
 
-    return handler._replace(request_deserializer=deserialize, unary_unary=checked)
+    return grpc.stream_unary_rpc_method_handler(
+        checked, request_deserializer=deserialize,
+        response_serializer=handler.response_serializer)
 
 
 class _OtherServices(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -244,5 +310,5 @@ class _OtherServices(grpc.GenericRpcHandler):  # type: ignore[misc]
     with the same clear message as the Dapr methods that are not served."""
 
     def service(self, details: Any) -> Any:
-        return _refuse(grpc.StatusCode.UNIMPLEMENTED,
-                       UNIMPLEMENTED_MESSAGE.format(method=details.method))
+        method = details.method.removeprefix(_DAPR_SERVICE)  # a Dapr method by its name
+        return _refuse(grpc.StatusCode.UNIMPLEMENTED, UNIMPLEMENTED_MESSAGE.format(method=method))

@@ -2,7 +2,8 @@
 
 Each method and its `...Alpha1` twin do the same, as in Dapr (pkg/api/universal/jobs.go).
 Requests are validated by app.jobs.validation, as HTTP bodies are. Every other method of
-the Dapr service answers UNIMPLEMENTED, saying that only the jobs API is served.
+the Dapr service answers UNIMPLEMENTED, saying that only the jobs API is served (the
+server refuses them before reading a message: server.py).
 
 The methods are coroutines of a grpc.aio server (server.py): each runs its store work on
 the server's thread pool, except ScheduleJob, which is tried on the event loop first
@@ -42,8 +43,11 @@ log = logging.getLogger("jobrunner.grpc")
 # Dapr's errorcodes.SchedulerEmpty: a ScheduleJobRequest without its job.
 JOB_EMPTY = "DAPR_SCHEDULER_EMPTY"
 # ListJobs has no paging in Dapr's API: one answer holds every job of the app, so it is
-# bounded; past this many, the HTTP API's paged list is the way.
+# bounded, in jobs and in bytes; past either, the HTTP API's paged list is the way. The
+# bytes: what a gRPC client takes in one message by default (4 MiB), less room for the
+# answer's framing; reading stops there, so a call never holds more than that.
 MAX_LISTED = 10_000
+MAX_LISTED_BYTES = 4 * 1024 * 1024 - 1024
 _PAGE = 1000
 
 UNIMPLEMENTED_MESSAGE = (
@@ -200,17 +204,23 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
 
     def _list(self) -> list[jobs_pb2.Job]:
         listed: list[jobs_pb2.Job] = []
+        size = 0
         token = ""
         while True:
             views, token = self.store.list_jobs(self.app_id, "", token, _PAGE)
-            listed += (job_message(view.job) for view in views)
-            if len(listed) > MAX_LISTED:
-                raise ApiError(
-                    413, "DAPR_SCHEDULER_LIST_JOBS",
-                    f"app {self.app_id!r} has more than {MAX_LISTED} jobs, more than one "
-                    "ListJobs answer holds; list them page by page over HTTP "
-                    "(GET /v1.0/jobs?limit=1000&pageToken=...)",
-                )
+            for view in views:
+                job = job_message(view.job)
+                size += job.ByteSize() + 6  # the field's tag and length
+                listed.append(job)
+                if len(listed) > MAX_LISTED or size > MAX_LISTED_BYTES:
+                    what = (f"more than {MAX_LISTED} jobs" if len(listed) > MAX_LISTED
+                            else f"jobs of more than {MAX_LISTED_BYTES} bytes")
+                    raise ApiError(
+                        413, "DAPR_SCHEDULER_LIST_JOBS",
+                        f"app {self.app_id!r} has {what}, more than one ListJobs answer "
+                        "holds; list them page by page over HTTP "
+                        "(GET /v1.0/jobs?limit=1000&pageToken=...)",
+                    )
             if not token:
                 return listed
 
@@ -223,20 +233,3 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
                              context: Context) -> jobs_pb2.ListJobsResponseAlpha1:
         return jobs_pb2.ListJobsResponseAlpha1(
             jobs=await self._run(context, "ListJobsAlpha1", self._list))
-
-
-def _unimplemented(method: str) -> Callable[..., Any]:
-    message = UNIMPLEMENTED_MESSAGE.format(method=method)
-
-    async def handler(self: JobsServicer, request: Any, context: Context) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-
-    handler.__name__ = method
-    return handler
-
-
-# Every other method of the Dapr service (the generated base answers "Method not
-# implemented!"; ours says what is served).
-for _method in dir(dapr_pb2_grpc.DaprServicer):
-    if not _method.startswith("_") and _method not in JOB_METHODS:
-        setattr(JobsServicer, _method, _unimplemented(_method))
