@@ -384,6 +384,6 @@ def test_anys_nested_deeper_than_json_renders_fall_back_to_their_bytes(depth: in
     shown = any_json_or_bytes(any_url, stored)
     assert shown["@type"] == any_url
     if depth == 2000:  # no JSON form at all: the bytes as stored
-        assert shown == {"@type": any_url, "value": stored}
+        assert shown == {"@type": any_url, "@bytes": stored}
     job = Job("job-service", "j", any_type=any_url, any_value=stored)
     assert delivery_body(job, "raw") == value.strip()  # as daprd sends an Any it cannot render

@@ -494,7 +494,7 @@ def test_a_stored_any_goes_out_as_daprs_http_channel_sends_it() -> None:
         b"\x08\x01"
     # GET: the Any's JSON form; bytes as base64 when no descriptor knows the type
     assert dapr_get_data(_stored_any("type.googleapis.com/acme.T", b"\x08\x01")) == \
-        {"@type": "type.googleapis.com/acme.T", "value": "CAE="}
+        {"@type": "type.googleapis.com/acme.T", "@bytes": "CAE="}
 
 
 def test_unknown_delivery_format_is_refused() -> None:

@@ -615,20 +615,40 @@ def test_grpc_data_of_a_known_type_reads_back_over_http_in_its_json_form(api: Ap
         "@type": "type.googleapis.com/google.protobuf.Duration", "value": "3s"}
 
 
-def test_grpc_data_of_an_unknown_type_reads_back_over_http_as_its_bytes(api: Api) -> None:
-    """No descriptor here knows the type (Dapr's protojson cannot render it either: its GET
-    fails): the type URL and the base64 of the bytes as stored, never a 500."""
+def test_grpc_data_without_a_json_form_reads_back_over_http_as_its_bytes(api: Api) -> None:
+    """A type no descriptor here knows, or bytes JSON cannot write (a Value holding NaN, a
+    StringValue that is not UTF-8): Dapr's protojson cannot render them (its GET fails).
+    GET gives the type URL and the base64 of the bytes as stored, under `@bytes`, never a
+    500; sent back, that stores the very same Any. (Under `value`, as before, a Value or
+    StringValue came back as a string holding the base64.)"""
     cases = {"acme": any_pb2.Any(type_url="example.com/acme.Order", value=b"\x08\x01"),
-             "sdk-example": any_pb2.Any(value=b'{"message": "hi"}')}
+             "sdk-example": any_pb2.Any(value=b'{"message": "hi"}'),
+             "nan": packed(struct_pb2.Value(number_value=float("nan"))),
+             "not-utf8": any_pb2.Any(type_url=STRING_VALUE, value=b"\x0a\x03\xff\xff\xff")}
     for name, data in cases.items():
         schedule(api, jobs_pb2.Job(name=name, due_time="1h", data=data))
     for name, data in cases.items():
         response = api.http.get(f"/v1.0/jobs/{name}")
         assert response.status_code == 200, response.get_data(as_text=True)
-        assert response.get_json()["data"] == {
-            "@type": data.type_url, "value": base64.b64encode(data.value).decode()}
+        shown = response.get_json()["data"]
+        assert shown == {"@type": data.type_url, "@bytes": base64.b64encode(data.value).decode()}
+        again = api.http.post(f"/v1.0/jobs/{name}-again", json={"dueTime": "1h", "data": shown})
+        assert again.status_code == 204, again.get_data(as_text=True)
+        assert get(api, f"{name}-again").data == data
     listed = api.http.get("/v1.0/jobs").get_json()["jobs"]
-    assert {job["name"] for job in listed} == set(cases)
+    assert {job["name"] for job in listed} == {n + again for n in cases for again in ("", "-again")}
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    ({"@type": VALUE_URL, "@bytes": "!!!"}, "not standard base64"),
+    ({"@type": VALUE_URL, "@bytes": 5}, "bytes form"),
+    ({"@type": VALUE_URL, "@bytes": "", "value": 1}, "nothing else"),
+    ({"@type": "not a url", "@bytes": "CAE="}, "not a protobuf type URL"),
+])
+def test_a_bad_bytes_form_is_a_400(api: Api, data: dict[str, Any], says: str) -> None:
+    response = api.http.post("/v1.0/jobs/b", json={"dueTime": "1h", "data": data})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert says in response.get_json()["message"]
 
 
 def test_job_data_as_any() -> None:

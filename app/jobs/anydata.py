@@ -437,12 +437,39 @@ def stored_any(type_url: str, value: bytes, max_data_bytes: int) -> tuple[str, s
     return type_url, encoded
 
 
+# The member of an Any's bytes form: `{"@type": ..., "@bytes": "<standard base64>"}`. Not
+# "value": that is the JSON form of a wrapper or Value holding a string, and the bytes
+# form sent back would be packed as that string.
+BYTES_MEMBER = "@bytes"
+
+
 def any_json_or_bytes(type_url: str, value_b64: str) -> dict[str, Any]:
     """A stored Any for a JSON answer (the HTTP API's GET of a job scheduled over gRPC):
-    its JSON form when the type is one this process knows (unpack_any_json), else
-    `{"@type": type_url, "value": "<base64 of the bytes>"}`, the bytes as stored. Dapr's
-    protojson cannot render such an Any at all (its GET fails with 500)."""
+    its JSON form when the type is one this process knows (unpack_any_json), else its
+    bytes form `{"@type": type_url, "@bytes": "<base64 of the bytes>"}`, the bytes as
+    stored (an unknown type; bytes that do not decode as the type; a Value holding NaN,
+    which JSON cannot write). Dapr's protojson cannot render such an Any at all (its GET
+    fails with 500). Sent back, the bytes form stores the same Any (stored_bytes_form)."""
     try:
         return unpack_any_json(type_url, value_b64)
     except ValueError:
-        return {"@type": type_url, "value": value_b64}
+        return {"@type": type_url, BYTES_MEMBER: value_b64}
+
+
+def is_bytes_form(data: dict[str, Any]) -> bool:
+    return BYTES_MEMBER in data
+
+
+def stored_bytes_form(data: dict[str, Any], max_data_bytes: int) -> tuple[str, str] | None:
+    """An Any in its bytes form -> (type URL, base64) as the job record keeps it, the bytes
+    as given and the type any, as over gRPC (stored_any); None for an empty Any. ApiError
+    400 when it is not `{"@type": <text>, "@bytes": <standard base64>}`."""
+    raw = data.get(BYTES_MEMBER)
+    if set(data) != {"@type", BYTES_MEMBER} or not isinstance(raw, str):
+        raise malformed_data(f"an Any in its bytes form is {{\"@type\": ..., "
+                             f"\"{BYTES_MEMBER}\": \"<base64>\"}}, and nothing else")
+    try:
+        value = base64.b64decode(raw, validate=True)
+    except binascii.Error:
+        raise malformed_data(f"{BYTES_MEMBER} is not standard base64: {_show(raw)}") from None
+    return stored_any(data["@type"], value, max_data_bytes)

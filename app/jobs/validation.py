@@ -58,8 +58,10 @@ from app.jobs.anydata import (
     any_json_or_bytes,
     dapr_get_data,
     is_any_json,
+    is_bytes_form,
     pack_any,
     stored_any,
+    stored_bytes_form,
 )
 from app.jobs.durations import MAX_DURATION_LENGTH, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
@@ -473,6 +475,9 @@ def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
         raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep")
     if not is_any_json(data):
         return data, None, None
+    if is_bytes_form(data):  # as a GET shows an Any that has no JSON form
+        stored = stored_bytes_form(data, max_data_bytes)
+        return (None, None, None) if stored is None else (None, *stored)
     any_type, any_value = pack_any(data)
     if len(any_value) > max_data_bytes:
         raise payload_too_large(len(any_value), max_data_bytes)
