@@ -455,6 +455,24 @@ def test_redis_unreachable_is_unavailable() -> None:
         api.close()
 
 
+def test_a_redis_that_never_answers_is_unavailable_after_one_wait(api: Api) -> None:
+    """ScheduleJob on the loop meets the socket timeout: answered at once, as the HTTP
+    API's fast path answers it, not done again on the pool (a second whole wait; here the
+    pool's Redis would even have stored it)."""
+    from app.store.loop_redis import LoopRedis
+
+    with socket.socket() as silent:  # accepts, reads, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        api.server._servicer.loop_redis = LoopRedis("127.0.0.1", port, reply_timeout_s=0.2)
+        code, message, reason = failure(
+            lambda: schedule(api, jobs_pb2.Job(name="stalled", due_time="1h")))
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, errors.REDIS_UNAVAILABLE)
+    assert message.endswith(f"Timeout reading from 127.0.0.1:{port}"), message
+    assert api.store.get(api.settings.app_id, "stalled") is None
+
+
 @pytest.mark.parametrize("client", sorted(CLIENTS))
 def test_the_benchmarks_clients_count_each_calls_status(api: Api, client: str) -> None:
     """`bench grpc-schedule`'s load generators, its own HTTP/2 client too, on the real

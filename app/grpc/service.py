@@ -34,7 +34,7 @@ from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.validation import MAX_NAME_LENGTH, parse_job_fields, same_request, validate_name
 from app.settings import Settings
-from app.store.loop_redis import LoopRedis
+from app.store.loop_redis import LoopRedis, ReplyTimeout
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import JobExists, Store
 
@@ -138,13 +138,19 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             )
             # False: the job exists, or an error reply; the pool's to answer
             return await self.store.schedule_on_loop(client, job, overwrite)
-        except Exception:  # the pool's to answer: bad input, Redis away or slow...
+        except ReplyTimeout:
+            raise  # Redis said nothing for the socket timeout: the pool would wait as long
+        except Exception:  # the pool's to answer: bad input, Redis away...
             return False
 
     async def ScheduleJob(self, request: jobs_pb2.ScheduleJobRequest,
                           context: Context) -> jobs_pb2.ScheduleJobResponse:
-        if await self._schedule_on_loop(request):
-            return _SCHEDULED
+        try:
+            if await self._schedule_on_loop(request):
+                return _SCHEDULED
+        except ReplyTimeout as exc:  # answered as the HTTP API's fast path answers it
+            await context.abort_with_status(
+                status_for(errors.redis_unavailable(str(exc)), self.app_id))
         return await self._run(context, "ScheduleJob", lambda: self._schedule(request))
 
     ScheduleJobAlpha1 = ScheduleJob
