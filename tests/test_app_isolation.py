@@ -31,7 +31,7 @@ from app.api.factory import create_app
 from app.cli.main import main
 from app.jobs.model import FailureKind, FailurePolicy, Job, Trigger
 from app.settings import Settings
-from app.store import pages
+from app.store import pages, stats
 from app.store.deadletters import DeadLetters, Selection
 from app.store.keys import job_id, letter_job_name
 from app.store.store import Store
@@ -225,6 +225,26 @@ def test_b_reads_cost_the_same_whatever_a_stores(api: FlaskClient, store: Store,
         assert m_with.cost() == m_alone.cost(), f"{what}: {m_alone.cost()} -> {m_with.cost()}"
         assert m_with.bytes_read < MIB // 4, f"{what} read {m_with.bytes_read} bytes"
     assert alone["app_counts"][1] == {"jobs": 5 + 5, "dead_letters": 5}  # b-i go on too
+
+
+def test_b_stats_count_and_cost_the_same_whatever_a_has_due(store: Store) -> None:
+    """B's due count (`GET .../stats`, the dashboard's counters every few seconds) read the
+    head of the due index, which every app shares: 20,000 of A's due triggers made it read
+    megabytes, and B's own due trigger, behind them, went uncounted ("0+")."""
+    store.schedule_many(make_job(f"b-due-{i}", T0, app_id=B) for i in range(3))
+    store.schedule_many(make_job("b-later", T0 + 10**9, app_id=B) for _ in range(1))
+    now = T0 + 1000
+
+    def b_stats() -> tuple[int, bool]:
+        figures = stats.app_stats(store, B, [], at_ms=now)
+        return figures.due_now, figures.due_now_capped
+
+    b_stats()  # warm
+    alone = measure(b_stats)
+    store.schedule_many(make_job(f"a-{i:05d}", T0 - 1, app_id=A) for i in range(20_000))
+    with_a = measure(b_stats)
+    assert alone[1] == with_a[1] == (3, False)
+    assert with_a[0].cost() == alone[0].cost(), (alone[0].cost(), with_a[0].cost())
 
 
 def test_b_replay_and_purge_cost_the_same_whatever_a_stores(settings: Settings, store: Store,

@@ -50,8 +50,8 @@ WORKER_TTL_MS = 10_000
 FLUSH_EVERY_S = 1.0
 # The most apps /metrics and `?all=true` show (each costs a few series and reads).
 MAX_APPS = 1000
-# Most due-index entries read per partition to count one app's due triggers: the index
-# is shared by every app, so the count of one app needs its entries read (bounded).
+# Most of an app's jobs per partition whose place in the due index is read to count its
+# due triggers (the index is every app's: only the app's own jobs are looked up).
 DUE_COUNT_CAP = 10_000
 
 # Hash fields (short: there are up to 72 hashes per active app).
@@ -293,19 +293,25 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
     for m in range(minute - MINUTES_IN_HOUR_WINDOW + 1, minute + 1):
         pipe.hgetall(keys.stats_minute(app_id, m))
     parts = keys.all_partitions()
-    for pk in parts:
-        pipe.zrangebyscore(pk.due, "-inf", at, start=0, num=DUE_COUNT_CAP)
     low, high = names_range(app_id)  # held entries are `{app}/...` too
+    # The app's own jobs, not the due index's head: that is every app's, and another
+    # app's backlog would fill the cap (the cost and the count were the other app's).
+    for pk in parts:
+        pipe.zrangebylex(pk.names, low, high, start=0, num=DUE_COUNT_CAP)
     for pk in parts:  # due, but set aside by a claim until the app has room (claim.lua)
         pipe.zlexcount(pk.held, low, high)
     answers = pipe.execute()
     slots = answers[:SLOTS_IN_MINUTE_WINDOW]
     minutes = answers[SLOTS_IN_MINUTE_WINDOW:SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW]
-    due_lists = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW:][:len(parts)]
+    names = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW:][:len(parts)]
     held = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW + len(parts):]
-    mine = f"{app_id}/".encode()
-    capped = any(len(entries) >= DUE_COUNT_CAP for entries in due_lists)
-    due = sum(1 for entries in due_lists for member in entries if member.startswith(mine))
+    capped = any(len(ids) >= DUE_COUNT_CAP for ids in names)
+    pipe = store.redis.pipeline(transaction=False)
+    for pk, ids in zip(parts, names, strict=True):
+        if ids:
+            pipe.zmscore(pk.due, ids)  # their next need of a worker, each
+    due = sum(1 for scores in pipe.execute() for score in scores
+              if score is not None and score <= at)
     due += sum(int(n) for n in held)
     return AppStats(
         app_id=app_id,
