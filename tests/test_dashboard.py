@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import html
 import os
 import re
 import threading
@@ -35,9 +36,9 @@ from app.api.factory import create_app
 from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
 from app.store.store import Store
-from app.ui.auth import COOKIE
+from app.ui.auth import COOKIE_PREFIX
 from app.ui.counters import live_counters
-from tests.support.jobs import dead_letters, make_job
+from tests.support.jobs import APP, dead_letters, make_job
 from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
@@ -50,6 +51,8 @@ API = "/v1.0-alpha1/jobs"
 ONE_ATTEMPT = FailurePolicy(FailureKind.CONSTANT, 0, 0)
 HOSTILE_NAME = '<img src=x onerror=alert("name")>'
 HOSTILE_DATA = {"html": "</pre><script>alert('data')</script>"}
+
+COOKIE = COOKIE_PREFIX + APP  # the tests' app's session cookie
 
 
 def csrf_of(html: bytes) -> str:
@@ -211,6 +214,41 @@ def test_after_login_the_browser_only_goes_to_a_dashboard_page(
     assert answer.status_code == 303 and answer.headers["Location"] == "/ui/jobs"
 
 
+@pytest.mark.parametrize("name", ["x%41y", "a b", "caf\u00e9", "%2e%2e"])
+def test_after_login_the_browser_goes_back_to_the_job_it_asked_for(
+        locked: Settings, token: str, name: str) -> None:
+    """The page asked for, encoded again: `x%41y` was sent back as `xAy`, `a b` to the list."""
+    client = create_app(locked).test_client()
+    client.post(API + "/" + quote(name, safe=""), json={"dueTime": "1h"},
+                headers={"dapr-api-token": token})
+    path = "/ui/jobs/" + quote(name, safe="")
+    to_login = client.get(path)
+    assert to_login.status_code == 303
+    login = client.get(to_login.headers["Location"])
+    next_field = re.search(rb'name="next" value="([^"]*)"', login.data)
+    assert next_field, login.data[:2000]
+    answer = client.post("/ui/login", data={"csrf_token": csrf_of(login.data), "token": token,
+                                            "next": html.unescape(next_field.group(1).decode())})
+    assert answer.status_code == 303 and answer.headers["Location"] == path
+    page = client.get(answer.headers["Location"])
+    assert page.status_code == 200 and html.escape(name).encode() in page.data
+
+
+def test_each_apps_dashboard_keeps_its_own_session(settings: Settings) -> None:
+    """Apps on one host share the browser's cookies whatever the port: one app's session
+    must not replace another's (each saw the other's as forged, and logged it out)."""
+    first = dataclasses.replace(settings, api_token="token-one")
+    second = dataclasses.replace(settings, api_token="token-two", app_id="other-app")
+    client = create_app(first).test_client()  # one browser, two apps on one host
+    log_in(client, "token-one")
+    assert client.get("/ui/jobs").status_code == 200
+    other = create_app(second)
+    with other.test_client() as other_client:
+        other_client._cookies = client._cookies  # the same cookie jar (the same host)
+        log_in(other_client, "token-two")
+    assert client.get("/ui/jobs").status_code == 200  # still logged in to the first
+
+
 def test_without_a_token_there_is_no_login(settings: Settings) -> None:
     client = create_app(settings).test_client()
     assert client.get("/ui/jobs").status_code == 200
@@ -315,6 +353,11 @@ def test_the_schedule_form_means_what_the_api_means(settings: Settings) -> None:
     assert "data must be JSON" in refused({"dueTime": "2s", "data": "hello"}, None)
     assert "data must be JSON" in refused({"dueTime": "2s", "data": "[" * 3000}, None)  # deep
     assert "repeats must be a whole number" in refused({"dueTime": "2s", "repeats": "x"}, None)
+    # int() takes these; the API does not, nor does its form
+    for odd in ("1_0", "\u0661\u0662", "+3"):
+        refused({"dueTime": "2s", "repeats": odd}, {"dueTime": "2s", "repeats": odd})
+        refused({"dueTime": "2s", "policy": "constant", "maxRetries": odd},
+                {"dueTime": "2s", "failurePolicy": {"constant": {"maxRetries": odd}}})
     name_page = form_post(client, "/ui/schedule", {"name": "a/b", "dueTime": "2s"})
     assert name_page.status_code == 400 and b"must not contain" in name_page.data
 

@@ -22,7 +22,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import Response, g, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -30,7 +30,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from app.settings import Settings
 
 UI_PREFIX = "/ui"
-COOKIE = "jobrunner_ui"
+# The session cookie's name, with the app id: a browser keeps one cookie per name and
+# host whatever the port, and several apps' APIs on one host would log each other out.
+COOKIE_PREFIX = "jobrunner_ui_"
 # A session lasts this long after the last page the browser loaded (the live counters'
 # polling does not extend it), then the login form asks again.
 SESSION_MAX_AGE_S = 12 * 3600
@@ -75,8 +77,12 @@ def current_session() -> UiSession:
     return session
 
 
+def cookie_name(settings: Settings) -> str:
+    return COOKIE_PREFIX + settings.app_id  # app ids are cookie-name characters
+
+
 def _load(settings: Settings) -> UiSession:
-    raw = request.cookies.get(COOKIE, "")
+    raw = request.cookies.get(cookie_name(settings), "")
     if raw and len(raw) <= MAX_COOKIE_CHARS:
         try:
             data = _serializer(settings).loads(raw, max_age=SESSION_MAX_AGE_S)
@@ -104,8 +110,9 @@ def save_session(response: Response) -> None:
         payload["a"] = True
     if session.flash:
         payload["f"] = session.flash
-    response.set_cookie(COOKIE, _serializer(g.settings).dumps(payload), path=UI_PREFIX,
-                        httponly=True, samesite="Strict", secure=request.is_secure)
+    response.set_cookie(cookie_name(g.settings), _serializer(g.settings).dumps(payload),
+                        path=UI_PREFIX, httponly=True, samesite="Strict",
+                        secure=request.is_secure)
     response.vary.add("Cookie")
 
 
@@ -129,7 +136,12 @@ def ui_gate(settings: Settings) -> Response | None:
     if header_authenticated(settings) or current_session().authed:
         return None
     # Back to the page after logging in; a form's POST is not replayed (the jobs page).
-    back = request.full_path.rstrip("?") if request.method in ("GET", "HEAD") else None
+    # The path encoded again: request.path is decoded, and a job name may hold `%` or a
+    # space (the login's redirect would decode it a second time, or refuse it).
+    back = None
+    if request.method in ("GET", "HEAD"):
+        query = request.query_string.decode("latin-1")
+        back = quote(request.path, safe="/") + (f"?{query}" if query else "")
     login = url_for("ui.login", next=safe_next(back))
     if request.headers.get("HX-Request"):
         # htmx (the counters' polling) follows this header with a full page load.
