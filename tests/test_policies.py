@@ -360,6 +360,23 @@ def test_the_rate_limit_holds_across_workers(settings: Settings, receiver: Recei
     assert most_in_a_second <= 2 * rate + 5, most_in_a_second
 
 
+def test_triggers_held_for_a_token_go_out_soon_after_the_limit_is_lifted(
+        settings: Settings, receiver: Receiver) -> None:
+    """Set aside under a limit of one delivery in 50 s, two due triggers waited out the
+    old limit's next token (scored so in `heldapps`) after the limit was removed; each
+    worker now makes them due again when it sees the rate change (within a second)."""
+    store = Store(settings)
+    store.register_app(AppRegistration(APP, receiver.url, rate=0.02))
+    store.schedule_many(make_job(f"held-{i}", data=i) for i in range(3))
+    with ThreadWorker(settings):
+        wait_for(lambda: len(receiver.received()) == 1, what="the one token's delivery")
+        store.register_app(AppRegistration(APP, receiver.url))  # the limit lifted
+        # A generous deadline, well short of the 50 s the old rate would take.
+        wait_for(lambda: len(receiver.received()) == 3, 20,
+                 what="the held triggers, at the new rate")
+    assert sorted(d.path for d in receiver.received()) == [f"/job/held-{i}" for i in range(3)]
+
+
 def test_the_apis_rate_limit_travels_in_the_registration(settings: Settings,
                                                          receiver: Receiver) -> None:
     create_app(settings.with_(app_rate_limit=7.5))

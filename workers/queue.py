@@ -241,7 +241,9 @@ class Queue:
         if not (age > max_age_s or (missing and age > miss_retry_s)):
             return
         raw = await self.redis.hgetall(self.keys.apps)
+        before = {app_id: r.rate for app_id, r in self._apps.items()}
         self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
+        await self._rescore_held(before)
         # Every registered app's liveness: claims go by how many apps are live.
         known = sorted(set(self._apps) | app_ids)
         pipe = self.redis.pipeline(transaction=False)
@@ -250,6 +252,26 @@ class Queue:
         alive = await pipe.execute() if known else []
         self._alive = {app_id: bool(n) for app_id, n in zip(known, alive, strict=True)}
         self._apps_loaded = time.monotonic()
+
+    async def _rescore_held(self, before: dict[str, float]) -> None:
+        """An app whose rate limit changed (all apps, at the first load): its held triggers
+        waited for its next token as the old rate timed it (claim.lua scores `heldapps` so),
+        which a rate raised or removed brings sooner; made due now, the next claim takes
+        them at the new rate, or times the wait again."""
+        changed = [app_id for app_id in set(before) | set(self._apps)
+                   if not before or before.get(app_id, 0.0) != self._rate(app_id)]
+        if not changed:
+            return
+        now = now_ms()
+        pipe = self.redis.pipeline(transaction=False)
+        for pk in self.keys.all_partitions():
+            for app_id in changed:
+                pipe.zadd(pk.heldapps, {app_id: now}, xx=True, lt=True)  # only ever sooner
+        await pipe.execute()
+
+    def _rate(self, app_id: str) -> float:
+        registration = self._apps.get(app_id)
+        return 0.0 if registration is None else registration.rate
 
     def apps_stale_within(self, seconds: float) -> bool:
         """Whether the next claim_within, `seconds` from now, would refresh the registrations
