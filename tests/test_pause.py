@@ -424,6 +424,57 @@ def test_trigger_now_delivers_once_with_its_own_id_and_leaves_the_job_as_it_was(
     assert _get(api, "report") == before
 
 
+def _one_shots(settings: Settings) -> list[str]:
+    """The replays and "trigger now" one-shots stored (due, retrying or in flight)."""
+    store = Store(settings)
+    try:
+        return [m.decode() for pk in store.keys.all_partitions()
+                for m in store.redis.hkeys(pk.jobs) if is_replay(m.decode())]
+    finally:
+        store.close()
+
+
+def test_a_trigger_now_of_a_job_deleted_since_is_dropped_not_retried(
+        api: FlaskClient, settings: Settings, receiver: Receiver, worker: ThreadWorker) -> None:
+    """The one-shot outlived a DELETE of its job: retried after it, dead-lettered, and its
+    outcomes recreated the deleted job's history. Now what is left of it is dropped."""
+    receiver.status = 500
+    _schedule(api, "doomed", schedule="@every 1h", dueTime="1h",
+              failurePolicy={"constant": {"interval": "300ms", "maxRetries": 5}})
+    _post(api, f"{V1}/doomed/trigger", 202)
+    wait_for(lambda: receiver.received("/job/doomed"), what="the first attempt")
+    assert api.delete(f"{V1}/doomed").status_code == 204
+    at_delete = len(receiver.received("/job/doomed"))
+    wait_for(lambda: not _one_shots(settings), what="the one-shot dropped")
+    assert len(receiver.received("/job/doomed")) <= at_delete + 1  # one in flight, at most
+    assert api.get(f"{V1}/doomed").status_code == 404
+    assert api.get("/v1.0/deadletters").get_json()["deadLetters"] == []
+
+
+def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_deleted(
+        settings: Settings, receiver: Receiver, api: FlaskClient) -> None:
+    """One delivery at a time for the app: `second` waits in the worker while `first` is
+    answered slowly, and is deleted meanwhile. It was sent anyway, up to 19 s later."""
+    answered = threading.Event()
+
+    def slow_first(d: Any) -> int:
+        if d.path == "/job/first":
+            answered.wait(10)
+        return 200
+
+    receiver.responder = slow_first
+    _schedule(api, "first", dueTime="0s")
+    with ThreadWorker(settings.with_(app_concurrency=1)) as running:
+        wait_for(lambda: receiver.received("/job/first"), what="the first delivery")
+        _schedule(api, "second", dueTime="0s")
+        wait_for(lambda: running.worker.slots.waiting.get(APP), what="second waiting")
+        assert api.delete(f"{V1}/second").status_code == 204
+        answered.set()
+        wait_for(lambda: not running.worker.slots.waiting.get(APP)
+                 and not running.worker.inflight, what="the worker idle")
+    assert receiver.received("/job/second") == []
+
+
 def _due_one_shots(settings: Settings) -> list[str]:
     store = Store(settings)
     try:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.jobs.clock import now_ms
-from app.jobs.model import Job, Trigger
+from app.jobs.model import Job, RunState, Trigger
 from app.settings import Settings
 from app.store import scripts
-from app.store.keys import Keys, split_job_id
+from app.store.keys import Keys, is_fired_now, parent_job_id, split_job_id
 from app.store.loop_redis import LoopRedis, ReplyTimeout, Unavailable
 from app.store.redis_client import UNAVAILABLE, async_client
 from app.store.store import AppRegistration
@@ -214,6 +214,24 @@ class Queue:
         if unavailable is not None:
             raise unavailable
         return applied
+
+    async def still_current(self, trigger: Trigger, lease: bool) -> tuple[bool, bool]:
+        """(whether the trigger still holds its lease, when `lease`: True otherwise; whether
+        its job still exists, when it is a "trigger now": True otherwise). For a trigger
+        about to go out after a wait in this worker, or fired by "trigger now"."""
+        pk = self.keys.partition(trigger.partition)
+        parent = parent_job_id(trigger.job_id) if is_fired_now(trigger.job_id) else None
+        pipe = self.redis.pipeline(transaction=False)
+        if lease:
+            pipe.hget(pk.runs, trigger.job_id)
+        if parent is not None:
+            pipe.hexists(pk.jobs, parent)
+        answers = list(await pipe.execute()) if lease or parent is not None else []
+        held = True
+        if lease:
+            state = answers.pop(0)
+            held = state is not None and RunState.decode(state).lease == trigger.lease
+        return held, parent is None or bool(answers[0])
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""

@@ -13,6 +13,7 @@ from app.jobs.model import CatchUp, DeadLetter, FailureKind, Trigger
 from app.jobs.schedule import catch_up_due, next_fire_ms
 from app.settings import Settings
 from app.store import history
+from app.store.keys import is_fired_now
 from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.grpc_client import GrpcClient
@@ -245,6 +246,9 @@ class Worker:
                 # It waited for its app so long that its lease could run out mid-delivery.
                 await self._give_back(trigger)
                 return
+            if ((waited_since is not None or is_fired_now(trigger.job_id))
+                    and not await self._still_to_send(trigger, waited_since is not None)):
+                return
             app = self.queue.app(trigger.job.app_id)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
@@ -294,6 +298,24 @@ class Worker:
                 self._start(*waiting)
             if claim:
                 self._wake.set()  # its app has room again for what was left due
+
+    async def _still_to_send(self, trigger: Trigger, waited: bool) -> bool:
+        """Whether the trigger is still to go out. One that waited here for its app's slot
+        may have lost its lease meanwhile (its job deleted or overwritten, or the lease run
+        out and the trigger taken by another worker): neither ours to send nor to settle.
+        A "trigger now" whose job was deleted is dropped: settled, not delivered."""
+        held, job_exists = await self.queue.still_current(trigger, lease=waited)
+        fields = {"app": trigger.job.app_id, "job": trigger.job.name,
+                  "trigger": trigger.trigger_id}
+        if not held:
+            log.info("not sent: its lease is gone (the job changed, or the lease ran out)",
+                     extra=fields)
+            return False
+        if not job_exists:
+            log.info("not sent: its job was deleted", extra=fields)
+            self.settled.append(Settlement(trigger, Action.SKIP, None))
+            return False
+        return True
 
     async def _give_back(self, trigger: Trigger) -> None:
         """The trigger back to the due index now; else its lease runs out and it comes back

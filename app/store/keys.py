@@ -56,6 +56,7 @@ A job id is `{app_id}/{name}`: names cannot hold '/', app ids neither.
 A dead letter's replay is a one-shot job of its own, `{app_id}/{name}` +
 REPLAY_SEP + a suffix: names cannot hold control characters, so it never
 meets a user's job, and it lives in the same partition as the job it replays.
+A "trigger now" is one too, its suffix starting with FIRED_NOW.
 """
 
 from __future__ import annotations
@@ -82,6 +83,25 @@ def split_job_id(jid: str) -> tuple[str, str]:
 
 def is_replay(jid: str) -> bool:
     return REPLAY_SEP in jid
+
+
+# The suffix of a "trigger now" one-shot (app/store/pauses.py): unlike a dead letter's
+# replay, it is dropped undelivered once its job is deleted (workers/worker.py).
+FIRED_NOW = "now-"
+
+
+def fired_now_job_id(app_id: str, name: str, suffix: str) -> str:
+    return replay_job_id(app_id, name, FIRED_NOW + suffix)
+
+
+def is_fired_now(jid: str) -> bool:
+    return REPLAY_SEP + FIRED_NOW in jid
+
+
+def parent_job_id(jid: str) -> str:
+    """The id of the job a replay or a "trigger now" one-shot belongs to (`jid` itself
+    for a job's own)."""
+    return jid.partition(REPLAY_SEP)[0]
 
 
 # -- the per-app indexes (lex ranges of one ZSET per partition) ----------------------
@@ -147,7 +167,7 @@ class PartitionKeys:
     def history(self, jid: str) -> str:
         """The trigger history of the job `jid`; a replay's outcomes are those of the job
         it replays (app/store/history.py)."""
-        return f"{self.due.removesuffix(':due')}:hist:{jid.partition(REPLAY_SEP)[0]}"
+        return f"{self.due.removesuffix(':due')}:hist:{parent_job_id(jid)}"
 
     @property
     def paused(self) -> str:
@@ -180,7 +200,7 @@ class Keys:
     partitions: int = 1
 
     def partition_of(self, jid: str) -> int:
-        base = jid.partition(REPLAY_SEP)[0]
+        base = parent_job_id(jid)
         return zlib.crc32(base.encode()) % self.partitions
 
     def partition(self, index: int) -> PartitionKeys:

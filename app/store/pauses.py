@@ -15,9 +15,9 @@ Redis is never held longer than one batch. A job is paused by its app, by itself
 both (`by` holds "a" and/or "j"); resuming one leaves the other standing.
 
 Trigger now stores a one-shot job of its own beside the job (the kind of job id a
-dead-letter replay has: keys.replay_job_id), due at once, with the job's data and
-policies, and an idempotency id of its own; the schedule, the run state and a pause of
-the job are not touched.
+dead-letter replay has, marked: keys.fired_now_job_id), due at once, with the job's data
+and policies, and an idempotency id of its own; the schedule, the run state and a pause
+of the job are not touched. Once the job is deleted, a worker drops it undelivered.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from app.jobs.clock import now_ms
 from app.jobs.model import CatchUp, Job, RunState
 from app.jobs.schedule import catch_up_due
-from app.store.keys import PartitionKeys, job_id, names_range, replay_job_id
+from app.store.keys import PartitionKeys, fired_now_job_id, job_id, names_range
 
 if TYPE_CHECKING:  # store.py reads paused entries with Paused
     from app.store.store import Store
@@ -106,7 +106,7 @@ class Pauses:
             once = replace(job, schedule=None, repeats=None, ttl=None, expires_ms=None,
                            due_time=None, first_ms=due, catch_up=CatchUp.COALESCE,
                            replay_of=fired.trigger_id)
-            once_id = replay_job_id(app_id, name, secrets.token_hex(4))
+            once_id = fired_now_job_id(app_id, name, secrets.token_hex(4))
             stored = int(self.store.script("trigger")(
                 keys=[pk.due, pk.jobs],
                 args=[jid, record, once_id, once.encode(), due, self.keys.wake_channel]))
