@@ -33,6 +33,10 @@ CLAIM_AHEAD_MS = 5
 PRECISE_S = 0.001
 # A sleep at least this long has room for refreshing the app registrations first.
 REFRESH_AHEAD_S = 0.003
+# A trigger that waited this long in the worker for its app's slot (a slow app's) is sent
+# only if it still holds its lease: its job may have been deleted or overwritten meanwhile.
+# A round trip each: not for the short waits of a burst (a third of a worker's CPU).
+RECHECK_AFTER_WAIT_S = 0.5
 
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
@@ -246,8 +250,10 @@ class Worker:
                 # It waited for its app so long that its lease could run out mid-delivery.
                 await self._give_back(trigger)
                 return
-            if ((waited_since is not None or is_fired_now(trigger.job_id))
-                    and not await self._still_to_send(trigger, waited_since is not None)):
+            waited = (waited_since is not None
+                      and time.monotonic() - waited_since > RECHECK_AFTER_WAIT_S)
+            if ((waited or is_fired_now(trigger.job_id))
+                    and not await self._still_to_send(trigger, waited)):
                 return
             app = self.queue.app(trigger.job.app_id)
             if app is None:
