@@ -62,7 +62,12 @@ class PlainFormatter(logging.Formatter):
         self._ts = _Timestamps()
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{self._ts(record.created)} {record.levelname} {record.name} {record.getMessage()}"
+        message = record.getMessage()
+        if "\n" in message or "\r" in message:
+            # One record, one line: a message may carry a caller's text (the access log's
+            # decoded path), whose line breaks would forge lines of their own.
+            message = message.replace("\r", "\\r").replace("\n", "\\n")
+        line = f"{self._ts(record.created)} {record.levelname} {record.name} {message}"
         fields = fields_of(record)
         if fields:
             line += " " + " ".join(f"{k}={_plain_value(v)}" for k, v in fields.items())

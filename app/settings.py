@@ -11,10 +11,11 @@ import binascii
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
 from app.jobs.errors import JobrunnerError
@@ -140,6 +141,21 @@ def _signing_keys_env(keys: tuple[bytes, ...]) -> str:
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and banners."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparsable (`redis://[::1/0`): whatever stands before an @ goes
+        return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+    if password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
 # granian's bound of its header read timeout (60,000 ms).
 MAX_HTTP_HEADER_TIMEOUT_S = 60.0
 # JOBRUNNER_APP_RATE_LIMIT's bound: past it, a limit limits nothing a worker can do.

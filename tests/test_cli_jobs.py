@@ -713,6 +713,25 @@ def test_json_of_another_shape_is_one_error_line_not_a_listing(body: bytes) -> N
         foreign.sock.close()
 
 
+def test_an_apps_error_text_cannot_add_rows_or_drive_the_terminal() -> None:
+    """A history entry's error is the app's own text (a gRPC status message, say): its
+    line breaks printed a second row that was never there, its escapes colours."""
+    fake = "2026-11-30T00:00:00.000Z  -  1  delivered  200  0.50ms  -"
+    answer = {"name": "x", "jobExists": True, "history": [
+        {"scheduledTime": "2026-11-29T00:00:00.000Z", "deliveredTime": "2026-11-29T00:00:00.001Z",
+         "attempt": 1, "result": "dropped", "status": None, "durationMs": 12.3,
+         "error": f"app answered gRPC INTERNAL: boom\n{fake}\x1b[2J"}]}
+    foreign = _Foreign(json.dumps(answer).encode())
+    try:
+        result = run("history", "x", url=foreign.url)
+    finally:
+        foreign.sock.close()
+    assert result.exit_code == 0, result.stderr
+    header, row = result.stdout.splitlines()  # one entry: one row
+    assert header.startswith("SCHEDULED") and "\x1b" not in result.stdout
+    assert row.endswith("boom\\n" + fake + "\\x1b[2J")
+
+
 def test_json_nested_too_deep_is_refused_as_input(tmp_path: Path) -> None:
     deep = "[" * 100_000
     result = run("schedule", "x", "--due-time", "1s", "--data", deep,

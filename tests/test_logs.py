@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from app import logs
 from app.jobs.model import FailureKind, FailurePolicy
@@ -31,9 +32,9 @@ from app.settings import Settings, SettingsError
 from app.store.store import Store
 from tests.support.jobs import APP, make_job, register
 from tests.support.receiver import Receiver
-from tests.support.redis_proc import free_port
+from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
-from tests.support.workers import ThreadWorker
+from tests.support.workers import ThreadWorker, WorkerProcess
 from tests.test_cli import APP_SCRIPT, CLI, SEED_BODY, cli, cli_env
 
 pytestmark = pytest.mark.usefixtures("reap_workers")
@@ -79,6 +80,36 @@ def test_plain_quotes_values_that_are_not_one_word_and_puts_tracebacks_below() -
     first, *rest = PlainFormatter().format(failed).split("\n")
     assert first.endswith(" ERROR jobrunner.worker cannot process")
     assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "RuntimeError: boom"
+
+
+def test_a_plain_message_is_one_line_whatever_it_holds() -> None:
+    """A message may carry a caller's text (granian's access log: the decoded path): its
+    line breaks would forge a line that reads as another record."""
+    forged = "GET /v1.0/jobs/x\n2026-11-30T00:00:00.000Z ERROR jobrunner.worker dead-lettered\r"
+    line = PlainFormatter().format(_record(forged))
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith(r"GET /v1.0/jobs/x\n2026-11-30T00:00:00.000Z ERROR jobrunner.worker "
+                         r"dead-lettered\r")
+
+
+def test_a_worker_logs_its_redis_without_the_password(tmp_path: Path) -> None:
+    """REDIS_URL holds the password (the README's trust boundary asks for one); the
+    worker's first line named it in full."""
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    worker: WorkerProcess | None = None
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", "s3cret-pw")
+        settings = Settings(redis_url=f"redis://:s3cret-pw@127.0.0.1:{server.port}/0",
+                            app_url="http://127.0.0.1:9")
+        worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+        assert worker.terminate() == 0
+        assert f"redis://:***@127.0.0.1:{server.port}/0" in worker.log()
+        assert "s3cret-pw" not in worker.log()
+    finally:
+        if worker is not None:
+            worker.cleanup()
+        server.stop()
 
 
 def test_json_is_one_object_a_line_with_ts_level_logger_msg_then_fields() -> None:

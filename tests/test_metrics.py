@@ -390,6 +390,16 @@ def test_stats_shows_only_this_app_unless_all(
     assert response.get_json()["errorCode"] == "ERR_MALFORMED_REQUEST"
 
 
+@pytest.mark.parametrize(("ms", "shown"), [
+    (0.5, "0.5ms"), (12.34, "12.3ms"), (999.4, "999ms"), (999.6, "1s"), (1234, "1.23s"),
+    (123_456, "123s"), (999_999, "1000s"), (1_234_567, "1235s")])
+def test_stats_writes_lateness_in_three_digits_never_as_an_exponent(ms: float,
+                                                                    shown: str) -> None:
+    from app.cli.stats import _ms
+
+    assert _ms(ms) == shown
+
+
 def test_stats_needs_the_api_token(settings: Settings) -> None:
     client = create_app(settings.with_(api_token="s3cret")).test_client()
     response = client.get("/v1.0/stats")

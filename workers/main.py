@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from app.logs import setup as setup_logging
-from app.settings import Settings
+from app.settings import Settings, redact_url
 from app.store.persistence import warn_at_start
 from workers.worker import Worker
 
@@ -33,7 +33,7 @@ async def _main(settings: Settings) -> None:
     # full collection scans only what came since (tens of ms before: a late trigger).
     gc.freeze()
     log.info("worker %d started: redis %s, concurrency %d", os.getpid(),
-             settings.redis_url, settings.concurrency)
+             redact_url(settings.redis_url), settings.concurrency)
     # Blocking, once, before the first claim: a Redis without AOF or RDB loses every job.
     warn_at_start(settings, log)
     try:

@@ -32,6 +32,7 @@ import functools
 import http.client
 import json
 import os
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -312,10 +313,21 @@ def api_command(f: Callable[..., Any] | None = None, /, *, json_option: bool = T
     return decorate(f) if f is not None else decorate
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters written as escapes (`\\n`, `\\x1b`): an app's
+    error text or a job's data would otherwise start lines of its own in a table (rows
+    that were never there) or drive the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
     """Rows (under headers, if any) in aligned columns, two spaces apart, no trailing
-    blanks."""
-    lines = [*([headers] if headers else []), *rows]
+    blanks; control characters escaped."""
+    lines = [[printable(cell) for cell in line] for line in (*([headers] if headers else []),
+                                                              *rows)]
     if not lines:
         return ""
     widths = [0] * len(lines[0])

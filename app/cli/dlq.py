@@ -10,6 +10,7 @@ import click
 import orjson
 import redis
 
+from app.cli.client import printable
 from app.jobs.model import DeadLetter
 from app.processes.redis_server import require_redis
 from app.processes.service_state import jobrunner_home, read_state
@@ -57,7 +58,7 @@ def _selection(store: Store, ids: tuple[str, ...], prefix: str | None,
 
 
 def _line(d: DeadLetter) -> str:
-    return f"{d.id}\tattempts={d.attempts}\t{d.error}"
+    return f"{printable(d.id)}\tattempts={d.attempts}\t{printable(d.error)}"
 
 
 _common = [

@@ -24,7 +24,7 @@ from app.cli.options import (
     wait_api,
     wait_redis,
 )
-from app.processes.procs import ensure_port_free, free_port, redact_url
+from app.processes.procs import ensure_port_free, free_port
 from app.processes.service_logs import LogReader, api_log_name
 from app.processes.service_state import (
     LOG_DIR,
@@ -41,7 +41,7 @@ from app.processes.supervisor import (
     start_api,
     warn,
 )
-from app.settings import Settings
+from app.settings import Settings, redact_url
 
 
 @click.command(context_settings={"allow_interspersed_args": False})

@@ -72,6 +72,8 @@ def _lateness(percentiles: Any) -> str:
 
 
 def _ms(ms: float) -> str:
-    if ms >= 1000:
-        return f"{ms / 1000:.3g}s"
-    return f"{ms:.3g}ms"
+    """Three significant digits, never in exponent form (`.3g` wrote 999.6 as 1e+03)."""
+    if float(f"{ms:.3g}") < 1000:
+        return f"{ms:.3g}ms"
+    seconds = ms / 1000
+    return f"{seconds:.3g}s" if float(f"{seconds:.3g}") < 1000 else f"{seconds:.0f}s"

@@ -33,7 +33,6 @@ from app.processes.procs import (
     ensure_port_free,
     http_url,
     process_start_time,
-    redact_url,
 )
 from app.processes.redis_server import START_TIMEOUT_S as REDIS_START_TIMEOUT_S
 from app.processes.redis_server import EmbeddedRedis, version_text
@@ -59,7 +58,7 @@ from app.processes.supervisor import (
     start_api,
     start_workers,
 )
-from app.settings import Settings
+from app.settings import Settings, redact_url
 
 
 @click.command()

@@ -9,7 +9,6 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from app.jobs.errors import JobrunnerError
 
@@ -72,20 +71,6 @@ def connect_host(host: str) -> str:
 def http_url(host: str, port: int) -> str:
     host = connect_host(host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and banners."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # unparsable (`redis://[::1/0`): whatever stands before an @ goes
-        return re.sub(r"(://)[^/@]*@", r"\1***@", url)
-    if password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 # --- child processes -------------------------------------------------------------------------

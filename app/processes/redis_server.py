@@ -34,10 +34,10 @@ from app.processes.procs import (
     free_port,
     popen_kwargs,
     port_is_free,
-    redact_url,
     stop_process,
     tail,
 )
+from app.settings import redact_url
 
 if TYPE_CHECKING:
     import redis

@@ -42,11 +42,10 @@ from app.processes.procs import (
     process_alive,
     process_start_time,
     python_module,
-    redact_url,
     tail,
     wait_until,
 )
-from app.settings import MAX_PARTITIONS, Settings
+from app.settings import MAX_PARTITIONS, Settings, redact_url
 
 STATE_FILE = "service.json"
 LOCK_FILE = "service.lock"
