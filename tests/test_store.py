@@ -323,6 +323,20 @@ def test_late_ack_does_not_resurrect_a_deleted_job(store: Store, q: QueueDriver,
     assert q.claim(at=T0 + 10**6) == []
 
 
+def test_settle_returns_the_settlements_applied_so_only_those_are_counted(
+        store: Store, q: QueueDriver) -> None:
+    """The worker counts retries and dead letters (stats, /metrics) from what settle
+    returns: a dead letter whose job was deleted in flight was counted, and never stored."""
+    store.schedule_many([make_job("kept", T0), make_job("deleted", T0)])
+    by_name = {t.job.name: t for t in q.claim(at=T0)}
+    assert store.delete(APP, "deleted") is True
+    settle, dead = q._mod.Settlement, q._mod.Action.DEAD
+    batch = [settle(by_name[n], dead, None, f"{APP}/{n}@x:1", b'{"id": "x"}')
+             for n in ("deleted", "kept")]
+    applied = q._runner.run(q.queue.settle(batch))
+    assert applied == [batch[1]]
+
+
 @pytest.mark.parametrize("action", ["next-none", "next-later", "retry", "dead"])
 @pytest.mark.parametrize("new_claimed", [False, True], ids=["new-waiting", "new-in-flight"])
 def test_late_ack_does_not_touch_a_job_overwritten_in_flight(

@@ -181,14 +181,18 @@ class Queue:
                      repr(rate / 1000), repr(max(1.0, rate))]
         return args
 
-    async def settle(self, settlements: list[Settlement]) -> int:
+    async def settle(self, settlements: list[Settlement]) -> list[Settlement]:
         """Apply a batch of outcomes, one script call per partition, which also records them
-        in the jobs' histories (when Settings.history_size is above 0)."""
+        in the jobs' histories (when Settings.history_size is above 0). Returns those
+        applied: not one whose lease was gone (its job deleted or replaced meanwhile, or
+        the trigger taken by another worker), which changes nothing."""
         by_part: dict[int, list[Any]] = defaultdict(list)
+        in_part: dict[int, list[Settlement]] = defaultdict(list)
         history_keys: dict[int, list[str]] = defaultdict(list)
         size = self.settings.history_size
         for s in settlements:
             t = s.trigger
+            in_part[t.partition].append(s)
             at = "" if s.at_ms is None else s.at_ms
             # ack.lua's groups of 3: the id's length (in bytes) tells it from the letter id.
             size_of_id = len(t.job_id) if t.job_id.isascii() else len(t.job_id.encode())
@@ -198,15 +202,18 @@ class Queue:
             if size:
                 history_keys[s.trigger.partition].append(
                     self._parts[s.trigger.partition].history(s.trigger.job_id))
-        applied = 0
+        applied: list[Settlement] = []
         now = now_ms()
         keep_ms = int(self.settings.history_ttl_s * 1000)
         unavailable: Exception | None = None
         for part, args in by_part.items():
             pk = self.keys.partition(part)
             try:
-                applied += int(await self._script(
-                    "ack", [*pk.all(), *history_keys[part]], [now, size, keep_ms, *args]))
+                flags = await self._script(
+                    "ack", [*pk.all(), *history_keys[part]], [now, size, keep_ms, *args])
+                flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+                applied += (s for s, flag in zip(in_part[part], flags, strict=True)
+                            if flag == "1")
             except UNAVAILABLE as exc:
                 # Settle the other partitions now (before their leases run out); the
                 # caller retries the whole batch, and a settled entry applies only once.

@@ -413,7 +413,7 @@ class Worker:
                 continue
             batch, self.settled = self.settled, []
             try:
-                await self.queue.settle(batch)
+                applied = await self.queue.settle(batch)
             except Exception as exc:
                 # A settlement is retried, never dropped (each applies once: by its lease);
                 # past the shutdown deadline the leases run out instead and the triggers
@@ -433,7 +433,7 @@ class Worker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
-            self.metrics.settled(batch)
+            self.metrics.settled(applied)  # not what a deleted job's lost lease undid
             self._wake_if_due_before_plan(batch)
             if self._unsettled:
                 self._unsettled = False

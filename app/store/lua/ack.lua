@@ -25,7 +25,7 @@
 -- A paused job's next trigger (or retry) waits in `paused` instead of the due index.
 -- An entry whose lease token no longer matches (job deleted or overwritten,
 -- or its lease expired and another worker took it) changes nothing, and is not recorded.
--- Returns the number of entries applied.
+-- Returns one character per group, in their order: "1" applied, "0" not (its lease was gone).
 -- app/store/keys.py dead_member: the app is the letter id's text before '/'.
 local function dead_member(letter, ms)
   return string.match(letter, "^[^/]*") .. "/" .. string.format("%013d", tonumber(ms)) .. "/" .. letter
@@ -95,17 +95,18 @@ for i = 1, #ids, 1000 do
     pauses[i + k - 1] = p[k]
   end
 end
-local applied = 0
+local applied = {}
 local done = {}
 local group = 0
 for i = 4, #ARGV, 3 do
   group = group + 1
+  applied[group] = "0"
   local id, token, action, at = ids[group], tokens[group], actions[group], ats[group]
   local state = states[group]
   if state and not done[id] then
     local sched, attempt, count, last, lease = string.match(state, "^(%d+)|(%d+)|(%d+)|(%d*)|(.*)$")
     if lease == token then
-      applied = applied + 1
+      applied[group] = "1"
       done[id] = true
       if action == "retry" then
         set_run(id, sched .. "|" .. attempt .. "|" .. count .. "|" .. last .. "|")
@@ -147,4 +148,4 @@ bulk("HDEL", KEYS[3], ended)
 bulk("ZREM", KEYS[1], ended)
 bulk("ZREM", KEYS[6], ended)
 bulk("HDEL", KEYS[8], ended)
-return applied
+return table.concat(applied)
