@@ -461,9 +461,14 @@ def test_registrations_of_apps_gone_for_good_are_forgotten_their_jobs_kept(
     client = create_app(settings.with_(app_id="gone", app_forget_after_s=0)).test_client()
     assert_no_content(post_job(client, "/v1.0/jobs", "waiting", {"dueTime": "1h"}))
 
+    # Counted by the workers (stats:apps and its totals): read by every /metrics scrape.
+    redis_client.sadd(f"{settings.prefix}:stats:apps", "gone", "recent")
+    redis_client.hset(f"{settings.prefix}:stats:total:gone", "delivered", 3)
     assert store.forget_gone_apps(7 * DAY_S, now_ms=now) == ["gone"]
     assert sorted(k.decode() for k in redis_client.hkeys(apps)) == ["legacy", "live-old",
                                                                     "recent"]
+    assert redis_client.smembers(f"{settings.prefix}:stats:apps") == {b"recent"}
+    assert not redis_client.exists(f"{settings.prefix}:stats:total:gone")
     assert store.get("gone", "waiting") is not None
     # The registration from before renewals were stamped is stamped now, so it goes a
     # week later if nothing renews it.

@@ -400,6 +400,17 @@ def test_stats_writes_lateness_in_three_digits_never_as_an_exponent(ms: float,
     assert _ms(ms) == shown
 
 
+def test_the_apis_own_app_is_shown_whatever_other_apps_sort_before_it(
+        redis_client: redis.Redis, settings: Settings) -> None:
+    """/metrics and `?all=true` show at most MAX_APPS apps, in name order: the asking
+    API's own app was cut when a thousand others sorted before it."""
+    keys = Keys(settings.prefix)
+    redis_client.sadd(keys.stats_apps, *(f"aaa-{i:04d}" for i in range(stats.MAX_APPS + 5)))
+    shown = stats.counted_apps(redis_client, keys, own=APP)
+    assert len(shown) == stats.MAX_APPS and APP in shown and shown == sorted(shown)
+    assert APP not in stats.counted_apps(redis_client, keys)  # the cut, when nobody asks
+
+
 def test_stats_needs_the_api_token(settings: Settings) -> None:
     client = create_app(settings.with_(api_token="s3cret")).test_client()
     response = client.get("/v1.0/stats")

@@ -176,7 +176,7 @@ class _RedisCollector:
         yield sizes
 
         store.ensure_indexed()  # the per-app job index, for data of an older version
-        app_ids = stats.counted_apps(store.redis, keys)
+        app_ids = stats.counted_apps(store.redis, keys, own=store.settings.app_id)
         workers = stats.read_workers(store.redis, keys, at)
         totals = stats.read_totals(store.redis, keys, app_ids)
         pipe = store.redis.pipeline(transaction=False)
@@ -242,9 +242,8 @@ def stats_view() -> Response:
     everything = bool_arg("all")
     store, at = g.store, now_ms()
     workers = stats.read_workers(store.redis, store.keys, at)
-    app_ids = stats.counted_apps(store.redis, store.keys) if everything else []
-    if g.settings.app_id not in app_ids:
-        app_ids = sorted([*app_ids, g.settings.app_id])
+    app_ids = (stats.counted_apps(store.redis, store.keys, own=g.settings.app_id)
+               if everything else [g.settings.app_id])
     return jsonify({
         "apps": [_app_doc(stats.app_stats(store, a, workers, at)) for a in app_ids],
         "workersAlive": len(workers),

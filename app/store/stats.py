@@ -228,13 +228,18 @@ def read_workers(redis: Any, keys: Keys, at_ms: int | None = None) -> list[Heart
     return [b for b in beats if b is not None]
 
 
-def counted_apps(redis: Any, keys: Keys) -> list[str]:
-    """The apps with counters or a registration, sorted, at most MAX_APPS."""
+def counted_apps(redis: Any, keys: Keys, own: str | None = None) -> list[str]:
+    """The apps with counters or a registration, sorted, at most MAX_APPS; `own` (the app
+    of the API asking) always among them, whatever other apps' names sort before it."""
     pipe = redis.pipeline(transaction=False)
     pipe.smembers(keys.stats_apps)
     pipe.hkeys(keys.apps)
     counted, registered = pipe.execute()
-    return sorted({a.decode() for a in (*counted, *registered)})[:MAX_APPS]
+    apps = sorted({a.decode() for a in (*counted, *registered)})
+    shown = apps[:MAX_APPS]
+    if own is not None and own not in shown:
+        shown = sorted([*shown[:MAX_APPS - 1], own])
+    return shown
 
 
 def read_totals(redis: Any, keys: Keys, app_ids: Sequence[str]) -> dict[str, Counts]:

@@ -459,7 +459,14 @@ class Store:
             return []
         changed = {_text(a) for a in self._scripts["apps_cas"](keys=[self.keys.apps],
                                                                args=changes)}
-        return [app_id for app_id, _ in stale if app_id in changed]
+        forgotten = [app_id for app_id, _ in stale if app_id in changed]
+        if forgotten:  # nor counted any more: /metrics reads every counted app's totals
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.srem(self.keys.stats_apps, *forgotten)
+            for app_id in forgotten:
+                pipe.delete(self.keys.stats_total(app_id))
+            pipe.execute()
+        return forgotten
 
     def unstage(self, app_id: str) -> int:
         return sum(
