@@ -417,6 +417,63 @@ def test_run_passes_ctrl_c_to_the_command_and_exits_with_its_code(
     assert cli(env, "stop").returncode == 0
 
 
+IGNORING_SCRIPT = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("waiting", flush=True)
+time.sleep(600)
+"""
+
+
+def test_run_kills_a_command_that_ignores_the_stop_after_its_grace(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """`kill -TERM` of `run` whose command ignores SIGTERM and SIGINT: `run` waited for
+    ever (only a third signal killed it). Now SIGKILL after STOP_GRACE_S."""
+    from app.processes.app_runner import STOP_GRACE_S
+
+    env = cli_env(
+        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
+    )
+    script = tmp_path / "stubborn.py"
+    script.write_text(IGNORING_SCRIPT)
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "run", "--app-id", "stubborn", "--app-port", str(free_port()),
+             "--http-port", str(free_port()), "--", sys.executable, str(script)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+            process_group=0,
+        )
+    try:
+        wait_for(lambda: "== APP == waiting" in log.read_text(), timeout=30, what="the app")
+        proc.send_signal(signal.SIGTERM)  # `run` alone, as `kill` does
+        assert proc.wait(STOP_GRACE_S + 30) == 128 + signal.SIGKILL, log.read_text()
+    finally:
+        proc.kill()
+    assert f"did not stop within {STOP_GRACE_S:g}s" in log.read_text()
+    assert cli(env, "stop").returncode == 0
+
+
+def test_run_of_a_file_that_is_no_program_exits_126_with_one_line(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    env = cli_env(
+        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
+    )
+    script = tmp_path / "no-shebang"
+    script.write_text("echo hi\n")
+    script.chmod(0o755)
+    done = subprocess.run(
+        [*CLI, "run", "--app-id", "noprog", "--app-port", str(free_port()),
+         "--http-port", str(free_port()), "--", str(script)],
+        env=env, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60, check=False)
+    assert done.returncode == 126, done.stderr
+    assert "command cannot be run" in done.stderr and "Traceback" not in done.stderr
+    assert cli(env, "stop").returncode == 0
+
+
 def test_stale_service_state_is_replaced(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     gone = subprocess.Popen(["true"])

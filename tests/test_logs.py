@@ -112,6 +112,25 @@ def test_a_worker_logs_its_redis_without_the_password(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_a_log_file_that_cannot_be_written_does_not_stop_the_child_s_output_being_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` copies its API's output to the API's log file and the console; a full disk
+    (here /dev/full) raised in that thread, which then stopped reading the pipe, and the
+    API blocked at its next log line."""
+    from app.processes.supervisor import _tee
+
+    console = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(console))
+    lines = [f"line {i}\n".encode() for i in range(10_000)]
+    src = io.BytesIO(b"".join(lines))
+    with open("/dev/full", "ab") as full:
+        _tee(src, full)
+    assert src.closed  # read to its end
+    shown = console.getvalue()
+    assert shown.count(b"cannot write '/dev/full' any more") == 1
+    assert shown.endswith(lines[-1]) and shown.count(b"line ") == len(lines)
+
+
 def test_json_is_one_object_a_line_with_ts_level_logger_msg_then_fields() -> None:
     record = _record("delivered %s", args=("now",), app="job-service", attempt=2, status=503,
                      level="a field never hides the level")

@@ -68,7 +68,9 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
     APP_PORT, DAPR_HTTP_PORT and DAPR_GRPC_PORT (a free port unless --grpc-port is
     given); its output is shown with an `== APP ==` prefix. The API's log is shown
     too, and kept with the service's logs (`jobrunner logs`). Without
-    COMMAND, the API runs until Ctrl-C. Exits with COMMAND's exit code.
+    COMMAND, the API runs until Ctrl-C. Exits with COMMAND's exit code (127: not
+    found, 126: not runnable); a COMMAND that ignores Ctrl-C/SIGTERM is killed 10 s
+    after it.
     """
     from app.processes.app_runner import CommandNotFoundError, run_app
 
@@ -112,7 +114,7 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
                 code = 1
     except CommandNotFoundError as e:
         warn(str(e))
-        code = 127
+        code = e.code
     finally:
         sup.stop_all()
         signals.restore()

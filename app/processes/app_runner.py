@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import IO
 
@@ -27,7 +28,12 @@ STOP_GRACE_S = 10.0
 
 
 class CommandNotFoundError(JobrunnerError, RuntimeError):
-    pass
+    """The command did not start: `code` is a shell's exit code for it (127: not found,
+    126: found but not runnable)."""
+
+    def __init__(self, message: str, code: int = 127) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _pump(src: IO[bytes], dst: IO[bytes]) -> None:
@@ -69,8 +75,9 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
         )
     except FileNotFoundError:
         raise CommandNotFoundError(f"command not found: {argv[0]}") from None
-    except PermissionError:
-        raise CommandNotFoundError(f"command cannot be run: {argv[0]}") from None
+    except OSError as exc:  # not executable, not a program (no #! line), ...
+        raise CommandNotFoundError(f"command cannot be run: {argv[0]}: {exc.strerror or exc}",
+                                   126) from None
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
         threading.Thread(target=_pump, args=(proc.stdout, sys.stdout.buffer), daemon=True),
@@ -81,6 +88,7 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
 
     forwarded = 0
     api_died = False
+    kill_at: float | None = None  # when a stop asked for goes SIGKILL (an app ignoring it)
     while True:
         try:
             proc.wait(0.1)
@@ -92,6 +100,12 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
             # Third time: the user means it.
             sig = signal.SIGKILL if forwarded >= 3 else (signals.last or signal.SIGINT)
             _signal_group(proc.pid, sig)
+            if kill_at is None:
+                kill_at = time.monotonic() + STOP_GRACE_S
+        if kill_at is not None and time.monotonic() > kill_at:
+            say(f"the app did not stop within {STOP_GRACE_S:g}s of the signal; killing it")
+            _signal_group(proc.pid, signal.SIGKILL)
+            kill_at = float("inf")
         if not api_died and api.proc.poll() is not None:
             api_died = True
             say(f"{describe_exit(api)}; stopping the app")

@@ -211,19 +211,38 @@ def open_log(path: Path) -> IO[bytes]:
 
 
 def _tee(src: IO[bytes], log_file: IO[bytes]) -> None:
-    """Each line of `src` to the log file and to our stderr, until `src` ends."""
+    """Each line of `src` to the log file and to our stderr, until `src` ends. Whatever
+    becomes of either, `src` is read to its end: a pipe no longer read would block the
+    child at its next log line (a full disk hung the API)."""
     console: IO[bytes] | None = sys.stderr.buffer if sys.stderr is not None else None
-    with log_file:
+    file: IO[bytes] | None = log_file
+    try:
         for line in iter(src.readline, b""):
-            log_file.write(line)
-            log_file.flush()
+            if file is not None:
+                try:
+                    file.write(line)
+                    file.flush()
+                except (OSError, ValueError) as exc:  # a full disk, say: the console only
+                    file = None
+                    _say(console, f"jobrunner: cannot write {log_file.name!r} any more "
+                                  f"({exc}); its lines go to the console only\n".encode())
             if console is not None:
                 try:
                     console.write(line)
                     console.flush()
                 except (OSError, ValueError):  # our stderr is gone: the file still gets it
                     console = None
-    src.close()
+    finally:
+        with contextlib.suppress(OSError, ValueError):  # what it buffered cannot be written
+            log_file.close()
+        src.close()
+
+
+def _say(console: IO[bytes] | None, text: bytes) -> None:
+    if console is not None:
+        with contextlib.suppress(OSError, ValueError):
+            console.write(text)
+            console.flush()
 
 
 # --- the parts of a deployment ----------------------------------------------------------------
