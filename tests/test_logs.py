@@ -131,6 +131,22 @@ def test_a_log_file_that_cannot_be_written_does_not_stop_the_child_s_output_bein
     assert shown.endswith(lines[-1]) and shown.count(b"line ") == len(lines)
 
 
+def test_logs_of_a_part_or_a_kind(tmp_path: Path) -> None:
+    """`jobrunner logs api-job` is that app's log, not also `api-job-service`'s."""
+    from app.processes.service_logs import log_files
+
+    for stem in ("api-job", "api-job-service", "worker-1", "worker-2", "redis"):
+        (tmp_path / f"{stem}.log").write_text("x\n")
+
+    def stems(*names: str) -> list[str]:
+        return sorted(p.stem for p in log_files(tmp_path, names))
+
+    assert stems("api-job") == ["api-job"]
+    assert stems("api") == ["api-job", "api-job-service"]
+    assert stems("worker") == ["worker-1", "worker-2"]
+    assert stems("worker-2", "redis") == ["redis", "worker-2"]
+
+
 def test_json_is_one_object_a_line_with_ts_level_logger_msg_then_fields() -> None:
     record = _record("delivered %s", args=("now",), app="job-service", attempt=2, status=503,
                      level="a field never hides the level")

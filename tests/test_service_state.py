@@ -21,6 +21,7 @@ import pytest
 
 from app.processes.procs import PROJECT_ROOT, process_alive, process_start_time
 from app.processes.service_state import (
+    MAX_STATE_BYTES,
     STATE_FILE,
     ServiceState,
     live_state,
@@ -333,3 +334,31 @@ def test_cli_status_stop_and_dlq_say_no_service_for_a_malformed_state(
     assert (stopped.returncode, stopped.stdout.strip()) == (0, NO_SERVICE), stopped.stdout
     assert sleeper.poll() is None
     assert not (home / STATE_FILE).exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless", "oversized"])
+def test_a_state_file_that_is_no_regular_file_reads_as_none_at_once(home: Path,
+                                                                    kind: str) -> None:
+    """A FIFO blocked every command on its open (status, stop, run holding the lock); a
+    symlink to /dev/zero read until memory ran out."""
+    path = home / STATE_FILE
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "endless":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_bytes(b" " * (MAX_STATE_BYTES + 1))
+    assert read_state(home) is None
+    shown = cli(home, "status")  # its own timeout (60 s): the FIFO waited for ever
+    assert (shown.returncode, shown.stdout.strip()) == (1, NO_SERVICE), shown.stderr
+    stopped = cli(home, "stop")
+    assert (stopped.returncode, stopped.stdout.strip()) == (0, NO_SERVICE), stopped.stderr
+    assert not path.exists() and not path.is_symlink()  # replaced: removed
+
+
+def test_a_state_path_that_is_a_folder_is_one_clear_line(home: Path) -> None:
+    (home / STATE_FILE).mkdir()
+    stopped = cli(home, "stop")
+    assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert f"{home / STATE_FILE} is a folder, not jobrunner's state: remove it" in stopped.stderr
+

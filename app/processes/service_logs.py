@@ -40,7 +40,9 @@ def log_files(log_dir: Path, names: Iterable[str] = ()) -> list[Path]:
         return []
     if not wanted:
         return files
-    return [p for p in files if any(p.stem == n or p.stem.startswith(n + "-") for n in wanted)]
+    # A kind is one word: `api-job` names that app's log, not `api-job-service`'s too.
+    return [p for p in files
+            if any(p.stem == n or ("-" not in n and p.stem.startswith(n + "-")) for n in wanted)]
 
 
 def line_time(line: bytes) -> str | None:

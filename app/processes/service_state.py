@@ -27,6 +27,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ from app.settings import MAX_PARTITIONS, Settings, redact_url
 
 STATE_FILE = "service.json"
 LOCK_FILE = "service.lock"
+# Past this, service.json is not one jobrunner wrote (a state is a few hundred bytes).
+MAX_STATE_BYTES = 1024 * 1024
 LOG_DIR = "logs"
 DATA_DIR = "data"
 START_TIMEOUT_S = 60.0
@@ -241,11 +244,22 @@ class ServiceLock:
 
 def read_state(home: Path) -> ServiceState | None:
     try:
-        return ServiceState.from_json((home / STATE_FILE).read_text())
+        return ServiceState.from_json(_state_text(home / STATE_FILE))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None  # unreadable or of the wrong shape: treated like no state, and replaced
+
+
+def _state_text(path: Path) -> str:
+    """The state file's text; ValueError when it is not a regular file of at most
+    MAX_STATE_BYTES (a FIFO blocked every command, /dev/zero filled the memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_STATE_BYTES:
+            raise ValueError(f"{path} is not a state file")
+        return file.read(MAX_STATE_BYTES).decode()
 
 
 def write_state(home: Path, state: ServiceState) -> None:
@@ -318,9 +332,10 @@ def live_state(home: Path) -> ServiceState | None:
         # Its supervisor is gone; stop whatever it left behind (workers before Redis).
         _terminate([c for c in state.children if c.name != "redis"], 15.0)
         _terminate([c for c in state.children if c.name == "redis"], 30.0)
-    if path.exists():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    if path.is_dir() and not path.is_symlink():
+        raise ServiceError(f"{path} is a folder, not jobrunner's state: remove it")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
     return None
 
 
