@@ -362,3 +362,12 @@ def test_a_state_path_that_is_a_folder_is_one_clear_line(home: Path) -> None:
     assert stopped.returncode == 1 and "Traceback" not in stopped.stderr, stopped.stderr
     assert f"{home / STATE_FILE} is a folder, not jobrunner's state: remove it" in stopped.stderr
 
+
+def test_stop_with_no_service_in_a_home_it_cannot_write_says_so(tmp_path: Path) -> None:
+    """It made its lock file first: `Read-only file system`, or `File exists` for a home
+    that is a file, though there was nothing to stop."""
+    not_a_folder = tmp_path / "home-file"
+    not_a_folder.write_text("")
+    stopped = cli(not_a_folder, "stop")
+    assert (stopped.returncode, stopped.stdout.strip()) == (0, NO_SERVICE), stopped.stderr
+
