@@ -67,6 +67,12 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def on_shared_redis(tmp_path: Path, redis_server: RedisProcess) -> dict[str, str]:
+    """cli_env on the tests' Redis, with a key prefix of the test's own."""
+    return cli_env(tmp_path, REDIS_URL=redis_server.url,
+                   JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}")
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT
@@ -316,9 +322,7 @@ def test_run_runs_the_app_beside_its_api_and_stop_ends_the_shared_service(
 def test_concurrent_runs_share_one_service_on_redis_url(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    env = cli_env(
-        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
-    )
+    env = on_shared_redis(tmp_path, redis_server)
     procs = [
         subprocess.Popen(
             [
@@ -375,37 +379,27 @@ SIGINT_SCRIPT = textwrap.dedent(
 )
 
 
+def start_run(env: dict[str, str], log: Path, app_id: str, http_port: int,
+              *command: str) -> subprocess.Popen[bytes]:
+    """`jobrunner run` of `command` in a process group of its own, its output to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*CLI, "run", "--app-id", app_id, "--app-port", str(free_port()),
+             "--http-port", str(http_port), "--", *command],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+            process_group=0,
+        )
+
+
 def test_run_passes_ctrl_c_to_the_command_and_exits_with_its_code(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    env = cli_env(
-        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
-    )
+    env = on_shared_redis(tmp_path, redis_server)
     script = tmp_path / "app.py"
     script.write_text(SIGINT_SCRIPT)
     http_port = free_port()
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "run",
-                "--app-id",
-                "sig",
-                "--app-port",
-                str(free_port()),
-                "--http-port",
-                str(http_port),
-                "--",
-                sys.executable,
-                str(script),
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=PROJECT_ROOT,
-            process_group=0,
-        )
+    proc = start_run(env, log, "sig", http_port, sys.executable, str(script))
     try:
         wait_for(lambda: "== APP == waiting" in log.read_text(), timeout=30, what="the app")
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
@@ -433,19 +427,11 @@ def test_run_kills_a_command_that_ignores_the_stop_after_its_grace(
     ever (only a third signal killed it). Now SIGKILL after STOP_GRACE_S."""
     from app.processes.app_runner import STOP_GRACE_S
 
-    env = cli_env(
-        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
-    )
+    env = on_shared_redis(tmp_path, redis_server)
     script = tmp_path / "stubborn.py"
     script.write_text(IGNORING_SCRIPT)
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*CLI, "run", "--app-id", "stubborn", "--app-port", str(free_port()),
-             "--http-port", str(free_port()), "--", sys.executable, str(script)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-            process_group=0,
-        )
+    proc = start_run(env, log, "stubborn", free_port(), sys.executable, str(script))
     try:
         wait_for(lambda: "== APP == waiting" in log.read_text(), timeout=30, what="the app")
         proc.send_signal(signal.SIGTERM)  # `run` alone, as `kill` does
@@ -459,9 +445,7 @@ def test_run_kills_a_command_that_ignores_the_stop_after_its_grace(
 def test_run_of_a_file_that_is_no_program_exits_126_with_one_line(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
-    env = cli_env(
-        tmp_path, REDIS_URL=redis_server.url, JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}"
-    )
+    env = on_shared_redis(tmp_path, redis_server)
     script = tmp_path / "no-shebang"
     script.write_text("echo hi\n")
     script.chmod(0o755)

@@ -486,14 +486,7 @@ def test_live_counters_count_this_apps_triggers(settings: Settings, receiver: Re
     assert not counters.backlog.capped
 
     # A worker takes them: one answered at once, the other held by the app (in flight).
-    release = threading.Event()
-
-    def answer(delivery: Delivery) -> int:
-        if delivery.path == "/job/due-2":
-            release.wait(30)
-        return 200
-
-    receiver.responder = answer
+    release = receiver.hold("/job/due-2")
     try:
         with ThreadWorker(settings):
             def holding() -> Any:

@@ -4,7 +4,6 @@ per app, over HTTP, with a real worker and receiver where deliveries are involve
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 from urllib.parse import unquote
@@ -382,14 +381,7 @@ def test_a_paused_job_fires_nothing_until_resumed(api: FlaskClient, receiver: Re
 
 def test_a_trigger_in_flight_is_finished_and_the_next_one_waits(
         api: FlaskClient, receiver: Receiver, worker: ThreadWorker) -> None:
-    release = threading.Event()
-
-    def answer(delivery: Any) -> int:
-        if delivery.path == "/job/slow":
-            release.wait(10)
-        return 200
-
-    receiver.responder = answer
+    release = receiver.hold("/job/slow", timeout=10)
     _schedule(api, "slow", schedule="@every 1s", dueTime="0s")
     wait_for(lambda: receiver.received("/job/slow"), what="the delivery to start")
     paused = _post(api, f"{V1}/slow/pause")
@@ -457,14 +449,7 @@ def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_deleted
         settings: Settings, receiver: Receiver, api: FlaskClient) -> None:
     """One delivery at a time for the app: `second` waits in the worker while `first` is
     answered slowly, and is deleted meanwhile. It was sent anyway, up to 19 s later."""
-    answered = threading.Event()
-
-    def slow_first(d: Any) -> int:
-        if d.path == "/job/first":
-            answered.wait(10)
-        return 200
-
-    receiver.responder = slow_first
+    answered = receiver.hold("/job/first", timeout=10)
     _schedule(api, "first", dueTime="0s")
     with ThreadWorker(settings.with_(app_concurrency=1)) as running:
         wait_for(lambda: receiver.received("/job/first"), what="the first delivery")

@@ -87,6 +87,19 @@ class Receiver:
         self._server.shutdown()
         self._server.server_close()
 
+    def hold(self, path: str, timeout: float = 30.0) -> threading.Event:
+        """Answer 200 to every POST, but to one of `path` only once the returned event is
+        set (or `timeout` passes): a delivery held in flight, by the app."""
+        release = threading.Event()
+
+        def answer(delivery: Delivery) -> int:
+            if delivery.path == path:
+                release.wait(timeout)
+            return 200
+
+        self.responder = answer
+        return release
+
     def received(self, path: str | None = None) -> list[Delivery]:
         with self._lock:
             return [d for d in self.deliveries if path is None or d.path == path]
