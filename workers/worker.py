@@ -35,7 +35,8 @@ PRECISE_S = 0.001
 REFRESH_AHEAD_S = 0.003
 # A trigger that waited this long in the worker for its app's slot (a slow app's) is sent
 # only if it still holds its lease: its job may have been deleted or overwritten meanwhile.
-# A round trip each: not for the short waits of a burst (a third of a worker's CPU).
+# A round trip each: not for the short waits of a burst (one a delivery tripled a
+# worker's CPU per delivery).
 RECHECK_AFTER_WAIT_S = 0.5
 
 
