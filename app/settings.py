@@ -156,6 +156,7 @@ def redact_url(url: str) -> str:
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
+
 # granian's bound of its header read timeout (60,000 ms).
 MAX_HTTP_HEADER_TIMEOUT_S = 60.0
 # JOBRUNNER_APP_RATE_LIMIT's bound: past it, a limit limits nothing a worker can do.

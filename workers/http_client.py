@@ -121,7 +121,9 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        if self.waiter is None or self.waiter.done():  # bytes past the answer, in its packet
+        if self.waiter is None or self.waiter.done():
+            # A second response to one request, in the answer's packet: the app and this
+            # client disagree, the connection goes.
             self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -142,11 +144,10 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             return  # an interim response; the real one follows
-        self.reusable = self.parser.should_keep_alive()
+        # Not the answer (its waiter done): on_message_begin retired the connection.
         if self.waiter is not None and not self.waiter.done():
+            self.reusable = self.parser.should_keep_alive()
             self.waiter.set_result(status)
-        else:  # a second response to one request: the app and this client disagree
-            self.reusable = False
 
     def send(self, data: bytes) -> asyncio.Future[int]:
         self.got_bytes = self.framed = False

@@ -15,10 +15,9 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
     text = request.args.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or len(text) > len(str(hi)):
-        raise errors.bad_query(f"{name} must be a whole number from {lo} to {hi}")
-    value = int(text)
-    if not lo <= value <= hi:
+    short_digits = text.isascii() and text.isdigit() and len(text) <= len(str(hi))
+    value = int(text) if short_digits else None
+    if value is None or not lo <= value <= hi:
         raise errors.bad_query(f"{name} must be a whole number from {lo} to {hi}")
     return value
 

@@ -185,6 +185,8 @@ def _check_scalar(type_name: str, value: Any) -> None:
             and _FINER_THAN_NS.search(value)):
         raise malformed_data(f"value does not fit protobuf type {type_name!r}: {_show(value)} "
                              "has more than 9 fractional digits")
+
+
 # Types whose JSON form is free JSON: an `@type` inside them is data, not an Any.
 _FREE_JSON_TYPES = frozenset(
     f"google.protobuf.{name}" for name in ("Struct", "Value", "ListValue"))

@@ -94,13 +94,13 @@ def validate_name(name: str) -> str:
     trimmed = name.strip()
     if not trimmed:
         raise ApiError(400, errors.JOB_NAME_EMPTY, "Name is empty")
-    bad = _BAD_NAME_CHARS.search(name)
     if len(trimmed) > MAX_NAME_LENGTH:
         raise ApiError(
             400,
             errors.JOB_NAME_INVALID,
             f"job name is invalid: longer than {MAX_NAME_LENGTH} characters",
         )
+    bad = _BAD_NAME_CHARS.search(name)
     if bad:
         raise ApiError(
             400,

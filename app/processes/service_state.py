@@ -428,7 +428,7 @@ def register_foreground(home: Path, state: ServiceState) -> bool:
 
 def stop_service(home: Path, timeout: float = STOP_TIMEOUT_S) -> ServiceState | None:
     """Stop the shared service and wait for it to be gone; None if none was running."""
-    if not (home / STATE_FILE).exists() and not (home / STATE_FILE).is_symlink():
+    if not os.path.lexists(home / STATE_FILE):
         return None  # nothing to lock for (the home may be read-only, or not a folder)
     with ServiceLock(home):
         state = live_state(home)
