@@ -31,7 +31,7 @@ H_SCHEDULED_MS = "jobrunner-scheduled-ms"
 H_APP_TOKEN = "dapr-api-token"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per delivery: not frozen (see app/jobs/model.py Trigger)
 class Outcome:
     done: bool  # 2xx or 404: the trigger is finished
     status: int | None  # HTTP status; None when no response came, and over gRPC

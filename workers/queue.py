@@ -55,7 +55,7 @@ class Claim:
     blocked: set[str]  # apps with due triggers left for want of budget
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per delivery: not frozen (see Trigger)
 class Settlement:
     trigger: Trigger
     action: str

@@ -377,7 +377,7 @@ class Worker:
 
     def _recorded(self, s: Settlement, done: bool, status: int | None, error: str,
                   started: int, duration_us: int) -> Settlement:
-        """`s` with its outcome for the job's history (app/store/history.py), unless the
+        """`s`, given its outcome for the job's history (app/store/history.py), unless the
         history is off."""
         if not self.settings.history_size:
             return s
@@ -387,9 +387,10 @@ class Worker:
         t = s.trigger
         # The job's rev stands for its own trigger id; a replay keeps the dead trigger's.
         trigger = t.job.rev if t.job.replay_of is None else t.job.replay_of
-        entry = history.encode_entry(trigger, t.sched_ms, started, t.attempt, result, status,
-                                     duration_us, error, self.settings.history_entry_bytes)
-        return Settlement(t, s.action, s.at_ms, s.dead_id, s.dead_record, entry)
+        s.entry = history.encode_entry(trigger, t.sched_ms, started, t.attempt, result,
+                                       status, duration_us, error,
+                                       self.settings.history_entry_bytes)
+        return s
 
     @staticmethod
     def _dead(trigger: Trigger, error: str, next_ms: int | None) -> Settlement:

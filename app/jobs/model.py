@@ -220,6 +220,7 @@ class Job:
         any_type = record.get("t")
         due_time = record.get("u")
         text = record.get("j")
+        catch_up = record.get("cu")  # mostly absent: the enum's call is the dearer path
         return cls(
             app_id=app_id,
             name=name,
@@ -233,7 +234,7 @@ class Job:
             ttl=record.get("l"),
             failure_policy=FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
             delivery_timeout_ms=record.get("dt"),
-            catch_up=CatchUp(record.get("cu", CatchUp.COALESCE)),
+            catch_up=CatchUp.COALESCE if catch_up is None else CatchUp(catch_up),
             first_ms=record["f1"],
             expires_ms=record.get("x"),
             replay_of=record.get("ti"),
@@ -286,9 +287,11 @@ class RunState:
         return cls(int(sched), int(attempt), int(count), int(last) if last else None, lease)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Trigger:
-    """One claimed trigger, as a worker holds it."""
+    """One claimed trigger, as a worker holds it. Not frozen: a frozen dataclass's
+    constructor sets each field through object.__setattr__, five times the cost, and a
+    worker builds one per delivery."""
 
     job: Job
     job_id: str  # the hash field in the store (a replay's differs from app/name)
