@@ -18,6 +18,7 @@ from workers.http_client import (
     HttpClient,
     Origin,
     ServerDisconnected,
+    StaleConnection,
 )
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -245,3 +246,128 @@ def test_a_close_long_after_the_request_is_its_answer_not_a_reason_to_send_it_ag
     assert first == (200, None)
     _failed(second, "closed before the response ended")
     assert app_requests == [2]
+
+
+# --- post_now: the worker's delivery without a task, on an idle connection -------------
+
+
+def _post_now(client: HttpClient, origin: Origin
+              ) -> asyncio.Future[tuple[int, str | None]] | None:
+    return client.post_now(origin, "/job/x", b"{}", "Content-Type: application/json\r\n",
+                           TIMEOUT_S)
+
+
+async def _second_by_post_now(handler: Handler) -> tuple[Any, App, HttpClient]:
+    """A first POST (it opens the connection), then a second by post_now on it: the
+    second's result or error, the app, and the client (closed by the caller)."""
+    client = HttpClient(4)
+    app = App(handler)
+    async with app as origin:
+        assert await _post(client, origin) == (200, None)
+        sent = _post_now(client, origin)
+        assert sent is not None
+        try:
+            outcome: Any = await asyncio.wait_for(sent, TIMEOUT_S)
+        except (ServerDisconnected, TimeoutError, OSError) as exc:
+            outcome = exc
+    return outcome, app, client
+
+
+def test_post_now_sends_nothing_without_an_idle_connection() -> None:
+    async def main() -> tuple[Any, int]:
+        client = HttpClient(4)
+        app = App(lambda _r, w, _n: _answer(w, OK))
+        try:
+            async with app as origin:
+                return _post_now(client, origin), app.requests
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == (None, 0)
+
+
+async def _answer(w: asyncio.StreamWriter, data: bytes) -> None:
+    w.write(data)
+    await w.drain()
+
+
+def test_post_now_answers_on_the_kept_alive_connection_with_retry_after() -> None:
+    async def busy(_r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        await _answer(w, OK if n == 1 else
+                      b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nContent-Length: 0\r\n\r\n")
+
+    async def main() -> tuple[Any, int]:
+        outcome, _, client = await _second_by_post_now(busy)
+        pool = client._pool(next(iter(client._pools)))
+        client.close()
+        return outcome, pool.open
+
+    # the connection went back to the pool, once
+    assert asyncio.run(main()) == ((503, "7"), 1)
+
+
+def test_post_now_on_a_connection_the_app_closed_at_once_is_stale() -> None:
+    """The app closes a kept-alive connection as the request arrives: no answer, not the
+    app's; the caller sends it again (the worker: on a new connection)."""
+    async def close_second(_r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await _answer(w, OK)
+        else:
+            w.close()
+
+    async def main() -> Any:
+        outcome, _, client = await _second_by_post_now(close_second)
+        client.close()
+        return outcome
+
+    assert isinstance(asyncio.run(main()), StaleConnection)
+
+
+def test_post_now_a_close_long_after_the_request_is_its_answer() -> None:
+    async def hang_then_close(_r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                              n: int) -> None:
+        if n == 1:
+            await _answer(w, OK)
+            return
+        await asyncio.sleep(STALE_CLOSE_S + 1.0)
+        w.close()
+
+    async def main() -> Any:
+        outcome, _, client = await _second_by_post_now(hang_then_close)
+        client.close()
+        return outcome
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, ServerDisconnected), outcome
+    assert not isinstance(outcome, StaleConnection)
+
+
+def test_cancelling_post_now_drops_its_connection_and_frees_its_place() -> None:
+    """A worker that stops cancels what is in flight: the connection is closed (a late
+    answer is nobody's) and its place in the pool is free for a new one."""
+    async def hang(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await _answer(w, OK)
+        elif n == 2:
+            await _until_closed(r)
+        else:
+            await _answer(w, OK)
+
+    async def main() -> list[Any]:
+        client = HttpClient(1)  # one place: the next POST needs the cancelled one's
+        app = App(hang)
+        try:
+            async with app as origin:
+                assert await _post(client, origin) == (200, None)
+                sent = _post_now(client, origin)
+                assert sent is not None
+                for _ in range(int(TIMEOUT_S * 100)):  # until the app has the request
+                    if app.requests == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                sent.cancel()
+                return [app.requests, await asyncio.wait_for(_post(client, origin), 10)]
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == [2, (200, None)]

@@ -23,7 +23,7 @@ from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy, TriggerStatus
 from app.settings import Settings
 from tests.support.jobs import APP, dead_letters, make_job, register
-from tests.support.receiver import Delivery, Receiver
+from tests.support.receiver import DROP, Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
@@ -175,8 +175,11 @@ def test_sigkill_loses_nothing_and_duplicates_only_what_was_in_flight(
 # --- SIGTERM: stop claiming, finish or release, exit 0 -------------------------------------
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["new-connections", "kept-alive"])
 def test_sigterm_releases_held_triggers_for_another_worker_at_once(
-        settings: Settings, receiver: Receiver, fleet: WorkerFleet) -> None:
+        settings: Settings, receiver: Receiver, fleet: WorkerFleet, warm: bool) -> None:
+    """`kept-alive`: the app's connections are open and idle when the held triggers come,
+    so these go out at once (Worker._send_now), not each in a task of its own."""
     # a lease far longer than the test may take: a redelivery within it can only come
     # from the release, not from lease expiry
     settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=0.5)
@@ -189,7 +192,7 @@ def test_sigterm_releases_held_triggers_for_another_worker_at_once(
         with lock:
             first = _name(d) not in seen
             seen.add(_name(d))
-        if first:
+        if first and _name(d).startswith("held-"):
             gate.wait(60)  # outlasts the shutdown grace: the worker must give these back
         return 200
 
@@ -197,8 +200,12 @@ def test_sigterm_releases_held_triggers_for_another_worker_at_once(
     n = 10
     try:
         a = fleet.start(settings)
+        if warm:
+            store.schedule_many(make_job(f"warm-{i}", data=i) for i in range(n))
+            wait_for(lambda: store.counts()["jobs"] == 0, what="the warm-up deliveries")
         store.schedule_many(make_job(f"held-{i}", data=i) for i in range(n))
-        wait_for(lambda: len(seen) == n, what="all deliveries in flight at worker A")
+        wait_for(lambda: len(seen) == (2 * n if warm else n),
+                 what="all deliveries in flight at worker A")
         sigterm_at = time.time()
         assert a.terminate(timeout=20) == 0, a.log()
         assert f"released {n} unfinished triggers" in a.log(), a.log()
@@ -214,11 +221,41 @@ def test_sigterm_releases_held_triggers_for_another_worker_at_once(
         gate.set()
     redelivered_after = time.time() - sigterm_at
     assert redelivered_after < settings.lease_s / 2  # unambiguously not by lease expiry
-    for name, ds in _by_name(receiver.received()).items():
+    held = {name: ds for name, ds in _by_name(receiver.received()).items()
+            if name.startswith("held-")}
+    assert len(held) == n
+    for name, ds in held.items():
         assert len(ds) == 2, name
         assert len({d.headers["jobrunner-trigger-id"] for d in ds}) == 1
         # the released attempt was given back: the redelivery is attempt 1 again
         assert [d.headers["jobrunner-attempt"] for d in ds] == ["1", "1"]
+
+
+def test_a_kept_alive_connection_the_app_closed_is_not_a_failed_attempt(
+        settings: Settings, receiver: Receiver) -> None:
+    """The app closes an idle kept-alive connection as the next delivery is written on it
+    (the request crosses its FIN): no answer came, so the delivery is sent again on a new
+    connection at once, the same attempt, not a failure that waits for its retry."""
+    settings = settings.with_(lease_s=60.0)
+    store = register(settings, receiver.url)
+    dropped: list[str] = []
+
+    def responder(d: Delivery) -> int:
+        if _name(d) == "again" and not dropped:
+            dropped.append(d.headers["jobrunner-trigger-id"])
+            return DROP
+        return 200
+
+    receiver.responder = responder
+    with ThreadWorker(settings):
+        store.schedule(make_job("warm"))  # opens the connection, kept alive after
+        wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+        store.schedule(make_job("again"))
+        wait_for(lambda: store.counts()["jobs"] == 0, what="the second job's delivery")
+    again = receiver.received("/job/again")
+    assert [d.headers["jobrunner-attempt"] for d in again] == ["1", "1"]
+    assert {d.headers["jobrunner-trigger-id"] for d in again} == set(dropped)
+    assert dead_letters(store) == []
 
 
 def test_sigterm_lets_in_flight_deliveries_finish_within_the_grace(

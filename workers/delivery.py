@@ -92,14 +92,27 @@ async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
     try:
         status, retry_after = await client.post(origin, path, body, headers, timeout_s,
                                                 queue_timeout_s)
-    except TimeoutError:
+    except (TimeoutError, PoolTimeout, OSError) as exc:
+        return failed(exc, timeout_s)
+    return answered(status, retry_after, max_retry_after_s)
+
+
+def failed(exc: BaseException, timeout_s: float) -> Outcome:
+    """The outcome of a request that got no answer: HttpClient's TimeoutError, PoolTimeout,
+    ServerDisconnected or OSError (any other exception is re-raised)."""
+    if isinstance(exc, TimeoutError):
         return Outcome(False, None, f"no answer within {timeout_s:g}s")
-    except PoolTimeout as exc:
+    if isinstance(exc, PoolTimeout):
         return Outcome(False, None, str(exc))
-    except ServerDisconnected as exc:
+    if isinstance(exc, ServerDisconnected):
         return Outcome(False, None, f"delivery failed: {exc}")
-    except OSError as exc:
+    if isinstance(exc, OSError):
         return Outcome(False, None, f"cannot connect to the app: {exc.strerror or exc}")
+    raise exc
+
+
+def answered(status: int, retry_after: str | None, max_retry_after_s: float) -> Outcome:
+    """The outcome of the app's answer: 2xx or 404 finish the trigger."""
     if 200 <= status < 300 or status == 404:
         return Outcome(True, status)
     wait_ms = None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
+from typing import Any
 
 from app.jobs.clock import now_ms
 from app.jobs.model import CatchUp, DeadLetter, FailureKind, Trigger
@@ -17,7 +19,7 @@ from app.store.keys import is_fired_now
 from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.grpc_client import GrpcClient
-from workers.http_client import HttpClient
+from workers.http_client import HttpClient, StaleConnection
 from workers.metrics import WorkerMetrics
 from workers.queue import Action, Claim, Queue, Settlement
 from workers.slots import Slots
@@ -106,7 +108,8 @@ class Worker:
         self.metrics = WorkerMetrics(self.queue.redis, self.queue.keys,
                                      lambda: self.inflight.values(), settings.concurrency,
                                      prometheus=bool(settings.worker_metrics_port))
-        self.inflight: dict[asyncio.Task[None], Trigger] = {}
+        # A task per delivery (_deliver), or the answer's future of one sent at once.
+        self.inflight: dict[asyncio.Future[Any], Trigger] = {}
         self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
         self._slot_free = Flag()
@@ -237,7 +240,59 @@ class Worker:
         return keep
 
     def _start(self, trigger: Trigger, waited_since: float | None = None) -> None:
-        self.inflight[asyncio.create_task(self._deliver(trigger, waited_since))] = trigger
+        if not self._send_now(trigger, waited_since):
+            self.inflight[asyncio.create_task(self._deliver(trigger, waited_since))] = trigger
+
+    def _send_now(self, trigger: Trigger, waited_since: float | None) -> bool:
+        """A burst's usual delivery, with no task of its own: due already, over HTTP, sent
+        now on an idle connection, its answer handled in `_answered`. False: nothing was
+        sent; _deliver's path takes it (a wait for its time, a long wait for its slot, a
+        "trigger now", gRPC, a connection to make, a fault)."""
+        if max(trigger.sched_ms, trigger.due_ms) > now_ms() or is_fired_now(trigger.job_id):
+            return False
+        app = self.queue.app(trigger.job.app_id)
+        if app is None or app.protocol == "grpc":
+            return False
+        timeout_s = self._timeout_s(trigger)
+        if waited_since is not None:  # _deliver's checks of a trigger that waited its turn
+            waited = time.monotonic() - waited_since
+            if waited > RECHECK_AFTER_WAIT_S or waited + timeout_s + 1.0 >= self.settings.lease_s:
+                return False
+        started, clock = now_ms(), time.perf_counter()
+        try:
+            origin, path, body, headers = delivery.build_request(
+                trigger, app, self.settings, started)
+        except Exception:
+            return False  # _deliver meets it again, and dead-letters the trigger saying why
+        sent = self._http.post_now(origin, path, body, headers, timeout_s)
+        if sent is None:
+            return False
+        self.inflight[sent] = trigger
+        sent.add_done_callback(functools.partial(self._answered, trigger, started, clock,
+                                                 timeout_s))
+        return True
+
+    def _answered(self, trigger: Trigger, started: int, clock: float, timeout_s: float,
+                  sent: asyncio.Future[tuple[int, str | None]]) -> None:
+        del self.inflight[sent]
+        if sent.cancelled():  # stopping: _shutdown gives the trigger back
+            self._done(trigger)
+            return
+        exc = sent.exception()
+        if isinstance(exc, StaleConnection):  # the app had closed it while idle: not its answer
+            self.inflight[asyncio.create_task(self._deliver(trigger))] = trigger
+            return
+        try:
+            if exc is None:
+                status, retry_after = sent.result()
+                outcome = delivery.answered(status, retry_after, self.settings.max_retry_after_s)
+            else:
+                outcome = delivery.failed(exc, timeout_s)
+            self._conclude(trigger, outcome, started, clock)
+        except Exception as error:
+            self._cannot_process(trigger, error, started, clock)
+        finally:
+            self._done(trigger)
 
     async def _deliver(self, trigger: Trigger, waited_since: float | None = None) -> None:
         not_before = max(trigger.sched_ms, trigger.due_ms)  # a retry's time, or sched
@@ -272,39 +327,51 @@ class Worker:
                 outcome = await delivery.send(self._http, origin, path, body, headers,
                                               timeout_s, queue_timeout_s,
                                               self.settings.max_retry_after_s)
-            duration_us = int((time.perf_counter() - clock) * 1_000_000)
-            self.metrics.observe(trigger, outcome, started)
-            if log.isEnabledFor(logging.INFO):  # the hot path: build nothing when off
-                log.info("delivered" if outcome.done else "delivery failed",
-                         extra=_fields(trigger, outcome, lateness_ms=started - trigger.sched_ms))
-            self.settled.append(self._recorded(self._settlement(trigger, outcome), outcome.done,
-                                               outcome.status, outcome.error, started,
-                                               duration_us))
+            self._conclude(trigger, outcome, started, clock)
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
             log.warning("redis unavailable during delivery of %s: %s", trigger.trigger_id, exc)
         except Exception as exc:
-            # A trigger the worker cannot handle: retrying cannot help, and leaving it to
-            # the lease would redeliver it forever. It is dead-lettered, saying why; a
-            # recurring job goes on (the fault may be this trigger's alone).
-            log.exception("cannot process a trigger; dead-lettered",
-                          extra={"app": trigger.job.app_id, "job": trigger.job.name,
-                                 "attempt": trigger.attempt, "trigger": trigger.trigger_id})
-            error = f"worker error: {type(exc).__name__}: {exc}"
-            self.settled.append(self._recorded(
-                self._dead(trigger, error, next_ms=self._next_or_none(trigger)), False, None,
-                error, started, int((time.perf_counter() - clock) * 1_000_000)))
+            self._cannot_process(trigger, exc, started, clock)
         finally:
-            self._to_settle.set()
             self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            self._slot_free.set()
-            # Stopping: what waits is given back (_shutdown), not started.
-            waiting, claim = self.slots.give_back(trigger.job.app_id,
-                                                  start_next=not self._stopping)
-            if waiting is not None:
-                self._start(*waiting)
-            if claim:
-                self._wake.set()  # its app has room again for what was left due
+            self._done(trigger)
+
+    def _conclude(self, trigger: Trigger, outcome: delivery.Outcome, started: int,
+                  clock: float) -> None:
+        """What came of an attempt: counted, logged, and its settlement queued."""
+        duration_us = int((time.perf_counter() - clock) * 1_000_000)
+        self.metrics.observe(trigger, outcome, started)
+        if log.isEnabledFor(logging.INFO):  # the hot path: build nothing when off
+            log.info("delivered" if outcome.done else "delivery failed",
+                     extra=_fields(trigger, outcome, lateness_ms=started - trigger.sched_ms))
+        self.settled.append(self._recorded(self._settlement(trigger, outcome), outcome.done,
+                                           outcome.status, outcome.error, started,
+                                           duration_us))
+
+    def _cannot_process(self, trigger: Trigger, exc: Exception, started: int,
+                        clock: float) -> None:
+        """A trigger the worker cannot handle: retrying cannot help, and leaving it to the
+        lease would redeliver it forever. It is dead-lettered, saying why; a recurring job
+        goes on (the fault may be this trigger's alone)."""
+        log.error("cannot process a trigger; dead-lettered", exc_info=exc,
+                  extra={"app": trigger.job.app_id, "job": trigger.job.name,
+                         "attempt": trigger.attempt, "trigger": trigger.trigger_id})
+        error = f"worker error: {type(exc).__name__}: {exc}"
+        self.settled.append(self._recorded(
+            self._dead(trigger, error, next_ms=self._next_or_none(trigger)), False, None,
+            error, started, int((time.perf_counter() - clock) * 1_000_000)))
+
+    def _done(self, trigger: Trigger) -> None:
+        """An attempt is over (settled or not): its slot goes to the app's next trigger."""
+        self._to_settle.set()
+        self._slot_free.set()
+        # Stopping: what waits is given back (_shutdown), not started.
+        waiting, claim = self.slots.give_back(trigger.job.app_id, start_next=not self._stopping)
+        if waiting is not None:
+            self._start(*waiting)
+        if claim:
+            self._wake.set()  # its app has room again for what was left due
 
     async def _still_to_send(self, trigger: Trigger, waited: bool) -> bool:
         """Whether the trigger is still to go out. One that waited here for its app's slot

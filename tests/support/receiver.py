@@ -34,10 +34,14 @@ class Delivery:
     received_at: float  # time.time() when the request line arrived
 
 
+# A responder's answer: close the connection, with no answer at all.
+DROP = 0
+
+
 @dataclass
 class Receiver:
     """Answers every POST with `status` (or what `responder` returns: a status, or a
-    status and headers) and records it."""
+    status and headers; DROP: none, the connection closed) and records it."""
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -63,6 +67,9 @@ class Receiver:
                     receiver.deliveries.append(delivery)
                 answer = receiver.responder(delivery) if receiver.responder else receiver.status
                 status, headers = answer if isinstance(answer, tuple) else (answer, {})
+                if status == DROP:
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
