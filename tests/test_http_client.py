@@ -371,3 +371,28 @@ def test_cancelling_post_now_drops_its_connection_and_frees_its_place() -> None:
             client.close()
 
     assert asyncio.run(main()) == [2, (200, None)]
+
+
+def test_post_now_without_an_answer_in_time_fails_and_closes_its_connection() -> None:
+    async def hang(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await _answer(w, OK)
+        else:
+            await _until_closed(r)
+
+    async def main() -> tuple[Any, int]:
+        client = HttpClient(4)
+        try:
+            async with App(hang) as origin:
+                assert await _post(client, origin) == (200, None)
+                sent = client.post_now(origin, "/job/x", b"{}", "", 0.2)
+                assert sent is not None
+                await asyncio.wait({sent}, timeout=TIMEOUT_S)
+                assert sent.done(), "no outcome by the request's timeout"
+                return sent.exception(), client._pool(origin).open
+        finally:
+            client.close()
+
+    outcome, still_open = asyncio.run(main())
+    assert isinstance(outcome, TimeoutError), outcome
+    assert still_open == 0  # the connection that timed out is closed, its place free
