@@ -280,7 +280,11 @@ class Worker:
             return
         exc = sent.exception()
         if isinstance(exc, StaleConnection):  # the app had closed it while idle: not its answer
-            self.inflight[asyncio.create_task(self._deliver(trigger))] = trigger
+            # Sent again on a new connection, within what is left of the attempt's timeout
+            # (as HttpClient.post does): the attempt never outlives it.
+            time_left_s = timeout_s - (time.perf_counter() - clock)
+            self.inflight[asyncio.create_task(
+                self._deliver(trigger, time_left_s=time_left_s))] = trigger
             return
         try:
             if exc is None:
@@ -294,13 +298,16 @@ class Worker:
         finally:
             self._done(trigger)
 
-    async def _deliver(self, trigger: Trigger, waited_since: float | None = None) -> None:
+    async def _deliver(self, trigger: Trigger, waited_since: float | None = None,
+                       time_left_s: float | None = None) -> None:
         not_before = max(trigger.sched_ms, trigger.due_ms)  # a retry's time, or sched
         if not_before > now_ms():  # claimed ahead (CLAIM_AHEAD_MS)
             await _until(not_before)
         started, clock = now_ms(), time.perf_counter()
         try:
             timeout_s = self._timeout_s(trigger)
+            if time_left_s is not None:  # what is left of an attempt sent on a stale connection
+                timeout_s = max(min(timeout_s, time_left_s), 0.001)
             if waited_since is not None and (time.monotonic() - waited_since + timeout_s + 1.0
                                              >= self.settings.lease_s):
                 # It waited for its app so long that its lease could run out mid-delivery.
