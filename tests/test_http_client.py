@@ -396,3 +396,22 @@ def test_post_now_without_an_answer_in_time_fails_and_closes_its_connection() ->
     outcome, still_open = asyncio.run(main())
     assert isinstance(outcome, TimeoutError), outcome
     assert still_open == 0  # the connection that timed out is closed, its place free
+
+
+def test_post_now_with_a_request_that_cannot_be_framed_keeps_the_pool_whole() -> None:
+    """A header value latin-1 cannot carry raises before any connection is taken: the
+    idle connection stays idle, and the next POST gets it."""
+    async def main() -> list[Any]:
+        client = HttpClient(1)  # one place: a connection lost to the error would starve it
+        try:
+            async with App(lambda _r, w, _n: _answer(w, OK)) as origin:
+                assert await _post(client, origin) == (200, None)
+                pool = client._pool(origin)
+                with pytest.raises(UnicodeEncodeError):
+                    client.post_now(origin, "/job/x", b"", "dapr-api-token: tok\u20ac\r\n", 5)
+                return [pool.open, len(pool.idle), await asyncio.wait_for(
+                    _post(client, origin), 10)]
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == [1, 1, (200, None)]

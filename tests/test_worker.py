@@ -7,6 +7,7 @@ Real `python -m workers` processes (tests/support/workers.py) deliver to the
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import threading
@@ -20,13 +21,16 @@ from urllib.parse import unquote
 import pytest
 
 from app.jobs.clock import now_ms
-from app.jobs.model import FailureKind, FailurePolicy, TriggerStatus
+from app.jobs.model import FailureKind, FailurePolicy, Trigger, TriggerStatus
 from app.settings import Settings
+from app.store.store import AppRegistration
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import DROP, Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
+from workers import worker as worker_module
+from workers.queue import Settlement
 from workers.worker import Worker
 
 pytestmark = pytest.mark.usefixtures("reap_workers")
@@ -441,3 +445,117 @@ def test_a_trigger_whose_release_fails_comes_back_and_is_not_dead_lettered(
     assert len(failed) == 1
     assert sorted(_name(d) for d in receiver.received()) == ["first", "second"]
     assert dead_letters(store) == []
+
+
+def test_a_request_that_cannot_be_framed_is_dead_lettered_not_fatal(
+        settings: Settings, receiver: Receiver) -> None:
+    """An app whose token latin-1 cannot carry, on an origin with an idle kept-alive
+    connection (another app's): its trigger is dead-lettered, saying why, and the worker
+    and the connection go on. (Sent at once, the error escaped into the claim loop: the
+    worker died, and the connection was lost to the pool.)"""
+    settings = settings.with_(lease_s=60.0)
+    store = register(settings, receiver.url)
+    store.register_app(AppRegistration("other", receiver.url, "tok\u20ac", "auto"))
+    with ThreadWorker(settings) as w:
+        store.schedule(make_job("warm"))  # opens the connection, kept alive after
+        wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+        store.schedule(make_job("bad-token", app_id="other"))
+        wait_for(lambda: store.counts()["jobs"] == 0 or not w.alive, what="the second job")
+        assert w.alive, f"the worker died: {w.error!r}"
+        [letter] = dead_letters(store, "other")
+        assert letter.name == "bad-token" and "UnicodeEncodeError" in letter.error
+        store.schedule(make_job("after"))
+        wait_for(lambda: store.counts()["jobs"] == 0, what="a delivery after it")
+    assert [d.path for d in receiver.received()] == ["/job/warm", "/job/after"]
+
+
+def test_a_delivery_sent_again_while_stopping_gets_the_grace(
+        settings: Settings, receiver: Receiver) -> None:
+    """The worker is told to stop while a delivery is out on a kept-alive connection that
+    the app then closes (stale): the delivery sent again on a new connection is waited for
+    within the grace like any other, delivered and settled, not given back."""
+    arrived = threading.Event()
+    seen: list[str] = []
+
+    def responder(d: Delivery) -> int:
+        if _name(d) == "again":
+            seen.append(d.headers["jobrunner-trigger-id"])
+            if len(seen) == 1:
+                arrived.set()
+                time.sleep(0.3)  # the worker is told to stop meanwhile
+                return DROP  # closed within STALE_CLOSE_S, no bytes: stale
+        return 200
+
+    receiver.responder = responder
+    settings = settings.with_(lease_s=60.0, delivery_timeout_s=10.0, shutdown_grace_s=10.0)
+    store = register(settings, receiver.url)
+    w = ThreadWorker(settings).start()
+    store.schedule(make_job("warm"))  # opens the connection, kept alive after
+    wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+    store.schedule(make_job("again"))
+    assert arrived.wait(10)
+    w.stop(30)
+    assert store.counts()["jobs"] == 0  # delivered and settled before the worker ended
+    assert len(seen) == 2 and len(set(seen)) == 1
+
+
+@pytest.mark.parametrize("settle_delay_s", [0.0, 0.05])
+def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, settle_delay_s: float) -> None:
+    """The answer of a delivery sent at once arrives in the loop turn in which the grace
+    ends (a busy loop: both ready after one select). Its future is done, its callback
+    still to run: it is settled by that callback and not given back as well (given back
+    first, with a slow settlement, it went out again)."""
+    answer_now = threading.Event()
+    arrived = threading.Event()
+    calls: list[str] = []
+
+    def responder(d: Delivery) -> int:
+        if _name(d) == "held":
+            calls.append("held")
+            arrived.set()
+            answer_now.wait(30)
+        return 200
+
+    given_back: list[str] = []
+    shutdown = worker_module.Worker._shutdown
+
+    async def shutdown_with_a_busy_end(self: Worker,
+                                       helpers: list[asyncio.Task[None]]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def busy() -> None:  # the loop busy across the grace's end; the answer comes meanwhile
+            answer_now.set()
+            time.sleep(0.05)
+
+        loop.call_at(loop.time() + self.settings.shutdown_grace_s - 0.005, busy)
+        release, settle = self.queue.release, self.queue.settle
+
+        async def recorded_release(triggers: list[Trigger]) -> int:
+            given_back.extend(t.job.name for t in triggers)
+            return await release(triggers)
+
+        async def slow_settle(settlements: list[Settlement]) -> list[Settlement]:
+            await asyncio.sleep(settle_delay_s)  # a slow Redis round trip
+            return await settle(settlements)
+
+        self.queue.release = recorded_release  # type: ignore[method-assign]
+        self.queue.settle = slow_settle  # type: ignore[method-assign]
+        await shutdown(self, helpers)
+
+    monkeypatch.setattr(worker_module.Worker, "_shutdown", shutdown_with_a_busy_end)
+    receiver.responder = responder
+    settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=0.5)
+    store = register(settings, receiver.url)
+    w = ThreadWorker(settings).start()
+    store.schedule(make_job("warm"))  # opens the connection, kept alive after
+    wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+    store.schedule(make_job("held", schedule="@every 1h"))  # goes on after its delivery
+    assert arrived.wait(10)
+    with caplog.at_level(logging.INFO, logger="jobrunner.worker"):
+        w.stop(30)
+    assert given_back == []
+    view = store.get(APP, "held")
+    assert view is not None and view.count == 1  # delivered and settled: the next is 1h on
+    assert calls == ["held"]

@@ -317,28 +317,32 @@ class HttpClient:
         idle (post() waits for one, or connects). The future's result is post()'s, and it
         fails as post() does, but for a connection the app had closed while idle:
         StaleConnection, for the caller to post() again. Cancelling it drops the
-        connection."""
+        connection. Raises what framing the request raises, before taking a connection."""
+        request = self._request(origin, path, body, headers)
         pool = self._pool(origin)
         conn = pool.idle_connection()
         if conn is None:
             return None
         loop = asyncio.get_running_loop()
         try:
-            answer = conn.send(self._request(origin, path, body, headers))
+            answer = conn.send(request)
         except ServerDisconnected:
             pool.release(conn)
             return None
         self._watch(conn, loop.time() + timeout)
         result: asyncio.Future[tuple[int, str | None]] = loop.create_future()
         answer.add_done_callback(functools.partial(self._answer_came, pool, conn, result))
-        result.add_done_callback(functools.partial(self._abandoned, conn))
+        result.add_done_callback(functools.partial(self._abandoned, answer))
         return result
 
     def _answer_came(self, pool: _Pool, conn: _Connection,
-                  result: asyncio.Future[tuple[int, str | None]],
-                  answer: asyncio.Future[int]) -> None:
+                     result: asyncio.Future[tuple[int, str | None]],
+                     answer: asyncio.Future[int]) -> None:
         self._out.discard(conn)
-        if result.done():  # cancelled: _abandoned closed the connection
+        if result.done():  # cancelled: an answer, if one came, is nobody's
+            if not answer.cancelled():
+                answer.exception()  # looked at: no "never retrieved" warning
+            conn.close()
             pool.release(conn)
             return
         exc = answer.exception()
@@ -357,11 +361,10 @@ class HttpClient:
         result.set_exception(exc)
 
     @staticmethod
-    def _abandoned(conn: _Connection, result: asyncio.Future[tuple[int, str | None]]) -> None:
-        if result.cancelled():
-            conn.close()  # its answer, if one comes, is nobody's
-            if conn.waiter is not None and not conn.waiter.done():
-                conn.waiter.cancel()  # _answer_came gives the connection's place back
+    def _abandoned(answer: asyncio.Future[int],
+                   result: asyncio.Future[tuple[int, str | None]]) -> None:
+        if result.cancelled() and not answer.done():
+            answer.cancel()  # _answer_came closes the connection and frees its place
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: str,
                    timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:

@@ -262,9 +262,9 @@ class Worker:
         try:
             origin, path, body, headers = delivery.build_request(
                 trigger, app, self.settings, started)
+            sent = self._http.post_now(origin, path, body, headers, timeout_s)
         except Exception:
             return False  # _deliver meets it again, and dead-letters the trigger saying why
-        sent = self._http.post_now(origin, path, body, headers, timeout_s)
         if sent is None:
             return False
         self.inflight[sent] = trigger
@@ -573,14 +573,18 @@ class Worker:
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
         """Let deliveries in flight finish within the grace period, release the rest."""
         self._stopping = True
-        if self.inflight:
-            await asyncio.wait(list(self.inflight), timeout=self.settings.shutdown_grace_s)
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + self.settings.shutdown_grace_s
+        # Again while some are left: a delivery sent again (a stale connection) is a new task.
+        while self.inflight and (left := grace_ends - loop.time()) > 0:
+            await asyncio.wait(list(self.inflight), timeout=left)
         unfinished = list(self.inflight.items())
-        for task, _ in unfinished:
-            task.cancel()
+        # One already done (an answer in the grace's last turn, its callback still to run) is
+        # settled by that callback: not given back too.
+        cancelled = [(f, t) for f, t in unfinished if f.cancel()]
         if unfinished:
-            await asyncio.gather(*(t for t, _ in unfinished), return_exceptions=True)
-        give_back = [t for _, t in unfinished] + self.slots.drain()
+            await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
+        give_back = [t for _, t in cancelled] + self.slots.drain()
         if give_back:
             with contextlib.suppress(*UNAVAILABLE):
                 released = await self.queue.release(give_back)
