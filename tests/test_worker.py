@@ -7,7 +7,6 @@ Real `python -m workers` processes (tests/support/workers.py) deliver to the
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import signal
 import threading
@@ -23,7 +22,7 @@ import pytest
 from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy, Trigger, TriggerStatus
 from app.settings import Settings
-from app.store.store import AppRegistration
+from app.store.store import AppRegistration, Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import DROP, Delivery, Receiver
 from tests.support.redis_proc import free_port
@@ -447,6 +446,16 @@ def test_a_trigger_whose_release_fails_comes_back_and_is_not_dead_lettered(
     assert dead_letters(store) == []
 
 
+def _kept_alive(settings: Settings, receiver: Receiver) -> tuple[Store, ThreadWorker]:
+    """A worker started with a connection to the receiver open and idle: a first
+    delivery done."""
+    store = register(settings, receiver.url)
+    worker = ThreadWorker(settings).start()
+    store.schedule(make_job("warm"))  # opens the connection, kept alive after
+    wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+    return store, worker
+
+
 def test_a_request_that_cannot_be_framed_is_dead_lettered_not_fatal(
         settings: Settings, receiver: Receiver) -> None:
     """An app whose token latin-1 cannot carry, on an origin with an idle kept-alive
@@ -487,11 +496,8 @@ def test_a_delivery_sent_again_while_stopping_gets_the_grace(
         return 200
 
     receiver.responder = responder
-    settings = settings.with_(lease_s=60.0, delivery_timeout_s=10.0, shutdown_grace_s=10.0)
-    store = register(settings, receiver.url)
-    w = ThreadWorker(settings).start()
-    store.schedule(make_job("warm"))  # opens the connection, kept alive after
-    wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+    store, w = _kept_alive(settings.with_(lease_s=60.0, delivery_timeout_s=10.0,
+                                          shutdown_grace_s=10.0), receiver)
     store.schedule(make_job("again"))
     assert arrived.wait(10)
     w.stop(30)
@@ -502,7 +508,7 @@ def test_a_delivery_sent_again_while_stopping_gets_the_grace(
 @pytest.mark.parametrize("settle_delay_s", [0.0, 0.05])
 def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
         settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture, settle_delay_s: float) -> None:
+        settle_delay_s: float) -> None:
     """The answer of a delivery sent at once arrives in the loop turn in which the grace
     ends (a busy loop: both ready after one select). Its future is done, its callback
     still to run: it is settled by that callback and not given back as well (given back
@@ -546,15 +552,11 @@ def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
 
     monkeypatch.setattr(worker_module.Worker, "_shutdown", shutdown_with_a_busy_end)
     receiver.responder = responder
-    settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=0.5)
-    store = register(settings, receiver.url)
-    w = ThreadWorker(settings).start()
-    store.schedule(make_job("warm"))  # opens the connection, kept alive after
-    wait_for(lambda: store.counts()["jobs"] == 0, what="the first delivery")
+    store, w = _kept_alive(settings.with_(lease_s=60.0, delivery_timeout_s=30.0,
+                                          shutdown_grace_s=0.5), receiver)
     store.schedule(make_job("held", schedule="@every 1h"))  # goes on after its delivery
     assert arrived.wait(10)
-    with caplog.at_level(logging.INFO, logger="jobrunner.worker"):
-        w.stop(30)
+    w.stop(30)
     assert given_back == []
     view = store.get(APP, "held")
     assert view is not None and view.count == 1  # delivered and settled: the next is 1h on
