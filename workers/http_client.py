@@ -313,7 +313,7 @@ class HttpClient:
                  timeout: float) -> asyncio.Future[tuple[int, str | None]] | None:
         """post()'s usual case without a coroutine: the request written now on an idle
         connection, its answer taken in the connection's callback (a task per delivery and
-        its two steps were a tenth of a worker's CPU in a burst). None: no connection is
+        its two steps were about 7 % of a worker's CPU in a burst). None: no connection is
         idle (post() waits for one, or connects). The future's result is post()'s, and it
         fails as post() does, but for a connection the app had closed while idle:
         StaleConnection, for the caller to post() again. Cancelling it drops the
