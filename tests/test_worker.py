@@ -28,6 +28,7 @@ from tests.support.receiver import DROP, Delivery, Receiver
 from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
+from workers import http_client as http_module
 from workers import worker as worker_module
 from workers.queue import Settlement
 from workers.worker import Worker
@@ -561,3 +562,70 @@ def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
     view = store.get(APP, "held")
     assert view is not None and view.count == 1  # delivered and settled: the next is 1h on
     assert calls == ["held"]
+
+
+# (loop, the callback that keeps the loop busy across the grace's end): each pair puts the
+# stale answer's re-send either just before the grace's end (a task made and cancelled
+# before its first step: it never ran its `finally`, and the stop hung) or just after the
+# last look at what is in flight (the re-send went out after the grace, unbounded by it).
+_GRACE_END_RACES = [("asyncio", "connection_lost"), ("asyncio", "eof_received"),
+                    ("uvloop", "_answer_came"), ("uvloop", "connection_lost")]
+
+
+@pytest.mark.parametrize(("loop", "busy_in"), _GRACE_END_RACES)
+def test_a_stale_answer_as_the_grace_ends_is_given_back_not_sent_again(
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        loop: str, busy_in: str) -> None:
+    """The app closes the kept-alive connection of a delivery in flight (stale) as the
+    worker stops, and the loop is busy across the grace's end: the trigger is given back,
+    not sent again, and the worker stops within the grace, its slots free."""
+    if loop == "uvloop":  # what `python -m workers` runs: its turns order callbacks apart
+        import uvloop
+        monkeypatch.setattr(asyncio, "new_event_loop", uvloop.new_event_loop)
+    stopping = threading.Event()
+    grace_ends: list[float] = []
+    seen: list[str] = []
+
+    def responder(d: Delivery) -> int:
+        if _name(d) == "again":
+            seen.append(d.headers["jobrunner-trigger-id"])
+            if len(seen) == 1:
+                stopping.wait(10)
+                return DROP  # closed at once, no answer: stale
+        return 200
+
+    receiver.responder = responder
+    grace = 0.2
+    store, w = _kept_alive(settings.with_(lease_s=60.0, delivery_timeout_s=10.0,
+                                          shutdown_grace_s=grace), receiver)
+    shutdown = worker_module.Worker._shutdown
+
+    async def marked_shutdown(self: Worker, helpers: list[asyncio.Task[None]]) -> None:
+        grace_ends.append(asyncio.get_running_loop().time() + grace)
+        stopping.set()
+        await shutdown(self, helpers)
+
+    owner = http_module.HttpClient if busy_in == "_answer_came" else http_module._Connection
+    callback = getattr(owner, busy_in, None)
+
+    def busy(*args: object) -> None:
+        if callback is not None:
+            callback(*args)
+        if len(grace_ends) == 1:  # once: the loop busy across the grace's end
+            grace_ends.append(0.0)
+            time.sleep(max(grace_ends[0] - asyncio.get_running_loop().time(), 0) + 0.01)
+
+    monkeypatch.setattr(worker_module.Worker, "_shutdown", marked_shutdown)
+    monkeypatch.setattr(owner, busy_in, busy, raising=False)
+    store.schedule(make_job("again"))
+    wait_for(lambda: len(seen) == 1, what="the delivery out")
+    started = time.monotonic()
+    try:
+        w.stop(10)
+    finally:
+        stopping.set()
+    assert time.monotonic() - started < grace + 2.0
+    assert len(seen) == 1  # not sent again after the grace
+    view = store.get(APP, "again")
+    assert view is not None and view.status is TriggerStatus.SCHEDULED and view.attempt == 0
+    assert not w.worker.inflight and w.worker.slots.total == 0

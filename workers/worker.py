@@ -121,6 +121,8 @@ class Worker:
         self._backoff = 0.05
         self._unsettled = False  # the last settle failed: outcomes wait to be written
         self._stopping = False
+        self._grace_over = False  # stopping, the grace is spent: nothing is sent again
+        self._not_resent: list[Trigger] = []  # so kept back (_answered), to be given back
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -280,6 +282,10 @@ class Worker:
             return
         exc = sent.exception()
         if isinstance(exc, StaleConnection):  # the app had closed it while idle: not its answer
+            if self._grace_over:  # stopping: given back by _shutdown, not sent again
+                self._not_resent.append(trigger)
+                self._done(trigger)
+                return
             # Sent again on a new connection, within what is left of the attempt's timeout
             # (as HttpClient.post does): the attempt never outlives it.
             time_left_s = timeout_s - (time.perf_counter() - clock)
@@ -578,13 +584,17 @@ class Worker:
         # Again while some are left: a delivery sent again (a stale connection) is a new task.
         while self.inflight and (left := grace_ends - loop.time()) > 0:
             await asyncio.wait(list(self.inflight), timeout=left)
+        self._grace_over = True
         unfinished = list(self.inflight.items())
         # One already done (an answer in the grace's last turn, its callback still to run) is
         # settled by that callback: not given back too.
         cancelled = [(f, t) for f, t in unfinished if f.cancel()]
         if unfinished:
             await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
-        give_back = [t for _, t in cancelled] + self.slots.drain()
+        for f, t in cancelled:  # a task cancelled before its first step never ran its finally
+            if self.inflight.pop(f, None) is not None:
+                self._done(t)
+        give_back = [t for _, t in cancelled] + self._not_resent + self.slots.drain()
         if give_back:
             with contextlib.suppress(*UNAVAILABLE):
                 released = await self.queue.release(give_back)
