@@ -629,3 +629,26 @@ def test_a_stale_answer_as_the_grace_ends_is_given_back_not_sent_again(
     view = store.get(APP, "again")
     assert view is not None and view.status is TriggerStatus.SCHEDULED and view.attempt == 0
     assert not w.worker.inflight and w.worker.slots.total == 0
+
+
+def test_an_app_that_closes_without_answering_gets_an_attempt_twice_at_most(
+        settings: Settings, receiver: Receiver) -> None:
+    """The app reads each request and closes the connection without an answer, and the
+    worker has two idle kept-alive connections to it: one attempt reaches it twice at most,
+    as post()'s one retry of a stale connection allows (sent at once, then post() again
+    with a retry of its own, it reached the app three times)."""
+    warm = threading.Barrier(2, timeout=10)
+
+    def responder(d: Delivery) -> int:
+        if _name(d).startswith("warm-"):
+            warm.wait()  # both at once: two connections
+        return DROP if _name(d) == "bad" else 200
+
+    receiver.responder = responder
+    store = register(settings.with_(lease_s=60.0), receiver.url)
+    with ThreadWorker(settings.with_(lease_s=60.0)):
+        store.schedule_many(make_job(f"warm-{i}") for i in range(2))
+        wait_for(lambda: store.counts()["jobs"] == 0, what="the first deliveries")
+        store.schedule(make_job("bad", failure_policy=FailurePolicy(FailureKind.DROP)))
+        wait_for(lambda: store.counts()["jobs"] == 0, what="the attempt to end")
+    assert len(receiver.received("/job/bad")) == 2

@@ -367,18 +367,20 @@ class HttpClient:
             answer.cancel()  # _answer_came closes the connection and frees its place
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: str,
-                   timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:
+                   timeout: float, queue_timeout: float | None = None,
+                   retry_stale: bool = True) -> tuple[int, str | None]:
         """POST; the status code and the Retry-After header (None: none). `headers`: the
         header lines, each ending in CRLF (Host and Content-Length are added). `timeout`
         bounds the exchange with the app (connecting, sending, the answer);
         `queue_timeout` bounds the wait for one of the pool's connections before that
-        (default: `timeout`). Raises TimeoutError, PoolTimeout, OSError or
-        ServerDisconnected."""
+        (default: `timeout`). `retry_stale` False: a connection the app had closed while
+        idle is not tried again (this is already the try again of a post_now). Raises
+        TimeoutError, PoolTimeout, OSError or ServerDisconnected."""
         pool = self._pool(origin)
         request = self._request(origin, path, body, headers)
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # the first try's: a second one shares it
-        for _ in range(2):
+        for _ in range(2 if retry_stale else 1):
             conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
             if conn is None:
                 try:

@@ -337,9 +337,11 @@ class Worker:
                     trigger, app, self.settings, started)
                 # Waiting for a free connection is not the app's time; the lease bounds it.
                 queue_timeout_s = max(1.0, self.settings.lease_s - timeout_s - 1.0)
+                # Sent again after a stale connection (time_left_s): that was its one retry.
                 outcome = await delivery.send(self._http, origin, path, body, headers,
                                               timeout_s, queue_timeout_s,
-                                              self.settings.max_retry_after_s)
+                                              self.settings.max_retry_after_s,
+                                              retry_stale=time_left_s is None)
             self._conclude(trigger, outcome, started, clock)
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
