@@ -88,10 +88,10 @@ def _split_app_url(url: str) -> tuple[Origin, str]:
 
 async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
                headers: str, timeout_s: float, queue_timeout_s: float,
-               max_retry_after_s: float = 0.0, retry_stale: bool = True) -> Outcome:
+               max_retry_after_s: float = 0.0) -> Outcome:
     try:
         status, retry_after = await client.post(origin, path, body, headers, timeout_s,
-                                                queue_timeout_s, retry_stale)
+                                                queue_timeout_s)
     except (TimeoutError, PoolTimeout, OSError) as exc:
         return failed(exc, timeout_s)
     return answered(status, retry_after, max_retry_after_s)

@@ -15,6 +15,7 @@ import collections
 import functools
 import ssl as ssl_module
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -28,11 +29,6 @@ class ServerDisconnected(ConnectionError):
 
 class PoolTimeout(JobrunnerError):
     """Every connection to the app stayed busy for the whole queue timeout."""
-
-
-class StaleConnection(ServerDisconnected):
-    """post_now's kept-alive connection had been closed by the app while idle: the request
-    crossed its FIN, and no answer came. Not the app's answer: post() again."""
 
 
 @dataclass(frozen=True)
@@ -309,15 +305,16 @@ class HttpClient:
         return (f"POST {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
                 f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1") + body
 
-    def post_now(self, origin: Origin, path: str, body: bytes, headers: str,
-                 timeout: float) -> asyncio.Future[tuple[int, str | None]] | None:
+    def post_now(self, origin: Origin, path: str, body: bytes, headers: str, timeout: float,
+                 queue_timeout: float | None = None
+                 ) -> asyncio.Future[tuple[int, str | None]] | None:
         """post()'s usual case without a coroutine: the request written now on an idle
         connection, its answer taken in the connection's callback (a task per delivery and
         its two steps were about 7 % of a worker's CPU in a burst). None: no connection is
-        idle (post() waits for one, or connects). The future's result is post()'s, and it
-        fails as post() does, but for a connection the app had closed while idle:
-        StaleConnection, for the caller to post() again. Cancelling it drops the
-        connection. Raises what framing the request raises, before taking a connection."""
+        idle (post() waits for one, or connects). The future's result, or its exception,
+        is post()'s, its try again on a connection the app had closed while idle included.
+        Cancelling it drops the connection (or that try). Raises what framing the request
+        raises, before taking a connection."""
         request = self._request(origin, path, body, headers)
         pool = self._pool(origin)
         conn = pool.idle_connection()
@@ -329,15 +326,19 @@ class HttpClient:
         except ServerDisconnected:
             pool.release(conn)
             return None
-        self._watch(conn, loop.time() + timeout)
+        deadline = loop.time() + timeout
+        self._watch(conn, deadline)
         result: asyncio.Future[tuple[int, str | None]] = loop.create_future()
-        answer.add_done_callback(functools.partial(self._answer_came, pool, conn, result))
+        answer.add_done_callback(functools.partial(
+            self._answer_came, pool, conn, result, (request, timeout, queue_timeout, deadline)))
         result.add_done_callback(functools.partial(self._abandoned, answer))
         return result
 
     def _answer_came(self, pool: _Pool, conn: _Connection,
                      result: asyncio.Future[tuple[int, str | None]],
+                     sent: tuple[bytes, float, float | None, float],
                      answer: asyncio.Future[int]) -> None:
+        """post_now's answer; `sent`: its request, timeout, queue timeout and deadline."""
         self._out.discard(conn)
         if result.done():  # cancelled: an answer, if one came, is nobody's
             if not answer.cancelled():
@@ -356,31 +357,58 @@ class HttpClient:
             conn.close()  # a request may be half-way: the connection is unusable
         elif (not conn.got_bytes
               and asyncio.get_running_loop().time() - conn.sent_at < STALE_CLOSE_S):
-            exc = StaleConnection(str(exc))
+            # Closed by the app while idle: tried once more, as post() does, the future
+            # still pending meanwhile (a stop waits for it within its grace, or cancels it).
+            pool.release(conn)
+            request, timeout, queue_timeout, deadline = sent
+            retry = asyncio.ensure_future(
+                self._post(pool, request, timeout, queue_timeout, deadline, tries=1))
+            retry.add_done_callback(functools.partial(self._passed_on, result))
+            result.add_done_callback(functools.partial(self._abandoned, retry))
+            return
         pool.release(conn)
         result.set_exception(exc)
 
     @staticmethod
-    def _abandoned(answer: asyncio.Future[int],
+    def _passed_on(result: asyncio.Future[tuple[int, str | None]],
+                   retry: asyncio.Future[tuple[int, str | None]]) -> None:
+        """The try again's outcome is post_now's."""
+        if result.done():  # cancelled, and the try again with it
+            if not retry.cancelled():
+                retry.exception()  # looked at: no "never retrieved" warning
+        elif retry.cancelled():
+            result.cancel()
+        elif (exc := retry.exception()) is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(retry.result())
+
+    @staticmethod
+    def _abandoned(pending: asyncio.Future[Any],
                    result: asyncio.Future[tuple[int, str | None]]) -> None:
-        if result.cancelled() and not answer.done():
-            answer.cancel()  # _answer_came closes the connection and frees its place
+        """`pending`, post_now's answer or its try again, goes with the cancelled result
+        (_answer_came closes a cancelled answer's connection and frees its place)."""
+        if result.cancelled() and not pending.done():
+            pending.cancel()
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: str,
-                   timeout: float, queue_timeout: float | None = None,
-                   retry_stale: bool = True) -> tuple[int, str | None]:
+                   timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:
         """POST; the status code and the Retry-After header (None: none). `headers`: the
         header lines, each ending in CRLF (Host and Content-Length are added). `timeout`
         bounds the exchange with the app (connecting, sending, the answer);
         `queue_timeout` bounds the wait for one of the pool's connections before that
-        (default: `timeout`). `retry_stale` False: a connection the app had closed while
-        idle is not tried again (this is already the try again of a post_now). Raises
-        TimeoutError, PoolTimeout, OSError or ServerDisconnected."""
-        pool = self._pool(origin)
-        request = self._request(origin, path, body, headers)
+        (default: `timeout`). Raises TimeoutError, PoolTimeout, OSError or
+        ServerDisconnected."""
+        return await self._post(self._pool(origin), self._request(origin, path, body, headers),
+                                timeout, queue_timeout)
+
+    async def _post(self, pool: _Pool, request: bytes, timeout: float,
+                    queue_timeout: float | None, deadline: float | None = None,
+                    tries: int = 2) -> tuple[int, str | None]:
+        """post() of a framed request; `deadline` and `tries`: those left to it (post_now's
+        try again shares the first try's deadline, and is the last)."""
         loop = asyncio.get_running_loop()
-        deadline: float | None = None  # the first try's: a second one shares it
-        for _ in range(2 if retry_stale else 1):
+        for _ in range(tries):
             conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
             if conn is None:
                 try:
@@ -390,7 +418,7 @@ class HttpClient:
                 except TimeoutError:
                     raise PoolTimeout(f"no free connection to the app within "
                                       f"{queue_timeout or timeout:g}s") from None
-            if deadline is None:
+            if deadline is None:  # the first try's: a second one shares it
                 deadline = loop.time() + timeout
             try:
                 if conn is None:

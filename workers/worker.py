@@ -19,7 +19,7 @@ from app.store.keys import is_fired_now
 from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.grpc_client import GrpcClient
-from workers.http_client import HttpClient, StaleConnection
+from workers.http_client import HttpClient
 from workers.metrics import WorkerMetrics
 from workers.queue import Action, Claim, Queue, Settlement
 from workers.slots import Slots
@@ -121,8 +121,6 @@ class Worker:
         self._backoff = 0.05
         self._unsettled = False  # the last settle failed: outcomes wait to be written
         self._stopping = False
-        self._grace_over = False  # stopping, the grace is spent: nothing is sent again
-        self._not_resent: list[Trigger] = []  # so kept back (_answered), to be given back
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -264,7 +262,8 @@ class Worker:
         try:
             origin, path, body, headers = delivery.build_request(
                 trigger, app, self.settings, started)
-            sent = self._http.post_now(origin, path, body, headers, timeout_s)
+            sent = self._http.post_now(origin, path, body, headers, timeout_s,
+                                       self._queue_timeout_s(timeout_s))
         except Exception:
             return False  # _deliver meets it again, and dead-letters the trigger saying why
         if sent is None:
@@ -280,20 +279,8 @@ class Worker:
         if sent.cancelled():  # stopping: _shutdown gives the trigger back
             self._done(trigger)
             return
-        exc = sent.exception()
-        if isinstance(exc, StaleConnection):  # the app had closed it while idle: not its answer
-            if self._grace_over:  # stopping: given back by _shutdown, not sent again
-                self._not_resent.append(trigger)
-                self._done(trigger)
-                return
-            # Sent again on a new connection, within what is left of the attempt's timeout
-            # (as HttpClient.post does): the attempt never outlives it.
-            time_left_s = timeout_s - (time.perf_counter() - clock)
-            self.inflight[asyncio.create_task(
-                self._deliver(trigger, time_left_s=time_left_s))] = trigger
-            return
         try:
-            if exc is None:
+            if (exc := sent.exception()) is None:
                 status, retry_after = sent.result()
                 outcome = delivery.answered(status, retry_after, self.settings.max_retry_after_s)
             else:
@@ -304,16 +291,13 @@ class Worker:
         finally:
             self._done(trigger)
 
-    async def _deliver(self, trigger: Trigger, waited_since: float | None = None,
-                       time_left_s: float | None = None) -> None:
+    async def _deliver(self, trigger: Trigger, waited_since: float | None = None) -> None:
         not_before = max(trigger.sched_ms, trigger.due_ms)  # a retry's time, or sched
         if not_before > now_ms():  # claimed ahead (CLAIM_AHEAD_MS)
             await _until(not_before)
         started, clock = now_ms(), time.perf_counter()
         try:
             timeout_s = self._timeout_s(trigger)
-            if time_left_s is not None:  # what is left of an attempt sent on a stale connection
-                timeout_s = max(min(timeout_s, time_left_s), 0.001)
             if waited_since is not None and (time.monotonic() - waited_since + timeout_s + 1.0
                                              >= self.settings.lease_s):
                 # It waited for its app so long that its lease could run out mid-delivery.
@@ -335,13 +319,9 @@ class Worker:
             else:
                 origin, path, body, headers = delivery.build_request(
                     trigger, app, self.settings, started)
-                # Waiting for a free connection is not the app's time; the lease bounds it.
-                queue_timeout_s = max(1.0, self.settings.lease_s - timeout_s - 1.0)
-                # Sent again after a stale connection (time_left_s): that was its one retry.
                 outcome = await delivery.send(self._http, origin, path, body, headers,
-                                              timeout_s, queue_timeout_s,
-                                              self.settings.max_retry_after_s,
-                                              retry_stale=time_left_s is None)
+                                              timeout_s, self._queue_timeout_s(timeout_s),
+                                              self.settings.max_retry_after_s)
             self._conclude(trigger, outcome, started, clock)
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
@@ -415,6 +395,11 @@ class Worker:
         except Exception as exc:
             log.warning("cannot give back %s now, its lease will run out: %s: %s",
                         trigger.trigger_id, type(exc).__name__, exc)
+
+    def _queue_timeout_s(self, timeout_s: float) -> float:
+        """How long a delivery may wait for a free connection: not the app's time; the
+        lease bounds it."""
+        return max(1.0, self.settings.lease_s - timeout_s - 1.0)
 
     def _timeout_s(self, trigger: Trigger) -> float:
         """The job's deliveryTimeout, else the worker's; never past this worker's bound
@@ -581,22 +566,15 @@ class Worker:
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
         """Let deliveries in flight finish within the grace period, release the rest."""
         self._stopping = True
-        loop = asyncio.get_running_loop()
-        grace_ends = loop.time() + self.settings.shutdown_grace_s
-        # Again while some are left: a delivery sent again (a stale connection) is a new task.
-        while self.inflight and (left := grace_ends - loop.time()) > 0:
-            await asyncio.wait(list(self.inflight), timeout=left)
-        self._grace_over = True
+        if self.inflight:
+            await asyncio.wait(list(self.inflight), timeout=self.settings.shutdown_grace_s)
         unfinished = list(self.inflight.items())
         # One already done (an answer in the grace's last turn, its callback still to run) is
         # settled by that callback: not given back too.
         cancelled = [(f, t) for f, t in unfinished if f.cancel()]
         if unfinished:
             await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
-        for f, t in cancelled:  # a task cancelled before its first step never ran its finally
-            if self.inflight.pop(f, None) is not None:
-                self._done(t)
-        give_back = [t for _, t in cancelled] + self._not_resent + self.slots.drain()
+        give_back = [t for _, t in cancelled] + self.slots.drain()
         if give_back:
             with contextlib.suppress(*UNAVAILABLE):
                 released = await self.queue.release(give_back)
