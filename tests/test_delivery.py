@@ -29,6 +29,7 @@ from tests.support.receiver import Delivery, Receiver
 from tests.support.seed import SEED_BODY
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
+from workers import delivery
 
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 FAST_RETRY = FailurePolicy(FailureKind.CONSTANT, interval_ms=0, max_retries=5)
@@ -330,3 +331,14 @@ def test_an_http_1_0_app_that_answers_without_content_length_is_done_after_one_a
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_traceparent_ids_are_never_all_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """W3C trace context: an all-zero trace id or parent id is invalid, and is drawn
+    again (the generator gives one once in 2**64 deliveries; here, on purpose)."""
+    draws = iter([bytes(24), bytes(16) + b"\x01" * 8, b"\x01" * 16 + bytes(8),
+                  bytes(range(24))])
+    monkeypatch.setattr(delivery, "_random_bytes", lambda _n: next(draws))
+    m = TRACEPARENT.match(delivery._traceparent())
+    assert m is not None
+    assert m.groups() == (bytes(range(16)).hex(), bytes(range(16, 24)).hex())

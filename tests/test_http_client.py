@@ -17,6 +17,7 @@ from workers.http_client import (
     STALE_CLOSE_S,
     HttpClient,
     Origin,
+    Sent,
     ServerDisconnected,
 )
 
@@ -250,10 +251,18 @@ def test_a_close_long_after_the_request_is_its_answer_not_a_reason_to_send_it_ag
 # --- post_now: the worker's delivery without a task, on an idle connection -------------
 
 
-def _post_now(client: HttpClient, origin: Origin
-              ) -> asyncio.Future[tuple[int, str | None]] | None:
-    return client.post_now(origin, "/job/x", b"{}", "Content-Type: application/json\r\n",
-                           TIMEOUT_S)
+def _post_now(client: HttpClient, origin: Origin, timeout: float = TIMEOUT_S,
+              calls: list[Sent] | None = None, headers: str = "") -> Sent | None:
+    """post_now, its on_done checking that it comes once the outcome is in, and noting it
+    in `calls`."""
+    def on_done(sent: Sent) -> None:
+        assert sent.done(), "on_done before the outcome"
+        if calls is not None:
+            calls.append(sent)
+
+    return client.post_now(origin, "/job/x", b"{}",
+                           headers or "Content-Type: application/json\r\n", timeout, None,
+                           on_done)
 
 
 async def _second_by_post_now(handler: Handler) -> tuple[Any, App, HttpClient]:
@@ -263,12 +272,14 @@ async def _second_by_post_now(handler: Handler) -> tuple[Any, App, HttpClient]:
     app = App(handler)
     async with app as origin:
         assert await _post(client, origin) == (200, None)
-        sent = _post_now(client, origin)
+        calls: list[Sent] = []
+        sent = _post_now(client, origin, calls=calls)
         assert sent is not None
         try:
             outcome: Any = await asyncio.wait_for(sent, TIMEOUT_S)
         except (ServerDisconnected, TimeoutError, OSError) as exc:
             outcome = exc
+        assert calls == [sent]  # on_done, once
     return outcome, app, client
 
 
@@ -362,13 +373,16 @@ def test_cancelling_post_now_drops_its_connection_and_frees_its_place() -> None:
         try:
             async with app as origin:
                 assert await _post(client, origin) == (200, None)
-                sent = _post_now(client, origin)
+                calls: list[Sent] = []
+                sent = _post_now(client, origin, calls=calls)
                 assert sent is not None
                 for _ in range(int(TIMEOUT_S * 100)):  # until the app has the request
                     if app.requests == 2:
                         break
                     await asyncio.sleep(0.01)
-                sent.cancel()
+                assert sent.cancel()
+                assert calls == [sent]  # at once: a stop gives the trigger back then
+                assert client._pool(origin).open == 0  # the connection is gone already
                 return [app.requests, await asyncio.wait_for(_post(client, origin), 10)]
         finally:
             client.close()
@@ -388,7 +402,7 @@ def test_post_now_without_an_answer_in_time_fails_and_closes_its_connection() ->
         try:
             async with App(hang) as origin:
                 assert await _post(client, origin) == (200, None)
-                sent = client.post_now(origin, "/job/x", b"{}", "", 0.2)
+                sent = _post_now(client, origin, timeout=0.2)
                 assert sent is not None
                 await asyncio.wait({sent}, timeout=TIMEOUT_S)
                 assert sent.done(), "no outcome by the request's timeout"
@@ -411,10 +425,111 @@ def test_post_now_with_a_request_that_cannot_be_framed_keeps_the_pool_whole() ->
                 assert await _post(client, origin) == (200, None)
                 pool = client._pool(origin)
                 with pytest.raises(UnicodeEncodeError):
-                    client.post_now(origin, "/job/x", b"", "dapr-api-token: tok\u20ac\r\n", 5)
+                    _post_now(client, origin, headers="dapr-api-token: tok\u20ac\r\n")
                 return [pool.open, len(pool.idle), await asyncio.wait_for(
                     _post(client, origin), 10)]
         finally:
             client.close()
 
     assert asyncio.run(main()) == [1, 1, (200, None)]
+
+
+def test_post_now_on_done_may_send_the_next_request_on_the_same_connection() -> None:
+    """on_done comes in the callback of the connection that brought the answer, with the
+    connection idle again: a worker's next delivery, sent from there, takes it."""
+    async def main() -> tuple[list[Any], int, int]:
+        client = HttpClient(4)
+        outcomes: list[Any] = []
+        finished = asyncio.get_running_loop().create_future()
+
+        def next_one(sent: Sent) -> None:
+            outcomes.append(sent.result())
+            if len(outcomes) == 5:
+                finished.set_result(None)
+                return
+            assert client.post_now(origin, "/job/x", b"{}", "", TIMEOUT_S, None,
+                                   next_one) is not None, "its connection was not idle"
+
+        app = App(lambda _r, w, _n: _answer(w, OK))
+        try:
+            async with app as origin:
+                assert await _post(client, origin) == (200, None)
+                assert client.post_now(origin, "/job/x", b"{}", "", TIMEOUT_S, None,
+                                       next_one) is not None
+                await asyncio.wait_for(finished, TIMEOUT_S)
+                return outcomes, app.requests, client._pool(origin).open
+        finally:
+            client.close()
+
+    outcomes, requests, connections = asyncio.run(main())
+    assert outcomes == [(200, None)] * 5
+    assert (requests, connections) == (6, 1)
+
+
+def test_a_request_sent_from_a_timed_out_ones_on_done_times_out_at_its_own_deadline(
+) -> None:
+    """A timeout's on_done may send a request due to time out before those still out: the
+    timer is armed for it, not only for the deadlines it knew before."""
+    async def hang(r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int) -> None:
+        if n <= 3:
+            await _answer(w, OK)
+        else:
+            await _until_closed(r)
+
+    async def main() -> tuple[Any, float]:
+        client = HttpClient(4)
+        loop = asyncio.get_running_loop()
+        late: asyncio.Future[Any] = loop.create_future()
+        sent_at: list[float] = []
+
+        def on_late(sent: Sent) -> None:
+            late.set_result(sent.exception())
+
+        def on_first(sent: Sent) -> None:
+            assert isinstance(sent.exception(), TimeoutError)
+            sent_at.append(loop.time())
+            assert client.post_now(origin, "/job/x", b"{}", "", 0.3, None,
+                                   on_late) is not None
+
+        try:
+            async with App(hang) as origin:
+                # three idle connections: one to time out soon, one long, one for on_done
+                assert await asyncio.gather(*(_post(client, origin) for _ in range(3))) == [
+                    (200, None)] * 3
+                assert client._pool(origin).open == 3
+                assert client.post_now(origin, "/job/x", b"{}", "", TIMEOUT_S, None,
+                                       lambda _s: None) is not None
+                assert client.post_now(origin, "/job/x", b"{}", "", 0.2, None,
+                                       on_first) is not None
+                outcome = await asyncio.wait_for(late, TIMEOUT_S - 5)
+                return outcome, loop.time() - sent_at[0]
+        finally:
+            client.close()
+
+    outcome, took = asyncio.run(main())
+    assert isinstance(outcome, TimeoutError), outcome
+    assert took < TIMEOUT_S / 2  # its own 0.3 s, not the long request's deadline
+
+
+def test_a_failing_on_done_is_reported_and_leaves_the_connection_usable() -> None:
+    async def main() -> tuple[Any, tuple[int, str | None]]:
+        client = HttpClient(1)
+        reported: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+        def broken(_sent: Sent) -> None:
+            raise RuntimeError("a bug in the caller")
+
+        try:
+            async with App(lambda _r, w, _n: _answer(w, OK)) as origin:
+                assert await _post(client, origin) == (200, None)
+                sent = client.post_now(origin, "/job/x", b"{}", "", TIMEOUT_S, None, broken)
+                assert sent is not None
+                result = await asyncio.wait_for(sent, TIMEOUT_S)
+                assert [str(c["exception"]) for c in reported] == ["a bug in the caller"]
+                return result, await asyncio.wait_for(_post(client, origin), TIMEOUT_S)
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == ((200, None), (200, None))

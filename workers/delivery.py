@@ -73,11 +73,16 @@ _KEPT_IN_NAME = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
 
 def _traceparent() -> str:
     """W3C trace context: a new trace per attempt, sampled. Ids need to be unique, not
-    secret: Python's generator, not os.urandom (a system call per delivery)."""
-    return f"00-{_random_bits(128) or 1:032x}-{_random_bits(64) or 1:016x}-01"
+    secret: Python's generator, not os.urandom (a system call per delivery); both ids from
+    one call, half the cost of two numbers formatted."""
+    ids = _random_bytes(24).hex()
+    if ids.startswith(_ZERO_TRACE_ID) or ids.endswith(_ZERO_PARENT_ID):  # invalid ids
+        return _traceparent()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
-_random_bits = random.getrandbits
+_random_bytes = random.randbytes
+_ZERO_TRACE_ID, _ZERO_PARENT_ID = "0" * 32, "0" * 16
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,8 +14,8 @@ import asyncio
 import collections
 import functools
 import ssl as ssl_module
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -31,8 +31,10 @@ class PoolTimeout(JobrunnerError):
     """Every connection to the app stayed busy for the whole queue timeout."""
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
+    """Where an app listens. A tuple: it keys the pools, and a frozen dataclass's hash, in
+    Python, came once per delivery."""
+
     host: str
     port: int
     tls: bool
@@ -68,13 +70,83 @@ MAX_RESPONSE_HEAD = 64 * 1024
 STALE_CLOSE_S = 0.5
 
 
+class Sent(asyncio.Future[tuple[int, str | None]]):
+    """post_now's outcome: post()'s (status, Retry-After), or its exception. Unlike a
+    plain future's callbacks, `on_done` is called at once when it is done, in the
+    callback of the connection that finished it (or in cancel()): not a turn of the loop
+    later. A request's two futures and their three callbacks, each a turn of the loop,
+    were about 8 % of a worker's CPU in a burst. Cancelling it drops its request (`drop`:
+    its connection's, or its try again's)."""
+
+    # Slots, and no __init__ of its own: a Python __init__ over the C future's doubled
+    # the cost of making one, once per delivery.
+    __slots__ = ("drop", "on_done")
+    on_done: Callable[[Sent], None]
+    drop: Callable[[], object] | None
+
+    @classmethod
+    def of(cls, on_done: Callable[[Sent], None]) -> Sent:
+        sent = cls(loop=asyncio.get_running_loop())
+        sent.on_done = on_done
+        sent.drop = None
+        return sent
+
+    def set_result(self, result: tuple[int, str | None]) -> None:
+        super().set_result(result)
+        self._finished()
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._finished()
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        if self.drop is not None:
+            self.drop()
+        self._finished()
+        return True
+
+    def _finished(self) -> None:
+        try:
+            self.on_done(self)
+        except Exception as exc:  # as the loop reports a failed callback: the caller's bug
+            self.get_loop().call_exception_handler({
+                "message": "post_now's on_done failed", "exception": exc, "future": self})
+
+
+class _Answer:
+    """What a connection awaits for post_now: the part of a future it uses, without the
+    loop. The connection hands it on itself (_Connection._hand_on)."""
+
+    __slots__ = ("error", "finished", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, status: int) -> None:
+        self.status = status
+        self.finished = True
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.error = exc
+        self.finished = True
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[int] | None = None
+        # post()'s answer (a future), or post_now's (handed on to `on_answer`)
+        self.waiter: asyncio.Future[int] | _Answer | None = None
+        self.on_answer: Callable[[], None] | None = None
         self.closed = False
         self.reusable = True
         self.got_bytes = False
@@ -90,6 +162,10 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        self._receive(data)
+        self._hand_on()
+
+    def _receive(self, data: bytes) -> None:
         if self.waiter is None or self.waiter.done():
             # Bytes while no request is out: the app's own (a stray or late response). They
             # would be read as the start of the next answer: the connection goes.
@@ -118,8 +194,9 @@ class _Connection(asyncio.Protocol):
             # that said its length, or is chunked, and was cut short is no answer.
             self.reusable = False
             self.waiter.set_result(self.status)
-            return
-        self._fail(ServerDisconnected("connection closed before the response ended"))
+        else:
+            self._fail(ServerDisconnected("connection closed before the response ended"))
+        self._hand_on()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -152,22 +229,48 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_result(status)
 
     def send(self, data: bytes) -> asyncio.Future[int]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._write(data, waiter)
+        return waiter
+
+    def send_now(self, data: bytes, on_answer: Callable[[], None]) -> None:
+        """send() for post_now: `on_answer` is called once `waiter` is done (never before
+        this returns)."""
+        self._write(data, _Answer())
+        self.on_answer = on_answer
+
+    def _write(self, data: bytes, waiter: asyncio.Future[int] | _Answer) -> None:
         self.got_bytes = self.framed = False
         self.head_bytes = 0
         self.status = None
         self.retry_after = None
+        self.on_answer = None
         if self.transport is None or self.transport.is_closing():
             raise ServerDisconnected("connection closed before the request was sent")
-        loop = asyncio.get_running_loop()
-        self.waiter = loop.create_future()
-        self.sent_at = loop.time()
+        self.waiter = waiter
+        self.sent_at = asyncio.get_running_loop().time()
         self.transport.write(data)
-        return self.waiter
+
+    def _hand_on(self) -> None:
+        """post_now's answer, once done, to its callback: at the end of the protocol's
+        callback that finished it (data_received, connection_lost, time_out, abandon), so
+        that the callback may send its next request on this very connection."""
+        on_answer = self.on_answer
+        if on_answer is not None and self.waiter is not None and self.waiter.done():
+            self.on_answer = None
+            on_answer()
 
     def time_out(self) -> None:
         """No answer by the deadline (an answer already in is kept, with the connection)."""
         if self.waiter is not None and not self.waiter.done():
             self._fail(TimeoutError())
+        self._hand_on()
+
+    def abandon(self) -> None:
+        """The request's answer is nobody's (post_now's Sent was cancelled): the connection
+        goes (a late answer would be read as the next one's)."""
+        self._fail(ServerDisconnected("the request was abandoned"))
+        self._hand_on()
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
@@ -281,15 +384,14 @@ class HttpClient:
         self._timer = None
         # A timer may fire up to a millisecond early (the loop's clock resolution).
         now = asyncio.get_running_loop().time() + 0.001
-        nxt: float | None = None
-        for conn in list(self._out):
-            if conn.deadline <= now:
-                self._out.discard(conn)
-                conn.time_out()
-            elif nxt is None or conn.deadline < nxt:
-                nxt = conn.deadline
-        if nxt is not None:
-            self._arm(nxt)
+        expired = [conn for conn in self._out if conn.deadline <= now]
+        self._out.difference_update(expired)
+        if self._out:
+            self._arm(min(conn.deadline for conn in self._out))
+        # Armed first: a post_now's on_done, called by time_out, may send the next request,
+        # whose deadline _watch then compares with the timer's.
+        for conn in expired:
+            conn.time_out()
 
     def _pool(self, origin: Origin) -> _Pool:
         pool = self._pools.get(origin)
@@ -306,72 +408,68 @@ class HttpClient:
                 f"Content-Length: {len(body)}\r\n{headers}\r\n").encode("latin-1") + body
 
     def post_now(self, origin: Origin, path: str, body: bytes, headers: str, timeout: float,
-                 queue_timeout: float | None = None
-                 ) -> asyncio.Future[tuple[int, str | None]] | None:
+                 queue_timeout: float | None, on_done: Callable[[Sent], None]) -> Sent | None:
         """post()'s usual case without a coroutine: the request written now on an idle
         connection, its answer taken in the connection's callback (a task per delivery and
         its two steps were about 7 % of a worker's CPU in a burst). None: no connection is
-        idle (post() waits for one, or connects). The future's result, or its exception,
-        is post()'s, its try again on a connection the app had closed while idle included.
-        Cancelling it drops the connection (or that try). Raises what framing the request
-        raises, before taking a connection."""
+        idle (post() waits for one, or connects). The outcome, the Sent's result or
+        exception, is post()'s, its try again on a connection the app had closed while
+        idle included; `on_done(sent)` is called once it is done, cancelled included,
+        never before this returns. Raises what framing the request raises, before taking
+        a connection."""
         request = self._request(origin, path, body, headers)
         pool = self._pool(origin)
         conn = pool.idle_connection()
         if conn is None:
             return None
-        loop = asyncio.get_running_loop()
+        result = Sent.of(on_done)
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            answer = conn.send(request)
+            conn.send_now(request, functools.partial(
+                self._answer_came, pool, conn, result,
+                (request, timeout, queue_timeout, deadline)))
         except ServerDisconnected:
             pool.release(conn)
             return None
-        deadline = loop.time() + timeout
         self._watch(conn, deadline)
-        result: asyncio.Future[tuple[int, str | None]] = loop.create_future()
-        answer.add_done_callback(functools.partial(
-            self._answer_came, pool, conn, result, (request, timeout, queue_timeout, deadline)))
-        result.add_done_callback(functools.partial(self._abandoned, answer))
+        result.drop = conn.abandon
         return result
 
-    def _answer_came(self, pool: _Pool, conn: _Connection,
-                     result: asyncio.Future[tuple[int, str | None]],
-                     sent: tuple[bytes, float, float | None, float],
-                     answer: asyncio.Future[int]) -> None:
+    def _answer_came(self, pool: _Pool, conn: _Connection, result: Sent,
+                     sent: tuple[bytes, float, float | None, float]) -> None:
         """post_now's answer; `sent`: its request, timeout, queue timeout and deadline."""
         self._out.discard(conn)
-        if result.done():  # cancelled: an answer, if one came, is nobody's
-            if not answer.cancelled():
-                answer.exception()  # looked at: no "never retrieved" warning
+        answer = conn.waiter
+        assert isinstance(answer, _Answer)  # send_now's
+        if result.done():  # cancelled: its connection abandoned
             conn.close()
             pool.release(conn)
             return
-        exc = answer.exception()
+        exc = answer.error
         if exc is None:
             retry_after = conn.retry_after
             pool.release(conn)
-            result.set_result((answer.result(),
+            result.set_result((answer.status,
                                None if retry_after is None else retry_after.decode("latin-1")))
             return
         if not isinstance(exc, ServerDisconnected):
             conn.close()  # a request may be half-way: the connection is unusable
         elif (not conn.got_bytes
               and asyncio.get_running_loop().time() - conn.sent_at < STALE_CLOSE_S):
-            # Closed by the app while idle: tried once more, as post() does, the future
+            # Closed by the app while idle: tried once more, as post() does, the result
             # still pending meanwhile (a stop waits for it within its grace, or cancels it).
             pool.release(conn)
             request, timeout, queue_timeout, deadline = sent
             retry = asyncio.ensure_future(
                 self._post(pool, request, timeout, queue_timeout, deadline, tries=1))
             retry.add_done_callback(functools.partial(self._passed_on, result))
-            result.add_done_callback(functools.partial(self._abandoned, retry))
+            result.drop = retry.cancel
             return
         pool.release(conn)
         result.set_exception(exc)
 
     @staticmethod
-    def _passed_on(result: asyncio.Future[tuple[int, str | None]],
-                   retry: asyncio.Future[tuple[int, str | None]]) -> None:
+    def _passed_on(result: Sent, retry: asyncio.Future[tuple[int, str | None]]) -> None:
         """The try again's outcome is post_now's."""
         if result.done():  # cancelled, and the try again with it
             if not retry.cancelled():
@@ -382,14 +480,6 @@ class HttpClient:
             result.set_exception(exc)
         else:
             result.set_result(retry.result())
-
-    @staticmethod
-    def _abandoned(pending: asyncio.Future[Any],
-                   result: asyncio.Future[tuple[int, str | None]]) -> None:
-        """`pending`, post_now's answer or its try again, goes with the cancelled result
-        (_answer_came closes a cancelled answer's connection and frees its place)."""
-        if result.cancelled() and not pending.done():
-            pending.cancel()
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: str,
                    timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:

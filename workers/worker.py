@@ -19,7 +19,7 @@ from app.store.keys import is_fired_now
 from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.grpc_client import GrpcClient
-from workers.http_client import HttpClient
+from workers.http_client import HttpClient, Sent
 from workers.metrics import WorkerMetrics
 from workers.queue import Action, Claim, Queue, Settlement
 from workers.slots import Slots
@@ -262,19 +262,20 @@ class Worker:
         try:
             origin, path, body, headers = delivery.build_request(
                 trigger, app, self.settings, started)
-            sent = self._http.post_now(origin, path, body, headers, timeout_s,
-                                       self._queue_timeout_s(timeout_s))
+            sent = self._http.post_now(
+                origin, path, body, headers, timeout_s, self._queue_timeout_s(timeout_s),
+                functools.partial(self._answered, trigger, started, clock, timeout_s))
         except Exception:
             return False  # _deliver meets it again, and dead-letters the trigger saying why
         if sent is None:
             return False
         self.inflight[sent] = trigger
-        sent.add_done_callback(functools.partial(self._answered, trigger, started, clock,
-                                                 timeout_s))
         return True
 
     def _answered(self, trigger: Trigger, started: int, clock: float, timeout_s: float,
-                  sent: asyncio.Future[tuple[int, str | None]]) -> None:
+                  sent: Sent) -> None:
+        """_send_now's outcome, in the callback of the connection that brought it (or in
+        _shutdown's cancel): what a task's _deliver does after its send."""
         del self.inflight[sent]
         if sent.cancelled():  # stopping: _shutdown gives the trigger back
             self._done(trigger)

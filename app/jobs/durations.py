@@ -273,14 +273,19 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
 
 
 # format_ms's last second and its text (a job's encoding formats its due time, and due
-# times come in runs within a second; strftime is most of the cost). One tuple: a thread
-# sees the old pair or the new, never one of each.
+# times come in runs within a second; strftime is most of the cost), and its last answer
+# (a burst's jobs, decoded by the workers one by one, share their due time). Tuples: a
+# thread sees an old pair or a new one, never one of each.
 _last_second: tuple[int, str] = (0, "1970-01-01T00:00:00.")
+_last_text: tuple[int, str] = (0, "1970-01-01T00:00:00.000Z")
 
 
 def format_ms(ms: int) -> str:
     """Epoch ms as an RFC 3339 UTC string with milliseconds (for messages and GET)."""
-    global _last_second
+    global _last_second, _last_text
+    last_ms, text = _last_text
+    if ms == last_ms:
+        return text
     second, millis = divmod(ms, 1000)
     cached, prefix = _last_second
     if second != cached:
@@ -290,4 +295,6 @@ def format_ms(ms: int) -> str:
             return f"{ms} ms since the epoch"
         prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
         _last_second = (second, prefix)
-    return f"{prefix}{millis:03d}Z"
+    text = f"{prefix}{millis:03d}Z"
+    _last_text = (ms, text)
+    return text
