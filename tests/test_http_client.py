@@ -17,6 +17,7 @@ from workers.http_client import (
     STALE_CLOSE_S,
     HttpClient,
     Origin,
+    PoolTimeout,
     Sent,
     ServerDisconnected,
 )
@@ -533,3 +534,43 @@ def test_a_failing_on_done_is_reported_and_leaves_the_connection_usable() -> Non
             client.close()
 
     assert asyncio.run(main()) == ((200, None), (200, None))
+
+
+def test_a_post_waiting_for_a_connection_goes_before_post_nows_sent_from_on_done() -> None:
+    """One connection, kept busy by a chain of post_now calls each sent from the last one's
+    on_done (as a worker's next delivery is), and a post() waiting for it: the connection
+    freed goes to the waiting post(), not to the chain's next request, which finds none
+    (a worker then sends it by post(), in turn)."""
+    async def slow_ok(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        await asyncio.sleep(0.002)
+        await _answer(w, OK)
+
+    async def main() -> tuple[Any, int, int]:
+        client = HttpClient(1)
+        chain = {"sent": 0, "refused": 0}
+
+        def next_one(_sent: Sent | None = None) -> None:
+            if chain["refused"]:
+                return
+            if client.post_now(origin, "/job/x", b"{}", "", TIMEOUT_S, 2.0,
+                               next_one) is None:
+                chain["refused"] += 1
+            else:
+                chain["sent"] += 1
+
+        try:
+            async with App(slow_ok) as origin:
+                assert await _post(client, origin) == (200, None)
+                next_one()
+                try:
+                    outcome: Any = await client.post(origin, "/job/x", b"{}", "", TIMEOUT_S,
+                                                     queue_timeout=2.0)
+                except PoolTimeout as exc:
+                    outcome = exc
+                return outcome, chain["sent"], chain["refused"]
+        finally:
+            client.close()
+
+    outcome, sent, refused = asyncio.run(main())
+    assert outcome == (200, None)  # on 247e06c: PoolTimeout after 2 s, the chain 900 sent
+    assert (sent, refused) == (1, 1)

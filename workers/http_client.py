@@ -324,6 +324,9 @@ class _Pool:
                 if not waiter.cancelled() and waiter.done():
                     self._wake_one()  # pass the wake-up on
                 raise
+            finally:
+                # Only now: woken, it still waits to run (HttpClient.post_now lets it first).
+                self.waiters.remove(waiter)
 
     async def connect(self) -> _Connection:
         """A new connection in the slot acquire_idle_or_slot reserved."""
@@ -343,9 +346,8 @@ class _Pool:
         self._wake_one()
 
     def _wake_one(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
+        for waiter in self.waiters:
+            if not waiter.done():  # not one woken already
                 waiter.set_result(None)
                 return
 
@@ -412,14 +414,17 @@ class HttpClient:
         """post()'s usual case without a coroutine: the request written now on an idle
         connection, its answer taken in the connection's callback (a task per delivery and
         its two steps were about 7 % of a worker's CPU in a burst). None: no connection is
-        idle (post() waits for one, or connects). The outcome, the Sent's result or
-        exception, is post()'s, its try again on a connection the app had closed while
-        idle included; `on_done(sent)` is called once it is done, cancelled included,
-        never before this returns. Raises what framing the request raises, before taking
-        a connection."""
+        idle, or a post() waits for one (post() waits its turn, or connects). The outcome,
+        the Sent's result or exception, is post()'s, its try again on a connection the app
+        had closed while idle included; `on_done(sent)` is called once it is done,
+        cancelled included, never before this returns. Raises what framing the request
+        raises, before taking a connection."""
         request = self._request(origin, path, body, headers)
         pool = self._pool(origin)
-        conn = pool.idle_connection()
+        # A post() that waits for a connection, or was woken to take the one just freed,
+        # goes first: an on_done sending at once would take every connection freed before
+        # the waiter runs, and starve it to a PoolTimeout.
+        conn = None if pool.waiters else pool.idle_connection()
         if conn is None:
             return None
         result = Sent.of(on_done)

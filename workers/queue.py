@@ -158,11 +158,11 @@ class Queue:
                 jid, record, sched, attempt, count, due = raw[i:i + 6]
                 job_id = jid.decode()
                 app_id, name = split_job_id(job_id)
+                # Positional (job, job_id, partition, sched_ms, attempt, count, lease,
+                # due_ms): keywords doubled the cost of making one, once per delivery.
                 claim.triggers.append(Trigger(
-                    job=Job.decode(app_id, name, record), job_id=job_id, partition=part,
-                    sched_ms=int(sched), attempt=int(attempt), count=int(count), lease=token,
-                    due_ms=int(due),
-                ))
+                    Job.decode(app_id, name, record), job_id, part, int(sched), int(attempt),
+                    int(count), token, int(due)))
                 left[app_id] = left.get(app_id, budgets.default) - 1
         if unavailable is not None and not claim.triggers:
             raise unavailable

@@ -248,7 +248,8 @@ class Worker:
         now on an idle connection, its answer handled in `_answered`. False: nothing was
         sent; _deliver's path takes it (a wait for its time, a long wait for its slot, a
         "trigger now", gRPC, a connection to make, a fault)."""
-        if max(trigger.sched_ms, trigger.due_ms) > now_ms() or is_fired_now(trigger.job_id):
+        started = now_ms()
+        if max(trigger.sched_ms, trigger.due_ms) > started or is_fired_now(trigger.job_id):
             return False
         app = self.queue.app(trigger.job.app_id)
         if app is None or app.protocol == "grpc":
@@ -258,7 +259,7 @@ class Worker:
             waited = time.monotonic() - waited_since
             if waited > RECHECK_AFTER_WAIT_S or waited + timeout_s + 1.0 >= self.settings.lease_s:
                 return False
-        started, clock = now_ms(), time.perf_counter()
+        clock = time.perf_counter()
         try:
             origin, path, body, headers = delivery.build_request(
                 trigger, app, self.settings, started)
