@@ -74,8 +74,8 @@ class Sent(asyncio.Future[tuple[int, str | None]]):
     """post_now's outcome: post()'s (status, Retry-After), or its exception. Unlike a
     plain future's callbacks, `on_done` is called at once when it is done, in the
     callback of the connection that finished it (or in cancel()): not a turn of the loop
-    later. A request's two futures and their three callbacks, each a turn of the loop,
-    were about 8 % of a worker's CPU in a burst. Cancelling it drops its request (`drop`:
+    later: a request's two futures and their three callbacks, each a turn of the loop,
+    cost 3.8 µs on uvloop where this costs 1.5. Cancelling it drops its request (`drop`:
     its connection's, or its try again's)."""
 
     # Slots, and no __init__ of its own: a Python __init__ over the C future's doubled
