@@ -266,6 +266,14 @@ class _Connection(asyncio.Protocol):
             self._fail(TimeoutError())
         self._hand_on()
 
+    def closed_while_idle(self) -> bool:
+        """Whether the close that failed the request was the app's close of an idle
+        connection: at once after the request was written (it crossed the app's FIN), with
+        no byte of an answer. Such a request may go again; a close that comes later came
+        after the app took the request: that is its answer."""
+        return (not self.got_bytes
+                and asyncio.get_running_loop().time() - self.sent_at < STALE_CLOSE_S)
+
     def abandon(self) -> None:
         """The request's answer is nobody's (post_now's Sent was cancelled): the connection
         goes (a late answer would be read as the next one's)."""
@@ -459,9 +467,8 @@ class HttpClient:
             return
         if not isinstance(exc, ServerDisconnected):
             conn.close()  # a request may be half-way: the connection is unusable
-        elif (not conn.got_bytes
-              and asyncio.get_running_loop().time() - conn.sent_at < STALE_CLOSE_S):
-            # Closed by the app while idle: tried once more, as post() does, the result
+        elif conn.closed_while_idle():
+            # Tried once more, as post() does, the result
             # still pending meanwhile (a stop waits for it within its grace, or cancels it).
             pool.release(conn)
             request, timeout, queue_timeout, deadline = sent
@@ -527,11 +534,9 @@ class HttpClient:
                     self._out.discard(conn)
             except ServerDisconnected:
                 pool.release(conn)
-                # A kept-alive connection the app had closed while it was idle: closed at
-                # once, before any answer. Try once more on a new one. A close that comes
-                # later came after the app took the request: that is its answer.
-                if (reused and conn is not None and not conn.got_bytes
-                        and loop.time() - conn.sent_at < STALE_CLOSE_S):
+                # A kept-alive connection the app had closed while it was idle: try once
+                # more on a new one.
+                if reused and conn is not None and conn.closed_while_idle():
                     continue
                 raise
             except BaseException:

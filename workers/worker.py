@@ -257,7 +257,7 @@ class Worker:
         timeout_s = self._timeout_s(trigger)
         if waited_since is not None:  # _deliver's checks of a trigger that waited its turn
             waited = time.monotonic() - waited_since
-            if waited > RECHECK_AFTER_WAIT_S or waited + timeout_s + 1.0 >= self.settings.lease_s:
+            if waited > RECHECK_AFTER_WAIT_S or self._lease_too_short(waited, timeout_s):
                 return False
         clock = time.perf_counter()
         try:
@@ -300,9 +300,8 @@ class Worker:
         started, clock = now_ms(), time.perf_counter()
         try:
             timeout_s = self._timeout_s(trigger)
-            if waited_since is not None and (time.monotonic() - waited_since + timeout_s + 1.0
-                                             >= self.settings.lease_s):
-                # It waited for its app so long that its lease could run out mid-delivery.
+            if waited_since is not None and self._lease_too_short(
+                    time.monotonic() - waited_since, timeout_s):
                 await self._give_back(trigger)
                 return
             waited = (waited_since is not None
@@ -397,6 +396,11 @@ class Worker:
         except Exception as exc:
             log.warning("cannot give back %s now, its lease will run out: %s: %s",
                         trigger.trigger_id, type(exc).__name__, exc)
+
+    def _lease_too_short(self, waited_s: float, timeout_s: float) -> bool:
+        """Whether a trigger that waited `waited_s` for its app's slot could lose its lease
+        mid-delivery (it is given back instead of sent)."""
+        return waited_s + timeout_s + 1.0 >= self.settings.lease_s
 
     def _queue_timeout_s(self, timeout_s: float) -> float:
         """How long a delivery may wait for a free connection: not the app's time; the
