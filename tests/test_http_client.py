@@ -382,8 +382,9 @@ def test_cancelling_post_now_drops_its_connection_and_frees_its_place() -> None:
                         break
                     await asyncio.sleep(0.01)
                 assert sent.cancel()
-                assert calls == [sent]  # at once: a stop gives the trigger back then
                 assert client._pool(origin).open == 0  # the connection is gone already
+                await asyncio.sleep(0)
+                assert calls == [sent]  # the next turn: a stop gives the trigger back then
                 return [app.requests, await asyncio.wait_for(_post(client, origin), 10)]
         finally:
             client.close()
@@ -436,8 +437,8 @@ def test_post_now_with_a_request_that_cannot_be_framed_keeps_the_pool_whole() ->
 
 
 def test_post_now_on_done_may_send_the_next_request_on_the_same_connection() -> None:
-    """on_done comes in the callback of the connection that brought the answer, with the
-    connection idle again: a worker's next delivery, sent from there, takes it."""
+    """on_done comes the turn after the answer, the connection idle again: a worker's next
+    delivery, sent from there, takes it."""
     async def main() -> tuple[list[Any], int, int]:
         client = HttpClient(4)
         outcomes: list[Any] = []

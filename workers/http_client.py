@@ -71,12 +71,14 @@ STALE_CLOSE_S = 0.5
 
 
 class Sent(asyncio.Future[tuple[int, str | None]]):
-    """post_now's outcome: post()'s (status, Retry-After), or its exception. Unlike a
-    plain future's callbacks, `on_done` is called at once when it is done, in the
-    callback of the connection that finished it (or in cancel()): not a turn of the loop
-    later: a request's two futures and their three callbacks, each a turn of the loop,
-    cost 3.8 µs on uvloop where this costs 1.5. Cancelling it drops its request (`drop`:
-    its connection's, or its try again's)."""
+    """post_now's outcome: post()'s (status, Retry-After), or its exception, set in the
+    callback of the connection that brought it; `on_done` follows one turn of the loop
+    later (a request's two futures and their three turns cost 3.8 µs on uvloop where one
+    costs 1.0). Not in the connection's callback itself: a worker's next delivery sent
+    from there, with no turn between, kept a flooding app's slots full before the claim
+    loop could run, and another app's median lateness beside the flood doubled
+    (tests/test_fairness.py). Cancelling it drops its request at once (`drop`: its
+    connection's, or its try again's)."""
 
     # Slots, and no __init__ of its own: a Python __init__ over the C future's doubled
     # the cost of making one, once per delivery.
@@ -108,11 +110,7 @@ class Sent(asyncio.Future[tuple[int, str | None]]):
         return True
 
     def _finished(self) -> None:
-        try:
-            self.on_done(self)
-        except Exception as exc:  # as the loop reports a failed callback: the caller's bug
-            self.get_loop().call_exception_handler({
-                "message": "post_now's on_done failed", "exception": exc, "future": self})
+        self.get_loop().call_soon(self.on_done, self)  # its failure the loop reports
 
 
 class _Answer:
@@ -253,8 +251,8 @@ class _Connection(asyncio.Protocol):
 
     def _hand_on(self) -> None:
         """post_now's answer, once done, to its callback: at the end of the protocol's
-        callback that finished it (data_received, connection_lost, time_out, abandon), so
-        that the callback may send its next request on this very connection."""
+        callback that finished it (data_received, connection_lost, time_out, abandon), once
+        the parser is done with it: the callback gives the connection back to its pool."""
         on_answer = self.on_answer
         if on_answer is not None and self.waiter is not None and self.waiter.done():
             self.on_answer = None
@@ -424,14 +422,14 @@ class HttpClient:
         its two steps were about 7 % of a worker's CPU in a burst). None: no connection is
         idle, or a post() waits for one (post() waits its turn, or connects). The outcome,
         the Sent's result or exception, is post()'s, its try again on a connection the app
-        had closed while idle included; `on_done(sent)` is called once it is done,
-        cancelled included, never before this returns. Raises what framing the request
+        had closed while idle included; `on_done(sent)` is called the turn of the loop
+        after it is done, cancelled included. Raises what framing the request
         raises, before taking a connection."""
         request = self._request(origin, path, body, headers)
         pool = self._pool(origin)
         # A post() that waits for a connection, or was woken to take the one just freed,
-        # goes first: an on_done sending at once would take every connection freed before
-        # the waiter runs, and starve it to a PoolTimeout.
+        # goes first: on_done callbacks sending their next requests would take every
+        # connection freed before the waiter runs, and starve it to a PoolTimeout.
         conn = None if pool.waiters else pool.idle_connection()
         if conn is None:
             return None

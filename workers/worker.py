@@ -275,8 +275,8 @@ class Worker:
 
     def _answered(self, trigger: Trigger, started: int, clock: float, timeout_s: float,
                   sent: Sent) -> None:
-        """_send_now's outcome, in the callback of the connection that brought it (or in
-        _shutdown's cancel): what a task's _deliver does after its send."""
+        """_send_now's outcome, the loop's turn after the answer (or the cancel of a stop):
+        what a task's _deliver does after its send."""
         del self.inflight[sent]
         if sent.cancelled():  # stopping: _shutdown gives the trigger back
             self._done(trigger)
