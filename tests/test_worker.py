@@ -7,6 +7,7 @@ Real `python -m workers` processes (tests/support/workers.py) deliver to the
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import redis
 
 from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy, Trigger, TriggerStatus
@@ -477,6 +479,43 @@ def test_a_request_that_cannot_be_framed_is_dead_lettered_not_fatal(
         store.schedule(make_job("after"))
         wait_for(lambda: store.counts()["jobs"] == 0, what="a delivery after it")
     assert [d.path for d in receiver.received()] == ["/job/warm", "/job/after"]
+
+
+@pytest.mark.parametrize("record", [b"not json", b'{"s": "@every 1s"}',
+                                    b'{"f1": 1, "cu": "never"}'],
+                         ids=["not-json", "no-first-time", "unknown-catch-up"])
+def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
+        settings: Settings, receiver: Receiver, redis_client: redis.Redis,
+        caplog: pytest.LogCaptureFixture, record: bytes) -> None:
+    """A job record no version of this code wrote (edited by hand, or another version's):
+    its trigger is not delivered and the record stays as it is, logged at each claim, until
+    the job is scheduled again. Before, decoding it raised out of the claim: the worker
+    died with the rest of its claim undelivered, and so did each worker that took it."""
+    settings = settings.with_(lease_s=2.0)
+    store = register(settings, receiver.url)
+    due = now_ms() + 300
+    store.schedule(make_job("unreadable", due))
+    store.schedule(make_job("readable", due))
+    jid = f"{APP}/unreadable"
+    jobs_key = store.keys.for_job(jid).jobs
+    redis_client.hset(jobs_key, jid, record)
+    caplog.set_level(logging.ERROR, logger="jobrunner.worker")
+
+    def claims_of_it() -> int:
+        return sum("cannot read stored job" in r.getMessage() and jid in r.getMessage()
+                   for r in caplog.records)
+
+    with ThreadWorker(settings) as w:
+        wait_for(lambda: claims_of_it() >= 2 or not w.alive, 15,
+                 what="the unreadable job claimed again once its lease ran out")
+        assert w.alive, f"the worker died: {w.error!r}"
+        assert [d.path for d in receiver.received()] == ["/job/readable"]
+        assert redis_client.hget(jobs_key, jid) == record
+        assert dead_letters(store) == []
+        # scheduled again: a record it can read
+        store.schedule(make_job("unreadable"), overwrite=True)
+        wait_for(lambda: len(receiver.received()) == 2, what="the job scheduled again")
+    assert [d.path for d in receiver.received()] == ["/job/readable", "/job/unreadable"]
 
 
 def test_a_delivery_sent_again_while_stopping_gets_the_grace(

@@ -7,6 +7,7 @@ claims or settles many triggers.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import secrets
 import time
@@ -22,6 +23,8 @@ from app.store.keys import Keys, is_fired_now, parent_job_id, split_job_id
 from app.store.loop_redis import LoopRedis, ReplyTimeout, Unavailable
 from app.store.redis_client import UNAVAILABLE, async_client
 from app.store.store import AppRegistration
+
+log = logging.getLogger("jobrunner.worker")
 
 # Registrations (addresses, rate limits) a worker uses are at most this old.
 APPS_MAX_AGE_S = 1.0
@@ -156,13 +159,17 @@ class Queue:
             claim.blocked.update(a.decode() for a in blocked)
             for i in range(3, len(raw), 6):
                 jid, record, sched, attempt, count, due = raw[i:i + 6]
-                job_id = jid.decode()
-                app_id, name = split_job_id(job_id)
-                # Positional (job, job_id, partition, sched_ms, attempt, count, lease,
-                # due_ms): keywords doubled the cost of making one, once per delivery.
-                claim.triggers.append(Trigger(
-                    Job.decode(app_id, name, record), job_id, part, int(sched), int(attempt),
-                    int(count), token, int(due)))
+                try:
+                    job_id = jid.decode()
+                    app_id, name = split_job_id(job_id)
+                    # Positional (job, job_id, partition, sched_ms, attempt, count, lease,
+                    # due_ms): keywords doubled the cost of making one, once per delivery.
+                    claim.triggers.append(Trigger(
+                        Job.decode(app_id, name, record), job_id, part, int(sched),
+                        int(attempt), int(count), token, int(due)))
+                except Exception as exc:
+                    _unreadable(jid, record, exc)
+                    continue
                 left[app_id] = left.get(app_id, budgets.default) - 1
         if unavailable is not None and not claim.triggers:
             raise unavailable
@@ -326,3 +333,19 @@ class Queue:
 
     def pubsub(self) -> Any:
         return self.redis.pubsub()
+
+
+# How much of an unreadable record a log line quotes.
+_QUOTED_BYTES = 200
+
+
+def _unreadable(jid: bytes, record: Any, exc: Exception) -> None:
+    """A claimed trigger whose stored job cannot be read (written by hand, or by a version
+    that stores it otherwise) is not delivered, nor ended: its lease runs out, and each
+    claim that meets it again logs it, until the job is scheduled again or deleted. The
+    record stays as it was, for whoever mends it. Raising here killed the worker, with
+    the rest of its claim, and then every worker that claimed it after."""
+    log.error("cannot read stored job %r, not delivered (again at its lease's end, until "
+              "the job is scheduled again or deleted): %s: %s; record %r",
+              jid.decode(errors="replace"), type(exc).__name__, exc,
+              record[:_QUOTED_BYTES] if isinstance(record, bytes | str) else record)
