@@ -259,6 +259,40 @@ def test_delete(api: Api, twin: str) -> None:
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, errors.JOB_NAME_EMPTY)
 
 
+def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(api: Api) -> None:
+    """A job whose stored record this version cannot read (edited by hand, or another
+    version's): GET and the list answer a 500 that names it and says what to do, over HTTP
+    and gRPC alike; the bulk route says it for that job alone; delete and overwrite mend
+    it. Before: a bare "internal error" with a traceback in the log, and a list answered
+    400 "invalid query", as if the caller's query were wrong."""
+    schedule(api, jobs_pb2.Job(name="ok", due_time="1h"))
+    schedule(api, jobs_pb2.Job(name="broken", due_time="1h"))
+    jid = "job-service/broken"
+    api.store.redis.hset(api.store.keys.for_job(jid).jobs, jid, b'{"s": "@every 1s"}')
+    said = "job 'broken' is stored in a form this version cannot read (KeyError: 'f1'); " \
+           "schedule it again with overwrite, or delete it"
+    http, base = api.http, "/v1.0-alpha1/jobs"
+    for path in (f"{base}/broken", base):
+        response = http.get(path)
+        assert response.status_code == 500, response.get_data(as_text=True)
+        assert response.get_json() == {"errorCode": errors.JOB_UNREADABLE, "message": said}
+    assert http.get(f"{base}/ok").status_code == 200
+    for call in (lambda: get(api, "broken"),
+                 lambda: api.call("ListJobs", jobs_pb2.ListJobsRequest())):
+        assert failure(call) == (grpc.StatusCode.INTERNAL, said, errors.JOB_UNREADABLE)
+    results = http.post(base, json={"jobs": [{"name": "broken", "dueTime": "1h"},
+                                             {"name": "new", "dueTime": "1h"}]}).get_json()
+    assert [(r["name"], r["status"], r.get("errorCode")) for r in results["results"]] == [
+        ("broken", 500, errors.JOB_UNREADABLE), ("new", 204, None)]
+    schedule(api, jobs_pb2.Job(name="broken", due_time="2h"), overwrite=True)
+    assert get(api, "broken").due_time == "2h"
+    api.store.redis.hset(api.store.keys.for_job(jid).jobs, jid, b"not json")
+    assert http.delete(f"{base}/broken").status_code == 204
+    assert http.get(f"{base}/broken").status_code == 404
+    assert sorted(j.name for j in api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs) == [
+        "new", "ok"]
+
+
 def test_list_jobs_lists_every_job_of_this_app_only(api_for: Callable[..., Api],
                                                     twin: str) -> None:
     api = api_for()

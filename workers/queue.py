@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.jobs.clock import now_ms
+from app.jobs.errors import ApiError
 from app.jobs.model import Job, RunState, Trigger
 from app.settings import Settings
 from app.store import scripts
@@ -345,7 +346,8 @@ def _unreadable(jid: bytes, record: Any, exc: Exception) -> None:
     claim that meets it again logs it, until the job is scheduled again or deleted. The
     record stays as it was, for whoever mends it. Raising here killed the worker, with
     the rest of its claim, and then every worker that claimed it after."""
+    why = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
     log.error("cannot read stored job %r, not delivered (again at its lease's end, until "
-              "the job is scheduled again or deleted): %s: %s; record %r",
-              jid.decode(errors="replace"), type(exc).__name__, exc,
+              "the job is scheduled again or deleted): %s; record %r",
+              jid.decode(errors="replace"), why,
               record[:_QUOTED_BYTES] if isinstance(record, bytes | str) else record)

@@ -89,10 +89,15 @@ def schedule_jobs() -> Response:
         settings.app_id, [(name, record, job.first_ms, overwrite, run)
                           for _, name, job, overwrite, record, run in accepted])
     for (n, name, job, _, _, _), stored in zip(accepted, existing, strict=True):
+        if stored is None:
+            continue
         # A retry of a request whose answer was lost finds its own job (jobs.schedule).
-        if stored is not None and not same_request(
-                Job.decode(job.app_id, name, stored), dataclasses.replace(job, name=name)):
-            _refuse(results[n], errors.job_exists(name))
+        try:
+            if not same_request(Job.decode(job.app_id, name, stored),
+                                dataclasses.replace(job, name=name)):
+                _refuse(results[n], errors.job_exists(name))
+        except ApiError as exc:  # the stored one cannot be read: said for this job alone
+            _refuse(results[n], exc)
     if log.isEnabledFor(logging.DEBUG):
         refused = sum(1 for r in results if r["status"] != _STORED)
         log.debug("scheduled %d of %d jobs in one request (%d refused)",

@@ -47,6 +47,9 @@ UNAUTHORIZED = "ERR_UNAUTHORIZED"
 APP_ID_INVALID = "ERR_APP_ID_INVALID"
 NOT_FOUND = "ERR_NOT_FOUND"  # no such route
 METHOD_NOT_ALLOWED = "ERR_METHOD_NOT_ALLOWED"
+# A stored job this version cannot read: its record edited by hand, or written by a version
+# that stores jobs otherwise. The request was fine; the stored data is not (hence a 500).
+JOB_UNREADABLE = "DAPR_SCHEDULER_JOB_UNREADABLE"
 
 
 class JobrunnerError(Exception):
@@ -75,6 +78,17 @@ class ApiError(JobrunnerError):
 def malformed(detail: str) -> ApiError:
     # Dapr's messages.ErrMalformedRequest text.
     return ApiError(400, MALFORMED_REQUEST, f"failed deserializing HTTP body: {detail}")
+
+
+# Of the reason a stored job cannot be read: a message stays short whatever the record.
+_WHY_CHARS = 200
+
+
+def unreadable_job(name: str, exc: Exception) -> ApiError:
+    why = f"{type(exc).__name__}: {exc}"
+    return ApiError(500, JOB_UNREADABLE,
+                    f"job {name!r} is stored in a form this version cannot read "
+                    f"({why[:_WHY_CHARS]}); schedule it again with overwrite, or delete it")
 
 
 def bad_query(detail: str) -> ApiError:

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from app.jobs import errors
 from app.jobs.durations import format_ms
 
 JSONValue = Any  # any value json.loads can return
@@ -211,37 +212,40 @@ class Job:
         # The instance's fields set as one dict, not through the generated __init__: its
         # seventeen keywords were a third of a worker's decoding, which comes once per
         # delivery. Every field is here (tests/test_model.py checks it against fields()).
-        record = orjson.loads(raw)
-        get = record.get
-        fp = get("fp")
-        any_type = get("t")
-        due_time = get("u")
-        text = get("j")
-        catch_up = get("cu")  # mostly absent: the enum's call is the dearer path
-        first_ms = record["f1"]
-        job = object.__new__(cls)
-        job.__dict__ = {
-            "app_id": app_id,
-            "name": name,
-            "data": get("d") if text is None else orjson.loads(text),
-            "any_type": None if any_type is None else _long_type(any_type),
-            "any_value": get("v"),
-            "data_text": text,
-            "schedule": get("s"),
-            "due_time": format_ms(first_ms) if due_time == 0 else due_time,
-            "repeats": get("r"),
-            "ttl": get("l"),
-            "failure_policy": FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
-            "delivery_timeout_ms": get("dt"),
-            "catch_up": CatchUp.COALESCE if catch_up is None else CatchUp(catch_up),
-            "first_ms": first_ms,
-            "expires_ms": get("x"),
-            "replay_of": get("ti"),
-            # The digest of these very bytes, as stored: re-encoding them for `rev` was a
-            # tenth of a worker's CPU per delivery (its trigger id names the rev).
-            "rev": f"{zlib.crc32(raw if isinstance(raw, bytes) else raw.encode()):08x}",
-        }
-        return job
+        try:
+            record = orjson.loads(raw)
+            get = record.get
+            fp = get("fp")
+            any_type = get("t")
+            due_time = get("u")
+            text = get("j")
+            catch_up = get("cu")  # mostly absent: the enum's call is the dearer path
+            first_ms = record["f1"]
+            job = object.__new__(cls)
+            job.__dict__ = {
+                "app_id": app_id,
+                "name": name,
+                "data": get("d") if text is None else orjson.loads(text),
+                "any_type": None if any_type is None else _long_type(any_type),
+                "any_value": get("v"),
+                "data_text": text,
+                "schedule": get("s"),
+                "due_time": format_ms(first_ms) if due_time == 0 else due_time,
+                "repeats": get("r"),
+                "ttl": get("l"),
+                "failure_policy": FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
+                "delivery_timeout_ms": get("dt"),
+                "catch_up": CatchUp.COALESCE if catch_up is None else CatchUp(catch_up),
+                "first_ms": first_ms,
+                "expires_ms": get("x"),
+                "replay_of": get("ti"),
+                # The digest of these very bytes, as stored: re-encoding them for `rev` was a
+                # tenth of a worker's CPU per delivery (its trigger id names the rev).
+                "rev": f"{zlib.crc32(raw if isinstance(raw, bytes) else raw.encode()):08x}",
+            }
+            return job
+        except Exception as exc:  # free on 3.11 until raised
+            raise errors.unreadable_job(name, exc) from exc
 
 
 # Well-known type URLs are stored as "~Name": 36 bytes less per job with Any data.
