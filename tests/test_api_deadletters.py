@@ -7,6 +7,7 @@ are put in Redis here the way the worker's acknowledge script stores them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import quote
 
@@ -126,6 +127,34 @@ def test_inspect_one_letter_with_its_job(client: FlaskClient, dl: str, settings:
     assert body["name"] == "inspect"
     assert body["job"]["data"] == {"k": [1, 2]}
     assert body["job"]["schedule"] == "@every 1m"
+
+
+def test_a_dead_letter_that_cannot_be_read_is_a_clear_error_and_purging_mends_it(
+        client: FlaskClient, dl: str, settings: Settings, redis_client: redis.Redis) -> None:
+    """A dead letter whose job record, or whose envelope, this version cannot read: a 500
+    naming it and saying that purging mends it (not "schedule it again", which mends a
+    job, nor a list answered 400 "invalid query" as if the query were wrong)."""
+    keys = Keys(settings.prefix, settings.partitions)
+    inner = put_dead_letter(redis_client, settings, settings.app_id, "inner", dead_ms=1)
+    outer = put_dead_letter(redis_client, settings, settings.app_id, "outer", dead_ms=2)
+    dead = keys.for_job(job_id(settings.app_id, "inner")).dead
+    redis_client.hset(dead, inner.id, dataclasses.replace(inner, record="not json").encode())
+    response = client.get(f"{dl}/{quote(inner.id, safe='')}")
+    assert response.status_code == 500
+    assert response.get_json() == {
+        "errorCode": "DAPR_SCHEDULER_JOB_UNREADABLE",
+        "message": f"dead letter {inner.id!r} is stored in a form this version cannot read "
+                   "(JSONDecodeError: invalid literal, expected 'null': line 1 column 1 (char 0)); "
+                   "purge it (by id or prefix)"}
+    assert [d["name"] for d in listed(client, dl)] == ["inner", "outer"]  # not read there
+    redis_client.hset(keys.for_job(job_id(settings.app_id, "outer")).dead, outer.id, b"[]")
+    response = client.get(dl)
+    assert response.status_code == 500
+    assert response.get_json()["message"].startswith(
+        f"dead letter {outer.id!r} is stored in a form this version cannot read")
+    assert client.delete(dl, query_string={"prefix": "outer"}).get_json() == {"purged": 1}
+    assert client.delete(dl, query_string={"id": inner.id}).get_json() == {"purged": 1}
+    assert listed(client, dl) == []
 
 
 def test_inspect_unknown_or_foreign_letter_is_404(client: FlaskClient, dl: str,

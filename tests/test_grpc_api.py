@@ -259,7 +259,8 @@ def test_delete(api: Api, twin: str) -> None:
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, errors.JOB_NAME_EMPTY)
 
 
-def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(api: Api) -> None:
+def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
     """A job whose stored record this version cannot read (edited by hand, or another
     version's): GET and the list answer a 500 that names it and says what to do, over HTTP
     and gRPC alike; the bulk route says it for that job alone; delete and overwrite mend
@@ -280,6 +281,9 @@ def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(api: Api
     for call in (lambda: get(api, "broken"),
                  lambda: api.call("ListJobs", jobs_pb2.ListJobsRequest())):
         assert failure(call) == (grpc.StatusCode.INTERNAL, said, errors.JOB_UNREADABLE)
+    # the operator's to mend: each answer is in the API's log too (no traceback)
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and said in r.getMessage()]
+    assert len(logged) == 4 and not any(r.exc_info for r in logged)
     results = http.post(base, json={"jobs": [{"name": "broken", "dueTime": "1h"},
                                              {"name": "new", "dueTime": "1h"}]}).get_json()
     assert [(r["name"], r["status"], r.get("errorCode")) for r in results["results"]] == [

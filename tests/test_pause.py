@@ -212,6 +212,26 @@ def test_resuming_the_app_leaves_a_job_paused_by_itself_paused(api: FlaskClient)
     assert mine["paused"] is True and "appPaused" not in mine and mine["status"] == "paused"
 
 
+def test_resuming_an_app_with_a_job_it_cannot_read_resumes_every_job(
+        api: FlaskClient, settings: Settings) -> None:
+    """A job whose stored record this version cannot read has no catch-up to work out: the
+    resume puts its trigger back at its own time and goes on. (It raised there: the app
+    read as resumed, its other jobs were left paused.)"""
+    for name in ("a", "broken", "z"):
+        _schedule(api, name, dueTime="1h")
+    _post(api, "/v1.0/app/pause")
+    store = Store(settings)
+    jid = f"{APP}/broken"
+    store.redis.hset(store.keys.for_job(jid).jobs, jid, b"not json")
+    resumed = _post(api, "/v1.0/app/resume")
+    assert resumed == {"appId": APP, "paused": False, "pausedTime": None, "jobs": 3}
+    assert [_get(api, n)["status"] for n in ("a", "z")] == ["scheduled", "scheduled"]
+    pk = store.keys.for_job(jid)
+    assert store.redis.hget(pk.paused, jid) is None
+    due = store.redis.zscore(pk.due, jid)
+    assert due is not None and due > now_ms() + HOUR_MS - 60_000  # its own time, an hour on
+
+
 def test_an_app_pause_walks_its_jobs_in_batches_and_touches_no_other_app(
         settings: Settings) -> None:
     from tests.support.jobs import make_job

@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -481,6 +481,31 @@ def test_a_request_that_cannot_be_framed_is_dead_lettered_not_fatal(
     assert [d.path for d in receiver.received()] == ["/job/warm", "/job/after"]
 
 
+def _run_state(redis_client: redis.Redis, store: Store, jid: str) -> tuple[int, str] | None:
+    """(attempt, lease) of the job's current trigger; None before its first claim."""
+    raw = redis_client.hget(store.keys.for_job(jid).runs, jid)
+    if raw is None:
+        return None
+    _, attempt, _, _, lease = raw.decode().split("|", 4)
+    return int(attempt), lease
+
+
+def _given_back_twice(redis_client: redis.Redis, store: Store, jid: str) -> Callable[[], bool]:
+    """A condition: the job's trigger has been put back in the due index twice since the
+    first call (each time at a new time, with no lease)."""
+    due_key = store.keys.for_job(jid).due
+    seen: set[float] = set()
+
+    def check() -> bool:
+        score = redis_client.zscore(due_key, jid)
+        state = _run_state(redis_client, store, jid)
+        if score is not None and state is not None and not state[1]:
+            seen.add(score)
+        return len(seen) >= 3
+
+    return check
+
+
 @pytest.mark.parametrize("record", [b"not json", b'{"s": "@every 1s"}',
                                     b'{"f1": 1, "cu": "never"}'],
                          ids=["not-json", "no-first-time", "unknown-catch-up"])
@@ -488,10 +513,10 @@ def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
         settings: Settings, receiver: Receiver, redis_client: redis.Redis,
         caplog: pytest.LogCaptureFixture, record: bytes) -> None:
     """A job record no version of this code wrote (edited by hand, or another version's):
-    its trigger is not delivered and the record stays as it is, logged at each claim, until
-    the job is scheduled again. Before, decoding it raised out of the claim: the worker
-    died with the rest of its claim undelivered, and so did each worker that took it."""
-    settings = settings.with_(lease_s=2.0)
+    its trigger is not delivered, and goes back with its attempt given back, again and
+    again, logged once; the record stays as it is until the job is scheduled again. Before,
+    decoding it raised out of the claim: the worker died with the rest of its claim
+    undelivered, and so did each worker that took it."""
     store = register(settings, receiver.url)
     due = now_ms() + 300
     store.schedule(make_job("unreadable", due))
@@ -500,22 +525,67 @@ def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
     jobs_key = store.keys.for_job(jid).jobs
     redis_client.hset(jobs_key, jid, record)
     caplog.set_level(logging.ERROR, logger="jobrunner.worker")
-
-    def claims_of_it() -> int:
-        return sum("cannot read stored job" in r.getMessage() and jid in r.getMessage()
-                   for r in caplog.records)
-
     with ThreadWorker(settings) as w:
-        wait_for(lambda: claims_of_it() >= 2 or not w.alive, 15,
-                 what="the unreadable job claimed again once its lease ran out")
+        wait_for(_given_back_twice(redis_client, store, jid), 15,
+                 what="the unreadable job claimed and given back again")
         assert w.alive, f"the worker died: {w.error!r}"
+        assert _run_state(redis_client, store, jid) == (0, "")  # no attempt spent
         assert [d.path for d in receiver.received()] == ["/job/readable"]
         assert redis_client.hget(jobs_key, jid) == record
         assert dead_letters(store) == []
+        logged = [r for r in caplog.records if "cannot read stored job" in r.getMessage()]
+        assert len(logged) == 1 and jid in logged[0].getMessage()
         # scheduled again: a record it can read
         store.schedule(make_job("unreadable"), overwrite=True)
         wait_for(lambda: len(receiver.received()) == 2, what="the job scheduled again")
     assert [d.path for d in receiver.received()] == ["/job/readable", "/job/unreadable"]
+
+
+def test_a_job_mended_after_it_could_not_be_read_gets_its_whole_failure_policy(
+        settings: Settings, receiver: Receiver, redis_client: redis.Redis) -> None:
+    """The claims of a job no worker could read spent none of its attempts: once its record
+    is readable again (a rolling upgrade's new workers, or a mended record), it gets every
+    retry of its policy. (Left to its lease, each such claim spent one.)"""
+    store = register(settings, receiver.url)
+    receiver.status = 500
+    store.schedule(make_job("mended", now_ms() + 300,
+                            failure_policy=FailurePolicy(FailureKind.CONSTANT, 100, 3)))
+    jid = f"{APP}/mended"
+    jobs_key = store.keys.for_job(jid).jobs
+    readable = redis_client.hget(jobs_key, jid)
+    assert readable is not None
+    redis_client.hset(jobs_key, jid, b"not json")
+    with ThreadWorker(settings) as w:
+        wait_for(_given_back_twice(redis_client, store, jid), 15,
+                 what="the unreadable job claimed and given back again")
+        redis_client.hset(jobs_key, jid, readable)
+        wait_for(lambda: dead_letters(store) != [], 15, what="its policy spent")
+        assert w.alive, f"the worker died: {w.error!r}"
+    [letter] = dead_letters(store)
+    assert letter.attempts == 4
+    assert [d.path for d in receiver.received()] == ["/job/mended"] * 4
+
+
+def test_a_late_trigger_whose_catch_up_cannot_be_worked_out_is_dead_lettered_not_fatal(
+        settings: Settings, receiver: Receiver, redis_client: redis.Redis) -> None:
+    """A record that reads but whose schedule this version does not know (another version's),
+    taken late: its catch-up policy cannot be applied, so the trigger is dead-lettered,
+    saying why, and the worker goes on. (That error came out of the claim loop: the worker
+    died with its claim, as with a record it cannot read at all.)"""
+    store = register(settings, receiver.url)
+    late = now_ms() - 60_000  # past JOBRUNNER_CATCH_UP_GRACE: the policy is consulted
+    store.schedule(make_job("odd", late))
+    store.schedule(make_job("readable", late))
+    jid = f"{APP}/odd"
+    redis_client.hset(store.keys.for_job(jid).jobs, jid,
+                      b'{"f1": 1, "s": "@fortnightly", "cu": "skip"}')
+    with ThreadWorker(settings) as w:
+        wait_for(lambda: dead_letters(store) != [] or not w.alive, 15, what="a dead letter")
+        assert w.alive, f"the worker died: {w.error!r}"
+        [letter] = dead_letters(store)
+        assert letter.name == "odd" and "ScheduleError" in letter.error
+        wait_for(lambda: len(receiver.received()) == 1, what="the other job's delivery")
+    assert [d.path for d in receiver.received()] == ["/job/readable"]
 
 
 def test_a_delivery_sent_again_while_stopping_gets_the_grace(

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ log = logging.getLogger("jobrunner.worker")
 
 # Registrations (addresses, rate limits) a worker uses are at most this old.
 APPS_MAX_AGE_S = 1.0
+# A claimed trigger whose job this worker cannot read is due again this much later.
+UNREADABLE_RETRY_S = 1.0
+# Unreadable jobs (and versions of their records) a worker remembers having logged.
+_UNREADABLE_REMEMBERED = 10_000
 
 
 class Action:
@@ -87,6 +92,7 @@ class Queue:
         self._apps: dict[str, AppRegistration] = {}
         self._apps_loaded = 0.0
         self._alive: dict[str, bool] = {}
+        self._unreadable_seen: set[tuple[bytes, int]] = set()  # see _unreadable
 
     async def close(self) -> None:
         if self._loop_redis is not None:
@@ -158,6 +164,7 @@ class Queue:
                                                                            head_ms)
             claim.more = claim.more or bool(more)
             claim.blocked.update(a.decode() for a in blocked)
+            unreadable: list[bytes] = []
             for i in range(3, len(raw), 6):
                 jid, record, sched, attempt, count, due = raw[i:i + 6]
                 try:
@@ -169,9 +176,12 @@ class Queue:
                         Job.decode(app_id, name, record), job_id, part, int(sched),
                         int(attempt), int(count), token, int(due)))
                 except Exception as exc:
-                    _unreadable(jid, record, exc)
+                    self._unreadable(jid, record, exc)
+                    unreadable.append(jid)
                     continue
                 left[app_id] = left.get(app_id, budgets.default) - 1
+            if unreadable:
+                await self._put_back(part, token, unreadable)
         if unavailable is not None and not claim.triggers:
             raise unavailable
         return claim
@@ -255,10 +265,13 @@ class Queue:
             groups[(t.partition, t.lease)].append(t.job_id)
         released = 0
         for (part, lease), jids in groups.items():
-            pk = self.keys.partition(part)
-            released += int(await self._scripts["release"](
-                keys=[pk.due, pk.runs, pk.paused], args=[lease, *jids]))
+            released += await self._release(part, lease, jids, 0)
         return released
+
+    async def _release(self, part: int, lease: str, jids: list[Any], not_before_ms: int) -> int:
+        pk = self.keys.partition(part)
+        return int(await self._scripts["release"](
+            keys=[pk.due, pk.runs, pk.paused], args=[lease, not_before_ms, *jids]))
 
     async def load_apps(self, app_ids: set[str] | None, max_age_s: float = APPS_MAX_AGE_S,
                         miss_retry_s: float = 0.5) -> None:
@@ -332,22 +345,32 @@ class Queue:
                 keys=[pk.due, pk.runs, pk.staged(app_id), pk.paused], args=[lease, *jids]))
         return staged
 
+    async def _put_back(self, part: int, token: str, jids: list[bytes]) -> None:
+        """Claimed triggers whose stored jobs this worker cannot read (edited by hand, or
+        written by a version that stores them otherwise) go back, their attempts given
+        back, due again UNREADABLE_RETRY_S later: a worker that can read them (the next
+        version, in a rolling upgrade) takes them then, and the job's record stays as it
+        was until it is scheduled again or deleted. Raising here instead killed the worker
+        with the rest of its claim, and then every worker that claimed them after."""
+        try:
+            await self._release(part, token, jids, now_ms() + int(UNREADABLE_RETRY_S * 1000))
+        except Exception as exc:  # their leases run out instead
+            log.warning("cannot give back %d unreadable triggers now: %s: %s", len(jids),
+                        type(exc).__name__, exc)
+
+    def _unreadable(self, jid: bytes, record: Any, exc: Exception) -> None:
+        """Logs a job this worker cannot read, once per version of its record (it comes
+        back every UNREADABLE_RETRY_S)."""
+        seen = (jid, zlib.crc32(record) if isinstance(record, bytes) else 0)
+        if seen in self._unreadable_seen:
+            return
+        if len(self._unreadable_seen) >= _UNREADABLE_REMEMBERED:
+            self._unreadable_seen.clear()  # bounded; the worst is a line logged again
+        self._unreadable_seen.add(seen)
+        why = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+        log.error("cannot read stored job %r, not delivered; it is tried again every %gs "
+                  "until it is scheduled again or deleted (logged once per version of its "
+                  "record): %s", jid.decode(errors="replace"), UNREADABLE_RETRY_S, why)
+
     def pubsub(self) -> Any:
         return self.redis.pubsub()
-
-
-# How much of an unreadable record a log line quotes.
-_QUOTED_BYTES = 200
-
-
-def _unreadable(jid: bytes, record: Any, exc: Exception) -> None:
-    """A claimed trigger whose stored job cannot be read (written by hand, or by a version
-    that stores it otherwise) is not delivered, nor ended: its lease runs out, and each
-    claim that meets it again logs it, until the job is scheduled again or deleted. The
-    record stays as it was, for whoever mends it. Raising here killed the worker, with
-    the rest of its claim, and then every worker that claimed it after."""
-    why = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-    log.error("cannot read stored job %r, not delivered (again at its lease's end, until "
-              "the job is scheduled again or deleted): %s; record %r",
-              jid.decode(errors="replace"), why,
-              record[:_QUOTED_BYTES] if isinstance(record, bytes | str) else record)

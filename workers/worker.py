@@ -224,10 +224,15 @@ class Worker:
             if job.catch_up is CatchUp.COALESCE or t.attempt != 1 or t.sched_ms >= now:
                 keep.append(t)
                 continue
-            due = catch_up_due(job.schedule, job.due_time is not None, t.sched_ms, t.count,
-                               job.repeats, job.expires_ms, now, job.catch_up,
-                               self.settings.max_catch_up,
-                               int(self.settings.catch_up_grace_s * 1000))
+            try:
+                due = catch_up_due(job.schedule, job.due_time is not None, t.sched_ms,
+                                   t.count, job.repeats, job.expires_ms, now, job.catch_up,
+                                   self.settings.max_catch_up,
+                                   int(self.settings.catch_up_grace_s * 1000))
+            except Exception as exc:  # a stored schedule past handling (another version's)
+                self._cannot_process(t, exc, now, time.perf_counter())
+                self._to_settle.set()
+                continue
             if due == t.sched_ms:
                 keep.append(t)
                 continue

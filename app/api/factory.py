@@ -170,6 +170,8 @@ def _error_response(exc: ApiError) -> Response:
 def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
+        if exc.status == 500:  # the stored data's fault, not the caller's: the operator's
+            log.error("%s %s: %s", request.method, request.path, exc.message)
         return _error_response(exc)
 
     def _redis_down(exc: Exception) -> Response:

@@ -86,6 +86,8 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
         try:
             return call()
         except ApiError as exc:
+            if exc.status == 500:  # the stored data's fault, not the caller's (as over HTTP)
+                log.error("%s: %s", what, exc.message)
             return exc
         except JobExists as exc:
             return errors.job_exists(str(exc))

@@ -84,11 +84,23 @@ def malformed(detail: str) -> ApiError:
 _WHY_CHARS = 200
 
 
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:_WHY_CHARS]
+
+
 def unreadable_job(name: str, exc: Exception) -> ApiError:
-    why = f"{type(exc).__name__}: {exc}"
     return ApiError(500, JOB_UNREADABLE,
                     f"job {name!r} is stored in a form this version cannot read "
-                    f"({why[:_WHY_CHARS]}); schedule it again with overwrite, or delete it")
+                    f"({_why(exc)}); schedule it again with overwrite, or delete it")
+
+
+def unreadable_letter(letter_id: str | None, exc: BaseException) -> ApiError:
+    """A dead letter, or the job it keeps, that this version cannot read: purging the
+    letter mends it (its job's own record is another matter)."""
+    which = "a dead letter of this app" if letter_id is None else f"dead letter {letter_id!r}"
+    return ApiError(500, JOB_UNREADABLE,
+                    f"{which} is stored in a form this version cannot read ({_why(exc)}); "
+                    "purge it (by id or prefix)")
 
 
 def bad_query(detail: str) -> ApiError:

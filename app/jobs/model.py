@@ -334,7 +334,10 @@ class DeadLetter:
 
     @property
     def job(self) -> Job:
-        return Job.decode(self.app_id, self.name, self.record)
+        try:
+            return Job.decode(self.app_id, self.name, self.record)
+        except errors.ApiError as exc:  # the letter's to purge, not the job's to schedule
+            raise errors.unreadable_letter(self.id, exc.__cause__ or exc) from exc
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -351,9 +354,13 @@ class DeadLetter:
         )
 
     @classmethod
-    def decode(cls, raw: bytes | str) -> DeadLetter:
-        r = orjson.loads(raw)
-        return cls(
-            r["id"], r["appId"], r["name"], r["scheduledMs"], r["attempts"], r["error"],
-            r["deadMs"], r["record"],
-        )
+    def decode(cls, raw: bytes | str, letter_id: str | None = None) -> DeadLetter:
+        """`letter_id`: the id it is stored under, for the error when it cannot be read."""
+        try:
+            r = orjson.loads(raw)
+            return cls(
+                r["id"], r["appId"], r["name"], r["scheduledMs"], r["attempts"], r["error"],
+                r["deadMs"], r["record"],
+            )
+        except Exception as exc:
+            raise errors.unreadable_letter(letter_id, exc) from exc

@@ -161,7 +161,7 @@ class DeadLetters:
         for _, letter_id, part in entries[offset:offset + limit]:
             raw = self.redis.hget(self.keys.partition(part).dead, letter_id)
             if raw is not None:
-                letter = DeadLetter.decode(raw)
+                letter = DeadLetter.decode(raw, _text(letter_id))
                 if letter.name.startswith(prefix):
                     letters.append(letter)
         return letters
@@ -173,7 +173,7 @@ class DeadLetters:
         if name is None:
             return None
         raw = self.redis.hget(self.keys.for_job(job_id(app_id, name)).dead, letter_id)
-        letter = None if raw is None else DeadLetter.decode(raw)
+        letter = None if raw is None else DeadLetter.decode(raw, letter_id)
         return letter if letter is not None and letter.app_id == app_id else None
 
     # -- acting -----------------------------------------------------------------
@@ -299,7 +299,10 @@ class DeadLetters:
             pipe = self.redis.pipeline(transaction=False)
             for letter_id, key in located[start:end]:
                 pipe.hget(key, letter_id)
-            letters = [DeadLetter.decode(raw) for raw in pipe.execute() if raw is not None]
+            letters = [DeadLetter.decode(raw, _text(letter_id))
+                       for (letter_id, _), raw in zip(located[start:end], pipe.execute(),
+                                                      strict=True)
+                       if raw is not None]
             yield [d for d in letters if d.app_id == app_id], end
             start = end
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from app.jobs.clock import now_ms
+from app.jobs.errors import JobrunnerError
 from app.jobs.model import CatchUp, Job, RunState
 from app.jobs.schedule import catch_up_due
 from app.store.keys import PartitionKeys, fired_now_job_id, job_id, names_range
@@ -173,7 +174,13 @@ class Pauses:
             for jid, entry, record, state in zip(ids, entries, records, states, strict=True):
                 if entry is None or record is None:
                     continue  # not paused, or gone
-                due, run = self._plan(jid, record, Paused.decode(entry), state, now)
+                paused = Paused.decode(entry)
+                try:
+                    due, run = self._plan(jid, record, paused, state, now)
+                except JobrunnerError:  # a job this version cannot read (or whose schedule
+                    # it does not know): no catch-up to work out, its trigger back at its own
+                    # time; failing here left the rest of the app's jobs paused
+                    due, run = ("" if paused.due_ms is None else str(paused.due_ms)), ""
                 args += [jid, entry, due, run]
                 histories.append(pk.history(jid))
             if not args:

@@ -99,6 +99,8 @@ def _after(response: Response) -> Response:
 
 @ui_bp.errorhandler(ApiError)
 def _api_error(exc: ApiError) -> Response:
+    if exc.status == 500:  # the stored data's fault, not the caller's (as in app/api)
+        log.error("%s %s: %s", request.method, request.path, exc.message)
     return _error_page(exc.status, exc.message)
 
 

@@ -1,14 +1,17 @@
--- release.lua: hand back triggers a stopping worker claimed but did not deliver.
+-- release.lua: hand back triggers a worker claimed but did not deliver (it is stopping,
+-- or it cannot read their jobs).
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[3] paused HASH job id -> "{by}|{since ms}|{due ms}" of a paused job (optional)
 -- ARGV[1] lease token the triggers were claimed under
--- ARGV[2..n] job ids
--- Each trigger becomes due again at its retry/due time at once, with the
+-- ARGV[2] ms before which none is due again ("0": each at its own time)
+-- ARGV[3..n] job ids
+-- Each trigger becomes due again at its due time (or at ARGV[2], if later), with the
 -- attempt it was charged for given back; a paused job's waits in `paused` instead
 -- (app/store/pauses.py). Returns how many were released.
 local released = 0
-for i = 2, #ARGV do
+local not_before = tonumber(ARGV[2])
+for i = 3, #ARGV do
   local state = redis.call("HGET", KEYS[2], ARGV[i])
   if state then
     local sched, attempt, count, last, lease = string.match(state, "^(%d+)|(%d+)|(%d+)|(%d*)|(.*)$")
@@ -23,7 +26,7 @@ for i = 2, #ARGV do
           redis.call("HSET", KEYS[3], ARGV[i], head .. sched)
         end
       else
-        redis.call("ZADD", KEYS[1], sched, ARGV[i])
+        redis.call("ZADD", KEYS[1], math.max(tonumber(sched), not_before), ARGV[i])
       end
       released = released + 1
     end
