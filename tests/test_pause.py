@@ -12,7 +12,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from app.jobs.clock import now_ms
-from app.jobs.durations import rfc3339_ns
+from app.jobs.durations import format_ms, rfc3339_ns
 from app.settings import Settings
 from app.store.keys import is_replay
 from app.store.pauses import BATCH, Pauses
@@ -212,24 +212,35 @@ def test_resuming_the_app_leaves_a_job_paused_by_itself_paused(api: FlaskClient)
     assert mine["paused"] is True and "appPaused" not in mine and mine["status"] == "paused"
 
 
+@pytest.mark.parametrize("record", [
+    b"not json",
+    b'{"f1": 1, "s": "@every 1h", "cu": "skip", "x": "later"}',  # reads; a field unusable
+], ids=["unreadable", "unusable"])
 def test_resuming_an_app_with_a_job_it_cannot_read_resumes_every_job(
-        api: FlaskClient, settings: Settings) -> None:
-    """A job whose stored record this version cannot read has no catch-up to work out: the
-    resume puts its trigger back at its own time and goes on. (It raised there: the app
-    read as resumed, its other jobs were left paused.)"""
-    for name in ("a", "broken", "z"):
-        _schedule(api, name, dueTime="1h")
+        api: FlaskClient, settings: Settings, record: bytes) -> None:
+    """A job whose stored record this version cannot read (or use) has no catch-up to work
+    out: the resume puts its trigger back at its own time and goes on. (It raised there: the
+    app read as resumed, its other jobs were left paused.) The unreadable one's own resume
+    and pause are refused and change nothing: answered after acting, they said the job was
+    not resumed when it was."""
     _post(api, "/v1.0/app/pause")
+    late = format_ms(now_ms() - 60_000)  # taken late: its catch-up policy is asked
+    for name in ("a", "broken", "z"):
+        _schedule(api, name, schedule="@every 1h", dueTime=late, catchUp="skip")
     store = Store(settings)
     jid = f"{APP}/broken"
-    store.redis.hset(store.keys.for_job(jid).jobs, jid, b"not json")
+    pk = store.keys.for_job(jid)
+    paused = store.redis.hget(pk.paused, jid)
+    store.redis.hset(pk.jobs, jid, record)
+    if record == b"not json":
+        for action in ("pause", "resume"):
+            _post(api, f"{V1}/broken/{action}", status=500)
+            assert store.redis.hget(pk.paused, jid) == paused, action
     resumed = _post(api, "/v1.0/app/resume")
     assert resumed == {"appId": APP, "paused": False, "pausedTime": None, "jobs": 3}
     assert [_get(api, n)["status"] for n in ("a", "z")] == ["scheduled", "scheduled"]
-    pk = store.keys.for_job(jid)
     assert store.redis.hget(pk.paused, jid) is None
-    due = store.redis.zscore(pk.due, jid)
-    assert due is not None and due > now_ms() + HOUR_MS - 60_000  # its own time, an hour on
+    assert store.redis.zscore(pk.due, jid) is not None  # its trigger back at its own time
 
 
 def test_an_app_pause_walks_its_jobs_in_batches_and_touches_no_other_app(

@@ -31,6 +31,7 @@ from tests.support.redis_proc import free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
 from workers import http_client as http_module
+from workers import queue as queue_module
 from workers import worker as worker_module
 from workers.queue import Settlement
 from workers.worker import Worker
@@ -511,12 +512,14 @@ def _given_back_twice(redis_client: redis.Redis, store: Store, jid: str) -> Call
                          ids=["not-json", "no-first-time", "unknown-catch-up"])
 def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
         settings: Settings, receiver: Receiver, redis_client: redis.Redis,
-        caplog: pytest.LogCaptureFixture, record: bytes) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        record: bytes) -> None:
     """A job record no version of this code wrote (edited by hand, or another version's):
     its trigger is not delivered, and goes back with its attempt given back, again and
     again, logged once; the record stays as it is until the job is scheduled again. Before,
     decoding it raised out of the claim: the worker died with the rest of its claim
     undelivered, and so did each worker that took it."""
+    monkeypatch.setattr(queue_module, "UNREADABLE_RETRY_S", 0.3)
     store = register(settings, receiver.url)
     due = now_ms() + 300
     store.schedule(make_job("unreadable", due))
@@ -542,10 +545,12 @@ def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
 
 
 def test_a_job_mended_after_it_could_not_be_read_gets_its_whole_failure_policy(
-        settings: Settings, receiver: Receiver, redis_client: redis.Redis) -> None:
+        settings: Settings, receiver: Receiver, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The claims of a job no worker could read spent none of its attempts: once its record
     is readable again (a rolling upgrade's new workers, or a mended record), it gets every
     retry of its policy. (Left to its lease, each such claim spent one.)"""
+    monkeypatch.setattr(queue_module, "UNREADABLE_RETRY_S", 0.3)
     store = register(settings, receiver.url)
     receiver.status = 500
     store.schedule(make_job("mended", now_ms() + 300,
@@ -564,6 +569,49 @@ def test_a_job_mended_after_it_could_not_be_read_gets_its_whole_failure_policy(
     [letter] = dead_letters(store)
     assert letter.attempts == 4
     assert [d.path for d in receiver.received()] == ["/job/mended"] * 4
+
+
+def test_unreadable_jobs_are_logged_one_by_one_up_to_a_bound_then_counted(
+        settings: Settings, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each comes back every UNREADABLE_RETRY_S: logged once per version of its record, and
+    past a bound only counted, at most once a minute (a rolling upgrade can make millions;
+    a memory that was emptied when full logged every one of them again every time)."""
+    monkeypatch.setattr(queue_module, "_UNREADABLE_LOGGED", 3)
+    caplog.set_level(logging.ERROR, logger="jobrunner.worker")
+    queue = queue_module.Queue(settings)
+    error = ValueError("not a record")
+    for _ in range(3):  # three rounds of claims
+        for i in range(10):
+            queue._unreadable(f"{APP}/job-{i}".encode(), b"not json", error)
+    queue._unreadable(f"{APP}/job-0".encode(), b"edited again", error)  # counted: full
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert all(f"job-{i}" in line for i, line in enumerate(lines[:3]))
+    assert lines[3].startswith("claims of jobs this worker cannot read, not logged one by one")
+    assert "(3 are): 1 since the last count" in lines[3]
+    asyncio.run(queue.close())
+
+
+def test_an_apps_readable_triggers_do_not_wait_behind_those_it_cannot_read(
+        settings: Settings, receiver: Receiver, redis_client: redis.Redis) -> None:
+    """Triggers a worker cannot read take their app's claim budget in claim.lua but no slot:
+    the worker claims again at once instead of waiting for a slot of the app to free (none
+    would: it slept its idle poll, taking a budget's worth of them a second, ahead of every
+    readable trigger of the app due with them)."""
+    settings = settings.with_(app_concurrency=4)
+    store = register(settings, receiver.url)
+    due = now_ms() + 500
+    store.schedule_many(make_job(f"unreadable-{i:03}", due) for i in range(400))
+    store.schedule(make_job("zz-readable", due))  # claimed after them: ids in order
+    for i in range(400):
+        jid = f"{APP}/unreadable-{i:03}"
+        redis_client.hset(store.keys.for_job(jid).jobs, jid, b"not json")
+    with ThreadWorker(settings) as w:
+        wait_for(lambda: receiver.received() or not w.alive, 30, what="the readable job")
+        assert w.alive, f"the worker died: {w.error!r}"
+    # a generous bound (it comes in tens of ms): behind them it came 4 s late, idle polls
+    assert receiver.received()[0].received_at * 1000 - due < 2000
 
 
 def test_a_late_trigger_whose_catch_up_cannot_be_worked_out_is_dead_lettered_not_fatal(

@@ -31,9 +31,11 @@ log = logging.getLogger("jobrunner.worker")
 # Registrations (addresses, rate limits) a worker uses are at most this old.
 APPS_MAX_AGE_S = 1.0
 # A claimed trigger whose job this worker cannot read is due again this much later.
-UNREADABLE_RETRY_S = 1.0
-# Unreadable jobs (and versions of their records) a worker remembers having logged.
-_UNREADABLE_REMEMBERED = 10_000
+UNREADABLE_RETRY_S = 5.0
+# Unreadable jobs (and versions of their records) a worker logs one by one; past that, a
+# count at most every _UNREADABLE_SUMMARY_S (a rolling upgrade can make millions).
+_UNREADABLE_LOGGED = 10_000
+_UNREADABLE_SUMMARY_S = 60.0
 
 
 class Action:
@@ -93,6 +95,8 @@ class Queue:
         self._apps_loaded = 0.0
         self._alive: dict[str, bool] = {}
         self._unreadable_seen: set[tuple[bytes, int]] = set()  # see _unreadable
+        self._unreadable_unlogged = 0
+        self._unreadable_summary_at = 0.0
 
     async def close(self) -> None:
         if self._loop_redis is not None:
@@ -164,7 +168,7 @@ class Queue:
                                                                            head_ms)
             claim.more = claim.more or bool(more)
             claim.blocked.update(a.decode() for a in blocked)
-            unreadable: list[bytes] = []
+            unreadable: list[bytes] = []  # their ids; their apps' budgets are not spent
             for i in range(3, len(raw), 6):
                 jid, record, sched, attempt, count, due = raw[i:i + 6]
                 try:
@@ -182,6 +186,12 @@ class Queue:
                 left[app_id] = left.get(app_id, budgets.default) - 1
             if unreadable:
                 await self._put_back(part, token, unreadable)
+                # claim.lua counted them against their apps' budgets, and may have called
+                # an app blocked for them: claim again now (they are due later), or the
+                # app's readable triggers wait behind them for a slot that never frees.
+                claim.more = True
+                claim.blocked.difference_update(
+                    split_job_id(j.decode(errors="replace"))[0] for j in unreadable)
         if unavailable is not None and not claim.triggers:
             raise unavailable
         return claim
@@ -360,12 +370,19 @@ class Queue:
 
     def _unreadable(self, jid: bytes, record: Any, exc: Exception) -> None:
         """Logs a job this worker cannot read, once per version of its record (it comes
-        back every UNREADABLE_RETRY_S)."""
+        back every UNREADABLE_RETRY_S); past _UNREADABLE_LOGGED of them, counts."""
         seen = (jid, zlib.crc32(record) if isinstance(record, bytes) else 0)
         if seen in self._unreadable_seen:
             return
-        if len(self._unreadable_seen) >= _UNREADABLE_REMEMBERED:
-            self._unreadable_seen.clear()  # bounded; the worst is a line logged again
+        if len(self._unreadable_seen) >= _UNREADABLE_LOGGED:
+            self._unreadable_unlogged += 1
+            if time.monotonic() - self._unreadable_summary_at >= _UNREADABLE_SUMMARY_S:
+                self._unreadable_summary_at = time.monotonic()
+                log.error("claims of jobs this worker cannot read, not logged one by one "
+                          "(%d are): %d since the last count; each is tried again every %gs",
+                          _UNREADABLE_LOGGED, self._unreadable_unlogged, UNREADABLE_RETRY_S)
+                self._unreadable_unlogged = 0
+            return
         self._unreadable_seen.add(seen)
         why = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
         log.error("cannot read stored job %r, not delivered; it is tried again every %gs "

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from app.jobs.clock import now_ms
-from app.jobs.errors import JobrunnerError
 from app.jobs.model import CatchUp, Job, RunState
 from app.jobs.schedule import catch_up_due
 from app.store.keys import PartitionKeys, fired_now_job_id, job_id, names_range
@@ -177,9 +176,9 @@ class Pauses:
                 paused = Paused.decode(entry)
                 try:
                     due, run = self._plan(jid, record, paused, state, now)
-                except JobrunnerError:  # a job this version cannot read (or whose schedule
-                    # it does not know): no catch-up to work out, its trigger back at its own
-                    # time; failing here left the rest of the app's jobs paused
+                except Exception:  # a job this version cannot read, or whose fields it
+                    # cannot use: no catch-up to work out, its trigger back at its own time;
+                    # failing here left the rest of the app's jobs paused
                     due, run = ("" if paused.due_ms is None else str(paused.due_ms)), ""
                 args += [jid, entry, due, run]
                 histories.append(pk.history(jid))
