@@ -173,13 +173,7 @@ class Pauses:
             for jid, entry, record, state in zip(ids, entries, records, states, strict=True):
                 if entry is None or record is None:
                     continue  # not paused, or gone
-                paused = Paused.decode(entry)
-                try:
-                    due, run = self._plan(jid, record, paused, state, now)
-                except Exception:  # a job this version cannot read, or whose fields it
-                    # cannot use: no catch-up to work out, its trigger back at its own time;
-                    # failing here left the rest of the app's jobs paused
-                    due, run = ("" if paused.due_ms is None else str(paused.due_ms)), ""
+                due, run = self._plan(jid, record, Paused.decode(entry), state, now)
                 args += [jid, entry, due, run]
                 histories.append(pk.history(jid))
             if not args:
@@ -202,15 +196,20 @@ class Pauses:
         last pause."""
         if paused.due_ms is None:
             return "", ""  # in flight (its settlement re-queues it) or nothing pending
-        state = None if raw_state is None else RunState.decode(raw_state)
-        if state is not None and state.attempt:
-            return str(paused.due_ms), ""  # a retry: its attempts go on, no catch-up
-        app_id, _, name = jid.partition("/")
-        job = Job.decode(app_id, name, record)
-        count = 0 if state is None else state.count
-        target = catch_up_due(job.schedule, job.due_time is not None, paused.due_ms, count,
-                              job.repeats, job.expires_ms, now, job.catch_up,
-                              self.settings.max_catch_up, grace_ms=0)
+        try:
+            state = None if raw_state is None else RunState.decode(raw_state)
+            if state is not None and state.attempt:
+                return str(paused.due_ms), ""  # a retry: its attempts go on, no catch-up
+            app_id, _, name = jid.partition("/")
+            job = Job.decode(app_id, name, record)
+            count = 0 if state is None else state.count
+            target = catch_up_due(job.schedule, job.due_time is not None, paused.due_ms,
+                                  count, job.repeats, job.expires_ms, now, job.catch_up,
+                                  self.settings.max_catch_up, grace_ms=0)
+        except Exception:  # a job this version cannot read, or whose fields it cannot use:
+            # no catch-up to work out, its trigger back at its own time (raising here left
+            # the rest of an app's jobs paused by a resume that read as done)
+            return str(paused.due_ms), ""
         if target is None:
             return "end", ""
         if target == paused.due_ms or state is None:
