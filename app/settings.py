@@ -103,6 +103,25 @@ _SIGNING_KEYS_HELP = (
 )
 
 
+MAX_ALLOWED_HOSTS = 64
+# A DNS name (IDNA-encoded), or ".name" for it and every name under it.
+_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"\.?{_LABEL}(\.{_LABEL})*")
+
+
+def _allowed_hosts(raw: str) -> tuple[str, ...]:
+    """`name,.domain,...` (app/api/callers.py): host names, without a port."""
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    if len(hosts) > MAX_ALLOWED_HOSTS:
+        raise SettingsError(f"JOBRUNNER_ALLOWED_HOSTS: at most {MAX_ALLOWED_HOSTS} names, "
+                            f"got {len(hosts)}")
+    for host in hosts:
+        if not _HOST_NAME.fullmatch(host):
+            raise SettingsError(f"JOBRUNNER_ALLOWED_HOSTS: {host[:60]!r} is not a host "
+                                "name (names and .domains, comma-separated, no port)")
+    return hosts
+
+
 def _signing_keys(raw: str) -> tuple[bytes, ...]:
     """`whsec_...,whsec_...`: every key signs each delivery (README, "Verifying
     deliveries"). The error never shows a key: it is a secret."""
@@ -241,6 +260,9 @@ class Settings:
     app_api_token: str = ""
     # Required from callers of the API when set (Dapr's DAPR_API_TOKEN).
     api_token: str = ""
+    # Without api_token, the host names (".name": and those under it) the API answers
+    # besides IP addresses and localhost (app/api/callers.py).
+    allowed_hosts: tuple[str, ...] = ()
     # auto: protobuf Any data as the {type_url, value} envelope, the rest as raw JSON.
     delivery_format: str = "auto"
     # Behave as Dapr 1.14.3+ for this app (JOBRUNNER_DAPR_COMPAT, --dapr-compat): data kept
@@ -350,6 +372,7 @@ class Settings:
             app_url=app_url.rstrip("/"),
             app_api_token=env.get("APP_API_TOKEN", ""),
             api_token=env.get("DAPR_API_TOKEN", ""),
+            allowed_hosts=_allowed_hosts(env.get("JOBRUNNER_ALLOWED_HOSTS", "")),
             delivery_format=(env.get("JOBRUNNER_DELIVERY_FORMAT", "").strip() or "auto").lower(),
             dapr_compat=_bool(env, "JOBRUNNER_DAPR_COMPAT", False),
             app_protocol=(env.get("APP_PROTOCOL", "").strip() or "http").lower(),
@@ -494,6 +517,7 @@ class Settings:
             "APP_URL": self.app_url,
             "APP_API_TOKEN": self.app_api_token,
             "DAPR_API_TOKEN": self.api_token,
+            "JOBRUNNER_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
             "JOBRUNNER_DELIVERY_FORMAT": self.delivery_format,
             "JOBRUNNER_DAPR_COMPAT": "1" if self.dapr_compat else "0",
             "APP_PROTOCOL": self.app_protocol,

@@ -310,3 +310,31 @@ def test_jobrunner_api_serves_the_seed_without_content_type(
     assert status == 204 and body == b""
     status, _, body = call("GET", "/v1.0-alpha1/jobs/R2-D2")
     assert status == 404
+
+
+def test_jobrunner_api_refuses_another_sites_page_on_every_path(
+    gunicorn_api: tuple[int, Settings], redis_client: redis.Redis
+) -> None:
+    """Without a token, a rebound host name or another site's Origin is a 403 on the wire,
+    the schedule shortcut's event-loop path included (app/api/callers.py); SDKs and curl,
+    by IP address or localhost and without an Origin, are served."""
+    port, settings = gunicorn_api
+
+    def post(name: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", f"/v1.0-alpha1/jobs/{name}", body=SEED_BODY,
+                         headers={"Content-Type": "text/plain", **headers})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    for headers, code in (({"Host": f"attacker.example:{port}"}, "ERR_HOST_NOT_ALLOWED"),
+                          ({"Origin": "https://attacker.example"}, "ERR_CROSS_SITE_REQUEST")):
+        status, body = post("refused", headers)
+        assert status == 403 and error_body(body)["errorCode"] == code, body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        status, body = post("served", {"Host": host})
+        assert status == 204, body
+    assert assert_store_consistent(redis_client, settings) == {"gunicorn-app/served"}

@@ -68,6 +68,9 @@ CORPUS: list[tuple[str, str, bytes | None, dict[str, str], bool]] = [
     ("POST", "/v1.0/jobs", _body(dueTime=DUE), JSON, False),
     ("PATCH", "/v1.0/jobs/a", _body(dueTime=DUE), JSON, False),
     ("POST", "/v1.0/jobs/c", _body(dueTime=DUE), {**JSON, "Cookie": "session=x"}, False),
+    # without a token: another site's page, by a rebound name or its Origin (a 403)
+    ("POST", "/v1.0/jobs/r", _body(dueTime=DUE), {**JSON, "Host": "attacker.example"}, False),
+    ("POST", "/v1.0/jobs/o", _body(dueTime=DUE), {**JSON, "Origin": "https://a.example"}, False),
     ("GET", "/v1.0/jobs/a", None, {}, False),
     ("DELETE", "/v1.0/jobs/cron", None, {}, False),
 ]

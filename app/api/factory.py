@@ -18,6 +18,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from app.api.bulk import bulk_bp
+from app.api.callers import refusal
 from app.api.controls import controls_bp
 from app.api.deadletters import deadletters_bp
 from app.api.fast_schedule import ScheduleShortcut
@@ -35,7 +36,8 @@ from app.ui import is_ui_path, ui_bp, ui_gate
 
 log = logging.getLogger("jobrunner.api")
 
-# Paths served without the API token: probes carry none. /metrics is not among them: its
+# Paths served without the API token, whatever the Host and Origin (app/api/callers.py):
+# probes carry none. /metrics is not among them: its
 # counts cover every app on the Redis; a scraper sends the token (README, "Trust boundary").
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/v1.0/healthz", "/v1.0/healthz/outbound")
 _METRICS_PATH = "/metrics"
@@ -89,7 +91,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     @app.before_request
     def _check_token() -> Response | None:
         g.settings, g.store = settings, store
-        if settings.api_token and request.path not in _OPEN_PATHS:
+        if not settings.api_token:
+            if request.path in _OPEN_PATHS:
+                return None
+            problem = refusal(request.headers.get("Host"), request.headers.get("Origin"),
+                              settings.allowed_hosts)
+            return None if problem is None else _error_response(problem)
+        if request.path not in _OPEN_PATHS:
             if is_ui_path(request.path):  # the dashboard: its login form or session cookie
                 return ui_gate(settings)
             given = request.headers.get("dapr-api-token", "")

@@ -4,11 +4,12 @@ Flask's per-request machinery and answers exactly as Flask would.
 On that route Flask's own work (request context, routing, hooks, request and response
 objects) costs about as much CPU as the schedule itself (validation and the Redis
 script). The shortcut, WSGI middleware inside the metrics' counter, does only what that
-route does: the token check, the body read, `jobs.schedule` (the view's own code), the
-route label the metrics count under, and the empty 204.
+route does: the caller check (the token; without one, the Host and Origin: app/api/
+callers.py), the body read, `jobs.schedule` (the view's own code), the route label the
+metrics count under, and the empty 204.
 
 It stands aside, and Flask serves the request as always, for anything else: another
-method or path, a wrong or missing token, a body without a plain Content-Length within
+method or path, a caller the check refuses, a body without a plain Content-Length within
 the limit, a cookie (Flask's session could answer with one). An error met after the body
 was read (a bad job, Redis away) is handed to Flask in the environ, and the view raises
 it again: Flask's handlers answer it, log it and count it, and nothing is done twice.
@@ -40,6 +41,7 @@ from typing import Any
 from flask import Flask
 
 from app.api import jobs
+from app.api.callers import refusal
 from app.api.metrics import _ROUTE_KEY as ROUTE_KEY
 from app.api.metrics import count_request
 from app.jobs.validation import validate_name
@@ -110,6 +112,14 @@ class ScheduleShortcut:
                 self.store.redis.script_load(script.script)
         return self._loop_redis is not None
 
+    def _caller_ok(self, environ: dict[str, Any]) -> bool:
+        """Whether Flask's `_check_token` (app/api/factory.py) would let the request by."""
+        if self._token:
+            return hmac.compare_digest(environ.get("HTTP_DAPR_API_TOKEN", "").encode(),
+                                       self._token)
+        return refusal(environ.get("HTTP_HOST"), environ.get("HTTP_ORIGIN"),
+                       self.settings.allowed_hosts) is None
+
     def _route(self, path: str) -> tuple[str, str] | None:
         """(the raw job name, the URL rule) of a path the shortcut serves, else None."""
         for prefix, rule in self._routes:
@@ -132,8 +142,7 @@ class ScheduleShortcut:
         if found is None:
             return None
         raw_name, rule = found
-        if self._token and not hmac.compare_digest(
-                environ.get("HTTP_DAPR_API_TOKEN", "").encode(), self._token):
+        if not self._caller_ok(environ):
             return None
         length = environ.get("CONTENT_LENGTH", "")
         if ("HTTP_TRANSFER_ENCODING" in environ or "HTTP_COOKIE" in environ
@@ -171,9 +180,8 @@ class ScheduleShortcut:
     def _schedule(self, environ: dict[str, Any], start_response: Callable[..., Any],
                   raw_name: str, rule: str) -> Iterable[bytes]:
         flask = self.flask_wsgi
-        if self._token and not hmac.compare_digest(
-                environ.get("HTTP_DAPR_API_TOKEN", "").encode(), self._token):
-            return flask(environ, start_response)  # Flask's 401
+        if not self._caller_ok(environ):
+            return flask(environ, start_response)  # Flask's 401 or 403
         length = environ.get("CONTENT_LENGTH", "")
         if ("HTTP_TRANSFER_ENCODING" in environ or "HTTP_COOKIE" in environ
                 or not (length.isascii() and length.isdigit())

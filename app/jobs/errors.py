@@ -47,6 +47,9 @@ UNAUTHORIZED = "ERR_UNAUTHORIZED"
 APP_ID_INVALID = "ERR_APP_ID_INVALID"
 NOT_FOUND = "ERR_NOT_FOUND"  # no such route
 METHOD_NOT_ALLOWED = "ERR_METHOD_NOT_ALLOWED"
+# A token-less API refuses a browser's request from another site (app/api/callers.py).
+HOST_NOT_ALLOWED = "ERR_HOST_NOT_ALLOWED"
+CROSS_SITE = "ERR_CROSS_SITE_REQUEST"
 # A stored job this version cannot read: its record edited by hand, or written by a version
 # that stores jobs otherwise. The request was fine; the stored data is not (hence a 500).
 JOB_UNREADABLE = "DAPR_SCHEDULER_JOB_UNREADABLE"
