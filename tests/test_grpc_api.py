@@ -297,6 +297,33 @@ def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(
         "new", "ok"]
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("x", "later"), ("dt", "5s"), ("r", True), ("s", 5), ("l", 60), ("f1", "1"), ("f1", None),
+    ("ti", ["id"]),
+])
+def test_a_stored_field_of_another_type_is_the_same_clear_error(
+        api: Api, field: str, value: Any) -> None:
+    """A record that decodes but holds a field of another type: the same answer as one that
+    cannot be read (Job.checked), where it was a bare ERR_INTERNAL, or a job shown with the
+    wrong type; pausing it is refused before anything is done; delete mends it."""
+    schedule(api, jobs_pb2.Job(name="odd", schedule="@every 1h", repeats=3, ttl="2h",
+                               data=string_any("x")))
+    jid = "job-service/odd"
+    key = api.store.keys.for_job(jid)
+    record = json.loads(api.store.redis.hget(key.jobs, jid))
+    api.store.redis.hset(key.jobs, jid, json.dumps({**record, field: value}))
+    http, base = api.http, "/v1.0-alpha1/jobs"
+    for answer in (http.get(f"{base}/odd"), http.get(base), http.post(f"{base}/odd/pause")):
+        assert answer.status_code == 500, answer.get_data(as_text=True)
+        body = answer.get_json()
+        assert body["errorCode"] == errors.JOB_UNREADABLE and "cannot read" in body["message"]
+    assert api.store.redis.hget(key.paused, jid) is None  # the pause did nothing
+    code, _, reason = failure(lambda: get(api, "odd"))
+    assert (code, reason) == (grpc.StatusCode.INTERNAL, errors.JOB_UNREADABLE)
+    assert http.delete(f"{base}/odd").status_code == 204
+    assert http.get(f"{base}/odd").status_code == 404
+
+
 def test_list_jobs_lists_every_job_of_this_app_only(api_for: Callable[..., Api],
                                                     twin: str) -> None:
     api = api_for()

@@ -508,8 +508,9 @@ def _given_back_twice(redis_client: redis.Redis, store: Store, jid: str) -> Call
 
 
 @pytest.mark.parametrize("record", [b"not json", b'{"s": "@every 1s"}',
-                                    b'{"f1": 1, "cu": "never"}'],
-                         ids=["not-json", "no-first-time", "unknown-catch-up"])
+                                    b'{"f1": 1, "cu": "never"}', b'{"f1": 1, "ti": ["x"]}'],
+                         ids=["not-json", "no-first-time", "unknown-catch-up",
+                              "trigger-id-not-text"])
 def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
         settings: Settings, receiver: Receiver, redis_client: redis.Redis,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,

@@ -221,6 +221,11 @@ class Job:
             text = get("j")
             catch_up = get("cu")  # mostly absent: the enum's call is the dearer path
             first_ms = record["f1"]
+            replay_of = get("ti")
+            if replay_of is not None and type(replay_of) is not str:
+                # The trigger's id, under which the worker records even a failure: checked
+                # here, the other fields only by the API's reads (Job.checked).
+                raise TypeError(f"ti is {type(replay_of).__name__}, not str")
             job = object.__new__(cls)
             job.__dict__ = {
                 "app_id": app_id,
@@ -238,7 +243,7 @@ class Job:
                 "catch_up": CatchUp.COALESCE if catch_up is None else CatchUp(catch_up),
                 "first_ms": first_ms,
                 "expires_ms": get("x"),
-                "replay_of": get("ti"),
+                "replay_of": replay_of,
                 # The digest of these very bytes, as stored: re-encoding them for `rev` was a
                 # tenth of a worker's CPU per delivery (its trigger id names the rev).
                 "rev": f"{zlib.crc32(raw if isinstance(raw, bytes) else raw.encode()):08x}",
@@ -246,6 +251,26 @@ class Job:
             return job
         except Exception as exc:  # free on 3.11 until raised
             raise errors.unreadable_job(name, exc) from exc
+
+    def checked(self) -> Job:
+        """This job, once its fields have their types: a record can decode and still hold
+        one of another type (edited by hand, another version's), which would fail later,
+        in whatever shows it. For the API's reads; a worker's decode, once per delivery,
+        does without (a trigger it cannot use is dead-lettered)."""
+        for field, kind in _FIELD_TYPES:
+            value = self.__dict__[field]
+            if type(value) is not kind and (value is not None or field == "first_ms"):
+                raise errors.unreadable_job(self.name, TypeError(
+                    f"{field} is {type(value).__name__}, not {kind.__name__}"))
+        return self
+
+
+# The fields a stored record gives as they are (Job.checked); the rest go through a
+# constructor that refuses a wrong type (FailurePolicy.decode, CatchUp, orjson.loads).
+_FIELD_TYPES: tuple[tuple[str, type], ...] = (
+    ("any_type", str), ("any_value", str), ("data_text", str), ("schedule", str),
+    ("due_time", str), ("repeats", int), ("ttl", str), ("delivery_timeout_ms", int),
+    ("first_ms", int), ("expires_ms", int))
 
 
 # Well-known type URLs are stored as "~Name": 36 bytes less per job with Any data.
@@ -335,7 +360,7 @@ class DeadLetter:
     @property
     def job(self) -> Job:
         try:
-            return Job.decode(self.app_id, self.name, self.record)
+            return Job.decode(self.app_id, self.name, self.record).checked()
         except errors.ApiError as exc:  # the letter's to purge, not the job's to schedule
             raise errors.unreadable_letter(self.id, exc.__cause__ or exc) from exc
 
