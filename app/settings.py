@@ -104,9 +104,9 @@ _SIGNING_KEYS_HELP = (
 
 
 MAX_ALLOWED_HOSTS = 64
-# A DNS name (IDNA-encoded), or ".name" for it and every name under it.
+# A host name (IDNA-encoded, lower-case; `_` as Docker's names have it).
 _LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOST_NAME = re.compile(rf"\.?{_LABEL}(\.{_LABEL})*")
+HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 def _allowed_hosts(raw: str) -> tuple[str, ...]:
@@ -116,7 +116,7 @@ def _allowed_hosts(raw: str) -> tuple[str, ...]:
         raise SettingsError(f"JOBRUNNER_ALLOWED_HOSTS: at most {MAX_ALLOWED_HOSTS} names, "
                             f"got {len(hosts)}")
     for host in hosts:
-        if not _HOST_NAME.fullmatch(host):
+        if not HOST_NAME.fullmatch(host.removeprefix(".")):  # ".name": it and those under it
             raise SettingsError(f"JOBRUNNER_ALLOWED_HOSTS: {host[:60]!r} is not a host "
                                 "name (names and .domains, comma-separated, no port)")
     return hosts

@@ -29,7 +29,8 @@ REBOUND = "attacker.example:6280"
 
 @pytest.fixture
 def settings(redis_server: RedisProcess) -> Settings:
-    return api_settings(redis_server.url, allowed_hosts=("jobrunner", ".svc.internal"))
+    return api_settings(redis_server.url,
+                        allowed_hosts=("jobrunner", "job_runner", ".svc.internal"))
 
 
 @pytest.fixture
@@ -64,8 +65,14 @@ ROUTES = [
     ({"Host": "localhost", "Origin": "https://attacker.example"}, errors.CROSS_SITE),
     ({"Host": "127.0.0.1:6280", "Origin": "http://127.0.0.1:9999"}, errors.CROSS_SITE),
     ({"Host": "127.0.0.1:6280", "Origin": "null"}, errors.CROSS_SITE),
+    ({"Host": "localhost", "Origin": "https://localhost"}, errors.CROSS_SITE),
+    ({"Host": "localhost:6280", "Origin": "http://user@localhost:6280"}, errors.CROSS_SITE),
+    ({"Host": "localhost."}, errors.HOST_NOT_ALLOWED),
+    ({"Host": "..localhost"}, errors.HOST_NOT_ALLOWED),
+    ({"Host": "[::1%25lo]:6280"}, errors.HOST_NOT_ALLOWED),
 ], ids=["rebound", "rebound-upper", "allowed-name-as-prefix", "ip-as-prefix", "cross-site",
-        "other-port", "opaque-origin"])
+        "other-port", "opaque-origin", "other-scheme", "userinfo", "trailing-dot",
+        "empty-label", "ipv6-zone"])
 def test_another_sites_page_is_refused_before_anything_is_done(
         client: FlaskClient, settings: Settings, redis_client: redis.Redis, method: str,
         path: str, body: bytes | None, headers: dict[str, str], code: str) -> None:
@@ -82,7 +89,8 @@ def test_another_sites_page_is_refused_before_anything_is_done(
 
 @pytest.mark.parametrize("host", [
     "127.0.0.1:6280", "127.0.0.1", "[::1]:6280", "10.1.2.3", "localhost:6280", "LOCALHOST",
-    "app.localhost:6280", "jobrunner:3500", "jobrunner", "api.svc.internal", "svc.internal:80",
+    "app.localhost:6280", "jobrunner:3500", "jobrunner", "job_runner:3500", "api.svc.internal",
+    "svc.internal:80",
 ])
 def test_ip_addresses_localhost_and_the_allowed_names_are_served(client: FlaskClient,
                                                                  host: str) -> None:
@@ -90,6 +98,9 @@ def test_ip_addresses_localhost_and_the_allowed_names_are_served(client: FlaskCl
                        headers={"Host": host}).status_code == 204
     got = client.get(f"{BASE}/j", headers={"Host": host, "Origin": f"http://{host}"})
     assert got.status_code == 200 and got.get_json()["name"] == "j"
+    if ":" not in host.rpartition("]")[2]:  # no port: the scheme's own, said or not
+        got = client.get(f"{BASE}/j", headers={"Host": host, "Origin": f"http://{host}:80"})
+        assert got.status_code == 200, got.get_data(as_text=True)
     assert client.get("/ui/jobs", headers={"Host": host}).status_code == 200
 
 
@@ -116,11 +127,11 @@ def test_a_malformed_host_is_not_allowed() -> None:
 
 
 def test_allowed_hosts_are_read_and_checked() -> None:
-    env = {"JOBRUNNER_ALLOWED_HOSTS": " JobRunner , .svc.internal,,"}
-    assert Settings.from_env(env).allowed_hosts == ("jobrunner", ".svc.internal")
-    assert Settings.from_env(Settings.from_env(env).to_env()).allowed_hosts == (
-        "jobrunner", ".svc.internal")
-    for bad in ("jobrunner:3500", "http://jobrunner", "a b", "-x", "x..y"):
+    env = {"JOBRUNNER_ALLOWED_HOSTS": " JobRunner , .svc.internal,job_runner,,"}
+    wanted = ("jobrunner", ".svc.internal", "job_runner")
+    assert Settings.from_env(env).allowed_hosts == wanted
+    assert Settings.from_env(Settings.from_env(env).to_env()).allowed_hosts == wanted
+    for bad in ("jobrunner:3500", "http://jobrunner", "a b", "-x", "x..y", "..x", "x."):
         with pytest.raises(SettingsError, match="JOBRUNNER_ALLOWED_HOSTS"):
             Settings.from_env({"JOBRUNNER_ALLOWED_HOSTS": bad})
     with pytest.raises(SettingsError, match=f"at most {MAX_ALLOWED_HOSTS}"):

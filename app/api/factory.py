@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             if request.path in _OPEN_PATHS:
                 return None
             problem = refusal(request.headers.get("Host"), request.headers.get("Origin"),
-                              settings.allowed_hosts)
+                              request.scheme, settings.allowed_hosts)
             return None if problem is None else _error_response(problem)
         if request.path not in _OPEN_PATHS:
             if is_ui_path(request.path):  # the dashboard: its login form or session cookie

@@ -118,7 +118,7 @@ class ScheduleShortcut:
             return hmac.compare_digest(environ.get("HTTP_DAPR_API_TOKEN", "").encode(),
                                        self._token)
         return refusal(environ.get("HTTP_HOST"), environ.get("HTTP_ORIGIN"),
-                       self.settings.allowed_hosts) is None
+                       environ.get("wsgi.url_scheme", "http"), self.settings.allowed_hosts) is None
 
     def _route(self, path: str) -> tuple[str, str] | None:
         """(the raw job name, the URL rule) of a path the shortcut serves, else None."""
