@@ -8,6 +8,7 @@ are put in Redis here the way the worker's acknowledge script stores them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -155,6 +156,15 @@ def test_a_dead_letter_that_cannot_be_read_is_a_clear_error_and_purging_mends_it
     assert client.delete(dl, query_string={"prefix": "outer"}).get_json() == {"purged": 1}
     assert client.delete(dl, query_string={"id": inner.id}).get_json() == {"purged": 1}
     assert listed(client, dl) == []
+    # an envelope that reads, with a field of another type (a bare ERR_INTERNAL before)
+    odd = put_dead_letter(redis_client, settings, settings.app_id, "odd", dead_ms=3)
+    envelope = json.loads(odd.encode())
+    for field, value in (("scheduledMs", "x"), ("deadMs", 1.5), ("error", 5)):
+        redis_client.hset(keys.for_job(job_id(settings.app_id, "odd")).dead, odd.id,
+                          json.dumps({**envelope, field: value}))
+        for response in (client.get(f"{dl}/{quote(odd.id, safe='')}"), client.get(dl)):
+            assert response.status_code == 500, (field, response.get_data(as_text=True))
+            assert response.get_json()["errorCode"] == "DAPR_SCHEDULER_JOB_UNREADABLE"
 
 
 def test_inspect_unknown_or_foreign_letter_is_404(client: FlaskClient, dl: str,

@@ -417,6 +417,25 @@ def test_hostile_names_data_and_errors_are_shown_as_text(settings: Settings,
 # --- the dead-letter pages -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("action", ["pause", "resume", "trigger"])
+def test_a_job_it_cannot_read_is_neither_paused_resumed_nor_triggered(
+        settings: Settings, action: str) -> None:
+    """As over the API (README, "Errors and retries"): refused, and nothing changes; before,
+    the dashboard paused such a job, which the API then could not resume."""
+    client = create_app(settings).test_client()
+    store = Store(settings)
+    store.schedule(make_job("odd", app_id=settings.app_id))
+    jid = f"{settings.app_id}/odd"
+    pk = store.keys.for_job(jid)
+    record = orjson.loads(store.redis.hget(pk.jobs, jid))
+    store.redis.hset(pk.jobs, jid, orjson.dumps({**record, "x": "later"}))
+    csrf = csrf_of(client.get("/ui/schedule").data)
+    before = {k: store.redis.dump(k) for k in store.redis.keys(f"{settings.prefix}:*")}
+    answer = client.post(f"/ui/jobs/odd/{action}", data={"csrf_token": csrf})
+    assert answer.status_code == 500 and b"cannot read" in answer.data
+    assert {k: store.redis.dump(k) for k in store.redis.keys(f"{settings.prefix}:*")} == before
+
+
 def test_dead_letters_are_listed_inspected_replayed_and_purged(
         settings: Settings, receiver: Receiver) -> None:
     client = create_app(settings).test_client()

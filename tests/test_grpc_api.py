@@ -298,14 +298,17 @@ def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("x", "later"), ("dt", "5s"), ("r", True), ("s", 5), ("l", 60), ("f1", "1"), ("f1", None),
-    ("ti", ["id"]),
+    ("x", "later"), ("dt", "5s"), ("dt", 0), ("r", True), ("r", 2**32), ("s", 5), ("l", 60),
+    ("f1", "1"), ("f1", None), ("ti", ["id"]), ("fp", ["constant", "3", None]),
+    ("fp", ["constant", 1000, -1]), ("fp", ["exponential", 1000, 3, 5000, "nan", 0]),
 ])
 def test_a_stored_field_of_another_type_is_the_same_clear_error(
         api: Api, field: str, value: Any) -> None:
-    """A record that decodes but holds a field of another type: the same answer as one that
-    cannot be read (Job.checked), where it was a bare ERR_INTERNAL, or a job shown with the
-    wrong type; pausing it is refused before anything is done; delete mends it."""
+    """A record that parses but holds a field of another type, or out of its range: the
+    same answer as one that cannot be read (Job.decode), where it was a bare ERR_INTERNAL, a
+    job shown with the wrong type (or as JSON no parser reads: NaN), or one the worker
+    could not record a failure of; pausing, resuming and triggering it are refused before
+    anything is done, and the bulk route says it in its result; delete mends it."""
     schedule(api, jobs_pb2.Job(name="odd", schedule="@every 1h", repeats=3, ttl="2h",
                                data=string_any("x")))
     jid = "job-service/odd"
@@ -313,11 +316,16 @@ def test_a_stored_field_of_another_type_is_the_same_clear_error(
     record = json.loads(api.store.redis.hget(key.jobs, jid))
     api.store.redis.hset(key.jobs, jid, json.dumps({**record, field: value}))
     http, base = api.http, "/v1.0-alpha1/jobs"
-    for answer in (http.get(f"{base}/odd"), http.get(base), http.post(f"{base}/odd/pause")):
+    before = assert_store_consistent(api.store.redis, api.settings)
+    for answer in (http.get(f"{base}/odd"), http.get(base), http.post(f"{base}/odd/pause"),
+                   http.post(f"{base}/odd/resume"), http.post(f"{base}/odd/trigger")):
         assert answer.status_code == 500, answer.get_data(as_text=True)
         body = answer.get_json()
         assert body["errorCode"] == errors.JOB_UNREADABLE and "cannot read" in body["message"]
     assert api.store.redis.hget(key.paused, jid) is None  # the pause did nothing
+    assert assert_store_consistent(api.store.redis, api.settings) == before  # nor the trigger
+    results = http.post(base, json={"jobs": [{"name": "odd", "schedule": "@every 1h"}]})
+    assert [r.get("errorCode") for r in results.get_json()["results"]] == [errors.JOB_UNREADABLE]
     code, _, reason = failure(lambda: get(api, "odd"))
     assert (code, reason) == (grpc.StatusCode.INTERNAL, errors.JOB_UNREADABLE)
     assert http.delete(f"{base}/odd").status_code == 204

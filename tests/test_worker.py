@@ -507,10 +507,12 @@ def _given_back_twice(redis_client: redis.Redis, store: Store, jid: str) -> Call
     return check
 
 
-@pytest.mark.parametrize("record", [b"not json", b'{"s": "@every 1s"}',
-                                    b'{"f1": 1, "cu": "never"}', b'{"f1": 1, "ti": ["x"]}'],
-                         ids=["not-json", "no-first-time", "unknown-catch-up",
-                              "trigger-id-not-text"])
+@pytest.mark.parametrize("record", [
+    b"not json", b'{"s": "@every 1s"}', b'{"f1": 1, "cu": "never"}', b'{"f1": 1, "ti": ["x"]}',
+    b'{"f1": 1, "dt": "5s"}', b'{"f1": "1", "u": "2020-01-01T00:00:00Z"}',
+    b'{"f1": 1, "fp": ["exponential", 1000, 3, 5000, "nan", 0]}',
+], ids=["not-json", "no-first-time", "unknown-catch-up", "trigger-id-not-text",
+        "timeout-not-a-number", "first-time-not-a-number", "multiplier-nan"])
 def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
         settings: Settings, receiver: Receiver, redis_client: redis.Redis,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,10 @@ from app.jobs import errors
 from app.jobs.durations import format_ms
 
 JSONValue = Any  # any value json.loads can return
+
+
+# The largest of repeats and maxRetries (a uint32 in Dapr's protos).
+UINT32_MAX = 2**32 - 1
 
 
 class FailureKind(enum.StrEnum):
@@ -83,10 +88,20 @@ class FailurePolicy:
 
     @classmethod
     def decode(cls, raw: list[Any]) -> FailurePolicy:
-        policy = cls(FailureKind(raw[0]), int(raw[1]), None if raw[2] is None else int(raw[2]))
+        """As encode wrote it; anything else raises (a record edited by hand, or another
+        version's: Job.decode), not converted: "3" or "nan" would be shown and used."""
+        interval, retries = raw[1], raw[2]
+        if type(interval) is not int or interval < 0 or not (
+                retries is None or (type(retries) is int and 0 <= retries <= UINT32_MAX)):
+            raise ValueError(f"failure policy {raw!r:.80}")
+        policy = cls(FailureKind(raw[0]), interval, retries)
         if len(raw) > 3:
-            policy = dataclasses.replace(policy, max_interval_ms=int(raw[3]),
-                                         multiplier=float(raw[4]), jitter=float(raw[5]))
+            longest, multiplier, jitter = raw[3], raw[4], raw[5]
+            if type(longest) is not int or not all(
+                    type(x) in (int, float) and math.isfinite(x) for x in (multiplier, jitter)):
+                raise ValueError(f"failure policy {raw!r:.80}")
+            policy = dataclasses.replace(policy, max_interval_ms=longest,
+                                         multiplier=float(multiplier), jitter=float(jitter))
         return policy
 
 
@@ -221,28 +236,41 @@ class Job:
             text = get("j")
             catch_up = get("cu")  # mostly absent: the enum's call is the dearer path
             first_ms = record["f1"]
-            replay_of = get("ti")
-            if replay_of is not None and type(replay_of) is not str:
-                # The trigger's id, under which the worker records even a failure: checked
-                # here, the other fields only by the API's reads (Job.checked).
-                raise TypeError(f"ti is {type(replay_of).__name__}, not str")
+            any_value, schedule, repeats, ttl = get("v"), get("s"), get("r"), get("l")
+            timeout, expires, replay_of = get("dt"), get("x"), get("ti")
+            # Each field of its type (a record edited by hand, or another version's, reads as
+            # one that cannot be read), not found wrong later by whatever uses it: a worker
+            # recording a failure, a GET. Inline: about 0.1 µs of a delivery.
+            if not (type(first_ms) is int
+                    and (any_type is None or type(any_type) is str)
+                    and (any_value is None or type(any_value) is str)
+                    and (text is None or type(text) is str)
+                    and (schedule is None or type(schedule) is str)
+                    and (due_time is None or type(due_time) is str or due_time == 0)
+                    and (repeats is None or (type(repeats) is int
+                                             and 0 <= repeats <= UINT32_MAX))
+                    and (ttl is None or type(ttl) is str)
+                    and (timeout is None or (type(timeout) is int and timeout > 0))
+                    and (expires is None or type(expires) is int)
+                    and (replay_of is None or type(replay_of) is str)):
+                raise TypeError("a field of another type or out of range")
             job = object.__new__(cls)
             job.__dict__ = {
                 "app_id": app_id,
                 "name": name,
                 "data": get("d") if text is None else orjson.loads(text),
                 "any_type": None if any_type is None else _long_type(any_type),
-                "any_value": get("v"),
+                "any_value": any_value,
                 "data_text": text,
-                "schedule": get("s"),
+                "schedule": schedule,
                 "due_time": format_ms(first_ms) if due_time == 0 else due_time,
-                "repeats": get("r"),
-                "ttl": get("l"),
+                "repeats": repeats,
+                "ttl": ttl,
                 "failure_policy": FailurePolicy.decode(fp) if fp else DEFAULT_FAILURE_POLICY,
-                "delivery_timeout_ms": get("dt"),
+                "delivery_timeout_ms": timeout,
                 "catch_up": CatchUp.COALESCE if catch_up is None else CatchUp(catch_up),
                 "first_ms": first_ms,
-                "expires_ms": get("x"),
+                "expires_ms": expires,
                 "replay_of": replay_of,
                 # The digest of these very bytes, as stored: re-encoding them for `rev` was a
                 # tenth of a worker's CPU per delivery (its trigger id names the rev).
@@ -251,26 +279,6 @@ class Job:
             return job
         except Exception as exc:  # free on 3.11 until raised
             raise errors.unreadable_job(name, exc) from exc
-
-    def checked(self) -> Job:
-        """This job, once its fields have their types: a record can decode and still hold
-        one of another type (edited by hand, another version's), which would fail later,
-        in whatever shows it. For the API's reads; a worker's decode, once per delivery,
-        does without (a trigger it cannot use is dead-lettered)."""
-        for field, kind in _FIELD_TYPES:
-            value = self.__dict__[field]
-            if type(value) is not kind and (value is not None or field == "first_ms"):
-                raise errors.unreadable_job(self.name, TypeError(
-                    f"{field} is {type(value).__name__}, not {kind.__name__}"))
-        return self
-
-
-# The fields a stored record gives as they are (Job.checked); the rest go through a
-# constructor that refuses a wrong type (FailurePolicy.decode, CatchUp, orjson.loads).
-_FIELD_TYPES: tuple[tuple[str, type], ...] = (
-    ("any_type", str), ("any_value", str), ("data_text", str), ("schedule", str),
-    ("due_time", str), ("repeats", int), ("ttl", str), ("delivery_timeout_ms", int),
-    ("first_ms", int), ("expires_ms", int))
 
 
 # Well-known type URLs are stored as "~Name": 36 bytes less per job with Any data.
@@ -360,7 +368,7 @@ class DeadLetter:
     @property
     def job(self) -> Job:
         try:
-            return Job.decode(self.app_id, self.name, self.record).checked()
+            return Job.decode(self.app_id, self.name, self.record)
         except errors.ApiError as exc:  # the letter's to purge, not the job's to schedule
             raise errors.unreadable_letter(self.id, exc.__cause__ or exc) from exc
 
@@ -383,9 +391,15 @@ class DeadLetter:
         """`letter_id`: the id it is stored under, for the error when it cannot be read."""
         try:
             r = orjson.loads(raw)
-            return cls(
-                r["id"], r["appId"], r["name"], r["scheduledMs"], r["attempts"], r["error"],
-                r["deadMs"], r["record"],
-            )
+            values = (r["id"], r["appId"], r["name"], r["scheduledMs"], r["attempts"],
+                      r["error"], r["deadMs"], r["record"])
+            if tuple(map(type, values)) != _LETTER_TYPES:  # as encode wrote them
+                raise TypeError("a field of another type")
+            return cls(*values)
         except Exception as exc:
             raise errors.unreadable_letter(letter_id, exc) from exc
+
+
+
+# The types of DeadLetter's fields, in their order.
+_LETTER_TYPES = (str, str, str, int, int, str, int, str)

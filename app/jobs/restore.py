@@ -44,11 +44,10 @@ import orjson
 from app.jobs import errors
 from app.jobs.durations import MAX_MS, NS_PER_MS, format_ms, rfc3339_ns
 from app.jobs.errors import ApiError, malformed
-from app.jobs.model import Job, RunState
+from app.jobs.model import UINT32_MAX, Job, RunState
 from app.jobs.schedule import CronSchedule, parse_schedule
 
 RESTORE_FIELD = "nextTriggerTime"
-_UINT32_MAX = 2**32 - 1
 # Longer than any RFC 3339 time (nanoseconds and an offset make 35 characters).
 MAX_TIME_LENGTH = 64
 
@@ -139,8 +138,8 @@ def _time(request: dict[str, Any], field: str) -> int | None:
 def _count(value: Any) -> int:
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT32_MAX:
-        raise malformed(f"triggerCount must be a whole number from 0 to {_UINT32_MAX}, "
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT32_MAX:
+        raise malformed(f"triggerCount must be a whole number from 0 to {UINT32_MAX}, "
                         f"got {_show(value)}")
     return value
 

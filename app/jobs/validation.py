@@ -67,6 +67,7 @@ from app.jobs.durations import MAX_DURATION_LENGTH, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
 from app.jobs.model import (
     DEFAULT_FAILURE_POLICY,
+    UINT32_MAX,
     CatchUp,
     FailureKind,
     FailurePolicy,
@@ -78,8 +79,7 @@ from app.jobs.schedule import MAX_SCHEDULE_LENGTH, ScheduleError, plan
 MAX_NAME_LENGTH = 253
 # deliveryTimeout's bound when the caller gives none (Settings.max_job_delivery_timeout_s).
 DEFAULT_MAX_DELIVERY_TIMEOUT_MS = 25_000
-_UINT32_MAX = 2**32 - 1
-_UINT32_DIGITS = len(str(_UINT32_MAX))
+_UINT32_DIGITS = len(str(UINT32_MAX))
 # `/` separates app id and name in job ids; `\ # ?` and control characters
 # break URLs and logs. C0, DEL and C1 are Unicode's control characters (Cc). U+FFFD is
 # what invalid UTF-8 in a path decodes to: `a%FFb` and `a%FEb` would name one job.
@@ -297,13 +297,13 @@ def _opt_uint32(value: Any, field: str) -> int | None:
         if len(digits) > _UINT32_DIGITS:
             if value.startswith("-"):
                 raise malformed(f"{field} must not be negative, got {_show(value)}")
-            raise malformed(f"{field} must be at most {_UINT32_MAX}, got {_show(value)}")
+            raise malformed(f"{field} must be at most {UINT32_MAX}, got {_show(value)}")
         value = ("-" if value.startswith("-") else "") + digits
     number = int(value)
     if number < 0:
         raise malformed(f"{field} must not be negative, got {number}")
-    if number > _UINT32_MAX:
-        raise malformed(f"{field} must be at most {_UINT32_MAX}, got {number}")
+    if number > UINT32_MAX:
+        raise malformed(f"{field} must be at most {UINT32_MAX}, got {number}")
     return number
 
 

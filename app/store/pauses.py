@@ -80,17 +80,26 @@ class Pauses:
     def pause_job(self, app_id: str, name: str) -> bool:
         """Pause the job; False when there is no such job."""
         jid = job_id(app_id, name)
-        return self._pause(self.keys.for_job(jid), app_id, [jid], BY_JOB) == 1
+        pk = self.keys.for_job(jid)
+        return self._readable(pk, app_id, name) and self._pause(pk, app_id, [jid], BY_JOB) == 1
 
     def resume_job(self, app_id: str, name: str) -> bool:
         """Lift the job's own pause (a pause of its app stays); False when there is no
         such job."""
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        if not self.redis.hexists(pk.jobs, jid):
+        if not self._readable(pk, app_id, name):
             return False
         self._resume(pk, [jid], BY_JOB)
         return True
+
+    def _readable(self, pk: PartitionKeys, app_id: str, name: str) -> bool:
+        """Whether the job exists; its error when this version cannot read it, before
+        anything is done (an answer that cannot show the job would say the act failed)."""
+        record = self.redis.hget(pk.jobs, job_id(app_id, name))
+        if record is not None:
+            Job.decode(app_id, name, record)
+        return record is not None
 
     def trigger(self, app_id: str, name: str) -> Fired | None:
         """Fire the job once now, beside its schedule; None when there is no such job."""

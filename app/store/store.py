@@ -244,7 +244,7 @@ class Store:
         record, state, score, paused, app_paused = pipe.execute()
         if record is None:
             return None
-        return with_pause(self._view(Job.decode(app_id, name, record).checked(), state, score),
+        return with_pause(self._view(Job.decode(app_id, name, record), state, score),
                           paused, app_paused)
 
     @staticmethod
@@ -323,7 +323,7 @@ class Store:
             if record is not None:
                 name = split_job_id(ids[i])[1]
                 views.append(with_pause(
-                    self._view(Job.decode(app_id, name, record).checked(), answers[3 * i + 1],
+                    self._view(Job.decode(app_id, name, record), answers[3 * i + 1],
                                answers[3 * i + 2]), *pauses[i]))
         return views, take
 
