@@ -168,7 +168,7 @@ def safe_next(target: str | None) -> str:
 def csrf_problem(settings: Settings) -> str | None:
     """Why this POST must be refused, or None when it may go on."""
     origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    if origin is not None and _netloc(origin) != request.host:
         return "the form was sent from another site"
     if header_authenticated(settings):
         return None
@@ -176,3 +176,10 @@ def csrf_problem(settings: Settings) -> str | None:
     if not given or not hmac.compare_digest(given.encode(), current_session().csrf.encode()):
         return "the form is stale or was not sent from this dashboard; load the page again"
     return None
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:  # "http://[": no site at all
+        return None
