@@ -547,6 +547,31 @@ def test_a_stored_job_that_cannot_be_read_is_left_as_is_and_the_worker_goes_on(
     assert [d.path for d in receiver.received()] == ["/job/readable", "/job/unreadable"]
 
 
+def test_a_trigger_now_of_a_deleted_job_that_cannot_be_read_is_dropped(
+        settings: Settings, receiver: Receiver, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A "trigger now" one-shot is dropped undelivered once its job is deleted; one whose
+    record cannot be read was given back every UNREADABLE_RETRY_S for ever instead, and no
+    API could delete it (it is in no app's list)."""
+    from app.store.pauses import Pauses
+
+    monkeypatch.setattr(queue_module, "UNREADABLE_RETRY_S", 0.3)
+    store = register(settings, receiver.url)
+    store.schedule(make_job("parent", now_ms() + 3_600_000))
+    assert Pauses(store).trigger(APP, "parent") is not None
+    jobs_key = store.keys.for_job(f"{APP}/parent").jobs
+    [once] = [j for j in redis_client.hkeys(jobs_key) if b"now-" in j]
+    redis_client.hset(jobs_key, once, b"not json")
+    assert store.delete(APP, "parent")
+    with ThreadWorker(settings) as w:
+        wait_for(lambda: not redis_client.hexists(jobs_key, once), 15,
+                 what="the unreadable one-shot of the deleted job dropped")
+        assert w.alive, f"the worker died: {w.error!r}"
+    due_key = store.keys.for_job(f"{APP}/parent").due
+    assert redis_client.zscore(due_key, once) is None and receiver.received() == []
+    assert dead_letters(store) == []
+
+
 def test_a_job_mended_after_it_could_not_be_read_gets_its_whole_failure_policy(
         settings: Settings, receiver: Receiver, redis_client: redis.Redis,
         monkeypatch: pytest.MonkeyPatch) -> None:

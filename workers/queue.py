@@ -83,7 +83,7 @@ class Queue:
         self._parts = self.keys.all_partitions()  # built once: settle names a key per trigger
         self.redis = client if client is not None else async_client(settings)
         self._scripts = {n: self.redis.register_script(scripts.source(n))
-                         for n in ("claim", "ack", "release", "stage")}
+                         for n in ("claim", "ack", "release", "stage", "delete")}
         # Claims and settlements on a lean pipelined connection, where the client allows
         # (a single node over TCP): redis-py's call machinery was a tenth of a worker's CPU
         # per delivery. Anything but a reply goes through redis-py (_script).
@@ -363,10 +363,34 @@ class Queue:
         was until it is scheduled again or deleted. Raising here instead killed the worker
         with the rest of its claim, and then every worker that claimed them after."""
         try:
-            await self._release(part, token, jids, now_ms() + int(UNREADABLE_RETRY_S * 1000))
+            jids = await self._drop_orphans(part, jids)
+            if jids:
+                await self._release(part, token, jids,
+                                    now_ms() + int(UNREADABLE_RETRY_S * 1000))
         except Exception as exc:  # their leases run out instead
             log.warning("cannot give back %d unreadable triggers now: %s: %s", len(jids),
                         type(exc).__name__, exc)
+
+    async def _drop_orphans(self, part: int, jids: list[bytes]) -> list[bytes]:
+        """`jids` but the "trigger now" one-shots whose job is gone, which are deleted: one
+        that can be read is dropped undelivered then (workers/worker.py), and one that
+        cannot would come back for ever, beyond any API's reach (it is in no app's list)."""
+        once = [j for j in jids if is_fired_now(j.decode(errors="replace"))]
+        if not once:
+            return jids
+        pk = self.keys.partition(part)
+        pipe = self.redis.pipeline(transaction=False)
+        for jid in once:
+            pipe.hexists(pk.jobs, parent_job_id(jid.decode(errors="replace")))
+        gone = [jid for jid, job in zip(once, await pipe.execute(), strict=True) if not job]
+        for jid in gone:
+            app_id = split_job_id(jid.decode(errors="replace"))[0]
+            await self._scripts["delete"](
+                keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused],
+                args=[jid])
+            log.info("dropped a \"trigger now\" of a deleted job, unread: %s",
+                     jid.decode(errors="replace"))
+        return [jid for jid in jids if jid not in gone]
 
     def _unreadable(self, jid: bytes, record: Any, exc: Exception) -> None:
         """Logs a job this worker cannot read, once per version of its record (it comes
