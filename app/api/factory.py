@@ -37,8 +37,8 @@ from app.ui import is_ui_path, ui_bp, ui_gate
 log = logging.getLogger("jobrunner.api")
 
 # Paths served without the API token, whatever the Host and Origin (app/api/callers.py):
-# probes carry none. /metrics is not among them: its
-# counts cover every app on the Redis; a scraper sends the token (README, "Trust boundary").
+# probes carry none. /metrics is not among them: its counts cover every app on the Redis;
+# a scraper sends the token (README, "Trust boundary").
 _OPEN_PATHS = ("/healthz", "/openapi.json", "/v1.0/healthz", "/v1.0/healthz/outbound")
 _METRICS_PATH = "/metrics"
 # How often an API process removes the registrations of apps gone for good.
@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     _install_error_handlers(app)
 
     @app.before_request
-    def _check_token() -> Response | None:
+    def _check_caller() -> Response | None:
         g.settings, g.store = settings, store
         if not settings.api_token:
             if request.path in _OPEN_PATHS:
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
                                                              if parts.query else "")
         return response
 
-    shortcut.arm(app, _check_token, {_relative_location.__qualname__,
+    shortcut.arm(app, _check_caller, {_relative_location.__qualname__,
                                       "attach.<locals>._leave_route"})
     _start_registration(app, settings, store, binding)
     return app

@@ -81,12 +81,12 @@ class ScheduleShortcut:
     def armed(self) -> bool:
         return bool(self._routes)
 
-    def arm(self, app: Flask, check_token: Callable[..., Any],
+    def arm(self, app: Flask, check_caller: Callable[..., Any],
             known_after: Iterable[str]) -> bool:
-        """Turn on when the app runs, around the schedule view, only `check_token` before
+        """Turn on when the app runs, around the schedule view, only `check_caller` before
         it and the after-request hooks named in `known_after` (qualified names), and its
         routing sends every POST and PUT under the jobs paths to that view."""
-        why = _unknown(app, check_token, set(known_after))
+        why = _unknown(app, check_caller, set(known_after))
         if why:
             log.info("the schedule shortcut is off: %s", why)
             self.disarm()
@@ -113,7 +113,7 @@ class ScheduleShortcut:
         return self._loop_redis is not None
 
     def _caller_ok(self, environ: dict[str, Any]) -> bool:
-        """Whether Flask's `_check_token` (app/api/factory.py) would let the request by."""
+        """Whether Flask's `_check_caller` (app/api/factory.py) would let the request by."""
         if self._token:
             return hmac.compare_digest(environ.get("HTTP_DAPR_API_TOKEN", "").encode(),
                                        self._token)
@@ -213,11 +213,11 @@ class ScheduleShortcut:
         return []
 
 
-def _unknown(app: Flask, check_token: Callable[..., Any], known_after: set[str]) -> str:
+def _unknown(app: Flask, check_caller: Callable[..., Any], known_after: set[str]) -> str:
     """Why the shortcut would not answer as Flask does, or "" when it would."""
     scopes = (None, jobs.jobs_bp.name)
     before = [f for scope in scopes for f in app.before_request_funcs.get(scope, [])]
-    if before != [check_token]:
+    if before != [check_caller]:
         return f"before-request hooks {_names(before)}"
     after = {f.__qualname__ for scope in scopes for f in app.after_request_funcs.get(scope, [])}
     if after != known_after:

@@ -400,6 +400,5 @@ class DeadLetter:
             raise errors.unreadable_letter(letter_id, exc) from exc
 
 
-
 # The types of DeadLetter's fields, in their order.
 _LETTER_TYPES = (str, str, str, int, int, str, int, str)
