@@ -204,7 +204,8 @@ def test_the_header_opens_the_dashboard_and_forged_cookies_do_not(locked: Settin
 
 
 @pytest.mark.parametrize("target", ["//evil.example/ui", "https://evil.example/ui",
-                                    "/v1.0-alpha1/jobs", "/ui\\@evil.example"])
+                                    "/v1.0-alpha1/jobs", "/ui\\@evil.example",
+                                    "/ui/jobs\n"])  # (a newline was a 500: the header)
 def test_after_login_the_browser_only_goes_to_a_dashboard_page(
         locked: Settings, token: str, target: str) -> None:
     client = create_app(locked).test_client()
@@ -212,6 +213,9 @@ def test_after_login_the_browser_only_goes_to_a_dashboard_page(
     answer = client.post("/ui/login", data={"csrf_token": csrf_of(page.data), "token": token,
                                             "next": target})
     assert answer.status_code == 303 and answer.headers["Location"] == "/ui/jobs"
+    # Logged in, the login page sends the browser on at once: the same check.
+    again = client.get("/ui/login", query_string={"next": target})
+    assert again.status_code == 303 and again.headers["Location"] == "/ui/jobs"
 
 
 @pytest.mark.parametrize("name", ["x%41y", "a b", "caf\u00e9", "%2e%2e"])

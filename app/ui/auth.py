@@ -42,8 +42,9 @@ CSRF_FIELD = "csrf_token"
 # Open without the token: the form that asks for it, and the stylesheet and htmx.
 _OPEN = ("/ui/login",)
 _STATIC = "/ui/static/"
-# Where the login form may send the browser afterwards: a dashboard path, nothing else.
-_NEXT = re.compile(r"^/ui(/[^\\\s]*)?$")
+# Where the login form may send the browser afterwards: a dashboard path, nothing else
+# (matched whole: `$` would let a trailing newline through, into the Location header).
+_NEXT = re.compile(r"/ui(/[^\\\s]*)?")
 
 
 @dataclass
@@ -160,7 +161,7 @@ def see_other(location: str) -> Response:
 
 def safe_next(target: str | None) -> str:
     """A dashboard path to go to after logging in; anything else becomes the jobs page."""
-    if target and _NEXT.match(target) and not target.startswith("//"):
+    if target and _NEXT.fullmatch(target) and not target.startswith("//"):
         return target
     return url_for("ui.jobs")
 
