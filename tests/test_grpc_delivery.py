@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -308,6 +309,22 @@ def test_no_token_no_token_metadata(settings: Settings,
         [call] = wait_for(lambda: servicer.named("tokenless"), what="the job")
     assert "dapr-api-token" not in call.metadata
     assert call.request.data.type_url == VALUE
+
+
+def test_a_delivery_logs_the_apps_answer_as_its_status(
+        settings: Settings, recorder: tuple[Recorder, int], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As an HTTP delivery logs the status the app answered (an OK was logged as "")."""
+    _, port = recorder
+    grpc_settings = _grpc_settings(settings, port)
+    api = create_app(grpc_settings).test_client()
+    caplog.set_level(logging.INFO, logger="jobrunner.worker")
+    with _worker(grpc_settings):
+        _schedule(api, "logged", {"dueTime": "0s"})
+        [line] = wait_for(lambda: [r for r in caplog.records if r.getMessage() == "delivered"
+                                   and getattr(r, "job", None) == "logged"],
+                          what="the delivery's log line")
+    assert line.status == "OK"  # type: ignore[attr-defined]
 
 
 def test_one_connection_is_kept_and_reused(settings: Settings,

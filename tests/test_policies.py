@@ -101,6 +101,18 @@ def test_an_interval_reads_back_exactly_as_go_writes_it(interval: str, exponenti
         assert _parse({"failurePolicy": answer}).failure_policy == job.failure_policy
 
 
+@pytest.mark.parametrize("policy", [
+    {"constant": {"interval": "1500us"}},
+    {"exponential": {"initialInterval": "1.001ms", "maxInterval": "1500000ns"}}])
+def test_an_interval_finer_than_a_millisecond_is_kept_rounded_up(policy: dict[str, Any]) -> None:
+    """Intervals are kept in milliseconds: a finer one is rounded up, never down (a retry
+    never comes sooner than asked; 1.9ms was kept as 1ms)."""
+    kept = _parse({"failurePolicy": policy}).failure_policy
+    assert kept.interval_ms == 2
+    if kept.kind is FailureKind.EXPONENTIAL:
+        assert kept.max_interval_ms == 2
+
+
 @pytest.mark.parametrize(("policy", "words"), [
     ({"constant": {}, "exponential": {}}, ("one of", "constant and exponential")),
     ({"drop": {}, "exponential": {}}, ("drop and exponential",)),
@@ -111,6 +123,9 @@ def test_an_interval_reads_back_exactly_as_go_writes_it(interval: str, exponenti
     ({"exponential": {"initialInterval": "soon"}}, ("initialInterval",)),
     ({"exponential": {"initialInterval": "721h"}}, ("at most 720h",)),
     ({"exponential": {"initialInterval": "1m", "maxInterval": "1s"}}, ("not be shorter",)),
+    # Compared as given, not once kept in milliseconds (both were 1ms: taken, shown as 1ms).
+    ({"exponential": {"initialInterval": "1.9ms", "maxInterval": "1.5ms"}}, ("not be shorter",)),
+    ({"exponential": {"initialInterval": "999us"}}, ("at least 1ms",)),
     ({"exponential": {"multiplier": 0.5}}, ("multiplier must be from 1 to 100",)),
     ({"exponential": {"multiplier": 101}}, ("multiplier",)),
     ({"exponential": {"multiplier": "2"}}, ("multiplier must be a number",)),

@@ -43,10 +43,11 @@ RECHECK_AFTER_WAIT_S = 0.5
 
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
-    """The structured fields of a delivery's log line; status: the HTTP status, or why
-    no answer came."""
-    return {"app": t.job.app_id, "job": t.job.name, "attempt": t.attempt,
-            "status": outcome.status if outcome.status is not None else outcome.error, **more}
+    """The structured fields of a delivery's log line; status: the HTTP status, the gRPC
+    app's answer (OK, or its code and message), or why no answer came."""
+    status = outcome.status if outcome.status is not None else outcome.error or "OK"
+    return {"app": t.job.app_id, "job": t.job.name, "attempt": t.attempt, "status": status,
+            **more}
 
 
 class Flag:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as _dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from app.jobs.durations import NS_PER_MS, ScheduleError, days_since_epoch, go_duration_ns
+from app.jobs.durations import ScheduleError, ceil_ms, days_since_epoch, go_duration_ns
 
 __all__ = ["CronSchedule", "EverySchedule", "Schedule", "parse_cron"]
 
@@ -331,7 +331,7 @@ def parse_cron(expr: str) -> Schedule:
                 raise ValueError(f"failed to parse duration {spec}: {e}") from None
             if ns < 0:
                 raise ValueError(f"@every needs a duration of 0 or more, got {spec[7:]!r}")
-            return EverySchedule(expr, -(-ns // NS_PER_MS))
+            return EverySchedule(expr, ceil_ms(ns))
         if spec not in _DESCRIPTORS:
             raise ValueError(
                 f"unrecognized descriptor: {spec} (expected @yearly, @annually, @monthly,"

@@ -73,6 +73,12 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def ceil_ms(ns: int) -> int:
+    """Nanoseconds as whole milliseconds, rounded up: what is kept in milliseconds never
+    comes sooner than given (a due time, an interval)."""
+    return _ceil_div(ns, NS_PER_MS)
+
+
 def go_duration_ns(text: str) -> int:
     """Go's `time.ParseDuration`, to integer nanoseconds (sign kept).
 

@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from app.jobs import errors
-from app.jobs.durations import MAX_MS, NS_PER_MS, format_ms, rfc3339_ns
+from app.jobs.durations import MAX_MS, ceil_ms, format_ms, rfc3339_ns
 from app.jobs.errors import ApiError, malformed
 from app.jobs.model import UINT32_MAX, Job, RunState
 from app.jobs.schedule import CronSchedule, parse_schedule
@@ -115,7 +115,7 @@ def _expiry(job: Job, given: int | None) -> int | None:
     if job.ttl is None:
         raise _inconsistent("expiryTime needs a ttl: a job without one does not expire")
     ttl_ns = rfc3339_ns(job.ttl)
-    if ttl_ns is not None and _ceil_ms(ttl_ns) != given:
+    if ttl_ns is not None and ceil_ms(ttl_ns) != given:
         raise _inconsistent(f"expiryTime {format_ms(given)} is not the job's ttl {job.ttl!r}")
     return given
 
@@ -129,7 +129,7 @@ def _time(request: dict[str, Any], field: str) -> int | None:
     if ns is None:
         raise malformed(f"{field} must be an RFC 3339 time such as 2026-01-02T03:04:05Z, "
                         f"got {_show(value)}")
-    ms = _ceil_ms(ns)
+    ms = ceil_ms(ns)
     if not 0 <= ms <= MAX_MS:
         raise malformed(f"{field} must be between 1970 and 9999, got {_show(value)}")
     return ms
@@ -142,10 +142,6 @@ def _count(value: Any) -> int:
         raise malformed(f"triggerCount must be a whole number from 0 to {UINT32_MAX}, "
                         f"got {_show(value)}")
     return value
-
-
-def _ceil_ms(ns: int) -> int:
-    return -(-ns // NS_PER_MS)  # a due time is never made earlier
 
 
 def _inconsistent(message: str) -> ApiError:

@@ -63,7 +63,7 @@ from app.jobs.anydata import (
     stored_any,
     stored_bytes_form,
 )
-from app.jobs.durations import MAX_DURATION_LENGTH, go_duration_ns
+from app.jobs.durations import MAX_DURATION_LENGTH, NS_PER_MS, ceil_ms, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
 from app.jobs.model import (
     DEFAULT_FAILURE_POLICY,
@@ -362,24 +362,26 @@ def _exponential(raw: Any) -> FailurePolicy:
     where = "failurePolicy.exponential"
     if not isinstance(raw, dict):
         raise malformed(f"{where} must be an object, got {json_kind(raw)}")
-    initial = _policy_duration_ms(_field(raw, "initialInterval", "initial_interval"),
+    # Checked in nanoseconds, as given, then kept in whole milliseconds rounded up.
+    initial = _policy_duration_ns(_field(raw, "initialInterval", "initial_interval"),
                                   f"{where}.initialInterval")
-    initial = EXP_DEFAULT_INITIAL_MS if initial is None else initial
-    if initial < 1:
+    initial = EXP_DEFAULT_INITIAL_MS * NS_PER_MS if initial is None else initial
+    if initial < NS_PER_MS:
         raise malformed(f"{where}.initialInterval must be at least 1ms (an interval of 0 "
                         "never grows: use constant)")
-    longest = _policy_duration_ms(_field(raw, "maxInterval", "max_interval"),
+    longest = _policy_duration_ns(_field(raw, "maxInterval", "max_interval"),
                                   f"{where}.maxInterval")
     if longest is None:
-        longest = max(EXP_DEFAULT_MAX_MS, initial)
+        longest = max(EXP_DEFAULT_MAX_MS * NS_PER_MS, initial)
     elif longest < initial:
         raise malformed(f"{where}.maxInterval must not be shorter than its initialInterval")
     multiplier = _policy_number(raw.get("multiplier"), f"{where}.multiplier",
                                 EXP_DEFAULT_MULTIPLIER, 1.0, EXP_MAX_MULTIPLIER)
     jitter = _policy_number(raw.get("jitter"), f"{where}.jitter", EXP_DEFAULT_JITTER, 0.0, 1.0)
     max_retries = _opt_uint32(_field(raw, "maxRetries", "max_retries"), f"{where}.maxRetries")
-    return FailurePolicy(FailureKind.EXPONENTIAL, interval_ms=initial, max_retries=max_retries,
-                         max_interval_ms=longest, multiplier=multiplier, jitter=jitter)
+    return FailurePolicy(FailureKind.EXPONENTIAL, interval_ms=ceil_ms(initial),
+                         max_retries=max_retries, max_interval_ms=ceil_ms(longest),
+                         multiplier=multiplier, jitter=jitter)
 
 
 def _duration_ns(value: Any, field: str, example: str) -> int:
@@ -395,16 +397,16 @@ def _duration_ns(value: Any, field: str, example: str) -> int:
         raise malformed(f"{field}: {exc}") from None
 
 
-def _policy_duration_ms(value: Any, field: str) -> int | None:
-    """A Go duration string of a failure policy, in ms: 0 to MAX_RETRY_INTERVAL_MS."""
+def _policy_duration_ns(value: Any, field: str) -> int | None:
+    """A Go duration string of a failure policy, in ns: 0 to MAX_RETRY_INTERVAL_MS."""
     if value is None:
         return None
     ns = _duration_ns(value, field, "3s")
     if ns < 0:
         raise malformed(f"{field} must not be negative, got {value!r}")
-    if ns > MAX_RETRY_INTERVAL_MS * 1_000_000:
+    if ns > MAX_RETRY_INTERVAL_MS * NS_PER_MS:
         raise malformed(f"{field} must be at most 720h (30 days), got {value!r}")
-    return ns // 1_000_000
+    return ns
 
 
 def _policy_number(value: Any, field: str, default: float, low: float, high: float) -> float:
@@ -457,7 +459,7 @@ def _interval_ms(text: str) -> int:
         raise malformed(f"failurePolicy.constant.interval: {exc}") from None
     if ns < 0:
         raise malformed(f"failurePolicy.constant.interval must not be negative, got {text!r}")
-    return ns // 1_000_000
+    return ceil_ms(ns)
 
 
 def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
