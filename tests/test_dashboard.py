@@ -62,13 +62,17 @@ def csrf_of(html: bytes) -> str:
 
 
 class _Forms(HTMLParser):
-    """The POST forms of a page: action, hidden fields, and the label of the button."""
+    """The POST forms of a page: action, the fields a browser would send as they stand
+    (hidden and text inputs, checked boxes, selected options, text areas), and the label
+    of the button."""
 
     def __init__(self) -> None:
         super().__init__()
         self.forms: list[dict[str, Any]] = []
         self._form: dict[str, Any] | None = None  # the POST form being read
         self._in_button = False
+        self._select: str | None = None  # the select being read
+        self._textarea: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -77,8 +81,20 @@ class _Forms(HTMLParser):
             if a.get("method") == "post":
                 self._form = {"action": a["action"], "fields": {}, "button": ""}
                 self.forms.append(self._form)
-        elif tag == "input" and a.get("type") == "hidden" and self._form is not None:
+        elif self._form is None:
+            return
+        elif tag == "input" and a.get("type") in ("hidden", "text"):
             self._form["fields"][a["name"]] = a.get("value") or ""
+        elif tag == "input" and a.get("type") in ("radio", "checkbox") and "checked" in a:
+            self._form["fields"][a["name"]] = a.get("value") or "on"
+        elif tag == "select":
+            self._select = a["name"]
+        elif tag == "option" and self._select is not None:
+            if "selected" in a or self._select not in self._form["fields"]:  # else the first
+                self._form["fields"][self._select] = a.get("value") or ""
+        elif tag == "textarea":
+            self._textarea = a["name"]
+            self._form["fields"][a["name"]] = ""
         elif tag == "button":
             self._in_button = True
 
@@ -87,10 +103,18 @@ class _Forms(HTMLParser):
             self._form = None
         elif tag == "button":
             self._in_button = False
+        elif tag == "select":
+            self._select = None
+        elif tag == "textarea":
+            self._textarea = None
 
     def handle_data(self, data: str) -> None:
-        if self._in_button and self._form is not None:
+        if self._form is None:
+            return
+        if self._in_button:
             self._form["button"] += data.strip()
+        elif self._textarea is not None:
+            self._form["fields"][self._textarea] += data
 
 
 def press(client: FlaskClient, page: str, button: str, **query: str) -> Any:
@@ -323,6 +347,47 @@ def test_every_post_needs_the_sessions_csrf_token_and_a_same_site_origin(
 
 
 # --- the schedule form goes through the API's validation ----------------------------------
+
+
+def test_change_fills_the_form_with_the_job_and_sending_it_keeps_the_job(
+        settings: Settings) -> None:
+    """Every field the API takes is on the form (catchUp, deliveryTimeout and the
+    exponential policy were not: changing a job from the dashboard dropped them), and the
+    job page's JSON is the GET answer whole."""
+    client = create_app(settings).test_client()
+    body = {"schedule": "@every 1h", "repeats": 5, "ttl": "2030-01-01T00:00:00Z",
+            "data": {"a": [1, 2.5, "x"], "b": None}, "catchUp": "skip",
+            "deliveryTimeout": "1s",
+            "failurePolicy": {"exponential": {"initialInterval": "250ms", "maxInterval": "1m",
+                                              "multiplier": 1.5, "jitter": 0, "maxRetries": 4}}}
+    assert client.post(f"{API}/changed", json=body).status_code == 204
+    before = client.get(f"{API}/changed").get_json()
+    page = client.get("/ui/jobs/changed").data.decode()
+    shown = re.search(r"As JSON.*?<pre[^>]*>(.*?)</pre>", page, re.S)
+    assert shown is not None and orjson.loads(html.unescape(shown.group(1))) == before
+    assert 'href="/ui/schedule?job=changed"' in page
+    parser = _Forms()
+    parser.feed(client.get("/ui/schedule", query_string={"job": "changed"}).data.decode())
+    [form] = [f for f in parser.forms if f["button"] == "Schedule"]
+    assert form["fields"]["catchUp"] == "skip" and form["fields"]["overwrite"] == "on"
+    assert client.post(form["action"], data=form["fields"]).status_code == 303
+    after = client.get(f"{API}/changed").get_json()
+    for answer in (before, after):  # the first due time comes from when it was sent
+        answer.pop("nextTriggerTime")
+    assert after == before
+    # Changed on the form: what was changed, and only that.
+    form["fields"]["catchUp"] = "all"
+    form["fields"]["multiplier"] = "3"
+    assert client.post(form["action"], data=form["fields"]).status_code == 303
+    changed = client.get(f"{API}/changed").get_json()
+    assert changed["catchUp"] == "all"
+    assert changed["failurePolicy"]["exponential"]["multiplier"] == 3
+    assert changed["deliveryTimeout"] == "1s" and changed["data"] == body["data"]
+    form["fields"]["multiplier"] = "fast"
+    refused = client.post(form["action"], data=form["fields"])
+    assert refused.status_code == 400 and b"multiplier must be a number" in refused.data
+    missing = client.get("/ui/schedule", query_string={"job": "nope"})
+    assert missing.status_code == 404
 
 
 def test_the_schedule_form_means_what_the_api_means(settings: Settings) -> None:

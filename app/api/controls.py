@@ -18,10 +18,11 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from app.api.jobs import ms_to_rfc3339, view_to_api
+from app.api.jobs import view_to_api
 from app.jobs import errors
 from app.jobs.validation import validate_name
 from app.store.pauses import Pauses
+from app.store.store import rfc3339
 
 controls_bp = Blueprint("controls", __name__)
 
@@ -55,7 +56,7 @@ def trigger_job(name: str) -> Response:
     if fired is None:
         raise errors.job_not_found(name)
     response = jsonify({"name": name, "triggerId": fired.trigger_id,
-                        "scheduledTime": ms_to_rfc3339(fired.due_ms)})
+                        "scheduledTime": rfc3339(fired.due_ms)})
     response.status_code = 202
     return response
 
@@ -63,7 +64,7 @@ def trigger_job(name: str) -> Response:
 def _app_state(**more: Any) -> Response:
     since = Pauses(g.store).app_paused_since(g.settings.app_id)
     return jsonify({"appId": g.settings.app_id, "paused": since is not None,
-                    "pausedTime": ms_to_rfc3339(since), **more})
+                    "pausedTime": rfc3339(since), **more})
 
 
 def get_app() -> Response:

@@ -9,13 +9,11 @@ from flask import Blueprint, Response, g, jsonify, request
 from app.api.query import int_arg
 from app.jobs import errors
 from app.jobs.clock import now_ms
-from app.jobs.durations import format_ms
 from app.jobs.errors import ApiError
 from app.jobs.model import Job, RunState
 from app.jobs.restore import restore
 from app.jobs.validation import (
     MAX_NAME_LENGTH,
-    job_to_api,
     parse_job_request,
     same_request,
     validate_name,
@@ -37,27 +35,8 @@ def _empty(status: int = 204) -> Response:
     return response
 
 
-def ms_to_rfc3339(ms: int | None) -> str | None:
-    return None if ms is None else format_ms(ms)
-
-
 def view_to_api(view: JobView) -> dict[str, Any]:
-    body = job_to_api(view.job, dapr_compat=g.settings.dapr_compat)
-    # Extensions beyond Dapr's shape: where the job stands.
-    body["status"] = view.status.value
-    body["nextTriggerTime"] = ms_to_rfc3339(view.next_ms)
-    body["lastTriggerTime"] = ms_to_rfc3339(view.last_ms)
-    body["expiryTime"] = ms_to_rfc3339(view.job.expires_ms)  # from ttl; null: never
-    body["triggerCount"] = view.count
-    body["attempt"] = view.attempt
-    # Only when paused (app/api/controls.py): false would be every other job's answer.
-    if view.paused:
-        body["paused"] = True
-    if view.app_paused:
-        body["appPaused"] = True
-    if view.paused or view.app_paused:
-        body["pausedTime"] = ms_to_rfc3339(view.paused_ms)
-    return body
+    return view.to_api(dapr_compat=g.settings.dapr_compat)
 
 
 def prepare(settings: Settings, name: str, body: bytes, content_type: str | None,

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app.jobs.durations import format_ms
 from app.jobs.errors import ApiError, JobrunnerError
 from app.jobs.model import HELD_LEASE, Job, RunState, TriggerStatus
-from app.jobs.validation import validate_name
+from app.jobs.validation import job_to_api, validate_name
 from app.settings import Settings
 from app.store import pages, scripts
 from app.store.keys import (
@@ -57,6 +58,30 @@ class JobView:
     paused: bool = False  # the job itself is paused (app/store/pauses.py)
     app_paused: bool = False  # its app is paused
     paused_ms: int | None = None  # since when it fires nothing (either pause)
+
+    def to_api(self, *, dapr_compat: bool = False) -> dict[str, Any]:
+        """The GET answer: the definition (job_to_api), then, beyond Dapr's shape, where
+        the job stands."""
+        body = job_to_api(self.job, dapr_compat=dapr_compat)
+        body["status"] = self.status.value
+        body["nextTriggerTime"] = rfc3339(self.next_ms)
+        body["lastTriggerTime"] = rfc3339(self.last_ms)
+        body["expiryTime"] = rfc3339(self.job.expires_ms)  # from ttl; null: never
+        body["triggerCount"] = self.count
+        body["attempt"] = self.attempt
+        # Only when paused (app/store/pauses.py): false would be every other job's answer.
+        if self.paused:
+            body["paused"] = True
+        if self.app_paused:
+            body["appPaused"] = True
+        if self.paused or self.app_paused:
+            body["pausedTime"] = rfc3339(self.paused_ms)
+        return body
+
+
+def rfc3339(ms: int | None) -> str | None:
+    """An epoch-ms time as the API answers it (null: none)."""
+    return None if ms is None else format_ms(ms)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -14,8 +15,9 @@ from app.jobs.errors import ApiError
 
 # The form's fields, and the most characters each takes (data: the data limit applies).
 TEXT_FIELDS = {"name": 1024, "schedule": 1024, "dueTime": 256, "ttl": 256, "repeats": 32,
-               "policy": 16, "interval": 256, "maxRetries": 32}
-POLICIES = ("default", "drop", "constant")
+               "policy": 16, "interval": 256, "maxRetries": 32, "maxInterval": 256,
+               "multiplier": 32, "jitter": 32, "deliveryTimeout": 256, "catchUp": 16}
+POLICIES = ("default", "drop", "constant", "exponential")
 
 
 def form_values(form: Mapping[str, str]) -> dict[str, str]:
@@ -33,7 +35,7 @@ def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, byt
         if len(values.get(key, "")) > bound:
             raise errors.malformed(f"{key} is longer than {bound} characters")
     fields: list[tuple[str, bytes]] = []
-    for key in ("schedule", "dueTime", "ttl"):
+    for key in ("schedule", "dueTime", "ttl", "deliveryTimeout", "catchUp"):
         if text := values.get(key, "").strip():
             fields.append((key, orjson.dumps(text)))
     if repeats := values.get("repeats", "").strip():
@@ -52,6 +54,16 @@ def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, byt
         if retries := values.get("maxRetries", "").strip():
             constant["maxRetries"] = retries  # as text, as repeats
         fields.append(("failurePolicy", orjson.dumps({"constant": constant})))
+    elif policy == "exponential":
+        exponential: dict[str, object] = {}
+        for key, given in (("initialInterval", "interval"), ("maxInterval", "maxInterval"),
+                           ("maxRetries", "maxRetries")):
+            if text := values.get(given, "").strip():
+                exponential[key] = text
+        for key in ("multiplier", "jitter"):
+            if text := values.get(key, "").strip():
+                exponential[key] = _number(key, text)
+        fields.append(("failurePolicy", orjson.dumps({"exponential": exponential})))
     if values.get("overwrite"):
         fields.append(("overwrite", b"true"))
     data = values.get("data", "")
@@ -69,3 +81,37 @@ def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, byt
         fields.append(("data", data.strip().encode()))
     body = b"{" + b",".join(orjson.dumps(k) + b":" + v for k, v in fields) + b"}"
     return values.get("name", ""), body
+
+
+def _number(key: str, text: str) -> int | float:
+    """A number field (the API takes JSON numbers there, not text)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise errors.malformed(f"{key} must be a number, got {text[:40]!r}")
+    return value
+
+
+def values_of(job: Mapping[str, Any]) -> dict[str, str]:
+    """The form filled in with a job as GET answers it (`job`), to change it: sent again
+    unchanged, it schedules the same job."""
+    values = {k: "" for k in TEXT_FIELDS}
+    for key in ("name", "schedule", "dueTime", "ttl", "deliveryTimeout", "catchUp"):
+        if isinstance(job.get(key), str):
+            values[key] = job[key]
+    if job.get("repeats") is not None:
+        values["repeats"] = str(job["repeats"])
+    policy = job.get("failurePolicy") or {}
+    kind = next(iter(policy), "default")
+    values["policy"] = kind if kind in POLICIES else "default"
+    chosen = policy.get(kind) or {}
+    values["interval"] = str(chosen.get("interval", chosen.get("initialInterval", "")))
+    for key in ("maxRetries", "maxInterval", "multiplier", "jitter"):
+        if chosen.get(key) is not None:
+            values[key] = str(chosen[key])
+    values["data"] = "" if "data" not in job else json.dumps(job["data"], indent=2,
+                                                              ensure_ascii=False)
+    values["overwrite"] = "on"
+    return values

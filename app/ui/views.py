@@ -29,7 +29,7 @@ from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.model import DeadLetter, TriggerStatus
-from app.jobs.validation import MAX_NAME_LENGTH, job_to_api, parse_job_request, validate_name
+from app.jobs.validation import MAX_NAME_LENGTH, parse_job_request, validate_name
 from app.settings import Settings
 from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
 from app.store.history import History, JobHistory
@@ -379,8 +379,8 @@ def job(name: str) -> Response:
         return _error_page(404, f"There is no job {name!r} (a one-shot job is gone once it "
                                 "has fired).")
     now = now_ms()
-    # The definition in the API's shape (GET adds where the job stands: the row).
-    api = job_to_api(view.job, dapr_compat=_settings().dapr_compat)
+    # The GET answer: the definition in the API's shape, and where the job stands.
+    api = view.to_api(dapr_compat=_settings().dapr_compat)
     return _page("job.html", title=name, nav="jobs", row=job_row(view, now), job=api,
                  history=history_rows(History(_store()).read(_settings().app_id, name), now),
                  expires=when(view.job.expires_ms, now), policy=policy_text(api["failurePolicy"]),
@@ -421,6 +421,13 @@ def schedule() -> Response:
     settings = _settings()
     if request.method == "GET":
         values = forms.form_values({"policy": "default"})
+        if name := _arg("job", MAX_NAME_LENGTH):  # "Change": the form holds the job as it is
+            view = _store().get(settings.app_id, validate_name(name))
+            if view is None:
+                return _error_page(404, f"There is no job {name!r} to change.")
+            values = forms.values_of(view.to_api())
+            if view.job.data_text is not None:  # kept as written (--dapr-compat): that text
+                values["data"] = view.job.data_text
         return _page("schedule.html", title="Schedule a job", nav="schedule", values=values,
                      error="", max_data_bytes=settings.max_data_bytes)
     values = forms.form_values(request.form)
