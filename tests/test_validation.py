@@ -312,7 +312,8 @@ def test_time_fields_must_be_strings(field: str, value: Any) -> None:
             {"constant": {"interval": "250ms", "maxRetries": None}},
             FailurePolicy(FailureKind.CONSTANT, 250, None),
         ),
-        ({"constant": {"interval": "999us"}}, FailurePolicy(FailureKind.CONSTANT, 0, None)),
+        # Kept in whole ms, rounded up: a retry never comes sooner than asked.
+        ({"constant": {"interval": "999us"}}, FailurePolicy(FailureKind.CONSTANT, 1, None)),
         ({}, DEFAULT_FAILURE_POLICY),
         ({"drop": None, "constant": None}, DEFAULT_FAILURE_POLICY),
         ({"drop": {}, "constant": None}, FailurePolicy(FailureKind.DROP, 0, 0)),
@@ -596,6 +597,30 @@ def test_long_bad_name_message_is_short() -> None:
     with pytest.raises(ApiError) as info:
         validate_name("x" * 200 + "?")
     assert len(info.value.message) < 200
+
+
+_LONG = "x" * 5000
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param({"dueTime": "1h", "data": {"@type": _LONG}}, id="unknown-type"),
+    pytest.param({"dueTime": "1h", "data": {"@type": f"type.googleapis.com/{_LONG}"}},
+                 id="unknown-type-url"),
+    pytest.param({"dueTime": "1h", "data": {
+        "@type": "type.googleapis.com/google.protobuf.StringValue", _LONG: 1}}, id="extra-field"),
+    pytest.param({"dueTime": "1h", "data": {
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        **{f"{i}{_LONG}": 1 for i in range(20)}}}, id="many-extra-fields"),
+    pytest.param({"dueTime": "1h", "data": {
+        "@type": f"type.googleapis.com/google.protobuf.{_LONG}"}}, id="unknown-well-known"),
+    pytest.param({"schedule": "@every 1h", "repeats": 1e300}, id="repeats-huge-float"),
+    pytest.param({"schedule": "0 0 0 30 2 *" + " " * 1000}, id="schedule-never-fires"),
+])
+def test_a_message_never_repeats_a_long_input_whole(body: dict[str, Any]) -> None:
+    """As the README promises; 1e300 was shown as the 301-digit integer it is not."""
+    err = parse_error(body, limit=1_000_000)
+    assert err.status == 400 and len(err.message) < 400, err.message
+    assert "0000000000" not in err.message
 
 
 @pytest.mark.parametrize("app_id", ["job-service", "a", "A.b_c-1", "x" * 63])

@@ -51,7 +51,8 @@ def list_letters() -> Response:
 def get_letter(letter_id: str) -> Response:
     letter = DeadLetters(g.store).get(letter_id, g.settings.app_id)
     if letter is None:
-        raise errors.ApiError(404, errors.JOB_NOT_FOUND, f"no dead letter {letter_id!r}")
+        raise errors.ApiError(404, errors.JOB_NOT_FOUND,
+                              f"no dead letter {errors.shown(letter_id, 400)}")
     return jsonify(letter_to_api(letter, with_job=True, dapr_compat=g.settings.dapr_compat))
 
 

@@ -58,7 +58,7 @@ from google.protobuf import (  # noqa: F401
 )
 from google.protobuf.message import DecodeError
 
-from app.jobs.errors import ApiError, malformed_data, payload_too_large
+from app.jobs.errors import ApiError, malformed_data, payload_too_large, shown
 from app.jobs.model import Job
 from app.jobs.sizedcache import SizedCache, text_size
 
@@ -148,13 +148,14 @@ def _pack(data: dict[str, Any]) -> tuple[str, str]:
         # Only the well-known types, whatever else this process happens to have loaded
         # (the gRPC API loads Dapr's own messages): the answer must not depend on it.
         raise malformed_data(
-            f"unknown type {type_url!r}: only the protobuf well-known types are accepted "
+            f"unknown type {shown(type_url)}: only the protobuf well-known types are accepted "
             "(--dapr-compat accepts any type)")
     extra = set(data) - {"@type", "value"}
     if type_url.rsplit("/", 1)[-1] in _VALUE_FORM_TYPES and extra:
         # json_format would drop them silently; the caller would lose data.
-        raise malformed_data(
-            f"{type_url!r} takes only `value`; unexpected field(s): {', '.join(sorted(extra))}")
+        some = ", ".join(shown(k, 40) for k in sorted(extra)[:5])
+        raise malformed_data(f"{shown(type_url)} takes only `value`; unexpected field(s): "
+                             f"{some}{', ...' if len(extra) > 5 else ''}")
     _check_bytes_values(data)
     _check_scalar(type_url.rsplit("/", 1)[-1], data.get("value"))
     message = any_pb2.Any()
@@ -179,11 +180,11 @@ def _check_scalar(type_name: str, value: Any) -> None:
     if type_name in _NUMBER_VALUES and (
             isinstance(value, bool) or (isinstance(value, str) and value != value.strip())):
         raise malformed_data(f"value does not fit protobuf type {type_name!r}: "
-                             f"{_show(str(value).lower() if isinstance(value, bool) else value)}"
+                             f"{shown(str(value).lower() if isinstance(value, bool) else value)}"
                              " is not a number")
     if (type_name == "google.protobuf.Duration" and isinstance(value, str)
             and _FINER_THAN_NS.search(value)):
-        raise malformed_data(f"value does not fit protobuf type {type_name!r}: {_show(value)} "
+        raise malformed_data(f"value does not fit protobuf type {type_name!r}: {shown(value)} "
                              "has more than 9 fractional digits")
 
 
@@ -209,7 +210,7 @@ def _check_bytes_values(node: Any) -> None:
             value = node.get("value")
             if isinstance(value, str) and not valid_base64(value):
                 raise malformed_data(
-                    f"value does not fit protobuf type {_BYTES_VALUE!r}: {_show(value)} is "
+                    f"value does not fit protobuf type {_BYTES_VALUE!r}: {shown(value)} is "
                     "not base64 (standard or URL-safe, padded or not)")
             return
         if type_name in _FREE_JSON_TYPES:
@@ -242,14 +243,10 @@ def valid_base64(text: str) -> bool:
     return True
 
 
-def _show(value: str, limit: int = 40) -> str:
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
-
-
 def _pack_error(type_url: str, exc: BaseException) -> ApiError:
     if "Can not find message descriptor" in str(exc):
         return malformed_data(
-            f"unknown protobuf type {type_url!r} in `@type`; "
+            f"unknown protobuf type {shown(type_url)} in `@type`; "
             "only the well-known google.protobuf types are supported"
         )
     if isinstance(exc, KeyError):
@@ -258,7 +255,7 @@ def _pack_error(type_url: str, exc: BaseException) -> ApiError:
         detail = "nested too deeply"
     else:
         detail = str(exc)
-    return malformed_data(f"value does not fit protobuf type {type_url!r}: {detail}")
+    return malformed_data(f"value does not fit protobuf type {shown(type_url)}: {detail[:200]}")
 
 
 def unpack_any_json(type_url: str, value_b64: str) -> dict[str, Any]:
@@ -473,5 +470,5 @@ def stored_bytes_form(data: dict[str, Any], max_data_bytes: int) -> tuple[str, s
     try:
         value = base64.b64decode(raw, validate=True)
     except binascii.Error:
-        raise malformed_data(f"{BYTES_MEMBER} is not standard base64: {_show(raw)}") from None
+        raise malformed_data(f"{BYTES_MEMBER} is not standard base64: {shown(raw)}") from None
     return stored_any(data["@type"], value, max_data_bytes)

@@ -78,6 +78,13 @@ class ApiError(JobrunnerError):
 # Constructors for the errors raised in more than one place, so their messages agree.
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A caller's value in a message: its repr, cut to `limit` characters (a value can be
+    a megabyte long, and a message never repeats a long input whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def malformed(detail: str) -> ApiError:
     # Dapr's messages.ErrMalformedRequest text.
     return ApiError(400, MALFORMED_REQUEST, f"failed deserializing HTTP body: {detail}")

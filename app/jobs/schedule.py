@@ -44,7 +44,7 @@ from app.jobs.durations import (
     parse_iso8601_duration,
     parse_point_in_time,
 )
-from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB
+from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB, shown
 from app.jobs.model import CatchUp
 from app.jobs.sizedcache import SizedCache, text_size
 
@@ -163,7 +163,7 @@ def plan(
         found = parsed.next_after(now_ms)
         if found is None:
             raise ScheduleError(
-                f"job would never fire: schedule {schedule!r} has no occurrence"
+                f"job would never fire: schedule {shown(schedule, 100)} has no occurrence"
                 " in the next five years",
                 SCHEDULE_JOB,
             )

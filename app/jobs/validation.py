@@ -64,7 +64,7 @@ from app.jobs.anydata import (
     stored_bytes_form,
 )
 from app.jobs.durations import MAX_DURATION_LENGTH, NS_PER_MS, ceil_ms, go_duration_ns
-from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large
+from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large, shown
 from app.jobs.model import (
     DEFAULT_FAILURE_POLICY,
     UINT32_MAX,
@@ -105,7 +105,7 @@ def validate_name(name: str) -> str:
         raise ApiError(
             400,
             errors.JOB_NAME_INVALID,
-            f"job name is invalid {_show(name)}: it must not contain {bad.group()!r}",
+            f"job name is invalid {shown(name)}: it must not contain {bad.group()!r}",
         )
     if trimmed in {".", ".."}:
         raise ApiError(400, errors.JOB_NAME_INVALID, f"job name is invalid: {trimmed!r}")
@@ -119,7 +119,7 @@ def validate_app_id(app_id: str) -> str:
         raise ApiError(
             400,
             errors.APP_ID_INVALID,
-            f"app id {_show(trimmed)} is invalid: use 1 to 63 letters, digits, '.', '_' or '-'",
+            f"app id {shown(trimmed)} is invalid: use 1 to 63 letters, digits, '.', '_' or '-'",
         )
     return trimmed
 
@@ -151,7 +151,7 @@ def parse_job_request(
     if overwrite is None:
         overwrite = False
     elif not isinstance(overwrite, bool):
-        raise malformed(f"overwrite must be true or false, got {_show(overwrite)}")
+        raise malformed(f"overwrite must be true or false, got {shown(overwrite)}")
     policy = _failure_policy(_field(request, "failurePolicy", "failure_policy"))
     data_text = None
     if dapr_compat:
@@ -289,21 +289,21 @@ def _opt_uint32(value: Any, field: str) -> int | None:
         or (isinstance(value, str) and _INTEGER.fullmatch(value) is not None)
     )
     if not whole:
-        raise malformed(f"{field} must be a whole number, got {_show(value)}")
+        raise malformed(f"{field} must be a whole number, got {shown(value)}")
     if isinstance(value, str):
         # Read without its leading zeros, and decided on the text when it is longer than any
         # uint32: int() refuses strings of more than 4,300 digits (ValueError).
         digits = value.lstrip("-").lstrip("0") or "0"
         if len(digits) > _UINT32_DIGITS:
             if value.startswith("-"):
-                raise malformed(f"{field} must not be negative, got {_show(value)}")
-            raise malformed(f"{field} must be at most {UINT32_MAX}, got {_show(value)}")
+                raise malformed(f"{field} must not be negative, got {shown(value)}")
+            raise malformed(f"{field} must be at most {UINT32_MAX}, got {shown(value)}")
         value = ("-" if value.startswith("-") else "") + digits
     number = int(value)
     if number < 0:
-        raise malformed(f"{field} must not be negative, got {number}")
-    if number > UINT32_MAX:
-        raise malformed(f"{field} must be at most {UINT32_MAX}, got {number}")
+        raise malformed(f"{field} must not be negative, got {shown(value)}")
+    if number > UINT32_MAX:  # (as given: 1e300 read as a float is no 301-digit integer)
+        raise malformed(f"{field} must be at most {UINT32_MAX}, got {shown(value)}")
     return number
 
 
@@ -415,7 +415,7 @@ def _policy_number(value: Any, field: str, default: float, low: float, high: flo
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise malformed(f"{field} must be a number, got {json_kind(value)}")
     if not low <= value <= high:  # also refuses NaN
-        raise malformed(f"{field} must be from {low:g} to {high:g}, got {_show(value)}")
+        raise malformed(f"{field} must be from {low:g} to {high:g}, got {shown(value)}")
     return float(value)
 
 
@@ -445,7 +445,7 @@ def catch_up(request: dict[str, Any], schedule: str | None) -> CatchUp:
         return CatchUp.COALESCE
     choices = ", ".join(c.value for c in CatchUp)
     if not isinstance(value, str) or value not in {c.value for c in CatchUp}:
-        raise malformed(f"catchUp must be one of {choices}, got {_show(value)}")
+        raise malformed(f"catchUp must be one of {choices}, got {shown(value)}")
     policy = CatchUp(value)
     if policy is not CatchUp.COALESCE and schedule is None:
         raise malformed(f"catchUp {value!r} needs a schedule: a job without one fires once")
@@ -558,12 +558,6 @@ def json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    """A short repr for messages: a caller's value can be a megabyte long."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- the gRPC API's requests --------------------------------------------------------------

@@ -468,8 +468,8 @@ def deadletter() -> Response:
     letter_id = _arg("id")
     letter = DeadLetters(_store()).get(letter_id, settings.app_id) if letter_id else None
     if letter is None:
-        return _error_page(404, f"There is no dead letter {letter_id!r} (replayed or purged "
-                                "meanwhile?).")
+        return _error_page(404, f"There is no dead letter {errors.shown(letter_id, 400)} "
+                                "(replayed or purged meanwhile?).")
     shown = letter_to_api(letter, with_job=True, dapr_compat=settings.dapr_compat)
     return _page("deadletter.html", title=f"Dead letter of {letter.name}", nav="deadletters",
                  letter=letter_row(letter, now_ms(), error_chars=MAX_SHOWN_CHARS),
