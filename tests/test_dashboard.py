@@ -229,7 +229,9 @@ def test_the_header_opens_the_dashboard_and_forged_cookies_do_not(locked: Settin
 
 @pytest.mark.parametrize("target", ["//evil.example/ui", "https://evil.example/ui",
                                     "/v1.0-alpha1/jobs", "/ui\\@evil.example",
-                                    "/ui/jobs\n"])  # (a newline was a 500: the header)
+                                    "/ui/jobs\n",  # (a newline was a 500: the header)
+                                    "/ui/..%2F..%2Fmetrics", "/ui/%2e%2e/metrics",
+                                    "/ui/jobs/../../metrics"])
 def test_after_login_the_browser_only_goes_to_a_dashboard_page(
         locked: Settings, token: str, target: str) -> None:
     client = create_app(locked).test_client()

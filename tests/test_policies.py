@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,6 +100,15 @@ def test_an_interval_reads_back_exactly_as_go_writes_it(interval: str, exponenti
         answer = job_to_api(job)["failurePolicy"]
         assert interval in answer[next(iter(policy))].values(), answer
         assert _parse({"failurePolicy": answer}).failure_policy == job.failure_policy
+
+
+def test_a_jitter_of_minus_zero_is_zero() -> None:
+    """GET shows 0 either way, and the answer sent back must be the same job (it was
+    not: a 409, and `jobs import` of its export refused)."""
+    policy = {"exponential": {"jitter": -0.0}}
+    job = _parse({"failurePolicy": policy})
+    assert math.copysign(1.0, job.failure_policy.jitter) == 1.0
+    assert _parse({"failurePolicy": job_to_api(job)["failurePolicy"]}).encode() == job.encode()
 
 
 @pytest.mark.parametrize("policy", [

@@ -615,12 +615,19 @@ _LONG = "x" * 5000
         "@type": f"type.googleapis.com/google.protobuf.{_LONG}"}}, id="unknown-well-known"),
     pytest.param({"schedule": "@every 1h", "repeats": 1e300}, id="repeats-huge-float"),
     pytest.param({"schedule": "0 0 0 30 2 *" + " " * 1000}, id="schedule-never-fires"),
+    # Within their length limit (256), and quoted whole, twice over for a policy's.
+    pytest.param({"dueTime": "1" + "h" * 250}, id="due-time"),
+    pytest.param({"dueTime": "1h", "ttl": "1" + "h" * 250}, id="ttl"),
+    pytest.param({"dueTime": "1h", "deliveryTimeout": "1" + "h" * 250}, id="delivery-timeout"),
+    pytest.param({"dueTime": "1h", "failurePolicy": {
+        "exponential": {"initialInterval": "1" + "h" * 250}}}, id="policy-interval"),
+    pytest.param({"schedule": "0 0 0 1 1 " + "x" * 1000}, id="cron-field"),
 ])
 def test_a_message_never_repeats_a_long_input_whole(body: dict[str, Any]) -> None:
     """As the README promises; 1e300 was shown as the 301-digit integer it is not."""
     err = parse_error(body, limit=1_000_000)
     assert err.status == 400 and len(err.message) < 400, err.message
-    assert "0000000000" not in err.message
+    assert "0000000000" not in err.message and "h" * 100 not in err.message
 
 
 @pytest.mark.parametrize("app_id", ["job-service", "a", "A.b_c-1", "x" * 63])

@@ -39,6 +39,7 @@ import datetime as _dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.jobs.durations import ScheduleError, ceil_ms, days_since_epoch, go_duration_ns
+from app.jobs.errors import shown
 
 __all__ = ["CronSchedule", "EverySchedule", "Schedule", "parse_cron"]
 
@@ -233,12 +234,12 @@ def _int(text: str) -> int:
     """Go's strconv.Atoi plus robfig's non-negative check (ASCII digits only)."""
     body = text[1:] if text[:1] in ("+", "-") else text
     if not body or not body.isascii() or not body.isdigit():
-        raise ValueError(f"failed to parse int from {text!r}")
+        raise ValueError(f"failed to parse int from {shown(text)}")
     if len(body) > _INT64_DIGITS:  # int() of a very long text costs time; Atoi refuses it
         raise ValueError(f"failed to parse int from {text[:40]!r}: value out of range")
     value = int(text)
     if not -(1 << 63) <= value < 1 << 63:  # Go's int, 64 bits
-        raise ValueError(f"failed to parse int from {text!r}: value out of range")
+        raise ValueError(f"failed to parse int from {shown(text)}: value out of range")
     if value < 0:
         raise ValueError(f"negative number ({value}) not allowed: {text}")
     return value
@@ -330,7 +331,7 @@ def parse_cron(expr: str) -> Schedule:
             except ScheduleError as e:
                 raise ValueError(f"failed to parse duration {spec}: {e}") from None
             if ns < 0:
-                raise ValueError(f"@every needs a duration of 0 or more, got {spec[7:]!r}")
+                raise ValueError(f"@every needs a duration of 0 or more, got {shown(spec[7:])}")
             return EverySchedule(expr, ceil_ms(ns))
         if spec not in _DESCRIPTORS:
             raise ValueError(
@@ -352,6 +353,6 @@ def parse_cron(expr: str) -> Schedule:
                 if part:  # strings.FieldsFunc drops empty list items
                     value |= _range_bits(part, lo, hi, names)
         except ValueError as e:
-            raise ValueError(f"{name} field {text!r}: {e}") from None
+            raise ValueError(f"{name} field {shown(text)}: {e}") from None
         bits.append(value)
     return CronSchedule(expr, tuple(bits), tz)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
-from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_JOB, JobrunnerError
+from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_JOB, JobrunnerError, shown
 
 
 class ScheduleError(JobrunnerError, ValueError):
@@ -95,7 +95,7 @@ def go_duration_ns(text: str) -> int:
     if s == "0":
         return 0
     if not s:
-        raise ScheduleError(f"time: invalid duration {orig!r}")
+        raise ScheduleError(f"time: invalid duration {shown(orig)}")
     total = 0
     while s:
         i = 0
@@ -109,23 +109,23 @@ def go_duration_ns(text: str) -> int:
                 j += 1
             frac, s = s[1:j], s[j:]
         if not whole and not frac:
-            raise ScheduleError(f"time: invalid duration {orig!r}")
+            raise ScheduleError(f"time: invalid duration {shown(orig)}")
         k = 0
         while k < len(s) and s[k] != "." and s[k] not in _DIGITS:
             k += 1
         if k == 0:
-            raise ScheduleError(f"time: missing unit in duration {orig!r}")
+            raise ScheduleError(f"time: missing unit in duration {shown(orig)}")
         unit, s = s[:k], s[k:]
         if unit not in _GO_UNITS_NS:
-            raise ScheduleError(f"time: unknown unit {unit!r} in duration {orig!r}")
+            raise ScheduleError(f"time: unknown unit {shown(unit)} in duration {shown(orig)}")
         scale = _GO_UNITS_NS[unit]
         total += int(whole or "0") * scale
         if frac:
             total += int(frac) * scale // 10 ** len(frac)
         if total > _MAX_NS + 1:
-            raise ScheduleError(f"time: invalid duration {orig!r} (out of range)")
+            raise ScheduleError(f"time: invalid duration {shown(orig)} (out of range)")
     if total > _MAX_NS + (1 if neg else 0):
-        raise ScheduleError(f"time: invalid duration {orig!r} (out of range)")
+        raise ScheduleError(f"time: invalid duration {shown(orig)} (out of range)")
     return -total if neg else total
 
 
@@ -155,10 +155,10 @@ def iso8601_parts(text: str) -> tuple[int, int, int, int]:
     if not isinstance(text, str) or len(text) > MAX_DURATION_LENGTH:
         raise ScheduleError(f"unsupported ISO8601 duration format: {_too_long(text)}")
     if text.startswith("R"):
-        raise ScheduleError(f"non-repeating ISO8601 expected, got {text!r}")
+        raise ScheduleError(f"non-repeating ISO8601 expected, got {shown(text)}")
     m = _ISO_RE.fullmatch(text)
     if m is None or len(text) < 2:  # "P" alone is rejected, "PT" is zero (as in Dapr)
-        raise ScheduleError(f"unsupported ISO8601 duration format: {text!r}")
+        raise ScheduleError(f"unsupported ISO8601 duration format: {shown(text)}")
     y, mo, w, d, h, mi, s = (int(m.group(g) or "0") for g in ("y", "mo", "w", "d", "h", "mi", "s"))
     frac = (m.group("f") or "")[:9].ljust(9, "0")  # Go keeps nanoseconds, truncates the rest
     return y, mo, w * 7 + d, (h * 3600 + mi * 60 + s) * NS_PER_S + int(frac)
@@ -174,7 +174,7 @@ def parse_iso8601_duration(text: str) -> _dt.timedelta:
     years, months, days, ns = iso8601_parts(text)
     if years or months:
         raise ScheduleError(
-            f"ISO8601 duration {text!r} has years or months, which have no fixed length;"
+            f"ISO8601 duration {shown(text)} has years or months, which have no fixed length;"
             " use days/weeks, or use it as a dueTime/ttl (calendar arithmetic)"
         )
     return _dt.timedelta(days=days) + _ns_to_timedelta(ns)
@@ -237,7 +237,7 @@ def parse_point_in_time(text: str, base_ms: int) -> int:
     """A dueTime/ttl value as absolute epoch milliseconds, checked to be before year 10000."""
     ms = _parse_point_in_time(text, base_ms)
     if ms > MAX_MS:
-        raise ScheduleError(f"{text!r} is after the year 9999", SCHEDULE_JOB)
+        raise ScheduleError(f"{shown(text)} is after the year 9999", SCHEDULE_JOB)
     return ms
 
 
@@ -264,7 +264,7 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
         if text.startswith("R"):
             raise ScheduleError(str(e), SCHEDULE_JOB) from None
         raise ScheduleError(
-            f"unrecognized time or duration {text!r}: expected an RFC3339 timestamp"
+            f"unrecognized time or duration {shown(text)}: expected an RFC3339 timestamp"
             ' ("2024-04-24T11:42:22Z"), a Go duration ("2s", "1h30m", "500ms")'
             ' or an ISO 8601 duration ("PT2S", "P1DT2H")',
             SCHEDULE_JOB,
@@ -273,7 +273,7 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
         start_ms = _add_calendar_ms(base_ms, years, months, days)
     except (ValueError, OverflowError):
         raise ScheduleError(
-            f"{text!r} is out of the supported date range", SCHEDULE_JOB
+            f"{shown(text)} is out of the supported date range", SCHEDULE_JOB
         ) from None
     return _ceil_div(start_ms * NS_PER_MS + ns, NS_PER_MS)
 

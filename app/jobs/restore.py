@@ -43,7 +43,7 @@ import orjson
 
 from app.jobs import errors
 from app.jobs.durations import MAX_MS, ceil_ms, format_ms, rfc3339_ns
-from app.jobs.errors import ApiError, malformed
+from app.jobs.errors import ApiError, malformed, shown
 from app.jobs.model import UINT32_MAX, Job, RunState
 from app.jobs.schedule import CronSchedule, parse_schedule
 
@@ -101,12 +101,12 @@ def _check_next(job: Job, nxt: int, count: int) -> None:
         assert job.due_time is not None  # a job has a schedule or a dueTime
         if rfc3339_ns(job.due_time) is not None and nxt != job.first_ms:
             raise _inconsistent(f"nextTriggerTime {format_ms(nxt)} is not the job's dueTime "
-                                f"{job.due_time!r}")
+                                f"{shown(job.due_time, 100)}")
         return
     parsed = parse_schedule(job.schedule)
     if isinstance(parsed, CronSchedule) and parsed.next_after(nxt - 1) != nxt:
         raise _inconsistent(f"nextTriggerTime {format_ms(nxt)} is not a time of the "
-                            f"schedule {job.schedule!r}")
+                            f"schedule {shown(job.schedule, 100)}")
 
 
 def _expiry(job: Job, given: int | None) -> int | None:
@@ -116,7 +116,8 @@ def _expiry(job: Job, given: int | None) -> int | None:
         raise _inconsistent("expiryTime needs a ttl: a job without one does not expire")
     ttl_ns = rfc3339_ns(job.ttl)
     if ttl_ns is not None and ceil_ms(ttl_ns) != given:
-        raise _inconsistent(f"expiryTime {format_ms(given)} is not the job's ttl {job.ttl!r}")
+        raise _inconsistent(f"expiryTime {format_ms(given)} is not the job's ttl "
+                            f"{shown(job.ttl, 100)}")
     return given
 
 

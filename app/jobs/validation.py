@@ -403,9 +403,9 @@ def _policy_duration_ns(value: Any, field: str) -> int | None:
         return None
     ns = _duration_ns(value, field, "3s")
     if ns < 0:
-        raise malformed(f"{field} must not be negative, got {value!r}")
+        raise malformed(f"{field} must not be negative, got {shown(value)}")
     if ns > MAX_RETRY_INTERVAL_MS * NS_PER_MS:
-        raise malformed(f"{field} must be at most 720h (30 days), got {value!r}")
+        raise malformed(f"{field} must be at most 720h (30 days), got {shown(value)}")
     return ns
 
 
@@ -416,7 +416,7 @@ def _policy_number(value: Any, field: str, default: float, low: float, high: flo
         raise malformed(f"{field} must be a number, got {json_kind(value)}")
     if not low <= value <= high:  # also refuses NaN
         raise malformed(f"{field} must be from {low:g} to {high:g}, got {shown(value)}")
-    return float(value)
+    return float(value) + 0.0  # -0.0 as 0.0: GET shows 0, and a GET sent back is this job
 
 
 def delivery_timeout_ms(request: dict[str, Any], max_ms: int) -> int | None:
@@ -429,10 +429,10 @@ def delivery_timeout_ms(request: dict[str, Any], max_ms: int) -> int | None:
     field = "deliveryTimeout"
     ms = _duration_ns(value, field, "30s") // 1_000_000
     if ms < 1:
-        raise malformed(f"{field} must be at least 1ms, got {value!r}")
+        raise malformed(f"{field} must be at least 1ms, got {shown(value)}")
     if ms > max_ms:
         raise malformed(f"{field} must be at most {max_ms / 1000:g}s (below the lease, "
-                        f"JOBRUNNER_MAX_DELIVERY_TIMEOUT), got {value!r}")
+                        f"JOBRUNNER_MAX_DELIVERY_TIMEOUT), got {shown(value)}")
     return ms
 
 
@@ -458,7 +458,7 @@ def _interval_ms(text: str) -> int:
     except ScheduleError as exc:
         raise malformed(f"failurePolicy.constant.interval: {exc}") from None
     if ns < 0:
-        raise malformed(f"failurePolicy.constant.interval must not be negative, got {text!r}")
+        raise malformed(f"failurePolicy.constant.interval must not be negative, got {shown(text)}")
     return ceil_ms(ns)
 
 

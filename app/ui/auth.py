@@ -22,7 +22,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from flask import Response, g, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -161,7 +161,9 @@ def see_other(location: str) -> Response:
 
 def safe_next(target: str | None) -> str:
     """A dashboard path to go to after logging in; anything else becomes the jobs page."""
-    if target and _NEXT.fullmatch(target) and not target.startswith("//"):
+    if target and _NEXT.fullmatch(target) and not target.startswith("//") and not any(
+            # A dot segment (`%2e` is one too, to a browser) climbs out of /ui.
+            part in (".", "..") for part in unquote(target.partition("?")[0]).split("/")):
         return target
     return url_for("ui.jobs")
 
