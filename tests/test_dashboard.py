@@ -11,6 +11,7 @@ without chromium, it is skipped; in CI (CI=true) a missing browser fails it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import html
@@ -33,6 +34,7 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from app.api.factory import create_app
+from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
 from app.store.store import Store
@@ -390,6 +392,42 @@ def test_change_fills_the_form_with_the_job_and_sending_it_keeps_the_job(
     assert refused.status_code == 400 and b"multiplier must be a number" in refused.data
     missing = client.get("/ui/schedule", query_string={"job": "nope"})
     assert missing.status_code == 404
+
+
+def _change(client: FlaskClient, name: str, **edits: str) -> Any:
+    """Change `name` on the dashboard: its form as filled in, with `edits`, sent back."""
+    parser = _Forms()
+    parser.feed(client.get("/ui/schedule", query_string={"job": name}).data.decode())
+    [form] = [f for f in parser.forms if f["button"] == "Schedule"]
+    return client.post(form["action"], data={**form["fields"], **edits})
+
+
+def test_change_keeps_the_stored_data_unless_it_is_edited(settings: Settings) -> None:
+    """The form shows data as JSON text; read back from that text, an Any's bytes were
+    re-encoded (unknown fields dropped), and an indented big value was over the limit."""
+    client = create_app(settings).test_client()
+    store = Store(settings)
+    odd_bytes = base64.b64encode(b"\n\x02hi\x10\x07").decode()  # a field StringValue lacks
+    store.schedule(make_job("any", now_ms() + 3_600_000, schedule="@every 1h",
+                            any_type="type.googleapis.com/google.protobuf.StringValue",
+                            any_value=odd_bytes))
+    big = [0] * (settings.max_data_bytes // 2 - 8)  # under the limit compact, not indented
+    assert client.post(f"{API}/big", json={"dueTime": "1h", "data": big}).status_code == 204
+    # The API keeps these strings as given: so does the form.
+    assert client.post(f"{API}/spaced", json={"schedule": " 0 0 6 * * * ", "data": 1}
+                       ).status_code == 204
+    for name in ("any", "big", "spaced"):
+        before = store.get(APP, name)
+        assert before is not None
+        assert _change(client, name).status_code == 303, name
+        after = store.get(APP, name)
+        assert after is not None and dataclasses.replace(
+            after.job, first_ms=before.job.first_ms) == before.job, name
+    # Edited, the data is the text as typed (its lines LF-ended, as typed, not CRLF).
+    assert _change(client, "any", data='{\r\n"a": 1}').status_code == 303
+    edited = store.get(APP, "any")
+    assert edited is not None and edited.job.data == {"a": 1} and edited.job.any_type is None
+    store.close()
 
 
 def test_the_schedule_form_means_what_the_api_means(settings: Settings) -> None:

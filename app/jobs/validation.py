@@ -300,10 +300,13 @@ def _opt_uint32(value: Any, field: str) -> int | None:
             raise malformed(f"{field} must be at most {UINT32_MAX}, got {shown(value)}")
         value = ("-" if value.startswith("-") else "") + digits
     number = int(value)
+    # A number as a number (the text "-1" as -1), but 1e300 as given: a float read from
+    # JSON is no 301-digit integer.
+    given = number if abs(number) <= UINT32_MAX * 10 else shown(value)
     if number < 0:
-        raise malformed(f"{field} must not be negative, got {shown(value)}")
-    if number > UINT32_MAX:  # (as given: 1e300 read as a float is no 301-digit integer)
-        raise malformed(f"{field} must be at most {UINT32_MAX}, got {shown(value)}")
+        raise malformed(f"{field} must not be negative, got {given}")
+    if number > UINT32_MAX:
+        raise malformed(f"{field} must be at most {UINT32_MAX}, got {given}")
     return number
 
 

@@ -16,19 +16,21 @@ from app.jobs.errors import ApiError
 # The form's fields, and the most characters each takes (data: the data limit applies).
 TEXT_FIELDS = {"name": 1024, "schedule": 1024, "dueTime": 256, "ttl": 256, "repeats": 32,
                "policy": 16, "interval": 256, "maxRetries": 32, "maxInterval": 256,
-               "multiplier": 32, "jitter": 32, "deliveryTimeout": 256, "catchUp": 16}
+               "multiplier": 32, "jitter": 32, "deliveryTimeout": 256, "catchUp": 16,
+               "keep": 1024}
 POLICIES = ("default", "drop", "constant", "exponential")
 
 
 def form_values(form: Mapping[str, str]) -> dict[str, str]:
     """The form as sent, each field cut to its bound (to show it again with an error)."""
     values = {k: form.get(k, "")[:bound] for k, bound in TEXT_FIELDS.items()}
-    values["data"] = form.get("data", "")
+    # Browsers send a text area's lines ended by CRLF: the data as typed has LF.
+    values["data"] = form.get("data", "").replace("\r\n", "\n")
     values["overwrite"] = "on" if form.get("overwrite") else ""
     return values
 
 
-def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, bytes]:
+def to_request(values: Mapping[str, str]) -> tuple[str, bytes]:
     """(job name, JSON body of the schedule request). Raises ApiError for what the form
     itself gets wrong; the API's validation checks the rest."""
     for key, bound in TEXT_FIELDS.items():
@@ -36,7 +38,8 @@ def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, byt
             raise errors.malformed(f"{key} is longer than {bound} characters")
     fields: list[tuple[str, bytes]] = []
     for key in ("schedule", "dueTime", "ttl", "deliveryTimeout", "catchUp"):
-        if text := values.get(key, "").strip():
+        text = values.get(key, "")
+        if text.strip():  # as typed: the API keeps these strings as given
             fields.append((key, orjson.dumps(text)))
     if repeats := values.get("repeats", "").strip():
         # As text: the API takes a decimal string and checks it as it checks a number
@@ -68,9 +71,8 @@ def to_request(values: Mapping[str, str], max_data_bytes: int) -> tuple[str, byt
         fields.append(("overwrite", b"true"))
     data = values.get("data", "")
     if data.strip():
-        if len(data.encode()) > max_data_bytes:
-            raise ApiError(413, errors.PAYLOAD_TOO_LARGE,
-                           f"data is larger than {max_data_bytes} bytes")
+        # The API measures the data as compact JSON (the form's is indented); the text
+        # itself is bounded by the form's size limit (views: max_form_memory_size).
         try:
             # The standard library's parser: any JSON, big integers included, as the API.
             json.loads(data)
@@ -96,8 +98,10 @@ def _number(key: str, text: str) -> int | float:
 
 def values_of(job: Mapping[str, Any]) -> dict[str, str]:
     """The form filled in with a job as GET answers it (`job`), to change it: sent again
-    unchanged, it schedules the same job."""
+    unchanged, it schedules the same definition (views.schedule keeps the stored data
+    while the form's is the text shown here)."""
     values = {k: "" for k in TEXT_FIELDS}
+    values["keep"] = job["name"]
     for key in ("name", "schedule", "dueTime", "ttl", "deliveryTimeout", "catchUp"):
         if isinstance(job.get(key), str):
             values[key] = job[key]

@@ -13,6 +13,7 @@ posting to job_action and app_action.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
-from app.jobs.model import DeadLetter, TriggerStatus
+from app.jobs.model import DeadLetter, Job, TriggerStatus
 from app.jobs.validation import MAX_NAME_LENGTH, parse_job_request, validate_name
 from app.settings import Settings
 from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
@@ -425,17 +426,19 @@ def schedule() -> Response:
             view = _store().get(settings.app_id, validate_name(name))
             if view is None:
                 return _error_page(404, f"There is no job {name!r} to change.")
-            values = forms.values_of(view.to_api())
-            if view.job.data_text is not None:  # kept as written (--dapr-compat): that text
-                values["data"] = view.job.data_text
+            values = _change_values(view)
         return _page("schedule.html", title="Schedule a job", nav="schedule", values=values,
                      error="", max_data_bytes=settings.max_data_bytes)
     values = forms.form_values(request.form)
     try:
-        name, body = forms.to_request(values, settings.max_data_bytes)
+        kept = _kept_data(values)
+        name, body = forms.to_request(values if kept is None else {**values, "data": ""})
         job, overwrite = parse_job_request(name, body, "application/json", settings.app_id,
                                            now_ms(), settings.max_data_bytes,
                                            dapr_compat=settings.dapr_compat)
+        if kept is not None:
+            job = dataclasses.replace(job, data=kept.data, any_type=kept.any_type,
+                                      any_value=kept.any_value, data_text=kept.data_text)
         try:
             _store().schedule(job, overwrite=overwrite)
         except JobExists:
@@ -446,6 +449,29 @@ def schedule() -> Response:
                      nav="schedule", values=values, error=exc.message,
                      max_data_bytes=settings.max_data_bytes)
     return _redirect("ui.job", flash=f"Scheduled {job.name!r}.", name=job.name)
+
+
+def _change_values(view: JobView) -> dict[str, str]:
+    values = forms.values_of(view.to_api())
+    if view.job.data_text is not None:  # kept as written (--dapr-compat): that text
+        values["data"] = view.job.data_text
+    return values
+
+
+def _kept_data(values: dict[str, str]) -> Job | None:
+    """The job being changed (the form's `keep`) when the form's data is still the text
+    its Change page showed: its data is kept as stored, not read back from that text (an
+    Any's own bytes, data kept as written, data that the indented text puts over the
+    limit); None when the data was edited, or there is no such job."""
+    if not values.get("keep"):
+        return None
+    try:
+        view = _store().get(_settings().app_id, validate_name(values["keep"]))
+    except ApiError:
+        return None
+    if view is None or _change_values(view)["data"] != values.get("data", ""):
+        return None
+    return view.job
 
 
 @ui_bp.get("/deadletters")
