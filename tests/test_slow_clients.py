@@ -18,6 +18,7 @@ Loopback only; bounded in time.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -31,7 +32,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
+from dapr.proto.runtime.v1 import dapr_pb2_grpc, jobs_pb2
 
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
 from tests.support.redis_proc import RedisProcess, free_port
@@ -55,8 +58,8 @@ class Api:
     log: Path
 
 
-@pytest.fixture
-def api(redis_server: RedisProcess, tmp_path: Path) -> Iterator[Api]:
+@contextlib.contextmanager
+def _running_api(redis_server: RedisProcess, tmp_path: Path, **env_extra: str) -> Iterator[Api]:
     """`jobrunner api` (python -m app.cli api) with short read timeouts, on a free port."""
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_server.url,
@@ -64,7 +67,7 @@ def api(redis_server: RedisProcess, tmp_path: Path) -> Iterator[Api]:
            "APP_URL": "http://127.0.0.1:9", "DAPR_HTTP_PORT": str(port),
            "DAPR_GRPC_PORT": "off", "DAPR_API_TOKEN": "",
            "JOBRUNNER_HTTP_HEADER_TIMEOUT": str(HEADER_TIMEOUT_S),
-           "JOBRUNNER_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT_S)}
+           "JOBRUNNER_HTTP_BODY_TIMEOUT": str(BODY_TIMEOUT_S), **env_extra}
     log_path = tmp_path / "api.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -89,6 +92,12 @@ def api(redis_server: RedisProcess, tmp_path: Path) -> Iterator[Api]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture
+def api(redis_server: RedisProcess, tmp_path: Path) -> Iterator[Api]:
+    with _running_api(redis_server, tmp_path) as running:
+        yield running
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
@@ -248,3 +257,72 @@ def test_stalled_connections_neither_stop_other_clients_nor_stay_open(api: Api) 
     finally:
         stallers.close()
     assert "Traceback" not in api.log.read_text()
+
+
+# --- the gRPC port -------------------------------------------------------------------------
+
+GRPC_MAX_CONNECTIONS = 16  # per process (JOBRUNNER_HTTP_MAX_CONNECTIONS bounds both ports)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_idle_grpc_connections_are_bounded_and_closed(redis_server: RedisProcess,
+                                                      tmp_path: Path) -> None:
+    """gRPC connections opened and left idle (HTTP/2 said, no call), or that never say
+    HTTP/2, are closed after the header timeout, and no more than the connection bound
+    are held per process: 20,000 of them took every file descriptor of the API's
+    processes, whose HTTP side then answered nothing. Meanwhile the HTTP API answers,
+    and a gRPC client's call is served once the idle ones are gone."""
+    grpc_port = free_port()
+    with _running_api(redis_server, tmp_path, DAPR_GRPC_PORT=str(grpc_port),
+                      JOBRUNNER_HTTP_MAX_CONNECTIONS=str(GRPC_MAX_CONNECTIONS)) as api:
+        held: list[socket.socket] = []
+        try:
+            for i in range(10 * PROCESSES * GRPC_MAX_CONNECTIONS):
+                sock = socket.create_connection(("127.0.0.1", grpc_port), timeout=10)
+                if i % 5:
+                    sock.sendall(H2_PREFACE)  # HTTP/2 said, then idle; else nothing said
+                held.append(sock)
+            opened = time.monotonic()
+            assert _schedule(api.port, "while-held") == 204
+            assert _get(api.port, "/healthz")[0] == 200
+
+            def open_count() -> int:
+                return sum(1 for s in held if not _closed_by_server(s))
+
+            # Past the bound, refused at once (long before the idle ones are closed).
+            bound = PROCESSES * GRPC_MAX_CONNECTIONS
+            wait_for(lambda: open_count() <= bound, timeout=HEADER_TIMEOUT_S / 2,
+                     interval=0.1, what=f"at most {bound} gRPC connections to stay open "
+                                        f"({open_count()} are)")
+            wait_for(lambda: open_count() == 0, timeout=HEADER_TIMEOUT_S + CLOSE_MARGIN_S,
+                     interval=0.2, what=f"the server to close the idle gRPC connections "
+                                        f"({open_count()} still open)")
+            assert time.monotonic() - opened >= HEADER_TIMEOUT_S * 0.5  # not at once
+
+            channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+            try:
+                stub = dapr_pb2_grpc.DaprStub(channel)  # type: ignore[no-untyped-call]
+                job = stub.GetJobAlpha1(jobs_pb2.GetJobRequest(name="while-held"),
+                                        timeout=ANSWER_DEADLINE_S)
+                assert job.job.name == "while-held"
+            finally:
+                channel.close()
+        finally:
+            for sock in held:
+                sock.close()
+    assert "Traceback" not in api.log.read_text()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed `sock` (end of stream or a reset; what it sent
+    before, its SETTINGS or a GOAWAY, is read and dropped)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True

@@ -44,6 +44,10 @@ def max_message_bytes(settings: Settings) -> int:
     return settings.max_data_bytes + _ENVELOPE_BYTES
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
 def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -85,6 +89,15 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes(settings)),
                 ("grpc.so_reuseport", 1),  # the API processes share the port
+                # Connections are bounded as the HTTP port's are (README, "Slow clients"):
+                # held open and idle, 20,000 of them took every file descriptor of the
+                # process, and with it the HTTP API. Past the bound, a new connection is
+                # refused (the client's call: UNAVAILABLE); one without a call for the
+                # header timeout is closed (GOAWAY: a client reconnects on its next
+                # call), as is one that has not said HTTP/2 within it.
+                ("grpc.max_allowed_incoming_connections", settings.http_max_connections),
+                ("grpc.max_connection_idle_ms", _ms(settings.http_header_timeout_s)),
+                ("grpc.server_handshake_timeout_ms", _ms(settings.http_header_timeout_s)),
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
