@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from app.jobs.model import FailureKind, FailurePolicy, TriggerStatus
 from app.settings import Settings
+from app.store import store as store_module
 from app.store.keys import Keys, dead_member, is_replay, job_id
 from app.store.store import JobExists, Store
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
@@ -757,3 +758,32 @@ def test_claims_and_settlements_go_on_the_loop_connection_and_fall_back_to_redis
         assert store.get(APP, "a") is None and store.get(APP, "b") is None  # both settled
     finally:
         direct.close()
+
+
+def test_unstage_puts_every_trigger_back_a_bounded_batch_per_script(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app back online gets all its parked triggers due again, oldest first, but never
+    in one script: one call for 100,000 held Redis for 0.2 s, every other app with it."""
+    monkeypatch.setattr(store_module, "UNSTAGE_BATCH", 7)
+    names = [f"parked-{i:02d}" for i in range(20)]
+    for i, name in enumerate(names):
+        store.schedule(make_job(name, 1_000_000 + i))
+    pk = store.keys.for_job(job_id(APP, names[0]))
+    r = store.redis
+    for i, name in enumerate(names):  # as stage.lua parks them
+        r.zrem(pk.due, job_id(APP, name))
+        r.zadd(pk.staged(APP), {job_id(APP, name): 1_000_000 + i})
+    script = store._scripts["unstage"]
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        moved = script(*args, **kwargs)
+        calls.append(int(moved))
+        return moved
+
+    monkeypatch.setitem(store._scripts, "unstage", counted)
+    assert store.unstage(APP) == 20
+    assert calls == [7, 7, 6]
+    assert r.zcard(pk.staged(APP)) == 0
+    assert [(m.decode(), int(s)) for m, s in r.zrange(pk.due, 0, -1, withscores=True)] == [
+        (job_id(APP, name), 1_000_000 + i) for i, name in enumerate(names)]

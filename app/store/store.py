@@ -36,9 +36,10 @@ if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py,
     from app.store.loop_redis import LoopRedis
 
 # Jobs deleted by one delete.lua call of delete_prefix; entries one reindex.lua step of
-# the one-time rebuild looks at.
+# the one-time rebuild looks at; staged triggers one unstage.lua call puts back.
 DELETE_BATCH = 500
 REINDEX_STEP = 1000
+UNSTAGE_BATCH = 1000
 
 
 class JobExists(JobrunnerError):
@@ -494,11 +495,18 @@ class Store:
         return forgotten
 
     def unstage(self, app_id: str) -> int:
-        return sum(
-            int(self._scripts["unstage"](keys=[pk.due, pk.staged(app_id)],
-                                         args=[self.keys.wake_channel]))
-            for pk in self.keys.all_partitions()
-        )
+        """Put the app's staged triggers back in the due index; returns how many. In
+        batches of UNSTAGE_BATCH, each a script of its own: all at once, 100,000 of them
+        held Redis for 0.2 s, every other app's requests and deliveries with it."""
+        moved = 0
+        for pk in self.keys.all_partitions():
+            while True:
+                n = int(self._scripts["unstage"](keys=[pk.due, pk.staged(app_id)],
+                                                 args=[self.keys.wake_channel, UNSTAGE_BATCH]))
+                moved += n
+                if n < UNSTAGE_BATCH:
+                    break
+        return moved
 
     def app(self, app_id: str) -> AppRegistration | None:
         raw = self.redis.hget(self.keys.apps, app_id)
