@@ -23,6 +23,7 @@ from app.jobs.anydata import (
 )
 from app.jobs.errors import ApiError
 from app.jobs.model import Job
+from app.jobs.validation import parse_job_request
 
 WKT = "type.googleapis.com/google.protobuf."
 SEED_DATA = {"@type": WKT + "StringValue", "value": "R2-D2:Oil Change"}
@@ -387,3 +388,32 @@ def test_anys_nested_deeper_than_json_renders_fall_back_to_their_bytes(depth: in
         assert shown == {"@type": any_url, "@bytes": stored}
     job = Job("job-service", "j", any_type=any_url, any_value=stored)
     assert delivery_body(job, "raw") == value.strip()  # as daprd sends an Any it cannot render
+
+
+def _nested_anys(depth: int) -> bytes:
+    value = b""
+    for _ in range(depth):
+        value = any_pb2.Any(type_url=WKT + "Any", value=value).SerializeToString()
+    return value
+
+
+def _nested_lists(depth: int) -> bytes:
+    value = struct_pb2.Value(string_value="bottom")
+    for _ in range(depth):
+        value = struct_pb2.Value(list_value=struct_pb2.ListValue(values=[value]))
+    return value.SerializeToString()
+
+
+@pytest.mark.parametrize(("type_name", "value"), [
+    *[pytest.param("Any", _nested_anys(d), id=f"anys-{d}") for d in (5, 15, 31, 40, 200)],
+    *[pytest.param("Value", _nested_lists(d), id=f"lists-{d}") for d in (10, 31, 33, 40)],
+])
+def test_what_get_shows_of_a_nested_any_goes_back_in_as_the_same_any(
+        type_name: str, value: bytes) -> None:
+    """Given over gRPC, an Any may nest deeper than the API takes data: GET showed it as
+    JSON all the same, which sent back (jobs export, then import) was refused, and lost."""
+    type_url, stored = WKT + type_name, base64.b64encode(value).decode()
+    shown = any_json_or_bytes(type_url, stored)
+    job, _ = parse_job_request("j", orjson.dumps({"dueTime": "1h", "data": shown}), None,
+                               "job-service", 0, 10 * 1024 * 1024)
+    assert (job.any_type, job.any_value) == (type_url, stored)

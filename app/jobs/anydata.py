@@ -442,17 +442,37 @@ def stored_any(type_url: str, value: bytes, max_data_bytes: int) -> tuple[str, s
 BYTES_MEMBER = "@bytes"
 
 
+def too_deep(data: Any, raw: bytes) -> bool:
+    """Whether `data` (whose JSON text is `raw`) is nested more than MAX_DATA_DEPTH deep."""
+    # Nesting cannot exceed the number of brackets: most data skips the walk.
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DATA_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DATA_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def any_json_or_bytes(type_url: str, value_b64: str) -> dict[str, Any]:
     """A stored Any for a JSON answer (the HTTP API's GET of a job scheduled over gRPC):
     its JSON form when the type is one this process knows (unpack_any_json), else its
     bytes form `{"@type": type_url, "@bytes": "<base64 of the bytes>"}`, the bytes as
     stored (an unknown type; bytes that do not decode as the type; a Value holding NaN,
     which JSON cannot write). Dapr's protojson cannot render such an Any at all (its GET
-    fails with 500). Sent back, the bytes form stores the same Any (stored_bytes_form)."""
+    fails with 500). Sent back, the bytes form stores the same Any (stored_bytes_form).
+    So is one whose JSON form is deeper than the API takes data (an Any nested in Anys,
+    given over gRPC): sent back as JSON, that was refused (jobs export, then import)."""
     try:
-        return unpack_any_json(type_url, value_b64)
-    except ValueError:
-        return {"@type": type_url, BYTES_MEMBER: value_b64}
+        shown = unpack_any_json(type_url, value_b64)
+        if not too_deep(shown, orjson.dumps(shown)):
+            return shown
+    except (ValueError, orjson.JSONEncodeError):  # (orjson writes 254 levels at most)
+        pass
+    return {"@type": type_url, BYTES_MEMBER: value_b64}
 
 
 def is_bytes_form(data: dict[str, Any]) -> bool:

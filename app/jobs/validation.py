@@ -62,6 +62,7 @@ from app.jobs.anydata import (
     pack_any,
     stored_any,
     stored_bytes_form,
+    too_deep,
 )
 from app.jobs.durations import MAX_DURATION_LENGTH, NS_PER_MS, ceil_ms, go_duration_ns
 from app.jobs.errors import ApiError, malformed, malformed_data, payload_too_large, shown
@@ -480,7 +481,7 @@ def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
     # must go back in (jobs export, then import).
     if len(raw) > max_data_bytes and not any_json:
         raise payload_too_large(len(raw), max_data_bytes)
-    if _too_deep(data, raw):
+    if too_deep(data, raw):
         raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep")
     if not any_json:
         return data, None, None
@@ -503,7 +504,7 @@ def _dapr_data(request: dict[str, Any], body: bytes, max_data_bytes: int) -> tup
     if len(raw) > max_data_bytes:
         raise payload_too_large(len(raw), max_data_bytes)
     data = request["data"]
-    if _too_deep(data, raw):
+    if too_deep(data, raw):
         raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep")
     return data, text
 
@@ -533,20 +534,6 @@ def _skip_space(text: str, pos: int) -> int:
     while text[pos] in " \t\n\r":  # JSON's whitespace; a valid object ends in '}' first
         pos += 1
     return pos
-
-
-def _too_deep(data: Any, raw: bytes) -> bool:
-    # Nesting cannot exceed the number of brackets: most data skips the walk.
-    if raw.count(b"[") + raw.count(b"{") <= MAX_DATA_DEPTH:
-        return False
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DATA_DEPTH:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
-    return False
 
 
 # --- messages -----------------------------------------------------------------
