@@ -394,6 +394,21 @@ def test_change_fills_the_form_with_the_job_and_sending_it_keeps_the_job(
     assert missing.status_code == 404
 
 
+def test_a_form_that_is_not_utf8_is_refused(settings: Settings) -> None:
+    """Werkzeug keeps a byte that is not UTF-8 as its `%XX`: the job `bad%FFname`, which
+    the API refuses (U+FFFD), was scheduled, with its data turned into other text."""
+    client = create_app(settings).test_client()
+    csrf = csrf_of(client.get("/ui/schedule").data)
+    answer = client.post("/ui/schedule", data=f"csrf_token={csrf}&name=bad%ffname&dueTime=1h"
+                         "&data=%22caf%e9%22",
+                         content_type="application/x-www-form-urlencoded")
+    assert answer.status_code == 400 and b"not UTF-8" in answer.data
+    assert client.get(f"{API}/bad%25FFname").status_code == 404
+    good = client.post("/ui/schedule", data=f"csrf_token={csrf}&name=caf%C3%A9&dueTime=1h",
+                       content_type="application/x-www-form-urlencoded")
+    assert good.status_code == 303, good.data[:300]
+
+
 def _change(client: FlaskClient, name: str, **edits: str) -> Any:
     """Change `name` on the dashboard: its form as filled in, with `edits`, sent back."""
     parser = _Forms()

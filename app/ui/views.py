@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
@@ -83,10 +84,25 @@ def _before() -> Response | None:
     # A form may carry data up to the data limit, percent-encoded (Flask's default is 500 kB).
     request.max_form_memory_size = _settings().max_data_bytes * 4 + 64 * 1024
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if not _utf8_form():  # (first: it reads the body, which the form then parses)
+            return _error_page(400, "the form is not UTF-8 text")
         problem = auth.csrf_problem(_settings())
         if problem is not None:
             return _error_page(403, problem)
     return None
+
+
+def _utf8_form() -> bool:
+    """Whether a URL-encoded form's fields are UTF-8 (Werkzeug keeps a byte that is not
+    as its `%XX`: a name the API refuses, `bad%FFname`, was taken)."""
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return True
+    try:
+        parse_qsl(request.get_data(cache=True).decode("ascii"), keep_blank_values=True,
+                  errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
 
 
 @ui_bp.after_request
