@@ -41,6 +41,16 @@ MAX_PORT = 65535
 MAX_PARTITIONS = 16384
 
 
+def _utf8(text: str) -> bool:
+    """Whether an environment value is text: Python keeps bytes that are not UTF-8 as
+    lone surrogates, which no encoder takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
          maximum: int = MAX_WHOLE) -> int:
     raw = env.get(name, "").strip()
@@ -359,6 +369,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        for name in ("APP_HOST", "APP_PORT", *cls().to_env()):
+            if name in env and not _utf8(env[name]):  # (a traceback wherever it was used)
+                raise SettingsError(f"{name} is not UTF-8 text")
         app_port = _int(env, "APP_PORT", 6200, minimum=1, maximum=MAX_PORT)
         app_host = env.get("APP_HOST", "127.0.0.1").strip() or "127.0.0.1"
         app_url = env.get("APP_URL", "").strip() or f"http://{app_host}:{app_port}"
@@ -435,6 +448,15 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        try:
+            ipaddress.ip_address(self.http_host)
+        except ValueError:  # granian binds only an address (a name was its traceback)
+            raise SettingsError(
+                f"JOBRUNNER_HTTP_HOST (--host) must be an IP address such as 127.0.0.1, "
+                f"::1 or 0.0.0.0, got {self.http_host[:100]!r}") from None
+        if self.api_token and not (self.api_token.isascii() and self.api_token.isprintable()):
+            # It travels in a header, which holds no other text: no request could match it.
+            raise SettingsError("DAPR_API_TOKEN must be printable ASCII text")
         if self.grpc_port and self.grpc_port == self.http_port:
             raise SettingsError(
                 f"DAPR_GRPC_PORT and DAPR_HTTP_PORT are both {self.grpc_port}: give two ports"

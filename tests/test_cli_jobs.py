@@ -626,6 +626,10 @@ def test_something_else_than_the_api_at_the_url(prefix: str) -> None:
         (["list", "--url", "ftp://host"], "must be an http(s) URL"),
         (["list", "--url", "http://[::1"], "Invalid IPv6 URL"),
         (["list", "--url", "http://user:s3cret@127.0.0.1:9"], "takes no user or password"),
+        # (urllib's and the socket's tracebacks)
+        (["list", "--url", "http://\u2603.example:9"], "must be ASCII"),
+        (["list", "--url", "http://127.0.0.1:9/\u2603"], "must be ASCII"),
+        (["list", "--url", "http://127.0.0.1:9", "--timeout", "nan"], "not nan"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], says: str) -> None:

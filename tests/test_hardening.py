@@ -577,6 +577,14 @@ def test_an_unreachable_redis_is_not_a_persistence_warning() -> None:
     ("JOBRUNNER_CLAIM_BATCH", "9" * 5000, "must be at most"),
     ("DAPR_HTTP_PORT", "70000", "must be at most 65535"),
     ("APP_PORT", "65536", "must be at most 65535"),
+    # granian binds an address, and a header holds ASCII only (both were tracebacks)
+    ("JOBRUNNER_HTTP_HOST", "localhost", r"\(--host\) must be an IP address"),
+    ("JOBRUNNER_HTTP_HOST", "x" * 5000, r"\(--host\) must be an IP address"),
+    ("DAPR_API_TOKEN", "s\u20accret", "must be printable ASCII"),
+    ("DAPR_API_TOKEN", "a\nb", "must be printable ASCII"),
+    # Bytes that are not UTF-8, as Python keeps them from the environment
+    ("JOBRUNNER_PREFIX", "x\udcff", "is not UTF-8 text"),
+    ("APP_HOST", "\udcff", "is not UTF-8 text"),
 ])
 def test_settings_past_any_sane_bound_are_refused_by_name(name: str, raw: str,
                                                           says: str) -> None:

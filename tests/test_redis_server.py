@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import Iterator
@@ -311,3 +312,16 @@ def test_versions_are_cached_per_path_and_mtime(tmp_path: Path) -> None:
     stat = binary.stat()
     os.utime(binary, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert redis_version(str(binary)) is None
+
+
+def test_a_start_refused_for_a_taken_port_records_no_server(tmp_path: Path) -> None:
+    """The data dir records the Redis that ran it, so that an older one is refused: a
+    start that stopped at a taken port recorded a server that never ran on it."""
+    data = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = EmbeddedRedis(data, port=taken.getsockname()[1])
+        with pytest.raises(RedisServerError, match="already in use"):
+            server.start()
+    assert not (data / SERVER_FILE).exists()

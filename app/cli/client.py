@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import http.client
 import json
+import math
 import os
 import re
 import socket
@@ -106,7 +107,16 @@ def check_url(ctx: click.Context, param: click.Parameter | None,
                                  "DAPR_API_TOKEN")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6280: {value!r}")
+    if not text.isascii():  # (urllib's traceback)
+        raise click.BadParameter(f"must be ASCII: a host name in its xn-- form, a path "
+                                 f"percent-encoded: {value!r}")
     return text
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if math.isnan(value):  # passes FloatRange's bounds, then fails in the socket
+        raise click.BadParameter("must be a number of seconds, not nan")
+    return value
 
 
 def job_path(name: str) -> str:
@@ -297,7 +307,7 @@ def api_command(f: Callable[..., Any] | None = None, /, *, json_option: bool = T
                               "[default: http://$JOBRUNNER_HTTP_HOST:$DAPR_HTTP_PORT, "
                               "http://127.0.0.1:6280]"),
             click.option("--timeout", type=click.FloatRange(0.1, 3600), default=DEFAULT_TIMEOUT_S,
-                         show_default=True, metavar="SECONDS",
+                         show_default=True, metavar="SECONDS", callback=_finite,
                          help="How long to wait for each answer of the API."),
         ]
         if json_option:

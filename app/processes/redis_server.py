@@ -488,10 +488,14 @@ class EmbeddedRedis:
         try:
             # Chosen under the lock: the record read is the one no other start is changing.
             self.server = choose_redis_server(self.env, self.data_dir, self.binary)
+            # The port first: a start refused for a taken port has not run this server on
+            # the data, and must not record that it did (an older one would be refused).
+            self.port = self._pick_port()
             self._record_server(self.server)
             # A free port can be taken between our check and the server's bind: try again.
-            for _ in range(3):
-                self.port = self._pick_port()
+            for attempt in range(3):
+                if attempt:
+                    self.port = self._pick_port()
                 if self._start_once(self.server.path, timeout, give_up, on_launch):
                     (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
                     return self.url
