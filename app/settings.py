@@ -286,6 +286,9 @@ class Settings:
     http_port: int = 6280
     # Dapr's gRPC API (app/grpc), on http_host; Dapr's default port. 0: not served.
     grpc_port: int = 50001
+    # A gRPC connection without a call this long is closed (its client reconnects on its
+    # next call, and logs it: not every few seconds).
+    grpc_idle_timeout_s: float = 300.0
     max_data_bytes: int = 1024 * 1024
     # The bulk route (app/api/bulk.py): jobs one request may schedule, and its body's bytes.
     bulk_max_jobs: int = 1000
@@ -395,6 +398,9 @@ class Settings:
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
             bulk_max_jobs=_int(env, "JOBRUNNER_BULK_MAX_JOBS", cls.bulk_max_jobs, minimum=1),
             bulk_max_bytes=_int(env, "JOBRUNNER_BULK_MAX_BYTES", cls.bulk_max_bytes, minimum=1),
+            grpc_idle_timeout_s=_float(env, "JOBRUNNER_GRPC_IDLE_TIMEOUT",
+                                       cls.grpc_idle_timeout_s, minimum=0.001,
+                                       maximum=86400.0),
             http_header_timeout_s=_float(env, "JOBRUNNER_HTTP_HEADER_TIMEOUT",
                                          cls.http_header_timeout_s, minimum=0.001),
             http_body_timeout_s=_float(env, "JOBRUNNER_HTTP_BODY_TIMEOUT",
@@ -448,12 +454,6 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        try:
-            ipaddress.ip_address(self.http_host)
-        except ValueError:  # granian binds only an address (a name was its traceback)
-            raise SettingsError(
-                f"JOBRUNNER_HTTP_HOST (--host) must be an IP address such as 127.0.0.1, "
-                f"::1 or 0.0.0.0, got {self.http_host[:100]!r}") from None
         if self.api_token and not (self.api_token.isascii() and self.api_token.isprintable()):
             # It travels in a header, which holds no other text: no request could match it.
             raise SettingsError("DAPR_API_TOKEN must be printable ASCII text")
@@ -552,6 +552,7 @@ class Settings:
             "JOBRUNNER_HTTP_HEADER_TIMEOUT": repr(self.http_header_timeout_s),
             "JOBRUNNER_HTTP_BODY_TIMEOUT": repr(self.http_body_timeout_s),
             "JOBRUNNER_HTTP_MAX_CONNECTIONS": str(self.http_max_connections),
+            "JOBRUNNER_GRPC_IDLE_TIMEOUT": repr(self.grpc_idle_timeout_s),
             "JOBRUNNER_MAX_REPLAY_IDS": str(self.max_replay_ids),
             "JOBRUNNER_LIST_SCAN_BUDGET": str(self.list_scan_budget),
             "JOBRUNNER_PAGE_MAX_BYTES": str(self.page_max_bytes),

@@ -407,6 +407,11 @@ def test_a_form_that_is_not_utf8_is_refused(settings: Settings) -> None:
     good = client.post("/ui/schedule", data=f"csrf_token={csrf}&name=caf%C3%A9&dueTime=1h",
                        content_type="application/x-www-form-urlencoded")
     assert good.status_code == 303, good.data[:300]
+    # UTF-8 sent as it is, not percent-encoded (a script's form): UTF-8 all the same.
+    raw = client.post("/ui/schedule", data=f"csrf_token={csrf}&name=j\u00f6b&dueTime=1h"
+                      .encode(), content_type="application/x-www-form-urlencoded")
+    assert raw.status_code == 303, raw.data[:300]
+    assert client.get(f"{API}/j%C3%B6b").status_code == 200
 
 
 def _change(client: FlaskClient, name: str, **edits: str) -> Any:

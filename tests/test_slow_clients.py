@@ -267,14 +267,16 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x0
 
 def test_idle_grpc_connections_are_bounded_and_closed(redis_server: RedisProcess,
                                                       tmp_path: Path) -> None:
-    """gRPC connections opened and left idle (HTTP/2 said, no call), or that never say
-    HTTP/2, are closed after the header timeout, and no more than the connection bound
+    """gRPC connections opened and left idle (HTTP/2 said, no call: JOBRUNNER_GRPC_IDLE_
+    TIMEOUT, here the header timeout), or that never say HTTP/2 (the header timeout), are
+    closed, and no more than the connection bound
     are held per process: 20,000 of them took every file descriptor of the API's
     processes, whose HTTP side then answered nothing. Meanwhile the HTTP API answers,
     and a gRPC client's call is served once the idle ones are gone."""
     grpc_port = free_port()
     with _running_api(redis_server, tmp_path, DAPR_GRPC_PORT=str(grpc_port),
-                      JOBRUNNER_HTTP_MAX_CONNECTIONS=str(GRPC_MAX_CONNECTIONS)) as api:
+                      JOBRUNNER_HTTP_MAX_CONNECTIONS=str(GRPC_MAX_CONNECTIONS),
+                      JOBRUNNER_GRPC_IDLE_TIMEOUT=str(HEADER_TIMEOUT_S)) as api:
         held: list[socket.socket] = []
         try:
             for i in range(10 * PROCESSES * GRPC_MAX_CONNECTIONS):

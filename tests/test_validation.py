@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.jobs import errors
+from app.jobs import errors, validation
 from app.jobs.anydata import MAX_DATA_DEPTH, delivery_body
 from app.jobs.errors import ApiError
 from app.jobs.model import DEFAULT_FAILURE_POLICY, FailureKind, FailurePolicy, Job
@@ -628,6 +628,19 @@ def test_a_message_never_repeats_a_long_input_whole(body: dict[str, Any]) -> Non
     err = parse_error(body, limit=1_000_000)
     assert err.status == 400 and len(err.message) < 400, err.message
     assert "0000000000" not in err.message and "h" * 100 not in err.message
+
+
+def test_an_any_far_over_the_limit_is_refused_before_it_is_packed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Any is measured as kept (its packed bytes), but its JSON may pass the limit by its
+    envelope only: 4 MB of ListValue was packed into 60 MB, in seconds, before the 413."""
+    def no_packing(data: Any) -> tuple[str, str]:
+        raise AssertionError("packed")
+
+    monkeypatch.setattr(validation, "pack_any", no_packing)
+    data = {"@type": "type.googleapis.com/google.protobuf.ListValue", "value": [0] * 2000}
+    err = parse_error({"dueTime": "1h", "data": data}, limit=1024)
+    assert (err.status, err.code) == (413, errors.PAYLOAD_TOO_LARGE)
 
 
 @pytest.mark.parametrize("app_id", ["job-service", "a", "A.b_c-1", "x" * 63])

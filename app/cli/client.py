@@ -40,7 +40,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import click
 
@@ -107,9 +107,15 @@ def check_url(ctx: click.Context, param: click.Parameter | None,
                                  "DAPR_API_TOKEN")
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
         raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6280: {value!r}")
-    if not text.isascii():  # (urllib's traceback)
-        raise click.BadParameter(f"must be ASCII: a host name in its xn-- form, a path "
-                                 f"percent-encoded: {value!r}")
+    if not parts.path.isascii():
+        raise click.BadParameter(f"the path must be ASCII (percent-encoded): {value!r}")
+    if not parts.hostname.isascii():  # an internationalised name: its xn-- form, which
+        try:                          # the Host header can carry (urllib's traceback)
+            host = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise click.BadParameter(f"the host is no domain name: {value!r}") from None
+        text = urlunsplit(parts._replace(netloc=host if parts.port is None
+                                         else f"{host}:{parts.port}"))
     return text
 
 

@@ -92,11 +92,11 @@ class Server:
                 # Connections are bounded as the HTTP port's are (README, "Slow clients"):
                 # held open and idle, 20,000 of them took every file descriptor of the
                 # process, and with it the HTTP API. Past the bound, a new connection is
-                # refused (the client's call: UNAVAILABLE); one without a call for the
-                # header timeout is closed (GOAWAY: a client reconnects on its next
-                # call), as is one that has not said HTTP/2 within it.
+                # refused (the client's call: UNAVAILABLE); one without a call for
+                # grpc_idle_timeout_s is closed (GOAWAY: a client reconnects on its next
+                # call), and one that has not said HTTP/2 within the header timeout.
                 ("grpc.max_allowed_incoming_connections", settings.http_max_connections),
-                ("grpc.max_connection_idle_ms", _ms(settings.http_header_timeout_s)),
+                ("grpc.max_connection_idle_ms", _ms(settings.grpc_idle_timeout_s)),
                 ("grpc.server_handshake_timeout_ms", _ms(settings.http_header_timeout_s)),
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,

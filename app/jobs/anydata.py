@@ -387,6 +387,8 @@ def _pack_plain(data: Any) -> tuple[str, str]:
 # Any it names (see the module docstring), and reads back as that Any.
 
 MAX_TYPE_URL_LENGTH = 2048
+# What an Any's JSON holds beside its bytes' base64: `{"@type": <url>, "@bytes": ...}`.
+ANY_ENVELOPE_BYTES = MAX_TYPE_URL_LENGTH + 64
 # protobuf's Any: `[prefix]/full.type.Name`. The prefix must not start with "~" (the
 # job record's mark for a shortened well-known type URL, app/jobs/model.py).
 _TYPE_URL = re.compile(

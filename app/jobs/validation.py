@@ -54,6 +54,7 @@ import orjson
 
 from app.jobs import errors
 from app.jobs.anydata import (
+    ANY_ENVELOPE_BYTES,
     MAX_DATA_DEPTH,
     any_json_or_bytes,
     dapr_get_data,
@@ -476,10 +477,11 @@ def _data(data: Any, max_data_bytes: int) -> tuple[Any, str | None, str | None]:
         # orjson reads 1024 levels but writes only 254: such data is too deep anyway.
         raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep") from None
     any_json = is_any_json(data)
-    # An Any is measured as it is kept, its bytes' base64 (below), as over gRPC: its JSON
-    # is longer (and bounded by the body's limit), and a GET of one scheduled over gRPC
-    # must go back in (jobs export, then import).
-    if len(raw) > max_data_bytes and not any_json:
+    # An Any is measured as it is kept, its bytes' base64 (below), as over gRPC, so that a
+    # GET of one scheduled over gRPC goes back in (jobs export, then import): its JSON may
+    # be longer by its envelope (`@type` and all). Not more: packing a JSON value past
+    # the limit cost seconds and hundreds of MB before the answer refused it.
+    if len(raw) > max_data_bytes + (ANY_ENVELOPE_BYTES if any_json else 0):
         raise payload_too_large(len(raw), max_data_bytes)
     if too_deep(data, raw):
         raise malformed_data(f"data is nested more than {MAX_DATA_DEPTH} levels deep")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import ipaddress
 import os
 import signal
 import socket
@@ -50,6 +51,13 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def ensure_port_free(host: str, port: int, what: str) -> None:
+    """Raise PortInUseError, with a message, when the API could not listen there."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # granian binds only an address (a name was its traceback)
+        raise PortInUseError(f"{what} host must be an IP address such as 127.0.0.1, ::1 "
+                             f"or 0.0.0.0, got {host[:100]!r} (--host, JOBRUNNER_HTTP_HOST)"
+                             ) from None
     try:
         free = port_is_free(host, port)
     except OSError as e:  # not an address of this machine, or not an address at all

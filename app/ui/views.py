@@ -98,7 +98,7 @@ def _utf8_form() -> bool:
     if request.mimetype != "application/x-www-form-urlencoded":
         return True
     try:
-        parse_qsl(request.get_data(cache=True).decode("ascii"), keep_blank_values=True,
+        parse_qsl(request.get_data(cache=True).decode("utf-8"), keep_blank_values=True,
                   errors="strict")
     except (UnicodeDecodeError, ValueError):
         return False
