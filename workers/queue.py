@@ -385,9 +385,7 @@ class Queue:
         gone = [jid for jid, job in zip(once, await pipe.execute(), strict=True) if not job]
         for jid in gone:
             app_id = split_job_id(jid.decode(errors="replace"))[0]
-            await self._scripts["delete"](
-                keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused],
-                args=[jid])
+            await self._scripts["delete"](keys=pk.delete_keys(app_id), args=[jid])
             log.info("dropped a \"trigger now\" of a deleted job, unread: %s",
                      jid.decode(errors="replace"))
         return [jid for jid in jids if jid not in gone]

@@ -469,9 +469,9 @@ def any_json_or_bytes(type_url: str, value_b64: str) -> dict[str, Any]:
     So is one whose JSON form is deeper than the API takes data (an Any nested in Anys,
     given over gRPC): sent back as JSON, that was refused (jobs export, then import)."""
     try:
-        shown = unpack_any_json(type_url, value_b64)
-        if not too_deep(shown, orjson.dumps(shown)):
-            return shown
+        rendered = unpack_any_json(type_url, value_b64)
+        if not too_deep(rendered, orjson.dumps(rendered)):
+            return rendered
     except (ValueError, orjson.JSONEncodeError):  # (orjson writes 254 levels at most)
         pass
     return {"@type": type_url, BYTES_MEMBER: value_b64}

@@ -253,9 +253,9 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
         raise ScheduleError(f"unrecognized time or duration: {_too_long(text)}", SCHEDULE_JOB)
     ts = rfc3339_ns(text)
     if ts is not None:
-        return _ceil_div(ts, NS_PER_MS)
+        return ceil_ms(ts)
     try:
-        return _ceil_div(base_ms * NS_PER_MS + go_duration_ns(text), NS_PER_MS)
+        return ceil_ms(base_ms * NS_PER_MS + go_duration_ns(text))
     except ScheduleError:
         pass
     try:
@@ -275,7 +275,7 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
         raise ScheduleError(
             f"{shown(text)} is out of the supported date range", SCHEDULE_JOB
         ) from None
-    return _ceil_div(start_ms * NS_PER_MS + ns, NS_PER_MS)
+    return ceil_ms(start_ms * NS_PER_MS + ns)
 
 
 # format_ms's last second and its text (a job's encoding formats its due time, and due

@@ -193,6 +193,11 @@ class PartitionKeys:
         """The keys of claim.lua, in its order."""
         return [self.due, self.jobs, self.runs, self.held, self.heldapps, self.rate]
 
+    def delete_keys(self, app_id: str) -> list[str]:
+        """The keys of delete.lua for jobs of `app_id`, in its order (the histories of the
+        jobs follow, when they are to go too)."""
+        return [self.due, self.jobs, self.runs, self.staged(app_id), self.names, self.paused]
+
 
 @dataclass(frozen=True)
 class Keys:

@@ -296,10 +296,8 @@ class Store:
     def delete(self, app_id: str, name: str) -> bool:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        return bool(self._scripts["delete"](
-            keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
-                  pk.history(jid)],
-            args=[jid]))
+        return bool(self._scripts["delete"](keys=[*pk.delete_keys(app_id), pk.history(jid)],
+                                            args=[jid]))
 
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
                   limit: int = 100) -> tuple[list[JobView], str]:
@@ -375,8 +373,8 @@ class Store:
                                                 num=DELETE_BATCH):
                 # delete.lua takes them out of the index too: the range shrinks each time.
                 deleted += int(self._scripts["delete"](
-                    keys=[pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
-                          *(pk.history(_text(jid)) for jid in ids)], args=ids))
+                    keys=[*pk.delete_keys(app_id), *(pk.history(_text(jid)) for jid in ids)],
+                    args=ids))
         return deleted
 
     # -- the per-app indexes ------------------------------------------------
