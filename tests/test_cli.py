@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from app.processes.procs import PROJECT_ROOT, port_is_free, process_alive
+from app.processes.procs import PROJECT_ROOT, port_is_free, process_alive, process_start_time
 from app.processes.redis_server import bundled_redis_server
 from app.store.store import AppRegistration, Store, app_binding
 from tests.support.receiver import Receiver
@@ -199,6 +199,41 @@ def test_up_serves_the_seed_flow_and_stops_everything_on_sigterm(
     assert up.stop(signal.SIGTERM) == 0, up.output()
     wait_for(lambda: all_gone(children), timeout=10, what="every child to exit")
     assert not (up.home / "service.json").exists()
+    assert "Traceback" not in up.output()
+
+
+def test_an_up_that_yielded_becomes_the_shared_service_once_the_other_stops(
+    tmp_path: Path, ups: list[Up]
+) -> None:
+    env = cli_env(tmp_path)
+    home = Path(env["JOBRUNNER_HOME"])
+    home.mkdir()
+    other = subprocess.Popen(["sleep", "1000"])  # stands for a running background service
+    try:
+        start = process_start_time(other.pid)
+        assert start is not None
+        (home / "service.json").write_text(json.dumps({
+            "kind": "background", "pid": other.pid, "start": start,
+            "redis_url": "redis://127.0.0.1:1/0", "redis_embedded": False,
+            "prefix": "jr", "partitions": 1,
+        }))
+        up = Up(tmp_path, env, "--http-port", str(free_port()),
+                "--data-dir", str(tmp_path / "data"))
+        ups.append(up)
+        wait_for(lambda: "another jobrunner service runs" in up.output()
+                 or up.proc.poll() is not None, timeout=30, what="up to yield")
+        assert json.loads((home / "service.json").read_text())["pid"] == other.pid
+    finally:
+        other.kill()
+        other.wait(10)
+    wait_for(lambda: "this one is now the shared service" in up.output()
+             or up.proc.poll() is not None, timeout=15, what="up to take over")
+    state = json.loads((home / "service.json").read_text())
+    assert (state["kind"], state["pid"]) == ("up", up.proc.pid), up.output()
+    shown = cli(env, "status")
+    assert shown.returncode == 0 and str(up.proc.pid) in shown.stdout, shown.stdout
+    assert cli(env, "stop").returncode == 0
+    assert up.proc.wait(45) == 0, up.output()
     assert "Traceback" not in up.output()
 
 

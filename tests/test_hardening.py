@@ -516,6 +516,21 @@ def test_a_405_keeps_the_allow_header(client: FlaskClient, base: str) -> None:
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST", "PUT", "DELETE"}
 
 
+@pytest.mark.parametrize("action", ["pause", "resume", "trigger"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE"])
+def test_a_control_route_answers_other_methods_405_allow_post(
+    client: FlaskClient, base: str, action: str, method: str
+) -> None:
+    client.post(job_url(base, "x"), json={"dueTime": "1h"})
+    response = client.open(f"{job_url(base, 'x')}/{action}", method=method)
+    assert response.status_code == 405
+    if method != "HEAD":
+        assert_error(response, 405, errors.METHOD_NOT_ALLOWED)
+    assert response.headers["Allow"] == "POST"
+    assert client.get(job_url(base, "x")).status_code == 200  # not deleted, not paused
+    assert client.get(job_url(base, "x")).get_json().get("paused", False) is False
+
+
 def test_a_redirect_names_no_host(client: FlaskClient) -> None:
     # (a name the API does not know is refused first: tests/test_callers.py)
     response = client.put("/v1.0/jobs", json={"dueTime": "1s"},

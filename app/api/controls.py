@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
+from werkzeug.exceptions import MethodNotAllowed
 
 from app.api.jobs import view_to_api
 from app.jobs import errors
@@ -27,6 +28,12 @@ from app.store.store import rfc3339
 controls_bp = Blueprint("controls", __name__)
 
 _VERSIONS = ("/v1.0-alpha1", "/v1.0")
+
+
+def _post_only(name: str) -> Response:
+    """Another method on `{name}/pause` (`resume`, `trigger`): without this rule the
+    router gives it to the job routes, whose name check answers 400 for the '/'."""
+    raise MethodNotAllowed(valid_methods=["POST"])
 
 
 def _job_answer(name: str) -> Response:
@@ -84,6 +91,9 @@ for _version, _base in enumerate(_VERSIONS):
                            ("trigger", trigger_job)):
         controls_bp.add_url_rule(f"{_base}/jobs/<anything:name>/{_action}", view_func=_view,
                                  methods=["POST"], endpoint=f"{_action}_job_{_version}")
+        controls_bp.add_url_rule(f"{_base}/jobs/<anything:name>/{_action}",
+                                 view_func=_post_only, methods=["GET", "PUT", "PATCH", "DELETE"],
+                                 endpoint=f"{_action}_job_post_only_{_version}")
     controls_bp.add_url_rule(f"{_base}/app", view_func=get_app, methods=["GET"],
                              endpoint=f"app_{_version}")
     controls_bp.add_url_rule(f"{_base}/app/pause", view_func=pause_app, methods=["POST"],

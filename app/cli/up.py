@@ -60,6 +60,9 @@ from app.processes.supervisor import (
 )
 from app.settings import Settings, redact_url
 
+# How often an `up` that yielded to another service offers itself again.
+REGISTER_RETRY_S = 1.0
+
 
 @click.command()
 @app_options
@@ -130,13 +133,19 @@ def up(ctx: click.Context, /, **params: Any) -> None:
             _print_banner(settings, embedded, data_dir, workers, api)
             state = _this_service("up", settings, sup,
                                   data_dir=str(data_dir) if embedded else None)
+            yielded = False
             try:
                 registered = register_foreground(home, state)
-                if not registered:
-                    say(f"another jobrunner service runs for {home}; `jobrunner run` uses that one")
+                yielded = not registered
+                if yielded:
+                    say(f"another jobrunner service runs for {home}; `jobrunner run` uses that "
+                        "one, and this one once it stops")
             except (OSError, ServiceError) as e:
                 say(f"`jobrunner run` will not find this one: {e}")
-            dead = sup.watch()
+            if yielded:
+                dead, registered = _take_over_when_free(sup, home, state)
+            if dead is None and not signals.requested:
+                dead = sup.watch()
             if dead is not None:
                 say(f"{describe_exit(dead)}; stopping the rest")
     finally:
@@ -151,6 +160,26 @@ def up(ctx: click.Context, /, **params: Any) -> None:
     if dead is not None:
         sys.exit(1)
     say("stopped")
+
+
+def _take_over_when_free(
+    sup: Supervisor, home: Path, state: ServiceState
+) -> tuple[Child | None, bool]:
+    """Offer this `up` as the shared service again each REGISTER_RETRY_S until the one it
+    yielded to has stopped, so `run`, `status` and `stop` find it from then on; returns
+    early on a stop signal or a dead child: (that child or None, whether registered)."""
+    while not sup.signals.requested:
+        dead = sup.first_dead()
+        if dead is not None:
+            return dead, False
+        try:
+            if register_foreground(home, state, timeout=REGISTER_RETRY_S):
+                say(f"the other service stopped: this one is now the shared service for {home}")
+                return None, True
+        except (OSError, ServiceError):
+            pass  # the lock was busy, or the home is unusable for now: try again
+        sup.signals.event.wait(REGISTER_RETRY_S)
+    return None, False
 
 
 def _grpc_line(settings: Settings) -> str:

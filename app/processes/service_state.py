@@ -417,9 +417,9 @@ def ensure_service(
         return state, started
 
 
-def register_foreground(home: Path, state: ServiceState) -> bool:
+def register_foreground(home: Path, state: ServiceState, timeout: float = 10.0) -> bool:
     """Offer a foreground `jobrunner up` as the shared service, if none runs yet."""
-    with ServiceLock(home, timeout=10.0):
+    with ServiceLock(home, timeout=timeout):
         if live_state(home) is not None:
             return False
         write_state(home, state)
