@@ -289,6 +289,28 @@ def test_without_a_token_there_is_no_login(settings: Settings) -> None:
     assert b"Log out" not in client.get("/ui/jobs").data
 
 
+def test_a_dashboard_path_no_route_takes_gets_the_dashboards_error_page(
+        settings: Settings) -> None:
+    client = create_app(settings).test_client()
+    for answer, status in ((client.get("/ui/nope"), 404),
+                           (client.get("/ui/deadletters/replay"), 405)):
+        assert answer.status_code == status
+        assert answer.mimetype == "text/html", answer.data
+        assert f"Error {status}" in answer.data.decode()
+        assert answer.headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert answer.headers["Cache-Control"] == "no-store"
+    assert "POST" in client.get("/ui/deadletters/replay").headers["Allow"].split(", ")
+    assert client.get("/v1.0/nope").mimetype == "application/json"  # the API's own, as before
+
+
+def test_with_a_token_a_dashboard_path_no_route_takes_is_behind_the_login(
+        locked: Settings, token: str) -> None:
+    gated = create_app(locked).test_client().get("/ui/nope")
+    assert gated.status_code == 303 and "/ui/login" in gated.headers["Location"]
+    assert create_app(locked).test_client().get(
+        "/ui/nope", headers={"dapr-api-token": token}).status_code == 404
+
+
 def test_templates_and_static_files_come_from_the_package_only(
         settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The API runs in the user's project folder: its templates/ and static/ are not ours."""

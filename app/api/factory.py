@@ -32,7 +32,7 @@ from app.settings import Settings
 from app.store.persistence import warn_if_not_persistent
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import AppClaimed, AppRegistration, Store, app_binding
-from app.ui import is_ui_path, ui_bp, ui_gate
+from app.ui import is_ui_path, ui_bp, ui_gate, unrouted_page
 
 log = logging.getLogger("jobrunner.api")
 
@@ -190,6 +190,8 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if request.url_rule is None and is_ui_path(request.path):
+            return unrouted_page(exc)  # a dashboard path no route takes: its HTML page
         status = exc.code or 500
         if status == 413:
             return _error_response(ApiError(413, errors.PAYLOAD_TOO_LARGE,

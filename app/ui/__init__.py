@@ -6,6 +6,6 @@ the store, the settings and the domain; never the API, the gRPC API or the worke
 """
 
 from app.ui.auth import is_ui_path, ui_gate
-from app.ui.views import ui_bp
+from app.ui.views import ui_bp, unrouted_page
 
-__all__ = ["is_ui_path", "ui_bp", "ui_gate"]
+__all__ = ["is_ui_path", "ui_bp", "ui_gate", "unrouted_page"]

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 from jinja2 import Environment, FileSystemLoader
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from app.jobs import errors
 from app.jobs.clock import now_ms
@@ -124,6 +124,15 @@ def _api_error(exc: ApiError) -> Response:
 @ui_bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     return _error_page(exc.code or 500, exc.description or exc.name)
+
+
+def unrouted_page(exc: HTTPException) -> Response:
+    """The page of a 404 or 405 under /ui: Flask raises those before it knows the
+    blueprint, so the app's own handler hands them here (app/api/factory.py)."""
+    response = _after(_http_error(exc))
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
 
 
 def _redis_down(exc: Exception) -> Response:
