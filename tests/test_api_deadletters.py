@@ -208,6 +208,34 @@ def test_replay_all_and_by_prefix_stay_in_this_app(client: FlaskClient, dl: str,
     assert_store_consistent(redis_client, settings)
 
 
+@pytest.mark.parametrize("selection", ["all", "prefix", "ids"])
+def test_a_replay_skips_the_letters_it_cannot_read_and_names_them(
+        client: FlaskClient, dl: str, settings: Settings, redis_client: redis.Redis,
+        selection: str) -> None:
+    """Before, a replay stopped at the first letter it could not read with a 500, the
+    letters after it not replayed."""
+    keys = Keys(settings.prefix, settings.partitions)
+    letters = [put_dead_letter(redis_client, settings, settings.app_id, f"r{i}", dead_ms=i + 1)
+               for i in range(5)]
+    bad_record, bad_envelope = letters[1], letters[3]
+    redis_client.hset(keys.for_job(job_id(settings.app_id, "r1")).dead, bad_record.id,
+                      dataclasses.replace(bad_record, record="not json").encode())
+    redis_client.hset(keys.for_job(job_id(settings.app_id, "r3")).dead, bad_envelope.id, b"[]")
+    body = {"all": {"all": True}, "prefix": {"prefix": "r"},
+            "ids": {"ids": [d.id for d in letters]}}[selection]
+    response = client.post(f"{dl}/replay", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    answer = response.get_json()
+    assert sorted(answer.pop("unreadable")) == sorted([bad_record.id, bad_envelope.id])
+    assert answer == {"replayed": 3, "unreadableCount": 2}
+    # The two are left as they were, for a purge; the three others were replayed.
+    assert len(assert_store_consistent(redis_client, settings)) == 3  # the replays, pending
+    kept = {f.decode() for pk in keys.all_partitions() for f in redis_client.hkeys(pk.dead)}
+    assert kept == {bad_record.id, bad_envelope.id}
+    assert client.delete(dl, query_string={"prefix": "r"}).get_json() == {"purged": 2}
+    assert client.post(f"{dl}/replay", json={"all": True}).get_json() == {"replayed": 0}
+
+
 @pytest.mark.parametrize(
     "body",
     [

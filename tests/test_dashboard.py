@@ -44,6 +44,7 @@ from tests.support.jobs import APP, dead_letters, make_job
 from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
+from tests.test_api_deadletters import put_dead_letter
 
 pytestmark = pytest.mark.usefixtures("reap_workers")
 
@@ -586,6 +587,26 @@ def test_a_job_it_cannot_read_is_neither_paused_resumed_nor_triggered(
     answer = client.post(f"/ui/jobs/odd/{action}", data={"csrf_token": csrf})
     assert answer.status_code == 500 and b"cannot read" in answer.data
     assert {k: store.redis.dump(k) for k in store.redis.keys(f"{settings.prefix}:*")} == before
+
+
+def test_replay_all_replays_what_it_can_read_and_says_how_many_it_left(
+        settings: Settings) -> None:
+    client = create_app(settings).test_client()
+    store = Store(settings)
+    good = put_dead_letter(store.redis, settings, settings.app_id, "good", dead_ms=1)
+    bad = put_dead_letter(store.redis, settings, settings.app_id, "bad", dead_ms=2)
+    dead = store.keys.for_job(f"{settings.app_id}/bad").dead
+    store.redis.hset(dead, bad.id, b"[]")
+    answer = form_post(client, "/ui/deadletters/replay", {"all": "1"})
+    assert answer.status_code == 303, answer.data
+    # Where it goes: the dead-letter list, which names the letter it cannot read.
+    page = client.get(answer.headers["Location"])
+    assert page.status_code == 500 and "purge it" in page.data.decode()
+    assert ("Replayed 1 dead letter. 1 dead letter this version cannot read was left as it "
+            "is: purge it.") in page.data.decode()
+    assert store.redis.hget(dead, bad.id) == b"[]"
+    assert store.redis.hget(store.keys.for_job(f"{settings.app_id}/good").dead, good.id) is None
+    store.close()
 
 
 def test_dead_letters_are_listed_inspected_replayed_and_purged(

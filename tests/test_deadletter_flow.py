@@ -5,16 +5,21 @@ purges it."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import redis
 from click.testing import CliRunner, Result
 
 from app.cli.main import main
 from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
+from app.store.keys import Keys, job_id
 from app.store.store import Store
 from tests.support.jobs import APP, dead_letters, make_job
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
+from tests.test_api_deadletters import put_dead_letter
 
 ONE_ATTEMPT = FailurePolicy(FailureKind.CONSTANT, 0, 0)
 
@@ -84,3 +89,20 @@ def test_unreachable_redis_is_a_clear_error(settings: Settings) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot reach Redis at redis://127.0.0.1:1/0")
     assert "Traceback" not in result.output
+
+
+def test_a_replay_leaves_the_letters_it_cannot_read_and_names_them(
+        settings: Settings, redis_client: redis.Redis) -> None:
+    good = put_dead_letter(redis_client, settings, APP, "good", dead_ms=1)
+    bad = put_dead_letter(redis_client, settings, APP, "bad", dead_ms=2)
+    dead = Keys(settings.prefix, settings.partitions).for_job(job_id(APP, "bad")).dead
+    redis_client.hset(dead, bad.id, dataclasses.replace(bad, record="not json").encode())
+    result = dlq(settings, "replay", "--all")
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "replayed 1",
+        f"Error: 1 dead letter(s) this version cannot read were left as they are; purge them: "
+        f"{bad.id}"]
+    assert redis_client.hget(dead, bad.id) is not None
+    assert redis_client.hget(Keys(settings.prefix, settings.partitions).for_job(
+        job_id(APP, "good")).dead, good.id) is None

@@ -166,7 +166,7 @@ def test_dead_lettered_dropped_and_replayed_outcomes(
         # A replay's outcome is its job's, under the same trigger id.
         receiver.status = 200
         [letter] = dead_letters(store)
-        assert DeadLetters(store).replay(APP, Selection(ids=(letter.id,))) == 1
+        assert DeadLetters(store).replay(APP, Selection(ids=(letter.id,))).count == 1
         replayed = wait_for(finished(api, "dead", 3), what="the replay's outcome")
     newest = replayed["history"][0]
     assert (newest["result"], newest["attempt"], newest["status"]) == ("delivered", 1, 200)

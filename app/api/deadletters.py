@@ -64,7 +64,7 @@ def replay_letters() -> Response:
     if not isinstance(body, dict):
         raise errors.malformed("the body must be a JSON object")
     selection = _selection(body.get("ids"), body.get("prefix"), body.get("all"))
-    return jsonify({"replayed": DeadLetters(g.store).replay(g.settings.app_id, selection)})
+    return jsonify(DeadLetters(g.store).replay(g.settings.app_id, selection).to_api())
 
 
 def purge_letters() -> Response:

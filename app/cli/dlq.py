@@ -15,7 +15,13 @@ from app.jobs.model import DeadLetter
 from app.processes.redis_server import require_redis
 from app.processes.service_state import jobrunner_home, read_state
 from app.settings import Settings
-from app.store.deadletters import DeadLetters, Selection, SelectionError, letter_to_api
+from app.store.deadletters import (
+    DeadLetters,
+    Replayed,
+    Selection,
+    SelectionError,
+    letter_to_api,
+)
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import Store
 
@@ -121,10 +127,17 @@ def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
 def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str | None,
            everything: bool) -> None:
     """Deliver dead letters again now, with a new attempt series."""
-    def go() -> int:
+    def go() -> Replayed:
         store = _store(redis_url, app_id)
         return DeadLetters(store).replay(app_id, _selection(store, ids, prefix, everything))
-    click.echo(f"replayed {_guard(go)}")
+    done = _guard(go)
+    click.echo(f"replayed {done.count}")
+    if done.unreadable_count:
+        more = done.unreadable_count - len(done.unreadable)
+        raise click.ClickException(
+            f"{done.unreadable_count} dead letter(s) this version cannot read were left as "
+            f"they are; purge them: {' '.join(done.unreadable)}"
+            + (f" (and {more} more)" if more else ""))
 
 
 @dlq.command()

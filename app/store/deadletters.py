@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import secrets
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
 from app.jobs.model import DeadLetter
@@ -39,11 +40,34 @@ from app.store.store import Store
 BATCH = 100
 # The most letters an offset may skip.
 MAX_OFFSET = 1_000_000
+# The most ids of letters it could not read that one replay's answer lists (all counted).
+MAX_UNREADABLE_LISTED = 100
 
 EMPTY_SELECTION = (
     "say which dead letters: a non-empty list of ids, a non-empty prefix, or all: true "
     "for every dead letter of the app"
 )
+
+
+@dataclass
+class Replayed:
+    """What a replay did: how many letters it replayed, and those it left in place
+    because this version cannot read them (purging mends them)."""
+
+    count: int = 0
+    unreadable_count: int = 0
+    unreadable: list[str] = field(default_factory=list)  # the first MAX_UNREADABLE_LISTED
+
+    def skip(self, letter_id: str) -> None:
+        self.unreadable_count += 1
+        if len(self.unreadable) < MAX_UNREADABLE_LISTED:
+            self.unreadable.append(letter_id)
+
+    def to_api(self) -> dict[str, Any]:
+        if not self.unreadable_count:
+            return {"replayed": self.count}
+        return {"replayed": self.count, "unreadable": self.unreadable,
+                "unreadableCount": self.unreadable_count}
 
 
 class SelectionError(ValueError):
@@ -178,15 +202,16 @@ class DeadLetters:
 
     # -- acting -----------------------------------------------------------------
 
-    def replay(self, app_id: str, selection: Selection) -> int:
-        """Deliver the selected letters again, at once, with a new attempt series; returns
-        how many were replayed (one replayed or purged meanwhile is skipped). Read and
+    def replay(self, app_id: str, selection: Selection) -> Replayed:
+        """Deliver the selected letters again, at once, with a new attempt series (one
+        replayed or purged meanwhile is skipped). A letter this version cannot read is
+        left in place and named in the answer, and the rest are replayed. Read and
         replayed in batches of at most `page_max_bytes`."""
-        replayed = 0
+        done = Replayed()
         for batch in self._batches(app_id, selection):
-            for letters, _ in self._read_batches(app_id, batch):
-                replayed += self._replay(letters)
-        return replayed
+            for letters, _ in self._read_batches(app_id, batch, on_unreadable=done.skip):
+                done.count += self._replay(letters, on_unreadable=done.skip)
+        return done
 
     def purge(self, app_id: str, selection: Selection) -> int:
         """Delete the selected letters for good (their records are not read); returns how
@@ -202,18 +227,25 @@ class DeadLetters:
                     keys=[pk.dead, pk.deadidx, pk.deadlex], args=ids))
         return purged
 
-    def _replay(self, letters: list[DeadLetter]) -> int:
+    def _replay(self, letters: list[DeadLetter], on_unreadable: Callable[[str], None]) -> int:
         due = now_ms()
         pipe = self.redis.pipeline(transaction=False)
         script = self.store.script("replay")
+        replaying = 0
         for letter in letters:
-            job = replace(letter.job, schedule=None, repeats=None, ttl=None, expires_ms=None,
+            try:
+                kept = letter.job
+            except errors.ApiError:
+                on_unreadable(letter.id)
+                continue
+            replaying += 1
+            job = replace(kept, schedule=None, repeats=None, ttl=None, expires_ms=None,
                           due_time=None, first_ms=due, replay_of=letter.id)
             jid = replay_job_id(letter.app_id, letter.name, secrets.token_hex(4))
             script(keys=self.keys.for_job(jid).all(),
                    args=[letter.id, jid, job.encode(), due, self.keys.wake_channel],
                    client=pipe)
-        return sum(int(r) for r in pipe.execute()) if letters else 0
+        return sum(int(r) for r in pipe.execute()) if replaying else 0
 
     # -- the app's range of the index -------------------------------------------
 
@@ -280,11 +312,14 @@ class DeadLetters:
             return letters, taken
         return [], 0
 
-    def _read_batches(self, app_id: str,
-                      chosen: list[tuple[bytes, int]]) -> Iterator[tuple[list[DeadLetter], int]]:
+    def _read_batches(
+        self, app_id: str, chosen: list[tuple[bytes, int]],
+        on_unreadable: Callable[[str], None] | None = None,
+    ) -> Iterator[tuple[list[DeadLetter], int]]:
         """`chosen`'s records in batches of at most `page_max_bytes` (one letter at least),
         each with how many of `chosen` have been read so far. Sizes are asked first
-        (HSTRLEN), so that no batch reads more than that."""
+        (HSTRLEN), so that no batch reads more than that. A record this version cannot
+        read raises, or, with `on_unreadable`, is given to it and left out."""
         located = [(_letter_id(app_id, m), self.keys.partition(p).dead) for m, p in chosen]
         pipe = self.redis.pipeline(transaction=False)
         for letter_id, key in located:
@@ -299,10 +334,16 @@ class DeadLetters:
             pipe = self.redis.pipeline(transaction=False)
             for letter_id, key in located[start:end]:
                 pipe.hget(key, letter_id)
-            letters = [DeadLetter.decode(raw, _text(letter_id))
-                       for (letter_id, _), raw in zip(located[start:end], pipe.execute(),
-                                                      strict=True)
-                       if raw is not None]
+            letters = []
+            for (letter_id, _), raw in zip(located[start:end], pipe.execute(), strict=True):
+                if raw is None:
+                    continue
+                try:
+                    letters.append(DeadLetter.decode(raw, _text(letter_id)))
+                except errors.ApiError:
+                    if on_unreadable is None:
+                        raise
+                    on_unreadable(_text(letter_id))
             yield [d for d in letters if d.app_id == app_id], end
             start = end
 

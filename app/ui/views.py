@@ -551,8 +551,14 @@ def _count(n: int) -> str:
 @ui_bp.post("/deadletters/replay")
 def replay() -> Response:
     selection, which = _selected()
-    n = DeadLetters(_store()).replay(_settings().app_id, selection)
-    return _redirect("ui.deadletters", flash=f"Replayed {_count(n)} {which}".strip() + ".")
+    done = DeadLetters(_store()).replay(_settings().app_id, selection)
+    flash = f"Replayed {_count(done.count)} {which}".strip() + "."
+    if done.unreadable_count:
+        one = done.unreadable_count == 1
+        flash += (f" {_count(done.unreadable_count)} this version cannot read "
+                  f"{'was' if one else 'were'} left as {'it is' if one else 'they are'}: "
+                  f"purge {'it' if one else 'them'}.")
+    return _redirect("ui.deadletters", flash=flash)
 
 
 @ui_bp.get("/deadletters/purge")
