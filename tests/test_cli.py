@@ -27,6 +27,7 @@ import pytest
 
 from app.processes.procs import PROJECT_ROOT, port_is_free, process_alive, process_start_time
 from app.processes.redis_server import bundled_redis_server
+from app.processes.serve import HeldStop
 from app.store.store import AppRegistration, Store, app_binding
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
@@ -632,6 +633,50 @@ def test_api_processes_end_with_a_sigkilled_api(tmp_path: Path,
         for pid in workers:  # the test failed: leave nothing running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _own_stop_handlers() -> Iterator[None]:
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def test_a_stop_while_an_api_worker_builds_its_app_is_given_again_once_it_serves() -> None:
+    """granian installs a worker's handlers after the worker's app is built; a SIGTERM
+    before went to a handler that did nothing there, and granian killed the worker 10 s
+    later (a Ctrl-C in `up`'s first second took 10 s)."""
+    with _own_stop_handlers():
+        held = HeldStop()  # as the loader's first step
+        os.kill(os.getpid(), signal.SIGTERM)  # granian's main process stops this worker
+        given: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: given.append(signum))  # granian's
+        assert given == []
+        held.give_again()  # the app's start hook, once granian's handlers are in place
+        assert given == [signal.SIGTERM]
+
+
+def test_a_stop_before_an_api_workers_loader_is_given_again_once_it_serves() -> None:
+    class MainServer:  # granian's main-process server, as the fork leaves its copy
+        interrupt_signal = False
+
+        def signal_handler_interrupt(self, signum: int, frame: object) -> None:
+            self.interrupt_signal = True
+
+    with _own_stop_handlers():
+        for stopped in (False, True):
+            server = MainServer()
+            signal.signal(signal.SIGTERM, server.signal_handler_interrupt)
+            if stopped:
+                os.kill(os.getpid(), signal.SIGTERM)
+            held = HeldStop()
+            given: list[int] = []
+            signal.signal(signal.SIGTERM, lambda signum, frame, to=given: to.append(signum))
+            held.give_again()
+            assert given == ([signal.SIGTERM] if stopped else [])
 
 
 def test_an_api_refused_for_other_tokens_says_so_in_one_line(

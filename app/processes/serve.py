@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -120,8 +121,42 @@ def _granian_logging(level: str) -> dict[str, Any]:
     }
 
 
+class HeldStop:
+    """A stop signal that reaches a worker while it builds its app, given again once it
+    serves. granian installs a worker's own handlers only after this loader returns; one
+    that came before went to the handler inherited from granian's main process, which
+    does nothing in a worker, so the worker served on until granian killed it
+    GRACEFUL_TIMEOUT_S later (a Ctrl-C in `jobrunner up`'s first second took 10 s)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        # One that came between the fork and this loader: the inherited handler (granian's
+        # main-process server's) marked that server's copy here, if granian still does.
+        inherited = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+        stopped = getattr(inherited, "interrupt_signal", False) is True
+        self.signum: int | None = signal.SIGTERM if stopped else None
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._hold)
+
+    def _hold(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def give_again(self) -> None:
+        """Called once granian's handlers are in place (the app's start hook)."""
+        if self.signum is not None:
+            os.kill(os.getpid(), self.signum)
+
+
+def _on_start(settings: Settings, store: Any, threads: int, held: HeldStop) -> None:
+    if settings.grpc_port:
+        start_grpc(settings, store, threads)
+    held.give_again()
+
+
 def _worker_app(settings: Settings, options: ServeOptions, main_pid: int) -> Any:
     """The RSGI app of one worker process: called by granian in the worker, after the fork."""
+    held = HeldStop()  # first: building the app below is most of a worker's start
     die_with(main_pid)  # granian's main process (its main thread starts every worker)
     from app.api.bulk import PATHS as BULK_PATHS
     from app.api.factory import create_app
@@ -134,8 +169,7 @@ def _worker_app(settings: Settings, options: ServeOptions, main_pid: int) -> Any
     # The schedule shortcut on the event loop, when it is on and Redis is a single node.
     shortcut = flask_app.extensions.get(SHORTCUT)
     fast = shortcut.on_loop if shortcut is not None and shortcut.use_loop() else None
-    on_start = partial(start_grpc, settings, store, options.threads) \
-        if settings.grpc_port else None
+    on_start = partial(_on_start, settings, store, options.threads, held)
     return WsgiOnRsgi(
         flask_app, threads=options.threads, body_timeout_s=settings.http_body_timeout_s,
         max_body_bytes=int(flask_app.config["MAX_CONTENT_LENGTH"]),
