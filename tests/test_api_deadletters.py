@@ -221,18 +221,23 @@ def test_a_replay_skips_the_letters_it_cannot_read_and_names_them(
     redis_client.hset(keys.for_job(job_id(settings.app_id, "r1")).dead, bad_record.id,
                       dataclasses.replace(bad_record, record="not json").encode())
     redis_client.hset(keys.for_job(job_id(settings.app_id, "r3")).dead, bad_envelope.id, b"[]")
+    # one copied by hand over another: named by the id it is stored under, not its own
+    copied = letters[4]
+    redis_client.hset(keys.for_job(job_id(settings.app_id, "r4")).dead, copied.id,
+                      dataclasses.replace(letters[0], name="r4", record="x").encode())
     body = {"all": {"all": True}, "prefix": {"prefix": "r"},
             "ids": {"ids": [d.id for d in letters]}}[selection]
     response = client.post(f"{dl}/replay", json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     answer = response.get_json()
-    assert sorted(answer.pop("unreadable")) == sorted([bad_record.id, bad_envelope.id])
-    assert answer == {"replayed": 3, "unreadableCount": 2}
-    # The two are left as they were, for a purge; the three others were replayed.
-    assert len(assert_store_consistent(redis_client, settings)) == 3  # the replays, pending
+    unreadable = sorted([bad_record.id, bad_envelope.id, copied.id])
+    assert sorted(answer.pop("unreadable")) == unreadable
+    assert answer == {"replayed": 2, "unreadableCount": 3}
+    # The three are left as they were, for a purge; the two others were replayed.
+    assert len(assert_store_consistent(redis_client, settings)) == 2  # the replays, pending
     kept = {f.decode() for pk in keys.all_partitions() for f in redis_client.hkeys(pk.dead)}
-    assert kept == {bad_record.id, bad_envelope.id}
-    assert client.delete(dl, query_string={"prefix": "r"}).get_json() == {"purged": 2}
+    assert sorted(kept) == unreadable
+    assert client.delete(dl, query_string={"prefix": "r"}).get_json() == {"purged": 3}
     assert client.post(f"{dl}/replay", json={"all": True}).get_json() == {"replayed": 0}
 
 

@@ -478,8 +478,6 @@ def test_openapi_documents_every_route(app: Flask, client: FlaskClient) -> None:
             continue  # Flask's own; see test_no_static_files_are_served
         if rule.endpoint.startswith("ui."):
             continue  # the dashboard's HTML pages (app/ui, tests/test_dashboard.py)
-        if "_post_only_" in rule.endpoint:
-            continue  # answers only 405 (tests/test_hardening.py)
         for method in rule.methods or ():
             if method not in {"HEAD", "OPTIONS"}:
                 served.add((_flask_path(rule.rule), method))

@@ -8,6 +8,7 @@ private redis-server. Never the shared Redis on 6379.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -236,6 +237,80 @@ def test_an_up_that_yielded_becomes_the_shared_service_once_the_other_stops(
     assert cli(env, "stop").returncode == 0
     assert up.proc.wait(45) == 0, up.output()
     assert "Traceback" not in up.output()
+
+
+def test_an_up_started_while_another_command_holds_the_lock_records_itself_once_free(
+    tmp_path: Path, ups: list[Up]
+) -> None:
+    """A `stop` holds the lock while a service stops (up to 90 s); an `up` that met it
+    gave up at once, and nothing found it afterwards."""
+    env = cli_env(tmp_path)
+    home = Path(env["JOBRUNNER_HOME"])
+    home.mkdir()
+    lock = os.open(home / "service.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        up = Up(tmp_path, env, "--http-port", str(free_port()),
+                "--data-dir", str(tmp_path / "data"))
+        ups.append(up)
+        wait_for(lambda: "another jobrunner command holds" in up.output()
+                 or up.proc.poll() is not None, timeout=30, what="up to wait for the lock")
+        assert not (home / "service.json").exists()
+    finally:
+        os.close(lock)  # releases the lock
+    wait_for(lambda: (home / "service.json").exists() or up.proc.poll() is not None,
+             timeout=15, what="up to record itself")
+    state = json.loads((home / "service.json").read_text())
+    assert (state["kind"], state["pid"]) == ("up", up.proc.pid), up.output()
+    assert up.stop(signal.SIGINT) == 0, up.output()
+
+
+def test_ctrl_c_stops_an_up_while_it_waits_for_a_dead_services_leftovers(
+    tmp_path: Path, ups: list[Up]
+) -> None:
+    """Cleaning up after a service whose supervisor died waits up to 45 s for its
+    processes; a Ctrl-C meanwhile waited with it. Now the up stops, and leaves the
+    leftovers and their state to the next command."""
+    env = cli_env(tmp_path)
+    home = Path(env["JOBRUNNER_HOME"])
+    home.mkdir()
+    other = subprocess.Popen(["sleep", "1000"])  # the other service's supervisor
+    termed = tmp_path / "termed"
+    stubborn = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import signal, time
+        signal.signal(signal.SIGTERM, lambda *_: open({str(termed)!r}, "w").close())
+        while True:
+            time.sleep(1)
+        """)])
+    try:
+        wait_for(lambda: process_start_time(stubborn.pid) is not None, what="the leftover")
+        (home / "service.json").write_text(json.dumps({
+            "kind": "background", "pid": other.pid, "start": process_start_time(other.pid),
+            "redis_url": "redis://127.0.0.1:1/0", "redis_embedded": False,
+            "prefix": "jr", "partitions": 1,
+            "children": [{"name": "worker-1", "pid": stubborn.pid,
+                          "start": process_start_time(stubborn.pid)}],
+        }))
+        up = Up(tmp_path, env, "--http-port", str(free_port()),
+                "--data-dir", str(tmp_path / "data"))
+        ups.append(up)
+        wait_for(lambda: "another jobrunner service runs" in up.output()
+                 or up.proc.poll() is not None, timeout=30, what="up to yield")
+        other.kill()
+        other.wait(10)
+        # The next offer finds the supervisor gone, and stops its worker: it does not stop.
+        wait_for(termed.exists, timeout=15, what="the up to stop the leftover")
+        asked = time.monotonic()
+        assert up.stop(signal.SIGINT) == 0, up.output()
+        assert time.monotonic() - asked < 10, up.output()  # not the leftover's 15 s grace
+        assert stubborn.poll() is None  # left, with its state, for the next command
+        assert json.loads((home / "service.json").read_text())["pid"] == other.pid
+        assert "now the shared service" not in up.output()
+    finally:
+        for proc in (other, stubborn):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
 
 
 def test_embedded_redis_keeps_jobs_across_restarts(tmp_path: Path, ups: list[Up]) -> None:

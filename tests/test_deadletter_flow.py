@@ -101,8 +101,8 @@ def test_a_replay_leaves_the_letters_it_cannot_read_and_names_them(
     assert result.exit_code == 1, result.output
     assert result.output.splitlines() == [
         "replayed 1",
-        f"Error: 1 dead letter(s) this version cannot read were left as they are; purge them: "
-        f"{bad.id}"]
+        "Error: 1 dead letter this version cannot read, left as it is (purge it):",
+        f"  {bad.id}"]
     assert redis_client.hget(dead, bad.id) is not None
     assert redis_client.hget(Keys(settings.prefix, settings.partitions).for_job(
         job_id(APP, "good")).dead, good.id) is None

@@ -17,9 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
-from werkzeug.exceptions import MethodNotAllowed
 
-from app.api.jobs import view_to_api
+from app.api.jobs import CONTROL_ACTIONS, view_to_api
 from app.jobs import errors
 from app.jobs.validation import validate_name
 from app.store.pauses import Pauses
@@ -28,12 +27,6 @@ from app.store.store import rfc3339
 controls_bp = Blueprint("controls", __name__)
 
 _VERSIONS = ("/v1.0-alpha1", "/v1.0")
-
-
-def _post_only(name: str) -> Response:
-    """Another method on `{name}/pause` (`resume`, `trigger`): without this rule the
-    router gives it to the job routes, whose name check answers 400 for the '/'."""
-    raise MethodNotAllowed(valid_methods=["POST"])
 
 
 def _job_answer(name: str) -> Response:
@@ -87,13 +80,10 @@ def resume_app() -> Response:
 
 
 for _version, _base in enumerate(_VERSIONS):
-    for _action, _view in (("pause", pause_job), ("resume", resume_job),
-                           ("trigger", trigger_job)):
+    for _action, _view in zip(CONTROL_ACTIONS, (pause_job, resume_job, trigger_job),
+                              strict=True):
         controls_bp.add_url_rule(f"{_base}/jobs/<anything:name>/{_action}", view_func=_view,
                                  methods=["POST"], endpoint=f"{_action}_job_{_version}")
-        controls_bp.add_url_rule(f"{_base}/jobs/<anything:name>/{_action}",
-                                 view_func=_post_only, methods=["GET", "PUT", "PATCH", "DELETE"],
-                                 endpoint=f"{_action}_job_post_only_{_version}")
     controls_bp.add_url_rule(f"{_base}/app", view_func=get_app, methods=["GET"],
                              endpoint=f"app_{_version}")
     controls_bp.add_url_rule(f"{_base}/app/pause", view_func=pause_app, methods=["POST"],

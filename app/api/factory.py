@@ -175,6 +175,18 @@ def _error_response(exc: ApiError) -> Response:
     return response
 
 
+def _http_error_response(exc: HTTPException) -> Response:
+    if request.url_rule is None and is_ui_path(request.path):
+        return unrouted_page(exc)  # a dashboard path no route takes: its HTML page
+    status = exc.code or 500
+    if status == 413:
+        return _error_response(ApiError(413, errors.PAYLOAD_TOO_LARGE,
+                                        "request body is larger than the server accepts"))
+    code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
+        status, errors.MALFORMED_REQUEST if status < 500 else errors.INTERNAL)
+    return _error_response(ApiError(status, code, exc.description or exc.name))
+
+
 def _install_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
@@ -190,15 +202,7 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        if request.url_rule is None and is_ui_path(request.path):
-            return unrouted_page(exc)  # a dashboard path no route takes: its HTML page
-        status = exc.code or 500
-        if status == 413:
-            return _error_response(ApiError(413, errors.PAYLOAD_TOO_LARGE,
-                                            "request body is larger than the server accepts"))
-        code = {404: errors.NOT_FOUND, 405: errors.METHOD_NOT_ALLOWED}.get(
-            status, errors.MALFORMED_REQUEST if status < 500 else errors.INTERNAL)
-        response = _error_response(ApiError(status, code, exc.description or exc.name))
+        response = _http_error_response(exc)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110: a 405 has it
         return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 
 from app.api.query import int_arg
 from app.jobs import errors
@@ -24,6 +25,8 @@ from app.store.store import JobExists, JobView, Store
 jobs_bp = Blueprint("jobs", __name__)
 
 _PREFIXES = ("/v1.0-alpha1/jobs", "/v1.0/jobs")
+# POST .../jobs/{name}/{action} (app/api/controls.py); a name cannot hold '/'.
+CONTROL_ACTIONS = ("pause", "resume", "trigger")
 # The environ entry where app/api/fast_schedule.py leaves an error for schedule_job.
 HANDED_OVER = "jobrunner.schedule_error"
 MAX_PAGE = 1000
@@ -70,8 +73,17 @@ def schedule(settings: Settings, store: Store, name: str, body: bytes,
             raise errors.job_exists(name) from None
 
 
+def _name(name: str) -> str:
+    """The job name of a job route's path; a job's pause, resume or trigger path, which
+    the router gives these routes for methods other than POST, is a 405."""
+    job, slash, action = name.rpartition("/")
+    if slash and job and action in CONTROL_ACTIONS:
+        raise MethodNotAllowed(valid_methods=["POST"])
+    return validate_name(name)
+
+
 def schedule_job(name: str) -> Response:
-    name = validate_name(name)
+    name = _name(name)
     # An error the shortcut met on this very request, raised here for Flask to answer.
     handed_over = request.environ.pop(HANDED_OVER, None)
     if handed_over is not None:
@@ -82,7 +94,7 @@ def schedule_job(name: str) -> Response:
 
 
 def get_job(name: str) -> Response:
-    name = validate_name(name)
+    name = _name(name)
     view = g.store.get(g.settings.app_id, name)
     if view is None:
         raise errors.job_not_found(name)
@@ -90,7 +102,7 @@ def get_job(name: str) -> Response:
 
 
 def delete_job(name: str) -> Response:
-    name = validate_name(name)
+    name = _name(name)
     g.store.delete(g.settings.app_id, name)
     return _empty()
 

@@ -134,10 +134,11 @@ def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str
     click.echo(f"replayed {done.count}")
     if done.unreadable_count:
         more = done.unreadable_count - len(done.unreadable)
-        raise click.ClickException(
-            f"{done.unreadable_count} dead letter(s) this version cannot read were left as "
-            f"they are; purge them: {' '.join(done.unreadable)}"
-            + (f" (and {more} more)" if more else ""))
+        one = done.unreadable_count == 1
+        lines = [f"{done.unreadable_count} dead letter{'' if one else 's'} this version "
+                 f"cannot read, left as {'it is (purge it)' if one else 'they are (purge them)'}:",
+                 *(f"  {letter_id}" for letter_id in done.unreadable)]
+        raise click.ClickException("\n".join(lines + ([f"  and {more} more"] if more else [])))
 
 
 @dlq.command()

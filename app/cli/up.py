@@ -38,7 +38,10 @@ from app.processes.redis_server import START_TIMEOUT_S as REDIS_START_TIMEOUT_S
 from app.processes.redis_server import EmbeddedRedis, version_text
 from app.processes.service_state import (
     DATA_DIR,
+    LOCK_FILE,
     LOG_DIR,
+    Interrupted,
+    LockBusy,
     ProcInfo,
     ServiceError,
     ServiceState,
@@ -133,17 +136,7 @@ def up(ctx: click.Context, /, **params: Any) -> None:
             _print_banner(settings, embedded, data_dir, workers, api)
             state = _this_service("up", settings, sup,
                                   data_dir=str(data_dir) if embedded else None)
-            yielded = False
-            try:
-                registered = register_foreground(home, state)
-                yielded = not registered
-                if yielded:
-                    say(f"another jobrunner service runs for {home}; `jobrunner run` uses that "
-                        "one, and this one once it stops")
-            except (OSError, ServiceError) as e:
-                say(f"`jobrunner run` will not find this one: {e}")
-            if yielded:
-                dead, registered = _take_over_when_free(sup, home, state)
+            dead, registered = _record_this_service(sup, home, state)
             if dead is None and not signals.requested:
                 dead = sup.watch()
             if dead is not None:
@@ -162,22 +155,39 @@ def up(ctx: click.Context, /, **params: Any) -> None:
     say("stopped")
 
 
-def _take_over_when_free(
+def _record_this_service(
     sup: Supervisor, home: Path, state: ServiceState
 ) -> tuple[Child | None, bool]:
-    """Offer this `up` as the shared service again each REGISTER_RETRY_S until the one it
-    yielded to has stopped, so `run`, `status` and `stop` find it from then on; returns
-    early on a stop signal or a dead child: (that child or None, whether registered)."""
-    while not sup.signals.requested:
+    """Record this `up` in `home` as the shared service, so that `run`, `status` and
+    `stop` find it. While another service runs there, or another command holds its lock
+    (a `stop` can for a minute), offer again each REGISTER_RETRY_S. Returns early on a
+    stop signal or a dead child: (that child or None, whether recorded)."""
+    def stopping() -> bool:
+        return sup.signals.requested
+
+    said: set[str] = set()
+    while not stopping():
         dead = sup.first_dead()
         if dead is not None:
             return dead, False
         try:
-            if register_foreground(home, state, timeout=REGISTER_RETRY_S):
-                say(f"the other service stopped: this one is now the shared service for {home}")
+            if register_foreground(home, state, timeout=REGISTER_RETRY_S, give_up=stopping):
+                if said:
+                    say(f"this one is now the shared service for {home}")
                 return None, True
-        except (OSError, ServiceError):
-            pass  # the lock was busy, or the home is unusable for now: try again
+            why = (f"another jobrunner service runs for {home}; `jobrunner run` uses that "
+                   "one, and this one once it stops")
+        except LockBusy:
+            why = (f"another jobrunner command holds {home / LOCK_FILE}; this one is "
+                   "recorded for `jobrunner run` once it is free")
+        except Interrupted:
+            continue  # a stop was asked: the loop ends
+        except (OSError, ServiceError) as e:
+            say(f"`jobrunner run` will not find this one: {e}")
+            return None, False
+        if why not in said:
+            said.add(why)
+            say(why)
         sup.signals.event.wait(REGISTER_RETRY_S)
     return None, False
 

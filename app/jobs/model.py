@@ -395,6 +395,8 @@ class DeadLetter:
                       r["error"], r["deadMs"], r["record"])
             if tuple(map(type, values)) != _LETTER_TYPES:  # as encode wrote them
                 raise TypeError("a field of another type")
+            if letter_id is not None and values[0] != letter_id:  # copied by hand
+                raise ValueError(f"it holds the letter {errors.shown(values[0])}")
             return cls(*values)
         except Exception as exc:
             raise errors.unreadable_letter(letter_id, exc) from exc

@@ -60,6 +60,7 @@ STOP_TIMEOUT_S = 90.0
 # Linux's pid_max is at most 2**22 (PID_MAX_LIMIT); other systems stay below it.
 MAX_PID = 2**22
 KINDS = ("background", "up")
+GiveUp = Callable[[], bool]  # polled while waiting: True stops the wait
 
 
 class ServiceError(JobrunnerError, RuntimeError):
@@ -204,6 +205,16 @@ def _fields(raw: object, fields: dict[str, _Check], what: str) -> dict[str, Any]
     return dict(raw)
 
 
+class LockBusy(ServiceError):
+    """Another jobrunner command held service.lock past the wait (a `stop` or a `run`
+    starting the service can hold it for a minute)."""
+
+
+class Interrupted(ServiceError):
+    """A stop was asked while the processes a dead service left were being stopped: they
+    and its state stay for the next command to clean up."""
+
+
 class ServiceLock:
     """An exclusive flock on service.lock (released by the kernel if we die)."""
 
@@ -223,7 +234,7 @@ class ServiceLock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(fd)
-                    raise ServiceError(
+                    raise LockBusy(
                         f"another jobrunner command holds {self.path} for too long; try again"
                     ) from None
                 time.sleep(0.05)
@@ -310,28 +321,31 @@ def _signal(proc: ProcInfo | ServiceState, sig: int) -> bool:
             os.close(fd)
 
 
-def _terminate(procs: list[ProcInfo], grace_s: float) -> None:
+def _terminate(procs: list[ProcInfo], grace_s: float, give_up: GiveUp = lambda: False) -> None:
     # Only processes we can tell apart from a later one that got the same pid.
     alive = [p for p in procs if p.alive()]
     for p in alive:
         with contextlib.suppress(PermissionError):
             _signal(p, signal.SIGTERM)
-    if not wait_until(lambda: not any(p.alive() for p in alive), grace_s):
+    if not wait_until(lambda: not any(p.alive() for p in alive), grace_s, give_up=give_up):
+        if give_up():
+            raise Interrupted("stopped before the last service's processes had stopped")
         for p in alive:
             with contextlib.suppress(PermissionError):
                 _signal(p, signal.SIGKILL)
 
 
-def live_state(home: Path) -> ServiceState | None:
-    """The running service's state; a stale one is cleaned up (call under the lock)."""
+def live_state(home: Path, give_up: GiveUp = lambda: False) -> ServiceState | None:
+    """The running service's state; a stale one is cleaned up (call under the lock).
+    Interrupted, with the stale state left, when `give_up` holds while that waits."""
     path = home / STATE_FILE
     state = read_state(home)
     if state is not None and state.alive():
         return state
     if state is not None:
         # Its supervisor is gone; stop whatever it left behind (workers before Redis).
-        _terminate([c for c in state.children if c.name != "redis"], 15.0)
-        _terminate([c for c in state.children if c.name == "redis"], 30.0)
+        _terminate([c for c in state.children if c.name != "redis"], 15.0, give_up)
+        _terminate([c for c in state.children if c.name == "redis"], 30.0, give_up)
     if path.is_dir() and not path.is_symlink():
         raise ServiceError(f"{path} is a folder, not jobrunner's state: remove it")
     with contextlib.suppress(FileNotFoundError):
@@ -417,10 +431,12 @@ def ensure_service(
         return state, started
 
 
-def register_foreground(home: Path, state: ServiceState, timeout: float = 10.0) -> bool:
-    """Offer a foreground `jobrunner up` as the shared service, if none runs yet."""
+def register_foreground(home: Path, state: ServiceState, timeout: float = 10.0,
+                        give_up: GiveUp = lambda: False) -> bool:
+    """Offer a foreground `jobrunner up` as the shared service, if none runs yet: whether
+    it now is. LockBusy past `timeout`; Interrupted when `give_up` holds meanwhile."""
     with ServiceLock(home, timeout=timeout):
-        if live_state(home) is not None:
+        if live_state(home, give_up) is not None:
             return False
         write_state(home, state)
         return True

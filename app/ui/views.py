@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 import orjson
 from flask import Blueprint, Response, current_app, g, request, url_for
 from jinja2 import Environment, FileSystemLoader
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException
 
 from app.jobs import errors
 from app.jobs.clock import now_ms
@@ -129,10 +129,7 @@ def _http_error(exc: HTTPException) -> Response:
 def unrouted_page(exc: HTTPException) -> Response:
     """The page of a 404 or 405 under /ui: Flask raises those before it knows the
     blueprint, so the app's own handler hands them here (app/api/factory.py)."""
-    response = _after(_http_error(exc))
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
+    return _after(_http_error(exc))
 
 
 def _redis_down(exc: Exception) -> Response:
