@@ -6,6 +6,7 @@ a later request could read as its own answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -211,6 +212,92 @@ def test_an_answer_that_ends_with_the_connection_is_its_status() -> None:
         w.close()
 
     assert _run(old_style) == [(204, None)]
+
+
+def test_a_large_body_in_the_answers_read_is_no_overlong_head() -> None:
+    """The head bound counted the body that came in the same read: a 200 with 100 KB of
+    body was a failure, delivered again and again, then dead-lettered."""
+    body = b"x" * 100_000
+    async def big(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    assert _run(big, requests=2) == [(200, None), (200, None)]
+
+
+async def _endless_chunks(w: asyncio.StreamWriter) -> None:
+    for _ in range(4096):  # 256 MiB at most, as the client reads
+        w.write(b"10000\r\n" + b"b" * 65536 + b"\r\n")
+        await w.drain()
+
+
+async def _endless_trailer(w: asyncio.StreamWriter) -> None:
+    w.write(b"0\r\nX-Trailer: ")
+    for _ in range(4096):
+        w.write(b"t" * 65536)
+        await w.drain()
+
+
+@pytest.mark.parametrize("tail", [_endless_chunks, _endless_trailer], ids=["body", "trailer"])
+def test_an_endless_answer_after_its_headers_is_its_status_at_the_bound(
+        tail: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> None:
+    """Read on to the deadline before, on the loop every app's deliveries share (seconds
+    of another app's lateness, and a trailer's value built by concatenation); the status
+    is all a delivery needs."""
+    async def endless(r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await tail(w)
+        await _until_closed(r)
+
+    assert _run(endless) == [(503, "7")]
+
+
+def test_final_headers_are_the_answer_when_the_body_is_still_coming_at_the_deadline() -> None:
+    async def slow(r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9999999999\r\n\r\nab")
+        await _until_closed(r)
+
+    async def main() -> Any:
+        client = HttpClient(4)
+        try:
+            async with App(slow) as origin:
+                return await client.post(origin, "/job/x", b"{}", "", 0.5)
+        finally:
+            client.close()
+
+    assert asyncio.run(asyncio.wait_for(main(), TIMEOUT_S)) == (200, None)
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 103 Early Hints\r\nRetry-After: 3600\r\n\r\n"
+    b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nRetry-After: 3600\r\n\r\n",
+    b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+    b"HTTP/1.1 503 Busy\r\nRetry-After: 3600\r\nContent-Length: 0\r\n\r\n",
+], ids=["interim", "trailer", "second-answer"])
+def test_retry_after_is_the_answers_own(answer: bytes) -> None:
+    """Not an interim answer's, a trailer's or a second answer's (each was taken)."""
+    async def answers(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(answer)
+
+    assert _run(answers) == [(503, None)]
+
+
+def test_an_answer_whose_coding_is_not_chunked_ends_with_the_connection() -> None:
+    """RFC 9112, 6.3: a Transfer-Encoding that does not end in chunked is read to the
+    close (it was an answer cut short, so a failure)."""
+    async def gzip(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc")
+        await w.drain()
+        w.close()
+
+    assert _run(gzip) == [(200, None)]
+
+
+def test_an_ipv6_origin_is_bracketed_in_the_host_header() -> None:
+    assert Origin("::1", 8080, False).host_header == "[::1]:8080"
+    assert Origin("::1", 80, False).host_header == "[::1]"
+    assert Origin("127.0.0.1", 8080, False).host_header == "127.0.0.1:8080"
 
 
 def test_a_close_long_after_the_request_is_its_answer_not_a_reason_to_send_it_again() -> None:

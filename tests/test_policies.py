@@ -197,6 +197,8 @@ def test_retry_after_is_seconds_or_an_http_date_within_the_bound() -> None:
     assert retry_after_ms("3", now, 60_000) == 3000
     assert retry_after_ms(" 0 ", now, 60_000) == 0
     assert retry_after_ms("9" * 40, now, 60_000) == 60_000
+    assert retry_after_ms("0" * 20 + "5", now, 60_000) == 5000  # read as 0 before
+    assert retry_after_ms("0" * 5000 + "9" * 5000, now, 60_000) == 60_000
     assert retry_after_ms(email.utils.formatdate(now + 5, usegmt=True), now, 60_000) == 5000
     assert retry_after_ms(email.utils.formatdate(now - 5, usegmt=True), now, 60_000) == 0
     # 1,999.5 ms to the date: 2,000, not 1,999 (the retry would go out before the date)

@@ -131,7 +131,8 @@ def retry_after_ms(value: str, now_s: float, max_ms: int) -> int | None:
     from 0 to `max_ms`; None when it is neither."""
     value = value.strip()
     if value.isascii() and value.isdigit():  # isdigit() alone takes '²' too
-        seconds = float(value[:12])  # more digits are past any bound anyway
+        digits = value.lstrip("0")  # leading zeros say nothing: 0005 is 5 s
+        seconds = float(digits or 0) if len(digits) <= 12 else math.inf  # past any bound
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)

@@ -42,7 +42,8 @@ class Origin(NamedTuple):
     @property
     def host_header(self) -> str:
         default = 443 if self.tls else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        return host if self.port == default else f"{host}:{self.port}"
 
 
 def split_url(url: str) -> tuple[Origin, str]:
@@ -62,6 +63,11 @@ def split_url(url: str) -> tuple[Origin, str]:
 # responses included: llhttp builds header values by concatenation, so an endless header
 # would cost the worker's loop quadratic time and unbounded memory (every app waits).
 MAX_RESPONSE_HEAD = 64 * 1024
+# The most bytes of a response read after its final headers (its body, its trailers): a
+# delivery needs the status only. Past them, or past the deadline, the status is the
+# answer and the connection goes: an endless body or trailer held the loop, and every
+# app's deliveries with it, until the deadline.
+MAX_RESPONSE_TAIL = 64 * 1024
 
 
 # A kept-alive connection that closes this soon after a request was written on it was
@@ -150,6 +156,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self.sent_at = 0.0  # loop time the current request was written
         self.head_bytes = 0  # of the current response, until its final headers are in
+        self.tail_bytes = 0  # of the current response, in the reads after those headers
         self.framed = False  # the response says where it ends (Content-Length or chunked)
         self.status: int | None = None  # of the current response, once its headers are in
         self.retry_after: bytes | None = None  # its Retry-After header, if any
@@ -171,10 +178,11 @@ class _Connection(asyncio.Protocol):
             return
         self.got_bytes = True
         if self.status is None:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_RESPONSE_HEAD:
-                self._fail(ServerDisconnected(
-                    f"the response's headers are longer than {MAX_RESPONSE_HEAD} bytes"))
+            self.head_bytes += len(data)  # checked once parsed: the read may end the head
+        else:
+            self.tail_bytes += len(data)
+            if self.tail_bytes > MAX_RESPONSE_TAIL:
+                self._answer_now()
                 return
         try:
             self.parser.feed_data(data)
@@ -182,6 +190,9 @@ class _Connection(asyncio.Protocol):
             self._fail(ServerDisconnected("the app answered with a protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(ServerDisconnected(f"invalid HTTP response: {exc}"))
+        if self.status is None and self.head_bytes > MAX_RESPONSE_HEAD:
+            self._fail(ServerDisconnected(
+                f"the response's headers are longer than {MAX_RESPONSE_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -204,11 +215,16 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status is not None:
+            return  # a trailer, or the headers of a second response: not the answer's
         size = len(name)
         if size == 11 and name.lower() == b"retry-after":
             self.retry_after = value
-        elif size in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+        elif size == 14 and name.lower() == b"content-length":
             self.framed = True
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            # Chunked last, or the answer ends when the app closes (RFC 9112, 6.3).
+            self.framed = value.rstrip().lower().endswith(b"chunked")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -216,6 +232,7 @@ class _Connection(asyncio.Protocol):
             self.status = status
         else:  # an interim response: the real one's headers follow
             self.framed = False
+            self.retry_after = None
 
     def on_message_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -239,7 +256,7 @@ class _Connection(asyncio.Protocol):
 
     def _write(self, data: bytes, waiter: asyncio.Future[int] | _Answer) -> None:
         self.got_bytes = self.framed = False
-        self.head_bytes = 0
+        self.head_bytes = self.tail_bytes = 0
         self.status = None
         self.retry_after = None
         self.on_answer = None
@@ -259,9 +276,13 @@ class _Connection(asyncio.Protocol):
             on_answer()
 
     def time_out(self) -> None:
-        """No answer by the deadline (an answer already in is kept, with the connection)."""
+        """No answer by the deadline (an answer already in is kept, with the connection;
+        final headers already in are the answer, without it)."""
         if self.waiter is not None and not self.waiter.done():
-            self._fail(TimeoutError())
+            if self.status is not None:
+                self._answer_now()
+            else:
+                self._fail(TimeoutError())
         self._hand_on()
 
     def closed_while_idle(self) -> bool:
@@ -277,6 +298,15 @@ class _Connection(asyncio.Protocol):
         goes (a late answer would be read as the next one's)."""
         self._fail(ServerDisconnected("the request was abandoned"))
         self._hand_on()
+
+    def _answer_now(self) -> None:
+        """The final headers' status is the answer; the rest of the response is not read."""
+        assert self.status is not None
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(self.status)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
