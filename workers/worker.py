@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from app.jobs.clock import now_ms
+from app.jobs.errors import JobrunnerError
 from app.jobs.model import CatchUp, DeadLetter, FailureKind, Trigger
 from app.jobs.schedule import catch_up_due, next_fire_ms
 from app.settings import Settings
@@ -356,7 +357,9 @@ class Worker:
         """A trigger the worker cannot handle: retrying cannot help, and leaving it to the
         lease would redeliver it forever. It is dead-lettered, saying why; a recurring job
         goes on (the fault may be this trigger's alone)."""
-        log.error("cannot process a trigger; dead-lettered", exc_info=exc,
+        # One of ours (JobrunnerError) says what is wrong: its traceback would say no more.
+        log.error("cannot process a trigger; dead-lettered: %s", exc,
+                  exc_info=None if isinstance(exc, JobrunnerError) else exc,
                   extra={"app": trigger.job.app_id, "job": trigger.job.name,
                          "attempt": trigger.attempt, "trigger": trigger.trigger_id})
         error = f"worker error: {type(exc).__name__}: {exc}"

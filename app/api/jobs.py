@@ -52,6 +52,7 @@ def prepare(settings: Settings, name: str, body: bytes, content_type: str | None
         name, body, content_type, settings.app_id, now, settings.max_data_bytes,
         dapr_compat=settings.dapr_compat,
         max_delivery_timeout_ms=int(settings.max_job_delivery_timeout_s * 1000),
+        delivery_format=settings.registration_format,
     )
     # A job put back where it stood (nextTriggerTime...: jobrunner jobs import).
     job, run = restore(body, job, now)

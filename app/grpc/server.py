@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent import futures
@@ -38,6 +39,17 @@ MAX_CONCURRENT_RPCS = 1024
 _SETUP_S = 30.0
 
 T = TypeVar("T")
+
+
+class _UndecodableMetadata(logging.Filter):
+    """grpc reads a metadata value that is not UTF-8 as Latin-1 and goes on with the
+    call, after an ERROR with a traceback: a line any client could send by the thousand."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Invalid encoding on %s"
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_UndecodableMetadata())
 
 
 def max_message_bytes(settings: Settings) -> int:
@@ -106,7 +118,7 @@ class Server:
             self._servicer, generic
         )
         server.add_generic_rpc_handlers(
-            (_Decoding(generic.handlers, _FirstMessages(settings.http_body_timeout_s)),
+            (_Decoding(generic.handlers, FirstMessages(settings.http_body_timeout_s)),
              _OtherServices()))  # the rest last
         server.add_insecure_port(bind_address(settings.http_host, settings.grpc_port))
         return server
@@ -211,7 +223,7 @@ class _Undecodable:
         self.message = message
 
 
-class _FirstMessages:
+class FirstMessages:
     """Reads a call's request message within `timeout_s` (JOBRUNNER_HTTP_BODY_TIMEOUT, as
     an HTTP request's body), else ends the call with DEADLINE_EXCEEDED: calls that never
     send their message would otherwise hold the server's MAX_CONCURRENT_RPCS slots and
@@ -245,8 +257,16 @@ class _FirstMessages:
         finally:
             self._waiting.pop(task, None)
         if request is grpc.aio.EOF:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "the call ended without its request message")
+            try:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "the call ended without its request message")
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                # grpc had ended the call and sent its status (a message it could not
+                # decompress, or past the size limit): no second one, and no traceback
+                # in the log for it (any client could fill the log so).
+                raise asyncio.CancelledError from None
         return request
 
     def _sweep(self) -> None:
@@ -270,13 +290,13 @@ _DAPR_SERVICE = "/dapr.proto.runtime.v1.Dapr/"
 
 class _Decoding(grpc.GenericRpcHandler):  # type: ignore[misc]
     """The jobs methods of the Dapr service, each request read within its deadline
-    (_FirstMessages) and decoded so that bytes that are not its message (truncated, bad
+    (FirstMessages) and decoded so that bytes that are not its message (truncated, bad
     UTF-8 in a string) are INVALID_ARGUMENT, as Dapr answers them: a deserializer that
     raises makes grpc.aio answer UNKNOWN and log a traceback, a log any client could
     fill. The Dapr methods not served are left to _OtherServices, before any decoding.
     Each method's handler is made once."""
 
-    def __init__(self, handlers: list[grpc.GenericRpcHandler], first: _FirstMessages) -> None:
+    def __init__(self, handlers: list[grpc.GenericRpcHandler], first: FirstMessages) -> None:
         self._handlers = handlers
         self._first = first
         self._wrapped: dict[str, Any] = {}
@@ -295,7 +315,7 @@ class _Decoding(grpc.GenericRpcHandler):  # type: ignore[misc]
         return handler
 
 
-def _decoding(handler: Any, first: _FirstMessages) -> Any:
+def _decoding(handler: Any, first: FirstMessages) -> Any:
     """A jobs method's unary handler as a stream-unary one that reads its one message by
     its deadline (a unary handler is called only once the message is in)."""
     decode, behavior = handler.request_deserializer, handler.unary_unary

@@ -114,6 +114,7 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
         job, overwrite = parse_job_fields(
             request.job.name, request_fields(request), request_data(request),
             self.app_id, now_ms(), self.settings.max_data_bytes,
+            self.settings.registration_format,
         )
         try:
             self.store.schedule(job, overwrite=overwrite)
@@ -137,6 +138,7 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             job, overwrite = parse_job_fields(
                 request.job.name, request_fields(request), request_data(request),
                 self.app_id, now_ms(), self.settings.max_data_bytes,
+                self.settings.registration_format,
             )
             # False: the job exists, or an error reply; the pool's to answer
             return await self.store.schedule_on_loop(client, job, overwrite)

@@ -58,7 +58,7 @@ from google.protobuf import (  # noqa: F401
 )
 from google.protobuf.message import DecodeError
 
-from app.jobs.errors import ApiError, malformed_data, payload_too_large, shown
+from app.jobs.errors import ApiError, JobrunnerError, malformed_data, payload_too_large, shown
 from app.jobs.model import Job
 from app.jobs.sizedcache import SizedCache, text_size
 
@@ -276,6 +276,21 @@ def unpack_any_json(type_url: str, value_b64: str) -> dict[str, Any]:
     return result
 
 
+class UndeliverableData(JobrunnerError, ValueError):
+    """Data the job's delivery format has no body for: a google.protobuf.Value Any (given
+    over gRPC, or in its bytes form) with no JSON form where the body is that JSON."""
+
+
+def check_deliverable(job: Job, fmt: str) -> None:
+    """ApiError 400 at schedule time for data this app's delivery format (`fmt`) could
+    never deliver (UndeliverableData): every trigger would be dead-lettered."""
+    if job.any_type == _VALUE_URL and fmt in (DAPR_FORMAT, "raw"):
+        try:
+            delivery_body(job, fmt)
+        except UndeliverableData as exc:
+            raise malformed_data(str(exc)) from None
+
+
 def delivery_body(job: Job, fmt: str) -> bytes:
     """The exact HTTP body a worker POSTs to `{app}/job/{name}` for this job."""
     if fmt == DAPR_FORMAT:
@@ -334,13 +349,15 @@ def _dapr_any_body(type_url: str, value_b64: str) -> bytes:
     value = struct_pb2.Value()
     try:
         value.ParseFromString(raw)
-    except DecodeError as exc:
-        raise ValueError(f"stored google.protobuf.Value does not decode: {exc}") from exc
-    if value.WhichOneof("kind") is None:
-        return b""
-    # protojson: map keys sorted, integral doubles without a fraction.
-    return orjson.dumps(_go_numbers(json_format.MessageToDict(value)),
-                        option=orjson.OPT_SORT_KEYS)
+        if value.WhichOneof("kind") is None:
+            return b""
+        # protojson: map keys sorted, integral doubles without a fraction.
+        return orjson.dumps(_go_numbers(json_format.MessageToDict(value)),
+                            option=orjson.OPT_SORT_KEYS)
+    except (DecodeError, ValueError, RecursionError, orjson.JSONEncodeError) as exc:
+        # NaN or infinity, a string that is not UTF-8, nested past protobuf's limit
+        raise UndeliverableData(f"a google.protobuf.Value with no JSON form to deliver as "
+                                f"the body ({type(exc).__name__}: {shown(str(exc))})") from exc
 
 
 def _go_numbers(node: Any) -> Any:
@@ -401,8 +418,8 @@ def job_data_as_any(job: Job) -> any_pb2.Any | None:
     ListJobs, OnJobEvent); None when the job has no data."""
     if job.any_type is not None:
         return any_pb2.Any(type_url=job.any_type, value=base64.b64decode(job.any_value or ""))
-    if job.data is None:
-        return None
+    if job.data is None and job.data_text is None:  # (`"data": null` kept as Dapr does: a
+        return None                                   # Value holding null, as HTTP GET shows)
     return any_pb2.Any(type_url=_VALUE_URL, value=json_value_bytes(job.data))
 
 

@@ -57,6 +57,7 @@ from app.jobs.anydata import (
     ANY_ENVELOPE_BYTES,
     MAX_DATA_DEPTH,
     any_json_or_bytes,
+    check_deliverable,
     dapr_get_data,
     is_any_json,
     is_bytes_form,
@@ -136,11 +137,13 @@ def parse_job_request(
     *,
     dapr_compat: bool = False,
     max_delivery_timeout_ms: int = DEFAULT_MAX_DELIVERY_TIMEOUT_MS,
+    delivery_format: str | None = None,
 ) -> tuple[Job, bool]:
     """A schedule request -> (the Job to store, overwrite). Raises ApiError.
 
     `content_type` is deliberately not consulted (see the module docstring);
-    `dapr_compat`: keep the data as Dapr does (the module docstring).
+    `dapr_compat`: keep the data as Dapr does (the module docstring); `delivery_format`:
+    the app's (Settings.registration_format), whose body the data must have.
     """
     del content_type  # read as JSON whatever it says, as Dapr does
     request = _decode_body(body)
@@ -189,6 +192,8 @@ def parse_job_request(
         first_ms=timing.first_ms,
         expires_ms=timing.expires_ms,
     )
+    if delivery_format is not None:
+        check_deliverable(job, delivery_format)
     return job, overwrite
 
 
@@ -566,6 +571,7 @@ def parse_job_fields(
     app_id: str,
     now_ms: int,
     max_data_bytes: int,
+    delivery_format: str | None = None,
 ) -> tuple[Job, bool]:
     """A schedule request given as fields (the gRPC API) -> (the Job to store, overwrite).
 
@@ -580,4 +586,6 @@ def parse_job_fields(
     )
     if stored is not None:
         job = dataclasses.replace(job, any_type=stored[0], any_value=stored[1])
+        if delivery_format is not None:
+            check_deliverable(job, delivery_format)
     return job, overwrite

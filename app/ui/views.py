@@ -457,7 +457,8 @@ def schedule() -> Response:
         name, body = forms.to_request(values if kept is None else {**values, "data": ""})
         job, overwrite = parse_job_request(name, body, "application/json", settings.app_id,
                                            now_ms(), settings.max_data_bytes,
-                                           dapr_compat=settings.dapr_compat)
+                                           dapr_compat=settings.dapr_compat,
+                                           delivery_format=settings.registration_format)
         if kept is not None:
             job = dataclasses.replace(job, data=kept.data, any_type=kept.any_type,
                                       any_value=kept.any_value, data_text=kept.data_text)
