@@ -523,6 +523,12 @@ class Settings:
         """The delivery format the app's registration tells the workers."""
         return DAPR_FORMAT if self.dapr_compat else self.delivery_format
 
+    @property
+    def body_format(self) -> str | None:
+        """The format the data of a delivery is rendered to, as its HTTP body; None for a
+        gRPC app (its data goes as the Any it is)."""
+        return self.registration_format if self.app_protocol == "http" else None
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import dataclasses
 import html
+import math
 import os
 import re
 import threading
@@ -31,6 +32,7 @@ import orjson
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from google.protobuf import struct_pb2
 from werkzeug.serving import make_server
 
 from app.api.factory import create_app
@@ -470,6 +472,22 @@ def test_change_keeps_the_stored_data_unless_it_is_edited(settings: Settings) ->
     assert _change(client, "any", data='{\r\n"a": 1}').status_code == 303
     edited = store.get(APP, "any")
     assert edited is not None and edited.job.data == {"a": 1} and edited.job.any_type is None
+    store.close()
+
+
+def test_change_keeps_no_data_the_apps_body_format_cannot_deliver(settings: Settings) -> None:
+    """As the same POST: a Value holding NaN, stored while the app sent envelopes, is
+    refused once it sends raw bodies (it was saved again, every trigger dead-lettered)."""
+    store = Store(settings)
+    nan = struct_pb2.Value(number_value=math.nan).SerializeToString()
+    store.schedule(make_job("nan", now_ms() + 3_600_000, schedule="@every 1h",
+                            any_type="type.googleapis.com/google.protobuf.Value",
+                            any_value=base64.b64encode(nan).decode()))
+    client = create_app(dataclasses.replace(settings, delivery_format="raw")).test_client()
+    answer = _change(client, "nan")
+    assert answer.status_code == 400 and b"no JSON form" in answer.data
+    kept = store.get(APP, "nan")
+    assert kept is not None and kept.job.schedule == "@every 1h"
     store.close()
 
 

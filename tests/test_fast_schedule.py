@@ -12,14 +12,18 @@ around that path turns it off (app/api/fast_schedule.py, `arm`), and this test s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import math
 import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from flask import Flask
+from google.protobuf import struct_pb2
 from prometheus_client import REGISTRY
 
 from app.api.factory import create_app
@@ -308,6 +312,35 @@ def test_the_event_loop_path_answers_counts_and_stores_as_flask(
     assert on_loop >= 5
     stored = _jobs(fast_app, fast_settings)
     assert stored and stored == _jobs(slow_app, slow_settings)
+
+
+def test_a_value_to_render_is_checked_on_the_wsgi_path_not_the_loop(
+        redis_server: RedisProcess, loop_thread: Any) -> None:
+    """Checking that a google.protobuf.Value renders as the body of a `raw` app took the
+    loop up to 0.1 s a request (every request of the process waited)."""
+    settings = Settings(redis_url=redis_server.url, prefix=f"t{uuid.uuid4().hex[:10]}",
+                        app_id="fast-raw", app_url="http://127.0.0.1:9", delivery_format="raw")
+    bridge, pooled = _served_on_loop(create_app(settings))
+    bridge.test_loop = loop_thread
+    bridge.__rsgi_init__(loop_thread)
+    value_url = "type.googleapis.com/google.protobuf.Value"
+    try:
+        for name, value, status in (
+                ("plain", None, 204),
+                ("fine", struct_pb2.Value(number_value=1.5), 204),
+                ("nan", struct_pb2.Value(number_value=math.nan), 400)):
+            pooled.clear()
+            body: dict[str, Any] = {"dueTime": "1h", "data": {"k": 1}}
+            if value is not None:
+                body["data"] = {"@type": value_url, "@bytes": base64.b64encode(
+                    value.SerializeToString()).decode()}
+            path = f"/v1.0-alpha1/jobs/{name}"
+            answer = _over_bridge(bridge, "POST", path, orjson.dumps(body),
+                                  {"content-type": "application/json"})
+            assert answer[0] == status, answer
+            assert pooled == ([] if value is None else [path])
+    finally:
+        bridge.__rsgi_del__(loop_thread)
 
 
 def test_the_event_loop_path_leaves_redis_trouble_to_the_wsgi_path(

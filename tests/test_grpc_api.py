@@ -678,9 +678,11 @@ def test_a_value_with_no_json_form_is_refused_where_the_body_is_its_json(
             name="odd", due_time="1h", data=any_pb2.Any(type_url=VALUE_URL, value=v))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "google.protobuf.Value with no JSON form" in message
-    # Where the body is an envelope of its bytes, it is delivered as it is.
-    schedule(api_for(app_id="enveloped"), jobs_pb2.Job(
-        name="odd", due_time="1h", data=any_pb2.Any(type_url=VALUE_URL, value=nan)))
+    # Where the body is an envelope of its bytes, or to a gRPC app, it goes as it is.
+    for app in (api_for(app_id="enveloped"), api_for(app_id="by-grpc", app_protocol="grpc",
+                                                       **compat)):
+        schedule(app, jobs_pb2.Job(
+            name="odd", due_time="1h", data=any_pb2.Any(type_url=VALUE_URL, value=nan)))
 
 
 def test_null_data_of_a_dapr_compat_app_is_a_value_holding_null_over_grpc_too(

@@ -178,21 +178,34 @@ class _Connection(asyncio.Protocol):
             return
         self.got_bytes = True
         if self.status is None:
-            self.head_bytes += len(data)  # checked once parsed: the read may end the head
+            room = MAX_RESPONSE_HEAD - self.head_bytes
+            self.head_bytes += len(data)
+            if len(data) > room:  # the head must end within the bound, wherever reads split
+                if not self._feed(data[:room]):
+                    return
+                if self.status is None:
+                    self._fail(ServerDisconnected(
+                        f"the response's headers are longer than {MAX_RESPONSE_HEAD} bytes"))
+                    return
+                data = data[room:]
         else:
             self.tail_bytes += len(data)
             if self.tail_bytes > MAX_RESPONSE_TAIL:
                 self._answer_now()
                 return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when it is no valid answer (the request failed)."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # not an HttpParserError
             self._fail(ServerDisconnected("the app answered with a protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(ServerDisconnected(f"invalid HTTP response: {exc}"))
-        if self.status is None and self.head_bytes > MAX_RESPONSE_HEAD:
-            self._fail(ServerDisconnected(
-                f"the response's headers are longer than {MAX_RESPONSE_HEAD} bytes"))
+        else:
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -224,7 +237,8 @@ class _Connection(asyncio.Protocol):
             self.framed = True
         elif size == 17 and name.lower() == b"transfer-encoding":
             # Chunked last, or the answer ends when the app closes (RFC 9112, 6.3).
-            self.framed = value.rstrip().lower().endswith(b"chunked")
+            self.framed = value == b"chunked" or \
+                value.rsplit(b",", 1)[-1].strip(b" ").lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

@@ -44,6 +44,7 @@ from app.api import jobs
 from app.api.callers import refusal
 from app.api.metrics import _ROUTE_KEY as ROUTE_KEY
 from app.api.metrics import count_request
+from app.jobs.anydata import renders_value
 from app.jobs.validation import validate_name
 from app.settings import Settings
 from app.store.loop_redis import LoopRedis, ReplyTimeout
@@ -153,7 +154,9 @@ class ScheduleShortcut:
             raw_name.encode("latin-1").decode("utf-8", "replace")
         try:  # (prepare validates the name, and answers for the name it trimmed)
             job, overwrite, run = jobs.prepare(self.settings, name, body,
-                                               environ.get("CONTENT_TYPE"))
+                                               environ.get("CONTENT_TYPE"), check_data=False)
+            if renders_value(job, self.settings.body_format):
+                return None  # its check, up to 0.1 s, is the thread path's (not the loop's)
             stored = await self.store.schedule_on_loop(client, job, overwrite, run)
         except ReplyTimeout as exc:
             # Redis took the socket timeout to say nothing: trying again on the WSGI path

@@ -43,16 +43,18 @@ def view_to_api(view: JobView) -> dict[str, Any]:
 
 
 def prepare(settings: Settings, name: str, body: bytes, content_type: str | None,
-            now: int | None = None) -> tuple[Job, bool, RunState | None]:
+            now: int | None = None, *,
+            check_data: bool = True) -> tuple[Job, bool, RunState | None]:
     """(the job, overwrite, the run state to start it from) of a schedule request for
     the job `name` (validated), read at `now` (epoch ms; default the clock's); raises
-    ApiError."""
+    ApiError. `check_data=False`: the caller checks that the data can be delivered
+    (anydata.renders_value), off its event loop."""
     now = now_ms() if now is None else now
     job, overwrite = parse_job_request(
         name, body, content_type, settings.app_id, now, settings.max_data_bytes,
         dapr_compat=settings.dapr_compat,
         max_delivery_timeout_ms=int(settings.max_job_delivery_timeout_s * 1000),
-        delivery_format=settings.registration_format,
+        delivery_format=settings.body_format if check_data else None,
     )
     # A job put back where it stood (nextTriggerTime...: jobrunner jobs import).
     job, run = restore(body, job, now)

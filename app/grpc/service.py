@@ -30,6 +30,7 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc, jobs_pb2
 from app.grpc.convert import job_message, request_data, request_fields
 from app.grpc.errors import status_for
 from app.jobs import errors
+from app.jobs.anydata import renders_value
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.validation import MAX_NAME_LENGTH, parse_job_fields, same_request, validate_name
@@ -114,7 +115,7 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
         job, overwrite = parse_job_fields(
             request.job.name, request_fields(request), request_data(request),
             self.app_id, now_ms(), self.settings.max_data_bytes,
-            self.settings.registration_format,
+            self.settings.body_format,
         )
         try:
             self.store.schedule(job, overwrite=overwrite)
@@ -138,8 +139,9 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
             job, overwrite = parse_job_fields(
                 request.job.name, request_fields(request), request_data(request),
                 self.app_id, now_ms(), self.settings.max_data_bytes,
-                self.settings.registration_format,
             )
+            if renders_value(job, self.settings.body_format):
+                return False  # its check, up to 0.1 s, is the pool's (not the loop's)
             # False: the job exists, or an error reply; the pool's to answer
             return await self.store.schedule_on_loop(client, job, overwrite)
         except ReplyTimeout:

@@ -28,6 +28,7 @@ from jinja2 import Environment, FileSystemLoader
 from werkzeug.exceptions import HTTPException
 
 from app.jobs import errors
+from app.jobs.anydata import check_deliverable
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.model import DeadLetter, Job, TriggerStatus
@@ -458,10 +459,11 @@ def schedule() -> Response:
         job, overwrite = parse_job_request(name, body, "application/json", settings.app_id,
                                            now_ms(), settings.max_data_bytes,
                                            dapr_compat=settings.dapr_compat,
-                                           delivery_format=settings.registration_format)
+                                           delivery_format=settings.body_format)
         if kept is not None:
             job = dataclasses.replace(job, data=kept.data, any_type=kept.any_type,
                                       any_value=kept.any_value, data_text=kept.data_text)
+            check_deliverable(job, settings.body_format)  # as the same POST would
         try:
             _store().schedule(job, overwrite=overwrite)
         except JobExists:
