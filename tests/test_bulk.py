@@ -146,6 +146,41 @@ NOT_BULK = [
 ]
 
 
+def test_entries_nested_too_deep_to_read_each_get_a_400(client: FlaskClient, base: str) -> None:
+    """Re-encoding an entry past the 254 levels orjson writes was a 500 for the whole
+    request, the good entries with it."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    entries = [{"name": "deep-data", "dueTime": DUE, "data": deep},
+               {"name": "deep-field", "dueTime": DUE, "x": deep},
+               {"name": "ok", "dueTime": DUE}]
+    response = client.post(base, data=json.dumps({"jobs": entries}),
+                           content_type="application/json")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert [(r["name"], r["status"]) for r in results] == [
+        ("deep-data", 400), ("deep-field", 400), ("ok", 204)]
+    assert "nested too deep" in results[0]["message"]
+    assert client.get(f"{base}/ok").status_code == 200
+
+
+def test_a_dapr_compat_request_nested_past_pythons_scanner_is_a_400(
+        redis_server: RedisProcess) -> None:
+    """Its data is kept as the text given, found by Python's JSON scanner, which stops
+    near 1,000 levels where orjson reads 1,024: a RecursionError, a 500."""
+    settings = api_settings(redis_server.url, dapr_compat=True)
+    text = '{"dueTime": "1h", "data": 1, "x": ' + "[" * 1000 + "]" * 1000 + "}"
+    with create_app(settings).test_client() as client:
+        single = client.post(f"{BASES[1]}/deep", data=text.encode())
+        assert_error(single, 400)
+        assert "nested too deep" in single.get_json()["message"]
+        bulk = client.post(BASES[1], data=('{"jobs": [' + text.replace(
+            "{", '{"name": "deep", ', 1) + "]}").encode())
+        assert_error(bulk, 400)
+        assert client.get(f"{BASES[1]}/deep").status_code == 404
+
+
 def test_a_request_that_is_not_a_bulk_request_is_a_400(redis_server: RedisProcess) -> None:
     app = create_app(api_settings(redis_server.url, bulk_max_jobs=3))
     with app.test_client() as client:

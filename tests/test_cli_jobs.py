@@ -508,10 +508,30 @@ def test_a_next_trigger_already_past_plans_the_job_anew(api: Api, prefix: str) -
                                 "triggerCount": 3, "lastTriggerTime": "2019-12-31T23:00:00Z"})
     assert status == 204
     job = api.get(name)[1]
-    # As a new request would have it (an hour from now), with the count and last kept.
+    # Its schedule's next time after now, as a worker would have it (`@every` keeps its
+    # phase: on the hour, from 23:00), with the count and last kept.
     now = dt.datetime.now(dt.UTC).timestamp() * 1000
-    assert now + 3_500_000 < ms(job["nextTriggerTime"]) <= now + 3_600_000
+    assert now < ms(job["nextTriggerTime"]) <= now + 3_600_000
+    assert ms(job["nextTriggerTime"]) % 3_600_000 == 0
     assert job["triggerCount"] == 3 and job["lastTriggerTime"] == "2019-12-31T23:00:00.000Z"
+
+
+@pytest.mark.parametrize("due_time", ["2020-01-01T00:00:00Z", "10m"], ids=["rfc3339", "duration"])
+def test_a_job_that_fired_is_not_planned_from_its_due_time_again(
+        api: Api, prefix: str, due_time: str) -> None:
+    """Its next trigger passed (exported while retrying, or the file waited): an RFC 3339
+    dueTime was refused, as not before the last trigger (the job lost on export, delete,
+    import), and a duration one started it again from the dueTime (silent 10 minutes)."""
+    name = f"{prefix}fired"
+    status, answer = api.post(name, {"dueTime": due_time, "schedule": "@every 2s",
+                                     "nextTriggerTime": "2020-01-01T00:00:04Z",
+                                     "triggerCount": 2,
+                                     "lastTriggerTime": "2020-01-01T00:00:02Z"})
+    assert status == 204, answer
+    job = api.get(name)[1]
+    now = dt.datetime.now(dt.UTC).timestamp() * 1000
+    assert now < ms(job["nextTriggerTime"]) <= now + 2_000
+    assert job["triggerCount"] == 2
 
 
 def test_a_restored_job_goes_on_counting_its_repeats(api: Api, app_receiver: Receiver,

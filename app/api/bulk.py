@@ -37,6 +37,7 @@ from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError, malformed
 from app.jobs.model import Job
 from app.jobs.validation import (
+    TOO_DEEP,
     json_kind,
     raw_member,
     same_request,
@@ -137,7 +138,10 @@ def _split(item: Any, text: str | None) -> tuple[str, bytes]:
         raise malformed(f"name must be a string, got {json_kind(name)}")
     name = validate_name(name or "")  # first, as the single route checks its URL's
     rest = {k: v for k, v in item.items() if k != "name" and (text is None or k != "data")}
-    body = orjson.dumps(rest)
+    try:
+        body = orjson.dumps(rest)
+    except orjson.JSONEncodeError:  # nested past the 254 levels orjson writes
+        raise malformed(TOO_DEEP) from None
     if text is not None and "data" in item:
         data = raw_member(text, "data").encode()
         body = b'{"data":' + data + (b"," + body[1:] if len(body) > 2 else b"}")
@@ -160,6 +164,13 @@ _SCAN = json.JSONDecoder()
 def _item_texts(body: bytes) -> list[str]:
     """The JSON text of each entry of the body's `jobs` list, as given (the last `jobs`
     when the key repeats, as orjson reads it). The body is known to be such a list."""
+    try:
+        return _texts(body)
+    except RecursionError:  # Python's scanner stops near 1,000 levels, orjson's at 1,024
+        raise malformed(TOO_DEEP) from None
+
+
+def _texts(body: bytes) -> list[str]:
     text = raw_member(body.decode("utf-8"), "jobs")
     texts: list[str] = []
     pos = _skip_space(text, 1)

@@ -9,8 +9,10 @@ extension; Dapr has none of them and ignores them as unknown fields):
 - `nextTriggerTime` (RFC 3339): the next trigger is due then, instead of when dueTime or
   schedule would put it counted from now. Honoured when it is after now and consistent
   with the job; when it is not after now (its time passed between export and import, or
-  the trigger was in flight or retrying then), it is ignored and the job is planned from
-  its dueTime and schedule as a new request is. Consistent means:
+  the trigger was in flight or retrying then), it is ignored: a job that has not fired
+  is planned from its dueTime and schedule as a new request is, and one that has fired
+  is next due at its schedule's first time after now (its dueTime is behind it).
+  Consistent means:
     * not after the job's expiry (below);
     * a job without schedule, or with schedule and dueTime that has not fired yet
       (triggerCount 0), is next due at its dueTime: when the dueTime is an RFC 3339 time
@@ -45,7 +47,7 @@ from app.jobs import errors
 from app.jobs.durations import MAX_MS, ceil_ms, format_ms, rfc3339_ns
 from app.jobs.errors import ApiError, malformed, shown
 from app.jobs.model import UINT32_MAX, Job, RunState
-from app.jobs.schedule import CronSchedule, parse_schedule
+from app.jobs.schedule import CronSchedule, next_fire_ms, parse_schedule
 
 RESTORE_FIELD = "nextTriggerTime"
 # Longer than any RFC 3339 time (nanoseconds and an offset make 35 characters).
@@ -85,6 +87,13 @@ def restore(body: bytes, job: Job, now_ms: int) -> tuple[Job, RunState | None]:
     if nxt > now_ms:
         _check_next(job, nxt, count)
         first = nxt
+    elif count:
+        assert last is not None
+        upcoming = next_fire_ms(job.schedule, last, count, job.repeats, expires, now_ms)
+        if upcoming is None:
+            raise _inconsistent(f"the job has no trigger left after now: its schedule "
+                                f"{shown(job.schedule, 100)} is over or past its expiry")
+        first = upcoming
     if expires is not None and first > expires:
         raise _inconsistent(f"job would never fire: its next trigger {format_ms(first)} is "
                             f"after its expiry {format_ms(expires)}")

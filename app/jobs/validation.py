@@ -506,7 +506,10 @@ def _dapr_data(request: dict[str, Any], body: bytes, max_data_bytes: int) -> tup
     (None, None) when the body has no `data`."""
     if "data" not in request:
         return None, None
-    text = raw_member(body.decode("utf-8"), "data")
+    try:
+        text = raw_member(body.decode("utf-8"), "data")
+    except RecursionError:  # Python's scanner stops near 1,000 levels, orjson's at 1,024
+        raise malformed(TOO_DEEP) from None
     raw = text.encode("utf-8")
     if len(raw) > max_data_bytes:
         raise payload_too_large(len(raw), max_data_bytes)
@@ -517,6 +520,8 @@ def _dapr_data(request: dict[str, Any], body: bytes, max_data_bytes: int) -> tup
 
 
 _SCAN = json.JSONDecoder()
+TOO_DEEP = (f"the request is nested too deep to read (data may be nested {MAX_DATA_DEPTH} "
+            "levels deep)")
 
 
 def raw_member(text: str, key: str) -> str:
