@@ -50,6 +50,7 @@ from google.protobuf import (  # noqa: F401
     empty_pb2,
     field_mask_pb2,
     json_format,
+    message_factory,
     source_context_pb2,
     struct_pb2,
     timestamp_pb2,
@@ -341,7 +342,7 @@ def dapr_get_data(job: Job) -> Any:
     wrapped as the google.protobuf.Value Any it is kept in, `{"@type": ".../google.protobuf
     .Value", "value": <data>}`; a stored Any in its JSON form; None when there is none."""
     if job.any_type is not None:
-        return any_json_or_bytes(job.any_type, job.any_value or "")
+        return any_json_or_bytes(job.any_type, job.any_value or "", any_type=True)
     if job.data is None and job.data_text is None:
         return None
     return {"@type": _VALUE_URL, "value": job.data}
@@ -484,22 +485,42 @@ def too_deep(data: Any, raw: bytes) -> bool:
     return False
 
 
-def any_json_or_bytes(type_url: str, value_b64: str) -> dict[str, Any]:
+def any_json_or_bytes(type_url: str, value_b64: str, *,
+                      any_type: bool = False) -> dict[str, Any]:
     """A stored Any for a JSON answer (the HTTP API's GET of a job scheduled over gRPC):
-    its JSON form when the type is one this process knows (unpack_any_json), else its
-    bytes form `{"@type": type_url, "@bytes": "<base64 of the bytes>"}`, the bytes as
-    stored (an unknown type; bytes that do not decode as the type; a Value holding NaN,
-    which JSON cannot write). Dapr's protojson cannot render such an Any at all (its GET
-    fails with 500). Sent back, the bytes form stores the same Any (stored_bytes_form).
-    So is one whose JSON form is deeper than the API takes data (an Any nested in Anys,
-    given over gRPC): sent back as JSON, that was refused (jobs export, then import)."""
-    try:
-        rendered = unpack_any_json(type_url, value_b64)
-        if not too_deep(rendered, orjson.dumps(rendered)):
-            return rendered
-    except (ValueError, orjson.JSONEncodeError):  # (orjson writes 254 levels at most)
-        pass
+    its JSON form when sending that back stores the same Any, else its bytes form
+    `{"@type": type_url, "@bytes": "<base64 of the bytes>"}`, the bytes as stored, which
+    does (stored_bytes_form). So the bytes form for: a type the API would not take back as
+    JSON (not a well-known type, unless `any_type`: an app in Dapr compatibility mode
+    takes every type this process knows); bytes that do not decode as the type; a Value
+    holding NaN, which JSON cannot write (Dapr's protojson cannot render such an Any at
+    all: its GET fails with 500); fields the type does not have, which JSON would drop;
+    a form deeper than the API takes data (an Any nested in Anys, given over gRPC). Each
+    of these, shown as JSON, was refused or changed on `jobs export` then `import`."""
+    if any_type or type_url.rsplit("/", 1)[-1].startswith("google.protobuf."):
+        try:
+            rendered = unpack_any_json(type_url, value_b64)
+            if not too_deep(rendered, orjson.dumps(rendered)) and \
+                    _packs_back(rendered, type_url, value_b64):
+                return rendered
+        except (ValueError, orjson.JSONEncodeError):  # (orjson writes 254 levels at most)
+            pass
     return {"@type": type_url, BYTES_MEMBER: value_b64}
+
+
+def _packs_back(rendered: dict[str, Any], type_url: str, value_b64: str) -> bool:
+    """Whether the JSON form packs back into the message the bytes hold: equal as
+    messages (a map's order aside), unknown fields included."""
+    back = any_pb2.Any()
+    try:
+        json_format.ParseDict(rendered, back, max_recursion_depth=_RECURSION_DEPTH)
+        name = type_url.rsplit("/", 1)[-1]
+        message_class = message_factory.GetMessageClass(
+            descriptor_pool.Default().FindMessageTypeByName(name))
+        kept = message_class.FromString(base64.b64decode(value_b64))
+        return bool(kept == message_class.FromString(back.value))
+    except (*_PARSE_FAILURES, DecodeError):
+        return False
 
 
 def is_bytes_form(data: dict[str, Any]) -> bool:
