@@ -423,6 +423,60 @@ def test_import_sends_the_lines_in_bulk_requests_and_answers_them_in_order(
     assert all(api.get(n)[1]["dueTime"] == "1h" for n in names)
 
 
+def test_import_sends_text_as_utf8_so_a_batch_stays_under_the_bulk_limit(
+        api: Api, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line's text went as ASCII escapes, three times its bytes for `日`: 5 lines of
+    990 KB (a batch under IMPORT_BATCH_BYTES) became one request over the API's 8 MiB,
+    refused while being sent, and the import ended as "cannot reach the jobs API"."""
+    calls = _count_calls(monkeypatch)
+    lines = [json.dumps({"name": f"{prefix}{i}", "dueTime": "1h", "data": "日" * 330_000},
+                        ensure_ascii=False) for i in range(5)]
+    result = run("import", stdin="\n".join(lines) + "\n", url=api.url)
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert result.stdout == "imported 5 jobs\n" and calls == [("POST", "/v1.0/jobs")]
+
+
+def test_a_line_over_the_apis_body_limit_is_that_lines_failure(
+        api: Api, prefix: str) -> None:
+    """Refused (413) while it was being sent, it ended the import as "cannot reach the
+    jobs API", the lines after it not imported; a single schedule said the same."""
+    big = json.dumps({"name": f"{prefix}big", "dueTime": "1h", "data": ["x" * 1000] * 9000})
+    lines = [json.dumps({"name": f"{prefix}a", "dueTime": "1h"}), big,
+             json.dumps({"name": f"{prefix}b", "dueTime": "1h"})]
+    result = run("import", stdin="\n".join(lines) + "\n", url=api.url)
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    assert result.stdout == "imported 2 jobs\n"
+    assert result.stderr.splitlines()[0].startswith(f"line 2 (job '{prefix}big'): 413")
+    assert api.get(f"{prefix}a")[0] == 200 and api.get(f"{prefix}b")[0] == 200
+
+
+def test_import_ends_at_a_refusal_that_each_job_would_meet(token_api: Api, prefix: str) -> None:
+    """A wrong token (or the API's 503) refuses the bulk request as it would each job: the
+    import ends there, instead of sending every line alone to the same answer."""
+    lines = [json.dumps({"name": f"{prefix}{i}", "dueTime": "1h"}) for i in range(5)]
+    result = run("import", stdin="\n".join(lines) + "\n", url=token_api.url, token="nope")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: 401 ERR_UNAUTHORIZED: invalid api token (DAPR_API_TOKEN is not the API's "
+        "token) (after 0 imported)"]
+
+
+def test_import_keeps_at_most_a_bound_of_failures_for_its_summary(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every failure is said, and counted; a million bad lines were all held in memory,
+    and in one batch that was never sent."""
+    from app.cli import jobs as cli_jobs
+
+    monkeypatch.setattr(cli_jobs, "MAX_KEPT_FAILURES", 3)
+    monkeypatch.setattr(cli_jobs, "IMPORT_BATCH_JOBS", 4)
+    result = run("import", "--json", stdin="x\n" * 10, url=api.url)
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["imported"] == 0 and report["failedCount"] == 10
+    assert [f["line"] for f in report["failed"]] == [1, 2, 3]
+    assert len(result.stderr.splitlines()) == 11  # each line, then the count
+
+
 def test_import_goes_one_by_one_where_the_api_refuses_the_bulk_request(
         procs: Procs, redis_server: RedisProcess, app_receiver: Receiver, prefix: str,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,6 +61,20 @@ MAX_PAGE = 1000
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
+# Past this size, a request the API closed while it was sent was refused for its size.
+CUT_SHORT_BYTES = 1024 * 1024
+
+
+def _json_bytes(body: Any) -> bytes:
+    """The body as UTF-8 JSON, not ASCII escapes (a text of `日` took three times its
+    bytes in escapes, past the API's body limit); a lone surrogate, which UTF-8 cannot
+    carry, is sent escaped for the API to refuse."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body).encode()
+
+
 class ApiRefused(click.ClickException):
     """The API answered with an error: exit 1, `STATUS ERRORCODE: message`."""
 
@@ -146,7 +160,7 @@ class ApiClient:
              body: Any = None) -> Any:
         """The decoded JSON answer of a 2xx (None when it has no body)."""
         url = self.base_url + path + (f"?{urlencode(query)}" if query else "")
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else _json_bytes(body)
         request = urllib.request.Request(url, data=data, method=method)
         request.add_header("Accept", "application/json")
         if data is not None:
@@ -164,9 +178,20 @@ class ApiClient:
                     raw = b""
             raise self._refused(e.code, e.reason, e.headers, raw) from None
         except urllib.error.URLError as e:
-            raise self._unreachable(e.reason) from None
+            raise self._cut_short(data, e.reason) or self._unreachable(e.reason) from None
         except (OSError, http.client.HTTPException) as e:  # timeouts while reading, resets
-            raise self._unreachable(e) from None
+            raise self._cut_short(data, e) or self._unreachable(e) from None
+
+    @staticmethod
+    def _cut_short(data: bytes | None, reason: Any) -> ApiRefused | None:
+        """A large request whose connection the API closed while it was sent: it answers a
+        body over its limit with a 413 and closes without reading it (urllib, still
+        writing, sees the close, not the answer)."""
+        if data is None or len(data) <= CUT_SHORT_BYTES or \
+                not isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+            return None
+        return ApiRefused(413, "", f"the API closed the connection while {len(data):,} bytes "
+                                   "were sent: over its body limit, most likely")
 
     def pages(self, path: str, key: str, query: Mapping[str, str | int] | None = None,
               limit: int | None = None) -> Iterator[dict[str, Any]]:

@@ -409,7 +409,7 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
     Every line is tried; one that fails is reported and the rest go on (exit 1 at the
     end). `jobrunner jobs import < jobs.jsonl`"""
     imported = 0
-    failed: list[dict[str, Any]] = []
+    failed = _Failures()
     batch: list[_Line] = []
     size = 0
     for number, line in _lines(source):
@@ -422,22 +422,40 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
         except RecursionError:
             batch.append((number, None, None, _failure(number, None, None, "",
                                                        "not JSON: nested too deep")))
-            continue
         except ValueError as e:
             batch.append((number, name, None, _failure(number, name, None, "", str(e))))
-            continue
-        body = {k: v for k, v in job.items() if k != "name"}
-        body["overwrite"] = overwrite
-        batch.append((number, name, body, None))
-        size += len(line)
+        else:
+            body = {k: v for k, v in job.items() if k != "name"}
+            body["overwrite"] = overwrite
+            batch.append((number, name, body, None))
+            size += len(line)
         if len(batch) >= IMPORT_BATCH_JOBS or size >= IMPORT_BATCH_BYTES:
             imported += _import(api, batch, failed, imported)
             batch, size = [], 0
     imported += _import(api, batch, failed, imported)
-    api.done(f"imported {imported} job{'s' if imported != 1 else ''}",
-             {"imported": imported, "failed": failed})
-    if failed:
-        raise click.ClickException(f"{len(failed)} of {imported + len(failed)} not imported")
+    api.done(f"imported {imported} job{'s' if imported != 1 else ''}", {
+        "imported": imported, "failed": failed.kept,
+        **({"failedCount": failed.count} if failed.count > len(failed.kept) else {})})
+    if failed.count:
+        raise click.ClickException(f"{failed.count} of {imported + failed.count} not imported")
+
+
+class _Failures:
+    """An import's failures: each said on stderr at once, the first MAX_KEPT_FAILURES kept
+    for the JSON summary, all counted (a file of a million bad lines held them all)."""
+
+    def __init__(self) -> None:
+        self.kept: list[dict[str, Any]] = []
+        self.count = 0
+
+    def append(self, failure: dict[str, Any]) -> None:
+        _report(failure)
+        self.count += 1
+        if len(self.kept) < MAX_KEPT_FAILURES:
+            self.kept.append(failure)
+
+
+MAX_KEPT_FAILURES = 1000
 
 
 # An import's lines go out in bulk requests (POST .../jobs: each job gets the answer the
@@ -446,13 +464,17 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
 # that refuses the request as a whole (lower limits, no bulk route) gets them one by one.
 IMPORT_BATCH_JOBS = 500
 IMPORT_BATCH_BYTES = 4 * 1024 * 1024
+# The answers that refuse a bulk request as a whole but may take its jobs one by one: a
+# request over its limits (400, 413), no bulk route (404, 405); a 200 without a result
+# for each job (another server). Not 401/403 or 5xx: each job would meet them too.
+WHOLE_REQUEST_REFUSALS = frozenset({200, 400, 404, 405, 413})
 
 # A line of an import: its number, the job's name, and its body, or (None) the failure
 # that reading it already was, reported in line order with the answers of the rest.
 _Line = tuple[int, Any, dict[str, Any] | None, dict[str, Any] | None]
 
 
-def _import(api: Api, batch: list[_Line], failed: list[dict[str, Any]], before: int) -> int:
+def _import(api: Api, batch: list[_Line], failed: _Failures, before: int) -> int:
     """Schedules the batch's jobs; adds their failures to `failed` (each reported on stderr,
     in line order); returns how many were imported."""
     to_send = [(number, name, body) for number, name, body, _ in batch if body is not None]
@@ -463,7 +485,10 @@ def _import(api: Api, batch: list[_Line], failed: list[dict[str, Any]], before: 
         if not isinstance(results, list) or len(results) != len(to_send):
             raise ApiRefused(200, "", "the bulk answer has no result for each job")
         outcomes = {number: result for (number, _, _), result in zip(to_send, results, strict=True)}
-    except ApiRefused:
+    except ApiRefused as e:
+        if e.status not in WHOLE_REQUEST_REFUSALS:  # each job alone would meet it too
+            raise ApiRefused(e.status, e.code, f"{e.api_message} (after {before} imported)"
+                             ) from None
         outcomes = {}
         for number, name, body in to_send:
             outcomes[number] = outcome = _one(api, name, body, before)
@@ -479,7 +504,7 @@ def _import(api: Api, batch: list[_Line], failed: list[dict[str, Any]], before: 
                 continue
             failure = _failure(number, name, outcome.get("status"),
                                str(outcome.get("errorCode", "")), str(outcome.get("message", "")))
-        failed.append(_report(failure))
+        failed.append(failure)
     return imported
 
 
