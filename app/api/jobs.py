@@ -39,7 +39,8 @@ def _empty(status: int = 204) -> Response:
 
 
 def view_to_api(view: JobView) -> dict[str, Any]:
-    return view.to_api(dapr_compat=g.settings.dapr_compat)
+    return view.to_api(dapr_compat=g.settings.dapr_compat,
+                       max_data_bytes=g.settings.max_data_bytes)
 
 
 def prepare(settings: Settings, name: str, body: bytes, content_type: str | None,

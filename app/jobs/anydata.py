@@ -337,12 +337,13 @@ def dapr_body(job: Job) -> bytes:
     return orjson.dumps(job.data)  # the text as given: Job keeps only compact texts so
 
 
-def dapr_get_data(job: Job) -> Any:
+def dapr_get_data(job: Job, max_json_bytes: int | None = None) -> Any:
     """The job's `data` in a GET answer as Dapr 1.15+ gives it: data scheduled over HTTP
     wrapped as the google.protobuf.Value Any it is kept in, `{"@type": ".../google.protobuf
     .Value", "value": <data>}`; a stored Any in its JSON form; None when there is none."""
     if job.any_type is not None:
-        return any_json_or_bytes(job.any_type, job.any_value or "", any_type=True)
+        return any_json_or_bytes(job.any_type, job.any_value or "", any_type=True,
+                                 max_json_bytes=max_json_bytes)
     if job.data is None and job.data_text is None:
         return None
     return {"@type": _VALUE_URL, "value": job.data}
@@ -485,8 +486,8 @@ def too_deep(data: Any, raw: bytes) -> bool:
     return False
 
 
-def any_json_or_bytes(type_url: str, value_b64: str, *,
-                      any_type: bool = False) -> dict[str, Any]:
+def any_json_or_bytes(type_url: str, value_b64: str, *, any_type: bool = False,
+                      max_json_bytes: int | None = None) -> dict[str, Any]:
     """A stored Any for a JSON answer (the HTTP API's GET of a job scheduled over gRPC):
     its JSON form when sending that back stores the same Any, else its bytes form
     `{"@type": type_url, "@bytes": "<base64 of the bytes>"}`, the bytes as stored, which
@@ -495,12 +496,16 @@ def any_json_or_bytes(type_url: str, value_b64: str, *,
     takes every type this process knows); bytes that do not decode as the type; a Value
     holding NaN, which JSON cannot write (Dapr's protojson cannot render such an Any at
     all: its GET fails with 500); fields the type does not have, which JSON would drop;
-    a form deeper than the API takes data (an Any nested in Anys, given over gRPC). Each
+    a form deeper than the API takes data (an Any nested in Anys, given over gRPC); a
+    form longer than `max_json_bytes`, the most JSON of an Any the API takes (one given
+    over gRPC is measured as its bytes' base64, whose JSON form may be much longer). Each
     of these, shown as JSON, was refused or changed on `jobs export` then `import`."""
     if any_type or type_url.rsplit("/", 1)[-1].startswith("google.protobuf."):
         try:
             rendered = unpack_any_json(type_url, value_b64)
-            if not too_deep(rendered, orjson.dumps(rendered)) and \
+            text = orjson.dumps(rendered)
+            if not too_deep(rendered, text) and \
+                    (max_json_bytes is None or len(text) <= max_json_bytes) and \
                     _packs_back(rendered, type_url, value_b64):
                 return rendered
         except (ValueError, orjson.JSONEncodeError):  # (orjson writes 254 levels at most)

@@ -209,9 +209,12 @@ def same_request(stored: Job, new: Job) -> bool:
     return retimed.encode() == stored.encode()
 
 
-def job_to_api(job: Job, *, dapr_compat: bool = False) -> dict[str, Any]:
+def job_to_api(job: Job, *, dapr_compat: bool = False,
+               max_data_bytes: int | None = None) -> dict[str, Any]:
     """The GET answer for a job, in the field order of Dapr's `runtime.v1.Job`;
-    `dapr_compat`: `data` in Dapr 1.15+'s shape (anydata.dapr_get_data)."""
+    `dapr_compat`: `data` in Dapr 1.15+'s shape (anydata.dapr_get_data); `max_data_bytes`:
+    the API's, so that an Any shown as JSON is one it takes back (any_json_or_bytes)."""
+    max_json = None if max_data_bytes is None else max_data_bytes + ANY_ENVELOPE_BYTES
     out: dict[str, Any] = {"name": job.name}
     if job.schedule is not None:
         out["schedule"] = job.schedule
@@ -222,11 +225,12 @@ def job_to_api(job: Job, *, dapr_compat: bool = False) -> dict[str, Any]:
     if job.ttl is not None:
         out["ttl"] = job.ttl
     if dapr_compat:
-        if (data := dapr_get_data(job)) is not None:
+        if (data := dapr_get_data(job, max_json)) is not None:
             out["data"] = data
     elif job.any_type is not None:
         # An Any given over gRPC may be of a type this process has no descriptor for.
-        out["data"] = any_json_or_bytes(job.any_type, job.any_value or "")
+        out["data"] = any_json_or_bytes(job.any_type, job.any_value or "",
+                                        max_json_bytes=max_json)
     elif job.data is not None:
         out["data"] = job.data
     # Dapr's scheduler stores its default policy when none is given, so GET always has one.

@@ -60,10 +60,11 @@ class JobView:
     app_paused: bool = False  # its app is paused
     paused_ms: int | None = None  # since when it fires nothing (either pause)
 
-    def to_api(self, *, dapr_compat: bool = False) -> dict[str, Any]:
+    def to_api(self, *, dapr_compat: bool = False,
+               max_data_bytes: int | None = None) -> dict[str, Any]:
         """The GET answer: the definition (job_to_api), then, beyond Dapr's shape, where
         the job stands."""
-        body = job_to_api(self.job, dapr_compat=dapr_compat)
+        body = job_to_api(self.job, dapr_compat=dapr_compat, max_data_bytes=max_data_bytes)
         body["status"] = self.status.value
         body["nextTriggerTime"] = rfc3339(self.next_ms)
         body["lastTriggerTime"] = rfc3339(self.last_ms)

@@ -404,7 +404,8 @@ def job(name: str) -> Response:
                                 "has fired).")
     now = now_ms()
     # The GET answer: the definition in the API's shape, and where the job stands.
-    api = view.to_api(dapr_compat=_settings().dapr_compat)
+    api = view.to_api(dapr_compat=_settings().dapr_compat,
+                      max_data_bytes=_settings().max_data_bytes)
     return _page("job.html", title=name, nav="jobs", row=job_row(view, now), job=api,
                  history=history_rows(History(_store()).read(_settings().app_id, name), now),
                  expires=when(view.job.expires_ms, now), policy=policy_text(api["failurePolicy"]),
