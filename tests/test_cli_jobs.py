@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -568,6 +569,65 @@ def test_a_next_trigger_already_past_plans_the_job_anew(api: Api, prefix: str) -
     assert now < ms(job["nextTriggerTime"]) <= now + 3_600_000
     assert ms(job["nextTriggerTime"]) % 3_600_000 == 0
     assert job["triggerCount"] == 3 and job["lastTriggerTime"] == "2019-12-31T23:00:00.000Z"
+
+
+@pytest.mark.parametrize("last", ["2030-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_a_last_trigger_after_a_past_next_one_is_refused(api: Api, prefix: str,
+                                                         last: str) -> None:
+    """Taken, it silenced the job until after that time, or stored a next trigger past
+    what GET can write (exported so, refused on import)."""
+    status, answer = api.post(f"{prefix}skewed", {
+        "schedule": "@every 1h", "nextTriggerTime": "2020-01-01T00:00:00Z",
+        "triggerCount": 1, "lastTriggerTime": last})
+    assert status == 400 and "must be before the next trigger" in answer["message"], answer
+
+
+def test_an_every_job_with_a_ttl_restored_in_its_last_interval_is_kept(
+        api: Api, prefix: str) -> None:
+    """Its next trigger is before its expiry; the schedule's first time from now is not,
+    and was taken for the job's first (400: the job lost on export, delete, import)."""
+    now = dt.datetime.now(dt.UTC)
+    nxt, ttl = now + dt.timedelta(seconds=30), now + dt.timedelta(seconds=40)
+    iso = "%Y-%m-%dT%H:%M:%S.%f"
+    name = f"{prefix}lasting"
+    status, answer = api.post(name, {
+        "schedule": "@every 1m", "ttl": ttl.strftime(iso)[:-3] + "Z",
+        "nextTriggerTime": nxt.strftime(iso)[:-3] + "Z", "triggerCount": 3,
+        "lastTriggerTime": (nxt - dt.timedelta(minutes=1)).strftime(iso)[:-3] + "Z",
+        "expiryTime": ttl.strftime(iso)[:-3] + "Z"})
+    assert status == 204, answer
+    assert api.get(name)[1]["nextTriggerTime"] == nxt.strftime(iso)[:-3] + "Z"
+
+
+def test_a_name_that_is_no_unicode_text_is_that_lines_failure(api: Api, prefix: str) -> None:
+    lines = [json.dumps({"name": f"{prefix}\ud800x", "dueTime": "1h"}),
+             json.dumps({"name": f"{prefix}fine", "dueTime": "1h"})]
+    result = run("import", stdin="\n".join(lines) + "\n", url=api.url)
+    assert result.exit_code == 1, result.exception  # not a traceback (it was one)
+    assert "line 1" in result.stderr and "lone surrogate" in result.stderr
+    assert api.get(f"{prefix}fine")[0] == 200
+
+
+def test_a_large_request_to_an_api_that_went_away_is_unreachable(tmp_path: Path) -> None:
+    """A connection cut while a large body is sent is a 413 only while the API is still
+    there; one that went away (killed mid-upload) is exit 3, as unreachable."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def take_some_then_go() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        server.close()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset
+
+    threading.Thread(target=take_some_then_go, daemon=True).start()
+    data = tmp_path / "big.json"
+    data.write_text(json.dumps(["x" * 1000] * 2000))
+    result = run("schedule", "x", "--due-time", "1h", "--data-file", str(data),
+                 url=f"http://127.0.0.1:{port}")
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    assert "cannot reach the jobs API" in result.stderr
 
 
 @pytest.mark.parametrize("due_time", ["2020-01-01T00:00:00Z", "10m"], ids=["rfc3339", "duration"])

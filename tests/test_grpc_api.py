@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import pytest
@@ -41,10 +42,11 @@ from app.grpc.server import FirstMessages, create_server, max_message_bytes
 from app.jobs import errors
 from app.jobs.anydata import job_data_as_any, stored_any
 from app.jobs.errors import ApiError
-from app.jobs.model import Job
+from app.jobs.model import DeadLetter, Job
 from app.jobs.validation import parse_job_fields
 from app.processes.procs import PROJECT_ROOT
 from app.settings import Settings, SettingsError
+from app.store.keys import dead_member
 from app.store.store import Store
 from benchmarks.grpc_loadgen import CLIENTS, schedule_template
 from tests.support.receiver import Receiver
@@ -508,6 +510,17 @@ def test_grpc_data_whose_json_form_the_api_would_refuse_reads_back_as_its_bytes(
     again = api.http.post("/v1.0/jobs/wide-again", json={"dueTime": "1h", "data": shown})
     assert again.status_code == 204, again.get_data(as_text=True)
     assert get(api, "wide-again").data == data
+    # A dead letter's `job` is shown as GET shows a job (it was still the long JSON).
+    pk = api.store.keys.for_job(f"{api.settings.app_id}/wide")
+    record = api.store.redis.hget(pk.jobs, f"{api.settings.app_id}/wide")
+    letter = DeadLetter(id=f"{api.settings.app_id}/wide@r:1:2", app_id=api.settings.app_id,
+                        name="wide", sched_ms=1, attempts=1, error="HTTP 500", dead_ms=2,
+                        record=record.decode())
+    api.store.redis.hset(pk.dead, letter.id, letter.encode())
+    api.store.redis.zadd(pk.deadidx, {letter.id: 2})
+    api.store.redis.zadd(pk.deadlex, {dead_member(api.settings.app_id, 2, letter.id): 0})
+    shown_dead = api.http.get(f"/v1.0/deadletters/{quote(letter.id, safe='')}").get_json()
+    assert shown_dead["job"]["data"] == shown
     schedule(api, jobs_pb2.Job(name="narrow", due_time="1h", data=string_any("\x01" * 10)))
     assert api.http.get("/v1.0/jobs/narrow").get_json()["data"] == {
         "@type": STRING_VALUE, "value": "\x01" * 10}

@@ -141,7 +141,10 @@ def _split(item: Any, text: str | None) -> tuple[str, bytes]:
     try:
         body = orjson.dumps(rest)
     except orjson.JSONEncodeError:  # nested past the 254 levels orjson writes
-        raise malformed(TOO_DEEP) from None
+        try:  # written as the single route's body would be, for the same answer
+            body = json.dumps(rest, ensure_ascii=False).encode()
+        except RecursionError:
+            raise malformed(TOO_DEEP) from None
     if text is not None and "data" in item:
         data = raw_member(text, "data").encode()
         body = b'{"data":' + data + (b"," + body[1:] if len(body) > 2 else b"}")

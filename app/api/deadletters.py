@@ -53,7 +53,8 @@ def get_letter(letter_id: str) -> Response:
     if letter is None:
         raise errors.ApiError(404, errors.JOB_NOT_FOUND,
                               f"no dead letter {errors.shown(letter_id, 400)}")
-    return jsonify(letter_to_api(letter, with_job=True, dapr_compat=g.settings.dapr_compat))
+    return jsonify(letter_to_api(letter, with_job=True, dapr_compat=g.settings.dapr_compat,
+                                 max_data_bytes=g.settings.max_data_bytes))
 
 
 def replay_letters() -> Response:

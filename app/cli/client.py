@@ -63,6 +63,7 @@ MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 # Past this size, a request the API closed while it was sent was refused for its size.
 CUT_SHORT_BYTES = 1024 * 1024
+HEALTH_PATH = "/v1.0/healthz"
 
 
 def _json_bytes(body: Any) -> bytes:
@@ -182,13 +183,20 @@ class ApiClient:
         except (OSError, http.client.HTTPException) as e:  # timeouts while reading, resets
             raise self._cut_short(data, e) or self._unreachable(e) from None
 
-    @staticmethod
-    def _cut_short(data: bytes | None, reason: Any) -> ApiRefused | None:
-        """A large request whose connection the API closed while it was sent: it answers a
-        body over its limit with a 413 and closes without reading it (urllib, still
-        writing, sees the close, not the answer)."""
+    def _cut_short(self, data: bytes | None, reason: Any) -> ApiRefused | None:
+        """A large request whose connection the API closed while it was sent, the API still
+        there: it answers a body over its limit with a 413 and closes without reading it
+        (urllib, still writing, sees the close, not the answer). An API that went away
+        is unreachable (None)."""
         if data is None or len(data) <= CUT_SHORT_BYTES or \
                 not isinstance(reason, (BrokenPipeError, ConnectionResetError)):
+            return None
+        try:
+            with self._opener.open(self.base_url + HEALTH_PATH, timeout=self.timeout_s):
+                pass
+        except urllib.error.HTTPError as e:  # an answer (503: its Redis away): it is there
+            e.close()
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
             return None
         return ApiRefused(413, "", f"the API closed the connection while {len(data):,} bytes "
                                    "were sent: over its body limit, most likely")

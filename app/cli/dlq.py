@@ -115,7 +115,8 @@ def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
     letter = _guard(lambda: DeadLetters(store).get(letter_id, app_id))
     if letter is None:
         raise click.ClickException(f"no dead letter {letter_id!r} for app {app_id!r}")
-    shown = letter_to_api(letter, with_job=True, dapr_compat=store.settings.dapr_compat)
+    shown = letter_to_api(letter, with_job=True, dapr_compat=store.settings.dapr_compat,
+                          max_data_bytes=store.settings.max_data_bytes)
     click.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -84,13 +84,16 @@ def restore(body: bytes, job: Job, now_ms: int) -> tuple[Job, RunState | None]:
 
     first = job.first_ms
     assert nxt is not None
+    if last is not None and last >= nxt:
+        raise _inconsistent(f"lastTriggerTime {format_ms(last)} must be before the next "
+                            f"trigger {format_ms(nxt)}")
     if nxt > now_ms:
         _check_next(job, nxt, count)
         first = nxt
     elif count:
         assert last is not None
         upcoming = next_fire_ms(job.schedule, last, count, job.repeats, expires, now_ms)
-        if upcoming is None:
+        if upcoming is None or upcoming > MAX_MS:
             raise _inconsistent(f"the job has no trigger left after now: its schedule "
                                 f"{shown(job.schedule, 100)} is over or past its expiry")
         first = upcoming

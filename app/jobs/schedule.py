@@ -124,8 +124,11 @@ def plan(
     ttl: str | None,
     repeats: int | None,
     now_ms: int,
+    restoring: bool = False,
 ) -> Plan:
     """Validate a job's timing fields and resolve its first trigger and its expiry.
+    `restoring`: the request puts the job back where it stood (app/jobs/restore.py),
+    whose next trigger, not the schedule's first from now, must be before the ttl.
 
     - neither schedule nor dueTime: DAPR_SCHEDULER_SCHEDULE_EMPTY ("Schedule is empty").
     - dueTime only: fires once at dueTime; a past dueTime is due at once (first_ms
@@ -174,7 +177,7 @@ def plan(
             expires = parse_point_in_time(ttl, first if due_time is not None else now_ms)
         except ScheduleError as e:
             raise ScheduleError(f"invalid ttl: {e}", SCHEDULE_JOB) from None
-        if first > expires:
+        if first > expires and not (restoring and due_time is None):
             what = (
                 "ttl must be greater than due time"
                 if due_time is not None

@@ -77,6 +77,7 @@ from app.jobs.model import (
     Job,
     go_duration,
 )
+from app.jobs.restore import RESTORE_FIELD
 from app.jobs.schedule import MAX_SCHEDULE_LENGTH, ScheduleError, plan
 
 MAX_NAME_LENGTH = 253
@@ -171,7 +172,8 @@ def parse_job_request(
     if schedule is None and due_time is None:
         raise ApiError(400, errors.SCHEDULE_EMPTY, "Schedule is empty")
     try:
-        timing = plan(schedule, due_time, ttl, repeats, now_ms)
+        timing = plan(schedule, due_time, ttl, repeats, now_ms,
+                      restoring=request.get(RESTORE_FIELD) is not None)
     except ScheduleError as exc:
         raise ApiError(400, exc.code, str(exc)) from None
 

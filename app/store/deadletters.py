@@ -102,10 +102,10 @@ class Selection:
         return cls(tuple(ids or ()), prefix or None, everything)
 
 
-def letter_to_api(letter: DeadLetter, *, with_job: bool = False,
-                  dapr_compat: bool = False) -> dict[str, Any]:
+def letter_to_api(letter: DeadLetter, *, with_job: bool = False, dapr_compat: bool = False,
+                  max_data_bytes: int | None = None) -> dict[str, Any]:
     """A dead letter as the HTTP API and `jobrunner dlq` show it; `job` in the shape of
-    GET /jobs/{name} (never the stored record)."""
+    GET /jobs/{name} (never the stored record; job_to_api)."""
     body: dict[str, Any] = {
         "id": letter.id,
         "name": letter.name,
@@ -115,7 +115,8 @@ def letter_to_api(letter: DeadLetter, *, with_job: bool = False,
         "error": letter.error,
     }
     if with_job:
-        body["job"] = job_to_api(letter.job, dapr_compat=dapr_compat)
+        body["job"] = job_to_api(letter.job, dapr_compat=dapr_compat,
+                                 max_data_bytes=max_data_bytes)
     return body
 
 

@@ -522,7 +522,8 @@ def deadletter() -> Response:
     if letter is None:
         return _error_page(404, f"There is no dead letter {errors.shown(letter_id, 400)} "
                                 "(replayed or purged meanwhile?).")
-    shown = letter_to_api(letter, with_job=True, dapr_compat=settings.dapr_compat)
+    shown = letter_to_api(letter, with_job=True, dapr_compat=settings.dapr_compat,
+                          max_data_bytes=settings.max_data_bytes)
     return _page("deadletter.html", title=f"Dead letter of {letter.name}", nav="deadletters",
                  letter=letter_row(letter, now_ms(), error_chars=MAX_SHOWN_CHARS),
                  job_json=_pretty(shown["job"]))
