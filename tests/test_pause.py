@@ -149,6 +149,23 @@ def test_a_skip_job_whose_ttl_ran_out_while_paused_ends_at_its_resume(store: Sto
     assert not any(store.redis.zcard(pk.names) for pk in store.keys.all_partitions())
 
 
+def test_a_resume_that_ends_its_job_answers_the_job_ended_not_404(
+        api: FlaskClient, store: Store) -> None:
+    from app.jobs.model import CatchUp
+    from tests.support.jobs import make_job
+
+    now = now_ms()  # its ttl ran out while it was paused (as in the test above)
+    store.schedule(make_job("ending", now - 5000, schedule="@every 1s",
+                            expires_ms=now - 1000, catch_up=CatchUp.SKIP))
+    _post(api, f"{V1}/ending/pause")
+    answer = _post(api, f"{V1}/ending/resume")
+    assert (answer["name"], answer["status"], answer["nextTriggerTime"]) == (
+        "ending", "ended", None)
+    assert "paused" not in answer
+    assert api.get(f"{V1}/ending").status_code == 404
+    assert api.post(f"{V1}/ending/resume").status_code == 404  # now there is none
+
+
 def test_a_trigger_handed_back_or_staged_while_paused_waits_for_the_resume(
         settings: Settings, store: Store) -> None:
     from tests.support.jobs import make_job

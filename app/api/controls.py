@@ -25,6 +25,7 @@ from app.store.pauses import Pauses
 from app.store.store import rfc3339
 
 controls_bp = Blueprint("controls", __name__)
+ENDED = "ended"  # the status a resume that ended its job answers with
 
 _VERSIONS = ("/v1.0-alpha1", "/v1.0")
 
@@ -45,9 +46,18 @@ def pause_job(name: str) -> Response:
 
 def resume_job(name: str) -> Response:
     name = validate_name(name)
-    if not Pauses(g.store).resume_job(g.settings.app_id, name):
+    before = g.store.get(g.settings.app_id, name)
+    if before is None or not Pauses(g.store).resume_job(g.settings.app_id, name):
         raise errors.job_not_found(name)
-    return _job_answer(name)
+    view = g.store.get(g.settings.app_id, name)
+    if view is not None:
+        return jsonify(view_to_api(view))
+    # The resume ended it (a `skip` job whose ttl ran out while it was paused): the job as
+    # it was, ended (a 404 said there was no job to resume).
+    body = view_to_api(before)
+    body.pop("paused", None)
+    body.update(status=ENDED, nextTriggerTime=None)
+    return jsonify(body)
 
 
 def trigger_job(name: str) -> Response:
