@@ -47,7 +47,7 @@ from tests.support.jobs import QueueDriver, make_job
 from tests.support.redis_proc import RedisProcess
 from tests.support.waiting import wait_for
 from tests.support.workers import WorkerFleet
-from workers.queue import Budgets
+from workers.queue import Budgets, Standing
 from workers.slots import SLOW_WAIT_S, Slots
 from workers.worker import Worker
 
@@ -235,8 +235,8 @@ def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
         released.extend(triggers)
         return len(triggers)
 
-    async def still_current(trigger: Trigger, lease: bool) -> tuple[bool, bool]:
-        return True, True  # made up here, these triggers are in no store: leased as made
+    async def still_current(trigger: Trigger, lease: bool) -> Standing:
+        return Standing(True, True, False)  # made up here, in no store: leased as made
 
     worker.queue.release = release  # type: ignore[method-assign]
     worker.queue.still_current = still_current  # type: ignore[method-assign]

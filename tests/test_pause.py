@@ -514,6 +514,31 @@ def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_deleted
     assert receiver.received("/job/second") == []
 
 
+@pytest.mark.parametrize("pause", ["job", "app"])
+def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_paused(
+        settings: Settings, receiver: Receiver, api: FlaskClient, pause: str) -> None:
+    """The pause took it for one in flight (it was claimed), and it was sent once the slot
+    freed; it waits for the resume, then goes out once."""
+    answered = receiver.hold("/job/first", timeout=10)
+    _schedule(api, "first", dueTime="0s")
+    with ThreadWorker(settings.with_(app_concurrency=1)) as running:
+        wait_for(lambda: receiver.received("/job/first"), what="the first delivery")
+        _schedule(api, "second", dueTime="0s")
+        [(_, since)] = wait_for(lambda: running.worker.slots.waiting.get(APP),
+                                what="second waiting")
+        _post(api, f"{V1}/second/pause" if pause == "job" else "/v1.0/app/pause")
+        wait_for(lambda: time.monotonic() - since > RECHECK_AFTER_WAIT_S,
+                 what="second waited past the recheck threshold")
+        answered.set()
+        wait_for(lambda: not running.worker.slots.waiting.get(APP)
+                 and not running.worker.inflight, what="the worker idle")
+        assert receiver.received("/job/second") == []
+        assert _get(api, "second")["status"] == "paused"
+        _post(api, f"{V1}/second/resume" if pause == "job" else "/v1.0/app/resume")
+        wait_for(lambda: receiver.received("/job/second"), what="second after the resume")
+    assert len(receiver.received("/job/second")) == 1
+
+
 def _due_one_shots(settings: Settings) -> list[str]:
     store = Store(settings)
     try:

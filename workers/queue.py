@@ -14,7 +14,7 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
@@ -36,6 +36,14 @@ UNREADABLE_RETRY_S = 5.0
 # count at most every _UNREADABLE_SUMMARY_S (a rolling upgrade can make millions).
 _UNREADABLE_LOGGED = 10_000
 _UNREADABLE_SUMMARY_S = 60.0
+
+
+class Standing(NamedTuple):
+    """Where a claimed trigger stands before it goes out (Queue.still_current)."""
+
+    held: bool  # it still holds its lease
+    job_exists: bool  # a "trigger now": its job is still there
+    paused: bool  # its job, or its app, was paused while it waited
 
 
 class Action:
@@ -250,23 +258,25 @@ class Queue:
             raise unavailable
         return applied
 
-    async def still_current(self, trigger: Trigger, lease: bool) -> tuple[bool, bool]:
-        """(whether the trigger still holds its lease, when `lease`: True otherwise; whether
-        its job still exists, when it is a "trigger now": True otherwise). For a trigger
-        about to go out after a wait in this worker, or fired by "trigger now"."""
+    async def still_current(self, trigger: Trigger, lease: bool) -> Standing:
+        """Where a trigger about to go out after a wait in this worker (`lease`), or fired
+        by "trigger now", stands: whether it still holds its lease and whether its job was
+        paused meanwhile (with `lease`; else True and False), whether its job still exists
+        (a "trigger now"; else True)."""
         pk = self.keys.partition(trigger.partition)
         parent = parent_job_id(trigger.job_id) if is_fired_now(trigger.job_id) else None
         pipe = self.redis.pipeline(transaction=False)
         if lease:
             pipe.hget(pk.runs, trigger.job_id)
+            pipe.hexists(pk.paused, trigger.job_id)
         if parent is not None:
             pipe.hexists(pk.jobs, parent)
         answers = list(await pipe.execute()) if lease or parent is not None else []
-        held = True
+        held, paused = True, False
         if lease:
-            state = answers.pop(0)
+            state, paused = answers.pop(0), bool(answers.pop(0))
             held = state is not None and RunState.decode(state).lease == trigger.lease
-        return held, parent is None or bool(answers[0])
+        return Standing(held, parent is None or bool(answers[0]), paused)
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""

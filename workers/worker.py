@@ -382,13 +382,18 @@ class Worker:
         """Whether the trigger is still to go out. One that waited here for its app's slot
         may have lost its lease meanwhile (its job deleted or overwritten, or the lease run
         out and the trigger taken by another worker): neither ours to send nor to settle.
-        A "trigger now" whose job was deleted is dropped: settled, not delivered."""
-        held, job_exists = await self.queue.still_current(trigger, lease=waited)
+        One whose job was paused meanwhile is given back: it waits for the resume. A
+        "trigger now" whose job was deleted is dropped: settled, not delivered."""
+        held, job_exists, paused = await self.queue.still_current(trigger, lease=waited)
         fields = {"app": trigger.job.app_id, "job": trigger.job.name,
                   "trigger": trigger.trigger_id}
         if not held:
             log.info("not sent: its lease is gone (the job changed, or the lease ran out)",
                      extra=fields)
+            return False
+        if paused:  # (pause.lua took it for one in flight: it was not sent yet)
+            log.info("not sent: its job was paused while it waited", extra=fields)
+            await self._give_back(trigger)  # into `paused`, due again at its resume
             return False
         if not job_exists:
             log.info("not sent: its job was deleted", extra=fields)
