@@ -493,50 +493,37 @@ def test_a_trigger_now_of_a_job_deleted_since_is_dropped_not_retried(
     assert api.get("/v1.0/deadletters").get_json()["deadLetters"] == []
 
 
-def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_deleted(
-        settings: Settings, receiver: Receiver, api: FlaskClient) -> None:
+@pytest.mark.parametrize("action", ["delete", "pause-job", "pause-app"])
+def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_deleted_or_paused(
+        settings: Settings, receiver: Receiver, api: FlaskClient, action: str) -> None:
     """One delivery at a time for the app: `second` waits in the worker while `first` is
-    answered slowly, and is deleted meanwhile. It was sent anyway, up to 19 s later."""
+    answered slowly, and is deleted or paused meanwhile. It was sent anyway, up to 19 s
+    later (a pause took it for one in flight). Paused, it goes out once at the resume."""
     answered = receiver.hold("/job/first", timeout=10)
     _schedule(api, "first", dueTime="0s")
+    paths = {"pause-job": (f"{V1}/second/pause", f"{V1}/second/resume"),
+             "pause-app": ("/v1.0/app/pause", "/v1.0/app/resume")}
     with ThreadWorker(settings.with_(app_concurrency=1)) as running:
         wait_for(lambda: receiver.received("/job/first"), what="the first delivery")
         _schedule(api, "second", dueTime="0s")
         [(_, since)] = wait_for(lambda: running.worker.slots.waiting.get(APP),
                                 what="second waiting")
-        assert api.delete(f"{V1}/second").status_code == 204
+        if action == "delete":
+            assert api.delete(f"{V1}/second").status_code == 204
+        else:
+            _post(api, paths[action][0])
         # A wait this long is a slow app's, and checked (a burst's short waits are not).
         wait_for(lambda: time.monotonic() - since > RECHECK_AFTER_WAIT_S,
                  what="second waited past the recheck threshold")
         answered.set()
         wait_for(lambda: not running.worker.slots.waiting.get(APP)
                  and not running.worker.inflight, what="the worker idle")
-    assert receiver.received("/job/second") == []
-
-
-@pytest.mark.parametrize("pause", ["job", "app"])
-def test_a_trigger_waiting_for_its_apps_slot_is_not_sent_once_its_job_is_paused(
-        settings: Settings, receiver: Receiver, api: FlaskClient, pause: str) -> None:
-    """The pause took it for one in flight (it was claimed), and it was sent once the slot
-    freed; it waits for the resume, then goes out once."""
-    answered = receiver.hold("/job/first", timeout=10)
-    _schedule(api, "first", dueTime="0s")
-    with ThreadWorker(settings.with_(app_concurrency=1)) as running:
-        wait_for(lambda: receiver.received("/job/first"), what="the first delivery")
-        _schedule(api, "second", dueTime="0s")
-        [(_, since)] = wait_for(lambda: running.worker.slots.waiting.get(APP),
-                                what="second waiting")
-        _post(api, f"{V1}/second/pause" if pause == "job" else "/v1.0/app/pause")
-        wait_for(lambda: time.monotonic() - since > RECHECK_AFTER_WAIT_S,
-                 what="second waited past the recheck threshold")
-        answered.set()
-        wait_for(lambda: not running.worker.slots.waiting.get(APP)
-                 and not running.worker.inflight, what="the worker idle")
         assert receiver.received("/job/second") == []
-        assert _get(api, "second")["status"] == "paused"
-        _post(api, f"{V1}/second/resume" if pause == "job" else "/v1.0/app/resume")
-        wait_for(lambda: receiver.received("/job/second"), what="second after the resume")
-    assert len(receiver.received("/job/second")) == 1
+        if action != "delete":
+            assert _get(api, "second")["status"] == "paused"
+            _post(api, paths[action][1])
+            wait_for(lambda: receiver.received("/job/second"), what="second after the resume")
+            assert len(receiver.received("/job/second")) == 1
 
 
 def _due_one_shots(settings: Settings) -> list[str]:
