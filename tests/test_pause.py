@@ -18,7 +18,7 @@ from app.store.keys import is_replay
 from app.store.pauses import BATCH, Pauses
 from app.store.store import Store
 from tests.support.jobs import APP, QueueDriver
-from tests.support.receiver import Receiver
+from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
 from workers.worker import RECHECK_AFTER_WAIT_S
@@ -491,6 +491,60 @@ def test_a_trigger_now_of_a_job_deleted_since_is_dropped_not_retried(
     assert len(receiver.received("/job/doomed")) <= at_delete + 1  # one in flight, at most
     assert api.get(f"{V1}/doomed").status_code == 404
     assert api.get("/v1.0/deadletters").get_json()["deadLetters"] == []
+
+
+def test_a_trigger_now_is_gone_with_its_deleted_job_and_not_sent_to_the_next_of_its_name(
+        api: FlaskClient, settings: Settings, receiver: Receiver, worker: ThreadWorker) -> None:
+    """Its retry outlived the DELETE when the name was scheduled again at once, and went
+    out with the deleted job's data (only the job's existence by name was checked)."""
+    receiver.status = 500
+    _schedule(api, "r", dueTime="1h", data="OLD",
+              failurePolicy={"constant": {"interval": "2s", "maxRetries": 3}})
+    _post(api, f"{V1}/r/trigger", 202)
+    wait_for(lambda: receiver.received("/job/r"), what="the first attempt")
+    assert api.delete(f"{V1}/r").status_code == 204
+    _schedule(api, "r", dueTime="1h", data="NEW")
+    assert _one_shots(settings) == []  # its retry went with the job, at once
+    assert api.get(f"{V1}/r/history").get_json()["history"] == []
+
+
+def test_a_jobs_set_of_trigger_nows_drops_those_that_are_over_past_its_bound(
+        store: Store) -> None:
+    from app.store.keys import FIRED_NOW_KEEP_MS, FIRED_NOW_PRUNE_AT
+    from tests.support.jobs import make_job
+
+    store.schedule(make_job("often", now_ms() + 3_600_000, schedule="@every 1h"))
+    pauses = Pauses(store)
+    for _ in range(FIRED_NOW_PRUNE_AT):
+        assert pauses.trigger(APP, "often") is not None
+    pk = store.keys.for_job(f"{APP}/often")
+    members = [m.decode() for m in store.redis.smembers(pk.fired_now(f"{APP}/often"))]
+    assert len(members) == FIRED_NOW_PRUNE_AT
+    assert 0 < store.redis.pttl(pk.fired_now(f"{APP}/often")) <= FIRED_NOW_KEEP_MS
+    over = members[:FIRED_NOW_PRUNE_AT // 2]  # delivered meanwhile: their records gone
+    store.redis.hdel(pk.jobs, *over)
+    assert pauses.trigger(APP, "often") is not None
+    left = {m.decode() for m in store.redis.smembers(pk.fired_now(f"{APP}/often"))}
+    assert len(left) == FIRED_NOW_PRUNE_AT - len(over) + 1 and not left & set(over)
+
+
+def test_a_trigger_now_retry_goes_on_after_its_job_ends(
+        api: FlaskClient, receiver: Receiver, worker: ThreadWorker) -> None:
+    """The job ended (its one trigger delivered) while a trigger-now of it waited for its
+    retry: the retry was dropped as if the job had been deleted, no dead letter either."""
+    tries: dict[str, int] = {}
+
+    def answer(delivery: Delivery) -> int:
+        trigger = delivery.headers["jobrunner-trigger-id"]
+        tries[trigger] = tries.get(trigger, 0) + 1
+        return 500 if ":now-" in trigger and tries[trigger] == 1 else 200
+
+    receiver.responder = answer
+    _schedule(api, "ends", dueTime="1s",
+              failurePolicy={"constant": {"interval": "3s", "maxRetries": 3}})
+    fired = _post(api, f"{V1}/ends/trigger", 202)["triggerId"]
+    wait_for(lambda: api.get(f"{V1}/ends").status_code == 404, what="the job's own end")
+    wait_for(lambda: tries.get(fired) == 2, timeout=20, what="the trigger-now's retry")
 
 
 @pytest.mark.parametrize("action", ["delete", "pause-job", "pause-app"])

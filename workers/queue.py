@@ -260,23 +260,31 @@ class Queue:
 
     async def still_current(self, trigger: Trigger, lease: bool) -> Standing:
         """Where a trigger about to go out after a wait in this worker (`lease`), or fired
-        by "trigger now", stands: whether it still holds its lease and whether its job was
-        paused meanwhile (with `lease`; else True and False), whether its job still exists
-        (a "trigger now"; else True)."""
+        by "trigger now", stands: whether it still holds its lease (a deleted job's
+        trigger-nows go with it: delete.lua), whether its job was paused meanwhile (with
+        `lease`; else False), and for a trigger-now stored before its job kept a set of
+        them (PartitionKeys.fired_now), whether its job still exists (else True)."""
         pk = self.keys.partition(trigger.partition)
         parent = parent_job_id(trigger.job_id) if is_fired_now(trigger.job_id) else None
         pipe = self.redis.pipeline(transaction=False)
-        if lease:
+        if lease or parent is not None:
             pipe.hget(pk.runs, trigger.job_id)
+        if lease:
             pipe.hexists(pk.paused, trigger.job_id)
         if parent is not None:
+            pipe.sismember(pk.fired_now(parent), trigger.job_id)
             pipe.hexists(pk.jobs, parent)
         answers = list(await pipe.execute()) if lease or parent is not None else []
-        held, paused = True, False
-        if lease:
-            state, paused = answers.pop(0), bool(answers.pop(0))
+        held, paused, job_exists = True, False, True
+        if lease or parent is not None:
+            state = answers.pop(0)
             held = state is not None and RunState.decode(state).lease == trigger.lease
-        return Standing(held, parent is None or bool(answers[0]), paused)
+        if lease:
+            paused = bool(answers.pop(0))
+        if parent is not None:
+            listed, parent_there = bool(answers[0]), bool(answers[1])
+            job_exists = listed or parent_there
+        return Standing(held, job_exists, paused)
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""
@@ -395,7 +403,9 @@ class Queue:
         gone = [jid for jid, job in zip(once, await pipe.execute(), strict=True) if not job]
         for jid in gone:
             app_id = split_job_id(jid.decode(errors="replace"))[0]
-            await self._scripts["delete"](keys=pk.delete_keys(app_id), args=[jid])
+            await self._scripts["delete"](
+                keys=pk.delete_keys(app_id, [jid.decode(errors="replace")], fired_now=False),
+                args=[jid])
             log.info("dropped a \"trigger now\" of a deleted job, unread: %s",
                      jid.decode(errors="replace"))
         return [jid for jid in jids if jid not in gone]

@@ -34,6 +34,9 @@ Per partition:
                                schedule.lua pauses the new jobs of a paused app)
     {prefix}:{N}:indexed STRING set once `names`/`deadlex` hold the data older
                                versions stored without them (store.Store.ensure_indexed)
+    {prefix}:{N}:nows:{job id} SET  the job's "trigger now" one-shots (their job ids)
+                               that may be left: delete.lua removes them with the job
+                               (a TTL of FIRED_NOW_KEEP_MS from the last one)
     {prefix}:{N}:hist:{job id} LIST  the job's last outcomes, newest first
                                (app/store/history.py): written by ack.lua, deleted
                                with the job by delete.lua; no TTL while the job
@@ -88,6 +91,10 @@ def is_replay(jid: str) -> bool:
 # The suffix of a "trigger now" one-shot (app/store/pauses.py): unlike a dead letter's
 # replay, it is dropped undelivered once its job is deleted (workers/worker.py).
 FIRED_NOW = "now-"
+# Past this many members, trigger.lua drops those of a job's fired-now set that are over;
+# the set goes this long after the job's last trigger-now.
+FIRED_NOW_PRUNE_AT = 64
+FIRED_NOW_KEEP_MS = 7 * 24 * 3600 * 1000
 
 
 def fired_now_job_id(app_id: str, name: str, suffix: str) -> str:
@@ -164,6 +171,13 @@ class PartitionKeys:
     def staged(self, app_id: str) -> str:
         return f"{self.due.removesuffix(':due')}:staged:{app_id}"
 
+    def fired_now(self, jid: str) -> str:
+        """The SET of the "trigger now" one-shots of the job `jid` that may be left, which
+        delete.lua removes with it (trigger.lua adds them; members whose one-shot is over
+        are pruned there, past FIRED_NOW_PRUNE_AT; the set expires FIRED_NOW_KEEP_MS after
+        the last one was added)."""
+        return f"{self.due.removesuffix(':due')}:nows:{parent_job_id(jid)}"
+
     def history(self, jid: str) -> str:
         """The trigger history of the job `jid`; a replay's outcomes are those of the job
         it replays (app/store/history.py)."""
@@ -193,10 +207,17 @@ class PartitionKeys:
         """The keys of claim.lua, in its order."""
         return [self.due, self.jobs, self.runs, self.held, self.heldapps, self.rate]
 
-    def delete_keys(self, app_id: str) -> list[str]:
-        """The keys of delete.lua for jobs of `app_id`, in its order (the histories of the
-        jobs follow, when they are to go too)."""
-        return [self.due, self.jobs, self.runs, self.staged(app_id), self.names, self.paused]
+    def delete_keys(self, app_id: str, jids: list[str], fired_now: bool = True) -> list[str]:
+        """The keys of delete.lua for the jobs `jids` of `app_id`, in its order (the
+        histories of the jobs follow, when they are to go too). `fired_now=False`: their
+        "trigger now" one-shots stay (`jids` are such one-shots themselves)."""
+        return [self.due, self.jobs, self.runs, self.staged(app_id), self.names, self.paused,
+                *(self.fired_now(jid) if fired_now else self.never_written for jid in jids)]
+
+    @property
+    def never_written(self) -> str:
+        """A key of this partition that holds nothing, ever: an empty set for a script."""
+        return f"{self.due.removesuffix(':due')}:none"
 
 
 @dataclass(frozen=True)

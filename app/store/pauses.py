@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING
 from app.jobs.clock import now_ms
 from app.jobs.model import CatchUp, Job, RunState
 from app.jobs.schedule import catch_up_due
-from app.store.keys import PartitionKeys, fired_now_job_id, job_id, names_range
+from app.store.keys import (
+    FIRED_NOW_KEEP_MS,
+    FIRED_NOW_PRUNE_AT,
+    PartitionKeys,
+    fired_now_job_id,
+    job_id,
+    names_range,
+)
 
 if TYPE_CHECKING:  # store.py reads paused entries with Paused
     from app.store.store import Store
@@ -117,8 +124,9 @@ class Pauses:
                            replay_of=fired.trigger_id)
             once_id = fired_now_job_id(app_id, name, secrets.token_hex(4))
             stored = int(self.store.script("trigger")(
-                keys=[pk.due, pk.jobs],
-                args=[jid, record, once_id, once.encode(), due, self.keys.wake_channel]))
+                keys=[pk.due, pk.jobs, pk.fired_now(jid)],
+                args=[jid, record, once_id, once.encode(), due, self.keys.wake_channel,
+                      FIRED_NOW_PRUNE_AT, FIRED_NOW_KEEP_MS]))
             if stored == 1:
                 return fired
             if stored == 0:

@@ -297,8 +297,8 @@ class Store:
     def delete(self, app_id: str, name: str) -> bool:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        return bool(self._scripts["delete"](keys=[*pk.delete_keys(app_id), pk.history(jid)],
-                                            args=[jid]))
+        return bool(self._scripts["delete"](
+            keys=[*pk.delete_keys(app_id, [jid]), pk.history(jid)], args=[jid]))
 
     def list_jobs(self, app_id: str, prefix: str = "", page_token: str = "",
                   limit: int = 100) -> tuple[list[JobView], str]:
@@ -373,8 +373,9 @@ class Store:
             while ids := self.redis.zrangebylex(pk.names, low, high, start=0,
                                                 num=DELETE_BATCH):
                 # delete.lua takes them out of the index too: the range shrinks each time.
+                texts = [_text(jid) for jid in ids]
                 deleted += int(self._scripts["delete"](
-                    keys=[*pk.delete_keys(app_id), *(pk.history(_text(jid)) for jid in ids)],
+                    keys=[*pk.delete_keys(app_id, texts), *(pk.history(j) for j in texts)],
                     args=ids))
         return deleted
 

@@ -5,20 +5,32 @@
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of these jobs' app
 -- KEYS[5] names  ZSET job ids scored 0: the per-app job index
 -- KEYS[6] paused HASH job id -> a paused job's entry (app/store/pauses.py)
--- KEYS[6 + i] hist LIST the trigger history of ARGV[i] (app/store/history.py), deleted
---                   with it, also when the job itself is over and gone; optional
+-- KEYS[6 + i] nows SET the trigger-now one-shots of ARGV[i] that may be left: removed
+--                   with it (a retry of one, or one not yet sent: a claimed one's
+--                   worker finds its lease gone, and its outcome is not recorded)
+-- KEYS[6 + n + i] hist LIST the trigger history of ARGV[i] (app/store/history.py),
+--                   deleted with it, also when the job itself is over and gone; optional
 -- ARGV[1..n] job ids, all of one app
 -- Returns how many of them existed.
 local n = 0
-for i = 1, #ARGV do
+local count = #ARGV
+local function remove(id)
+  redis.call("HDEL", KEYS[3], id)
+  redis.call("ZREM", KEYS[1], id)
+  redis.call("ZREM", KEYS[4], id)
+  redis.call("HDEL", KEYS[6], id)
+end
+for i = 1, count do
   n = n + redis.call("HDEL", KEYS[2], ARGV[i])
-  redis.call("HDEL", KEYS[3], ARGV[i])
-  redis.call("ZREM", KEYS[1], ARGV[i])
-  redis.call("ZREM", KEYS[4], ARGV[i])
+  remove(ARGV[i])
   redis.call("ZREM", KEYS[5], ARGV[i])
-  redis.call("HDEL", KEYS[6], ARGV[i])
-  if KEYS[6 + i] then
-    redis.call("DEL", KEYS[6 + i])
+  for _, once in ipairs(redis.call("SMEMBERS", KEYS[6 + i])) do
+    redis.call("HDEL", KEYS[2], once)
+    remove(once)
+  end
+  redis.call("DEL", KEYS[6 + i])
+  if KEYS[6 + count + i] then
+    redis.call("DEL", KEYS[6 + count + i])
   end
 end
 return n

@@ -3,12 +3,16 @@
 -- run state and pause know nothing of.
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record
+-- KEYS[3] nows  SET   the job's trigger-now one-shots that may be left (delete.lua
+--                     removes them with the job)
 -- ARGV[1] the job's id
 -- ARGV[2] the job's record as read (the one-shot is built from it)
 -- ARGV[3] the one-shot's job id
 -- ARGV[4] the one-shot's record
 -- ARGV[5] its due time, ms
 -- ARGV[6] wake channel
+-- ARGV[7] past this many members of `nows`, those whose one-shot is over are dropped
+-- ARGV[8] how long `nows` is kept after this one, ms
 -- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read.
 local record = redis.call("HGET", KEYS[2], ARGV[1])
 if not record then
@@ -19,5 +23,16 @@ if record ~= ARGV[2] then
 end
 redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
 redis.call("ZADD", KEYS[1], ARGV[5], ARGV[3])
+if KEYS[3] then
+  if redis.call("SCARD", KEYS[3]) >= tonumber(ARGV[7]) then
+    for _, once in ipairs(redis.call("SMEMBERS", KEYS[3])) do
+      if redis.call("HEXISTS", KEYS[2], once) == 0 then
+        redis.call("SREM", KEYS[3], once)
+      end
+    end
+  end
+  redis.call("SADD", KEYS[3], ARGV[3])
+  redis.call("PEXPIRE", KEYS[3], ARGV[8])
+end
 redis.call("PUBLISH", ARGV[6], ARGV[5])
 return 1
