@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
 from app.jobs.errors import JobrunnerError
+from app.jobs.validation import is_text
 from app.logs import LOG_FORMATS, LOG_LEVELS
 
 # How workers deliver to an app (`--app-protocol`): POST /job/<name>, or Dapr's gRPC
@@ -39,16 +40,6 @@ MAX_SECONDS = 10 * 365 * 86400.0
 MAX_PORT = 65535
 # Redis Cluster has 16,384 hash slots: more partitions cannot spread any further.
 MAX_PARTITIONS = 16384
-
-
-def _utf8(text: str) -> bool:
-    """Whether an environment value is text: Python keeps bytes that are not UTF-8 as
-    lone surrogates, which no encoder takes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
@@ -373,7 +364,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         for name in ("APP_HOST", "APP_PORT", *cls().to_env()):
-            if name in env and not _utf8(env[name]):  # (a traceback wherever it was used)
+            if name in env and not is_text(env[name]):  # (a traceback wherever it was used)
                 raise SettingsError(f"{name} is not UTF-8 text")
         app_port = _int(env, "APP_PORT", 6200, minimum=1, maximum=MAX_PORT)
         app_host = env.get("APP_HOST", "127.0.0.1").strip() or "127.0.0.1"

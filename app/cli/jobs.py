@@ -27,6 +27,7 @@ from app.cli.client import (
     job_path,
     table,
 )
+from app.jobs.validation import is_text
 
 # `list` shows this many jobs unless --limit says otherwise (0: all).
 DEFAULT_LIST_LIMIT = 100
@@ -419,7 +420,7 @@ def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
             name = job.get("name") if isinstance(job, dict) else None
             if not isinstance(name, str) or not name.strip():
                 raise ValueError("not a job: a JSON object with a name is expected")
-            if not name.isascii() and not _unicode(name):
+            if not is_text(name):
                 raise ValueError("the name is not Unicode text: it holds a lone surrogate")
         except RecursionError:
             batch.append((number, None, None, _failure(number, None, None, "",
@@ -531,14 +532,6 @@ def _lines(source: IO[bytes]) -> Iterator[tuple[int, bytes]]:
                 "not an export of jobrunner jobs")
         if line.strip():
             yield number, line
-
-
-def _unicode(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _failure(line: int, name: Any, status: int | None, code: str, message: str) -> dict[str, Any]:

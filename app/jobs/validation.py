@@ -92,6 +92,19 @@ _APP_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
+def is_text(value: str) -> bool:
+    """Whether `value` is text UTF-8 can carry: Python keeps bytes that are not UTF-8 (in
+    an environment value) and JSON's lone surrogates (`\\ud800`) as surrogates, which no
+    encoder takes (a traceback wherever they were used)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_name(name: str) -> str:
     """The job name, trimmed of spaces; ApiError 400 when blank or not usable. A control
     character is refused wherever it stands: trimmed, `tr\n` would name the job `tr`."""
