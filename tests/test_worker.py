@@ -701,6 +701,7 @@ def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
     first, with a slow settlement, it went out again)."""
     answer_now = threading.Event()
     arrived = threading.Event()
+    answered = threading.Event()
     calls: list[str] = []
 
     def responder(d: Delivery) -> int:
@@ -717,11 +718,14 @@ def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
                                        helpers: list[asyncio.Task[None]]) -> None:
         loop = asyncio.get_running_loop()
 
+        grace_ends = loop.time() + self.settings.shutdown_grace_s
+
         def busy() -> None:  # the loop busy across the grace's end; the answer comes meanwhile
             answer_now.set()
-            time.sleep(0.05)
+            answered.wait(10)  # on the worker's socket: ready at the loop's next select
+            time.sleep(max(grace_ends - loop.time(), 0) + 0.01)
 
-        loop.call_at(loop.time() + self.settings.shutdown_grace_s - 0.005, busy)
+        loop.call_at(grace_ends - 0.005, busy)
         release, settle = self.queue.release, self.queue.settle
 
         async def recorded_release(triggers: list[Trigger]) -> int:
@@ -738,6 +742,7 @@ def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
 
     monkeypatch.setattr(worker_module.Worker, "_shutdown", shutdown_with_a_busy_end)
     receiver.responder = responder
+    receiver.on_answered = lambda d: answered.set() if _name(d) == "held" else None
     store, w = _kept_alive(settings.with_(lease_s=60.0, delivery_timeout_s=30.0,
                                           shutdown_grace_s=0.5), receiver)
     store.schedule(make_job("held", schedule="@every 1h"))  # goes on after its delivery

@@ -14,6 +14,9 @@
   back off.
 - The replica acknowledgement of app.store.redis_wait, each script call and its WAIT
   sent on one connection to the master of the script's slot.
+- Connections closed under a call: the asyncio client closes its nodes' connections to
+  relearn the layout while other calls use them; a write on one fails as ConnectionError,
+  not AttributeError.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.cluster
 import redis.exceptions
 from redis.backoff import NoBackoff
@@ -244,6 +248,35 @@ class _AsyncClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
             raise
 
 
+class _SafeWrites(redis.asyncio.connection.Connection):
+    """A connection whose write, once another call has closed it, fails as a lost connection.
+
+    To relearn the cluster's layout after a call fails, redis-py's asyncio cluster client
+    closes every connection of its nodes, those other calls are using too. A call that was
+    awaiting meanwhile (its connect's handshake, a health check) then wrote to no writer:
+    AttributeError, which neither redis-py's retries nor a caller take for Redis being away
+    (a worker died of it while the cluster failed over). ConnectionResetError here comes out
+    as redis-py's ConnectionError. (redis-py's main branch does the same since 8.1.0:
+    redis/redis-py#4288.) Reading needs no such guard: a closed stream reads as closed."""
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ConnectionResetError("the connection was closed by another call meanwhile")
+        writer.writelines(command)
+        await writer.drain()
+
+
+class _SafeWritesSSL(_SafeWrites, redis.asyncio.connection.SSLConnection):
+    pass
+
+
+_SAFE_WRITES: dict[type[redis.asyncio.connection.Connection],
+                   type[redis.asyncio.connection.Connection]] = {
+    redis.asyncio.connection.Connection: _SafeWrites,
+    redis.asyncio.connection.SSLConnection: _SafeWritesSSL,
+}
+
 # A node client forgotten after a failed call is closed this long after, when any call
 # it had in flight is over (each is bounded by the socket timeout, 5 s).
 _RETIRED_FOR_S = 30.0
@@ -262,6 +295,12 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # redis-py picks the connection class itself; every node, the ones learnt later
+        # too, is made from these connection_kwargs (the nodes manager's own).
+        safe = _SAFE_WRITES[self.connection_kwargs["connection_class"]]
+        self.connection_kwargs["connection_class"] = safe
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = safe
         self._node_clients: dict[str, redis.asyncio.Redis] = {}
         # Forgotten node clients, with the loop time they were: calls may be in flight.
         self._retired: list[tuple[float, redis.asyncio.Redis]] = []

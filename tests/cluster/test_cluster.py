@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+import redis.asyncio.connection
 from flask.testing import FlaskClient
 from redis.crc import key_slot
 
@@ -389,6 +390,47 @@ def test_forgetting_a_masters_client_leaves_calls_in_flight_their_connections(
         finally:
             await client.aclose()
         assert not busy.is_connected  # closed with the client, at last
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_call_whose_connection_the_client_closed_meanwhile_is_retried(
+        cluster: RedisCluster, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        pipelined: bool) -> None:
+    """redis-py closes all its nodes' connections to relearn the layout after any call
+    fails, under the calls that are using them. One that was awaiting (here its health
+    check; in CI its connect's handshake) then wrote to no writer: AttributeError, which
+    killed a worker's claim loop while the cluster failed over. Now the write fails as a
+    ConnectionError, which redis-py retries (and a worker would wait out)."""
+    settings = cluster_settings(cluster, receiver)
+    check_health = redis.asyncio.connection.Connection.check_health
+
+    async def scenario() -> None:
+        client = async_client(settings)
+        closed: list[bool] = []
+
+        async def closed_meanwhile(conn: redis.asyncio.connection.Connection) -> None:
+            await check_health(conn)
+            if not closed:  # another call failed: redis-py closes the client to relearn
+                closed.append(True)
+                await client.aclose()
+
+        try:
+            await client.set("{a}x", "a")
+            monkeypatch.setattr(redis.asyncio.connection.Connection, "check_health",
+                                closed_meanwhile)
+            if pipelined:
+                pipe = client.pipeline()
+                pipe.get("{a}x")
+                pipe.get("{b}x")
+                assert await pipe.execute() == [b"a", None]
+            else:
+                assert await client.get("{a}x") == b"a"
+            assert closed == [True]
+        finally:
+            monkeypatch.undo()
+            await client.aclose()
 
     asyncio.run(scenario())
 

@@ -41,12 +41,14 @@ DROP = 0
 @dataclass
 class Receiver:
     """Answers every POST with `status` (or what `responder` returns: a status, or a
-    status and headers; DROP: none, the connection closed) and records it."""
+    status and headers; DROP: none, the connection closed) and records it. `on_answered`
+    is called once an answer is written (on the client's socket)."""
 
     host: str = "127.0.0.1"
     port: int = 0
     status: int = 200
     responder: Callable[[Delivery], int | tuple[int, dict[str, str]]] | None = None
+    on_answered: Callable[[Delivery], None] | None = None
     deliveries: list[Delivery] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,6 +77,8 @@ class Receiver:
                     self.send_header(name, value)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                if receiver.on_answered is not None:
+                    receiver.on_answered(delivery)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
