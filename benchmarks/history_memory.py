@@ -51,7 +51,7 @@ async def _settle_rounds(settings: Any, jobs: int, rounds: int, error: str) -> i
                             else history.DELIVERED, 500 if error else 200, 1_843, error,
                             settings.history_entry_bytes)
                     batch.append(Settlement(t, Action.NEXT, now, entry=entry))
-                settled += len(await queue.settle(batch))
+                settled += len((await queue.settle(batch)).applied)
                 done += len(triggers)
     finally:
         await queue.close()

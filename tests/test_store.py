@@ -334,8 +334,8 @@ def test_settle_returns_the_settlements_applied_so_only_those_are_counted(
     settle, dead = q._mod.Settlement, q._mod.Action.DEAD
     batch = [settle(by_name[n], dead, None, f"{APP}/{n}@x:1", b'{"id": "x"}')
              for n in ("deleted", "kept")]
-    applied = q._runner.run(q.queue.settle(batch))
-    assert applied == [batch[1]]
+    settled = q._runner.run(q.queue.settle(batch))
+    assert settled.applied == [batch[1]] and settled.left == []
 
 
 @pytest.mark.parametrize("action", ["next-none", "next-later", "retry", "dead"])

@@ -33,7 +33,7 @@ from tests.support.workers import ThreadWorker, WorkerFleet
 from workers import http_client as http_module
 from workers import queue as queue_module
 from workers import worker as worker_module
-from workers.queue import Settlement
+from workers.queue import Settled, Settlement
 from workers.worker import Worker
 
 pytestmark = pytest.mark.usefixtures("reap_workers")
@@ -358,6 +358,42 @@ def test_registrations_are_refreshed_ahead_only_where_that_spares_the_due_claim(
     assert queue.apps_stale_within(APPS_MAX_AGE_S * 0.2)
     assert not queue.apps_stale_within(APPS_MAX_AGE_S * 0.05)  # still fresh at wake-up
     assert not queue.apps_stale_within(APPS_MAX_AGE_S * 1.5)  # stale at wake-up anyway
+
+
+def test_registrations_redis_does_not_answer_for_come_from_the_cache_meanwhile(
+        settings: Settings, receiver: Receiver) -> None:
+    """Redis does not answer for the app registrations (on Redis Cluster, their master
+    failing over): claims go on with the registrations loaded before, and Redis is not
+    asked for them again until a rest is over. (The claim failed, and the worker backed
+    off; each try cost redis-py's retries, 0.3-0.4 s, on the claim loop.)"""
+    from workers.queue import APPS_MAX_AGE_S, Budgets, Queue
+
+    store = register(settings, receiver.url)
+    store.schedule(make_job("due", now_ms() - 10))
+
+    async def scenario() -> None:
+        queue = Queue(settings)
+        asked: list[str] = []
+
+        async def away(*args: object) -> None:
+            asked.append("hgetall")
+            raise redis.ConnectionError("away (test)")
+
+        try:
+            await queue.load_apps(None)
+            queue.redis.hgetall = away  # type: ignore[method-assign]
+            queue._apps_loaded -= APPS_MAX_AGE_S + 1  # stale: the claim refreshes them first
+            claim = await queue.claim_within(10, Budgets(10, {}, 10))
+            assert [t.job.name for t in claim.triggers] == ["due"] and asked == ["hgetall"]
+            assert queue.is_live(APP)  # as loaded before
+            assert (await queue.claim_within(10, Budgets(10, {}, 10))).triggers == []
+            with pytest.raises(redis.ConnectionError):
+                await queue.load_apps({APP}, max_age_s=0.0)
+            assert asked == ["hgetall"]  # not asked again within the rest
+        finally:
+            await queue.close()
+
+    asyncio.run(scenario())
 
 
 # --- errors of the Redis client that are not Redis's "unavailable" -------------------------
@@ -732,7 +768,7 @@ def test_an_answer_in_the_last_turn_of_the_grace_is_settled_not_also_given_back(
             given_back.extend(t.job.name for t in triggers)
             return await release(triggers)
 
-        async def slow_settle(settlements: list[Settlement]) -> list[Settlement]:
+        async def slow_settle(settlements: list[Settlement]) -> Settled:
             await asyncio.sleep(settle_delay_s)  # a slow Redis round trip
             return await settle(settlements)
 

@@ -13,6 +13,7 @@ import secrets
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -30,12 +31,34 @@ log = logging.getLogger("jobrunner.worker")
 
 # Registrations (addresses, rate limits) a worker uses are at most this old.
 APPS_MAX_AGE_S = 1.0
+# After Redis did not answer for the registrations, they are not asked for again this long,
+# doubled each time it fails again up to the most.
+APPS_REST_MIN_S = 0.5
+APPS_REST_MAX_S = 2.0
 # A claimed trigger whose job this worker cannot read is due again this much later.
 UNREADABLE_RETRY_S = 5.0
 # Unreadable jobs (and versions of their records) a worker logs one by one; past that, a
 # count at most every _UNREADABLE_SUMMARY_S (a rolling upgrade can make millions).
 _UNREADABLE_LOGGED = 10_000
 _UNREADABLE_SUMMARY_S = 60.0
+
+
+# A partition Redis Cluster did not answer for is not claimed from for this long, doubled
+# each time it fails again up to the most (Queue.claim_within).
+PARTITION_REST_MIN_S = 0.1
+PARTITION_REST_MAX_S = 1.0
+
+
+class _Rest(NamedTuple):
+    """A while without calls after Redis did not answer; doubled while it keeps failing."""
+
+    until: float  # monotonic
+    rest_s: float
+
+    @staticmethod
+    def after(last: _Rest | None, least_s: float, most_s: float) -> _Rest:
+        rest_s = least_s if last is None else min(last.rest_s * 2, most_s)
+        return _Rest(time.monotonic() + rest_s, rest_s)
 
 
 class Standing(NamedTuple):
@@ -74,6 +97,15 @@ class Claim:
     blocked: set[str]  # apps with due triggers left for want of budget
 
 
+@dataclass
+class Settled:
+    """What came of a batch of outcomes (Queue.settle)."""
+
+    applied: list[Settlement]  # not those whose lease was gone, which change nothing
+    left: list[Settlement]  # of partitions Redis did not answer for: to settle again
+    error: Exception | None = None  # why they are left
+
+
 @dataclass(slots=True)  # one per delivery: not frozen (see Trigger)
 class Settlement:
     trigger: Trigger
@@ -99,8 +131,11 @@ class Queue:
         self._worker_id = f"{os.getpid()}-{secrets.token_hex(3)}"
         self._claims = itertools.count(1)
         self._next_partition = 0
+        self._rests: dict[int, _Rest] = {}  # partitions resting after a failure (cluster)
         self._apps: dict[str, AppRegistration] = {}
         self._apps_loaded = 0.0
+        # Redis did not answer for them, and why: not asked again meanwhile.
+        self._apps_rest: tuple[_Rest, Exception] | None = None
         self._alive: dict[str, bool] = {}
         self._unreadable_seen: set[tuple[bytes, int]] = set()  # see _unreadable
         self._unreadable_unlogged = 0
@@ -137,12 +172,25 @@ class Queue:
         claim = await self.claim_within(limit, Budgets(limit, {}, limit))
         return claim.triggers, claim.earliest
 
-    async def claim_within(self, limit: int, budgets: Budgets, ahead_ms: int = 0) -> Claim:
+    async def claim_within(self, limit: int, budgets: Budgets, ahead_ms: int = 0,
+                           skip: Collection[int] = ()) -> Claim:
         """Claim up to `limit` due triggers over the partitions, taking turns so none
         starves, each app within its budget and its rate limit (claim.lua); `ahead_ms`:
-        also those due within that long, which the caller holds until they are due."""
+        also those due within that long, which the caller holds until they are due;
+        `skip`: partitions not to claim from now (their outcomes wait to be settled).
+
+        On Redis Cluster, a partition Redis did not answer for (its master failing over)
+        rests a while, its rest doubling up to PARTITION_REST_MAX_S while it fails: each
+        call to a dead master costs redis-py's retries (0.2-0.6 s), which held up the
+        claims of every other partition. UNAVAILABLE is raised when no partition answered."""
         if time.monotonic() - self._apps_loaded > APPS_MAX_AGE_S:
-            await self.load_apps(None)  # rate limits as registered now
+            try:
+                await self.load_apps(None)  # rate limits as registered now
+            except UNAVAILABLE:
+                if not self._apps_loaded:
+                    raise  # nothing to go by yet
+                # The registrations' node may be failing over (Redis Cluster): the cached
+                # ones serve meanwhile, and the partitions that answer are claimed.
         claim = Claim([], None, False, set())
         left = dict(budgets.apps)
         # With one live app there is nobody its backlog could hold up (claim.lua ARGV[7]);
@@ -152,10 +200,13 @@ class Queue:
         n = self.keys.partitions
         start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
         unavailable: Exception | None = None
+        answered = False
         for part in ((start + i) % n for i in range(n)):
             if len(claim.triggers) >= limit:
                 claim.more = True
                 break
+            if part in skip or self._resting(part):
+                continue
             pk = self.keys.partition(part)
             token = f"{self._worker_id}:{next(self._claims)}"
             try:
@@ -166,9 +217,12 @@ class Queue:
                      *self._app_args(left, budgets)])
             except UNAVAILABLE as exc:
                 # On Redis Cluster, this partition's master may be failing over: the
-                # other partitions go on (their triggers are claimed already).
+                # other partitions go on.
                 unavailable = exc
+                self._rest(part, exc)
                 continue
+            answered = True
+            self._rests.pop(part, None)
             head, more, blocked = raw[0], raw[1], raw[2]
             if head is not None:
                 head_ms = int(head)
@@ -200,9 +254,27 @@ class Queue:
                 claim.more = True
                 claim.blocked.difference_update(
                     split_job_id(j.decode(errors="replace"))[0] for j in unreadable)
-        if unavailable is not None and not claim.triggers:
+        if unavailable is not None and not answered:
             raise unavailable
+        rests = [r.until for p, r in self._rests.items() if p not in skip]
+        if rests:  # look again when the first rest ends
+            ends = now_ms() + int(1000 * max(min(rests) - time.monotonic(), 0))
+            claim.earliest = ends if claim.earliest is None else min(claim.earliest, ends)
         return claim
+
+    def _resting(self, part: int) -> bool:
+        rest = self._rests.get(part)
+        return rest is not None and time.monotonic() < rest.until
+
+    def _rest(self, part: int, exc: Exception) -> None:
+        """Rest a partition Redis did not answer for, on Redis Cluster (one Redis is one
+        node: all its partitions fail together, and the caller backs off)."""
+        if not self.settings.redis_cluster:
+            return
+        rest = self._rests[part] = _Rest.after(self._rests.get(part), PARTITION_REST_MIN_S,
+                                               PARTITION_REST_MAX_S)
+        log.warning("redis unavailable for partition %d, trying it again in %.2fs: %s",
+                    part, rest.rest_s, exc)
 
     def _app_args(self, left: dict[str, int], budgets: Budgets) -> list[Any]:
         """claim.lua's groups: app, budget, rate (tokens per ms), bucket size. A rate limit
@@ -217,11 +289,13 @@ class Queue:
                      repr(rate / 1000), repr(max(1.0, rate))]
         return args
 
-    async def settle(self, settlements: list[Settlement]) -> list[Settlement]:
+    async def settle(self, settlements: list[Settlement]) -> Settled:
         """Apply a batch of outcomes, one script call per partition, which also records them
-        in the jobs' histories (when Settings.history_size is above 0). Returns those
-        applied: not one whose lease was gone (its job deleted or replaced meanwhile, or
-        the trigger taken by another worker), which changes nothing."""
+        in the jobs' histories (when Settings.history_size is above 0). Those applied: not
+        one whose lease was gone (its job deleted or replaced meanwhile, or the trigger
+        taken by another worker), which changes nothing. Those of a partition Redis did not
+        answer for are left (on Redis Cluster, its master may be failing over), the other
+        partitions' applied."""
         by_part: dict[int, list[Any]] = defaultdict(list)
         in_part: dict[int, list[Settlement]] = defaultdict(list)
         history_keys: dict[int, list[str]] = defaultdict(list)
@@ -238,25 +312,23 @@ class Queue:
             if size:
                 history_keys[s.trigger.partition].append(
                     self._parts[s.trigger.partition].history(s.trigger.job_id))
-        applied: list[Settlement] = []
+        settled = Settled([], [])
         now = now_ms()
         keep_ms = int(self.settings.history_ttl_s * 1000)
-        unavailable: Exception | None = None
         for part, args in by_part.items():
             pk = self.keys.partition(part)
             try:
                 flags = await self._script(
                     "ack", [*pk.all(), *history_keys[part]], [now, size, keep_ms, *args])
-                flags = flags.decode() if isinstance(flags, bytes) else str(flags)
-                applied += (s for s, flag in zip(in_part[part], flags, strict=True)
-                            if flag == "1")
             except UNAVAILABLE as exc:
-                # Settle the other partitions now (before their leases run out); the
-                # caller retries the whole batch, and a settled entry applies only once.
-                unavailable = exc
-        if unavailable is not None:
-            raise unavailable
-        return applied
+                # The other partitions are settled now, before their leases run out.
+                settled.left += in_part[part]
+                settled.error = exc
+                continue
+            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+            settled.applied += (s for s, flag in zip(in_part[part], flags, strict=True)
+                                if flag == "1")
+        return settled
 
     async def still_current(self, trigger: Trigger, lease: bool) -> Standing:
         """Where a trigger about to go out after a wait in this worker (`lease`), or fired
@@ -314,6 +386,22 @@ class Queue:
         missing = not app_ids.issubset(self._apps)
         if not (age > max_age_s or (missing and age > miss_retry_s)):
             return
+        last = self._apps_rest
+        if last is not None and time.monotonic() < last[0].until:
+            # The last try's error, without another: one costs redis-py's retries (0.3-0.4 s
+            # against a master that is down), on the claim loop.
+            raise last[1].with_traceback(None)
+        try:
+            await self._load_apps(app_ids)
+        except UNAVAILABLE as exc:
+            rest = _Rest.after(last and last[0], APPS_REST_MIN_S, APPS_REST_MAX_S)
+            self._apps_rest = rest, exc
+            log.warning("cannot load app registrations, trying again in %.1fs: %s",
+                        rest.rest_s, exc)
+            raise
+        self._apps_rest = None
+
+    async def _load_apps(self, app_ids: set[str]) -> None:
         raw = await self.redis.hgetall(self.keys.apps)
         before = {app_id: r.rate for app_id, r in self._apps.items()}
         self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}

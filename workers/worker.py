@@ -22,7 +22,7 @@ from workers import delivery
 from workers.grpc_client import GrpcClient
 from workers.http_client import HttpClient, Sent
 from workers.metrics import WorkerMetrics
-from workers.queue import Action, Claim, Queue, Settlement
+from workers.queue import Action, Claim, Queue, Settled, Settlement
 from workers.slots import Slots
 
 log = logging.getLogger("jobrunner.worker")
@@ -121,7 +121,7 @@ class Worker:
         self._http = HttpClient(settings.connections_per_app)
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
         self._backoff = 0.05
-        self._unsettled = False  # the last settle failed: outcomes wait to be written
+        self._unsettled: set[int] = set()  # partitions whose outcomes wait to be written
         self._stopping = False
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
@@ -177,25 +177,31 @@ class Worker:
             flag.set()
 
     async def _claim(self, limit: int, stop: asyncio.Event) -> Claim | None:
-        if self._unsettled:
+        if len(self._unsettled) >= self.queue.keys.partitions:
             # Redis was away: settle first what was delivered meanwhile. A claim first
             # would take back the triggers whose leases ran out, and deliver them again.
             await self._wake.wait(timeout=0.5)  # set when the settlements are in
             return None
+        # Not from a partition whose outcomes wait (the others go on: on Redis Cluster, the
+        # one master failing over), nor, while any wait, from one with outcomes not yet
+        # tried: the settlements back off meanwhile, and leases may run out.
+        skip = self._unsettled
+        if skip:
+            skip = skip | {s.trigger.partition for s in self.settled}
         try:
-            claim = await self.queue.claim_within(limit, self.slots.budgets(), CLAIM_AHEAD_MS)
+            claim = await self.queue.claim_within(limit, self.slots.budgets(), CLAIM_AHEAD_MS,
+                                                  skip=skip)
         except UNAVAILABLE as exc:
             log.warning("redis unavailable, retrying in %.2fs: %s", self._backoff, exc)
             await self._wait_any(stop, timeout=self._backoff)
             self._backoff = min(self._backoff * 2, 2.0)
             return None
         self._backoff = 0.05
-        try:
+        # Keep the triggers just claimed if Redis does not answer (dropping them strands
+        # them until their lease runs out); deliver with the cached registrations, if any
+        # (load_apps logged why).
+        with contextlib.suppress(*UNAVAILABLE):
             await self.queue.load_apps({t.job.app_id for t in claim.triggers})
-        except UNAVAILABLE as exc:
-            # Keep the triggers just claimed (dropping them strands them until their
-            # lease runs out); deliver with the cached registrations, if any.
-            log.warning("cannot refresh app registrations: %s", exc)
         return claim
 
     async def _stage_offline(self, triggers: list[Trigger]) -> list[Trigger]:
@@ -502,31 +508,32 @@ class Worker:
                 continue
             batch, self.settled = self.settled, []
             try:
-                applied = await self.queue.settle(batch)
+                settled = await self.queue.settle(batch)
             except Exception as exc:
-                # A settlement is retried, never dropped (each applies once: by its lease);
-                # past the shutdown deadline the leases run out instead and the triggers
-                # are delivered again. Not only UNAVAILABLE: a loop that died on a client's
-                # unexpected error would leave this worker delivering without settling,
-                # every trigger coming back at each lease's end.
-                if isinstance(exc, UNAVAILABLE):
-                    log.warning("redis unavailable while settling %d triggers: %s",
-                                len(batch), exc)
-                else:
-                    log.exception("cannot settle %d triggers; retrying", len(batch))
-                self._unsettled = True
-                if give_up_at is not None and loop.time() > give_up_at:
-                    return
-                self.settled[:0] = batch
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.05
-            self.metrics.settled(applied)  # not what a deleted job's lost lease undid
+                # Not only UNAVAILABLE: a loop that died on a client's unexpected error
+                # would leave this worker delivering without settling, every trigger
+                # coming back at each lease's end.
+                log.exception("cannot settle %d triggers; retrying", len(batch))
+                settled = Settled([], batch, exc)
+            self.metrics.settled(settled.applied)  # not what a deleted job's lost lease undid
             self._wake_if_due_before_plan(batch)
-            if self._unsettled:
-                self._unsettled = False
-                self._wake.set()  # the claim loop waits for this
+            before, self._unsettled = self._unsettled, {s.trigger.partition for s in settled.left}
+            if before - self._unsettled:
+                self._wake.set()  # the claim loop waits for these partitions
+            if not settled.left:
+                backoff = 0.05
+                continue
+            # A settlement is retried, never dropped (each applies once: by its lease); past
+            # the shutdown deadline the leases run out instead and the triggers are
+            # delivered again.
+            if isinstance(settled.error, UNAVAILABLE):
+                log.warning("redis unavailable while settling %d triggers: %s",
+                            len(settled.left), settled.error)
+            if give_up_at is not None and loop.time() > give_up_at:
+                return
+            self.settled[:0] = settled.left
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
 
     def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
         """A retry or a next occurrence may be due before the claim loop meant to look."""

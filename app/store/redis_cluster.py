@@ -14,9 +14,10 @@
   back off.
 - The replica acknowledgement of app.store.redis_wait, each script call and its WAIT
   sent on one connection to the master of the script's slot.
-- Connections closed under a call: the asyncio client closes its nodes' connections to
-  relearn the layout while other calls use them; a write on one fails as ConnectionError,
-  not AttributeError.
+- Connections closed under a call: redis-py's asyncio client closes itself to relearn the
+  layout while other calls use its nodes' connections; ours closes each busy connection
+  when its call is over, and a write on a connection closed meanwhile anyway (a failed
+  relearning closes them all) fails as ConnectionError, not AttributeError.
 """
 
 from __future__ import annotations
@@ -364,8 +365,12 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
         if client is None:
             # Same URL (credentials, TLS, options), this node's address; no retries
             # of its own: a script is never sent twice by the client.
+            tls = urlsplit(self.url).scheme == "rediss"
+            safe = _SAFE_WRITES[redis.asyncio.connection.SSLConnection if tls
+                                else redis.asyncio.connection.Connection]
             client = redis.asyncio.Redis.from_url(
-                _with_address(self.url, host, port), retry=Retry(NoBackoff(), 0), **self.timeouts)
+                _with_address(self.url, host, port), retry=Retry(NoBackoff(), 0),
+                connection_class=safe, **self.timeouts)
             self._node_clients[name] = client
         return client
 
@@ -374,25 +379,41 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
         call may have made since), and learn the cluster's owners again."""
         if self._node_clients.get(name) is client:
             del self._node_clients[name]
-            # Its idle connections only: other calls may be using the rest, and closing a
-            # connection under a call made redis-py fail it with AttributeError (its writer
-            # gone), not ConnectionError (redis-py issue 4287): a worker took that for a bad
-            # record and dead-lettered a trigger in tests/cluster/test_failover.py. The
-            # rest close _RETIRED_FOR_S later, their calls over.
-            await client.connection_pool.disconnect(inuse_connections=False)
-            now = asyncio.get_running_loop().time()
-            self._retired.append((now, client))
-            while self._retired and self._retired[0][0] < now - _RETIRED_FOR_S:
-                await self._retired.pop(0)[1].aclose()
+            await self._retire([client])
         with contextlib.suppress(Exception):  # the next call will try again
             await self.nodes_manager.initialize()
 
+    async def _retire(self, clients: list[redis.asyncio.Redis]) -> None:
+        """Close the idle connections of `clients` and of those retired before; the rest
+        close _RETIRED_FOR_S later, their calls over. Other calls may be using them, and
+        closing a connection under a call made redis-py fail it with AttributeError (its
+        writer gone), not ConnectionError (redis-py issue 4287): a worker took that for a
+        bad record and dead-lettered a trigger in tests/cluster/test_failover.py."""
+        now = asyncio.get_running_loop().time()
+        self._retired += ((now, c) for c in clients)
+        while self._retired and self._retired[0][0] < now - _RETIRED_FOR_S:
+            await self._retired.pop(0)[1].aclose()
+        for _, client in self._retired:
+            await client.connection_pool.disconnect(inuse_connections=False)
+
     async def aclose(self) -> None:
-        clients = [*self._node_clients.values(), *(c for _, c in self._retired)]
-        self._node_clients, self._retired = {}, []
-        for client in clients:
-            await client.aclose()
-        await super().aclose()
+        """Close the connections: the idle ones now, each busy one when its call is over.
+
+        redis-py closes the client to relearn the cluster's layout when a pipeline meets an
+        unreachable node (and on CLUSTERDOWN or a run of MOVED), while other calls are
+        using the nodes' connections. Closed under them, calls to healthy masters failed
+        and were sent again: a claim's reply lost, its triggers waited for their lease to
+        run out (up to 5 s late in tests/cluster/test_failover.py), and a failover of one
+        master held up every partition. redis-py's single commands already close so after
+        a connection error (8.1: mark the busy ones for reconnect, close the idle ones)."""
+        clients, self._node_clients = list(self._node_clients.values()), {}
+        await self._retire(clients)  # the waited calls' clients: the same
+        self._initialize = True  # the next call learns the layout again
+        manager = self.nodes_manager
+        nodes = {id(n): n for n in (*manager.nodes_cache.values(), *manager.startup_nodes.values())}
+        for node in nodes.values():
+            node.update_active_connections_for_reconnect()
+            await node.disconnect_free_connections()
 
 
 def _with_address(url: str, host: str, port: int) -> str:

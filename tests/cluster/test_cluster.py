@@ -395,14 +395,14 @@ def test_forgetting_a_masters_client_leaves_calls_in_flight_their_connections(
 
 
 @pytest.mark.parametrize("pipelined", [False, True])
-def test_a_call_whose_connection_the_client_closed_meanwhile_is_retried(
+def test_a_call_whose_connection_was_closed_meanwhile_is_retried(
         cluster: RedisCluster, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
         pipelined: bool) -> None:
-    """redis-py closes all its nodes' connections to relearn the layout after any call
-    fails, under the calls that are using them. One that was awaiting (here its health
-    check; in CI its connect's handshake) then wrote to no writer: AttributeError, which
-    killed a worker's claim loop while the cluster failed over. Now the write fails as a
-    ConnectionError, which redis-py retries (and a worker would wait out)."""
+    """redis-py can close every connection of the nodes under the calls using them (a
+    failed relearning of the layout does: NodesManager.aclose). A call that was awaiting
+    (here its health check; in CI its connect's handshake) then wrote to no writer:
+    AttributeError, which killed a worker's claim loop while the cluster failed over. Now
+    the write fails as a ConnectionError, which redis-py retries (a worker waits it out)."""
     settings = cluster_settings(cluster, receiver)
     check_health = redis.asyncio.connection.Connection.check_health
 
@@ -412,9 +412,9 @@ def test_a_call_whose_connection_the_client_closed_meanwhile_is_retried(
 
         async def closed_meanwhile(conn: redis.asyncio.connection.Connection) -> None:
             await check_health(conn)
-            if not closed:  # another call failed: redis-py closes the client to relearn
+            if not closed:
                 closed.append(True)
-                await client.aclose()
+                await client.nodes_manager.aclose()
 
         try:
             await client.set("{a}x", "a")
@@ -430,6 +430,42 @@ def test_a_call_whose_connection_the_client_closed_meanwhile_is_retried(
             assert closed == [True]
         finally:
             monkeypatch.undo()
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_closing_the_client_leaves_calls_in_flight_their_connections(
+        cluster: RedisCluster, receiver: Receiver) -> None:
+    """redis-py closes the client to relearn the layout when a pipeline meets a dead
+    master, under the calls other tasks have in flight to healthy masters: their replies
+    were lost and the calls sent again (a claim's triggers then waited out their lease, and
+    a failover of one master held up every partition). Now a busy connection is closed
+    when its call is over, an idle one at once, and the client learns the layout again."""
+    settings = cluster_settings(cluster, receiver)
+
+    async def scenario() -> None:
+        client = async_client(settings)
+        try:
+            await client.initialize()
+            node = client.get_node_from_key("{a}x")
+            busy = node.acquire_connection()  # a call in flight holds it
+            idle = node.acquire_connection()
+            await busy.connect()
+            await idle.connect()
+            node.release(idle)
+            await client.aclose()
+            assert busy.is_connected and not idle.is_connected
+            await busy.send_command("SET", "{a}x", "a")
+            assert await busy.read_response() in (b"OK", "OK", True)
+            node.release(busy)  # its call over: closed
+            await asyncio.sleep(0)  # (redis-py closes it in a task of its own)
+            wait_until = asyncio.get_running_loop().time() + 10
+            while busy.is_connected and asyncio.get_running_loop().time() < wait_until:
+                await asyncio.sleep(0.01)
+            assert not busy.is_connected
+            assert await client.get("{a}x") == b"a"  # the layout learnt again
+        finally:
             await client.aclose()
 
     asyncio.run(scenario())

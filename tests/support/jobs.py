@@ -89,7 +89,10 @@ class QueueDriver:
         return self._runner.run(self.queue.claim_within(limit, budgets, ahead_ms))
 
     def settle(self, *settlements: Any) -> int:
-        return len(self._runner.run(self.queue.settle(list(settlements))))
+        settled = self._runner.run(self.queue.settle(list(settlements)))
+        if settled.left:
+            raise settled.error or AssertionError("left unsettled")
+        return len(settled.applied)
 
     def next(self, trigger: Trigger, at_ms: int | None) -> int:
         return self.settle(self._mod.Settlement(trigger, self._mod.Action.NEXT, at_ms))
