@@ -16,6 +16,7 @@ import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -24,6 +25,7 @@ import redis
 from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy, Trigger, TriggerStatus
 from app.settings import Settings
+from app.store.keys import Keys, job_id
 from app.store.store import AppRegistration, Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import DROP, Delivery, Receiver
@@ -358,6 +360,72 @@ def test_registrations_are_refreshed_ahead_only_where_that_spares_the_due_claim(
     assert queue.apps_stale_within(APPS_MAX_AGE_S * 0.2)
     assert not queue.apps_stale_within(APPS_MAX_AGE_S * 0.05)  # still fresh at wake-up
     assert not queue.apps_stale_within(APPS_MAX_AGE_S * 1.5)  # stale at wake-up anyway
+
+
+def test_while_a_partitions_outcomes_wait_the_others_are_written_and_sent_once(
+        settings: Settings, receiver: Receiver) -> None:
+    """Partition 0's outcome cannot be written: the first try fails at once, each next one
+    hangs 3 s first (a master away, a socket timeout). A job on partition 1 is delivered
+    meanwhile: its outcome is written, not claimed again once its 2 s lease has run out
+    while its outcome waited behind partition 0's (it went out four times), and it is
+    delivered once."""
+    settings = settings.with_(partitions=4, lease_s=2.0, delivery_timeout_s=1.0,
+                              idle_poll_s=0.1)
+    store = register(settings, receiver.url)
+    keys = Keys(settings.prefix, settings.partitions)
+    a, b = (next(f"{p}-{i}" for i in range(1000)
+                 if keys.partition_of(job_id(APP, f"{p}-{i}")) == part)
+            for p, part in (("a", 0), ("b", 1)))
+    down = threading.Event()
+    tries: list[float] = []
+    with ThreadWorker(settings) as w:
+        script = w.worker.queue._script
+
+        async def away(name: str, keys: list[str], args: list[Any]) -> Any:
+            if down.is_set() and name == "ack" and ":{0}:" in keys[0]:
+                if tries:
+                    await asyncio.sleep(3.0)
+                tries.append(time.monotonic())
+                raise redis.ConnectionError("partition 0's master is away (test)")
+            return await script(name, keys, args)
+
+        w.worker.queue._script = away  # type: ignore[method-assign]
+        down.set()
+        store.schedule(make_job(a, now_ms()))
+        wait_for(lambda: tries, 10, what="partition 0's outcome not written")
+        store.schedule(make_job(b, now_ms()))
+        wait_for(lambda: store.get(APP, b) is None, 10, what="partition 1's outcome written")
+        wait_for(lambda: len(tries) >= 3, 20, what="two more tries at partition 0, 3 s each")
+        down.clear()
+        wait_for(lambda: store.get(APP, a) is None, 20, what="partition 0's outcome written")
+    assert sorted(_name(d) for d in receiver.received()) == [a, b]
+
+
+def test_the_triggers_of_a_claim_that_took_longer_than_their_lease_are_sent_once(
+        settings: Settings, receiver: Receiver) -> None:
+    """A claim's reply comes back after the lease it gave its triggers (a claim during a
+    failover took 3.5 s, its calls retried, with 3 s leases): they are given back, not sent
+    with a lease run out (the next claim took them again: each went out twice)."""
+    settings = settings.with_(lease_s=2.0, delivery_timeout_s=0.5, idle_poll_s=0.1)
+    store = register(settings, receiver.url)
+    names = [f"slow-claim-{i}" for i in range(5)]
+    slowed: list[int] = []
+    with ThreadWorker(settings) as w:
+        script = w.worker.queue._script
+
+        async def slow_reply(name: str, keys: list[str], args: list[Any]) -> Any:
+            reply = await script(name, keys, args)
+            if name == "claim" and len(reply) > 3 and not slowed:
+                slowed.append(len(reply))
+                await asyncio.sleep(2.5)  # the leases run out meanwhile
+            return reply
+
+        w.worker.queue._script = slow_reply  # type: ignore[method-assign]
+        store.schedule_many(make_job(n, now_ms()) for n in names)
+        wait_for(lambda: all(store.get(APP, n) is None for n in names), 20,
+                 what="every job delivered and settled")
+    assert slowed
+    assert sorted(_name(d) for d in receiver.received()) == names
 
 
 def test_registrations_redis_does_not_answer_for_come_from_the_cache_meanwhile(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import secrets
 import time
@@ -95,6 +96,7 @@ class Claim:
     earliest: int | None  # when anything else this worker could take is due
     more: bool  # due triggers may be left that the claim had no room to look at
     blocked: set[str]  # apps with due triggers left for want of budget
+    answered: bool = True  # a partition answered (not all resting or skipped)
 
 
 @dataclass
@@ -256,9 +258,10 @@ class Queue:
                     split_job_id(j.decode(errors="replace"))[0] for j in unreadable)
         if unavailable is not None and not answered:
             raise unavailable
+        claim.answered = answered
         rests = [r.until for p, r in self._rests.items() if p not in skip]
-        if rests:  # look again when the first rest ends
-            ends = now_ms() + int(1000 * max(min(rests) - time.monotonic(), 0))
+        if rests:  # look again when the first rest ends (the caller wakes ahead_ms early)
+            ends = now_ms() + math.ceil(1000 * max(min(rests) - time.monotonic(), 0)) + ahead_ms
             claim.earliest = ends if claim.earliest is None else min(claim.earliest, ends)
         return claim
 
@@ -271,10 +274,12 @@ class Queue:
         node: all its partitions fail together, and the caller backs off)."""
         if not self.settings.redis_cluster:
             return
-        rest = self._rests[part] = _Rest.after(self._rests.get(part), PARTITION_REST_MIN_S,
-                                               PARTITION_REST_MAX_S)
-        log.warning("redis unavailable for partition %d, trying it again in %.2fs: %s",
-                    part, rest.rest_s, exc)
+        last = self._rests.get(part)
+        rest = self._rests[part] = _Rest.after(last, PARTITION_REST_MIN_S, PARTITION_REST_MAX_S)
+        # Once as it starts; again at debug (up to once a second for each partition).
+        log.log(logging.WARNING if last is None else logging.DEBUG,
+                "redis unavailable for partition %d, trying it again in %.2fs: %s",
+                part, rest.rest_s, exc)
 
     def _app_args(self, left: dict[str, int], budgets: Budgets) -> list[Any]:
         """claim.lua's groups: app, budget, rate (tokens per ms), bucket size. A rate limit

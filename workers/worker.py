@@ -122,6 +122,7 @@ class Worker:
         self._grpc = GrpcClient()  # apps registered with protocol grpc; no channel until one
         self._backoff = 0.05
         self._unsettled: set[int] = set()  # partitions whose outcomes wait to be written
+        self._settling: list[Settlement] = []  # the batch being written
         self._stopping = False
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
 
@@ -138,12 +139,14 @@ class Worker:
                 if not limit:
                     continue
                 self._wake.clear()  # wake-ups from here on mean: look again after this claim
+                claimed_at = time.monotonic()
                 claim = await self._claim(limit, stop)
                 if claim is None:
                     continue  # Redis unavailable: backed off, try again
+                since = self._slow_claim(claimed_at)
                 for trigger in self._pass_over_missed(await self._stage_offline(claim.triggers)):
-                    if self.slots.admit(trigger, time.monotonic()):  # else: waits its turn
-                        self._start(trigger)
+                    if self.slots.admit(trigger, since or time.monotonic()):  # else: waits
+                        self._start(trigger, since)
                 self.slots.blocked(claim.blocked)  # a slot of theirs freed: claim again
                 if not claim.more:  # nothing else due now that this worker has room for
                     await self._sleep_until(claim.earliest, stop)
@@ -154,6 +157,15 @@ class Worker:
             await self.metrics.close()
             self._http.close()
             await self._grpc.close()
+
+    @staticmethod
+    def _slow_claim(claimed_at: float) -> float | None:
+        """`claimed_at` for a claim that took long (Redis failing over: a call for each
+        partition, some retried), whose first triggers were leased at its start: they go
+        out as ones that waited since then, their lease checked first (one too short for a
+        delivery is given back; sent, it ran out and the trigger went out twice). None
+        for a claim of the usual milliseconds."""
+        return claimed_at if time.monotonic() - claimed_at > RECHECK_AFTER_WAIT_S else None
 
     async def _room_to_claim(self, stop: asyncio.Event) -> int:
         """How many triggers to claim now; 0 after waiting for deliveries to finish.
@@ -183,11 +195,11 @@ class Worker:
             await self._wake.wait(timeout=0.5)  # set when the settlements are in
             return None
         # Not from a partition whose outcomes wait (the others go on: on Redis Cluster, the
-        # one master failing over), nor, while any wait, from one with outcomes not yet
-        # tried: the settlements back off meanwhile, and leases may run out.
+        # one master failing over), nor, while any wait, from one with outcomes not written
+        # yet: writing them waits behind the failing ones, and leases may run out.
         skip = self._unsettled
         if skip:
-            skip = skip | {s.trigger.partition for s in self.settled}
+            skip = skip | {s.trigger.partition for s in (*self.settled, *self._settling)}
         try:
             claim = await self.queue.claim_within(limit, self.slots.budgets(), CLAIM_AHEAD_MS,
                                                   skip=skip)
@@ -196,7 +208,8 @@ class Worker:
             await self._wait_any(stop, timeout=self._backoff)
             self._backoff = min(self._backoff * 2, 2.0)
             return None
-        self._backoff = 0.05
+        if claim.answered:
+            self._backoff = 0.05
         # Keep the triggers just claimed if Redis does not answer (dropping them strands
         # them until their lease runs out); deliver with the cached registrations, if any
         # (load_apps logged why).
@@ -495,18 +508,26 @@ class Worker:
         return Settlement(trigger, Action.DEAD, next_ms, letter.id, letter.encode())
 
     async def _settle_loop(self, stop: asyncio.Event) -> None:
-        """Settle finished deliveries in batches; after `stop`, until all are settled."""
+        """Settle finished deliveries in batches; after `stop`, until all are settled.
+        Outcomes Redis did not take (a partition's master away) are tried again after a
+        back-off, the others' written meanwhile as they come."""
         give_up_at: float | None = None
         loop = asyncio.get_running_loop()
         backoff = 0.05
-        while not (stop.is_set() and not self.inflight and not self.settled):
+        left: list[Settlement] = []  # not taken: tried again at retry_at
+        retry_at = 0.0
+        while not (stop.is_set() and not self.inflight and not self.settled and not left):
             if stop.is_set() and give_up_at is None:
                 give_up_at = loop.time() + self.settings.shutdown_grace_s + 5.0
-            if not self.settled:
+            retry = bool(left) and loop.time() >= retry_at
+            if not self.settled and not retry:
                 self._to_settle.clear()
-                await self._to_settle.wait(timeout=0.5)
+                await self._to_settle.wait(min(0.5, retry_at - loop.time()) if left else 0.5)
                 continue
             batch, self.settled = self.settled, []
+            if retry:
+                batch, left = batch + left, []
+            self._settling = batch
             try:
                 settled = await self.queue.settle(batch)
             except Exception as exc:
@@ -515,25 +536,29 @@ class Worker:
                 # coming back at each lease's end.
                 log.exception("cannot settle %d triggers; retrying", len(batch))
                 settled = Settled([], batch, exc)
+            finally:
+                self._settling = []
             self.metrics.settled(settled.applied)  # not what a deleted job's lost lease undid
             self._wake_if_due_before_plan(batch)
-            before, self._unsettled = self._unsettled, {s.trigger.partition for s in settled.left}
+            first_failure = not left and not retry
+            left += settled.left
+            before, self._unsettled = self._unsettled, {s.trigger.partition for s in left}
             if before - self._unsettled:
                 self._wake.set()  # the claim loop waits for these partitions
-            if not settled.left:
+            if not left:
                 backoff = 0.05
                 continue
             # A settlement is retried, never dropped (each applies once: by its lease); past
             # the shutdown deadline the leases run out instead and the triggers are
             # delivered again.
-            if isinstance(settled.error, UNAVAILABLE):
+            if settled.left and isinstance(settled.error, UNAVAILABLE):
                 log.warning("redis unavailable while settling %d triggers: %s",
                             len(settled.left), settled.error)
             if give_up_at is not None and loop.time() > give_up_at:
                 return
-            self.settled[:0] = settled.left
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            if settled.left and (retry or first_failure):
+                retry_at = loop.time() + backoff
+                backoff = min(backoff * 2, 2.0)
 
     def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
         """A retry or a next occurrence may be due before the claim loop meant to look."""

@@ -272,8 +272,8 @@ class _SafeWritesSSL(_SafeWrites, redis.asyncio.connection.SSLConnection):
     pass
 
 
-_SAFE_WRITES: dict[type[redis.asyncio.connection.Connection],
-                   type[redis.asyncio.connection.Connection]] = {
+_SAFE_WRITES: dict[type[redis.asyncio.connection.AbstractConnection],
+                   type[redis.asyncio.connection.AbstractConnection]] = {
     redis.asyncio.connection.Connection: _SafeWrites,
     redis.asyncio.connection.SSLConnection: _SafeWritesSSL,
 }
@@ -298,7 +298,8 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
         super().__init__(*args, **kwargs)
         # redis-py picks the connection class itself; every node, the ones learnt later
         # too, is made from these connection_kwargs (the nodes manager's own).
-        safe = _SAFE_WRITES[self.connection_kwargs["connection_class"]]
+        kind = self.connection_kwargs["connection_class"]
+        safe = _SAFE_WRITES.get(kind, kind)
         self.connection_kwargs["connection_class"] = safe
         for node in self.nodes_manager.startup_nodes.values():
             node.connection_class = safe
@@ -365,12 +366,10 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
         if client is None:
             # Same URL (credentials, TLS, options), this node's address; no retries
             # of its own: a script is never sent twice by the client.
-            tls = urlsplit(self.url).scheme == "rediss"
-            safe = _SAFE_WRITES[redis.asyncio.connection.SSLConnection if tls
-                                else redis.asyncio.connection.Connection]
             client = redis.asyncio.Redis.from_url(
-                _with_address(self.url, host, port), retry=Retry(NoBackoff(), 0),
-                connection_class=safe, **self.timeouts)
+                _with_address(self.url, host, port), retry=Retry(NoBackoff(), 0), **self.timeouts)
+            pool = client.connection_pool  # (from_url takes the class from the URL's scheme)
+            pool.connection_class = _SAFE_WRITES.get(pool.connection_class, pool.connection_class)
             self._node_clients[name] = client
         return client
 

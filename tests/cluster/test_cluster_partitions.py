@@ -7,7 +7,9 @@ partitions' triggers were: 4-9 s before these changes, 1-2 s after, on 2 cores).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -134,3 +136,36 @@ def test_a_partition_that_does_not_answer_rests_while_the_others_are_claimed(
             await queue.close()
 
     asyncio.run(scenario())
+
+
+def test_a_partition_that_keeps_failing_is_warned_of_once(
+        csettings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Every partition fails, rest after rest: one warning for each as its rests start, not
+    one for each try (up to one a second for each partition, for the whole outage)."""
+    register(csettings, "http://127.0.0.1:9")
+    budgets = Budgets(10, {}, 10)
+
+    async def scenario() -> None:
+        queue = Queue(csettings)
+        await queue.load_apps(None)
+
+        async def away(name: str, keys: list[str], args: list[Any]) -> Any:
+            raise redis.ConnectionError("away (test)")
+
+        queue._script = away  # type: ignore[method-assign]
+        try:
+            for _ in range(3):
+                with pytest.raises(redis.ConnectionError):
+                    await queue.claim_within(10, budgets)
+                # Each rest over: the next claim tries every partition again.
+                ends = max(r.until for r in queue._rests.values())
+                await asyncio.sleep(max(ends - time.monotonic(), 0) + 0.01)
+        finally:
+            await queue.close()
+
+    with caplog.at_level(logging.DEBUG, logger="jobrunner.worker"):
+        asyncio.run(scenario())
+    tries = [r for r in caplog.records if "for partition" in r.getMessage()]
+    warned = [r for r in tries if r.levelno == logging.WARNING]
+    assert len(tries) == 3 * csettings.partitions
+    assert len(warned) == csettings.partitions
