@@ -298,9 +298,9 @@ class Queue:
         """Apply a batch of outcomes, one script call per partition, which also records them
         in the jobs' histories (when Settings.history_size is above 0). Those applied: not
         one whose lease was gone (its job deleted or replaced meanwhile, or the trigger
-        taken by another worker), which changes nothing. Those of a partition Redis did not
-        answer for are left (on Redis Cluster, its master may be failing over), the other
-        partitions' applied."""
+        taken by another worker), which changes nothing. Those of a partition whose call
+        failed are left (on Redis Cluster, its master may be failing over, or refusing
+        writes), the other partitions' applied."""
         by_part: dict[int, list[Any]] = defaultdict(list)
         in_part: dict[int, list[Settlement]] = defaultdict(list)
         history_keys: dict[int, list[str]] = defaultdict(list)
@@ -325,7 +325,7 @@ class Queue:
             try:
                 flags = await self._script(
                     "ack", [*pk.all(), *history_keys[part]], [now, size, keep_ms, *args])
-            except UNAVAILABLE as exc:
+            except Exception as exc:  # (not only UNAVAILABLE: an OOM master's refusal too)
                 # The other partitions are settled now, before their leases run out.
                 settled.left += in_part[part]
                 settled.error = exc

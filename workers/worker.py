@@ -534,7 +534,6 @@ class Worker:
                 # Not only UNAVAILABLE: a loop that died on a client's unexpected error
                 # would leave this worker delivering without settling, every trigger
                 # coming back at each lease's end.
-                log.exception("cannot settle %d triggers; retrying", len(batch))
                 settled = Settled([], batch, exc)
             finally:
                 self._settling = []
@@ -543,8 +542,8 @@ class Worker:
             first_failure = not left and not retry
             left += settled.left
             before, self._unsettled = self._unsettled, {s.trigger.partition for s in left}
-            if before - self._unsettled:
-                self._wake.set()  # the claim loop waits for these partitions
+            if before - self._unsettled or (before and settled.applied):
+                self._wake.set()  # the claim loop skipped these partitions
             if not left:
                 backoff = 0.05
                 continue
@@ -554,6 +553,9 @@ class Worker:
             if settled.left and isinstance(settled.error, UNAVAILABLE):
                 log.warning("redis unavailable while settling %d triggers: %s",
                             len(settled.left), settled.error)
+            elif settled.left and settled.error is not None:
+                log.error("cannot settle %d triggers; retrying", len(settled.left),
+                          exc_info=settled.error)
             if give_up_at is not None and loop.time() > give_up_at:
                 return
             if settled.left and (retry or first_failure):
