@@ -406,7 +406,7 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
         master held up every partition. redis-py's single commands already close so after
         a connection error (8.1: mark the busy ones for reconnect, close the idle ones)."""
         clients, self._node_clients = list(self._node_clients.values()), {}
-        await self._retire(clients)  # the waited calls' clients: the same
+        await self._retire(clients)  # (the node clients of waited script calls)
         self._initialize = True  # the next call learns the layout again
         manager = self.nodes_manager
         nodes = {id(n): n for n in (*manager.nodes_cache.values(), *manager.startup_nodes.values())}
