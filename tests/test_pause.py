@@ -517,6 +517,31 @@ def test_a_jobs_set_of_trigger_nows_drops_those_that_are_over_past_its_bound(
     assert len(left) == FIRED_NOW_PRUNE_AT - len(over) + 1 and not left & set(over)
 
 
+def test_a_trigger_now_looks_at_a_bounded_number_of_the_jobs_trigger_nows(
+        store: Store) -> None:
+    """The job's set holds a live one-shot for each trigger while its app is down: each
+    trigger-now looks at FIRED_NOW_PRUNE_AT of them, not all (every trigger read the whole
+    set, a Redis call growing with it that held up every app)."""
+    from app.store.keys import FIRED_NOW_PRUNE_AT
+    from tests.support.jobs import make_job
+
+    store.schedule(make_job("hammered", now_ms() + 3_600_000, schedule="@every 1h"))
+    pk = store.keys.for_job(f"{APP}/hammered")
+    live = [f"{APP}/hammered@live-{i}" for i in range(20 * FIRED_NOW_PRUNE_AT)]
+    store.redis.sadd(pk.fired_now(f"{APP}/hammered"), *live)
+    store.redis.hset(pk.jobs, mapping={m: "{}" for m in live})  # their one-shots pending
+
+    def hexists_calls() -> int:
+        stats = store.redis.info("commandstats").get("cmdstat_hexists", {})
+        return int(stats.get("calls", 0))
+
+    before = hexists_calls()
+    assert Pauses(store).trigger(APP, "hammered") is not None
+    # (an earlier test's in-process worker may still be stopping, and call HEXISTS too)
+    assert FIRED_NOW_PRUNE_AT <= hexists_calls() - before < 2 * FIRED_NOW_PRUNE_AT
+    assert store.redis.scard(pk.fired_now(f"{APP}/hammered")) == len(live) + 1
+
+
 def test_a_trigger_now_retry_goes_on_after_its_job_ends(
         api: FlaskClient, receiver: Receiver, worker: ThreadWorker) -> None:
     """The job ended (its one trigger delivered) while a trigger-now of it waited for its

@@ -91,8 +91,8 @@ def is_replay(jid: str) -> bool:
 # The suffix of a "trigger now" one-shot (app/store/pauses.py): unlike a dead letter's
 # replay, it is dropped undelivered once its job is deleted (workers/worker.py).
 FIRED_NOW = "now-"
-# Past this many members, trigger.lua drops those of a job's fired-now set that are over;
-# the set goes this long after the job's last trigger-now.
+# Past this many members, trigger.lua drops those of a job's fired-now set that are over,
+# of as many picked at random; the set goes this long after the job's last trigger-now.
 FIRED_NOW_PRUNE_AT = 64
 FIRED_NOW_KEEP_MS = 7 * 24 * 3600 * 1000
 

@@ -11,7 +11,9 @@
 -- ARGV[4] the one-shot's record
 -- ARGV[5] its due time, ms
 -- ARGV[6] wake channel
--- ARGV[7] past this many members of `nows`, those whose one-shot is over are dropped
+-- ARGV[7] past this many members of `nows`, those whose one-shot is over are dropped,
+--         of as many members picked at random (a bound on each call's work: the set of a
+--         job triggered while its app is down holds a live one-shot for each trigger)
 -- ARGV[8] how long `nows` is kept after this one, ms
 -- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read.
 local record = redis.call("HGET", KEYS[2], ARGV[1])
@@ -25,7 +27,7 @@ redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
 redis.call("ZADD", KEYS[1], ARGV[5], ARGV[3])
 if KEYS[3] then
   if redis.call("SCARD", KEYS[3]) >= tonumber(ARGV[7]) then
-    for _, once in ipairs(redis.call("SMEMBERS", KEYS[3])) do
+    for _, once in ipairs(redis.call("SRANDMEMBER", KEYS[3], ARGV[7])) do
       if redis.call("HEXISTS", KEYS[2], once) == 0 then
         redis.call("SREM", KEYS[3], once)
       end
