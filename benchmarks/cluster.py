@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis
 
 from benchmarks.procs import (
     LOOPBACK,
+    BenchError,
     Procs,
     RedisCounters,
     free_port,
@@ -39,6 +41,10 @@ def _cluster_port() -> int:
         return port
 
 
+# Ports a node is tried on before the cluster's start gives up.
+_NODE_ATTEMPTS = 5
+
+
 class BenchCluster:
     def __init__(self, procs: Procs, workdir: Path, masters: int) -> None:
         self.procs = procs
@@ -57,17 +63,7 @@ class BenchCluster:
     def start(self, timeout: float = 30.0) -> BenchCluster:
         binary = redis_server_binary()
         for i in range(self.masters):
-            port = _cluster_port()
-            folder = self.workdir / str(port)
-            folder.mkdir(parents=True)
-            self.procs.start(f"redis-cluster-{i}", [
-                binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(folder),
-                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            ])
-            self.ports.append(port)
-        for port in self.ports:
-            wait_until(functools.partial(self._ping, port), timeout, f"cluster node {port}")
+            self.ports.append(self._start_node(binary, f"redis-cluster-{i}", timeout))
         per = SLOTS // self.masters
         for i, port in enumerate(self.ports):
             first, last = i * per, (SLOTS - 1 if i == self.masters - 1 else (i + 1) * per - 1)
@@ -81,6 +77,29 @@ class BenchCluster:
                 c.close()
         wait_until(self._ok, timeout, f"a {self.masters}-master cluster to be ok", 0.05)
         return self
+
+    def _start_node(self, binary: str, name: str, timeout: float) -> int:
+        """Start a node on a free port; its port. Another process may take the port, or its
+        bus port, between the check and the start (other tests take loopback ports all
+        the while): the node exits at once, and starts again on another port."""
+        for _ in range(_NODE_ATTEMPTS):
+            port = _cluster_port()
+            folder = self.workdir / str(port)
+            folder.mkdir(parents=True)
+            proc = self.procs.start(name, [
+                binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(folder),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            ])
+            wait_until(functools.partial(self._up_or_gone, proc, port), timeout,
+                       f"cluster node {port}")
+            if proc.poll() is None:
+                return port
+            self.procs.stop(proc)
+        raise BenchError(f"no cluster node started in {_NODE_ATTEMPTS} attempts")
+
+    def _up_or_gone(self, proc: subprocess.Popen[bytes], port: int) -> bool:
+        return proc.poll() is not None or self._ping(port)
 
     def _ping(self, port: int) -> bool:
         c = self.client(port)

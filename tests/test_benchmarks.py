@@ -149,6 +149,31 @@ def test_workers(tmp_path: Path) -> None:
 
 
 
+def test_a_cluster_node_whose_port_was_taken_starts_on_another(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process takes a node's port between its check and the node's start (CI:
+    "timed out after 30s waiting for cluster node"): the node exits, and starts again on
+    another port."""
+    import socket
+
+    from benchmarks import cluster as cluster_module
+    from benchmarks.procs import Procs
+
+    taken = socket.socket()  # bound, as an outgoing connection's port is
+    taken.bind(("127.0.0.1", 0))
+    ports = iter([taken.getsockname()[1]])
+    free = cluster_module._cluster_port
+    monkeypatch.setattr(cluster_module, "_cluster_port", lambda: next(ports, None) or free())
+    try:
+        with Procs() as procs:
+            cluster = cluster_module.BenchCluster(procs, tmp_path, 2).start(timeout=10)
+            assert taken.getsockname()[1] not in cluster.ports and len(cluster.ports) == 2
+            cluster.stop()
+            assert procs.named() == []
+    finally:
+        taken.close()
+
+
 def test_cluster_counters(tmp_path: Path) -> None:
     """The capacity scenario's private cluster: K masters that own every slot between
     them, and Redis's counters per master (the scenario's per-master shares)."""
