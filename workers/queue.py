@@ -6,6 +6,7 @@ claims or settles many triggers.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -14,8 +15,8 @@ import secrets
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from app.jobs.clock import now_ms
@@ -48,6 +49,12 @@ _UNREADABLE_SUMMARY_S = 60.0
 # each time it fails again up to the most (Queue.claim_within).
 PARTITION_REST_MIN_S = 0.1
 PARTITION_REST_MAX_S = 1.0
+# On Redis Cluster, a claim or settlement call a partition's master has not answered within
+# this long goes on in the background while the other partitions are claimed and settled
+# (a master that stops answering, rather than refusing connections, held up every
+# partition until its promoted replica took over: 4 s); its answer is taken when it
+# comes. A call answers within milliseconds otherwise.
+PARTITION_ANSWER_S = 0.2
 
 
 class _Rest(NamedTuple):
@@ -60,6 +67,15 @@ class _Rest(NamedTuple):
     def after(last: _Rest | None, least_s: float, most_s: float) -> _Rest:
         rest_s = least_s if last is None else min(last.rest_s * 2, most_s)
         return _Rest(time.monotonic() + rest_s, rest_s)
+
+
+class _Parked(NamedTuple):
+    """A call to one partition that outlived PARTITION_ANSWER_S, still going on."""
+
+    call: asyncio.Task[Any]
+    started: float  # monotonic
+    token: str = ""  # a claim's lease token
+    sent: tuple[Settlement, ...] = ()  # a settlement's outcomes, in the call's order
 
 
 class Standing(NamedTuple):
@@ -97,6 +113,9 @@ class Claim:
     more: bool  # due triggers may be left that the claim had no room to look at
     blocked: set[str]  # apps with due triggers left for want of budget
     answered: bool = True  # a partition answered (not all resting or skipped)
+    # The lease tokens of its triggers from calls that went on in the background (_Parked),
+    # taken only now, with when each call was made (monotonic): when they were leased.
+    parked: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,16 +153,33 @@ class Queue:
         self._claims = itertools.count(1)
         self._next_partition = 0
         self._rests: dict[int, _Rest] = {}  # partitions resting after a failure (cluster)
+        # Calls not answered within PARTITION_ANSWER_S, by partition (cluster); none
+        # other goes to a partition while its call is on. `on_parked_done` is called when
+        # one ends: its answer is taken by the next claim_within or settle.
+        self._parked_claims: dict[int, _Parked] = {}
+        self._parked_acks: dict[int, _Parked] = {}
+        self.on_parked_done: Callable[[], None] | None = None
         self._apps: dict[str, AppRegistration] = {}
         self._apps_loaded = 0.0
         # Redis did not answer for them, and why: not asked again meanwhile.
         self._apps_rest: tuple[_Rest, Exception] | None = None
+        self._apps_call: asyncio.Task[None] | None = None  # a refresh going on (cluster)
         self._alive: dict[str, bool] = {}
         self._unreadable_seen: set[tuple[bytes, int]] = set()  # see _unreadable
         self._unreadable_unlogged = 0
         self._unreadable_summary_at = 0.0
 
     async def close(self) -> None:
+        # A claim left going on leases its triggers to nobody: they come back when their
+        # leases run out. A settlement's outcomes were left to the worker.
+        parked = [p.call for p in (*self._parked_claims.values(), *self._parked_acks.values())]
+        if self._apps_call is not None:
+            parked.append(self._apps_call)
+        for call in parked:
+            call.cancel()
+        await asyncio.gather(*parked, return_exceptions=True)
+        self._parked_claims.clear()
+        self._parked_acks.clear()
         if self._loop_redis is not None:
             self._loop_redis.close()
         await self.redis.aclose()
@@ -168,6 +204,27 @@ class Queue:
                     return reply
         return await self._scripts[name](keys=keys, args=args)
 
+    async def _call(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply; on Redis Cluster, the call itself when it has not answered
+        within PARTITION_ANSWER_S: it goes on in the background, and `on_parked_done` is
+        called when it ends."""
+        if not self.settings.redis_cluster:
+            return await self._script(name, keys, args)
+        call = asyncio.ensure_future(self._script(name, keys, args))
+        try:
+            await asyncio.wait({call}, timeout=PARTITION_ANSWER_S)
+        except BaseException:
+            call.cancel()  # the caller was cancelled (the worker stopping)
+            raise
+        if not call.done():
+            call.add_done_callback(self._parked_done)
+            return call
+        return call.result()
+
+    def _parked_done(self, call: asyncio.Task[Any]) -> None:
+        if not call.cancelled() and self.on_parked_done is not None:
+            self.on_parked_done()
+
     async def claim(self, limit: int) -> tuple[list[Trigger], int | None]:
         """Claim up to `limit` due triggers, no app bounded but by its rate limit. Returns
         them and the earliest time anything else needs a worker."""
@@ -184,7 +241,10 @@ class Queue:
         On Redis Cluster, a partition Redis did not answer for (its master failing over)
         rests a while, its rest doubling up to PARTITION_REST_MAX_S while it fails: each
         call to a dead master costs redis-py's retries (0.2-0.6 s), which held up the
-        claims of every other partition. UNAVAILABLE is raised when no partition answered."""
+        claims of every other partition. A partition whose call has not answered within
+        PARTITION_ANSWER_S (a master that stopped answering) is not waited for: the call
+        goes on, and its triggers come with a later claim (`Claim.parked`). UNAVAILABLE is
+        raised when no partition answered."""
         if time.monotonic() - self._apps_loaded > APPS_MAX_AGE_S:
             try:
                 await self.load_apps(None)  # rate limits as registered now
@@ -195,6 +255,19 @@ class Queue:
                 # ones serve meanwhile, and the partitions that answer are claimed.
         claim = Claim([], None, False, set())
         left = dict(budgets.apps)
+        answered = False
+        for part, parked in list(self._parked_claims.items()):
+            if not parked.call.done():
+                continue
+            del self._parked_claims[part]
+            try:
+                raw = parked.call.result()
+            except UNAVAILABLE as exc:
+                self._rest(part, exc)
+                continue
+            answered = True
+            claim.parked[parked.token] = parked.started
+            await self._take(claim, part, raw, parked.token, left, budgets)
         # With one live app there is nobody its backlog could hold up (claim.lua ARGV[7]);
         # an app registered since is known within APPS_MAX_AGE_S.
         solo = sum(self._alive.values()) <= 1
@@ -202,17 +275,17 @@ class Queue:
         n = self.keys.partitions
         start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
         unavailable: Exception | None = None
-        answered = False
         for part in ((start + i) % n for i in range(n)):
             if len(claim.triggers) >= limit:
                 claim.more = True
                 break
-            if part in skip or self._resting(part):
+            if part in skip or self._resting(part) or part in self._parked_claims:
                 continue
             pk = self.keys.partition(part)
             token = f"{self._worker_id}:{next(self._claims)}"
+            started = time.monotonic()
             try:
-                raw = await self._script(
+                raw = await self._call(
                     "claim", pk.claim_keys(),
                     [now_ms() + ahead_ms, limit - len(claim.triggers), lease_ms, token,
                      budgets.default, budgets.set_aside, "1" if solo else "0",
@@ -223,39 +296,11 @@ class Queue:
                 unavailable = exc
                 self._rest(part, exc)
                 continue
+            if isinstance(raw, asyncio.Task):
+                self._parked_claims[part] = _Parked(raw, started, token)
+                continue
             answered = True
-            self._rests.pop(part, None)
-            head, more, blocked = raw[0], raw[1], raw[2]
-            if head is not None:
-                head_ms = int(head)
-                claim.earliest = head_ms if claim.earliest is None else min(claim.earliest,
-                                                                           head_ms)
-            claim.more = claim.more or bool(more)
-            claim.blocked.update(a.decode() for a in blocked)
-            unreadable: list[bytes] = []  # their ids; their apps' budgets are not spent
-            for i in range(3, len(raw), 6):
-                jid, record, sched, attempt, count, due = raw[i:i + 6]
-                try:
-                    job_id = jid.decode()
-                    app_id, name = split_job_id(job_id)
-                    # Positional (job, job_id, partition, sched_ms, attempt, count, lease,
-                    # due_ms): keywords doubled the cost of making one, once per delivery.
-                    claim.triggers.append(Trigger(
-                        Job.decode(app_id, name, record), job_id, part, int(sched),
-                        int(attempt), int(count), token, int(due)))
-                except Exception as exc:
-                    self._unreadable(jid, record, exc)
-                    unreadable.append(jid)
-                    continue
-                left[app_id] = left.get(app_id, budgets.default) - 1
-            if unreadable:
-                await self._put_back(part, token, unreadable)
-                # claim.lua counted them against their apps' budgets, and may have called
-                # an app blocked for them: claim again now (they are due later), or the
-                # app's readable triggers wait behind them for a slot that never frees.
-                claim.more = True
-                claim.blocked.difference_update(
-                    split_job_id(j.decode(errors="replace"))[0] for j in unreadable)
+            await self._take(claim, part, raw, token, left, budgets)
         if unavailable is not None and not answered:
             raise unavailable
         claim.answered = answered
@@ -264,6 +309,42 @@ class Queue:
             ends = now_ms() + math.ceil(1000 * max(min(rests) - time.monotonic(), 0)) + ahead_ms
             claim.earliest = ends if claim.earliest is None else min(claim.earliest, ends)
         return claim
+
+    async def _take(self, claim: Claim, part: int, raw: Any, token: str,
+                    left: dict[str, int], budgets: Budgets) -> None:
+        """Add what claim.lua answered for partition `part` to `claim`, spending the apps'
+        budgets in `left`."""
+        self._rests.pop(part, None)
+        head, more, blocked = raw[0], raw[1], raw[2]
+        if head is not None:
+            head_ms = int(head)
+            claim.earliest = head_ms if claim.earliest is None else min(claim.earliest, head_ms)
+        claim.more = claim.more or bool(more)
+        claim.blocked.update(a.decode() for a in blocked)
+        unreadable: list[bytes] = []  # their ids; their apps' budgets are not spent
+        for i in range(3, len(raw), 6):
+            jid, record, sched, attempt, count, due = raw[i:i + 6]
+            try:
+                job_id = jid.decode()
+                app_id, name = split_job_id(job_id)
+                # Positional (job, job_id, partition, sched_ms, attempt, count, lease,
+                # due_ms): keywords doubled the cost of making one, once per delivery.
+                claim.triggers.append(Trigger(
+                    Job.decode(app_id, name, record), job_id, part, int(sched),
+                    int(attempt), int(count), token, int(due)))
+            except Exception as exc:
+                self._unreadable(jid, record, exc)
+                unreadable.append(jid)
+                continue
+            left[app_id] = left.get(app_id, budgets.default) - 1
+        if unreadable:
+            await self._put_back(part, token, unreadable)
+            # claim.lua counted them against their apps' budgets, and may have called
+            # an app blocked for them: claim again now (they are due later), or the
+            # app's readable triggers wait behind them for a slot that never frees.
+            claim.more = True
+            claim.blocked.difference_update(
+                split_job_id(j.decode(errors="replace"))[0] for j in unreadable)
 
     def _resting(self, part: int) -> bool:
         rest = self._rests.get(part)
@@ -300,40 +381,100 @@ class Queue:
         one whose lease was gone (its job deleted or replaced meanwhile, or the trigger
         taken by another worker), which changes nothing. Those of a partition whose call
         failed are left (on Redis Cluster, its master may be failing over, or refusing
-        writes), the other partitions' applied."""
-        by_part: dict[int, list[Any]] = defaultdict(list)
-        in_part: dict[int, list[Settlement]] = defaultdict(list)
-        history_keys: dict[int, list[str]] = defaultdict(list)
-        size = self.settings.history_size
-        for s in settlements:
-            t = s.trigger
-            in_part[t.partition].append(s)
-            at = "" if s.at_ms is None else s.at_ms
-            # ack.lua's groups of 3: the id's length (in bytes) tells it from the letter id.
-            size_of_id = len(t.job_id) if t.job_id.isascii() else len(t.job_id.encode())
-            by_part[t.partition].extend(
-                (f"{t.lease}|{s.action}|{at}|{size_of_id}|{t.job_id}{s.dead_id}",
-                 s.dead_record, s.entry))
-            if size:
-                history_keys[s.trigger.partition].append(
-                    self._parts[s.trigger.partition].history(s.trigger.job_id))
+        writes), the other partitions' applied. On Redis Cluster, the partitions' calls go
+        out together, and the outcomes of one whose call has not answered within
+        PARTITION_ANSWER_S are left too, without an error: its call goes on, and what it
+        applied is counted when they are settled again."""
         settled = Settled([], [])
+        in_part: dict[int, list[Settlement]] = defaultdict(list)
+        for s in settlements:
+            in_part[s.trigger.partition].append(s)
+        calls: dict[int, tuple[list[str], list[Any]]] = {}
         now = now_ms()
-        keep_ms = int(self.settings.history_ttl_s * 1000)
-        for part, args in by_part.items():
-            pk = self.keys.partition(part)
+        for part, group in in_part.items():
+            in_part[part] = group = self._after_parked(part, group, settled)
+            if group:
+                calls[part] = self._ack_call(part, group, now)
+        if not self.settings.redis_cluster:  # one node: each in turn
+            for part, (keys, args) in calls.items():
+                try:
+                    flags = await self._script("ack", keys, args)
+                except Exception as exc:  # (not only UNAVAILABLE: an OOM master's too)
+                    settled.left += in_part[part]
+                    settled.error = exc
+                    continue
+                self._count(settled, in_part[part], flags)
+            return settled
+        started = time.monotonic()
+        tasks = {part: asyncio.ensure_future(self._script("ack", keys, args))
+                 for part, (keys, args) in calls.items()}
+        try:
+            if tasks:
+                await asyncio.wait(tasks.values(), timeout=PARTITION_ANSWER_S)
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        for part, task in tasks.items():
+            if not task.done():
+                self._parked_acks[part] = _Parked(task, started, sent=tuple(in_part[part]))
+                task.add_done_callback(self._parked_done)
+                settled.left += in_part[part]
+                continue
             try:
-                flags = await self._script(
-                    "ack", [*pk.all(), *history_keys[part]], [now, size, keep_ms, *args])
-            except Exception as exc:  # (not only UNAVAILABLE: an OOM master's refusal too)
-                # The other partitions are settled now, before their leases run out.
+                flags = task.result()
+            except Exception as exc:
                 settled.left += in_part[part]
                 settled.error = exc
                 continue
-            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
-            settled.applied += (s for s, flag in zip(in_part[part], flags, strict=True)
-                                if flag == "1")
+            self._count(settled, in_part[part], flags)
         return settled
+
+    def _ack_call(self, part: int, group: list[Settlement],
+                  now: int) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ack.lua for one partition's outcomes."""
+        size = self.settings.history_size
+        args: list[Any] = [now, size, int(self.settings.history_ttl_s * 1000)]
+        history: list[str] = []
+        pk = self._parts[part]
+        for s in group:
+            t = s.trigger
+            at = "" if s.at_ms is None else s.at_ms
+            # ack.lua's groups of 3: the id's length (in bytes) tells it from the letter id.
+            size_of_id = len(t.job_id) if t.job_id.isascii() else len(t.job_id.encode())
+            args += (f"{t.lease}|{s.action}|{at}|{size_of_id}|{t.job_id}{s.dead_id}",
+                     s.dead_record, s.entry)
+            if size:
+                history.append(pk.history(t.job_id))
+        return [*pk.all(), *history], args
+
+    @staticmethod
+    def _count(settled: Settled, group: Sequence[Settlement], flags: Any) -> None:
+        """Add those of `group` that ack.lua applied (its flags, one per outcome)."""
+        flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+        settled.applied += (s for s, flag in zip(group, flags, strict=True) if flag == "1")
+
+    def _after_parked(self, part: int, group: list[Settlement],
+                      settled: Settled) -> list[Settlement]:
+        """Those of a partition's outcomes still to send: all of them, unless a call for
+        the partition went on in the background (_Parked). While it goes on, none (all are
+        left); once it has answered, and `group` holds all it carried (they are settled
+        again together), those it did not carry; when it failed, all of them again."""
+        parked = self._parked_acks.get(part)
+        if parked is None:
+            return group
+        ids = {id(s) for s in group}
+        if not parked.call.done() or not all(id(s) in ids for s in parked.sent):
+            settled.left += group
+            return []
+        del self._parked_acks[part]
+        try:
+            flags = parked.call.result()
+        except Exception:
+            return group  # each applies once (by its lease) when sent again
+        self._count(settled, parked.sent, flags)
+        carried = {id(s) for s in parked.sent}
+        return [s for s in group if id(s) not in carried]
 
     async def still_current(self, trigger: Trigger, lease: bool) -> Standing:
         """Where a trigger about to go out after a wait in this worker (`lease`), or fired
@@ -397,7 +538,7 @@ class Queue:
             # against a master that is down), on the claim loop.
             raise last[1].with_traceback(None)
         try:
-            await self._load_apps(app_ids)
+            await self._refresh_apps(app_ids)
         except UNAVAILABLE as exc:
             rest = _Rest.after(last and last[0], APPS_REST_MIN_S, APPS_REST_MAX_S)
             self._apps_rest = rest, exc
@@ -405,6 +546,26 @@ class Queue:
                         rest.rest_s, exc)
             raise
         self._apps_rest = None
+
+    async def _refresh_apps(self, app_ids: set[str]) -> None:
+        """_load_apps; on Redis Cluster, once they were loaded, not waited for past
+        PARTITION_ANSWER_S: the call goes on (the registrations, the liveness keys and
+        the held triggers are on any of the masters), and the cached ones serve until it
+        ends; its end, or its error, is taken by the next refresh."""
+        if self._apps_call is None:
+            if not (self.settings.redis_cluster and self._apps_loaded):
+                await self._load_apps(app_ids)
+                return
+            call = self._apps_call = asyncio.ensure_future(self._load_apps(app_ids))
+            try:
+                await asyncio.wait({call}, timeout=PARTITION_ANSWER_S)
+            except BaseException:
+                call.cancel()
+                self._apps_call = None
+                raise
+        if self._apps_call.done():
+            call, self._apps_call = self._apps_call, None
+            call.result()
 
     async def _load_apps(self, app_ids: set[str]) -> None:
         raw = await self.redis.hgetall(self.keys.apps)

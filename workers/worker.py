@@ -125,6 +125,10 @@ class Worker:
         self._settling: list[Settlement] = []  # the batch being written
         self._stopping = False
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
+        # A call Redis Cluster answered late has ended (Queue.on_parked_done): its claimed
+        # triggers, or the outcomes it carried, are taken now.
+        self._parked_done = False
+        self.queue.on_parked_done = self._on_parked_done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
@@ -144,9 +148,12 @@ class Worker:
                 if claim is None:
                     continue  # Redis unavailable: backed off, try again
                 since = self._slow_claim(claimed_at)
+                # (those of calls that went on in the background: as long as each took)
+                parked = {token: self._slow_claim(at) for token, at in claim.parked.items()}
                 for trigger in self._pass_over_missed(await self._stage_offline(claim.triggers)):
-                    if self.slots.admit(trigger, since or time.monotonic()):  # else: waits
-                        self._start(trigger, since)
+                    waited_since = parked.get(trigger.lease, since) if parked else since
+                    if self.slots.admit(trigger, waited_since or time.monotonic()):  # else: waits
+                        self._start(trigger, waited_since)
                 self.slots.blocked(claim.blocked)  # a slot of theirs freed: claim again
                 if not claim.more:  # nothing else due now that this worker has room for
                     await self._sleep_until(claim.earliest, stop)
@@ -166,6 +173,11 @@ class Worker:
         delivery is given back; sent, it ran out and the trigger went out twice). None
         for a claim of the usual milliseconds."""
         return claimed_at if time.monotonic() - claimed_at > RECHECK_AFTER_WAIT_S else None
+
+    def _on_parked_done(self) -> None:
+        self._parked_done = True
+        self._to_settle.set()
+        self._wake.set()
 
     async def _room_to_claim(self, stop: asyncio.Event) -> int:
         """How many triggers to claim now; 0 after waiting for deliveries to finish.
@@ -519,7 +531,7 @@ class Worker:
         while not (stop.is_set() and not self.inflight and not self.settled and not left):
             if stop.is_set() and give_up_at is None:
                 give_up_at = loop.time() + self.settings.shutdown_grace_s + 5.0
-            retry = bool(left) and loop.time() >= retry_at
+            retry = bool(left) and (loop.time() >= retry_at or self._parked_done)
             if not self.settled and not retry:
                 self._to_settle.clear()
                 await self._to_settle.wait(min(0.5, retry_at - loop.time()) if left else 0.5)
@@ -527,6 +539,7 @@ class Worker:
             batch, self.settled = self.settled, []
             if retry:
                 batch, left = batch + left, []
+                self._parked_done = False
             self._settling = batch
             try:
                 settled = await self.queue.settle(batch)
@@ -546,6 +559,7 @@ class Worker:
                 self._wake.set()  # the claim loop skipped these partitions
             if not left:
                 backoff = 0.05
+                self._parked_done = False  # (a claim's: nothing of it to settle)
                 continue
             # A settlement is retried, never dropped (each applies once: by its lease); past
             # the shutdown deadline the leases run out instead and the triggers are

@@ -71,6 +71,18 @@ def _remember(source: Any) -> None:
         _SOURCES[hashlib.sha1(source.encode()).hexdigest()] = source
 
 
+def _loaded_here(sha: str, reply: Any) -> tuple[str, str] | None:
+    """("EVAL", source) to send again a script call that met NOSCRIPT (its node does not
+    have it yet: a replica promoted since, a restarted master). redis-py answers NOSCRIPT
+    with SCRIPT LOAD on every master, which waits for a master that does not answer: a
+    stalled one held up every call of a script some master had not run yet. EVAL caches
+    the script on the key's node only."""
+    source = _SOURCES.get(sha)
+    if isinstance(reply, redis.exceptions.NoScriptError) and source is not None:
+        return "EVAL", source
+    return None
+
+
 def _first_key(numkeys: int, keys_and_args: Sequence[Any]) -> Any:
     if numkeys < 1:
         raise redis.exceptions.RedisClusterException(
@@ -147,9 +159,15 @@ class ClusterClient(redis.cluster.RedisCluster):
             raise
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is None:
+        if self.replica_wait is not None:
+            return self.run_scripts_waiting([(sha, numkeys, keys_and_args)], single=True)[0]
+        try:
             return super().evalsha(sha, numkeys, *keys_and_args)
-        return self.run_scripts_waiting([(sha, numkeys, keys_and_args)], single=True)[0]
+        except redis.exceptions.NoScriptError as exc:
+            command = _loaded_here(sha, exc)
+            if command is None:
+                raise
+            return self.execute_command(*command, numkeys, *keys_and_args)
 
     def run_scripts_waiting(self, calls: list[tuple[str, int, tuple[Any, ...]]],
                             single: bool = False) -> list[Any]:
@@ -160,6 +178,7 @@ class ClusterClient(redis.cluster.RedisCluster):
         assert policy is not None
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
+        with_source: set[int] = set()  # calls whose node did not have their script
         for attempt in range(_ATTEMPTS):
             groups: dict[str, tuple[Any, list[int]]] = {}
             for i in todo:
@@ -172,7 +191,7 @@ class ClusterClient(redis.cluster.RedisCluster):
                 pipe = node.redis_connection.pipeline(transaction=False)
                 for i in idxs:
                     sha, numkeys, keys_and_args = calls[i]
-                    if single:
+                    if single and i not in with_source:
                         pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
                     else:
                         source = _SOURCES.get(sha)
@@ -190,6 +209,9 @@ class ClusterClient(redis.cluster.RedisCluster):
                 for i, reply in zip(idxs, replies, strict=True):
                     if isinstance(reply, _REDIRECTS):
                         redirected.append(i)
+                    elif i not in with_source and _loaded_here(calls[i][0], reply):
+                        with_source.add(i)  # sent again, as EVAL
+                        redirected.append(i)
                     else:
                         try:
                             results[i] = policy.check(reply, acked, name)
@@ -200,8 +222,9 @@ class ClusterClient(redis.cluster.RedisCluster):
             if not redirected:
                 return results
             todo = redirected
-            self._refresh()
-            time.sleep(0.05 * 2 ** attempt)
+            if not with_source.issuperset(redirected):
+                self._refresh()
+                time.sleep(0.05 * 2 ** attempt)
         raise redis.exceptions.ClusterDownError(
             f"{len(todo)} script call(s) still redirected after {_ATTEMPTS} attempts")
 
@@ -338,15 +361,22 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         policy = self.replica_wait
         if policy is None:
-            return await super().evalsha(sha, numkeys, *keys_and_args)
+            try:
+                return await super().evalsha(sha, numkeys, *keys_and_args)
+            except redis.exceptions.NoScriptError as exc:
+                loaded = _loaded_here(sha, exc)
+                if loaded is None:
+                    raise
+                return await self.execute_command(*loaded, numkeys, *keys_and_args)
         key = _first_key(numkeys, keys_and_args)
+        command: tuple[str, str] = ("EVALSHA", sha)
         for attempt in range(_ATTEMPTS):
             await self.initialize()
             node = self.get_node_from_key(key)
             assert node is not None
             plain = self._node_client(node.name, node.host, int(node.port))
             pipe = plain.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+            pipe.execute_command(*command, numkeys, *keys_and_args)
             pipe.execute_command("WAIT", policy.replicas, policy.timeout_ms)
             try:
                 result, acked = await pipe.execute(raise_on_error=False)
@@ -354,6 +384,10 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
                 # Not sent again (it may have run); learn the new owners for the next call.
                 await self._forget(node.name, plain)
                 raise
+            loaded = _loaded_here(sha, result) if command[0] == "EVALSHA" else None
+            if loaded is not None:
+                command = loaded
+                continue
             if not isinstance(result, _REDIRECTS):
                 return policy.check(result, acked, node.name)
             await self._forget(node.name, plain)

@@ -3,8 +3,11 @@
 The API (Flask test client) schedules one-shot jobs at a steady rate, plus a few
 recurring ones, while an in-process worker delivers them to a real HTTP receiver.
 Partway through, one master is SIGKILLed; its replica takes over; the killed node
-is started again (it rejoins as a replica). Then every trigger the API accepted
-(204) is checked off against what the receiver got.
+is started again (it rejoins as a replica). Or (`stall`) the master is SIGSTOPped,
+which a client sees as a master that stops answering (a stalled process, a network
+that drops its packets): calls wait for a reply instead of being refused; once its
+replica has taken over it is resumed, and rejoins as a replica. Then every trigger
+the API accepted (204) is checked off against what the receiver got.
 """
 
 from __future__ import annotations
@@ -76,11 +79,13 @@ def victim_for(cluster: RedisCluster, settings: Settings) -> ClusterNode:
 
 
 class _Killer(threading.Thread):
-    """SIGKILL the victim at `at` (monotonic), wait for the failover, restart the victim."""
+    """SIGKILL (or SIGSTOP: `stall`) the victim at `at` (monotonic), wait for the
+    failover, restart (or resume) the victim."""
 
-    def __init__(self, cluster: RedisCluster, victim: ClusterNode, at: float) -> None:
+    def __init__(self, cluster: RedisCluster, victim: ClusterNode, at: float,
+                 stall: bool = False) -> None:
         super().__init__(name="failover-killer", daemon=True)
-        self.cluster, self.victim, self.at = cluster, victim, at
+        self.cluster, self.victim, self.at, self.stall = cluster, victim, at, stall
         self.failover_s = 0.0
         self.rejoin_s = 0.0
         self.killed_at: float | None = None  # monotonic
@@ -90,11 +95,17 @@ class _Killer(threading.Thread):
         try:
             time.sleep(max(0.0, self.at - time.monotonic()))
             replica = self.cluster.replica_of(self.victim)
-            self.cluster.kill(self.victim)
+            if self.stall:
+                self.cluster.pause(self.victim)
+            else:
+                self.cluster.kill(self.victim)
             self.killed_at = time.monotonic()
             self.failover_s = self.cluster.wait_promoted(replica, timeout=30)
             started = time.monotonic()
-            self.cluster.restart(self.victim)
+            if self.stall:
+                self.cluster.resume(self.victim)
+            else:
+                self.cluster.restart(self.victim)
             self.cluster.wait_ok(30)
             self.cluster.wait_replicas_synced(30)
             self.rejoin_s = time.monotonic() - started
@@ -106,7 +117,7 @@ def run_failover(cluster: RedisCluster, settings: Settings, receiver: Receiver, 
                  mode: str, duration_s: float = 10.0, rate: float = 300.0,
                  kill_after_s: float = 3.0, recurring: int = 20, repeats: int = 8,
                  max_delay_ms: int = 1500, seed: int = 7,
-                 window_s: float = 1.0) -> FailoverReport:
+                 window_s: float = 1.0, stall: bool = False) -> FailoverReport:
     report = FailoverReport(mode)
     rng = random.Random(seed)
     api: FlaskClient = create_app(settings).test_client()
@@ -126,7 +137,7 @@ def run_failover(cluster: RedisCluster, settings: Settings, receiver: Receiver, 
             # once); the same request again is answered 204 once the replica has it.
             wait_for(functools.partial(_stored, api, name, body), 10, what=f"{name} scheduled")
             expected[name] = repeats
-        killer = _Killer(cluster, victim, started + kill_after_s)
+        killer = _Killer(cluster, victim, started + kill_after_s, stall)
         killer.start()
         i = 0
         while (now := time.monotonic()) < started + duration_s:

@@ -184,6 +184,29 @@ def test_failover_under_load(fcluster: RedisCluster, receiver: Receiver, mode: s
     assert len(fcluster.live_masters()) == 3
 
 
+def test_failover_of_a_master_that_stops_answering(fcluster: RedisCluster, receiver: Receiver,
+                                                   request: pytest.FixtureRequest) -> None:
+    """test_failover_under_load[wait], the master SIGSTOPped instead of killed: calls to it
+    wait for a reply rather than being refused, until its replica takes over; then it is
+    resumed and rejoins as a replica. Nothing the API acknowledged is lost, nothing is
+    early, no worker fails. The other partitions' lateness is reported (with 5 s leases,
+    0.6-0.8 s at the 99th percentile against 4.2-4.5 s before the worker stopped waiting
+    for a master that does not answer; tests/cluster/test_cluster_stalled_master.py checks
+    that they go on)."""
+    settings = cluster_settings(fcluster, receiver, wait_replicas=1, wait_timeout_ms=500,
+                                lease_s=3.0)
+    report = run_failover(fcluster, settings, receiver, mode="wait-stalled", stall=True)
+    print("\n" + report.line())
+    summary.record(request.node, summary.FAILOVER, report.line())
+    assert not report.worker_errors
+    assert report.accepted > 1000
+    assert report.early == 0
+    assert report.delivered + report.lost == report.accepted
+    assert report.failover_s < 15
+    assert report.lost == 0, report.lost_names[:10]
+    assert len(fcluster.live_masters()) == 3
+
+
 def test_pubsub_wakeups_resume_after_the_channels_master_fails_over(
         fcluster: RedisCluster, receiver: Receiver) -> None:
     """The worker listens for wake-ups on the master of the wake channel's slot; when
