@@ -7,6 +7,7 @@ claims or settles many triggers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -76,6 +77,7 @@ class _Parked(NamedTuple):
     started: float  # monotonic
     token: str = ""  # a claim's lease token
     sent: tuple[Settlement, ...] = ()  # a settlement's outcomes, in the call's order
+    node: str | None = None  # the master it went to, as the client knew the slots then
 
 
 class Standing(NamedTuple):
@@ -171,7 +173,12 @@ class Queue:
 
     async def close(self) -> None:
         # A claim left going on leases its triggers to nobody: they come back when their
-        # leases run out. A settlement's outcomes were left to the worker.
+        # leases run out, or now for one that has answered. A settlement's outcomes were
+        # left to the worker.
+        for part, claim in self._parked_claims.items():
+            if claim.call.done() and not claim.call.cancelled() and not claim.call.exception():
+                with contextlib.suppress(Exception):
+                    await self._release(part, claim.token, claim.call.result()[3::6], 0)
         parked = [p.call for p in (*self._parked_claims.values(), *self._parked_acks.values())]
         if self._apps_call is not None:
             parked.append(self._apps_call)
@@ -275,12 +282,16 @@ class Queue:
         n = self.keys.partitions
         start, self._next_partition = self._next_partition, (self._next_partition + 1) % n
         unavailable: Exception | None = None
+        stalled = self._stalled_nodes()
         for part in ((start + i) % n for i in range(n)):
             if len(claim.triggers) >= limit:
                 claim.more = True
                 break
             if part in skip or self._resting(part) or part in self._parked_claims:
                 continue
+            node = self._node_of(part)
+            if node is not None and node in stalled:
+                continue  # (its other partitions' calls are on: this one would wait too)
             pk = self.keys.partition(part)
             token = f"{self._worker_id}:{next(self._claims)}"
             started = time.monotonic()
@@ -297,7 +308,9 @@ class Queue:
                 self._rest(part, exc)
                 continue
             if isinstance(raw, asyncio.Task):
-                self._parked_claims[part] = _Parked(raw, started, token)
+                self._parked_claims[part] = _Parked(raw, started, token, node=node)
+                if node is not None:
+                    stalled.add(node)
                 continue
             answered = True
             await self._take(claim, part, raw, token, left, budgets)
@@ -345,6 +358,24 @@ class Queue:
             claim.more = True
             claim.blocked.difference_update(
                 split_job_id(j.decode(errors="replace"))[0] for j in unreadable)
+
+    def _node_of(self, part: int) -> str | None:
+        """On Redis Cluster, the master of the partition's slot as the client knows it now
+        (None: not known yet, or one Redis)."""
+        if not self.settings.redis_cluster:
+            return None
+        try:
+            node = self.redis.get_node_from_key(self._parts[part].due)
+        except Exception:  # (the slot map not learnt yet, or a hole in it)
+            return None
+        return None if node is None else str(node.name)
+
+    def _stalled_nodes(self) -> set[str]:
+        """The masters with a call going on past PARTITION_ANSWER_S: their other partitions
+        are not asked meanwhile (each call would wait as long before going on in the
+        background: 0.2 s for each partition of a stalled master, on every claim)."""
+        calls = (*self._parked_claims.values(), *self._parked_acks.values())
+        return {c.node for c in calls if c.node is not None and not c.call.done()}
 
     def _resting(self, part: int) -> bool:
         rest = self._rests.get(part)
@@ -417,7 +448,8 @@ class Queue:
             raise
         for part, task in tasks.items():
             if not task.done():
-                self._parked_acks[part] = _Parked(task, started, sent=tuple(in_part[part]))
+                self._parked_acks[part] = _Parked(task, started, sent=tuple(in_part[part]),
+                                                  node=self._node_of(part))
                 task.add_done_callback(self._parked_done)
                 settled.left += in_part[part]
                 continue

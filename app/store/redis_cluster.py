@@ -180,6 +180,7 @@ class ClusterClient(redis.cluster.RedisCluster):
         todo = list(range(len(calls)))
         with_source: set[int] = set()  # calls whose node did not have their script
         for attempt in range(_ATTEMPTS):
+            noscript: set[int] = set()  # this round's: sent again at once, as EVAL
             groups: dict[str, tuple[Any, list[int]]] = {}
             for i in todo:
                 sha, numkeys, keys_and_args = calls[i]
@@ -210,7 +211,8 @@ class ClusterClient(redis.cluster.RedisCluster):
                     if isinstance(reply, _REDIRECTS):
                         redirected.append(i)
                     elif i not in with_source and _loaded_here(calls[i][0], reply):
-                        with_source.add(i)  # sent again, as EVAL
+                        with_source.add(i)
+                        noscript.add(i)
                         redirected.append(i)
                     else:
                         try:
@@ -222,7 +224,7 @@ class ClusterClient(redis.cluster.RedisCluster):
             if not redirected:
                 return results
             todo = redirected
-            if not with_source.issuperset(redirected):
+            if not noscript.issuperset(redirected):  # (a slot moved: learn where to)
                 self._refresh()
                 time.sleep(0.05 * 2 ** attempt)
         raise redis.exceptions.ClusterDownError(

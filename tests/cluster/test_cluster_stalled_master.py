@@ -271,3 +271,92 @@ def test_the_triggers_of_a_claim_answered_after_their_lease_are_sent_once(
     assert delayed
     counts = Counter(_name(d) for d in receiver.received())
     assert counts == Counter([late_name, *others])  # each once
+
+
+def test_a_master_whose_call_answers_late_is_not_asked_for_its_other_partitions_meanwhile(
+        cluster_resumed: RedisCluster, receiver: Receiver) -> None:
+    """Every call to one master is held (many partitions on it): a claim waits for one of
+    them only, not for each (0.2 s each: with 48 partitions, a claim took 3.4 s); the next
+    claims ask that master nothing until the call has answered; then its partitions are
+    claimed."""
+    settings, _, on, off = _layout(cluster_resumed, receiver, partitions=48)
+    assert len(on) > 1
+    store = register(settings, receiver.url)
+    theirs = [_name_on(settings, p, "theirs") for p in on]
+    others = [_name_on(settings, p, "other") for p in off]
+    store.schedule_many(make_job(n, now_ms() - 1000) for n in [*theirs, *others])
+    markers = [f":{{{p}}}:" for p in on]
+    budgets = Budgets(1000, {}, 1000)
+
+    async def scenario() -> None:
+        queue = Queue(settings)
+        script = queue._script
+        gate = asyncio.Event()
+        held: list[str] = []
+        ended = asyncio.Event()
+        queue.on_parked_done = ended.set
+
+        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
+            if any(m in keys[0] for m in markers) and not gate.is_set():
+                held.append(keys[0])
+                await gate.wait()
+            return await script(name, keys, args)
+
+        queue._script = answer_late  # type: ignore[method-assign]
+        try:
+            await queue.load_apps(None)
+            first = await queue.claim_within(1000, budgets)
+            assert sorted(t.job.name for t in first.triggers) == sorted(others)
+            assert len(held) == 1
+            again = await queue.claim_within(1000, budgets)
+            assert again.triggers == [] and len(held) == 1
+            gate.set()
+            await asyncio.wait_for(ended.wait(), 10)
+            late = await queue.claim_within(1000, budgets)
+            assert sorted(t.job.name for t in late.triggers) == sorted(theirs)
+            assert len(held) == 1
+        finally:
+            await queue.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_closing_the_queue_gives_back_the_triggers_of_a_call_that_answered_late(
+        cluster_resumed: RedisCluster, receiver: Receiver) -> None:
+    """A claim call went on in the background and has answered, but no claim took its
+    triggers before the queue closed (the worker stopping): they are given back, due at
+    once for the next worker, rather than waiting out their lease."""
+    settings, _, on, _ = _layout(cluster_resumed, receiver, lease_s=60.0)
+    store = register(settings, receiver.url)
+    name = _name_on(settings, on[0], "late")
+    store.schedule(make_job(name, now_ms() - 1000))
+    marker = f":{{{on[0]}}}:"
+    budgets = Budgets(100, {}, 100)
+
+    async def scenario() -> None:
+        queue = Queue(settings)
+        script = queue._script
+        gate = asyncio.Event()
+        ended = asyncio.Event()
+        queue.on_parked_done = ended.set
+
+        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
+            if marker in keys[0]:
+                await gate.wait()
+            return await script(name, keys, args)
+
+        queue._script = answer_late  # type: ignore[method-assign]
+        await queue.load_apps(None)
+        assert (await queue.claim_within(100, budgets)).triggers == []
+        gate.set()
+        await asyncio.wait_for(ended.wait(), 10)
+        await queue.close()
+        after = Queue(settings)
+        try:
+            await after.load_apps(None)
+            again = await after.claim_within(100, budgets)
+            assert [t.job.name for t in again.triggers] == [name]
+        finally:
+            await after.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
