@@ -27,6 +27,10 @@ from workers.queue import Action, Settlement
 
 log = logging.getLogger("jobrunner.worker")
 
+# A worker stopping writes its last counts within this long, or goes without: a master that
+# does not answer held a stop up for a minute (redis-py tries a call again ten times).
+LAST_FLUSH_WITHIN_S = 5.0
+
 DELIVERIES = Counter(
     "jobrunner_deliveries_total", "Delivery attempts by result", ["app_id", "result"]
 )
@@ -104,9 +108,14 @@ class WorkerMetrics:
                 await quiet(0.5)
 
     async def close(self) -> None:
-        """The last counts, and this worker is no longer alive."""
+        """The last counts, and this worker is no longer alive (its heartbeat expires
+        otherwise, when Redis does not answer)."""
         if self._redis is not None:
-            await self.flush(final=True)
+            try:
+                await asyncio.wait_for(self.flush(final=True), LAST_FLUSH_WITHIN_S)
+            except TimeoutError:
+                log.warning("the last delivery counters were not written: redis did not "
+                            "answer within %gs", LAST_FLUSH_WITHIN_S)
 
     async def flush(self, final: bool = False) -> None:
         """Add the counts since the last flush to Redis, with the heartbeat: one round trip.

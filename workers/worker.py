@@ -41,6 +41,9 @@ REFRESH_AHEAD_S = 0.003
 # A round trip each: not for the short waits of a burst (one a delivery tripled a
 # worker's CPU per delivery).
 RECHECK_AFTER_WAIT_S = 0.5
+# A stopping worker gives back its unfinished triggers within this long, or leaves them to
+# their leases.
+RELEASE_WITHIN_S = 5.0
 
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
@@ -133,10 +136,11 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
         listener = asyncio.create_task(self._listen_for_wakeups(stop))
+        counting = asyncio.create_task(self.metrics.run(stop, self._quiet))  # to Redis, 1/s
         helpers = [asyncio.create_task(self._wake_all_on(stop)),
                    asyncio.create_task(self._settle_loop(stop)),
                    listener,
-                   asyncio.create_task(self.metrics.run(stop, self._quiet))]  # to Redis, 1/s
+                   counting]
         try:
             while not stop.is_set():
                 limit = await self._room_to_claim(stop)
@@ -160,6 +164,9 @@ class Worker:
         finally:
             stop.set()  # an error ended the loop: the helpers end too, or this would hang
             listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
+            # (metrics.close writes the last counts, within a bound; a flush Redis does not
+            # answer, retried by redis-py for a minute, would hold up the stop)
+            counting.cancel()
             await self._shutdown(helpers)
             await self.metrics.close()
             self._http.close()
@@ -644,7 +651,10 @@ class Worker:
             await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
         give_back = [t for _, t in cancelled] + self.slots.drain()
         if give_back:
-            with contextlib.suppress(*UNAVAILABLE):
-                released = await self.queue.release(give_back)
+            # Else their leases run out: a master that does not answer held a stop up for
+            # as long as redis-py tried again (a minute).
+            with contextlib.suppress(*UNAVAILABLE, TimeoutError):
+                released = await asyncio.wait_for(self.queue.release(give_back),
+                                                  RELEASE_WITHIN_S)
                 log.info("released %d unfinished triggers", released)
         await asyncio.gather(*helpers, return_exceptions=True)

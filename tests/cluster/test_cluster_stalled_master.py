@@ -360,3 +360,27 @@ def test_closing_the_queue_gives_back_the_triggers_of_a_call_that_answered_late(
             await after.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_worker_stops_within_a_bound_while_a_master_does_not_answer(
+        cluster_resumed: RedisCluster, receiver: Receiver) -> None:
+    """The master that holds the worker's counters stops answering: the worker still stops
+    within a bound (its last counts are not written: they are given up after
+    LAST_FLUSH_WITHIN_S). It took 60-140 s: its counters' flush, then its last one, each
+    waited while redis-py tried the call again and again, each try waiting out the 5 s
+    socket timeout."""
+    settings = cluster_settings(cluster_resumed, receiver)
+    keys = Keys(settings.prefix, settings.partitions)
+    victim = cluster_resumed.master_of_slot(key_slot(keys.stats_total(APP).encode()))
+    part = next(p for p in range(settings.partitions)
+                if cluster_resumed.master_of_slot(key_slot(keys.partition(p).due.encode()))
+                != victim)
+    name = _name_on(settings, part, "counted")
+    store = register(settings, receiver.url)
+    worker = ThreadWorker(settings).start()
+    try:
+        store.schedule(make_job(name, now_ms()))
+        wait_for(lambda: store.get(APP, name) is None, 10, what="the job delivered, settled")
+        cluster_resumed.pause(victim)
+    finally:
+        worker.stop(timeout=30)
