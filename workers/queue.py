@@ -56,6 +56,10 @@ PARTITION_REST_MAX_S = 1.0
 # partition until its promoted replica took over: 4 s); its answer is taken when it
 # comes. A call answers within milliseconds otherwise.
 PARTITION_ANSWER_S = 0.2
+# Triggers given back as a worker stops (those unfinished, those of such calls that answered
+# but were not taken) go back within this long, or are left to their leases: a master that
+# does not answer held a stop up for a minute (redis-py tries ten times, 5 s each).
+RELEASE_WITHIN_S = 5.0
 
 
 class _Rest(NamedTuple):
@@ -175,10 +179,13 @@ class Queue:
         # A claim left going on leases its triggers to nobody: they come back when their
         # leases run out, or now for one that has answered. A settlement's outcomes were
         # left to the worker.
-        for part, claim in self._parked_claims.items():
-            if claim.call.done() and not claim.call.cancelled() and not claim.call.exception():
-                with contextlib.suppress(Exception):
-                    await self._release(part, claim.token, claim.call.result()[3::6], 0)
+        answered = [(part, c.token, c.call.result()[3::6])
+                    for part, c in self._parked_claims.items()
+                    if c.call.done() and not c.call.cancelled() and not c.call.exception()]
+        releases = [self._release(part, token, jids, 0) for part, token, jids in answered if jids]
+        if releases:  # (within a bound: their master may have stalled again since)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*releases), RELEASE_WITHIN_S)
         parked = [p.call for p in (*self._parked_claims.values(), *self._parked_acks.values())]
         if self._apps_call is not None:
             parked.append(self._apps_call)
@@ -437,6 +444,7 @@ class Queue:
                 self._count(settled, in_part[part], flags)
             return settled
         started = time.monotonic()
+        nodes = {part: self._node_of(part) for part in calls}  # (as the calls go out)
         tasks = {part: asyncio.ensure_future(self._script("ack", keys, args))
                  for part, (keys, args) in calls.items()}
         try:
@@ -449,7 +457,7 @@ class Queue:
         for part, task in tasks.items():
             if not task.done():
                 self._parked_acks[part] = _Parked(task, started, sent=tuple(in_part[part]),
-                                                  node=self._node_of(part))
+                                                  node=nodes[part])
                 task.add_done_callback(self._parked_done)
                 settled.left += in_part[part]
                 continue

@@ -22,7 +22,7 @@ from workers import delivery
 from workers.grpc_client import GrpcClient
 from workers.http_client import HttpClient, Sent
 from workers.metrics import WorkerMetrics
-from workers.queue import Action, Claim, Queue, Settled, Settlement
+from workers.queue import RELEASE_WITHIN_S, Action, Claim, Queue, Settled, Settlement
 from workers.slots import Slots
 
 log = logging.getLogger("jobrunner.worker")
@@ -41,9 +41,6 @@ REFRESH_AHEAD_S = 0.003
 # A round trip each: not for the short waits of a burst (one a delivery tripled a
 # worker's CPU per delivery).
 RECHECK_AFTER_WAIT_S = 0.5
-# A stopping worker gives back its unfinished triggers within this long, or leaves them to
-# their leases.
-RELEASE_WITHIN_S = 5.0
 
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:

@@ -384,3 +384,36 @@ def test_a_worker_stops_within_a_bound_while_a_master_does_not_answer(
         cluster_resumed.pause(victim)
     finally:
         worker.stop(timeout=30)
+
+
+def test_closing_the_queue_is_bounded_when_the_master_of_an_answered_call_stalls(
+        cluster_resumed: RedisCluster, receiver: Receiver) -> None:
+    """As above, but that master stops answering before the queue closes: the triggers are
+    left to their lease, and closing does not wait for it (it waited 55 s, while redis-py
+    tried the release again and again)."""
+    settings, victim, on, _ = _layout(cluster_resumed, receiver, lease_s=60.0)
+    store = register(settings, receiver.url)
+    store.schedule(make_job(_name_on(settings, on[0], "late"), now_ms() - 1000))
+    marker = f":{{{on[0]}}}:"
+
+    async def scenario() -> None:
+        queue = Queue(settings)
+        script = queue._script
+        gate = asyncio.Event()
+        ended = asyncio.Event()
+        queue.on_parked_done = ended.set
+
+        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
+            if marker in keys[0]:
+                await gate.wait()
+            return await script(name, keys, args)
+
+        queue._script = answer_late  # type: ignore[method-assign]
+        await queue.load_apps(None)
+        assert (await queue.claim_within(100, Budgets(100, {}, 100))).triggers == []
+        gate.set()
+        await asyncio.wait_for(ended.wait(), 10)
+        cluster_resumed.pause(victim)
+        await asyncio.wait_for(queue.close(), 20)
+
+    asyncio.run(scenario())
