@@ -466,7 +466,10 @@ def test_a_partition_refusing_its_outcomes_holds_up_no_other(
     (out of memory): its retries, which take partition 1's outcomes along, leave those
     written. (The whole batch was left: partition 1 was held up, its next job not claimed,
     until partition 0 took writes again.)"""
-    settings = settings.with_(partitions=4, lease_s=30.0, idle_poll_s=1.0)
+    # (answers take up to 2 s: the fixture's 2 s delivery timeout made one a retry, and a
+    # second delivery, on a loaded machine)
+    settings = settings.with_(partitions=4, lease_s=30.0, idle_poll_s=1.0,
+                              delivery_timeout_s=10.0)
     store = register(settings, receiver.url)
     [a] = _on_partition(settings, 0, 1, "a")
     *bs, c = _on_partition(settings, 1, 41, "b")

@@ -84,6 +84,33 @@ def _name(d: Delivery) -> str:
     return d.path.rsplit("/", 1)[-1]
 
 
+class _Held:
+    """Holds `queue`'s script calls to the given partitions while `gate` is shut (Redis runs
+    them once it opens); `held`: the names of the calls held; `ended` is set when a call
+    that went on in the background ends."""
+
+    def __init__(self, queue: Queue, partitions: list[int]) -> None:
+        self.gate = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.held: list[str] = []
+        queue.on_parked_done = self.ended.set
+        script, markers = queue._script, [f":{{{p}}}:" for p in partitions]
+
+        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
+            if any(m in keys[0] for m in markers) and not self.gate.is_set():
+                self.held.append(name)
+                await self.gate.wait()
+            return await script(name, keys, args)
+
+        queue._script = answer_late  # type: ignore[method-assign]
+
+    async def open(self) -> None:
+        """Let the calls through, and wait for the one in the background to end."""
+        self.gate.set()
+        await asyncio.wait_for(self.ended.wait(), 10)
+        self.ended.clear()
+
+
 def test_while_a_master_does_not_answer_the_other_partitions_are_claimed_and_settled(
         cluster_resumed: RedisCluster, receiver: Receiver) -> None:
     """A master stops answering while a delivery of one of its partitions is out: its
@@ -149,20 +176,8 @@ def test_a_partition_whose_calls_answer_late_is_not_waited_for_nor_asked_again_m
 
     async def scenario() -> None:
         queue = Queue(settings)
-        script = queue._script
-        gate = asyncio.Event()
-        held: list[str] = []  # the slow partition's calls
-        ended = asyncio.Event()
-        queue.on_parked_done = ended.set
-        marker = f":{{{slow}}}:"
-
-        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
-            if marker in keys[0]:
-                held.append(name)
-                await gate.wait()
-            return await script(name, keys, args)
-
-        queue._script = answer_late  # type: ignore[method-assign]
+        calls = _Held(queue, [slow])
+        held = calls.held  # the slow partition's calls, held
         try:
             await queue.load_apps(None)
             started = time.monotonic()
@@ -171,32 +186,26 @@ def test_a_partition_whose_calls_answer_late_is_not_waited_for_nor_asked_again_m
             assert held == ["claim"]
             again = await queue.claim_within(100, budgets)
             assert again.triggers == [] and held == ["claim"]
-            gate.set()
-            await asyncio.wait_for(ended.wait(), 10)
+            await calls.open()
             late = await queue.claim_within(100, budgets)
             assert [t.job.name for t in late.triggers] == [late_name]
-            # (and, the partition answering again, a claim of its own: nothing else is due)
-            assert held == ["claim", "claim"]
             [token] = {t.lease for t in late.triggers}
             assert late.parked == {token: late.parked[token]}
             assert started <= late.parked[token] <= time.monotonic()
             assert first.parked == {}
 
-            gate.clear()
-            ended.clear()
+            calls.gate.clear()
             outcomes = [Settlement(t, Action.NEXT, None) for t in first.triggers + late.triggers]
             settled = await queue.settle(outcomes)
             assert sorted(s.trigger.job.name for s in settled.applied) == sorted(others)
             assert [s.trigger.job.name for s in settled.left] == [late_name]
-            assert settled.error is None and held.count("ack") == 1
+            assert settled.error is None and held == ["claim", "ack"]
             meanwhile = await queue.settle(settled.left)
             assert meanwhile.applied == [] and meanwhile.left == settled.left
-            assert held.count("ack") == 1
-            gate.set()
-            await asyncio.wait_for(ended.wait(), 10)
+            assert held == ["claim", "ack"]  # not sent again meanwhile
+            await calls.open()
             after = await queue.settle(settled.left)
             assert after.applied == settled.left and after.left == []
-            assert held.count("ack") == 1  # not sent again
         finally:
             await queue.close()
 
@@ -285,36 +294,21 @@ def test_a_master_whose_call_answers_late_is_not_asked_for_its_other_partitions_
     theirs = [_name_on(settings, p, "theirs") for p in on]
     others = [_name_on(settings, p, "other") for p in off]
     store.schedule_many(make_job(n, now_ms() - 1000) for n in [*theirs, *others])
-    markers = [f":{{{p}}}:" for p in on]
     budgets = Budgets(1000, {}, 1000)
 
     async def scenario() -> None:
         queue = Queue(settings)
-        script = queue._script
-        gate = asyncio.Event()
-        held: list[str] = []
-        ended = asyncio.Event()
-        queue.on_parked_done = ended.set
-
-        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
-            if any(m in keys[0] for m in markers) and not gate.is_set():
-                held.append(keys[0])
-                await gate.wait()
-            return await script(name, keys, args)
-
-        queue._script = answer_late  # type: ignore[method-assign]
+        calls = _Held(queue, on)
         try:
             await queue.load_apps(None)
             first = await queue.claim_within(1000, budgets)
             assert sorted(t.job.name for t in first.triggers) == sorted(others)
-            assert len(held) == 1
+            assert calls.held == ["claim"]
             again = await queue.claim_within(1000, budgets)
-            assert again.triggers == [] and len(held) == 1
-            gate.set()
-            await asyncio.wait_for(ended.wait(), 10)
+            assert again.triggers == [] and calls.held == ["claim"]
+            await calls.open()
             late = await queue.claim_within(1000, budgets)
             assert sorted(t.job.name for t in late.triggers) == sorted(theirs)
-            assert len(held) == 1
         finally:
             await queue.close()
 
@@ -330,26 +324,14 @@ def test_closing_the_queue_gives_back_the_triggers_of_a_call_that_answered_late(
     store = register(settings, receiver.url)
     name = _name_on(settings, on[0], "late")
     store.schedule(make_job(name, now_ms() - 1000))
-    marker = f":{{{on[0]}}}:"
     budgets = Budgets(100, {}, 100)
 
     async def scenario() -> None:
         queue = Queue(settings)
-        script = queue._script
-        gate = asyncio.Event()
-        ended = asyncio.Event()
-        queue.on_parked_done = ended.set
-
-        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
-            if marker in keys[0]:
-                await gate.wait()
-            return await script(name, keys, args)
-
-        queue._script = answer_late  # type: ignore[method-assign]
+        calls = _Held(queue, on[:1])
         await queue.load_apps(None)
         assert (await queue.claim_within(100, budgets)).triggers == []
-        gate.set()
-        await asyncio.wait_for(ended.wait(), 10)
+        await calls.open()
         await queue.close()
         after = Queue(settings)
         try:
@@ -388,32 +370,21 @@ def test_a_worker_stops_within_a_bound_while_a_master_does_not_answer(
 
 def test_closing_the_queue_is_bounded_when_the_master_of_an_answered_call_stalls(
         cluster_resumed: RedisCluster, receiver: Receiver) -> None:
-    """As above, but that master stops answering before the queue closes: the triggers are
+    """As test_closing_the_queue_gives_back_the_triggers_of_a_call_that_answered_late, but
+    that master stops answering before the queue closes: the triggers are
     left to their lease, and closing does not wait for it (it waited 55 s, while redis-py
     tried the release again and again)."""
     settings, victim, on, _ = _layout(cluster_resumed, receiver, lease_s=60.0)
     store = register(settings, receiver.url)
     store.schedule(make_job(_name_on(settings, on[0], "late"), now_ms() - 1000))
-    marker = f":{{{on[0]}}}:"
 
     async def scenario() -> None:
         queue = Queue(settings)
-        script = queue._script
-        gate = asyncio.Event()
-        ended = asyncio.Event()
-        queue.on_parked_done = ended.set
-
-        async def answer_late(name: str, keys: list[str], args: list[Any]) -> Any:
-            if marker in keys[0]:
-                await gate.wait()
-            return await script(name, keys, args)
-
-        queue._script = answer_late  # type: ignore[method-assign]
+        calls = _Held(queue, on[:1])
         await queue.load_apps(None)
         assert (await queue.claim_within(100, Budgets(100, {}, 100))).triggers == []
-        gate.set()
-        await asyncio.wait_for(ended.wait(), 10)
+        await calls.open()
         cluster_resumed.pause(victim)
         await asyncio.wait_for(queue.close(), 20)
 
-    asyncio.run(scenario())
+    asyncio.run(asyncio.wait_for(scenario(), 60))
