@@ -16,9 +16,9 @@ import secrets
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
@@ -31,6 +31,7 @@ from app.store.redis_client import UNAVAILABLE, async_client
 from app.store.store import AppRegistration
 
 log = logging.getLogger("jobrunner.worker")
+T = TypeVar("T")
 
 # Registrations (addresses, rate limits) a worker uses are at most this old.
 APPS_MAX_AGE_S = 1.0
@@ -82,6 +83,18 @@ class _Parked(NamedTuple):
     token: str = ""  # a claim's lease token
     sent: tuple[Settlement, ...] = ()  # a settlement's outcomes, in the call's order
     node: str | None = None  # the master it went to, as the client knew the slots then
+
+
+async def _within(work: Coroutine[Any, Any, T], timeout_s: float) -> asyncio.Task[T]:
+    """`work` as a task, waited for up to `timeout_s`: done, or going on in the background
+    (cancelled with the caller)."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({task}, timeout=timeout_s)
+    except BaseException:
+        task.cancel()  # the caller was cancelled (the worker stopping)
+        raise
+    return task
 
 
 class Standing(NamedTuple):
@@ -224,12 +237,7 @@ class Queue:
         called when it ends."""
         if not self.settings.redis_cluster:
             return await self._script(name, keys, args)
-        call = asyncio.ensure_future(self._script(name, keys, args))
-        try:
-            await asyncio.wait({call}, timeout=PARTITION_ANSWER_S)
-        except BaseException:
-            call.cancel()  # the caller was cancelled (the worker stopping)
-            raise
+        call = await _within(self._script(name, keys, args), PARTITION_ANSWER_S)
         if not call.done():
             call.add_done_callback(self._parked_done)
             return call
@@ -433,41 +441,32 @@ class Queue:
             in_part[part] = group = self._after_parked(part, group, settled)
             if group:
                 calls[part] = self._ack_call(part, group, now)
-        if not self.settings.redis_cluster:  # one node: each in turn
-            for part, (keys, args) in calls.items():
-                try:
-                    flags = await self._script("ack", keys, args)
-                except Exception as exc:  # (not only UNAVAILABLE: an OOM master's too)
-                    settled.left += in_part[part]
-                    settled.error = exc
-                    continue
-                self._count(settled, in_part[part], flags)
-            return settled
+        replies: list[Any] = []
+        nodes: dict[int, str | None] = {}
         started = time.monotonic()
-        nodes = {part: self._node_of(part) for part in calls}  # (as the calls go out)
-        tasks = {part: asyncio.ensure_future(self._script("ack", keys, args))
-                 for part, (keys, args) in calls.items()}
-        try:
-            if tasks:
-                await asyncio.wait(tasks.values(), timeout=PARTITION_ANSWER_S)
-        except BaseException:
-            for task in tasks.values():
-                task.cancel()
-            raise
-        for part, task in tasks.items():
-            if not task.done():
-                self._parked_acks[part] = _Parked(task, started, sent=tuple(in_part[part]),
+        if self.settings.redis_cluster:  # together: a master not answering holds up no other
+            nodes = {part: self._node_of(part) for part in calls}  # (as the calls go out)
+            replies = await asyncio.gather(*(self._call("ack", *c) for c in calls.values()),
+                                           return_exceptions=True)
+        else:  # one node: each in turn
+            for keys, args in calls.values():
+                try:
+                    replies.append(await self._script("ack", keys, args))
+                except Exception as exc:  # (not only UNAVAILABLE: an OOM master's too)
+                    replies.append(exc)
+        for part, reply in zip(calls, replies, strict=True):
+            group = in_part[part]
+            if isinstance(reply, asyncio.Task):  # going on in the background
+                self._parked_acks[part] = _Parked(reply, started, sent=tuple(group),
                                                   node=nodes[part])
-                task.add_done_callback(self._parked_done)
-                settled.left += in_part[part]
-                continue
-            try:
-                flags = task.result()
-            except Exception as exc:
-                settled.left += in_part[part]
-                settled.error = exc
-                continue
-            self._count(settled, in_part[part], flags)
+                settled.left += group
+            elif isinstance(reply, Exception):
+                settled.left += group
+                settled.error = reply
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                self._count(settled, group, reply)
         return settled
 
     def _ack_call(self, part: int, group: list[Settlement],
@@ -503,8 +502,8 @@ class Queue:
         parked = self._parked_acks.get(part)
         if parked is None:
             return group
-        ids = {id(s) for s in group}
-        if not parked.call.done() or not all(id(s) in ids for s in parked.sent):
+        carried = {id(s) for s in parked.sent}
+        if not parked.call.done() or not carried <= {id(s) for s in group}:
             settled.left += group
             return []
         del self._parked_acks[part]
@@ -513,7 +512,6 @@ class Queue:
         except Exception:
             return group  # each applies once (by its lease) when sent again
         self._count(settled, parked.sent, flags)
-        carried = {id(s) for s in parked.sent}
         return [s for s in group if id(s) not in carried]
 
     async def still_current(self, trigger: Trigger, lease: bool) -> Standing:
@@ -596,13 +594,7 @@ class Queue:
             if not (self.settings.redis_cluster and self._apps_loaded):
                 await self._load_apps(app_ids)
                 return
-            call = self._apps_call = asyncio.ensure_future(self._load_apps(app_ids))
-            try:
-                await asyncio.wait({call}, timeout=PARTITION_ANSWER_S)
-            except BaseException:
-                call.cancel()
-                self._apps_call = None
-                raise
+            self._apps_call = await _within(self._load_apps(app_ids), PARTITION_ANSWER_S)
         if self._apps_call.done():
             call, self._apps_call = self._apps_call, None
             call.result()
