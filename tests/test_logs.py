@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,8 +31,8 @@ from app.processes.procs import PROJECT_ROOT, process_alive
 from app.processes.service_logs import last_lines, line_time
 from app.settings import Settings, SettingsError
 from app.store.store import Store
-from tests.support.jobs import APP, make_job, register
-from tests.support.receiver import Receiver
+from tests.support.jobs import APP, dead_letters, make_job, register
+from tests.support.receiver import Delivery, Receiver
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerProcess
@@ -290,6 +291,40 @@ def test_at_warning_retries_dead_letters_and_drops_are_logged_but_not_each_deliv
     assert fields_of(drop)["app"] == "gone-app" and fields_of(drop)["attempt"] == 1
     assert str(fields_of(drop)["status"]).startswith("cannot connect to the app")
     assert len(receiver.received("/job/fails-twice")) == 2
+
+
+def test_a_dead_letter_is_logged_once_stored_not_when_its_job_was_deleted_in_flight(
+        store: Store, receiver: Receiver, settings: Settings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="jobrunner.worker")
+    answered = {"/job/deleted-in-flight": threading.Event()}
+    release = threading.Event()
+
+    def answer(delivery: Delivery) -> int:
+        if delivery.path == "/job/deleted-in-flight":
+            answered[delivery.path].set()
+            release.wait(30)
+        return 500
+
+    receiver.responder = answer
+    never = FailurePolicy(FailureKind.CONSTANT, interval_ms=0, max_retries=0)
+    store.schedule(make_job("deleted-in-flight", data=1, failure_policy=never))
+    store.schedule(make_job("stored", data=1, failure_policy=never))
+    with ThreadWorker(settings):
+        wait_for(answered["/job/deleted-in-flight"].is_set, what="the held delivery")
+        assert store.delete(APP, "deleted-in-flight")
+        release.set()
+        [gone] = wait_for(lambda: [r for r in _records(caplog, "deleted-in-flight")
+                                   if "dead-lettered" in r.getMessage()], what="its line")
+        [dead] = wait_for(
+            lambda: [r for r in _records(caplog, "stored") if r.levelno == logging.WARNING],
+            what="the stored dead letter's line")
+    assert (gone.levelno, gone.getMessage().split(":")[0]) == (logging.INFO,
+                                                                 "not dead-lettered")
+    assert not [r for r in _records(caplog, "deleted-in-flight")
+                if r.getMessage() == "dead-lettered"]
+    assert dead.getMessage() == "dead-lettered" and fields_of(dead)["status"] == 500
+    assert [d.name for d in dead_letters(store)] == ["stored"]
 
 
 # --- jobrunner logs -------------------------------------------------------------------------

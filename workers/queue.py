@@ -154,6 +154,9 @@ class Settlement:
     dead_id: str = ""
     dead_record: bytes = b""
     entry: str = ""  # the outcome for the job's history (app/store/history.py); "": none
+    # DEAD: the fields of its "dead-lettered" line, written once Redis has taken it (a
+    # lease lost meanwhile, its job deleted or changed in flight, stores no dead letter).
+    log_fields: dict[str, object] | None = None
 
 
 class Queue:

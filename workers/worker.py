@@ -393,14 +393,18 @@ class Worker:
         lease would redeliver it forever. It is dead-lettered, saying why; a recurring job
         goes on (the fault may be this trigger's alone)."""
         # One of ours (JobrunnerError) says what is wrong: its traceback would say no more.
-        log.error("cannot process a trigger; dead-lettered: %s", exc,
+        log.error("cannot process a trigger: %s", exc,
                   exc_info=None if isinstance(exc, JobrunnerError) else exc,
                   extra={"app": trigger.job.app_id, "job": trigger.job.name,
                          "attempt": trigger.attempt, "trigger": trigger.trigger_id})
         error = f"worker error: {type(exc).__name__}: {exc}"
+        dead = self._dead(trigger, error, next_ms=self._next_or_none(trigger))
+        dead.log_fields = {"app": trigger.job.app_id, "job": trigger.job.name,
+                           "attempt": trigger.attempt, "status": error,
+                           "trigger": trigger.trigger_id}
         self.settled.append(self._recorded(
-            self._dead(trigger, error, next_ms=self._next_or_none(trigger)), False, None,
-            error, started, int((time.perf_counter() - clock) * 1_000_000)))
+            dead, False, None, error, started,
+            int((time.perf_counter() - clock) * 1_000_000)))
 
     def _done(self, trigger: Trigger) -> None:
         """An attempt is over (settled or not): its slot goes to the app's next trigger."""
@@ -494,8 +498,9 @@ class Worker:
         if job.failure_policy.kind is FailureKind.DROP:
             log.warning("dropped: failure policy drop", extra=_fields(trigger, outcome))
             return Settlement(trigger, Action.NEXT, next_ms)
-        log.warning("dead-lettered", extra=_fields(trigger, outcome, trigger=trigger.trigger_id))
-        return self._dead(trigger, outcome.error, next_ms)
+        dead = self._dead(trigger, outcome.error, next_ms)
+        dead.log_fields = _fields(trigger, outcome, trigger=trigger.trigger_id)
+        return dead
 
     def _recorded(self, s: Settlement, done: bool, status: int | None, error: str,
                   started: int, duration_us: int) -> Settlement:
@@ -555,6 +560,7 @@ class Worker:
             finally:
                 self._settling = []
             self.metrics.settled(settled.applied)  # not what a deleted job's lost lease undid
+            self._log_dead_letters(batch, settled)
             self._wake_if_due_before_plan(batch)
             first_failure = not left and not retry
             left += settled.left
@@ -579,6 +585,21 @@ class Worker:
             if settled.left and (retry or first_failure):
                 retry_at = loop.time() + backoff
                 backoff = min(backoff * 2, 2.0)
+
+    @staticmethod
+    def _log_dead_letters(batch: list[Settlement], settled: Settled) -> None:
+        """A line for each dead letter Redis stored, and for each it did not (the trigger's
+        lease was gone: its job deleted or changed in flight, or its lease ran out)."""
+        applied = {id(s) for s in settled.applied}
+        left = {id(s) for s in settled.left}
+        for s in batch:
+            if s.log_fields is None or id(s) in left:
+                continue
+            if id(s) in applied:
+                log.warning("dead-lettered", extra=s.log_fields)
+            else:
+                log.info("not dead-lettered: its lease is gone (the job changed, or the "
+                         "lease ran out)", extra=s.log_fields)
 
     def _wake_if_due_before_plan(self, batch: list[Settlement]) -> None:
         """A retry or a next occurrence may be due before the claim loop meant to look."""
