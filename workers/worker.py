@@ -590,10 +590,13 @@ class Worker:
     def _log_dead_letters(batch: list[Settlement], settled: Settled) -> None:
         """A line for each dead letter Redis stored, and for each it did not (the trigger's
         lease was gone: its job deleted or changed in flight, or its lease ran out)."""
+        dead = [s for s in batch if s.log_fields is not None]  # (few: the hot path)
+        if not dead:
+            return
         applied = {id(s) for s in settled.applied}
         left = {id(s) for s in settled.left}
-        for s in batch:
-            if s.log_fields is None or id(s) in left:
+        for s in dead:
+            if id(s) in left:
                 continue
             if id(s) in applied:
                 log.warning("dead-lettered", extra=s.log_fields)
