@@ -328,3 +328,27 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return False
     except OSError:  # reset
         return True
+
+
+def _answer_to(port: int, raw: bytes) -> tuple[bytes, bytes]:
+    """The status line and body of the answer to `raw`, sent whole, the client's side then
+    closed for writing (it still reads)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_DEADLINE_S) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400_and_stores_nothing(api: Api) -> None:
+    body = b'{"dueTime": "1h"}'
+    status, answer = _answer_to(api.port, (
+        b"POST /v1.0-alpha1/jobs/truncated HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (len(body) + 50)
+        + body))
+    assert status == b"HTTP/1.1 400 Bad Request", (status, answer)
+    assert json.loads(answer)["errorCode"] == "ERR_BODY_READ", answer
+    assert _get(api.port, "/v1.0-alpha1/jobs/truncated")[0] == 404

@@ -243,6 +243,10 @@ def _start_registration(app: Flask, settings: Settings, store: Store, binding: s
                 log.error("%s", exc)
                 claimed[0] = True
             return False
+        except Exception:  # never the end of the heartbeat: the app would go offline for good
+            if was_ok:
+                log.exception("cannot register app %s; trying again", settings.app_id)
+            return False
         claimed[0] = False
         if not was_ok:
             log.info("app %s registered at %s", settings.app_id, settings.app_url)
@@ -254,6 +258,9 @@ def _start_registration(app: Flask, settings: Settings, store: Store, binding: s
         try:
             gone = store.forget_gone_apps(settings.app_forget_after_s)
         except UNAVAILABLE:
+            return
+        except Exception:  # (as in register: the heartbeat goes on)
+            log.exception("cannot forget the apps gone for %gs", settings.app_forget_after_s)
             return
         if gone:
             log.info("forgot the registrations of apps gone for %gs: %s",

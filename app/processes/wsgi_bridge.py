@@ -139,7 +139,14 @@ class WsgiOnRsgi:
                     f"the request body did not arrive within {self.body_timeout_s:g} s",
                     close=True))
                 return
-            except Exception:  # the client went away: no one to answer
+            except Exception:
+                # The body ended before its Content-Length (the client closed its side,
+                # or went away): said, if it still reads (granian's own answer is an
+                # empty 500).
+                with contextlib.suppress(Exception):
+                    proto.response_bytes(*error_answer(
+                        400, "ERR_BODY_READ",
+                        "the request body ended before all of it arrived", close=True))
                 return
         if self.fast is not None and whole:
             answer = await self.fast(environ, body)

@@ -35,6 +35,7 @@ from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms
 from app.settings import MAX_HISTORY_SIZE
 from app.store.keys import job_id
+from app.store.redis_client import read_together
 from app.store.store import Store
 
 # result codes (stored) and their names (API)
@@ -140,11 +141,13 @@ class History:
         jid = job_id(app_id, name)
         pk = self.store.keys.for_job(jid)
         key = pk.history(jid)
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.lrange(key, 0, MAX_HISTORY_SIZE - 1)
-        pipe.hexists(pk.jobs, jid)
-        pipe.pttl(key)
-        raw, exists, ttl_ms = pipe.execute()
+
+        def reads(pipe: Any) -> None:
+            pipe.lrange(key, 0, MAX_HISTORY_SIZE - 1)
+            pipe.hexists(pk.jobs, jid)
+            pipe.pttl(key)
+
+        raw, exists, ttl_ms = read_together(self.store.redis, reads)
         if not raw and not exists:
             return None
         entries = []

@@ -11,6 +11,7 @@ The client classes and errors are re-exported here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -41,9 +42,11 @@ __all__ = [
     "ClusterClient",
     "ClusterUnreachable",
     "NotReplicated",
+    "OutOfMemoryError",
     "WaitPolicy",
     "WaitingRedis",
     "async_client",
+    "read_together",
     "sync_client",
     "wait_policy",
 ]
@@ -58,14 +61,37 @@ _TIMEOUTS: dict[str, Any] = {
 # The errors that mean "Redis is not there right now" rather than "bad request".
 # During a cluster failover: ClusterDownError/MasterDownError (CLUSTERDOWN, MASTERDOWN),
 # TryAgainError (TRYAGAIN while slots move), SlotNotCoveredError (the client's slot map
-# has a hole until it is refreshed).
+# has a hole until it is refreshed). A Redis that is there but refuses writes counts too:
+# OutOfMemoryError (OOM: over maxmemory, with no eviction) and ReadOnlyError (READONLY: a
+# replica). Both pass once memory is freed or a master is back; meanwhile a script changes
+# nothing (Redis refuses its first write, and a script that wrote may write on), the API
+# answers 503 and the workers back off, as for an outage. (Before, such a write was a 500,
+# and it ended the worker and the API's registration heartbeat.)
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
 )
+OutOfMemoryError = redis.exceptions.OutOfMemoryError
+
+
+def read_together(redis_client: Any, queue: Callable[[Any], None]) -> list[Any]:
+    """The replies of the reads `queue(pipe)` adds, in one MULTI: read at one moment. Over
+    maxmemory, Redis refuses every command inside a MULTI, reads too; the reads are then
+    made one after another in one round trip (nothing writes meanwhile but what frees
+    memory), so that a Redis that is full still answers them."""
+    pipe = redis_client.pipeline(transaction=True)
+    queue(pipe)
+    try:
+        return cast(list[Any], pipe.execute())
+    except OutOfMemoryError:
+        pipe = redis_client.pipeline(transaction=False)
+        queue(pipe)
+        return cast(list[Any], pipe.execute())
 
 
 def sync_client(settings: Settings, *, wait_replicas: int | None = None,

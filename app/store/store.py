@@ -30,7 +30,7 @@ from app.store.keys import (
     split_job_id,
 )
 from app.store.pauses import BY_APP, BY_JOB, Paused
-from app.store.redis_client import sync_client
+from app.store.redis_client import OutOfMemoryError, read_together, sync_client
 
 if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py, app/grpc)
     from app.store.loop_redis import LoopRedis
@@ -262,13 +262,15 @@ class Store:
     def get(self, app_id: str, name: str) -> JobView | None:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hget(pk.jobs, jid)
-        pipe.hget(pk.runs, jid)
-        pipe.zscore(pk.due, jid)
-        pipe.hget(pk.paused, jid)
-        pipe.hget(pk.pausedapps, app_id)
-        record, state, score, paused, app_paused = pipe.execute()
+
+        def reads(pipe: Any) -> None:
+            pipe.hget(pk.jobs, jid)
+            pipe.hget(pk.runs, jid)
+            pipe.zscore(pk.due, jid)
+            pipe.hget(pk.paused, jid)
+            pipe.hget(pk.pausedapps, app_id)
+
+        record, state, score, paused, app_paused = read_together(self.redis, reads)
         if record is None:
             return None
         return with_pause(self._view(Job.decode(app_id, name, record), state, score),
@@ -392,9 +394,15 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for pk in parts:
             pipe.exists(pk.indexed)
-        for pk, done in zip(parts, pipe.execute(), strict=True):
-            if not done:
-                self._reindex(pk)
+        try:
+            for pk, done in zip(parts, pipe.execute(), strict=True):
+                if not done:
+                    self._reindex(pk)
+        except OutOfMemoryError:
+            # A full Redis (over maxmemory) takes no index entry, nor the mark: the lists
+            # read the indexes as they are (complete, but for what a version before them
+            # stored), and the next call tries again.
+            return
         self._indexed = True
 
     def _reindex(self, pk: PartitionKeys) -> None:
