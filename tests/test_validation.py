@@ -354,6 +354,10 @@ def test_failure_policy_in_get_answer() -> None:
         {"constant": {"maxRetries": 1.5}},
         {"constant": {"maxRetries": True}},
         {"constant": {"interval": "3000000h"}},
+        # A kind misspelt, or not one: not the default policy in silence.
+        {"bogus": {}},
+        {"exponentail": {"maxRetries": 3}},
+        {"drop": None, "Constant": {"interval": "3s"}},
     ],
 )
 def test_bad_failure_policy_is_a_400(policy: Any) -> None:

@@ -356,6 +356,10 @@ def _failure_policy(raw: Any) -> FailurePolicy:
     if exponential is not None:
         return _exponential(exponential)
     if constant is None:
+        other = [k for k in raw if k not in ("drop", "constant", "exponential")]
+        if other:  # no kind but another key: a kind misspelt would get the default silently
+            raise malformed(f"failurePolicy takes one of drop, constant and exponential, "
+                            f"got {shown(', '.join(other))}")
         return DEFAULT_FAILURE_POLICY  # `{}`: no policy chosen
     if not isinstance(constant, dict):
         raise malformed(f"failurePolicy.constant must be an object, got {json_kind(constant)}")
