@@ -188,8 +188,11 @@ def test_replay_by_id(client: FlaskClient, dl: str, settings: Settings,
     assert len(ids) == 1
     assert_error(client.get(job_url("/v1.0-alpha1/jobs", "again")), 404)
     assert client.get("/v1.0-alpha1/jobs").get_json()["jobs"] == []
-    # Replaying the same letter again replays nothing.
-    assert client.post(f"{dl}/replay", json={"ids": [letter.id]}).get_json() == {"replayed": 0}
+    # Replaying the same letter again replays nothing, and says which ids named none.
+    assert client.post(f"{dl}/replay", json={"ids": [letter.id]}).get_json() == {
+        "replayed": 0, "notFound": [letter.id]}
+    answer = client.post(f"{dl}/replay", json={"ids": ["mistyped", keep.id]}).get_json()
+    assert answer == {"replayed": 1, "notFound": ["mistyped"]}
 
 
 def test_replay_all_and_by_prefix_stay_in_this_app(client: FlaskClient, dl: str,
@@ -276,7 +279,8 @@ def test_purge_by_id_prefix_and_all(client: FlaskClient, dl: str, settings: Sett
     response = client.delete(dl, query_string={"id": one.id})
     assert response.status_code == 200
     assert response.get_json() == {"purged": 1}
-    assert client.delete(dl, query_string={"id": theirs.id}).get_json() == {"purged": 0}
+    assert client.delete(dl, query_string={"id": theirs.id}).get_json() == {
+        "purged": 0, "notFound": [theirs.id]}
     assert client.delete(dl, query_string={"prefix": "x"}).get_json() == {"purged": 1}
     assert [d["name"] for d in listed(client, dl)] == ["y", "z"]
     assert client.delete(dl, query_string={"all": "true"}).get_json() == {"purged": 2}

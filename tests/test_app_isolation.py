@@ -395,7 +395,7 @@ def test_replay_ids_are_bounded(api: FlaskClient, settings: Settings) -> None:
     # At the bound: one pipelined look-up per BATCH ids, never one round trip per id.
     api.get(DL)  # a connection open, as in a running API
     meter, response = measure(lambda: api.post(f"{DL}/replay", json={"ids": ids[:-1]}))
-    assert response.get_json() == {"replayed": 0}
+    assert response.get_json() == {"replayed": 0, "notFound": ids[:-1]}
     assert meter.round_trips <= settings.max_replay_ids // 100 + 1
 
 

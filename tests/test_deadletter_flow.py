@@ -75,6 +75,14 @@ def test_purge_and_usage_errors(settings: Settings, receiver: Receiver, store: S
 
     nothing = dlq(settings, "purge")
     assert nothing.exit_code == 2 and "say which dead letters" in nothing.output
+    # A mistyped id is an error (exit 1), naming it, whatever else was done.
+    typo = dlq(settings, "purge", letter_b.id + "x")
+    assert (typo.exit_code, typo.output.splitlines()) == (1, [
+        "purged 0", f"Error: no dead letter {letter_b.id + 'x'!r} for app {APP!r}"])
+    typo = dlq(settings, "replay", "nope")
+    assert (typo.exit_code, typo.output.splitlines()) == (1, [
+        "replayed 0", f"Error: no dead letter 'nope' for app {APP!r}"])
+    assert [d.name for d in dead_letters(store)] == ["a1", "a2", "b1"]
     assert dlq(settings, "purge", "--prefix", "a").output.strip() == "purged 2"
     assert [d.name for d in dead_letters(store)] == ["b1"]
     assert dlq(settings, "purge", "--all").output.strip() == "purged 1"

@@ -71,7 +71,10 @@ def replay_letters() -> Response:
 def purge_letters() -> Response:
     selection = _selection(request.args.getlist("id") or None, request.args.get("prefix"),
                            bool_arg("all"), errors.bad_query)
-    return jsonify({"purged": DeadLetters(g.store).purge(g.settings.app_id, selection)})
+    not_found: list[str] = []
+    purged = DeadLetters(g.store).purge(g.settings.app_id, selection, not_found)
+    # Of the ids given, those that named no dead letter of the app: said, not a silent 0.
+    return jsonify({"purged": purged} | ({"notFound": not_found} if not_found else {}))
 
 
 for _version, _base in enumerate(("/v1.0-alpha1/deadletters", "/v1.0/deadletters")):

@@ -133,13 +133,16 @@ def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str
         return DeadLetters(store).replay(app_id, _selection(store, ids, prefix, everything))
     done = _guard(go)
     click.echo(f"replayed {done.count}")
+    lines = _not_found_lines(app_id, done.not_found)
     if done.unreadable_count:
         more = done.unreadable_count - len(done.unreadable)
         one = done.unreadable_count == 1
-        lines = [f"{done.unreadable_count} dead letter{'' if one else 's'} this version "
-                 f"cannot read, left as {'it is (purge it)' if one else 'they are (purge them)'}:",
-                 *(f"  {letter_id}" for letter_id in done.unreadable)]
-        raise click.ClickException("\n".join(lines + ([f"  and {more} more"] if more else [])))
+        lines += [f"{done.unreadable_count} dead letter{'' if one else 's'} this version "
+                  f"cannot read, left as {'it is (purge it)' if one else 'they are (purge them)'}:",
+                  *(f"  {letter_id}" for letter_id in done.unreadable),
+                  *([f"  and {more} more"] if more else [])]
+    if lines:
+        raise click.ClickException("\n".join(lines))
 
 
 @dlq.command()
@@ -150,10 +153,21 @@ def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str
 def purge(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str | None,
           everything: bool) -> None:
     """Delete dead letters for good."""
+    missing: list[str] = []
+
     def go() -> int:
         store = _store(redis_url, app_id)
-        return DeadLetters(store).purge(app_id, _selection(store, ids, prefix, everything))
+        return DeadLetters(store).purge(app_id, _selection(store, ids, prefix, everything),
+                                        missing)
     click.echo(f"purged {_guard(go)}")
+    if missing:
+        raise click.ClickException("\n".join(_not_found_lines(app_id, missing)))
+
+
+def _not_found_lines(app_id: str, missing: list[str]) -> list[str]:
+    """The ids given that named no dead letter of the app: an error (exit 1), not a 0."""
+    return [f"no dead letter {letter_id!r} for app {app_id!r}"
+            for letter_id in missing]
 
 
 def _guard(action: Any) -> Any:

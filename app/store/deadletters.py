@@ -57,6 +57,9 @@ class Replayed:
     count: int = 0
     unreadable_count: int = 0
     unreadable: list[str] = field(default_factory=list)  # the first MAX_UNREADABLE_LISTED
+    # Of the ids given, those that named no dead letter of the app (mistyped, another
+    # app's, or replayed or purged already): said, not a silent 0.
+    not_found: list[str] = field(default_factory=list)
 
     def skip(self, letter_id: str) -> None:
         self.unreadable_count += 1
@@ -64,10 +67,12 @@ class Replayed:
             self.unreadable.append(letter_id)
 
     def to_api(self) -> dict[str, Any]:
-        if not self.unreadable_count:
-            return {"replayed": self.count}
-        return {"replayed": self.count, "unreadable": self.unreadable,
-                "unreadableCount": self.unreadable_count}
+        answer: dict[str, Any] = {"replayed": self.count}
+        if self.unreadable_count:
+            answer |= {"unreadable": self.unreadable, "unreadableCount": self.unreadable_count}
+        if self.not_found:
+            answer["notFound"] = self.not_found
+        return answer
 
 
 class SelectionError(ValueError):
@@ -209,16 +214,18 @@ class DeadLetters:
         left in place and named in the answer, and the rest are replayed. Read and
         replayed in batches of at most `page_max_bytes`."""
         done = Replayed()
-        for batch in self._batches(app_id, selection):
+        for batch in self._batches(app_id, selection, done.not_found):
             for letters, _ in self._read_batches(app_id, batch, on_unreadable=done.skip):
                 done.count += self._replay(letters, on_unreadable=done.skip)
         return done
 
-    def purge(self, app_id: str, selection: Selection) -> int:
+    def purge(self, app_id: str, selection: Selection,
+              not_found: list[str] | None = None) -> int:
         """Delete the selected letters for good (their records are not read); returns how
-        many there were."""
+        many there were. Of the ids given, those that named no dead letter of the app are
+        added to `not_found`."""
         purged = 0
-        for batch in self._batches(app_id, selection):
+        for batch in self._batches(app_id, selection, not_found):
             by_part: dict[int, list[str]] = {}
             for member, part in batch:
                 by_part.setdefault(part, []).append(_letter_id(app_id, member))
@@ -269,12 +276,15 @@ class DeadLetters:
         newest = [m for found in pipe.execute() for m in found]
         return max(newest) if newest else None
 
-    def _batches(self, app_id: str, selection: Selection) -> Iterator[list[tuple[bytes, int]]]:
+    def _batches(self, app_id: str, selection: Selection, not_found: list[str] | None = None,
+                 ) -> Iterator[list[tuple[bytes, int]]]:
         """The selected letters as (member, partition), a batch at a time. A prefix or all
         selection takes the letters up to the newest when it started, so a replay that
-        fails again meanwhile (a newer letter) is not taken twice."""
+        fails again meanwhile (a newer letter) is not taken twice. Ids that name no letter
+        of the app go to `not_found`."""
         if selection.ids:
-            yield from self._by_ids(app_id, selection.ids)
+            yield from self._by_ids(app_id, selection.ids,
+                                    not_found if not_found is not None else [])
             return
         newest = self._newest(app_id)
         if newest is None:
@@ -290,21 +300,29 @@ class DeadLetters:
         if batch:
             yield batch
 
-    def _by_ids(self, app_id: str, ids: tuple[str, ...]) -> Iterator[list[tuple[bytes, int]]]:
-        """The members of the app's letters among `ids` (others' ids are not looked up)."""
+    def _by_ids(self, app_id: str, ids: tuple[str, ...],
+                not_found: list[str]) -> Iterator[list[tuple[bytes, int]]]:
+        """The members of the app's letters among `ids` (others' ids are not looked up);
+        the ids that name none go to `not_found`."""
         located: list[tuple[str, int]] = []
         for letter_id in dict.fromkeys(ids):
             name = letter_job_name(app_id, letter_id)
             if name is not None:
                 located.append((letter_id, self.keys.partition_of(job_id(app_id, name))))
+            else:
+                not_found.append(letter_id)
         for start in range(0, len(located), BATCH):
             chunk = located[start:start + BATCH]
             pipe = self.redis.pipeline(transaction=False)
             for letter_id, part in chunk:
                 pipe.zscore(self.keys.partition(part).deadidx, letter_id)
-            yield [(dead_member(app_id, int(ms), letter_id).encode(), part)
-                   for (letter_id, part), ms in zip(chunk, pipe.execute(), strict=True)
-                   if ms is not None]
+            found = []
+            for (letter_id, part), ms in zip(chunk, pipe.execute(), strict=True):
+                if ms is None:
+                    not_found.append(letter_id)
+                else:
+                    found.append((dead_member(app_id, int(ms), letter_id).encode(), part))
+            yield found
 
     def _read(self, app_id: str, chosen: list[tuple[bytes, int]]) -> tuple[list[DeadLetter], int]:
         """The first of `chosen` whose records fit in `page_max_bytes` (one at least), and
