@@ -771,6 +771,11 @@ def test_an_internationalised_host_name_is_taken_in_its_xn_form() -> None:
         # (urllib's and the socket's tracebacks)
         (["list", "--url", "http://127.0.0.1:9/\u2603"], "must be ASCII"),
         (["list", "--url", "http://127.0.0.1:9", "--timeout", "nan"], "not nan"),
+        # A route in the address: said, not a job name "v1.0/jobs" that is invalid.
+        (["list", "--url", "http://127.0.0.1:9/v1.0/jobs"],
+         "without its routes: 'http://127.0.0.1:9', not"),
+        (["list", "--url", "http://127.0.0.1:9/under/v1.0-alpha1/"],
+         "without its routes: 'http://127.0.0.1:9/under', not"),
     ],
 )
 def test_usage_errors_exit_2(args: list[str], says: str) -> None:

@@ -124,6 +124,12 @@ def check_url(ctx: click.Context, param: click.Parameter | None,
         raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6280: {value!r}")
     if not parts.path.isascii():
         raise click.BadParameter(f"the path must be ASCII (percent-encoded): {value!r}")
+    route = re.search(r"/v1\.0(-alpha1)?(/.*)?$", parts.path)
+    if route:  # (a path before them is fine: an API behind a proxy, under a prefix)
+        raise click.BadParameter(
+            f"must be the API's address, without its routes: "
+            f"{urlunsplit(parts._replace(path=parts.path[:route.start()]))!r}, "
+            f"not {value!r}")
     if not parts.hostname.isascii():  # an internationalised name: its xn-- form, which
         try:                          # the Host header can carry (urllib's traceback)
             host = parts.hostname.encode("idna").decode("ascii")
