@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from app.cli.main import main
 from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
+from app.store.history import History
 from app.store.keys import Keys, job_id
 from app.store.store import Store
 from tests.support.jobs import APP, dead_letters, make_job
@@ -49,6 +50,13 @@ def test_replay_delivers_again_then_a_second_failure_returns_to_the_queue(
         wait_for(lambda: len(receiver.received("/job/flaky")) == 2, what="the replay")
         [again] = wait_for(lambda: dead_letters(store), what="the letter back in the queue")
         assert again.id == letter.id
+        # The same trigger again: due when it was, not when it was replayed.
+        assert again.sched_ms == letter.sched_ms
+        replayed = receiver.received("/job/flaky")[1]
+        assert replayed.headers["jobrunner-scheduled-ms"] == str(letter.sched_ms)
+        entries = History(store).read(APP, "flaky")
+        assert entries is not None
+        assert {e.due_ms for e in entries.entries} == {letter.sched_ms}
 
         # The app recovers: replayed by prefix, delivered, and the queue is empty.
         receiver.status = 200

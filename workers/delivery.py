@@ -51,7 +51,7 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
         # Percent-encoded (UTF-8): header values are ASCII, job names need not be.
         f"{H_TRIGGER_ID}: {quote_trigger_id(trigger.trigger_id)}\r\n"
         f"{H_ATTEMPT}: {trigger.attempt}\r\n"
-        f"{H_SCHEDULED_MS}: {trigger.sched_ms}\r\n"
+        f"{H_SCHEDULED_MS}: {trigger.scheduled_ms}\r\n"
         # W3C trace context: a new trace per attempt, sampled.
         f"traceparent: {_traceparent()}\r\n"
     )
@@ -157,7 +157,7 @@ def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,
     metadata = [
         (H_TRIGGER_ID, quote_trigger_id(trigger.trigger_id)),
         (H_ATTEMPT, str(trigger.attempt)),
-        (H_SCHEDULED_MS, str(trigger.sched_ms)),
+        (H_SCHEDULED_MS, str(trigger.scheduled_ms)),
         ("traceparent", _traceparent()),
     ]
     if app.token:

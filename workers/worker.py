@@ -514,7 +514,7 @@ class Worker:
         t = s.trigger
         # The job's rev stands for its own trigger id; a replay keeps the dead trigger's.
         trigger = t.job.rev if t.job.replay_of is None else t.job.replay_of
-        s.entry = history.encode_entry(trigger, t.sched_ms, started, t.attempt, result,
+        s.entry = history.encode_entry(trigger, t.scheduled_ms, started, t.attempt, result,
                                        status, duration_us, error,
                                        self.settings.history_entry_bytes)
         return s
@@ -523,7 +523,8 @@ class Worker:
     def _dead(trigger: Trigger, error: str, next_ms: int | None) -> Settlement:
         job = trigger.job
         letter = DeadLetter(
-            id=trigger.trigger_id, app_id=job.app_id, name=job.name, sched_ms=trigger.sched_ms,
+            id=trigger.trigger_id, app_id=job.app_id, name=job.name,
+            sched_ms=trigger.scheduled_ms,
             attempts=trigger.attempt, error=error, dead_ms=now_ms(), record=job.encode().decode(),
         )
         return Settlement(trigger, Action.DEAD, next_ms, letter.id, letter.encode())

@@ -351,6 +351,17 @@ class Trigger:
             return self.job.replay_of
         return f"{self.job.app_id}/{self.job.name}@{self.job.rev}:{self.sched_ms}"
 
+    @property
+    def scheduled_ms(self) -> int:
+        """When the trigger was due, as the app, its dead letter and its history are told:
+        a replay's is the dead trigger's, which its id holds (`...@{rev}:{ms}`), as the
+        replay is that trigger again; `sched_ms` is when the replay itself was due."""
+        replay_of = self.job.replay_of
+        if replay_of is None:
+            return self.sched_ms
+        due = replay_of[replay_of.rfind("@") + 1:].split(":")
+        return int(due[1]) if len(due) > 1 and due[1].isdigit() else self.sched_ms
+
 
 @dataclass(frozen=True)
 class DeadLetter:
