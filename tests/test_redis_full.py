@@ -1,15 +1,20 @@
 """Redis that is there but refuses writes: over maxmemory with no eviction (OOM), the
-usual way a Redis fills up. Writes are answered 503 with a clear error, reads go on,
-deleting (which frees memory) works, the workers back off without ending, and the API's
-registration heartbeat outlives it: once memory is freed, everything goes on.
+usual way a Redis fills up, unable to write to its disk (MISCONF: the disk full, or its
+folder gone), or a replica (READONLY). Writes are answered 503 with a clear error, reads
+go on, deleting (which frees memory) works over maxmemory, the workers back off without
+ending, and the API's registration heartbeat outlives it: once Redis takes writes again,
+everything goes on.
 
-On its own Redis (module scope): `CONFIG SET maxmemory 1` makes every write that would
-grow it an OOM at once, whatever its size, and `maxmemory 0` ends it.
+On its own Redis (module scope). OOM: `CONFIG SET maxmemory 1` makes every write that
+would grow it an OOM at once, whatever its size; `maxmemory 0` ends it. MISCONF: its data
+folder is removed, so a snapshot (BGSAVE, with a `save` rule set) fails and Redis refuses
+writes; `save ""` ends it. READONLY: REPLICAOF a port nothing listens on; `REPLICAOF NO ONE`.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +24,11 @@ import redis
 from app.api.factory import create_app
 from app.jobs.clock import now_ms
 from app.settings import Settings
+from app.store.redis_client import UNAVAILABLE
 from app.store.store import Store
 from tests.support.jobs import make_job, register
 from tests.support.receiver import Receiver
-from tests.support.redis_proc import RedisProcess
+from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
 from tests.test_api_helpers import (
@@ -41,42 +47,66 @@ REDIS_DOWN = "ERR_REDIS_UNAVAILABLE"
 
 @pytest.fixture(scope="module")
 def full_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
-    server = RedisProcess(Path(tmp_path_factory.mktemp("redis-full")))
+    server = RedisProcess(Path(tmp_path_factory.mktemp("redis-full")) / "data")
     server.start()
+    shutil.rmtree(server.workdir)  # (for MISCONF: a snapshot fails; nothing else needs it)
     yield server
     server.stop()
 
 
-@pytest.fixture
-def admin(full_redis: RedisProcess) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(full_redis.url)
-    client.config_set("maxmemory-policy", "noeviction")
-    yield client
-    client.config_set("maxmemory", 0)
-    client.close()
+class Refusal:
+    """Makes Redis refuse writes (`kind`: "oom" or "misconf"), and take them again."""
+
+    def __init__(self, kind: str, admin: redis.Redis) -> None:
+        self.kind, self.admin = kind, admin
+        # What the error that says so holds (redis-py drops the code: OOM, MISCONF...).
+        self.says = {"oom": "maxmemory", "misconf": "unable to persist to disk",
+                     "readonly": "read only replica"}[kind]
+
+    def begin(self) -> None:
+        if self.kind == "oom":
+            self.admin.config_set("maxmemory", 1)
+        elif self.kind == "misconf":
+            self.admin.config_set("save", "3600 1")
+            self.admin.bgsave()
+        else:  # a replica of a master that is not there: it keeps its data, takes no write
+            self.admin.replicaof("127.0.0.1", free_port())
+        wait_for(self._refused, what=f"Redis to refuse writes ({self.kind})")
+
+    def _refused(self) -> bool:
+        try:
+            self.admin.set("probe", "x")
+        except UNAVAILABLE as exc:  # (MISCONF as one too: the premise of this module)
+            return self.says in str(exc)
+        return False
+
+    def end(self) -> None:
+        self.admin.config_set("maxmemory", 0)
+        self.admin.config_set("save", "")
+        self.admin.replicaof("no", "one")
 
 
-def fill(admin: redis.Redis) -> None:
-    admin.config_set("maxmemory", 1)
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        admin.set("probe", "x")  # (the premise: Redis refuses writes now)
-
-
-def free(admin: redis.Redis) -> None:
-    admin.config_set("maxmemory", 0)
+@pytest.fixture(params=["oom", "misconf", "readonly"])
+def refusal(request: pytest.FixtureRequest, full_redis: RedisProcess) -> Iterator[Refusal]:
+    admin = redis.Redis.from_url(full_redis.url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    refusal = Refusal(request.param, admin)
+    yield refusal
+    refusal.end()
+    admin.close()
 
 
 def test_a_full_redis_refuses_writes_with_503_and_still_answers_reads(
-        full_redis: RedisProcess, admin: redis.Redis) -> None:
+        full_redis: RedisProcess, refusal: Refusal) -> None:
     settings = api_settings(full_redis.url)
     base = BASES[0]
     with create_app(settings).test_client() as client:
         assert_no_content(post_job(client, base, "kept", {"dueTime": "1h", "data": 1}))
         assert_no_content(post_job(client, base, "to-delete", {"dueTime": "1h"}))
-        fill(admin)
+        refusal.begin()
         err = assert_error(post_job(client, base, "refused", {"dueTime": "1h"}), 503,
                            REDIS_DOWN)
-        assert "maxmemory" in err["message"], err
+        assert refusal.says in err["message"], err
         assert_error(post_job(client, base, "kept", {"dueTime": "2h", "overwrite": True}), 503,
                      REDIS_DOWN)
         # Reads go on: a GET reads its keys in a MULTI, which a full Redis refuses.
@@ -88,18 +118,21 @@ def test_a_full_redis_refuses_writes_with_503_and_still_answers_reads(
         listed = client.get(base)
         assert listed.status_code == 200, listed.get_data(as_text=True)
         assert sorted(j["name"] for j in listed.get_json()["jobs"]) == ["kept", "to-delete"]
-        # Deleting frees memory: Redis lets it through.
-        assert client.delete(job_url(base, "to-delete")).status_code == 204
+        deleted = client.delete(job_url(base, "to-delete"))
+        if refusal.kind == "oom":  # deleting frees memory: Redis lets it through
+            assert deleted.status_code == 204, deleted.get_data(as_text=True)
+        else:  # no write at all while the disk refuses
+            assert_error(deleted, 503, REDIS_DOWN)
         assert_error(client.get(job_url(base, "refused")), 404)
-        free(admin)
+        refusal.end()
+        assert client.delete(job_url(base, "to-delete")).status_code in (204, 404)
         assert_no_content(post_job(client, base, "after", {"dueTime": "1h"}))
         assert client.get(job_url(base, "after")).status_code == 200
         assert_error(client.get(job_url(base, "to-delete")), 404)
 
 
 def test_a_worker_waits_out_a_full_redis_and_then_delivers_once(
-        full_redis: RedisProcess, admin: redis.Redis,
-        caplog: pytest.LogCaptureFixture) -> None:
+        full_redis: RedisProcess, refusal: Refusal, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="jobrunner.worker")
     receiver = Receiver().start()
     settings = Settings(redis_url=full_redis.url, prefix=f"full{id(caplog) % 10**6}",
@@ -111,14 +144,14 @@ def test_a_worker_waits_out_a_full_redis_and_then_delivers_once(
             store.schedule(make_job("before", data=1))
             wait_for(lambda: receiver.received("/job/before"), what="a first delivery")
             store.schedule(make_job("during", now_ms() + 500, data=2))
-            fill(admin)
+            refusal.begin()
             # Due while full: the claim's first write is refused, so nothing is taken.
             wait_for(lambda: [r for r in caplog.records if "retrying" in r.getMessage()
-                              and "maxmemory" in r.getMessage()],
+                              and refusal.says in r.getMessage()],
                      what="the worker's line about the refused claim")
             assert worker.alive
             assert receiver.received("/job/during") == []
-            free(admin)
+            refusal.end()
             wait_for(lambda: receiver.received("/job/during"), what="the delivery once freed")
             assert worker.alive
         assert len(receiver.received("/job/during")) == 1
@@ -130,7 +163,7 @@ def test_a_worker_waits_out_a_full_redis_and_then_delivers_once(
 
 
 def test_the_apps_registration_outlives_a_full_redis(
-        full_redis: RedisProcess, admin: redis.Redis) -> None:
+        full_redis: RedisProcess, refusal: Refusal) -> None:
     receiver = Receiver().start()
     settings = api_settings(full_redis.url, app_url=receiver.url,
                             app_registration_ttl_s=1.0)
@@ -138,10 +171,11 @@ def test_the_apps_registration_outlives_a_full_redis(
     alive = store.keys.alive(settings.app_id)
     try:
         app = create_app(settings)  # registers the app, and keeps it alive while it lives
+        admin = refusal.admin
         wait_for(lambda: admin.exists(alive), what="the registration")
-        fill(admin)
+        refusal.begin()
         wait_for(lambda: not admin.exists(alive), what="the registration to run out")
-        free(admin)
+        refusal.end()
         # The heartbeat goes on through the refusals: the app is live again.
         wait_for(lambda: admin.exists(alive), timeout=10.0, what="the registration renewed")
         assert app.name  # (held until here: the heartbeat stops once the app is collected)

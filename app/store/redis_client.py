@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 import redis.connection
 import redis.exceptions
+from redis._parsers.base import BaseParser
 
 from app.settings import Settings
 from app.store.redis_cluster import (
@@ -36,11 +37,13 @@ from app.store.redis_wait import (
 
 __all__ = [
     "DEFAULT_WAIT_TIMEOUT_MS",
+    "REFUSES_WRITES",
     "UNAVAILABLE",
     "AsyncClusterClient",
     "AsyncWaitingRedis",
     "ClusterClient",
     "ClusterUnreachable",
+    "MisconfError",
     "NotReplicated",
     "OutOfMemoryError",
     "WaitPolicy",
@@ -58,25 +61,40 @@ _TIMEOUTS: dict[str, Any] = {
     "health_check_interval": 15,
 }
 
+class MisconfError(redis.exceptions.ResponseError):
+    """MISCONF: Redis cannot write its data to disk (the disk is full, or its folder gone:
+    an AOF write or an RDB snapshot failed) and refuses writes until it can again."""
+
+
+# redis-py has no class of its own for MISCONF (a plain ResponseError): it is given one,
+# as it gives OOM and READONLY theirs, in the table every parser (sync, asyncio, hiredis)
+# reads.
+BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", MisconfError)
+
 # The errors that mean "Redis is not there right now" rather than "bad request".
 # During a cluster failover: ClusterDownError/MasterDownError (CLUSTERDOWN, MASTERDOWN),
 # TryAgainError (TRYAGAIN while slots move), SlotNotCoveredError (the client's slot map
 # has a hole until it is refreshed). A Redis that is there but refuses writes counts too:
-# OutOfMemoryError (OOM: over maxmemory, with no eviction) and ReadOnlyError (READONLY: a
-# replica). Both pass once memory is freed or a master is back; meanwhile a script changes
-# nothing (Redis refuses its first write, and a script that wrote may write on), the API
-# answers 503 and the workers back off, as for an outage. (Before, such a write was a 500,
-# and it ended the worker and the API's registration heartbeat.)
+# OutOfMemoryError (OOM: over maxmemory, with no eviction), ReadOnlyError (READONLY: a
+# replica) and MisconfError (MISCONF: its disk full). Each passes once memory or disk is
+# freed, or a master is back; meanwhile a script changes nothing (Redis refuses its first
+# write, and a script that wrote may write on), the API answers 503 and the workers back
+# off, as for an outage. (Before, such a write was a 500, and it ended the worker and the
+# API's registration heartbeat.)
+OutOfMemoryError = redis.exceptions.OutOfMemoryError
+REFUSES_WRITES: tuple[type[Exception], ...] = (
+    OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    MisconfError,
+)
 UNAVAILABLE: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
+    *REFUSES_WRITES,
 )
-OutOfMemoryError = redis.exceptions.OutOfMemoryError
 
 
 def read_together(redis_client: Any, queue: Callable[[Any], None]) -> list[Any]:

@@ -30,7 +30,7 @@ from app.store.keys import (
     split_job_id,
 )
 from app.store.pauses import BY_APP, BY_JOB, Paused
-from app.store.redis_client import OutOfMemoryError, read_together, sync_client
+from app.store.redis_client import REFUSES_WRITES, read_together, sync_client
 
 if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py, app/grpc)
     from app.store.loop_redis import LoopRedis
@@ -398,10 +398,10 @@ class Store:
             for pk, done in zip(parts, pipe.execute(), strict=True):
                 if not done:
                     self._reindex(pk)
-        except OutOfMemoryError:
-            # A full Redis (over maxmemory) takes no index entry, nor the mark: the lists
-            # read the indexes as they are (complete, but for what a version before them
-            # stored), and the next call tries again.
+        except REFUSES_WRITES:
+            # A full Redis (over maxmemory, or its disk) takes no index entry, nor the
+            # mark: the lists read the indexes as they are (complete, but for what a
+            # version before them stored), and the next call tries again.
             return
         self._indexed = True
 
