@@ -13,6 +13,7 @@ writes; `save ""` ends it. READONLY: REPLICAOF a port nothing listens on; `REPLI
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 from collections.abc import Iterator
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
 from app.api.factory import create_app
 from app.jobs.clock import now_ms
 from app.settings import Settings
+from app.store import stats
+from app.store.keys import Keys
 from app.store.redis_client import UNAVAILABLE
-from app.store.store import Store
+from app.store.store import AppRegistration, Store
 from tests.support.jobs import make_job, register
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
@@ -39,6 +43,8 @@ from tests.test_api_helpers import (
     job_url,
     post_job,
 )
+from workers.metrics import WorkerMetrics
+from workers.queue import Queue
 
 pytestmark = pytest.mark.usefixtures("reap_workers")
 
@@ -183,3 +189,75 @@ def test_the_apps_registration_outlives_a_full_redis(
         store.close()
         receiver.stop()
 
+
+
+def test_a_rate_change_met_while_redis_refuses_writes_is_acted_on_once_it_takes_them(
+        full_redis: RedisProcess, refusal: Refusal) -> None:
+    """A worker's first load of the registrations makes every rate-limited app's held
+    triggers due now (they were timed by a rate that may have changed); a load whose
+    rescore Redis refuses does it again at the next load, not never."""
+    settings = api_settings(full_redis.url)
+    store = Store(settings)
+    store.register_app(AppRegistration(settings.app_id, "http://127.0.0.1:9", rate=100.0))
+    held_apps = store.keys.partition(0).heldapps
+    an_hour = now_ms() + 3_600_000  # timed by an old, slower rate
+    refusal.admin.zadd(held_apps, {settings.app_id: an_hour})
+
+    async def loads() -> None:
+        queue = Queue(settings)
+        try:
+            refusal.begin()
+            with pytest.raises(UNAVAILABLE):
+                await queue.load_apps(None)
+            refusal.end()
+            queue._apps_rest = None  # (its back-off over)
+            await queue.load_apps(None)
+        finally:
+            await queue.close()
+
+    try:
+        asyncio.run(loads())
+        assert refusal.admin.zscore(held_apps, settings.app_id) < an_hour - 3_000_000
+    finally:
+        store.close()
+
+
+def test_counters_that_redis_filled_up_in_the_middle_of_are_not_counted_twice(
+        full_redis: RedisProcess) -> None:
+    """A flush is one pipeline of many HINCRBYs, not atomic: over maxmemory part-way, the
+    apps it had counted are counted, the others go again at the next flush, and none twice
+    (an app part-way through loses the rest of that flush instead)."""
+    admin = redis.Redis.from_url(full_redis.url)
+    keys = Keys(f"mx{free_port()}")
+    apps = [f"app{i:04d}" for i in range(5000)]
+
+    def counted() -> list[int]:
+        pipe = admin.pipeline(transaction=False)
+        for app_id in apps:
+            pipe.hget(keys.stats_total(app_id), stats.DELIVERED)
+        return [int(n or 0) for n in pipe.execute()]
+
+    async def flushes() -> None:
+        client = redis.asyncio.Redis.from_url(full_redis.url)
+        metrics = WorkerMetrics(client, keys, prometheus=False)
+        try:
+            for app_id in apps:
+                metrics._tally(app_id).attempt(True, 5)
+            # Room for some of the flush's counts, not all.
+            admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 300_000)
+            await metrics.flush()
+            some = counted()
+            assert 0 < sum(some) < len(apps), sum(some)  # (the premise: full part-way)
+            admin.config_set("maxmemory", 0)
+            await metrics.flush()
+        finally:
+            admin.config_set("maxmemory", 0)
+            await client.aclose()
+
+    try:
+        asyncio.run(flushes())
+        after = counted()
+        assert max(after) == 1, [a for a, n in zip(apps, after, strict=True) if n > 1][:5]
+        assert sum(after) >= len(apps) - 3  # (at most the one app full part-way is short)
+    finally:
+        admin.close()

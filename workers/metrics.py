@@ -123,7 +123,7 @@ class WorkerMetrics:
         tallies, self._tallies = self._tallies, {}
         at = now_ms()
         pipe = self._redis.pipeline(transaction=False)
-        stats.queue_flush(pipe, self._keys, tallies, at)
+        places = stats.queue_flush(pipe, self._keys, tallies, at)
         if final:
             stats.queue_goodbye(pipe, self._keys, self.worker_id)
         else:
@@ -132,12 +132,26 @@ class WorkerMetrics:
                                    self._concurrency, dict(in_flight), self._attempts)
             stats.queue_heartbeat(pipe, self._keys, beat, at)
         try:
-            await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         except UNAVAILABLE as exc:
             for app_id, tally in tallies.items():
                 self._tally(app_id).merge(tally)
-            if not self._failing:
-                log.warning("cannot add the delivery counters to redis: %s", exc)
-            self._failing = True
+            self._warn_once(exc)
             return
-        self._failing = False
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is None:
+            self._failing = False
+            return
+        # Redis refused some (full, or its disk: UNAVAILABLE's REFUSES_WRITES). An app's
+        # counts go again at the next flush only if none of them was taken: one that Redis
+        # filled up in the middle of is not counted twice, its rest lost instead.
+        for app_id, place in places:
+            if all(isinstance(replies[i], Exception) for i in place):
+                self._tally(app_id).merge(tallies[app_id])
+        self._warn_once(refused)
+
+    def _warn_once(self, exc: Exception) -> None:
+        """Said once while Redis does not take the counts."""
+        if not self._failing:
+            log.warning("cannot add the delivery counters to redis: %s", exc)
+        self._failing = True

@@ -604,9 +604,16 @@ class Queue:
 
     async def _load_apps(self, app_ids: set[str]) -> None:
         raw = await self.redis.hgetall(self.keys.apps)
-        before = {app_id: r.rate for app_id, r in self._apps.items()}
+        previous = self._apps
+        before = {app_id: r.rate for app_id, r in previous.items()}
         self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
-        await self._rescore_held(before)
+        try:
+            await self._rescore_held(before)
+        except BaseException:
+            # (Redis refusing writes, as when full: the next load sees the change again
+            # and rescores then; kept, it would see none and never rescore)
+            self._apps = previous
+            raise
         # Every registered app's liveness: claims go by how many apps are live.
         known = sorted(set(self._apps) | app_ids)
         pipe = self.redis.pipeline(transaction=False)

@@ -100,8 +100,10 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 def read_together(redis_client: Any, queue: Callable[[Any], None]) -> list[Any]:
     """The replies of the reads `queue(pipe)` adds, in one MULTI: read at one moment. Over
     maxmemory, Redis refuses every command inside a MULTI, reads too; the reads are then
-    made one after another in one round trip (nothing writes meanwhile but what frees
-    memory), so that a Redis that is full still answers them."""
+    sent as one pipeline, so that a Redis that is full still answers them. Redis runs a
+    client's commands that arrive together back to back, so another client's write falls
+    between two of them only when the pipeline arrives in pieces (a few small reads
+    rarely do)."""
     pipe = redis_client.pipeline(transaction=True)
     queue(pipe)
     try:

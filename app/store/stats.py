@@ -184,20 +184,26 @@ class Heartbeat:
             return None  # written by another version: not counted
 
 
-def queue_flush(pipe: Any, keys: Keys, tallies: Mapping[str, Tally], at_ms: int) -> None:
-    """Add the tallies to the apps' totals, slots and minutes (HINCRBY on `pipe`)."""
+def queue_flush(pipe: Any, keys: Keys, tallies: Mapping[str, Tally],
+                at_ms: int) -> list[tuple[str, range]]:
+    """Add the tallies to the apps' totals, slots and minutes (HINCRBY on `pipe`); each
+    app's, with the places of its HINCRBYs in the pipeline (to tell what was taken)."""
     slot, minute = at_ms // SLOT_MS, at_ms // MINUTE_MS
+    places = []
     for app_id, tally in tallies.items():
         counts = tally.fields()
         if not counts:
             continue
         pipe.sadd(keys.stats_apps, app_id)
         slot_key, minute_key = keys.stats_slot(app_id, slot), keys.stats_minute(app_id, minute)
+        first = len(pipe)
         for key in (keys.stats_total(app_id), slot_key, minute_key):
             for name, n in counts.items():
                 pipe.hincrby(key, name, n)
+        places.append((app_id, range(first, len(pipe))))
         pipe.expire(slot_key, SLOT_TTL_S)
         pipe.expire(minute_key, MINUTE_TTL_S)
+    return places
 
 
 def queue_heartbeat(pipe: Any, keys: Keys, beat: Heartbeat, at_ms: int) -> None:
