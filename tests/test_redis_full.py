@@ -14,6 +14,7 @@ writes; `save ""` ends it. READONLY: REPLICAOF a port nothing listens on; `REPLI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator
@@ -25,12 +26,13 @@ import redis.asyncio
 
 from app.api.factory import create_app
 from app.jobs.clock import now_ms
+from app.processes.redis_server import ping
 from app.settings import Settings
 from app.store import stats
 from app.store.keys import Keys
 from app.store.redis_client import UNAVAILABLE
 from app.store.store import AppRegistration, Store
-from tests.support.jobs import make_job, register
+from tests.support.jobs import APP, make_job, register
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
@@ -148,7 +150,7 @@ def test_a_worker_waits_out_a_full_redis_and_then_delivers_once(
     try:
         with ThreadWorker(settings) as worker:
             store.schedule(make_job("before", data=1))
-            wait_for(lambda: receiver.received("/job/before"), what="a first delivery")
+            wait_for(lambda: store.get(APP, "before") is None, what="a first delivery, settled")
             store.schedule(make_job("during", now_ms() + 500, data=2))
             refusal.begin()
             # Due while full: the claim's first write is refused, so nothing is taken.
@@ -207,11 +209,13 @@ def test_a_rate_change_met_while_redis_refuses_writes_is_acted_on_once_it_takes_
         queue = Queue(settings)
         try:
             refusal.begin()
-            with pytest.raises(UNAVAILABLE):
+            with contextlib.suppress(UNAVAILABLE):  # (MISCONF: its PING is refused too)
                 await queue.load_apps(None)
+            if refusal.kind != "misconf":  # the load goes on without it: claims go on
+                assert queue.app(settings.app_id) is not None
             refusal.end()
             queue._apps_rest = None  # (its back-off over)
-            await queue.load_apps(None)
+            await queue.load_apps(None, max_age_s=0.0)  # (the next refresh)
         finally:
             await queue.close()
 
@@ -261,3 +265,18 @@ def test_counters_that_redis_filled_up_in_the_middle_of_are_not_counted_twice(
         assert sum(after) >= len(apps) - 3  # (at most the one app full part-way is short)
     finally:
         admin.close()
+
+
+def test_processes_start_against_a_redis_that_refuses_writes(
+        full_redis: RedisProcess, refusal: Refusal) -> None:
+    """The start-up gate of `jobrunner worker`, `api` and `up` (a PING), and /healthz: a
+    Redis that refuses writes is there (under MISCONF it refuses PING too, which made them
+    exit at once); they start and back off as for the rest."""
+    store = Store(api_settings(full_redis.url))
+    try:
+        refusal.begin()
+        assert ping(full_redis.url) is None  # (a bare socket's PING)
+        assert ping(full_redis.url + "?socket_timeout=2") is None  # (redis-py's: a query)
+        assert store.ping()
+    finally:
+        store.close()

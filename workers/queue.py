@@ -180,6 +180,9 @@ class Queue:
         # one ends: its answer is taken by the next claim_within or settle.
         self._parked_claims: dict[int, _Parked] = {}
         self._parked_acks: dict[int, _Parked] = {}
+        # The apps' rate limits before a load whose rescore of held triggers Redis refused
+        # (_load_apps): the next loads rescore against them.
+        self._rescore_owed: dict[str, float] | None = None
         self.on_parked_done: Callable[[], None] | None = None
         self._apps: dict[str, AppRegistration] = {}
         self._apps_loaded = 0.0
@@ -604,16 +607,22 @@ class Queue:
 
     async def _load_apps(self, app_ids: set[str]) -> None:
         raw = await self.redis.hgetall(self.keys.apps)
-        previous = self._apps
-        before = {app_id: r.rate for app_id, r in previous.items()}
+        before = self._rescore_owed
+        if before is None:
+            before = {app_id: r.rate for app_id, r in self._apps.items()}
         self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
         try:
             await self._rescore_held(before)
-        except BaseException:
-            # (Redis refusing writes, as when full: the next load sees the change again
-            # and rescores then; kept, it would see none and never rescore)
-            self._apps = previous
-            raise
+        except UNAVAILABLE as exc:
+            # A master refusing writes (full, or its disk): the registrations serve as
+            # they are (the other partitions are claimed), and each load rescores against
+            # the rates before, until one can.
+            if self._rescore_owed is None:
+                log.warning("cannot make held triggers due at their apps' rate limits now, "
+                            "at a later load: %s", exc)
+            self._rescore_owed = before
+        else:
+            self._rescore_owed = None
         # Every registered app's liveness: claims go by how many apps are live.
         known = sorted(set(self._apps) | app_ids)
         pipe = self.redis.pipeline(transaction=False)

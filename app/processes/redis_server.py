@@ -341,6 +341,8 @@ def _plain_ping(address: tuple[str, int], timeout: float) -> str | None:
         return f"Error connecting to {address[0]}:{address[1]}: {e.strerror or e}"
     if reply.startswith(b"+PONG"):
         return None
+    if reply.startswith((b"-MISCONF", b"-OOM", b"-READONLY")):
+        return None  # there, refusing writes (MISCONF, its disk failing, refuses PING too)
     # An error reply: `-LOADING ...` while Redis reads its AOF, `-NOAUTH ...` with a password.
     text = reply.decode(errors="replace").strip().lstrip("-")
     if text.startswith(("NOAUTH", "WRONGPASS")):
@@ -361,6 +363,8 @@ def ping(url: str, cluster: bool = False, timeout: float = 0.5) -> str | None:
         return _plain_ping(address, timeout)
     import redis
 
+    from app.store.redis_client import REFUSES_WRITES
+
     try:
         client = _client(url, cluster, timeout)
     except (ValueError, redis.RedisError) as e:
@@ -368,6 +372,8 @@ def ping(url: str, cluster: bool = False, timeout: float = 0.5) -> str | None:
     try:
         client.ping()
         return None
+    except REFUSES_WRITES:
+        return None  # there, refusing writes (as in _plain_ping)
     except redis.AuthenticationError as e:
         return f"authentication failed: {e}"
     except redis.ResponseError as e:  # an answer, not an outage: `DB index is out of range`

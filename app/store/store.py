@@ -159,7 +159,11 @@ class Store:
         return self._scripts[name]
 
     def ping(self) -> bool:
-        return bool(self.redis.ping())
+        """Whether Redis answers; one that refuses writes does (MISCONF refuses PING too)."""
+        try:
+            return bool(self.redis.ping())
+        except REFUSES_WRITES:
+            return True
 
     # -- jobs ---------------------------------------------------------------
 
