@@ -21,7 +21,7 @@ from app.jobs.clock import now_ms
 from app.jobs.model import Trigger
 from app.store import stats
 from app.store.keys import Keys
-from app.store.redis_client import UNAVAILABLE
+from app.store.redis_client import UNAVAILABLE, AsyncClusterClient
 from workers.delivery import Outcome
 from workers.queue import Action, Settlement
 
@@ -49,6 +49,7 @@ class WorkerMetrics:
                  in_flight: Callable[[], Iterable[Trigger]] = tuple,
                  concurrency: int = 0, prometheus: bool = True) -> None:
         self._redis = redis
+        self._cluster = isinstance(redis, AsyncClusterClient)
         # The process's own Prometheus counters: kept only when something serves them
         # (JOBRUNNER_WORKER_METRICS_PORT); a few us per delivery otherwise spent for nobody.
         self._prometheus = prometheus
@@ -132,7 +133,11 @@ class WorkerMetrics:
                                    self._concurrency, dict(in_flight), self._attempts)
             stats.queue_heartbeat(pipe, self._keys, beat, at)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            # On one node, each command's reply, to tell what Redis took. (A Redis Cluster
+            # pipeline raises instead: it relearns the cluster's layout when it does, and a
+            # worker's calls rely on that after a failover; there, a flush Redis filled up
+            # part-way is merged back whole, and counted twice in part.)
+            replies = await pipe.execute(raise_on_error=self._cluster)
         except UNAVAILABLE as exc:
             for app_id, tally in tallies.items():
                 self._tally(app_id).merge(tally)
