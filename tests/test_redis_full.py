@@ -26,7 +26,7 @@ import redis.asyncio
 
 from app.api.factory import create_app
 from app.jobs.clock import now_ms
-from app.processes.redis_server import ping
+from app.processes.redis_server import answers, ping, require_redis
 from app.settings import Settings
 from app.store import stats
 from app.store.keys import Keys
@@ -275,8 +275,89 @@ def test_processes_start_against_a_redis_that_refuses_writes(
     store = Store(api_settings(full_redis.url))
     try:
         refusal.begin()
-        assert ping(full_redis.url) is None  # (a bare socket's PING)
-        assert ping(full_redis.url + "?socket_timeout=2") is None  # (redis-py's: a query)
+        for url in (full_redis.url, full_redis.url + "?socket_timeout=2"):  # (bare, redis-py)
+            said = ping(url)
+            assert answers(said), said
+            require_redis(url, timeout=2.0)  # (the start-up gate: raises when it gives up)
+            # `jobrunner status` says so: only MISCONF refuses PING.
+            assert (said is not None) == (refusal.kind == "misconf"), said
+            assert said is None or "unable to persist" in said
         assert store.ping()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["oom", "readonly"])  # (MISCONF: the load fails at PING)
+def test_an_app_whose_rescore_was_refused_is_rescored_even_if_its_rate_went_back(
+        full_redis: RedisProcess, kind: str) -> None:
+    """Rate 100, then 0.01 seen by a load whose rescore Redis refuses: claims meanwhile hold
+    the app's triggers at the slow rate's time; the rate goes back to 100, and the next
+    load still rescores the app (it is owed, whatever the rates compare to)."""
+    refusal = Refusal(kind, redis.Redis.from_url(full_redis.url))
+    settings = api_settings(full_redis.url)
+    store = Store(settings)
+    app_id = settings.app_id
+
+    def rate(per_s: float) -> None:
+        store.register_app(AppRegistration(app_id, "http://127.0.0.1:9", rate=per_s))
+
+    held_apps = store.keys.partition(0).heldapps
+
+    async def loads() -> None:
+        queue = Queue(settings)
+        try:
+            rate(100.0)
+            await queue.load_apps(None, max_age_s=0.0)
+            rate(0.01)
+            refusal.begin()
+            await queue.load_apps(None, max_age_s=0.0)  # goes on; the rescore is owed
+            refusal.end()
+            # A claim at the slow rate holds the app's triggers until its next token.
+            refusal.admin.zadd(held_apps, {app_id: now_ms() + 100_000})
+            rate(100.0)
+            await queue.load_apps(None, max_age_s=0.0)
+        finally:
+            await queue.close()
+
+    try:
+        asyncio.run(loads())
+        assert refusal.admin.zscore(held_apps, app_id) < now_ms() + 1_000
+    finally:
+        refusal.end()
+        refusal.admin.close()
+        store.close()
+
+
+def test_a_counter_error_that_is_no_outage_is_said_once_and_hides_no_outage(
+        full_redis: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """A stats key of another type fails that app's counts at every flush: logged once and
+    dropped (not sent again forever), the other apps' taken; a later outage is still said."""
+    caplog.set_level(logging.WARNING, logger="jobrunner.worker")
+    admin = redis.Redis.from_url(full_redis.url)
+    keys = Keys(f"mx{free_port()}")
+    admin.set(keys.stats_total("bad"), "not a hash")
+
+    async def flushes() -> None:
+        client = redis.asyncio.Redis.from_url(full_redis.url)
+        metrics = WorkerMetrics(client, keys, prometheus=False)
+        try:
+            for _ in range(3):
+                for app_id in ("bad", "good"):
+                    metrics._tally(app_id).attempt(True, 5)
+                await metrics.flush()
+            admin.config_set("maxmemory", 1)
+            metrics._tally("good").attempt(True, 5)
+            await metrics.flush()
+        finally:
+            admin.config_set("maxmemory", 0)
+            await client.aclose()
+
+    try:
+        asyncio.run(flushes())
+        said = [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records]
+        assert said == [
+            ("ERROR", "cannot add the delivery counters to redis, dropped"),
+            ("WARNING", "cannot add the delivery counters to redis")], said
+        assert admin.hget(keys.stats_total("good"), stats.DELIVERED) == b"3"
+    finally:
+        admin.close()

@@ -15,6 +15,7 @@ from collections import Counter as Tallied
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import redis
 from prometheus_client import Counter, Histogram
 
 from app.jobs.clock import now_ms
@@ -62,6 +63,7 @@ class WorkerMetrics:
         self.worker_id = f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
         self._host, self._started_ms, self._concurrency = host, now_ms(), concurrency
         self._failing = False  # the last flush failed (say so once per outage)
+        self._odd_said = False  # an error that is no outage was logged (said once)
 
     def _tally(self, app_id: str) -> stats.Tally:
         tally = self._tallies.get(app_id)
@@ -143,7 +145,20 @@ class WorkerMetrics:
                 self._tally(app_id).merge(tally)
             self._warn_once(exc)
             return
-        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        except redis.RedisError as exc:  # (Redis Cluster's pipeline raises them)
+            replies = [exc]
+        errors = [r for r in replies if isinstance(r, Exception)]
+        refused = next((e for e in errors if isinstance(e, UNAVAILABLE)), None)
+        odd = next((e for e in errors if not isinstance(e, UNAVAILABLE)), None)
+        if odd is not None:
+            # Not an outage (a stats key of another type, ...): sending the counts again
+            # would fail the same way, every second. Said once; those counts are dropped.
+            if not self._odd_said:
+                log.error("cannot add the delivery counters to redis, dropped: %s: %s",
+                          type(odd).__name__, odd)
+            self._odd_said = True
+            if self._cluster:
+                return
         if refused is None:
             self._failing = False
             return
@@ -151,7 +166,7 @@ class WorkerMetrics:
         # counts go again at the next flush only if none of them was taken: one that Redis
         # filled up in the middle of is not counted twice, its rest lost instead.
         for app_id, place in places:
-            if all(isinstance(replies[i], Exception) for i in place):
+            if all(isinstance(replies[i], UNAVAILABLE) for i in place):
                 self._tally(app_id).merge(tallies[app_id])
         self._warn_once(refused)
 

@@ -180,9 +180,9 @@ class Queue:
         # one ends: its answer is taken by the next claim_within or settle.
         self._parked_claims: dict[int, _Parked] = {}
         self._parked_acks: dict[int, _Parked] = {}
-        # The apps' rate limits before a load whose rescore of held triggers Redis refused
-        # (_load_apps): the next loads rescore against them.
-        self._rescore_owed: dict[str, float] | None = None
+        # Apps whose held triggers a load could not rescore, Redis refusing the writes
+        # (_load_apps): the next loads rescore them with the apps changed since.
+        self._rescore_owed: set[str] = set()
         self.on_parked_done: Callable[[], None] | None = None
         self._apps: dict[str, AppRegistration] = {}
         self._apps_loaded = 0.0
@@ -607,22 +607,24 @@ class Queue:
 
     async def _load_apps(self, app_ids: set[str]) -> None:
         raw = await self.redis.hgetall(self.keys.apps)
-        before = self._rescore_owed
-        if before is None:
-            before = {app_id: r.rate for app_id, r in self._apps.items()}
+        before = {app_id: r.rate for app_id, r in self._apps.items()}
         self._apps = {k.decode(): AppRegistration.decode(k.decode(), v) for k, v in raw.items()}
+        # Apps whose rate limit changed (all of them, at the first load), and those whose
+        # rescore Redis refused before.
+        owed = self._rescore_owed | {
+            app_id for app_id in set(before) | set(self._apps)
+            if not before or before.get(app_id, 0.0) != self._rate(app_id)}
         try:
-            await self._rescore_held(before)
+            await self._rescore_held(owed)
         except UNAVAILABLE as exc:
             # A master refusing writes (full, or its disk): the registrations serve as
-            # they are (the other partitions are claimed), and each load rescores against
-            # the rates before, until one can.
-            if self._rescore_owed is None:
+            # they are (the other partitions are claimed), and each load tries again.
+            if not self._rescore_owed:
                 log.warning("cannot make held triggers due at their apps' rate limits now, "
                             "at a later load: %s", exc)
-            self._rescore_owed = before
+            self._rescore_owed = owed
         else:
-            self._rescore_owed = None
+            self._rescore_owed = set()
         # Every registered app's liveness: claims go by how many apps are live.
         known = sorted(set(self._apps) | app_ids)
         pipe = self.redis.pipeline(transaction=False)
@@ -632,19 +634,17 @@ class Queue:
         self._alive = {app_id: bool(n) for app_id, n in zip(known, alive, strict=True)}
         self._apps_loaded = time.monotonic()
 
-    async def _rescore_held(self, before: dict[str, float]) -> None:
-        """An app whose rate limit changed (all apps, at the first load): its held triggers
-        waited for its next token as the old rate timed it (claim.lua scores `heldapps` so),
-        which a rate raised or removed brings sooner; made due now, the next claim takes
-        them at the new rate, or times the wait again."""
-        changed = [app_id for app_id in set(before) | set(self._apps)
-                   if not before or before.get(app_id, 0.0) != self._rate(app_id)]
-        if not changed:
+    async def _rescore_held(self, app_ids: set[str]) -> None:
+        """Apps whose rate limit changed: their held triggers waited for their next token
+        as the old rate timed it (claim.lua scores `heldapps` so), which a rate raised or
+        removed brings sooner; made due now, the next claim takes them at the new rate, or
+        times the wait again."""
+        if not app_ids:
             return
         now = now_ms()
         pipe = self.redis.pipeline(transaction=False)
         for pk in self.keys.all_partitions():
-            for app_id in changed:
+            for app_id in sorted(app_ids):
                 pipe.zadd(pk.heldapps, {app_id: now}, xx=True, lt=True)  # only ever sooner
         await pipe.execute()
 

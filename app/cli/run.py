@@ -162,7 +162,7 @@ def stop(home: str | None) -> None:
 @home_option
 def status(home: str | None) -> None:
     """Show the shared service. Exits 1 when none is running."""
-    from app.processes.redis_server import ping
+    from app.processes.redis_server import answers, ping
 
     home_dir = jobrunner_home(home)
     # Read only: cleaning up a stale state is for the commands that hold the lock.
@@ -173,11 +173,14 @@ def status(home: str | None) -> None:
     uptime = int(time.time() - state.started_at)
     how = "started by `jobrunner run`" if state.kind == "background" else "a `jobrunner up`"
     problem = ping(state.redis_url)
+    shown = ("answers PING" if problem is None
+             else problem if answers(problem)  # (there, but refusing writes: why)
+             else f"NOT ANSWERING: {problem}")
     click.echo(f"jobrunner service: running ({how}, pid {state.pid}, up {uptime}s)")
     click.echo(
         f"  Redis    {redact_url(state.redis_url)}"
         f"{'  (embedded)' if state.redis_embedded else ''}"
-        f"  {'answers PING' if problem is None else 'NOT ANSWERING: ' + problem}"
+        f"  {shown}"
     )
     if state.data_dir:
         click.echo(f"  data     {state.data_dir}")

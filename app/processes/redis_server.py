@@ -324,6 +324,17 @@ def _plain_address(url: str) -> tuple[str, int] | None:
     return (parts.hostname or "127.0.0.1"), port
 
 
+# What ping says of a Redis that is there but refuses writes: it answers no PING under
+# MISCONF (its disk failing). Start-up waits on it no longer (`answers`); the processes
+# then back off as for any outage; `jobrunner status` shows it.
+REFUSES_WRITES_PREFIX = "there, but refusing writes: "
+
+
+def answers(problem: str | None) -> bool:
+    """Whether what `ping` said means Redis is there to start against."""
+    return problem is None or problem.startswith(REFUSES_WRITES_PREFIX)
+
+
 def _plain_ping(address: tuple[str, int], timeout: float) -> str | None:
     """PING over a bare socket (RESP): None on +PONG, else why not."""
     try:
@@ -341,10 +352,10 @@ def _plain_ping(address: tuple[str, int], timeout: float) -> str | None:
         return f"Error connecting to {address[0]}:{address[1]}: {e.strerror or e}"
     if reply.startswith(b"+PONG"):
         return None
-    if reply.startswith((b"-MISCONF", b"-OOM", b"-READONLY")):
-        return None  # there, refusing writes (MISCONF, its disk failing, refuses PING too)
     # An error reply: `-LOADING ...` while Redis reads its AOF, `-NOAUTH ...` with a password.
     text = reply.decode(errors="replace").strip().lstrip("-")
+    if text.startswith("MISCONF"):  # (its disk failing: it refuses PING with the writes)
+        return REFUSES_WRITES_PREFIX + text
     if text.startswith(("NOAUTH", "WRONGPASS")):
         return f"authentication failed: {text}"
     return text
@@ -372,8 +383,8 @@ def ping(url: str, cluster: bool = False, timeout: float = 0.5) -> str | None:
     try:
         client.ping()
         return None
-    except REFUSES_WRITES:
-        return None  # there, refusing writes (as in _plain_ping)
+    except REFUSES_WRITES as e:  # (as in _plain_ping)
+        return f"{REFUSES_WRITES_PREFIX}{e}"
     except redis.AuthenticationError as e:
         return f"authentication failed: {e}"
     except redis.ResponseError as e:  # an answer, not an outage: `DB index is out of range`
@@ -397,7 +408,7 @@ def require_redis(
     deadline = time.monotonic() + timeout
     while True:
         problem = ping(url, cluster)
-        if problem is None:
+        if problem is None or answers(problem):
             return
         if problem.startswith(("bad Redis URL", "authentication failed")):
             break  # waiting will not fix these
@@ -546,7 +557,7 @@ class EmbeddedRedis:
             on_launch(self.url)
         deadline = time.monotonic() + timeout
         # A bare PING costs ~0.1 ms, and the server answers within milliseconds: poll often.
-        while ping(self.url, timeout=0.2) is not None:
+        while not answers(ping(self.url, timeout=0.2)):
             if proc.poll() is not None:
                 log = tail(self.log_file, 10, since=log_start)
                 if "already in use" in log and not self.fixed_port:
