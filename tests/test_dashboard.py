@@ -529,6 +529,10 @@ def test_the_schedule_form_means_what_the_api_means(settings: Settings) -> None:
         refused({"dueTime": "2s", "repeats": odd}, {"dueTime": "2s", "repeats": odd})
         refused({"dueTime": "2s", "policy": "constant", "maxRetries": odd},
                 {"dueTime": "2s", "failurePolicy": {"constant": {"maxRetries": odd}}})
+    # A field past its bound is refused, as the API refuses it, not cut and stored.
+    long_schedule = "0 0 * * * *" + " " * 1013 + "BOGUS"
+    assert "longer than 1024" in refused({"schedule": long_schedule}, None)
+    assert "longer than 1024" in refused({"name": "n" * 1025, "dueTime": "2s"}, None)
     name_page = form_post(client, "/ui/schedule", {"name": "a/b", "dueTime": "2s"})
     assert name_page.status_code == 400 and b"must not contain" in name_page.data
 

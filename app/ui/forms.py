@@ -22,8 +22,9 @@ POLICIES = ("default", "drop", "constant", "exponential")
 
 
 def form_values(form: Mapping[str, str]) -> dict[str, str]:
-    """The form as sent, each field cut to its bound (to show it again with an error)."""
-    values = {k: form.get(k, "")[:bound] for k, bound in TEXT_FIELDS.items()}
+    """The form as sent, each field cut one past its bound (to show it again with an
+    error: to_request refuses a field that long, as the API would)."""
+    values = {k: form.get(k, "")[:bound + 1] for k, bound in TEXT_FIELDS.items()}
     # Browsers send a text area's lines ended by CRLF: the data as typed has LF.
     values["data"] = form.get("data", "").replace("\r\n", "\n")
     values["overwrite"] = "on" if form.get("overwrite") else ""
