@@ -288,6 +288,46 @@ def test_an_app_pause_walks_its_jobs_in_batches_and_touches_no_other_app(
     store.close()
 
 
+class _Overtaken(Pauses):
+    """Its walk over the app's jobs lets `between` run whole after the first batch: another
+    operator's request overtaking it."""
+
+    def __init__(self, store: Store, between: Any) -> None:
+        super().__init__(store)
+        self.between = between
+
+    def _app_jobs(self, pk: Any, app_id: str) -> Any:
+        for i, ids in enumerate(super()._app_jobs(pk, app_id)):
+            if i == 1:
+                self.between()
+            yield ids
+
+
+@pytest.mark.parametrize("last", ["pause", "resume"])
+def test_a_pause_and_a_resume_of_the_app_at_once_end_as_the_later_one_says(
+        settings: Settings, last: str) -> None:
+    from tests.support.jobs import make_job
+
+    store = Store(settings)
+    n = BATCH * 2 + 7
+    store.schedule_many(make_job(f"j{i:04d}", now_ms() + HOUR_MS) for i in range(n))
+    other = Pauses(store)
+    if last == "pause":  # a resume, overtaken by a pause after its first batch
+        other.pause_app(APP)
+        _Overtaken(store, lambda: other.pause_app(APP)).resume_app(APP)
+    else:
+        _Overtaken(store, lambda: other.resume_app(APP)).pause_app(APP)
+    paused = {store.get(APP, f"j{i:04d}").status.value for i in range(n)}  # type: ignore[union-attr]
+    in_due = sum(store.redis.zcard(pk.due) for pk in store.keys.all_partitions())
+    if last == "pause":
+        assert other.app_paused_since(APP) is not None
+        assert paused == {"paused"} and in_due == 0
+    else:
+        assert other.app_paused_since(APP) is None
+        assert "paused" not in paused and in_due == n
+    store.close()
+
+
 # -- trigger now ----------------------------------------------------------------------------
 
 

@@ -12,7 +12,10 @@ An app is paused by a flag in every partition (`pausedapps`: schedule.lua pauses
 app's new jobs as they come) and by pausing each of its jobs, found through the per-app
 index `names`, partition by partition, in batches of BATCH: a round trip per batch, and
 Redis is never held longer than one batch. A job is paused by its app, by itself, or by
-both (`by` holds "a" and/or "j"); resuming one leaves the other standing.
+both (`by` holds "a" and/or "j"); resuming one leaves the other standing. A pause and a
+resume of the app at once (two operators, a retried request) end as the later one says:
+each sets or clears the partition's flag before its walk, and the scripts of the other's
+walk change nothing once the flag says otherwise.
 
 Trigger now stores a one-shot job of its own beside the job (the kind of job id a
 dead-letter replay has, marked: keys.fired_now_job_id), due at once, with the job's data
@@ -37,6 +40,7 @@ from app.store.keys import (
     fired_now_job_id,
     job_id,
     names_range,
+    split_job_id,
 )
 
 if TYPE_CHECKING:  # store.py reads paused entries with Paused
@@ -168,8 +172,8 @@ class Pauses:
     def _pause(self, pk: PartitionKeys, app_id: str, ids: list[str], by: str,
                now: int | None = None) -> int:
         return int(self.store.script("pause")(
-            keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.staged(app_id)],
-            args=[now_ms() if now is None else now, by, *ids]))
+            keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.staged(app_id), pk.pausedapps],
+            args=[now_ms() if now is None else now, by, app_id, *ids]))
 
     def _resume(self, pk: PartitionKeys, ids: list[str], by: str) -> int:
         """Resume `ids` (of one partition) as each one's catch-up policy says; those whose
@@ -198,9 +202,9 @@ class Pauses:
             keep = (str(int(self.settings.history_ttl_s * 1000))
                     if self.settings.history_size else "")
             done, changed = self.store.script("resume")(
-                keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.names,
+                keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.names, pk.pausedapps,
                       *(histories if keep else ())],
-                args=[by, self.keys.wake_channel, keep, *args])
+                args=[by, self.keys.wake_channel, keep, split_job_id(ids[0])[0], *args])
             resumed += int(done)
             ids = [c.decode() if isinstance(c, bytes) else c for c in changed]
         if ids:
