@@ -384,6 +384,31 @@ def test_a_page_stops_at_the_byte_budget(settings: Settings, q: QueueDriver) -> 
         store.close()
 
 
+def test_a_page_of_non_ascii_data_is_answered_in_about_its_byte_budget(
+        settings: Settings) -> None:
+    """The answer is UTF-8 as the records are: escaped, 4-byte characters took 12."""
+    budget = 3 * MIB
+    own = settings.with_(app_id=B, page_max_bytes=budget)
+    store = Store(own)
+    try:
+        store.schedule_many(make_job(f"emoji-{i}", T0, app_id=B, data="\U0001f600" * (MIB // 4))
+                            for i in range(7))
+        api = create_app(own).test_client()
+        listed, token, pages_seen = 0, "", 0
+        while pages_seen < 10:
+            answer = api.get("/v1.0/jobs", query_string={"limit": 100, "pageToken": token})
+            assert answer.status_code == 200
+            assert len(answer.data) < budget + 64 * 1024, len(answer.data)
+            body = answer.get_json()
+            assert all(job["data"] == "\U0001f600" * (MIB // 4) for job in body["jobs"])
+            listed, token, pages_seen = listed + len(body["jobs"]), body["nextPageToken"], pages_seen + 1
+            if not token:
+                break
+        assert listed == 7
+    finally:
+        store.close()
+
+
 def test_replay_ids_are_bounded(api: FlaskClient, settings: Settings) -> None:
     ids = [f"{B}/job-{i}@00000000:{T0}" for i in range(settings.max_replay_ids + 1)]
     meter, response = measure(lambda: api.post(f"{DL}/replay", json={"ids": ids}))

@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     # Whole-body cap well above the data cap, so the data limit answers 413 itself.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_data_bytes * 4 + 64 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    # UTF-8 as stored: escaped, a page of non-ASCII data was up to 3 times the bytes of
+    # records that JOBRUNNER_PAGE_MAX_BYTES bounds.
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     # `/jobs//x` is a name with a '/': a clear 400 from validation, not a redirect.
     app.url_map.merge_slashes = False
     app.register_blueprint(jobs_bp)
