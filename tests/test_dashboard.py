@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import html
 import math
 import os
@@ -33,6 +35,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from google.protobuf import struct_pb2
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.serving import make_server
 
 from app.api.factory import create_app
@@ -290,6 +293,27 @@ def test_without_a_token_there_is_no_login(settings: Settings) -> None:
     answer = client.get("/ui/login")
     assert answer.status_code == 303 and answer.headers["Location"] == "/ui/jobs"
     assert b"Log out" not in client.get("/ui/jobs").data
+
+
+def test_without_a_token_a_session_is_signed_by_a_key_kept_in_redis(settings: Settings) -> None:
+    """Not a constant key: any page on another port of the host could set a session of its
+    choosing (its message shown on the dashboard, a CSRF value it knows)."""
+    public = hmac.new(b"", b"jobrunner dashboard session v1", hashlib.sha256).digest()
+    forged = URLSafeTimedSerializer(public, salt="jobrunner-ui").dumps(
+        {"c": "attacker-known-csrf", "f": "re-enter the token at evil.example"})
+    client = create_app(settings).test_client()
+    client.set_cookie(COOKIE, forged, path="/ui")
+    page = client.get("/ui/jobs")
+    assert page.status_code == 200 and b"evil.example" not in page.data
+    assert b"attacker-known-csrf" not in page.data
+    # Every API process on the Redis signs with the same key: a form from one posts to another.
+    browser = create_app(settings).test_client()
+    csrf = csrf_of(browser.get("/ui/schedule").data)
+    second = create_app(settings).test_client()
+    second.set_cookie(COOKIE, session_cookie(browser).value, path="/ui")
+    answer = second.post("/ui/schedule", data={"csrf_token": csrf, "name": "across",
+                                                "dueTime": "1h"})
+    assert answer.status_code == 303, answer.data[:500]
 
 
 def test_a_dashboard_path_no_route_takes_gets_the_dashboards_error_page(

@@ -46,6 +46,8 @@ Global (scripts touch one of them at a time):
     {prefix}:alive:{app} STRING with a TTL while the app's API process lives: the
                          binding of its tokens (app_alive.lua), "1" without tokens
     {prefix}:wake        pub/sub channel: "a new job may be due earlier"
+    {prefix}:uisecret    STRING random bytes, set once: what signs the dashboard's session
+                         cookies of an API without DAPR_API_TOKEN (app/ui/auth.py)
 The workers' aggregated counters (app/store/stats.py; written once a second by each
 worker, never from scripts):
     {prefix}:stats:apps           SET   app ids that have counters
@@ -257,6 +259,10 @@ class Keys:
     @property
     def wake_channel(self) -> str:
         return f"{self.prefix}:wake"
+
+    @property
+    def ui_secret(self) -> str:
+        return f"{self.prefix}:uisecret"
 
     # -- the workers' aggregated counters (app/store/stats.py) ----------------
 

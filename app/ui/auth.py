@@ -4,7 +4,8 @@ With `DAPR_API_TOKEN` set, a request under /ui gets in with the token in the
 `dapr-api-token` header (scripts), or with the session cookie that the login form sets
 (browsers); the login page and the static files are open. The token never travels in a
 URL. The cookie holds no token: it is signed (itsdangerous) with a key derived from the
-token, so changing the token logs every browser out; it is HttpOnly, SameSite=Strict and
+token, so changing the token logs every browser out (without a token, from a random key
+kept in Redis: Store.ui_secret); it is HttpOnly, SameSite=Strict and
 scoped to /ui, and the jobs API never accepts it (app/api/factory.py asks `ui_gate` only
 for /ui paths).
 
@@ -28,6 +29,7 @@ from flask import Response, g, request, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from app.settings import Settings
+from app.store.redis_client import UNAVAILABLE
 
 UI_PREFIX = "/ui"
 # The session cookie's name, with the app id: a browser keeps one cookie per name and
@@ -45,6 +47,8 @@ _STATIC = "/ui/static/"
 # Where the login form may send the browser afterwards: a dashboard path, nothing else
 # (matched whole: `$` would let a trailing newline through, into the Location header).
 _NEXT = re.compile(r"/ui(/[^\\\s]*)?")
+# Signs the sessions made while Redis is away, when there is no token (Store.ui_secret).
+_PROCESS_SECRET = secrets.token_bytes(32)
 
 
 @dataclass
@@ -63,10 +67,20 @@ def is_ui_path(path: str) -> bool:
 
 
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    # Without a token nothing is secret but the CSRF value, which no other site can read.
-    key = hmac.new(settings.api_token.encode(), b"jobrunner dashboard session v1",
-                   hashlib.sha256).digest()
+    # Without a token, a random key kept in Redis (one for every API process): with a
+    # constant one, a page served on any other port of the host (cookies ignore ports)
+    # could set a session of its choosing: its message on the dashboard, its CSRF value.
+    secret = settings.api_token.encode() or _shared_secret()
+    key = hmac.new(secret, b"jobrunner dashboard session v1", hashlib.sha256).digest()
     return URLSafeTimedSerializer(key, salt="jobrunner-ui")
+
+
+def _shared_secret() -> bytes:
+    try:
+        secret: bytes = g.store.ui_secret()
+    except UNAVAILABLE:  # this process's own until Redis is back: the page says it is away
+        return _PROCESS_SECRET
+    return secret
 
 
 def current_session() -> UiSession:
