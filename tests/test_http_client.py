@@ -677,3 +677,63 @@ def test_a_post_waiting_for_a_connection_goes_before_post_nows_sent_from_on_done
     outcome, sent, refused = asyncio.run(main())
     assert outcome == (200, None)  # on 247e06c: PoolTimeout after 2 s, the chain 900 sent
     assert (sent, refused) == (1, 1)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_request_an_app_never_reads_is_dropped_with_its_connection(
+        monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
+    """An app that accepts and never reads: the request that timed out goes with its
+    socket, not kept in the transport's buffer until the app reads (a close() waits for
+    that: each attempt held its socket and its request's bytes for good)."""
+    import socket
+
+    from workers import http_client
+
+    made: list[http_client._Connection] = []
+
+    class Tracked(http_client._Connection):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(http_client, "_Connection", Tracked)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes little of it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+
+    async def main() -> list[Any]:
+        client = HttpClient(4)
+        origin = Origin("127.0.0.1", listener.getsockname()[1], False)
+        body = b"x" * (8 * 1024 * 1024)  # far past what the kernel's buffers take
+        outcomes: list[Any] = []
+        try:
+            for _ in range(2):
+                try:
+                    outcomes.append(await client.post(origin, "/job/x", body, "", 0.3))
+                except (TimeoutError, ServerDisconnected, OSError) as exc:
+                    outcomes.append(exc)
+                with contextlib.suppress(BlockingIOError):
+                    listener.setblocking(False)
+                    accepted.append(listener.accept()[0])  # held open, never read
+            deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+            while not all(c.closed for c in made):
+                assert asyncio.get_running_loop().time() < deadline, "a connection stays"
+                await asyncio.sleep(0.01)
+            return outcomes
+        finally:
+            client.close()
+
+    try:
+        if loop == "uvloop":
+            import uvloop
+
+            outcomes = uvloop.run(main())
+        else:
+            outcomes = asyncio.run(main())
+    finally:
+        for sock in accepted:
+            sock.close()
+        listener.close()
+    assert len(made) == 2 and all(isinstance(o, TimeoutError) for o in outcomes), outcomes

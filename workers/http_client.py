@@ -319,20 +319,21 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(self.status)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        self.close()
 
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        self.close()
 
     def close(self) -> None:
+        """At once, with whatever of the request is still unsent: a transport's close()
+        waits for its buffer to drain, which an app that never reads never lets happen
+        (each such connection held its socket and a copy of its request for good)."""
         self.reusable = False
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 class _Pool:
