@@ -10,6 +10,7 @@ import base64
 import json
 import random
 import re
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -124,6 +125,37 @@ def test_a_per_app_format_forces_raw_or_envelope(settings: Settings, receiver: R
         assert resp.status_code == 204
         [d] = _delivered(receiver, "fmt")
     assert json.loads(d.body) == expected
+
+
+def test_apps_at_one_address_have_a_connection_pool_each(settings: Settings,
+                                                        receiver: Receiver) -> None:
+    """Two apps served by one server under two paths: one's requests hanging there hold
+    its own connections, never the other's (the pool was the address's: every delivery of
+    the other app waited for a connection, then failed)."""
+    settings = settings.with_(connections_per_app=2, delivery_timeout_s=60.0, lease_s=90.0)
+    release = threading.Event()
+
+    def answer(d: Delivery) -> int:
+        if d.path.startswith("/hang/"):
+            release.wait(60)
+        return 200
+
+    receiver.responder = answer
+    store = register(settings, f"{receiver.url}/hang", app_id="app-hang")
+    register(settings, f"{receiver.url}/ok", app_id="app-ok").close()
+    try:
+        with ThreadWorker(settings):
+            store.schedule_many(make_job(f"h{i}", now_ms(), app_id="app-hang") for i in range(6))
+            wait_for(lambda: len(receiver.received()) >= 2, 10, what="the hanging app's two")
+            store.schedule(make_job("fine", now_ms(), app_id="app-ok"))
+            wait_for(lambda: receiver.received("/ok/job/fine"), 20,
+                     what="the other app's delivery beside the hanging one")
+            assert len(receiver.received()) == 3  # the hanging app still at its two
+            release.set()
+            wait_for(lambda: len(receiver.received()) == 7, 30, what="the rest, released")
+    finally:
+        release.set()
+        store.close()
 
 
 # --- headers -----------------------------------------------------------------------

@@ -61,7 +61,7 @@ def build_request(trigger: Trigger, app: AppRegistration, settings: Settings,
         headers += "".join(f"{name}: {value}\r\n" for name, value in signature_headers(
             delivery_keys(settings, trigger.job.app_id), trigger.trigger_id, trigger.attempt,
             now_ms, body))
-    origin, base_path = _split_app_url(app.url)
+    origin, base_path = _split_app_url(app.app_id, app.url)
     name = trigger.job.name
     name = name if _KEPT_IN_NAME(name) else quote(name, safe="")
     return origin, f"{base_path}/job/{name}", body, headers
@@ -86,9 +86,11 @@ _ZERO_TRACE_ID, _ZERO_PARENT_ID = "0" * 32, "0" * 16
 
 
 @functools.lru_cache(maxsize=1024)
-def _split_app_url(url: str) -> tuple[Origin, str]:
+def _split_app_url(app_id: str, url: str) -> tuple[Origin, str]:
+    """The app's origin (its connections: the app's own, whoever else listens there) and
+    base path."""
     origin, path = split_url(url)
-    return origin, path.rstrip("/")
+    return origin._replace(app_id=app_id), path.rstrip("/")
 
 
 async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
@@ -166,7 +168,7 @@ def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,
         metadata.extend(signature_headers(delivery_keys(settings, trigger.job.app_id),
                                           trigger.trigger_id, trigger.attempt, now_ms,
                                           grpc_payload(data)))
-    origin, _ = _split_app_url(app.url)
+    origin, _ = _split_app_url(app.app_id, app.url)
     return origin, job_event_request(trigger.job.name, data), tuple(metadata)
 
 

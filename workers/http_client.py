@@ -32,12 +32,15 @@ class PoolTimeout(JobrunnerError):
 
 
 class Origin(NamedTuple):
-    """Where an app listens. A tuple: it keys the pools, and a frozen dataclass's hash, in
-    Python, came once per delivery."""
+    """Where an app listens, and whose connections these are. A tuple: it keys the pools,
+    and a frozen dataclass's hash, in Python, came once per delivery."""
 
     host: str
     port: int
     tls: bool
+    # The app the pool is for: apps at one address (paths of one server) have a pool each,
+    # so one whose requests hang there cannot take another's connections.
+    app_id: str = ""
 
     @property
     def host_header(self) -> str:
