@@ -1040,3 +1040,64 @@ def test_an_app_that_closes_without_answering_gets_an_attempt_twice_at_most(
         store.schedule(make_job("bad", failure_policy=FailurePolicy(FailureKind.DROP)))
         wait_for(lambda: store.counts()["jobs"] == 0, what="the attempt to end")
     assert len(receiver.received("/job/bad")) == 2
+
+
+class _SkippedCluster:
+    """Just enough of redis-py's asyncio RedisCluster for a Queue whose every partition is
+    skipped: no script may be called."""
+
+    def register_script(self, source: str) -> Any:
+        async def call(keys: Any = None, args: Any = None) -> Any:
+            raise AssertionError("no script may be called: every partition is skipped")
+
+        call.sha = "0" * 40  # type: ignore[attr-defined]
+        return call
+
+    def get_node_from_key(self, key: str) -> Any:
+        part = int(key.split("{")[1].split("}")[0])
+        return type("Node", (), {"name": f"node-{part % 3}"})()  # 3 masters
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_claim_loop_with_every_partition_skipped_yields_to_the_event_loop(
+        settings: Settings) -> None:
+    """Redis Cluster failing over: a parked claim on each master, and a partition whose
+    rest has just ended but whose master is one of them. The claim loop went round at once
+    for ever, never yielding: the parked calls' answers, and a stop, never came (a CI run's
+    worker lost 369 jobs and did not stop)."""
+    from workers.queue import Budgets, Queue, _Parked, _Rest
+    from workers.worker import CLAIM_AHEAD_MS
+
+    async def main() -> tuple[int, int]:
+        cluster = settings.with_(redis_cluster=True, partitions=12, idle_poll_s=0.2)
+        queue = Queue(cluster, client=_SkippedCluster())
+        worker = Worker(cluster, queue=queue)
+        queue._apps_loaded = time.monotonic() + 3600  # registrations fresh: no refresh
+        call = asyncio.ensure_future(asyncio.get_running_loop().create_future())
+        for part in range(3):
+            queue._parked_claims[part] = _Parked(call, time.monotonic(), f"t{part}",
+                                                 node=f"node-{part}")
+        queue._rests[9] = _Rest(time.monotonic() - 0.001, 0.1)  # ended; node-0 is stalled
+        turns = 0
+
+        def turn() -> None:
+            nonlocal turns
+            turns += 1
+
+        asyncio.get_running_loop().call_soon(turn)
+        stop = asyncio.Event()
+        rounds, started = 0, time.monotonic()
+        while time.monotonic() - started < 1.0:  # Worker.run's loop, bounded here
+            limit = await worker._room_to_claim(stop)
+            claim = await queue.claim_within(limit, Budgets(limit, {}, limit), CLAIM_AHEAD_MS)
+            if not claim.more:
+                await worker._sleep_until(claim.earliest, stop)
+            rounds += 1
+        call.cancel()
+        return turns, rounds
+
+    turns, rounds = asyncio.run(main())
+    assert turns == 1, "the event loop never ran another callback"
+    assert rounds < 100, f"{rounds} claims in a second: the loop polls instead of waiting"

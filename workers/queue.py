@@ -338,7 +338,12 @@ class Queue:
         if unavailable is not None and not answered:
             raise unavailable
         claim.answered = answered
-        rests = [r.until for p, r in self._rests.items() if p not in skip]
+        # Only rests still running: a partition whose rest has ended and that was skipped
+        # all the same waits on a parked call, whose end wakes the worker. Counted, it made
+        # the claim loop go round at once, never yielding to the event loop (so the call,
+        # and a stop, never came).
+        clock = time.monotonic()
+        rests = [r.until for p, r in self._rests.items() if p not in skip and r.until > clock]
         if rests:  # look again when the first rest ends (the caller wakes ahead_ms early)
             ends = now_ms() + math.ceil(1000 * max(min(rests) - time.monotonic(), 0)) + ahead_ms
             claim.earliest = ends if claim.earliest is None else min(claim.earliest, ends)

@@ -640,6 +640,7 @@ class Worker:
         if earliest_ms is not None:
             timeout = min(timeout, max((earliest_ms - CLAIM_AHEAD_MS) / 1000 - now, 0.0))
         if timeout <= 0:
+            await asyncio.sleep(0)  # a turn of the loop all the same: its I/O, a stop
             return
         self._planned_wake_ms = int((now + timeout) * 1000)
         if timeout > REFRESH_AHEAD_S and self.queue.apps_stale_within(timeout + 0.05):
