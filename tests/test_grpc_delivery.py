@@ -384,6 +384,35 @@ def test_an_error_status_follows_the_failure_policy(
     assert f"gRPC {code.name}" in letter.error, letter.error
 
 
+def test_an_answer_that_is_no_job_event_response_is_a_failure_not_a_delivery(
+        settings: Settings, store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """grpc-go (daprd's) fails such a call INTERNAL; grpc's Python decoding logged a
+    traceback for each and the trigger read as delivered."""
+    calls: list[bytes] = []
+
+    def garbled(request: bytes, context: grpc.ServicerContext) -> bytes:
+        calls.append(request)
+        return b"\x0a\x05hello\x12\xff\xff\xff"  # a field cut short
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "dapr.proto.runtime.v1.AppCallback",
+        {"OnJobEvent": grpc.unary_unary_rpc_method_handler(garbled)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        grpc_settings = _grpc_settings(settings, port)
+        api = create_app(grpc_settings).test_client()
+        with _worker(grpc_settings):
+            _schedule(api, "garbled", {"dueTime": "0s", "failurePolicy": FAST_RETRIES})
+            letter = _dead_letter(store, "garbled")
+    finally:
+        server.stop(0)
+    assert len(calls) == 3 and letter.attempts == 3
+    assert "gRPC INTERNAL" in letter.error and "not a JobEventResponse" in letter.error
+    assert "Exception deserializing" not in caplog.text
+
+
 def test_not_found_finishes_the_trigger_as_daprd_does(
         settings: Settings, store: Store, recorder: tuple[Recorder, int]) -> None:
     servicer, port = recorder

@@ -1,14 +1,14 @@
 """Deliveries to apps that speak gRPC: Dapr's `AppCallback.OnJobEvent`, on grpc.aio.
 
-The messages and stubs are the ones the `dapr` package ships (its generated
-appcallback_pb2 / _grpc modules), so the app sees exactly what a Dapr sidecar
+The messages are the ones the `dapr` package ships (its generated appcallback_pb2),
+and the methods those its stubs call, so the app sees exactly what a Dapr sidecar
 sends. The request is built as daprd builds it (pkg/channel/grpc/grpc_channel.go,
 `sendJob`): the job's name, its data as an Any, method `job/<name>`, the Any's
 type URL as the content type, and an HTTP extension saying POST.
 
-One channel per app address, kept for the worker's life: a channel is an HTTP/2
-connection that carries all the calls to that app at once, so it does what the
-keep-alive pool of workers/http_client.py does for HTTP.
+One channel per app (its address and its id: Origin), kept for the worker's life: a
+channel is an HTTP/2 connection that carries all the calls to that app at once, so it
+does what the keep-alive pool of workers/http_client.py does for HTTP.
 
 Apps built on an older SDK only have `AppCallbackAlpha.OnJobEventAlpha1`. Like
 daprd, a call that the app answers UNIMPLEMENTED is tried once on the other
@@ -26,8 +26,9 @@ from typing import Any
 
 import grpc
 from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+from dapr.proto.runtime.v1 import appcallback_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from workers.http_client import Origin
@@ -46,6 +47,11 @@ _CHANNEL_OPTIONS = (
 )
 
 _POST = common_pb2.HTTPExtension(verb=common_pb2.HTTPExtension.Verb.POST)
+# The methods, as the dapr package's stubs call them, but answered in bytes: grpc's own
+# decoding of an answer that is no JobEventResponse logs a traceback and gives None,
+# which read as a delivery (grpc-go, as daprd uses it, fails such a call INTERNAL).
+_STABLE = "/dapr.proto.runtime.v1.AppCallback/OnJobEvent"
+_ALPHA = "/dapr.proto.runtime.v1.AppCallbackAlpha/OnJobEventAlpha1"
 
 
 def job_event_request(name: str, data: any_pb2.Any | None) -> Any:
@@ -78,10 +84,9 @@ class _AppChannel:
                                               options=_CHANNEL_OPTIONS)
         else:
             self.channel = aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
-        # The generated stubs carry no type hints.
-        stable = appcallback_pb2_grpc.AppCallbackStub(self.channel)  # type: ignore[no-untyped-call]
-        alpha = appcallback_pb2_grpc.AppCallbackAlphaStub(self.channel)  # type: ignore[no-untyped-call]
-        self.stable, self.alpha = stable.OnJobEvent, alpha.OnJobEventAlpha1
+        self.stable, self.alpha = (self.channel.unary_unary(
+            path, request_serializer=appcallback_pb2.JobEventRequest.SerializeToString,
+            response_deserializer=None, _registered_method=True) for path in (_STABLE, _ALPHA))
         self.use_alpha = False  # set once the app answered only OnJobEventAlpha1
 
 
@@ -124,11 +129,16 @@ class GrpcClient:
         if remaining <= 0:
             return Reply(grpc.StatusCode.DEADLINE_EXCEEDED, "", timed_out=True)
         try:
-            await method(request, timeout=remaining, metadata=metadata)
+            answer = await method(request, timeout=remaining, metadata=metadata)
         except aio.AioRpcError as exc:
             code = exc.code()
             timed_out = code is grpc.StatusCode.DEADLINE_EXCEEDED and loop.time() >= deadline
             return Reply(code, exc.details() or "", timed_out)
+        try:
+            appcallback_pb2.JobEventResponse.FromString(answer)
+        except DecodeError as exc:
+            return Reply(grpc.StatusCode.INTERNAL,
+                         f"the app's answer is not a JobEventResponse: {exc}")
         return Reply(grpc.StatusCode.OK)
 
     async def close(self) -> None:
