@@ -1101,3 +1101,34 @@ def test_a_claim_loop_with_every_partition_skipped_yields_to_the_event_loop(
     turns, rounds = asyncio.run(main())
     assert turns == 1, "the event loop never ran another callback"
     assert rounds < 100, f"{rounds} claims in a second: the loop polls instead of waiting"
+
+
+def test_a_stop_while_redis_does_not_answer_takes_the_grace_and_its_margin_in_all(
+        settings: Settings, receiver: Receiver, tmp_path: Path) -> None:
+    """Redis stalls with a delivery in flight past the grace period: giving it back, the
+    last counts and closing each waited their own bound (the grace and 5 s each), where
+    the stop as a whole has one deadline, the grace and STOP_MARGIN_S, as the supervisor's."""
+    from tests.support.redis_proc import RedisProcess
+
+    own = RedisProcess(tmp_path / "redis")
+    own.start()
+    settings = settings.with_(redis_url=own.url, shutdown_grace_s=1.0, lease_s=60.0,
+                              delivery_timeout_s=30.0)
+    gate = receiver.hold("/job/held", timeout=30)
+    store = register(settings, receiver.url)
+    worker = ThreadWorker(settings).start()
+    assert own.proc is not None
+    try:
+        store.schedule(make_job("done", now_ms()))
+        store.schedule(make_job("held", now_ms()))
+        wait_for(lambda: receiver.received("/job/held"), 10, what="the held delivery")
+        own.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        worker.stop(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+        own.proc.send_signal(signal.SIGCONT)
+        store.close()
+        own.stop()
+    assert took < settings.shutdown_grace_s + worker_module.STOP_MARGIN_S + 3.0, took

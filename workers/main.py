@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from app.logs import setup as setup_logging
 from app.settings import Settings, redact_url
 from app.store.persistence import warn_at_start
+from workers.queue import RELEASE_WITHIN_S
 from workers.worker import Worker
 
 log = logging.getLogger("jobrunner.worker")
@@ -39,7 +40,7 @@ async def _main(settings: Settings) -> None:
     try:
         await worker.run(stop)
     finally:
-        await worker.queue.close()
+        await worker.queue.close(worker.stop_time_left(RELEASE_WITHIN_S))
     log.info("worker %d stopped", os.getpid())
 
 

@@ -110,15 +110,15 @@ class WorkerMetrics:
             if quiet is not None:
                 await quiet(0.5)
 
-    async def close(self) -> None:
+    async def close(self, within_s: float = LAST_FLUSH_WITHIN_S) -> None:
         """The last counts, and this worker is no longer alive (its heartbeat expires
-        otherwise, when Redis does not answer)."""
+        otherwise, when Redis does not answer within `within_s`)."""
         if self._redis is not None:
             try:
-                await asyncio.wait_for(self.flush(final=True), LAST_FLUSH_WITHIN_S)
+                await asyncio.wait_for(self.flush(final=True), within_s)
             except TimeoutError:
                 log.warning("the last delivery counters were not written: redis did not "
-                            "answer within %gs", LAST_FLUSH_WITHIN_S)
+                            "answer within %.1fs", within_s)
 
     async def flush(self, final: bool = False) -> None:
         """Add the counts since the last flush to Redis, with the heartbeat: one round trip.

@@ -194,17 +194,17 @@ class Queue:
         self._unreadable_unlogged = 0
         self._unreadable_summary_at = 0.0
 
-    async def close(self) -> None:
+    async def close(self, within_s: float = RELEASE_WITHIN_S) -> None:
         # A claim left going on leases its triggers to nobody: they come back when their
-        # leases run out, or now for one that has answered. A settlement's outcomes were
-        # left to the worker.
+        # leases run out, or now (within `within_s`) for one that has answered. A
+        # settlement's outcomes were left to the worker.
         answered = [(part, c.token, c.call.result()[3::6])
                     for part, c in self._parked_claims.items()
                     if c.call.done() and not c.call.cancelled() and not c.call.exception()]
         releases = [self._release(part, token, jids, 0) for part, token, jids in answered if jids]
         if releases:  # (within a bound: their master may have stalled again since)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.gather(*releases), RELEASE_WITHIN_S)
+                await asyncio.wait_for(asyncio.gather(*releases), within_s)
         parked = [p.call for p in (*self._parked_claims.values(), *self._parked_acks.values())]
         if self._apps_call is not None:
             parked.append(self._apps_call)

@@ -21,7 +21,7 @@ from app.store.redis_client import UNAVAILABLE
 from workers import delivery
 from workers.grpc_client import GrpcClient
 from workers.http_client import HttpClient, Sent
-from workers.metrics import WorkerMetrics
+from workers.metrics import LAST_FLUSH_WITHIN_S, WorkerMetrics
 from workers.queue import RELEASE_WITHIN_S, Action, Claim, Queue, Settled, Settlement
 from workers.slots import Slots
 
@@ -41,6 +41,9 @@ REFRESH_AHEAD_S = 0.003
 # A round trip each: not for the short waits of a burst (one a delivery tripled a
 # worker's CPU per delivery).
 RECHECK_AFTER_WAIT_S = 0.5
+# A stop's deadline past the grace period (JOBRUNNER_SHUTDOWN_GRACE): settling what was
+# delivered, giving back the rest, the last counts. The supervisor kills a worker then.
+STOP_MARGIN_S = 5.0
 
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
@@ -93,6 +96,11 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _unsettled_at_stop(n: int) -> None:
+    log.warning("stopping with %d outcomes redis did not take: their triggers go again "
+                "when their leases run out", n)
+
+
 async def _until(due_ms: int) -> None:
     """Until the clock reads `due_ms`, to ~0.1 ms. The blocking sleep holds the worker's
     loop at most about 2 * PRECISE_S (answers and settlements wait; nothing goes early)."""
@@ -124,6 +132,7 @@ class Worker:
         self._unsettled: set[int] = set()  # partitions whose outcomes wait to be written
         self._settling: list[Settlement] = []  # the batch being written
         self._stopping = False
+        self._stop_by: float | None = None  # the stop's deadline, loop time (run)
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
         # A call Redis Cluster answered late has ended (Queue.on_parked_done): its claimed
         # triggers, or the outcomes it carried, are taken now.
@@ -160,12 +169,16 @@ class Worker:
                     await self._sleep_until(claim.earliest, stop)
         finally:
             stop.set()  # an error ended the loop: the helpers end too, or this would hang
+            # One deadline for the whole stop, as the supervisor's (which kills then): each
+            # step below takes what is left of it (stop_time_left).
+            self._stop_by = (asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+                             + STOP_MARGIN_S)
             listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
             # (metrics.close writes the last counts, within a bound; a flush Redis does not
             # answer, retried by redis-py for a minute, would hold up the stop)
             counting.cancel()
             await self._shutdown(helpers)
-            await self.metrics.close()
+            await self.metrics.close(self.stop_time_left(LAST_FLUSH_WITHIN_S))
             self._http.close()
             await self._grpc.close()
 
@@ -540,7 +553,7 @@ class Worker:
         retry_at = 0.0
         while not (stop.is_set() and not self.inflight and not self.settled and not left):
             if stop.is_set() and give_up_at is None:
-                give_up_at = loop.time() + self.settings.shutdown_grace_s + 5.0
+                give_up_at = loop.time() + self.settings.shutdown_grace_s + STOP_MARGIN_S
             retry = bool(left) and (loop.time() >= retry_at or self._parked_done)
             if not self.settled and not retry:
                 self._to_settle.clear()
@@ -553,6 +566,9 @@ class Worker:
             self._settling = batch
             try:
                 settled = await self.queue.settle(batch)
+            except asyncio.CancelledError:
+                _unsettled_at_stop(len(batch) + len(left))
+                raise
             except Exception as exc:
                 # Not only UNAVAILABLE: a loop that died on a client's unexpected error
                 # would leave this worker delivering without settling, every trigger
@@ -582,6 +598,7 @@ class Worker:
                 log.error("cannot settle %d triggers; retrying", len(settled.left),
                           exc_info=settled.error)
             if give_up_at is not None and loop.time() > give_up_at:
+                _unsettled_at_stop(len(left))
                 return
             if settled.left and (retry or first_failure):
                 retry_at = loop.time() + backoff
@@ -661,11 +678,19 @@ class Worker:
             for w in waiters:
                 w.cancel()
 
+    def stop_time_left(self, most: float) -> float:
+        """Of `most` seconds, what the stop's deadline leaves to a step of the stop (a tenth
+        of a second at least); `most` before the stop."""
+        if self._stop_by is None:
+            return most
+        return max(0.1, min(most, self._stop_by - asyncio.get_running_loop().time()))
+
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
         """Let deliveries in flight finish within the grace period, release the rest."""
         self._stopping = True
         if self.inflight:
-            await asyncio.wait(list(self.inflight), timeout=self.settings.shutdown_grace_s)
+            await asyncio.wait(list(self.inflight),
+                               timeout=self.stop_time_left(self.settings.shutdown_grace_s))
         unfinished = list(self.inflight.items())
         # One already done (an answer in the grace's last turn, its callback still to run) is
         # settled by that callback: not given back too.
@@ -678,6 +703,11 @@ class Worker:
             # as long as redis-py tried again (a minute).
             with contextlib.suppress(*UNAVAILABLE, TimeoutError):
                 released = await asyncio.wait_for(self.queue.release(give_back),
-                                                  RELEASE_WITHIN_S)
+                                                  self.stop_time_left(RELEASE_WITHIN_S))
                 log.info("released %d unfinished triggers", released)
+        # The settlements still going on (Redis slow to answer them) end by the deadline:
+        # past it, their triggers' leases run out and they are delivered again.
+        _, late = await asyncio.wait(helpers, timeout=self.stop_time_left(STOP_MARGIN_S))
+        for task in late:
+            task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)

@@ -58,6 +58,7 @@ class ThreadWorker:
         return self
 
     def _main(self) -> None:
+        from workers.queue import RELEASE_WITHIN_S
         from workers.worker import Worker
 
         loop = asyncio.new_event_loop()
@@ -73,7 +74,7 @@ class ThreadWorker:
             finally:
                 if self._waking is not None:  # done with the client before it is closed
                     await asyncio.wait([self._waking])
-                await self.worker.queue.close()
+                await self.worker.queue.close(self.worker.stop_time_left(RELEASE_WITHIN_S))
 
         try:
             loop.run_until_complete(main())
