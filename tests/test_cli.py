@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -114,6 +115,21 @@ def http(method: str, url: str, body: object = None) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def _two_free_ports() -> int:
+    """A port free on 127.0.0.1 whose next one is free too, below the ephemeral range that
+    free_port (the OS) picks the test's other ports from."""
+    for _ in range(100):
+        port = random.randrange(20000, 30000)
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
 class Up:
     """A `jobrunner up` in its own process group (so a group SIGINT is a Ctrl-C)."""
 
@@ -171,6 +187,10 @@ def test_up_serves_the_seed_flow_and_stops_everything_on_sigterm(
 ) -> None:
     http_port = free_port()
     env = cli_env(tmp_path)
+    # Each worker's own metrics: worker N on this port + N-1 (on one port, the second
+    # worker exited at once with a traceback, and `up` with it).
+    metrics = _two_free_ports()
+    env["JOBRUNNER_WORKER_METRICS_PORT"] = str(metrics)
     up = Up(
         tmp_path,
         env,
@@ -197,6 +217,9 @@ def test_up_serves_the_seed_flow_and_stops_everything_on_sigterm(
     [delivery] = wait_for(lambda: receiver.received("/job/R2-D2"), timeout=15, what="delivery")
     assert json.loads(delivery.body) == SEED_DELIVERY
     assert delivery.received_at >= scheduled_at + 2.0
+    for port in (metrics, metrics + 1):
+        assert b"jobrunner_deliveries_total" in urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/metrics", timeout=10).read()
 
     assert up.stop(signal.SIGTERM) == 0, up.output()
     wait_for(lambda: all_gone(children), timeout=10, what="every child to exit")

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import IO, Any
 
 from app.processes.procs import child_env, http_ok, popen_kwargs, python_module
-from app.settings import Settings
+from app.settings import Settings, SettingsError
 
 TIER_REDIS, TIER_WORKERS, TIER_API = 0, 1, 2
 
@@ -251,18 +251,24 @@ def _say(console: IO[bytes] | None, text: bytes) -> None:
 def start_workers(
     sup: Supervisor, settings: Settings, count: int, log_dir: Path | None = None
 ) -> list[Child]:
-    """`count` worker processes (`python -m workers`), logging to the console or to files."""
-    env = child_env(settings.to_env())
+    """`count` worker processes (`python -m workers`), logging to the console or to files.
+    With JOBRUNNER_WORKER_METRICS_PORT set, worker N serves its metrics on that port + N-1
+    (one port cannot serve them all: the second worker exited at once)."""
+    if settings.worker_metrics_port and settings.worker_metrics_port + count - 1 > 65535:
+        raise SettingsError(f"JOBRUNNER_WORKER_METRICS_PORT {settings.worker_metrics_port} "
+                            f"leaves no port for each of {count} workers (port + N-1)")
     started = []
     for i in range(1, count + 1):
         name = f"worker-{i}"
+        own = (settings.with_(worker_metrics_port=settings.worker_metrics_port + i - 1)
+               if settings.worker_metrics_port else settings)
         output = open_log(log_dir / f"{name}.log") if log_dir else None
         try:
             started.append(
                 sup.spawn(
                     name,
                     python_module("workers"),
-                    env=env,
+                    env=child_env(own.to_env()),
                     tier=TIER_WORKERS,
                     grace_s=settings.shutdown_grace_s + 5.0,
                     output=output,
