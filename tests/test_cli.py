@@ -227,6 +227,28 @@ def test_up_serves_the_seed_flow_and_stops_everything_on_sigterm(
     assert "Traceback" not in up.output()
 
 
+def test_sigterm_while_up_starts_redis_is_a_stop_not_a_failure(
+    tmp_path: Path, ups: list[Up]
+) -> None:
+    """It said "redis-server did not answer within 15s" and exited 1."""
+    started = tmp_path / "redis-started"
+    slow = tmp_path / "slow-bin" / "redis-server"
+    slow.parent.mkdir()
+    real = bundled_redis_server()
+    assert real is not None
+    # Answers --version as the real one, then starts and never answers (killed by the stop).
+    slow.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && exec '{real}' \"$@\"\n"
+                    f"touch '{started}'\nexec sleep 60\n")
+    slow.chmod(0o755)
+    env = cli_env(tmp_path, JOBRUNNER_REDIS_SERVER=str(slow))
+    up = Up(tmp_path, env, "--http-port", str(free_port()), "--data-dir", str(tmp_path / "d"))
+    ups.append(up)
+    wait_for(lambda: started.exists() or up.proc.poll() is not None, timeout=30,
+             what="up to start its redis-server")
+    assert up.stop(signal.SIGTERM) == 0, up.output()
+    assert "did not answer" not in up.output() and "Traceback" not in up.output()
+
+
 def test_an_up_that_yielded_becomes_the_shared_service_once_the_other_stops(
     tmp_path: Path, ups: list[Up]
 ) -> None:

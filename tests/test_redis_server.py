@@ -59,6 +59,30 @@ def _newer_than_bundled() -> RedisBinary | None:
     return None
 
 
+def test_a_server_that_exits_before_it_answers_leaves_the_data_dirs_record_as_it_was(
+        tmp_path: Path, embedded: list[EmbeddedRedis]) -> None:
+    """Its version was recorded as the data's, and every later start was refused ("written
+    by Redis 99.0.0"), though it never ran on the data."""
+    data = tmp_path / "data"
+    fake = tmp_path / "fake" / "redis-server"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && "
+                    "echo 'Redis server v=99.0.0 sha=00000000:0 bits=64' && exit 0\nexit 3\n")
+    fake.chmod(0o755)
+    first = EmbeddedRedis(data, binary=str(fake))
+    with pytest.raises(RedisServerError, match="exited with code 3"):
+        first.start()
+    assert not (data / SERVER_FILE).exists()
+    server = EmbeddedRedis(data)  # a real one reads (and now records) the data
+    embedded.append(server)
+    server.start()
+    recorded = json.loads((data / SERVER_FILE).read_text())["version"]
+    server.stop()
+    with pytest.raises(RedisServerError, match="exited with code 3"):
+        EmbeddedRedis(data, binary=str(fake)).start()
+    assert json.loads((data / SERVER_FILE).read_text())["version"] == recorded
+
+
 BUNDLED = _bundled()
 NEWER = _newer_than_bundled()
 needs_newer = pytest.mark.skipif(

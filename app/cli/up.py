@@ -35,7 +35,7 @@ from app.processes.procs import (
     process_start_time,
 )
 from app.processes.redis_server import START_TIMEOUT_S as REDIS_START_TIMEOUT_S
-from app.processes.redis_server import EmbeddedRedis, version_text
+from app.processes.redis_server import EmbeddedRedis, StartInterrupted, version_text
 from app.processes.service_state import (
     DATA_DIR,
     LOCK_FILE,
@@ -141,6 +141,8 @@ def up(ctx: click.Context, /, **params: Any) -> None:
                 dead = sup.watch()
             if dead is not None:
                 say(f"{describe_exit(dead)}; stopping the rest")
+    except StartInterrupted:
+        pass  # Ctrl-C or SIGTERM while Redis was starting: a stop as any other
     finally:
         if sup.children:
             say("stopping: API, then workers, then Redis")
@@ -274,6 +276,8 @@ def service(home: str, workers: int) -> None:
         dead = sup.watch()
         if dead is not None:
             say(f"{describe_exit(dead)}; stopping the service")
+    except StartInterrupted:
+        pass  # stopped while Redis was starting
     finally:
         sup.stop_all()
         if embedded is not None:

@@ -66,6 +66,14 @@ class RedisServerError(JobrunnerError, RuntimeError):
     """Redis could not be found, started or reached."""
 
 
+class StartInterrupted(RedisServerError):
+    """A stop was asked (the caller's `give_up`) while Redis was awaited: no failure."""
+
+
+class ServerExited(RedisServerError):
+    """redis-server exited before it answered."""
+
+
 def version_text(version: Version) -> str:
     return ".".join(map(str, version))
 
@@ -412,7 +420,9 @@ def require_redis(
             return
         if problem.startswith(("bad Redis URL", "authentication failed")):
             break  # waiting will not fix these
-        if give_up() or time.monotonic() > deadline:
+        if give_up():
+            raise StartInterrupted("stopped while waiting for Redis")
+        if time.monotonic() > deadline:
             break
         time.sleep(0.02)  # a Redis starting beside us answers within milliseconds
     raise RedisServerError(f"cannot reach Redis at {redact_url(url)} (REDIS_URL): {problem}")
@@ -479,12 +489,28 @@ class EmbeddedRedis:
             return stored
         return free_port()
 
-    def _record_server(self, server: RedisBinary) -> None:
-        """Written before the server starts, so the record is never older than the data."""
+    def _record_server(self, server: RedisBinary) -> bytes | None:
+        """Written before the server starts, so the record is never older than the data.
+        Returns the record before (None: none), for _restore_record."""
+        path = self.data_dir / SERVER_FILE
+        try:
+            before: bytes | None = path.read_bytes()
+        except FileNotFoundError:
+            before = None
+        record = {"path": server.path, "version": version_text(server.version)}
+        self._write_record((json.dumps(record) + "\n").encode())
+        return before
+
+    def _restore_record(self, before: bytes | None) -> None:
+        if before is None:
+            (self.data_dir / SERVER_FILE).unlink(missing_ok=True)
+        else:
+            self._write_record(before)
+
+    def _write_record(self, content: bytes) -> None:
         path = self.data_dir / SERVER_FILE
         tmp = path.with_suffix(".tmp")
-        record = {"path": server.path, "version": version_text(server.version)}
-        tmp.write_text(json.dumps(record) + "\n")
+        tmp.write_bytes(content)
         os.replace(tmp, path)
 
     def start(
@@ -508,12 +534,20 @@ class EmbeddedRedis:
             # The port first: a start refused for a taken port has not run this server on
             # the data, and must not record that it did (an older one would be refused).
             self.port = self._pick_port()
-            self._record_server(self.server)
+            before = self._record_server(self.server)
             # A free port can be taken between our check and the server's bind: try again.
             for attempt in range(3):
                 if attempt:
                     self.port = self._pick_port()
-                if self._start_once(self.server.path, timeout, give_up, on_launch):
+                try:
+                    started = self._start_once(self.server.path, timeout, give_up, on_launch)
+                except ServerExited:
+                    # It never answered, so it never ran on the data (a binary that is no
+                    # redis-server, a bad option): its record would refuse every later
+                    # start that can read the data.
+                    self._restore_record(before)
+                    raise
+                if started:
                     (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
                     return self.url
             raise RedisServerError(f"redis-server did not start; see {self.log_file}")
@@ -562,11 +596,13 @@ class EmbeddedRedis:
                 log = tail(self.log_file, 10, since=log_start)
                 if "already in use" in log and not self.fixed_port:
                     return False
-                raise RedisServerError(
+                raise ServerExited(
                     f"redis-server exited with code {proc.returncode}:\n{log}".rstrip()
                 )
             if give_up() or time.monotonic() > deadline:
                 self.stop()
+                if give_up():
+                    raise StartInterrupted("stopped while redis-server was starting")
                 raise RedisServerError(f"redis-server did not answer within {timeout:.0f}s")
             time.sleep(0.005)
         return True
