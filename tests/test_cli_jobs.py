@@ -13,6 +13,7 @@ except where the real console script is the point (no traceback, exit codes).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -715,6 +716,37 @@ def test_an_unreachable_api_is_one_line_and_exit_3() -> None:
     assert result.exit_code == 3
     assert result.stderr == (f"Error: cannot reach the jobs API at {url}: no answer within "
                              "0.3s (--timeout)\n")
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read() -> None:
+    """A server that trickles its answer, a byte at a time within the timeout: each read
+    met urllib's bound, and the command waited as long as the server went on."""
+    stop = threading.Event()
+
+    def trickle(listener: socket.socket) -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n")
+            while not stop.wait(0.1):
+                with contextlib.suppress(OSError):
+                    conn.sendall(b" ")
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        server = threading.Thread(target=trickle, args=(listener,), daemon=True)
+        server.start()
+        try:
+            result = run("get", "x", "--timeout", "1", url=url)
+        finally:
+            stop.set()
+            server.join(10)
+    assert result.exit_code == 3, result.output
+    assert result.stderr == (f"Error: cannot reach the jobs API at {url}: no answer within "
+                             "1s (--timeout)\n")
 
 
 def test_something_else_than_the_api_at_the_url(prefix: str) -> None:

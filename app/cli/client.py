@@ -28,13 +28,16 @@ no HTTP library (and urllib brings https and the proxy variables for free).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
 import json
 import math
 import os
 import re
+import signal
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -175,7 +178,8 @@ class ApiClient:
         if self.token:
             request.add_header("dapr-api-token", self.token)
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
+            with _deadline(self.timeout_s), \
+                    self._opener.open(request, timeout=self.timeout_s) as response:
                 return _decode(response.read(MAX_ANSWER_BYTES + 1), response.status, url)
         except urllib.error.HTTPError as e:
             with e:
@@ -263,6 +267,27 @@ class ApiClient:
         else:
             why = str(reason) or type(reason).__name__
         return ApiUnreachable(f"cannot reach the jobs API at {self.base_url}: {why}")
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """The whole request within `seconds`: urllib's timeout bounds each read, and a server
+    that trickles its answer a byte at a time never met it. A timer signal, as the CLI
+    runs on the main thread (elsewhere, urllib's bound only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"no answer within {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
