@@ -614,6 +614,27 @@ def test_run_of_a_file_that_is_no_program_exits_126_with_one_line(
     assert cli(env, "stop").returncode == 0
 
 
+@pytest.mark.parametrize("closed", [1, 2])
+def test_run_with_its_output_or_errors_closed_runs_the_app_all_the_same(
+    tmp_path: Path, redis_server: RedisProcess, closed: int
+) -> None:
+    """`>&-` (Python's sys.stdout is None then) crashed run with an AttributeError; `2>&-`
+    exited 1 before the command ran."""
+    env = on_shared_redis(tmp_path, redis_server)
+    ran = tmp_path / "ran"
+    other = 2 if closed == 1 else 1
+    done = subprocess.run(
+        [*CLI, "run", "--app-id", f"closed{closed}", "--app-port", str(free_port()),
+         "--http-port", str(free_port()), "--", "sh", "-c", f"touch '{ran}'; echo said"],
+        env=env, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT, timeout=60, check=False,
+        preexec_fn=lambda: os.close(closed),
+        **{"stdout" if other == 1 else "stderr": subprocess.PIPE})
+    assert done.returncode == 0 and ran.exists()
+    if other == 1:
+        assert b"said" in done.stdout
+    assert cli(env, "stop").returncode == 0
+
+
 def test_stale_service_state_is_replaced(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     gone = subprocess.Popen(["true"])

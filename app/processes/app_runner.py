@@ -64,13 +64,16 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
     # A command in a background process group that reads the terminal would be stopped
     # (SIGTTIN): give it no terminal input; piped input is passed on.
     stdin = subprocess.DEVNULL if sys.stdin is None or sys.stdin.isatty() else None
+    # A stream our caller closed (`>&-`: Python has None for it) is the app's /dev/null.
+    out = None if sys.stdout is None else sys.stdout.buffer
+    err = None if sys.stderr is None else sys.stderr.buffer
     try:
         proc = subprocess.Popen(
             list(argv),
             env=env,
             stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL if out is None else subprocess.PIPE,
+            stderr=subprocess.DEVNULL if err is None else subprocess.PIPE,
             **popen_kwargs(die_with_parent=True),
         )
     except FileNotFoundError:
@@ -78,11 +81,9 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
     except OSError as exc:  # not executable, not a program (no #! line), ...
         raise CommandNotFoundError(f"command cannot be run: {argv[0]}: {exc.strerror or exc}",
                                    126) from None
-    assert proc.stdout is not None and proc.stderr is not None
-    pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout.buffer), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr.buffer), daemon=True),
-    ]
+    pumps = [threading.Thread(target=_pump, args=(source, sink), daemon=True)
+             for source, sink in ((proc.stdout, out), (proc.stderr, err))
+             if source is not None and sink is not None]
     for pump in pumps:
         pump.start()
 
