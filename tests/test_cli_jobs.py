@@ -749,15 +749,22 @@ def test_the_timeout_bounds_the_whole_request_not_each_read() -> None:
                              "1s (--timeout)\n")
 
 
-def test_something_else_than_the_api_at_the_url(prefix: str) -> None:
-    """An HTML error page (a proxy, another server): said as not the jobs API."""
+@pytest.mark.parametrize(("status", "body", "kind", "says"), [
+    # An HTML error page (a proxy, another server): said as not the jobs API.
+    (502, b"<html>bad gateway</html>", "text/html",
+     "502: Bad Gateway (not an answer of the jobs API: text/html)"),
+    # A server's error that would drive the terminal (its title): said with escapes.
+    (400, b'{"errorCode": "E\\u001b[2J", "message": "bad \\u001b]0;PWNED\\u0007"}',
+     "application/json", "400 E\\x1b[2J: bad \\x1b]0;PWNED\\x07"),
+])
+def test_something_else_than_the_api_at_the_url(status: int, body: bytes, kind: str,
+                                                says: str) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Html(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"<html>bad gateway</html>"
-            self.send_response(502)
-            self.send_header("Content-Type", "text/html")
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -775,7 +782,7 @@ def test_something_else_than_the_api_at_the_url(prefix: str) -> None:
         server.server_close()
         thread.join(10)
     assert result.exit_code == 1
-    assert result.stderr == "Error: 502: Bad Gateway (not an answer of the jobs API: text/html)\n"
+    assert result.stderr == f"Error: {says}\n"
 
 
 def test_an_internationalised_host_name_is_taken_in_its_xn_form() -> None:

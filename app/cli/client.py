@@ -86,6 +86,8 @@ class ApiRefused(click.ClickException):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status, self.code, self.api_message = status, code, message
+        # Said to a terminal: what a server at --url wrote must not drive it.
+        code, message = printable(code), printable(message)
         super().__init__(f"{status} {code}: {message}" if code else f"{status}: {message}")
 
 
