@@ -670,9 +670,15 @@ def test_stale_service_state_is_replaced(tmp_path: Path) -> None:
         (["up", "--app-id", "bad/id"], "app id"),
         (["worker", "--concurrency", "0"], "--concurrency"),
         (["up", "--nope"], "No such option"),
+        # The app at the API's own port: its jobs went to the API itself (FREE: a free port).
+        (["up", "--http-port", "FREE", "--app-port", "FREE"], "is the jobs API's own"),
+        (["run", "--http-port", "FREE", "--app-url", "http://localhost:FREE/x", "--", "true"],
+         "is the jobs API's own"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
+    port = str(free_port())
+    args = [a.replace("FREE", port) for a in args]
     done = cli(cli_env(tmp_path), *args, timeout=20)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr

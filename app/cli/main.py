@@ -30,6 +30,7 @@ from app.cli.options import (
     app_env,
     app_options,
     concurrency_option,
+    ensure_app_elsewhere,
     ensure_grpc_port_free,
     host_option,
     log_options,
@@ -115,6 +116,7 @@ def api(ctx: click.Context, /, **params: Any) -> None:
     os.environ.update(settings.to_env())
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
     ensure_grpc_port_free(settings)
+    ensure_app_elsewhere(settings)
     wait_redis(settings)
     options = ServeOptions(
         host=settings.http_host,

@@ -21,7 +21,7 @@ from app.processes.procs import ensure_port_free, http_url
 from app.processes.redis_server import require_redis
 from app.processes.serve import DEFAULT_PROCESSES, DEFAULT_THREADS
 from app.processes.supervisor import Child, StopSignals, Supervisor, describe_exit
-from app.settings import APP_PROTOCOLS, Settings
+from app.settings import APP_PROTOCOLS, Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -235,6 +235,20 @@ def app_env(ctx: click.Context, params: dict[str, Any]) -> dict[str, str]:
 
 def settings_from(overrides: dict[str, str]) -> Settings:
     return Settings.from_env({**os.environ, **overrides})
+
+
+_THIS_HOST = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
+
+
+def ensure_app_elsewhere(settings: Settings) -> None:
+    """The app's address is not one of the API's own ports on this host: its jobs were
+    delivered to the API itself, as requests it does not serve."""
+    app = urlsplit(settings.app_url)
+    port = app.port or (443 if app.scheme == "https" else 80)
+    if app.hostname in (*_THIS_HOST, settings.http_host) and port in (
+            settings.http_port, settings.grpc_port):
+        raise SettingsError(f"the app's address {settings.app_url} is the jobs API's own "
+                            f"(port {port}): give the app a port of its own (--app-port)")
 
 
 def ensure_grpc_port_free(settings: Settings) -> None:

@@ -16,6 +16,7 @@ from app.cli.options import (
     api_tuning,
     app_env,
     app_options,
+    ensure_app_elsewhere,
     ensure_grpc_port_free,
     home_option,
     host_option,
@@ -82,6 +83,7 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
         settings = settings.with_(grpc_port=free_port(settings.http_host))
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
     ensure_grpc_port_free(settings)
+    ensure_app_elsewhere(settings)
     home = jobrunner_home(params["home"])
     if redis_url:
         wait_redis(settings)  # here, rather than in the background service's log

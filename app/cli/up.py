@@ -19,6 +19,7 @@ from app.cli.options import (
     app_env,
     app_options,
     concurrency_option,
+    ensure_app_elsewhere,
     ensure_grpc_port_free,
     home_option,
     host_option,
@@ -97,6 +98,7 @@ def up(ctx: click.Context, /, **params: Any) -> None:
     settings = settings_from(app_env(ctx, params))
     ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
     ensure_grpc_port_free(settings)
+    ensure_app_elsewhere(settings)
     home = jobrunner_home(params["home"])
     data_dir: Path = params["data_dir"].expanduser().resolve()
 
