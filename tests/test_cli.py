@@ -635,6 +635,38 @@ def test_run_with_its_output_or_errors_closed_runs_the_app_all_the_same(
     assert cli(env, "stop").returncode == 0
 
 
+def test_a_worker_of_the_shared_service_that_dies_is_started_again(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """Killed (the OOM killer's pick, say), it stopped the whole service, and the `run`s
+    using it could not tell: their APIs answered 503 until someone started another."""
+    env = on_shared_redis(tmp_path, redis_server)
+    done = cli(env, "run", "--app-id", "restarts", "--app-port", str(free_port()),
+               "--http-port", str(free_port()), "--", "true")
+    assert done.returncode == 0, done.stderr
+    ran_since = time.monotonic()
+    state_file = tmp_path / "home" / "service.json"
+
+    def worker_1() -> int:
+        state = json.loads(state_file.read_text())
+        return int(next(c["pid"] for c in state["children"] if c["name"] == "worker-1"))
+
+    service_pid, first = json.loads(state_file.read_text())["pid"], worker_1()
+    try:
+        # Past WORKER_RESTART_AFTER_S: a worker that dies sooner stops the service.
+        wait_for(lambda: time.monotonic() - ran_since > 5.5, 10, what="worker-1 to run 5 s")
+        os.kill(first, signal.SIGKILL)
+        second = wait_for(lambda: (pid := worker_1()) != first and process_alive(pid) and pid,
+                          30, what="worker-1 started again")
+        assert json.loads(state_file.read_text())["pid"] == service_pid
+        assert process_alive(service_pid) and process_alive(second)
+        log = (tmp_path / "home" / "logs" / "service.log").read_text()
+        assert f"worker-1 (pid {first}) was killed by SIGKILL unexpectedly; starting it again" \
+            in log
+    finally:
+        assert cli(env, "stop").returncode == 0
+
+
 def test_stale_service_state_is_replaced(tmp_path: Path) -> None:
     env = cli_env(tmp_path)
     gone = subprocess.Popen(["true"])

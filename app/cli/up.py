@@ -6,8 +6,10 @@ stop them in order; `up` also runs the API in the foreground.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,7 @@ from app.processes.supervisor import (
     describe_exit,
     say,
     start_api,
+    start_worker,
     start_workers,
 )
 from app.settings import Settings, redact_url
@@ -118,7 +121,7 @@ def up(ctx: click.Context, /, **params: Any) -> None:
         if sup.children:  # the port was taken after all: Redis runs elsewhere, start again
             sup.stop_all()
         settings = settings.with_(redis_url=url)
-        children = settings.with_(redis_wait_s=max(settings.redis_wait_s, REDIS_START_TIMEOUT_S))
+        children = _for_children(settings)
         workers = start_workers(sup, children, params["workers"])
         api = start_api(sup, children, settings.http_host, params["processes"], params["threads"])
 
@@ -254,8 +257,16 @@ def service(home: str, workers: int) -> None:
         if sup.children:  # the port was taken after all: Redis runs elsewhere, start again
             sup.stop_all()
         settings = settings.with_(redis_url=url)
-        children = settings.with_(redis_wait_s=max(settings.redis_wait_s, REDIS_START_TIMEOUT_S))
-        start_workers(sup, children, workers, log_dir=log_dir)
+        start_workers(sup, _for_children(settings), workers, log_dir=log_dir)
+
+    def record() -> None:
+        logs = {c.name: str(log_dir / f"{c.name}.log") for c in sup.children}
+        logs["service"] = str(log_dir / "service.log")
+        write_state(
+            home_dir,
+            _this_service("background", settings, sup,
+                          data_dir=str(embedded.data_dir) if embedded else None, logs=logs),
+        )
 
     try:
         if external:
@@ -267,15 +278,18 @@ def service(home: str, workers: int) -> None:
             embedded.start(give_up=lambda: signals.requested, on_launch=start_children)
             assert embedded.proc is not None
             sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
-        logs = {c.name: str(log_dir / f"{c.name}.log") for c in sup.children}
-        logs["service"] = str(log_dir / "service.log")
-        write_state(
-            home_dir,
-            _this_service("background", settings, sup,
-                          data_dir=str(embedded.data_dir) if embedded else None, logs=logs),
-        )
+        record()
         say(f"service ready: Redis at {redact_url(settings.redis_url)}, {workers} workers")
-        dead = sup.watch()
+        # Nobody watches this service but the `run`s that use it, and they cannot tell: a
+        # worker gone (the OOM killer's pick, say) is started again, unless it died soon
+        # after its start (a crash at start would only repeat). Anything else stops it.
+        while (dead := sup.watch()) is not None and dead.name.startswith("worker-") and \
+                time.monotonic() - dead.started >= WORKER_RESTART_AFTER_S:
+            say(f"{describe_exit(dead)}; starting it again", logging.WARNING)
+            sup.children.remove(dead)
+            start_worker(sup, _for_children(settings), int(dead.name.removeprefix("worker-")),
+                         log_dir=log_dir)
+            record()
         if dead is not None:
             say(f"{describe_exit(dead)}; stopping the service")
     except StartInterrupted:
@@ -288,6 +302,16 @@ def service(home: str, workers: int) -> None:
         signals.restore()
     say("service stopped")
     sys.exit(1 if dead is not None else 0)
+
+
+# A worker of the background service that exits this long after its start or later is
+# started again (sooner: it crashes at start, and the service stops).
+WORKER_RESTART_AFTER_S = 5.0
+
+
+def _for_children(settings: Settings) -> Settings:
+    """What the workers of the background service run with (they wait for its Redis)."""
+    return settings.with_(redis_wait_s=max(settings.redis_wait_s, REDIS_START_TIMEOUT_S))
 
 
 def _this_service(kind: str, settings: Settings, sup: Supervisor, data_dir: str | None,

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -39,6 +39,7 @@ class Child:
     grace_s: float
     # Copies the child's output to its log file and to our stderr (Supervisor.spawn's tee).
     pump: threading.Thread | None = None
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -257,27 +258,23 @@ def start_workers(
     if settings.worker_metrics_port and settings.worker_metrics_port + count - 1 > 65535:
         raise SettingsError(f"JOBRUNNER_WORKER_METRICS_PORT {settings.worker_metrics_port} "
                             f"leaves no port for each of {count} workers (port + N-1)")
-    started = []
-    for i in range(1, count + 1):
-        name = f"worker-{i}"
-        own = (settings.with_(worker_metrics_port=settings.worker_metrics_port + i - 1)
-               if settings.worker_metrics_port else settings)
-        output = open_log(log_dir / f"{name}.log") if log_dir else None
-        try:
-            started.append(
-                sup.spawn(
-                    name,
-                    python_module("workers"),
-                    env=child_env(own.to_env()),
-                    tier=TIER_WORKERS,
-                    grace_s=settings.shutdown_grace_s + 5.0,
-                    output=output,
-                )
-            )
-        finally:
-            if output is not None:
-                output.close()  # the child has its own copy
-    return started
+    return [start_worker(sup, settings, i, log_dir) for i in range(1, count + 1)]
+
+
+def start_worker(sup: Supervisor, settings: Settings, number: int,
+                 log_dir: Path | None = None) -> Child:
+    """Worker `number` (worker-N), as start_workers starts it."""
+    name = f"worker-{number}"
+    own = (settings.with_(worker_metrics_port=settings.worker_metrics_port + number - 1)
+           if settings.worker_metrics_port else settings)
+    output = open_log(log_dir / f"{name}.log") if log_dir else None
+    try:
+        return sup.spawn(name, python_module("workers"), env=child_env(own.to_env()),
+                         tier=TIER_WORKERS, grace_s=settings.shutdown_grace_s + 5.0,
+                         output=output)
+    finally:
+        if output is not None:
+            output.close()  # the child has its own copy
 
 
 def api_argv(host: str, processes: int, threads: int) -> list[str]:
