@@ -1132,3 +1132,29 @@ def test_a_stop_while_redis_does_not_answer_takes_the_grace_and_its_margin_in_al
         store.close()
         own.stop()
     assert took < settings.shutdown_grace_s + worker_module.STOP_MARGIN_S + 3.0, took
+
+
+def test_staging_the_triggers_of_an_offline_app_is_bounded(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim loop waits for it: a master that stopped answering held every partition's
+    claims for as long as redis-py tried again."""
+    from app.jobs.model import Trigger
+
+    monkeypatch.setattr(worker_module, "STAGE_WITHIN_S", 0.2)
+
+    async def main() -> list[Trigger]:
+        worker = Worker(settings)
+        never = asyncio.get_running_loop().create_future()
+
+        async def unanswered(*args: Any, **kwargs: Any) -> Any:
+            return await never
+
+        worker.queue.stage = unanswered  # type: ignore[method-assign]
+        worker.queue.load_apps = unanswered  # type: ignore[method-assign]
+        trigger = Trigger(make_job("parked", now_ms()), f"{APP}/parked", 0, now_ms(), 1, 0, "l")
+        try:
+            return await asyncio.wait_for(worker._stage_offline([trigger]), 30)
+        finally:
+            await worker.queue.close()
+
+    assert asyncio.run(main()) == []  # not delivered: its lease runs out, as when unavailable

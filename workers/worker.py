@@ -41,6 +41,9 @@ REFRESH_AHEAD_S = 0.003
 # A round trip each: not for the short waits of a burst (one a delivery tripled a
 # worker's CPU per delivery).
 RECHECK_AFTER_WAIT_S = 0.5
+# Parking the claimed triggers of apps with no live API process, at most (their leases
+# run out otherwise, and the next claim takes them again).
+STAGE_WITHIN_S = 1.0
 # A stop's deadline past the grace period (JOBRUNNER_SHUTDOWN_GRACE): settling what was
 # delivered, giving back the rest, the last counts. The supervisor kills a worker then.
 STOP_MARGIN_S = 5.0
@@ -253,14 +256,20 @@ class Worker:
         if not offline:
             return triggers
         try:
-            # Look again before parking anything: the app may have just come back. (If it
-            # comes back right after this, its API's next heartbeat unstages the trigger.)
-            await self.queue.load_apps({t.job.app_id for t in offline}, max_age_s=0.0)
-            offline = [t for t in offline if not self.queue.is_live(t.job.app_id)]
-            staged = await self.queue.stage(offline)
+            # Within a bound: the claim loop waits for it (a master that stopped answering
+            # held it for as long as redis-py tried again, every other partition too).
+            async with asyncio.timeout(STAGE_WITHIN_S):
+                # Look again before parking anything: the app may have just come back. (If
+                # it comes back right after this, its API's next heartbeat unstages it.)
+                await self.queue.load_apps({t.job.app_id for t in offline}, max_age_s=0.0)
+                offline = [t for t in offline if not self.queue.is_live(t.job.app_id)]
+                staged = await self.queue.stage(offline)
             log.info("staged %d triggers of apps with no live API process", staged)
-        except UNAVAILABLE as exc:
-            log.warning("redis unavailable while staging: %s", exc)  # leases will run out
+        except UNAVAILABLE as exc:  # their leases will run out
+            log.warning("redis unavailable while staging: %s", exc)
+        except TimeoutError:
+            log.warning("redis unavailable while staging: no answer within %gs",
+                        STAGE_WITHIN_S)
         return [t for t in triggers if self.queue.is_live(t.job.app_id)]
 
     def _pass_over_missed(self, triggers: list[Trigger]) -> list[Trigger]:
