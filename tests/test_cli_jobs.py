@@ -718,16 +718,18 @@ def test_an_unreachable_api_is_one_line_and_exit_3() -> None:
                              "0.3s (--timeout)\n")
 
 
-def test_the_timeout_bounds_the_whole_request_not_each_read() -> None:
-    """A server that trickles its answer, a byte at a time within the timeout: each read
-    met urllib's bound, and the command waited as long as the server went on."""
+@pytest.mark.parametrize("status", [b"200 OK", b"500 Internal Server Error"])
+def test_the_timeout_bounds_the_whole_request_not_each_read(status: bytes) -> None:
+    """A server that trickles its answer (or its error's), a byte at a time within the
+    timeout: each read met urllib's bound, and the command waited as long as the server
+    went on."""
     stop = threading.Event()
 
     def trickle(listener: socket.socket) -> None:
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 100000\r\n\r\n")
             while not stop.wait(0.1):
                 with contextlib.suppress(OSError):

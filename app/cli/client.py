@@ -28,21 +28,19 @@ no HTTP library (and urllib brings https and the proxy variables for free).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.client
 import json
 import math
 import os
 import re
-import signal
 import socket
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import click
@@ -180,8 +178,14 @@ class ApiClient:
         if self.token:
             request.add_header("dapr-api-token", self.token)
         try:
-            with _deadline(self.timeout_s), \
-                    self._opener.open(request, timeout=self.timeout_s) as response:
+            return _within(self.timeout_s, lambda: self._exchange(request, data, url))
+        except TimeoutError as e:
+            raise self._unreachable(e) from None
+
+    def _exchange(self, request: urllib.request.Request, data: bytes | None, url: str) -> Any:
+        """call()'s request and its answer, whatever it is (bounded as a whole by call)."""
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
                 return _decode(response.read(MAX_ANSWER_BYTES + 1), response.status, url)
         except urllib.error.HTTPError as e:
             with e:
@@ -271,25 +275,31 @@ class ApiClient:
         return ApiUnreachable(f"cannot reach the jobs API at {self.base_url}: {why}")
 
 
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """The whole request within `seconds`: urllib's timeout bounds each read, and a server
-    that trickles its answer a byte at a time never met it. A timer signal, as the CLI
-    runs on the main thread (elsewhere, urllib's bound only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+T = TypeVar("T")
 
-    def expire(signum: int, frame: Any) -> None:
+
+def _within(seconds: float, work: Callable[[], T]) -> T:
+    """`work()` within `seconds` in all, else TimeoutError: urllib's timeout bounds each
+    read, and a server that trickles its answer a byte at a time never met it. On a thread
+    of its own, left to end with the command (a daemon), as urllib cannot be interrupted."""
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # raised on the caller's thread
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="jobrunner-request", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not outcome:
         raise TimeoutError(f"no answer within {seconds:g}s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    done, value = outcome[0]
+    if not done:
+        raise value
+    result: T = value
+    return result
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
