@@ -100,8 +100,9 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 
 
 def _unsettled_at_stop(n: int) -> None:
-    log.warning("stopping with %d outcomes redis did not take: their triggers go again "
-                "when their leases run out", n)
+    if n:
+        log.warning("stopping with %d outcomes redis did not take: their triggers go again "
+                    "when their leases run out", n)
 
 
 async def _until(due_ms: int) -> None:
@@ -172,10 +173,7 @@ class Worker:
                     await self._sleep_until(claim.earliest, stop)
         finally:
             stop.set()  # an error ended the loop: the helpers end too, or this would hang
-            # One deadline for the whole stop, as the supervisor's (which kills then): each
-            # step below takes what is left of it (stop_time_left).
-            self._stop_by = (asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
-                             + STOP_MARGIN_S)
+            self._set_stop_deadline()  # (an error ended the loop: from now)
             listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
             # (metrics.close writes the last counts, within a bound; a flush Redis does not
             # answer, retried by redis-py for a minute, would hold up the stop)
@@ -217,6 +215,7 @@ class Worker:
     async def _wake_all_on(self, stop: asyncio.Event) -> None:
         """`stop` ends every wait of the loops at once."""
         await stop.wait()
+        self._set_stop_deadline()  # from the stop asked, not from the claim loop's end
         for flag in (self._slot_free, self._wake, self._to_settle, self._idle):
             flag.set()
 
@@ -562,11 +561,17 @@ class Worker:
         retry_at = 0.0
         while not (stop.is_set() and not self.inflight and not self.settled and not left):
             if stop.is_set() and give_up_at is None:
-                give_up_at = loop.time() + self.settings.shutdown_grace_s + STOP_MARGIN_S
+                self._set_stop_deadline()
+                give_up_at = self._stop_by
             retry = bool(left) and (loop.time() >= retry_at or self._parked_done)
             if not self.settled and not retry:
                 self._to_settle.clear()
-                await self._to_settle.wait(min(0.5, retry_at - loop.time()) if left else 0.5)
+                try:
+                    await self._to_settle.wait(min(0.5, retry_at - loop.time()) if left
+                                               else 0.5)
+                except asyncio.CancelledError:  # the stop's deadline, while waiting to retry
+                    _unsettled_at_stop(len(left) + len(self.settled))
+                    raise
                 continue
             batch, self.settled = self.settled, []
             if retry:
@@ -686,6 +691,13 @@ class Worker:
         finally:
             for w in waiters:
                 w.cancel()
+
+    def _set_stop_deadline(self) -> None:
+        """One deadline for the whole stop, as the supervisor's (which kills then): each
+        step takes what is left of it (stop_time_left)."""
+        if self._stop_by is None:
+            self._stop_by = (asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+                             + STOP_MARGIN_S)
 
     def stop_time_left(self, most: float) -> float:
         """Of `most` seconds, what the stop's deadline leaves to a step of the stop (a tenth
