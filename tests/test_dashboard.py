@@ -314,6 +314,15 @@ def test_without_a_token_a_session_is_signed_by_a_key_kept_in_redis(settings: Se
     answer = second.post("/ui/schedule", data={"csrf_token": csrf, "name": "across",
                                                 "dueTime": "1h"})
     assert answer.status_code == 303, answer.data[:500]
+    # The key lost by Redis (a flush): every process signs with the new one at once.
+    store = Store(settings)
+    store.redis.delete(store.keys.ui_secret)
+    store.close()
+    csrf = csrf_of(browser.get("/ui/schedule").data)
+    second.set_cookie(COOKIE, session_cookie(browser).value, path="/ui")
+    answer = second.post("/ui/schedule", data={"csrf_token": csrf, "name": "after-flush",
+                                                "dueTime": "1h"})
+    assert answer.status_code == 303, answer.data[:500]
 
 
 def test_a_dashboard_path_no_route_takes_gets_the_dashboards_error_page(

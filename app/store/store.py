@@ -152,7 +152,6 @@ class Store:
         self._scripts = {name: self.redis.register_script(scripts.source(name))
                          for name in scripts.SCRIPT_NAMES}
         self._indexed = False  # ensure_indexed has run
-        self._ui_secret: bytes | None = None
 
     def close(self) -> None:
         self.redis.close()
@@ -391,17 +390,18 @@ class Store:
         """The random key every API process on this Redis (and prefix) shares, made by the
         first that asks: it signs the dashboard's cookies when there is no token to derive
         a key from (a constant key let any page on another port of the host set one)."""
-        if self._ui_secret is None:
-            secret = self.redis.get(self.keys.ui_secret)  # a read first: Redis may be full
-            if not isinstance(secret, bytes) or len(secret) < 32:  # none yet (or cut by hand)
-                fresh = secrets.token_bytes(32)
-                secret = fresh if self.redis.set(self.keys.ui_secret, fresh, nx=True) else (
-                    self.redis.get(self.keys.ui_secret))
-                if not isinstance(secret, bytes) or len(secret) < 32:
-                    self.redis.set(self.keys.ui_secret, fresh)
-                    secret = fresh
-            self._ui_secret = secret
-        return self._ui_secret
+        # Read each time (a round trip per page, which the dashboard can spare): a key kept
+        # by each process outlived one that Redis lost (a flush, a restart without data),
+        # and processes then signed with different keys.
+        secret = self.redis.get(self.keys.ui_secret)  # a read first: Redis may be full
+        if not isinstance(secret, bytes) or len(secret) < 32:  # none yet (or cut by hand)
+            fresh = secrets.token_bytes(32)
+            secret = fresh if self.redis.set(self.keys.ui_secret, fresh, nx=True) else (
+                self.redis.get(self.keys.ui_secret))
+            if not isinstance(secret, bytes) or len(secret) < 32:
+                self.redis.set(self.keys.ui_secret, fresh)
+                secret = fresh
+        return secret
 
     # -- the per-app indexes ------------------------------------------------
 

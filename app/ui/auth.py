@@ -76,10 +76,12 @@ def _serializer(settings: Settings) -> URLSafeTimedSerializer:
 
 
 def _shared_secret() -> bytes:
-    try:
-        secret: bytes = g.store.ui_secret()
-    except UNAVAILABLE:  # this process's own until Redis is back: the page says it is away
-        return _PROCESS_SECRET
+    if "ui_secret" not in g:  # once per request (the cookie is read, then written)
+        try:
+            g.ui_secret = g.store.ui_secret()
+        except UNAVAILABLE:  # this process's own until Redis is back: the page says so
+            g.ui_secret = _PROCESS_SECRET
+    secret: bytes = g.ui_secret
     return secret
 
 
