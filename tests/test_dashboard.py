@@ -319,9 +319,10 @@ def test_without_a_token_a_session_is_signed_by_a_key_kept_in_redis(settings: Se
     store.redis.delete(store.keys.ui_secret)
     store.close()
     csrf = csrf_of(browser.get("/ui/schedule").data)
-    second.set_cookie(COOKIE, session_cookie(browser).value, path="/ui")
-    answer = second.post("/ui/schedule", data={"csrf_token": csrf, "name": "after-flush",
-                                                "dueTime": "1h"})
+    third = create_app(settings).test_client()  # a process started since
+    third.set_cookie(COOKIE, session_cookie(browser).value, path="/ui")
+    answer = third.post("/ui/schedule", data={"csrf_token": csrf, "name": "after-flush",
+                                               "dueTime": "1h"})
     assert answer.status_code == 303, answer.data[:500]
 
 
