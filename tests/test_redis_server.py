@@ -81,6 +81,18 @@ def test_a_server_that_exits_before_it_answers_leaves_the_data_dirs_record_as_it
     with pytest.raises(RedisServerError, match="exited with code 3"):
         EmbeddedRedis(data, binary=str(fake)).start()
     assert json.loads((data / SERVER_FILE).read_text())["version"] == recorded
+    # One that changed the data before it exited (a Redis 7 converts a Redis 6 AOF, then
+    # finds it bad) is the data's Redis now: its record stays.
+    writer = tmp_path / "fake" / "writes"
+    writer.write_text("#!/bin/sh\n[ \"$1\" = --version ] && "
+                      "echo 'Redis server v=99.0.0 sha=00000000:0 bits=64' && exit 0\n"
+                      "while [ \"$1\" != --dir ]; do shift; done\n"
+                      "mkdir -p \"$2/appendonlydir\" && echo new > \"$2/appendonlydir/x.aof\"\n"
+                      "exit 3\n")
+    writer.chmod(0o755)
+    with pytest.raises(RedisServerError, match="exited with code 3"):
+        EmbeddedRedis(data, binary=str(writer)).start()
+    assert json.loads((data / SERVER_FILE).read_text())["version"] == "99.0.0"
 
 
 BUNDLED = _bundled()

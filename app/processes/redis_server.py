@@ -501,6 +501,18 @@ class EmbeddedRedis:
         self._write_record((json.dumps(record) + "\n").encode())
         return before
 
+    def _data_files(self) -> dict[str, tuple[int, int]]:
+        """The data dir's files but ours (the record, the port, the lock, the log): path ->
+        (size, mtime ns), to tell whether a server changed any."""
+        ours = {SERVER_FILE, f"{Path(SERVER_FILE).stem}.tmp", PORT_FILE, LOCK_FILE, LOG_FILE,
+                self.log_file.name}
+        files = {}
+        for path in self.data_dir.rglob("*"):
+            if path.name not in ours and path.is_file():
+                stat = path.stat()
+                files[str(path.relative_to(self.data_dir))] = (stat.st_size, stat.st_mtime_ns)
+        return files
+
     def _restore_record(self, before: bytes | None) -> None:
         if before is None:
             (self.data_dir / SERVER_FILE).unlink(missing_ok=True)
@@ -534,7 +546,7 @@ class EmbeddedRedis:
             # The port first: a start refused for a taken port has not run this server on
             # the data, and must not record that it did (an older one would be refused).
             self.port = self._pick_port()
-            before = self._record_server(self.server)
+            before, data = self._record_server(self.server), self._data_files()
             # A free port can be taken between our check and the server's bind: try again.
             for attempt in range(3):
                 if attempt:
@@ -542,10 +554,12 @@ class EmbeddedRedis:
                 try:
                     started = self._start_once(self.server.path, timeout, give_up, on_launch)
                 except ServerExited:
-                    # It never answered, so it never ran on the data (a binary that is no
-                    # redis-server, a bad option): its record would refuse every later
-                    # start that can read the data.
-                    self._restore_record(before)
+                    # One that left the data as it was never ran on it (a binary that is
+                    # no redis-server, a bad option): its record would refuse every later
+                    # start that can read the data. (A Redis 7 that exits on a bad AOF has
+                    # converted a Redis 6 one first: its record stays.)
+                    if self._data_files() == data:
+                        self._restore_record(before)
                     raise
                 if started:
                     (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
