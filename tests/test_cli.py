@@ -883,3 +883,28 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     assert done.returncode == 0
     for command in ("up", "run", "api", "worker", "stop", "status", "logs", "bench"):
         assert f"  {command} " in done.stdout
+
+
+@pytest.mark.parametrize(("api_host", "app_url", "refused"), [
+    ("127.0.0.1", "http://127.0.0.1:6280", True),
+    ("127.0.0.1", "http://localhost:6280", True),
+    ("0.0.0.0", "http://127.0.0.1:6280", True),
+    ("0.0.0.0", "http://localhost:50001", True),  # the gRPC port
+    ("::", "http://[::1]:6280", True),
+    # Both can bind: another address of the host, or another family.
+    ("192.0.2.10", "http://127.0.0.1:6280", False),
+    ("127.0.0.1", "http://[::1]:6280", False),
+    ("::1", "http://127.0.0.1:50001", False),
+    ("127.0.0.1", "http://10.0.0.5:6280", False),
+])
+def test_an_app_at_the_apis_own_address_is_refused_and_only_that(
+        api_host: str, app_url: str, refused: bool) -> None:
+    from app.cli.options import ensure_app_elsewhere
+    from app.settings import Settings, SettingsError
+
+    settings = Settings(http_host=api_host, http_port=6280, grpc_port=50001, app_url=app_url)
+    if refused:
+        with pytest.raises(SettingsError, match="is the jobs API's own"):
+            ensure_app_elsewhere(settings)
+    else:
+        ensure_app_elsewhere(settings)

@@ -237,7 +237,10 @@ def settings_from(overrides: dict[str, str]) -> Settings:
     return Settings.from_env({**os.environ, **overrides})
 
 
-_THIS_HOST = ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
+# The addresses an app URL's host reaches, and those a listener bound to a host takes.
+_REACHES = {"localhost": {"127.0.0.1", "::1"}, "0.0.0.0": {"127.0.0.1"}, "::": {"::1"}}
+_TAKES = {"0.0.0.0": {"0.0.0.0", "127.0.0.1"}, "::": {"::", "::1", "0.0.0.0", "127.0.0.1"},
+          "localhost": {"127.0.0.1", "::1"}}
 
 
 def ensure_app_elsewhere(settings: Settings) -> None:
@@ -245,8 +248,10 @@ def ensure_app_elsewhere(settings: Settings) -> None:
     delivered to the API itself, as requests it does not serve."""
     app = urlsplit(settings.app_url)
     port = app.port or (443 if app.scheme == "https" else 80)
-    if app.hostname in (*_THIS_HOST, settings.http_host) and port in (
-            settings.http_port, settings.grpc_port):
+    host = app.hostname or ""
+    reaches = _REACHES.get(host, {host})
+    taken = _TAKES.get(settings.http_host, {settings.http_host})
+    if reaches & taken and port in (settings.http_port, settings.grpc_port):
         raise SettingsError(f"the app's address {settings.app_url} is the jobs API's own "
                             f"(port {port}): give the app a port of its own (--app-port)")
 
