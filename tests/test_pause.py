@@ -295,20 +295,25 @@ class _Overtaken(Pauses):
     def __init__(self, store: Store, between: Any) -> None:
         super().__init__(store)
         self.between = between
+        self.batches = 0
 
     def _app_jobs(self, pk: Any, app_id: str) -> Any:
-        for i, ids in enumerate(super()._app_jobs(pk, app_id)):
-            if i == 1:
+        for ids in super()._app_jobs(pk, app_id):
+            self.batches += 1
+            if self.batches == 2:  # (with several partitions: the second one's first)
                 self.between()
             yield ids
 
 
+@pytest.mark.parametrize("partitions", [1, 4])
 @pytest.mark.parametrize("last", ["pause", "resume"])
 def test_a_pause_and_a_resume_of_the_app_at_once_end_as_the_later_one_says(
-        settings: Settings, last: str) -> None:
+        settings: Settings, last: str, partitions: int) -> None:
+    """With several partitions the flag of each was the last one's to reach it: a resume
+    overtaking a pause left the first partition's jobs resumed and the rest paused."""
     from tests.support.jobs import make_job
 
-    store = Store(settings)
+    store = Store(settings.with_(partitions=partitions))
     n = BATCH * 2 + 7
     store.schedule_many(make_job(f"j{i:04d}", now_ms() + HOUR_MS) for i in range(n))
     other = Pauses(store)
@@ -319,12 +324,13 @@ def test_a_pause_and_a_resume_of_the_app_at_once_end_as_the_later_one_says(
         _Overtaken(store, lambda: other.resume_app(APP)).pause_app(APP)
     paused = {store.get(APP, f"j{i:04d}").status.value for i in range(n)}  # type: ignore[union-attr]
     in_due = sum(store.redis.zcard(pk.due) for pk in store.keys.all_partitions())
+    flags = {bool(store.redis.hexists(pk.pausedapps, APP)) for pk in store.keys.all_partitions()}
     if last == "pause":
         assert other.app_paused_since(APP) is not None
-        assert paused == {"paused"} and in_due == 0
+        assert paused == {"paused"} and in_due == 0 and flags == {True}
     else:
         assert other.app_paused_since(APP) is None
-        assert "paused" not in paused and in_due == n
+        assert "paused" not in paused and in_due == n and flags == {False}
     store.close()
 
 

@@ -32,6 +32,9 @@ Per partition:
                                flight: the worker's settlement fills it in)
     {prefix}:{N}:pausedapps HASH app id -> ms the app was paused (in every partition:
                                schedule.lua pauses the new jobs of a paused app)
+    {prefix}:{N}:pausegen HASH app id -> the number of the last pause or resume of the
+                               app that reached this partition (app_flag.lua: an older
+                               one, overtaken, changes nothing here)
     {prefix}:{N}:indexed STRING set once `names`/`deadlex` hold the data older
                                versions stored without them (store.Store.ensure_indexed)
     {prefix}:{N}:nows:{job id} SET  the job's "trigger now" one-shots (their job ids)
@@ -46,6 +49,8 @@ Global (scripts touch one of them at a time):
     {prefix}:alive:{app} STRING with a TTL while the app's API process lives: the
                          binding of its tokens (app_alive.lua), "1" without tokens
     {prefix}:wake        pub/sub channel: "a new job may be due earlier"
+    {prefix}:pausegen:{app} STRING counts the pauses and resumes of the app (INCR): each
+                         one's number (app/store/pauses.py)
     {prefix}:uisecret    STRING random bytes, set once: what signs the dashboard's session
                          cookies of an API without DAPR_API_TOKEN (app/ui/auth.py)
 The workers' aggregated counters (app/store/stats.py; written once a second by each
@@ -194,6 +199,10 @@ class PartitionKeys:
         return f"{self.due.removesuffix(':due')}:pausedapps"
 
     @property
+    def pausegen(self) -> str:
+        return f"{self.due.removesuffix(':due')}:pausegen"
+
+    @property
     def held(self) -> str:
         return f"{self.due.removesuffix(':due')}:held"
 
@@ -259,6 +268,9 @@ class Keys:
     @property
     def wake_channel(self) -> str:
         return f"{self.prefix}:wake"
+
+    def app_pause_count(self, app_id: str) -> str:
+        return f"{self.prefix}:pausegen:{app_id}"
 
     @property
     def ui_secret(self) -> str:

@@ -13,9 +13,10 @@ app's new jobs as they come) and by pausing each of its jobs, found through the 
 index `names`, partition by partition, in batches of BATCH: a round trip per batch, and
 Redis is never held longer than one batch. A job is paused by its app, by itself, or by
 both (`by` holds "a" and/or "j"); resuming one leaves the other standing. A pause and a
-resume of the app at once (two operators, a retried request) end as the later one says:
-each sets or clears the partition's flag before its walk, and the scripts of the other's
-walk change nothing once the flag says otherwise.
+resume of the app at once (two operators, a retried request) end as the one that started
+later says, in every partition: each takes a number first (an INCR), then sets or clears
+each partition's flag before its walk there, unless a higher number got there first
+(app_flag.lua), and the scripts of a walk change nothing in a partition another holds.
 
 Trigger now stores a one-shot job of its own beside the job (the kind of job id a
 dead-letter replay has, marked: keys.fired_now_job_id), due at once, with the job's data
@@ -143,24 +144,37 @@ class Pauses:
         """Pause the app and each of its jobs; returns how many jobs it has."""
         self.store.ensure_indexed()
         now = now_ms()
+        number = self._number(app_id)
         paused = 0
         for pk in self.keys.all_partitions():
             # First the flag: a job scheduled from now on is paused as it is stored.
-            self.redis.hsetnx(pk.pausedapps, app_id, now)
-            for ids in self._app_jobs(pk, app_id):
-                paused += self._pause(pk, app_id, ids, BY_APP, now)
+            if self._flag(pk, app_id, number, "pause", now):
+                for ids in self._app_jobs(pk, app_id):
+                    paused += self._pause(pk, app_id, ids, BY_APP, now, number)
+            else:  # a later resume holds the partition: the app's jobs there count all the same
+                paused += self.redis.zlexcount(pk.names, *names_range(app_id))
         return paused
 
     def resume_app(self, app_id: str) -> int:
         """Lift the app's pause; returns how many jobs are no longer paused (a job paused
         by itself stays)."""
         self.store.ensure_indexed()
+        number = self._number(app_id)
         resumed = 0
         for pk in self.keys.all_partitions():
-            self.redis.hdel(pk.pausedapps, app_id)
-            for ids in self._app_jobs(pk, app_id):
-                resumed += self._resume(pk, ids, BY_APP)
+            if self._flag(pk, app_id, number, "resume", now_ms()):
+                for ids in self._app_jobs(pk, app_id):
+                    resumed += self._resume(pk, ids, BY_APP, number)
         return resumed
+
+    def _number(self, app_id: str) -> str:
+        """This pause's or resume's number: the later of two at once has the higher, and
+        it decides every partition (app_flag.lua)."""
+        return str(int(self.redis.incr(self.keys.app_pause_count(app_id))))
+
+    def _flag(self, pk: PartitionKeys, app_id: str, number: str, what: str, now: int) -> bool:
+        return bool(int(self.store.script("app_flag")(
+            keys=[pk.pausedapps, pk.pausegen], args=[app_id, number, what, now])))
 
     def app_paused_since(self, app_id: str) -> int | None:
         """When the app was paused; None when it is not."""
@@ -170,12 +184,12 @@ class Pauses:
     # -- the scripts ----------------------------------------------------------
 
     def _pause(self, pk: PartitionKeys, app_id: str, ids: list[str], by: str,
-               now: int | None = None) -> int:
+               now: int | None = None, number: str = "") -> int:
         return int(self.store.script("pause")(
-            keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.staged(app_id), pk.pausedapps],
-            args=[now_ms() if now is None else now, by, app_id, *ids]))
+            keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.staged(app_id), pk.pausegen],
+            args=[now_ms() if now is None else now, by, app_id, number, *ids]))
 
-    def _resume(self, pk: PartitionKeys, ids: list[str], by: str) -> int:
+    def _resume(self, pk: PartitionKeys, ids: list[str], by: str, number: str = "") -> int:
         """Resume `ids` (of one partition) as each one's catch-up policy says; those whose
         entries change meanwhile are read and planned again. Returns how many are no
         longer paused."""
@@ -202,9 +216,10 @@ class Pauses:
             keep = (str(int(self.settings.history_ttl_s * 1000))
                     if self.settings.history_size else "")
             done, changed = self.store.script("resume")(
-                keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.names, pk.pausedapps,
+                keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.names, pk.pausegen,
                       *(histories if keep else ())],
-                args=[by, self.keys.wake_channel, keep, split_job_id(ids[0])[0], *args])
+                args=[by, self.keys.wake_channel, keep, split_job_id(ids[0])[0], number,
+                      *args])
             resumed += int(done)
             ids = [c.decode() if isinstance(c, bytes) else c for c in changed]
         if ids:

@@ -8,7 +8,7 @@ from importlib import resources
 SCRIPT_NAMES = (
     "schedule", "schedule_many", "delete", "claim", "ack", "release", "stage", "unstage",
     "replay", "purge", "reindex", "pause", "resume", "trigger",
-    "app_alive", "apps_cas",
+    "app_alive", "apps_cas", "app_flag",
 )
 
 

@@ -5,14 +5,14 @@
 -- KEYS[3] runs    HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] paused  HASH  job id -> "{by}|{since ms}|{due ms}" (app/store/keys.py)
 -- KEYS[5] staged  ZSET  job id -> due ms, staged triggers of these jobs' app
--- KEYS[6] pausedapps HASH app id -> ms the app was paused
+-- KEYS[6] pausegen HASH app id -> the number of the last pause or resume of the app here
 -- ARGV[1] now, epoch ms
 -- ARGV[2] who pauses: "j" (the job itself) or "a" (its app)
 -- ARGV[3] the app's id
--- ARGV[4..] job ids, all of that app
--- The app's pause ("a") pauses nothing once the app's flag is gone from this partition: a
--- resume of the app came after it, and that resume's walk may already have passed these
--- jobs (each walk sets or clears the flag first, so the last one decides every job).
+-- ARGV[4] the app's pause's number (app_flag.lua; "" for a job's own pause)
+-- ARGV[5..] job ids, all of that app
+-- The app's pause ("a") pauses nothing once a later pause or resume of the app has reached
+-- this partition (app_flag.lua): that one's walk decides every job here.
 -- A trigger in flight stays with its worker (its due-index entry is its lease): the
 -- worker's settlement puts the next due time into `paused` (ack.lua). One whose lease ran
 -- out (its worker is gone) waits like any other. A trigger a claim set aside for want of
@@ -21,13 +21,13 @@
 -- Returns how many of the ids are jobs (paused now, or already).
 local now, who = tonumber(ARGV[1]), ARGV[2]
 local n = 0
-if who == "a" and redis.call("HEXISTS", KEYS[6], ARGV[3]) == 0 then
-  for i = 4, #ARGV do
+if who == "a" and redis.call("HGET", KEYS[6], ARGV[3]) ~= ARGV[4] then
+  for i = 5, #ARGV do
     n = n + redis.call("HEXISTS", KEYS[2], ARGV[i])
   end
   return n
 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   if redis.call("HEXISTS", KEYS[2], id) == 1 then
     n = n + 1

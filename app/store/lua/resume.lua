@@ -5,30 +5,31 @@
 -- KEYS[3] runs    HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] paused  HASH  job id -> "{by}|{since ms}|{due ms}" (app/store/keys.py)
 -- KEYS[5] names   ZSET  job ids scored 0: the per-app job index
--- KEYS[6] pausedapps HASH app id -> ms the app was paused
+-- KEYS[6] pausegen HASH app id -> the number of the last pause or resume of the app here
 -- KEYS[6 + k] hist LIST  the trigger history of the k-th group's job (app/store/history.py;
 --                        only when ARGV[3] is not "")
 -- ARGV[1] who resumes: "j" (the job itself) or "a" (its app)
 -- ARGV[2] wake channel: published to when a trigger was put back
 -- ARGV[3] how long the history of a job this ends is kept, ms; "": histories are off
 -- ARGV[4] the app's id (all the jobs are that app's)
--- ARGV[5..] groups of 4: job id; its paused entry as read; its due ms once resumed (""
+-- ARGV[5] the app's resume's number (app_flag.lua; "" for a job's own resume)
+-- ARGV[6..] groups of 4: job id; its paused entry as read; its due ms once resumed (""
 --   to leave the due index as it is: a trigger in flight or none pending; "end": the
 --   catch-up policy passed over what was left of the job, which is over); the run state
 --   to set with it ("": as it is)
 -- A job still paused by the other (`by` keeps "j" or "a") keeps waiting. A group whose
 -- entry changed meanwhile (a settlement, an overwrite) changes nothing: the caller reads
 -- it again.
--- The app's resume ("a") lifts nothing while the app's flag is in this partition: a pause
--- of the app came after it (pause.lua says why).
+-- The app's resume ("a") lifts nothing once a later pause or resume of the app has
+-- reached this partition (pause.lua says why).
 -- Returns {resumed: no longer paused, changed: job ids whose entries had changed}.
 local who, keep = ARGV[1], ARGV[3]
 local resumed, changed, earliest = 0, {}, nil
-if who == "a" and redis.call("HEXISTS", KEYS[6], ARGV[4]) == 1 then
+if who == "a" and redis.call("HGET", KEYS[6], ARGV[4]) ~= ARGV[5] then
   return {resumed, changed}
 end
 local group = 0
-for i = 5, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   group = group + 1
   local id, seen, at, run = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local entry = redis.call("HGET", KEYS[4], id)
