@@ -334,6 +334,24 @@ def test_a_pause_and_a_resume_of_the_app_at_once_end_as_the_later_one_says(
     store.close()
 
 
+def test_an_app_pause_after_its_count_was_lost_pauses_all_the_same(settings: Settings) -> None:
+    """The count of the app's pauses and resumes lost (a failover, a delete): the next ones
+    had numbers below those the partitions held, and changed nothing."""
+    from tests.support.jobs import make_job
+
+    store = Store(settings.with_(partitions=4))
+    store.schedule_many(make_job(f"c{i:02d}", now_ms() + HOUR_MS) for i in range(20))
+    pauses = Pauses(store)
+    pauses.pause_app(APP)
+    pauses.resume_app(APP)
+    store.redis.delete(store.keys.app_pause_count(APP))
+    assert pauses.pause_app(APP) == 20
+    assert pauses.app_paused_since(APP) is not None
+    assert {store.get(APP, f"c{i:02d}").status.value  # type: ignore[union-attr]
+            for i in range(20)} == {"paused"}
+    store.close()
+
+
 # -- trigger now ----------------------------------------------------------------------------
 
 

@@ -169,8 +169,17 @@ class Pauses:
 
     def _number(self, app_id: str) -> str:
         """This pause's or resume's number: the later of two at once has the higher, and
-        it decides every partition (app_flag.lua)."""
-        return str(int(self.redis.incr(self.keys.app_pause_count(app_id))))
+        it decides every partition (app_flag.lua). Above any a partition holds: a count
+        behind them (lost in a failover, deleted) made every later one change nothing."""
+        pipe = self.redis.pipeline(transaction=False)
+        for pk in self.keys.all_partitions():
+            pipe.hget(pk.pausegen, app_id)
+        held = max((int(n) for n in pipe.execute() if n is not None), default=0)
+        count = self.keys.app_pause_count(app_id)
+        number = int(self.redis.incr(count))
+        if number <= held:
+            number = int(self.redis.incrby(count, held - number + 1))
+        return str(number)
 
     def _flag(self, pk: PartitionKeys, app_id: str, number: str, what: str, now: int) -> bool:
         return bool(int(self.store.script("app_flag")(
