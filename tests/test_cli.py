@@ -891,6 +891,13 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     ("0.0.0.0", "http://127.0.0.1:6280", True),
     ("0.0.0.0", "http://localhost:50001", True),  # the gRPC port
     ("::", "http://[::1]:6280", True),
+    ("LOCALHOST", "http://localhost:6280", True),  # names in any case, addresses in any form
+    ("Localhost", "http://127.0.0.1:6280", True),
+    ("0:0:0:0:0:0:0:0", "http://127.0.0.1:6280", True),
+    ("0.0.0.0", "http://127.0.0.2:6280", True),
+    ("::", "http://[::ffff:127.0.0.1]:6280", True),
+    ("::", "http://[0:0:0:0:0:0:0:1]:6280", True),
+    ("0.0.0.0", "http://localhost.:6280", True),
     # Both can bind: another address of the host, or another family.
     ("192.0.2.10", "http://127.0.0.1:6280", False),
     ("127.0.0.1", "http://[::1]:6280", False),

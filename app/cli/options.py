@@ -7,6 +7,7 @@ every child process sees exactly what its parent was given.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -237,10 +238,34 @@ def settings_from(overrides: dict[str, str]) -> Settings:
     return Settings.from_env({**os.environ, **overrides})
 
 
-# The addresses an app URL's host reaches, and those a listener bound to a host takes.
-_REACHES = {"localhost": {"127.0.0.1", "::1"}, "0.0.0.0": {"127.0.0.1"}, "::": {"::1"}}
-_TAKES = {"0.0.0.0": {"0.0.0.0", "127.0.0.1"}, "::": {"::", "::1", "0.0.0.0", "127.0.0.1"},
-          "localhost": {"127.0.0.1", "::1"}}
+def _reached(host: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address | str]:
+    """The addresses a connection to `host` reaches on this machine (a name: itself)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return {host}
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:  # connecting to 0.0.0.0 or :: reaches this machine
+        return {ipaddress.ip_address("127.0.0.1" if ip.version == 4 else "::1")}
+    return {ip}
+
+
+def _takes(bound: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool:
+    """Whether a listener bound to `bound` takes connections to `address`."""
+    try:
+        wildcard = ipaddress.ip_address(bound.lower().rstrip("."))
+    except ValueError:
+        return address in _reached(bound)
+    if wildcard.is_unspecified:
+        # 0.0.0.0 takes this machine's IPv4 addresses, :: (dual stack) both families': of
+        # those, the loopback ones are what an app URL on this machine names.
+        return not isinstance(address, str) and address.is_loopback and (
+            wildcard.version == 6 or address.version == 4)
+    return address in _reached(bound)
 
 
 def ensure_app_elsewhere(settings: Settings) -> None:
@@ -248,10 +273,8 @@ def ensure_app_elsewhere(settings: Settings) -> None:
     delivered to the API itself, as requests it does not serve."""
     app = urlsplit(settings.app_url)
     port = app.port or (443 if app.scheme == "https" else 80)
-    host = app.hostname or ""
-    reaches = _REACHES.get(host, {host})
-    taken = _TAKES.get(settings.http_host, {settings.http_host})
-    if reaches & taken and port in (settings.http_port, settings.grpc_port):
+    if port in (settings.http_port, settings.grpc_port) and any(
+            _takes(settings.http_host, address) for address in _reached(app.hostname or "")):
         raise SettingsError(f"the app's address {settings.app_url} is the jobs API's own "
                             f"(port {port}): give the app a port of its own (--app-port)")
 
