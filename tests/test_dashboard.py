@@ -326,6 +326,30 @@ def test_without_a_token_a_session_is_signed_by_a_key_kept_in_redis(settings: Se
     assert answer.status_code == 303, answer.data[:500]
 
 
+def test_a_redis_blip_keeps_the_sessions_of_a_dashboard_without_a_token(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key read per request: one page while Redis was away signed the session anew
+    with the process's own key, and the forms open before were refused as stale."""
+    import redis as redis_module
+
+    app = create_app(settings)
+    client = app.test_client()
+    csrf = csrf_of(client.get("/ui/schedule").data)
+    real_get = redis_module.Redis.get
+
+    def away(self: Any, name: Any) -> Any:
+        if str(name).endswith(":uisecret"):
+            raise redis_module.ConnectionError("Redis is away")
+        return real_get(self, name)
+
+    monkeypatch.setattr(redis_module.Redis, "get", away)
+    client.get("/ui/jobs")  # a page while Redis is away
+    monkeypatch.setattr(redis_module.Redis, "get", real_get)
+    answer = client.post("/ui/schedule", data={"csrf_token": csrf, "name": "after-blip",
+                                                "dueTime": "1h"})
+    assert answer.status_code == 303, answer.data[:500]
+
+
 def test_a_dashboard_path_no_route_takes_gets_the_dashboards_error_page(
         settings: Settings) -> None:
     client = create_app(settings).test_client()

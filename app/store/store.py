@@ -31,7 +31,7 @@ from app.store.keys import (
     split_job_id,
 )
 from app.store.pauses import BY_APP, BY_JOB, Paused
-from app.store.redis_client import REFUSES_WRITES, read_together, sync_client
+from app.store.redis_client import REFUSES_WRITES, UNAVAILABLE, read_together, sync_client
 
 if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py, app/grpc)
     from app.store.loop_redis import LoopRedis
@@ -152,6 +152,7 @@ class Store:
         self._scripts = {name: self.redis.register_script(scripts.source(name))
                          for name in scripts.SCRIPT_NAMES}
         self._indexed = False  # ensure_indexed has run
+        self._ui_secret: bytes | None = None  # as read last (ui_secret)
 
     def close(self) -> None:
         self.redis.close()
@@ -392,8 +393,14 @@ class Store:
         a key from (a constant key let any page on another port of the host set one)."""
         # Read each time (a round trip per page, which the dashboard can spare): a key kept
         # by each process outlived one that Redis lost (a flush, a restart without data),
-        # and processes then signed with different keys.
-        secret = self.redis.get(self.keys.ui_secret)  # a read first: Redis may be full
+        # and processes then signed with different keys. While Redis is away, the key read
+        # last (a blip voided every session, and the forms open with them).
+        try:
+            secret = self.redis.get(self.keys.ui_secret)  # a read first: Redis may be full
+        except UNAVAILABLE:
+            if self._ui_secret is None:
+                raise
+            return self._ui_secret
         if not isinstance(secret, bytes) or len(secret) < 32:  # none yet (or cut by hand)
             fresh = secrets.token_bytes(32)
             secret = fresh if self.redis.set(self.keys.ui_secret, fresh, nx=True) else (
@@ -401,6 +408,7 @@ class Store:
             if not isinstance(secret, bytes) or len(secret) < 32:
                 self.redis.set(self.keys.ui_secret, fresh)
                 secret = fresh
+        self._ui_secret = secret
         return secret
 
     # -- the per-app indexes ------------------------------------------------

@@ -47,7 +47,8 @@ _STATIC = "/ui/static/"
 # Where the login form may send the browser afterwards: a dashboard path, nothing else
 # (matched whole: `$` would let a trailing newline through, into the Location header).
 _NEXT = re.compile(r"/ui(/[^\\\s]*)?")
-# Signs the sessions made while Redis is away, when there is no token (Store.ui_secret).
+# Signs the sessions made while Redis is away, when there is no token and this process
+# never read the key Redis keeps (Store.ui_secret).
 _PROCESS_SECRET = secrets.token_bytes(32)
 
 
