@@ -507,10 +507,12 @@ class EmbeddedRedis:
         ours = {SERVER_FILE, f"{Path(SERVER_FILE).stem}.tmp", PORT_FILE, LOCK_FILE, LOG_FILE,
                 self.log_file.name}
         files = {}
-        for path in self.data_dir.rglob("*"):
-            if path.name not in ours and path.is_file():
-                stat = path.stat()
-                files[str(path.relative_to(self.data_dir))] = (stat.st_size, stat.st_mtime_ns)
+        with contextlib.suppress(OSError):  # unreadable: as if changed (the record stays)
+            for path in self.data_dir.rglob("*"):
+                if path.name not in ours and path.is_file():
+                    stat = path.stat()
+                    files[str(path.relative_to(self.data_dir))] = (stat.st_size,
+                                                                   stat.st_mtime_ns)
         return files
 
     def _restore_record(self, before: bytes | None) -> None:
