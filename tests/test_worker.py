@@ -1162,3 +1162,40 @@ def test_staging_the_triggers_of_an_offline_app_is_bounded(
             await worker.queue.close()
 
     assert asyncio.run(main()) == []  # not delivered: its lease runs out, as when unavailable
+
+
+def test_triggers_claimed_as_the_stop_comes_are_given_back_not_sent(
+        settings: Settings, receiver: Receiver) -> None:
+    """A claim that answered once the stop was asked: its deliveries had the stop's last
+    moments, were cut short, and went again (at least once, but needlessly twice)."""
+    from tests.support.jobs import QueueDriver
+
+    settings = settings.with_(lease_s=600.0)  # back at once only if given back
+    store = register(settings, receiver.url)
+    store.schedule(make_job("late", now_ms()))
+
+    async def main() -> None:
+        worker = Worker(settings)
+        stop = asyncio.Event()
+        claim_within = worker.queue.claim_within
+
+        async def claimed_as_the_stop_comes(*args: Any, **kwargs: Any) -> Any:
+            claim = await claim_within(*args, **kwargs)
+            if claim.triggers:
+                stop.set()
+            return claim
+
+        worker.queue.claim_within = claimed_as_the_stop_comes  # type: ignore[method-assign]
+        try:
+            await asyncio.wait_for(worker.run(stop), 60)
+        finally:
+            await worker.queue.close()
+
+    asyncio.run(main())
+    store.close()
+    assert receiver.received() == []
+    driver = QueueDriver(settings, now_ms() + 1000)
+    try:
+        assert [t.job.name for t in driver.claim(10)] == ["late"]  # released, due again
+    finally:
+        driver.close()

@@ -137,6 +137,9 @@ class Worker:
         self._settling: list[Settlement] = []  # the batch being written
         self._stopping = False
         self._stop_by: float | None = None  # the stop's deadline, loop time (run)
+        # Claimed by a call that answered once the stop was asked: the stop's last moments
+        # would cut their deliveries short, and they would go again (_shutdown).
+        self._claimed_at_stop: list[Trigger] = []
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
         # A call Redis Cluster answered late has ended (Queue.on_parked_done): its claimed
         # triggers, or the outcomes it carried, are taken now.
@@ -165,6 +168,9 @@ class Worker:
                 # (those of calls that went on in the background: as long as each took)
                 parked = {token: self._slow_claim(at) for token, at in claim.parked.items()}
                 for trigger in self._pass_over_missed(await self._stage_offline(claim.triggers)):
+                    if stop.is_set():  # claimed as the stop came: given back, not started
+                        self._claimed_at_stop.append(trigger)
+                        continue
                     waited_since = parked.get(trigger.lease, since) if parked else since
                     if self.slots.admit(trigger, waited_since or time.monotonic()):  # else: waits
                         self._start(trigger, waited_since)
@@ -718,7 +724,7 @@ class Worker:
         cancelled = [(f, t) for f, t in unfinished if f.cancel()]
         if unfinished:
             await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
-        give_back = [t for _, t in cancelled] + self.slots.drain()
+        give_back = [t for _, t in cancelled] + self.slots.drain() + self._claimed_at_stop
         if give_back:
             # Else their leases run out: a master that does not answer held a stop up for
             # as long as redis-py tried again (a minute).
