@@ -247,6 +247,21 @@ def test_b_stats_count_and_cost_the_same_whatever_a_has_due(store: Store) -> Non
     assert with_a[0].cost() == alone[0].cost(), (alone[0].cost(), with_a[0].cost())
 
 
+def test_every_apps_stats_read_a_share_of_the_due_count_cap_each(store: Store) -> None:
+    """`?all=true` read up to 10,000 of each app's jobs: about 15 ms an app with many, 15 s
+    at the 1,000-app cap, for any app's token. Each app now has a share of one cap."""
+    store.schedule_many(make_job(f"a-{i:05d}", T0 - 1, app_id=A) for i in range(3_000))
+    now = T0 + 1000
+    alone = measure(lambda: stats.app_stats(store, A, [], at_ms=now))
+    shared_cap = stats.due_count_cap(30)  # thirty apps shown at once
+    shared = measure(lambda: stats.app_stats(store, A, [], at_ms=now, due_cap=shared_cap))
+    assert (alone[1].due_now, alone[1].due_now_capped) == (3_000, False)
+    assert (shared[1].due_now, shared[1].due_now_capped) == (shared_cap, True)  # "N+"
+    assert shared[0].bytes_read * 5 < alone[0].bytes_read
+    assert stats.due_count_cap(1) == stats.DUE_COUNT_CAP
+    assert stats.due_count_cap(1000) == stats.ALL_APPS_DUE_COUNT_FLOOR
+
+
 def test_b_replay_and_purge_cost_the_same_whatever_a_stores(settings: Settings, store: Store,
                                                             q: QueueDriver) -> None:
     def cycle() -> tuple[Meter, Meter, Meter]:

@@ -244,8 +244,9 @@ def stats_view() -> Response:
     workers = stats.read_workers(store.redis, store.keys, at)
     app_ids = (stats.counted_apps(store.redis, store.keys, own=g.settings.app_id)
                if everything else [g.settings.app_id])
+    cap = stats.due_count_cap(len(app_ids))
     return jsonify({
-        "apps": [_app_doc(stats.app_stats(store, a, workers, at)) for a in app_ids],
+        "apps": [_app_doc(stats.app_stats(store, a, workers, at, cap)) for a in app_ids],
         "workersAlive": len(workers),
         "time": format_ms(at),
     })

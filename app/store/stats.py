@@ -53,6 +53,14 @@ MAX_APPS = 1000
 # Most of an app's jobs per partition whose place in the due index is read to count its
 # due triggers (the index is every app's: only the app's own jobs are looked up).
 DUE_COUNT_CAP = 10_000
+# `?all=true` shares one such cap out among the apps it shows (at least this many each):
+# its cost grows with the number of apps, not with their jobs.
+ALL_APPS_DUE_COUNT_FLOOR = 100
+
+
+def due_count_cap(apps: int) -> int:
+    """Each app's cap when `apps` apps are shown at once."""
+    return max(ALL_APPS_DUE_COUNT_FLOOR, DUE_COUNT_CAP // max(apps, 1))
 
 # Hash fields (short: there are up to 72 hashes per active app).
 DELIVERED, FAILED, RETRIED, DEAD = "delivered", "failed", "retried", "dead"
@@ -291,7 +299,7 @@ class AppStats:
 
 
 def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
-              at_ms: int | None = None) -> AppStats:
+              at_ms: int | None = None, due_cap: int = DUE_COUNT_CAP) -> AppStats:
     """One app's figures: its jobs and due triggers from the store, its deliveries from
     the workers' counters (the last minute and hour), in one pipeline."""
     at = now_ms() if at_ms is None else at_ms
@@ -308,7 +316,7 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
     # The app's own jobs, not the due index's head: that is every app's, and another
     # app's backlog would fill the cap (the cost and the count were the other app's).
     for pk in parts:
-        pipe.zrangebylex(pk.names, low, high, start=0, num=DUE_COUNT_CAP)
+        pipe.zrangebylex(pk.names, low, high, start=0, num=due_cap)
     for pk in parts:  # due, but set aside by a claim until the app has room (claim.lua)
         pipe.zlexcount(pk.held, low, high)
     answers = pipe.execute()
@@ -316,7 +324,7 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
     minutes = answers[SLOTS_IN_MINUTE_WINDOW:SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW]
     names = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW:][:len(parts)]
     held = answers[SLOTS_IN_MINUTE_WINDOW + MINUTES_IN_HOUR_WINDOW + len(parts):]
-    capped = any(len(ids) >= DUE_COUNT_CAP for ids in names)
+    capped = any(len(ids) >= due_cap for ids in names)
     pipe = store.redis.pipeline(transaction=False)
     for pk, ids in zip(parts, names, strict=True):
         if ids:
