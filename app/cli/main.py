@@ -30,8 +30,7 @@ from app.cli.options import (
     app_env,
     app_options,
     concurrency_option,
-    ensure_app_elsewhere,
-    ensure_grpc_port_free,
+    ensure_api_addresses,
     host_option,
     log_options,
     redis_option,
@@ -39,7 +38,7 @@ from app.cli.options import (
     wait_redis,
 )
 from app.jobs.errors import JobrunnerError
-from app.processes.procs import PROJECT_ROOT, child_env, ensure_port_free, python_module
+from app.processes.procs import PROJECT_ROOT, child_env, python_module
 from app.settings import SettingsError
 
 # The commands defined in modules of their own, imported only when run (or listed by --help):
@@ -114,9 +113,7 @@ def api(ctx: click.Context, /, **params: Any) -> None:
     settings = settings_from(app_env(ctx, params))
     # For anything in the API that reads the environment itself.
     os.environ.update(settings.to_env())
-    ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
-    ensure_grpc_port_free(settings)
-    ensure_app_elsewhere(settings)
+    ensure_api_addresses(settings)
     wait_redis(settings)
     options = ServeOptions(
         host=settings.http_host,

@@ -286,6 +286,14 @@ def ensure_grpc_port_free(settings: Settings) -> None:
         ensure_port_free(settings.http_host, settings.grpc_port, "the gRPC API's (--grpc-port)")
 
 
+def ensure_api_addresses(settings: Settings) -> None:
+    """The checks of `api`, `up` and `run` before they start an API: its ports free, and
+    the app elsewhere."""
+    ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
+    ensure_grpc_port_free(settings)
+    ensure_app_elsewhere(settings)
+
+
 def wait_redis(settings: Settings, signals: StopSignals | None = None) -> None:
     require_redis(
         settings.redis_url,

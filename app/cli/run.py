@@ -16,8 +16,7 @@ from app.cli.options import (
     api_tuning,
     app_env,
     app_options,
-    ensure_app_elsewhere,
-    ensure_grpc_port_free,
+    ensure_api_addresses,
     home_option,
     host_option,
     log_options,
@@ -25,7 +24,7 @@ from app.cli.options import (
     wait_api,
     wait_redis,
 )
-from app.processes.procs import ensure_port_free, free_port
+from app.processes.procs import free_port
 from app.processes.service_logs import LogReader, api_log_name
 from app.processes.service_state import (
     LOG_DIR,
@@ -81,9 +80,7 @@ def run(ctx: click.Context, /, command: tuple[str, ...], **params: Any) -> None:
         # As `dapr run`: a free port for the gRPC API unless one is given, so that several
         # `jobrunner run` side by side (the seed's two programs) need no more flags.
         settings = settings.with_(grpc_port=free_port(settings.http_host))
-    ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
-    ensure_grpc_port_free(settings)
-    ensure_app_elsewhere(settings)
+    ensure_api_addresses(settings)
     home = jobrunner_home(params["home"])
     if redis_url:
         wait_redis(settings)  # here, rather than in the background service's log

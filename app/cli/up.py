@@ -21,8 +21,7 @@ from app.cli.options import (
     app_env,
     app_options,
     concurrency_option,
-    ensure_app_elsewhere,
-    ensure_grpc_port_free,
+    ensure_api_addresses,
     home_option,
     host_option,
     log_options,
@@ -33,7 +32,6 @@ from app.cli.options import (
 )
 from app.processes.procs import (
     connect_host,
-    ensure_port_free,
     http_url,
     process_start_time,
 )
@@ -99,9 +97,7 @@ def up(ctx: click.Context, /, **params: Any) -> None:
     if redis_url and params["redis_port"]:
         raise click.UsageError("--redis-port is for the embedded Redis; REDIS_URL is set", ctx)
     settings = settings_from(app_env(ctx, params))
-    ensure_port_free(settings.http_host, settings.http_port, "the API's (--http-port)")
-    ensure_grpc_port_free(settings)
-    ensure_app_elsewhere(settings)
+    ensure_api_addresses(settings)
     home = jobrunner_home(params["home"])
     data_dir: Path = params["data_dir"].expanduser().resolve()
 
