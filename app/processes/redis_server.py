@@ -416,8 +416,9 @@ def require_redis(
     deadline = time.monotonic() + timeout
     while True:
         problem = ping(url, cluster)
-        if problem is None or answers(problem):
+        if answers(problem):
             return
+        assert problem is not None
         if problem.startswith(("bad Redis URL", "authentication failed")):
             break  # waiting will not fix these
         if give_up():
@@ -615,9 +616,10 @@ class EmbeddedRedis:
                 raise ServerExited(
                     f"redis-server exited with code {proc.returncode}:\n{log}".rstrip()
                 )
-            if give_up() or time.monotonic() > deadline:
+            stopping = give_up()
+            if stopping or time.monotonic() > deadline:
                 self.stop()
-                if give_up():
+                if stopping:
                     raise StartInterrupted("stopped while redis-server was starting")
                 raise RedisServerError(f"redis-server did not answer within {timeout:.0f}s")
             time.sleep(0.005)
