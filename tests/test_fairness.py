@@ -45,8 +45,9 @@ from tests.chaos.support.procs import Procs
 from tests.chaos.support.receiver import Receiver
 from tests.support.jobs import QueueDriver, make_job
 from tests.support.redis_proc import RedisProcess
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_for_async
 from tests.support.workers import WorkerFleet
+from workers.delivery import Outcome
 from workers.queue import Budgets, Standing
 from workers.slots import SLOW_WAIT_S, Slots
 from workers.worker import Worker
@@ -255,6 +256,56 @@ def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
     asyncio.run(deliver())
     assert released == [late]
     assert [s.trigger.job.name for s in worker.settled] == ["fresh"]
+    assert worker.slots.free == worker.slots.concurrency
+
+
+def test_a_trigger_that_waited_for_its_slot_waits_for_a_connection_only_what_its_lease_leaves(
+        claim_settings: Settings, store: Store) -> None:
+    # One connection to A, held by a delivery its receiver never answers. A trigger that
+    # waited 1.5 s for its slot may wait for that connection 0.5 s at most (5 s lease, 2 s
+    # timeout, 1 s margin): waiting the 2 s the others may, then sent, it would have run
+    # 1.5 + 2 + 2 s, past its lease, and gone out twice.
+    worker = Worker(claim_settings.with_(lease_s=5.0, delivery_timeout_s=2.0,
+                                         connections_per_app=1))
+    holder, late = _trigger(A, "holder", now_ms()), _trigger(A, "late", now_ms())
+
+    async def still_current(trigger: Trigger, lease: bool) -> Standing:
+        return Standing(True, True, False)  # made up here, in no store: leased as made
+
+    worker.queue.still_current = still_current  # type: ignore[method-assign]
+    errors: dict[str, str | None] = {}
+    conclude = worker._conclude
+
+    def concluded(trigger: Trigger, outcome: Outcome, started: int, clock: float) -> None:
+        errors[trigger.job.name] = outcome.error
+        conclude(trigger, outcome, started, clock)
+
+    worker._conclude = concluded  # type: ignore[method-assign]
+
+    async def deliver() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        store.register_app(AppRegistration(A, f"http://127.0.0.1:{port}"))
+        await worker.queue.load_apps({A}, max_age_s=0)
+        for trigger in (holder, late):
+            assert worker.slots.admit(trigger, 0.0)
+        holding = asyncio.create_task(worker._deliver(holder))
+        await wait_for_async(lambda: accepted, what="the holder's connection")
+        await worker._deliver(late, waited_since=time.monotonic() - 1.5)
+        await holding
+        server.close()
+        for writer in accepted:
+            writer.close()
+        await worker.queue.close()
+
+    asyncio.run(deliver())
+    assert errors["late"] == "no free connection to the app within 0.5s", errors
+    assert errors["holder"] == "no answer within 2s"
     assert worker.slots.free == worker.slots.concurrency
 
 

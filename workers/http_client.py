@@ -559,13 +559,13 @@ class HttpClient:
         for _ in range(tries):
             conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
             if conn is None:
+                wait = timeout if queue_timeout is None else max(0.0, queue_timeout)
                 try:
-                    async with asyncio.timeout(timeout if queue_timeout is None
-                                               else queue_timeout):
+                    async with asyncio.timeout(wait):
                         conn, reused = await pool.acquire_idle_or_slot()
                 except TimeoutError:
                     raise PoolTimeout(f"no free connection to the app within "
-                                      f"{queue_timeout or timeout:g}s") from None
+                                      f"{wait:.3g}s") from None
             if deadline is None:  # the first try's: a second one shares it
                 deadline = loop.time() + timeout
             try:

@@ -41,6 +41,8 @@ REFRESH_AHEAD_S = 0.003
 # A round trip each: not for the short waits of a burst (one a delivery tripled a
 # worker's CPU per delivery).
 RECHECK_AFTER_WAIT_S = 0.5
+# What a delivery leaves of its lease, at least, for settling its outcome (Worker._pool_wait_s).
+LEASE_MARGIN_S = 1.0
 # Parking the claimed triggers of apps with no live API process, at most (their leases
 # run out otherwise, and the next claim takes them again).
 STAGE_WITHIN_S = 1.0
@@ -324,16 +326,16 @@ class Worker:
         if app is None or app.protocol == "grpc":
             return False
         timeout_s = self._timeout_s(trigger)
-        if waited_since is not None:  # _deliver's checks of a trigger that waited its turn
-            waited = time.monotonic() - waited_since
-            if waited > RECHECK_AFTER_WAIT_S or self._lease_too_short(waited, timeout_s):
-                return False
+        waited = 0.0 if waited_since is None else time.monotonic() - waited_since
+        # _deliver's checks of a trigger that waited its turn
+        if waited > RECHECK_AFTER_WAIT_S or self._pool_wait_s(timeout_s, waited) <= 0:
+            return False
         clock = time.perf_counter()
         try:
             origin, path, body, headers = delivery.build_request(
                 trigger, app, self.settings, started)
             sent = self._http.post_now(
-                origin, path, body, headers, timeout_s, self._queue_timeout_s(timeout_s),
+                origin, path, body, headers, timeout_s, self._pool_wait_s(timeout_s, waited),
                 functools.partial(self._answered, trigger, started, clock, timeout_s))
         except Exception:
             return False  # _deliver meets it again, and dead-letters the trigger saying why
@@ -369,15 +371,16 @@ class Worker:
         started, clock = now_ms(), time.perf_counter()
         try:
             timeout_s = self._timeout_s(trigger)
-            if waited_since is not None and self._lease_too_short(
-                    time.monotonic() - waited_since, timeout_s):
+            waited_s = 0.0 if waited_since is None else time.monotonic() - waited_since
+            if waited_since is not None and self._pool_wait_s(timeout_s, waited_s) <= 0:
                 await self._give_back(trigger)
                 return
-            waited = (waited_since is not None
-                      and time.monotonic() - waited_since > RECHECK_AFTER_WAIT_S)
+            waited = waited_s > RECHECK_AFTER_WAIT_S
             if ((waited or is_fired_now(trigger.job_id))
                     and not await self._still_to_send(trigger, waited)):
                 return
+            if waited_since is not None:  # (the check's round trip counts too)
+                waited_s = time.monotonic() - waited_since
             app = self.queue.app(trigger.job.app_id)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
@@ -390,7 +393,7 @@ class Worker:
                 origin, path, body, headers = delivery.build_request(
                     trigger, app, self.settings, started)
                 outcome = await delivery.send(self._http, origin, path, body, headers,
-                                              timeout_s, self._queue_timeout_s(timeout_s),
+                                              timeout_s, self._pool_wait_s(timeout_s, waited_s),
                                               self.settings.max_retry_after_s)
             self._conclude(trigger, outcome, started, clock)
         except UNAVAILABLE as exc:
@@ -477,15 +480,14 @@ class Worker:
             log.warning("cannot give back %s now, its lease will run out: %s: %s",
                         trigger.trigger_id, type(exc).__name__, exc)
 
-    def _lease_too_short(self, waited_s: float, timeout_s: float) -> bool:
-        """Whether a trigger that waited `waited_s` for its app's slot could lose its lease
-        mid-delivery (it is given back instead of sent)."""
-        return waited_s + timeout_s + 1.0 >= self.settings.lease_s
-
-    def _queue_timeout_s(self, timeout_s: float) -> float:
-        """How long a delivery may wait for a free connection: not the app's time; the
-        lease bounds it."""
-        return max(1.0, self.settings.lease_s - timeout_s - 1.0)
+    def _pool_wait_s(self, timeout_s: float, waited_s: float) -> float:
+        """How long a delivery may wait for a free connection: what its lease leaves once
+        the time it waited here for its app's slot, the app's time and a margin are taken
+        (sent later, the lease could run out mid-delivery and the trigger go twice). Zero
+        or less: too late to send, the trigger is given back. The margin is a second, less
+        for a lease less than two seconds longer than the timeout."""
+        margin = min(LEASE_MARGIN_S, (self.settings.lease_s - timeout_s) / 2)
+        return self.settings.lease_s - waited_s - timeout_s - margin
 
     def _timeout_s(self, trigger: Trigger) -> float:
         """The job's deliveryTimeout, else the worker's; never past this worker's bound
