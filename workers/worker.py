@@ -327,8 +327,8 @@ class Worker:
             return False
         timeout_s = self._timeout_s(trigger)
         waited = 0.0 if waited_since is None else time.monotonic() - waited_since
-        # _deliver's checks of a trigger that waited its turn
-        if waited > RECHECK_AFTER_WAIT_S or self._pool_wait_s(timeout_s, waited) <= 0:
+        if waited_since is not None and (  # _deliver's checks of one that waited its turn
+                waited > RECHECK_AFTER_WAIT_S or self._pool_wait_s(timeout_s, waited) <= 0):
             return False
         clock = time.perf_counter()
         try:
@@ -484,10 +484,8 @@ class Worker:
         """How long a delivery may wait for a free connection: what its lease leaves once
         the time it waited here for its app's slot, the app's time and a margin are taken
         (sent later, the lease could run out mid-delivery and the trigger go twice). Zero
-        or less: too late to send, the trigger is given back. The margin is a second, less
-        for a lease less than two seconds longer than the timeout."""
-        margin = min(LEASE_MARGIN_S, (self.settings.lease_s - timeout_s) / 2)
-        return self.settings.lease_s - waited_s - timeout_s - margin
+        or less: too late to wait; one that waited for its slot is given back."""
+        return self.settings.lease_s - waited_s - timeout_s - LEASE_MARGIN_S
 
     def _timeout_s(self, trigger: Trigger) -> float:
         """The job's deliveryTimeout, else the worker's; never past this worker's bound
