@@ -576,6 +576,34 @@ time.sleep(600)
 """
 
 
+def test_a_sigkilled_run_stops_what_its_command_started(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """The parent-death signal of a `kill -9`ed `run` reached its command alone: what the
+    command started (here a shell's background job; the binary of `go run .`) went on,
+    and a restarted `run` found the app's port taken."""
+    env = on_shared_redis(tmp_path, redis_server)
+    pid_file = tmp_path / "started.pid"
+    log = tmp_path / "run.log"
+    proc = start_run(env, log, "started", free_port(), "sh", "-c",
+                     f"sleep 600 & echo $! > {pid_file}; echo waiting; wait")
+    started = 0
+    try:
+        wait_for(lambda: "== APP == waiting" in log.read_text(), timeout=30, what="the app")
+        started = int(pid_file.read_text())
+        assert process_alive(started)
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not process_alive(started), 30, what="the command's own child to end")
+        started = 0
+    finally:
+        proc.kill()
+        if started:  # the test failed: leave nothing running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(started, signal.SIGKILL)
+    assert cli(env, "stop").returncode == 0
+
+
 def test_run_kills_a_command_that_ignores_the_stop_after_its_grace(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:

@@ -1,6 +1,7 @@
 """Run the user's command for `jobrunner run`, the way `dapr run` runs an app.
 
-The command gets its own process group (and SIGTERM if we are killed outright).
+The command gets its own process group (and SIGTERM if we are killed outright; then
+app_guard.py stops the rest of its group).
 We forward Ctrl-C/SIGTERM to the whole group once (`go run .` waits for the
 binary it starts, which must get the signal too), and a terminal's Ctrl-C
 reaches only us. Its output is forwarded line by line with the `== APP == `
@@ -10,6 +11,7 @@ prefix that dapr uses.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from app.jobs.errors import JobrunnerError
-from app.processes.procs import popen_kwargs
+from app.processes.procs import child_env, popen_kwargs, python_module
 from app.processes.supervisor import Child, StopSignals, describe_exit, say
 
 PREFIX = b"== APP == "
@@ -81,6 +83,36 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
     except OSError as exc:  # not executable, not a program (no #! line), ...
         raise CommandNotFoundError(f"command cannot be run: {argv[0]}: {exc.strerror or exc}",
                                    126) from None
+    guard = _start_guard(proc.pid)
+    try:
+        return _wait_for_app(proc, out, err, signals, api)
+    finally:
+        if guard is not None:
+            guard.kill()  # (the app's group is stopped already, or left as before)
+            guard.wait()
+            assert guard.stdin is not None
+            guard.stdin.close()
+
+
+def _start_guard(pgid: int) -> subprocess.Popen[bytes] | None:
+    """app_guard.py for the app's process group; None if it cannot start (we go on
+    without: only a `kill -9` of `run` needs it)."""
+    try:
+        return subprocess.Popen(
+            python_module("app.processes.app_guard", str(pgid), f"{STOP_GRACE_S:g}"),
+            # Its stdin a pipe we hold the other end of: the pipe's end tells it ours.
+            # No parent-death signal: one that came while it started would end it.
+            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, **popen_kwargs(die_with_parent=False))
+    except OSError as exc:
+        say(f"cannot start the guard of the app's processes: {exc.strerror or exc}",
+            logging.WARNING)
+        return None
+
+
+def _wait_for_app(proc: subprocess.Popen[bytes], out: IO[bytes] | None,
+                  err: IO[bytes] | None, signals: StopSignals, api: Child) -> int:
+    """run_app's wait for the app's end: its output passed on, stops forwarded."""
     pumps = [threading.Thread(target=_pump, args=(source, sink), daemon=True)
              for source, sink in ((proc.stdout, out), (proc.stderr, err))
              if source is not None and sink is not None]
