@@ -308,6 +308,21 @@ def test_a_redis7_data_dir_from_before_the_record_is_refused_to_redis6(
     assert not (data / SERVER_FILE).exists()
 
 
+def test_a_redis7_data_dir_recorded_as_redis6_is_refused_to_redis6(
+    tmp_path: Path, venv_bin: Path
+) -> None:
+    """The record said Redis 6 while the folder held Redis 7's AOF layout (a Redis 7 run
+    on it outside jobrunner): the record was trusted, and Redis 6 started on the folder
+    without any of its data."""
+    data = tmp_path / "data"
+    (data / REDIS7_AOF_DIR).mkdir(parents=True)
+    record = {"path": BUNDLED.path, "version": version_text(BUNDLED.version)}
+    (data / SERVER_FILE).write_text(json.dumps(record))
+    with pytest.raises(RedisServerError, match="written by Redis 7 or later"):
+        EmbeddedRedis(data, env={"PATH": str(venv_bin)}).start()
+    assert json.loads((data / SERVER_FILE).read_text()) == record
+
+
 def test_up_refuses_a_redis7_data_dir_with_only_redis6_and_says_what_to_set(
     tmp_path: Path, venv_bin: Path
 ) -> None:

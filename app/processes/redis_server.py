@@ -205,17 +205,19 @@ class WrittenBy:
 
 def data_written_by(data_dir: Path) -> WrittenBy | None:
     """The oldest Redis version able to read `data_dir`; None for a new folder."""
+    # Redis 7's AOF layout tells a Redis 6 apart, whatever the record says: a folder from
+    # before the record existed, one with a damaged record, or one a Redis 7 opened
+    # outside jobrunner (a Redis 6 would start on it with none of its data).
+    layout = WrittenBy((7, 0, 0), "Redis 7 or later") if (
+        data_dir / REDIS7_AOF_DIR).is_dir() else None
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
         record = json.loads((data_dir / SERVER_FILE).read_text())
         version = _VERSION_RE.search("v=" + str(record["version"]))
         if version:
             v = (int(version[1]), int(version[2]), int(version[3]))
-            return WrittenBy(v, f"Redis {version_text(v)} ({record.get('path', '?')})")
-    # A folder from before the record existed (or with a damaged one): Redis 7's AOF
-    # layout still tells a Redis 6 apart.
-    if (data_dir / REDIS7_AOF_DIR).is_dir():
-        return WrittenBy((7, 0, 0), "Redis 7 or later")
-    return None
+            if layout is None or v >= layout.version:
+                return WrittenBy(v, f"Redis {version_text(v)} ({record.get('path', '?')})")
+    return layout
 
 
 def _not_found() -> RedisServerError:
