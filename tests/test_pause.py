@@ -352,6 +352,64 @@ def test_an_app_pause_after_its_count_was_lost_pauses_all_the_same(settings: Set
     store.close()
 
 
+class _Storm:
+    """Store.script, with the job `name` overwritten (a new due time, so a new paused
+    entry and record) before each call of the script `what`: an app that schedules its
+    jobs again and again, each time just between a resume's or a trigger's read and its
+    script."""
+
+    def __init__(self, store: Store, what: str, name: str) -> None:
+        self.store, self.what, self.name = store, what, name
+        self.real = store.script
+        self.calls = 0
+        store.script = self.script  # type: ignore[method-assign]
+
+    def script(self, name: str) -> Any:
+        real = self.real(name)
+        if name != self.what:
+            return real
+
+        def call(**kwargs: Any) -> Any:
+            from tests.support.jobs import make_job
+
+            self.calls += 1
+            self.store.schedule(make_job(self.name, now_ms() + HOUR_MS + self.calls),
+                                overwrite=True)
+            return real(**kwargs)
+
+        return call
+
+
+def test_an_app_resume_under_an_overwrite_storm_resumes_every_job(
+        api: FlaskClient, settings: Settings) -> None:
+    """A job overwritten between each read of a resume and its script: after five tries
+    the resume raised (a 500), leaving the app's flag cleared and its later jobs paused.
+    The last try resumes it as its entry stands, at its own due time."""
+    for name in ("a", "hot", "z"):
+        _schedule(api, name, dueTime="1h")
+    _post(api, "/v1.0/app/pause")
+    store = Store(settings)
+    storm = _Storm(store, "resume", "hot")
+    assert Pauses(store).resume_app(APP) == 3
+    assert storm.calls >= 5
+    assert [_get(api, n).get("paused", False) for n in ("a", "hot", "z")] == [False] * 3
+    pk = store.keys.for_job(f"{APP}/hot")
+    assert store.redis.hget(pk.paused, f"{APP}/hot") is None
+    assert store.redis.zscore(pk.due, f"{APP}/hot") is not None
+    store.close()
+
+
+def test_a_trigger_under_an_overwrite_storm_fires(api: FlaskClient, settings: Settings) -> None:
+    """The same storm under "trigger now": it raised after five tries (a 500)."""
+    _schedule(api, "hot", dueTime="1h", data={"n": 1})
+    store = Store(settings)
+    storm = _Storm(store, "trigger", "hot")
+    fired = Pauses(store).trigger(APP, "hot")
+    assert fired is not None and storm.calls == 5
+    assert ":now-" in fired.trigger_id
+    store.close()
+
+
 # -- trigger now ----------------------------------------------------------------------------
 
 

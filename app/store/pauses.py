@@ -55,6 +55,9 @@ TRIES = 5
 
 BY_JOB, BY_APP = "j", "a"
 
+# resume.lua's group: job id, its paused entry as read, its due ms once resumed, run state.
+_Group = tuple[str, str | bytes, str, str]
+
 
 @dataclass(frozen=True)
 class Paused:
@@ -117,7 +120,7 @@ class Pauses:
         """Fire the job once now, beside its schedule; None when there is no such job."""
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
-        for _ in range(TRIES):
+        for attempt in range(1, TRIES + 1):
             record = self.redis.hget(pk.jobs, jid)
             if record is None:
                 return None
@@ -130,13 +133,16 @@ class Pauses:
             once_id = fired_now_job_id(app_id, name, secrets.token_hex(4))
             stored = int(self.store.script("trigger")(
                 keys=[pk.due, pk.jobs, pk.fired_now(jid)],
-                args=[jid, record, once_id, once.encode(), due, self.keys.wake_channel,
-                      FIRED_NOW_PRUNE_AT, FIRED_NOW_KEEP_MS]))
+                # The last try, of a job overwritten again and again, fires the job as it
+                # was read a moment ago (raising answered 500): the one-shot is as it
+                # would have been had the trigger come first.
+                args=[jid, record if attempt < TRIES else "", once_id, once.encode(), due,
+                      self.keys.wake_channel, FIRED_NOW_PRUNE_AT, FIRED_NOW_KEEP_MS]))
             if stored == 1:
                 return fired
             if stored == 0:
                 return None
-        raise RuntimeError(f"job {name!r} kept changing while it was triggered")
+        raise AssertionError("unreachable: trigger.lua's last try stores the job or finds none")
 
     # -- the app --------------------------------------------------------------
 
@@ -203,7 +209,7 @@ class Pauses:
         entries change meanwhile are read and planned again. Returns how many are no
         longer paused."""
         resumed = 0
-        for _ in range(TRIES):
+        for _ in range(TRIES - 1):
             if not ids:
                 return resumed
             pipe = self.redis.pipeline(transaction=False)
@@ -212,28 +218,36 @@ class Pauses:
             pipe.hmget(pk.runs, ids)
             entries, records, states = pipe.execute()
             now = now_ms()
-            args: list[str | bytes] = []
-            histories: list[str] = []
+            groups: list[_Group] = []
             for jid, entry, record, state in zip(ids, entries, records, states, strict=True):
                 if entry is None or record is None:
                     continue  # not paused, or gone
                 due, run = self._plan(jid, record, Paused.decode(entry), state, now)
-                args += [jid, entry, due, run]
-                histories.append(pk.history(jid))
-            if not args:
+                groups.append((jid, entry, due, run))
+            if not groups:
                 return resumed
-            keep = (str(int(self.settings.history_ttl_s * 1000))
-                    if self.settings.history_size else "")
-            done, changed = self.store.script("resume")(
-                keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.names, pk.pausegen,
-                      *(histories if keep else ())],
-                args=[by, self.keys.wake_channel, keep, split_job_id(ids[0])[0], number,
-                      *args])
-            resumed += int(done)
-            ids = [c.decode() if isinstance(c, bytes) else c for c in changed]
-        if ids:
-            raise RuntimeError(f"{len(ids)} paused jobs kept changing while they were resumed")
-        return resumed
+            done, ids = self._resume_call(pk, by, number, groups)
+            resumed += done
+        if not ids:
+            return resumed
+        # Kept changing (overwritten again and again): resumed as their entries stand, at
+        # their own due times. Raising left an app's later jobs paused by a resume that
+        # had cleared its flag, and answered 500.
+        done, _ = self._resume_call(pk, by, number, [(jid, "*", "*", "") for jid in ids])
+        return resumed + done
+
+    def _resume_call(self, pk: PartitionKeys, by: str, number: str,
+                     groups: list[_Group]) -> tuple[int, list[str]]:
+        """resume.lua on `groups`: (how many are no longer paused, the ids whose entries
+        changed since they were read)."""
+        keep = (str(int(self.settings.history_ttl_s * 1000))
+                if self.settings.history_size else "")
+        histories = [pk.history(jid) for jid, _, _, _ in groups] if keep else []
+        done, changed = self.store.script("resume")(
+            keys=[pk.due, pk.jobs, pk.runs, pk.paused, pk.names, pk.pausegen, *histories],
+            args=[by, self.keys.wake_channel, keep, split_job_id(groups[0][0])[0], number,
+                  *(a for group in groups for a in group)])
+        return int(done), [c.decode() if isinstance(c, bytes) else c for c in changed]
 
     def _plan(self, jid: str, record: bytes, paused: Paused, raw_state: bytes | None,
               now: int) -> tuple[str, str]:

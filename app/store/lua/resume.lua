@@ -19,7 +19,9 @@
 --   to set with it ("": as it is)
 -- A job still paused by the other (`by` keeps "j" or "a") keeps waiting. A group whose
 -- entry changed meanwhile (a settlement, an overwrite) changes nothing: the caller reads
--- it again.
+-- it again. The caller's last try, for a job whose entry kept changing, gives "*" as
+-- the entry and the due: whatever entry it holds now, its trigger back at that entry's
+-- own due time (no catch-up: there was no stable entry to plan it from).
 -- The app's resume ("a") lifts nothing once a later pause or resume of the app has
 -- reached this partition (pause.lua says why).
 -- Returns {resumed: no longer paused, changed: job ids whose entries had changed}.
@@ -33,6 +35,10 @@ for i = 6, #ARGV, 4 do
   group = group + 1
   local id, seen, at, run = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local entry = redis.call("HGET", KEYS[4], id)
+  if seen == "*" and entry then
+    seen = entry
+    at = string.match(entry, "|(%d*)$")
+  end
   if entry ~= seen then
     if entry then
       changed[#changed + 1] = id

@@ -6,7 +6,8 @@
 -- KEYS[3] nows  SET   the job's trigger-now one-shots that may be left (delete.lua
 --                     removes them with the job)
 -- ARGV[1] the job's id
--- ARGV[2] the job's record as read (the one-shot is built from it)
+-- ARGV[2] the job's record as read (the one-shot is built from it); "": whatever it
+--         holds now (the caller's last try, of a job overwritten again and again)
 -- ARGV[3] the one-shot's job id
 -- ARGV[4] the one-shot's record
 -- ARGV[5] its due time, ms
@@ -20,7 +21,7 @@ local record = redis.call("HGET", KEYS[2], ARGV[1])
 if not record then
   return 0
 end
-if record ~= ARGV[2] then
+if ARGV[2] ~= "" and record ~= ARGV[2] then
   return -1
 end
 redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
