@@ -72,7 +72,10 @@ def schedule_jobs() -> Response:
     accepted: list[tuple[int, str, Job, bool, bytes, str]] = []
     for n, item in enumerate(items):
         given = item.get("name") if isinstance(item, dict) else None
-        results.append({"name": given, "status": _STORED})
+        # Only a string is given back: a name nested deep could not be written in the
+        # answer (orjson stops at 255 levels), once the other jobs were stored.
+        results.append({"name": given if isinstance(given, str) else None,
+                        "status": _STORED})
         try:
             name, job_body = _split(item, None if texts is None else texts[n])
         except ApiError as exc:
