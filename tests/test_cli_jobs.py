@@ -680,6 +680,19 @@ def test_the_api_saying_no_is_one_line_with_its_code(api: Api, prefix: str) -> N
     assert run("delete", f"{prefix}none", url=api.url).exit_code == 1
 
 
+def test_a_name_or_prefix_of_bytes_that_are_not_utf8_is_a_usage_error_not_a_traceback(
+        api: Api, prefix: str) -> None:
+    """A command line's bytes that are not UTF-8 (Python's surrogate escapes) could not be
+    put in the URL: a UnicodeEncodeError's traceback."""
+    name = f"{prefix}\udcff"  # the byte 0xff, as Python reads it from argv
+    for args in (["get", name], ["pause", name], ["trigger", name], ["history", name],
+                 ["list", "--prefix", name], ["delete", "--prefix", name, "--yes"]):
+        result = run(*args, url=api.url)
+        assert result.exit_code == 2, (args, result.stdout, result.stderr, result.exception)
+        assert "is not UTF-8 text" in result.stderr and "\\xff" in result.stderr, (
+            args, result.stderr)
+
+
 def test_a_token_is_sent_and_a_wrong_one_is_said_so(token_api: Api, prefix: str) -> None:
     without = run("list", url=token_api.url)
     assert without.exit_code == 1

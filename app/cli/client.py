@@ -152,7 +152,23 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 def job_path(name: str) -> str:
     """The path of one job; every character of the name is percent-encoded but the safe
     ones, so a name with spaces, `%` or Unicode reaches the API as it is."""
-    return f"{JOBS_PATH}/{quote(name, safe='')}"
+    return f"{JOBS_PATH}/{quote(utf8(name, 'name'), safe='')}"
+
+
+def utf8(text: str, what: str) -> str:
+    """`text`, known to be UTF-8 text; click.BadParameter for bytes of the command line
+    that are not (Python's surrogate escapes), which no URL can carry: the API read them
+    as U+FFFD, a character a name may hold."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        try:  # the command line's bytes as given
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # (a lone surrogate from elsewhere)
+            raw = text.encode("utf-8", "backslashreplace")
+        shown = printable(raw.decode("utf-8", "backslashreplace"))
+        raise click.BadParameter(f"the {what} '{shown}' is not UTF-8 text") from None
+    return text
 
 
 class ApiClient:
@@ -169,6 +185,10 @@ class ApiClient:
     def call(self, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
              body: Any = None) -> Any:
         """The decoded JSON answer of a 2xx (None when it has no body)."""
+        if query:
+            for key, value in query.items():
+                if isinstance(value, str):
+                    utf8(value, key)
         url = self.base_url + path + (f"?{urlencode(query)}" if query else "")
         data = None if body is None else _json_bytes(body)
         request = urllib.request.Request(url, data=data, method=method)
