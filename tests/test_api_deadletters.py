@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 
 from app.api.factory import create_app
 from app.jobs.model import DeadLetter, Job
+from app.jobs.validation import MAX_NAME_LENGTH
 from app.settings import Settings
 from app.store.keys import Keys, dead_member, job_id
 from tests.support.redis_proc import RedisProcess
@@ -324,3 +325,23 @@ def test_pending_replay_is_not_a_job_for_delete_by_prefix(client: FlaskClient, d
     response = client.delete("/v1.0/jobs", query_string={"prefix": "retry"})
     assert response.get_json() == {"deleted": 0}
     assert len(assert_store_consistent(redis_client, settings)) == 1, "the replay was cancelled"
+
+
+def test_every_name_prefix_is_bounded_as_a_name(client: FlaskClient, base: str,
+                                                dl: str) -> None:
+    """Listing jobs and dead letters, purging and replaying by prefix took a prefix of
+    any length (deleting jobs by one and gRPC's refused past a name's length)."""
+    longest, over = "p" * MAX_NAME_LENGTH, "p" * (MAX_NAME_LENGTH + 1)
+    requests = [("GET", base + "?prefix={}", None), ("DELETE", base + "?prefix={}", None),
+                ("GET", dl + "?prefix={}", None), ("DELETE", dl + "?prefix={}", None),
+                ("POST", dl + "/replay", "{}")]
+    for method, url, body in requests:
+        for prefix, refused in ((longest, False), (over, True)):
+            answer = client.open(url.format(prefix), method=method,
+                                 json=None if body is None else {"prefix": prefix})
+            if refused:
+                assert_error(answer, 400, "ERR_MALFORMED_REQUEST")
+                assert f"longer than a job name can be ({MAX_NAME_LENGTH})" in \
+                    answer.get_json()["message"], (method, url)
+            else:
+                assert answer.status_code == 200, (method, url, answer.get_data(as_text=True))

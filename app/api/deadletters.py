@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.api.query import bool_arg, int_arg
+from app.api.query import bool_arg, int_arg, prefix_arg, too_long_prefix
 from app.jobs import errors
+from app.jobs.validation import MAX_NAME_LENGTH
 from app.store.deadletters import MAX_OFFSET, DeadLetters, Selection, letter_to_api
 
 deadletters_bp = Blueprint("deadletters", __name__)
@@ -27,6 +28,8 @@ def _selection(ids: Any, prefix: Any, everything: Any,
         raise bad("ids must be a list of dead-letter ids (non-empty strings)")
     if prefix is not None and not isinstance(prefix, str):
         raise bad("prefix must be a string")
+    if prefix is not None and len(prefix) > MAX_NAME_LENGTH:
+        raise bad(too_long_prefix())
     if everything is not None and not isinstance(everything, bool):
         raise bad("all must be true or false")
     try:
@@ -38,7 +41,7 @@ def _selection(ids: Any, prefix: Any, everything: Any,
 def list_letters() -> Response:
     try:
         letters, token = DeadLetters(g.store).page(
-            g.settings.app_id, request.args.get("prefix", ""),
+            g.settings.app_id, prefix_arg() or "",
             limit=int_arg("limit", 100, 1, MAX_PAGE),
             offset=int_arg("offset", 0, 0, MAX_OFFSET),
             token=request.args.get("pageToken", ""))
@@ -69,7 +72,7 @@ def replay_letters() -> Response:
 
 
 def purge_letters() -> Response:
-    selection = _selection(request.args.getlist("id") or None, request.args.get("prefix"),
+    selection = _selection(request.args.getlist("id") or None, prefix_arg(),
                            bool_arg("all"), errors.bad_query)
     not_found: list[str] = []
     purged = DeadLetters(g.store).purge(g.settings.app_id, selection, not_found)

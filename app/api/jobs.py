@@ -7,14 +7,13 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from app.api.query import int_arg
+from app.api.query import int_arg, prefix_arg
 from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.model import Job, RunState
 from app.jobs.restore import restore
 from app.jobs.validation import (
-    MAX_NAME_LENGTH,
     parse_job_request,
     same_request,
     validate_name,
@@ -112,7 +111,7 @@ def delete_job(name: str) -> Response:
 
 
 def list_jobs() -> Response:
-    prefix = request.args.get("prefix", "")
+    prefix = prefix_arg() or ""
     limit = int_arg("limit", 100, 1, MAX_PAGE)
     try:
         views, token = g.store.list_jobs(g.settings.app_id, prefix,
@@ -123,13 +122,10 @@ def list_jobs() -> Response:
 
 
 def delete_jobs_by_prefix() -> Response:
-    if "prefix" not in request.args:
+    prefix = prefix_arg()
+    if prefix is None:
         raise ApiError(400, errors.MALFORMED_REQUEST,
                        "deleting by prefix needs ?prefix= (an empty prefix deletes every job)")
-    prefix = request.args["prefix"]
-    if len(prefix) > MAX_NAME_LENGTH:
-        raise ApiError(400, errors.MALFORMED_REQUEST,
-                       f"prefix is longer than a job name can be ({MAX_NAME_LENGTH})")
     deleted = g.store.delete_prefix(g.settings.app_id, prefix)
     return _json({"deleted": deleted})
 

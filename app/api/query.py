@@ -1,12 +1,14 @@
 """The query-string arguments of the routes, read alike: a whole number in ASCII digits
 within its bounds, a true/false; anything else a 400 that names the argument as part of
-the query (not of the body, as Dapr's malformed-request text would say)."""
+the query (not of the body, as Dapr's malformed-request text would say); a name prefix
+no longer than a name."""
 
 from __future__ import annotations
 
 from flask import request
 
 from app.jobs import errors
+from app.jobs.validation import MAX_NAME_LENGTH
 
 
 def int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -30,3 +32,15 @@ def bool_arg(name: str) -> bool | None:
     if text not in ("true", "false"):
         raise errors.bad_query(f"{name} must be true or false")
     return text == "true"
+
+
+def prefix_arg(name: str = "prefix") -> str | None:
+    """`?name=`, a job name prefix; None when absent."""
+    text = request.args.get(name)
+    if text is not None and len(text) > MAX_NAME_LENGTH:
+        raise errors.bad_query(too_long_prefix(name))
+    return text
+
+
+def too_long_prefix(name: str = "prefix") -> str:
+    return f"{name} is longer than a job name can be ({MAX_NAME_LENGTH})"
