@@ -338,6 +338,23 @@ def test_settle_returns_the_settlements_applied_so_only_those_are_counted(
     assert settled.applied == [batch[1]] and settled.left == []
 
 
+def test_dead_letters_are_indexed_at_their_own_time_not_their_batchs(
+        store: Store, q: QueueDriver) -> None:
+    """The lists, oldest first, went by the settling batch's time while each letter shows
+    its outcome's (deadLetteredTime): letters a few ms apart were listed out of order."""
+    store.schedule_many([make_job("a-later", T0), make_job("b-earlier", T0)])
+    by_name = {t.job.name: t for t in q.claim(at=T0)}
+    q.clock.ms = T0 + 10  # both settled in batches after their outcomes
+    # (an error text that holds the record's key: JSON escapes its quotes)
+    q.dead(by_name["a-later"], None, error='x","deadMs":1,"', dead_ms=T0 + 5)
+    q.dead(by_name["b-earlier"], None, dead_ms=T0 + 1)
+    letters = dead_letters(store)
+    assert [(d.name, d.dead_ms) for d in letters] == [("b-earlier", T0 + 1), ("a-later", T0 + 5)]
+    pk = store.keys.partition(0)
+    assert {k.decode(): v for k, v in store.redis.zrange(pk.deadidx, 0, -1, withscores=True)} == {
+        letters[0].id: T0 + 1, letters[1].id: T0 + 5}
+
+
 @pytest.mark.parametrize("action", ["next-none", "next-later", "retry", "dead"])
 @pytest.mark.parametrize("new_claimed", [False, True], ids=["new-waiting", "new-in-flight"])
 def test_late_ack_does_not_touch_a_job_overwritten_in_flight(

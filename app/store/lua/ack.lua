@@ -122,8 +122,12 @@ for i = 4, #ARGV, 3 do
           if was then
             redis.call("ZREM", KEYS[7], dead_member(letter, was))
           end
-          redis.call("ZADD", KEYS[7], 0, dead_member(letter, ARGV[1]))
-          redis.call("ZADD", KEYS[5], ARGV[1], letter)
+          -- Indexed at the letter's own time (its record's deadMs, the outcome's), which
+          -- the lists show: the batch's is a few ms later, and not in the same order.
+          -- (`,"deadMs":` is the record's key: a quote inside a JSON string is escaped.)
+          local ms = string.match(ARGV[i + 1], ',"deadMs":(%d+)') or ARGV[1]
+          redis.call("ZADD", KEYS[7], 0, dead_member(letter, ms))
+          redis.call("ZADD", KEYS[5], ms, letter)
         end
         if at == "" then
           ended[#ended + 1] = id
