@@ -94,6 +94,17 @@ def test_a_4mb_schedule_is_refused_quickly_with_a_short_message(
     assert stored_ids(redis_client, settings) == []
 
 
+@pytest.mark.parametrize("schedule", [
+    "x" * 1000, "@" + "x" * 1000, "@every " + "9" * 300 + "x", "TZ=UTC @every " + "1" * 900,
+    "1 2 3 " + "x" * 900, "* * * * * " + "7" * 900])
+def test_a_bad_schedule_within_the_limit_is_not_repeated_whole(client: FlaskClient, base: str,
+                                                               schedule: str) -> None:
+    """The cron parser's own words (Go's) repeated the schedule whole after the message's
+    short quote of it: 1,234 characters for one of 1,000."""
+    body = assert_error(post_job(client, base, "bad", {"schedule": schedule}), 400, SCHEDULE_JOB)
+    assert len(body["message"]) < 400, body["message"]
+
+
 @pytest.mark.parametrize("field", ["dueTime", "due_time", "ttl"])
 def test_due_time_and_ttl_longer_than_the_limit_are_refused(client: FlaskClient, base: str,
                                                             field: str) -> None:
