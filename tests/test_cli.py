@@ -817,6 +817,16 @@ def test_a_redis_url_that_cannot_work_is_one_error_line(
         endless.close()
 
 
+@pytest.mark.parametrize("command", ["worker", "api"])
+def test_a_setting_that_cannot_be_used_is_one_line_exit_2(tmp_path: Path, command: str) -> None:
+    """The README's "one-line error naming the variable": it came under the command's
+    usage block, which says nothing of settings."""
+    env = cli_env(tmp_path, JOBRUNNER_LEASE="5", JOBRUNNER_DELIVERY_TIMEOUT="10")
+    done = cli(env, command)
+    assert (done.returncode, done.stderr) == (
+        2, "Error: JOBRUNNER_LEASE must be longer than JOBRUNNER_DELIVERY_TIMEOUT\n")
+
+
 def test_api_processes_end_with_a_sigkilled_api(tmp_path: Path,
                                                redis_server: RedisProcess) -> None:
     """granian's worker processes went on serving, for hours, behind a `kill -9` of

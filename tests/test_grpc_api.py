@@ -291,6 +291,8 @@ def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(
                                              {"name": "new", "dueTime": "1h"}]}).get_json()
     assert [(r["name"], r["status"], r.get("errorCode")) for r in results["results"]] == [
         ("broken", 500, errors.JOB_UNREADABLE), ("new", 204, None)]
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and said in r.getMessage()]
+    assert len(logged) == 5  # the bulk route's result too
     schedule(api, jobs_pb2.Job(name="broken", due_time="2h"), overwrite=True)
     assert get(api, "broken").due_time == "2h"
     api.store.redis.hset(api.store.keys.for_job(jid).jobs, jid, b"not json")

@@ -111,6 +111,8 @@ def schedule_jobs() -> Response:
 
 def _refuse(result: dict[str, Any], error: ApiError) -> None:
     result.update(status=error.status, errorCode=error.code, message=error.message)
+    if error.status == 500:  # a stored job this version cannot read: the operator's, logged
+        log.error("%s %s: %s", request.method, request.path, error.message)  # as the API's
 
 
 def _items(body: bytes, max_jobs: int) -> list[Any]:

@@ -74,8 +74,8 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SettingsError as e:
-            raise click.UsageError(str(e), ctx) from None
+        except SettingsError as e:  # one line, exit 2: the command's usage would not help
+            raise click.UsageError(str(e)) from None
         except JobrunnerError as e:
             raise click.ClickException(str(e)) from None
         except BrokenPipeError:  # the reader of our output left (`| head`): so do we, quietly
