@@ -284,6 +284,9 @@ class Settings:
     # The bulk route (app/api/bulk.py): jobs one request may schedule, and its body's bytes.
     bulk_max_jobs: int = 1000
     bulk_max_bytes: int = 8 * 1024 * 1024
+    # Jobs one app may hold, at most (0: no bound): on a Redis that apps share, what one app
+    # stores cannot fill it for the others. Kept per partition, a partition's share each.
+    app_max_jobs: int = 0
     # The API's HTTP server (app/processes/serve.py), per process: a request's head must
     # arrive within http_header_timeout_s of the connection's opening or of the previous
     # answer (so an idle connection is closed after it too), its body within
@@ -388,6 +391,7 @@ class Settings:
             grpc_port=_port_or_off(env, "DAPR_GRPC_PORT", cls.grpc_port),
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
             bulk_max_jobs=_int(env, "JOBRUNNER_BULK_MAX_JOBS", cls.bulk_max_jobs, minimum=1),
+            app_max_jobs=_int(env, "JOBRUNNER_APP_MAX_JOBS", cls.app_max_jobs),
             bulk_max_bytes=_int(env, "JOBRUNNER_BULK_MAX_BYTES", cls.bulk_max_bytes, minimum=1),
             grpc_idle_timeout_s=_float(env, "JOBRUNNER_GRPC_IDLE_TIMEOUT",
                                        cls.grpc_idle_timeout_s, minimum=0.001,
@@ -545,6 +549,7 @@ class Settings:
             "DAPR_GRPC_PORT": str(self.grpc_port),
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
             "JOBRUNNER_BULK_MAX_JOBS": str(self.bulk_max_jobs),
+            "JOBRUNNER_APP_MAX_JOBS": str(self.app_max_jobs),
             "JOBRUNNER_BULK_MAX_BYTES": str(self.bulk_max_bytes),
             "JOBRUNNER_HTTP_HEADER_TIMEOUT": repr(self.http_header_timeout_s),
             "JOBRUNNER_HTTP_BODY_TIMEOUT": repr(self.http_body_timeout_s),

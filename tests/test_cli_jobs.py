@@ -965,3 +965,17 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
         assert stderr == "", stderr
     finally:
         foreign.sock.close()
+
+
+def test_a_served_api_refuses_a_job_past_the_apps_max_jobs(
+        procs: Procs, redis_server: RedisProcess, app_receiver: Receiver) -> None:
+    """Through the served API's event-loop path (app/api/fast_schedule.py), which hands a
+    refused job to the WSGI path to answer; the CLI says it in one line."""
+    capped = Api(procs, _settings(redis_server, app_receiver, app_max_jobs=1), "api-capped")
+    assert capped.post("first", {"dueTime": "1h"})[0] == 204
+    status, body = capped.post("second", {"dueTime": "1h"})
+    assert (status, body["errorCode"]) == (429, "ERR_APP_JOB_LIMIT")
+    said = run("schedule", "second", "--due-time", "1h", url=capped.url)
+    assert (said.exit_code, said.stderr) == (
+        1, f"Error: 429 ERR_APP_JOB_LIMIT: {body['message']}\n")
+    assert capped.post("first", {"dueTime": "2h", "overwrite": True})[0] == 204

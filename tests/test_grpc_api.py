@@ -957,3 +957,45 @@ def test_bytes_that_are_not_the_request_are_invalid_argument_not_logged(
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value
         assert "not a valid message" in str(refused.value.details())
     assert "Traceback" not in caplog.text and "DecodeError" not in caplog.text
+
+
+def test_an_app_holds_at_most_its_max_jobs_on_every_route(api_for: Callable[..., Api]) -> None:
+    """JOBRUNNER_APP_MAX_JOBS: on a Redis apps share, one app that stores without end (a
+    loop of new names) filled it, and every app's schedules and settlements failed. A new
+    job past the bound is refused (429, gRPC RESOURCE_EXHAUSTED); an overwrite is not a new
+    job; another app is not counted; a deleted job makes room."""
+    api = api_for(app_max_jobs=3)
+    other = api_for(app_id="other-app", app_max_jobs=3)
+    http, base = api.http, "/v1.0/jobs"
+    for name in ("a", "b"):
+        assert http.post(f"{base}/{name}", json={"dueTime": "1h"}).status_code == 204
+    results = http.post(base, json={"jobs": [
+        {"name": "c", "dueTime": "1h"}, {"name": "c", "dueTime": "1h"},  # a retry of it
+        {"name": "d", "dueTime": "1h"}, {"name": "a", "dueTime": "2h", "overwrite": True}]})
+    assert [(r["name"], r["status"], r.get("errorCode")) for r in
+            results.get_json()["results"]] == [
+        ("c", 204, None), ("c", 204, None), ("d", 429, errors.APP_JOB_LIMIT), ("a", 204, None)]
+    refused = http.post(f"{base}/e", json={"dueTime": "1h"})
+    assert refused.status_code == 429
+    assert refused.get_json() == {
+        "errorCode": errors.APP_JOB_LIMIT,
+        "message": "failed to schedule job 'e': the app holds as many jobs as it may "
+                   "(JOBRUNNER_APP_MAX_JOBS, 3); delete some, or raise it"}
+    assert failure(lambda: schedule(api, jobs_pb2.Job(name="e", due_time="1h"))) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED, refused.get_json()["message"], errors.APP_JOB_LIMIT)
+    schedule(api, jobs_pb2.Job(name="b", due_time="3h"), overwrite=True)
+    assert other.http.post(f"{base}/e", json={"dueTime": "1h"}).status_code == 204
+    assert http.get(f"{base}/e").status_code == 404
+    assert http.delete(f"{base}/a").status_code == 204
+    assert http.post(f"{base}/e", json={"dueTime": "1h"}).status_code == 204
+    assert sorted(j["name"] for j in http.get(base).get_json()["jobs"]) == ["b", "c", "e"]
+
+
+def test_with_several_partitions_each_holds_its_share_of_the_max_jobs(
+        api_for: Callable[..., Api]) -> None:
+    api = api_for(app_max_jobs=8, partitions=4)  # 2 in each partition
+    answers = [api.http.post(f"/v1.0/jobs/j{n}", json={"dueTime": "1h"}).status_code
+               for n in range(60)]
+    assert set(answers) == {204, 429}
+    held = [api.store.redis.zcard(pk.names) for pk in api.store.keys.all_partitions()]
+    assert held == [2, 2, 2, 2]

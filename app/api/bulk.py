@@ -4,12 +4,13 @@ many jobs in one request").
 The body is `{"jobs": [{"name": ..., <the body of POST .../jobs/{name}>}, ...]}`; the
 answer, `200 {"results": [...]}`, has one result per job in the order given: the status
 that job alone would have got from `POST .../jobs/{name}` (204 stored, 409 exists, 400 or
-413 refused) with that route's `errorCode` and `message` when it failed. Each job goes
-through the single route's own steps (app/api/jobs.py `schedule`): the name first, then
-`prepare` (`parse_job_request` and `restore`) on the rest of the job as the body, then the store,
-whose answer to an existing name is a 204 when it holds this very job (a retry) and a 409
-otherwise. The jobs are taken one after another in order, so a name given twice meets
-its own earlier entry: the later is a 409 unless it has `overwrite` (or is the same job).
+413 refused, 429 past the app's JOBRUNNER_APP_MAX_JOBS) with that route's `errorCode` and
+`message` when it failed. Each job goes through the single route's own steps
+(app/api/jobs.py `schedule`): the name first, then `prepare` (`parse_job_request` and
+`restore`) on the rest of the job as the body, then the store, whose answer to an
+existing name is a 204 when it holds this very job (a retry) and a 409 otherwise. The
+jobs are taken one after another in order, so a name given twice meets its own earlier
+entry: the later is a 409 unless it has `overwrite` (or is the same job).
 
 What is shared is done once: one clock reading, one Redis round trip (Store.schedule_batch:
 one schedule_many.lua call per partition), and jobs with the same body but their name
@@ -94,6 +95,9 @@ def schedule_jobs() -> Response:
                           for _, name, job, overwrite, record, run in accepted])
     for (n, name, job, _, _, _), stored in zip(accepted, existing, strict=True):
         if stored is None:
+            continue
+        if isinstance(stored, ApiError):  # the app holds as many jobs as it may
+            _refuse(results[n], stored)
             continue
         # A retry of a request whose answer was lost finds its own job (jobs.schedule).
         try:

@@ -14,6 +14,7 @@ so both APIs answer alike:
     409 ALREADY_EXISTS     the name exists and overwrite is false (as Dapr)
     413 RESOURCE_EXHAUSTED data over JOBRUNNER_MAX_DATA_BYTES (gRPC's own code for a
                            message over the limit)
+    429 RESOURCE_EXHAUSTED the app holds as many jobs as JOBRUNNER_APP_MAX_JOBS lets it
     503 UNAVAILABLE        Redis unreachable (Dapr waits for its scheduler, then
                            DEADLINE_EXCEEDED)
     else INTERNAL
@@ -36,6 +37,7 @@ _CODES = {
     404: code_pb2.NOT_FOUND,
     409: code_pb2.ALREADY_EXISTS,
     413: code_pb2.RESOURCE_EXHAUSTED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
     503: code_pb2.UNAVAILABLE,
 }
 

@@ -53,6 +53,8 @@ CROSS_SITE = "ERR_CROSS_SITE_REQUEST"
 # A stored job this version cannot read: its record edited by hand, or written by a version
 # that stores jobs otherwise. The request was fine; the stored data is not (hence a 500).
 JOB_UNREADABLE = "DAPR_SCHEDULER_JOB_UNREADABLE"
+# The app holds as many jobs as JOBRUNNER_APP_MAX_JOBS lets it (a partition's share).
+APP_JOB_LIMIT = "ERR_APP_JOB_LIMIT"
 
 
 class JobrunnerError(Exception):
@@ -121,6 +123,12 @@ def bad_query(detail: str) -> ApiError:
 def malformed_data(detail: str) -> ApiError:
     # Dapr's messages.ErrMalformedRequestData text.
     return ApiError(400, MALFORMED_REQUEST_DATA, f"can't serialize request data field: {detail}")
+
+
+def app_job_limit(name: str, limit: int) -> ApiError:
+    return ApiError(429, APP_JOB_LIMIT,
+                    f"failed to schedule job {shown(name, 80)}: the app holds as many jobs as it "
+                    f"may (JOBRUNNER_APP_MAX_JOBS, {limit}); delete some, or raise it")
 
 
 def job_exists(name: str) -> ApiError:

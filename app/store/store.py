@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app.jobs import errors
 from app.jobs.durations import format_ms
 from app.jobs.errors import ApiError, JobrunnerError
 from app.jobs.model import HELD_LEASE, Job, RunState, TriggerStatus
@@ -153,6 +154,10 @@ class Store:
                          for name in scripts.SCRIPT_NAMES}
         self._indexed = False  # ensure_indexed has run
         self._ui_secret: bytes | None = None  # as read last (ui_secret)
+        # The jobs an app may hold in each partition (schedule.lua's ARGV[7]): its share of
+        # JOBRUNNER_APP_MAX_JOBS, rounded up; "": no bound.
+        cap = settings.app_max_jobs
+        self._jobs_share = str(-(-cap // settings.partitions)) if cap else ""
 
     def close(self) -> None:
         self.redis.close()
@@ -178,6 +183,8 @@ class Store:
         result = self._scripts["schedule"](keys=keys, args=args)
         if result == 0:
             raise JobExists(job.name)
+        if result == -1:
+            raise errors.app_job_limit(job.name, self.settings.app_max_jobs)
         return bool(result == 2)
 
     def schedule_call(self, job: Job, overwrite: bool = False, run: RunState | None = None,
@@ -189,14 +196,16 @@ class Store:
         return ([pk.due, pk.jobs, pk.runs, pk.staged(job.app_id), pk.names, pk.paused,
                  pk.pausedapps],
                 [jid, job.encode(), job.first_ms, "1" if overwrite else "0",
-                 self.keys.wake_channel, "" if run is None else run.encode()])
+                 self.keys.wake_channel, "" if run is None else run.encode(),
+                 self._jobs_share])
 
     async def schedule_on_loop(self, client: LoopRedis, job: Job, overwrite: bool = False,
                                run: RunState | None = None) -> bool:
         """`schedule`'s script call sent on an event loop's connection (the API's, see
-        app/store/loop_redis.py): whether it stored the job. False when the job exists or
-        Redis answered with an error (a script it has forgotten...): the caller's
-        synchronous path does it all again and answers. Raises loop_redis.Unavailable."""
+        app/store/loop_redis.py): whether it stored the job. False when the job exists, the
+        app holds as many as it may, or Redis answered with an error (a script it has
+        forgotten...): the caller's synchronous path does it all again and answers. Raises
+        loop_redis.Unavailable."""
         keys, args = self.schedule_call(job, overwrite, run)
         result = await client.evalsha(self._scripts["schedule"].sha, keys, args)
         return bool(result == 1 or result == 2)  # 0: the job exists
@@ -220,13 +229,15 @@ class Store:
         return stored
 
     def schedule_batch(self, app_id: str,
-                       entries: Sequence[tuple[str, bytes, int, bool, str]]) -> list[bytes | None]:
+                       entries: Sequence[tuple[str, bytes, int, bool, str]],
+                       ) -> list[bytes | ApiError | None]:
         """Store many jobs of the app `app_id`, each as `schedule` stores it, one after
         another in the order given (a name given twice meets its own earlier entry).
 
         `entries`: (name, record (Job.encode), first due ms, overwrite, run state
         (RunState.encode) or ""). Per entry: None when stored; the stored record when the
-        job exists and overwrite is off (nothing changed). One schedule_many.lua call per
+        job exists and overwrite is off (nothing changed); the ApiError of a new job the
+        app may not hold (JOBRUNNER_APP_MAX_JOBS). One schedule_many.lua call per
         partition (on Redis Cluster each is a slot of its own), all in one round trip."""
         if not entries:
             return []
@@ -250,7 +261,7 @@ class Store:
             if blob.count(b"\n") != len(lines) - 1:
                 raise ValueError("a job id, record or run state holds a newline")
             calls.append(([pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
-                           pk.pausedapps], [self.keys.wake_channel, blob]))
+                           pk.pausedapps], [self.keys.wake_channel, blob, self._jobs_share]))
         if len(calls) == 1:  # one partition (the default): no pipeline's SCRIPT EXISTS
             replies = [script(keys=calls[0][0], args=calls[0][1])]
         else:
@@ -258,10 +269,12 @@ class Store:
             for keys, args in calls:
                 script(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
-        out: list[bytes | None] = [None] * len(entries)
+        out: list[bytes | ApiError | None] = [None] * len(entries)
         for members, reply in zip(groups.values(), replies, strict=True):
             for n, result in zip(members, reply, strict=True):
-                if result != 1:
+                if result == -1:
+                    out[n] = errors.app_job_limit(entries[n][0], self.settings.app_max_jobs)
+                elif result != 1:
                     out[n] = result
         return out
 

@@ -14,13 +14,22 @@
 -- ARGV[6] optional: the run state to start from, "sched|0|count|last|" with sched =
 --         ARGV[3] (a job put back where it stood, app/jobs/restore.py); absent or ""
 --         for a new job
+-- ARGV[7] optional: how many jobs the job's app may hold in this partition ("" or
+--         absent: no bound, app/settings.py app_max_jobs); a new job past it is refused
 -- A job that is paused, or of a paused app, stays paused: its first trigger waits in
 -- `paused` (app/store/pauses.py) rather than in the due index.
 -- Returns 0 when the job exists and overwrite is off, 1 when stored,
--- 2 when stored and it is now the earliest job of this partition.
+-- 2 when stored and it is now the earliest job of this partition, -1 when refused: the
+-- app holds as many jobs here as ARGV[7] lets it.
 local existed = redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1
 if ARGV[4] ~= "1" and existed then
   return 0
+end
+if not existed and ARGV[7] and ARGV[7] ~= "" then
+  local app = string.match(ARGV[1], "^[^/]*") .. "/" -- the app's range of `names`
+  if redis.call("ZLEXCOUNT", KEYS[5], "[" .. app, "(" .. app .. "\255") >= tonumber(ARGV[7]) then
+    return -1
+  end
 end
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
 redis.call("ZADD", KEYS[5], 0, ARGV[1])

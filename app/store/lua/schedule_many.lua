@@ -15,9 +15,12 @@
 --         state to start from ("sched|0|count|last|", app/jobs/restore.py), nothing for
 --         a new job: schedule.lua's ARGV[1..4] and ARGV[6]. One argument, not four per
 --         job: each argument costs the API (redis-py) and Redis more than a line does.
+-- ARGV[3] how many jobs the app may hold in this partition ("": no bound), as
+--         schedule.lua's ARGV[7]
 -- Returns one entry per job, in order: 1 when stored; the stored record (a string) when
 -- the job exists and overwrite is off (nothing changed: the caller tells a retry from a
--- conflict, app/api/jobs.py). A name given twice meets its own earlier entry.
+-- conflict, app/api/jobs.py); -1 when refused, a new job past ARGV[3]. A name given twice
+-- meets its own earlier entry.
 --
 -- Redis CPU: each job's outcome is worked out here first, from one HMGET of the jobs and
 -- what this call has written so far; then each key is written with a few commands of many
@@ -69,6 +72,8 @@ local run_of = {} -- job id -> its run state ("" : none)
 local due_of = {} -- job id -> its due ms, or false: paused, out of the due index
 local pause_of = {} -- job id -> its paused entry, or false: none (unset: not changed)
 local app_since = {} -- app id -> ms paused, or false: nothing here changes pausedapps
+local limit = tonumber(ARGV[3])
+local held = nil -- the app's jobs here, once a new one is met (all the jobs are one app's)
 local out = {}
 for j = 0, count - 1 do
   local i = j * 4 + 1
@@ -78,9 +83,18 @@ for j = 0, count - 1 do
     current = stored[j + 1]
   end
   local existed = current ~= false
+  if limit and not existed and held == nil then
+    local app = string.match(id, "^[^/]*") .. "/" -- the app's range of `names`
+    held = redis.call("ZLEXCOUNT", names, "[" .. app, "(" .. app .. "\255")
+  end
   if string.byte(flags, 1) ~= 49 and existed then -- 49: "1", overwrite
     out[#out + 1] = current
+  elseif limit and not existed and held >= limit then
+    out[#out + 1] = -1
   else
+    if limit and not existed then
+      held = held + 1
+    end
     if written[id] == nil then
       order[#order + 1] = id
     end
