@@ -576,12 +576,14 @@ time.sleep(600)
 """
 
 
-def test_a_sigkilled_run_stops_what_its_command_started(
-    tmp_path: Path, redis_server: RedisProcess
+@pytest.mark.parametrize("stop", ["kill -9", "Ctrl-C"])
+def test_a_stopped_run_stops_what_its_command_started(
+    tmp_path: Path, redis_server: RedisProcess, stop: str
 ) -> None:
     """The parent-death signal of a `kill -9`ed `run` reached its command alone: what the
     command started (here a shell's background job; the binary of `go run .`) went on,
-    and a restarted `run` found the app's port taken."""
+    and a restarted `run` found the app's port taken. So after a Ctrl-C, which a shell's
+    background jobs ignore."""
     env = on_shared_redis(tmp_path, redis_server)
     pid_file = tmp_path / "started.pid"
     log = tmp_path / "run.log"
@@ -592,8 +594,11 @@ def test_a_sigkilled_run_stops_what_its_command_started(
         wait_for(lambda: "== APP == waiting" in log.read_text(), timeout=30, what="the app")
         started = int(pid_file.read_text())
         assert process_alive(started)
-        proc.kill()
-        proc.wait(10)
+        if stop == "kill -9":
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        proc.wait(30)
         wait_for(lambda: not process_alive(started), 30, what="the command's own child to end")
         started = 0
     finally:

@@ -123,3 +123,13 @@ def test_a_replay_leaves_the_letters_it_cannot_read_and_names_them(
     assert redis_client.hget(dead, bad.id) is not None
     assert redis_client.hget(Keys(settings.prefix, settings.partitions).for_job(
         job_id(APP, "good")).dead, good.id) is None
+
+
+def test_dlq_arguments_of_bytes_that_are_not_utf8_are_a_usage_error(settings: Settings) -> None:
+    """As the jobs commands' (they said "purged 0" and exit 0)."""
+    bad = "a\udcff"  # the byte 0xff, as Python reads it from argv
+    for args in (["list", "--prefix", bad], ["show", bad], ["replay", bad],
+                 ["replay", "--prefix", bad], ["purge", bad], ["purge", "--prefix", bad]):
+        result = dlq(settings, *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "'a\\xff' is not UTF-8 text" in result.output, (args, result.output)

@@ -259,6 +259,35 @@ def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
     assert worker.slots.free == worker.slots.concurrency
 
 
+def test_a_trigger_whose_lease_check_took_long_is_given_back_not_sent(
+        claim_settings: Settings) -> None:
+    """Its lease looked long enough before the check that it still holds it (a round trip
+    to Redis), not after: a check that took 2.2 s (a stalled master) let it go out 3.7 s
+    into a 5 s lease with a 2 s timeout, to run past it."""
+    worker = Worker(claim_settings.with_(lease_s=5.0, delivery_timeout_s=2.0))
+    released: list[Trigger] = []
+
+    async def release(triggers: list[Trigger]) -> int:
+        released.extend(triggers)
+        return len(triggers)
+
+    async def slow_still_current(trigger: Trigger, lease: bool) -> Standing:
+        await asyncio.sleep(2.2)
+        return Standing(True, True, False)
+
+    worker.queue.release = release  # type: ignore[method-assign]
+    worker.queue.still_current = slow_still_current  # type: ignore[method-assign]
+    late = _trigger(A, "late", now_ms())
+    assert worker.slots.admit(late, 0.0)
+
+    async def deliver() -> None:
+        await worker._deliver(late, waited_since=time.monotonic() - 1.5)
+        await worker.queue.close()
+
+    asyncio.run(deliver())
+    assert released == [late] and worker.settled == []
+
+
 def test_a_trigger_that_waited_for_its_slot_waits_for_a_connection_only_what_its_lease_leaves(
         claim_settings: Settings, store: Store) -> None:
     # One connection to A, held by a delivery its receiver never answers. A trigger that

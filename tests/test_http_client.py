@@ -737,3 +737,49 @@ def test_a_request_an_app_never_reads_is_dropped_with_its_connection(
             sock.close()
         listener.close()
     assert len(made) == 2 and all(isinstance(o, TimeoutError) for o in outcomes), outcomes
+
+
+def test_a_try_again_waits_for_a_connection_only_within_the_first_tries_deadline() -> None:
+    """A try again (of a kept-alive connection the app had closed) waited for a connection
+    afresh, as long as the first try could, and was written even past the first try's
+    deadline: its attempt could run past its lease. Here `_post` as post_now's try again
+    calls it, with the first try's deadline."""
+    request = b"POST /job/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+
+    async def hold(reader: asyncio.StreamReader, _w: asyncio.StreamWriter, _n: int) -> None:
+        await _until_closed(reader)  # the only connection stays busy
+
+    async def ok(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        await _answer(w, OK)
+
+    async def try_again(client: HttpClient, origin: Origin, deadline_in: float) -> Any:
+        deadline = asyncio.get_running_loop().time() + deadline_in
+        try:
+            return await client._post(client._pool(origin), request, 1.0, 5.0, deadline,
+                                      tries=1)
+        except (TimeoutError, PoolTimeout) as exc:
+            return exc
+
+    async def main() -> tuple[Any, Any, int]:
+        client = HttpClient(1)
+        try:
+            async with App(hold) as origin:  # no connection free, 0.3 s left
+                busy = asyncio.ensure_future(_post(client, origin))
+                while client._pool(origin).open == 0:
+                    await asyncio.sleep(0.01)
+                waited = await try_again(client, origin, 0.3)
+                busy.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await busy
+            app = App(ok)
+            async with app as origin:  # a connection free, the deadline past
+                assert await _post(client, origin) == (200, None)
+                late = await try_again(client, origin, -1.0)
+                return waited, late, app.requests
+        finally:
+            client.close()
+
+    waited, late, requests = asyncio.run(main())
+    # (before: a PoolTimeout after the 5 s pool wait; the late one sent and answered)
+    assert type(waited) is TimeoutError, waited
+    assert type(late) is TimeoutError and requests == 1, (late, requests)

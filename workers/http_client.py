@@ -558,16 +558,22 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         for _ in range(tries):
             conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
-            if conn is None:
+            if conn is None and deadline is None:
                 wait = timeout if queue_timeout is None else max(0.0, queue_timeout)
                 try:
                     async with asyncio.timeout(wait):
                         conn, reused = await pool.acquire_idle_or_slot()
                 except TimeoutError:
                     raise PoolTimeout(f"no free connection to the app within "
-                                      f"{wait:.3g}s") from None
+                                      f"{round(wait, 3):g}s") from None
+            elif conn is None:  # a try again waits within the first try's deadline
+                async with asyncio.timeout_at(deadline):
+                    conn, reused = await pool.acquire_idle_or_slot()
             if deadline is None:  # the first try's: a second one shares it
                 deadline = loop.time() + timeout
+            elif loop.time() >= deadline:  # sent now, it would run past it (and the lease)
+                pool.release(conn)
+                raise TimeoutError
             try:
                 if conn is None:
                     async with asyncio.timeout_at(deadline):

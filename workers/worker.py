@@ -381,6 +381,9 @@ class Worker:
                 return
             if waited_since is not None:  # (the check's round trip counts too)
                 waited_s = time.monotonic() - waited_since
+                if self._pool_wait_s(timeout_s, waited_s) <= 0:  # a slow one: too late now
+                    await self._give_back(trigger)
+                    return
             app = self.queue.app(trigger.job.app_id)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")

@@ -10,7 +10,7 @@ import click
 import orjson
 import redis
 
-from app.cli.client import printable
+from app.cli.client import printable, utf8
 from app.jobs.model import DeadLetter
 from app.processes.redis_server import require_redis
 from app.processes.service_state import jobrunner_home, read_state
@@ -63,6 +63,14 @@ def _selection(store: Store, ids: tuple[str, ...], prefix: str | None,
         raise click.UsageError(str(exc)) from None
 
 
+def _text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A name prefix or letter ids, known to be UTF-8 text (client.utf8)."""
+    what = param.name or "value"
+    if isinstance(value, tuple):
+        return tuple(utf8(v, what) for v in value)
+    return value if value is None else utf8(value, what)
+
+
 def _line(d: DeadLetter) -> str:
     return f"{printable(d.id)}\tattempts={d.attempts}\t{printable(d.error)}"
 
@@ -88,7 +96,8 @@ def dlq() -> None:
 
 @dlq.command("list")
 @common
-@click.option("--prefix", default="", help="Only jobs whose name starts with this.")
+@click.option("--prefix", default="", callback=_text,
+              help="Only jobs whose name starts with this.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
 def list_cmd(app_id: str, redis_url: str | None, prefix: str, limit: int) -> None:
     """List dead letters, oldest first."""
@@ -108,7 +117,7 @@ def list_cmd(app_id: str, redis_url: str | None, prefix: str, limit: int) -> Non
 
 @dlq.command()
 @common
-@click.argument("letter_id")
+@click.argument("letter_id", callback=_text)
 def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
     """Show one dead letter with its job, as GET /deadletters/{id} answers (JSON)."""
     store = _guard(lambda: _store(redis_url, app_id))
@@ -122,8 +131,9 @@ def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
 
 @dlq.command()
 @common
-@click.argument("ids", nargs=-1)
-@click.option("--prefix", default=None, help="Every dead letter of jobs starting with this.")
+@click.argument("ids", nargs=-1, callback=_text)
+@click.option("--prefix", default=None, callback=_text,
+              help="Every dead letter of jobs starting with this.")
 @click.option("--all", "everything", is_flag=True, help="Every dead letter of the app.")
 def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str | None,
            everything: bool) -> None:
@@ -147,8 +157,9 @@ def replay(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str
 
 @dlq.command()
 @common
-@click.argument("ids", nargs=-1)
-@click.option("--prefix", default=None, help="Every dead letter of jobs starting with this.")
+@click.argument("ids", nargs=-1, callback=_text)
+@click.option("--prefix", default=None, callback=_text,
+              help="Every dead letter of jobs starting with this.")
 @click.option("--all", "everything", is_flag=True, help="Every dead letter of the app.")
 def purge(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str | None,
           everything: bool) -> None:

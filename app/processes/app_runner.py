@@ -84,14 +84,21 @@ def run_app(argv: Sequence[str], env: dict[str, str], signals: StopSignals, api:
         raise CommandNotFoundError(f"command cannot be run: {argv[0]}: {exc.strerror or exc}",
                                    126) from None
     guard = _start_guard(proc.pid)
+    pumps = [threading.Thread(target=_pump, args=(source, sink), daemon=True)
+             for source, sink in ((proc.stdout, out), (proc.stderr, err))
+             if source is not None and sink is not None]
+    for pump in pumps:
+        pump.start()
+    stopped = True  # (an error: what is left of the group goes too)
     try:
-        return _wait_for_app(proc, out, err, signals, api)
+        code, stopped = _wait_for_app(proc, signals, api)
     finally:
         if guard is not None:
-            guard.kill()  # (the app's group is stopped already, or left as before)
-            guard.wait()
-            assert guard.stdin is not None
-            guard.stdin.close()
+            _end_guard(guard, stop_group=stopped)
+    # A grandchild may keep the pipes open; do not wait for it forever.
+    for pump in pumps:
+        pump.join(2.0)
+    return code
 
 
 def _start_guard(pgid: int) -> subprocess.Popen[bytes] | None:
@@ -110,15 +117,27 @@ def _start_guard(pgid: int) -> subprocess.Popen[bytes] | None:
         return None
 
 
-def _wait_for_app(proc: subprocess.Popen[bytes], out: IO[bytes] | None,
-                  err: IO[bytes] | None, signals: StopSignals, api: Child) -> int:
-    """run_app's wait for the app's end: its output passed on, stops forwarded."""
-    pumps = [threading.Thread(target=_pump, args=(source, sink), daemon=True)
-             for source, sink in ((proc.stdout, out), (proc.stderr, err))
-             if source is not None and sink is not None]
-    for pump in pumps:
-        pump.start()
+def _end_guard(guard: subprocess.Popen[bytes], stop_group: bool) -> None:
+    """After a stop (a signal, the API's end), what the command left of its group goes too,
+    as after a `kill -9` of `run`: a shell's background jobs ignore the SIGINT it passed
+    on. Else the guard goes, and what the command left behind on purpose runs on."""
+    assert guard.stdin is not None
+    if stop_group:
+        guard.stdin.close()  # its end of the pipe: the guard stops the group, then ends
+        try:
+            guard.wait(STOP_GRACE_S + 5)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    guard.kill()
+    guard.wait()
+    guard.stdin.close()
 
+
+def _wait_for_app(proc: subprocess.Popen[bytes], signals: StopSignals,
+                  api: Child) -> tuple[int, bool]:
+    """run_app's wait for the app's end, stops forwarded: (its exit code, whether a stop
+    was asked or the API ended)."""
     forwarded = 0
     api_died = False
     kill_at: float | None = None  # when a stop asked for goes SIGKILL (an app ignoring it)
@@ -149,8 +168,5 @@ def _wait_for_app(proc: subprocess.Popen[bytes], out: IO[bytes] | None,
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
             break
-    # A grandchild may keep the pipes open; do not wait for it forever.
-    for pump in pumps:
-        pump.join(2.0)
     code = exit_code(proc.returncode)
-    return (code or 1) if api_died else code
+    return ((code or 1) if api_died else code), api_died or signals.count > 0
