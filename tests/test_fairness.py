@@ -230,17 +230,7 @@ def test_slots_cap_each_app_and_queue_a_few_more_that_hold_no_slot() -> None:
 def test_a_trigger_that_waited_past_its_lease_margin_is_given_back(
         claim_settings: Settings) -> None:
     worker = Worker(claim_settings.with_(lease_s=5.0, delivery_timeout_s=2.0))
-    released: list[Trigger] = []
-
-    async def release(triggers: list[Trigger]) -> int:
-        released.extend(triggers)
-        return len(triggers)
-
-    async def still_current(trigger: Trigger, lease: bool) -> Standing:
-        return Standing(True, True, False)  # made up here, in no store: leased as made
-
-    worker.queue.release = release  # type: ignore[method-assign]
-    worker.queue.still_current = still_current  # type: ignore[method-assign]
+    released = _leased_as_made(worker)
     # Due now: a trigger claimed ahead waits for its due time before its delivery starts.
     late, fresh = _trigger(A, "late", now_ms()), _trigger(A, "fresh", now_ms())
     for trigger in (late, fresh):
@@ -265,18 +255,7 @@ def test_a_trigger_whose_lease_check_took_long_is_given_back_not_sent(
     to Redis), not after: a check that took 2.2 s (a stalled master) let it go out 3.7 s
     into a 5 s lease with a 2 s timeout, to run past it."""
     worker = Worker(claim_settings.with_(lease_s=5.0, delivery_timeout_s=2.0))
-    released: list[Trigger] = []
-
-    async def release(triggers: list[Trigger]) -> int:
-        released.extend(triggers)
-        return len(triggers)
-
-    async def slow_still_current(trigger: Trigger, lease: bool) -> Standing:
-        await asyncio.sleep(2.2)
-        return Standing(True, True, False)
-
-    worker.queue.release = release  # type: ignore[method-assign]
-    worker.queue.still_current = slow_still_current  # type: ignore[method-assign]
+    released = _leased_as_made(worker, check_s=2.2)
     late = _trigger(A, "late", now_ms())
     assert worker.slots.admit(late, 0.0)
 
@@ -297,11 +276,7 @@ def test_a_trigger_that_waited_for_its_slot_waits_for_a_connection_only_what_its
     worker = Worker(claim_settings.with_(lease_s=5.0, delivery_timeout_s=2.0,
                                          connections_per_app=1))
     holder, late = _trigger(A, "holder", now_ms()), _trigger(A, "late", now_ms())
-
-    async def still_current(trigger: Trigger, lease: bool) -> Standing:
-        return Standing(True, True, False)  # made up here, in no store: leased as made
-
-    worker.queue.still_current = still_current  # type: ignore[method-assign]
+    _leased_as_made(worker)
     errors: dict[str, str | None] = {}
     conclude = worker._conclude
 
@@ -336,6 +311,24 @@ def test_a_trigger_that_waited_for_its_slot_waits_for_a_connection_only_what_its
     assert errors["late"] == "no free connection to the app within 0.5s", errors
     assert errors["holder"] == "no answer within 2s"
     assert worker.slots.free == worker.slots.concurrency
+
+
+def _leased_as_made(worker: Worker, check_s: float = 0.0) -> list[Trigger]:
+    """The worker's queue for triggers made up here, in no store: each still holds its
+    lease (a check that takes `check_s`), and those given back are listed, returned."""
+    released: list[Trigger] = []
+
+    async def release(triggers: list[Trigger]) -> int:
+        released.extend(triggers)
+        return len(triggers)
+
+    async def still_current(trigger: Trigger, lease: bool) -> Standing:
+        await asyncio.sleep(check_s)
+        return Standing(True, True, False)
+
+    worker.queue.release = release  # type: ignore[method-assign]
+    worker.queue.still_current = still_current  # type: ignore[method-assign]
+    return released
 
 
 def _trigger(app_id: str, name: str, sched_ms: int = T0) -> Trigger:
