@@ -832,6 +832,38 @@ def test_a_setting_that_cannot_be_used_is_one_line_exit_2(tmp_path: Path, comman
         2, "Error: JOBRUNNER_LEASE must be longer than JOBRUNNER_DELIVERY_TIMEOUT\n")
 
 
+BIND_RACE_SCRIPT = """
+import socket, sys
+from app.processes.procs import PortInUseError
+from app.processes.serve import ServeOptions, serve
+from app.settings import Settings
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+port = taken.getsockname()[1]
+settings = Settings(redis_url=sys.argv[1], http_port=port, grpc_port=0,
+                    app_url="http://127.0.0.1:9")
+try:
+    serve(settings, ServeOptions(host="127.0.0.1", processes=1, threads=2))
+except PortInUseError as exc:
+    print(str(exc).replace(str(port), "PORT"))
+"""
+
+
+def test_a_port_taken_after_the_check_is_one_line_not_a_rust_backtrace(
+        tmp_path: Path, redis_server: RedisProcess) -> None:
+    """The CLI looks whether the API's port is free before granian binds it; taken in
+    between (another process, or a connection's own port: the tests' and the benchmarks'
+    ports are in the ephemeral range), granian's bind raised a RuntimeError with Rust's
+    backtrace, which the CLI printed as a traceback."""
+    env = cli_env(tmp_path, RUST_BACKTRACE="1")
+    done = subprocess.run([sys.executable, "-c", BIND_RACE_SCRIPT, redis_server.url],
+                          env=env, capture_output=True, text=True, timeout=60,
+                          cwd=PROJECT_ROOT)
+    assert done.stdout == ("the API cannot listen on 127.0.0.1:PORT: Address already in use "
+                           "(os error 98)\n"), (done.stdout, done.stderr[-2000:])
+
+
 def test_api_processes_end_with_a_sigkilled_api(tmp_path: Path,
                                                redis_server: RedisProcess) -> None:
     """granian's worker processes went on serving, for hours, behind a `kill -9` of

@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from app.logs import setup as setup_logging
-from app.processes.procs import connect_host, die_with, http_url
+from app.processes.procs import PortInUseError, connect_host, die_with, http_url
 from app.settings import Settings
 
 log = logging.getLogger("jobrunner.api")
@@ -244,6 +244,14 @@ def serve(settings: Settings, options: ServeOptions) -> int:
                      wrap_loader=False)
     except SystemExit as done:  # granian ends a failed run by sys.exit
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except RuntimeError as exc:  # granian's bind (Rust), as "Address already in use (os
+        # error 98)" and, with RUST_BACKTRACE set, a backtrace: the port was taken since
+        # the CLI looked (ensure_port_free), by another process or a connection's own port
+        reason = str(exc).split("\n", 1)[0]
+        if "(os error" not in reason:
+            raise
+        raise PortInUseError(f"the API cannot listen on {_bind(options.host, settings.http_port)}"
+                             f": {reason}") from None
     log.info("app %r: the API has stopped%s", settings.app_id,
              f" (exit code {code})" if code else "")
     return code
