@@ -284,8 +284,8 @@ class Settings:
     # The bulk route (app/api/bulk.py): jobs one request may schedule, and its body's bytes.
     bulk_max_jobs: int = 1000
     bulk_max_bytes: int = 8 * 1024 * 1024
-    # Jobs one app may hold, at most (0: no bound): on a Redis that apps share, what one app
-    # stores cannot fill it for the others. Kept per partition, a partition's share each.
+    # Jobs one app may hold, at most (0: no bound): on a Redis that apps share, one app's
+    # jobs cannot fill it for the others. Kept per partition, each holding its share.
     app_max_jobs: int = 0
     # The API's HTTP server (app/processes/serve.py), per process: a request's head must
     # arrive within http_header_timeout_s of the connection's opening or of the previous

@@ -609,6 +609,26 @@ def test_a_stopped_run_stops_what_its_command_started(
     assert cli(env, "stop").returncode == 0
 
 
+def test_the_guard_takes_a_group_left_with_zombies_for_gone() -> None:
+    """A `run` that is a container's first process (or a subreaper) is left its command's
+    orphans, and never reaps them: zombies answer a signal, and a stopped `run` waited
+    the whole grace for them."""
+    from app.processes import app_guard
+
+    running = subprocess.Popen(["sleep", "30"], process_group=0)
+    done = subprocess.Popen(["true"], process_group=0)
+    try:
+        assert app_guard._alive(running.pid)
+        wait_for(lambda: Path(f"/proc/{done.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                 == "Z", what="a zombie")
+        os.killpg(done.pid, 0)  # it answers a signal
+        assert not app_guard._alive(done.pid)
+    finally:
+        running.kill()
+        running.wait()
+        done.wait()
+
+
 def test_run_kills_a_command_that_ignores_the_stop_after_its_grace(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:

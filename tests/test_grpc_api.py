@@ -993,9 +993,11 @@ def test_an_app_holds_at_most_its_max_jobs_on_every_route(api_for: Callable[...,
 
 def test_with_several_partitions_each_holds_its_share_of_the_max_jobs(
         api_for: Callable[..., Api]) -> None:
-    api = api_for(app_max_jobs=8, partitions=4)  # 2 in each partition
-    answers = [api.http.post(f"/v1.0/jobs/j{n}", json={"dueTime": "1h"}).status_code
-               for n in range(60)]
-    assert set(answers) == {204, 429}
+    api = api_for(app_max_jobs=9, partitions=4)  # 2 in each partition: never over 9
+    answers = [api.http.post(f"/v1.0/jobs/j{n}", json={"dueTime": "1h"}) for n in range(60)]
+    assert {a.status_code for a in answers} == {204, 429}
     held = [api.store.redis.zcard(pk.names) for pk in api.store.keys.all_partitions()]
     assert held == [2, 2, 2, 2]
+    refused = next(a.get_json()["message"] for a in answers if a.status_code == 429)
+    assert refused.endswith("(JOBRUNNER_APP_MAX_JOBS, 9) in this job's partition, one of 4 "
+                            "that share it out; delete some, or raise it"), refused

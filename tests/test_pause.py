@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from app.jobs.clock import now_ms
 from app.jobs.durations import format_ms, rfc3339_ns
+from app.jobs.errors import ApiError
 from app.settings import Settings
 from app.store.keys import is_replay
 from app.store.pauses import BATCH, Pauses
@@ -642,8 +643,9 @@ def test_a_jobs_set_of_trigger_nows_drops_those_that_are_over_past_its_bound(
 def test_a_trigger_now_looks_at_a_bounded_number_of_the_jobs_trigger_nows(
         store: Store) -> None:
     """The job's set holds a live one-shot for each trigger while its app is down: each
-    trigger-now looks at FIRED_NOW_PRUNE_AT of them, not all (every trigger read the whole
-    set, a Redis call growing with it that held up every app)."""
+    trigger-now looks at 2 x FIRED_NOW_PRUNE_AT of them, not all (every trigger read the
+    whole set, a Redis call growing with it that held up every app). A set this large
+    (left by an older version) refuses the trigger: too many wait to go."""
     from app.store.keys import FIRED_NOW_PRUNE_AT
     from tests.support.jobs import make_job
 
@@ -658,10 +660,34 @@ def test_a_trigger_now_looks_at_a_bounded_number_of_the_jobs_trigger_nows(
         return int(stats.get("calls", 0))
 
     before = hexists_calls()
-    assert Pauses(store).trigger(APP, "hammered") is not None
+    with pytest.raises(ApiError) as refused:
+        Pauses(store).trigger(APP, "hammered")
+    assert refused.value.status == 429
     # (an earlier test's in-process worker may still be stopping, and call HEXISTS too)
-    assert FIRED_NOW_PRUNE_AT <= hexists_calls() - before < 2 * FIRED_NOW_PRUNE_AT
-    assert store.redis.scard(pk.fired_now(f"{APP}/hammered")) == len(live) + 1
+    assert 2 * FIRED_NOW_PRUNE_AT <= hexists_calls() - before < 3 * FIRED_NOW_PRUNE_AT
+    assert store.redis.scard(pk.fired_now(f"{APP}/hammered")) == len(live)
+
+
+def test_a_job_has_at_most_its_bound_of_trigger_nows_waiting_to_go(api: FlaskClient,
+                                                                    store: Store) -> None:
+    """Each trigger-now is a copy of the job, data and all, waiting to go: an app whose
+    receiver is down could fill Redis with them, whatever its JOBRUNNER_APP_MAX_JOBS."""
+    from app.store.keys import FIRED_NOW_PRUNE_AT
+
+    _schedule(api, "often", schedule="@every 1h", dueTime="1h", data={"n": 1})
+    for _ in range(FIRED_NOW_PRUNE_AT):
+        _post(api, f"{V1}/often/trigger", 202)
+    refused = api.post(f"{V1}/often/trigger")
+    assert refused.status_code == 429
+    assert refused.get_json() == {
+        "errorCode": "ERR_APP_JOB_LIMIT",
+        "message": f"job 'often' has {FIRED_NOW_PRUNE_AT} triggers fired now waiting to go "
+                   "(its app's receiver down or slow): each is a copy of the job; try again "
+                   "once they have gone"}
+    pk = store.keys.for_job(f"{APP}/often")
+    waiting = sorted(m.decode() for m in store.redis.smembers(pk.fired_now(f"{APP}/often")))
+    store.redis.hdel(pk.jobs, waiting[0])  # one of them delivered meanwhile: its record gone
+    _post(api, f"{V1}/often/trigger", 202)
 
 
 def test_a_trigger_now_retry_goes_on_after_its_job_ends(

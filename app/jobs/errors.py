@@ -53,7 +53,8 @@ CROSS_SITE = "ERR_CROSS_SITE_REQUEST"
 # A stored job this version cannot read: its record edited by hand, or written by a version
 # that stores jobs otherwise. The request was fine; the stored data is not (hence a 500).
 JOB_UNREADABLE = "DAPR_SCHEDULER_JOB_UNREADABLE"
-# The app holds as many jobs as JOBRUNNER_APP_MAX_JOBS lets it (a partition's share).
+# The app holds as many jobs as JOBRUNNER_APP_MAX_JOBS lets it (a partition's share), or
+# a job as many "trigger now" one-shots waiting to go as it may (keys.FIRED_NOW_PRUNE_AT).
 APP_JOB_LIMIT = "ERR_APP_JOB_LIMIT"
 
 
@@ -125,10 +126,19 @@ def malformed_data(detail: str) -> ApiError:
     return ApiError(400, MALFORMED_REQUEST_DATA, f"can't serialize request data field: {detail}")
 
 
-def app_job_limit(name: str, limit: int) -> ApiError:
+def app_job_limit(name: str, limit: int, partitions: int = 1) -> ApiError:
+    where = ("" if partitions == 1 else
+             f" in this job's partition, one of {partitions} that share it out")
     return ApiError(429, APP_JOB_LIMIT,
                     f"failed to schedule job {shown(name, 80)}: the app holds as many jobs as it "
-                    f"may (JOBRUNNER_APP_MAX_JOBS, {limit}); delete some, or raise it")
+                    f"may (JOBRUNNER_APP_MAX_JOBS, {limit}){where}; delete some, or raise it")
+
+
+def too_many_fired_now(name: str, most: int) -> ApiError:
+    return ApiError(429, APP_JOB_LIMIT,
+                    f"job {shown(name, 80)} has {most} triggers fired now waiting to go (its "
+                    f"app's receiver down or slow): each is a copy of the job; try again once "
+                    f"they have gone")
 
 
 def job_exists(name: str) -> ApiError:

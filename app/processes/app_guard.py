@@ -33,6 +33,28 @@ def _signal(pgid: int, sig: int) -> bool:
     return True
 
 
+def _alive(pgid: int) -> bool:
+    """Whether a process of the group runs: zombies answer a signal too, and a `run` that
+    is a container's first process (or a subreaper) is left those of the group's orphans,
+    which it never reaps: waiting for them to go took the whole grace."""
+    if not _signal(pgid, 0):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # (no /proc: the signal's answer is all there is)
+        return True
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if fields[2:3] == [str(pgid).encode()] and fields[:1] != [b"Z"]:
+                return True
+    return False
+
+
 def _run_ended(fd: int) -> bool:
     """Whether `run`'s end of the pipe closed, waiting up to POLL_S for it."""
     readable, _, _ = select.select([fd], [], [], POLL_S)
@@ -41,14 +63,14 @@ def _run_ended(fd: int) -> bool:
 
 def guard(pgid: int, grace_s: float, fd: int = 0) -> None:
     while not _run_ended(fd):
-        if not _signal(pgid, 0):
+        if not _signal(pgid, 0):  # (the cheap look while it waits)
             return
     if not _signal(pgid, signal.SIGTERM):
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        if not _signal(pgid, 0):
+        if not _alive(pgid):
             return
     _signal(pgid, signal.SIGKILL)
 

@@ -99,7 +99,10 @@ def is_replay(jid: str) -> bool:
 # replay, it is dropped undelivered once its job is deleted (workers/worker.py).
 FIRED_NOW = "now-"
 # Past this many members, trigger.lua drops those of a job's fired-now set that are over,
-# of as many picked at random; the set goes this long after the job's last trigger-now.
+# of twice as many picked at random; past it still, the trigger-now is refused: a job has
+# at most this many waiting to go (each a copy of the job, data and all: an app whose
+# receiver is down cannot fill Redis with them). The set goes this long after the job's
+# last trigger-now.
 FIRED_NOW_PRUNE_AT = 64
 FIRED_NOW_KEEP_MS = 7 * 24 * 3600 * 1000
 
@@ -181,8 +184,8 @@ class PartitionKeys:
     def fired_now(self, jid: str) -> str:
         """The SET of the "trigger now" one-shots of the job `jid` that may be left, which
         delete.lua removes with it (trigger.lua adds them; members whose one-shot is over
-        are pruned there, past FIRED_NOW_PRUNE_AT; the set expires FIRED_NOW_KEEP_MS after
-        the last one was added)."""
+        are pruned there, past FIRED_NOW_PRUNE_AT, and no more are added past it; the set
+        expires FIRED_NOW_KEEP_MS after the last one was added)."""
         return f"{self.due.removesuffix(':due')}:nows:{parent_job_id(jid)}"
 
     def history(self, jid: str) -> str:

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from app.jobs import errors
 from app.jobs.clock import now_ms
 from app.jobs.model import CatchUp, Job, RunState
 from app.jobs.schedule import catch_up_due
@@ -142,6 +143,8 @@ class Pauses:
                 return fired
             if stored == 0:
                 return None
+            if stored == -2:
+                raise errors.too_many_fired_now(name, FIRED_NOW_PRUNE_AT)
         raise AssertionError("unreachable: trigger.lua's last try stores the job or finds none")
 
     # -- the app --------------------------------------------------------------

@@ -155,9 +155,10 @@ class Store:
         self._indexed = False  # ensure_indexed has run
         self._ui_secret: bytes | None = None  # as read last (ui_secret)
         # The jobs an app may hold in each partition (schedule.lua's ARGV[7]): its share of
-        # JOBRUNNER_APP_MAX_JOBS, rounded up; "": no bound.
+        # JOBRUNNER_APP_MAX_JOBS, rounded down (so never more than it in all), 1 at least;
+        # "": no bound.
         cap = settings.app_max_jobs
-        self._jobs_share = str(-(-cap // settings.partitions)) if cap else ""
+        self._jobs_share = str(max(1, cap // settings.partitions)) if cap else ""
 
     def close(self) -> None:
         self.redis.close()
@@ -184,7 +185,8 @@ class Store:
         if result == 0:
             raise JobExists(job.name)
         if result == -1:
-            raise errors.app_job_limit(job.name, self.settings.app_max_jobs)
+            raise errors.app_job_limit(job.name, self.settings.app_max_jobs,
+                                       self.settings.partitions)
         return bool(result == 2)
 
     def schedule_call(self, job: Job, overwrite: bool = False, run: RunState | None = None,
@@ -273,7 +275,8 @@ class Store:
         for members, reply in zip(groups.values(), replies, strict=True):
             for n, result in zip(members, reply, strict=True):
                 if result == -1:
-                    out[n] = errors.app_job_limit(entries[n][0], self.settings.app_max_jobs)
+                    out[n] = errors.app_job_limit(entries[n][0], self.settings.app_max_jobs,
+                                                  self.settings.partitions)
                 elif result != 1:
                     out[n] = result
         return out

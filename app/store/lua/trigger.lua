@@ -12,11 +12,13 @@
 -- ARGV[4] the one-shot's record
 -- ARGV[5] its due time, ms
 -- ARGV[6] wake channel
--- ARGV[7] past this many members of `nows`, those whose one-shot is over are dropped,
---         of as many members picked at random (a bound on each call's work: the set of a
---         job triggered while its app is down holds a live one-shot for each trigger)
+-- ARGV[7] past this many members of `nows`, those whose one-shot is over are dropped, of
+--         twice as many members picked at random (a bound on each call's work: all of a
+--         set this call kept within it); as many still left, the trigger is refused: a
+--         job's one-shots waiting to go (its app's receiver down) are each a copy of it
 -- ARGV[8] how long `nows` is kept after this one, ms
--- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read.
+-- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read,
+-- -2 when refused: ARGV[7] of the job's one-shots wait to go.
 local record = redis.call("HGET", KEYS[2], ARGV[1])
 if not record then
   return 0
@@ -24,16 +26,20 @@ end
 if ARGV[2] ~= "" and record ~= ARGV[2] then
   return -1
 end
+local most = tonumber(ARGV[7])
+if KEYS[3] and redis.call("SCARD", KEYS[3]) >= most then
+  for _, once in ipairs(redis.call("SRANDMEMBER", KEYS[3], 2 * most)) do
+    if redis.call("HEXISTS", KEYS[2], once) == 0 then
+      redis.call("SREM", KEYS[3], once)
+    end
+  end
+  if redis.call("SCARD", KEYS[3]) >= most then
+    return -2
+  end
+end
 redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
 redis.call("ZADD", KEYS[1], ARGV[5], ARGV[3])
 if KEYS[3] then
-  if redis.call("SCARD", KEYS[3]) >= tonumber(ARGV[7]) then
-    for _, once in ipairs(redis.call("SRANDMEMBER", KEYS[3], ARGV[7])) do
-      if redis.call("HEXISTS", KEYS[2], once) == 0 then
-        redis.call("SREM", KEYS[3], once)
-      end
-    end
-  end
   redis.call("SADD", KEYS[3], ARGV[3])
   redis.call("PEXPIRE", KEYS[3], ARGV[8])
 end
