@@ -34,10 +34,20 @@ class BenchError(RuntimeError):
     """A benchmark could not run (a part did not start, a deadline passed)."""
 
 
+_GIVEN: set[int] = set()  # free_port's answers so far
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and none this process was given before: the kernel
+    may hand out the same free port twice running (a gRPC receiver's two ports were one
+    port, its control port answered in HTTP/2, and a CI run failed)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((LOOPBACK, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_until(

@@ -220,7 +220,7 @@ class ReceiverClient:
         try:
             self.stats()
             return True
-        except OSError:
+        except (OSError, http.client.HTTPException):  # (not ours answering: not yet)
             return False
 
     def take(self) -> list[Record]:

@@ -198,3 +198,22 @@ def test_cluster_counters(tmp_path: Path) -> None:
         assert delta["calls_per_op"] == delta["calls"] / 2
         cluster.stop()
         assert not any(n.startswith("redis-cluster-") for n, _ in procs.named())
+
+
+def test_free_port_never_gives_one_port_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel may hand out the same free port twice running: a gRPC receiver's port
+    and its control port were one port, its control answers came in HTTP/2, and CI
+    failed."""
+    import socket
+
+    from benchmarks import procs
+
+    kernel = iter([47990, 47990, 47991])
+
+    class OnePortTwice(socket.socket):
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", next(kernel))
+
+    monkeypatch.setattr(procs.socket, "socket", OnePortTwice)
+    monkeypatch.setattr(procs, "_GIVEN", set())
+    assert [procs.free_port(), procs.free_port()] == [47990, 47991]
