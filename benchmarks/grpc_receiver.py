@@ -18,10 +18,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
+import subprocess
 import time
 from typing import Any
 
-from benchmarks.procs import LOOPBACK, Procs, child_env, free_port, python_cmd, wait_until
+from benchmarks.procs import (
+    LOOPBACK,
+    BenchError,
+    Procs,
+    child_env,
+    free_port,
+    python_cmd,
+    wait_until,
+)
 from benchmarks.receiver import ReceiverClient, _Http, _Store, install_uvloop, pin_to_core
 
 SCHEDULED_MS = "jobrunner-scheduled-ms"
@@ -72,18 +82,34 @@ class GrpcReceiverClient(ReceiverClient):
         return f"http://{LOOPBACK}:{self.grpc_port}"
 
 
+# Port pairs a receiver is tried on: a free port may be taken by another process (another
+# benchmark's own free port) before the receiver binds it, which ends the receiver.
+_ATTEMPTS = 3
+
+
+def _answers_or_ended(client: GrpcReceiverClient, proc: subprocess.Popen[bytes]) -> bool:
+    return client.alive() or proc.poll() is not None
+
+
 def start_grpc_receiver(procs: Procs, core: int | None = 1) -> GrpcReceiverClient:
-    port, control_port = free_port(), free_port()
-    cmd = python_cmd("-m", "benchmarks.grpc_receiver", "--port", str(port),
-                     "--control-port", str(control_port))
-    if core is not None:
-        cmd += ["--core", str(core)]
-    # "receiver-1": counted with the HTTP receiver in the CPU figures (benchmarks/cpu.py
-    # groups by the name without its number); that one is idle while this one works.
-    procs.start("receiver-1", cmd, env=child_env())
-    client = GrpcReceiverClient(port, control_port)
-    wait_until(client.alive, 15.0, "the gRPC receiver")
-    return client
+    for attempt in range(1, _ATTEMPTS + 1):
+        port, control_port = free_port(), free_port()
+        cmd = python_cmd("-m", "benchmarks.grpc_receiver", "--port", str(port),
+                         "--control-port", str(control_port))
+        if core is not None:
+            cmd += ["--core", str(core)]
+        # "receiver-1": counted with the HTTP receiver in the CPU figures (benchmarks/cpu.py
+        # groups by the name without its number); that one is idle while this one works.
+        proc = procs.start("receiver-1", cmd, env=child_env())
+        client = GrpcReceiverClient(port, control_port)
+        wait_until(functools.partial(_answers_or_ended, client, proc), 15.0,
+                   "the gRPC receiver")
+        if proc.poll() is None:
+            return client
+        if attempt == _ATTEMPTS:
+            raise BenchError(f"the gRPC receiver did not start (exit code {proc.returncode}) "
+                             f"on {_ATTEMPTS} pairs of ports")
+    raise AssertionError("unreachable")
 
 
 def _main() -> None:

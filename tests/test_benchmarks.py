@@ -174,6 +174,29 @@ def test_a_cluster_node_whose_port_was_taken_starts_on_another(
         taken.close()
 
 
+def test_a_grpc_receiver_whose_port_was_taken_starts_on_others(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its control port taken before it bound it (another benchmark's free port): it
+    exited, and the harness polled that port until its deadline, or read another server's
+    HTTP/2 answer (CI: BadStatusLine)."""
+    import socket
+
+    from benchmarks import grpc_receiver
+    from benchmarks.procs import Procs
+
+    taken = socket.socket()  # bound, as an outgoing connection's port is
+    taken.bind(("127.0.0.1", 0))
+    ports = iter([grpc_receiver.free_port(), taken.getsockname()[1]])
+    free = grpc_receiver.free_port
+    monkeypatch.setattr(grpc_receiver, "free_port", lambda: next(ports, None) or free())
+    try:
+        with Procs() as procs:
+            client = grpc_receiver.start_grpc_receiver(procs, core=None)
+            assert client.alive() and client.port != taken.getsockname()[1]
+    finally:
+        taken.close()
+
+
 def test_cluster_counters(tmp_path: Path) -> None:
     """The capacity scenario's private cluster: K masters that own every slot between
     them, and Redis's counters per master (the scenario's per-master shares)."""
