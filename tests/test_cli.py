@@ -613,16 +613,16 @@ def test_the_guard_takes_a_group_left_with_zombies_for_gone() -> None:
     """A `run` that is a container's first process (or a subreaper) is left its command's
     orphans, and never reaps them: zombies answer a signal, and a stopped `run` waited
     the whole grace for them."""
-    from app.processes import app_guard
+    from app.processes.procs import group_runs
 
     running = subprocess.Popen(["sleep", "30"], process_group=0)
     done = subprocess.Popen(["true"], process_group=0)
     try:
-        assert app_guard._alive(running.pid)
+        assert group_runs(running.pid)
         wait_for(lambda: Path(f"/proc/{done.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
                  == "Z", what="a zombie")
         os.killpg(done.pid, 0)  # it answers a signal
-        assert not app_guard._alive(done.pid)
+        assert not group_runs(done.pid)
     finally:
         running.kill()
         running.wait()

@@ -8,8 +8,8 @@ This process holds the read end of a pipe only `run` writes to (its stdin): the 
 the pipe is the end of `run`, however it ended, even one that came while this process
 was still starting (a signal would have found it without its handler). Then it stops the
 whole group: SIGTERM, then SIGKILL past the grace `run` itself gives (GRACE_S). It ends
-on its own once the group is gone; `run` kills it when it ends the usual way. Only the
-standard library: it starts beside every `run`.
+on its own once the group is gone; `run` kills it when it ends the usual way. It starts
+after the command, so its start (about 0.1 s) keeps no one waiting.
 """
 
 from __future__ import annotations
@@ -21,38 +21,9 @@ import signal
 import sys
 import time
 
+from app.processes.procs import group_runs, signal_group
+
 POLL_S = 0.5
-
-
-def _signal(pgid: int, sig: int) -> bool:
-    """Signal the group; False once it is gone (or no longer ours to signal)."""
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _alive(pgid: int) -> bool:
-    """Whether a process of the group runs: zombies answer a signal too, and a `run` that
-    is a container's first process (or a subreaper) is left those of the group's orphans,
-    which it never reaps: waiting for them to go took the whole grace."""
-    if not _signal(pgid, 0):
-        return False
-    try:
-        entries = os.listdir("/proc")
-    except OSError:  # (no /proc: the signal's answer is all there is)
-        return True
-    for entry in entries:
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue  # gone meanwhile
-            if fields[2:3] == [str(pgid).encode()] and fields[:1] != [b"Z"]:
-                return True
-    return False
 
 
 def _run_ended(fd: int) -> bool:
@@ -63,16 +34,16 @@ def _run_ended(fd: int) -> bool:
 
 def guard(pgid: int, grace_s: float, fd: int = 0) -> None:
     while not _run_ended(fd):
-        if not _signal(pgid, 0):  # (the cheap look while it waits)
+        if not signal_group(pgid, 0):  # (the cheap look while it waits)
             return
-    if not _signal(pgid, signal.SIGTERM):
+    if not signal_group(pgid, signal.SIGTERM):
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        if not _alive(pgid):
+        if not group_runs(pgid):
             return
-    _signal(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:

@@ -10,9 +10,7 @@ prefix that dapr uses.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from app.jobs.errors import JobrunnerError
-from app.processes.procs import child_env, popen_kwargs, python_module
+from app.processes.procs import child_env, popen_kwargs, python_module, signal_group
 from app.processes.supervisor import Child, StopSignals, describe_exit, say
 
 PREFIX = b"== APP == "
@@ -49,11 +47,6 @@ def _pump(src: IO[bytes], dst: IO[bytes]) -> None:
         except (BrokenPipeError, ValueError):
             broken = True
     src.close()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 def exit_code(returncode: int) -> int:
@@ -151,21 +144,21 @@ def _wait_for_app(proc: subprocess.Popen[bytes], signals: StopSignals,
             forwarded = signals.count
             # Third time: the user means it.
             sig = signal.SIGKILL if forwarded >= 3 else (signals.last or signal.SIGINT)
-            _signal_group(proc.pid, sig)
+            signal_group(proc.pid, sig)
             if kill_at is None:
                 kill_at = time.monotonic() + STOP_GRACE_S
         if kill_at is not None and time.monotonic() > kill_at:
             say(f"the app did not stop within {STOP_GRACE_S:g}s of the signal; killing it")
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             kill_at = float("inf")
         if not api_died and api.proc.poll() is not None:
             api_died = True
             say(f"{describe_exit(api)}; stopping the app")
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
             break
     code = exit_code(proc.returncode)

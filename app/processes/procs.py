@@ -145,17 +145,28 @@ def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def process_start_time(pid: int) -> str | None:
-    """When `pid` started, to tell a reused pid from the original; None if it is gone."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (its state first, then the
+    parent, the process group...); None when they cannot be read (gone, or no /proc)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:
+        return None
+    _, closed, fields = stat.rpartition(")")
+    return fields.split() if closed else None
+
+
+def _runs(fields: list[str]) -> bool:
+    return bool(fields) and fields[0] not in ("Z", "X")  # a zombie, or dead
+
+
+def process_start_time(pid: int) -> str | None:
+    """When `pid` started, to tell a reused pid from the original; None if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
         if Path("/proc/self/stat").exists():
             return None  # Linux, and no such process
         return _ps_start_time(pid)  # no /proc (macOS, BSD)
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
     return fields[19] if len(fields) > 19 else None
 
 
@@ -170,12 +181,31 @@ def _ps_start_time(pid: int) -> str | None:
 
 
 def _is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and not _runs(fields)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False once it is gone (or no longer ours to signal)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
         return False
-    fields = stat.rsplit(")", 1)[1].split()
-    return bool(fields) and fields[0] in ("Z", "X")
+    return True
+
+
+def group_runs(pgid: int) -> bool:
+    """Whether a process of the group runs: its zombies answer a signal too (a process
+    that is a container's first, or a subreaper, is left orphans it may never reap)."""
+    if not signal_group(pgid, 0):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # (no /proc: the signal's answer is all there is)
+        return True
+    group = str(pgid)
+    return any(fields is not None and fields[2:3] == [group] and _runs(fields)
+               for fields in (_stat_fields(e) for e in entries if e.isdigit()))
 
 
 def process_alive(pid: int, start_time: str | None = None) -> bool:
