@@ -371,19 +371,16 @@ class Worker:
         started, clock = now_ms(), time.perf_counter()
         try:
             timeout_s = self._timeout_s(trigger)
-            waited_s = 0.0 if waited_since is None else time.monotonic() - waited_since
-            if waited_since is not None and self._pool_wait_s(timeout_s, waited_s) <= 0:
-                await self._give_back(trigger)
+            if await self._too_late(trigger, timeout_s, waited_since):
                 return
-            waited = waited_s > RECHECK_AFTER_WAIT_S
-            if ((waited or is_fired_now(trigger.job_id))
-                    and not await self._still_to_send(trigger, waited)):
-                return
-            if waited_since is not None:  # (the check's round trip counts too)
-                waited_s = time.monotonic() - waited_since
-                if self._pool_wait_s(timeout_s, waited_s) <= 0:  # a slow one: too late now
-                    await self._give_back(trigger)
+            waited = (waited_since is not None
+                      and time.monotonic() - waited_since > RECHECK_AFTER_WAIT_S)
+            if waited or is_fired_now(trigger.job_id):
+                if not await self._still_to_send(trigger, waited):
                     return
+                if await self._too_late(trigger, timeout_s, waited_since):  # (its round trip)
+                    return
+            waited_s = 0.0 if waited_since is None else time.monotonic() - waited_since
             app = self.queue.app(trigger.job.app_id)
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
@@ -482,6 +479,16 @@ class Worker:
         except Exception as exc:
             log.warning("cannot give back %s now, its lease will run out: %s: %s",
                         trigger.trigger_id, type(exc).__name__, exc)
+
+    async def _too_late(self, trigger: Trigger, timeout_s: float,
+                        waited_since: float | None) -> bool:
+        """Whether a trigger that waited its turn here since `waited_since` is too late to
+        send (its lease could run out mid-delivery): then it is given back."""
+        if (waited_since is None
+                or self._pool_wait_s(timeout_s, time.monotonic() - waited_since) > 0):
+            return False
+        await self._give_back(trigger)
+        return True
 
     def _pool_wait_s(self, timeout_s: float, waited_s: float) -> float:
         """How long a delivery may wait for a free connection: what its lease leaves once
