@@ -72,7 +72,7 @@ def replay_letters() -> Response:
 
 
 def purge_letters() -> Response:
-    selection = _selection(request.args.getlist("id") or None, prefix_arg(),
+    selection = _selection(request.args.getlist("id") or None, request.args.get("prefix"),
                            bool_arg("all"), errors.bad_query)
     not_found: list[str] = []
     purged = DeadLetters(g.store).purge(g.settings.app_id, selection, not_found)

@@ -185,8 +185,7 @@ class Store:
         if result == 0:
             raise JobExists(job.name)
         if result == -1:
-            raise errors.app_job_limit(job.name, self.settings.app_max_jobs,
-                                       self.settings.partitions)
+            raise self._over_limit(job.name)
         return bool(result == 2)
 
     def schedule_call(self, job: Job, overwrite: bool = False, run: RunState | None = None,
@@ -200,6 +199,10 @@ class Store:
                 [jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                  self.keys.wake_channel, "" if run is None else run.encode(),
                  self._jobs_share])
+
+    def _over_limit(self, name: str) -> ApiError:
+        """A new job past the app's JOBRUNNER_APP_MAX_JOBS (the scripts' -1)."""
+        return errors.app_job_limit(name, self.settings.app_max_jobs, self.settings.partitions)
 
     async def schedule_on_loop(self, client: LoopRedis, job: Job, overwrite: bool = False,
                                run: RunState | None = None) -> bool:
@@ -275,8 +278,7 @@ class Store:
         for members, reply in zip(groups.values(), replies, strict=True):
             for n, result in zip(members, reply, strict=True):
                 if result == -1:
-                    out[n] = errors.app_job_limit(entries[n][0], self.settings.app_max_jobs,
-                                                  self.settings.partitions)
+                    out[n] = self._over_limit(entries[n][0])
                 elif result != 1:
                     out[n] = result
         return out
