@@ -39,15 +39,7 @@ import datetime as _dt
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.jobs.durations import ScheduleError, ceil_ms, days_since_epoch, go_duration_ns
-from app.jobs.errors import shown
-
-# Of the schedule's text in a message (Go's words, which repeat it): a message never
-# repeats a long input whole.
-_CUT_AT = 60
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= _CUT_AT else text[: _CUT_AT - 3] + "..."
+from app.jobs.errors import cut, shown  # cut: the schedule in Go's words, which repeat it
 
 __all__ = ["CronSchedule", "EverySchedule", "Schedule", "parse_cron"]
 
@@ -331,19 +323,19 @@ def parse_cron(expr: str) -> Schedule:
         tz = _load_zone(spec[spec.index("=") + 1 : space])
         spec = spec[space:].strip()
         if spec.startswith("@every "):
-            raise ValueError(f"timezone is not supported for @every schedules: {_cut(expr)}")
+            raise ValueError(f"timezone is not supported for @every schedules: {cut(expr)}")
     if spec.startswith("@"):
         if spec.startswith("@every "):
             try:
                 ns = go_duration_ns(spec[len("@every ") :])
             except ScheduleError as e:
-                raise ValueError(f"failed to parse duration {_cut(spec)}: {_cut(str(e))}") from None
+                raise ValueError(f"failed to parse duration {cut(spec)}: {cut(str(e))}") from None
             if ns < 0:
                 raise ValueError(f"@every needs a duration of 0 or more, got {shown(spec[7:])}")
             return EverySchedule(expr, ceil_ms(ns))
         if spec not in _DESCRIPTORS:
             raise ValueError(
-                f"unrecognized descriptor: {_cut(spec)} (expected @yearly, @annually, @monthly,"
+                f"unrecognized descriptor: {cut(spec)} (expected @yearly, @annually, @monthly,"
                 " @weekly, @daily, @midnight, @hourly or @every <duration>)"
             )
         return CronSchedule(expr, _DESCRIPTORS[spec], tz)
@@ -351,7 +343,7 @@ def parse_cron(expr: str) -> Schedule:
     if len(fields) != 6:
         raise ValueError(
             f"expected exactly 6 fields (second minute hour day-of-month month day-of-week),"
-            f" found {len(fields)}: [{_cut(' '.join(fields))}]"
+            f" found {len(fields)}: [{cut(' '.join(fields))}]"
         )
     bits = []
     for text, (name, lo, hi, names) in zip(fields, _FIELDS, strict=True):

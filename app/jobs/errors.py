@@ -84,7 +84,11 @@ class ApiError(JobrunnerError):
 def shown(value: object, limit: int = 60) -> str:
     """A caller's value in a message: its repr, cut to `limit` characters (a value can be
     a megabyte long, and a message never repeats a long input whole)."""
-    text = repr(value)
+    return cut(repr(value), limit)
+
+
+def cut(text: str, limit: int = 60) -> str:
+    """`text` cut to `limit` characters, ending in "..." when it was longer."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
