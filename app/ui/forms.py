@@ -5,6 +5,7 @@ scheduled from the dashboard goes through the API's own validation
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,18 @@ TEXT_FIELDS = {"name": 1024, "schedule": 1024, "dueTime": 256, "ttl": 256, "repe
                "multiplier": 32, "jitter": 32, "deliveryTimeout": 256, "catchUp": 16,
                "keep": 1024}
 POLICIES = ("default", "drop", "constant", "exponential")
+# Data is shown indented up to this many characters, and compact past it: indented, data
+# well inside the data limit grew to many MB (two spaces a level on every line) and, sent
+# back, past the form's size limit (413).
+MAX_INDENTED_CHARS = 64 * 1024
+_LINE_BREAK = re.compile(r"\r\n?")
+_BREAKS_TO_SPACES = str.maketrans("\r\n", "  ")
+
+
+def newlines(text: str) -> str:
+    """`text` with its line breaks as a browser sends a text area's back, then made LF:
+    CRLF and a lone CR are LF (the HTML parser reads both as one)."""
+    return _LINE_BREAK.sub("\n", text)
 
 
 def form_values(form: Mapping[str, str]) -> dict[str, str]:
@@ -26,7 +39,7 @@ def form_values(form: Mapping[str, str]) -> dict[str, str]:
     error: to_request refuses a field that long, as the API would)."""
     values = {k: form.get(k, "")[:bound + 1] for k, bound in TEXT_FIELDS.items()}
     # Browsers send a text area's lines ended by CRLF: the data as typed has LF.
-    values["data"] = form.get("data", "").replace("\r\n", "\n")
+    values["data"] = newlines(form.get("data", ""))
     values["overwrite"] = "on" if form.get("overwrite") else ""
     return values
 
@@ -105,7 +118,10 @@ def values_of(job: Mapping[str, Any]) -> dict[str, str]:
     values["keep"] = job["name"]
     for key in ("name", "schedule", "dueTime", "ttl", "deliveryTimeout", "catchUp"):
         if isinstance(job.get(key), str):
-            values[key] = job[key]
+            # A text input drops line breaks (browsers strip them from its value): a
+            # space instead, where the API reads both alike (a cron's field separator;
+            # the other fields are trimmed or refuse both).
+            values[key] = job[key].translate(_BREAKS_TO_SPACES)
     if job.get("repeats") is not None:
         values["repeats"] = str(job["repeats"])
     policy = job.get("failurePolicy") or {}
@@ -116,7 +132,17 @@ def values_of(job: Mapping[str, Any]) -> dict[str, str]:
     for key in ("maxRetries", "maxInterval", "multiplier", "jitter"):
         if chosen.get(key) is not None:
             values[key] = str(chosen[key])
-    values["data"] = "" if "data" not in job else json.dumps(job["data"], indent=2,
-                                                              ensure_ascii=False)
+    values["data"] = "" if "data" not in job else shown_data(job["data"])
     values["overwrite"] = "on"
     return values
+
+
+def shown_data(data: Any, text: str | None = None) -> str:
+    """The data on the form: `text` (data kept as written) or indented JSON while short,
+    else compact JSON (at most the data limit: the API measures data compact)."""
+    if text is not None and len(text) <= MAX_INDENTED_CHARS:
+        return text
+    indented = json.dumps(data, indent=2, ensure_ascii=False)
+    if len(indented) <= MAX_INDENTED_CHARS:
+        return indented
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)

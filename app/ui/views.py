@@ -85,6 +85,10 @@ def _before() -> Response | None:
     # A form may carry data up to the data limit, percent-encoded (Flask's default is 500 kB).
     request.max_form_memory_size = _settings().max_data_bytes * 4 + 64 * 1024
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if request.mimetype == "multipart/form-data":
+            # The dashboard's forms are URL-encoded; Werkzeug reads a multipart one's
+            # bytes that are not UTF-8 as U+FFFD, which _utf8_form could not see.
+            return _error_page(415, "send the form URL-encoded")
         if not _utf8_form():  # (first: it reads the body, which the form then parses)
             return _error_page(400, "the form is not UTF-8 text")
         problem = auth.csrf_problem(_settings())
@@ -478,9 +482,10 @@ def schedule() -> Response:
 
 
 def _change_values(view: JobView) -> dict[str, str]:
-    values = forms.values_of(view.to_api())
+    answer = view.to_api()
+    values = forms.values_of(answer)
     if view.job.data_text is not None:  # kept as written (--dapr-compat): that text
-        values["data"] = view.job.data_text
+        values["data"] = forms.shown_data(answer.get("data"), view.job.data_text)
     return values
 
 
@@ -495,7 +500,8 @@ def _kept_data(values: dict[str, str]) -> Job | None:
         view = _store().get(_settings().app_id, validate_name(values["keep"]))
     except ApiError:
         return None
-    if view is None or _change_values(view)["data"] != values.get("data", ""):
+    # (The form's data has LF line breaks, as form_values makes them: so is the text shown.)
+    if view is None or forms.newlines(_change_values(view)["data"]) != values.get("data", ""):
         return None
     return view.job
 
