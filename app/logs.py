@@ -12,11 +12,17 @@ library and orjson only, so that every layer may use it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import IO, Any
 
 import orjson
+
+# grpc's core writes lines of its own to stderr, in a format of its own (an app's GOAWAY
+# put an INFO line inside the JSON log): none unless GRPC_VERBOSITY asks for them. grpc
+# reads it when first imported: every process imports this module before grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 LOG_FORMATS = ("plain", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -524,6 +524,35 @@ def test_an_app_with_only_the_alpha1_method_gets_its_jobs_and_is_remembered(
     assert dead_letters(store) == []
 
 
+def test_calls_at_once_to_an_alpha1_app_leave_it_remembered(settings: Settings) -> None:
+    """Each call that found the other method answering toggled the remembered one: two at
+    once undid each other, and every later trigger paid the extra call."""
+    from workers.grpc_client import GrpcClient, job_event_request
+    from workers.http_client import Origin
+
+    app = AlphaOnlyApp().start()
+    origin = Origin("127.0.0.1", app.port, False, APP)
+
+    async def deliver() -> list[grpc.StatusCode]:
+        client = GrpcClient()
+        try:
+            def one(name: str) -> Any:
+                return client.on_job_event(origin, job_event_request(name, None), (), 20.0)
+            codes = [r.code for r in await asyncio.gather(one("a"), one("b"))]
+            codes.append((await one("c")).code)
+            assert client.uses_alpha(origin)
+            return codes
+        finally:
+            await client.close()
+
+    try:
+        assert asyncio.run(deliver()) == [grpc.StatusCode.OK] * 3
+    finally:
+        app.stop()
+    assert sorted(app.methods) == sorted([STABLE, STABLE, ALPHA, ALPHA, ALPHA])
+    assert app.methods[-1] == ALPHA
+
+
 # --- the setting ----------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ real `jobrunner run` left in its service's log folder.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -111,6 +112,44 @@ def test_a_worker_logs_its_redis_without_the_password(tmp_path: Path) -> None:
         if worker is not None:
             worker.cleanup()
         server.stop()
+
+
+def test_a_json_worker_log_holds_no_line_of_grpcs_own(settings: Settings,
+                                                     tmp_path: Path) -> None:
+    """grpc's core wrote its own INFO line (an app's GOAWAY) into the worker's JSON log."""
+    import socket
+
+    from app.store.store import AppRegistration
+
+    goaway = bytes.fromhex("000000040000000000" "0000080700000000000000000000000002")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:  # SETTINGS then GOAWAY(INTERNAL_ERROR) to every connection
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                conn.recv(65536)
+                conn.sendall(goaway)
+                threading.Thread(target=lambda c=conn: (c.recv(65536), c.close()),
+                                 daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    store = Store(settings)
+    store.register_app(AppRegistration(APP, f"http://127.0.0.1:{port}", protocol="grpc"))
+    worker = WorkerProcess(settings, tmp_path / "worker.log", JOBRUNNER_LOG_FORMAT="json")
+    try:
+        worker.start()
+        store.schedule(make_job("gone", failure_policy=FailurePolicy(FailureKind.DROP)))
+        wait_for(lambda: store.get(APP, "gone") is None, timeout=30, what="the attempt")
+        assert worker.terminate() == 0
+        lines = worker.log().splitlines()
+        assert lines and all(line.startswith("{") for line in lines), worker.log()
+        assert [json.loads(line) for line in lines]
+    finally:
+        worker.cleanup()
+        listener.close()
+        store.close()
 
 
 def test_a_log_file_that_cannot_be_written_does_not_stop_the_child_s_output_being_read(

@@ -110,16 +110,20 @@ class GrpcClient:
         seconds in all; the app's answer as a status code."""
         app = self._app(origin)
         deadline = asyncio.get_running_loop().time() + timeout
-        first, second = (app.alpha, app.stable) if app.use_alpha else (app.stable, app.alpha)
+        alpha_first = app.use_alpha
+        first, second = (app.alpha, app.stable) if alpha_first else (app.stable, app.alpha)
         reply = await self._call(first, request, metadata, deadline)
         if reply.code is not grpc.StatusCode.UNIMPLEMENTED:
             return reply
         other = await self._call(second, request, metadata, deadline)
         if other.code is grpc.StatusCode.UNIMPLEMENTED:
             return reply  # neither: the app's first answer stands
-        app.use_alpha = not app.use_alpha
-        log.info("app at %s:%d answers %s", origin.host, origin.port,
-                 "OnJobEventAlpha1 only" if app.use_alpha else "OnJobEvent again")
+        # The method that answered, not a toggle: calls at once, each finding the other
+        # method, undid each other's (an alpha-only app paid the extra call every time).
+        if app.use_alpha == alpha_first:
+            app.use_alpha = not alpha_first
+            log.info("app at %s:%d answers %s", origin.host, origin.port,
+                     "OnJobEventAlpha1 only" if app.use_alpha else "OnJobEvent again")
         return other
 
     @staticmethod
