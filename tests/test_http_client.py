@@ -445,6 +445,53 @@ def test_post_now_on_a_connection_the_app_closed_at_once_is_sent_again_once() ->
     assert requests == 3  # the first POST, post_now's, and its one try again
 
 
+@pytest.mark.parametrize("by", ["post", "post_now"])
+def test_a_try_again_goes_on_a_new_connection_not_another_idle_one(by: str) -> None:
+    """The app answers the first request of each connection and closes the connection at
+    any later one (as an app that closes idle connections does). With two idle
+    connections, the try again went on the second, which the app closed too: the attempt
+    failed ("connection closed before the response"), the app having answered none."""
+    served: list[int] = []  # the connection (its number) of each request the app read
+    connections = iter(range(1, 100))
+    both = asyncio.Event()
+
+    async def first_only(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = next(connections)
+        try:
+            while await _request(reader):
+                first = number not in served
+                served.append(number)
+                if not first:
+                    return  # closed at once, no byte of an answer
+                if len({*served}) == 2:
+                    both.set()
+                await asyncio.wait_for(both.wait(), TIMEOUT_S)  # two open at once
+                await _answer(writer, OK)
+        finally:
+            writer.close()
+
+    async def main() -> Any:
+        client = HttpClient(4)
+        server = await asyncio.start_server(first_only, "127.0.0.1", 0)
+        origin = Origin("127.0.0.1", server.sockets[0].getsockname()[1], False)
+        try:
+            assert await asyncio.gather(_post(client, origin), _post(client, origin)) == \
+                [(200, None)] * 2
+            await asyncio.sleep(0)  # (the answers' connections back in the pool)
+            assert len(client._pool(origin).idle) == 2
+            if by == "post":
+                return await asyncio.wait_for(_post(client, origin), TIMEOUT_S)
+            sent = _post_now(client, origin)
+            assert sent is not None
+            return await asyncio.wait_for(sent, TIMEOUT_S)
+        finally:
+            client.close()
+            server.close()
+
+    assert asyncio.run(main()) == (200, None)
+    assert len(served) == 4 and served[3] == 3  # one stale connection, then a new one
+
+
 def test_post_now_a_close_long_after_the_request_is_its_answer() -> None:
     async def hang_then_close(_r: asyncio.StreamReader, w: asyncio.StreamWriter,
                               n: int) -> None:

@@ -360,16 +360,22 @@ class _Pool:
             self.open -= 1
         return None
 
-    async def acquire_idle_or_slot(self) -> tuple[_Connection | None, bool]:
+    async def acquire_idle_or_slot(self, new: bool = False) -> tuple[_Connection | None, bool]:
         """An idle connection (reused: True), or None with a slot reserved for a new one
-        (the caller connects: `connect`). Waits while the pool is full."""
+        (the caller connects: `connect`). Waits while the pool is full. `new`: a slot
+        only, closing the oldest idle connection when the pool is full (a try again after
+        the app closed an idle one: the others may be as stale)."""
         while True:
-            conn = self.idle_connection()
+            conn = None if new else self.idle_connection()
             if conn is not None:
                 return conn, True
             if self.open < self.limit:
                 self.open += 1
                 return None, False
+            if new and self.idle:
+                self.idle.popleft().close()
+                self.open -= 1
+                continue
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
@@ -557,23 +563,23 @@ class HttpClient:
         try again shares the first try's deadline, and is the last)."""
         loop = asyncio.get_running_loop()
         for _ in range(tries):
-            conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
-            if conn is None and deadline is None:
-                wait = timeout if queue_timeout is None else max(0.0, queue_timeout)
-                try:
-                    async with asyncio.timeout(wait):
-                        conn, reused = await pool.acquire_idle_or_slot()
-                except TimeoutError:
-                    raise PoolTimeout(f"no free connection to the app within "
-                                      f"{round(wait, 3):g}s") from None
-            elif conn is None:  # a try again waits within the first try's deadline
+            if deadline is None:  # the first try
+                conn, reused = pool.idle_connection(), True  # the usual case: no wait, no timer
+                if conn is None:
+                    wait = timeout if queue_timeout is None else max(0.0, queue_timeout)
+                    try:
+                        async with asyncio.timeout(wait):
+                            conn, reused = await pool.acquire_idle_or_slot()
+                    except TimeoutError:
+                        raise PoolTimeout(f"no free connection to the app within "
+                                          f"{round(wait, 3):g}s") from None
+                deadline = loop.time() + timeout  # a second try shares it
+            else:  # a try again: on a new connection, within the first try's deadline
                 async with asyncio.timeout_at(deadline):
-                    conn, reused = await pool.acquire_idle_or_slot()
-            if deadline is None:  # the first try's: a second one shares it
-                deadline = loop.time() + timeout
-            elif loop.time() >= deadline:  # sent now, it would run past it (and the lease)
-                pool.release(conn)
-                raise TimeoutError
+                    conn, reused = await pool.acquire_idle_or_slot(new=True)
+                if loop.time() >= deadline:  # sent now, it would run past it (and the lease)
+                    pool.release(conn)
+                    raise TimeoutError
             try:
                 if conn is None:
                     async with asyncio.timeout_at(deadline):
