@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from workers import delivery
 from workers.http_client import (
     MAX_RESPONSE_HEAD,
     STALE_CLOSE_S,
@@ -830,3 +831,77 @@ def test_a_try_again_waits_for_a_connection_only_within_the_first_tries_deadline
     # (before: a PoolTimeout after the 5 s pool wait; the late one sent and answered)
     assert type(waited) is TimeoutError, waited
     assert type(late) is TimeoutError and requests == 1, (late, requests)
+
+
+# --- host names: each app's lookups its own trouble (workers/resolve.py) -------------------
+
+
+def test_an_app_whose_host_name_hangs_holds_up_no_other_apps_new_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's lookups share a few threads: ten of one app's, hanging in DNS, left
+    another app's first connection waiting behind them until its timeout ("no answer")."""
+    import socket
+    import threading
+
+    release = threading.Event()
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        looked_up.append(host)
+        if host == "hangs.test":
+            release.wait(TIMEOUT_S)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1" if host == "fine.test" else host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    async def main() -> list[Any]:
+        client = HttpClient(16)
+        try:
+            async with App(lambda _r, w, _n: _answer(w, OK)) as origin:
+                hanging = Origin("hangs.test", origin.port, False)
+                stuck = [asyncio.ensure_future(client.post(hanging, "/job/x", b"{}", "", 2.0))
+                         for _ in range(10)]
+                await asyncio.sleep(0.1)  # their lookups under way
+                fine = Origin("fine.test", origin.port, False)
+                answer = await client.post(fine, "/job/x", b"{}", "", 5.0)
+                again = await client.post(fine, "/job/x", b"{}", "", 5.0)
+                outcomes = await asyncio.gather(*stuck, return_exceptions=True)
+                return [answer, again, {type(o).__name__ for o in outcomes}]
+        finally:
+            release.set()
+            client.close()
+
+    assert asyncio.run(main()) == [(200, None), (200, None), {"TimeoutError"}]
+    # One lookup at a time for the hanging name; the fine one's answer was kept.
+    assert looked_up.count("hangs.test") == 1 and looked_up.count("fine.test") == 1
+
+
+def test_a_lookup_that_fails_is_a_connection_failure_and_is_not_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    looked_up: list[str] = []
+
+    def getaddrinfo(host: Any, *_args: Any, **_kwargs: Any) -> Any:
+        looked_up.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    async def main() -> list[str]:
+        client = HttpClient(4)
+        try:
+            errors = []
+            for _ in range(2):
+                try:
+                    await client.post(Origin("nowhere.test", 80, False), "/job/x", b"{}", "", 5.0)
+                except OSError as exc:
+                    errors.append(delivery.failed(exc, 5.0).error)
+            return errors
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == ["cannot connect to the app: Name or service not known"] * 2
+    assert looked_up == ["nowhere.test"] * 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import socket
 import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from app.jobs.errors import JobrunnerError
+from workers.resolve import Resolver
 
 
 class ServerDisconnected(ConnectionError):
@@ -388,12 +390,31 @@ class _Pool:
                 # Only now: woken, it still waits to run (HttpClient.post_now lets it first).
                 self.waiters.remove(waiter)
 
-    async def connect(self) -> _Connection:
-        """A new connection in the slot acquire_idle_or_slot reserved."""
+    async def connect(self, resolver: Resolver) -> _Connection:
+        """A new connection in the slot acquire_idle_or_slot reserved: to the origin's
+        addresses in turn, the first that takes it (as create_connection does, but with
+        the lookup by `resolver`: see workers/resolve.py)."""
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            _Connection, self.origin.host, self.origin.port, ssl=self.ssl)
-        return conn
+        error: OSError | None = None
+        for family, proto, address in await resolver.addresses(self.origin.host,
+                                                                self.origin.port):
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            _, conn = await loop.create_connection(
+                _Connection, sock=sock, ssl=self.ssl,
+                server_hostname=self.origin.host if self.ssl is not None else None)
+            return conn
+        raise error if error is not None else OSError(f"{self.origin.host} has no address")
 
     def release(self, conn: _Connection | None) -> None:
         """Give back a connection, or (None) the slot of one that was never made."""
@@ -429,6 +450,7 @@ class HttpClient:
         self._out: set[_Connection] = set()  # with a request whose answer is awaited
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._resolver = Resolver()
 
     def _watch(self, conn: _Connection, deadline: float) -> None:
         conn.deadline = deadline
@@ -583,7 +605,7 @@ class HttpClient:
             try:
                 if conn is None:
                     async with asyncio.timeout_at(deadline):
-                        conn = await pool.connect()
+                        conn = await pool.connect(self._resolver)
                 answer = conn.send(request)
                 self._watch(conn, deadline)
                 try:
@@ -614,3 +636,4 @@ class HttpClient:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        self._resolver.close()
