@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
-from app.jobs.errors import JobrunnerError
+from app.jobs.errors import JobrunnerError, shown
 from app.jobs.validation import is_text
 from app.logs import LOG_FORMATS, LOG_LEVELS
 
@@ -40,6 +40,26 @@ MAX_SECONDS = 10 * 365 * 86400.0
 MAX_PORT = 65535
 # Redis Cluster has 16,384 hash slots: more partitions cannot spread any further.
 MAX_PARTITIONS = 16384
+
+
+# A host name as a URL takes it (letters, digits, '-', '.', and '_' as Docker's names have).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
+
+
+def _app_host(env: Mapping[str, str]) -> str:
+    """APP_HOST as the app URL's host: an IPv6 address in brackets ("http://::1:6200" was
+    no URL), anything but a host name or an address refused (a '/' or '?' made APP_PORT
+    part of the URL's path or query)."""
+    host = env.get("APP_HOST", "").strip() or "127.0.0.1"
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        if _HOST_NAME.fullmatch(host):
+            return host
+        raise SettingsError(f"APP_HOST must be a host name or an IP address, got "
+                            f"{shown(host)}") from None
+    return f"[{bare}]" if address.version == 6 else bare
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0,
@@ -370,8 +390,7 @@ class Settings:
             if name in env and not is_text(env[name]):  # (a traceback wherever it was used)
                 raise SettingsError(f"{name} is not UTF-8 text")
         app_port = _int(env, "APP_PORT", 6200, minimum=1, maximum=MAX_PORT)
-        app_host = env.get("APP_HOST", "127.0.0.1").strip() or "127.0.0.1"
-        app_url = env.get("APP_URL", "").strip() or f"http://{app_host}:{app_port}"
+        app_url = env.get("APP_URL", "").strip() or f"http://{_app_host(env)}:{app_port}"
         settings = cls(
             redis_url=_redis_url(env),
             redis_cluster=_bool(env, "REDIS_CLUSTER", False),

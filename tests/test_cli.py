@@ -70,10 +70,10 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def on_shared_redis(tmp_path: Path, redis_server: RedisProcess) -> dict[str, str]:
+def on_shared_redis(tmp_path: Path, redis_server: RedisProcess, **more: str) -> dict[str, str]:
     """cli_env on the tests' Redis, with a key prefix of the test's own."""
     return cli_env(tmp_path, REDIS_URL=redis_server.url,
-                   JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}")
+                   JOBRUNNER_PREFIX=f"t{uuid.uuid4().hex[:10]}", **more)
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -692,32 +692,78 @@ def test_a_worker_of_the_shared_service_that_dies_is_started_again(
     tmp_path: Path, redis_server: RedisProcess
 ) -> None:
     """Killed (the OOM killer's pick, say), it stopped the whole service, and the `run`s
-    using it could not tell: their APIs answered 503 until someone started another."""
-    env = on_shared_redis(tmp_path, redis_server)
+    using it could not tell: their APIs answered 503 until someone started another. At
+    the level the README advises for high rates (warning), why the service stops is in
+    its log too (it was an INFO line: the log was empty), and its uptime is not reset."""
+    env = on_shared_redis(tmp_path, redis_server, JOBRUNNER_LOG_LEVEL="warning")
     done = cli(env, "run", "--app-id", "restarts", "--app-port", str(free_port()),
                "--http-port", str(free_port()), "--", "true")
     assert done.returncode == 0, done.stderr
     ran_since = time.monotonic()
     state_file = tmp_path / "home" / "service.json"
+    log_file = tmp_path / "home" / "logs" / "service.log"
 
     def worker_1() -> int:
         state = json.loads(state_file.read_text())
         return int(next(c["pid"] for c in state["children"] if c["name"] == "worker-1"))
 
-    service_pid, first = json.loads(state_file.read_text())["pid"], worker_1()
+    state = json.loads(state_file.read_text())
+    service_pid, started_at, first = state["pid"], state["started_at"], worker_1()
     try:
         # Past WORKER_RESTART_AFTER_S: a worker that dies sooner stops the service.
         wait_for(lambda: time.monotonic() - ran_since > 5.5, 10, what="worker-1 to run 5 s")
         os.kill(first, signal.SIGKILL)
         second = wait_for(lambda: (pid := worker_1()) != first and process_alive(pid) and pid,
                           30, what="worker-1 started again")
-        assert json.loads(state_file.read_text())["pid"] == service_pid
+        state = json.loads(state_file.read_text())
+        assert state["pid"] == service_pid and state["started_at"] == started_at
         assert process_alive(service_pid) and process_alive(second)
-        log = (tmp_path / "home" / "logs" / "service.log").read_text()
         assert f"worker-1 (pid {first}) was killed by SIGKILL unexpectedly; starting it again" \
-            in log
+            in log_file.read_text()
+        os.kill(second, signal.SIGKILL)  # at once: a crash at start would only repeat
+        wait_for(lambda: not process_alive(service_pid), 30, what="the service to stop")
+        assert f"worker-1 (pid {second}) was killed by SIGKILL unexpectedly; stopping the " \
+            "service" in log_file.read_text()
     finally:
         assert cli(env, "stop").returncode == 0
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["api", "--app-url", "http://[::1"], {}, "Invalid IPv6 URL"),
+    (["api"], {"APP_URL": "http://[::1"}, "Invalid IPv6 URL"),
+    (["api"], {"JOBRUNNER_HTTP_HOST": "localhost"}, "must be an IP address"),
+    (["dlq", "list", "--prefix", "p" * 254], {}, "longer than a job name can be (253)"),
+    (["dlq", "list", "--app-id", "bad app/id"], {}, "--app-id"),
+])
+def test_settings_a_command_cannot_use_are_a_usage_error(
+        tmp_path: Path, args: list[str], env: dict[str, str], says: str) -> None:
+    """A bad IPv6 app URL was a traceback; a host name for the API's host exited 1, late
+    (every other bad setting is a usage error, exit 2); the dlq command took a prefix and
+    an app id the API refuses."""
+    done = cli(cli_env(tmp_path, **env), *args, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_dlq_show_of_a_long_id_does_not_repeat_it_whole(tmp_path: Path,
+                                                       redis_server: RedisProcess) -> None:
+    done = cli(on_shared_redis(tmp_path, redis_server), "dlq", "show", "x" * 100_000,
+               "--redis-url", redis_server.url, timeout=30)
+    assert done.returncode == 1 and "no dead letter 'xxx" in done.stderr, done.stderr
+    assert len(done.stderr) < 300, done.stderr[:300]
+
+
+@pytest.mark.parametrize("args", [["jobs", "import"],
+                                  ["jobs", "schedule", "j", "--data-file", "-"]])
+def test_the_jobs_cli_on_a_closed_stdin_is_a_usage_error(tmp_path: Path,
+                                                         args: list[str]) -> None:
+    """click's RuntimeError ("Was not able to determine binary stream for sys.stdin")
+    was a traceback."""
+    done = subprocess.run([*CLI, *args, "--url", f"http://127.0.0.1:{free_port()}"],
+                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=30,
+                          cwd=PROJECT_ROOT, preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2 and "stdin is closed" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_stale_service_state_is_replaced(tmp_path: Path) -> None:

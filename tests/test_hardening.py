@@ -628,3 +628,37 @@ def test_a_host_name_is_refused_only_where_the_api_binds() -> None:
     assert Settings.from_env({"JOBRUNNER_HTTP_HOST": "localhost"}).http_host == "localhost"
     with pytest.raises(PortInUseError, match=r"must be an IP address.*--host"):
         ensure_port_free("localhost", free_port(), "the API's (--http-port)")
+
+
+@pytest.mark.parametrize("host, url", [
+    ("::1", "http://[::1]:6200"), ("[::1]", "http://[::1]:6200"),
+    ("10.0.0.7", "http://10.0.0.7:6200"), ("app-1.svc_x", "http://app-1.svc_x:6200"),
+    ("", "http://127.0.0.1:6200")])
+def test_app_host_makes_a_url(host: str, url: str) -> None:
+    """`::1` made `http://::1:6200` (a traceback at start)."""
+    assert Settings.from_env({"APP_HOST": host}).app_url == url
+
+
+@pytest.mark.parametrize("host", ["x/y?z", "a\x01b", "a b", "a:1", "h\u00e9te", "[x]"])
+def test_app_host_that_is_no_host_is_refused_by_name(host: str) -> None:
+    """`x/y?z` made APP_PORT part of the URL's query; a control character was taken and
+    its app's triggers waited for ever."""
+    with pytest.raises(SettingsError, match="APP_HOST must be a host name or an IP address"):
+        Settings.from_env({"APP_HOST": host})
+
+
+def test_a_file_written_on_a_full_disk_is_named(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write's ENOSPC names no file: "[Errno 28] No space left on device" was all."""
+    import errno
+
+    from app.processes.procs import write_file
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "redis.port"
+    with pytest.raises(OSError, match=f"No space left on device: '{target}'"):
+        write_file(target, b"6379\n")
+    assert list(tmp_path.iterdir()) == []

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.api.query import bool_arg, int_arg, prefix_arg, too_long_prefix
+from app.api.query import bool_arg, int_arg, prefix_arg
 from app.jobs import errors
-from app.jobs.validation import MAX_NAME_LENGTH
+from app.jobs.validation import MAX_NAME_LENGTH, too_long_prefix
 from app.store.deadletters import MAX_OFFSET, DeadLetters, Selection, letter_to_api
 
 deadletters_bp = Blueprint("deadletters", __name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from flask import request
 
 from app.jobs import errors
-from app.jobs.validation import MAX_NAME_LENGTH
+from app.jobs.validation import MAX_NAME_LENGTH, too_long_prefix
 
 
 def int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -42,5 +42,3 @@ def prefix_arg(name: str = "prefix") -> str | None:
     return text
 
 
-def too_long_prefix(name: str = "prefix") -> str:
-    return f"{name} is longer than a job name can be ({MAX_NAME_LENGTH})"

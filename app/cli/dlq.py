@@ -11,7 +11,10 @@ import orjson
 import redis
 
 from app.cli.client import printable, utf8
+from app.cli.options import check_app_id
+from app.jobs.errors import shown
 from app.jobs.model import DeadLetter
+from app.jobs.validation import MAX_NAME_LENGTH, too_long_prefix
 from app.processes.redis_server import require_redis
 from app.processes.service_state import jobrunner_home, read_state
 from app.settings import Settings
@@ -64,10 +67,13 @@ def _selection(store: Store, ids: tuple[str, ...], prefix: str | None,
 
 
 def _text(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """A name prefix or letter ids, known to be UTF-8 text (client.utf8)."""
+    """A name prefix or letter ids, known to be UTF-8 text (client.utf8); a prefix no
+    longer than a name (the API's bound)."""
     what = param.name or "value"
     if isinstance(value, tuple):
         return tuple(utf8(v, what) for v in value)
+    if value is not None and what == "prefix" and len(value) > MAX_NAME_LENGTH:
+        raise click.BadParameter(too_long_prefix())
     return value if value is None else utf8(value, what)
 
 
@@ -77,7 +83,7 @@ def _line(d: DeadLetter) -> str:
 
 _common = [
     click.option("--app-id", envvar="APP_ID", default="job-service", show_default=True,
-                 help="Whose dead letters."),
+                 callback=check_app_id, help="Whose dead letters."),
     click.option("--redis-url", envvar="REDIS_URL", metavar="URL",
                  help="The Redis to read; default: the running jobrunner's."),
 ]
@@ -123,10 +129,10 @@ def show(app_id: str, redis_url: str | None, letter_id: str) -> None:
     store = _guard(lambda: _store(redis_url, app_id))
     letter = _guard(lambda: DeadLetters(store).get(letter_id, app_id))
     if letter is None:
-        raise click.ClickException(f"no dead letter {letter_id!r} for app {app_id!r}")
-    shown = letter_to_api(letter, with_job=True, dapr_compat=store.settings.dapr_compat,
-                          max_data_bytes=store.settings.max_data_bytes)
-    click.echo(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        raise click.ClickException(f"no dead letter {shown(letter_id)} for app {app_id!r}")
+    answer = letter_to_api(letter, with_job=True, dapr_compat=store.settings.dapr_compat,
+                           max_data_bytes=store.settings.max_data_bytes)
+    click.echo(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
 
 
 @dlq.command()
@@ -177,7 +183,7 @@ def purge(app_id: str, redis_url: str | None, ids: tuple[str, ...], prefix: str 
 
 def _not_found_lines(app_id: str, missing: list[str]) -> list[str]:
     """The ids given that named no dead letter of the app: an error (exit 1), not a 0."""
-    return [f"no dead letter {letter_id!r} for app {app_id!r}"
+    return [f"no dead letter {shown(letter_id)} for app {app_id!r}"
             for letter_id in missing]
 
 

@@ -46,6 +46,21 @@ _FIELDS = ("name", "schedule", "dueTime", "repeats", "ttl", "data", "failurePoli
            "nextTriggerTime", "lastTriggerTime", "expiryTime", "triggerCount", "attempt")
 
 
+class _InputFile(click.File):
+    """A file to read, `-` for stdin; `-` on a closed stdin is a usage error (click's own
+    RuntimeError was a traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__("rb")
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except RuntimeError:  # "Was not able to determine binary stream for sys.stdin."
+            self.fail("stdin is closed: give a file, or send the input in", param, ctx)
+
+
 @click.group()
 def jobs() -> None:
     """The jobs of an app, through its HTTP API: this machine's (DAPR_HTTP_PORT), or the
@@ -71,7 +86,7 @@ def jobs() -> None:
 @click.option("--ttl", metavar="WHEN", help="When the job ends: RFC 3339 time or a duration.")
 @click.option("--data", "data_json", metavar="JSON",
               help="The job's data, any JSON value: '{\"k\": 1}', '\"text\"', 42.")
-@click.option("--data-file", type=click.File("rb"), metavar="FILE",
+@click.option("--data-file", type=_InputFile(), metavar="FILE",
               help="The job's data from a JSON file (- for stdin).")
 @click.option("--failure-policy", "policy", metavar="POLICY",
               help="drop, constant[:INTERVAL[:MAX_RETRIES]] (constant:3s:5; no MAX_RETRIES: "
@@ -369,7 +384,7 @@ def delete(api: Api, name: str | None, prefix: str | None, yes: bool) -> None:
                    f"at {api.client.base_url}?"
         try:
             confirmed = click.confirm(question, default=False, err=True)
-        except click.Abort:  # end of input: no answer is no
+        except (click.Abort, RuntimeError):  # end of input, or none (closed): no answer is no
             confirmed = False
         if not confirmed:
             raise click.ClickException("nothing deleted (--yes deletes without asking)")
@@ -401,7 +416,7 @@ def export(api: Api, prefix: str) -> None:
 
 @jobs.command("import")
 @api_command
-@click.argument("source", type=click.File("rb"), default="-")
+@click.argument("source", type=_InputFile(), default="-")
 @click.option("--overwrite", is_flag=True, help="Replace jobs that exist; else they fail (409).")
 def import_cmd(api: Api, source: IO[bytes], overwrite: bool) -> None:
     """Schedule the jobs of an export (SOURCE, default stdin), each where it stood: its

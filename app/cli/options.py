@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import click
 from click.core import ParameterSource
 
+from app.jobs.errors import shown
 from app.logs import LOG_FORMATS, LOG_LEVELS
 from app.logs import setup as setup_logging
 from app.processes.procs import ensure_port_free, http_url
@@ -33,13 +34,15 @@ API_READY_TIMEOUT_S = 60.0
 def check_app_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
-    parts = urlsplit(value.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6200: {value!r}")
     try:
+        parts = urlsplit(value.strip())  # raises on a bad IPv6 literal ("http://[::1")
+        hostname = parts.hostname
         parts.port  # noqa: B018  # raises on a bad port
     except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(f"{e}: {shown(value)}") from None
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise click.BadParameter(f"must be an http(s) URL like http://127.0.0.1:6200: "
+                                 f"{shown(value)}")
     return value.strip().rstrip("/")
 
 
@@ -132,9 +135,19 @@ app_options = _options(
     redis_option,
 )  # fmt: skip
 
+def check_host(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An IP address (granian binds only an address): a usage error, as other settings'."""
+    try:
+        ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"must be an IP address such as 127.0.0.1, ::1 or 0.0.0.0, "
+                                 f"got {shown(value)}") from None
+    return value.strip()
+
+
 host_option = click.option(
     "--host", envvar="JOBRUNNER_HTTP_HOST", show_envvar=True, default="127.0.0.1",
-    show_default=True, help="Address the API listens on.",
+    show_default=True, callback=check_host, help="Address the API listens on.",
 )  # fmt: skip
 
 api_tuning = _options(

@@ -141,7 +141,7 @@ def up(ctx: click.Context, /, **params: Any) -> None:
             if dead is None and not signals.requested:
                 dead = sup.watch()
             if dead is not None:
-                say(f"{describe_exit(dead)}; stopping the rest")
+                say(f"{describe_exit(dead)}; stopping the rest", logging.ERROR)
     except StartInterrupted:
         pass  # Ctrl-C or SIGTERM while Redis was starting: a stop as any other
     finally:
@@ -246,6 +246,7 @@ def service(home: str, workers: int) -> None:
     sup = Supervisor(signals)
     embedded: EmbeddedRedis | None = None
     dead: Child | None = None
+    started_at = time.time()  # its record is written again at each worker's restart
 
     def start_children(url: str) -> None:
         """The workers, as soon as the Redis process at `url` runs (as in `up`)."""
@@ -261,7 +262,8 @@ def service(home: str, workers: int) -> None:
         write_state(
             home_dir,
             _this_service("background", settings, sup,
-                          data_dir=str(embedded.data_dir) if embedded else None, logs=logs),
+                          data_dir=str(embedded.data_dir) if embedded else None, logs=logs,
+                          started_at=started_at),
         )
 
     try:
@@ -287,7 +289,7 @@ def service(home: str, workers: int) -> None:
                          log_dir=log_dir)
             record()
         if dead is not None:
-            say(f"{describe_exit(dead)}; stopping the service")
+            say(f"{describe_exit(dead)}; stopping the service", logging.ERROR)
     except StartInterrupted:
         pass  # stopped while Redis was starting
     finally:
@@ -311,9 +313,12 @@ def _for_children(settings: Settings) -> Settings:
 
 
 def _this_service(kind: str, settings: Settings, sup: Supervisor, data_dir: str | None,
-                  logs: dict[str, str] | None = None) -> ServiceState:
-    """The state file's record of the service this process runs (`up` or background)."""
+                  logs: dict[str, str] | None = None,
+                  started_at: float | None = None) -> ServiceState:
+    """The state file's record of the service this process runs (`up` or background);
+    `started_at`: when it started (default: now)."""
     return ServiceState(
+        started_at=time.time() if started_at is None else started_at,
         kind=kind,
         pid=os.getpid(),
         start=process_start_time(os.getpid()),

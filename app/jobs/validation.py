@@ -81,6 +81,11 @@ from app.jobs.restore import RESTORE_FIELD
 from app.jobs.schedule import MAX_SCHEDULE_LENGTH, ScheduleError, plan
 
 MAX_NAME_LENGTH = 253
+
+
+def too_long_prefix(name: str = "prefix") -> str:
+    """A name prefix's bound, said (the API's query, the CLI's option)."""
+    return f"{name} is longer than a job name can be ({MAX_NAME_LENGTH})"
 # deliveryTimeout's bound when the caller gives none (Settings.max_job_delivery_timeout_s).
 DEFAULT_MAX_DELIVERY_TIMEOUT_MS = 25_000
 _UINT32_DIGITS = len(str(UINT32_MAX))

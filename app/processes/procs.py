@@ -122,6 +122,20 @@ def popen_kwargs(*, die_with_parent: bool) -> dict[str, Any]:
     return kwargs
 
 
+def write_file(path: Path, data: bytes, tmp: Path | None = None) -> None:
+    """`data` into `path` whole or not at all (written to `tmp`, then renamed); an error
+    names the file (a full disk's comes from the write, which named none: "[Errno 28] No
+    space left on device" was all `up` said)."""
+    tmp = tmp if tmp is not None else path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def python_module(module: str, *args: str) -> list[str]:
     """argv that runs `python -m module` in a child, never from the caller's folder.
 

@@ -36,6 +36,7 @@ from app.processes.procs import (
     port_is_free,
     stop_process,
     tail,
+    write_file,
 )
 from app.settings import redact_url
 
@@ -471,8 +472,12 @@ class EmbeddedRedis:
             raise RedisServerError(
                 f"the data dir {self.data_dir} is in use by another jobrunner (pid {holder})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(path)) from None
         self._lock_fd = fd
 
     def _stored_port(self) -> int | None:
@@ -526,9 +531,7 @@ class EmbeddedRedis:
 
     def _write_record(self, content: bytes) -> None:
         path = self.data_dir / SERVER_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, path)
+        write_file(path, content, path.with_suffix(".tmp"))
 
     def start(
         self,
@@ -567,7 +570,7 @@ class EmbeddedRedis:
                         self._restore_record(before)
                     raise
                 if started:
-                    (self.data_dir / PORT_FILE).write_text(f"{self.port}\n")
+                    write_file(self.data_dir / PORT_FILE, f"{self.port}\n".encode())
                     return self.url
             raise RedisServerError(f"redis-server did not start; see {self.log_file}")
         except BaseException:

@@ -26,6 +26,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -45,6 +46,7 @@ from app.processes.procs import (
     python_module,
     tail,
     wait_until,
+    write_file,
 )
 from app.settings import MAX_PARTITIONS, Settings, redact_url
 
@@ -275,9 +277,8 @@ def _state_text(path: Path) -> str:
 
 def write_state(home: Path, state: ServiceState) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    tmp = home / f".{STATE_FILE}.{os.getpid()}"
-    tmp.write_text(state.to_json())
-    os.replace(tmp, home / STATE_FILE)  # readers see the old file or the new one, never half
+    # Readers see the old file or the new one, never half.
+    write_file(home / STATE_FILE, state.to_json().encode())
 
 
 def remove_state(home: Path, pid: int) -> None:
@@ -405,6 +406,9 @@ def _start_background(
     else:
         problem = f"exited with code {proc.returncode}"
     detail = tail(log_path, 15, since=since)
+    if not detail.strip():  # it could not write even that: a full disk, most often
+        free = shutil.disk_usage(log_path.parent).free
+        detail = f"(its log is empty; {free:,} bytes free on the disk of {log_path.parent})"
     raise ServiceError(f"the jobrunner service {problem} (log: {log_path}):\n{detail}".rstrip())
 
 
