@@ -69,6 +69,7 @@ def test_burst(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "== targets" in table
 
 
+@pytest.mark.slow  # a variant of test_burst: the default suite's time goes to what it adds
 def test_burst_rounds_show_each_rows_median_round(tmp_path: Path) -> None:
     result = bench(tmp_path, "burst", "--jobs", "100", "--rounds", "3", "--no-baselines",
                    "--protocol", "http")
@@ -136,6 +137,7 @@ def test_targets_summary() -> None:
     assert "a: x (#12)" in text and "1 met, 0 missed, 1 n/a" in text
 
 
+@pytest.mark.slow  # three bursts: as test_burst_rounds_show_each_rows_median_round
 def test_workers(tmp_path: Path) -> None:
     # The baselines take the same path as in test_burst: jobrunner alone here, for time.
     result = bench(tmp_path, "workers", "--jobs", "100", "--no-baselines")
