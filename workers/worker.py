@@ -43,6 +43,11 @@ REFRESH_AHEAD_S = 0.003
 RECHECK_AFTER_WAIT_S = 0.5
 # What a delivery leaves of its lease, at least, for settling its outcome (Worker._pool_wait_s).
 LEASE_MARGIN_S = 1.0
+# With fewer slots free than a batch (Slots.refill), a claim still goes out this long after
+# the last: slots held by hanging deliveries (and taken again by their app's next
+# triggers as each times out) kept the free count under a batch, and the worker claimed
+# nothing for the other apps, with a quarter of its slots free, for seconds.
+CLAIM_ANYWAY_S = 0.02
 # Parking the claimed triggers of apps with no live API process, at most (their leases
 # run out otherwise, and the next claim takes them again).
 STAGE_WITHIN_S = 1.0
@@ -129,6 +134,7 @@ class Worker:
         self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
         self._slot_free = Flag()
+        self._claimed_at = 0.0  # when the last claim went out (monotonic)
         self._wake = Flag()
         self._idle = Flag()  # set: the claim loop sleeps, with time to spare
         self._to_settle = Flag()
@@ -162,7 +168,7 @@ class Worker:
                 if not limit:
                     continue
                 self._wake.clear()  # wake-ups from here on mean: look again after this claim
-                claimed_at = time.monotonic()
+                claimed_at = self._claimed_at = time.monotonic()
                 claim = await self._claim(limit, stop)
                 if claim is None:
                     continue  # Redis unavailable: backed off, try again
@@ -207,12 +213,16 @@ class Worker:
 
     async def _room_to_claim(self, stop: asyncio.Event) -> int:
         """How many triggers to claim now; 0 after waiting for deliveries to finish.
-        Claims come in batches, not one per freed slot: each is a round trip."""
+        Claims come in batches, not one per freed slot: each is a round trip (but with
+        any slot free, one goes out CLAIM_ANYWAY_S after the last)."""
         free = self.slots.free
         if free >= self.slots.refill or not self.inflight:
             return min(free, self.settings.claim_batch)
+        wait = self._claimed_at + CLAIM_ANYWAY_S - time.monotonic() if free else 1.0
+        if wait <= 0:
+            return free
         self._slot_free.clear()
-        await self._slot_free.wait(timeout=1.0)
+        await self._slot_free.wait(timeout=wait)
         return 0
 
     async def _quiet(self, timeout: float) -> None:

@@ -48,10 +48,17 @@ local aside = 0
 local stopped_at_blocked = false
 local HELD = "*"
 local budget, rate, size = {}, {}, {}
+-- Apps the caller has no room for: the looks at `heldapps` read this many more, past
+-- them (held first, they filled a window of 64, and an app behind them never got its
+-- held triggers back).
+local full = 0
 for i = 8, #ARGV, 4 do
   budget[ARGV[i]] = tonumber(ARGV[i + 1])
   rate[ARGV[i]] = tonumber(ARGV[i + 2])
   size[ARGV[i]] = tonumber(ARGV[i + 3])
+  if budget[ARGV[i]] <= 0 then
+    full = full + 1
+  end
 end
 -- Dueness goes by the worker's clock (a claim delayed in transit only sees less
 -- as due). The lease goes by Redis's own clock: claims queued while Redis was
@@ -175,18 +182,34 @@ local function hold(id, app, score)
   touched[app] = true
 end
 
--- Up to n of the app's held triggers, oldest first.
+-- Up to n of the app's held triggers, oldest first. Stale entries (dropped as they are
+-- reached) do not count: counted, they left the app's budget unspent, and its newer due
+-- triggers went first. At most max_aside of them a call (the work of one call is bounded;
+-- `more` then says to call again).
 local function take_held(app, n)
-  local members = redis.call("ZRANGEBYLEX", KEYS[4], "[" .. app .. "/", "(" .. app .. "0", "LIMIT", 0, n)
-  for _, m in ipairs(members) do
-    redis.call("ZREM", KEYS[4], m)
-    local id = app .. "/" .. string.sub(m, #app + 18)
-    local state = redis.call("HGET", KEYS[3], id)
-    local record = redis.call("HGET", KEYS[2], id)
-    if state and record then
-      local s, a, c, l, lease = parse(state)
-      if lease == HELD then
-        take(id, app, record, s, tonumber(a), c, l, held_due(app, m))
+  local got, looked = 0, 0
+  while got < n do
+    if looked >= n + max_aside then
+      out[2] = 1
+      break
+    end
+    local members = redis.call("ZRANGEBYLEX", KEYS[4], "[" .. app .. "/", "(" .. app .. "0",
+                               "LIMIT", 0, n - got)
+    if #members == 0 then
+      break
+    end
+    looked = looked + #members
+    for _, m in ipairs(members) do
+      redis.call("ZREM", KEYS[4], m)
+      local id = app .. "/" .. string.sub(m, #app + 18)
+      local state = redis.call("HGET", KEYS[3], id)
+      local record = redis.call("HGET", KEYS[2], id)
+      if state and record then
+        local s, a, c, l, lease = parse(state)
+        if lease == HELD and not taken[id] then
+          take(id, app, record, s, tonumber(a), c, l, held_due(app, m))
+          got = got + 1
+        end
       end
     end
   end
@@ -195,7 +218,7 @@ end
 
 -- 1. Held triggers of the apps waiting longest, each app within its budget and tokens.
 if fair then
-  local ready = redis.call("ZRANGEBYSCORE", KEYS[5], "-inf", now, "LIMIT", 0, 64)
+  local ready = redis.call("ZRANGEBYSCORE", KEYS[5], "-inf", now, "LIMIT", 0, 64 + full)
   for _, app in ipairs(ready) do
     if claimed >= limit then
       out[2] = 1
@@ -290,7 +313,7 @@ if stopped_at_blocked then
 end
 if fair then
   -- Held triggers count for this caller only where it has room for their app.
-  local waiting = redis.call("ZRANGE", KEYS[5], 0, 63, "WITHSCORES")
+  local waiting = redis.call("ZRANGE", KEYS[5], 0, 63 + full, "WITHSCORES")
   for i = 1, #waiting, 2 do
     local app, at = waiting[i], tonumber(waiting[i + 1])
     if budget_of(app) <= 0 then
