@@ -471,6 +471,28 @@ def test_cron_dst(expr: str, after: str, expected: list[str]) -> None:
     assert fires(expr, after, len(expected)) == expected
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        # Samoa skipped 2011-12-30: the day walk stepped onto it and back for ever (as
+        # robfig's does), and the worker that asked stopped delivering for every app.
+        ("TZ=Pacific/Apia 0 0 9 * * MON", "2011-12-29T00:00:00+00:00",
+         ["2012-01-01T19:00:00.000+00:00", "2012-01-08T19:00:00.000+00:00"]),
+        ("TZ=Pacific/Apia 0 0 9 30 * *", "2011-12-01T00:00:00+00:00",
+         ["2012-01-29T19:00:00.000+00:00", "2012-03-29T19:00:00.000+00:00"]),
+        ("TZ=Pacific/Apia 0 0 0 * * *", "2011-12-29T09:00:00+00:00",
+         ["2011-12-29T10:00:00.000+00:00", "2011-12-30T10:00:00.000+00:00",
+          "2011-12-31T10:00:00.000+00:00"]),
+        ("TZ=Pacific/Kiritimati 0 30 1 21-26 * 1-3", "1994-12-30T00:00:00+00:00",
+         ["1995-01-01T11:30:00.000+00:00", "1995-01-02T11:30:00.000+00:00"]),
+    ],
+)
+def test_cron_steps_over_a_day_its_zone_skipped(expr: str, after: str,
+                                               expected: list[str]) -> None:
+    assert fires(expr, after, len(expected)) == expected
+
+
 @pytest.mark.parametrize(
     ("expr", "fragment"),
     [
@@ -758,6 +780,12 @@ NOW = ms("2024-04-24T11:00:00+00:00")
         ("@every 0s", None, None, 1, Plan(NOW, None)),
         ("@every 0s", "5s", "1h", 2, Plan(NOW + 5000, NOW + 3_605_000)),
         ("0 0 0 30 2 *", "1s", None, None, Plan(NOW + 1000, None)),  # fires once, by dueTime
+        # A ttl is an end: rounded down (up, a trigger at 5 s fired past a 4.9995 s ttl)
+        ("@every 1s", "0s", "4.9995s", None, Plan(NOW, NOW + 4999)),
+        ("@every 1s", "0s", "2024-04-24T11:00:04.9995Z", None, Plan(NOW, NOW + 4999)),
+        # Before 1970 is 1970, the expiry too (it ended the job before its first trigger)
+        ("* * * * * *", "1969-12-31T23:59:00Z", "30s", None, Plan(0, 0)),
+        ("* * * * * *", "1969-12-31T23:59:00Z", "2m", None, Plan(0, 60_000)),
     ],
 )  # fmt: skip
 def test_plan(
@@ -784,6 +812,13 @@ def test_plan(
         ("@every 1h", "2024-04-24T11:42:22Z", "2024-04-24T11:42:21Z", None, SCHEDULE_JOB,
          "ttl must be greater than due time"),
         ("@every 1h", "10s", "-1s", None, SCHEDULE_JOB, "ttl must be greater than due time"),
+        # rounded up, these passed: the ttl ends before the dueTime
+        ("@every 1h", "10s", "-1ns", None, SCHEDULE_JOB, "ttl must be greater than due time"),
+        ("@every 1h", "2030-01-01T00:00:00.0009Z", "2030-01-01T00:00:00.0002Z", None,
+         SCHEDULE_JOB, "ttl must be greater than due time"),
+        # Go's strings.Fields: \x1f is no space (str.split() split the fields on it)
+        ("0-0 */60 ,,1\x1f5\xa0\x85*/60 *", None, None, None, SCHEDULE_JOB,
+         "expected exactly 6 fields"),
         ("@daily", None, "1h", None, SCHEDULE_JOB, "job would never fire"),
         ("@every 1h", None, "2024-01-01T00:00:00Z", None, SCHEDULE_JOB,
          "job would never fire"),

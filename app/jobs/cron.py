@@ -36,6 +36,7 @@ Where this differs from Dapr (1.15+, go-etcd-cron), deliberately:
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.jobs.durations import ScheduleError, ceil_ms, days_since_epoch, go_duration_ns
@@ -182,7 +183,9 @@ class CronSchedule(Schedule):
                     added = True
                     t = self._date(d.year, d.month, d.day, 0, 0, 0)
                     d = self._local(t)
-                t = self._date(d.year, d.month, d.day + 1, d.hour, d.minute, d.second)
+                was, t = t, self._date(d.year, d.month, d.day + 1, d.hour, d.minute, d.second)
+                if t <= was:  # a day the zone skipped (Samoa's 2011-12-30): Go loops for ever
+                    t = was + 86400
                 d = self._local(t)
                 if d.hour:  # midnight skipped or repeated by DST: back onto a day boundary
                     t += (24 - d.hour) * 3600 if d.hour > 12 else -d.hour * 3600
@@ -308,6 +311,19 @@ def _load_zone(name: str) -> _dt.tzinfo:
         raise ValueError(f"provided bad location {name}: unknown time zone {name}") from None
 
 
+# Go's unicode.IsSpace: Python's whitespace less \x1c-\x1f (str.split() split fields on
+# them, and took schedules Dapr refuses).
+_GO_SPACE = re.compile(r"[^\S\x1c-\x1f]+")
+_GO_TRIMMED = re.compile(r"[^\S\x1c-\x1f]*(.*?)[^\S\x1c-\x1f]*", re.S)
+
+
+def _go_trim(text: str) -> str:
+    """strings.TrimSpace."""
+    found = _GO_TRIMMED.fullmatch(text)
+    assert found is not None  # (.*?) takes anything
+    return found.group(1)
+
+
 def parse_cron(expr: str) -> Schedule:
     """robfig Parser.Parse with Second|Minute|Hour|Dom|Month|Dow|Descriptor.
 
@@ -321,7 +337,7 @@ def parse_cron(expr: str) -> Schedule:
         if space < 0:
             raise ValueError("a time zone prefix must be followed by a space and a schedule")
         tz = _load_zone(spec[spec.index("=") + 1 : space])
-        spec = spec[space:].strip()
+        spec = _go_trim(spec[space:])
         if spec.startswith("@every "):
             raise ValueError(f"timezone is not supported for @every schedules: {cut(expr)}")
     if spec.startswith("@"):
@@ -339,7 +355,7 @@ def parse_cron(expr: str) -> Schedule:
                 " @weekly, @daily, @midnight, @hourly or @every <duration>)"
             )
         return CronSchedule(expr, _DESCRIPTORS[spec], tz)
-    fields = spec.split()
+    fields = [field for field in _GO_SPACE.split(spec) if field]  # strings.Fields
     if len(fields) != 6:
         raise ValueError(
             f"expected exactly 6 fields (second minute hour day-of-month month day-of-week),"

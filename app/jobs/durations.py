@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Callable
 
 from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_JOB, JobrunnerError, shown
 
@@ -77,6 +78,11 @@ def ceil_ms(ns: int) -> int:
     """Nanoseconds as whole milliseconds, rounded up: what is kept in milliseconds never
     comes sooner than given (a due time, an interval)."""
     return _ceil_div(ns, NS_PER_MS)
+
+
+def floor_ms(ns: int) -> int:
+    """Nanoseconds as whole milliseconds, rounded down: an end never comes later than given."""
+    return ns // NS_PER_MS
 
 
 def go_duration_ns(text: str) -> int:
@@ -233,29 +239,30 @@ def _add_calendar_ms(base_ms: int, years: int, months: int, days: int) -> int:
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
-def parse_point_in_time(text: str, base_ms: int) -> int:
-    """A dueTime/ttl value as absolute epoch milliseconds, checked to be before year 10000."""
-    ms = _parse_point_in_time(text, base_ms)
+def parse_point_in_time(text: str, base_ms: int, end: bool = False) -> int:
+    """A dueTime/ttl value as absolute epoch milliseconds, checked to be before year 10000.
+    `end`: an end bound (a ttl), rounded down, not up: rounded up, a trigger just past
+    the ttl (4.9995 s, a trigger at 5 s) fired, and a ttl just before the dueTime passed."""
+    ms = _parse_point_in_time(text, base_ms, floor_ms if end else ceil_ms)
     if ms > MAX_MS:
         raise ScheduleError(f"{shown(text)} is after the year 9999", SCHEDULE_JOB)
     return ms
 
 
-def _parse_point_in_time(text: str, base_ms: int) -> int:
+def _parse_point_in_time(text: str, base_ms: int, to_ms: Callable[[int], int]) -> int:
     """A dueTime/ttl value as absolute epoch MILLISECONDS.
 
     Accepts an RFC 3339 timestamp, or a Go or ISO 8601 duration counted from
-    `base_ms`. The exact instant (nanoseconds) is rounded UP to the next whole
-    millisecond, so a due time is never made earlier: base + 1.000001 ms ->
-    base + 2 ms.
+    `base_ms`. The exact instant (nanoseconds) becomes milliseconds by `to_ms`: a due
+    time rounded UP, so that it is never made earlier (base + 1.000001 ms -> base + 2 ms).
     """
     if not isinstance(text, str) or len(text) > MAX_DURATION_LENGTH:
         raise ScheduleError(f"unrecognized time or duration: {_too_long(text)}", SCHEDULE_JOB)
     ts = rfc3339_ns(text)
     if ts is not None:
-        return ceil_ms(ts)
+        return to_ms(ts)
     try:
-        return ceil_ms(base_ms * NS_PER_MS + go_duration_ns(text))
+        return to_ms(base_ms * NS_PER_MS + go_duration_ns(text))
     except ScheduleError:
         pass
     try:
@@ -275,7 +282,7 @@ def _parse_point_in_time(text: str, base_ms: int) -> int:
         raise ScheduleError(
             f"{shown(text)} is out of the supported date range", SCHEDULE_JOB
         ) from None
-    return ceil_ms(start_ms * NS_PER_MS + ns)
+    return to_ms(start_ms * NS_PER_MS + ns)
 
 
 # format_ms's last second and its text (a job's encoding formats its due time, and due

@@ -174,7 +174,8 @@ def plan(
     expires = None
     if ttl is not None:
         try:
-            expires = parse_point_in_time(ttl, first if due_time is not None else now_ms)
+            expires = parse_point_in_time(ttl, first if due_time is not None else now_ms,
+                                          end=True)
         except ScheduleError as e:
             raise ScheduleError(f"invalid ttl: {e}", SCHEDULE_JOB) from None
         if first > expires and not (restoring and due_time is None):
@@ -187,8 +188,9 @@ def plan(
                 f"{what} (first trigger {format_ms(first)}, ttl expiry {format_ms(expires)})",
                 SCHEDULE_JOB,
             )
-    # Before 1970 is just "in the past": due at once. Scores stay non-negative.
-    return Plan(max(first, 0), expires)
+    # Before 1970 is just "in the past": due at once. Scores stay non-negative, and so
+    # does the expiry (left below, it ended the job before its own first trigger).
+    return Plan(max(first, 0), None if expires is None else max(expires, 0))
 
 
 def next_fire_ms(
