@@ -21,7 +21,9 @@ import orjson
 
 # grpc's core writes lines of its own to stderr, in a format of its own (an app's GOAWAY
 # put an INFO line inside the JSON log): none unless GRPC_VERBOSITY asks for them. grpc
-# reads it when first imported: every process imports this module before grpc.
+# reads it when first imported: every process imports this module before grpc. Ours, not
+# the user's, is not passed on to the app `jobrunner run` starts (GRPC_VERBOSITY_OURS).
+GRPC_VERBOSITY_OURS = "GRPC_VERBOSITY" not in os.environ
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 LOG_FORMATS = ("plain", "json")

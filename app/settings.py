@@ -42,8 +42,9 @@ MAX_PORT = 65535
 MAX_PARTITIONS = 16384
 
 
-# A host name as a URL takes it (letters, digits, '-', '.', and '_' as Docker's names have).
-_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?")
+# A host name as a URL takes it (letters, digits, '-', '.', and '_' as Docker's names have;
+# a trailing '.' as a fully qualified name has, which skips the resolver's search domains).
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?\.?")
 
 
 def _app_host(env: Mapping[str, str]) -> str:

@@ -208,6 +208,29 @@ def test_set_aside_triggers_come_back_oldest_first_past_stale_entries(
     assert _names(room.triggers) == ["a5", "a6", "a7", "a8", "a9"]
 
 
+def test_a_claim_drops_a_bounded_number_of_stale_set_aside_entries(
+        claim_settings: Settings, q: QueueDriver) -> None:
+    """The bound on stale entries read was per app: 8 apps' 100 each were all read by one
+    call (64 apps: over 17,000, Redis blocked meanwhile)."""
+    store = Store(claim_settings)
+    apps = [f"s{i}" for i in range(8)]
+    for app in apps:
+        store.register_app(AppRegistration(app, "http://127.0.0.1:9"))
+        store.schedule_many(make_job(f"j{k:03d}", T0 - 1000 + k, app_id=app) for k in range(100))
+    assert q.claim_within(100, Budgets(default=0, apps={}, set_aside=1000), at=T0).triggers == []
+    for app in apps:
+        for k in range(100):
+            store.delete(app, f"j{k:03d}")
+    held = Keys(claim_settings.prefix).partition(0).held
+    assert store.redis.zcard(held) == 800
+
+    claim = q.claim_within(100, Budgets(default=10, apps={}, set_aside=50), at=T0 + 10)
+    assert claim.triggers == [] and claim.more
+    # Its bound (the claim's size and what it may set aside), and one read past it.
+    assert 800 - store.redis.zcard(held) <= 100 + 50 + 10
+    store.close()
+
+
 def test_set_aside_triggers_of_an_app_behind_64_full_apps_come_back(
         claim_settings: Settings, q: QueueDriver) -> None:
     """The claim read the first 64 apps with set-aside triggers: 64 apps this worker has no

@@ -633,13 +633,14 @@ def test_a_host_name_is_refused_only_where_the_api_binds() -> None:
 @pytest.mark.parametrize("host, url", [
     ("::1", "http://[::1]:6200"), ("[::1]", "http://[::1]:6200"),
     ("10.0.0.7", "http://10.0.0.7:6200"), ("app-1.svc_x", "http://app-1.svc_x:6200"),
+    ("jobs.default.svc.cluster.local.", "http://jobs.default.svc.cluster.local.:6200"),
     ("", "http://127.0.0.1:6200")])
 def test_app_host_makes_a_url(host: str, url: str) -> None:
     """`::1` made `http://::1:6200` (a traceback at start)."""
     assert Settings.from_env({"APP_HOST": host}).app_url == url
 
 
-@pytest.mark.parametrize("host", ["x/y?z", "a\x01b", "a b", "a:1", "h\u00e9te", "[x]"])
+@pytest.mark.parametrize("host", ["x/y?z", "a\x01b", "a b", "a:1", "h\u00e9te", "[x]", "a..", "."])
 def test_app_host_that_is_no_host_is_refused_by_name(host: str) -> None:
     """`x/y?z` made APP_PORT part of the URL's query; a control character was taken and
     its app's triggers waited for ever."""

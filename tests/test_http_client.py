@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -905,3 +906,33 @@ def test_a_lookup_that_fails_is_a_connection_failure_and_is_not_kept(
 
     assert asyncio.run(main()) == ["cannot connect to the app: Name or service not known"] * 2
     assert looked_up == ["nowhere.test"] * 2
+
+
+def test_a_lookup_that_hangs_does_not_hold_up_the_process_exit(tmp_path: Path) -> None:
+    """The lookups ran on a ThreadPoolExecutor, whose threads Python joins at exit: a
+    worker whose last delivery went to a name whose DNS hangs exited only when DNS
+    answered (past the stop's bound, where the supervisor kills it)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import asyncio, socket, time\n"
+        "from workers.http_client import HttpClient, Origin\n"
+        "def hang(*args, **kwargs):\n"
+        "    time.sleep(60)\n"
+        "socket.getaddrinfo = hang\n"
+        "async def main():\n"
+        "    client = HttpClient(4)\n"
+        "    try:\n"
+        "        await client.post(Origin('hangs.test', 80, False), '/job/x', b'{}', '', 0.3)\n"
+        "    except TimeoutError:\n"
+        "        print('timed out', flush=True)\n"
+        "    client.close()\n"
+        "asyncio.run(main())\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout == "timed out\n", done.stderr
+    assert time.monotonic() - started < 30  # the lookup's 60 s not waited for

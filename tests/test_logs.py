@@ -152,6 +152,19 @@ def test_a_json_worker_log_holds_no_line_of_grpcs_own(settings: Settings,
         store.close()
 
 
+def test_the_app_run_starts_gets_grpc_verbosity_as_the_user_left_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """jobrunner's own GRPC_VERBOSITY (NONE) was passed on: a gRPC app started by `run`
+    had grpc's logging turned off."""
+    from app.cli import run
+
+    monkeypatch.setenv("GRPC_VERBOSITY", "NONE")
+    monkeypatch.setattr(run, "GRPC_VERBOSITY_OURS", True)
+    assert "GRPC_VERBOSITY" not in run._app_command_env(Settings())
+    monkeypatch.setattr(run, "GRPC_VERBOSITY_OURS", False)  # the user's: kept
+    assert run._app_command_env(Settings())["GRPC_VERBOSITY"] == "NONE"
+
+
 def test_a_log_file_that_cannot_be_written_does_not_stop_the_child_s_output_being_read(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`run` copies its API's output to the API's log file and the console; a full disk

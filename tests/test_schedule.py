@@ -783,6 +783,11 @@ NOW = ms("2024-04-24T11:00:00+00:00")
         # A ttl is an end: rounded down (up, a trigger at 5 s fired past a 4.9995 s ttl)
         ("@every 1s", "0s", "4.9995s", None, Plan(NOW, NOW + 4999)),
         ("@every 1s", "0s", "2024-04-24T11:00:04.9995Z", None, Plan(NOW, NOW + 4999)),
+        # ... but a ttl after the dueTime in its millisecond is the dueTime's: one trigger
+        ("@every 1s", "2030-01-01T00:00:00.0001Z", "2030-01-01T00:00:00.0005Z", None,
+         Plan(ms("2030-01-01T00:00:00+00:00") + 1, ms("2030-01-01T00:00:00+00:00") + 1)),
+        ("@every 1s", "2030-01-01T00:00:00.0001Z", "2030-01-01T00:00:00.0001Z", None,
+         Plan(ms("2030-01-01T00:00:00+00:00") + 1, ms("2030-01-01T00:00:00+00:00") + 1)),
         # Before 1970 is 1970, the expiry too (it ended the job before its first trigger)
         ("* * * * * *", "1969-12-31T23:59:00Z", "30s", None, Plan(0, 0)),
         ("* * * * * *", "1969-12-31T23:59:00Z", "2m", None, Plan(0, 60_000)),

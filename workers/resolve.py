@@ -4,18 +4,20 @@ The event loop's own lookups (create_connection with a host name) run on a small
 pool of threads (asyncio's default executor, or libuv's four under uvloop): a few
 lookups of one app whose name's DNS hangs took every thread, and every other app that
 needed a new connection waited behind them until its deliveries timed out ("no answer").
-Here a host is looked up by one thread at a time, on a pool of this module's own, and the
-answer is kept for RESOLVE_TTL_S; past that the kept answer serves while a lookup runs.
-An IP address is never looked up.
+Here a host is looked up by one thread at a time, at most RESOLVER_THREADS at once, and
+the answer is kept for RESOLVE_TTL_S; past that the kept answer serves while a lookup
+runs. An IP address is never looked up. The threads are daemon threads: a lookup that
+hangs does not hold up the worker's exit (a ThreadPoolExecutor's are joined at exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 # (family, protocol, socket address): where socket.connect goes.
 Address = tuple[int, int, tuple[object, ...]]
@@ -34,7 +36,7 @@ MAX_KNOWN_HOSTS = 4096
 
 class Resolver:
     def __init__(self) -> None:
-        self._threads: ThreadPoolExecutor | None = None  # made at the first lookup
+        self._threads = asyncio.Semaphore(RESOLVER_THREADS)
         self._known: dict[tuple[str, int], tuple[float, list[Address]]] = {}
         self._looking: dict[tuple[str, int], asyncio.Future[list[Address]]] = {}
 
@@ -57,13 +59,19 @@ class Resolver:
     def _look_up(self, key: tuple[str, int]) -> asyncio.Future[list[Address]]:
         running = self._looking.get(key)
         if running is None:
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(RESOLVER_THREADS, "resolve")
             loop = asyncio.get_running_loop()
-            running = loop.run_in_executor(self._threads, _getaddrinfo, *key)
+            running = loop.create_task(self._in_a_thread(loop, key))
             running.add_done_callback(functools.partial(self._looked_up, loop, key))
             self._looking[key] = running
         return running
+
+    async def _in_a_thread(self, loop: asyncio.AbstractEventLoop,
+                           key: tuple[str, int]) -> list[Address]:
+        async with self._threads:
+            answer: asyncio.Future[list[Address]] = loop.create_future()
+            threading.Thread(target=_look_up_for, args=(loop, answer, key), name="resolve",
+                             daemon=True).start()
+            return await answer
 
     def _looked_up(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int],
                    done: asyncio.Future[list[Address]]) -> None:
@@ -75,10 +83,10 @@ class Resolver:
         self._known[key] = (loop.time() + RESOLVE_TTL_S, done.result())
 
     def close(self) -> None:
-        if self._threads is not None:
-            # Not waited for: a lookup that hangs would hold the stop.
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            self._threads = None
+        """Lookups under way are dropped (their threads end when the system's resolver
+        answers; nothing waits for them)."""
+        for running in list(self._looking.values()):
+            running.cancel()
 
 
 def _literal(host: str, port: int) -> Address | None:
@@ -90,6 +98,30 @@ def _literal(host: str, port: int) -> Address | None:
     return family, socket.IPPROTO_TCP, (host, port)
 
 
-def _getaddrinfo(host: str, port: int) -> list[Address]:
-    return [(family, proto, address) for family, _, proto, _, address
+def _look_up_for(loop: asyncio.AbstractEventLoop, answer: asyncio.Future[list[Address]],
+                 key: tuple[str, int]) -> None:
+    """In a thread of its own: the lookup, its answer handed to the loop."""
+    host, port = key
+    try:
+        found: list[Address] = [
+            (family, proto, tuple(address)) for family, _, proto, _, address
             in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        settle = functools.partial(_settle, answer, found, None)
+    except OSError as exc:
+        settle = functools.partial(_settle, answer, None, exc)
+    except Exception as exc:  # a name the IDNA codec refuses (a label over 63 characters)
+        settle = functools.partial(_settle, answer, None,
+                                   OSError(f"cannot look up {host[:100]!r}: {exc}"))
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+        loop.call_soon_threadsafe(settle)
+
+
+def _settle(answer: asyncio.Future[list[Address]], found: list[Address] | None,
+            exc: OSError | None) -> None:
+    if answer.done():  # given up on (the client closed)
+        return
+    if exc is not None:
+        answer.set_exception(exc)
+    else:
+        assert found is not None
+        answer.set_result(found)

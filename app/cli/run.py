@@ -24,6 +24,7 @@ from app.cli.options import (
     wait_api,
     wait_redis,
 )
+from app.logs import GRPC_VERBOSITY_OURS
 from app.processes.procs import free_port
 from app.processes.service_logs import LogReader, api_log_name
 from app.processes.service_state import (
@@ -125,6 +126,8 @@ def _app_command_env(settings: Settings) -> dict[str, str]:
     parts = urlsplit(settings.app_url)
     app_port = parts.port or (443 if parts.scheme == "https" else 80)
     env = dict(os.environ)
+    if GRPC_VERBOSITY_OURS:  # jobrunner's own setting (app/logs.py), not the user's
+        env.pop("GRPC_VERBOSITY", None)
     env.update(
         APP_ID=settings.app_id,
         APP_PORT=str(app_port),

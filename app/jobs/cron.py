@@ -311,17 +311,12 @@ def _load_zone(name: str) -> _dt.tzinfo:
         raise ValueError(f"provided bad location {name}: unknown time zone {name}") from None
 
 
-# Go's unicode.IsSpace: Python's whitespace less \x1c-\x1f (str.split() split fields on
-# them, and took schedules Dapr refuses).
-_GO_SPACE = re.compile(r"[^\S\x1c-\x1f]+")
-_GO_TRIMMED = re.compile(r"[^\S\x1c-\x1f]*(.*?)[^\S\x1c-\x1f]*", re.S)
-
-
-def _go_trim(text: str) -> str:
-    """strings.TrimSpace."""
-    found = _GO_TRIMMED.fullmatch(text)
-    assert found is not None  # (.*?) takes anything
-    return found.group(1)
+# Go's unicode.IsSpace (strings.Fields and TrimSpace split and trim on these): Python's
+# whitespace less \x1c-\x1f (str.split() split fields on them, and took schedules Dapr
+# refuses).
+_GO_SPACES = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
+             "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+_GO_SPACE = re.compile(f"[{_GO_SPACES}]+")
 
 
 def parse_cron(expr: str) -> Schedule:
@@ -337,7 +332,7 @@ def parse_cron(expr: str) -> Schedule:
         if space < 0:
             raise ValueError("a time zone prefix must be followed by a space and a schedule")
         tz = _load_zone(spec[spec.index("=") + 1 : space])
-        spec = _go_trim(spec[space:])
+        spec = spec[space:].strip(_GO_SPACES)
         if spec.startswith("@every "):
             raise ValueError(f"timezone is not supported for @every schedules: {cut(expr)}")
     if spec.startswith("@"):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Callable
 
 from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_JOB, JobrunnerError, shown
 
@@ -239,30 +238,34 @@ def _add_calendar_ms(base_ms: int, years: int, months: int, days: int) -> int:
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
-def parse_point_in_time(text: str, base_ms: int, end: bool = False) -> int:
-    """A dueTime/ttl value as absolute epoch milliseconds, checked to be before year 10000.
-    `end`: an end bound (a ttl), rounded down, not up: rounded up, a trigger just past
-    the ttl (4.9995 s, a trigger at 5 s) fired, and a ttl just before the dueTime passed."""
-    ms = _parse_point_in_time(text, base_ms, floor_ms if end else ceil_ms)
-    if ms > MAX_MS:
+def parse_point_in_time(text: str, base_ms: int) -> int:
+    """A dueTime/ttl value as absolute epoch milliseconds, rounded UP (a due time is never
+    made earlier: base + 1.000001 ms -> base + 2 ms), checked to be before year 10000."""
+    return ceil_ms(point_in_time_ns(text, base_ms))
+
+
+def point_in_time_ns(text: str, base_ms: int) -> int:
+    """A dueTime/ttl value as the exact instant, epoch nanoseconds (a ttl is compared with
+    its dueTime so, and rounded down: see app.jobs.schedule.plan), checked to be before
+    year 10000."""
+    ns = _parse_point_in_time(text, base_ms)
+    if ceil_ms(ns) > MAX_MS:
         raise ScheduleError(f"{shown(text)} is after the year 9999", SCHEDULE_JOB)
-    return ms
+    return ns
 
 
-def _parse_point_in_time(text: str, base_ms: int, to_ms: Callable[[int], int]) -> int:
-    """A dueTime/ttl value as absolute epoch MILLISECONDS.
+def _parse_point_in_time(text: str, base_ms: int) -> int:
+    """A dueTime/ttl value as absolute epoch NANOSECONDS.
 
-    Accepts an RFC 3339 timestamp, or a Go or ISO 8601 duration counted from
-    `base_ms`. The exact instant (nanoseconds) becomes milliseconds by `to_ms`: a due
-    time rounded UP, so that it is never made earlier (base + 1.000001 ms -> base + 2 ms).
+    Accepts an RFC 3339 timestamp, or a Go or ISO 8601 duration counted from `base_ms`.
     """
     if not isinstance(text, str) or len(text) > MAX_DURATION_LENGTH:
         raise ScheduleError(f"unrecognized time or duration: {_too_long(text)}", SCHEDULE_JOB)
     ts = rfc3339_ns(text)
     if ts is not None:
-        return to_ms(ts)
+        return ts
     try:
-        return to_ms(base_ms * NS_PER_MS + go_duration_ns(text))
+        return base_ms * NS_PER_MS + go_duration_ns(text)
     except ScheduleError:
         pass
     try:
@@ -282,7 +285,7 @@ def _parse_point_in_time(text: str, base_ms: int, to_ms: Callable[[int], int]) -
         raise ScheduleError(
             f"{shown(text)} is out of the supported date range", SCHEDULE_JOB
         ) from None
-    return to_ms(start_ms * NS_PER_MS + ns)
+    return start_ms * NS_PER_MS + ns
 
 
 # format_ms's last second and its text (a job's encoding formats its due time, and due

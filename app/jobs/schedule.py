@@ -37,12 +37,16 @@ from dataclasses import dataclass
 
 from app.jobs.cron import CronSchedule, EverySchedule, Schedule, parse_cron
 from app.jobs.durations import (
+    NS_PER_MS,
     ScheduleError,
+    ceil_ms,
+    floor_ms,
     format_ms,
     go_duration_ns,
     parse_go_duration,
     parse_iso8601_duration,
     parse_point_in_time,
+    point_in_time_ns,
 )
 from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB, shown
 from app.jobs.model import CatchUp
@@ -158,9 +162,10 @@ def plan(
         )
     if due_time is not None:
         try:
-            first = parse_point_in_time(due_time, now_ms)
+            due_ns = point_in_time_ns(due_time, now_ms)
         except ScheduleError as e:
             raise ScheduleError(f"invalid dueTime: {e}", SCHEDULE_JOB) from None
+        first = ceil_ms(due_ns)  # never earlier than given
     else:
         assert parsed is not None
         found = parsed.next_after(now_ms)
@@ -171,14 +176,20 @@ def plan(
                 SCHEDULE_JOB,
             )
         first = found
+        due_ns = first * NS_PER_MS
     expires = None
     if ttl is not None:
         try:
-            expires = parse_point_in_time(ttl, first if due_time is not None else now_ms,
-                                          end=True)
+            end_ns = point_in_time_ns(ttl, first if due_time is not None else now_ms)
         except ScheduleError as e:
             raise ScheduleError(f"invalid ttl: {e}", SCHEDULE_JOB) from None
-        if first > expires and not (restoring and due_time is None):
+        # An end: rounded down (up, a trigger just past it fired: a 4.9995 s ttl, a
+        # trigger at 5 s), and compared with the dueTime as given (a ttl just before it
+        # passed; one in the same millisecond after it is the dueTime's: one trigger).
+        expires = floor_ms(end_ns)
+        if due_ns <= end_ns:
+            expires = max(expires, first)
+        elif not (restoring and due_time is None):
             what = (
                 "ttl must be greater than due time"
                 if due_time is not None

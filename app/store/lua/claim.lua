@@ -184,12 +184,13 @@ end
 
 -- Up to n of the app's held triggers, oldest first. Stale entries (dropped as they are
 -- reached) do not count: counted, they left the app's budget unspent, and its newer due
--- triggers went first. At most max_aside of them a call (the work of one call is bounded;
--- `more` then says to call again).
+-- triggers went first. At most limit + max_aside of them a call, over all apps (the work
+-- of one call is bounded; `more` then says to call again).
+local stale = 0
 local function take_held(app, n)
-  local got, looked = 0, 0
+  local got = 0
   while got < n do
-    if looked >= n + max_aside then
+    if stale >= limit + max_aside then
       out[2] = 1
       break
     end
@@ -198,18 +199,20 @@ local function take_held(app, n)
     if #members == 0 then
       break
     end
-    looked = looked + #members
     for _, m in ipairs(members) do
       redis.call("ZREM", KEYS[4], m)
       local id = app .. "/" .. string.sub(m, #app + 18)
       local state = redis.call("HGET", KEYS[3], id)
       local record = redis.call("HGET", KEYS[2], id)
+      local s, a, c, l, lease
       if state and record then
-        local s, a, c, l, lease = parse(state)
-        if lease == HELD and not taken[id] then
-          take(id, app, record, s, tonumber(a), c, l, held_due(app, m))
-          got = got + 1
-        end
+        s, a, c, l, lease = parse(state)
+      end
+      if lease == HELD and not taken[id] then
+        take(id, app, record, s, tonumber(a), c, l, held_due(app, m))
+        got = got + 1
+      else
+        stale = stale + 1
       end
     end
   end
