@@ -698,6 +698,38 @@ def test_metadata_that_is_not_utf8_leaves_no_log_line(
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
+def test_get_job_of_http_data_too_big_for_a_grpc_answer_is_refused_saying_so(
+        api: Api) -> None:
+    """1 MiB of numbers stored over HTTP is over 5 MiB as a protobuf Value: the SDK's call
+    failed on its side ("Received message larger than max"), after the server's work."""
+    ones = [1] * (api.settings.max_data_bytes // 2 - 8)
+    assert api.http.post("/v1.0/jobs/big", json={"dueTime": "1h", "data": ones}
+                         ).status_code == 204
+    code, message, _ = failure(lambda: api.call("GetJob", jobs_pb2.GetJobRequest(name="big")))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, message
+    assert "GET it over HTTP" in message and len(message) < 400, message
+    # A job that fits is answered as ever.
+    assert api.http.post("/v1.0/jobs/small", json={"dueTime": "1h", "data": ones[:1000]}
+                         ).status_code == 204
+    assert api.call("GetJob", jobs_pb2.GetJobRequest(name="small")).job.name == "small"
+
+
+def test_a_call_reset_before_its_answer_leaves_no_log_line(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that resets its call before reading the answer: grpc logs an ERROR with a
+    traceback for the answer it cannot send (20 resets, 20 tracebacks; a raw HTTP/2
+    client's, which grpc's Python client does not make), as grpc's own code logs it."""
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    with caplog.at_level(logging.WARNING):
+        try:
+            raise RuntimeError('Failed "execute_batch"')
+        except RuntimeError:
+            grpc_log.exception("ExecuteBatchError raised in core by servicer method [%s]",
+                               "/dapr.proto.runtime.v1.Dapr/GetJob")
+        grpc_log.error("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
 @pytest.mark.parametrize("compat", [{"dapr_compat": True}, {"delivery_format": "raw"}],
                          ids=["dapr-compat", "raw"])
 def test_a_value_with_no_json_form_is_refused_where_the_body_is_its_json(

@@ -315,6 +315,30 @@ def test_idle_grpc_connections_are_bounded_and_closed(redis_server: RedisProcess
     assert "Traceback" not in api.log.read_text()
 
 
+def test_one_grpc_connection_holds_at_most_100_calls(redis_server: RedisProcess,
+                                                     tmp_path: Path) -> None:
+    """grpc's own default is no bound on a connection's streams: one connection whose
+    client never read its answers held all of a process's 1,024 calls, and every other
+    client's call was refused while it stayed open. The server says its bound in its
+    HTTP/2 SETTINGS (SETTINGS_MAX_CONCURRENT_STREAMS, id 3); a client keeps to it, and
+    grpc refuses a stream past it."""
+    grpc_port = free_port()
+    with (_running_api(redis_server, tmp_path, DAPR_GRPC_PORT=str(grpc_port)),
+          socket.create_connection(("127.0.0.1", grpc_port), timeout=10) as sock):
+        sock.sendall(H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            head += sock.recv(9 - len(head))
+        length, kind = int.from_bytes(head[:3], "big"), head[3]
+        assert kind == 4, head  # the server's first frame: its SETTINGS
+        body = b""
+        while len(body) < length:
+            body += sock.recv(length - len(body))
+    settings = {int.from_bytes(body[i:i + 2], "big"): int.from_bytes(body[i + 2:i + 6], "big")
+                for i in range(0, length, 6)}
+    assert settings.get(3) == 100, settings
+
+
 def _closed_by_server(sock: socket.socket) -> bool:
     """Whether the server has closed `sock` (end of stream or a reset; what it sent
     before, its SETTINGS or a GOAWAY, is read and dropped)."""

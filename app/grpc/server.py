@@ -35,21 +35,28 @@ _ENVELOPE_BYTES = 64 * 1024
 # RPCs one process holds at once (running or queued for a thread); more are refused
 # with RESOURCE_EXHAUSTED by grpc rather than queued without bound.
 MAX_CONCURRENT_RPCS = 1024
+# Calls one connection holds at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS; a client's
+# further calls wait for a stream): grpc's own default is no bound, and one connection
+# whose client never read its answers held all of the process's 1,024.
+MAX_STREAMS_PER_CONNECTION = 100
 # How long building the server (and binding its port) or starting it may take.
 _SETUP_S = 30.0
 
 T = TypeVar("T")
 
 
-class _UndecodableMetadata(logging.Filter):
-    """grpc reads a metadata value that is not UTF-8 as Latin-1 and goes on with the
-    call, after an ERROR with a traceback: a line any client could send by the thousand."""
+class _ClientFaults(logging.Filter):
+    """grpc logs an ERROR with a traceback for what a client does: a metadata value that
+    is not UTF-8 (read as Latin-1, and the call goes on), and a call the client reset
+    before its answer could be sent (the answer goes nowhere: "ExecuteBatchError raised
+    in core"). Lines any client could send by the thousand."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "Invalid encoding on %s"
+        return not (record.msg == "Invalid encoding on %s"
+                    or str(record.msg).startswith("ExecuteBatchError raised in core"))
 
 
-logging.getLogger("grpc._cython.cygrpc").addFilter(_UndecodableMetadata())
+logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientFaults())
 
 
 def max_message_bytes(settings: Settings) -> int:
@@ -110,6 +117,7 @@ class Server:
                 ("grpc.max_allowed_incoming_connections", settings.http_max_connections),
                 ("grpc.max_connection_idle_ms", _ms(settings.grpc_idle_timeout_s)),
                 ("grpc.server_handshake_timeout_ms", _ms(settings.http_header_timeout_s)),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
             ],
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )

@@ -168,7 +168,17 @@ class JobsServicer(dapr_pb2_grpc.DaprServicer):
         view = self.store.get(self.app_id, name)
         if view is None:
             raise errors.job_not_found(name)
-        return jobs_pb2.GetJobResponse(job=job_message(view.job))
+        job = job_message(view.job)
+        if job.ByteSize() > MAX_LISTED_BYTES:
+            # JSON data stored over HTTP, as a protobuf Value: a number is 11 bytes there,
+            # 1 MiB of them over 5 MiB, past what a client takes by default (the SDK's call
+            # failed on its side, "Received message larger than max", after the work).
+            raise ApiError(
+                413, "DAPR_SCHEDULER_GET_JOB",
+                f"job {name!r} as a gRPC Job message is {job.ByteSize():,} bytes (its data as "
+                f"a google.protobuf.Value), more than a gRPC client takes by default "
+                f"({MAX_LISTED_BYTES:,}); GET it over HTTP (GET /v1.0/jobs/{{name}})")
+        return jobs_pb2.GetJobResponse(job=job)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest,
                      context: Context) -> jobs_pb2.GetJobResponse:
