@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import quote
 
 import grpc
-import orjson
 
 from app.jobs.anydata import delivery_body, job_data_as_any
 from app.jobs.model import Trigger
@@ -149,23 +148,6 @@ def retry_after_ms(value: str, now_s: float, max_ms: int) -> int | None:
 
 
 # --- gRPC: AppCallback.OnJobEvent (workers/grpc_client.py) ------------------------------
-
-# JSON data becomes a protobuf Value in Python, about 2 us an element (a second for 1 MiB
-# of small numbers): past this many bytes of JSON, the call is built off the event loop,
-# which every app's deliveries share (Worker._deliver).
-GRPC_BUILD_ON_LOOP_BYTES = 4096
-
-
-def heavy_for_grpc(trigger: Trigger) -> bool:
-    """Whether the trigger's JSON data is too big to turn into a Value on the loop."""
-    data = trigger.job.data
-    if trigger.job.any_type is not None or not isinstance(data, (list, dict)):
-        return False
-    try:
-        return len(orjson.dumps(data)) > GRPC_BUILD_ON_LOOP_BYTES
-    except orjson.JSONEncodeError:  # an integer past 64 bits: no cheap measure, so heavy
-        return True
-
 
 
 def build_grpc_call(trigger: Trigger, app: AppRegistration, settings: Settings,

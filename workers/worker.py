@@ -395,12 +395,8 @@ class Worker:
             if app is None:
                 outcome = delivery.Outcome(False, None, "no address registered for this app id")
             elif app.protocol == "grpc":
-                build = functools.partial(delivery.build_grpc_call, trigger, app,
-                                          self.settings, started)
-                # Big JSON data off the loop: turned into a Value, 1 MiB of it held every
-                # app's deliveries on this worker for a second.
-                origin, request, metadata = (await asyncio.to_thread(build)
-                                             if delivery.heavy_for_grpc(trigger) else build())
+                origin, request, metadata = delivery.build_grpc_call(
+                    trigger, app, self.settings, started)
                 outcome = await delivery.send_grpc(self._grpc, origin, request, metadata,
                                                    timeout_s)
             else:
