@@ -544,6 +544,19 @@ def test_restore_refuses_what_does_not_fit_the_job(api: Api, prefix: str, body: 
     assert api.get(f"{prefix}r")[0] == 404
 
 
+def test_restore_takes_back_the_expiry_of_a_ttl_with_sub_millisecond_digits(
+        api: Api, prefix: str) -> None:
+    """The ttl is kept rounded down; the import compared the export's expiryTime with it
+    rounded up, and refused the job's own export ("is not the job's ttl")."""
+    ttl = "2031-06-01T00:00:00.0005Z"
+    assert api.post(f"{prefix}sub", {"schedule": "@hourly", "ttl": ttl})[0] == 204
+    status, exported = api.get(f"{prefix}sub")
+    assert status == 200 and exported["expiryTime"] == "2031-06-01T00:00:00.000Z", exported
+    body = {k: exported[k] for k in ("schedule", "ttl", "nextTriggerTime", "expiryTime")}
+    status, answer = api.post(f"{prefix}sub-again", body)
+    assert status == 204, answer
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("nextTriggerTime", "1h"), ("nextTriggerTime", 5), ("lastTriggerTime", "yesterday"),

@@ -936,3 +936,38 @@ def test_a_lookup_that_hangs_does_not_hold_up_the_process_exit(tmp_path: Path) -
                           timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0 and done.stdout == "timed out\n", done.stderr
     assert time.monotonic() - started < 30  # the lookup's 60 s not waited for
+
+
+def test_closing_the_client_fails_a_lookup_under_way_as_a_connection_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() cancelled the shared lookup, and the callers waiting on it got a
+    CancelledError of no cancel of theirs (a caller treats OSError as a failed connect)."""
+    import socket
+    import threading
+
+    from workers.resolve import Resolver
+
+    release = threading.Event()
+
+    def hang(*_args: Any, **_kwargs: Any) -> Any:
+        release.wait(TIMEOUT_S)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+
+    async def main() -> BaseException | None:
+        resolver = Resolver()
+        waiting = asyncio.ensure_future(resolver.addresses("hangs.test", 80))
+        await asyncio.sleep(0.1)  # its thread under way
+        resolver.close()
+        try:
+            await asyncio.wait_for(waiting, 10)
+        except BaseException as exc:  # what it raises is the point
+            return exc
+        return None
+
+    try:
+        outcome = asyncio.run(main())
+    finally:
+        release.set()
+    assert isinstance(outcome, OSError) and "closed" in str(outcome), repr(outcome)

@@ -788,6 +788,9 @@ NOW = ms("2024-04-24T11:00:00+00:00")
          Plan(ms("2030-01-01T00:00:00+00:00") + 1, ms("2030-01-01T00:00:00+00:00") + 1)),
         ("@every 1s", "2030-01-01T00:00:00.0001Z", "2030-01-01T00:00:00.0001Z", None,
          Plan(ms("2030-01-01T00:00:00+00:00") + 1, ms("2030-01-01T00:00:00+00:00") + 1)),
+        # a ttl in the last millisecond of year 9999 is kept (rounded down, it is in it)
+        ("@every 1s", "1s", "9999-12-31T23:59:59.9995Z", None,
+         Plan(NOW + 1000, 253_402_300_799_999)),
         # Before 1970 is 1970, the expiry too (it ended the job before its first trigger)
         ("* * * * * *", "1969-12-31T23:59:00Z", "30s", None, Plan(0, 0)),
         ("* * * * * *", "1969-12-31T23:59:00Z", "2m", None, Plan(0, 60_000)),
@@ -819,6 +822,9 @@ def test_plan(
         ("@every 1h", "10s", "-1s", None, SCHEDULE_JOB, "ttl must be greater than due time"),
         # rounded up, these passed: the ttl ends before the dueTime
         ("@every 1h", "10s", "-1ns", None, SCHEDULE_JOB, "ttl must be greater than due time"),
+        # a duration counts from the dueTime's millisecond: negative is before it
+        ("@every 1h", "2030-01-01T00:00:00.0001Z", "-900us", None, SCHEDULE_JOB,
+         "ttl must be greater than due time"),
         ("@every 1h", "2030-01-01T00:00:00.0009Z", "2030-01-01T00:00:00.0002Z", None,
          SCHEDULE_JOB, "ttl must be greater than due time"),
         # Go's strings.Fields: \x1f is no space (str.split() split the fields on it)

@@ -39,6 +39,7 @@ class Resolver:
         self._threads = asyncio.Semaphore(RESOLVER_THREADS)
         self._known: dict[tuple[str, int], tuple[float, list[Address]]] = {}
         self._looking: dict[tuple[str, int], asyncio.Future[list[Address]]] = {}
+        self._answers: dict[tuple[str, int], asyncio.Future[list[Address]]] = {}  # a thread's
 
     async def addresses(self, host: str, port: int) -> list[Address]:
         """Where `host`:`port` is, in the order the system's resolver gives. Raises
@@ -69,9 +70,16 @@ class Resolver:
                            key: tuple[str, int]) -> list[Address]:
         async with self._threads:
             answer: asyncio.Future[list[Address]] = loop.create_future()
-            threading.Thread(target=_look_up_for, args=(loop, answer, key), name="resolve",
-                             daemon=True).start()
-            return await answer
+            self._answers[key] = answer
+            try:
+                threading.Thread(target=_look_up_for, args=(loop, answer, key),
+                                 name="resolve", daemon=True).start()
+            except RuntimeError as exc:  # "can't start new thread": a connection failure
+                raise OSError(f"cannot look up {key[0][:100]!r}: {exc}") from None
+            try:
+                return await answer
+            finally:
+                self._answers.pop(key, None)
 
     def _looked_up(self, loop: asyncio.AbstractEventLoop, key: tuple[str, int],
                    done: asyncio.Future[list[Address]]) -> None:
@@ -83,10 +91,12 @@ class Resolver:
         self._known[key] = (loop.time() + RESOLVE_TTL_S, done.result())
 
     def close(self) -> None:
-        """Lookups under way are dropped (their threads end when the system's resolver
-        answers; nothing waits for them)."""
-        for running in list(self._looking.values()):
-            running.cancel()
+        """Lookups under way are given up: their callers get an OSError (a connection
+        failure, not a cancellation of theirs); their threads end when the system's
+        resolver answers, and nothing waits for them."""
+        for answer in list(self._answers.values()):
+            if not answer.done():
+                answer.set_exception(OSError("the client was closed"))
 
 
 def _literal(host: str, port: int) -> Address | None:

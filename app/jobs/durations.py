@@ -244,12 +244,12 @@ def parse_point_in_time(text: str, base_ms: int) -> int:
     return ceil_ms(point_in_time_ns(text, base_ms))
 
 
-def point_in_time_ns(text: str, base_ms: int) -> int:
+def point_in_time_ns(text: str, base_ms: int, end: bool = False) -> int:
     """A dueTime/ttl value as the exact instant, epoch nanoseconds (a ttl is compared with
-    its dueTime so, and rounded down: see app.jobs.schedule.plan), checked to be before
-    year 10000."""
+    its dueTime so: see app.jobs.schedule.plan), checked to be before year 10000 as it
+    is kept: rounded up, or down for an `end` (a ttl)."""
     ns = _parse_point_in_time(text, base_ms)
-    if ceil_ms(ns) > MAX_MS:
+    if (floor_ms if end else ceil_ms)(ns) > MAX_MS:
         raise ScheduleError(f"{shown(text)} is after the year 9999", SCHEDULE_JOB)
     return ns
 

@@ -44,7 +44,7 @@ from typing import Any
 import orjson
 
 from app.jobs import errors
-from app.jobs.durations import MAX_MS, ceil_ms, format_ms, rfc3339_ns
+from app.jobs.durations import MAX_MS, ceil_ms, floor_ms, format_ms, rfc3339_ns
 from app.jobs.errors import ApiError, malformed, shown
 from app.jobs.model import UINT32_MAX, Job, RunState
 from app.jobs.schedule import CronSchedule, next_fire_ms, parse_schedule
@@ -127,7 +127,9 @@ def _expiry(job: Job, given: int | None) -> int | None:
     if job.ttl is None:
         raise _inconsistent("expiryTime needs a ttl: a job without one does not expire")
     ttl_ns = rfc3339_ns(job.ttl)
-    if ttl_ns is not None and ceil_ms(ttl_ns) != given:
+    # Rounded down as app.jobs.schedule.plan keeps it (up in an export of an older
+    # version, and up to the dueTime's millisecond when it falls in it).
+    if ttl_ns is not None and given not in (floor_ms(ttl_ns), ceil_ms(ttl_ns)):
         raise _inconsistent(f"expiryTime {format_ms(given)} is not the job's ttl "
                             f"{shown(job.ttl, 100)}")
     return given

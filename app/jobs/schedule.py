@@ -47,6 +47,7 @@ from app.jobs.durations import (
     parse_iso8601_duration,
     parse_point_in_time,
     point_in_time_ns,
+    rfc3339_ns,
 )
 from app.jobs.errors import MALFORMED_REQUEST, SCHEDULE_EMPTY, SCHEDULE_JOB, shown
 from app.jobs.model import CatchUp
@@ -180,14 +181,17 @@ def plan(
     expires = None
     if ttl is not None:
         try:
-            end_ns = point_in_time_ns(ttl, first if due_time is not None else now_ms)
+            end_ns = point_in_time_ns(ttl, first if due_time is not None else now_ms,
+                                      end=True)
         except ScheduleError as e:
             raise ScheduleError(f"invalid ttl: {e}", SCHEDULE_JOB) from None
         # An end: rounded down (up, a trigger just past it fired: a 4.9995 s ttl, a
-        # trigger at 5 s), and compared with the dueTime as given (a ttl just before it
-        # passed; one in the same millisecond after it is the dueTime's: one trigger).
+        # trigger at 5 s). A time is compared with the dueTime as given (a ttl just before
+        # it passed; one in the same millisecond after it is the dueTime's: one trigger),
+        # a duration with what it counts from (a negative one is before the dueTime).
+        start_ns = due_ns if rfc3339_ns(ttl) is not None else first * NS_PER_MS
         expires = floor_ms(end_ns)
-        if due_ns <= end_ns:
+        if start_ns <= end_ns:
             expires = max(expires, first)
         elif not (restoring and due_time is None):
             what = (
