@@ -432,10 +432,20 @@ def _settings(settings: Settings) -> Settings:
                           lease_s=30.0, idle_poll_s=1.0)
 
 
+@pytest.mark.parametrize(("slots", "cap", "a_jobs"), [
+    (256, 64, 500),
+    # The README's advice followed (more slots than the caps of the apps that may hang):
+    # the worker claimed only with a quarter of its slots free (4), and as each of A's
+    # hanging deliveries timed out its next trigger took the slot: 3 stayed free, and B's
+    # triggers were not claimed until A's backlog was gone (29 s).
+    (16, 13, 80),
+], ids=["default-slots", "fewer-free-than-a-batch"])
 def test_a_hanging_receiver_does_not_delay_another_app(settings: Settings, procs: Procs,
-                                                       fleet: WorkerFleet,
-                                                       tmp_path: Path) -> None:
-    settings = _settings(settings)
+                                                       fleet: WorkerFleet, tmp_path: Path,
+                                                       slots: int, cap: int,
+                                                       a_jobs: int) -> None:
+    settings = _settings(settings).with_(concurrency=slots, app_concurrency=cap,
+                                         connections_per_app=cap)
     a = _receiver(procs, tmp_path / "a", mode="slow")  # accepts, reads, answers never
     a.set_mode("slow", delay=3600)
     b = _receiver(procs, tmp_path / "b")
@@ -444,7 +454,7 @@ def test_a_hanging_receiver_does_not_delay_another_app(settings: Settings, procs
 
     alone = _b_lateness(store, b, "alone")
 
-    store.schedule_many(make_job(f"a-{i}", now_ms(), app_id=A) for i in range(500))
+    store.schedule_many(make_job(f"a-{i}", now_ms(), app_id=A) for i in range(a_jobs))
     # A's slots in the worker are all taken by deliveries that hang.
     wait_for(lambda: a.count() >= settings.app_concurrency, 10, interval=0.05,
              what="app A's receiver to hold the worker's deliveries")
@@ -456,33 +466,6 @@ def test_a_hanging_receiver_does_not_delay_another_app(settings: Settings, procs
         f"B's median lateness {p50_beside:.1f} ms beside A's hanging receiver, "
         f"{p50_alone:.1f} ms alone; max {max(beside):.1f} / {max(alone):.1f} ms")
     # Not one of B's triggers waited for one of A's to time out.
-    assert max(beside) < TIMEOUT_S * 1000
-
-
-def test_a_hanging_app_that_leaves_fewer_slots_than_a_batch_does_not_delay_another(
-        settings: Settings, procs: Procs, fleet: WorkerFleet, tmp_path: Path) -> None:
-    """The README's advice followed (more slots than the caps of the apps that may hang):
-    16 slots, A's cap 13. The worker claimed only with a quarter of its slots free (4), and
-    as each of A's hanging deliveries timed out its next trigger took the slot: 3 stayed
-    free, and B's triggers were not claimed until A's backlog was gone."""
-    settings = _settings(settings).with_(concurrency=16, app_concurrency=13,
-                                         connections_per_app=13)
-    a = _receiver(procs, tmp_path / "a", mode="slow")
-    a.set_mode("slow", delay=3600)
-    b = _receiver(procs, tmp_path / "b")
-    store = _setup(settings, a, b)
-    fleet.start(settings)
-
-    alone = _b_lateness(store, b, "alone")
-    store.schedule_many(make_job(f"a-{i}", now_ms(), app_id=A) for i in range(80))
-    wait_for(lambda: a.count() >= settings.app_concurrency, 10, interval=0.05,
-             what="app A's receiver to hold the worker's deliveries")
-    beside = _b_lateness(store, b, "beside")
-
-    p50_alone, p50_beside = statistics.median(alone), statistics.median(beside)
-    assert within_bound(p50_beside, p50_alone), (
-        f"B's median lateness {p50_beside:.1f} ms beside A, {p50_alone:.1f} ms alone; "
-        f"max {max(beside):.1f} / {max(alone):.1f} ms")
     assert max(beside) < TIMEOUT_S * 1000
 
 
