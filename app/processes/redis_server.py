@@ -166,9 +166,8 @@ def _save_versions(data_dir: Path, paths: list[str]) -> None:
     rows = [{"path": key[0], "mtime_ns": key[1], "size": key[2], "version": list(version)}
             for key in keys if (version := _versions[key]) is not None]
     with contextlib.suppress(OSError):
-        tmp = data_dir / (VERSIONS_FILE + ".tmp")
-        tmp.write_text(json.dumps(rows) + "\n")
-        os.replace(tmp, data_dir / VERSIONS_FILE)
+        write_file(data_dir / VERSIONS_FILE, (json.dumps(rows) + "\n").encode(),
+                   data_dir / (VERSIONS_FILE + ".tmp"))
 
 
 def redis_server_candidates(env: Mapping[str, str] | None = None) -> list[str]:
