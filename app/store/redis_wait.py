@@ -32,7 +32,12 @@ DEFAULT_WAIT_TIMEOUT_MS = 1000
 class NotReplicated(redis.exceptions.TimeoutError):
     """A script ran on the master, but fewer replicas than asked acknowledged it in time.
 
-    The write may survive or not: the caller must treat it as not done (retry)."""
+    The write may survive or not: the caller must treat it as not done (retry). `result`
+    is what the script answered, for a caller whose write needs no replica (derived data)."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,11 @@ class WaitPolicy:
         if isinstance(result, Exception):
             raise result
         if isinstance(acked, Exception):
-            raise NotReplicated(f"WAIT failed on {where}: {acked}")
+            raise NotReplicated(f"WAIT failed on {where}: {acked}", result)
         if int(acked) < self.replicas:
             raise NotReplicated(
                 f"write on {where} reached {int(acked)} of {self.replicas} replicas "
-                f"within {self.timeout_ms} ms")
+                f"within {self.timeout_ms} ms", result)
         return result
 
 

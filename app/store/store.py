@@ -33,6 +33,7 @@ from app.store.keys import (
 )
 from app.store.pauses import BY_APP, BY_JOB, Paused
 from app.store.redis_client import REFUSES_WRITES, UNAVAILABLE, read_together, sync_client
+from app.store.redis_wait import NotReplicated
 
 if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py, app/grpc)
     from app.store.loop_redis import LoopRedis
@@ -460,8 +461,15 @@ class Store:
         for what in ("jobs", "dead"):
             cursor = "0"
             while True:
-                cursor = _text(self._scripts["reindex"](keys=keys,
-                                                        args=[what, cursor, REINDEX_STEP]))
+                try:
+                    cursor = _text(self._scripts["reindex"](
+                        keys=keys, args=[what, cursor, REINDEX_STEP]))
+                except NotReplicated as exc:
+                    # It ran: an index is derived data and needs no replica (`wait_replicas`
+                    # is for the user's writes; waiting here made every read a 503 while
+                    # a replica was short). A replica that lacks these entries lacks the
+                    # mark written after them too, and indexes again once promoted.
+                    cursor = _text(exc.result)
                 if cursor == "0":
                     break
         self.redis.set(pk.indexed, "1")

@@ -358,6 +358,23 @@ def test_wait_replicas_on_a_single_node_without_replicas_refuses(redis_server: R
     # when its lease runs out, never lost.
 
 
+def test_wait_replicas_without_replicas_still_answers_reads(redis_server: RedisProcess,
+                                                           receiver: Receiver) -> None:
+    """Lists and counts read what Redis holds: the one-off indexing of what older versions
+    stored is a write, and while no replica confirms it the reads go on without it
+    (they answered 503, naming a write the caller never made)."""
+    settings = WaitSettings(redis_url=redis_server.url, prefix=f"w{uuid.uuid4().hex[:8]}",
+                            app_url=receiver.url, wait_replicas=1, wait_timeout_ms=50)
+    Store(settings.with_(wait_replicas=0)).schedule(make_job("kept", now_ms() + 3_600_000))
+    store = Store(settings)
+    try:
+        views, _ = store.list_jobs(APP)
+        assert [view.job.name for view in views] == ["kept"]
+        assert store.app_counts(APP)["jobs"] == 1
+    finally:
+        store.close()
+
+
 def test_forgetting_a_masters_client_leaves_calls_in_flight_their_connections(
         cluster: RedisCluster, receiver: Receiver) -> None:
     """A waited script call that fails makes the client forget that master's client; the
