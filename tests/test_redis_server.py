@@ -9,7 +9,9 @@ Every server started here is on a free port of 127.0.0.1 with its own data dir.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from app.cli.up import _unsaved_writes_said
 from app.processes.redis_server import (
     REDIS7_AOF_DIR,
     REDIS_BINARY_ENV,
@@ -34,10 +37,12 @@ from app.processes.redis_server import (
     redis_version,
     version_text,
 )
+from app.processes.supervisor import REDIS_GRACE_S, TIER_REDIS, StopSignals, Supervisor
 from app.settings import Settings
 from app.store.store import Store
 from tests.support.jobs import APP, QueueDriver, make_job
 from tests.support.redis_proc import free_port
+from tests.support.waiting import wait_for
 from tests.test_cli import cli, cli_env
 
 
@@ -376,3 +381,64 @@ def test_a_start_refused_for_a_taken_port_records_no_server(tmp_path: Path) -> N
         with pytest.raises(RedisServerError, match="already in use"):
             server.start()
     assert not (data / SERVER_FILE).exists()
+
+
+@needs_newer  # Redis 7's append-only folder, whose next file a rewrite opens
+def test_a_stop_says_when_writes_redis_answered_may_not_be_on_disk(
+        tmp_path: Path, embedded: list[EmbeddedRedis], caplog: pytest.LogCaptureFixture) -> None:
+    """Under `appendfsync everysec` Redis answers the write that meets a full disk (only
+    the later ones are refused) and loses it when stopped before it can write it: `up` and
+    the service now say so as they stop Redis, where they stopped without a word.
+    /dev/full is the full disk here: every write to it fails with ENOSPC."""
+    assert NEWER is not None
+    server = EmbeddedRedis(tmp_path / "data", binary=NEWER.path)
+    embedded.append(server)
+    server.start()
+    assert server.proc is not None
+    sup = Supervisor(StopSignals())
+    sup.adopt("redis", server.proc, TIER_REDIS, REDIS_GRACE_S,
+              before_stop=_unsaved_writes_said(server))
+    client = redis.Redis(port=server.port)
+    assert client.set("kept", "1") and server.unsaved_writes() is None
+    folder = server.data_dir / REDIS7_AOF_DIR
+    manifest = next(folder.glob("*.manifest")).read_text()
+    seq = max(int(n) for n in re.findall(r"seq (\d+) type i", manifest)) + 1
+    (folder / f"appendonly.aof.{seq}.incr.aof").symlink_to("/dev/full")
+    client.bgrewriteaof()
+    wait_for(lambda: (folder / f"appendonly.aof.{seq}.incr.aof").is_symlink()
+             and f"appendonly.aof.{seq}.incr.aof" in next(folder.glob("*.manifest")).read_text(),
+             what="the rewrite to open the next file")
+    assert client.set("answered", "1")  # answered: the disk is found full after the answer
+    wait_for(lambda: client.info("persistence")["aof_last_write_status"] == "err",
+             what="Redis to find the disk full")
+    client.close()
+    with caplog.at_level(logging.INFO, logger="jobrunner"):
+        sup.stop_all()
+    said = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(said) == 1 and "may be lost" in said[0].getMessage(), caplog.text
+    assert str(server.data_dir) in said[0].getMessage()
+
+
+def test_the_shared_services_redis_keeps_its_port_or_says_why_not(
+        tmp_path: Path, embedded: list[EmbeddedRedis]) -> None:
+    """The APIs of the `run`s started before reach the service's Redis at the port it had:
+    one taken meanwhile by another process is a refusal that says so, where the service
+    moved to a free port, and those APIs answered 503 for good, or stored their jobs in
+    whatever listened there. `up`, which starts its own API, still moves."""
+    data = tmp_path / "data"
+    first = EmbeddedRedis(data)
+    embedded.append(first)
+    first.start()
+    port = first.port
+    first.stop()
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(RedisServerError, match=f"Redis port {port} is in use by another "
+                                                   "process.*`jobrunner run`s started before"):
+            EmbeddedRedis(data, keep_port=True).start()
+        moved = EmbeddedRedis(data)
+        embedded.append(moved)
+        moved.start()
+        assert moved.port != port

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,8 @@ def up(ctx: click.Context, /, **params: Any) -> None:
                                      binary=settings.redis_server or None)
             embedded.start(give_up=lambda: signals.requested, on_launch=start_children)
             assert embedded.proc is not None
-            sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
+            sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S,
+                      before_stop=_unsaved_writes_said(embedded))
         assert api is not None
         wait_api(sup, api, settings)
         if not signals.requested:
@@ -272,10 +274,11 @@ def service(home: str, workers: int) -> None:
             start_children(settings.redis_url)
         else:
             embedded = EmbeddedRedis(home_dir / DATA_DIR, log_file=log_dir / "redis.log",
-                                     binary=settings.redis_server or None)
+                                     binary=settings.redis_server or None, keep_port=True)
             embedded.start(give_up=lambda: signals.requested, on_launch=start_children)
             assert embedded.proc is not None
-            sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S)
+            sup.adopt("redis", embedded.proc, TIER_REDIS, REDIS_GRACE_S,
+                      before_stop=_unsaved_writes_said(embedded))
         record()
         say(f"service ready: Redis at {redact_url(settings.redis_url)}, {workers} workers")
         # Nobody watches this service but the `run`s that use it, and they cannot tell: a
@@ -305,6 +308,17 @@ def service(home: str, workers: int) -> None:
 # A worker of the background service that exits this long after its start or later is
 # started again (sooner: it crashes at start, and the service stops).
 WORKER_RESTART_AFTER_S = 5.0
+
+
+def _unsaved_writes_said(embedded: EmbeddedRedis) -> Callable[[], None]:
+    """Before Redis is stopped: an ERROR line when writes it answered may be lost (its
+    append-only file cannot be written), which nothing else would tell."""
+
+    def check() -> None:
+        if (problem := embedded.unsaved_writes()) is not None:
+            say(problem, logging.ERROR)
+
+    return check
 
 
 def _for_children(settings: Settings) -> Settings:

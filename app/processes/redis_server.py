@@ -441,9 +441,14 @@ class EmbeddedRedis:
         binary: str | None = None,
         log_file: Path | None = None,
         env: Mapping[str, str] | None = None,
+        keep_port: bool = False,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.fixed_port = port
+        # The port it ran on last is the one to run on again (the shared service: the APIs
+        # of `run`s started before keep reaching Redis there, and would reach whatever took
+        # it); without it, a taken one is left for a free port.
+        self.keep_port = keep_port
         self.binary = binary  # like $JOBRUNNER_REDIS_SERVER, which it overrides
         self.env = env  # None: os.environ (PATH, JOBRUNNER_REDIS_SERVER)
         self.log_file = log_file or self.data_dir / LOG_FILE
@@ -494,6 +499,11 @@ class EmbeddedRedis:
         stored = self._stored_port()
         if stored and port_is_free("127.0.0.1", stored):
             return stored
+        if stored and self.keep_port:
+            raise RedisServerError(
+                f"Redis port {stored} is in use by another process; the APIs of the "
+                f"`jobrunner run`s started before reach Redis there. Free the port, or, once "
+                f"none of them runs, delete {self.data_dir / PORT_FILE} to start on another")
         return free_port()
 
     def _record_server(self, server: RedisBinary) -> bytes | None:
@@ -628,6 +638,28 @@ class EmbeddedRedis:
                 raise RedisServerError(f"redis-server did not answer within {timeout:.0f}s")
             time.sleep(0.005)
         return True
+
+    def unsaved_writes(self) -> str | None:
+        """Why writes this Redis answered may not be on disk, while its append-only file
+        cannot be written (a full disk); None when its last write of it went well, or it
+        does not answer. Under `appendfsync everysec` Redis answers the write that meets the
+        full disk (the later ones are refused), keeps it in memory and writes it once it
+        can: stopped before that, it loses it."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        try:
+            info = client.info("persistence")
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+        if info.get("aof_last_write_status", "ok") == "ok":
+            return None
+        return (f"Redis cannot write its append-only file in {self.data_dir} (a full disk? "
+                f"see {self.log_file}): the writes it answered last may be lost as it stops "
+                "now; free space there before a stop to keep them (Redis writes them as "
+                "soon as it can)")
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM makes redis-server flush and fsync the AOF before it exits."""

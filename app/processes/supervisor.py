@@ -40,6 +40,8 @@ class Child:
     # Copies the child's output to its log file and to our stderr (Supervisor.spawn's tee).
     pump: threading.Thread | None = None
     started: float = field(default_factory=time.monotonic)
+    # Called just before the child is asked to stop (Redis: to say what the stop may lose).
+    before_stop: Callable[[], None] | None = None
 
     @property
     def pid(self) -> int:
@@ -128,8 +130,9 @@ class Supervisor:
             child.pump.start()
         return child
 
-    def adopt(self, name: str, proc: subprocess.Popen[bytes], tier: int, grace_s: float) -> Child:
-        child = Child(name, proc, tier, grace_s)
+    def adopt(self, name: str, proc: subprocess.Popen[bytes], tier: int, grace_s: float,
+              before_stop: Callable[[], None] | None = None) -> Child:
+        child = Child(name, proc, tier, grace_s, before_stop=before_stop)
         self.children.append(child)
         # Listed tier by tier (Redis, workers, API) whatever the order they were started in.
         self.children.sort(key=lambda c: c.tier)
@@ -171,6 +174,8 @@ class Supervisor:
     def _stop_group(self, group: list[Child]) -> None:
         for child in group:
             if child.proc.poll() is None:
+                if child.before_stop is not None:
+                    child.before_stop()
                 with contextlib.suppress(ProcessLookupError):
                     child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + max(c.grace_s for c in group)
