@@ -185,13 +185,20 @@ def test_sigkill_loses_nothing_and_duplicates_only_what_was_in_flight(
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["new-connections", "kept-alive"])
-def test_sigterm_releases_held_triggers_for_another_worker_at_once(
+def test_sigterm_counts_what_it_sent_and_gives_back_what_it_did_not(
         settings: Settings, receiver: Receiver, fleet: WorkerFleet, warm: bool) -> None:
-    """`kept-alive`: the app's connections are open and idle when the held triggers come,
-    so these go out at once (Worker._send_now), not each in a task of its own."""
+    """Past the grace, a delivery sent and not answered is a failed attempt, as a timeout
+    is: its policy's retry goes to another worker as the next attempt (given back
+    uncounted, it went again at once as the same attempt, past the policy: a job of
+    `maxRetries: 0` reached the app twice). One not sent yet, waiting for its app's slot,
+    is given back at once, uncounted. `kept-alive`: the app's connections are open and
+    idle when the held triggers come, so these go out at once (Worker._send_now), not each
+    in a task of its own."""
     # a lease far longer than the test may take: a redelivery within it can only come
-    # from the release, not from lease expiry
-    settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=0.5)
+    # from the settlement or the release, not from lease expiry
+    n, slots = 10, 4
+    settings = settings.with_(lease_s=60.0, delivery_timeout_s=30.0, shutdown_grace_s=0.5,
+                              app_concurrency=slots)
     store = register(settings, receiver.url)
     gate = threading.Event()
     seen: set[str] = set()
@@ -201,43 +208,52 @@ def test_sigterm_releases_held_triggers_for_another_worker_at_once(
         with lock:
             first = _name(d) not in seen
             seen.add(_name(d))
-        if first and _name(d).startswith("held-"):
-            gate.wait(60)  # outlasts the shutdown grace: the worker must give these back
+        if first and _name(d).startswith(("held-", "once-")):
+            gate.wait(60)  # outlasts the shutdown grace
         return 200
 
     receiver.responder = responder
-    n = 10
     try:
         a = fleet.start(settings)
         if warm:
-            store.schedule_many(make_job(f"warm-{i}", data=i) for i in range(n))
+            store.schedule_many(make_job(f"warm-{i}", data=i) for i in range(slots))
             wait_for(lambda: store.counts()["jobs"] == 0, what="the warm-up deliveries")
-        store.schedule_many(make_job(f"held-{i}", data=i) for i in range(n))
-        wait_for(lambda: len(seen) == (2 * n if warm else n),
-                 what="all deliveries in flight at worker A")
+        once = FailurePolicy(FailureKind.CONSTANT, interval_ms=0, max_retries=0)
+        store.schedule_many(
+            [make_job(f"held-{i}", data=i) for i in range(slots - 1)]
+            + [make_job("once-0", failure_policy=once)]
+            + [make_job(f"wait-{i}", data=i) for i in range(n - slots)])
+        wait_for(lambda: len(seen) == slots + (slots if warm else 0),
+                 what="the app's slots full at worker A")
         sigterm_at = time.time()
         assert a.terminate(timeout=20) == 0, a.log()
-        assert f"released {n} unfinished triggers" in a.log(), a.log()
-        for i in range(n):  # handed back, not waiting for the lease
+        assert f"released {n - slots} unfinished triggers" in a.log(), a.log()
+        for i in range(slots - 1):  # sent: attempt 1 failed, its retry waits
             view = store.get(APP, f"held-{i}")
+            assert view is not None and view.status is TriggerStatus.RETRYING, view
+            assert view.attempt == 1
+        for i in range(n - slots):  # not sent: handed back, uncounted
+            view = store.get(APP, f"wait-{i}")
             assert view is not None and view.status is TriggerStatus.SCHEDULED, view
             assert view.attempt == 0
+        [letter] = dead_letters(store)  # no retry left: the stop's cut is its last attempt
+        assert letter.name == "once-0" and letter.attempts == 1
+        assert letter.error == worker_module.CUT_SHORT
 
         fleet.start(settings)
         wait_for(lambda: store.counts()["jobs"] == 0, 20,
-                 what="worker B to deliver the released triggers")
+                 what="worker B to deliver the retries and the released triggers")
     finally:
         gate.set()
-    redelivered_after = time.time() - sigterm_at
-    assert redelivered_after < settings.lease_s / 2  # unambiguously not by lease expiry
-    held = {name: ds for name, ds in _by_name(receiver.received()).items()
-            if name.startswith("held-")}
-    assert len(held) == n
-    for name, ds in held.items():
-        assert len(ds) == 2, name
+    assert time.time() - sigterm_at < settings.lease_s / 2  # not by lease expiry
+    got = _by_name(receiver.received())
+    assert len(got["once-0"]) == 1
+    for i in range(slots - 1):
+        ds = got[f"held-{i}"]
         assert len({d.headers["jobrunner-trigger-id"] for d in ds}) == 1
-        # the released attempt was given back: the redelivery is attempt 1 again
-        assert [d.headers["jobrunner-attempt"] for d in ds] == ["1", "1"]
+        assert [d.headers["jobrunner-attempt"] for d in ds] == ["1", "2"]
+    for i in range(n - slots):
+        assert [d.headers["jobrunner-attempt"] for d in got[f"wait-{i}"]] == ["1"]
 
 
 def test_a_kept_alive_connection_the_app_closed_is_not_a_failed_attempt(
@@ -963,7 +979,7 @@ _GRACE_END_RACES = [("asyncio", "connection_lost"), ("asyncio", "eof_received"),
 
 
 @pytest.mark.parametrize(("loop", "busy_in"), _GRACE_END_RACES)
-def test_a_stale_answer_as_the_grace_ends_is_given_back_not_sent_again(
+def test_a_stale_answer_as_the_grace_ends_is_not_sent_again(
         settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
         loop: str, busy_in: str) -> None:
     """The app closes the kept-alive connection of a delivery in flight (stale) as the
@@ -1016,8 +1032,8 @@ def test_a_stale_answer_as_the_grace_ends_is_given_back_not_sent_again(
         stopping.set()
     assert time.monotonic() - started < grace + 2.0
     assert len(seen) == 1  # not sent again after the grace
-    view = store.get(APP, "again")
-    assert view is not None and view.status is TriggerStatus.SCHEDULED and view.attempt == 0
+    view = store.get(APP, "again")  # sent once: a failed attempt, as one cut short
+    assert view is not None and view.status is TriggerStatus.RETRYING and view.attempt == 1
     assert not w.worker.inflight and w.worker.slots.total == 0
 
 

@@ -10,6 +10,7 @@ import math
 import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -95,10 +96,11 @@ def _split_app_url(app_id: str, url: str) -> tuple[Origin, str]:
 
 async def send(client: HttpClient, origin: Origin, path: str, body: bytes,
                headers: str, timeout_s: float, queue_timeout_s: float,
-               max_retry_after_s: float = 0.0) -> Outcome:
+               max_retry_after_s: float = 0.0,
+               on_sent: Callable[[], None] | None = None) -> Outcome:
     try:
         status, retry_after = await client.post(origin, path, body, headers, timeout_s,
-                                                queue_timeout_s)
+                                                queue_timeout_s, on_sent)
     except (TimeoutError, PoolTimeout, OSError) as exc:
         return failed(exc, timeout_s)
     return answered(status, retry_after, max_retry_after_s)

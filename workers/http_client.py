@@ -568,19 +568,22 @@ class HttpClient:
             result.set_result(retry.result())
 
     async def post(self, origin: Origin, path: str, body: bytes, headers: str,
-                   timeout: float, queue_timeout: float | None = None) -> tuple[int, str | None]:
+                   timeout: float, queue_timeout: float | None = None,
+                   on_sent: Callable[[], None] | None = None) -> tuple[int, str | None]:
         """POST; the status code and the Retry-After header (None: none). `headers`: the
         header lines, each ending in CRLF (Host and Content-Length are added). `timeout`
         bounds the exchange with the app (connecting, sending, the answer);
         `queue_timeout` bounds the wait for one of the pool's connections before that
-        (default: `timeout`). Raises TimeoutError, PoolTimeout, OSError or
+        (default: `timeout`); `on_sent` is called once the request is written (the app may
+        have it from then on). Raises TimeoutError, PoolTimeout, OSError or
         ServerDisconnected."""
         return await self._post(self._pool(origin), self._request(origin, path, body, headers),
-                                timeout, queue_timeout)
+                                timeout, queue_timeout, on_sent=on_sent)
 
     async def _post(self, pool: _Pool, request: bytes, timeout: float,
                     queue_timeout: float | None, deadline: float | None = None,
-                    tries: int = 2) -> tuple[int, str | None]:
+                    tries: int = 2,
+                    on_sent: Callable[[], None] | None = None) -> tuple[int, str | None]:
         """post() of a framed request; `deadline` and `tries`: those left to it (post_now's
         try again shares the first try's deadline, and is the last)."""
         loop = asyncio.get_running_loop()
@@ -607,6 +610,8 @@ class HttpClient:
                     async with asyncio.timeout_at(deadline):
                         conn = await pool.connect(self._resolver)
                 answer = conn.send(request)
+                if on_sent is not None:
+                    on_sent()
                 self._watch(conn, deadline)
                 try:
                     status = await answer

@@ -54,6 +54,8 @@ STAGE_WITHIN_S = 1.0
 # A stop's deadline past the grace period (JOBRUNNER_SHUTDOWN_GRACE): settling what was
 # delivered, giving back the rest, the last counts. The supervisor kills a worker then.
 STOP_MARGIN_S = 5.0
+# The outcome of a delivery sent, but not answered within the stop's grace.
+CUT_SHORT = "no answer before the worker stopped"
 
 
 def _fields(t: Trigger, outcome: delivery.Outcome, **more: object) -> dict[str, object]:
@@ -131,6 +133,9 @@ class Worker:
                                      prometheus=bool(settings.worker_metrics_port))
         # A task per delivery (_deliver), or the answer's future of one sent at once.
         self.inflight: dict[asyncio.Future[Any], Trigger] = {}
+        # Those of them whose request went out: the app may have it, so a stop that cuts
+        # one short counts its attempt (_shutdown), where one not sent yet is given back.
+        self._written: set[asyncio.Future[Any]] = set()
         self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
         self._slot_free = Flag()
@@ -352,6 +357,7 @@ class Worker:
         if sent is None:
             return False
         self.inflight[sent] = trigger
+        self._written.add(sent)
         return True
 
     def _answered(self, trigger: Trigger, started: int, clock: float, timeout_s: float,
@@ -359,7 +365,8 @@ class Worker:
         """_send_now's outcome, the loop's turn after the answer (or the cancel of a stop):
         what a task's _deliver does after its send."""
         del self.inflight[sent]
-        if sent.cancelled():  # stopping: _shutdown gives the trigger back
+        self._written.discard(sent)
+        if sent.cancelled():  # stopping: _shutdown settled it
             self._done(trigger)
             return
         try:
@@ -375,6 +382,7 @@ class Worker:
             self._done(trigger)
 
     async def _deliver(self, trigger: Trigger, waited_since: float | None = None) -> None:
+        this: asyncio.Future[Any] = asyncio.current_task()  # type: ignore[assignment]
         not_before = max(trigger.sched_ms, trigger.due_ms)  # a retry's time, or sched
         if not_before > now_ms():  # claimed ahead (CLAIM_AHEAD_MS)
             await _until(not_before)
@@ -397,6 +405,7 @@ class Worker:
             elif app.protocol == "grpc":
                 origin, request, metadata = delivery.build_grpc_call(
                     trigger, app, self.settings, started)
+                self._written.add(this)  # the call goes out as it starts
                 outcome = await delivery.send_grpc(self._grpc, origin, request, metadata,
                                                    timeout_s)
             else:
@@ -404,7 +413,8 @@ class Worker:
                     trigger, app, self.settings, started)
                 outcome = await delivery.send(self._http, origin, path, body, headers,
                                               timeout_s, self._pool_wait_s(timeout_s, waited_s),
-                                              self.settings.max_retry_after_s)
+                                              self.settings.max_retry_after_s,
+                                              functools.partial(self._written.add, this))
             self._conclude(trigger, outcome, started, clock)
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
@@ -412,7 +422,8 @@ class Worker:
         except Exception as exc:
             self._cannot_process(trigger, exc, started, clock)
         finally:
-            self.inflight.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self.inflight.pop(this, None)
+            self._written.discard(this)
             self._done(trigger)
 
     def _conclude(self, trigger: Trigger, outcome: delivery.Outcome, started: int,
@@ -733,7 +744,9 @@ class Worker:
         return max(0.1, min(most, self._stop_by - asyncio.get_running_loop().time()))
 
     async def _shutdown(self, helpers: list[asyncio.Task[None]]) -> None:
-        """Let deliveries in flight finish within the grace period, release the rest."""
+        """Let deliveries in flight finish within the grace period; past it, count those
+        sent as failed attempts (their failure policy decides: a retry, a dead letter),
+        and give back the rest."""
         self._stopping = True
         if self.inflight:
             await asyncio.wait(list(self.inflight),
@@ -742,9 +755,18 @@ class Worker:
         # One already done (an answer in the grace's last turn, its callback still to run) is
         # settled by that callback: not given back too.
         cancelled = [(f, t) for f, t in unfinished if f.cancel()]
+        # The app may have these, and may be acting on them: given back uncounted, they
+        # went again as the same attempt, past a policy's retries (maxRetries 0: twice).
+        # Settled before the cancels end them: the settle loop ends once nothing is in
+        # flight and nothing is left to settle.
+        unsent = [t for f, t in cancelled if f not in self._written]
+        for f, t in cancelled:
+            if f in self._written:
+                self._conclude(t, delivery.Outcome(False, None, CUT_SHORT), now_ms(),
+                               time.perf_counter())
         if unfinished:
             await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
-        give_back = [t for _, t in cancelled] + self.slots.drain() + self._claimed_at_stop
+        give_back = unsent + self.slots.drain() + self._claimed_at_stop
         if give_back:
             # Else their leases run out: a master that does not answer held a stop up for
             # as long as redis-py tried again (a minute).
