@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import pytest
 import redis
 
+from app.jobs import clock as clock_module
 from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy, Trigger, TriggerStatus
 from app.settings import Settings
@@ -1217,3 +1218,28 @@ def test_triggers_claimed_as_the_stop_comes_are_given_back_not_sent(
         assert [t.job.name for t in driver.claim(10)] == ["late"]  # released, due again
     finally:
         driver.close()
+
+
+@pytest.mark.parametrize("skew_s", [2.0, -2.0], ids=["ahead", "behind"])
+def test_a_worker_goes_by_redis_clock_whatever_its_machine_says(
+        settings: Settings, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, skew_s: float) -> None:
+    """A worker on a machine whose clock ran 2 s ahead sent every trigger 2 s early (and
+    took other workers' leases 2 s before they ended); one 2 s behind, 2 s late. It now
+    measures its clock against Redis's and goes by Redis's, and says it is off."""
+    real_ns = time.time_ns
+    skewed = type("SkewedTime", (), {"time_ns": staticmethod(
+        lambda: real_ns() + int(skew_s * 1e9))})
+    monkeypatch.setattr(clock_module, "time", skewed)
+    monkeypatch.setattr(clock_module, "_lead_ns", 0)  # the worker's lead, undone after
+    store = register(settings, receiver.url)
+    due = real_ns() // 1_000_000 + 300  # by this machine's real clock, Redis's too
+    store.schedule_many(make_job(f"j-{i}", due_ms=due + 20 * i) for i in range(10))
+    with caplog.at_level(logging.WARNING, logger="jobrunner.worker"), ThreadWorker(settings):
+        wait_for(lambda: store.counts()["jobs"] == 0, 15, what="the deliveries")
+    late = [d.received_at * 1000 - int(d.headers["jobrunner-scheduled-ms"])
+            for d in receiver.received()]
+    assert len(late) == 10 and min(late) >= 0, late
+    assert max(late) < 1000, late  # not by the skew (2 s) late either
+    side = "ahead of" if skew_s > 0 else "behind"
+    assert f"this machine's clock is 2000 ms {side} Redis's" in caplog.text

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from app.jobs.clock import now_ms
+from app.jobs.clock import machine_ns, now_ms
 from app.jobs.errors import ApiError
 from app.jobs.model import Job, RunState, Trigger
 from app.settings import Settings
@@ -552,6 +552,17 @@ class Queue:
             listed, parent_there = bool(answers[0]), bool(answers[1])
             job_exists = listed or parent_there
         return Standing(held, job_exists, paused)
+
+    async def clock_lead_ns(self, samples: int = 3) -> int:
+        """How far this machine's clock runs ahead of Redis's (negative: behind). Each
+        reading is taken once Redis's answer is back, so it is never less than the true
+        lead (a clock set back by it sends nothing early), and the least of `samples` is
+        the closest (Redis Cluster: one master's clock)."""
+        readings = []
+        for _ in range(samples):
+            seconds, micros = await self.redis.time()
+            readings.append(machine_ns() - (int(seconds) * 1_000_000 + int(micros)) * 1000)
+        return min(readings)
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""

@@ -10,7 +10,7 @@ import random
 import time
 from typing import Any
 
-from app.jobs.clock import now_ms
+from app.jobs.clock import now_ms, now_ns, set_lead_ns
 from app.jobs.errors import JobrunnerError
 from app.jobs.model import CatchUp, DeadLetter, FailureKind, Trigger
 from app.jobs.schedule import catch_up_due, next_fire_ms
@@ -54,6 +54,11 @@ STAGE_WITHIN_S = 1.0
 # A stop's deadline past the grace period (JOBRUNNER_SHUTDOWN_GRACE): settling what was
 # delivered, giving back the rest, the last counts. The supervisor kills a worker then.
 STOP_MARGIN_S = 5.0
+# How often a worker measures its clock against Redis's, and past what lead it says so.
+CLOCK_CHECK_S = 10.0
+CLOCK_WARN_MS = 50
+CLOCK_READ_WITHIN_S = 1.0
+CLOCK_FAULTS: tuple[type[BaseException], ...] = (*UNAVAILABLE, TimeoutError)
 # The outcome of a delivery sent, but not answered within the stop's grace.
 CUT_SHORT = "no answer before the worker stopped"
 
@@ -117,7 +122,7 @@ def _unsettled_at_stop(n: int) -> None:
 async def _until(due_ms: int) -> None:
     """Until the clock reads `due_ms`, to ~0.1 ms. The blocking sleep holds the worker's
     loop at most about 2 * PRECISE_S (answers and settlements wait; nothing goes early)."""
-    while (rest := due_ms / 1000 - time.time()) > 0:
+    while (rest := (due_ms * 1_000_000 - now_ns()) / 1e9) > 0:
         if rest > PRECISE_S:
             await asyncio.sleep(rest - PRECISE_S)
         else:
@@ -154,6 +159,7 @@ class Worker:
         # would cut their deliveries short, and they would go again (_shutdown).
         self._claimed_at_stop: list[Trigger] = []
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
+        self._lead_said_ms = 0  # the clock's lead over Redis's last said in the log
         # A call Redis Cluster answered late has ended (Queue.on_parked_done): its claimed
         # triggers, or the outcomes it carried, are taken now.
         self._parked_done = False
@@ -161,8 +167,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
+        await self._keep_time_once()  # before the first claim: its "now" is Redis's
         listener = asyncio.create_task(self._listen_for_wakeups(stop))
         counting = asyncio.create_task(self.metrics.run(stop, self._quiet))  # to Redis, 1/s
+        timekeeping = asyncio.create_task(self._keep_time(stop))
         helpers = [asyncio.create_task(self._wake_all_on(stop)),
                    asyncio.create_task(self._settle_loop(stop)),
                    listener,
@@ -194,6 +202,7 @@ class Worker:
             stop.set()  # an error ended the loop: the helpers end too, or this would hang
             self._set_stop_deadline()  # (an error ended the loop: from now)
             listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
+            timekeeping.cancel()
             # (metrics.close writes the last counts, within a bound; a flush Redis does not
             # answer, retried by redis-py for a minute, would hold up the stop)
             counting.cancel()
@@ -701,9 +710,31 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
+    async def _keep_time(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._wait_any(stop, timeout=CLOCK_CHECK_S)
+            await self._keep_time_once()
+
+    async def _keep_time_once(self) -> None:
+        """Go by Redis's clock (app/jobs/clock.py): this machine's, less its lead."""
+        try:
+            async with asyncio.timeout(CLOCK_READ_WITHIN_S):  # a Redis down or stalled
+                lead_ns = await self.queue.clock_lead_ns()
+        except CLOCK_FAULTS as exc:
+            log.debug("cannot read Redis's clock, the last lead stands: %s", exc)
+            return
+        set_lead_ns(lead_ns)
+        lead_ms = round(lead_ns / 1e6)
+        warn = abs(lead_ms) > CLOCK_WARN_MS
+        if warn and abs(lead_ms - self._lead_said_ms) > CLOCK_WARN_MS:
+            log.warning("this machine's clock is %d ms %s Redis's: the worker goes by Redis's "
+                        "(set the clocks right: NTP)", abs(lead_ms),
+                        "ahead of" if lead_ms > 0 else "behind")
+        self._lead_said_ms = lead_ms if warn else 0
+
     async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
         """Until CLAIM_AHEAD_MS before `earliest_ms` (at most idle_poll_s), or a wake-up."""
-        now = time.time()  # not now_ms(): flooring would oversleep by up to 1 ms
+        now = now_ns() / 1e9  # not now_ms(): flooring would oversleep by up to 1 ms
         timeout = self.settings.idle_poll_s
         if earliest_ms is not None:
             timeout = min(timeout, max((earliest_ms - CLAIM_AHEAD_MS) / 1000 - now, 0.0))
