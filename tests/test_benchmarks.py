@@ -4,6 +4,7 @@ figures are for `jobrunner bench`, on a quiet machine."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +243,17 @@ def test_free_port_never_gives_one_port_twice(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(procs.socket, "socket", OnePortTwice)
     monkeypatch.setattr(procs, "_GIVEN", set())
     assert [procs.free_port(), procs.free_port()] == [47990, 47991]
+
+
+def test_layout_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    """The measure behind the README's memory paragraph runs, and the candidate's keys are
+    the compact ones it says (else its figure would not be the layout's)."""
+    from benchmarks import layout_memory
+
+    layout_memory.main(["--jobs", "3000"])
+    out = capsys.readouterr().out
+    today = float(out.split("skiplists):")[1].split("B")[0])
+    candidate = float(out.split("record):")[1].split("B")[0])
+    record = re.search(r"candidate \(listpack, a (\d+)-byte record\)", out)
+    assert record is not None and int(record.group(1)) <= 64, out  # hash-max-listpack-value
+    assert 0 < candidate < today, out
