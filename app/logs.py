@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import IO, Any
@@ -54,12 +55,22 @@ class _Timestamps:
         return f"{prefix}.{int((created - second) * 1000):03d}Z"
 
 
+# What must not reach a terminal as it is: line breaks would forge lines, escapes (ESC, CSI)
+# would drive the terminal of whoever reads the log (`jobrunner run` shows the API's lines).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(match[0], f"\\x{ord(match[0]):02x}")
+
+
 def _plain_value(value: Any) -> str:
-    """logfmt: a bare word when it is one, else a JSON string."""
+    """logfmt: a bare word when it is one, else a JSON string (orjson escapes every C0
+    control character; C1 ones are escaped here)."""
     text = value if isinstance(value, str) else str(value)
-    if text and not any(c in text for c in ' ="\\\n\r\t'):
+    if text and not any(c in text for c in ' ="\\') and not _CONTROL.search(text):
         return text
-    return orjson.dumps(text).decode()
+    return _CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", orjson.dumps(text).decode())
 
 
 class PlainFormatter(logging.Formatter):
@@ -71,10 +82,10 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        if "\n" in message or "\r" in message:
-            # One record, one line: a message may carry a caller's text (the access log's
-            # decoded path), whose line breaks would forge lines of their own.
-            message = message.replace("\r", "\\r").replace("\n", "\\n")
+        if _CONTROL.search(message):
+            # One record, one line, and no terminal escapes: a message may carry a caller's
+            # text (the access log's decoded path).
+            message = _CONTROL.sub(_escaped, message)
         line = f"{self._ts(record.created)} {record.levelname} {record.name} {message}"
         fields = fields_of(record)
         if fields:

@@ -185,17 +185,22 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and banners."""
+    """The URL with any password replaced, for messages and banners: in its userinfo, or
+    in its query, where redis-py takes one too (`?password=`)."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:  # unparsable (`redis://[::1/0`): whatever stands before an @ goes
         return re.sub(r"(://)[^/@]*@", r"\1***@", url)
-    if password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if parts.query:
+        parts = parts._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
+    return urlunsplit(parts)
+
+
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 # granian's bound of its header read timeout (60,000 ms).

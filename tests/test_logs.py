@@ -30,7 +30,7 @@ from app.jobs.model import FailureKind, FailurePolicy
 from app.logs import JsonFormatter, PlainFormatter, fields_of, setup
 from app.processes.procs import PROJECT_ROOT, process_alive
 from app.processes.service_logs import last_lines, line_time
-from app.settings import Settings, SettingsError
+from app.settings import Settings, SettingsError, redact_url
 from app.store.store import Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import Delivery, Receiver
@@ -92,6 +92,26 @@ def test_a_plain_message_is_one_line_whatever_it_holds() -> None:
     assert "\n" not in line and "\r" not in line
     assert line.endswith(r"GET /v1.0/jobs/x\n2026-11-30T00:00:00.000Z ERROR jobrunner.worker "
                          r"dead-lettered\r")
+
+
+def test_a_plain_line_carries_no_terminal_escape() -> None:
+    """`GET /x%1b%5b2J...` (no token needed: a 404 is logged too) put raw ESC bytes in the
+    access log, which `jobrunner run` shows on the user's terminal and `logs` writes as is:
+    every control character is escaped, in the message and in the fields."""
+    line = PlainFormatter().format(_record("GET /x\x1b[2J\x1b[31mFORGED\x9b0m\x00",
+                                           app="a\x1bb\x85"))
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", line), repr(line)
+    assert r"GET /x\x1b[2J\x1b[31mFORGED\x9b0m\x00" in line
+    assert r'app="a\u001bb\u0085"' in line  # a JSON string, as any field that is no word
+
+
+def test_a_redis_password_in_the_query_is_redacted_too() -> None:
+    """redis-py takes `?password=` as the password: the worker's first line and the
+    "cannot reach Redis" error showed it whole."""
+    assert redact_url("redis://127.0.0.1:1/0?db=2&Password=S3cret&x=1") == \
+        "redis://127.0.0.1:1/0?db=2&Password=***&x=1"
+    assert redact_url("redis://u:pw@h:1/0?password=S3cret") == "redis://u:***@h:1/0?password=***"
+    assert redact_url("redis://h:1/0?passwords=1") == "redis://h:1/0?passwords=1"
 
 
 def test_a_worker_logs_its_redis_without_the_password(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from app.processes.service_state import (
     read_state,
     register_foreground,
     stop_service,
+    write_state,
 )
 from tests.support.redis_proc import free_port
 from tests.test_cli import CLI
@@ -371,3 +373,20 @@ def test_stop_with_no_service_in_a_home_it_cannot_write_says_so(tmp_path: Path) 
     stopped = cli(not_a_folder, "stop")
     assert (stopped.returncode, stopped.stdout.strip()) == (0, NO_SERVICE), stopped.stderr
 
+
+
+def test_the_state_file_is_its_owners_alone(tmp_path: Path) -> None:
+    """It holds the Redis URL, with REDIS_URL's password (and Redis access is full trust):
+    it was written 0644 in a 0755 folder, for any user of the machine to read."""
+    home = tmp_path / "new-home"  # (not "home": the conftest would stop the "service": us)
+    state = ServiceState(**state_doc(os.getpid(), process_start_time(os.getpid()), kind="up"))
+    old = os.umask(0o022)
+    try:
+        write_state(home, state)
+        write_state(home, state)  # replaced: the new file is born 0600 too
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((home / STATE_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert read_state(home) == state
+    (home / STATE_FILE).unlink()

@@ -122,13 +122,17 @@ def popen_kwargs(*, die_with_parent: bool) -> dict[str, Any]:
     return kwargs
 
 
-def write_file(path: Path, data: bytes, tmp: Path | None = None) -> None:
-    """`data` into `path` whole or not at all (written to `tmp`, then renamed); an error
-    names the file (a full disk's comes from the write, which named none: "[Errno 28] No
-    space left on device" was all `up` said)."""
+def write_file(path: Path, data: bytes, tmp: Path | None = None, mode: int = 0o644) -> None:
+    """`data` into `path` whole or not at all (written to `tmp`, then renamed), with `mode`
+    (less the umask) from its first byte; an error names the file (a full disk's comes from
+    the write, which named none: "[Errno 28] No space left on device" was all `up` said)."""
     tmp = tmp if tmp is not None else path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover would keep its own mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

@@ -276,9 +276,10 @@ def _state_text(path: Path) -> str:
 
 
 def write_state(home: Path, state: ServiceState) -> None:
-    home.mkdir(parents=True, exist_ok=True)
-    # Readers see the old file or the new one, never half.
-    write_file(home / STATE_FILE, state.to_json().encode())
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Readers see the old file or the new one, never half. Its owner's alone: it holds the
+    # Redis URL, with its password when REDIS_URL has one (and Redis access is full trust).
+    write_file(home / STATE_FILE, state.to_json().encode(), mode=0o600)
 
 
 def remove_state(home: Path, pid: int) -> None:
