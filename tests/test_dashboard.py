@@ -21,6 +21,7 @@ import math
 import os
 import re
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -43,6 +44,7 @@ from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy
 from app.settings import Settings
 from app.store.store import Store
+from app.ui import auth as auth_module
 from app.ui.auth import COOKIE_PREFIX
 from app.ui.counters import live_counters
 from tests.support.jobs import APP, dead_letters, make_job
@@ -216,6 +218,33 @@ def test_login_sets_a_strict_httponly_cookie_that_only_the_dashboard_accepts(
     out = press(client, "/ui/jobs", "Log out")
     assert out.status_code == 303 and out.headers["Location"] == "/ui/login"
     assert client.get("/ui/jobs").status_code == 303
+
+
+def test_a_copy_of_the_session_ends_with_its_logout_and_at_its_login_s_12_hours(
+        locked: Settings, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every server of the host name gets the cookie (another app's, on another port:
+    cookies ignore ports), and each page re-issued it with a new time: a copy taken before
+    a logout went on working after it, and a copy in use never ended. A logout now ends
+    every copy; a login lasts 12 hours, however often it is used; other sessions stay."""
+    app = create_app(locked)
+    client, other = app.test_client(), app.test_client()
+    log_in(client, token)
+    log_in(other, token)
+    copy = session_cookie(client).value
+    thief = app.test_client()
+    thief.set_cookie(COOKIE, copy, path="/ui")
+    assert thief.get("/ui/jobs").status_code == 200
+    assert press(client, "/ui/jobs", "Log out").status_code == 303
+    assert thief.get("/ui/jobs").status_code == 303  # to the login form
+    assert other.get("/ui/jobs").status_code == 200  # another browser's session goes on
+
+    logged_in_at = time.time()
+    later = logged_in_at + auth_module.SESSION_MAX_AGE_S - 60
+    for now in (later - 3600, later):  # used every hour: re-issued each time
+        monkeypatch.setattr(auth_module.time, "time", lambda now=now: now)
+        assert other.get("/ui/jobs").status_code == 200
+    monkeypatch.setattr(auth_module.time, "time", lambda: later + 120)
+    assert other.get("/ui/jobs").status_code == 303
 
 
 def test_the_header_opens_the_dashboard_and_forged_cookies_do_not(locked: Settings,

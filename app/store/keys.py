@@ -51,6 +51,9 @@ Global (scripts touch one of them at a time):
     {prefix}:wake        pub/sub channel: "a new job may be due earlier"
     {prefix}:pausegen:{app} STRING counts the pauses and resumes of the app (INCR): each
                          one's number (app/store/pauses.py)
+    {prefix}:uiended:{app} ZSET  the app's dashboard sessions logged out of (a digest of
+                         each one's CSRF token), scored by their login (s): kept while a
+                         copy of their cookie could still be in use (app/ui/auth.py)
     {prefix}:uisecret    STRING random bytes, set once: what signs the dashboard's session
                          cookies of an API without DAPR_API_TOKEN (app/ui/auth.py)
 The workers' aggregated counters (app/store/stats.py; written once a second by each
@@ -278,6 +281,9 @@ class Keys:
     @property
     def ui_secret(self) -> str:
         return f"{self.prefix}:uisecret"
+
+    def ui_ended(self, app_id: str) -> str:
+        return f"{self.prefix}:uiended:{app_id}"
 
     # -- the workers' aggregated counters (app/store/stats.py) ----------------
 

@@ -406,6 +406,20 @@ class Store:
                     args=ids))
         return deleted
 
+    def ui_session_ended(self, app_id: str, session_id: str) -> bool:
+        """Whether the app's dashboard session `session_id` was logged out of."""
+        return self.redis.zscore(self.keys.ui_ended(app_id), session_id) is not None
+
+    def ui_end_session(self, app_id: str, session_id: str, login_s: int, lasts_s: int) -> None:
+        """Log the session out, every copy of its cookie included, for as long as it could
+        last (`lasts_s` from its login `login_s`); those that could not any more go."""
+        key, now = self.keys.ui_ended(app_id), int(time.time())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {session_id: login_s})
+        pipe.zremrangebyscore(key, "-inf", now - lasts_s - 1)
+        pipe.expire(key, lasts_s + 1)
+        pipe.execute()
+
     def ui_secret(self) -> bytes:
         """The random key every API process on this Redis (and prefix) shares, made by the
         first that asks: it signs the dashboard's cookies when there is no token to derive

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
@@ -36,7 +37,8 @@ UI_PREFIX = "/ui"
 # host whatever the port, and several apps' APIs on one host would log each other out.
 COOKIE_PREFIX = "jobrunner_ui_"
 # A session lasts this long after the last page the browser loaded (the live counters'
-# polling does not extend it), then the login form asks again.
+# polling does not extend it), and a login this long at most, however often it is used:
+# then the login form asks again.
 SESSION_MAX_AGE_S = 12 * 3600
 MAX_COOKIE_CHARS = 4096
 MAX_TOKEN_CHARS = 4096
@@ -54,13 +56,19 @@ _PROCESS_SECRET = secrets.token_bytes(32)
 
 @dataclass
 class UiSession:
-    """What the cookie carries: the CSRF token, whether the browser logged in, and a
-    one-time message for the next page."""
+    """What the cookie carries: the CSRF token, whether the browser logged in (and when),
+    and a one-time message for the next page."""
 
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     authed: bool = False
     flash: str = ""
     modified: bool = False
+    login_s: int = 0
+
+    @property
+    def id(self) -> str:
+        """What names the session where a logout is kept (not its CSRF token itself)."""
+        return hashlib.sha256(self.csrf.encode()).hexdigest()[:32]
 
 
 def is_ui_path(path: str) -> bool:
@@ -107,14 +115,31 @@ def _load(settings: Settings) -> UiSession:
         except BadSignature:  # forged, from another token, or expired
             data = None
         if isinstance(data, dict) and isinstance(data.get("c"), str):
-            return UiSession(data["c"], data.get("a") is True and bool(settings.api_token),
-                             str(data.get("f", "")))
+            session = UiSession(data["c"], flash=str(data.get("f", "")))
+            login_s = data.get("l")
+            if data.get("a") is True and settings.api_token and isinstance(login_s, int):
+                session.login_s = login_s
+                session.authed = _still_logged_in(session)
+            return session
     return UiSession(modified=True)
+
+
+def _still_logged_in(session: UiSession) -> bool:
+    """A login not too old and not logged out of: the cookie is re-issued with each page,
+    and every server of the host name is sent it (another app's on another port too:
+    cookies ignore ports), so neither its signature's age nor the browser's forgetting it
+    bounded the life of a copy."""
+    if not 0 <= time.time() - session.login_s <= SESSION_MAX_AGE_S:
+        return False
+    try:
+        return not g.store.ui_session_ended(g.settings.app_id, session.id)
+    except UNAVAILABLE:
+        return True  # unknown while Redis is away (every page but the login needs it)
 
 
 def start_session(authed: bool) -> UiSession:
     """A fresh session (log in, log out): a new CSRF token, so none from before survives."""
-    session = UiSession(authed=authed, modified=True)
+    session = UiSession(authed=authed, modified=True, login_s=int(time.time()))
     g.ui_session = session
     return session
 
@@ -125,7 +150,7 @@ def save_session(response: Response) -> None:
     session: UiSession = g.ui_session
     payload: dict[str, object] = {"c": session.csrf}
     if session.authed:
-        payload["a"] = True
+        payload.update(a=True, l=session.login_s)
     if session.flash:
         payload["f"] = session.flash
     response.set_cookie(cookie_name(g.settings), _serializer(g.settings).dumps(payload),

@@ -376,6 +376,10 @@ def login() -> Response:
 
 @ui_bp.post("/logout")
 def logout() -> Response:
+    session = auth.current_session()
+    if session.authed:  # (a form POST: its CSRF token was checked) every copy ends with it
+        _store().ui_end_session(_settings().app_id, session.id, session.login_s,
+                                auth.SESSION_MAX_AGE_S)
     auth.start_session(authed=False)
     return auth.see_other(url_for("ui.login"))
 
