@@ -26,6 +26,7 @@ from app.store.keys import Keys, dead_member, is_replay, job_id
 from app.store.store import JobExists, Store
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
 from tests.support.redis_proc import RedisProcess
+from workers.queue import Budgets
 
 T0 = 1_900_000_000_000  # a fixed "now" in epoch ms for the fake clock
 
@@ -414,6 +415,22 @@ def test_release_of_a_retry_keeps_its_attempts(store: Store, q: QueueDriver) -> 
     [t2] = q.claim(at=T0 + 1000)
     assert t2.attempt == 2
     assert q.release([t2]) == 1
+    [t3] = q.claim(at=T0 + 1000)
+    assert (t3.attempt, t3.sched_ms) == (2, T0)
+
+
+def test_a_retry_claimed_ahead_and_released_is_due_at_its_retry_time(
+        store: Store, q: QueueDriver) -> None:
+    """A worker claims a few ms ahead and holds the trigger until its time; given back
+    meanwhile (a stop), a retry was put back at its scheduled time, long past, and the
+    next worker sent it at once: before its retry time."""
+    store.schedule(make_job("j", T0))
+    [t1] = q.claim(at=T0)
+    q.retry(t1, T0 + 1000)
+    [t2] = q.claim_within(10, Budgets(10, {}, 10), at=T0 + 995, ahead_ms=5).triggers
+    assert t2.due_ms == T0 + 1000
+    assert q.release([t2]) == 1
+    assert q.claim(at=T0 + 999) == []  # not before its retry time
     [t3] = q.claim(at=T0 + 1000)
     assert (t3.attempt, t3.sched_ms) == (2, T0)
 

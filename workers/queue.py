@@ -198,10 +198,11 @@ class Queue:
         # A claim left going on leases its triggers to nobody: they come back when their
         # leases run out, or now (within `within_s`) for one that has answered. A
         # settlement's outcomes were left to the worker.
-        answered = [(part, c.token, c.call.result()[3::6])
+        answered = [(part, c.token, c.call.result()[3::6], c.call.result()[8::6])
                     for part, c in self._parked_claims.items()
                     if c.call.done() and not c.call.cancelled() and not c.call.exception()]
-        releases = [self._release(part, token, jids, 0) for part, token, jids in answered if jids]
+        releases = [self._release(part, token, jids, 0, dues)
+                    for part, token, jids, dues in answered if jids]
         if releases:  # (within a bound: their master may have stalled again since)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*releases), within_s)
@@ -566,18 +567,24 @@ class Queue:
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""
-        groups: dict[tuple[int, str], list[str]] = defaultdict(list)
+        groups: dict[tuple[int, str], list[Trigger]] = defaultdict(list)
         for t in triggers:
-            groups[(t.partition, t.lease)].append(t.job_id)
+            groups[(t.partition, t.lease)].append(t)
         released = 0
-        for (part, lease), jids in groups.items():
-            released += await self._release(part, lease, jids, 0)
+        for (part, lease), group in groups.items():
+            released += await self._release(part, lease, [t.job_id for t in group], 0,
+                                            [t.due_ms for t in group])
         return released
 
-    async def _release(self, part: int, lease: str, jids: list[Any], not_before_ms: int) -> int:
+    async def _release(self, part: int, lease: str, jids: list[Any], not_before_ms: int,
+                       dues: Sequence[Any] = ()) -> int:
+        """release.lua: each of `jids` due again at its `dues` (none: at its scheduled
+        time), or at `not_before_ms` if later."""
         pk = self.keys.partition(part)
+        pairs = [x for jid, due in itertools.zip_longest(jids, dues, fillvalue=0)
+                 for x in (jid, due)]
         return int(await self._scripts["release"](
-            keys=[pk.due, pk.runs, pk.paused], args=[lease, not_before_ms, *jids]))
+            keys=[pk.due, pk.runs, pk.paused], args=[lease, not_before_ms, *pairs]))
 
     async def load_apps(self, app_ids: set[str] | None, max_age_s: float = APPS_MAX_AGE_S,
                         miss_retry_s: float = 0.5) -> None:
