@@ -64,13 +64,20 @@ def _escaped(match: re.Match[str]) -> str:
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(match[0], f"\\x{ord(match[0]):02x}")
 
 
+_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def _json_escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
+
+
 def _plain_value(value: Any) -> str:
     """logfmt: a bare word when it is one, else a JSON string (orjson escapes every C0
     control character; C1 ones are escaped here)."""
     text = value if isinstance(value, str) else str(value)
     if text and not any(c in text for c in ' ="\\') and not _CONTROL.search(text):
         return text
-    return _CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", orjson.dumps(text).decode())
+    return _C1.sub(_json_escaped, orjson.dumps(text).decode())
 
 
 class PlainFormatter(logging.Formatter):
@@ -117,7 +124,9 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(entry, default=str).decode()
+        line = orjson.dumps(entry, default=str).decode()
+        # orjson escapes C0 controls; a C1 one (U+009B: CSI) would reach a terminal as is.
+        return _C1.sub(_json_escaped, line) if _C1.search(line) else line
 
 
 def make_formatter(log_format: str) -> logging.Formatter:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from app.jobs.anydata import DAPR_FORMAT, DELIVERY_FORMATS
 from app.jobs.errors import JobrunnerError, shown
@@ -195,12 +195,12 @@ def redact_url(url: str) -> str:
     if password is not None:
         netloc = parts.netloc.rsplit("@", 1)[1]
         parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-    if parts.query:
-        parts = parts._replace(query=_QUERY_PASSWORD.sub(r"\1***", parts.query))
+    if parts.query:  # as redis-py reads it: decoded (`pass%77ord=` is one too)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(key.lower() == "password" for key, _ in pairs):
+            parts = parts._replace(query=urlencode(
+                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"))
     return urlunsplit(parts)
-
-
-_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 # granian's bound of its header read timeout (60,000 ms).

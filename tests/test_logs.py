@@ -112,6 +112,13 @@ def test_a_redis_password_in_the_query_is_redacted_too() -> None:
         "redis://127.0.0.1:1/0?db=2&Password=***&x=1"
     assert redact_url("redis://u:pw@h:1/0?password=S3cret") == "redis://u:***@h:1/0?password=***"
     assert redact_url("redis://h:1/0?passwords=1") == "redis://h:1/0?passwords=1"
+    assert redact_url("redis://h:1/0?pass%77ord=S3cret") == "redis://h:1/0?password=***"
+
+
+def test_a_json_line_carries_no_terminal_escape_either() -> None:
+    line = JsonFormatter().format(_record("GET /x\x1b[2J\x9b31m", app="\x85"))
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", line), repr(line)
+    assert json.loads(line)["msg"] == "GET /x\x1b[2J\x9b31m"
 
 
 def test_a_worker_logs_its_redis_without_the_password(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -137,6 +139,31 @@ def test_a_full_redis_refuses_writes_with_503_and_still_answers_reads(
         assert_no_content(post_job(client, base, "after", {"dueTime": "1h"}))
         assert client.get(job_url(base, "after")).status_code == 200
         assert_error(client.get(job_url(base, "to-delete")), 404)
+
+
+def test_a_dashboard_logout_while_redis_refuses_writes_still_logs_this_browser_out(
+        full_redis: RedisProcess, refusal: Refusal) -> None:
+    """A logout is kept in Redis (every copy of the session ends with it): refused, it
+    answered 503 and left the browser logged in. It logs this browser out and says the
+    rest."""
+    settings = dataclasses.replace(api_settings(full_redis.url), api_token="tok-full")
+    with create_app(settings).test_client() as client:
+        page = client.get("/ui/login")
+        csrf = re.search(rb'name="csrf_token" value="([^"]+)"', page.data)
+        assert csrf is not None
+        logged_in = client.post("/ui/login", data={"csrf_token": csrf[1].decode(),
+                                                   "token": "tok-full"})
+        assert logged_in.status_code == 303
+        jobs = client.get("/ui/jobs")
+        assert jobs.status_code == 200
+        csrf = re.search(rb'name="csrf_token" value="([^"]+)"', jobs.data)
+        assert csrf is not None
+        refusal.begin()
+        out = client.post("/ui/logout", data={"csrf_token": csrf[1].decode()})
+        assert out.status_code == 303 and out.headers["Location"] == "/ui/login"
+        refusal.end()
+        assert client.get("/ui/jobs").status_code == 303  # logged out
+        assert b"Logged out of this browser only" in client.get("/ui/login").data
 
 
 def test_a_worker_waits_out_a_full_redis_and_then_delivers_once(

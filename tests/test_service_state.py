@@ -24,6 +24,7 @@ from app.processes.procs import PROJECT_ROOT, process_alive, process_start_time
 from app.processes.service_state import (
     MAX_STATE_BYTES,
     STATE_FILE,
+    ServiceLock,
     ServiceState,
     live_state,
     read_state,
@@ -390,3 +391,12 @@ def test_the_state_file_is_its_owners_alone(tmp_path: Path) -> None:
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert read_state(home) == state
     (home / STATE_FILE).unlink()
+    # The lock, taken first by every command, made the home 0755 before write_state could
+    # make it 0700; and a home made so before is closed too.
+    for made_before in (tmp_path / "locked-home", tmp_path / "old-home"):
+        if made_before.name == "old-home":
+            made_before.mkdir(mode=0o755)
+            made_before.chmod(0o755)
+        with ServiceLock(made_before):
+            pass
+        assert stat.S_IMODE(made_before.stat().st_mode) == 0o700, made_before

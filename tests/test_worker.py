@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import threading
@@ -26,11 +27,12 @@ from app.jobs import clock as clock_module
 from app.jobs.clock import now_ms
 from app.jobs.model import FailureKind, FailurePolicy, Trigger, TriggerStatus
 from app.settings import Settings
+from app.store.history import History
 from app.store.keys import Keys, job_id
 from app.store.store import AppRegistration, Store
 from tests.support.jobs import APP, dead_letters, make_job, register
 from tests.support.receiver import DROP, Delivery, Receiver
-from tests.support.redis_proc import free_port
+from tests.support.redis_proc import RedisProcess, free_port
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker, WorkerFleet
 from workers import http_client as http_module
@@ -240,6 +242,10 @@ def test_sigterm_counts_what_it_sent_and_gives_back_what_it_did_not(
         [letter] = dead_letters(store)  # no retry left: the stop's cut is its last attempt
         assert letter.name == "once-0" and letter.attempts == 1
         assert letter.error == worker_module.CUT_SHORT
+        history = History(store).read(APP, "once-0")
+        assert history is not None
+        [entry] = history.entries  # when it was sent, and for as long as it was out
+        assert entry.sent_ms < sigterm_at * 1000 and entry.duration_us >= 400_000, entry
 
         fleet.start(settings)
         wait_for(lambda: store.counts()["jobs"] == 0, 20,
@@ -1242,4 +1248,39 @@ def test_a_worker_goes_by_redis_clock_whatever_its_machine_says(
     assert len(late) == 10 and min(late) >= 0, late
     assert max(late) < 1000, late  # not by the skew (2 s) late either
     side = "ahead of" if skew_s > 0 else "behind"
-    assert f"this machine's clock is 2000 ms {side} Redis's" in caplog.text
+    said = re.search(rf"this machine's clock is (\d+) ms {side} Redis's", caplog.text)
+    assert said is not None and 1990 <= int(said[1]) <= 2010, caplog.text  # (a round trip)
+
+
+def test_a_worker_started_while_redis_stalls_claims_once_it_has_read_redis_clock(
+        tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Redis stalled (SIGSTOP) as a worker whose machine's clock runs 2 s ahead starts:
+    its first reading failed, and it claimed by its own clock for the next 10 s, every
+    trigger 2 s early. It claims nothing until it has read Redis's clock."""
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    assert server.proc is not None
+    real_ns = time.time_ns
+    skewed = type("SkewedTime", (), {"time_ns": staticmethod(lambda: real_ns() + 2_000_000_000)})
+    monkeypatch.setattr(clock_module, "time", skewed)
+    monkeypatch.setattr(clock_module, "_lead_ns", 0)
+    settings = Settings(redis_url=server.url, app_url=receiver.url, delivery_timeout_s=2.0,
+                        lease_s=5.0, idle_poll_s=0.2)
+    try:
+        store = register(settings, receiver.url)
+        due = real_ns() // 1_000_000 + 3000
+        store.schedule_many(make_job(f"j-{i}", due_ms=due + 20 * i) for i in range(10))
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING, logger="jobrunner.worker"), \
+                ThreadWorker(settings):
+            wait_for(lambda: "cannot read Redis's clock yet" in caplog.text, 10,
+                     what="the worker to try Redis's clock")
+            os.kill(server.proc.pid, signal.SIGCONT)
+            wait_for(lambda: store.counts()["jobs"] == 0, 15, what="the deliveries")
+        late = [d.received_at * 1000 - int(d.headers["jobrunner-scheduled-ms"])
+                for d in receiver.received()]
+        assert len(late) == 10 and min(late) >= 0, late
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        server.stop()

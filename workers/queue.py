@@ -114,6 +114,11 @@ class Action:
     SKIP = "skip"
 
 
+# The longest round trip of a clean reading of Redis's clock (Queue.clock_lead_ns): a worker
+# goes up to this late by it, never early.
+CLOCK_ROUND_TRIP_NS = 2_000_000
+
+
 @dataclass(frozen=True)
 class Budgets:
     """What one claim may take of each app: `apps[app]` triggers, or `default` for an app
@@ -554,16 +559,22 @@ class Queue:
             job_exists = listed or parent_there
         return Standing(held, job_exists, paused)
 
-    async def clock_lead_ns(self, samples: int = 3) -> int:
-        """How far this machine's clock runs ahead of Redis's (negative: behind). Each
-        reading is taken once Redis's answer is back, so it is never less than the true
-        lead (a clock set back by it sends nothing early), and the least of `samples` is
-        the closest (Redis Cluster: one master's clock)."""
+    async def clock_lead_ns(self, samples: int = 5,
+                            round_trip_ns: int = CLOCK_ROUND_TRIP_NS) -> int | None:
+        """How far this machine's clock runs ahead of Redis's (negative: behind), or None
+        when no reading was clean. A reading is taken once Redis's answer is back, so it
+        is never less than the true lead (a clock set back by it sends nothing early), and
+        over it by the answer's way back: one whose round trip took longer than
+        `round_trip_ns` (a busy loop, a slow Redis) is not taken, and the least of the
+        others is the closest (Redis Cluster: one master's clock)."""
         readings = []
         for _ in range(samples):
+            sent = machine_ns()
             seconds, micros = await self.redis.time()
-            readings.append(machine_ns() - (int(seconds) * 1_000_000 + int(micros)) * 1000)
-        return min(readings)
+            back = machine_ns()
+            if back - sent <= round_trip_ns:
+                readings.append(back - (int(seconds) * 1_000_000 + int(micros)) * 1000)
+        return min(readings) if readings else None
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""

@@ -140,7 +140,8 @@ class Worker:
         self.inflight: dict[asyncio.Future[Any], Trigger] = {}
         # Those of them whose request went out: the app may have it, so a stop that cuts
         # one short counts its attempt (_shutdown), where one not sent yet is given back.
-        self._written: set[asyncio.Future[Any]] = set()
+        # (when each started: its clock and perf_counter, for its outcome)
+        self._written: dict[asyncio.Future[Any], tuple[int, float]] = {}
         self.slots = Slots(settings.concurrency, settings.app_concurrency, settings.claim_batch)
         self.settled: list[Settlement] = []
         self._slot_free = Flag()
@@ -167,7 +168,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
-        await self._keep_time_once()  # before the first claim: its "now" is Redis's
+        await self._keep_time_first(stop)  # before the first claim: its "now" is Redis's
         listener = asyncio.create_task(self._listen_for_wakeups(stop))
         counting = asyncio.create_task(self.metrics.run(stop, self._quiet))  # to Redis, 1/s
         timekeeping = asyncio.create_task(self._keep_time(stop))
@@ -366,7 +367,7 @@ class Worker:
         if sent is None:
             return False
         self.inflight[sent] = trigger
-        self._written.add(sent)
+        self._written[sent] = started, clock
         return True
 
     def _answered(self, trigger: Trigger, started: int, clock: float, timeout_s: float,
@@ -374,7 +375,7 @@ class Worker:
         """_send_now's outcome, the loop's turn after the answer (or the cancel of a stop):
         what a task's _deliver does after its send."""
         del self.inflight[sent]
-        self._written.discard(sent)
+        self._written.pop(sent, None)
         if sent.cancelled():  # stopping: _shutdown settled it
             self._done(trigger)
             return
@@ -414,7 +415,7 @@ class Worker:
             elif app.protocol == "grpc":
                 origin, request, metadata = delivery.build_grpc_call(
                     trigger, app, self.settings, started)
-                self._written.add(this)  # the call goes out as it starts
+                self._written[this] = started, clock  # the call goes out as it starts
                 outcome = await delivery.send_grpc(self._grpc, origin, request, metadata,
                                                    timeout_s)
             else:
@@ -423,7 +424,8 @@ class Worker:
                 outcome = await delivery.send(self._http, origin, path, body, headers,
                                               timeout_s, self._pool_wait_s(timeout_s, waited_s),
                                               self.settings.max_retry_after_s,
-                                              functools.partial(self._written.add, this))
+                                              functools.partial(self._written.__setitem__,
+                                                                this, (started, clock)))
             self._conclude(trigger, outcome, started, clock)
         except UNAVAILABLE as exc:
             # Unsettled, the trigger comes back when its lease runs out.
@@ -432,7 +434,7 @@ class Worker:
             self._cannot_process(trigger, exc, started, clock)
         finally:
             self.inflight.pop(this, None)
-            self._written.discard(this)
+            self._written.pop(this, None)
             self._done(trigger)
 
     def _conclude(self, trigger: Trigger, outcome: delivery.Outcome, started: int,
@@ -710,19 +712,33 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
+    async def _keep_time_first(self, stop: asyncio.Event) -> None:
+        """Until Redis's clock is read: claiming by this machine's, were it ahead, would
+        send triggers early (Redis down or stalled at the start: nothing to claim anyway)."""
+        rest, said = 0.05, 0.0
+        while not stop.is_set() and not await self._keep_time_once():
+            if time.monotonic() - said > 10.0:
+                said = time.monotonic()
+                log.warning("cannot read Redis's clock yet; claiming once it can be read")
+            await self._wait_any(stop, timeout=rest)
+            rest = min(rest * 2, 1.0)
+
     async def _keep_time(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self._wait_any(stop, timeout=CLOCK_CHECK_S)
             await self._keep_time_once()
 
-    async def _keep_time_once(self) -> None:
-        """Go by Redis's clock (app/jobs/clock.py): this machine's, less its lead."""
+    async def _keep_time_once(self) -> bool:
+        """Go by Redis's clock (app/jobs/clock.py): this machine's, less its lead. False,
+        and the last lead stands, when it could not be read cleanly."""
         try:
             async with asyncio.timeout(CLOCK_READ_WITHIN_S):  # a Redis down or stalled
                 lead_ns = await self.queue.clock_lead_ns()
         except CLOCK_FAULTS as exc:
-            log.debug("cannot read Redis's clock, the last lead stands: %s", exc)
-            return
+            log.debug("cannot read Redis's clock: %s", exc)
+            return False
+        if lead_ns is None:  # every reading slow: this time, the last lead stands
+            return False
         set_lead_ns(lead_ns)
         lead_ms = round(lead_ns / 1e6)
         warn = abs(lead_ms) > CLOCK_WARN_MS
@@ -731,6 +747,7 @@ class Worker:
                         "(set the clocks right: NTP)", abs(lead_ms),
                         "ahead of" if lead_ms > 0 else "behind")
         self._lead_said_ms = lead_ms if warn else 0
+        return True
 
     async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
         """Until CLAIM_AHEAD_MS before `earliest_ms` (at most idle_poll_s), or a wake-up."""
@@ -792,9 +809,8 @@ class Worker:
         # flight and nothing is left to settle.
         unsent = [t for f, t in cancelled if f not in self._written]
         for f, t in cancelled:
-            if f in self._written:
-                self._conclude(t, delivery.Outcome(False, None, CUT_SHORT), now_ms(),
-                               time.perf_counter())
+            if (sent := self._written.get(f)) is not None:
+                self._conclude(t, delivery.Outcome(False, None, CUT_SHORT), *sent)
         if unfinished:
             await asyncio.gather(*(f for f, _ in unfinished), return_exceptions=True)
         give_back = unsent + self.slots.drain() + self._claimed_at_stop

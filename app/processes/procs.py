@@ -122,6 +122,16 @@ def popen_kwargs(*, die_with_parent: bool) -> dict[str, Any]:
     return kwargs
 
 
+def private_folder(path: Path) -> None:
+    """`path` made if missing, and its owner's alone (0700), as it holds what Redis holds
+    (every app's registration and token) or its URL: one of ours that others may read
+    (made before, or under a loose umask) is closed too; another user's is left alone."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        path.chmod(0o700)
+
+
 def write_file(path: Path, data: bytes, tmp: Path | None = None, mode: int = 0o644) -> None:
     """`data` into `path` whole or not at all (written to `tmp`, then renamed), with `mode`
     (less the umask) from its first byte; an error names the file (a full disk's comes from

@@ -34,6 +34,7 @@ from app.processes.procs import (
     free_port,
     popen_kwargs,
     port_is_free,
+    private_folder,
     stop_process,
     tail,
     write_file,
@@ -555,7 +556,7 @@ class EmbeddedRedis:
         it themselves). Should the port have been taken in between, the server is started
         on another one and `on_launch` is called again, with the new URL.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.data_dir)  # the AOF holds every app's registration and token
         self._lock_data_dir()
         try:
             # Chosen under the lock: the record read is the one no other start is changing.

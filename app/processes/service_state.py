@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 from app.jobs.errors import JobrunnerError
 from app.processes.procs import (
     child_env,
+    private_folder,
     process_alive,
     process_start_time,
     python_module,
@@ -226,7 +227,7 @@ class ServiceLock:
         self._fd: int | None = None
 
     def __enter__(self) -> ServiceLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)  # (the home: see write_state)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + self.timeout
         while True:
@@ -276,7 +277,7 @@ def _state_text(path: Path) -> str:
 
 
 def write_state(home: Path, state: ServiceState) -> None:
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_folder(home)
     # Readers see the old file or the new one, never half. Its owner's alone: it holds the
     # Redis URL, with its password when REDIS_URL has one (and Redis access is full trust).
     write_file(home / STATE_FILE, state.to_json().encode(), mode=0o600)

@@ -376,11 +376,16 @@ def login() -> Response:
 
 @ui_bp.post("/logout")
 def logout() -> Response:
-    session = auth.current_session()
+    session, said = auth.current_session(), ""
     if session.authed:  # (a form POST: its CSRF token was checked) every copy ends with it
-        _store().ui_end_session(_settings().app_id, session.id, session.login_s,
-                                auth.SESSION_MAX_AGE_S)
-    auth.start_session(authed=False)
+        try:
+            _store().ui_end_session(_settings().app_id, session.id, session.login_s,
+                                    auth.SESSION_MAX_AGE_S)
+        except UNAVAILABLE as exc:  # this browser is logged out all the same
+            log.warning("dashboard logout not kept in Redis: %s", exc)
+            said = ("Logged out of this browser only: Redis is unavailable, so a copy of the "
+                    "session's cookie elsewhere stays valid for up to 12 hours from its login.")
+    auth.start_session(authed=False).flash = said
     return auth.see_other(url_for("ui.login"))
 
 
