@@ -114,11 +114,6 @@ class Action:
     SKIP = "skip"
 
 
-# The longest round trip of a clean reading of Redis's clock (Queue.clock_lead_ns): a worker
-# goes up to this late by it, never early.
-CLOCK_ROUND_TRIP_NS = 2_000_000
-
-
 @dataclass(frozen=True)
 class Budgets:
     """What one claim may take of each app: `apps[app]` triggers, or `default` for an app
@@ -559,22 +554,20 @@ class Queue:
             job_exists = listed or parent_there
         return Standing(held, job_exists, paused)
 
-    async def clock_lead_ns(self, samples: int = 5,
-                            round_trip_ns: int = CLOCK_ROUND_TRIP_NS) -> int | None:
-        """How far this machine's clock runs ahead of Redis's (negative: behind), or None
-        when no reading was clean. A reading is taken once Redis's answer is back, so it
-        is never less than the true lead (a clock set back by it sends nothing early), and
-        over it by the answer's way back: one whose round trip took longer than
-        `round_trip_ns` (a busy loop, a slow Redis) is not taken, and the least of the
-        others is the closest (Redis Cluster: one master's clock)."""
+    async def clock_reading(self, samples: int = 5) -> tuple[int, int]:
+        """How far this machine's clock runs ahead of Redis's (negative: behind), and the
+        round trip of the reading, the quickest of `samples` (Redis Cluster: one master's
+        clock). Taken once Redis's answer is back, a reading is never less than the true
+        lead (a clock set back by it sends nothing early), and over it by at most its
+        round trip (a busy loop's delay included)."""
         readings = []
         for _ in range(samples):
             sent = machine_ns()
             seconds, micros = await self.redis.time()
             back = machine_ns()
-            if back - sent <= round_trip_ns:
-                readings.append(back - (int(seconds) * 1_000_000 + int(micros)) * 1000)
-        return min(readings) if readings else None
+            readings.append((back - sent, back - (int(seconds) * 1_000_000 + int(micros)) * 1000))
+        round_trip, lead = min(readings)
+        return lead, round_trip
 
     async def release(self, triggers: list[Trigger]) -> int:
         """Give back claimed triggers at once (on shutdown) instead of waiting for the lease."""

@@ -58,6 +58,9 @@ STOP_MARGIN_S = 5.0
 CLOCK_CHECK_S = 10.0
 CLOCK_WARN_MS = 50
 CLOCK_READ_WITHIN_S = 1.0
+# A later reading is taken if its round trip (what it may be over the true lead: a busy
+# loop's delay) is under this, or twice the quickest this worker has seen (a remote Redis).
+CLOCK_ROUND_TRIP_NS = 2_000_000
 CLOCK_FAULTS: tuple[type[BaseException], ...] = (*UNAVAILABLE, TimeoutError)
 # The outcome of a delivery sent, but not answered within the stop's grace.
 CUT_SHORT = "no answer before the worker stopped"
@@ -161,6 +164,7 @@ class Worker:
         self._claimed_at_stop: list[Trigger] = []
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
         self._lead_said_ms = 0  # the clock's lead over Redis's last said in the log
+        self._quickest_reading_ns = 10**18  # the least round trip of a clock reading yet
         # A call Redis Cluster answered late has ended (Queue.on_parked_done): its claimed
         # triggers, or the outcomes it carried, are taken now.
         self._parked_done = False
@@ -730,15 +734,16 @@ class Worker:
 
     async def _keep_time_once(self) -> bool:
         """Go by Redis's clock (app/jobs/clock.py): this machine's, less its lead. False,
-        and the last lead stands, when it could not be read cleanly."""
+        and the last lead stands, when it could not be read, or only slowly."""
         try:
             async with asyncio.timeout(CLOCK_READ_WITHIN_S):  # a Redis down or stalled
-                lead_ns = await self.queue.clock_lead_ns()
+                lead_ns, round_trip_ns = await self.queue.clock_reading()
         except CLOCK_FAULTS as exc:
             log.debug("cannot read Redis's clock: %s", exc)
             return False
-        if lead_ns is None:  # every reading slow: this time, the last lead stands
-            return False
+        if round_trip_ns > max(CLOCK_ROUND_TRIP_NS, 2 * self._quickest_reading_ns):
+            return False  # the loop busy (a burst): it would make the worker that late
+        self._quickest_reading_ns = min(self._quickest_reading_ns, round_trip_ns)
         set_lead_ns(lead_ns)
         lead_ms = round(lead_ns / 1e6)
         warn = abs(lead_ms) > CLOCK_WARN_MS
