@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import http.client
 import logging
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -40,7 +42,7 @@ from app.jobs.cron import MAX_ZONE_NAME_LENGTH
 from app.jobs.durations import MAX_DURATION_LENGTH
 from app.jobs.schedule import MAX_SCHEDULE_LENGTH, next_fire_ms, parse_schedule
 from app.jobs.sizedcache import SizedCache
-from app.processes.procs import PortInUseError, ensure_port_free
+from app.processes.procs import PROJECT_ROOT, PortInUseError, ensure_port_free
 from app.settings import Settings, SettingsError
 from app.store.persistence import persistence_problem, warn_at_start
 from app.store.store import UNBOUND, AppClaimed, AppRegistration, Store, app_binding
@@ -648,18 +650,22 @@ def test_app_host_that_is_no_host_is_refused_by_name(host: str) -> None:
         Settings.from_env({"APP_HOST": host})
 
 
-def test_a_file_written_on_a_full_disk_is_named(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The write's ENOSPC names no file: "[Errno 28] No space left on device" was all."""
-    import errno
-
-    from app.processes.procs import write_file
-
-    def full(self: Path, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(Path, "write_bytes", full)
+def test_a_file_written_on_a_full_disk_is_named(tmp_path: Path) -> None:
+    """The write's ENOSPC names no file: "[Errno 28] No space left on device" was all.
+    (A write past RLIMIT_FSIZE fails as one on a full disk does, with EFBIG: in a child.)"""
     target = tmp_path / "redis.port"
-    with pytest.raises(OSError, match=f"No space left on device: '{target}'"):
-        write_file(target, b"6379\n")
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from app.processes.procs import write_file\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2, 2))\n"
+        "try:\n"
+        "    write_file(Path(sys.argv[1]), b'6379\\n')\n"
+        "except OSError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True,
+                          text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert done.stdout.strip() == f"[Errno 27] File too large: '{target}'", done
     assert list(tmp_path.iterdir()) == []
