@@ -10,7 +10,7 @@ import random
 import time
 from typing import Any
 
-from app.jobs.clock import now_ms, now_ns, set_lead_ns
+from app.jobs.clock import now_ms, now_ns
 from app.jobs.errors import JobrunnerError
 from app.jobs.model import CatchUp, DeadLetter, FailureKind, Trigger
 from app.jobs.schedule import catch_up_due, next_fire_ms
@@ -24,6 +24,7 @@ from workers.http_client import HttpClient, Sent
 from workers.metrics import LAST_FLUSH_WITHIN_S, WorkerMetrics
 from workers.queue import RELEASE_WITHIN_S, Action, Claim, Queue, Settled, Settlement
 from workers.slots import Slots
+from workers.timekeeping import RedisClock
 
 log = logging.getLogger("jobrunner.worker")
 
@@ -54,14 +55,6 @@ STAGE_WITHIN_S = 1.0
 # A stop's deadline past the grace period (JOBRUNNER_SHUTDOWN_GRACE): settling what was
 # delivered, giving back the rest, the last counts. The supervisor kills a worker then.
 STOP_MARGIN_S = 5.0
-# How often a worker measures its clock against Redis's, and past what lead it says so.
-CLOCK_CHECK_S = 10.0
-CLOCK_WARN_MS = 50
-CLOCK_READ_WITHIN_S = 1.0
-# A later reading is taken if its round trip (what it may be over the true lead: a busy
-# loop's delay) is under this, or twice the quickest this worker has seen (a remote Redis).
-CLOCK_ROUND_TRIP_NS = 2_000_000
-CLOCK_FAULTS: tuple[type[BaseException], ...] = (*UNAVAILABLE, TimeoutError)
 # The outcome of a delivery sent, but not answered within the stop's grace.
 CUT_SHORT = "no answer before the worker stopped"
 
@@ -136,6 +129,7 @@ class Worker:
     def __init__(self, settings: Settings, queue: Queue | None = None) -> None:
         self.settings = settings
         self.queue = queue or Queue(settings)
+        self.clock = RedisClock(self.queue)  # the clock due times go by: Redis's
         self.metrics = WorkerMetrics(self.queue.redis, self.queue.keys,
                                      lambda: self.inflight.values(), settings.concurrency,
                                      prometheus=bool(settings.worker_metrics_port))
@@ -163,8 +157,6 @@ class Worker:
         # would cut their deliveries short, and they would go again (_shutdown).
         self._claimed_at_stop: list[Trigger] = []
         self._planned_wake_ms = 0  # when the sleeping claim loop means to look again
-        self._lead_said_ms = 0  # the clock's lead over Redis's last said in the log
-        self._quickest_reading_ns = 10**18  # the least round trip of a clock reading yet
         # A call Redis Cluster answered late has ended (Queue.on_parked_done): its claimed
         # triggers, or the outcomes it carried, are taken now.
         self._parked_done = False
@@ -172,10 +164,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set, then finish or release what is held."""
-        await self._keep_time_first(stop)  # before the first claim: its "now" is Redis's
+        await self.clock.first(stop)  # before the first claim: its "now" is Redis's
         listener = asyncio.create_task(self._listen_for_wakeups(stop))
         counting = asyncio.create_task(self.metrics.run(stop, self._quiet))  # to Redis, 1/s
-        timekeeping = asyncio.create_task(self._keep_time(stop))
+        timekeeping = asyncio.create_task(self.clock.keep(stop))
         helpers = [asyncio.create_task(self._wake_all_on(stop)),
                    asyncio.create_task(self._settle_loop(stop)),
                    listener,
@@ -715,44 +707,6 @@ class Worker:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
-
-    async def _keep_time_first(self, stop: asyncio.Event) -> None:
-        """Until Redis's clock is read: claiming by this machine's, were it ahead, would
-        send triggers early (Redis down or stalled at the start: nothing to claim anyway)."""
-        rest, said = 0.05, 0.0
-        while not stop.is_set() and not await self._keep_time_once():
-            if time.monotonic() - said > 10.0:
-                said = time.monotonic()
-                log.warning("cannot read Redis's clock yet; claiming once it can be read")
-            await self._wait_any(stop, timeout=rest)
-            rest = min(rest * 2, 1.0)
-
-    async def _keep_time(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._wait_any(stop, timeout=CLOCK_CHECK_S)
-            await self._keep_time_once()
-
-    async def _keep_time_once(self) -> bool:
-        """Go by Redis's clock (app/jobs/clock.py): this machine's, less its lead. False,
-        and the last lead stands, when it could not be read, or only slowly."""
-        try:
-            async with asyncio.timeout(CLOCK_READ_WITHIN_S):  # a Redis down or stalled
-                lead_ns, round_trip_ns = await self.queue.clock_reading()
-        except CLOCK_FAULTS as exc:
-            log.debug("cannot read Redis's clock: %s", exc)
-            return False
-        if round_trip_ns > max(CLOCK_ROUND_TRIP_NS, 2 * self._quickest_reading_ns):
-            return False  # the loop busy (a burst): it would make the worker that late
-        self._quickest_reading_ns = min(self._quickest_reading_ns, round_trip_ns)
-        set_lead_ns(lead_ns)
-        lead_ms = round(lead_ns / 1e6)
-        warn = abs(lead_ms) > CLOCK_WARN_MS
-        if warn and abs(lead_ms - self._lead_said_ms) > CLOCK_WARN_MS:
-            log.warning("this machine's clock is %d ms %s Redis's: the worker goes by Redis's "
-                        "(set the clocks right: NTP)", abs(lead_ms),
-                        "ahead of" if lead_ms > 0 else "behind")
-        self._lead_said_ms = lead_ms if warn else 0
-        return True
 
     async def _sleep_until(self, earliest_ms: int | None, stop: asyncio.Event) -> None:
         """Until CLAIM_AHEAD_MS before `earliest_ms` (at most idle_poll_s), or a wake-up."""

@@ -1,7 +1,7 @@
 """The one clock every due-time comparison uses.
 
 In a worker it is Redis's clock (its `TIME`), read through this machine's: the worker
-measures how far its own clock runs ahead of Redis's (workers/worker.py, `_keep_time`) and
+measures how far its own clock runs ahead of Redis's (workers/timekeeping.py) and
 sets that lead here. All workers so go by one clock, whatever their machines' clocks say:
 one whose clock ran 2 s ahead sent every trigger 2 s early, and took over other workers'
 leases before they ended. Elsewhere (the API) the lead stays 0: this machine's clock.

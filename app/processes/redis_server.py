@@ -648,7 +648,7 @@ class EmbeddedRedis:
         can: stopped before that, it loses it."""
         import redis
 
-        client = redis.Redis(port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
         try:
             info = client.info("persistence")
         except redis.RedisError:
