@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from app.settings import Settings
 from app.store.keys import Keys, is_replay
+from tests.support.names_index import index_ids, leaf_key
 
 # Both spellings of the Dapr jobs API; every job route is tested on each.
 BASES = ("/v1.0-alpha1/jobs", "/v1.0/jobs")
@@ -89,11 +90,13 @@ def assert_store_consistent(client: Any, settings: Settings) -> set[str]:
         for jid in jobs:
             assert keys.partition_of(jid) == index, f"{jid} stored in the wrong partition"
             assert "/" in jid, jid
-        names = {m.decode() for m in client.zrange(pk.names, 0, -1)}
+        names = set(index_ids(client, pk))
         assert names == {j for j in jobs if not is_replay(j)}, f"partition {index}: " \
             f"the per-app job index differs from the jobs: {names ^ jobs}"
         all_ids |= jobs
-    allowed = {k for pk in keys.all_partitions() for k in [*pk.all(), pk.indexed]}
+    allowed = {k for pk in keys.all_partitions() for k in [*pk.all(), pk.indexed, pk.app_jobs]}
+    allowed |= {leaf_key(pk, low).decode() for pk in keys.all_partitions()
+                for low in client.zrange(pk.names, 0, -1)}
     allowed |= {keys.apps} | staged_keys
     for raw_key in client.scan_iter(match=_glob(settings.prefix) + ":*", count=1000):
         key = raw_key.decode()

@@ -33,9 +33,10 @@ from app.jobs.model import FailureKind, FailurePolicy, Job, Trigger
 from app.settings import Settings
 from app.store import pages, stats
 from app.store.deadletters import DeadLetters, Selection
-from app.store.keys import job_id, letter_job_name
+from app.store.keys import INDEXED_VERSION, job_id, letter_job_name
 from app.store.store import Store
 from tests.support.jobs import QueueDriver, make_job
+from tests.support.names_index import drop_index, index_ids
 from tests.support.redis_proc import RedisProcess
 
 T0 = 1_900_000_000_000
@@ -554,7 +555,8 @@ def test_data_from_before_the_indexes_is_indexed_once(settings: Settings, q: Que
     finally:
         writer.close()
     for pk in Store(settings).keys.all_partitions():  # as an older version left them
-        redis_client.delete(pk.names, pk.deadlex, pk.indexed)
+        drop_index(redis_client, pk)
+        redis_client.delete(pk.deadlex, pk.indexed)
 
     store = counting_store(settings)
     try:
@@ -563,10 +565,40 @@ def test_data_from_before_the_indexes_is_indexed_once(settings: Settings, q: Que
         assert len(DeadLetters(store).page(B)[0]) == 2
         again = measure(lambda: store.app_counts(B))[0]
         assert "HSCAN" not in again.commands
-        fresh = counting_store(settings)  # a new process: one EXISTS per partition
+        fresh = counting_store(settings)  # a new process: one GET per partition
         meter = measure(lambda: fresh.app_counts(B))[0]
-        assert meter.commands["EXISTS"] == settings.partitions
-        assert "HSCAN" not in meter.commands
+        assert meter.commands["GET"] == settings.partitions
+        assert "EVALSHA" not in meter.commands
         fresh.close()
+    finally:
+        store.close()
+
+
+def test_the_job_index_of_the_version_before_the_b_tree_is_moved_into_it(
+        settings: Settings, q: QueueDriver, redis_client: redis.Redis) -> None:
+    writer = Store(settings)
+    try:
+        dead_letter_jobs(writer, q, B, ["old-1", "old-2"])
+        writer.schedule_many(make_job(f"old-job-{i}", T0, app_id=B) for i in range(700))
+        writer.schedule_many(make_job(f"old-job-{i}", T0, app_id=A) for i in range(50))
+        parts = writer.keys.all_partitions()
+    finally:
+        writer.close()
+    for pk in parts:  # as that version left them: every id in one sorted set, marked "1"
+        ids = index_ids(redis_client, pk)
+        drop_index(redis_client, pk)
+        if ids:
+            redis_client.zadd(pk.legacy_names, dict.fromkeys(ids, 0))
+        redis_client.set(pk.indexed, "1")
+    store = Store(settings)
+    try:
+        assert store.app_counts(B) == {"jobs": 702, "dead_letters": 2}
+        assert store.app_counts(A) == {"jobs": 50, "dead_letters": 0}
+        names = [v.job.name for v in store.list_jobs(B, limit=1000)[0]]
+        assert names == sorted(["old-1", "old-2", *(f"old-job-{i}" for i in range(700))])
+        for pk in parts:
+            assert not redis_client.exists(pk.legacy_names)
+            assert redis_client.get(pk.indexed) == INDEXED_VERSION.encode()
+            index_ids(redis_client, pk)  # checks the B-tree's shape and counts
     finally:
         store.close()

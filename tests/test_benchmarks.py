@@ -252,7 +252,7 @@ def test_layout_memory(capsys: pytest.CaptureFixture[str]) -> None:
 
     layout_memory.main(["--jobs", "3000"])
     out = capsys.readouterr().out
-    today = float(out.split("skiplists):")[1].split("B")[0])
+    today = float(out.split("leaves):")[1].split("B")[0])
     candidate = float(out.split("record):")[1].split("B")[0])
     record = re.search(r"candidate \(listpack, a (\d+)-byte record\)", out)
     assert record is not None and int(record.group(1)) <= 64, out  # hash-max-listpack-value

@@ -19,6 +19,7 @@ from app.store.keys import is_replay
 from app.store.pauses import BATCH, Pauses
 from app.store.store import Store
 from tests.support.jobs import APP, QueueDriver
+from tests.support.names_index import index_ids
 from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
@@ -147,7 +148,7 @@ def test_a_skip_job_whose_ttl_ran_out_while_paused_ends_at_its_resume(store: Sto
     assert pauses.resume_job(APP, "ending")
     assert store.get(APP, "ending") is None  # over: nothing of it was left to fire
     assert 0 < store.redis.pttl(hist) <= int(store.settings.history_ttl_s * 1000)
-    assert not any(store.redis.zcard(pk.names) for pk in store.keys.all_partitions())
+    assert not any(index_ids(store.redis, pk) for pk in store.keys.all_partitions())
 
 
 def test_a_resume_that_ends_its_job_answers_the_job_ended_not_404(

@@ -25,6 +25,7 @@ from app.store import store as store_module
 from app.store.keys import Keys, dead_member, is_replay, job_id
 from app.store.store import JobExists, Store
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
+from tests.support.names_index import index_ids
 from tests.support.redis_proc import RedisProcess
 from workers.queue import Budgets
 
@@ -658,7 +659,7 @@ def _check_invariants(r: redis.Redis, settings: Settings) -> None:
         assert runs <= jobs, f"run state without a job: {runs - jobs}"
         assert r.hlen(pk.dead) == r.zcard(pk.deadidx)
         # the per-app indexes (app/store/keys.py) hold exactly the jobs and dead letters
-        names = {m.decode() for m in r.zrange(pk.names, 0, -1)}
+        names = set(index_ids(r, pk))
         assert names == {j for j in jobs if not is_replay(j)}, names ^ jobs
         deadlex = {m.decode() for m in r.zrange(pk.deadlex, 0, -1)}
         assert deadlex == {dead_member(j.decode().partition("/")[0], int(ms), j.decode())
@@ -821,3 +822,13 @@ def test_unstage_puts_every_trigger_back_a_bounded_batch_per_script(
     assert r.zcard(pk.staged(APP)) == 0
     assert [(m.decode(), int(s)) for m, s in r.zrange(pk.due, 0, -1, withscores=True)] == [
         (job_id(APP, name), 1_000_000 + i) for i, name in enumerate(names)]
+
+
+def test_schedule_many_does_not_count_the_jobs_the_cap_refused(settings: Settings) -> None:
+    store = Store(replace(settings, app_max_jobs=2))
+    try:
+        stored = store.schedule_many(make_job(f"j{n}", app_id="a") for n in range(5))
+        assert store.app_counts("a")["jobs"] == 2
+        assert stored == 2  # schedule.lua answered -1 for the other three
+    finally:
+        store.close()

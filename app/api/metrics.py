@@ -191,7 +191,8 @@ class _RedisCollector:
 
         jobs = GaugeMetricFamily("jobrunner_jobs", "Jobs stored, per app", labels=["app_id"])
         for i, app_id in enumerate(app_ids):
-            jobs.add_metric([app_id], sum(answers[i * keys.partitions:(i + 1) * keys.partitions]))
+            jobs.add_metric([app_id], sum(int(n or 0) for n in
+                                          answers[i * keys.partitions:(i + 1) * keys.partitions]))
         yield jobs
         yield GaugeMetricFamily(
             "jobrunner_triggers_due", "Triggers due now and waiting for a worker (all apps)",

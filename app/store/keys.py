@@ -21,8 +21,14 @@ Per partition:
                                first (run state lease HELD_LEASE while there)
     {prefix}:{N}:heldapps ZSET app id -> ms its held triggers may next be taken
     {prefix}:{N}:rate    HASH  app id -> token bucket "tokens|ms" of a rate-limited app
-    {prefix}:{N}:names   ZSET  job ids (not replays), all scored 0: ordered by app,
-                               then name, so one app's jobs are one ZRANGEBYLEX range
+    {prefix}:{N}:nametop ZSET  the per-app job index, a B-tree of job ids (not replays)
+                               in bytewise order, by app, then name: this key holds each
+                               leaf's low bound, all scored 0 (app/store/lua/names_index.lua)
+    {prefix}:{N}:nameleaf:{low} ZSET  a leaf: the ids from its low bound to the next one's,
+                               at most 128, so Redis keeps it compact (a listpack)
+    {prefix}:{N}:appjobs HASH  app id -> how many of its jobs the index holds
+    {prefix}:{N}:names   ZSET  the index as versions before the B-tree kept it (every id in
+                               one sorted set): ensure_indexed moves it and deletes it
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
                                one app's dead letters, oldest first, as one range
     {prefix}:{N}:paused  HASH  job id -> "{by}|{since ms}|{due ms}" of a paused job
@@ -35,8 +41,9 @@ Per partition:
     {prefix}:{N}:pausegen HASH app id -> the number of the last pause or resume of the
                                app that reached this partition (app_flag.lua: an older
                                one, overtaken, changes nothing here)
-    {prefix}:{N}:indexed STRING set once `names`/`deadlex` hold the data older
-                               versions stored without them (store.Store.ensure_indexed)
+    {prefix}:{N}:indexed STRING set once the job index and `deadlex` hold the data older
+                               versions stored without them (store.Store.ensure_indexed):
+                               INDEXED_VERSION; "1" from versions whose job index was `names`
     {prefix}:{N}:nows:{job id} SET  the job's "trigger now" one-shots (their job ids)
                                that may be left: delete.lua removes them with the job
                                (a TTL of FIRED_NOW_KEEP_MS from the last one)
@@ -161,6 +168,10 @@ def letter_job_name(app_id: str, letter_id: str) -> str | None:
     return letter_id[len(app_id) + 1:].rpartition("@")[0] or None
 
 
+# What `indexed` holds once the job index is the B-tree (older versions set "1").
+INDEXED_VERSION = "2"
+
+
 @dataclass(frozen=True)
 class PartitionKeys:
     """The keys of one partition, in the order the Lua scripts take them."""
@@ -176,6 +187,16 @@ class PartitionKeys:
     def all(self) -> list[str]:
         return [self.due, self.jobs, self.runs, self.dead, self.deadidx, self.names,
                 self.deadlex, self.paused]
+
+    @property
+    def app_jobs(self) -> str:
+        """HASH app id -> how many of its jobs the job index (`names`) holds."""
+        return f"{self.due.removesuffix(':due')}:appjobs"
+
+    @property
+    def legacy_names(self) -> str:
+        """The job index as versions before the B-tree kept it (`names` is its top now)."""
+        return f"{self.due.removesuffix(':due')}:names"
 
     @property
     def indexed(self) -> str:
@@ -254,7 +275,7 @@ class Keys:
             runs=f"{base}:runs",
             dead=f"{base}:dead",
             deadidx=f"{base}:deadidx",
-            names=f"{base}:names",
+            names=f"{base}:nametop",
             deadlex=f"{base}:deadlex",
         )
 

@@ -1,8 +1,9 @@
 """Paging over the per-app indexes (app/store/keys.py: `names`, `deadlex`).
 
-Each index is one ZSET per partition whose members all score 0, so Redis orders them
-bytewise and one app's entries (or one name prefix's) are one ZRANGEBYLEX range: reading
-a page costs O(log N + page) whatever other apps store. A page token is a position in
+Each index orders its members bytewise, so one app's entries (or one name prefix's) are
+one ZRANGEBYLEX range: `deadlex` is one ZSET per partition whose members all score 0, the
+job index a B-tree of such ZSETs (read with a script, Store.names_in). Reading a page
+costs O(log N + page) whatever other apps store. A page token is a position in
 that order (the last entry passed), so any well-formed token is a valid place to resume
 and costs the same as the first page; a malformed one is refused before Redis is asked.
 """
@@ -13,7 +14,7 @@ import base64
 import binascii
 import heapq
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 # Longest page token accepted: a job name is at most 253 characters (1,012 bytes of
 # UTF-8), a dead-letter position holds an id of about that, base64 adds a third.
@@ -45,20 +46,33 @@ def decode(token: str) -> str:
         raise BadPageToken(token, "not a token this API gave") from None
 
 
+class RangeReader(Protocol):
+    """Reads at most `count` members of the index `key` in the ZRANGEBYLEX bounds `low`
+    and `high`, on `client` (a pipeline queues it)."""
+
+    def __call__(self, key: str, low: bytes, high: bytes, count: int, client: Any, /) -> Any:
+        ...
+
+
+def zrangebylex(key: str, low: bytes, high: bytes, count: int, client: Any) -> Any:
+    """The RangeReader of an index that is one sorted set (`deadlex`)."""
+    return client.zrangebylex(key, low, high, start=0, num=count)
+
+
 def first_in_ranges(redis: Any, keys: Sequence[str], low: bytes, high: bytes,
-                    count: int) -> list[bytes]:
+                    count: int, read: RangeReader = zrangebylex) -> list[bytes]:
     """The first `count` members in [low, high] over all `keys` (one per partition),
-    merged in Redis's order: one pipelined ZRANGEBYLEX per key."""
+    merged in Redis's order: one pipelined read per key."""
     pipe = redis.pipeline(transaction=False)
     for key in keys:
-        pipe.zrangebylex(key, low, high, start=0, num=count)
+        read(key, low, high, count, pipe)
     found: list[bytes] = [m for members in pipe.execute() for m in members]
     found.sort()
     return found[:count]
 
 
 def walk_ranges(redis: Any, keys: Sequence[str], low: bytes, high: bytes,
-                chunk: int) -> Iterator[tuple[bytes, int]]:
+                chunk: int, read: RangeReader = zrangebylex) -> Iterator[tuple[bytes, int]]:
     """(member, index of its key) for every member in [low, high] over all `keys`, in
     Redis's order, read lazily `chunk` at a time per key. A member removed after it was
     read is still yielded; one added behind the walk's position is not."""
@@ -67,7 +81,7 @@ def walk_ranges(redis: Any, keys: Sequence[str], low: bytes, high: bytes,
     def one(index: int, key: str) -> Iterator[tuple[bytes, int]]:
         position = low
         while True:
-            members: list[bytes] = redis.zrangebylex(key, position, high, start=0, num=chunk)
+            members: list[bytes] = read(key, position, high, chunk, redis)
             for member in members:
                 yield member, index
             if len(members) < chunk:

@@ -161,7 +161,7 @@ class Pauses:
                 for ids in self._app_jobs(pk, app_id):
                     paused += self._pause(pk, app_id, ids, BY_APP, now, number)
             else:  # a later resume holds the partition: the app's jobs there count all the same
-                paused += self.redis.zlexcount(pk.names, *names_range(app_id))
+                paused += int(self.redis.hget(pk.app_jobs, app_id) or 0)
         return paused
 
     def resume_app(self, app_id: str) -> int:
@@ -283,7 +283,7 @@ class Pauses:
         """The app's job ids in this partition, BATCH at a time, in name order."""
         low, high = names_range(app_id)
         while True:
-            batch = self.redis.zrangebylex(pk.names, low, high, start=0, num=BATCH)
+            batch = self.store.names_in(pk.names, low, high, BATCH)
             if not batch:
                 return
             ids = [m.decode() if isinstance(m, bytes) else m for m in batch]

@@ -39,7 +39,7 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.store.redis_wait import WaitPolicy
+from app.store.redis_wait import READ_ONLY_SHAS, WaitPolicy
 
 
 class ClusterUnreachable(redis.ConnectionError):
@@ -103,7 +103,7 @@ class _ScriptingClusterPipeline(redis.cluster.ClusterPipeline):
     queued: list[tuple[str, int, tuple[Any, ...]]]
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.client.replica_wait is not None:
+        if self.client.replica_wait is not None and sha not in READ_ONLY_SHAS:
             self.queued.append((sha, numkeys, keys_and_args))
             return self
         queue: Any = self  # redis-py leaves execute_command untyped
@@ -159,7 +159,7 @@ class ClusterClient(redis.cluster.RedisCluster):
             raise
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is not None:
+        if self.replica_wait is not None and sha not in READ_ONLY_SHAS:
             return self.run_scripts_waiting([(sha, numkeys, keys_and_args)], single=True)[0]
         try:
             return super().evalsha(sha, numkeys, *keys_and_args)
@@ -362,7 +362,7 @@ class AsyncClusterClient(redis.asyncio.cluster.RedisCluster):
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         policy = self.replica_wait
-        if policy is None:
+        if policy is None or sha in READ_ONLY_SHAS:
             try:
                 return await super().evalsha(sha, numkeys, *keys_and_args)
             except redis.exceptions.NoScriptError as exc:

@@ -16,6 +16,7 @@ clients of app.store.redis_cluster apply the same policy node by node.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,15 @@ import redis.exceptions
 from app.settings import Settings
 
 DEFAULT_WAIT_TIMEOUT_MS = 1000
+
+# The SHA1s of the scripts that write nothing (app/store/scripts.py READ_ONLY): run without
+# WAIT, as a read that waited for a short replica was refused with the writes.
+READ_ONLY_SHAS: set[str] = set()
+
+
+def mark_read_only(source: str) -> None:
+    """Run the script `source` without WAIT: it writes nothing a replica could lack."""
+    READ_ONLY_SHAS.add(hashlib.sha1(source.encode()).hexdigest())
 
 
 class NotReplicated(redis.exceptions.TimeoutError):
@@ -81,6 +91,7 @@ class _WaitingPipeline(redis.client.Pipeline):
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         policy = self.replica_wait
         scripted = any(str(args[0]).upper() in ("EVALSHA", "EVAL")
+                       and str(args[1]) not in READ_ONLY_SHAS
                        for args, _ in self.command_stack)
         in_transaction = bool(getattr(self, "transaction", False) is True
                               or getattr(self, "explicit_transaction", False))
@@ -99,7 +110,7 @@ class WaitingRedis(redis.Redis):
     replica_wait: WaitPolicy | None = None
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is None:
+        if self.replica_wait is None or sha in READ_ONLY_SHAS:
             return super().evalsha(sha, numkeys, *keys_and_args)
         pipe: Any = super().pipeline(transaction=False)
         pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
@@ -120,7 +131,7 @@ class AsyncWaitingRedis(redis.asyncio.Redis):
     replica_wait: WaitPolicy | None = None
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if self.replica_wait is None:
+        if self.replica_wait is None or sha in READ_ONLY_SHAS:
             return await super().evalsha(sha, numkeys, *keys_and_args)
         pipe = self.pipeline(transaction=False)
         pipe.execute_command("EVALSHA", sha, numkeys, *keys_and_args)

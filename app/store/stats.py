@@ -265,11 +265,10 @@ def read_totals(redis: Any, keys: Keys, app_ids: Sequence[str]) -> dict[str, Cou
 
 
 def queue_jobs_count(pipe: Any, keys: Keys, app_id: str) -> int:
-    """Queue the count of the app's jobs (its per-app index in every partition); returns
-    how many answers to add up."""
-    low, high = names_range(app_id)
+    """Queue the count of the app's jobs (its count in every partition's job index);
+    returns how many answers to add up (each a count, or None for none)."""
     for pk in keys.all_partitions():
-        pipe.zlexcount(pk.names, low, high)
+        pipe.hget(pk.app_jobs, app_id)
     return keys.partitions
 
 
@@ -316,7 +315,7 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
     # The app's own jobs, not the due index's head: that is every app's, and another
     # app's backlog would fill the cap (the cost and the count were the other app's).
     for pk in parts:
-        pipe.zrangebylex(pk.names, low, high, start=0, num=due_cap)
+        store.names_in(pk.names, low, high, due_cap, pipe)
     for pk in parts:  # due, but set aside by a claim until the app has room (claim.lua)
         pipe.zlexcount(pk.held, low, high)
     answers = pipe.execute()

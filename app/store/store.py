@@ -24,6 +24,7 @@ from app.jobs.validation import job_to_api, validate_name
 from app.settings import Settings
 from app.store import pages, scripts
 from app.store.keys import (
+    INDEXED_VERSION,
     Keys,
     PartitionKeys,
     dead_range,
@@ -33,7 +34,7 @@ from app.store.keys import (
 )
 from app.store.pauses import BY_APP, BY_JOB, Paused
 from app.store.redis_client import REFUSES_WRITES, UNAVAILABLE, read_together, sync_client
-from app.store.redis_wait import NotReplicated
+from app.store.redis_wait import NotReplicated, mark_read_only
 
 if TYPE_CHECKING:  # only the API's processes use one (app/api/fast_schedule.py, app/grpc)
     from app.store.loop_redis import LoopRedis
@@ -153,6 +154,8 @@ class Store:
         self.redis = client if client is not None else sync_client(settings)
         self._scripts = {name: self.redis.register_script(scripts.source(name))
                          for name in scripts.SCRIPT_NAMES}
+        for name in scripts.READ_ONLY:
+            mark_read_only(scripts.source(name))
         self._indexed = False  # ensure_indexed has run
         self._ui_secret: bytes | None = None  # as read last (ui_secret)
         # The jobs an app may hold in each partition (schedule.lua's ARGV[7]): its share of
@@ -218,7 +221,7 @@ class Store:
 
     def schedule_many(self, jobs: Iterable[Job], overwrite: bool = True, chunk: int = 1000) -> int:
         """Bulk load, pipelined; returns how many were stored (existing ones skipped
-        unless `overwrite`)."""
+        unless `overwrite`, new ones past the app's JOBRUNNER_APP_MAX_JOBS refused)."""
         stored = 0
         pipe = self.redis.pipeline(transaction=False)
         pending = 0
@@ -228,10 +231,10 @@ class Store:
             script(keys=keys, args=args, client=pipe)
             pending += 1
             if pending >= chunk:
-                stored += sum(1 for r in pipe.execute() if r)
+                stored += sum(1 for r in pipe.execute() if r in (1, 2))
                 pending = 0
         if pending:
-            stored += sum(1 for r in pipe.execute() if r)
+            stored += sum(1 for r in pipe.execute() if r in (1, 2))
         return stored
 
     def schedule_batch(self, app_id: str,
@@ -340,7 +343,7 @@ class Store:
         low, high = names_range(app_id, prefix, after)
         parts = self.keys.all_partitions()
         ids = [_text(m) for m in pages.first_in_ranges(self.redis, [pk.names for pk in parts],
-                                                       low, high, limit + 1)]
+                                                       low, high, limit + 1, self.names_in)]
         more = len(ids) > limit
         views, read = self._views(app_id, ids[:limit])
         if read < min(len(ids), limit):
@@ -397,8 +400,7 @@ class Store:
         deleted = 0
         low, high = names_range(app_id, prefix)
         for pk in self.keys.all_partitions():
-            while ids := self.redis.zrangebylex(pk.names, low, high, start=0,
-                                                num=DELETE_BATCH):
+            while ids := self.names_in(pk.names, low, high, DELETE_BATCH):
                 # delete.lua takes them out of the index too: the range shrinks each time.
                 texts = [_text(jid) for jid in ids]
                 deleted += int(self._scripts["delete"](
@@ -446,21 +448,29 @@ class Store:
 
     # -- the per-app indexes ------------------------------------------------
 
+    def names_in(self, index: str, low: bytes, high: bytes, count: int,
+                 client: Any = None) -> Any:
+        """At most `count` ids of the job index `index` (a partition's `names`) within the
+        ZRANGEBYLEX bounds `low` and `high`, in order (names_page.lua: the index is a
+        B-tree of small sorted sets). Queued on `client` when it is a pipeline."""
+        return self._scripts["names_page"](keys=[index], args=[low, high, count],
+                                           client=client)
+
     def ensure_indexed(self) -> None:
         """Once per process: make sure the per-app indexes hold what older versions stored
-        without them (jobs, dead letters), then mark each partition done. The scripts keep
-        them up to date from then on; on data written by this version it costs one EXISTS
-        per partition."""
+        without them (jobs, dead letters), or in the job index they kept before it was a
+        B-tree, then mark each partition done. The scripts keep them up to date from then
+        on; on data written by this version it costs one GET per partition."""
         if self._indexed:
             return
         parts = self.keys.all_partitions()
         pipe = self.redis.pipeline(transaction=False)
         for pk in parts:
-            pipe.exists(pk.indexed)
+            pipe.get(pk.indexed)
         try:
             for pk, done in zip(parts, pipe.execute(), strict=True):
-                if not done:
-                    self._reindex(pk)
+                if done is None or _text(done) != INDEXED_VERSION:
+                    self._reindex(pk, dead_letters=done is None)
         except REFUSES_WRITES:
             # A full Redis (over maxmemory, or its disk) takes no index entry, nor the
             # mark: the lists read the indexes as they are (complete, but for what a
@@ -468,11 +478,13 @@ class Store:
             return
         self._indexed = True
 
-    def _reindex(self, pk: PartitionKeys) -> None:
+    def _reindex(self, pk: PartitionKeys, dead_letters: bool) -> None:
         """Index what the partition holds, in steps of REINDEX_STEP entries run inside
-        Redis (reindex.lua): no record crosses the network."""
+        Redis (reindex.lua): no record crosses the network. The dead letters only when
+        the partition was never indexed (a version with the job index as one sorted set
+        indexed them as now); that sorted set goes once the B-tree holds its jobs."""
         keys = [pk.jobs, pk.names, pk.deadidx, pk.deadlex]
-        for what in ("jobs", "dead"):
+        for what in ("jobs", "dead") if dead_letters else ("jobs",):
             cursor = "0"
             while True:
                 try:
@@ -486,20 +498,21 @@ class Store:
                     cursor = _text(exc.result)
                 if cursor == "0":
                     break
-        self.redis.set(pk.indexed, "1")
+        self.redis.unlink(pk.legacy_names)
+        self.redis.set(pk.indexed, INDEXED_VERSION)
 
     def app_counts(self, app_id: str) -> dict[str, int]:
-        """The app's jobs and dead letters, from its index ranges: O(log N) per partition,
-        whatever other apps store."""
+        """The app's jobs and dead letters, from its job count and its dead-letter range:
+        O(log N) per partition, whatever other apps store."""
         self.ensure_indexed()
-        jobs_low, jobs_high = names_range(app_id)
         dead_low, dead_high = dead_range(app_id)
         pipe = self.redis.pipeline(transaction=False)
         for pk in self.keys.all_partitions():
-            pipe.zlexcount(pk.names, jobs_low, jobs_high)
+            pipe.hget(pk.app_jobs, app_id)
             pipe.zlexcount(pk.deadlex, dead_low, dead_high)
         values = pipe.execute()
-        return {"jobs": sum(values[0::2]), "dead_letters": sum(values[1::2])}
+        return {"jobs": sum(int(n or 0) for n in values[0::2]),
+                "dead_letters": sum(values[1::2])}
 
     # -- apps ---------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 -- ack.lua: settle a batch of delivered (or failed) triggers.
+-- uses: names_index
 -- KEYS[1] due      ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs     HASH  job id -> job record
 -- KEYS[3] runs     HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] dead     HASH  dead-letter id -> dead-letter record (JSON)
 -- KEYS[5] deadidx  ZSET  dead-letter id -> ms it was dead-lettered
--- KEYS[6] names    ZSET  job ids scored 0: the per-app job index (app/store/keys.py)
+-- KEYS[6] nametop  ZSET  the per-app job index (names_index.lua)
 -- KEYS[7] deadlex  ZSET  "{app}/{ms, 13 digits}/{dead-letter id}": the per-app dead-letter index
 -- KEYS[8] paused   HASH  job id -> "{by}|{since ms}|{due ms}" of a paused job (app/store/pauses.py)
 -- KEYS[8 + k] hist  LIST  the trigger history of the k-th group's job (app/store/history.py;
@@ -150,6 +151,12 @@ bulk("ZADD", KEYS[1], due_add)
 bulk("HDEL", KEYS[2], ended)
 bulk("HDEL", KEYS[3], ended)
 bulk("ZREM", KEYS[1], ended)
-bulk("ZREM", KEYS[6], ended)
+local listed = {}
+for _, id in ipairs(ended) do
+  if not string.find(id, "\31", 1, true) then -- a replay or a trigger-now is not listed
+    listed[#listed + 1] = id
+  end
+end
+names_remove(KEYS[6], listed)
 bulk("HDEL", KEYS[8], ended)
 return table.concat(applied)

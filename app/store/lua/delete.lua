@@ -1,9 +1,10 @@
 -- delete.lua: remove jobs, their run state and their pending triggers.
+-- uses: names_index
 -- KEYS[1] due   ZSET  job id -> ms
 -- KEYS[2] jobs  HASH  job id -> job record
 -- KEYS[3] runs  HASH  job id -> run state
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of these jobs' app
--- KEYS[5] names  ZSET job ids scored 0: the per-app job index
+-- KEYS[5] nametop ZSET the per-app job index (names_index.lua)
 -- KEYS[6] paused HASH job id -> a paused job's entry (app/store/pauses.py)
 -- KEYS[6 + i] nows SET the trigger-now one-shots of ARGV[i] that may be left: removed
 --                   with it (a retry of one, or one not yet sent: a claimed one's
@@ -23,7 +24,6 @@ end
 for i = 1, count do
   n = n + redis.call("HDEL", KEYS[2], ARGV[i])
   remove(ARGV[i])
-  redis.call("ZREM", KEYS[5], ARGV[i])
   for _, once in ipairs(redis.call("SMEMBERS", KEYS[6 + i])) do
     redis.call("HDEL", KEYS[2], once)
     remove(once)
@@ -33,4 +33,5 @@ for i = 1, count do
     redis.call("DEL", KEYS[6 + count + i])
   end
 end
+names_remove(KEYS[5], ARGV)
 return n

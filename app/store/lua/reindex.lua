@@ -1,7 +1,9 @@
--- reindex.lua: one step of putting data stored before the per-app indexes existed into
--- them (once per partition: store.Store.ensure_indexed).
+-- reindex.lua: one step of putting data stored before the per-app indexes existed (or
+-- before the job index was a B-tree) into them (once per partition:
+-- store.Store.ensure_indexed).
+-- uses: names_index
 -- KEYS[1] jobs     HASH  job id -> job record
--- KEYS[2] names    ZSET  job ids scored 0: the per-app job index
+-- KEYS[2] nametop  ZSET  the per-app job index (names_index.lua)
 -- KEYS[3] deadidx  ZSET  dead-letter id -> ms it was dead-lettered
 -- KEYS[4] deadlex  ZSET  "{app}/{ms, 13 digits}/{dead-letter id}": the per-app index
 -- ARGV[1] "jobs": walk the jobs hash with HSCAN from cursor ARGV[2];
@@ -17,7 +19,7 @@ if ARGV[1] == "jobs" then
   local fields = scanned[2]
   for i = 1, #fields, 2 do
     if not string.find(fields[i], "\31", 1, true) then -- a replay is not listed
-      redis.call("ZADD", KEYS[2], 0, fields[i])
+      names_add(KEYS[2], fields[i])
     end
   end
   return scanned[1]

@@ -1,10 +1,11 @@
 -- resume.lua: resume jobs of one app, each as app/store/pauses.py planned it from its
 -- paused entry, if that entry is still as it was read.
+-- uses: names_index
 -- KEYS[1] due     ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs    HASH  job id -> job record
 -- KEYS[3] runs    HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] paused  HASH  job id -> "{by}|{since ms}|{due ms}" (app/store/keys.py)
--- KEYS[5] names   ZSET  job ids scored 0: the per-app job index
+-- KEYS[5] nametop ZSET  the per-app job index (names_index.lua)
 -- KEYS[6] pausegen HASH app id -> the number of the last pause or resume of the app here
 -- KEYS[6 + k] hist LIST  the trigger history of the k-th group's job (app/store/history.py;
 --                        only when ARGV[3] is not "")
@@ -55,7 +56,7 @@ for i = 6, #ARGV, 4 do
         redis.call("HDEL", KEYS[2], id)
         redis.call("HDEL", KEYS[3], id)
         redis.call("ZREM", KEYS[1], id)
-        redis.call("ZREM", KEYS[5], id)
+        names_remove(KEYS[5], {id})
         if keep ~= "" then
           redis.call("PEXPIRE", KEYS[6 + group], keep) -- kept a while, as ack.lua does
         end

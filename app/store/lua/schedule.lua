@@ -1,9 +1,10 @@
 -- schedule.lua: store a job and put its first trigger in the due index.
+-- uses: names_index
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record (JSON)
 -- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of this job's app
--- KEYS[5] names  ZSET job ids scored 0: the per-app job index (app/store/keys.py)
+-- KEYS[5] nametop ZSET the per-app job index (names_index.lua)
 -- KEYS[6] paused     HASH job id -> "{by}|{since ms}|{due ms}" of a paused job (optional)
 -- KEYS[7] pausedapps HASH app id -> ms it was paused (optional, with KEYS[6])
 -- ARGV[1] job id
@@ -26,13 +27,12 @@ if ARGV[4] ~= "1" and existed then
   return 0
 end
 if not existed and ARGV[7] and ARGV[7] ~= "" then
-  local app = string.match(ARGV[1], "^[^/]*") .. "/" -- the app's range of `names`
-  if redis.call("ZLEXCOUNT", KEYS[5], "[" .. app, "(" .. app .. "\255") >= tonumber(ARGV[7]) then
+  if names_count(KEYS[5], string.match(ARGV[1], "^[^/]*")) >= tonumber(ARGV[7]) then
     return -1
   end
 end
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
-redis.call("ZADD", KEYS[5], 0, ARGV[1])
+names_add(KEYS[5], ARGV[1])
 -- A replaced job starts afresh: any in-flight trigger of the old one is
 -- orphaned, so its late acknowledge (lease token gone) changes nothing.
 if ARGV[6] and ARGV[6] ~= "" then

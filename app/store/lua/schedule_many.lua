@@ -1,11 +1,12 @@
 -- schedule_many.lua: schedule.lua for many jobs of one app in one partition, one after
 -- another in the order given (the bulk route, app/api/bulk.py). Each job is stored and
 -- indexed exactly as schedule.lua stores it (tests/test_bulk.py compares every key).
+-- uses: names_index
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record (JSON)
 -- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
 -- KEYS[4] staged ZSET job id -> due ms, staged triggers of the jobs' app
--- KEYS[5] names  ZSET job ids scored 0: the per-app job index (app/store/keys.py)
+-- KEYS[5] nametop ZSET the per-app job index (names_index.lua)
 -- KEYS[6] paused     HASH job id -> "{by}|{since ms}|{due ms}" of a paused job
 -- KEYS[7] pausedapps HASH app id -> ms it was paused
 -- ARGV[1] wake channel: published to once when the partition's earliest due job changed
@@ -84,8 +85,7 @@ for j = 0, count - 1 do
   end
   local existed = current ~= false
   if limit and not existed and held == nil then
-    local app = string.match(id, "^[^/]*") .. "/" -- the app's range of `names`
-    held = redis.call("ZLEXCOUNT", names, "[" .. app, "(" .. app .. "\255")
+    held = names_count(names, string.match(id, "^[^/]*"))
   end
   if string.byte(flags, 1) ~= 49 and existed then -- 49: "1", overwrite
     out[#out + 1] = current
@@ -133,13 +133,11 @@ for j = 0, count - 1 do
 end
 
 if #order > 0 then
-  local records, indexed, with_run, without_run = {}, {}, {}, {}
+  local records, with_run, without_run = {}, {}, {}
   local dues, undue, pauses, unpaused = {}, {}, {}, {}
   for _, id in ipairs(order) do
     records[#records + 1] = id
     records[#records + 1] = written[id]
-    indexed[#indexed + 1] = 0
-    indexed[#indexed + 1] = id
     local run = run_of[id]
     if run ~= "" then
       with_run[#with_run + 1] = id
@@ -162,8 +160,8 @@ if #order > 0 then
       unpaused[#unpaused + 1] = id
     end
   end
+  names_add_many(names, order)
   call_chunked("HSET", jobs, records)
-  call_chunked("ZADD", names, indexed)
   call_chunked("HSET", runs, with_run)
   call_chunked("HDEL", runs, without_run)
   call_chunked("ZREM", staged, order)

@@ -1,0 +1,241 @@
+-- names_index.lua: a library, not a script. A script whose header holds the line
+-- "-- uses: names_index" runs with it in front (app/store/scripts.py).
+--
+-- The per-app job index of a partition: job ids (not replays), in bytewise order, so one
+-- app's jobs (or one name prefix's) are one range. It is a B-tree of small sorted sets,
+-- each small enough for Redis's compact encoding (a listpack: about 26 B an id, where one
+-- sorted set of every id, a skiplist, took 119):
+--   {base}:nametop          ZSET scored 0: each leaf's low bound ("" for the first leaf)
+--   {base}:nameleaf:{low}   ZSET scored 0: the ids from its low bound to the next leaf's
+--   {base}:appjobs          HASH app id -> how many of its jobs the index holds
+-- Scripts pass the top's key; the others are named from it and share its hash tag, so
+-- they are in its slot (Redis Cluster). The leaves' bounds are compared by Redis only:
+-- Lua's string order follows the server's locale, Redis's is bytewise.
+
+-- zset-max-listpack-entries (128): a leaf that reaches it splits in two at once, as one
+-- past it becomes a skiplist and stays one (Redis does not convert back when it shrinks).
+-- An id longer than zset-max-listpack-value (64 bytes) makes its leaf a skiplist too.
+local NAMES_LEAF_MAX = 128
+local NAMES_LEAF_MIN = 32 -- a leaf below it joins the one before, when both then fit
+
+local function names_keys(top)
+  local base = string.sub(top, 1, #top - #":nametop")
+  return base .. ":nameleaf:", base .. ":appjobs"
+end
+
+-- ids[from] to ids[to] as ZADD's arguments, each scored 0.
+local function names_scored(ids, from, to)
+  local args = {}
+  for i = from, to do
+    args[#args + 1] = 0
+    args[#args + 1] = ids[i]
+  end
+  return args
+end
+
+-- The low bound of the leaf that holds `id` or would; nil when the index is empty.
+local function names_leaf_of(top, id)
+  return redis.call("ZREVRANGEBYLEX", top, "[" .. id, "-", "LIMIT", 0, 1)[1]
+end
+
+local function names_app_of(id)
+  return string.match(id, "^[^/]*")
+end
+
+-- How many jobs the app `app` holds in the index.
+local function names_count(top, app)
+  local _, counts = names_keys(top)
+  return tonumber(redis.call("HGET", counts, app) or "0")
+end
+
+-- Changes the count of the app of `id` by `by`: at once, or in `tally` (a table, app id ->
+-- change) for names_flush to write once per app (a batch of one app's ids, one command).
+local function names_tally(counts, id, by, tally)
+  local app = names_app_of(id)
+  if tally then
+    tally[app] = (tally[app] or 0) + by
+  elseif redis.call("HINCRBY", counts, app, by) <= 0 then
+    redis.call("HDEL", counts, app)
+  end
+end
+
+local function names_flush(top, tally)
+  local _, counts = names_keys(top)
+  for app, by in pairs(tally) do
+    if by ~= 0 and redis.call("HINCRBY", counts, app, by) <= 0 then
+      redis.call("HDEL", counts, app)
+    end
+  end
+end
+
+-- The leaf `low` after additions: one that reached NAMES_LEAF_MAX splits in two halves;
+-- one past it (a batch's share) is written again as even leaves of at most half as many,
+-- as a new key is a listpack again where one past the bound, a skiplist, stays one. The
+-- first keeps its bound, each other is named by its first id.
+local function names_split(top, low)
+  local leaves = names_keys(top)
+  local size = redis.call("ZCARD", leaves .. low)
+  if size < NAMES_LEAF_MAX then
+    return
+  end
+  local half = NAMES_LEAF_MAX / 2
+  if size == NAMES_LEAF_MAX then -- still a listpack: its upper half moves, the rest stays
+    local upper = redis.call("ZRANGE", leaves .. low, half, -1)
+    redis.call("ZADD", leaves .. upper[1], unpack(names_scored(upper, 1, #upper)))
+    redis.call("ZREMRANGEBYRANK", leaves .. low, half, -1)
+    redis.call("ZADD", top, 0, upper[1])
+    return
+  end
+  local all = redis.call("ZRANGE", leaves .. low, 0, -1)
+  redis.call("DEL", leaves .. low)
+  local bounds = {}
+  local piece = math.ceil(#all / math.ceil(#all / half)) -- even pieces, at most `half`
+  for c = 1, #all, piece do
+    local bound = low
+    if c > 1 then
+      bound = all[c]
+      bounds[#bounds + 1], bounds[#bounds + 2] = 0, bound
+    end
+    local members = names_scored(all, c, math.min(c + piece - 1, #all))
+    redis.call("ZADD", leaves .. bound, unpack(members))
+  end
+  for c = 1, #bounds, 4000 do -- Lua's unpack takes at most about 8,000
+    redis.call("ZADD", top, unpack(bounds, c, math.min(c + 3999, #bounds)))
+  end
+end
+
+-- Adds `id`; 1 when it was not there, else 0.
+local function names_add(top, id)
+  local leaves, counts = names_keys(top)
+  local low = names_leaf_of(top, id)
+  if low == nil then
+    low = ""
+    redis.call("ZADD", top, 0, low)
+  end
+  if redis.call("ZADD", leaves .. low, 0, id) == 0 then
+    return 0
+  end
+  names_tally(counts, id, 1, nil)
+  names_split(top, low)
+  return 1
+end
+
+-- Adds `ids`, all of one app; returns how many were not there. Redis sorts them (in a
+-- scratch sorted set of this partition, gone before the script ends), so each leaf they
+-- go to takes its share in one command: a few commands a leaf, none an id.
+local function names_add_many(top, ids)
+  if #ids == 0 then
+    return 0
+  end
+  local leaves, counts = names_keys(top)
+  local scratch = string.sub(top, 1, #top - #":nametop") .. ":namescratch"
+  redis.call("DEL", scratch) -- left by a script that failed half-way
+  for c = 1, #ids, 2000 do -- Lua's unpack takes at most about 8,000
+    redis.call("ZADD", scratch, unpack(names_scored(ids, c, math.min(c + 1999, #ids))))
+  end
+  if redis.call("EXISTS", top) == 0 then
+    redis.call("ZADD", top, 0, "")
+  end
+  local added = 0
+  while true do
+    local first = redis.call("ZRANGE", scratch, 0, 0)[1]
+    if first == nil then
+      break
+    end
+    local low = names_leaf_of(top, first)
+    local after = redis.call("ZRANGEBYLEX", top, "(" .. low, "+", "LIMIT", 0, 1)[1]
+    local below = after and "(" .. after or "+" -- the ids that go to this leaf
+    local share = redis.call("ZRANGEBYLEX", scratch, "-", below)
+    redis.call("ZREMRANGEBYLEX", scratch, "-", below)
+    for c = 1, #share, 2000 do
+      local members = names_scored(share, c, math.min(c + 1999, #share))
+      added = added + redis.call("ZADD", leaves .. low, unpack(members))
+    end
+    names_split(top, low)
+  end
+  if added > 0 then
+    redis.call("HINCRBY", counts, names_app_of(ids[1]), added)
+  end
+  return added
+end
+
+-- The leaf `low` after removals: dropped when empty (the first leaf stays while others
+-- do), joined to the one before when under NAMES_LEAF_MIN and both fit in one.
+local function names_settle(top, low)
+  local leaves = names_keys(top)
+  local size = redis.call("ZCARD", leaves .. low)
+  if low == "" then
+    if size == 0 and redis.call("ZCARD", top) == 1 then
+      redis.call("DEL", top)
+    end
+  elseif size == 0 then
+    redis.call("ZREM", top, low)
+  elseif size < NAMES_LEAF_MIN then
+    local before = redis.call("ZREVRANGEBYLEX", top, "(" .. low, "-", "LIMIT", 0, 1)[1]
+    if redis.call("ZCARD", leaves .. before) + size <= NAMES_LEAF_MAX - NAMES_LEAF_MIN then
+      local members = redis.call("ZRANGE", leaves .. low, 0, -1)
+      redis.call("ZADD", leaves .. before, unpack(names_scored(members, 1, #members)))
+      redis.call("DEL", leaves .. low)
+      redis.call("ZREM", top, low)
+    end
+  end
+end
+
+-- Removes each of `ids` that is there; returns how many were. An id is tried first in the
+-- leaf of the one before it (a batch in name order shares leaves: one command an id), and
+-- looked up only when not there; each leaf is settled once, after.
+local function names_remove(top, ids)
+  local leaves, counts = names_keys(top)
+  local tally, touched, low, removed = {}, {}, nil, 0
+  for _, id in ipairs(ids) do
+    local gone = 0
+    if low ~= nil then
+      gone = redis.call("ZREM", leaves .. low, id)
+    end
+    if gone == 0 then
+      low = names_leaf_of(top, id)
+      if low ~= nil then
+        gone = redis.call("ZREM", leaves .. low, id)
+      end
+    end
+    if gone == 1 then
+      removed = removed + 1
+      touched[low] = true
+      names_tally(counts, id, -1, tally)
+    end
+  end
+  names_flush(top, tally)
+  for leaf in pairs(touched) do
+    if leaf ~= "" then
+      names_settle(top, leaf)
+    end
+  end
+  if removed > 0 then -- last: the index goes once the first leaf is its only one, empty
+    names_settle(top, "")
+  end
+  return removed
+end
+
+-- At most `count` ids within the ZRANGEBYLEX bounds `low` and `high` ("[x", "(x", "-",
+-- "+"), in order: the leaf that holds `low`, then the next ones up to `high`. Every leaf
+-- but the first holds an id, so this reads at most count + 2 leaves.
+local function names_range(top, low, high, count)
+  local leaves = names_keys(top)
+  local out = {}
+  local at
+  if low == "-" then
+    at = redis.call("ZRANGE", top, 0, 0)[1]
+  else
+    at = names_leaf_of(top, string.sub(low, 2))
+  end
+  while at ~= nil and #out < count do
+    local found = redis.call("ZRANGEBYLEX", leaves .. at, low, high, "LIMIT", 0, count - #out)
+    for _, id in ipairs(found) do
+      out[#out + 1] = id
+    end
+    if #out < count then
+      at = redis.call("ZRANGEBYLEX", top, "(" .. at, high, "LIMIT", 0, 1)[1]
+    end
+  end
+  return out
+end
