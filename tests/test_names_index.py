@@ -30,7 +30,7 @@ from app.store.deadletters import DeadLetters, Selection
 from app.store.keys import PartitionKeys, is_replay, job_id
 from app.store.store import DELETE_BATCH, Store
 from tests.support.jobs import QueueDriver, make_job
-from tests.support.names_index import LEAF_MAX, index_ids, leaf_key
+from tests.support.names_index import LEAF_MAX, drop_index, index_ids, leaf_key
 from tests.support.redis_proc import RedisProcess
 from workers.queue import Action, Settlement
 
@@ -788,3 +788,81 @@ def test_one_shot_jobs_that_end_in_a_settlement_leave_the_index(
     finally:
         q.close()
 
+
+
+# --- the index of the version before the B-tree, until ensure_indexed has moved it ---------
+
+
+def as_the_sorted_set_version_left_it(client: redis.Redis, store: Store) -> None:
+    """Every id in the one sorted set `names`, `indexed` = "1", no tree."""
+    for pk in store.keys.all_partitions():
+        ids = index_ids(client, pk)
+        drop_index(client, pk)
+        if ids:
+            client.zadd(pk.legacy_names, dict.fromkeys(ids, 0))
+        client.set(pk.indexed, "1")
+
+
+def test_a_full_redis_lists_counts_and_deletes_the_jobs_of_the_version_before(
+        settings: Settings) -> None:
+    """ensure_indexed cannot move the old index into a full Redis: the old one, kept up to
+    date beside the tree, is read until it can (the tree alone listed nothing)."""
+    writer = Store(settings)
+    client = writer.redis
+    for i in range(5):
+        writer.schedule(make_job(f"old{i}", T0, app_id="a"))
+    as_the_sorted_set_version_left_it(client, writer)
+    client.config_set("maxmemory", 1)
+    try:
+        store = Store(settings)
+        assert [v.job.name for v in store.list_jobs("a")[0]] == [f"old{i}" for i in range(5)]
+        assert store.app_counts("a")["jobs"] == 5
+        assert store.delete_prefix("a", "") == 5  # a delete frees memory: it goes through
+        assert store.list_jobs("a")[0] == []
+        store.close()
+    finally:
+        client.config_set("maxmemory", 0)
+        writer.close()
+
+
+def test_the_cap_counts_the_jobs_of_the_version_before_before_any_list(
+        settings: Settings) -> None:
+    writer = Store(settings)
+    for i in range(5):
+        writer.schedule(make_job(f"old{i}", T0, app_id="a"))
+    as_the_sorted_set_version_left_it(writer.redis, writer)
+    store = Store(settings.with_(app_max_jobs=5))
+    try:
+        with pytest.raises(ApiError):
+            store.schedule(make_job("new", T0, app_id="a"))
+        store.delete("a", "old0")  # the old index loses it too: room for one
+        assert store.schedule(make_job("new", T0, app_id="a")) is not None
+        assert store.app_counts("a")["jobs"] == 5  # moves the old index into the tree
+        assert not writer.redis.exists(store.keys.partition(0).legacy_names)
+        assert index_ids(writer.redis, store.keys.partition(0)) == sorted(
+            f"a/{n}" for n in ["new", "old1", "old2", "old3", "old4"])
+    finally:
+        store.close()
+        writer.close()
+
+
+def test_a_leaf_that_held_a_long_id_is_a_listpack_again(settings: Settings) -> None:
+    """An id over zset-max-listpack-value (64 bytes) makes its leaf a skiplist, which Redis
+    keeps once it is one: its removal writes the leaf again (index_ids checks encodings)."""
+    store = Store(settings)
+    try:
+        for i in range(100):
+            store.schedule(make_job(f"n{i:03d}", T0, app_id="a"))
+        long = "n050-" + "x" * 80
+        store.schedule(make_job(long, T0, app_id="a"))
+        pk = store.keys.partition(0)
+        assert store.redis.object("encoding", leaf_key(pk, b"")) == b"skiplist"
+        store.delete("a", long)
+        index_ids(store.redis, pk)
+        for i in range(100, 140):  # and a split of a skiplist leaf leaves none behind
+            store.schedule(make_job(f"n{i:03d}", T0, app_id="a"))
+        store.schedule(make_job(long, T0, app_id="a"))
+        store.delete("a", long)
+        index_ids(store.redis, pk)
+    finally:
+        store.close()

@@ -181,7 +181,7 @@ class _RedisCollector:
         totals = stats.read_totals(store.redis, keys, app_ids)
         pipe = store.redis.pipeline(transaction=False)
         for app_id in app_ids:
-            stats.queue_jobs_count(pipe, keys, app_id)
+            stats.queue_jobs_count(store, pipe, app_id)
         for pk in keys.all_partitions():
             pipe.zcount(pk.due, "-inf", at)
         for pk in keys.all_partitions():  # due, but set aside until the app has room
@@ -191,8 +191,7 @@ class _RedisCollector:
 
         jobs = GaugeMetricFamily("jobrunner_jobs", "Jobs stored, per app", labels=["app_id"])
         for i, app_id in enumerate(app_ids):
-            jobs.add_metric([app_id], sum(int(n or 0) for n in
-                                          answers[i * keys.partitions:(i + 1) * keys.partitions]))
+            jobs.add_metric([app_id], sum(answers[i * keys.partitions:(i + 1) * keys.partitions]))
         yield jobs
         yield GaugeMetricFamily(
             "jobrunner_triggers_due", "Triggers due now and waiting for a worker (all apps)",

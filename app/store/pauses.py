@@ -161,7 +161,7 @@ class Pauses:
                 for ids in self._app_jobs(pk, app_id):
                     paused += self._pause(pk, app_id, ids, BY_APP, now, number)
             else:  # a later resume holds the partition: the app's jobs there count all the same
-                paused += int(self.redis.hget(pk.app_jobs, app_id) or 0)
+                paused += int(self.store.names_count(pk.names, app_id))
         return paused
 
     def resume_app(self, app_id: str) -> int:

@@ -264,12 +264,12 @@ def read_totals(redis: Any, keys: Keys, app_ids: Sequence[str]) -> dict[str, Cou
     return {app_id: Counts.of([h]) for app_id, h in zip(app_ids, pipe.execute(), strict=True)}
 
 
-def queue_jobs_count(pipe: Any, keys: Keys, app_id: str) -> int:
+def queue_jobs_count(store: Any, pipe: Any, app_id: str) -> int:
     """Queue the count of the app's jobs (its count in every partition's job index);
-    returns how many answers to add up (each a count, or None for none)."""
-    for pk in keys.all_partitions():
-        pipe.hget(pk.app_jobs, app_id)
-    return keys.partitions
+    returns how many answers to add up."""
+    for pk in store.keys.all_partitions():
+        store.names_count(pk.names, app_id, pipe)
+    return int(store.keys.partitions)
 
 
 def recent(redis: Any, keys: Keys, app_id: str, slots: int = 3,

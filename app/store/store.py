@@ -451,9 +451,15 @@ class Store:
     def names_in(self, index: str, low: bytes, high: bytes, count: int,
                  client: Any = None) -> Any:
         """At most `count` ids of the job index `index` (a partition's `names`) within the
-        ZRANGEBYLEX bounds `low` and `high`, in order (names_page.lua: the index is a
+        ZRANGEBYLEX bounds `low` and `high`, in order (names_read.lua: the index is a
         B-tree of small sorted sets). Queued on `client` when it is a pipeline."""
-        return self._scripts["names_page"](keys=[index], args=[low, high, count],
+        return self._scripts["names_read"](keys=[index], args=["range", low, high, count],
+                                           client=client)
+
+    def names_count(self, index: str, app_id: str, client: Any = None) -> Any:
+        """How many jobs the app holds in the job index `index` (a partition's `names`).
+        Queued on `client` when it is a pipeline."""
+        return self._scripts["names_read"](keys=[index], args=["count", app_id],
                                            client=client)
 
     def ensure_indexed(self) -> None:
@@ -508,11 +514,10 @@ class Store:
         dead_low, dead_high = dead_range(app_id)
         pipe = self.redis.pipeline(transaction=False)
         for pk in self.keys.all_partitions():
-            pipe.hget(pk.app_jobs, app_id)
+            self.names_count(pk.names, app_id, pipe)
             pipe.zlexcount(pk.deadlex, dead_low, dead_high)
         values = pipe.execute()
-        return {"jobs": sum(int(n or 0) for n in values[0::2]),
-                "dead_letters": sum(values[1::2])}
+        return {"jobs": sum(values[0::2]), "dead_letters": sum(values[1::2])}
 
     # -- apps ---------------------------------------------------------------
 

@@ -23,6 +23,18 @@ local function names_keys(top)
   return base .. ":nameleaf:", base .. ":appjobs"
 end
 
+-- The index as versions before the B-tree kept it (`names`: one sorted set of every id),
+-- until ensure_indexed has moved it into the tree and deleted it: until then it is kept
+-- up to date beside the tree and read instead of it, as it is whole and the tree is not
+-- yet (nil once it is gone).
+local function names_legacy(top)
+  local legacy = string.sub(top, 1, #top - #":nametop") .. ":names"
+  if redis.call("EXISTS", legacy) == 1 then
+    return legacy
+  end
+  return nil
+end
+
 -- ids[from] to ids[to] as ZADD's arguments, each scored 0.
 local function names_scored(ids, from, to)
   local args = {}
@@ -44,8 +56,40 @@ end
 
 -- How many jobs the app `app` holds in the index.
 local function names_count(top, app)
+  local legacy = names_legacy(top)
+  if legacy then
+    return redis.call("ZLEXCOUNT", legacy, "[" .. app .. "/", "(" .. app .. "/\255")
+  end
   local _, counts = names_keys(top)
   return tonumber(redis.call("HGET", counts, app) or "0")
+end
+
+-- ZADD's or ZREM's `command` of `ids` on the legacy index, while there is one.
+local function names_on_legacy(top, command, ids)
+  local legacy = names_legacy(top)
+  if legacy then
+    for c = 1, #ids, 2000 do -- Lua's unpack takes at most about 8,000
+      local last = math.min(c + 1999, #ids)
+      if command == "ZADD" then
+        redis.call("ZADD", legacy, unpack(names_scored(ids, c, last)))
+      else
+        redis.call("ZREM", legacy, unpack(ids, c, last))
+      end
+    end
+  end
+end
+
+-- A leaf's key written again, when it is a skiplist that need not be (a long id that made
+-- it one has gone, or a leaf that reached NAMES_LEAF_MAX as one splits): a new key is a
+-- listpack when its ids allow, where an old one stays a skiplist once it is one.
+local function names_rewrite(key)
+  if redis.call("OBJECT", "ENCODING", key) == "skiplist" then
+    local members = redis.call("ZRANGE", key, 0, -1)
+    redis.call("DEL", key)
+    if #members > 0 then
+      redis.call("ZADD", key, unpack(names_scored(members, 1, #members)))
+    end
+  end
 end
 
 -- Changes the count of the app of `id` by `by`: at once, or in `tally` (a table, app id ->
@@ -79,7 +123,8 @@ local function names_split(top, low)
     return
   end
   local half = NAMES_LEAF_MAX / 2
-  if size == NAMES_LEAF_MAX then -- still a listpack: its upper half moves, the rest stays
+  if size == NAMES_LEAF_MAX and redis.call("OBJECT", "ENCODING", leaves .. low) ~= "skiplist" then
+    -- still a listpack: its upper half moves, the rest stays
     local upper = redis.call("ZRANGE", leaves .. low, half, -1)
     redis.call("ZADD", leaves .. upper[1], unpack(names_scored(upper, 1, #upper)))
     redis.call("ZREMRANGEBYRANK", leaves .. low, half, -1)
@@ -112,6 +157,7 @@ local function names_add(top, id)
     low = ""
     redis.call("ZADD", top, 0, low)
   end
+  names_on_legacy(top, "ZADD", {id})
   if redis.call("ZADD", leaves .. low, 0, id) == 0 then
     return 0
   end
@@ -128,6 +174,7 @@ local function names_add_many(top, ids)
     return 0
   end
   local leaves, counts = names_keys(top)
+  names_on_legacy(top, "ZADD", ids)
   local scratch = string.sub(top, 1, #top - #":nametop") .. ":namescratch"
   redis.call("DEL", scratch) -- left by a script that failed half-way
   for c = 1, #ids, 2000 do -- Lua's unpack takes at most about 8,000
@@ -160,9 +207,13 @@ local function names_add_many(top, ids)
 end
 
 -- The leaf `low` after removals: dropped when empty (the first leaf stays while others
--- do), joined to the one before when under NAMES_LEAF_MIN and both fit in one.
-local function names_settle(top, low)
+-- do), joined to the one before when under NAMES_LEAF_MIN and both fit in one; written
+-- again when `long`, an id longer than a listpack's may have left it.
+local function names_settle(top, low, long)
   local leaves = names_keys(top)
+  if long then
+    names_rewrite(leaves .. low)
+  end
   local size = redis.call("ZCARD", leaves .. low)
   if low == "" then
     if size == 0 and redis.call("ZCARD", top) == 1 then
@@ -187,6 +238,7 @@ end
 local function names_remove(top, ids)
   local leaves, counts = names_keys(top)
   local tally, touched, low, removed = {}, {}, nil, 0
+  names_on_legacy(top, "ZREM", ids)
   for _, id in ipairs(ids) do
     local gone = 0
     if low ~= nil then
@@ -200,18 +252,18 @@ local function names_remove(top, ids)
     end
     if gone == 1 then
       removed = removed + 1
-      touched[low] = true
+      touched[low] = touched[low] or #id > 64 -- zset-max-listpack-value
       names_tally(counts, id, -1, tally)
     end
   end
   names_flush(top, tally)
-  for leaf in pairs(touched) do
+  for leaf, long in pairs(touched) do
     if leaf ~= "" then
-      names_settle(top, leaf)
+      names_settle(top, leaf, long)
     end
   end
   if removed > 0 then -- last: the index goes once the first leaf is its only one, empty
-    names_settle(top, "")
+    names_settle(top, "", touched[""])
   end
   return removed
 end
@@ -220,6 +272,10 @@ end
 -- "+"), in order: the leaf that holds `low`, then the next ones up to `high`. Every leaf
 -- but the first holds an id, so this reads at most count + 2 leaves.
 local function names_range(top, low, high, count)
+  local legacy = names_legacy(top)
+  if legacy then
+    return redis.call("ZRANGEBYLEX", legacy, low, high, "LIMIT", 0, count)
+  end
   local leaves = names_keys(top)
   local out = {}
   local at

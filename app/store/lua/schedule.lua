@@ -31,8 +31,11 @@ if not existed and ARGV[7] and ARGV[7] ~= "" then
     return -1
   end
 end
-redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
+-- The index first: on Redis Cluster a leaf (a key of the script's slot it does not name)
+-- can be elsewhere while the slot moves, and then the script stops there, before it
+-- wrote anything but the index.
 names_add(KEYS[5], ARGV[1])
+redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
 -- A replaced job starts afresh: any in-flight trigger of the old one is
 -- orphaned, so its late acknowledge (lease token gone) changes nothing.
 if ARGV[6] and ARGV[6] ~= "" then
