@@ -1,4 +1,6 @@
-"""Every Redis key name is built here, and nowhere else.
+"""Every Redis key name is built here, and nowhere else, but for the job index's leaves,
+count and scratch set, which app/store/lua/names_index.lua names from the index's top
+(`names`) as it finds them inside a script: the names below and there must agree.
 
 Jobs are spread over `partitions` hash-tagged partitions. All the keys of one
 partition share the tag `{N}`, so each Lua script touches a single slot and
@@ -27,6 +29,8 @@ Per partition:
     {prefix}:{N}:nameleaf:{low} ZSET  a leaf: the ids from its low bound to the next one's,
                                at most 128, so Redis keeps it compact (a listpack)
     {prefix}:{N}:appjobs HASH  app id -> how many of its jobs the index holds
+    {prefix}:{N}:namescratch ZSET  a bulk schedule's ids, for Redis to sort, inside one
+                               script (names_index.lua): gone before the script ends
     {prefix}:{N}:names   ZSET  the index as versions before the B-tree kept it (every id in
                                one sorted set): ensure_indexed moves it and deletes it
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
