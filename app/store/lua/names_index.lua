@@ -18,31 +18,43 @@
 local NAMES_LEAF_MAX = 128
 local NAMES_LEAF_MIN = 32 -- a leaf below it joins the one before, when both then fit
 
+-- The partition's part of the top's key: the other keys of the index are named from it.
+local function names_base(top)
+  return string.sub(top, 1, #top - #":nametop")
+end
+
 local function names_keys(top)
-  local base = string.sub(top, 1, #top - #":nametop")
+  local base = names_base(top)
   return base .. ":nameleaf:", base .. ":appjobs"
 end
 
 -- The index as versions before the B-tree kept it (`names`: one sorted set of every id),
 -- until ensure_indexed has moved it into the tree and deleted it: until then it is kept
 -- up to date beside the tree and read instead of it, as it is whole and the tree is not
--- yet (nil once it is gone).
+-- yet (false once it is gone). Looked up once a script (none of them deletes it).
+local names_legacy_of = {}
 local function names_legacy(top)
-  local legacy = string.sub(top, 1, #top - #":nametop") .. ":names"
-  if redis.call("EXISTS", legacy) == 1 then
-    return legacy
+  if names_legacy_of[top] == nil then
+    local legacy = names_base(top) .. ":names"
+    names_legacy_of[top] = redis.call("EXISTS", legacy) == 1 and legacy
   end
-  return nil
+  return names_legacy_of[top]
 end
 
--- ids[from] to ids[to] as ZADD's arguments, each scored 0.
-local function names_scored(ids, from, to)
-  local args = {}
-  for i = from, to do
-    args[#args + 1] = 0
-    args[#args + 1] = ids[i]
+-- ZADD of ids[from] to ids[to] (all of them by default), each scored 0, in commands of
+-- at most 2,000 (Lua's unpack takes at most about 8,000 values); how many were new.
+local function names_zadd(key, ids, from, to)
+  local added = 0
+  from, to = from or 1, to or #ids
+  for c = from, to, 2000 do
+    local args = {}
+    for i = c, math.min(c + 1999, to) do
+      args[#args + 1] = 0
+      args[#args + 1] = ids[i]
+    end
+    added = added + redis.call("ZADD", key, unpack(args))
   end
-  return args
+  return added
 end
 
 -- The low bound of the leaf that holds `id` or would; nil when the index is empty.
@@ -68,12 +80,11 @@ end
 local function names_on_legacy(top, command, ids)
   local legacy = names_legacy(top)
   if legacy then
-    for c = 1, #ids, 2000 do -- Lua's unpack takes at most about 8,000
-      local last = math.min(c + 1999, #ids)
-      if command == "ZADD" then
-        redis.call("ZADD", legacy, unpack(names_scored(ids, c, last)))
-      else
-        redis.call("ZREM", legacy, unpack(ids, c, last))
+    if command == "ZADD" then
+      names_zadd(legacy, ids)
+    else
+      for c = 1, #ids, 2000 do -- Lua's unpack takes at most about 8,000 values
+        redis.call("ZREM", legacy, unpack(ids, c, math.min(c + 1999, #ids)))
       end
     end
   end
@@ -86,29 +97,7 @@ local function names_rewrite(key)
   if redis.call("OBJECT", "ENCODING", key) == "skiplist" then
     local members = redis.call("ZRANGE", key, 0, -1)
     redis.call("DEL", key)
-    if #members > 0 then
-      redis.call("ZADD", key, unpack(names_scored(members, 1, #members)))
-    end
-  end
-end
-
--- Changes the count of the app of `id` by `by`: at once, or in `tally` (a table, app id ->
--- change) for names_flush to write once per app (a batch of one app's ids, one command).
-local function names_tally(counts, id, by, tally)
-  local app = names_app_of(id)
-  if tally then
-    tally[app] = (tally[app] or 0) + by
-  elseif redis.call("HINCRBY", counts, app, by) <= 0 then
-    redis.call("HDEL", counts, app)
-  end
-end
-
-local function names_flush(top, tally)
-  local _, counts = names_keys(top)
-  for app, by in pairs(tally) do
-    if by ~= 0 and redis.call("HINCRBY", counts, app, by) <= 0 then
-      redis.call("HDEL", counts, app)
-    end
+    names_zadd(key, members)
   end
 end
 
@@ -126,7 +115,7 @@ local function names_split(top, low)
   if size == NAMES_LEAF_MAX and redis.call("OBJECT", "ENCODING", leaves .. low) ~= "skiplist" then
     -- still a listpack: its upper half moves, the rest stays
     local upper = redis.call("ZRANGE", leaves .. low, half, -1)
-    redis.call("ZADD", leaves .. upper[1], unpack(names_scored(upper, 1, #upper)))
+    names_zadd(leaves .. upper[1], upper)
     redis.call("ZREMRANGEBYRANK", leaves .. low, half, -1)
     redis.call("ZADD", top, 0, upper[1])
     return
@@ -139,14 +128,11 @@ local function names_split(top, low)
     local bound = low
     if c > 1 then
       bound = all[c]
-      bounds[#bounds + 1], bounds[#bounds + 2] = 0, bound
+      bounds[#bounds + 1] = bound
     end
-    local members = names_scored(all, c, math.min(c + piece - 1, #all))
-    redis.call("ZADD", leaves .. bound, unpack(members))
+    names_zadd(leaves .. bound, all, c, math.min(c + piece - 1, #all))
   end
-  for c = 1, #bounds, 4000 do -- Lua's unpack takes at most about 8,000
-    redis.call("ZADD", top, unpack(bounds, c, math.min(c + 3999, #bounds)))
-  end
+  names_zadd(top, bounds)
 end
 
 -- Adds `id`; 1 when it was not there, else 0.
@@ -161,7 +147,7 @@ local function names_add(top, id)
   if redis.call("ZADD", leaves .. low, 0, id) == 0 then
     return 0
   end
-  names_tally(counts, id, 1, nil)
+  redis.call("HINCRBY", counts, names_app_of(id), 1)
   names_split(top, low)
   return 1
 end
@@ -175,11 +161,9 @@ local function names_add_many(top, ids)
   end
   local leaves, counts = names_keys(top)
   names_on_legacy(top, "ZADD", ids)
-  local scratch = string.sub(top, 1, #top - #":nametop") .. ":namescratch"
+  local scratch = names_base(top) .. ":namescratch"
   redis.call("DEL", scratch) -- left by a script that failed half-way
-  for c = 1, #ids, 2000 do -- Lua's unpack takes at most about 8,000
-    redis.call("ZADD", scratch, unpack(names_scored(ids, c, math.min(c + 1999, #ids))))
-  end
+  names_zadd(scratch, ids)
   if redis.call("EXISTS", top) == 0 then
     redis.call("ZADD", top, 0, "")
   end
@@ -194,10 +178,7 @@ local function names_add_many(top, ids)
     local below = after and "(" .. after or "+" -- the ids that go to this leaf
     local share = redis.call("ZRANGEBYLEX", scratch, "-", below)
     redis.call("ZREMRANGEBYLEX", scratch, "-", below)
-    for c = 1, #share, 2000 do
-      local members = names_scored(share, c, math.min(c + 1999, #share))
-      added = added + redis.call("ZADD", leaves .. low, unpack(members))
-    end
+    added = added + names_zadd(leaves .. low, share)
     names_split(top, low)
   end
   if added > 0 then
@@ -224,8 +205,7 @@ local function names_settle(top, low, long)
   elseif size < NAMES_LEAF_MIN then
     local before = redis.call("ZREVRANGEBYLEX", top, "(" .. low, "-", "LIMIT", 0, 1)[1]
     if redis.call("ZCARD", leaves .. before) + size <= NAMES_LEAF_MAX - NAMES_LEAF_MIN then
-      local members = redis.call("ZRANGE", leaves .. low, 0, -1)
-      redis.call("ZADD", leaves .. before, unpack(names_scored(members, 1, #members)))
+      names_zadd(leaves .. before, redis.call("ZRANGE", leaves .. low, 0, -1))
       redis.call("DEL", leaves .. low)
       redis.call("ZREM", top, low)
     end
@@ -237,7 +217,7 @@ end
 -- looked up only when not there; each leaf is settled once, after.
 local function names_remove(top, ids)
   local leaves, counts = names_keys(top)
-  local tally, touched, low, removed = {}, {}, nil, 0
+  local tally, touched, low, removed = {}, {}, nil, 0 -- tally: app id -> ids removed
   names_on_legacy(top, "ZREM", ids)
   for _, id in ipairs(ids) do
     local gone = 0
@@ -253,10 +233,15 @@ local function names_remove(top, ids)
     if gone == 1 then
       removed = removed + 1
       touched[low] = touched[low] or #id > 64 -- zset-max-listpack-value
-      names_tally(counts, id, -1, tally)
+      local app = names_app_of(id)
+      tally[app] = (tally[app] or 0) + 1
     end
   end
-  names_flush(top, tally)
+  for app, gone in pairs(tally) do -- one command an app
+    if redis.call("HINCRBY", counts, app, -gone) <= 0 then
+      redis.call("HDEL", counts, app)
+    end
+  end
   for leaf, long in pairs(touched) do
     if leaf ~= "" then
       names_settle(top, leaf, long)
