@@ -1,15 +1,15 @@
 """What a compact storage layout would cost in Redis memory per pending job, beside what the
-store costs today: the evidence behind the README's "Memory (306 B of 200)". Today the job
-index is already such a B-tree (app/store/lua/names_index.lua); the records and the due
-index are not.
+store costs today: the evidence behind the README's "Memory" under the missed targets.
+Today the job index is already such a B-tree (app/store/lua/names_index.lua); the records
+and the due index are not.
 
     python -m benchmarks.layout_memory [--jobs 1000000]
 
 Today's layout is loaded through the store itself (Store.schedule_many, history off), as
 the `scale` scenario loads it. The candidate is loaded by hand, with no engine behind it:
-the same job ids, each record as a JSON array of its values (a record of at most 64 bytes,
-Redis's `hash-max-listpack-value`), in three kinds of small keys Redis keeps as listpacks
-(at most 128 entries each, `*-max-listpack-entries`):
+the same job ids, each record as the store writes it (a JSON array of its values, 59
+bytes, within Redis's `hash-max-listpack-value` of 64), in three kinds of small keys Redis
+keeps as listpacks (at most 128 entries each, `*-max-listpack-entries`):
   - the records in hashes bucketed by the id's CRC-32 (about 100 ids a bucket);
   - the due index and the per-app name index as the leaves of a B-tree each: sorted sets
     of at most 128 entries, split in two when full, with one sorted set over the leaves'
@@ -26,8 +26,6 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-
-import orjson
 
 from benchmarks.jobrunner_side import make_job
 from benchmarks.procs import Procs, RedisServer
@@ -75,8 +73,7 @@ def candidate(redis: RedisServer, jobs: int, due_ms: int) -> dict[str, float]:
     client = redis.client()
     ids = [f"{make_job(seed_name(i), due_ms, SEED_DATA).app_id}/{seed_name(i)}"
            for i in range(jobs)]
-    record = orjson.dumps(list(orjson.loads(make_job(seed_name(0), due_ms, SEED_DATA)
-                                            .encode()).values()))
+    record = make_job(seed_name(0), due_ms, SEED_DATA).encode()  # already the array
     random.Random(1).shuffle(ids)
     buckets = max(1, jobs // PER_BUCKET)
     sizes: dict[str, float] = {"record_bytes": len(record)}

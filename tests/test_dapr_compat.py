@@ -25,6 +25,7 @@ import threading
 import traceback
 import urllib.error
 import urllib.request
+import zlib
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -41,7 +42,7 @@ from app.cli.main import main as jobrunner
 from app.cli.options import app_env, app_options
 from app.jobs.anydata import DAPR_FORMAT, dapr_body, dapr_get_data, delivery_body
 from app.jobs.errors import ApiError
-from app.jobs.model import Job
+from app.jobs.model import RECORD_FIELDS, Job
 from app.jobs.validation import job_to_api, parse_job_request
 from app.settings import Settings, SettingsError
 from app.store.store import Store
@@ -439,22 +440,35 @@ def _parse(body: bytes, compat: bool) -> Job:
 
 
 def test_the_default_path_stores_what_it_stored_before() -> None:
-    """The record of a default job has no trace of the switch (278 B/job stays)."""
+    """The record of a default job has no trace of the switch: the seed's is 59 bytes,
+    an array of its fields by place (RECORD_FIELDS), under 64 (README, "Memory")."""
     seed = _parse(SEED_BODY, compat=False)
     assert seed.data_text is None
-    assert seed.encode() == orjson.dumps(
-        {"f1": 1_700_000_002_000, "t": "~StringValue", "v": "ChBSMi1EMjpPaWwgQ2hhbmdl",
-         "u": "2s"})
+    assert seed.encode() == b'[1700000002000,"2s","~StringValue","ChBSMi1EMjpPaWwgQ2hhbmdl"]'
     plain = _parse(b'{"dueTime": "2s", "data": {"a": [1, 2]}}', compat=False)
-    assert plain.encode() == b'{"f1":1700000002000,"d":{"a":[1,2]},"u":"2s"}'
+    assert plain.encode() == b'[1700000002000,"2s",null,null,{"a":[1,2]}]'
+
+
+def test_a_record_as_older_versions_stored_it_reads_the_same() -> None:
+    """Versions before 2026-12-01 stored an object of short keys: such a record reads as
+    the job it was, and keeps its rev (the digest of the stored bytes, in trigger ids)."""
+    for body, compat in ((SEED_BODY, False), (b'{"dueTime":"2s","data":{"a": [1, 2]}}', True),
+                         (b'{"schedule": "@every 1m", "repeats": 3, "ttl": "1h", "data": 5,'
+                          b' "failurePolicy": {"drop": {}}}', False)):
+        job = _parse(body, compat)
+        old = orjson.dumps({key: value for key, value in zip(
+            RECORD_FIELDS, orjson.loads(job.encode()), strict=False) if value is not None})
+        again = Job.decode(APP, "job", old)
+        assert again.encode() == job.encode()
+        assert again.rev == f"{zlib.crc32(old):08x}" != job.rev
 
 
 def test_compact_data_under_the_switch_costs_nothing_extra() -> None:
     compact = _parse(b'{"dueTime":"2s","data":{"a":[1,2]}}', compat=True)
-    assert compact.encode() == b'{"f1":1700000002000,"d":{"a":[1,2]},"u":"2s"}'
+    assert compact.encode() == b'[1700000002000,"2s",null,null,{"a":[1,2]}]'
     spaced = _parse(b'{"dueTime":"2s","data":{"a": [1, 2]}}', compat=True)
     record = spaced.encode()
-    assert record == b'{"f1":1700000002000,"j":"{\\"a\\": [1, 2]}","u":"2s"}'
+    assert record == b'[1700000002000,"2s",null,null,null,"{\\"a\\": [1, 2]}"]'
     again = Job.decode(APP, "job", record)
     assert (again.data, again.data_text) == ({"a": [1, 2]}, '{"a": [1, 2]}')
     assert delivery_body(again, DAPR_FORMAT) == b'{"a": [1, 2]}'

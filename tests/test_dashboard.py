@@ -47,7 +47,7 @@ from app.store.store import Store
 from app.ui import auth as auth_module
 from app.ui.auth import COOKIE_PREFIX
 from app.ui.counters import live_counters
-from tests.support.jobs import APP, dead_letters, make_job
+from tests.support.jobs import APP, dead_letters, make_job, record_with
 from tests.support.receiver import Delivery, Receiver
 from tests.support.waiting import wait_for
 from tests.support.workers import ThreadWorker
@@ -748,8 +748,7 @@ def test_a_job_it_cannot_read_is_neither_paused_resumed_nor_triggered(
     store.schedule(make_job("odd", app_id=settings.app_id))
     jid = f"{settings.app_id}/odd"
     pk = store.keys.for_job(jid)
-    record = orjson.loads(store.redis.hget(pk.jobs, jid))
-    store.redis.hset(pk.jobs, jid, orjson.dumps({**record, "x": "later"}))
+    store.redis.hset(pk.jobs, jid, record_with(store.redis.hget(pk.jobs, jid), "x", "later"))
     csrf = csrf_of(client.get("/ui/schedule").data)
     before = {k: store.redis.dump(k) for k in store.redis.keys(f"{settings.prefix}:*")}
     answer = client.post(f"/ui/jobs/odd/{action}", data={"csrf_token": csrf})

@@ -49,6 +49,7 @@ from app.settings import Settings, SettingsError
 from app.store.keys import dead_member
 from app.store.store import Store
 from benchmarks.grpc_loadgen import CLIENTS, schedule_template
+from tests.support.jobs import record_with
 from tests.support.names_index import index_ids
 from tests.support.receiver import Receiver
 from tests.support.redis_proc import RedisProcess, free_port
@@ -319,8 +320,8 @@ def test_a_stored_field_of_another_type_is_the_same_clear_error(
                                data=string_any("x")))
     jid = "job-service/odd"
     key = api.store.keys.for_job(jid)
-    record = json.loads(api.store.redis.hget(key.jobs, jid))
-    api.store.redis.hset(key.jobs, jid, json.dumps({**record, field: value}))
+    api.store.redis.hset(key.jobs, jid,
+                         record_with(api.store.redis.hget(key.jobs, jid), field, value))
     http, base = api.http, "/v1.0-alpha1/jobs"
     before = assert_store_consistent(api.store.redis, api.settings)
     for answer in (http.get(f"{base}/odd"), http.get(base), http.post(f"{base}/odd/pause"),

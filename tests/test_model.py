@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import orjson
 import pytest
 
 from app.jobs.durations import format_ms
-from app.jobs.model import CatchUp, FailureKind, FailurePolicy, Job
+from app.jobs.errors import ApiError
+from app.jobs.model import RECORD_FIELDS, CatchUp, FailureKind, FailurePolicy, Job
 
 EVERY_FIELD = [
     Job(app_id="shop", name="nightly", data={"a": [1, 2]}, data_text='{"a": [1,2]}',
@@ -39,6 +41,25 @@ def test_decode_gives_back_every_field(job: Job) -> None:
 def test_decode_takes_the_record_as_text_too() -> None:
     job = EVERY_FIELD[0]
     assert Job.decode(job.app_id, job.name, job.encode().decode()) == job
+
+
+@pytest.mark.parametrize("job", EVERY_FIELD, ids=lambda j: j.name)
+def test_a_record_as_older_versions_stored_it_reads_as_the_same_job(job: Job) -> None:
+    """Versions before 2026-12-01 stored an object of the keys RECORD_FIELDS names."""
+    stored = orjson.loads(job.encode())
+    assert job.name != "nightly" or len(stored) == len(RECORD_FIELDS)  # every place filled
+    old = orjson.dumps({key: value for key, value in zip(RECORD_FIELDS, stored, strict=False)
+                        if value is not None})
+    assert Job.decode(job.app_id, job.name, old) == job
+
+
+@pytest.mark.parametrize("raw", [b"[]", b'[5, null, null, null, null, null, null, null, null,'
+                                        b' null, null, null, null, null, "more"]', b'["5"]'])
+def test_a_record_of_another_shape_cannot_be_read(raw: bytes) -> None:
+    """An array of no fields or of more than this version knows (a later version's), or a
+    field of another type: the job is reported unreadable, not half read."""
+    with pytest.raises(ApiError, match="cannot read"):
+        Job.decode("shop", "odd", raw)
 
 
 def test_format_ms_remembers_only_its_last_answer() -> None:

@@ -7,12 +7,24 @@ from collections.abc import Iterable
 from typing import Any
 from unittest import mock
 
+import orjson
+
 from app.jobs.clock import now_ms
-from app.jobs.model import DeadLetter, Job, Trigger
+from app.jobs.model import RECORD_FIELDS, DeadLetter, Job, Trigger
 from app.settings import Settings
 from app.store.store import AppRegistration, Store
 
 APP = "job-service"
+
+
+def record_with(raw: bytes | str | None, field: str, value: Any) -> bytes:
+    """The stored job record `raw` with its `field` (a key of RECORD_FIELDS) set to
+    `value`: a record edited by hand, or another version's."""
+    assert raw is not None
+    record = orjson.loads(raw)
+    record += [None] * (len(RECORD_FIELDS) - len(record))
+    record[RECORD_FIELDS.index(field)] = value
+    return orjson.dumps(record)
 
 
 def make_job(name: str, due_ms: int | None = None, app_id: str = APP, **fields: Any) -> Job:
