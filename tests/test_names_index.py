@@ -548,6 +548,40 @@ def test_delete_prefix_across_many_leaves_then_everything_leaves_no_index_keys(
         assert redis_client.hlen(pk.jobs) == 0
 
 
+@pytest.mark.parametrize("order", ["name", "shuffled"])
+def test_a_batch_in_any_order_with_repeats_and_strangers_removes_each_of_its_ids_once(
+        stores: Callable[..., Store], order: str) -> None:
+    """names_remove takes a batch in windows that double while every id of one is in the
+    leaf before (one ZMSCORE a window): a batch across several leaves, in name order or
+    shuffled, with ids given twice and ids not in the index, removes each of its own ids
+    once, counts each once, and leaves the rest of the index as it was."""
+    index = Index(stores(partitions=1))
+    store = index.store
+    names = [f"n{n:04d}" for n in range(700)]
+    index.schedule("a", names)
+    index.schedule("b", names[:50])
+    index.check()
+    gone = names[100:400] + names[500:560]
+    rng = random.Random(order)
+    if order == "shuffled":
+        rng.shuffle(gone)
+    batch = [job_id("a", n) for n in gone]
+    batch += batch[:20] * 2 + batch[200:260]  # given two or three times
+    batch += [job_id("a", "n0100x"), job_id("a", "zz"), job_id("a", "")]  # not there
+    if order == "shuffled":
+        rng.shuffle(batch)
+    else:
+        batch.sort()
+    pk = store.keys.partition(0)
+    deleted = store._scripts["delete"](keys=pk.delete_keys("a", batch), args=batch)
+    assert deleted == len(gone)
+    index.removed_at_once(job_id("a", n) for n in gone)
+    index.check()
+    assert store.names_count(pk.names, "a") == 700 - len(gone)
+    assert walk(store, "a", limit=500) == sorted(set(names) - set(gone))
+    assert walk(store, "b", limit=500) == names[:50]
+
+
 # --- 4. the quota ----------------------------------------------------------------------------
 
 

@@ -189,7 +189,7 @@ end
 
 -- The leaf `low` after removals: dropped when empty (the first leaf stays while others
 -- do), joined to the one before when under NAMES_LEAF_MIN and both fit in one; written
--- again when `long`, an id longer than a listpack's may have left it.
+-- again when `long`, an id longer than a listpack's may have left it. True when it went.
 local function names_settle(top, low, long)
   local leaves = names_keys(top)
   if long then
@@ -202,52 +202,100 @@ local function names_settle(top, low, long)
     end
   elseif size == 0 then
     redis.call("ZREM", top, low)
+    return true
   elseif size < NAMES_LEAF_MIN then
     local before = redis.call("ZREVRANGEBYLEX", top, "(" .. low, "-", "LIMIT", 0, 1)[1]
     if redis.call("ZCARD", leaves .. before) + size <= NAMES_LEAF_MAX - NAMES_LEAF_MIN then
       names_zadd(leaves .. before, redis.call("ZRANGE", leaves .. low, 0, -1))
       redis.call("DEL", leaves .. low)
       redis.call("ZREM", top, low)
+      return true
     end
   end
+  return false
 end
 
--- Removes each of `ids` that is there; returns how many were. An id is tried first in the
--- leaf of the one before it (a batch in name order shares leaves: one command an id), and
--- looked up only when not there; each leaf is settled once, after.
+-- At most how many ids one ZMSCORE looks for in a leaf (the window below).
+local NAMES_REMOVE_WINDOW = 64
+
+-- Removes each of `ids` that is there; returns how many were. A batch in name order
+-- shares leaves, so ids go in windows that double while each id of one is in the leaf
+-- of the ids before it (one ZMSCORE and one ZREM a window: a few commands a leaf, none
+-- an id); an id not there is looked up on its own, and the window starts again at one.
+-- Any order gives the same result, in more commands. Each leaf is settled once, after.
 local function names_remove(top, ids)
   local leaves, counts = names_keys(top)
-  local tally, touched, low, removed = {}, {}, nil, 0 -- tally: app id -> ids removed
+  local tally, touched, removed = {}, {}, 0 -- tally: app id -> ids removed
   names_on_legacy(top, "ZREM", ids)
+  local once, seen = {}, {} -- each id once: a window's ZMSCORE finds a twice-given one twice
   for _, id in ipairs(ids) do
-    local gone = 0
-    if low ~= nil then
-      gone = redis.call("ZREM", leaves .. low, id)
-    end
-    if gone == 0 then
-      low = names_leaf_of(top, id)
-      if low ~= nil then
-        gone = redis.call("ZREM", leaves .. low, id)
-      end
-    end
-    if gone == 1 then
-      removed = removed + 1
-      touched[low] = touched[low] or #id > 64 -- zset-max-listpack-value
-      local app = names_app_of(id)
-      tally[app] = (tally[app] or 0) + 1
+    if not seen[id] then
+      seen[id] = true
+      once[#once + 1] = id
     end
   end
-  for app, gone in pairs(tally) do -- one command an app
-    if redis.call("HINCRBY", counts, app, -gone) <= 0 then
+  ids = once
+  local function gone(id, low)
+    removed = removed + 1
+    touched[low] = touched[low] or #id > 64 -- zset-max-listpack-value
+    local app = names_app_of(id)
+    tally[app] = (tally[app] or 0) + 1
+  end
+  local low, i, width = nil, 1, 1
+  while i <= #ids do
+    local last = math.min(i + width - 1, #ids)
+    local missed, checked, all = {}, nil, false -- checked: a leaf `missed` is known not in
+    if low ~= nil and last > i then
+      local there = redis.call("ZMSCORE", leaves .. low, unpack(ids, i, last))
+      local hits = {}
+      for k = i, last do
+        if there[k - i + 1] then
+          hits[#hits + 1] = ids[k]
+        else
+          missed[#missed + 1] = ids[k]
+        end
+      end
+      if #hits > 0 then
+        redis.call("ZREM", leaves .. low, unpack(hits))
+        for _, id in ipairs(hits) do
+          gone(id, low)
+        end
+      end
+      checked, all = low, #missed == 0
+    else
+      missed[1] = ids[i]
+    end
+    for _, id in ipairs(missed) do -- the leaf of the one before first, else its own
+      local out = 0
+      if low ~= nil and low ~= checked then
+        out = redis.call("ZREM", leaves .. low, id)
+        all = out == 1 and last == i
+      end
+      if out == 0 then
+        low = names_leaf_of(top, id)
+        if low ~= nil then
+          out = redis.call("ZREM", leaves .. low, id)
+        end
+      end
+      if out == 1 then
+        gone(id, low)
+      end
+    end
+    width = all and math.min(width * 2, NAMES_REMOVE_WINDOW) or 1
+    i = last + 1
+  end
+  for app, n in pairs(tally) do -- one command an app
+    if redis.call("HINCRBY", counts, app, -n) <= 0 then
       redis.call("HDEL", counts, app)
     end
   end
+  local dropped = false -- a leaf went: the first may now be the only one
   for leaf, long in pairs(touched) do
     if leaf ~= "" then
-      names_settle(top, leaf, long)
+      dropped = names_settle(top, leaf, long) or dropped
     end
   end
-  if removed > 0 then -- last: the index goes once the first leaf is its only one, empty
+  if touched[""] ~= nil or dropped then -- last: the index goes once its only leaf is empty
     names_settle(top, "", touched[""])
   end
   return removed
