@@ -551,8 +551,8 @@ def test_delete_prefix_across_many_leaves_then_everything_leaves_no_index_keys(
 @pytest.mark.parametrize("order", ["name", "shuffled"])
 def test_a_batch_in_any_order_with_repeats_and_strangers_removes_each_of_its_ids_once(
         stores: Callable[..., Store], order: str) -> None:
-    """names_remove takes a batch in windows that double while every id of one is in the
-    leaf before (one ZMSCORE a window): a batch across several leaves, in name order or
+    """names_remove has Redis sort a batch, and takes each leaf's share in a few commands
+    (ZMSCORE finds which are there): a batch across several leaves, in name order or
     shuffled, with ids given twice and ids not in the index, removes each of its own ids
     once, counts each once, and leaves the rest of the index as it was."""
     index = Index(stores(partitions=1))

@@ -29,8 +29,9 @@ Per partition:
     {prefix}:{N}:nameleaf:{low} ZSET  a leaf: the ids from its low bound to the next one's,
                                at most 128, so Redis keeps it compact (a listpack)
     {prefix}:{N}:appjobs HASH  app id -> how many of its jobs the index holds
-    {prefix}:{N}:namescratch ZSET  a bulk schedule's ids, for Redis to sort, inside one
-                               script (names_index.lua): gone before the script ends
+    {prefix}:{N}:namescratch ZSET  a bulk schedule's or a removal's ids, for Redis to
+                               sort, inside one script (names_index.lua): gone before
+                               the script ends
     {prefix}:{N}:names   ZSET  the index as versions before the B-tree kept it (every id in
                                one sorted set): ensure_indexed moves it and deletes it
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:

@@ -215,75 +215,52 @@ local function names_settle(top, low, long)
   return false
 end
 
--- At most how many ids one ZMSCORE looks for in a leaf (the window below).
-local NAMES_REMOVE_WINDOW = 64
-
--- Removes each of `ids` that is there; returns how many were. A batch in name order
--- shares leaves, so ids go in windows that double while each id of one is in the leaf
--- of the ids before it (one ZMSCORE and one ZREM a window: a few commands a leaf, none
--- an id); an id not there is looked up on its own, and the window starts again at one.
--- Any order gives the same result, in more commands. Each leaf is settled once, after.
+-- Removes each of `ids` that is there; returns how many were. Redis sorts them (in the
+-- scratch sorted set, gone before the script ends, which also takes each id once), and
+-- each leaf they fall in takes its share in a few commands, however many and in whatever
+-- order they come: its bounds looked up, its share counted (ZLEXCOUNT), found (ZMSCORE)
+-- and removed (ZREM). Each leaf is settled once, after.
 local function names_remove(top, ids)
   local leaves, counts = names_keys(top)
   local tally, touched, removed = {}, {}, 0 -- tally: app id -> ids removed
   names_on_legacy(top, "ZREM", ids)
-  local once, seen = {}, {} -- each id once: a window's ZMSCORE finds a twice-given one twice
-  for _, id in ipairs(ids) do
-    if not seen[id] then
-      seen[id] = true
-      once[#once + 1] = id
+  if #ids == 0 then
+    return 0
+  end
+  local scratch = names_base(top) .. ":namescratch"
+  redis.call("DEL", scratch) -- left by a script that failed half-way
+  names_zadd(scratch, ids)
+  local sorted = redis.call("ZRANGE", scratch, 0, -1)
+  local i = 1
+  while i <= #sorted do
+    local low = names_leaf_of(top, sorted[i])
+    if low == nil then
+      break -- an empty index
     end
-  end
-  ids = once
-  local function gone(id, low)
-    removed = removed + 1
-    touched[low] = touched[low] or #id > 64 -- zset-max-listpack-value
-    local app = names_app_of(id)
-    tally[app] = (tally[app] or 0) + 1
-  end
-  local low, i, width = nil, 1, 1
-  while i <= #ids do
-    local last = math.min(i + width - 1, #ids)
-    local missed, checked, all = {}, nil, false -- checked: a leaf `missed` is known not in
-    if low ~= nil and last > i then
-      local there = redis.call("ZMSCORE", leaves .. low, unpack(ids, i, last))
+    local after = redis.call("ZRANGEBYLEX", top, "(" .. sorted[i], "+", "LIMIT", 0, 1)[1]
+    local last = #sorted -- the leaf's share: sorted[i..last]
+    if after ~= nil then
+      last = redis.call("ZLEXCOUNT", scratch, "-", "(" .. after)
+    end
+    for c = i, last, 2000 do -- Lua's unpack takes at most about 8,000 values
+      local share = {unpack(sorted, c, math.min(c + 1999, last))}
+      local there = redis.call("ZMSCORE", leaves .. low, unpack(share))
       local hits = {}
-      for k = i, last do
-        if there[k - i + 1] then
-          hits[#hits + 1] = ids[k]
-        else
-          missed[#missed + 1] = ids[k]
+      for k, id in ipairs(share) do
+        if there[k] then
+          hits[#hits + 1] = id
+          touched[low] = touched[low] or #id > 64 -- zset-max-listpack-value
+          local app = names_app_of(id)
+          tally[app] = (tally[app] or 0) + 1
         end
       end
       if #hits > 0 then
-        redis.call("ZREM", leaves .. low, unpack(hits))
-        for _, id in ipairs(hits) do
-          gone(id, low)
-        end
-      end
-      checked, all = low, #missed == 0
-    else
-      missed[1] = ids[i]
-    end
-    for _, id in ipairs(missed) do -- the leaf of the one before first, else its own
-      local out = 0
-      if low ~= nil and low ~= checked then
-        out = redis.call("ZREM", leaves .. low, id)
-        all = out == 1 and last == i
-      end
-      if out == 0 then
-        low = names_leaf_of(top, id)
-        if low ~= nil then
-          out = redis.call("ZREM", leaves .. low, id)
-        end
-      end
-      if out == 1 then
-        gone(id, low)
+        removed = removed + redis.call("ZREM", leaves .. low, unpack(hits))
       end
     end
-    width = all and math.min(width * 2, NAMES_REMOVE_WINDOW) or 1
     i = last + 1
   end
+  redis.call("DEL", scratch)
   for app, n in pairs(tally) do -- one command an app
     if redis.call("HINCRBY", counts, app, -n) <= 0 then
       redis.call("HDEL", counts, app)
