@@ -2,8 +2,8 @@
 
 Stored as compact JSON, an array of the record's fields by place (RECORD_FIELDS): a
 pending job costs under 300 bytes of Redis memory with seed-sized data (`jobrunner bench
-scale`). The app id and
-name are not in the record: they are the job id, the hash field it sits under.
+scale`). The app id and name are not in the record: they are the job id, the hash field
+it sits under.
 """
 
 from __future__ import annotations
