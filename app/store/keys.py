@@ -194,57 +194,62 @@ class PartitionKeys:
                 self.deadlex, self.paused]
 
     @property
+    def base(self) -> str:
+        """`{prefix}:{N}`: what every key of the partition starts with."""
+        return self.due.removesuffix(":due")
+
+    @property
     def app_jobs(self) -> str:
         """HASH app id -> how many of its jobs the job index (`names`) holds."""
-        return f"{self.due.removesuffix(':due')}:appjobs"
+        return f"{self.base}:appjobs"
 
     @property
     def legacy_names(self) -> str:
         """The job index as versions before the B-tree kept it (`names` is its top now)."""
-        return f"{self.due.removesuffix(':due')}:names"
+        return f"{self.base}:names"
 
     @property
     def indexed(self) -> str:
-        return f"{self.due.removesuffix(':due')}:indexed"
+        return f"{self.base}:indexed"
 
     def staged(self, app_id: str) -> str:
-        return f"{self.due.removesuffix(':due')}:staged:{app_id}"
+        return f"{self.base}:staged:{app_id}"
 
     def fired_now(self, jid: str) -> str:
         """The SET of the "trigger now" one-shots of the job `jid` that may be left, which
         delete.lua removes with it (trigger.lua adds them; members whose one-shot is over
         are pruned there, past FIRED_NOW_PRUNE_AT, and no more are added past it; the set
         expires FIRED_NOW_KEEP_MS after the last one was added)."""
-        return f"{self.due.removesuffix(':due')}:nows:{parent_job_id(jid)}"
+        return f"{self.base}:nows:{parent_job_id(jid)}"
 
     def history(self, jid: str) -> str:
         """The trigger history of the job `jid`; a replay's outcomes are those of the job
         it replays (app/store/history.py)."""
-        return f"{self.due.removesuffix(':due')}:hist:{parent_job_id(jid)}"
+        return f"{self.base}:hist:{parent_job_id(jid)}"
 
     @property
     def paused(self) -> str:
-        return f"{self.due.removesuffix(':due')}:paused"
+        return f"{self.base}:paused"
 
     @property
     def pausedapps(self) -> str:
-        return f"{self.due.removesuffix(':due')}:pausedapps"
+        return f"{self.base}:pausedapps"
 
     @property
     def pausegen(self) -> str:
-        return f"{self.due.removesuffix(':due')}:pausegen"
+        return f"{self.base}:pausegen"
 
     @property
     def held(self) -> str:
-        return f"{self.due.removesuffix(':due')}:held"
+        return f"{self.base}:held"
 
     @property
     def heldapps(self) -> str:
-        return f"{self.due.removesuffix(':due')}:heldapps"
+        return f"{self.base}:heldapps"
 
     @property
     def rate(self) -> str:
-        return f"{self.due.removesuffix(':due')}:rate"
+        return f"{self.base}:rate"
 
     def claim_keys(self) -> list[str]:
         """The keys of claim.lua, in its order."""
@@ -260,7 +265,7 @@ class PartitionKeys:
     @property
     def never_written(self) -> str:
         """A key of this partition that holds nothing, ever: an empty set for a script."""
-        return f"{self.due.removesuffix(':due')}:none"
+        return f"{self.base}:none"
 
 
 @dataclass(frozen=True)

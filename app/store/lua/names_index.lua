@@ -57,6 +57,15 @@ local function names_zadd(key, ids, from, to)
   return added
 end
 
+-- The partition's scratch sorted set holding `ids` (each once), for Redis to sort them in
+-- bytewise order; the caller empties or deletes it before its script ends.
+local function names_scratch(top, ids)
+  local scratch = names_base(top) .. ":namescratch"
+  redis.call("DEL", scratch) -- left by a script that failed half-way
+  names_zadd(scratch, ids)
+  return scratch
+end
+
 -- The low bound of the leaf that holds `id` or would; nil when the index is empty.
 local function names_leaf_of(top, id)
   return redis.call("ZREVRANGEBYLEX", top, "[" .. id, "-", "LIMIT", 0, 1)[1]
@@ -161,9 +170,7 @@ local function names_add_many(top, ids)
   end
   local leaves, counts = names_keys(top)
   names_on_legacy(top, "ZADD", ids)
-  local scratch = names_base(top) .. ":namescratch"
-  redis.call("DEL", scratch) -- left by a script that failed half-way
-  names_zadd(scratch, ids)
+  local scratch = names_scratch(top, ids)
   if redis.call("EXISTS", top) == 0 then
     redis.call("ZADD", top, 0, "")
   end
@@ -227,9 +234,7 @@ local function names_remove(top, ids)
   if #ids == 0 then
     return 0
   end
-  local scratch = names_base(top) .. ":namescratch"
-  redis.call("DEL", scratch) -- left by a script that failed half-way
-  names_zadd(scratch, ids)
+  local scratch = names_scratch(top, ids)
   local sorted = redis.call("ZRANGE", scratch, 0, -1)
   local i = 1
   while i <= #sorted do
