@@ -313,6 +313,10 @@ class Settings:
     # Jobs one app may hold, at most (0: no bound): on a Redis that apps share, one app's
     # jobs cannot fill it for the others. Kept per partition, each holding its share.
     app_max_jobs: int = 0
+    # A job first due more than this far ahead when it is scheduled is kept in the compact
+    # far tier until it is due (app/store/lua/far.lua: about 160 B a pending job against
+    # 290); 0: every job scheduled ahead goes there.
+    far_after_s: float = 300.0
     # The API's HTTP server (app/processes/serve.py), per process: a request's head must
     # arrive within http_header_timeout_s of the connection's opening or of the previous
     # answer (so an idle connection is closed after it too), its body within
@@ -417,6 +421,7 @@ class Settings:
             max_data_bytes=_int(env, "JOBRUNNER_MAX_DATA_BYTES", cls.max_data_bytes, minimum=1),
             bulk_max_jobs=_int(env, "JOBRUNNER_BULK_MAX_JOBS", cls.bulk_max_jobs, minimum=1),
             app_max_jobs=_int(env, "JOBRUNNER_APP_MAX_JOBS", cls.app_max_jobs),
+            far_after_s=_float(env, "JOBRUNNER_FAR_AFTER_S", cls.far_after_s),
             bulk_max_bytes=_int(env, "JOBRUNNER_BULK_MAX_BYTES", cls.bulk_max_bytes, minimum=1),
             grpc_idle_timeout_s=_float(env, "JOBRUNNER_GRPC_IDLE_TIMEOUT",
                                        cls.grpc_idle_timeout_s, minimum=0.001,
@@ -575,6 +580,7 @@ class Settings:
             "JOBRUNNER_MAX_DATA_BYTES": str(self.max_data_bytes),
             "JOBRUNNER_BULK_MAX_JOBS": str(self.bulk_max_jobs),
             "JOBRUNNER_APP_MAX_JOBS": str(self.app_max_jobs),
+            "JOBRUNNER_FAR_AFTER_S": repr(self.far_after_s),
             "JOBRUNNER_BULK_MAX_BYTES": str(self.bulk_max_bytes),
             "JOBRUNNER_HTTP_HEADER_TIMEOUT": repr(self.http_header_timeout_s),
             "JOBRUNNER_HTTP_BODY_TIMEOUT": repr(self.http_body_timeout_s),

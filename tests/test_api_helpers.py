@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from app.settings import Settings
 from app.store.keys import Keys, is_replay
+from tests.support.far import all_due, all_job_ids
 from tests.support.names_index import index_ids, leaf_key
 
 # Both spellings of the Dapr jobs API; every job route is tested on each.
@@ -75,8 +76,8 @@ def assert_store_consistent(client: Any, settings: Settings) -> set[str]:
     all_ids: set[str] = set()
     staged_keys: set[str] = set()
     for index, pk in enumerate(keys.all_partitions()):
-        jobs = {f.decode() for f in client.hkeys(pk.jobs)}
-        due = {m.decode() for m in client.zrange(pk.due, 0, -1)}
+        jobs = all_job_ids(client, pk)  # near or far (tests/support/far.py)
+        due = set(all_due(client, pk))
         runs = {f.decode() for f in client.hkeys(pk.runs)}
         staged: set[str] = set()
         for raw_key in client.scan_iter(match=_glob(pk.staged("")) + "*", count=1000):
@@ -98,6 +99,10 @@ def assert_store_consistent(client: Any, settings: Settings) -> set[str]:
     allowed |= {leaf_key(pk, low).decode() for pk in keys.all_partitions()
                 for low in client.zrange(pk.names, 0, -1)}
     allowed |= {keys.apps} | staged_keys
+    for pk in keys.all_partitions():  # the far tier's (app/store/lua/far.lua)
+        buckets = int(client.hget(pk.far_meta, "n") or 1)
+        allowed |= {pk.far_meta, pk.far_top}
+        allowed |= {k for b in range(buckets) for k in (pk.far_jobs(b), pk.far_due(b))}
     for raw_key in client.scan_iter(match=_glob(settings.prefix) + ":*", count=1000):
         key = raw_key.decode()
         assert key in allowed or key.startswith(f"{settings.prefix}:alive:") \

@@ -19,6 +19,7 @@ from google.protobuf import wrappers_pb2
 
 from app.jobs.clock import now_ms
 from app.settings import Settings
+from tests.support.far import any_record
 from tests.support.redis_proc import RedisProcess
 from tests.support.seed import SEED_BODY
 from tests.test_api_helpers import (
@@ -137,7 +138,7 @@ def test_any_data_is_stored_packed_for_delivery(
     assert_no_content(post_job(client, base, "R2-D2", {"dueTime": "1h", "data": data}))
     keys = Keys(settings.prefix, settings.partitions)
     jid = job_id(settings.app_id, "R2-D2")
-    job = Job.decode(settings.app_id, "R2-D2", redis_client.hget(keys.for_job(jid).jobs, jid))
+    job = Job.decode(settings.app_id, "R2-D2", any_record(redis_client, keys.for_job(jid), jid))
     assert job.any_type == STRING_VALUE
     assert job.any_value == "ChBSMi1EMjpPaWwgQ2hhbmdl"  # design.md's example
     message = wrappers_pb2.StringValue.FromString(base64.b64decode(job.any_value))
@@ -385,7 +386,7 @@ def test_failure_policy_is_kept_in_the_store(
             body["failurePolicy"] = policy
         assert_no_content(post_job(client, base, name, body))
         jid = job_id(settings.app_id, name)
-        job = Job.decode(settings.app_id, name, redis_client.hget(keys.for_job(jid).jobs, jid))
+        job = Job.decode(settings.app_id, name, any_record(redis_client, keys.for_job(jid), jid))
         fp = job.failure_policy
         got = (fp.kind, fp.interval_ms, fp.max_retries)
         if expected[0] is FailureKind.DROP:

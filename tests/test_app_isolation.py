@@ -35,6 +35,7 @@ from app.store import pages, stats
 from app.store.deadletters import DeadLetters, Selection
 from app.store.keys import INDEXED_VERSION, job_id, letter_job_name
 from app.store.store import Store
+from tests.support.far import NO_FAR_S
 from tests.support.jobs import QueueDriver, make_job
 from tests.support.names_index import drop_index, index_ids
 from tests.support.redis_proc import RedisProcess
@@ -547,7 +548,7 @@ def test_a_letter_id_names_its_job() -> None:
 
 def test_data_from_before_the_indexes_is_indexed_once(settings: Settings, q: QueueDriver,
                                                       redis_client: redis.Redis) -> None:
-    writer = Store(settings)
+    writer = Store(settings.with_(far_after_s=NO_FAR_S))  # an older version: no far tier
     try:
         dead_letter_jobs(writer, q, B, ["old-1", "old-2"])
         writer.schedule_many(make_job(f"old-job-{i}", T0, app_id=B) for i in range(700))
@@ -576,7 +577,7 @@ def test_data_from_before_the_indexes_is_indexed_once(settings: Settings, q: Que
 
 def test_the_job_index_of_the_version_before_the_b_tree_is_moved_into_it(
         settings: Settings, q: QueueDriver, redis_client: redis.Redis) -> None:
-    writer = Store(settings)
+    writer = Store(settings.with_(far_after_s=NO_FAR_S))  # an older version: no far tier
     try:
         dead_letter_jobs(writer, q, B, ["old-1", "old-2"])
         writer.schedule_many(make_job(f"old-job-{i}", T0, app_id=B) for i in range(700))

@@ -30,6 +30,7 @@ from app.api.factory import create_app
 from app.api.fast_schedule import ScheduleShortcut
 from app.settings import Settings
 from app.store.keys import Keys
+from tests.support.far import all_records
 from tests.support.redis_proc import RedisProcess, free_port
 
 TOKEN = "s3cret-token"
@@ -114,7 +115,7 @@ def _jobs(app: Flask, settings: Settings) -> dict[bytes, bytes]:
     try:
         jobs: dict[bytes, bytes] = {}
         for pk in Keys(settings.prefix, settings.partitions).all_partitions():
-            jobs.update(client.redis.hgetall(pk.jobs))
+            jobs.update(all_records(client.redis, pk))  # near or far
         return jobs
     finally:
         client.close()

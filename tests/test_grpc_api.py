@@ -49,6 +49,7 @@ from app.settings import Settings, SettingsError
 from app.store.keys import dead_member
 from app.store.store import Store
 from benchmarks.grpc_loadgen import CLIENTS, schedule_template
+from tests.support.far import any_record, set_record
 from tests.support.jobs import record_with
 from tests.support.names_index import index_ids
 from tests.support.receiver import Receiver
@@ -274,7 +275,7 @@ def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(
     schedule(api, jobs_pb2.Job(name="ok", due_time="1h"))
     schedule(api, jobs_pb2.Job(name="broken", due_time="1h"))
     jid = "job-service/broken"
-    api.store.redis.hset(api.store.keys.for_job(jid).jobs, jid, b'{"s": "@every 1s"}')
+    set_record(api.store.redis, api.store.keys.for_job(jid), jid, b'{"s": "@every 1s"}')
     said = "job 'broken' is stored in a form this version cannot read (KeyError: 'f1'); " \
            "schedule it again with overwrite, or delete it"
     http, base = api.http, "/v1.0-alpha1/jobs"
@@ -297,7 +298,7 @@ def test_a_stored_job_that_cannot_be_read_is_a_clear_error_on_both_apis(
     assert len(logged) == 5  # the bulk route's result too
     schedule(api, jobs_pb2.Job(name="broken", due_time="2h"), overwrite=True)
     assert get(api, "broken").due_time == "2h"
-    api.store.redis.hset(api.store.keys.for_job(jid).jobs, jid, b"not json")
+    set_record(api.store.redis, api.store.keys.for_job(jid), jid, b"not json")
     assert http.delete(f"{base}/broken").status_code == 204
     assert http.get(f"{base}/broken").status_code == 404
     assert sorted(j.name for j in api.call("ListJobs", jobs_pb2.ListJobsRequest()).jobs) == [
@@ -320,8 +321,8 @@ def test_a_stored_field_of_another_type_is_the_same_clear_error(
                                data=string_any("x")))
     jid = "job-service/odd"
     key = api.store.keys.for_job(jid)
-    api.store.redis.hset(key.jobs, jid,
-                         record_with(api.store.redis.hget(key.jobs, jid), field, value))
+    set_record(api.store.redis, key, jid,
+               record_with(any_record(api.store.redis, key, jid), field, value))
     http, base = api.http, "/v1.0-alpha1/jobs"
     before = assert_store_consistent(api.store.redis, api.settings)
     for answer in (http.get(f"{base}/odd"), http.get(base), http.post(f"{base}/odd/pause"),
@@ -516,7 +517,7 @@ def test_grpc_data_whose_json_form_the_api_would_refuse_reads_back_as_its_bytes(
     assert get(api, "wide-again").data == data
     # A dead letter's `job` is shown as GET shows a job (it was still the long JSON).
     pk = api.store.keys.for_job(f"{api.settings.app_id}/wide")
-    record = api.store.redis.hget(pk.jobs, f"{api.settings.app_id}/wide")
+    record = any_record(api.store.redis, pk, f"{api.settings.app_id}/wide")
     letter = DeadLetter(id=f"{api.settings.app_id}/wide@r:1:2", app_id=api.settings.app_id,
                         name="wide", sched_ms=1, attempts=1, error="HTTP 500", dead_ms=2,
                         record=record.decode())

@@ -204,6 +204,30 @@ def _schedule(client: FlaskClient, name: str, **body: Any) -> None:
     assert response.status_code == 204, response.get_data(as_text=True)
 
 
+def test_triggers_due_counts_the_far_jobs_due_and_not_yet_claimed(settings: Settings) -> None:
+    """With no worker running, jobs due count whether they wait in the due index or in the
+    far tier (app/store/lua/far.lua), which only a worker's claim empties."""
+    settings = settings.with_(far_after_s=0.0)  # every job scheduled ahead goes far
+    client = create_app(settings).test_client()
+    _schedule(client, "near")  # due now: near
+    for i in range(3):
+        _schedule(client, f"far-{i}", dueTime="1s")
+    _schedule(client, "later", dueTime="1h")
+    pk = Keys(settings.prefix, settings.partitions).partition(0)
+    with redis.Redis.from_url(settings.redis_url) as r:
+        assert int(r.hget(pk.far_meta, "count") or 0) == 4
+
+    def due() -> float | None:
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        return value(response.get_data(as_text=True), "jobrunner_triggers_due")
+
+    assert due() == 1
+    wait_for(lambda: due() == 4, 10, what="the far jobs to fall due")
+    assert value(client.get("/metrics").get_data(as_text=True), "jobrunner_jobs",
+                 app_id=APP) == 5
+
+
 def test_counters_of_two_worker_processes_on_one_metrics(
     settings: Settings, receiver: Receiver, fleet: WorkerFleet
 ) -> None:

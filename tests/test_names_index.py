@@ -29,6 +29,7 @@ from app.store import pages
 from app.store.deadletters import DeadLetters, Selection
 from app.store.keys import PartitionKeys, is_replay, job_id
 from app.store.store import DELETE_BATCH, Store
+from tests.support.far import NO_FAR_S
 from tests.support.jobs import QueueDriver, make_job
 from tests.support.names_index import LEAF_MAX, drop_index, index_ids, leaf_key
 from tests.support.redis_proc import RedisProcess
@@ -841,7 +842,7 @@ def test_a_full_redis_lists_counts_and_deletes_the_jobs_of_the_version_before(
         settings: Settings) -> None:
     """ensure_indexed cannot move the old index into a full Redis: the old one, kept up to
     date beside the tree, is read until it can (the tree alone listed nothing)."""
-    writer = Store(settings)
+    writer = Store(settings.with_(far_after_s=NO_FAR_S))  # an older version: no far tier
     client = writer.redis
     for i in range(5):
         writer.schedule(make_job(f"old{i}", T0, app_id="a"))
@@ -861,7 +862,7 @@ def test_a_full_redis_lists_counts_and_deletes_the_jobs_of_the_version_before(
 
 def test_the_cap_counts_the_jobs_of_the_version_before_before_any_list(
         settings: Settings) -> None:
-    writer = Store(settings)
+    writer = Store(settings.with_(far_after_s=NO_FAR_S))  # an older version: no far tier
     for i in range(5):
         writer.schedule(make_job(f"old{i}", T0, app_id="a"))
     as_the_sorted_set_version_left_it(writer.redis, writer)

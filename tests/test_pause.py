@@ -18,6 +18,7 @@ from app.settings import Settings
 from app.store.keys import is_replay
 from app.store.pauses import BATCH, Pauses
 from app.store.store import Store
+from tests.support.far import all_due
 from tests.support.jobs import APP, QueueDriver
 from tests.support.names_index import index_ids
 from tests.support.receiver import Delivery, Receiver
@@ -275,8 +276,8 @@ def test_an_app_pause_walks_its_jobs_in_batches_and_touches_no_other_app(
     def due_index() -> dict[str, int]:
         counts: dict[str, int] = {}
         for pk in store.keys.all_partitions():
-            for member in store.redis.zrange(pk.due, 0, -1):
-                app = member.decode().partition("/")[0]
+            for member in all_due(store.redis, pk):  # near or far
+                app = member.partition("/")[0]
                 counts[app] = counts.get(app, 0) + 1
         return counts
 
@@ -325,7 +326,7 @@ def test_a_pause_and_a_resume_of_the_app_at_once_end_as_the_later_one_says(
     else:
         _Overtaken(store, lambda: other.resume_app(APP)).pause_app(APP)
     paused = {store.get(APP, f"j{i:04d}").status.value for i in range(n)}  # type: ignore[union-attr]
-    in_due = sum(store.redis.zcard(pk.due) for pk in store.keys.all_partitions())
+    in_due = sum(len(all_due(store.redis, pk)) for pk in store.keys.all_partitions())
     flags = {bool(store.redis.hexists(pk.pausedapps, APP)) for pk in store.keys.all_partitions()}
     if last == "pause":
         assert other.app_paused_since(APP) is not None

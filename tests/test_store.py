@@ -24,6 +24,7 @@ from app.settings import Settings
 from app.store import store as store_module
 from app.store.keys import Keys, dead_member, is_replay, job_id
 from app.store.store import JobExists, Store
+from tests.support.far import all_due, all_job_ids, far_jobs
 from tests.support.jobs import APP, QueueDriver, dead_letters, make_job
 from tests.support.names_index import index_ids
 from tests.support.redis_proc import RedisProcess
@@ -56,7 +57,7 @@ def q(settings: Settings) -> Iterator[QueueDriver]:
 def _due_index(r: redis.Redis, settings: Settings) -> dict[str, float]:
     out: dict[str, float] = {}
     for pk in Keys(settings.prefix, settings.partitions).all_partitions():
-        out.update({m.decode(): s for m, s in r.zrange(pk.due, 0, -1, withscores=True)})
+        out.update(all_due(r, pk))  # near or far (tests/support/far.py)
     return out
 
 
@@ -64,6 +65,8 @@ def _hash(r: redis.Redis, settings: Settings, which: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for pk in Keys(settings.prefix, settings.partitions).all_partitions():
         out.update({k.decode(): v for k, v in r.hgetall(getattr(pk, which)).items()})
+        if which == "jobs":
+            out.update(far_jobs(r, pk)[0])
     return out
 
 
@@ -647,9 +650,9 @@ _op = st.one_of(
 
 def _check_invariants(r: redis.Redis, settings: Settings) -> None:
     for pk in Keys(settings.prefix, settings.partitions).all_partitions():
-        due = {m.decode() for m in r.zrange(pk.due, 0, -1)}
+        due = set(all_due(r, pk))  # near or far (tests/support/far.py)
         staged = {m.decode() for m in r.zrange(pk.staged(APP), 0, -1)}
-        jobs = {k.decode() for k in r.hkeys(pk.jobs)}
+        jobs = all_job_ids(r, pk)
         runs = {k.decode() for k in r.hkeys(pk.runs)}
         assert due <= jobs, f"due-index entries without a job: {due - jobs}"
         # a trigger parked for an offline app waits in `staged` instead of the due index

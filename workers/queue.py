@@ -28,6 +28,7 @@ from app.store import scripts
 from app.store.keys import Keys, is_fired_now, parent_job_id, split_job_id
 from app.store.loop_redis import LoopRedis, ReplyTimeout, Unavailable
 from app.store.redis_client import UNAVAILABLE, async_client
+from app.store.redis_wait import mark_read_only
 from app.store.store import AppRegistration
 
 log = logging.getLogger("jobrunner.worker")
@@ -166,7 +167,8 @@ class Queue:
         self._parts = self.keys.all_partitions()  # built once: settle names a key per trigger
         self.redis = client if client is not None else async_client(settings)
         self._scripts = {n: self.redis.register_script(scripts.source(n))
-                         for n in ("claim", "ack", "release", "stage", "delete")}
+                         for n in ("claim", "ack", "release", "stage", "delete", "job_read")}
+        mark_read_only(scripts.source("job_read"))
         # Claims and settlements on a lean pipelined connection, where the client allows
         # (a single node over TCP): redis-py's call machinery was a tenth of a worker's CPU
         # per delivery. Anything but a reply goes through redis-py (_script).
@@ -541,7 +543,6 @@ class Queue:
             pipe.hexists(pk.paused, trigger.job_id)
         if parent is not None:
             pipe.sismember(pk.fired_now(parent), trigger.job_id)
-            pipe.hexists(pk.jobs, parent)
         answers = list(await pipe.execute()) if lease or parent is not None else []
         held, paused, job_exists = True, False, True
         if lease or parent is not None:
@@ -549,9 +550,10 @@ class Queue:
             held = state is not None and RunState.decode(state).lease == trigger.lease
         if lease:
             paused = bool(answers.pop(0))
-        if parent is not None:
-            listed, parent_there = bool(answers[0]), bool(answers[1])
-            job_exists = listed or parent_there
+        if parent is not None and not answers[0]:  # not listed: is its job there, near or far?
+            # (a script call of its own: redis-py's asyncio cluster pipeline runs none)
+            [length] = await self._script("job_read", [pk.due, pk.jobs], ["l", parent])
+            job_exists = length is not None
         return Standing(held, job_exists, paused)
 
     async def clock_reading(self, samples: int = 5) -> tuple[int, int]:
@@ -729,10 +731,9 @@ class Queue:
         if not once:
             return jids
         pk = self.keys.partition(part)
-        pipe = self.redis.pipeline(transaction=False)
-        for jid in once:
-            pipe.hexists(pk.jobs, parent_job_id(jid.decode(errors="replace")))
-        gone = [jid for jid, job in zip(once, await pipe.execute(), strict=True) if not job]
+        parents = [parent_job_id(jid.decode(errors="replace")) for jid in once]
+        lengths = await self._script("job_read", [pk.due, pk.jobs], ["l", *parents])
+        gone = [jid for jid, length in zip(once, lengths, strict=True) if length is None]
         for jid in gone:
             app_id = split_job_id(jid.decode(errors="replace"))[0]
             await self._scripts["delete"](

@@ -195,7 +195,7 @@ class _RedisCollector:
         yield jobs
         yield GaugeMetricFamily(
             "jobrunner_triggers_due", "Triggers due now and waiting for a worker (all apps)",
-            value=sum(int(n) for n in answers[per_app:]))
+            value=sum(int(n) for n in answers[per_app:]) + stats.far_due(store, at))
         yield GaugeMetricFamily("jobrunner_workers_alive",
                                 "Worker processes whose heartbeat is current",
                                 value=len(workers))

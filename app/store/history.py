@@ -144,10 +144,11 @@ class History:
 
         def reads(pipe: Any) -> None:
             pipe.lrange(key, 0, MAX_HISTORY_SIZE - 1)
-            pipe.hexists(pk.jobs, jid)
+            self.store.read_jobs(pipe, pk, "l", [jid])
             pipe.pttl(key)
 
-        raw, exists, ttl_ms = read_together(self.store.redis, reads)
+        raw, (length,), ttl_ms = read_together(self.store.redis, reads)
+        exists = length is not None
         if not raw and not exists:
             return None
         entries = []

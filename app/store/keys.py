@@ -1,6 +1,7 @@
 """Every Redis key name is built here, and nowhere else, but for the job index's leaves,
 count and scratch set, which app/store/lua/names_index.lua names from the index's top
-(`names`) as it finds them inside a script: the names below and there must agree.
+(`names`) as it finds them inside a script, and the far tier's, which
+app/store/lua/far.lua names from the due key: the names below and there must agree.
 
 Jobs are spread over `partitions` hash-tagged partitions. All the keys of one
 partition share the tag `{N}`, so each Lua script touches a single slot and
@@ -32,6 +33,15 @@ Per partition:
     {prefix}:{N}:namescratch ZSET  a bulk schedule's or a removal's ids, for Redis to
                                sort, inside one script (names_index.lua): gone before
                                the script ends
+    {prefix}:{N}:farjobs:{b} HASH  job id -> record, of the jobs of the far tier in bucket b:
+                               jobs first due more than Settings.far_after_s ahead when
+                               scheduled, not paused, never claimed; none of them is in
+                               `jobs` or `due` (app/store/lua/far.lua, which names these
+                               four from the due key)
+    {prefix}:{N}:fardue:{b} ZSET  job id -> due ms, of the same jobs
+    {prefix}:{N}:fartop  ZSET  far bucket b -> its earliest due ms
+    {prefix}:{N}:farmeta HASH  "n": the far tier's buckets (linear hashing of the ids'
+                               SHA-1; absent: 1), "count": the jobs it holds
     {prefix}:{N}:names   ZSET  the index as versions before the B-tree kept it (every id in
                                one sorted set): ensure_indexed moves it and deletes it
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
@@ -211,6 +221,24 @@ class PartitionKeys:
     @property
     def indexed(self) -> str:
         return f"{self.base}:indexed"
+
+    @property
+    def far_meta(self) -> str:
+        """HASH of the far tier (far.lua): "n" its buckets, "count" the jobs it holds."""
+        return f"{self.base}:farmeta"
+
+    @property
+    def far_top(self) -> str:
+        """ZSET far bucket number -> its earliest due ms."""
+        return f"{self.base}:fartop"
+
+    def far_jobs(self, bucket: int) -> str:
+        """HASH job id -> record, of the far jobs in `bucket`."""
+        return f"{self.base}:farjobs:{bucket}"
+
+    def far_due(self, bucket: int) -> str:
+        """ZSET job id -> due ms, of the far jobs in `bucket`."""
+        return f"{self.base}:fardue:{bucket}"
 
     def staged(self, app_id: str) -> str:
         return f"{self.base}:staged:{app_id}"

@@ -112,7 +112,7 @@ class Pauses:
     def _readable(self, pk: PartitionKeys, app_id: str, name: str) -> bool:
         """Whether the job exists; its error when this version cannot read it, before
         anything is done (an answer that cannot show the job would say the act failed)."""
-        record = self.redis.hget(pk.jobs, job_id(app_id, name))
+        record = self.store.record(pk, job_id(app_id, name))
         if record is not None:
             Job.decode(app_id, name, record)
         return record is not None
@@ -122,7 +122,7 @@ class Pauses:
         jid = job_id(app_id, name)
         pk = self.keys.for_job(jid)
         for attempt in range(1, TRIES + 1):
-            record = self.redis.hget(pk.jobs, jid)
+            record = self.store.record(pk, jid)
             if record is None:
                 return None
             job = Job.decode(app_id, name, record)

@@ -13,11 +13,11 @@ from importlib import resources
 SCRIPT_NAMES = (
     "schedule", "schedule_many", "delete", "claim", "ack", "release", "stage", "unstage",
     "replay", "purge", "reindex", "pause", "resume", "trigger",
-    "app_alive", "apps_cas", "app_flag", "names_read",
+    "app_alive", "apps_cas", "app_flag", "names_read", "job_read",
 )
-LIBRARY_NAMES = ("names_index",)
+LIBRARY_NAMES = ("names_index", "far")
 # Scripts that write nothing: no replica needs to acknowledge them (app/store/redis_wait.py).
-READ_ONLY = ("names_read",)
+READ_ONLY = ("names_read", "job_read")
 
 _USES = re.compile(r"^-- uses: (\w+)$", re.MULTILINE)
 

@@ -163,6 +163,9 @@ class Store:
         # "": no bound.
         cap = settings.app_max_jobs
         self._jobs_share = str(max(1, cap // settings.partitions)) if cap else ""
+        # A new job first due more than this many ms ahead goes to the far tier (far.lua).
+        self._far_after = str(round(settings.far_after_s * 1000))
+        self._far_key = secrets.token_hex(16)  # the far tier's hash secret, if it has none
 
     def close(self) -> None:
         self.redis.close()
@@ -202,7 +205,7 @@ class Store:
                  pk.pausedapps],
                 [jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                  self.keys.wake_channel, "" if run is None else run.encode(),
-                 self._jobs_share])
+                 self._jobs_share, self._far_after, self._far_key])
 
     def _over_limit(self, name: str) -> ApiError:
         """A new job past the app's JOBRUNNER_APP_MAX_JOBS (the scripts' -1)."""
@@ -270,7 +273,9 @@ class Store:
             if blob.count(b"\n") != len(lines) - 1:
                 raise ValueError("a job id, record or run state holds a newline")
             calls.append(([pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
-                           pk.pausedapps], [self.keys.wake_channel, blob, self._jobs_share]))
+                           pk.pausedapps],
+                          [self.keys.wake_channel, blob, self._jobs_share, self._far_after,
+                           self._far_key]))
         if len(calls) == 1:  # one partition (the default): no pipeline's SCRIPT EXISTS
             replies = [script(keys=calls[0][0], args=calls[0][1])]
         else:
@@ -292,22 +297,36 @@ class Store:
         pk = self.keys.for_job(jid)
 
         def reads(pipe: Any) -> None:
-            pipe.hget(pk.jobs, jid)
+            self.read_jobs(pipe, pk, "rd", [jid])
             pipe.hget(pk.runs, jid)
-            pipe.zscore(pk.due, jid)
             pipe.hget(pk.paused, jid)
             pipe.hget(pk.pausedapps, app_id)
 
-        record, state, score, paused, app_paused = read_together(self.redis, reads)
+        (record, score), state, paused, app_paused = read_together(self.redis, reads)
         if record is None:
             return None
         return with_pause(self._view(Job.decode(app_id, name, record), state, score),
                           paused, app_paused)
 
+    def read_jobs(self, pipe: Any, pk: PartitionKeys, what: str,
+                  ids: Sequence[str | bytes]) -> None:
+        """Queue on `pipe` a read of `ids` (jobs of the partition `pk`) from whichever
+        tier holds each (job_read.lua): per id, its record for "r" (None: no such job),
+        its due ms (bytes; None: out of the due index) for "d", or both ("rd"); its
+        record's length for "l" ("ld": and its due ms). One reply, a list."""
+        self._scripts["job_read"](keys=[pk.due, pk.jobs], args=[what, *ids], client=pipe)
+
+    def record(self, pk: PartitionKeys, jid: str) -> bytes | None:
+        """The stored record of the job `jid` (of the partition `pk`), from whichever tier
+        holds it; None when there is no such job."""
+        record: bytes | None = self._scripts["job_read"](keys=[pk.due, pk.jobs],
+                                                        args=["r", jid])[0]
+        return record
+
     @staticmethod
-    def _view(job: Job, raw_state: bytes | None, score: float | None) -> JobView:
+    def _view(job: Job, raw_state: bytes | None, score: bytes | float | None) -> JobView:
         if raw_state is None:
-            next_ms = int(score) if score is not None else None
+            next_ms = int(float(score)) if score is not None else None
             return JobView(job, TriggerStatus.SCHEDULED, next_ms, 0, 0)
         state = RunState.decode(raw_state)
         if state.lease == HELD_LEASE:
@@ -359,27 +378,26 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for jid in ids:
             pk = self.keys.for_job(jid)
-            pipe.hstrlen(pk.jobs, jid)
+            self.read_jobs(pipe, pk, "ld", [jid])
             pipe.hget(pk.runs, jid)
-            pipe.zscore(pk.due, jid)
         answers = pipe.execute()
         take, size = 0, 0
         for i in range(len(ids)):
-            size += int(answers[3 * i])
+            size += int(answers[2 * i][0] or 0)
             if take and size > self.settings.page_max_bytes:
                 break
             take += 1
         pipe = self.redis.pipeline(transaction=False)
         for jid in ids[:take]:
-            pipe.hget(self.keys.for_job(jid).jobs, jid)
+            self.read_jobs(pipe, self.keys.for_job(jid), "r", [jid])
         pauses = self._pauses_of(app_id, ids[:take])
         views = []
-        for i, record in enumerate(pipe.execute()):
+        for i, (record,) in enumerate(pipe.execute()):
             if record is not None:
                 name = split_job_id(ids[i])[1]
                 views.append(with_pause(
-                    self._view(Job.decode(app_id, name, record), answers[3 * i + 1],
-                               answers[3 * i + 2]), *pauses[i]))
+                    self._view(Job.decode(app_id, name, record), answers[2 * i + 1],
+                               answers[2 * i][1]), *pauses[i]))
         return views, take
 
     def _pauses_of(self, app_id: str, ids: list[str]) -> list[tuple[Any, Any]]:
@@ -615,11 +633,13 @@ class Store:
             pipe.hlen(pk.jobs)
             pipe.zcard(pk.due)
             pipe.hlen(pk.dead)
+            pipe.hget(pk.far_meta, "count")  # far jobs: each a job and a due trigger
         values = pipe.execute()
+        far = sum(int(v or 0) for v in values[3::4])
         return {
-            "jobs": sum(values[0::3]),
-            "due_index": sum(values[1::3]),
-            "dead_letters": sum(values[2::3]),
+            "jobs": sum(values[0::4]) + far,
+            "due_index": sum(values[1::4]) + far,
+            "dead_letters": sum(values[2::4]),
         }
 
 

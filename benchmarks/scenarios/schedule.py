@@ -73,11 +73,14 @@ METRICS = [
 
 def stored_jobs(ctx: Context, name: str = JOBRUNNER) -> int:
     """The jobs the system `name` holds in the run's Redis (jobrunner: every partition's
-    `jobs` hash; rq and rq-scheduler: their scheduled sets)."""
+    `jobs` hash and far tier, app/store/lua/far.lua; rq and rq-scheduler: their scheduled
+    sets)."""
     client = ctx.redis.client()
     try:
         if name.startswith(JOBRUNNER):
-            return sum(int(client.hlen(k)) for k in client.scan_iter("*:jobs", count=1000))
+            near = sum(int(client.hlen(k)) for k in client.scan_iter("*:jobs", count=1000))
+            return near + sum(int(client.hget(k, "count") or 0)
+                              for k in client.scan_iter("*:farmeta", count=1000))
         if name == "rq":
             return int(client.zcard("rq:scheduled:bench"))
         return int(client.zcard("rq:scheduler:scheduled_jobs"))

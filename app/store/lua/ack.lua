@@ -1,5 +1,6 @@
 -- ack.lua: settle a batch of delivered (or failed) triggers.
 -- uses: names_index
+-- uses: far
 -- KEYS[1] due      ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs     HASH  job id -> job record
 -- KEYS[3] runs     HASH  job id -> run state "sched|attempt|count|last|lease"
@@ -37,6 +38,7 @@ end
 -- live on after the replay is over.
 local size, keep = tonumber(ARGV[2]), ARGV[3]
 local gone = {}  -- job ids whose job ends in this batch (deleted at the end)
+local far_parent = {} -- job id -> true: a one-shot's job of this batch is in the far tier
 local function record(hist, entry, id, over)
   local n = redis.call("LPUSH", hist, entry)
   if n > size then
@@ -44,7 +46,7 @@ local function record(hist, entry, id, over)
   end
   if over and string.find(id, "\31", 1, true) then
     local job = string.match(id, "^[^\31]*")
-    over = gone[job] or redis.call("HEXISTS", KEYS[2], job) == 0
+    over = gone[job] or (redis.call("HEXISTS", KEYS[2], job) == 0 and not far_parent[job])
   end
   if over then
     redis.call("PEXPIRE", hist, keep)
@@ -94,6 +96,14 @@ for i = 1, #ids, 1000 do
   for k = 1, #chunk do
     states[i + k - 1] = s[k]
     pauses[i + k - 1] = p[k]
+  end
+end
+-- The far tier read before anything is written: on Redis Cluster a key this script names
+-- itself can be missing while its slot moves, and the script then stops there (far.lua).
+for _, id in ipairs(ids) do
+  if string.find(id, "\31", 1, true) then
+    local job = string.match(id, "^[^\31]*")
+    far_parent[job] = far_parent[job] or far_get(KEYS[1], job) ~= nil
   end
 end
 local applied = {}

@@ -1,4 +1,5 @@
 -- claim.lua: take a batch of due triggers and give each a lease, each app within its budget.
+-- uses: far
 -- KEYS[1] due       ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs      HASH  job id -> job record (JSON)
 -- KEYS[3] runs      HASH  job id -> run state "sched|attempt|count|last|lease"
@@ -29,6 +30,8 @@
 --             end, past); the attempt goes out at neither before it nor before sched
 -- The lease is the due index itself: a claimed job's score moves to the
 -- lease expiry, so a trigger whose worker died becomes due again by itself.
+-- Jobs of the far tier due by `now` are first moved into the due index (far.lua), as
+-- many as this call may look at; `earliest` counts the far tier's too.
 --
 -- Fairness: a due trigger of an app without budget (its deliveries in flight in
 -- the calling worker are at their cap) or without a token (its rate limit) is
@@ -219,6 +222,11 @@ local function take_held(app, n)
   touched[app] = true
 end
 
+-- 0. The far tier's jobs due by now join the due index, before anything is written: on
+-- Redis Cluster a key this script names itself can be missing while its slot moves, and
+-- the script then stops there (far.lua), before it took anything out of `held`.
+far_promote(KEYS[1], KEYS[2], now, limit + max_aside)
+
 -- 1. Held triggers of the apps waiting longest, each app within its budget and tokens.
 if fair then
   local ready = redis.call("ZRANGEBYSCORE", KEYS[5], "-inf", now, "LIMIT", 0, 64 + full)
@@ -313,6 +321,10 @@ local head = redis.call("ZRANGE", KEYS[1], 0, 0, "WITHSCORES")
 local earliest = head[2] and tonumber(head[2])
 if stopped_at_blocked then
   earliest = nil  -- the head is the blocked app's: its freed slots wake the caller
+end
+local far = not stopped_at_blocked and far_head(KEYS[1]) -- (blocked: the app's, as above)
+if far and (earliest == nil or tonumber(far) < earliest) then
+  earliest = tonumber(far) -- more than the window was due there, or not due yet
 end
 if fair then
   -- Held triggers count for this caller only where it has room for their app.

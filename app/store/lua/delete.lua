@@ -1,5 +1,6 @@
 -- delete.lua: remove jobs, their run state and their pending triggers.
 -- uses: names_index
+-- uses: far
 -- KEYS[1] due   ZSET  job id -> ms
 -- KEYS[2] jobs  HASH  job id -> job record
 -- KEYS[3] runs  HASH  job id -> run state
@@ -23,6 +24,9 @@ local function remove(id)
 end
 for i = 1, count do
   n = n + redis.call("HDEL", KEYS[2], ARGV[i])
+  if far_take(KEYS[1], ARGV[i]) then
+    n = n + 1
+  end
   remove(ARGV[i])
   for _, once in ipairs(redis.call("SMEMBERS", KEYS[6 + i])) do
     redis.call("HDEL", KEYS[2], once)

@@ -1,5 +1,6 @@
 -- pause.lua: pause jobs of one app: each pending trigger leaves the due index and waits in
 -- `paused` until resume.lua puts it back (app/store/pauses.py).
+-- uses: far
 -- KEYS[1] due     ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs    HASH  job id -> job record
 -- KEYS[3] runs    HASH  job id -> run state "sched|attempt|count|last|lease"
@@ -24,11 +25,15 @@ local n = 0
 if who == "a" and redis.call("HGET", KEYS[6], ARGV[3]) ~= ARGV[4] then
   for i = 5, #ARGV do
     n = n + redis.call("HEXISTS", KEYS[2], ARGV[i])
+    if far_get(KEYS[1], ARGV[i]) then
+      n = n + 1
+    end
   end
   return n
 end
 for i = 5, #ARGV do
   local id = ARGV[i]
+  far_unfar(KEYS[1], KEYS[2], id) -- a paused job is near (far.lua)
   if redis.call("HEXISTS", KEYS[2], id) == 1 then
     n = n + 1
     local entry = redis.call("HGET", KEYS[4], id)

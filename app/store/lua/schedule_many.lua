@@ -2,6 +2,7 @@
 -- another in the order given (the bulk route, app/api/bulk.py). Each job is stored and
 -- indexed exactly as schedule.lua stores it (tests/test_bulk.py compares every key).
 -- uses: names_index
+-- uses: far
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record (JSON)
 -- KEYS[3] runs  HASH  job id -> run state "sched|attempt|count|last|lease"
@@ -18,6 +19,9 @@
 --         job: each argument costs the API (redis-py) and Redis more than a line does.
 -- ARGV[3] how many jobs the app may hold in this partition ("": no bound), as
 --         schedule.lua's ARGV[7]
+-- ARGV[4] optional: schedule.lua's ARGV[8] (a new job due more than this many ms ahead
+--         goes to the far tier, far.lua)
+-- ARGV[5] with ARGV[4]: schedule.lua's ARGV[9] (the far tier's hash secret)
 -- Returns one entry per job, in order: 1 when stored; the stored record (a string) when
 -- the job exists and overwrite is off (nothing changed: the caller tells a retry from a
 -- conflict, app/api/jobs.py); -1 when refused, a new job past ARGV[3]. A name given twice
@@ -30,7 +34,8 @@
 local due, jobs, runs, staged, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local paused, pausedapps = KEYS[6], KEYS[7]
 local CHUNK = 4000 -- arguments per command: Lua's unpack takes at most about 8,000
-local before = redis.call("ZRANGE", due, 0, 0, "WITHSCORES")
+local far_after = ARGV[4]
+local before = far_earliest(due)
 
 -- The lines of ARGV[2]: field f of job j (from 0) is lines[j * 4 + f].
 local lines, blob, pos = {}, ARGV[2], 1
@@ -64,6 +69,20 @@ for c = 0, count - 1, CHUNK do
   local got = redis.call("HMGET", jobs, unpack(ids))
   for k = 1, #ids do
     stored[c + k] = got[k]
+  end
+end
+local was_far = {} -- job id -> true: it is in the far tier (far.lua)
+local unseen, at = {}, {}
+for k = 1, count do
+  if not stored[k] then
+    unseen[#unseen + 1] = lines[(k - 1) * 4 + 1]
+    at[#unseen] = k
+  end
+end
+for n, record in ipairs(far_records(due, unseen)) do
+  if record then
+    stored[at[n]] = record
+    was_far[unseen[n]] = true
   end
 end
 
@@ -135,9 +154,19 @@ end
 if #order > 0 then
   local records, with_run, without_run = {}, {}, {}
   local dues, undue, pauses, unpaused = {}, {}, {}, {}
+  local far, unjobs = {}, {}
   for _, id in ipairs(order) do
-    records[#records + 1] = id
-    records[#records + 1] = written[id]
+    if due_of[id] and run_of[id] == "" and far_is_far(due_of[id], far_after) then
+      far[#far + 1] = {id, written[id], due_of[id]} -- a far one replaced in place
+      unjobs[#unjobs + 1] = id
+      due_of[id] = false -- out of the near due index
+    else
+      if was_far[id] then
+        far_take(due, id) -- replaced below, as a near job is
+      end
+      records[#records + 1] = id
+      records[#records + 1] = written[id]
+    end
     local run = run_of[id]
     if run ~= "" then
       with_run[#with_run + 1] = id
@@ -161,6 +190,10 @@ if #order > 0 then
     end
   end
   names_add_many(names, order)
+  if #far > 0 then -- written before their near copies go (schedule.lua)
+    far_use_key(due, ARGV[5])
+    far_put_many(due, far)
+  end
   call_chunked("HSET", jobs, records)
   call_chunked("HSET", runs, with_run)
   call_chunked("HDEL", runs, without_run)
@@ -169,11 +202,12 @@ if #order > 0 then
   call_chunked("HSET", paused, pauses)
   call_chunked("ZREM", due, undue)
   call_chunked("ZADD", due, dues)
+  call_chunked("HDEL", jobs, unjobs)
 end
 
 -- One wake-up for the call (schedule.lua sends one per job that became the earliest).
-local after = redis.call("ZRANGE", due, 0, 0, "WITHSCORES")
-if after[1] and (after[1] ~= before[1] or after[2] ~= before[2]) then
-  redis.call("PUBLISH", ARGV[1], after[2])
+local after = far_earliest(due)
+if after and after ~= before then
+  redis.call("PUBLISH", ARGV[1], string.format("%d", after))
 end
 return out

@@ -1,6 +1,7 @@
 -- trigger.lua: fire a job once at once, beside its schedule: a one-shot job of its own
 -- (a replay's kind of job id, app/store/keys.py), due now, that the job's schedule,
 -- run state and pause know nothing of.
+-- uses: far
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record
 -- KEYS[3] nows  SET   the job's trigger-now one-shots that may be left (delete.lua
@@ -19,7 +20,7 @@
 -- ARGV[8] how long `nows` is kept after this one, ms
 -- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read,
 -- -2 when refused: ARGV[7] of the job's one-shots wait to go.
-local record = redis.call("HGET", KEYS[2], ARGV[1])
+local record = redis.call("HGET", KEYS[2], ARGV[1]) or far_get(KEYS[1], ARGV[1])
 if not record then
   return 0
 end

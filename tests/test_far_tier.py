@@ -1,0 +1,739 @@
+"""The far tier (app/store/lua/far.lua): jobs first due more than Settings.far_after_s ahead
+when they are scheduled, kept in compact bucket keys until a claim brings them near.
+
+Every tier check reads the raw keys (`_far` reads each bucket and checks the tier's
+bookkeeping: the job count, each bucket's earliest due time in `fartop`, each id in the
+bucket linear hashing puts it in), and every read through the public API (Store.get,
+list_jobs, the counts, the HTTP API) must see a far job exactly as a near one. Deliveries
+go through a real worker to a real HTTP receiver on 127.0.0.1; claims whose time matters
+are driven with the worker's clock under the test's control (tests/support/jobs.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from flask.testing import FlaskClient
+
+from app.api.factory import create_app
+from app.jobs.clock import now_ms
+from app.jobs.errors import ApiError
+from app.jobs.model import RunState, TriggerStatus
+from app.settings import Settings
+from app.store.keys import PartitionKeys, is_replay, job_id
+from app.store.pauses import Pauses
+from app.store.store import JobExists, JobView, Store
+from tests.support.far import FAR_FILL, bucket_of
+from tests.support.jobs import APP, QueueDriver, make_job, register
+from tests.support.receiver import Receiver
+from tests.support.waiting import wait_for
+from tests.support.workers import ThreadWorker
+
+pytestmark = pytest.mark.usefixtures("reap_workers")
+
+SECOND_MS = 1000
+MINUTE_MS = 60 * SECOND_MS
+HOUR_MS = 60 * MINUTE_MS
+# zset-max-listpack-entries (Redis's default): a bigger sorted set is a skiplist, and stays
+# one (hashes: 512, so the due sets are the bound).
+BUCKET_MAX = 128
+COMPACT = (b"listpack", b"ziplist")  # ziplist: Redis 6.2
+NEAR = frozenset({"jobs", "due"})
+FAR = frozenset({"farjobs", "fardue"})
+V1 = "/v1.0/jobs"
+
+
+# --- reading the far tier, key by key ---------------------------------------------------------
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class Far:
+    """A partition's far tier as its keys hold it."""
+
+    n: int  # buckets (farmeta "n", absent: 1)
+    count: int  # farmeta "count"
+    due: dict[str, float]  # job id -> due ms (fardue:{b}), every bucket
+    records: dict[str, bytes]  # job id -> record (farjobs:{b}), every bucket
+    sizes: dict[int, tuple[int, int]]  # bucket -> (HLEN farjobs, ZCARD fardue)
+
+
+def _far(store: Store, pk: PartitionKeys) -> Far:
+    """The partition's far tier, after checking its bookkeeping: `count` is the number of
+    jobs each bucket's hash and sorted set hold (the same ids in both), each id is in the
+    bucket linear hashing gives it, `fartop` holds each non-empty bucket with its earliest
+    due time and no other, no bucket key lies past `n`, and no far job is also near."""
+    r = store.redis
+    meta = {_text(k): _text(v) for k, v in r.hgetall(f"{pk.base}:farmeta").items()}
+    n, count = int(meta.get("n", "1")), int(meta.get("count", "0"))
+    assert n >= 1, meta
+    due: dict[str, float] = {}
+    records: dict[str, bytes] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    heads: dict[str, float] = {}
+    for b in range(n):
+        jobs_key, due_key = f"{pk.base}:farjobs:{b}", f"{pk.base}:fardue:{b}"
+        held = {_text(k): v for k, v in r.hgetall(jobs_key).items()}
+        scored = {_text(m): s for m, s in r.zrange(due_key, 0, -1, withscores=True)}
+        assert set(held) == set(scored), (
+            f"bucket {b}: records without a due time {sorted(set(held) - set(scored))[:5]}, "
+            f"due times without a record {sorted(set(scored) - set(held))[:5]}")
+        misplaced = [jid for jid in held if bucket_of(jid, n, meta.get("key", "")) != b]
+        assert not misplaced, f"bucket {b} of {n} holds ids hashed elsewhere: {misplaced[:5]}"
+        assert not set(held) & set(records), f"ids in two buckets: {set(held) & set(records)}"
+        records.update(held)
+        due.update(scored)
+        sizes[b] = (len(held), len(scored))
+        if scored:
+            heads[str(b)] = min(scored.values())
+    assert count == len(records) == len(due), (
+        f"farmeta count {count}, records {len(records)}, due entries {len(due)}")
+    top = {_text(m): s for m, s in r.zrange(f"{pk.base}:fartop", 0, -1, withscores=True)}
+    assert top == heads, f"fartop {top} where the buckets' earliest due times are {heads}"
+    for kind in ("farjobs", "fardue"):
+        stray = [_text(k) for k in r.scan_iter(match=f"{pk.base}:{kind}:*", count=1000)
+                 if int(_text(k).rpartition(":")[2]) >= n]
+        assert not stray, f"bucket keys past the {n} buckets: {stray}"
+    if records:
+        ids = list(records)
+        near_records = r.hmget(pk.jobs, ids)
+        near_due = r.zmscore(pk.due, ids)
+        both = [jid for jid, rec, score in zip(ids, near_records, near_due, strict=True)
+                if rec is not None or score is not None]
+        assert not both, f"far jobs also in the near tier: {both[:5]}"
+    return Far(n, count, due, records, sizes)
+
+
+def _fars(store: Store) -> list[Far]:
+    return [_far(store, pk) for pk in store.keys.all_partitions()]
+
+
+def _where(store: Store, name: str, app_id: str = APP) -> frozenset[str]:
+    """The keys of the job's partition that hold it: "jobs" and "due" (the near tier),
+    "farjobs" and "fardue" (any far bucket), "paused"."""
+    jid = job_id(app_id, name)
+    pk = store.keys.for_job(jid)
+    far = _far(store, pk)
+    where = set()
+    if store.redis.hexists(pk.jobs, jid):
+        where.add("jobs")
+    if store.redis.zscore(pk.due, jid) is not None:
+        where.add("due")
+    if jid in far.records:
+        where.add("farjobs")
+    if jid in far.due:
+        where.add("fardue")
+    if store.redis.hexists(pk.paused, jid):
+        where.add("paused")
+    return frozenset(where)
+
+
+def _due_score(store: Store, name: str) -> float | None:
+    """The job's due ms in whichever tier holds it (raw keys)."""
+    jid = job_id(APP, name)
+    pk = store.keys.for_job(jid)
+    score = store.redis.zscore(pk.due, jid)
+    return score if score is not None else _far(store, pk).due.get(jid)
+
+
+def _far_count(store: Store) -> int:
+    return sum(f.count for f in _fars(store))
+
+
+def _view(store: Store, name: str) -> JobView:
+    view = store.get(APP, name)
+    assert view is not None, f"{name}: no job"
+    return view
+
+
+def _one_shots(store: Store) -> list[str]:
+    """The "trigger now" one-shots and replays stored (due, retrying or in flight)."""
+    return [_text(m) for pk in store.keys.all_partitions()
+            for m in store.redis.hkeys(pk.jobs) if is_replay(_text(m))]
+
+
+def _all_names(store: Store, limit: int) -> list[str]:
+    names: list[str] = []
+    token = ""
+    for _ in range(10_000):
+        views, token = store.list_jobs(APP, "", token, limit)
+        names += [v.job.name for v in views]
+        if not token:
+            return names
+    raise AssertionError("paging did not end")
+
+
+@pytest.fixture
+def stores(settings: Settings, receiver: Receiver) -> Iterator[Callable[..., Store]]:
+    """Stores on this test's Redis, with settings changed as asked (the receiver registered
+    as the app); closed at the end."""
+    made: list[Store] = []
+
+    def make(**changes: Any) -> Store:
+        store = register(settings.with_(**changes), receiver.url)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+# --- the setting ------------------------------------------------------------------------------
+
+
+def test_far_after_s_defaults_to_300_and_is_read_from_the_environment() -> None:
+    assert Settings().far_after_s == 300.0
+    assert Settings.from_env({}).far_after_s == 300.0
+    read = Settings.from_env({"JOBRUNNER_FAR_AFTER_S": "2.5"})
+    assert read.far_after_s == 2.5
+    assert Settings.from_env(read.to_env()).far_after_s == 2.5
+
+
+# --- 1. which tier, and the same view either way ----------------------------------------------
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_a_job_due_past_far_after_goes_far_and_one_due_sooner_stays_near(
+        stores: Callable[..., Store], partitions: int) -> None:
+    store = stores(partitions=partitions)
+    now = now_ms()
+    due = now + 2 * HOUR_MS
+    job = make_job("far-droid", due, data={"droid": "R2-D2", "task": [1, 2.5, None]},
+                   schedule="@every 1h", repeats=3, ttl="10h", expires_ms=now + 10 * HOUR_MS)
+    near = make_job("near-droid", now + MINUTE_MS, data="soon")
+    store.schedule(job)
+    store.schedule(near)
+
+    assert _where(store, "far-droid") == FAR
+    assert _where(store, "near-droid") == NEAR
+    pk = store.keys.for_job(job_id(APP, "far-droid"))
+    far = _far(store, pk)
+    assert far.due == {job_id(APP, "far-droid"): due}
+    assert far.records == {job_id(APP, "far-droid"): job.encode()}
+    assert _far_count(store) == 1
+
+    view = _view(store, "far-droid")
+    assert view.job == job
+    assert (view.status, view.next_ms, view.attempt, view.count, view.last_ms) == (
+        TriggerStatus.SCHEDULED, due, 0, 0, None)
+    assert (view.paused, view.app_paused, view.paused_ms) == (False, False, None)
+    near_view = _view(store, "near-droid")
+    assert (near_view.job, near_view.status, near_view.next_ms) == (
+        near, TriggerStatus.SCHEDULED, now + MINUTE_MS)
+
+    # The same job, due at the same time, on a store that keeps it near: the same view, and
+    # the same answer from the HTTP API.
+    kept_near = stores(partitions=partitions, prefix=f"t{uuid.uuid4().hex[:10]}",
+                       far_after_s=30 * 24 * 3600.0)
+    kept_near.schedule(job)
+    assert _where(kept_near, "far-droid") == NEAR
+    assert _view(kept_near, "far-droid") == view
+    answers = []
+    for s in (store, kept_near):
+        client = create_app(s.settings).test_client()
+        for path in (f"{V1}/far-droid", f"{V1}/far-droid/history"):
+            answer = client.get(path)
+            assert answer.status_code == 200, (path, answer.get_data(as_text=True))
+            answers.append(answer.get_json())
+    assert answers[:2] == answers[2:]
+    assert answers[0]["status"] == "scheduled"
+    assert answers[1]["history"] == []
+
+
+def test_with_far_after_0_every_job_ahead_goes_far_and_a_due_one_stays_near(
+        stores: Callable[..., Store]) -> None:
+    store = stores(far_after_s=0.0)
+    now = now_ms()
+    store.schedule(make_job("ahead", now + 10 * SECOND_MS))
+    store.schedule(make_job("past", now - 10 * SECOND_MS))
+    assert _where(store, "ahead") == FAR
+    assert _where(store, "past") == NEAR
+    assert _view(store, "ahead").next_ms == now + 10 * SECOND_MS
+    assert _view(store, "past").next_ms == now - 10 * SECOND_MS
+
+
+def test_a_job_with_a_run_state_or_of_a_paused_app_stays_near(store: Store) -> None:
+    now = now_ms()
+    due = now + 2 * HOUR_MS
+    restored = make_job("restored", due, schedule="@every 1h")
+    store.schedule(restored, run=RunState(due, 0, 2, due - HOUR_MS))
+    assert _where(store, "restored") == NEAR
+    view = _view(store, "restored")
+    assert (view.next_ms, view.count, view.last_ms) == (due, 2, due - HOUR_MS)
+
+    pauses = Pauses(store)
+    pauses.pause_app(APP)
+    store.schedule(make_job("while-paused", due))
+    assert _where(store, "while-paused") == {"jobs", "paused"}
+    view = _view(store, "while-paused")
+    assert (view.status, view.next_ms, view.app_paused) == (TriggerStatus.PAUSED, due, True)
+    assert _far_count(store) == 0
+
+
+# --- 2. lists and counts ----------------------------------------------------------------------
+
+
+def _far_and_near(store: Store) -> dict[str, int]:
+    """Three far jobs and two near ones, their names interleaved; name -> due ms."""
+    now = now_ms()
+    dues = {"a-far": now + 3 * HOUR_MS, "b-near": now + MINUTE_MS, "c-far": now + HOUR_MS,
+            "d-near": now + 2 * MINUTE_MS, "e-far": now + 2 * HOUR_MS}
+    for name, due in dues.items():
+        store.schedule(make_job(name, due, data={"name": name}))
+    assert {n: _where(store, n) for n in dues} == {
+        n: FAR if n.endswith("far") else NEAR for n in dues}
+    return dues
+
+
+def test_list_jobs_lists_far_jobs_as_near_ones(store: Store) -> None:
+    dues = _far_and_near(store)
+    views, token = store.list_jobs(APP)
+    assert token == ""
+    assert [v.job.name for v in views] == sorted(dues)
+    for v in views:
+        assert v == _view(store, v.job.name)
+        assert (v.status, v.next_ms, v.job.data) == (
+            TriggerStatus.SCHEDULED, dues[v.job.name], {"name": v.job.name})
+    assert _all_names(store, limit=2) == sorted(dues)  # page by page: each once
+    assert [v.job.name for v in store.list_jobs(APP, "c-")[0]] == ["c-far"]
+    # Over HTTP too.
+    answer = create_app(store.settings).test_client().get(V1)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert sorted(j["name"] for j in answer.get_json()["jobs"]) == sorted(dues)
+
+
+def test_the_job_counts_include_far_jobs(store: Store, api: FlaskClient) -> None:
+    _far_and_near(store)
+    assert store.app_counts(APP) == {"jobs": 5, "dead_letters": 0}
+    stats = api.get("/v1.0/stats")
+    assert stats.status_code == 200, stats.get_data(as_text=True)
+    [mine] = stats.get_json()["apps"]
+    assert (mine["appId"], mine["jobs"], mine["dueNow"]) == (APP, 5, 0)
+    assert store.counts()["jobs"] == 5  # /metrics: jobrunner_store_size{what="jobs"}
+
+
+# --- 3. delete ----------------------------------------------------------------------------------
+
+
+def test_deleting_a_far_job_leaves_nothing_of_it(store: Store) -> None:
+    now = now_ms()
+    store.schedule(make_job("first", now + HOUR_MS))
+    store.schedule(make_job("second", now + 2 * HOUR_MS))
+    assert _far_count(store) == 2
+
+    assert store.delete(APP, "first") is True
+    assert store.get(APP, "first") is None
+    assert _where(store, "first") == set()
+    [far] = _fars(store)
+    assert far.count == 1 and set(far.due) == {job_id(APP, "second")}
+    assert _where(store, "second") == FAR and _view(store, "second").next_ms == now + 2 * HOUR_MS
+
+    assert store.delete(APP, "second") is True
+    assert store.delete(APP, "second") is False
+    pk = store.keys.partition(0)
+    [far] = _fars(store)
+    assert (far.count, far.due, far.records) == (0, {}, {})
+    assert store.redis.zcard(f"{pk.base}:fartop") == 0
+    assert store.redis.hget(f"{pk.base}:farmeta", "count") in (None, b"0")
+    assert store.app_counts(APP)["jobs"] == 0
+    assert store.list_jobs(APP) == ([], "")
+    assert store.counts()["jobs"] == 0
+
+
+def test_deleting_by_prefix_takes_far_jobs_too(store: Store) -> None:
+    now = now_ms()
+    store.schedule_many(make_job(f"x-{i:03d}", now + HOUR_MS + i * SECOND_MS)
+                        for i in range(150))  # past a split
+    store.schedule(make_job("x-near", now + MINUTE_MS))
+    store.schedule(make_job("y-far", now + HOUR_MS))
+    assert _far_count(store) == 151
+    assert store.delete_prefix(APP, "x-") == 151
+    assert [f.count for f in _fars(store)] == [1]
+    assert _where(store, "y-far") == FAR
+    assert [v.job.name for v in store.list_jobs(APP)[0]] == ["y-far"]
+    assert store.app_counts(APP)["jobs"] == 1
+
+
+# --- 4. overwrite -------------------------------------------------------------------------------
+
+
+def test_an_overwrite_moves_a_job_to_the_right_tier_with_one_copy(store: Store) -> None:
+    now = now_ms()
+    store.schedule(make_job("to-near", now + 2 * HOUR_MS, data=1))
+    store.schedule(make_job("to-far", now + MINUTE_MS, data=1))
+    store.schedule(make_job("far-far", now + 2 * HOUR_MS, data=1))
+    assert [_where(store, n) for n in ("to-near", "to-far", "far-far")] == [FAR, NEAR, FAR]
+
+    store.schedule(make_job("to-near", now + MINUTE_MS, data=2), overwrite=True)
+    store.schedule(make_job("to-far", now + 3 * HOUR_MS, data=2), overwrite=True)
+    assert _where(store, "to-near") == NEAR
+    assert _where(store, "to-far") == FAR
+    assert _due_score(store, "to-near") == now + MINUTE_MS
+    assert _due_score(store, "to-far") == now + 3 * HOUR_MS
+    # Far to far: later, then earlier; its bucket's head follows (checked by _far).
+    store.schedule(make_job("far-far", now + 5 * HOUR_MS, data=2), overwrite=True)
+    assert (_where(store, "far-far"), _due_score(store, "far-far")) == (FAR, now + 5 * HOUR_MS)
+    store.schedule(make_job("far-far", now + 4 * HOUR_MS, data=3), overwrite=True)
+    assert (_where(store, "far-far"), _due_score(store, "far-far")) == (FAR, now + 4 * HOUR_MS)
+
+    for name, due, data in (("to-near", now + MINUTE_MS, 2), ("to-far", now + 3 * HOUR_MS, 2),
+                            ("far-far", now + 4 * HOUR_MS, 3)):
+        view = _view(store, name)
+        assert (view.status, view.next_ms, view.job.data) == (TriggerStatus.SCHEDULED, due, data)
+    assert _far_count(store) == 2
+    assert store.app_counts(APP)["jobs"] == 3
+    assert _all_names(store, limit=100) == ["far-far", "to-far", "to-near"]
+
+
+def test_scheduling_a_far_job_again_without_overwrite_is_refused(store: Store) -> None:
+    now = now_ms()
+    first = make_job("kept", now + 2 * HOUR_MS, data="first")
+    store.schedule(first)
+    with pytest.raises(JobExists):
+        store.schedule(make_job("kept", now + MINUTE_MS, data="second"))
+    with pytest.raises(JobExists):
+        store.schedule(make_job("kept", now + 3 * HOUR_MS, data="second"))
+    assert _where(store, "kept") == FAR
+    assert _view(store, "kept").job == first
+    # The bulk way answers with the stored record, and changes nothing either.
+    other = make_job("kept", now + 3 * HOUR_MS, data="third")
+    assert store.schedule_batch(APP, [("kept", other.encode(), other.first_ms, False, "")]) == [
+        first.encode()]
+    assert _view(store, "kept").job == first
+    assert (_where(store, "kept"), _far_count(store), store.app_counts(APP)["jobs"]) == (
+        FAR, 1, 1)
+
+
+def test_a_bulk_schedule_meets_its_own_far_entries(store: Store) -> None:
+    now = now_ms()
+    far1, far2 = make_job("d", now + 2 * HOUR_MS, data=1), make_job("e", now + 2 * HOUR_MS, data=2)
+    near1, near2 = make_job("d", now + MINUTE_MS, data=2), make_job("e", now + MINUTE_MS, data=1)
+    far3 = make_job("f", now + 2 * HOUR_MS, data=1)
+    answers = store.schedule_batch(APP, [
+        ("d", far1.encode(), far1.first_ms, False, ""),  # far, then overwritten near
+        ("d", near1.encode(), near1.first_ms, True, ""),
+        ("e", near2.encode(), near2.first_ms, False, ""),  # near, then overwritten far
+        ("e", far2.encode(), far2.first_ms, True, ""),
+        ("f", far3.encode(), far3.first_ms, False, ""),  # far, then refused
+        ("f", near1.encode(), near1.first_ms, False, ""),
+    ])
+    assert answers == [None, None, None, None, None, far3.encode()]
+    assert (_where(store, "d"), _view(store, "d").job) == (NEAR, near1)
+    assert (_where(store, "e"), _view(store, "e").job) == (FAR, far2)
+    assert (_where(store, "f"), _view(store, "f").job) == (FAR, far3)
+    assert _far_count(store) == 2
+    assert store.app_counts(APP)["jobs"] == 3
+
+
+def test_a_bulk_schedule_replaces_far_jobs_in_place_and_their_bucket_heads_follow(
+        store: Store) -> None:
+    now = now_ms()
+    first = [make_job(f"r{i}", now + HOUR_MS + i) for i in range(60)]
+    store.schedule_batch(APP, [(j.name, j.encode(), j.first_ms, False, "") for j in first])
+    later = [make_job(f"r{i}", now + 3 * HOUR_MS + i, data=i) for i in range(60)]
+    answers = store.schedule_batch(APP, [(j.name, j.encode(), j.first_ms, True, "")
+                                         for j in later])
+    assert answers == [None] * 60
+    [far] = _fars(store)  # fartop is each bucket's earliest: checked there
+    assert far.count == 60 and min(far.due.values()) == now + 3 * HOUR_MS
+    assert [_view(store, j.name).job for j in later] == later
+
+
+# --- 5. pause and resume ------------------------------------------------------------------------
+
+
+def test_pausing_a_far_job_brings_it_near_and_resume_puts_its_trigger_back(
+        store: Store, settings: Settings) -> None:
+    now = now_ms()
+    due = now + 2 * HOUR_MS
+    store.schedule(make_job("report", due, schedule="@every 1h"))
+    assert _where(store, "report") == FAR
+    pauses = Pauses(store)
+
+    assert pauses.pause_job(APP, "report") is True
+    assert _where(store, "report") == {"jobs", "paused"}
+    assert _far_count(store) == 0
+    view = _view(store, "report")
+    assert (view.status, view.next_ms, view.paused) == (TriggerStatus.PAUSED, due, True)
+    driver = QueueDriver(settings, due + MINUTE_MS)
+    try:
+        assert driver.claim(10) == []  # paused: nothing of it is due, whatever the time
+
+        assert pauses.resume_job(APP, "report") is True
+        view = _view(store, "report")
+        assert (view.status, view.next_ms, view.paused, view.count) == (
+            TriggerStatus.SCHEDULED, due, False, 0)
+        assert _where(store, "report") in (NEAR, FAR)  # one copy, in one tier
+        assert _due_score(store, "report") == due
+        # Its trigger is back at its due time: not claimable a moment before, then it is.
+        assert driver.claim(10, at=due - 1) == []
+        [trigger] = driver.claim(10, at=due)
+        assert (trigger.job.name, trigger.sched_ms) == ("report", due)
+    finally:
+        driver.close()
+
+
+def test_pausing_the_app_pauses_its_far_jobs(store: Store) -> None:
+    now = now_ms()
+    dues = {f"far-{i}": now + (i + 1) * HOUR_MS for i in range(3)}
+    dues["near"] = now + MINUTE_MS
+    for name, due in dues.items():
+        store.schedule(make_job(name, due))
+    pauses = Pauses(store)
+    assert pauses.pause_app(APP) == 4
+    assert _far_count(store) == 0
+    for name, due in dues.items():
+        assert _where(store, name) == {"jobs", "paused"}, name
+        view = _view(store, name)
+        assert (view.status, view.next_ms, view.app_paused) == (TriggerStatus.PAUSED, due, True)
+    assert pauses.resume_app(APP) == 4
+    for name, due in dues.items():
+        view = _view(store, name)
+        assert (view.status, view.next_ms, view.app_paused) == (
+            TriggerStatus.SCHEDULED, due, False), name
+        assert _where(store, name) in (NEAR, FAR), name
+        assert _due_score(store, name) == due, name
+
+
+# --- 6. trigger now -----------------------------------------------------------------------------
+
+
+def test_trigger_now_of_a_far_job_delivers_a_one_shot_and_the_job_stays_scheduled(
+        store: Store, receiver: Receiver, worker: ThreadWorker) -> None:
+    due = now_ms() + 2 * HOUR_MS
+    store.schedule(make_job("report", due, schedule="@every 1h", data={"n": 1}))
+    assert _where(store, "report") == FAR
+    before = _view(store, "report")
+
+    fired = Pauses(store).trigger(APP, "report")
+    assert fired is not None, "trigger now found no job"
+    [delivery] = wait_for(lambda: receiver.received("/job/report"), what="the trigger now")
+    assert delivery.body == b'{"n":1}'
+    assert unquote(delivery.headers["jobrunner-trigger-id"]) == fired.trigger_id
+    assert int(delivery.headers["jobrunner-scheduled-ms"]) == fired.due_ms
+    # Settled and gone; the job is as it was, due at its time, in one tier.
+    wait_for(lambda: not _one_shots(store), what="the one-shot to be settled")
+    assert _view(store, "report") == before
+    assert _where(store, "report") in (NEAR, FAR)
+    assert _due_score(store, "report") == due
+    assert len(receiver.received("/job/report")) == 1
+
+
+# --- 7. delivery by a real worker ---------------------------------------------------------------
+
+
+def test_a_far_job_is_delivered_once_and_not_before_its_due_time(
+        stores: Callable[..., Store], receiver: Receiver) -> None:
+    store = stores(far_after_s=1.0)
+    with ThreadWorker(store.settings):
+        start = now_ms()
+        dues = {f"soon-{i}": start + 2500 + 200 * i for i in range(3)}
+        for name, due in dues.items():
+            store.schedule(make_job(name, due, data=name))
+        # Checked at once: the worker brings them near only once they are due.
+        assert {n: _where(store, n) for n in dues} == dict.fromkeys(dues, FAR)
+        assert now_ms() < min(dues.values()), "too slow to check the tier before the due time"
+        wait_for(lambda: all(store.get(APP, n) is None for n in dues), 20,
+                 what="the three far jobs delivered and acknowledged")
+    assert _far_count(store) == 0
+    for name, due in dues.items():
+        [delivery] = receiver.received(f"/job/{name}")
+        assert int(delivery.headers["jobrunner-scheduled-ms"]) == due
+        assert delivery.received_at * 1000 >= due, (name, delivery.received_at * 1000 - due)
+    assert len(receiver.received()) == 3
+
+
+def test_an_idle_worker_wakes_for_a_far_jobs_due_time(stores: Callable[..., Store],
+                                                      receiver: Receiver) -> None:
+    """Idle poll 60 s: the worker must look again at the far job's due time (its claim's
+    `earliest` counts the far tier), not at its next poll."""
+    store = stores(far_after_s=1.0, idle_poll_s=60.0, lease_s=60.0)
+    with ThreadWorker(store.settings):
+        due = now_ms() + 2000
+        store.schedule(make_job("wake-me", due))
+        assert _where(store, "wake-me") == FAR
+        [delivery] = wait_for(lambda: receiver.received("/job/wake-me"), 20,
+                              what="the far job delivered (the idle poll is 60 s)")
+    assert delivery.received_at * 1000 >= due
+
+
+def test_a_claim_brings_near_only_the_far_jobs_due_by_its_time(store: Store,
+                                                               settings: Settings) -> None:
+    first = now_ms() + HOUR_MS
+    dues = {"j0": first, "j1": first + SECOND_MS, "j2": first + 2 * SECOND_MS}
+    for name, due in dues.items():
+        store.schedule(make_job(name, due))
+    driver = QueueDriver(settings)
+    try:
+        triggers, earliest = driver.claim_with_head(10, at=first - 1)
+        assert (triggers, earliest) == ([], first)  # the far tier's head counts
+        assert _far_count(store) == 3
+        [trigger] = driver.claim(10, at=first)
+        assert (trigger.job.name, trigger.sched_ms) == ("j0", first)
+        assert (_where(store, "j1"), _where(store, "j2")) == (FAR, FAR)
+        assert _view(store, "j0").status is TriggerStatus.IN_FLIGHT
+        assert _far_count(store) == 2
+        triggers = driver.claim(10, at=first + 2 * SECOND_MS)
+        assert sorted((t.job.name, t.sched_ms) for t in triggers) == [
+            ("j1", first + SECOND_MS), ("j2", first + 2 * SECOND_MS)]
+        assert _far_count(store) == 0
+    finally:
+        driver.close()
+
+
+# --- 8. splits ----------------------------------------------------------------------------------
+
+SPLIT_JOBS = 3000
+
+
+def _schedule_far_jobs(store: Store, count: int) -> dict[str, int]:
+    """`count` far jobs, the first half through schedule_batch (schedule_many.lua), the rest
+    through schedule_many (schedule.lua); name -> due ms. Small records, short ids: each
+    fits a listpack entry."""
+    base = now_ms() + HOUR_MS
+    dues = {f"far-{i:05d}": base + 7 * i for i in range(count)}
+    names = list(dues)
+    half = count // 2
+    for start in range(0, half, 500):
+        chunk = names[start:min(start + 500, half)]
+        jobs = [make_job(n, dues[n]) for n in chunk]
+        assert store.schedule_batch(APP, [(j.name, j.encode(), j.first_ms, False, "")
+                                          for j in jobs]) == [None] * len(jobs)
+    assert store.schedule_many(make_job(n, dues[n]) for n in names[half:]) == count - half
+    return dues
+
+
+def _check_all_readable(store: Store, dues: dict[str, int]) -> None:
+    for name, due in dues.items():
+        view = store.get(APP, name)
+        assert view is not None, f"{name}: no job"
+        assert (view.job, view.status, view.next_ms) == (
+            make_job(name, due), TriggerStatus.SCHEDULED, due), name
+
+
+def test_far_buckets_split_by_linear_hashing_and_every_job_stays_readable(store: Store) -> None:
+    dues = _schedule_far_jobs(store, SPLIT_JOBS)
+    [far] = _fars(store)  # the bookkeeping, each id in its hashed bucket (see _far)
+    assert far.n == -(-SPLIT_JOBS // FAR_FILL), f"{far.n} buckets for {SPLIT_JOBS} jobs"
+    assert far.count == SPLIT_JOBS
+    assert far.due == {job_id(APP, n): due for n, due in dues.items()}
+    assert store.redis.hlen(store.keys.partition(0).jobs) == 0
+    assert store.redis.zcard(store.keys.partition(0).due) == 0
+    _check_all_readable(store, dues)
+    assert store.app_counts(APP)["jobs"] == SPLIT_JOBS
+
+    gone = list(dues)[::2]
+    for name in gone:
+        assert store.delete(APP, name) is True, name
+    left = {n: d for n, d in dues.items() if n not in set(gone)}
+    [far] = _fars(store)
+    assert far.count == len(left)
+    assert far.due == {job_id(APP, n): due for n, due in left.items()}
+    _check_all_readable(store, left)
+    assert all(store.get(APP, n) is None for n in gone)
+    assert store.app_counts(APP)["jobs"] == len(left)
+
+
+def _compact(store: Store, far: Far) -> list[str]:
+    """The far buckets of partition 0 that are not compact: over BUCKET_MAX entries, or not
+    a listpack (a key that ever went over stays a skiplist or hashtable)."""
+    pk = store.keys.partition(0)
+    wrong = []
+    for b, (hlen, zcard) in far.sizes.items():
+        if max(hlen, zcard) > BUCKET_MAX:
+            wrong.append(f"bucket {b} holds {hlen} records and {zcard} due entries")
+        for key in (f"{pk.base}:farjobs:{b}", f"{pk.base}:fardue:{b}"):
+            encoding = store.redis.object("encoding", key)
+            if encoding is not None and encoding not in COMPACT:
+                wrong.append(f"{key} is a {_text(encoding)} ({zcard} entries now)")
+    return wrong
+
+
+def test_far_buckets_stay_compact_through_splits_and_deletes(store: Store) -> None:
+    dues = _schedule_far_jobs(store, SPLIT_JOBS)
+    [far] = _fars(store)
+    assert far.n > 1
+    wrong = _compact(store, far)
+    assert not wrong, (f"{len(wrong)} far bucket keys not compact after {SPLIT_JOBS} jobs in "
+                       f"{far.n} buckets: {wrong}")
+    for name in list(dues)[::2]:
+        store.delete(APP, name)
+    [far] = _fars(store)
+    wrong = _compact(store, far)
+    assert not wrong, f"far bucket keys not compact after deletes: {wrong}"
+
+
+# --- 9. the job limit ---------------------------------------------------------------------------
+
+
+def test_the_app_job_limit_counts_far_jobs(stores: Callable[..., Store]) -> None:
+    store = stores(app_max_jobs=4)
+    now = now_ms()
+    for i in range(3):
+        store.schedule(make_job(f"far-{i}", now + (i + 1) * HOUR_MS))
+    store.schedule(make_job("near", now + MINUTE_MS))
+    assert _far_count(store) == 3
+    for extra in (make_job("one-more-far", now + HOUR_MS),
+                  make_job("one-more-near", now + MINUTE_MS)):
+        with pytest.raises(ApiError) as refused:
+            store.schedule(extra)
+        assert refused.value.status == 429, extra.name
+        [answer] = store.schedule_batch(APP, [(extra.name, extra.encode(), extra.first_ms,
+                                               False, "")])
+        assert isinstance(answer, ApiError) and answer.status == 429, (extra.name, answer)
+        assert store.get(APP, extra.name) is None
+    # An overwrite is no new job; a deleted far job makes room.
+    store.schedule(make_job("far-0", now + 5 * HOUR_MS, data="again"), overwrite=True)
+    assert _view(store, "far-0").job.data == "again"
+    assert store.delete(APP, "far-1")
+    store.schedule(make_job("one-more-far", now + HOUR_MS))
+    assert _where(store, "one-more-far") == FAR
+    assert store.app_counts(APP)["jobs"] == 4
+    assert _far_count(store) == 3
+
+
+
+# --- 10. large calls, and the bucket hash's secret --------------------------------------------
+
+
+def test_a_bulk_call_and_a_read_of_thousands_of_ids_pass_luas_unpack_bound(store: Store) -> None:
+    """Lua's unpack takes about 8,000 values: a bulk schedule meeting a far tier of one
+    bucket, and a read of 9,000 ids, take their ids in chunks."""
+    due = now_ms() + HOUR_MS
+    store.schedule(make_job("first", due))  # a far tier of one bucket
+    jobs = [make_job(f"bulk-{i:05d}", due + i) for i in range(9000)]
+    answers = store.schedule_batch(APP, [(j.name, j.encode(), j.first_ms, False, "")
+                                         for j in jobs])
+    assert answers == [None] * len(jobs)
+    [far] = _fars(store)
+    assert far.count == 9001 and not _compact(store, far)
+    pk = store.keys.partition(0)
+    pipe = store.redis.pipeline(transaction=False)
+    store.read_jobs(pipe, pk, "d", [job_id(APP, j.name) for j in jobs])
+    [dues] = pipe.execute()
+    assert [int(float(d)) for d in dues] == [j.first_ms for j in jobs]
+
+
+def test_the_bucket_hash_has_a_secret_of_the_partitions_own(stores: Callable[..., Store]) -> None:
+    """Job names cannot pick their buckets: the hash takes a random secret, set by the first
+    far job and kept while the tier holds jobs, whichever API process schedules."""
+    first, second = stores(), stores()
+    due = now_ms() + HOUR_MS
+    first.schedule(make_job("a", due))
+    pk = first.keys.partition(0)
+    key = first.redis.hget(pk.far_meta, "key")
+    assert key is not None and len(key) == 32 and int(key, 16) >= 0
+    for i in range(200):
+        second.schedule(make_job(f"b-{i}", due + i))
+    assert first.redis.hget(pk.far_meta, "key") == key
+    [far] = _fars(second)  # every job in the bucket its hash, with that secret, gives
+    assert far.count == 201 and far.n > 1
