@@ -2,24 +2,26 @@
 -- "-- uses: far" runs with it in front (app/store/scripts.py).
 --
 -- The far tier of a partition: jobs whose first trigger is more than a while ahead when
--- they are scheduled (Settings.far_after_s), kept compact until it comes near. Their records and due
--- entries are spread by a hash of the job id over small keys that Redis keeps as
--- listpacks (about 90 B a record and 35 B a due entry, where the `jobs` hash took 130
--- and the `due` sorted set 119):
+-- they are scheduled (Settings.far_after_s), kept compact until it comes near. Their
+-- records and due entries are spread by a hash of the job id over small keys that Redis
+-- keeps as listpacks (about 90 B a record and 35 B a due entry, where the `jobs` hash
+-- took 130 and the `due` sorted set 119):
 --   {base}:farjobs:{b}  HASH job id -> record, of the jobs in bucket b
 --   {base}:fardue:{b}   ZSET job id -> due ms, of the same jobs
 --   {base}:fartop       ZSET bucket b -> its earliest due ms
---   {base}:farmeta      HASH "n": how many buckets (absent: 1), "count": jobs held
+--   {base}:farmeta      HASH "n": how many buckets (absent: 1), "count": jobs held,
+--                            "key": the bucket hash's secret (far_hash)
 -- The buckets grow by linear hashing: past FAR_FILL jobs a bucket on average, the next
 -- bucket in turn splits in two, and a split moves one bucket's jobs. A bucket not yet
--- split in its round covers twice the hashes, so it holds up to about 2 * FAR_FILL:
--- 40 keeps that well under Redis's 128 entries (zset-max-listpack-entries; one past it
--- turns the sorted set into a skiplist for good). A far job is not paused, staged, claimed nor replayed: the
--- near tier (`jobs`, `due`) holds every job that is, and every job a worker can take.
--- A claim moves the far jobs due by then into the near tier first (far_promote), and
--- a script that changes a far job brings it near first (far_unfar); readers look in
--- both tiers (far_get). Scripts pass the due key; the rest is named from it and shares
--- its hash tag (Redis Cluster).
+-- split in its round covers twice the hashes, so it holds up to about 2 * FAR_FILL: 40
+-- keeps that well under Redis's 128 entries (zset-max-listpack-entries; one past it turns
+-- the sorted set into a skiplist for good). A far job is not paused, staged, claimed nor
+-- replayed: the near tier (`jobs`, `due`) holds every job that is, and every job a worker
+-- can take. A claim moves the far jobs due by then into the near tier first
+-- (far_promote); a script that changes a far job brings it near first (far_unfar), or
+-- replaces it in place; readers look in both tiers (far_get). Scripts pass the due key;
+-- the rest is named from it and shares its hash tag (Redis Cluster): a script reads them
+-- before it writes where a stop half-way (a slot being moved) would lose anything.
 
 local FAR_FILL = 40
 
@@ -314,7 +316,8 @@ local function far_put_many(due, jobs)
     local jobs_key, due_key = far_keys(s, b)
     local new = 0
     for c = 1, #records, 2000 do -- Lua's unpack takes at most about 8,000 values
-      new = new + redis.call("HSET", jobs_key, unpack(records, c, math.min(c + 1999, #records)))
+      local last = math.min(c + 1999, #records)
+      new = new + redis.call("HSET", jobs_key, unpack(records, c, last))
       redis.call("ZADD", due_key, unpack(entries, c, math.min(c + 1999, #entries)))
     end
     added = added + new
