@@ -552,7 +552,7 @@ class Queue:
             paused = bool(answers.pop(0))
         if parent is not None and not answers[0]:  # not listed: is its job there, near or far?
             # (a script call of its own: redis-py's asyncio cluster pipeline runs none)
-            [length] = await self._script("job_read", [pk.due, pk.jobs], ["l", parent])
+            [length] = await self._script("job_read", pk.read_keys(), ["l", parent])
             job_exists = length is not None
         return Standing(held, job_exists, paused)
 
@@ -732,7 +732,7 @@ class Queue:
             return jids
         pk = self.keys.partition(part)
         parents = [parent_job_id(jid.decode(errors="replace")) for jid in once]
-        lengths = await self._script("job_read", [pk.due, pk.jobs], ["l", *parents])
+        lengths = await self._script("job_read", pk.read_keys(), ["l", *parents])
         gone = [jid for jid, length in zip(once, lengths, strict=True) if length is None]
         for jid in gone:
             app_id = split_job_id(jid.decode(errors="replace"))[0]

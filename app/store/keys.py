@@ -40,8 +40,9 @@ Per partition:
                                four from the due key)
     {prefix}:{N}:fardue:{b} ZSET  job id -> due ms, of the same jobs
     {prefix}:{N}:fartop  ZSET  far bucket b -> its earliest due ms
-    {prefix}:{N}:farmeta HASH  "n": the far tier's buckets (linear hashing of the ids'
-                               SHA-1; absent: 1), "count": the jobs it holds
+    {prefix}:{N}:farmeta HASH  "n": the far tier's buckets (linear hashing of the SHA-1 of
+                               "key" and the id; absent: 1), "count": the jobs it holds,
+                               "key": the partition's random secret
     {prefix}:{N}:names   ZSET  the index as versions before the B-tree kept it (every id in
                                one sorted set): ensure_indexed moves it and deletes it
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
@@ -224,7 +225,8 @@ class PartitionKeys:
 
     @property
     def far_meta(self) -> str:
-        """HASH of the far tier (far.lua): "n" its buckets, "count" the jobs it holds."""
+        """HASH of the far tier (far.lua): "n" its buckets, "count" the jobs it holds,
+        "key" its hash's secret."""
         return f"{self.base}:farmeta"
 
     @property
@@ -278,6 +280,10 @@ class PartitionKeys:
     @property
     def rate(self) -> str:
         return f"{self.base}:rate"
+
+    def read_keys(self) -> list[str]:
+        """The keys of job_read.lua, in its order."""
+        return [self.due, self.jobs]
 
     def claim_keys(self) -> list[str]:
         """The keys of claim.lua, in its order."""

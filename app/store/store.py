@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -314,13 +314,12 @@ class Store:
         tier holds each (job_read.lua): per id, its record for "r" (None: no such job),
         its due ms (bytes; None: out of the due index) for "d", or both ("rd"); its
         record's length for "l" ("ld": and its due ms). One reply, a list."""
-        self._scripts["job_read"](keys=[pk.due, pk.jobs], args=[what, *ids], client=pipe)
+        self._scripts["job_read"](keys=pk.read_keys(), args=[what, *ids], client=pipe)
 
     def record(self, pk: PartitionKeys, jid: str) -> bytes | None:
         """The stored record of the job `jid` (of the partition `pk`), from whichever tier
         holds it; None when there is no such job."""
-        record: bytes | None = self._scripts["job_read"](keys=[pk.due, pk.jobs],
-                                                        args=["r", jid])[0]
+        record: bytes | None = self._scripts["job_read"](keys=pk.read_keys(), args=["r", jid])[0]
         return record
 
     @staticmethod
@@ -376,29 +375,46 @@ class Store:
         if not ids:
             return [], 0
         pipe = self.redis.pipeline(transaction=False)
-        for jid in ids:
-            pk = self.keys.for_job(jid)
-            self.read_jobs(pipe, pk, "ld", [jid])
-            pipe.hget(pk.runs, jid)
-        answers = pipe.execute()
+        lengths, _ = self._queue_reads(pipe, ids, "l")(pipe.execute())
         take, size = 0, 0
-        for i in range(len(ids)):
-            size += int(answers[2 * i][0] or 0)
+        for (length,) in lengths:
+            size += int(length or 0)
             if take and size > self.settings.page_max_bytes:
                 break
             take += 1
         pipe = self.redis.pipeline(transaction=False)
+        parse = self._queue_reads(pipe, ids[:take], "rd")
         for jid in ids[:take]:
-            self.read_jobs(pipe, self.keys.for_job(jid), "r", [jid])
+            pipe.hget(self.keys.for_job(jid).runs, jid)
+        reads, states = parse(pipe.execute())
         pauses = self._pauses_of(app_id, ids[:take])
         views = []
-        for i, (record,) in enumerate(pipe.execute()):
+        for i, (record, score) in enumerate(reads):
             if record is not None:
                 name = split_job_id(ids[i])[1]
                 views.append(with_pause(
-                    self._view(Job.decode(app_id, name, record), answers[2 * i + 1],
-                               answers[2 * i][1]), *pauses[i]))
+                    self._view(Job.decode(app_id, name, record), states[i], score),
+                    *pauses[i]))
         return views, take
+
+    def _queue_reads(self, pipe: Any, ids: Sequence[str], what: str,
+                     ) -> Callable[[list[Any]], tuple[list[list[Any]], list[Any]]]:
+        """Queue on `pipe` read_jobs of `ids` (of any partitions), one job_read.lua call a
+        partition, not one an id. Returns what parses the pipeline's replies: per id, in
+        order, one entry a letter of `what`; and the replies after these calls'."""
+        groups: dict[int, list[int]] = {}
+        for n, jid in enumerate(ids):
+            groups.setdefault(self.keys.partition_of(jid), []).append(n)
+        for partition, members in groups.items():
+            self.read_jobs(pipe, self.keys.partition(partition), what, [ids[n] for n in members])
+
+        def parse(replies: list[Any]) -> tuple[list[list[Any]], list[Any]]:
+            out: list[list[Any]] = [[] for _ in ids]
+            for members, reply in zip(groups.values(), replies, strict=False):
+                for k, n in enumerate(members):
+                    out[n] = reply[k * len(what):(k + 1) * len(what)]
+            return out, replies[len(groups):]
+        return parse
 
     def _pauses_of(self, app_id: str, ids: list[str]) -> list[tuple[Any, Any]]:
         """(paused entry, the app's pause) of each of `ids` (app/store/pauses.py), in one
