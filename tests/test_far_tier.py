@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,7 +27,7 @@ from app.settings import Settings
 from app.store.keys import PartitionKeys, is_replay, job_id
 from app.store.pauses import Pauses
 from app.store.store import JobExists, JobView, Store
-from tests.support.far import FAR_FILL, bucket_of
+from tests.support.far import FAR_FILL, FarTier, far_tier
 from tests.support.jobs import APP, QueueDriver, make_job, register
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_for
@@ -55,61 +54,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True)
-class Far:
-    """A partition's far tier as its keys hold it."""
-
-    n: int  # buckets (farmeta "n", absent: 1)
-    count: int  # farmeta "count"
-    due: dict[str, float]  # job id -> due ms (fardue:{b}), every bucket
-    records: dict[str, bytes]  # job id -> record (farjobs:{b}), every bucket
-    sizes: dict[int, tuple[int, int]]  # bucket -> (HLEN farjobs, ZCARD fardue)
+Far = FarTier
 
 
 def _far(store: Store, pk: PartitionKeys) -> Far:
-    """The partition's far tier, after checking its bookkeeping: `count` is the number of
-    jobs each bucket's hash and sorted set hold (the same ids in both), each id is in the
-    bucket linear hashing gives it, `fartop` holds each non-empty bucket with its earliest
-    due time and no other, no bucket key lies past `n`, and no far job is also near."""
-    r = store.redis
-    meta = {_text(k): _text(v) for k, v in r.hgetall(f"{pk.base}:farmeta").items()}
-    n, count = int(meta.get("n", "1")), int(meta.get("count", "0"))
-    assert n >= 1, meta
-    due: dict[str, float] = {}
-    records: dict[str, bytes] = {}
-    sizes: dict[int, tuple[int, int]] = {}
-    heads: dict[str, float] = {}
-    for b in range(n):
-        jobs_key, due_key = f"{pk.base}:farjobs:{b}", f"{pk.base}:fardue:{b}"
-        held = {_text(k): v for k, v in r.hgetall(jobs_key).items()}
-        scored = {_text(m): s for m, s in r.zrange(due_key, 0, -1, withscores=True)}
-        assert set(held) == set(scored), (
-            f"bucket {b}: records without a due time {sorted(set(held) - set(scored))[:5]}, "
-            f"due times without a record {sorted(set(scored) - set(held))[:5]}")
-        misplaced = [jid for jid in held if bucket_of(jid, n, meta.get("key", "")) != b]
-        assert not misplaced, f"bucket {b} of {n} holds ids hashed elsewhere: {misplaced[:5]}"
-        assert not set(held) & set(records), f"ids in two buckets: {set(held) & set(records)}"
-        records.update(held)
-        due.update(scored)
-        sizes[b] = (len(held), len(scored))
-        if scored:
-            heads[str(b)] = min(scored.values())
-    assert count == len(records) == len(due), (
-        f"farmeta count {count}, records {len(records)}, due entries {len(due)}")
-    top = {_text(m): s for m, s in r.zrange(f"{pk.base}:fartop", 0, -1, withscores=True)}
-    assert top == heads, f"fartop {top} where the buckets' earliest due times are {heads}"
-    for kind in ("farjobs", "fardue"):
-        stray = [_text(k) for k in r.scan_iter(match=f"{pk.base}:{kind}:*", count=1000)
-                 if int(_text(k).rpartition(":")[2]) >= n]
-        assert not stray, f"bucket keys past the {n} buckets: {stray}"
-    if records:
-        ids = list(records)
-        near_records = r.hmget(pk.jobs, ids)
-        near_due = r.zmscore(pk.due, ids)
-        both = [jid for jid, rec, score in zip(ids, near_records, near_due, strict=True)
-                if rec is not None or score is not None]
-        assert not both, f"far jobs also in the near tier: {both[:5]}"
-    return Far(n, count, due, records, sizes)
+    return far_tier(store.redis, pk)
 
 
 def _fars(store: Store) -> list[Far]:

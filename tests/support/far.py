@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from app.store import scripts
@@ -31,38 +32,69 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def far_jobs(client: Any, pk: PartitionKeys) -> tuple[dict[str, bytes], dict[str, float]]:
-    """The far tier's records and due times by job id, after checking that each job is in
-    its bucket, in both of its keys, in neither near key, each bucket compact, the top its
-    earliest and the count the jobs'."""
-    meta = {_text(k): v for k, v in client.hgetall(pk.far_meta).items()}
-    n = int(meta.get("n", 1))
-    count = int(meta.get("count", 0))
-    key = meta.get("key", b"")
-    records: dict[str, bytes] = {}
+@dataclass(frozen=True)
+class FarTier:
+    """A partition's far tier as its keys hold it."""
+
+    n: int  # buckets (farmeta "n", absent: 1)
+    count: int  # farmeta "count"
+    due: dict[str, float]  # job id -> due ms (fardue:{b}), every bucket
+    records: dict[str, bytes]  # job id -> record (farjobs:{b}), every bucket
+    sizes: dict[int, tuple[int, int]]  # bucket -> (HLEN farjobs, ZCARD fardue)
+
+
+def far_tier(client: Any, pk: PartitionKeys) -> FarTier:
+    """The partition's far tier, after checking its bookkeeping: `count` is the number of
+    jobs each bucket's hash and sorted set hold (the same ids in both), each id is in the
+    bucket linear hashing gives it (with farmeta's secret), `fartop` holds each non-empty
+    bucket with its earliest due time and no other, no bucket key lies past `n`, and no
+    far job is also near."""
+    meta = {_text(k): _text(v) for k, v in client.hgetall(pk.far_meta).items()}
+    n, count = int(meta.get("n", "1")), int(meta.get("count", "0"))
+    assert n >= 1, meta
     due: dict[str, float] = {}
-    top = {int(b): s for b, s in client.zrange(pk.far_top, 0, -1, withscores=True)}
+    records: dict[str, bytes] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    heads: dict[str, float] = {}
     for b in range(n):
         held = {_text(k): v for k, v in client.hgetall(pk.far_jobs(b)).items()}
-        scores = {_text(k): s for k, s in client.zrange(pk.far_due(b), 0, -1, withscores=True)}
-        assert set(held) == set(scores), f"bucket {b}: records {set(held) ^ set(scores)}"
-        assert len(held) <= BUCKET_MAX, f"bucket {b} holds {len(held)}"
-        for job_id in held:
-            assert bucket_of(job_id, n, key) == b, f"{job_id} is in bucket {b}"
-        if scores:
-            assert top.get(b) == min(scores.values()), f"bucket {b}: top {top.get(b)}"
-        else:
-            assert b not in top, f"empty bucket {b} is in the top"
+        scored = {_text(m): s for m, s in client.zrange(pk.far_due(b), 0, -1, withscores=True)}
+        assert set(held) == set(scored), (
+            f"bucket {b}: records without a due time {sorted(set(held) - set(scored))[:5]}, "
+            f"due times without a record {sorted(set(scored) - set(held))[:5]}")
+        misplaced = [jid for jid in held if bucket_of(jid, n, meta.get("key", "")) != b]
+        assert not misplaced, f"bucket {b} of {n} holds ids hashed elsewhere: {misplaced[:5]}"
+        assert not set(held) & set(records), f"ids in two buckets: {set(held) & set(records)}"
         records.update(held)
-        due.update(scores)
-    assert set(top) <= set(range(n))
-    assert count == len(records), f"count {count}, jobs {len(records)}"
+        due.update(scored)
+        sizes[b] = (len(held), len(scored))
+        if scored:
+            heads[str(b)] = min(scored.values())
+    assert count == len(records) == len(due), (
+        f"farmeta count {count}, records {len(records)}, due entries {len(due)}")
+    top = {_text(m): s for m, s in client.zrange(pk.far_top, 0, -1, withscores=True)}
+    assert top == heads, f"fartop {top} where the buckets' earliest due times are {heads}"
+    for kind in ("farjobs", "fardue"):
+        stray = [_text(k) for k in client.scan_iter(match=f"{pk.base}:{kind}:*", count=1000)
+                 if int(_text(k).rpartition(":")[2]) >= n]
+        assert not stray, f"bucket keys past the {n} buckets: {stray}"
     if records:
-        near = client.hmget(pk.jobs, list(records))
-        assert near == [None] * len(records), "a far job is in `jobs` too"
-        near_due = client.zmscore(pk.due, list(records))
-        assert near_due == [None] * len(records), "a far job is in `due` too"
-    return records, due
+        ids = list(records)
+        near_records = client.hmget(pk.jobs, ids)
+        near_due = client.zmscore(pk.due, ids)
+        both = [jid for jid, rec, score in zip(ids, near_records, near_due, strict=True)
+                if rec is not None or score is not None]
+        assert not both, f"far jobs also in the near tier: {both[:5]}"
+    return FarTier(n, count, due, records, sizes)
+
+
+def far_jobs(client: Any, pk: PartitionKeys) -> tuple[dict[str, bytes], dict[str, float]]:
+    """The far tier's records and due times by job id, after far_tier's checks and that
+    each bucket is within Redis's compact size."""
+    tier = far_tier(client, pk)
+    for b, (records, entries) in tier.sizes.items():
+        assert max(records, entries) <= BUCKET_MAX, f"bucket {b} holds {records} / {entries}"
+    return tier.records, tier.due
 
 
 def all_job_ids(client: Any, pk: PartitionKeys) -> set[str]:
