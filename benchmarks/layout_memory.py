@@ -2,7 +2,7 @@
 store costs today: the evidence behind the far tier (app/store/lua/far.lua), measured here
 as the store writes it, against the bound of the layout it approximates. Today the job
 index is a B-tree (app/store/lua/names_index.lua), and jobs scheduled more than
-Settings.far_after_s ahead (these are, a day ahead) are kept in the far tier's buckets.
+Settings.far_after_s ahead (these are, a day ahead) are kept in the far tier's leaves.
 
     python -m benchmarks.layout_memory [--jobs 1000000]
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     total = new["jobs"] + new["due"] + new["names"]
     compact = "listpack" if new["due_encoding"] and new["names_encoding"] else "NOT listpack"
     print(f"{args.jobs:,} pending jobs (seed-sized data), redis-server {version}")
-    print(f"  today (the far tier's buckets, the job index's leaves): {now:6.1f} B per job")
+    print(f"  today (the far tier's leaves, the job index's leaves): {now:6.1f} B per job")
     print(f"  candidate ({compact}, a {new['record_bytes']:.0f}-byte record): {total:6.1f} B "
           f"per job (records {new['jobs']:.1f}, due {new['due']:.1f}, names "
           f"{new['names']:.1f})")

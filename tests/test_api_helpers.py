@@ -100,9 +100,9 @@ def assert_store_consistent(client: Any, settings: Settings) -> set[str]:
                 for low in client.zrange(pk.names, 0, -1)}
     allowed |= {keys.apps} | staged_keys
     for pk in keys.all_partitions():  # the far tier's (app/store/lua/far.lua)
-        buckets = int(client.hget(pk.far_meta, "n") or 1)
-        allowed |= {pk.far_meta, pk.far_top}
-        allowed |= {k for b in range(buckets) for k in (pk.far_jobs(b), pk.far_due(b))}
+        allowed |= {pk.far_meta, pk.far_tree, pk.far_heads}
+        allowed |= {k for low in client.zrange(pk.far_tree, 0, -1)
+                    for k in (pk.far_leaf(low), pk.far_when(low))}
     for raw_key in client.scan_iter(match=_glob(settings.prefix) + ":*", count=1000):
         key = raw_key.decode()
         assert key in allowed or key.startswith(f"{settings.prefix}:alive:") \

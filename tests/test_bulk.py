@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -232,23 +233,21 @@ def _job(app: str, name: str, **fields: Any) -> Job:
 
 def _dump(client: redis.Redis, prefix: str) -> dict[str, Any]:
     """Every key under `prefix`, by its name without the prefix, with its content. The far
-    tier's (app/store/lua/far.lua) by what it holds, not where: its buckets follow a
-    secret of each store's own."""
+    tier's (app/store/lua/far.lua) by what it holds, not where: one call cuts a full leaf
+    in pieces a bulk call's share of it does not make."""
     out: dict[str, Any] = {}
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         kind = client.type(key)
         name = key.decode()[len(prefix):]
-        base, _, bucket = name.rpartition(":")
-        if base.endswith((":farjobs", ":fardue")) and bucket.isdigit():
-            merged = out.setdefault(base, {})
+        kept = re.match(r"(.*:far(?:leaf|when)):", name)
+        if kept:
+            merged = out.setdefault(kept.group(1), {})
             merged.update(client.hgetall(key) if kind == b"hash"
                           else dict(client.zrange(key, 0, -1, withscores=True)))
-        elif name.endswith(":fartop"):
-            continue  # each bucket's earliest: where the jobs are
+        elif name.endswith((":fartree", ":farheads")):
+            continue  # the leaves' bounds and earliest due times: where the jobs are
         elif kind == b"hash":
             out[name] = client.hgetall(key)
-            if name.endswith(":farmeta"):
-                out[name].pop(b"key", None)
         elif kind == b"zset":
             out[name] = client.zrange(key, 0, -1, withscores=True)
         else:

@@ -1,9 +1,10 @@
 """The far tier (app/store/lua/far.lua): jobs first due more than Settings.far_after_s ahead
-when they are scheduled, kept in compact bucket keys until a claim brings them near.
+when they are scheduled, kept in compact leaf keys of a B-tree by job id until a claim
+brings them near.
 
-Every tier check reads the raw keys (`_far` reads each bucket and checks the tier's
-bookkeeping: the job count, each bucket's earliest due time in `fartop`, each id in the
-bucket linear hashing puts it in), and every read through the public API (Store.get,
+Every tier check reads the raw keys (`_far` reads each leaf and checks the tier's
+bookkeeping: the job count, each leaf's earliest due time in `farheads`, each id between
+its leaf's bound and the next), and every read through the public API (Store.get,
 list_jobs, the counts, the HTTP API) must see a far job exactly as a near one. Deliveries
 go through a real worker to a real HTTP receiver on 127.0.0.1; claims whose time matters
 are driven with the worker's clock under the test's control (tests/support/jobs.py).
@@ -27,7 +28,7 @@ from app.settings import Settings
 from app.store.keys import PartitionKeys, is_replay, job_id
 from app.store.pauses import Pauses
 from app.store.store import JobExists, JobView, Store
-from tests.support.far import FAR_FILL, FarTier, far_tier
+from tests.support.far import FAR_LEAF_MIN, FAR_PIECE, LEAF_MAX, NO_FAR_S, FarTier, far_tier
 from tests.support.jobs import APP, QueueDriver, make_job, register
 from tests.support.receiver import Receiver
 from tests.support.waiting import wait_for
@@ -38,12 +39,9 @@ pytestmark = pytest.mark.usefixtures("reap_workers")
 SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS
 HOUR_MS = 60 * MINUTE_MS
-# zset-max-listpack-entries (Redis's default): a bigger sorted set is a skiplist, and stays
-# one (hashes: 512, so the due sets are the bound).
-BUCKET_MAX = 128
 COMPACT = (b"listpack", b"ziplist")  # ziplist: Redis 6.2
 NEAR = frozenset({"jobs", "due"})
-FAR = frozenset({"farjobs", "fardue"})
+FAR = frozenset({"farleaf", "farwhen"})
 V1 = "/v1.0/jobs"
 
 
@@ -67,7 +65,7 @@ def _fars(store: Store) -> list[Far]:
 
 def _where(store: Store, name: str, app_id: str = APP) -> frozenset[str]:
     """The keys of the job's partition that hold it: "jobs" and "due" (the near tier),
-    "farjobs" and "fardue" (any far bucket), "paused"."""
+    "farleaf" and "farwhen" (its far leaf's), "paused"."""
     jid = job_id(app_id, name)
     pk = store.keys.for_job(jid)
     far = _far(store, pk)
@@ -77,9 +75,9 @@ def _where(store: Store, name: str, app_id: str = APP) -> frozenset[str]:
     if store.redis.zscore(pk.due, jid) is not None:
         where.add("due")
     if jid in far.records:
-        where.add("farjobs")
+        where.add("farleaf")
     if jid in far.due:
-        where.add("fardue")
+        where.add("farwhen")
     if store.redis.hexists(pk.paused, jid):
         where.add("paused")
     return frozenset(where)
@@ -291,8 +289,8 @@ def test_deleting_a_far_job_leaves_nothing_of_it(store: Store) -> None:
     pk = store.keys.partition(0)
     [far] = _fars(store)
     assert (far.count, far.due, far.records) == (0, {}, {})
-    assert store.redis.zcard(f"{pk.base}:fartop") == 0
-    assert store.redis.hget(f"{pk.base}:farmeta", "count") in (None, b"0")
+    assert store.redis.exists(pk.far_tree, pk.far_heads) == 0
+    assert store.redis.hget(pk.far_meta, "count") in (None, b"0")
     assert store.app_counts(APP)["jobs"] == 0
     assert store.list_jobs(APP) == ([], "")
     assert store.counts()["jobs"] == 0
@@ -328,7 +326,7 @@ def test_an_overwrite_moves_a_job_to_the_right_tier_with_one_copy(store: Store) 
     assert _where(store, "to-far") == FAR
     assert _due_score(store, "to-near") == now + MINUTE_MS
     assert _due_score(store, "to-far") == now + 3 * HOUR_MS
-    # Far to far: later, then earlier; its bucket's head follows (checked by _far).
+    # Far to far: later, then earlier; its leaf's head follows (checked by _far).
     store.schedule(make_job("far-far", now + 5 * HOUR_MS, data=2), overwrite=True)
     assert (_where(store, "far-far"), _due_score(store, "far-far")) == (FAR, now + 5 * HOUR_MS)
     store.schedule(make_job("far-far", now + 4 * HOUR_MS, data=3), overwrite=True)
@@ -383,7 +381,7 @@ def test_a_bulk_schedule_meets_its_own_far_entries(store: Store) -> None:
     assert store.app_counts(APP)["jobs"] == 3
 
 
-def test_a_bulk_schedule_replaces_far_jobs_in_place_and_their_bucket_heads_follow(
+def test_a_bulk_schedule_replaces_far_jobs_in_place_and_their_leaf_heads_follow(
         store: Store) -> None:
     now = now_ms()
     first = [make_job(f"r{i}", now + HOUR_MS + i) for i in range(60)]
@@ -392,7 +390,7 @@ def test_a_bulk_schedule_replaces_far_jobs_in_place_and_their_bucket_heads_follo
     answers = store.schedule_batch(APP, [(j.name, j.encode(), j.first_ms, True, "")
                                          for j in later])
     assert answers == [None] * 60
-    [far] = _fars(store)  # fartop is each bucket's earliest: checked there
+    [far] = _fars(store)  # farheads is each leaf's earliest: checked there
     assert far.count == 60 and min(far.due.values()) == now + 3 * HOUR_MS
     assert [_view(store, j.name).job for j in later] == later
 
@@ -569,10 +567,11 @@ def _check_all_readable(store: Store, dues: dict[str, int]) -> None:
             make_job(name, due), TriggerStatus.SCHEDULED, due), name
 
 
-def test_far_buckets_split_by_linear_hashing_and_every_job_stays_readable(store: Store) -> None:
+def test_far_leaves_split_by_id_range_and_every_job_stays_readable(store: Store) -> None:
     dues = _schedule_far_jobs(store, SPLIT_JOBS)
-    [far] = _fars(store)  # the bookkeeping, each id in its hashed bucket (see _far)
-    assert far.n == -(-SPLIT_JOBS // FAR_FILL), f"{far.n} buckets for {SPLIT_JOBS} jobs"
+    [far] = _fars(store)  # the bookkeeping, each id within its leaf's range (see _far)
+    # Cut leaves are at most FAR_PIECE, and one cut at 128 makes two of 64.
+    assert -(-SPLIT_JOBS // FAR_PIECE) <= len(far.bounds) <= SPLIT_JOBS // 64, len(far.bounds)
     assert far.count == SPLIT_JOBS
     assert far.due == {job_id(APP, n): due for n, due in dues.items()}
     assert store.redis.hlen(store.keys.partition(0).jobs) == 0
@@ -593,32 +592,46 @@ def test_far_buckets_split_by_linear_hashing_and_every_job_stays_readable(store:
 
 
 def _compact(store: Store, far: Far) -> list[str]:
-    """The far buckets of partition 0 that are not compact: over BUCKET_MAX entries, or not
+    """The far leaves of partition 0 that are not compact: LEAF_MAX entries or more, or not
     a listpack (a key that ever went over stays a skiplist or hashtable)."""
     pk = store.keys.partition(0)
     wrong = []
-    for b, (hlen, zcard) in far.sizes.items():
-        if max(hlen, zcard) > BUCKET_MAX:
-            wrong.append(f"bucket {b} holds {hlen} records and {zcard} due entries")
-        for key in (f"{pk.base}:farjobs:{b}", f"{pk.base}:fardue:{b}"):
+    for low, size in far.sizes.items():
+        if size >= LEAF_MAX:
+            wrong.append(f"leaf {low!r} holds {size} jobs")
+        for key in (pk.far_leaf(low), pk.far_when(low)):
             encoding = store.redis.object("encoding", key)
             if encoding is not None and encoding not in COMPACT:
-                wrong.append(f"{key} is a {_text(encoding)} ({zcard} entries now)")
+                wrong.append(f"{key} is a {_text(encoding)} ({size} entries now)")
     return wrong
 
 
-def test_far_buckets_stay_compact_through_splits_and_deletes(store: Store) -> None:
+def test_far_leaves_stay_compact_through_splits_and_deletes_and_small_ones_join(
+        store: Store) -> None:
     dues = _schedule_far_jobs(store, SPLIT_JOBS)
     [far] = _fars(store)
-    assert far.n > 1
+    leaves = len(far.bounds)
     wrong = _compact(store, far)
-    assert not wrong, (f"{len(wrong)} far bucket keys not compact after {SPLIT_JOBS} jobs in "
-                       f"{far.n} buckets: {wrong}")
-    for name in list(dues)[::2]:
-        store.delete(APP, name)
+    assert not wrong, (f"{len(wrong)} far leaf keys not compact after {SPLIT_JOBS} jobs in "
+                       f"{leaves} leaves: {wrong}")
+    names = list(dues)
+    for name in [n for i, n in enumerate(names) if i % 8]:  # 7 in 8 go
+        assert store.delete(APP, name)
     [far] = _fars(store)
     wrong = _compact(store, far)
-    assert not wrong, f"far bucket keys not compact after deletes: {wrong}"
+    assert not wrong, f"far leaf keys not compact after deletes: {wrong}"
+    # Leaves that fell under FAR_LEAF_MIN joined the one before while both fit in FAR_PIECE.
+    assert far.count == len(names[::8])
+    assert len(far.bounds) <= -(-far.count // (FAR_PIECE - FAR_LEAF_MIN)) + 1, (
+        f"{len(far.bounds)} leaves (of {leaves}) for {far.count} jobs")
+    _check_all_readable(store, {n: dues[n] for n in names[::8]})
+    for name in names[::8]:
+        assert store.delete(APP, name)
+    [far] = _fars(store)
+    assert (far.count, far.bounds) == (0, [])
+    pk = store.keys.partition(0)
+    left = {k.decode() for k in store.redis.scan_iter(match=f"{pk.base}:far*", count=1000)}
+    assert left == {pk.far_meta}, left  # no tree, no head, no leaf: only the count, 0
 
 
 # --- 9. the job limit ---------------------------------------------------------------------------
@@ -672,17 +685,96 @@ def test_a_bulk_call_and_a_read_of_thousands_of_ids_pass_luas_unpack_bound(store
     assert [int(float(d)) for d in dues] == [j.first_ms for j in jobs]
 
 
-def test_the_bucket_hash_has_a_secret_of_the_partitions_own(stores: Callable[..., Store]) -> None:
-    """Job names cannot pick their buckets: the hash takes a random secret, set by the first
-    far job and kept while the tier holds jobs, whichever API process schedules."""
-    first, second = stores(), stores()
+@pytest.mark.parametrize("route", ["single", "bulk"])
+def test_job_names_chosen_to_crowd_one_leaf_cannot_overfill_it(store: Store, route: str) -> None:
+    """Leaves split by size whatever the ids: names that all fall between two neighbours,
+    in descending order, or alike but for their end, still leave every leaf compact."""
     due = now_ms() + HOUR_MS
-    first.schedule(make_job("a", due))
-    pk = first.keys.partition(0)
-    key = first.redis.hget(pk.far_meta, "key")
-    assert key is not None and len(key) == 32 and int(key, 16) >= 0
-    for i in range(200):
-        second.schedule(make_job(f"b-{i}", due + i))
-    assert first.redis.hget(pk.far_meta, "key") == key
-    [far] = _fars(second)  # every job in the bucket its hash, with that secret, gives
-    assert far.count == 201 and far.n > 1
+    store.schedule_many(make_job(f"m-{i:03d}", due) for i in range(0, 1000, 100))
+    names = [f"m-000{'z' * (i % 40)}{i:04d}" for i in range(600, 0, -1)]  # between m-000, m-100
+    if route == "single":
+        assert store.schedule_many(make_job(n, due + i) for i, n in enumerate(names)) == 600
+    else:
+        for start in range(0, 600, 150):
+            answers = store.schedule_batch(APP, [
+                (n, make_job(n, due + i).encode(), due + i, False, "")
+                for i, n in enumerate(names[start:start + 150], start)])
+            assert answers == [None] * 150
+    [far] = _fars(store)
+    assert far.count == 610 and not _compact(store, far)
+    _check_all_readable(store, {n: due + i for i, n in enumerate(names)})
+
+
+def _first_version_layout(store: Store, names: list[str]) -> dict[str, tuple[bytes, float]]:
+    """Moves the (near) jobs `names` to where the far tier's first version (653c6f6) kept
+    them: buckets by a hash of the id (`farjobs:{b}`, `fardue:{b}`), `fartop`, farmeta's
+    "n", "count" and "key". Name -> (record, due ms)."""
+    pk = store.keys.partition(0)
+    moved = {}
+    pipe = store.redis.pipeline()
+    for i, name in enumerate(names):
+        b, jid = i % 3, job_id(APP, name)
+        record, due = store.redis.hget(pk.jobs, jid), store.redis.zscore(pk.due, jid)
+        assert record is not None and due is not None, name
+        moved[name] = (record, due)
+        pipe.hdel(pk.jobs, jid).zrem(pk.due, jid)
+        pipe.hset(f"{pk.base}:farjobs:{b}", jid, record)
+        pipe.zadd(f"{pk.base}:fardue:{b}", {jid: due})
+        pipe.zadd(f"{pk.base}:fartop", {str(b): due}, lt=True)
+    pipe.hset(pk.far_meta, mapping={"n": 3, "count": len(names), "key": "ab" * 16})
+    pipe.execute()
+    return moved
+
+
+FIRST_CALLS = ["a read", "another job", "the same name again", "an overwrite", "a delete",
+               "a bulk overwrite", "a pause"]
+
+
+@pytest.mark.parametrize("first_call", FIRST_CALLS)
+def test_the_first_versions_far_jobs_are_moved_near_before_the_first_script_reads(
+        stores: Callable[..., Store], first_call: str) -> None:
+    """Whatever the first script to meet them is, it sees the first version's jobs as they
+    were: moved near before it reads anything."""
+    due = now_ms() + HOUR_MS
+    names = [f"old-{i}" for i in range(7)]
+    store_near = stores(far_after_s=NO_FAR_S)
+    store_near.schedule_many(make_job(n, due + i) for i, n in enumerate(names))
+    jobs = _first_version_layout(store_near, names)
+    store = stores()
+    pk = store.keys.partition(0)
+    changed: dict[str, frozenset[str]] = {}  # name -> its keys after; the rest stay near
+    if first_call == "a read":
+        assert _view(store, "old-0").next_ms == jobs["old-0"][1]
+    elif first_call == "another job":
+        store.schedule(make_job("new", due + 99))
+        changed = {"new": FAR}
+    elif first_call == "the same name again":
+        with pytest.raises(JobExists):
+            store.schedule(make_job("old-0", due + 99, data="again"))
+    elif first_call == "an overwrite":
+        store.schedule(make_job("old-0", due + 99, data="again"), overwrite=True)
+        changed = {"old-0": FAR}
+    elif first_call == "a delete":
+        assert store.delete(APP, "old-0") is True
+        changed = {"old-0": frozenset()}
+    elif first_call == "a bulk overwrite":
+        again = make_job("old-0", due + 99, data="again")
+        assert store.schedule_batch(APP, [("old-0", again.encode(), due + 99, True, "")]) \
+            == [None]
+        changed = {"old-0": FAR}
+    else:
+        assert Pauses(store).pause_job(APP, "old-0") is True
+        changed = {"old-0": frozenset({"jobs", "paused"})}
+    for name, (record, at) in jobs.items():
+        if name in changed:
+            assert _where(store, name) == changed[name], name
+            continue
+        assert _where(store, name) == NEAR, name
+        assert store.redis.hget(pk.jobs, job_id(APP, name)) == record
+        assert _view(store, name).next_ms == at
+    if first_call in ("an overwrite", "a bulk overwrite"):
+        assert _view(store, "old-0").job.data == "again"
+    assert store.app_counts(APP)["jobs"] == 7 + (first_call == "another job") - (
+        first_call == "a delete")
+    assert _far_count(store) == sum(w == FAR for w in changed.values())  # _far: no key of
+    # the first version is left

@@ -44,7 +44,8 @@ class RedisClock:
     async def keep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await _wait(stop, CLOCK_CHECK_S)
-            await self.read()
+            if not stop.is_set():  # a read as the worker stops would race its connections
+                await self.read()
 
     async def read(self) -> bool:
         """Go by Redis's clock: this machine's, less its lead. False, and the last lead

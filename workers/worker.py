@@ -199,7 +199,8 @@ class Worker:
             stop.set()  # an error ended the loop: the helpers end too, or this would hang
             self._set_stop_deadline()  # (an error ended the loop: from now)
             listener.cancel()  # nothing left to wake; it would wait up to 1 s for a message
-            timekeeping.cancel()
+            timekeeping.cancel()  # and ended before the connections close: a read cut
+            await asyncio.gather(timekeeping, return_exceptions=True)  # short is no error
             # (metrics.close writes the last counts, within a bound; a flush Redis does not
             # answer, retried by redis-py for a minute, would hold up the stop)
             counting.cancel()

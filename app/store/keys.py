@@ -33,16 +33,20 @@ Per partition:
     {prefix}:{N}:namescratch ZSET  a bulk schedule's or a removal's ids, for Redis to
                                sort, inside one script (names_index.lua): gone before
                                the script ends
-    {prefix}:{N}:farjobs:{b} HASH  job id -> record, of the jobs of the far tier in bucket b:
-                               jobs first due more than Settings.far_after_s ahead when
+    {prefix}:{N}:fartree ZSET  the far tier, a B-tree of job ids in bytewise order: this key
+                               holds each leaf's low bound, all scored 0. Its jobs are
+                               first due more than Settings.far_after_s ahead when
                                scheduled, not paused, never claimed; none of them is in
                                `jobs` or `due` (app/store/lua/far.lua, which names these
-                               four from the due key)
-    {prefix}:{N}:fardue:{b} ZSET  job id -> due ms, of the same jobs
-    {prefix}:{N}:fartop  ZSET  far bucket b -> its earliest due ms
-    {prefix}:{N}:farmeta HASH  "n": the far tier's buckets (linear hashing of the SHA-1 of
-                               "key" and the id; absent: 1), "count": the jobs it holds,
-                               "key": the partition's random secret
+                               keys from the due key)
+    {prefix}:{N}:farleaf:{low} HASH  job id -> record, of a leaf's jobs: the ids from its
+                               low bound to the next one's, fewer than 128 (a listpack)
+    {prefix}:{N}:farwhen:{low} ZSET  job id -> due ms, of the same jobs
+    {prefix}:{N}:farheads ZSET leaf low bound -> its earliest due ms
+    {prefix}:{N}:farmeta HASH  "count": the jobs the far tier holds
+    {prefix}:{N}:farscratch, farmerge ZSET  a call's ids, and a leaf's with those of the
+                               call that go there, for Redis to sort, inside one script
+                               (far.lua): gone before the script ends
     {prefix}:{N}:names   ZSET  the index as versions before the B-tree kept it (every id in
                                one sorted set): ensure_indexed moves it and deletes it
     {prefix}:{N}:deadlex ZSET  "{app}/{ms, 13 digits}/{dead-letter id}", scored 0:
@@ -101,6 +105,11 @@ import zlib
 from dataclasses import dataclass
 
 REPLAY_SEP = "\x1f"
+
+
+def _text(value: str | bytes) -> str:
+    """A key part as Redis returned it (bytes, from a client that does not decode)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def job_id(app_id: str, name: str) -> str:
@@ -225,22 +234,26 @@ class PartitionKeys:
 
     @property
     def far_meta(self) -> str:
-        """HASH of the far tier (far.lua): "n" its buckets, "count" the jobs it holds,
-        "key" its hash's secret."""
+        """HASH of the far tier (far.lua): "count" the jobs it holds."""
         return f"{self.base}:farmeta"
 
     @property
-    def far_top(self) -> str:
-        """ZSET far bucket number -> its earliest due ms."""
-        return f"{self.base}:fartop"
+    def far_tree(self) -> str:
+        """ZSET of the far tier's leaves' low bounds, scored 0."""
+        return f"{self.base}:fartree"
 
-    def far_jobs(self, bucket: int) -> str:
-        """HASH job id -> record, of the far jobs in `bucket`."""
-        return f"{self.base}:farjobs:{bucket}"
+    @property
+    def far_heads(self) -> str:
+        """ZSET far leaf low bound -> its earliest due ms."""
+        return f"{self.base}:farheads"
 
-    def far_due(self, bucket: int) -> str:
-        """ZSET job id -> due ms, of the far jobs in `bucket`."""
-        return f"{self.base}:fardue:{bucket}"
+    def far_leaf(self, low: str | bytes) -> str:
+        """HASH job id -> record, of the far jobs of the leaf whose low bound is `low`."""
+        return f"{self.base}:farleaf:{_text(low)}"
+
+    def far_when(self, low: str | bytes) -> str:
+        """ZSET job id -> due ms, of the far jobs of the leaf whose low bound is `low`."""
+        return f"{self.base}:farwhen:{_text(low)}"
 
     def staged(self, app_id: str) -> str:
         return f"{self.base}:staged:{app_id}"

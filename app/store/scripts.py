@@ -17,6 +17,8 @@ SCRIPT_NAMES = (
 )
 LIBRARY_NAMES = ("names_index", "far")
 # Scripts that write nothing: no replica needs to acknowledge them (app/store/redis_wait.py).
+# job_read.lua may move the far tier's first version's jobs near, once (far.lua): lost with
+# a master that fails over before its replica has it, it is done again there.
 READ_ONLY = ("names_read", "job_read")
 
 _USES = re.compile(r"^-- uses: (\w+)$", re.MULTILINE)

@@ -343,9 +343,9 @@ def app_stats(store: Any, app_id: str, workers: Sequence[Heartbeat],
     )
 
 
-# Far buckets per partition that a /metrics read looks into for due far jobs (a bound on
+# Far leaves per partition that a /metrics read looks into for due far jobs (a bound on
 # its work: past it the count is short).
-FAR_DUE_BUCKETS = 64
+FAR_DUE_LEAVES = 64
 
 
 def far_due(store: Any, at: int) -> int:
@@ -354,12 +354,12 @@ def far_due(store: Any, at: int) -> int:
     parts = store.keys.all_partitions()
     pipe = store.redis.pipeline(transaction=False)
     for pk in parts:
-        pipe.zrangebyscore(pk.far_top, "-inf", at, start=0, num=FAR_DUE_BUCKETS)
-    buckets = pipe.execute()
-    if not any(buckets):
+        pipe.zrangebyscore(pk.far_heads, "-inf", at, start=0, num=FAR_DUE_LEAVES)
+    leaves = pipe.execute()
+    if not any(leaves):
         return 0
     pipe = store.redis.pipeline(transaction=False)
-    for pk, numbers in zip(parts, buckets, strict=True):
-        for number in numbers:
-            pipe.zcount(pk.far_due(int(number)), "-inf", at)
+    for pk, lows in zip(parts, leaves, strict=True):
+        for low in lows:
+            pipe.zcount(pk.far_when(low), "-inf", at)
     return sum(int(n) for n in pipe.execute())

@@ -165,7 +165,6 @@ class Store:
         self._jobs_share = str(max(1, cap // settings.partitions)) if cap else ""
         # A new job first due more than this many ms ahead goes to the far tier (far.lua).
         self._far_after = str(round(settings.far_after_s * 1000))
-        self._far_key = secrets.token_hex(16)  # the far tier's hash secret, if it has none
 
     def close(self) -> None:
         self.redis.close()
@@ -205,7 +204,7 @@ class Store:
                  pk.pausedapps],
                 [jid, job.encode(), job.first_ms, "1" if overwrite else "0",
                  self.keys.wake_channel, "" if run is None else run.encode(),
-                 self._jobs_share, self._far_after, self._far_key])
+                 self._jobs_share, self._far_after])
 
     def _over_limit(self, name: str) -> ApiError:
         """A new job past the app's JOBRUNNER_APP_MAX_JOBS (the scripts' -1)."""
@@ -274,8 +273,7 @@ class Store:
                 raise ValueError("a job id, record or run state holds a newline")
             calls.append(([pk.due, pk.jobs, pk.runs, pk.staged(app_id), pk.names, pk.paused,
                            pk.pausedapps],
-                          [self.keys.wake_channel, blob, self._jobs_share, self._far_after,
-                           self._far_key]))
+                          [self.keys.wake_channel, blob, self._jobs_share, self._far_after]))
         if len(calls) == 1:  # one partition (the default): no pipeline's SCRIPT EXISTS
             replies = [script(keys=calls[0][0], args=calls[0][1])]
         else:

@@ -3,7 +3,7 @@ Redis holds: every job, near or far, after checking the tier's own invariants.""
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -11,21 +11,21 @@ from typing import Any
 from app.store import scripts
 from app.store.keys import PartitionKeys
 
-BUCKET_MAX = 128  # Redis's *-max-listpack-entries
-# far.lua's: a bucket splits past this many jobs a bucket on average.
-FAR_FILL = int(re.search(r"^local FAR_FILL = (\d+)$", scripts.source("schedule"),
-                         re.MULTILINE).group(1))  # type: ignore[union-attr]
+LEAF_MAX = 128  # Redis's *-max-listpack-entries: a leaf holds fewer
 
 
-def bucket_of(job_id: str | bytes, n: int, key: str | bytes = b"") -> int:
-    """far.lua's far_bucket: linear hashing over `n` buckets of the SHA-1 of the
-    partition's secret `key` (farmeta "key") and the id."""
-    raw = job_id.encode() if isinstance(job_id, str) else job_id
-    secret = key.encode() if isinstance(key, str) else key
-    h = int(hashlib.sha1(secret + raw).hexdigest()[:8], 16)
-    low = 1 << (n.bit_length() - 1)
-    b = h % low
-    return h % (2 * low) if b < n - low else b
+def _far_constant(name: str) -> int:
+    found = re.search(rf"^local {name} = (\d+)", scripts.source("schedule"), re.MULTILINE)
+    assert found, f"far.lua sets no {name}"
+    return int(found.group(1))
+
+
+FAR_PIECE = _far_constant("FAR_PIECE")  # far.lua's: a cut leaf's most
+FAR_LEAF_MIN = _far_constant("FAR_LEAF_MIN")
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
 
 
 def _text(value: bytes | str) -> str:
@@ -36,48 +36,56 @@ def _text(value: bytes | str) -> str:
 class FarTier:
     """A partition's far tier as its keys hold it."""
 
-    n: int  # buckets (farmeta "n", absent: 1)
+    bounds: list[bytes]  # the leaves' low bounds, in order (fartree)
     count: int  # farmeta "count"
-    due: dict[str, float]  # job id -> due ms (fardue:{b}), every bucket
-    records: dict[str, bytes]  # job id -> record (farjobs:{b}), every bucket
-    sizes: dict[int, tuple[int, int]]  # bucket -> (HLEN farjobs, ZCARD fardue)
+    due: dict[str, float]  # job id -> due ms (farwhen:{low}), every leaf
+    records: dict[str, bytes]  # job id -> record (farleaf:{low}), every leaf
+    sizes: dict[bytes, int]  # low bound -> how many jobs its leaf holds
 
 
 def far_tier(client: Any, pk: PartitionKeys) -> FarTier:
     """The partition's far tier, after checking its bookkeeping: `count` is the number of
-    jobs each bucket's hash and sorted set hold (the same ids in both), each id is in the
-    bucket linear hashing gives it (with farmeta's secret), `fartop` holds each non-empty
-    bucket with its earliest due time and no other, no bucket key lies past `n`, and no
-    far job is also near."""
+    jobs the leaves hold (the same ids in each leaf's hash and sorted set), each id lies
+    between its leaf's low bound and the next leaf's, the first bound is "", `farheads`
+    holds each non-empty leaf with its earliest due time and no other, no leaf key lies
+    outside the tree, and no far job is also near."""
     meta = {_text(k): _text(v) for k, v in client.hgetall(pk.far_meta).items()}
-    n, count = int(meta.get("n", "1")), int(meta.get("count", "0"))
-    assert n >= 1, meta
+    assert set(meta) <= {"count"}, f"farmeta holds {meta}"
+    count = int(meta.get("count", "0"))
+    bounds = [_bytes(b) for b in client.zrange(pk.far_tree, 0, -1)]
+    assert not bounds or bounds[0] == b"", f"the first leaf's bound is {bounds[0]!r}"
     due: dict[str, float] = {}
     records: dict[str, bytes] = {}
-    sizes: dict[int, tuple[int, int]] = {}
-    heads: dict[str, float] = {}
-    for b in range(n):
-        held = {_text(k): v for k, v in client.hgetall(pk.far_jobs(b)).items()}
-        scored = {_text(m): s for m, s in client.zrange(pk.far_due(b), 0, -1, withscores=True)}
+    sizes: dict[bytes, int] = {}
+    heads: dict[bytes, float] = {}
+    for k, low in enumerate(bounds):
+        high = bounds[k + 1] if k + 1 < len(bounds) else None
+        held = {_bytes(i): v for i, v in client.hgetall(pk.far_leaf(low)).items()}
+        scored = {_bytes(m): s for m, s in client.zrange(pk.far_when(low), 0, -1,
+                                                         withscores=True)}
         assert set(held) == set(scored), (
-            f"bucket {b}: records without a due time {sorted(set(held) - set(scored))[:5]}, "
+            f"leaf {low!r}: records without a due time {sorted(set(held) - set(scored))[:5]}, "
             f"due times without a record {sorted(set(scored) - set(held))[:5]}")
-        misplaced = [jid for jid in held if bucket_of(jid, n, meta.get("key", "")) != b]
-        assert not misplaced, f"bucket {b} of {n} holds ids hashed elsewhere: {misplaced[:5]}"
-        assert not set(held) & set(records), f"ids in two buckets: {set(held) & set(records)}"
-        records.update(held)
-        due.update(scored)
-        sizes[b] = (len(held), len(scored))
+        outside = [i for i in held if i < low or (high is not None and i >= high)]
+        assert not outside, f"leaf {low!r} (to {high!r}) holds ids outside it: {outside[:5]}"
+        records.update((_text(i), v) for i, v in held.items())
+        due.update((_text(i), s) for i, s in scored.items())
+        sizes[low] = len(held)
+        assert held or (low == b"" and len(bounds) > 1), f"empty leaf {low!r} of {len(bounds)}"
         if scored:
-            heads[str(b)] = min(scored.values())
+            heads[low] = min(scored.values())
     assert count == len(records) == len(due), (
         f"farmeta count {count}, records {len(records)}, due entries {len(due)}")
-    top = {_text(m): s for m, s in client.zrange(pk.far_top, 0, -1, withscores=True)}
-    assert top == heads, f"fartop {top} where the buckets' earliest due times are {heads}"
-    for kind in ("farjobs", "fardue"):
-        stray = [_text(k) for k in client.scan_iter(match=f"{pk.base}:{kind}:*", count=1000)
-                 if int(_text(k).rpartition(":")[2]) >= n]
-        assert not stray, f"bucket keys past the {n} buckets: {stray}"
+    top = {_bytes(m): s for m, s in client.zrange(pk.far_heads, 0, -1, withscores=True)}
+    assert top == heads, f"farheads {top} where the leaves' earliest due times are {heads}"
+    for kind in ("farleaf", "farwhen"):
+        prefix = _bytes(f"{pk.base}:{kind}:")
+        stray = [k for k in map(_bytes, client.scan_iter(match=prefix + b"*", count=1000))
+                 if k[len(prefix):] not in sizes]
+        assert not stray, f"leaf keys outside the tree: {stray[:5]}"
+    legacy = [k for pattern in ("farjobs:*", "fardue:*", "fartop", "farscratch", "farmerge")
+              for k in client.scan_iter(match=f"{pk.base}:{pattern}", count=1000)]
+    assert not legacy, f"scratch keys, or keys of the far tier's first version: {legacy[:5]}"
     if records:
         ids = list(records)
         near_records = client.hmget(pk.jobs, ids)
@@ -85,15 +93,15 @@ def far_tier(client: Any, pk: PartitionKeys) -> FarTier:
         both = [jid for jid, rec, score in zip(ids, near_records, near_due, strict=True)
                 if rec is not None or score is not None]
         assert not both, f"far jobs also in the near tier: {both[:5]}"
-    return FarTier(n, count, due, records, sizes)
+    return FarTier(bounds, count, due, records, sizes)
 
 
 def far_jobs(client: Any, pk: PartitionKeys) -> tuple[dict[str, bytes], dict[str, float]]:
     """The far tier's records and due times by job id, after far_tier's checks and that
-    each bucket is within Redis's compact size."""
+    each leaf is within Redis's compact size."""
     tier = far_tier(client, pk)
-    for b, (records, entries) in tier.sizes.items():
-        assert max(records, entries) <= BUCKET_MAX, f"bucket {b} holds {records} / {entries}"
+    for low, size in tier.sizes.items():
+        assert size < LEAF_MAX, f"leaf {low!r} holds {size} jobs"
     return tier.records, tier.due
 
 
@@ -127,8 +135,9 @@ def set_record(client: Any, pk: PartitionKeys, job_id: str, record: bytes | str)
     if client.hexists(pk.jobs, job_id):
         client.hset(pk.jobs, job_id, record)
         return
-    n = int(client.hget(pk.far_meta, "n") or 1)
-    key = pk.far_jobs(bucket_of(job_id, n, client.hget(pk.far_meta, "key") or b""))
+    bounds = [_bytes(b) for b in client.zrange(pk.far_tree, 0, -1)]
+    assert bounds, f"{job_id} is stored in neither tier"
+    key = pk.far_leaf(bounds[bisect.bisect_right(bounds, job_id.encode()) - 1])
     assert client.hexists(key, job_id), f"{job_id} is stored in neither tier"
     client.hset(key, job_id, record)
 

@@ -14,6 +14,7 @@
 --                   deleted with it, also when the job itself is over and gone; optional
 -- ARGV[1..n] job ids, all of one app
 -- Returns how many of them existed.
+far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local n = 0
 local count = #ARGV
 local function remove(id)

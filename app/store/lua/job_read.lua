@@ -1,5 +1,5 @@
 -- job_read.lua: jobs' records and due times, from whichever tier holds each (far.lua).
--- Writes nothing.
+-- Writes nothing, but once: the far tier's first version's jobs, moved near (far_open).
 -- uses: far
 -- KEYS[1] due   ZSET  job id -> ms the job next needs a worker
 -- KEYS[2] jobs  HASH  job id -> job record
@@ -8,6 +8,7 @@
 -- ARGV[2..] job ids, all of this partition
 -- Returns, per job in order, what ARGV[1] asks (false where it has none: no such job,
 -- or a job out of the due index), one entry per letter.
+far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local what = ARGV[1]
 local want_length = string.find(what, "l", 1, true) ~= nil
 local want_record = want_length or string.find(what, "r", 1, true) ~= nil

@@ -20,6 +20,7 @@
 -- room (run state lease "*", claim.lua) is due: it waits at its due time, and its entry
 -- in `held` is left stale (claim.lua drops such entries).
 -- Returns how many of the ids are jobs (paused now, or already).
+far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local now, who = tonumber(ARGV[1]), ARGV[2]
 local n = 0
 if who == "a" and redis.call("HGET", KEYS[6], ARGV[3]) ~= ARGV[4] then

@@ -20,13 +20,12 @@
 --         absent: no bound, app/settings.py app_max_jobs); a new job past it is refused
 -- ARGV[8] optional: a new job's first trigger more than this many ms ahead goes to the
 --         far tier (far.lua); absent or "": none does
--- ARGV[9] with ARGV[8]: a random secret for the far tier's bucket hash, kept by the first
---         call that puts a job there (far_use_key)
 -- A job that is paused, or of a paused app, stays paused: its first trigger waits in
 -- `paused` (app/store/pauses.py) rather than in the due index.
 -- Returns 0 when the job exists and overwrite is off, 1 when stored,
 -- 2 when stored and it is now the earliest job of this partition, -1 when refused: the
 -- app holds as many jobs here as ARGV[7] lets it.
+far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local existed = redis.call("HEXISTS", KEYS[2], ARGV[1]) == 1
 local was_far = not existed and far_get(KEYS[1], ARGV[1]) ~= nil
 existed = existed or was_far
@@ -60,9 +59,10 @@ local earliest = far and far_earliest(KEYS[1])
 -- wrote anything but the index. A far job is written before its near copy is removed.
 names_add(KEYS[5], ARGV[1])
 if far then
-  far_use_key(KEYS[1], ARGV[9])
   far_put(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) -- a far one replaced in place
-  redis.call("HDEL", KEYS[2], ARGV[1])
+  if existed and not was_far then
+    redis.call("HDEL", KEYS[2], ARGV[1])
+  end
   redis.call("HDEL", KEYS[3], ARGV[1])
   redis.call("ZREM", KEYS[4], ARGV[1])
   redis.call("ZREM", KEYS[1], ARGV[1])
@@ -75,10 +75,10 @@ if far then
   end
   return 1
 end
-if was_far then
-  far_take(KEYS[1], ARGV[1]) -- replaced below, as a near job is
-end
 redis.call("HSET", KEYS[2], ARGV[1], ARGV[2])
+if was_far then
+  far_take(KEYS[1], ARGV[1]) -- after its near record: a stop half-way leaves two copies
+end
 -- A replaced job starts afresh: any in-flight trigger of the old one is
 -- orphaned, so its late acknowledge (lease token gone) changes nothing.
 if ARGV[6] and ARGV[6] ~= "" then

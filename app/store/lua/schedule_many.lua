@@ -21,7 +21,6 @@
 --         schedule.lua's ARGV[7]
 -- ARGV[4] optional: schedule.lua's ARGV[8] (a new job due more than this many ms ahead
 --         goes to the far tier, far.lua)
--- ARGV[5] with ARGV[4]: schedule.lua's ARGV[9] (the far tier's hash secret)
 -- Returns one entry per job, in order: 1 when stored; the stored record (a string) when
 -- the job exists and overwrite is off (nothing changed: the caller tells a retry from a
 -- conflict, app/api/jobs.py); -1 when refused, a new job past ARGV[3]. A name given twice
@@ -31,6 +30,7 @@
 -- what this call has written so far; then each key is written with a few commands of many
 -- arguments, not seven commands per job. A job written twice keeps its last write, which
 -- leaves every key as the two schedule.lua calls in turn would.
+far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local due, jobs, runs, staged, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local paused, pausedapps = KEYS[6], KEYS[7]
 local CHUNK = 4000 -- arguments per command: Lua's unpack takes at most about 8,000
@@ -72,6 +72,11 @@ for c = 0, count - 1, CHUNK do
   end
 end
 local was_far = {} -- job id -> true: it is in the far tier (far.lua)
+local ids = {}
+for j = 0, count - 1 do
+  ids[#ids + 1] = lines[j * 4 + 1]
+end
+far_batch(due, ids) -- the far tier sorts them once, for the look below and the writes
 local unseen, at = {}, {}
 for k = 1, count do
   if not stored[k] then
@@ -154,7 +159,7 @@ end
 if #order > 0 then
   local records, with_run, without_run = {}, {}, {}
   local dues, undue, pauses, unpaused = {}, {}, {}, {}
-  local far, unjobs = {}, {}
+  local far, unjobs, unfar = {}, {}, {}
   for _, id in ipairs(order) do
     if due_of[id] and run_of[id] == "" and far_is_far(due_of[id], far_after) then
       far[#far + 1] = {id, written[id], due_of[id]} -- a far one replaced in place
@@ -162,7 +167,7 @@ if #order > 0 then
       due_of[id] = false -- out of the near due index
     else
       if was_far[id] then
-        far_take(due, id) -- replaced below, as a near job is
+        unfar[#unfar + 1] = id -- replaced below, as a near job is
       end
       records[#records + 1] = id
       records[#records + 1] = written[id]
@@ -191,10 +196,12 @@ if #order > 0 then
   end
   names_add_many(names, order)
   if #far > 0 then -- written before their near copies go (schedule.lua)
-    far_use_key(due, ARGV[5])
     far_put_many(due, far)
   end
   call_chunked("HSET", jobs, records)
+  for _, id in ipairs(unfar) do -- after their near records: a stop leaves two copies
+    far_take(due, id)
+  end
   call_chunked("HSET", runs, with_run)
   call_chunked("HDEL", runs, without_run)
   call_chunked("ZREM", staged, order)
@@ -210,4 +217,5 @@ local after = far_earliest(due)
 if after and after ~= before then
   redis.call("PUBLISH", ARGV[1], string.format("%d", after))
 end
+far_batch_end(due)
 return out

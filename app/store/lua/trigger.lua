@@ -20,6 +20,7 @@
 -- ARGV[8] how long `nows` is kept after this one, ms
 -- Returns 1 when stored, 0 when the job is gone, -1 when it changed since it was read,
 -- -2 when refused: ARGV[7] of the job's one-shots wait to go.
+far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local record = redis.call("HGET", KEYS[2], ARGV[1]) or far_get(KEYS[1], ARGV[1])
 if not record then
   return 0
