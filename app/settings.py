@@ -314,7 +314,7 @@ class Settings:
     # jobs cannot fill it for the others. Kept per partition, each holding its share.
     app_max_jobs: int = 0
     # A job first due more than this far ahead when it is scheduled is kept in the compact
-    # far tier until it is due (app/store/lua/far.lua: about 160 B a pending job against
+    # far tier until it is due (app/store/lua/far.lua: about 150 B a pending job against
     # 290); 0: every job scheduled ahead goes there.
     far_after_s: float = 300.0
     # The API's HTTP server (app/processes/serve.py), per process: a request's head must
