@@ -29,7 +29,6 @@
 -- or its lease expired and another worker took it) changes nothing, and is not recorded.
 -- Returns one character per group, in their order: "1" applied, "0" not (its lease was gone).
 -- app/store/keys.py dead_member: the app is the letter id's text before '/'.
-far_open(KEYS[1]) -- before anything is read (far.lua: the first version's jobs)
 local function dead_member(letter, ms)
   return string.match(letter, "^[^/]*") .. "/" .. string.format("%013d", tonumber(ms)) .. "/" .. letter
 end

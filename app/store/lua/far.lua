@@ -100,8 +100,10 @@ local function far_of(due)
   return s
 end
 
--- Every script that uses the far tier calls this before it reads `jobs` or `due`: the jobs
--- the first version left are near by then (far_legacy).
+-- A script that reads `jobs` or `due` before it first looks at the far tier calls this
+-- first: the jobs the first version left are near by then (far_legacy). (ack.lua does
+-- not: its first look, far_get of one-shots' jobs, comes before it reads `jobs`, and it
+-- reads nothing else a first-version far job could be in.)
 local function far_open(due)
   far_of(due)
 end
@@ -398,33 +400,37 @@ local function far_get(due, id)
   return record, redis.call("ZSCORE", when, id), low
 end
 
+-- Take the far job `id` out of its leaf `low` (where far_get found it).
+local function far_drop(s, low, id)
+  local leaf, when = far_keys(s, low)
+  redis.call("HDEL", leaf, id)
+  redis.call("ZREM", when, id)
+  far_count(s, -1)
+  far_shrink(s, low)
+end
+
 -- Take the job out of the far tier: its record and due ms, or nil when it was not there.
 local function far_take(due, id)
   local record, score, low = far_get(due, id)
   if not record then
     return nil
   end
-  local s = far_of(due)
-  local leaf, when = far_keys(s, low)
-  redis.call("HDEL", leaf, id)
-  redis.call("ZREM", when, id)
-  far_count(s, -1)
-  far_shrink(s, low)
+  far_drop(far_of(due), low, id)
   return record, score
 end
 
 -- Bring a far job into the near tier (`jobs` and `due`), as it would be had it never
 -- been far; true when it was far.
 local function far_unfar(due, jobs, id)
-  local record, score = far_get(due, id)
+  local record, score, low = far_get(due, id)
   if not record then
     return false
   end
-  redis.call("HSET", jobs, id, record) -- first: a stop in far_take leaves two copies
+  redis.call("HSET", jobs, id, record) -- first: a stop in far_drop leaves two copies
   if score then
     redis.call("ZADD", due, score, id)
   end
-  far_take(due, id)
+  far_drop(far_of(due), low, id)
   return true
 end
 
