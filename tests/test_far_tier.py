@@ -25,7 +25,7 @@ from app.jobs.clock import now_ms
 from app.jobs.errors import ApiError
 from app.jobs.model import RunState, TriggerStatus
 from app.settings import Settings
-from app.store.keys import PartitionKeys, is_replay, job_id
+from app.store.keys import PartitionKeys, as_text, is_replay, job_id
 from app.store.pauses import Pauses
 from app.store.store import JobExists, JobView, Store
 from tests.support.far import FAR_LEAF_MIN, FAR_PIECE, LEAF_MAX, NO_FAR_S, FarTier, far_tier
@@ -46,10 +46,6 @@ V1 = "/v1.0/jobs"
 
 
 # --- reading the far tier, key by key ---------------------------------------------------------
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 Far = FarTier
@@ -103,8 +99,8 @@ def _view(store: Store, name: str) -> JobView:
 
 def _one_shots(store: Store) -> list[str]:
     """The "trigger now" one-shots and replays stored (due, retrying or in flight)."""
-    return [_text(m) for pk in store.keys.all_partitions()
-            for m in store.redis.hkeys(pk.jobs) if is_replay(_text(m))]
+    return [as_text(m) for pk in store.keys.all_partitions()
+            for m in store.redis.hkeys(pk.jobs) if is_replay(as_text(m))]
 
 
 def _all_names(store: Store, limit: int) -> list[str]:
@@ -602,7 +598,7 @@ def _compact(store: Store, far: Far) -> list[str]:
         for key in (pk.far_leaf(low), pk.far_when(low)):
             encoding = store.redis.object("encoding", key)
             if encoding is not None and encoding not in COMPACT:
-                wrong.append(f"{key} is a {_text(encoding)} ({size} entries now)")
+                wrong.append(f"{key} is a {as_text(encoding)} ({size} entries now)")
     return wrong
 
 

@@ -28,6 +28,7 @@ from app.jobs.model import DeadLetter
 from app.jobs.validation import job_to_api
 from app.store import pages
 from app.store.keys import (
+    as_text,
     dead_member,
     dead_range,
     job_id,
@@ -125,10 +126,6 @@ def letter_to_api(letter: DeadLetter, *, with_job: bool = False, dapr_compat: bo
     return body
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class DeadLetters:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -166,10 +163,10 @@ class DeadLetters:
                 break
             else:
                 chosen.append((member, part))
-            last = _text(member)
+            last = as_text(member)
         letters, read = self._read(app_id, chosen)
         if read < len(chosen):
-            more, last, skip = True, _text(chosen[read - 1][0]), 0
+            more, last, skip = True, as_text(chosen[read - 1][0]), 0
         if not more or last is None:
             return letters, ""
         return letters, f"{skip}.{pages.encode(last[len(app_id) + 1:])}.{_prefix_tag(prefix)}"
@@ -191,7 +188,7 @@ class DeadLetters:
         for _, letter_id, part in entries[offset:offset + limit]:
             raw = self.redis.hget(self.keys.partition(part).dead, letter_id)
             if raw is not None:
-                letter = DeadLetter.decode(raw, _text(letter_id))
+                letter = DeadLetter.decode(raw, as_text(letter_id))
                 if letter.name.startswith(prefix):
                     letters.append(letter)
         return letters
@@ -358,11 +355,11 @@ class DeadLetters:
                 if raw is None:
                     continue
                 try:
-                    letters.append(DeadLetter.decode(raw, _text(letter_id)))
+                    letters.append(DeadLetter.decode(raw, as_text(letter_id)))
                 except errors.ApiError:
                     if on_unreadable is None:
                         raise
-                    on_unreadable(_text(letter_id))
+                    on_unreadable(as_text(letter_id))
             yield [d for d in letters if d.app_id == app_id], end
             start = end
 
@@ -395,4 +392,4 @@ def _prefix_tag(prefix: str) -> str:
 
 def _letter_id(app_id: str, member: bytes | str) -> str:
     """The dead-letter id in a deadlex member `{app}/{ms:013d}/{id}`."""
-    return _text(member)[len(app_id) + 1:].partition("/")[2]
+    return as_text(member)[len(app_id) + 1:].partition("/")[2]

@@ -107,8 +107,8 @@ from dataclasses import dataclass
 REPLAY_SEP = "\x1f"
 
 
-def _text(value: str | bytes) -> str:
-    """A key part as Redis returned it (bytes, from a client that does not decode)."""
+def as_text(value: str | bytes) -> str:
+    """A value as Redis returned it (bytes, from a client that does not decode), as text."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -249,11 +249,11 @@ class PartitionKeys:
 
     def far_leaf(self, low: str | bytes) -> str:
         """HASH job id -> record, of the far jobs of the leaf whose low bound is `low`."""
-        return f"{self.base}:farleaf:{_text(low)}"
+        return f"{self.base}:farleaf:{as_text(low)}"
 
     def far_when(self, low: str | bytes) -> str:
         """ZSET job id -> due ms, of the far jobs of the leaf whose low bound is `low`."""
-        return f"{self.base}:farwhen:{_text(low)}"
+        return f"{self.base}:farwhen:{as_text(low)}"
 
     def staged(self, app_id: str) -> str:
         return f"{self.base}:staged:{app_id}"

@@ -27,6 +27,7 @@ from app.store.keys import (
     INDEXED_VERSION,
     Keys,
     PartitionKeys,
+    as_text,
     dead_range,
     job_id,
     names_range,
@@ -141,10 +142,6 @@ class AppClaimed(JobrunnerError):
             "refused. Give both the same tokens, or stop the other one (its registration "
             f"then expires {expiry}) and start this one again")
         self.app_id = app_id
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Store:
@@ -358,7 +355,7 @@ class Store:
         self.ensure_indexed()
         low, high = names_range(app_id, prefix, after)
         parts = self.keys.all_partitions()
-        ids = [_text(m) for m in pages.first_in_ranges(self.redis, [pk.names for pk in parts],
+        ids = [as_text(m) for m in pages.first_in_ranges(self.redis, [pk.names for pk in parts],
                                                        low, high, limit + 1, self.names_in)]
         more = len(ids) > limit
         views, read = self._views(app_id, ids[:limit])
@@ -434,7 +431,7 @@ class Store:
         for pk in self.keys.all_partitions():
             while ids := self.names_in(pk.names, low, high, DELETE_BATCH):
                 # delete.lua takes them out of the index too: the range shrinks each time.
-                texts = [_text(jid) for jid in ids]
+                texts = [as_text(jid) for jid in ids]
                 deleted += int(self._scripts["delete"](
                     keys=[*pk.delete_keys(app_id, texts), *(pk.history(j) for j in texts)],
                     args=ids))
@@ -507,7 +504,7 @@ class Store:
             pipe.get(pk.indexed)
         try:
             for pk, done in zip(parts, pipe.execute(), strict=True):
-                if done is None or _text(done) != INDEXED_VERSION:
+                if done is None or as_text(done) != INDEXED_VERSION:
                     self._reindex(pk, dead_letters=done is None)
         except REFUSES_WRITES:
             # A full Redis (over maxmemory, or its disk) takes no index entry, nor the
@@ -526,14 +523,14 @@ class Store:
             cursor = "0"
             while True:
                 try:
-                    cursor = _text(self._scripts["reindex"](
+                    cursor = as_text(self._scripts["reindex"](
                         keys=keys, args=[what, cursor, REINDEX_STEP]))
                 except NotReplicated as exc:
                     # It ran: an index is derived data and needs no replica (`wait_replicas`
                     # is for the user's writes; waiting here made every read a 503 while
                     # a replica was short). A replica that lacks these entries lacks the
                     # mark written after them too, and indexes again once promoted.
-                    cursor = _text(exc.result)
+                    cursor = as_text(exc.result)
                 if cursor == "0":
                     break
         self.redis.unlink(pk.legacy_names)
@@ -578,7 +575,7 @@ class Store:
     def check_app_binding(self, app_id: str, binding: str, ttl_s: float | None = None) -> None:
         """Raise AppClaimed when a live API process with another binding serves the app."""
         held = self.redis.get(self.keys.alive(app_id))
-        if held is not None and _text(held) != binding:
+        if held is not None and as_text(held) != binding:
             raise AppClaimed(app_id, ttl_s)
 
     def forget_gone_apps(self, older_than_s: float, now_ms: int | None = None) -> list[str]:
@@ -592,7 +589,7 @@ class Store:
         stale: list[tuple[str, bytes]] = []
         changes: list[Any] = []
         for field, raw in self.redis.hgetall(self.keys.apps).items():
-            app_id = _text(field)
+            app_id = as_text(field)
             try:
                 seen = orjson.loads(raw).get("seen")
             except (orjson.JSONDecodeError, AttributeError):
@@ -611,7 +608,7 @@ class Store:
             changes += [app_id, raw, ""]
         if not changes:
             return []
-        changed = {_text(a) for a in self._scripts["apps_cas"](keys=[self.keys.apps],
+        changed = {as_text(a) for a in self._scripts["apps_cas"](keys=[self.keys.apps],
                                                                args=changes)}
         forgotten = [app_id for app_id, _ in stale if app_id in changed]
         if forgotten:  # nor counted any more: /metrics reads every counted app's totals

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.store import scripts
-from app.store.keys import PartitionKeys
+from app.store.keys import PartitionKeys, as_text
 
 LEAF_MAX = 128  # Redis's *-max-listpack-entries: a leaf holds fewer
 
@@ -26,10 +26,6 @@ FAR_LEAF_MIN = _far_constant("FAR_LEAF_MIN")
 
 def _bytes(value: bytes | str) -> bytes:
     return value.encode() if isinstance(value, str) else value
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ def far_tier(client: Any, pk: PartitionKeys) -> FarTier:
     between its leaf's low bound and the next leaf's, the first bound is "", `farheads`
     holds each non-empty leaf with its earliest due time and no other, no leaf key lies
     outside the tree, and no far job is also near."""
-    meta = {_text(k): _text(v) for k, v in client.hgetall(pk.far_meta).items()}
+    meta = {as_text(k): as_text(v) for k, v in client.hgetall(pk.far_meta).items()}
     assert set(meta) <= {"count"}, f"farmeta holds {meta}"
     count = int(meta.get("count", "0"))
     bounds = [_bytes(b) for b in client.zrange(pk.far_tree, 0, -1)]
@@ -68,8 +64,8 @@ def far_tier(client: Any, pk: PartitionKeys) -> FarTier:
             f"due times without a record {sorted(set(scored) - set(held))[:5]}")
         outside = [i for i in held if i < low or (high is not None and i >= high)]
         assert not outside, f"leaf {low!r} (to {high!r}) holds ids outside it: {outside[:5]}"
-        records.update((_text(i), v) for i, v in held.items())
-        due.update((_text(i), s) for i, s in scored.items())
+        records.update((as_text(i), v) for i, v in held.items())
+        due.update((as_text(i), s) for i, s in scored.items())
         sizes[low] = len(held)
         assert held or (low == b"" and len(bounds) > 1), f"empty leaf {low!r} of {len(bounds)}"
         if scored:
